@@ -5,11 +5,61 @@ does not, and the relay server (package ``relay``) that provides signaling,
 circuit relay and STUN.
 """
 
+from ._circuit import CircuitClosedError as CircuitClosedError
+from ._circuit import CircuitStatistics as CircuitStatistics
+from ._circuit import RelayCircuit as RelayCircuit
+from ._config import Config as Config
+from ._config import ConfigError as ConfigError
+from ._config import P2PConfig as P2PConfig
+from ._config import RelayAddress as RelayAddress
+from ._config import RelayManagerConfig as RelayManagerConfig
+from ._config import parse_relay_address as parse_relay_address
+from ._dtls import DatagramTransport as DatagramTransport
+from ._dtls import DtlsError as DtlsError
+from ._dtls import DtlsTransport as DtlsTransport
+from ._dtls import generate_dtls_certificate as generate_dtls_certificate
+from ._ice import IceError as IceError
+from ._ice import IceTransport as IceTransport
+from ._ice import IceTransportStatistics as IceTransportStatistics
 from ._identity import Keypair as Keypair
 from ._identity import PeerId as PeerId
 from ._identity import load_or_create_keypair as load_or_create_keypair
 from ._identity import parse_peer_id as parse_peer_id
+from ._network import NetworkEvent as NetworkEvent
+from ._network import P2PNetwork as P2PNetwork
+from ._network import PeerConnected as PeerConnected
+from ._network import PeerDisconnected as PeerDisconnected
+from ._relay_manager import CircuitClosed as CircuitClosed
+from ._relay_manager import CircuitCreated as CircuitCreated
+from ._relay_manager import DataReceived as DataReceived
+from ._relay_manager import NoRelayAvailable as NoRelayAvailable
+from ._relay_manager import PeerNotFound as PeerNotFound
+from ._relay_manager import RelayEvent as RelayEvent
+from ._relay_manager import RelayManager as RelayManager
+from ._relay_manager import RelayManagerNotStarted as RelayManagerNotStarted
+from ._relay_manager import RelayServer as RelayServer
+from ._relay_manager import RelayServerStatus as RelayServerStatus
+from ._relay_manager import ServerConnected as ServerConnected
+from ._relay_manager import ServerDisconnected as ServerDisconnected
+from ._relay_manager import ServerFailed as ServerFailed
+from ._relay_manager import UnknownCircuit as UnknownCircuit
+from ._relay_session import CircuitRefused as CircuitRefused
+from ._relay_session import RelayAuthenticationError as RelayAuthenticationError
+from ._relay_session import RelayError as RelayError
+from ._relay_session import RelaySession as RelaySession
+from ._relay_session import open_relay_session as open_relay_session
+from ._websocket import WebSocketConnection as WebSocketConnection
+from ._websocket import WebSocketRequest as WebSocketRequest
+from ._websocket import WebSocketStatistics as WebSocketStatistics
+from ._websocket import open_websocket as open_websocket
+from ._websocket import serve_websocket as serve_websocket
+from .proto.dtls_certificate import DtlsCertificate as DtlsCertificate
+from .proto.errors import DtlsParseError as DtlsParseError
 from .proto.errors import ParseError as ParseError
 from .proto.errors import PeerIdError as PeerIdError
+from .proto.errors import SdpParseError as SdpParseError
+from .proto.errors import SignalingParseError as SignalingParseError
+from .proto.errors import StunParseError as StunParseError
+from .proto.errors import WebSocketParseError as WebSocketParseError
 
 __version__ = "0.1.0"

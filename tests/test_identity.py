@@ -2,7 +2,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from darkswap_trio import Keypair, ParseError, PeerId, PeerIdError, load_or_create_keypair, parse_peer_id
+from darkswap_trio import (
+    Keypair,
+    ParseError,
+    PeerId,
+    PeerIdError,
+    load_or_create_keypair,
+    parse_peer_id,
+)
 from darkswap_trio._base58 import ALPHABET, b58decode, b58encode
 
 GUIDE_PEER = "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN"

@@ -13,7 +13,12 @@ class ParseError(ValueError):
 
 
 class SignalingParseError(ParseError):
-    """A signaling frame (JSON or binary) is malformed."""
+    """A signaling frame (JSON or binary) is malformed.
+
+    ``code`` is the protocol error code to answer with (docs/PROTOCOL.md section 6).
+    """
+
+    code: str = "bad_frame"
 
 
 class PeerIdError(ParseError):

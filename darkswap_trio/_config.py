@@ -1,0 +1,160 @@
+"""SDK configuration: Config / P2PConfig / RelayManagerConfig, loadable from TOML.
+
+Relay servers are given as multiaddrs and mapped to WebSocket URLs:
+``/ip4|ip6|dns|dns4|dns6/HOST/tcp/PORT[/tls|/wss|/ws]/p2p/PEERID`` ->
+``ws://HOST:PORT/signaling`` (or ``wss://`` with ``/tls`` or ``/wss``). The ``/p2p/``
+part is mandatory: it is the identity the relay must prove during the handshake.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from multiaddr import Multiaddr
+from multiaddr.exceptions import Error as MultiaddrError
+
+from ._identity import PeerId
+from ._settings import apply_settings
+from .proto.errors import PeerIdError
+
+DEFAULT_RELAY_PORT = 9002
+SIGNALING_PATH = "/signaling"
+_HOST_PROTOCOLS = ("ip4", "ip6", "dns", "dns4", "dns6")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names it."""
+
+
+@dataclass(frozen=True)
+class RelayAddress:
+    """A relay server: where to connect and which PeerId it must prove."""
+
+    multiaddr: str
+    host: str
+    port: int
+    secure: bool
+    peer_id: PeerId
+
+    @property
+    def url(self) -> str:
+        scheme = "wss" if self.secure else "ws"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self.port}{SIGNALING_PATH}"
+
+    def __str__(self) -> str:
+        return self.multiaddr
+
+
+def parse_relay_address(text: str) -> RelayAddress:
+    """Map a relay multiaddr to a :class:`RelayAddress`; ConfigError names a bad one."""
+    if not isinstance(text, str):
+        raise ConfigError(f"relay address must be a string, got {text!r}")
+    try:
+        parts = [(proto.name, value) for proto, value in Multiaddr(text).items()]
+    except (MultiaddrError, ValueError, TypeError) as exc:
+        raise ConfigError(f"invalid relay multiaddr {text!r}: {exc}") from None
+    names = [name for name, _ in parts]
+    if not parts or names[0] not in _HOST_PROTOCOLS:
+        raise ConfigError(f"relay multiaddr {text!r} must start with /ip4, /ip6, /dns, /dns4 or /dns6")
+    host = str(parts[0][1])
+    port = DEFAULT_RELAY_PORT
+    rest = parts[1:]
+    if rest and rest[0][0] == "tcp":
+        port = int(rest[0][1])
+        rest = rest[1:]
+    secure = False
+    peer_text: str | None = None
+    for name, value in rest:
+        if name in ("tls", "wss"):
+            secure = True
+        elif name == "ws":
+            pass
+        elif name == "p2p":
+            peer_text = str(value)
+        else:
+            raise ConfigError(f"relay multiaddr {text!r}: unsupported component /{name}")
+    if names[-1] != "p2p" or peer_text is None:
+        raise ConfigError(f"relay multiaddr {text!r} lacks a trailing /p2p/<relay peer id>")
+    try:
+        peer_id = PeerId.from_string(peer_text)
+    except PeerIdError as exc:
+        raise ConfigError(f"relay multiaddr {text!r} has an invalid peer id: {exc}") from None
+    if not 0 < port < 65536:
+        raise ConfigError(f"relay multiaddr {text!r} has an invalid port {port}")
+    return RelayAddress(text, host, port, secure, peer_id)
+
+
+@dataclass
+class RelayManagerConfig:
+    """How the RelayManager talks to relays (the guide's fields and defaults)."""
+
+    connection_timeout: float = 30.0  # connect + handshake, seconds
+    ping_interval: float = 30.0  # seconds between Pings used for latency and liveness
+    reconnect_interval: float = 5.0  # first backoff step, seconds (doubles, jittered)
+    max_reconnect_attempts: int = 5  # consecutive failures before a relay is Failed
+    max_reconnect_interval: float = 120.0  # backoff cap, seconds
+    token_refresh_margin: float = 60.0  # refresh a JWT this long before it expires
+
+    def validate(self) -> RelayManagerConfig:
+        for name in ("connection_timeout", "ping_interval", "reconnect_interval", "max_reconnect_interval"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"relay_manager.{name} must be positive, got {getattr(self, name)}")
+        if self.max_reconnect_attempts < 0:
+            raise ConfigError("relay_manager.max_reconnect_attempts must not be negative")
+        if self.token_refresh_margin < 0:
+            raise ConfigError("relay_manager.token_refresh_margin must not be negative")
+        return self
+
+
+@dataclass
+class P2PConfig:
+    """Peer-level settings: identity, relays, and the direct path."""
+
+    relay_servers: list[str] = field(default_factory=list)
+    key_file: str | None = None  # identity key; None = ephemeral
+    stun_servers: list[str] = field(default_factory=list)  # "host:port"
+    enable_direct: bool = True
+    enable_relay: bool = True
+    max_connections: int = 100
+    connection_idle_timeout: float = 300.0
+    event_buffer: int = 256  # bound on queued events for a slow consumer
+
+    def relay_addresses(self) -> list[RelayAddress]:
+        return [parse_relay_address(a) for a in self.relay_servers]
+
+    def validate(self) -> P2PConfig:
+        self.relay_addresses()
+        if self.max_connections < 1:
+            raise ConfigError("p2p.max_connections must be at least 1")
+        if self.event_buffer < 1:
+            raise ConfigError("p2p.event_buffer must be at least 1")
+        return self
+
+
+@dataclass
+class Config:
+    p2p: P2PConfig = field(default_factory=P2PConfig)
+    relay_manager: RelayManagerConfig = field(default_factory=RelayManagerConfig)
+
+    def validate(self) -> Config:
+        self.p2p.validate()
+        self.relay_manager.validate()
+        return self
+
+    @classmethod
+    def from_toml(cls, source: str | Path) -> Config:
+        """Load from a TOML file path (or TOML text if it contains a newline)."""
+        text = str(source)
+        try:
+            if "\n" not in text and Path(text).exists():
+                text = Path(text).read_text()
+            table = tomllib.loads(text)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config {source}: {exc}") from None
+        config = cls()
+        apply_settings(config, table, ConfigError)
+        return config.validate()
+

@@ -1,0 +1,401 @@
+"""RelayManager: sessions with every configured relay, kept alive, and circuits over them.
+
+One task per relay runs connect -> register -> serve -> backoff in a loop: status moves
+Unknown -> Connecting -> Connected -> Disconnected, and to Failed after
+``max_reconnect_attempts`` consecutive failures (or at once when a relay cannot prove
+its PeerId). ``retry()`` starts a Failed relay again. Circuits go through the connected
+relay with the lowest smoothed latency and fail over to the next when refused or down.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import random
+import ssl
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from ._circuit import RelayCircuit
+from ._config import RelayAddress, RelayManagerConfig, parse_relay_address
+from ._identity import Keypair, PeerId
+from ._relay_session import (
+    CircuitRefused,
+    RelayAuthenticationError,
+    RelayError,
+    RelaySession,
+    TokenProvider,
+    open_relay_session,
+)
+from .proto.errors import PeerIdError
+
+log = logging.getLogger("darkswap_trio.relay_manager")
+
+
+class RelayServerStatus(enum.Enum):
+    UNKNOWN = "unknown"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    DISCONNECTED = "disconnected"
+    FAILED = "failed"
+
+
+@dataclass
+class RelayServer:
+    """What the manager knows of one relay (a live record, not a snapshot)."""
+
+    id: str  # the relay's PeerId
+    url: str
+    address: RelayAddress
+    status: RelayServerStatus = RelayServerStatus.UNKNOWN
+    last_ping: float | None = None  # trio time of the last Pong
+    latency_ms: float | None = None
+    failures: int = 0
+    last_error: str | None = None
+    session: RelaySession | None = field(default=None, repr=False)
+
+
+# -- events -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServerConnected:
+    server_id: str
+
+
+@dataclass(frozen=True)
+class ServerDisconnected:
+    server_id: str
+    cause: str
+
+
+@dataclass(frozen=True)
+class ServerFailed:
+    server_id: str
+    cause: str
+
+
+@dataclass(frozen=True)
+class CircuitCreated:
+    relay_id: str
+    peer_id: str
+    server_id: str
+    initiator: bool
+
+
+@dataclass(frozen=True)
+class CircuitClosed:
+    relay_id: str
+    peer_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class DataReceived:
+    """A message from ``peer_id`` (``from_`` is the guide's name for it)."""
+
+    peer_id: str
+    relay_id: str
+    data: bytes
+
+    @property
+    def from_(self) -> str:
+        return self.peer_id
+
+
+RelayEvent = (
+    ServerConnected | ServerDisconnected | ServerFailed | CircuitCreated | CircuitClosed | DataReceived
+)
+
+# -- errors -------------------------------------------------------------------------------
+
+
+class RelayManagerNotStarted(RuntimeError):
+    """The manager's ``run`` is not running (use ``async with`` or ``nursery.start``)."""
+
+
+class NoRelayAvailable(RelayError):
+    """No configured relay is connected."""
+
+
+class PeerNotFound(RelayError):
+    """No connected relay knows the peer."""
+
+
+class UnknownCircuit(KeyError):
+    """No open circuit has this relay_id."""
+
+
+class RelayManager:
+    """Keeps sessions with ``relay_servers`` and opens circuits through them.
+
+    Run it with ``async with RelayManager(...) as manager:`` or
+    ``await nursery.start(manager.run)``. Events arrive on ``manager.events`` (bounded:
+    a consumer that stops reading slows circuit delivery down, it never grows memory).
+    """
+
+    def __init__(
+        self,
+        keypair: Keypair,
+        relay_servers: Sequence[str | RelayAddress],
+        config: RelayManagerConfig | None = None,
+        *,
+        token_provider: TokenProvider | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        event_buffer: int = 256,
+        deliver_incoming: bool = True,
+    ) -> None:
+        self.keypair = keypair
+        self.local_peer_id = str(keypair.peer_id)
+        self.config = (config or RelayManagerConfig()).validate()
+        self._token_provider = token_provider
+        self._ssl_context = ssl_context
+        self._deliver_incoming = deliver_incoming
+        self._servers: dict[str, RelayServer] = {}
+        for entry in relay_servers:
+            address = entry if isinstance(entry, RelayAddress) else parse_relay_address(entry)
+            server_id = str(address.peer_id)
+            self._servers[server_id] = RelayServer(server_id, address.url, address)
+        self._retry_events = {sid: trio.Event() for sid in self._servers}
+        self._event_send, self.events = trio.open_memory_channel[RelayEvent](event_buffer)
+        self._incoming_send, self._incoming = trio.open_memory_channel[RelayCircuit](event_buffer)
+        self._circuits: dict[str, tuple[RelayCircuit, str]] = {}
+        self._nursery: trio.Nursery | None = None
+        self._rng = random.Random()
+        self._connected_changed = trio.Event()
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[RelayManager] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            for server in self._servers.values():
+                nursery.start_soon(self._maintain, server)
+            task_status.started(self)
+            try:
+                await trio.sleep_forever()
+            finally:
+                self._nursery = None
+                nursery.cancel_scope.cancel()
+
+    async def __aenter__(self) -> RelayManager:
+        self._context = self._running_context()
+        return await self._context.__aenter__()
+
+    async def __aexit__(self, *exc_info: Any) -> bool | None:
+        return await self._context.__aexit__(*exc_info)
+
+    @asynccontextmanager
+    async def _running_context(self) -> AsyncIterator[RelayManager]:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.run)
+            try:
+                yield self
+            finally:
+                await self.stop()
+                nursery.cancel_scope.cancel()
+
+    async def stop(self) -> None:
+        """Close every circuit and session; idempotent."""
+        for circuit, _ in list(self._circuits.values()):
+            with trio.move_on_after(1):
+                await circuit.aclose()
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+        await trio.lowlevel.checkpoint()
+
+    def _require_running(self) -> trio.Nursery:
+        if self._nursery is None:
+            raise RelayManagerNotStarted("RelayManager is not running; use 'async with' or nursery.start(manager.run)")
+        return self._nursery
+
+    # -- status -------------------------------------------------------------------------
+
+    @property
+    def servers(self) -> list[RelayServer]:
+        return list(self._servers.values())
+
+    def server(self, server_id: str) -> RelayServer:
+        return self._servers[server_id]
+
+    def connected_servers(self) -> list[RelayServer]:
+        """Connected relays, lowest latency first (unknown latency last)."""
+        live = [s for s in self._servers.values() if s.status is RelayServerStatus.CONNECTED and s.session]
+        return sorted(live, key=lambda s: s.latency_ms if s.latency_ms is not None else float("inf"))
+
+    async def wait_connected(self, count: int = 1) -> None:
+        """Wait until at least ``count`` relays are connected."""
+        while len(self.connected_servers()) < count:
+            self._connected_changed = trio.Event()
+            await self._connected_changed.wait()
+
+    def retry(self, server_id: str | None = None) -> None:
+        """Start Failed relays (or one) connecting again."""
+        for sid, server in self._servers.items():
+            if server_id in (None, sid) and server.status is RelayServerStatus.FAILED:
+                self._retry_events[sid].set()
+
+    async def _emit(self, event: RelayEvent) -> None:
+        await self._event_send.send(event)
+
+    def _set_status(self, server: RelayServer, status: RelayServerStatus) -> None:
+        server.status = status
+        self._connected_changed.set()
+
+    async def _maintain(self, server: RelayServer) -> None:
+        cfg = self.config
+        while True:
+            self._set_status(server, RelayServerStatus.CONNECTING)
+            fatal = False
+            try:
+                async with open_relay_session(
+                    server.address, self.keypair, token_provider=self._token_provider,
+                    connect_timeout=cfg.connection_timeout, ping_interval=cfg.ping_interval,
+                    token_refresh_margin=cfg.token_refresh_margin, ssl_context=self._ssl_context,
+                ) as session:
+                    await self._serve_session(server, session)
+                cause = f"session ended: {session.close_cause!r}"
+            except RelayAuthenticationError as exc:
+                cause, fatal = str(exc), exc.code in ("relay_id_mismatch", "relay_auth_failed")
+            except (OSError, trio.TooSlowError, trio.BrokenResourceError, RelayError) as exc:
+                cause = f"{type(exc).__name__}: {exc}"
+            server.session = None
+            server.failures += 1
+            server.last_error = cause
+            was_connected = server.status is RelayServerStatus.CONNECTED
+            self._set_status(server, RelayServerStatus.DISCONNECTED)
+            if was_connected:
+                server.failures = 1
+                await self._emit(ServerDisconnected(server.id, cause))
+            log.info("relay %s: %s", server.id, cause)
+            if fatal or server.failures > cfg.max_reconnect_attempts:
+                self._set_status(server, RelayServerStatus.FAILED)
+                await self._emit(ServerFailed(server.id, cause))
+                self._retry_events[server.id] = trio.Event()
+                await self._retry_events[server.id].wait()
+                server.failures = 0
+                continue
+            # Jittered exponential backoff, so a relay restart isn't met by a stampede.
+            base = min(cfg.reconnect_interval * 2 ** (server.failures - 1), cfg.max_reconnect_interval)
+            await trio.sleep(base * self._rng.uniform(0.5, 1.0))
+
+    async def _serve_session(self, server: RelayServer, session: RelaySession) -> None:
+        server.session = session
+        server.failures = 0
+        server.last_error = None
+        try:
+            await session.ping()  # a first latency figure for relay selection
+            server.latency_ms = session.latency_ms
+            server.last_ping = session.last_pong
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return
+        self._set_status(server, RelayServerStatus.CONNECTED)
+        await self._emit(ServerConnected(server.id))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._accept_incoming, server, session)
+            nursery.start_soon(self._track_latency, server, session)
+            await session.wait_closed()
+            nursery.cancel_scope.cancel()
+
+    async def _track_latency(self, server: RelayServer, session: RelaySession) -> None:
+        while True:
+            await trio.sleep(self.config.ping_interval)
+            server.latency_ms = session.latency_ms
+            server.last_ping = session.last_pong
+
+    async def _accept_incoming(self, server: RelayServer, session: RelaySession) -> None:
+        while True:
+            try:
+                circuit = await session.accept_circuit()
+            except trio.BrokenResourceError:
+                return
+            self._adopt(circuit, server.id)
+            await self._emit(CircuitCreated(circuit.relay_id, circuit.peer_id, server.id, False))
+            if self._deliver_incoming:
+                self._require_running().start_soon(self._pump, circuit)
+            else:
+                await self._incoming_send.send(circuit)
+
+    def _adopt(self, circuit: RelayCircuit, server_id: str) -> None:
+        self._circuits[circuit.relay_id] = (circuit, server_id)
+
+    async def _pump(self, circuit: RelayCircuit) -> None:
+        """Deliver a circuit's messages as DataReceived events, then its CircuitClosed."""
+        try:
+            async for data in circuit:
+                await self._emit(DataReceived(circuit.peer_id, circuit.relay_id, data))
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
+        self._circuits.pop(circuit.relay_id, None)
+        await self._emit(CircuitClosed(circuit.relay_id, circuit.peer_id, circuit.close_reason or "closed"))
+
+    # -- circuits -----------------------------------------------------------------------
+
+    async def open_circuit(self, peer_id: str, *, deliver: bool = False) -> RelayCircuit:
+        """A circuit to ``peer_id`` as a trio channel, through the best relay that knows it.
+
+        With ``deliver=True`` the manager reads it and emits DataReceived events instead.
+        """
+        nursery = self._require_running()
+        try:
+            PeerId.from_string(peer_id)
+        except PeerIdError as exc:
+            raise ValueError(f"cannot open a circuit: {exc}") from None
+        candidates = self.connected_servers()
+        if not candidates:
+            raise NoRelayAvailable("no relay is connected", "no_relay")
+        errors: list[str] = []
+        refusal: CircuitRefused | None = None
+        for server in candidates:
+            session = server.session
+            if session is None:
+                continue
+            try:
+                circuit = await session.request_circuit(peer_id, timeout=self.config.connection_timeout)
+            except CircuitRefused as exc:
+                errors.append(f"{server.id}: {exc}")
+                if exc.code != "unknown_peer" and refusal is None:
+                    refusal = exc
+                continue
+            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError) as exc:
+                errors.append(f"{server.id}: {type(exc).__name__}")
+                continue
+            self._adopt(circuit, server.id)
+            await self._emit(CircuitCreated(circuit.relay_id, peer_id, server.id, True))
+            if deliver:
+                nursery.start_soon(self._pump, circuit)
+            return circuit
+        if refusal is not None:
+            raise CircuitRefused(f"circuit to {peer_id} refused: {'; '.join(errors)}", refusal.code)
+        raise PeerNotFound(f"peer {peer_id} is not connected to any relay ({'; '.join(errors)})", "unknown_peer")
+
+    async def accept_circuit(self) -> RelayCircuit:
+        """The next incoming circuit (only with ``deliver_incoming=False``)."""
+        return await self._incoming.receive()
+
+    async def connect_to_peer(self, peer_id: str) -> str:
+        """Open a circuit whose data arrives as DataReceived events; returns its relay_id."""
+        circuit = await self.open_circuit(peer_id, deliver=True)
+        return circuit.relay_id
+
+    def circuit(self, relay_id: str) -> RelayCircuit:
+        try:
+            return self._circuits[relay_id][0]
+        except KeyError:
+            raise UnknownCircuit(f"no open relay circuit {relay_id}") from None
+
+    async def send_data(self, peer_id: str, relay_id: str, data: bytes) -> None:
+        """Send on circuit ``relay_id``; raises UnknownCircuit, CircuitClosed or ClosedResourceError."""
+        circuit = self.circuit(relay_id)
+        if circuit.peer_id != peer_id:
+            raise ValueError(f"circuit {relay_id} leads to {circuit.peer_id}, not {peer_id}")
+        await circuit.send(data)
+
+    async def close_relay(self, relay_id: str) -> None:
+        circuit = self.circuit(relay_id)
+        self._circuits.pop(relay_id, None)
+        await circuit.aclose()

@@ -1,0 +1,117 @@
+"""What the ICE agent hands back to its driver: transmits, events, state, statistics."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from aioice.candidate import Candidate
+
+__all__ = [
+    "CandidateGathered",
+    "ConsentLost",
+    "DataReceived",
+    "GatheringComplete",
+    "IceEvent",
+    "IceState",
+    "IceStateChanged",
+    "IceStatistics",
+    "RoleChanged",
+    "SelectedPairChanged",
+    "Transmit",
+]
+
+
+class IceState(enum.Enum):
+    """Overall agent state (a subset of RTCIceTransportState)."""
+
+    NEW = "new"
+    CHECKING = "checking"
+    CONNECTED = "connected"
+    FAILED = "failed"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True)
+class Transmit:
+    """A datagram to send to ``addr``, from the socket bound to ``local`` if given."""
+
+    data: bytes
+    addr: tuple[str, int]
+    local: tuple[str, int] | None = None
+
+
+@dataclass(frozen=True)
+class CandidateGathered:
+    """A local candidate to signal to the peer (trickle)."""
+
+    candidate: Candidate
+
+
+@dataclass(frozen=True)
+class GatheringComplete:
+    """Every local candidate has been gathered: signal end-of-candidates."""
+
+
+@dataclass(frozen=True)
+class IceStateChanged:
+    state: IceState
+
+
+@dataclass(frozen=True)
+class SelectedPairChanged:
+    """Data now flows between these candidates (first one means connected)."""
+
+    local: Candidate
+    remote: Candidate
+
+
+@dataclass(frozen=True)
+class RoleChanged:
+    """A role conflict was resolved (RFC 8445 section 7.3.1.1)."""
+
+    controlling: bool
+
+
+@dataclass(frozen=True)
+class ConsentLost:
+    """No consent response for the consent timeout (RFC 7675): stop sending."""
+
+
+@dataclass(frozen=True)
+class DataReceived:
+    """A non-STUN datagram (DTLS) from an address ICE has validated."""
+
+    data: bytes
+    addr: tuple[str, int]
+
+
+IceEvent = (
+    CandidateGathered
+    | GatheringComplete
+    | IceStateChanged
+    | SelectedPairChanged
+    | RoleChanged
+    | ConsentLost
+    | DataReceived
+)
+
+
+@dataclass(frozen=True)
+class IceStatistics:
+    """A snapshot of the agent's counters."""
+
+    state: IceState
+    controlling: bool
+    local_candidates: int
+    remote_candidates: int
+    pairs: int
+    succeeded_pairs: int
+    checks_sent: int
+    retransmissions: int
+    requests_received: int
+    responses_received: int
+    role_conflicts: int
+    datagrams_dropped: int
+    selected_local: tuple[str, int] | None
+    selected_remote: tuple[str, int] | None

@@ -1,0 +1,47 @@
+"""The SCTP state cookie (RFC 9260 5.1.3): what an INIT told us, signed with our secret.
+
+An association that answers INIT keeps no state; the peer echoes this cookie back and
+the HMAC proves we issued it. The creation time (the ``now`` of the issuer) limits its
+lifetime. Nothing secret is inside, only integrity matters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import struct
+from dataclasses import dataclass
+
+from .sctp_chunks import InitChunk
+
+_BODY = struct.Struct("!dIIIIB")  # created, local tag, peer tag, peer TSN, peer rwnd, flags
+_MAC_SIZE = 32
+
+
+@dataclass(frozen=True, slots=True)
+class StateCookie:
+    created: float
+    local_tag: int
+    peer_tag: int
+    peer_initial_tsn: int
+    peer_a_rwnd: int
+    forward_tsn_supported: bool
+
+
+def make_cookie(secret: bytes, now: float, local_tag: int, init: InitChunk) -> bytes:
+    body = _BODY.pack(
+        now, local_tag, init.initiate_tag, init.initial_tsn, init.a_rwnd,
+        int(init.forward_tsn_supported),
+    )
+    return body + hmac.new(secret, body, hashlib.sha256).digest()
+
+
+def open_cookie_untrusted(secret: bytes, cookie: bytes) -> StateCookie | None:
+    """The cookie's contents if we issued it (valid HMAC), else None."""
+    if len(cookie) != _BODY.size + _MAC_SIZE:
+        return None
+    body, mac = cookie[: _BODY.size], cookie[_BODY.size :]
+    if not hmac.compare_digest(hmac.new(secret, body, hashlib.sha256).digest(), mac):
+        return None
+    created, local_tag, peer_tag, tsn, rwnd, flags = _BODY.unpack(body)
+    return StateCookie(created, local_tag, peer_tag, tsn, rwnd, bool(flags & 1))

@@ -1,0 +1,445 @@
+"""SCTP send side: outbound queue, fragmentation, SACK processing, RTO, congestion control.
+
+Messages wait whole in per-stream FIFOs, served round robin one message at a time (a
+big transfer on one data channel does not starve the others; fragments of a message
+keep consecutive TSNs, as DATA without I-DATA requires). They are cut into DATA chunks
+only when a packet has room, so fragments fill packets exactly, even behind a SACK. A TSN and, for ordered
+messages, an SSN are assigned at first transmission: a message that expires before
+it leaves costs nothing on the wire. Each sent chunk keeps its encoded bytes for
+retransmission. Congestion control follows RFC 9260 7.2; partial reliability RFC 3758.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+
+from .sctp_chunks import DATA_BEGINNING, DATA_END, DATA_HEADER, DATA_UNORDERED, ForwardTsnChunk
+from .sctp_events import BufferedAmountLow
+from .sctp_streams import MASK32, unwrap32
+
+_PADDING = (b"", b"\x00\x00\x00", b"\x00\x00", b"\x00")
+# Never cut a fragment smaller than this to squeeze it into a packet's tail.
+_MIN_FRAGMENT = 256
+
+
+class OutboundMessage:
+    __slots__ = (
+        "stream_id", "ppid", "data", "offset", "unordered", "ssn", "expiry", "max_retransmits",
+        "chunks", "abandoned",
+    )
+
+    def __init__(
+        self, stream_id: int, ppid: int, data: bytes, unordered: bool,
+        expiry: float | None, max_retransmits: int | None,
+    ) -> None:
+        self.stream_id = stream_id
+        self.ppid = ppid
+        self.data = data
+        self.offset = 0
+        self.unordered = unordered
+        self.ssn = 0
+        self.expiry = expiry
+        self.max_retransmits = max_retransmits
+        # Chunks are remembered only for partially reliable messages (to abandon them).
+        self.chunks: list[SentChunk] | None = (
+            [] if expiry is not None or max_retransmits is not None else None
+        )
+        self.abandoned = False
+
+
+class SentChunk:
+    __slots__ = (
+        "tsn", "message", "size", "wire", "sent_count", "acked", "in_flight", "retransmit",
+        "abandoned", "missing_reports", "fast_retransmitted",
+    )
+
+    def __init__(self, tsn: int, message: OutboundMessage, size: int, wire: bytes) -> None:
+        self.tsn = tsn
+        self.message = message
+        self.size = size
+        self.wire = wire
+        self.sent_count = 1
+        self.acked = False
+        self.in_flight = True
+        self.retransmit = False
+        self.abandoned = False
+        self.missing_reports = 0
+        self.fast_retransmitted = False
+
+
+class SctpSender:
+    """Everything we send as DATA; the association asks it to fill packets and feeds SACKs."""
+
+    def __init__(
+        self, initial_tsn: int, max_packet_size: int, events: deque,
+        rto_initial: float, rto_min: float, rto_max: float,
+    ) -> None:
+        self.mtu = max_packet_size
+        self.next_tsn = initial_tsn
+        self.cum_acked = initial_tsn - 1
+        self.sent: dict[int, SentChunk] = {}  # insertion order == TSN order
+        self._queues: dict[int, deque[OutboundMessage]] = {}  # per stream, unsent messages
+        self._rotation: deque[int] = deque()  # streams with queued messages, in turn order
+        self.flight = 0
+        self.cwnd = min(4 * max_packet_size, max(2 * max_packet_size, 4404))
+        self.ssthresh = 1 << 30
+        self.partial_bytes_acked = 0
+        self.peer_rwnd = 1 << 30
+        self.fast_recovery_exit: int | None = None
+        self.forward_tsn_supported = True
+        self.advanced_ack_point = self.cum_acked
+        self.forward_tsn_due = False
+        self.t3_deadline: float | None = None
+        self.rto = rto_initial
+        self.rto_min = rto_min
+        self.rto_max = rto_max
+        self.srtt: float | None = None
+        self.rttvar = 0.0
+        self.consecutive_timeouts = 0
+        self.retransmissions = 0
+        self.fast_retransmits = 0
+        self.t3_timeouts = 0
+        self.abandoned_messages = 0
+        self.messages_sent = 0
+        self._events = events
+        self._rtx_heap: list[int] = []
+        self._fast_rtx_budget = False
+        self._ssn: dict[int, int] = {}
+        self._buffered: dict[int, int] = {}
+        self._low_threshold: dict[int, int] = {}
+        self.buffered_total = 0
+        self._rtt_probe_tsn: int | None = None
+        self._rtt_probe_time = 0.0
+
+    # --- application side ------------------------------------------------------------
+
+    def enqueue(self, message: OutboundMessage) -> None:
+        queue = self._queues.get(message.stream_id)
+        if queue is None:
+            queue = self._queues[message.stream_id] = deque()
+            self._rotation.append(message.stream_id)
+        queue.append(message)
+        size = len(message.data)
+        sid = message.stream_id
+        self._buffered[sid] = self._buffered.get(sid, 0) + size
+        self.buffered_total += size
+
+    def buffered_amount(self, stream_id: int) -> int:
+        return self._buffered.get(stream_id, 0)
+
+    def set_low_threshold(self, stream_id: int, threshold: int) -> None:
+        self._low_threshold[stream_id] = threshold
+
+    def has_unsent(self, stream_id: int) -> bool:
+        return stream_id in self._queues
+
+    def reset_ssn(self, stream_ids: tuple[int, ...]) -> None:
+        for sid in stream_ids or list(self._ssn):
+            self._ssn.pop(sid, None)
+
+    def idle(self) -> bool:
+        return not self._rotation and not self.sent
+
+    def _release(self, stream_id: int, size: int) -> None:
+        before = self._buffered.get(stream_id, 0)
+        after = before - size
+        self._buffered[stream_id] = after
+        self.buffered_total -= size
+        threshold = self._low_threshold.get(stream_id, 0)
+        if after <= threshold < before:
+            self._events.append(BufferedAmountLow(stream_id))
+
+    # --- transmission ----------------------------------------------------------------
+
+    def wants_to_send(self) -> bool:
+        if self._rtx_heap:
+            return True
+        return bool(self._rotation) and self.flight < self.cwnd
+
+    def fill(self, parts: list[bytes], room: int, now: float) -> int:
+        """Append DATA chunks (retransmissions first) that fit ``room``; returns room left."""
+        heap = self._rtx_heap
+        sent = self.sent
+        while heap:
+            chunk = sent.get(heap[0])
+            if chunk is None or not chunk.retransmit:
+                heapq.heappop(heap)
+                continue
+            if len(chunk.wire) > room:
+                return room
+            if not self._fast_rtx_budget and self.flight >= self.cwnd:
+                return room
+            heapq.heappop(heap)
+            chunk.retransmit = False
+            chunk.in_flight = True
+            chunk.sent_count += 1
+            self.flight += chunk.size
+            self.retransmissions += 1
+            if chunk.tsn == self._rtt_probe_tsn:
+                self._rtt_probe_tsn = None  # Karn: no RTT sample from a retransmission
+            parts.append(chunk.wire)
+            room -= len(chunk.wire)
+        self._fast_rtx_budget = False
+        if self.t3_deadline is None and sent:
+            self.t3_deadline = now + self.rto
+        rotation = self._rotation
+        while rotation and room > 16:
+            if self.flight >= self.cwnd or (self.flight and self.peer_rwnd <= 0):
+                break
+            message = self._queues[rotation[0]][0]
+            data = message.data
+            remaining = len(data) - message.offset
+            if message.offset == 0:
+                if message.expiry is not None and now >= message.expiry:
+                    self._dequeue(message, rotate=False)
+                    self.abandoned_messages += 1
+                    self._release(message.stream_id, len(data))
+                    continue
+                if remaining > room - 16 and room - 16 < _MIN_FRAGMENT:
+                    break
+                flags = DATA_BEGINNING
+                if message.unordered:
+                    flags |= DATA_UNORDERED
+                else:
+                    sid = message.stream_id
+                    message.ssn = self._ssn.get(sid, 0)
+                    self._ssn[sid] = (message.ssn + 1) & 0xFFFF
+            else:
+                if remaining > room - 16 and room - 16 < _MIN_FRAGMENT:
+                    break
+                flags = DATA_UNORDERED if message.unordered else 0
+            size = room - 16
+            if remaining <= size:
+                size = remaining
+                flags |= DATA_END
+                self._dequeue(message, rotate=True)
+                self.messages_sent += 1
+            start = message.offset
+            payload = data[start : start + size] if size != len(data) else data
+            message.offset = start + size
+            tsn = self.next_tsn
+            self.next_tsn = tsn + 1
+            length = 16 + size
+            wire = DATA_HEADER.pack(
+                0, flags, length, tsn & MASK32, message.stream_id, message.ssn, message.ppid
+            ) + payload
+            if length & 3:
+                wire += _PADDING[length & 3]
+            chunk = SentChunk(tsn, message, size, wire)
+            sent[tsn] = chunk
+            if message.chunks is not None:
+                message.chunks.append(chunk)
+            self.flight += size
+            self.peer_rwnd -= size
+            if self._rtt_probe_tsn is None:
+                self._rtt_probe_tsn = tsn
+                self._rtt_probe_time = now
+            parts.append(wire)
+            room -= len(wire)
+            if self.t3_deadline is None:
+                self.t3_deadline = now + self.rto
+        return room
+
+    def _dequeue(self, message: OutboundMessage, rotate: bool) -> None:
+        """Remove the head message of its stream (``rotate``: the next stream's turn)."""
+        sid = message.stream_id
+        queue = self._queues[sid]
+        queue.popleft()
+        if not queue:
+            del self._queues[sid]
+            self._rotation.remove(sid)
+        elif rotate and self._rotation[0] == sid:
+            self._rotation.rotate(-1)
+
+    def forward_tsn_chunk(self) -> ForwardTsnChunk | None:
+        """RFC 3758 3.5 C4: the chunk telling the peer to skip abandoned TSNs, if any."""
+        self.forward_tsn_due = False
+        if self.advanced_ack_point <= self.cum_acked:
+            return None
+        streams: dict[int, int] = {}
+        for tsn in range(self.cum_acked + 1, self.advanced_ack_point + 1):
+            message = self.sent[tsn].message
+            if not message.unordered:
+                streams[message.stream_id] = message.ssn
+        return ForwardTsnChunk(self.advanced_ack_point & MASK32, sorted(streams.items()))
+
+    # --- acknowledgements ------------------------------------------------------------
+
+    def handle_sack(
+        self, cum_tsn: int, a_rwnd: int, gaps: list[tuple[int, int]], now: float
+    ) -> bool:
+        """Process a SACK; returns whether any data was newly acknowledged."""
+        cum = unwrap32(cum_tsn, self.cum_acked)
+        if cum < self.cum_acked or cum >= self.next_tsn:
+            return False  # stale, or acknowledges what we never sent
+        sent = self.sent
+        flight_before = self.flight
+        newly = 0
+        advanced = cum > self.cum_acked
+        if advanced:
+            for tsn in range(self.cum_acked + 1, cum + 1):
+                chunk = sent.pop(tsn)
+                if not chunk.acked and not chunk.abandoned:
+                    chunk.acked = True
+                    newly += chunk.size
+                    if chunk.in_flight:
+                        self.flight -= chunk.size
+                    self._release(chunk.message.stream_id, chunk.size)
+            self.cum_acked = cum
+            if self._rtt_probe_tsn is not None and self._rtt_probe_tsn <= cum:
+                self.update_rtt(now - self._rtt_probe_time)
+                self._rtt_probe_tsn = None
+            if self.advanced_ack_point < cum:
+                self.advanced_ack_point = cum
+        highest_newly = 0
+        last = self.next_tsn - 1
+        for start, end in gaps:
+            for tsn in range(cum + start, min(cum + end, last) + 1):
+                chunk = sent.get(tsn)
+                if chunk is not None and not chunk.acked:
+                    chunk.acked = True
+                    highest_newly = tsn
+                    if not chunk.abandoned:
+                        newly += chunk.size
+                        if chunk.in_flight:
+                            chunk.in_flight = False
+                            self.flight -= chunk.size
+                        chunk.retransmit = False
+                        self._release(chunk.message.stream_id, chunk.size)
+        if highest_newly:
+            self._count_missing(cum, highest_newly, now)
+        if newly or advanced:
+            self.consecutive_timeouts = 0
+        if newly:
+            if advanced and self.fast_recovery_exit is None:
+                if self.cwnd <= self.ssthresh:
+                    if flight_before + self.mtu >= self.cwnd:
+                        self.cwnd += min(newly, self.mtu)
+                else:
+                    self.partial_bytes_acked += newly
+                    if self.partial_bytes_acked >= self.cwnd and flight_before + self.mtu >= self.cwnd:
+                        self.partial_bytes_acked -= self.cwnd
+                        self.cwnd += self.mtu
+        if self.fast_recovery_exit is not None and cum >= self.fast_recovery_exit:
+            self.fast_recovery_exit = None
+        rwnd = a_rwnd - self.flight
+        self.peer_rwnd = rwnd if rwnd > 0 else 0
+        if not sent:
+            self.t3_deadline = None
+        elif advanced:
+            self.t3_deadline = now + self.rto
+        self._advance_ack_point()
+        return newly > 0
+
+    def _count_missing(self, cum: int, highest: int, now: float) -> None:
+        sent = self.sent
+        marked = False
+        for tsn in range(cum + 1, highest):
+            chunk = sent.get(tsn)
+            if chunk is None or not chunk.in_flight or chunk.fast_retransmitted:
+                continue  # RFC 9260 7.2.4: fast retransmit a chunk at most once
+            chunk.missing_reports += 1
+            if chunk.missing_reports == 3:
+                chunk.fast_retransmitted = True
+                if not self._mark_for_retransmit(chunk, now):
+                    continue
+                marked = True
+        if marked:
+            self.fast_retransmits += 1
+            self._fast_rtx_budget = True
+            if self.fast_recovery_exit is None:
+                self.ssthresh = max(self.cwnd // 2, 4 * self.mtu)
+                self.cwnd = self.ssthresh
+                self.partial_bytes_acked = 0
+                self.fast_recovery_exit = self.next_tsn - 1
+
+    def _mark_for_retransmit(self, chunk: SentChunk, now: float) -> bool:
+        """Queue a lost chunk again, or abandon its message if its PR policy says so."""
+        message = chunk.message
+        if message.chunks is not None and self.forward_tsn_supported and (
+            (message.max_retransmits is not None and chunk.sent_count > message.max_retransmits)
+            or (message.expiry is not None and now >= message.expiry)
+        ):
+            self._abandon(message)
+            return False
+        if chunk.in_flight:
+            chunk.in_flight = False
+            self.flight -= chunk.size
+        if not chunk.retransmit:
+            chunk.retransmit = True
+            heapq.heappush(self._rtx_heap, chunk.tsn)
+        return True
+
+    def _abandon(self, message: OutboundMessage) -> None:
+        if message.abandoned:
+            return
+        message.abandoned = True
+        self.abandoned_messages += 1
+        for chunk in message.chunks or ():
+            if not chunk.acked and not chunk.abandoned:
+                chunk.abandoned = True
+                chunk.retransmit = False
+                if chunk.in_flight:
+                    chunk.in_flight = False
+                    self.flight -= chunk.size
+                if chunk.tsn in self.sent:
+                    self._release(message.stream_id, chunk.size)
+        unsent = len(message.data) - message.offset
+        queue = self._queues.get(message.stream_id)
+        if unsent and message.offset and queue and queue[0] is message:
+            self._dequeue(message, rotate=True)
+            self._release(message.stream_id, unsent)
+            # The unsent tail has no TSN, so the peer may already have every TSN we sent
+            # and would ignore a FORWARD-TSN that does not move its cumulative TSN,
+            # keeping the head fragments forever. Burn one TSN (never sent) for the tail:
+            # the FORWARD-TSN then always moves the peer past this message.
+            tail = SentChunk(self.next_tsn, message, 0, b"")
+            tail.sent_count = 0
+            tail.in_flight = False
+            tail.abandoned = True
+            self.sent[self.next_tsn] = tail
+            self.next_tsn += 1
+
+    def _advance_ack_point(self) -> None:
+        point = max(self.advanced_ack_point, self.cum_acked)
+        sent = self.sent
+        while True:
+            chunk = sent.get(point + 1)
+            if chunk is None or not chunk.abandoned:
+                break
+            point += 1
+        self.advanced_ack_point = point
+        if point > self.cum_acked:
+            self.forward_tsn_due = True
+
+    def update_rtt(self, rtt: float) -> None:
+        """RFC 9260 6.3.1 (alpha 1/8, beta 1/4), clamped to [rto_min, rto_max]."""
+        if rtt < 0:
+            return
+        if self.srtt is None:
+            self.srtt = rtt
+            self.rttvar = rtt / 2
+        else:
+            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt)
+            self.srtt = 0.875 * self.srtt + 0.125 * rtt
+        self.rto = min(max(self.srtt + 4 * self.rttvar, self.rto_min), self.rto_max)
+
+    def handle_t3_timeout(self, now: float) -> None:
+        """RFC 9260 6.3.3: back off, collapse cwnd, mark everything outstanding for rtx."""
+        self.t3_timeouts += 1
+        self.consecutive_timeouts += 1
+        self.rto = min(self.rto * 2, self.rto_max)
+        if not self.sent:
+            self.t3_deadline = None
+            return
+        self.ssthresh = max(self.cwnd // 2, 4 * self.mtu)
+        self.cwnd = self.mtu
+        self.partial_bytes_acked = 0
+        self.fast_recovery_exit = None
+        self._rtt_probe_tsn = None
+        for chunk in list(self.sent.values()):
+            if not chunk.acked and not chunk.abandoned:
+                self._mark_for_retransmit(chunk, now)
+        self._advance_ack_point()
+        self.t3_deadline = now + self.rto

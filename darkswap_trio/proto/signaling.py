@@ -1,0 +1,406 @@
+"""darkswap-relay/1 signaling messages: frozen dataclasses and a strict codec.
+
+The normative description is docs/PROTOCOL.md. JSON text frames use the original
+DarkSwap envelope ``{"type": <PascalCase>, "payload": {...}}``; circuit data and
+credit travel in binary frames (section 5 of the protocol).
+
+``decode_message_untrusted`` and ``decode_binary_untrusted`` parse network input and
+raise only :class:`SignalingParseError` (``.code`` says which Error code to answer).
+Unknown fields are ignored so that later protocol additions stay compatible.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import struct
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from .errors import SignalingParseError
+
+PROTOCOL_VERSION = "darkswap-relay/1"
+NONCE_LENGTH = 32
+MAX_ID_LENGTH = 128
+
+# -- errors -----------------------------------------------------------------------------
+
+
+class UnknownMessageType(SignalingParseError):
+    """A well-formed envelope names a type this codec does not know."""
+
+    code = "unknown_type"
+
+
+# -- messages ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitLimits:
+    """Limits the relay enforces on one circuit (0 = unlimited)."""
+
+    duration: float = 0.0
+    data: int = 0
+    bandwidth: int = 0
+    window: int = 0
+    max_data_frame: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Register:
+    peer_id: str
+    protocol: str | None = None
+    nonce: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Challenge:
+    nonce: bytes
+    relay_peer_id: str
+    signature: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Authenticate:
+    signature: bytes
+    token: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Registered:
+    peer_id: str
+    relay_peer_id: str
+    auth: str
+    protocol: str | None = None
+    signature: bytes | None = None
+    token_expires_at: float | None = None
+    limits: dict[str, float] | None = field(default=None, hash=False)
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshToken:
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRefreshed:
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Offer:
+    from_: str
+    to: str
+    sdp: str
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    from_: str
+    to: str
+    sdp: str
+
+
+@dataclass(frozen=True, slots=True)
+class IceCandidate:
+    from_: str
+    to: str
+    candidate: str
+    sdp_mid: str | None = None
+    sdp_mline_index: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RelayRequest:
+    from_: str
+    to: str
+
+
+@dataclass(frozen=True, slots=True)
+class RelayResponse:
+    relay_id: str
+    accepted: bool
+    error: str | None = None
+    code: str | None = None
+    to: str | None = None
+    limits: CircuitLimits | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DataChannel:
+    peer_id: str
+    relay_id: str
+    channel: str
+    limits: CircuitLimits | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RelayData:
+    from_: str
+    relay_id: str
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class CloseRelay:
+    relay_id: str
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    message: str
+    code: str | None = None
+    ref: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    pass
+
+
+Message = (
+    Register | Challenge | Authenticate | Registered | RefreshToken | TokenRefreshed | Offer
+    | Answer | IceCandidate | RelayRequest | RelayResponse | DataChannel | RelayData | CloseRelay
+    | Error | Ping | Pong
+)
+
+# -- field table ------------------------------------------------------------------------
+# (json key, attribute, kind, required, always emitted)
+# "always emitted" keeps the original relay's optional fields present as null, because
+# clients of the original (serde Option<T>) expect the key.
+
+_Spec = tuple[str, str, str, bool, bool]
+
+_FIELDS: dict[type, tuple[_Spec, ...]] = {
+    Register: (("peer_id", "peer_id", "id", True, True), ("protocol", "protocol", "str", False, False),
+               ("nonce", "nonce", "nonce", False, False)),
+    Challenge: (("nonce", "nonce", "nonce", True, True), ("relay_peer_id", "relay_peer_id", "id", True, True),
+                ("signature", "signature", "b64", False, False)),
+    Authenticate: (("signature", "signature", "b64", True, True), ("token", "token", "str", False, False)),
+    Registered: (("peer_id", "peer_id", "id", True, True), ("relay_peer_id", "relay_peer_id", "id", True, True),
+                 ("auth", "auth", "str", True, True), ("protocol", "protocol", "str", False, False),
+                 ("signature", "signature", "b64", False, False),
+                 ("token_expires_at", "token_expires_at", "number", False, False),
+                 ("limits", "limits", "numbers", False, False)),
+    RefreshToken: (("token", "token", "str", True, True),),
+    TokenRefreshed: (("expires_at", "expires_at", "number", True, True),),
+    Offer: (("from", "from_", "id", True, True), ("to", "to", "id", True, True), ("sdp", "sdp", "str", True, True)),
+    Answer: (("from", "from_", "id", True, True), ("to", "to", "id", True, True), ("sdp", "sdp", "str", True, True)),
+    IceCandidate: (("from", "from_", "id", True, True), ("to", "to", "id", True, True),
+                   ("candidate", "candidate", "str", True, True), ("sdp_mid", "sdp_mid", "str", False, True),
+                   ("sdp_mline_index", "sdp_mline_index", "int", False, True)),
+    RelayRequest: (("from", "from_", "id", True, True), ("to", "to", "id", True, True)),
+    RelayResponse: (("relay_id", "relay_id", "id", True, True), ("accepted", "accepted", "bool", True, True),
+                    ("error", "error", "str", False, True), ("code", "code", "str", False, False),
+                    ("to", "to", "id", False, False), ("limits", "limits", "limits", False, False)),
+    DataChannel: (("peer_id", "peer_id", "id", True, True), ("relay_id", "relay_id", "id", True, True),
+                  ("channel", "channel", "str", True, True), ("limits", "limits", "limits", False, False)),
+    RelayData: (("from", "from_", "id", True, True), ("relay_id", "relay_id", "id", True, True),
+                ("data", "data", "b64", True, True)),
+    CloseRelay: (("relay_id", "relay_id", "id", True, True), ("reason", "reason", "str", False, False)),
+    Error: (("message", "message", "str", True, True), ("code", "code", "str", False, False),
+            ("ref", "ref", "str", False, False)),
+    Ping: (),
+    Pong: (),
+}
+_BY_NAME: dict[str, type] = {cls.__name__: cls for cls in _FIELDS}
+_LIMIT_FIELDS = ("duration", "data", "bandwidth", "window", "max_data_frame")
+
+
+def message_type(msg: Message) -> str:
+    """The envelope ``type`` of a message (its class name)."""
+    return type(msg).__name__
+
+
+# -- decoding ---------------------------------------------------------------------------
+
+
+def _reject_constant(name: str) -> Any:
+    raise SignalingParseError(f"non-standard JSON constant {name}")
+
+
+def _decode_value(kind: str, key: str, value: Any) -> Any:
+    if kind in ("str", "id"):
+        if not isinstance(value, str):
+            raise SignalingParseError(f"field {key!r} must be a string")
+        if kind == "id" and len(value) > MAX_ID_LENGTH:
+            raise SignalingParseError(f"field {key!r} is longer than {MAX_ID_LENGTH} characters")
+        return value
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise SignalingParseError(f"field {key!r} must be a boolean")
+        return value
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 16:
+            raise SignalingParseError(f"field {key!r} must be an integer 0..65535")
+        return value
+    if kind == "number":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise SignalingParseError(f"field {key!r} must be a number")
+        return float(value)
+    if kind in ("b64", "nonce"):
+        if not isinstance(value, str):
+            raise SignalingParseError(f"field {key!r} must be a base64 string")
+        try:
+            raw = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise SignalingParseError(f"field {key!r} is not valid base64") from None
+        if kind == "nonce" and len(raw) != NONCE_LENGTH:
+            raise SignalingParseError(f"field {key!r} must hold {NONCE_LENGTH} bytes")
+        return raw
+    if kind == "numbers":
+        if not isinstance(value, dict):
+            raise SignalingParseError(f"field {key!r} must be an object")
+        out: dict[str, float] = {}
+        for k, v in value.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise SignalingParseError(f"field {key}.{k} must be a number")
+            out[k] = v
+        return out
+    if kind == "limits":
+        if not isinstance(value, dict):
+            raise SignalingParseError(f"field {key!r} must be an object")
+        args = {}
+        for name in _LIMIT_FIELDS:
+            v = value.get(name, 0)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+                raise SignalingParseError(f"field {key}.{name} must be a non-negative number")
+            args[name] = float(v) if name == "duration" else int(v)
+        return CircuitLimits(**args)
+    raise AssertionError(kind)  # pragma: no cover
+
+
+def decode_message_untrusted(text: str | bytes) -> Message:
+    """Parse one JSON text frame. Raises only SignalingParseError (``.code`` for the reply)."""
+    try:
+        obj = json.loads(text, parse_constant=_reject_constant)
+    except SignalingParseError:
+        raise
+    except (ValueError, RecursionError, TypeError):
+        raise SignalingParseError("frame is not valid JSON") from None
+    if not isinstance(obj, dict):
+        raise SignalingParseError("frame must be a JSON object")
+    type_name = obj.get("type")
+    if not isinstance(type_name, str):
+        raise SignalingParseError("frame lacks a string 'type'")
+    cls = _BY_NAME.get(type_name)
+    if cls is None:
+        raise UnknownMessageType(f"unknown message type {type_name[:64]!r}")
+    specs = _FIELDS[cls]
+    payload = obj.get("payload")
+    if not specs:
+        if payload not in (None, {}):
+            raise SignalingParseError(f"{type_name} carries no payload")
+        return cls()
+    if not isinstance(payload, dict):
+        raise SignalingParseError(f"{type_name} needs a 'payload' object")
+    kwargs = {}
+    for key, attr, kind, required, _ in specs:
+        value = payload.get(key)
+        if value is None:
+            if required:
+                raise SignalingParseError(f"{type_name} lacks field {key!r}")
+            continue
+        kwargs[attr] = _decode_value(kind, key, value)
+    return cls(**kwargs)
+
+
+# -- encoding ---------------------------------------------------------------------------
+
+
+def _encode_value(kind: str, value: Any) -> Any:
+    if kind in ("b64", "nonce"):
+        return base64.b64encode(value).decode("ascii")
+    if kind == "limits":
+        return {name: getattr(value, name) for name in _LIMIT_FIELDS}
+    if kind == "numbers":
+        return dict(value)
+    return value
+
+
+def encode_message(msg: Message) -> str:
+    """Serialise a message to its JSON text frame (compact, key order as documented)."""
+    specs = _FIELDS[type(msg)]
+    if not specs:
+        return json.dumps({"type": type(msg).__name__})
+    payload = {}
+    for key, attr, kind, _required, always in specs:
+        value = getattr(msg, attr)
+        if value is None:
+            if always:
+                payload[key] = None
+            continue
+        payload[key] = _encode_value(kind, value)
+    return json.dumps({"type": type(msg).__name__, "payload": payload}, separators=(",", ":"))
+
+
+# -- binary circuit frames --------------------------------------------------------------
+
+FRAME_DATA = 0x01
+FRAME_CREDIT = 0x02
+RELAY_ID_LENGTH = 16
+DATA_HEADER_LENGTH = 1 + RELAY_ID_LENGTH
+_CREDIT = struct.Struct("!B16sI")
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitData:
+    relay_id: bytes  # the UUID's 16 bytes
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitCredit:
+    relay_id: bytes
+    increment: int
+
+    MAX_INCREMENT: ClassVar[int] = 0xFFFFFFFF
+
+
+def encode_circuit_data(relay_id: bytes, payload: bytes) -> bytes:
+    return b"\x01" + relay_id + payload
+
+
+def encode_circuit_credit(relay_id: bytes, increment: int) -> bytes:
+    if not 0 < increment <= CircuitCredit.MAX_INCREMENT:
+        raise ValueError(f"credit increment {increment} out of range")
+    return _CREDIT.pack(FRAME_CREDIT, relay_id, increment)
+
+
+def decode_binary_untrusted(frame: bytes) -> CircuitData | CircuitCredit:
+    """Parse one binary frame. Raises only SignalingParseError."""
+    if len(frame) < DATA_HEADER_LENGTH:
+        raise SignalingParseError("binary frame shorter than its header")
+    kind = frame[0]
+    if kind == FRAME_DATA:
+        return CircuitData(bytes(frame[1:DATA_HEADER_LENGTH]), bytes(frame[DATA_HEADER_LENGTH:]))
+    if kind == FRAME_CREDIT:
+        if len(frame) != _CREDIT.size:
+            raise SignalingParseError("CREDIT frame must be 21 bytes")
+        _, relay_id, increment = _CREDIT.unpack(frame)
+        if increment == 0:
+            raise SignalingParseError("CREDIT increment must be positive")
+        return CircuitCredit(relay_id, increment)
+    raise SignalingParseError(f"unknown binary frame kind 0x{kind:02x}")
+
+
+# -- signed handshake messages (PROTOCOL.md 2.3) ----------------------------------------
+
+
+def peer_auth_message(server_nonce: bytes, relay_peer_id: str, peer_id: str) -> bytes:
+    """What a peer signs to prove it owns ``peer_id`` to relay ``relay_peer_id``."""
+    return (b"darkswap-relay/1 peer-auth\0" + relay_peer_id.encode() + b"\0"
+            + peer_id.encode() + b"\0" + server_nonce)
+
+
+def relay_auth_message(client_nonce: bytes, relay_peer_id: str, peer_id: str) -> bytes:
+    """What a relay signs to prove it owns ``relay_peer_id`` to peer ``peer_id``."""
+    return (b"darkswap-relay/1 relay-auth\0" + relay_peer_id.encode() + b"\0"
+            + peer_id.encode() + b"\0" + client_nonce)

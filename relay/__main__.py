@@ -1,0 +1,389 @@
+"""``darkswap-relay`` / ``python -m relay``: run the relay server, or issue JWTs and keys.
+
+Serving prints exactly one line on stdout once every listener is bound::
+
+    READY signaling=9002 stun=3478 metrics=9090 peer_id=12D3KooW... multiaddr=/ip4/...
+
+(``none`` for a disabled service); logs go to stderr. The first SIGINT/SIGTERM starts a
+graceful shutdown (stop accepting, tell peers, drain within ``shutdown_grace``) and the
+process exits 0; a second signal aborts at once (exit 1). Exit 2 means a bad command line
+or configuration, exit 1 a runtime failure (e.g. a port already in use).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import ssl
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from darkswap_trio import Keypair, PeerIdError, load_or_create_keypair, parse_peer_id
+
+from ._auth import JwtValidator, generate_jwt_keypair, issue_token
+from ._config import AUTH_MODES, JWT_ALGORITHMS, ConfigError, RelayConfig, load_config
+from ._logging import configure_logging
+
+__all__ = ["build_parser", "main"]
+
+logger = logging.getLogger("relay.main")
+
+PROG = "darkswap-relay"
+# After shutdown(grace) returns, how long serve_relay may take to return before we cancel.
+SHUTDOWN_MARGIN = 2.0
+_DISABLED = -1  # --stun-port/--metrics-port value meaning "do not run this service"
+
+
+def _port_or_disabled(text: str) -> int:
+    if text.strip().lower() in ("none", "off", "disabled", "-1"):
+        return _DISABLED
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number or 'none': {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 0..65535, or -1/none: {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _port_or_disabled(text)
+    if value == _DISABLED:
+        raise argparse.ArgumentTypeError("the signaling port cannot be disabled")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a non-negative number of seconds: {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="DarkSwap relay: WebSocket signaling, circuit relay and STUN on trio. "
+        "Without a subcommand, runs the server; command-line flags override the config file.",
+    )
+    add = parser.add_argument
+    add("--config", metavar="PATH", help="TOML configuration file (see relay/_config.py).")
+    add(
+        "--host",
+        help="Address to listen on for signaling, STUN and metrics (default 0.0.0.0; "
+        "'::' for dual-stack).",
+    )
+    add(
+        "--port", type=_port, help="WebSocket signaling TCP port (default 9002; 0 = any free port)."
+    )
+    add(
+        "--stun-port",
+        type=_port_or_disabled,
+        metavar="PORT",
+        help="STUN binding service UDP port (default 3478; 0 = any free port; -1 or 'none' disables).",
+    )
+    add(
+        "--metrics-port",
+        type=_port_or_disabled,
+        metavar="PORT",
+        help="HTTP port for /metrics and /healthz (default 9090; 0 = any free port; "
+        "-1 or 'none' disables).",
+    )
+    add(
+        "--key-file",
+        metavar="PATH",
+        help="Relay identity key file (libp2p Ed25519 protobuf); "
+        "created if missing. Default: an ephemeral identity.",
+    )
+    add(
+        "--tls-cert",
+        metavar="PATH",
+        help="TLS certificate chain (PEM) to serve wss:// (needs --tls-key).",
+    )
+    add("--tls-key", metavar="PATH", help="TLS private key (PEM) matching --tls-cert.")
+    add(
+        "--auth",
+        choices=AUTH_MODES,
+        help="How peers prove their identity on Register: "
+        "'signature' (sign a server nonce with the PeerId key; default), 'jwt' (bearer token), "
+        "'open' (trust the claimed id; legacy clients, testing only).",
+    )
+    add(
+        "--jwt-algorithm",
+        choices=JWT_ALGORITHMS,
+        help="JWT signature algorithm accepted (pinned; default EdDSA).",
+    )
+    add(
+        "--jwt-key-file",
+        metavar="PATH",
+        help="JWT verification key: PEM public key (EdDSA/ES256) or shared-secret file (HS256).",
+    )
+    add("--jwt-audience", metavar="AUD", help="Required 'aud' claim of JWTs (unchecked if unset).")
+    add("--jwt-issuer", metavar="ISS", help="Required 'iss' claim of JWTs (unchecked if unset).")
+    add(
+        "--shutdown-grace",
+        type=_seconds,
+        metavar="SECONDS",
+        help="On SIGINT/SIGTERM, how long to let sessions and circuits drain (default 5).",
+    )
+    add("--log-format", choices=("text", "json"), help="Log format on stderr (default text).")
+    add(
+        "--log-level",
+        metavar="LEVEL",
+        help="Log level: DEBUG, INFO, WARNING, ERROR (default INFO).",
+    )
+
+    sub = parser.add_subparsers(
+        dest="command", metavar="{token,keygen}", help="Other commands (none: run the server)."
+    )
+    token = sub.add_parser(
+        "token",
+        help="Print a JWT for a peer id (signed with a private key or shared secret).",
+        description="Print a JWT for a peer id.",
+    )
+    token.add_argument("--peer-id", required=True, help="The peer's PeerId (the token's 'sub').")
+    token.add_argument(
+        "--key-file",
+        required=True,
+        metavar="PATH",
+        help="PEM private key (EdDSA/ES256) or shared-secret file (HS256).",
+    )
+    token.add_argument(
+        "--algorithm",
+        "--jwt-algorithm",
+        dest="algorithm",
+        default="EdDSA",
+        choices=JWT_ALGORITHMS,
+        help="Signature algorithm (default EdDSA).",
+    )
+    token.add_argument(
+        "--ttl",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="Lifetime of the token in seconds (default 3600).",
+    )
+    token.add_argument("--audience", metavar="AUD", help="'aud' claim to include.")
+    token.add_argument("--issuer", metavar="ISS", help="'iss' claim to include.")
+
+    keygen = sub.add_parser(
+        "keygen",
+        help="Write a new JWT signing keypair to a directory.",
+        description="Write a new JWT signing keypair: jwt_private.pem and "
+        "jwt_public.pem (EdDSA/ES256) or jwt_secret (HS256).",
+    )
+    keygen.add_argument(
+        "--jwt-algorithm",
+        "--algorithm",
+        dest="algorithm",
+        default="EdDSA",
+        choices=JWT_ALGORITHMS,
+        help="Algorithm of the keypair (default EdDSA).",
+    )
+    keygen.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="Directory to write the key files into (created if missing).",
+    )
+    keygen.add_argument("--force", action="store_true", help="Overwrite existing key files.")
+    return parser
+
+
+def _config_from_args(args: argparse.Namespace) -> RelayConfig:
+    overrides: dict[str, Any] = {
+        "host": args.host,
+        "port": args.port,
+        "stun_port": args.stun_port,
+        "metrics_port": args.metrics_port,
+        "key_file": args.key_file,
+        "tls_cert": args.tls_cert,
+        "tls_key": args.tls_key,
+        "shutdown_grace": args.shutdown_grace,
+        "log_format": args.log_format,
+        "log_level": args.log_level,
+        "auth_mode": args.auth,
+        "auth_jwt_algorithm": args.jwt_algorithm,
+        "auth_jwt_key_file": args.jwt_key_file,
+        "auth_jwt_audience": args.jwt_audience,
+        "auth_jwt_issuer": args.jwt_issuer,
+    }
+    disable = [name for name in ("stun_port", "metrics_port") if overrides[name] == _DISABLED]
+    for name in disable:
+        overrides[name] = None  # load_config skips None overrides; disabled below
+    config = load_config(args.config, **overrides)
+    for name in disable:
+        setattr(config, name, None)
+    config.validate()
+    if config.tls_cert is not None and config.tls_key is not None:
+        # Fail now, with exit 2 and the file named, rather than deep inside serve_relay.
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+                config.tls_cert, config.tls_key
+            )
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                f"cannot load tls_cert {config.tls_cert!r} / tls_key {config.tls_key!r}: {exc}"
+            ) from exc
+    if config.auth.mode == "jwt":
+        # Fail now, with exit 2, rather than on the first Register.
+        JwtValidator.from_config(config)
+    if not isinstance(logging.getLevelName(config.log_level.upper()), int):
+        raise ConfigError(f"log_level: unknown level {config.log_level!r}")
+    return config
+
+
+def _ready_line(server: Any) -> str:
+    def port(value: int | None) -> str:
+        return "none" if value is None else str(value)
+
+    return (
+        f"READY signaling={server.signaling_port} stun={port(server.stun_port)} "
+        f"metrics={port(server.metrics_port)} peer_id={server.peer_id} "
+        f"multiaddr={server.multiaddr}"
+    )
+
+
+async def _serve(config: RelayConfig, keypair: Keypair | None) -> int:
+    from ._server import serve_relay  # imported late: the CLI's other commands don't need it
+
+    forced = False
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def run_server(task_status: trio.TaskStatus[Any]) -> None:
+                await serve_relay(config, keypair=keypair, task_status=task_status)
+                nursery.cancel_scope.cancel()  # the server is done: stop watching signals
+
+            async def shut_down(server: Any) -> None:
+                await server.shutdown(config.shutdown_grace)
+                # serve_relay returns once shut down; don't hang if it doesn't.
+                nursery.cancel_scope.deadline = trio.current_time() + SHUTDOWN_MARGIN
+
+            server = await nursery.start(run_server)
+            sys.stdout.write(_ready_line(server) + "\n")
+            sys.stdout.flush()
+            logger.info("relay ready", extra={"peer_id": str(server.peer_id)})
+            shutting_down = False
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                if not shutting_down:
+                    logger.info(
+                        "shutting down", extra={"signal": name, "grace": config.shutdown_grace}
+                    )
+                    shutting_down = True
+                    nursery.start_soon(shut_down, server)
+                else:
+                    logger.warning("second signal: aborting", extra={"signal": name})
+                    forced = True
+                    nursery.cancel_scope.cancel()
+                    break
+    return 1 if forced else 0
+
+
+def _serve_main(args: argparse.Namespace) -> int:
+    try:
+        config = _config_from_args(args)
+    except ConfigError as exc:
+        print(f"{PROG}: configuration error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(config.log_format, config.log_level)
+    try:
+        keypair = load_or_create_keypair(config.key_file) if config.key_file else None
+    except (OSError, ValueError) as exc:
+        print(f"{PROG}: cannot load key_file: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return trio.run(_serve, config, keypair)
+    except Exception as exc:  # incl. ExceptionGroup from the nursery, e.g. port in use
+        leaves = _leaf_exceptions(exc)
+        if all(isinstance(leaf, OSError) for leaf in leaves):
+            # Operational (port in use, missing cert file...): one line, traceback at DEBUG.
+            logger.error("relay failed: %s", "; ".join(str(leaf) for leaf in leaves))
+            logger.debug("details", exc_info=exc)
+        else:
+            logger.error("relay failed: %s", exc, exc_info=exc)
+        return 1
+
+
+def _leaf_exceptions(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaf_exceptions(sub)]
+    return [exc]
+
+
+def _token_main(args: argparse.Namespace) -> int:
+    try:
+        parse_peer_id(args.peer_id)
+        material = Path(args.key_file).read_text()
+        token = issue_token(
+            args.peer_id,
+            material,
+            args.algorithm,
+            args.ttl,
+            now=time.time(),
+            audience=args.audience,
+            issuer=args.issuer,
+        )
+    except (PeerIdError, ConfigError, OSError) as exc:
+        print(f"{PROG} token: {exc}", file=sys.stderr)
+        return 2
+    print(token)
+    return 0
+
+
+def _write_secret(path: Path, text: str, mode: int, force: bool) -> None:
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
+    fd = os.open(path, flags, mode)
+    with os.fdopen(fd, "w") as f:
+        f.write(text if text.endswith("\n") else text + "\n")
+
+
+def _keygen_main(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    private_pem, public_pem = generate_jwt_keypair(args.algorithm)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if args.algorithm == "HS256":
+            written = [out / "jwt_secret"]
+            _write_secret(written[0], private_pem, 0o600, args.force)
+        else:
+            written = [out / "jwt_private.pem", out / "jwt_public.pem"]
+            _write_secret(written[0], private_pem, 0o600, args.force)
+            _write_secret(written[1], public_pem, 0o644, args.force)
+    except FileExistsError as exc:
+        print(f"{PROG} keygen: {exc.filename} exists (use --force)", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"{PROG} keygen: {exc}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(path)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``darkswap-relay``; returns the process exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2)
+        return exc.code if isinstance(exc.code, int) else 2
+    if args.command == "token":
+        return _token_main(args)
+    if args.command == "keygen":
+        return _keygen_main(args)
+    return _serve_main(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

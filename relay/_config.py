@@ -1,0 +1,135 @@
+"""Relay server configuration: dataclasses with defaults, loadable from TOML.
+
+Defaults are modelled on go-libp2p's relay v2 resource limits, scaled up for a
+trading network where a relay circuit is the guaranteed path (not just a
+hole-punching aid), and on coturn's history of abuse (per-IP quotas, bounded
+buffers, short handshake deadlines).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from darkswap_trio._settings import apply_settings
+
+AuthMode = Literal["signature", "jwt", "open"]
+AUTH_MODES: tuple[str, ...] = ("signature", "jwt", "open")
+JWT_ALGORITHMS: tuple[str, ...] = ("EdDSA", "ES256", "HS256")
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the offending setting."""
+
+
+@dataclass
+class LimitsConfig:
+    # Sessions
+    max_sessions: int = 10_000
+    max_sessions_per_ip: int = 32
+    handshake_timeout: float = 10.0  # seconds from TCP accept to Registered
+    idle_timeout: float = 120.0  # a session with no inbound frame for this long is closed
+    max_frame_size: int = 256 * 1024  # largest WebSocket message accepted (text or binary)
+    # Token buckets: (rate per second, burst)
+    connections_per_ip_rate: float = 5.0
+    connections_per_ip_burst: int = 20
+    messages_per_peer_rate: float = 200.0
+    messages_per_peer_burst: int = 400
+    bytes_per_peer_rate: float = 64.0 * 1024 * 1024  # all inbound bytes of one session, per second
+    bytes_per_peer_burst: int = 16 * 1024 * 1024
+    # Circuits
+    max_circuits: int = 4096
+    max_circuits_per_peer: int = 16
+    circuit_duration: float = 3600.0  # seconds; 0 = unlimited
+    circuit_bytes: int = 1 << 30  # per circuit, both directions together; 0 = unlimited
+    circuit_bandwidth: int = 0  # bytes/s per direction; 0 = unlimited
+    circuit_window: int = 256 * 1024  # initial flow-control credit per direction (bytes)
+    circuit_max_data_frame: int = 64 * 1024  # largest payload of one circuit data frame
+    circuit_stall_timeout: float = 30.0  # a direction with queued data and no progress for this long closes the circuit
+    # Bound on how many distinct IPs / peers the rate limiters remember (LRU).
+    limiter_table_size: int = 100_000
+
+
+@dataclass
+class AuthConfig:
+    mode: AuthMode = "signature"
+    jwt_algorithm: str = "EdDSA"
+    # PEM public key (EdDSA/ES256) or shared secret (HS256), inline or from a file.
+    jwt_key: str | None = None
+    jwt_key_file: str | None = None
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    jwt_leeway: float = 5.0
+
+
+@dataclass
+class RelayConfig:
+    host: str = "0.0.0.0"
+    port: int = 9002
+    stun_port: int | None = 3478  # None disables the STUN service
+    metrics_port: int | None = 9090  # None disables /metrics and /healthz
+    key_file: str | None = None  # relay identity; None = ephemeral key
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    shutdown_grace: float = 5.0  # seconds to drain on SIGINT/SIGTERM
+    log_format: Literal["text", "json"] = "text"
+    log_level: str = "INFO"
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+
+    def validate(self) -> RelayConfig:
+        """Check every setting; raise ConfigError naming the first bad one."""
+        for name in ("port", "stun_port", "metrics_port"):
+            value = getattr(self, name)
+            if value is not None and not (0 <= value <= 65535):
+                raise ConfigError(f"{name} must be 0..65535, got {value}")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("tls_cert and tls_key must be given together")
+        if self.auth.mode not in AUTH_MODES:
+            raise ConfigError(f"auth.mode must be one of {AUTH_MODES}, got {self.auth.mode!r}")
+        if self.auth.mode == "jwt":
+            if self.auth.jwt_algorithm not in JWT_ALGORITHMS:
+                raise ConfigError(
+                    f"auth.jwt_algorithm must be one of {JWT_ALGORITHMS}, got {self.auth.jwt_algorithm!r}"
+                )
+            if not (self.auth.jwt_key or self.auth.jwt_key_file):
+                raise ConfigError("auth.mode = 'jwt' needs auth.jwt_key or auth.jwt_key_file")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"log_format must be 'text' or 'json', got {self.log_format!r}")
+        for f in dataclasses.fields(self.limits):
+            value = getattr(self.limits, f.name)
+            if value < 0:
+                raise ConfigError(f"limits.{f.name} must not be negative, got {value}")
+        if self.limits.circuit_max_data_frame + 64 > self.limits.max_frame_size:
+            raise ConfigError("limits.circuit_max_data_frame must fit in limits.max_frame_size")
+        if self.limits.circuit_window < self.limits.circuit_max_data_frame:
+            raise ConfigError("limits.circuit_window must be at least limits.circuit_max_data_frame")
+        return self
+
+    def jwt_key_material(self) -> str:
+        if self.auth.jwt_key:
+            return self.auth.jwt_key
+        assert self.auth.jwt_key_file is not None
+        return Path(self.auth.jwt_key_file).read_text()
+
+
+def load_config(path: str | Path | None = None, **overrides: Any) -> RelayConfig:
+    """Load a TOML file (optional) and apply top-level overrides (e.g. from flags)."""
+    config = RelayConfig()
+    if path is not None:
+        try:
+            table = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config {path}: {exc}") from exc
+        apply_settings(config, table, ConfigError)
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key.startswith("auth_"):
+            setattr(config.auth, key[len("auth_") :], value)
+        else:
+            setattr(config, key, value)
+    return config.validate()

@@ -1,0 +1,143 @@
+"""Session registration (docs/PROTOCOL.md section 2) as a small synchronous state machine.
+
+:class:`RegistrationHandshake` takes the client's ``Register`` / ``Authenticate`` and says
+what to do: :class:`HandshakeReply` (send a frame, go on), :class:`HandshakeRefusal` (send
+the error, close the session) or :class:`HandshakeAccepted` (the peer proved its id; the
+session registers it and answers ``Registered``). No I/O, no clock: the wall-clock time
+for JWT checks is passed in, so every branch is easy to see and to test.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from darkswap_trio._identity import KEY_TYPE_ED25519, Keypair, PeerId
+from darkswap_trio.proto.errors import PeerIdError
+from darkswap_trio.proto.signaling import (
+    PROTOCOL_VERSION,
+    Authenticate,
+    Challenge,
+    Error,
+    Message,
+    Register,
+    message_type,
+    peer_auth_message,
+    relay_auth_message,
+)
+
+if TYPE_CHECKING:
+    from ._auth import JwtValidator
+
+CLOSE_PROTOCOL_ERROR = 1002
+CLOSE_POLICY = 1008
+
+
+@dataclass(frozen=True)
+class HandshakeReply:
+    message: Message
+
+
+@dataclass(frozen=True)
+class HandshakeRefusal:
+    code: str
+    message: str
+    close_code: int = CLOSE_POLICY
+
+
+@dataclass(frozen=True)
+class HandshakeAccepted:
+    peer_id: str
+    proof: bytes | None  # Registered.signature (open mode, extended client with a nonce)
+    expires_at: float | None  # the JWT's exp (jwt mode)
+
+
+HandshakeStep = HandshakeReply | HandshakeRefusal | HandshakeAccepted
+
+
+class RegistrationHandshake:
+    """One session's registration in ``mode`` ("open", "signature" or "jwt")."""
+
+    def __init__(
+        self,
+        mode: str,
+        keypair: Keypair,
+        jwt_validator: JwtValidator | None = None,
+    ) -> None:
+        self.mode = mode
+        self.keypair = keypair
+        self.relay_peer_id = str(keypair.peer_id)
+        self.jwt_validator = jwt_validator
+        self.extended = False  # the client speaks darkswap-relay/1
+        self._claimed: PeerId | None = None
+        self._server_nonce: bytes | None = None
+
+    def handle(self, msg: Message, wall_now: float) -> HandshakeStep:
+        if isinstance(msg, Register):
+            if self._claimed is not None:
+                return HandshakeReply(Error("Register was already sent", "already_registered"))
+            return self._register(msg)
+        if isinstance(msg, Authenticate):
+            if self._server_nonce is None:
+                return HandshakeReply(Error("Authenticate before Register", "not_registered"))
+            return self._authenticate(msg, wall_now)
+        return HandshakeReply(Error(f"{message_type(msg)} before registration", "not_registered"))
+
+    def _register(self, msg: Register) -> HandshakeStep:
+        self.extended = msg.protocol is not None
+        try:
+            self._claimed = claimed = PeerId.from_string(msg.peer_id)
+        except PeerIdError as exc:
+            return HandshakeRefusal("invalid_peer_id", str(exc))
+        if msg.protocol is None:
+            if self.mode != "open":
+                return HandshakeRefusal(
+                    "auth_required", "this relay requires darkswap-relay/1 authentication"
+                )
+            return HandshakeAccepted(msg.peer_id, None, None)
+        if msg.protocol != PROTOCOL_VERSION:
+            return HandshakeRefusal(
+                "bad_frame", f"unsupported protocol {msg.protocol[:64]!r}", CLOSE_PROTOCOL_ERROR
+            )
+        proof = None
+        if msg.nonce is not None:
+            proof = self.keypair.sign(
+                relay_auth_message(msg.nonce, self.relay_peer_id, msg.peer_id)
+            )
+        if self.mode == "open":
+            return HandshakeAccepted(msg.peer_id, proof, None)
+        if claimed.key_type != KEY_TYPE_ED25519:
+            return HandshakeRefusal("auth_failed", "only Ed25519 peer ids can authenticate")
+        self._server_nonce = secrets.token_bytes(32)
+        return HandshakeReply(
+            Challenge(nonce=self._server_nonce, relay_peer_id=self.relay_peer_id, signature=proof)
+        )
+
+    def _authenticate(self, msg: Authenticate, wall_now: float) -> HandshakeStep:
+        assert self._claimed is not None and self._server_nonce is not None
+        peer_id = str(self._claimed)
+        signed = peer_auth_message(self._server_nonce, self.relay_peer_id, peer_id)
+        # One attempt per challenge: a failure closes the session anyway.
+        self._server_nonce = None
+        if not self._claimed.verify(signed, msg.signature):
+            return HandshakeRefusal("auth_failed", "signature does not match the peer id")
+        if self.mode != "jwt":
+            return HandshakeAccepted(peer_id, None, None)
+        if msg.token is None:
+            return HandshakeRefusal("token_required", "this relay requires a token")
+        result = self.validate_token(msg.token, peer_id, wall_now)
+        if isinstance(result, HandshakeRefusal):
+            return result
+        return HandshakeAccepted(peer_id, None, result)
+
+    def validate_token(self, token: str, peer_id: str, wall_now: float) -> float | HandshakeRefusal:
+        """The token's ``exp``, or the refusal to send (also used for RefreshToken)."""
+        from ._auth import AuthError
+
+        if self.jwt_validator is None:
+            return HandshakeRefusal("invalid_token", "this relay does not use tokens")
+        try:
+            return float(self.jwt_validator.validate(token, peer_id, wall_now))
+        except AuthError as exc:
+            return HandshakeRefusal(exc.code, str(exc))

@@ -1,0 +1,297 @@
+"""Prometheus metrics of one relay server, and the small HTTP server exposing them.
+
+:class:`RelayMetrics` owns its own :class:`prometheus_client.CollectorRegistry` (not the
+process-global one), so several relay servers can run in one process (tests do).
+
+Label values must come from small fixed sets chosen by the server code (message type
+names, error codes, limit names), never from untrusted input: every distinct value is
+a new time series held forever.
+
+:func:`serve_metrics_http` is an HTTP/1.1 server on trio + h11 (sans-IO) serving
+``/metrics`` and ``/healthz``. It is deliberately minimal: one request per connection,
+GET/HEAD only, request head bounded in size and time, bounded number of connections.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import h11
+import trio
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+__all__ = ["RelayMetrics", "serve_metrics_http"]
+
+logger = logging.getLogger("relay.metrics")
+
+_PREFIX = "darkswap_relay_"
+# The classic text format that generate_latest() writes, understood by every scraper.
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class RelayMetrics:
+    """Every metric the relay exports; attributes are prometheus_client metric objects.
+
+    Examples::
+
+        metrics.sessions_active.inc()
+        metrics.registrations.labels(mode="jwt", result="ok").inc()
+        metrics.frames_received.labels(kind="Offer").inc()
+        metrics.limit_hits.labels(limit="messages_per_peer").inc()
+    """
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+
+        def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
+            return Counter(_PREFIX + name, doc, labels, registry=r)
+
+        def gauge(name: str, doc: str) -> Gauge:
+            return Gauge(_PREFIX + name, doc, registry=r)
+
+        # Sessions
+        self.sessions_active = gauge("sessions_active", "Signaling sessions currently open.")
+        self.sessions = counter("sessions", "Signaling sessions accepted (WebSocket handshakes).")
+        self.registrations = counter(
+            "registrations",
+            "Register attempts by auth mode (signature/jwt/open/legacy) and result "
+            "(ok or an error code).",
+            ("mode", "result"),
+        )
+        # Frames
+        self.frames_received = counter(
+            "frames_received", "Signaling frames received, by message type.", ("kind",)
+        )
+        self.frames_sent = counter(
+            "frames_sent", "Signaling frames sent, by message type.", ("kind",)
+        )
+        self.errors_sent = counter(
+            "errors_sent", "Error frames sent to peers, by error code.", ("code",)
+        )
+        # Circuits
+        self.bytes_relayed = counter(
+            "bytes_relayed", "Payload bytes forwarded through relay circuits."
+        )
+        self.circuits_active = gauge("circuits_active", "Relay circuits currently open.")
+        self.circuits_opened = counter("circuits_opened", "Relay circuits established.")
+        self.circuits_refused = counter(
+            "circuits_refused", "Relay circuit requests refused, by reason.", ("reason",)
+        )
+        self.circuits_closed = counter(
+            "circuits_closed", "Relay circuits closed, by reason.", ("reason",)
+        )
+        self.buffered_bytes = gauge(
+            "buffered_bytes", "Bytes queued inside the relay (circuit and send buffers)."
+        )
+        # Abuse control
+        self.limit_hits = counter(
+            "limit_hits", "Requests refused or connections closed by a limit.", ("limit",)
+        )
+        # STUN
+        self.stun_requests = counter(
+            "stun_requests", "STUN Binding requests answered with a success response."
+        )
+        self.stun_error_responses = counter(
+            "stun_error_responses",
+            "STUN Binding requests answered with an error (420 unknown attribute).",
+        )
+        self.stun_dropped = counter(
+            "stun_dropped",
+            "STUN datagrams dropped without a reply, by reason "
+            "(malformed, not_request, not_binding, rate_limited, socket_error).",
+            ("reason",),
+        )
+        # Process
+        self.start_time = gauge(
+            "start_time_seconds", "Unix time at which this relay's metrics were created."
+        )
+        self.start_time.set_to_current_time()
+
+    def render(self) -> bytes:
+        """The registry in the Prometheus text exposition format (version 0.0.4)."""
+        return generate_latest(self.registry)
+
+    def value(self, name: str, labels: dict[str, str] | None = None) -> float | None:
+        """Current value of one sample (full name, e.g. ``darkswap_relay_sessions_total``).
+
+        For tests and statistics; None when the sample does not exist (yet).
+        """
+        return self.registry.get_sample_value(name, labels or {})
+
+
+HealthCheck = Callable[[], tuple[bool, dict[str, Any]]]
+
+# Bounds: a scrape request is one small GET.
+MAX_REQUEST_HEAD = 8 * 1024
+READ_TIMEOUT = 10.0
+MAX_CONNECTIONS = 64
+# After an error reply, read and discard at most this much (and this long) before
+# closing, so the client sees our reply instead of a TCP reset ("lingering close").
+_LINGER_BYTES = 256 * 1024
+_LINGER_TIME = 1.0
+
+
+async def serve_metrics_http(
+    metrics: RelayMetrics,
+    host: str,
+    port: int,
+    *,
+    health: HealthCheck,
+    read_timeout: float = READ_TIMEOUT,
+    max_connections: int = MAX_CONNECTIONS,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``/metrics`` and ``/healthz`` over HTTP/1.1 until cancelled.
+
+    ``health()`` returns ``(healthy, details)``: ``/healthz`` answers 200 with the
+    details as JSON when healthy, 503 otherwise. Calls ``task_status.started(port)``
+    with the bound port once listening (``port=0`` picks a free one). Connections
+    beyond ``max_connections`` are closed at once. Errors stay per connection.
+    """
+    listeners = await _open_listeners(host, port)
+    bound_port = listeners[0].socket.getsockname()[1]
+    slots = trio.CapacityLimiter(max_connections)
+
+    async def handler(stream: trio.SocketStream) -> None:
+        try:
+            slots.acquire_nowait()
+        except trio.WouldBlock:
+            await stream.aclose()
+            return
+        try:
+            # Overall bound too: a client that never reads must not pin a slot.
+            with trio.move_on_after(2 * read_timeout + _LINGER_TIME):
+                await _serve_connection(stream, metrics, health, read_timeout)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            logger.debug("metrics connection failed: %r", exc)
+        except Exception:  # never let one connection take the server down
+            logger.exception("metrics connection crashed")
+        finally:
+            slots.release()
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(trio.serve_listeners, handler, listeners)
+        logger.info("metrics HTTP listening", extra={"host": host, "port": bound_port})
+        task_status.started(bound_port)
+
+
+async def _open_listeners(host: str, port: int) -> list[trio.SocketListener]:
+    if host != "::":
+        return await trio.open_tcp_listeners(port, host=host)
+    # trio's IPv6 listeners are IPv6-only; "::" means dual-stack here, as for STUN.
+    sock = trio.socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        await sock.bind(("::", port))
+        sock.listen(128)
+    except BaseException:
+        sock.close()
+        raise
+    return [trio.SocketListener(sock)]
+
+
+def _respond(
+    conn: h11.Connection, status: int, body: bytes, content_type: str, head_only: bool
+) -> bytes:
+    headers = [
+        ("Content-Type", content_type),
+        ("Content-Length", str(len(body))),
+        ("Connection", "close"),
+        ("Cache-Control", "no-store"),
+    ]
+    out = conn.send(h11.Response(status_code=status, headers=headers))
+    if not head_only:
+        out += conn.send(h11.Data(data=body))
+    out += conn.send(h11.EndOfMessage())
+    return out
+
+
+def _route(
+    request: h11.Request, metrics: RelayMetrics, health: HealthCheck
+) -> tuple[int, bytes, str]:
+    method = request.method.upper()
+    path = request.target.split(b"?", 1)[0]
+    if path not in (b"/metrics", b"/healthz"):
+        return 404, b"not found\n", "text/plain; charset=utf-8"
+    if method not in (b"GET", b"HEAD"):
+        return 405, b"method not allowed\n", "text/plain; charset=utf-8"
+    if path == b"/metrics":
+        return 200, metrics.render(), METRICS_CONTENT_TYPE
+    try:
+        healthy, details = health()
+    except Exception as exc:  # a broken health check is an unhealthy relay, not a crash
+        logger.exception("health check failed")
+        healthy, details = False, {"error": repr(exc)}
+    # PROTOCOL.md section 8: {"status": "ok", ...}; `details` may name another status.
+    document = {"status": "ok" if healthy else "unavailable", **details, "healthy": healthy}
+    body = json.dumps(document, default=str).encode() + b"\n"
+    return (200 if healthy else 503), body, "application/json"
+
+
+_ERROR_BODIES = {400: b"bad request\n", 408: b"request timeout\n", 431: b"request too large\n"}
+
+
+def _error_reply(status: int) -> bytes:
+    """A complete error response, written by hand: h11 refuses to send after a protocol error."""
+    body = _ERROR_BODIES.get(status, b"error\n")
+    reason = {400: "Bad Request", 408: "Request Timeout", 431: "Request Header Fields Too Large"}
+    head = (
+        f"HTTP/1.1 {status} {reason.get(status, 'Error')}\r\n"
+        f"Content-Type: text/plain; charset=utf-8\r\nContent-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n"
+    )
+    return head.encode("ascii") + body
+
+
+async def _serve_connection(
+    stream: trio.SocketStream, metrics: RelayMetrics, health: HealthCheck, read_timeout: float
+) -> None:
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_HEAD)
+    request: h11.Request | None = None
+    error_status = 408  # if the deadline passes before a full request head
+    with trio.move_on_after(read_timeout):
+        try:
+            while request is None:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    # b"" (EOF) is fed too: h11 turns it into ConnectionClosed or an error.
+                    conn.receive_data(await stream.receive_some(4096))
+                elif isinstance(event, h11.Request):
+                    request = event
+                elif isinstance(event, h11.ConnectionClosed):
+                    return  # connected and left without a request
+        except h11.RemoteProtocolError as exc:
+            error_status = exc.error_status_hint
+    if request is None:
+        # Oversized head (431), malformed (400) or too slow (408): reply, then close.
+        await stream.send_all(_error_reply(error_status))
+        await _linger(stream)
+        return
+    status, body, content_type = _route(request, metrics, health)
+    head_only = request.method.upper() == b"HEAD"
+    await stream.send_all(_respond(conn, status, body, content_type, head_only))
+    # A request body (we accept none) or pipelined bytes may still be unread.
+    await _linger(stream)
+
+
+async def _linger(stream: trio.SocketStream) -> None:
+    """Half-close, then discard input briefly so the peer reads our reply, not a reset."""
+    try:
+        await stream.send_eof()
+        discarded = 0
+        with trio.move_on_after(_LINGER_TIME):
+            while discarded < _LINGER_BYTES:
+                data = await stream.receive_some(16384)
+                if not data:
+                    break
+                discarded += len(data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        pass

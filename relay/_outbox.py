@@ -1,0 +1,118 @@
+"""The bounded FIFO of frames waiting to be written to one signaling session.
+
+One FIFO per session keeps order on the wire: ``DataChannel`` before a circuit's first
+data, ``CloseRelay`` after its last. It is bounded two ways: circuit data by the credit
+windows (the circuit core never lets a direction carry more than its credit), control
+frames by a frame count and a byte budget. :meth:`SessionOutbox.push_control` returns
+False when the budget is exhausted; the session then closes the peer as stalled.
+
+Every queued byte is counted in the router's ``queued_bytes`` (the relay-wide
+``buffered_bytes`` statistic) until the writer has written it.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import NamedTuple, Protocol
+
+import trio
+
+CONTROL, DATA, LEGACY_DATA = 0, 1, 2
+
+
+class _ByteCounter(Protocol):
+    queued_bytes: int
+
+
+class Outgoing(NamedTuple):
+    kind: int  # CONTROL, DATA (binary frame) or LEGACY_DATA (payload, encoded when written)
+    relay_id: bytes | None  # the circuit of DATA / LEGACY_DATA items
+    frame: str | bytes
+    size: int
+    sender: str  # LEGACY_DATA: the peer id for RelayData.from
+
+
+class SessionOutbox:
+    def __init__(
+        self, counter: _ByteCounter, *, max_control_frames: int, max_control_bytes: int
+    ) -> None:
+        self._counter = counter
+        self._items: deque[Outgoing] = deque()
+        self._control_frames = 0
+        self._control_bytes = 0
+        self.max_control_frames = max_control_frames
+        self.max_control_bytes = max_control_bytes
+        self._wakeup = trio.Event()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def push_control(self, frame: str, *, force: bool = False) -> bool:
+        """Queue a text frame; False (nothing queued) when the control budget is spent."""
+        size = len(frame)
+        if not force and (
+            self._control_frames >= self.max_control_frames
+            or self._control_bytes + size > self.max_control_bytes
+        ):
+            return False
+        self._control_frames += 1
+        self._control_bytes += size
+        self._append(Outgoing(CONTROL, None, frame, size, ""))
+        return True
+
+    def push_data(
+        self,
+        relay_id: bytes,
+        frame: bytes,
+        *,
+        legacy_sender: str | None = None,
+    ) -> None:
+        """Queue circuit data (bounded by credit, so never refused)."""
+        kind = DATA if legacy_sender is None else LEGACY_DATA
+        self._append(Outgoing(kind, relay_id, frame, len(frame), legacy_sender or ""))
+
+    def _append(self, item: Outgoing) -> None:
+        self._items.append(item)
+        self._counter.queued_bytes += item.size
+        self._wakeup.set()
+
+    def pop(self) -> Outgoing | None:
+        """The next item, or None. Its bytes stay counted until :meth:`written`."""
+        if not self._items:
+            return None
+        item = self._items.popleft()
+        if item.kind == CONTROL:
+            self._control_frames -= 1
+            self._control_bytes -= item.size
+        return item
+
+    def written(self, item: Outgoing) -> None:
+        self._counter.queued_bytes -= item.size
+
+    def purge(self, relay_id: bytes) -> None:
+        """Drop every queued data item of one circuit."""
+        if not any(item.relay_id == relay_id for item in self._items):
+            return
+        kept: deque[Outgoing] = deque()
+        for item in self._items:
+            if item.relay_id == relay_id:
+                self._counter.queued_bytes -= item.size
+            else:
+                kept.append(item)
+        self._items = kept
+
+    def clear(self) -> None:
+        for item in self._items:
+            self._counter.queued_bytes -= item.size
+        self._items.clear()
+        self._control_frames = self._control_bytes = 0
+
+    def wake(self) -> None:
+        """Wake the writer waiting in :meth:`wait` (e.g. to notice a close)."""
+        self._wakeup.set()
+
+    async def wait(self) -> None:
+        """Wait until something is queued or :meth:`wake` is called."""
+        if not self._items:
+            self._wakeup = trio.Event()
+            await self._wakeup.wait()

@@ -1,0 +1,238 @@
+"""The relay's routing table: registered sessions and the circuit core, glued together.
+
+:class:`RelayRouter` knows which session is registered under which peer id, owns the
+sans-IO :class:`~darkswap_trio.proto.relay.CircuitTable`, and turns the table's events into
+frames queued on the right session (:meth:`RelayRouter.dispatch`). Everything here is
+synchronous except :meth:`RelayRouter.run_circuit_timer`, the one task of the circuit
+nursery, which sleeps until the table's next deadline (duration / stall) and applies it.
+
+Queuing on a session never blocks: circuit data is bounded by the credit windows, control
+frames by the session's bounded control queue (a session that lets it fill is closed as
+stalled). That keeps one slow reader from blocking anyone else.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import uuid
+from typing import TYPE_CHECKING
+
+import trio
+
+from darkswap_trio._identity import Keypair
+from darkswap_trio.proto.relay import (
+    CircuitClosed,
+    CircuitOpened,
+    CircuitRefused,
+    CircuitTable,
+    CloseReason,
+    DeliverCredit,
+    DeliverData,
+)
+from darkswap_trio.proto.signaling import CircuitLimits, DataChannel, RelayResponse
+
+from ._config import RelayConfig
+from ._metrics import RelayMetrics
+
+if TYPE_CHECKING:
+    from ._session import SignalingSession
+
+logger = logging.getLogger("relay.router")
+
+
+def relay_id_text(relay_id: bytes) -> str:
+    """The canonical lowercase UUID text of a 16-byte relay id."""
+    return str(uuid.UUID(bytes=relay_id))
+
+
+def parse_relay_id(text: str) -> bytes | None:
+    """16 bytes of a relay id given as UUID text, or None if it is not one."""
+    try:
+        return uuid.UUID(text).bytes
+    except ValueError:
+        return None
+
+
+def circuit_limits(config: RelayConfig) -> CircuitLimits:
+    lim = config.limits
+    return CircuitLimits(
+        duration=float(lim.circuit_duration),
+        data=int(lim.circuit_bytes),
+        bandwidth=int(lim.circuit_bandwidth),
+        window=int(lim.circuit_window),
+        max_data_frame=int(lim.circuit_max_data_frame),
+    )
+
+
+class RelayRouter:
+    """Registered sessions by peer id, the circuit table, and the server-wide counters."""
+
+    def __init__(self, config: RelayConfig, keypair: Keypair, metrics: RelayMetrics) -> None:
+        self.config = config
+        self.keypair = keypair
+        self.relay_peer_id = str(keypair.peer_id)
+        self.metrics = metrics
+        lim = config.limits
+        self.circuit_limits = circuit_limits(config)
+        self.table = CircuitTable(
+            limits=self.circuit_limits,
+            max_circuits=lim.max_circuits,
+            max_circuits_per_peer=lim.max_circuits_per_peer,
+            stall_timeout=lim.circuit_stall_timeout,
+        )
+        self.registered: dict[str, SignalingSession] = {}
+        self.sessions: set[SignalingSession] = set()
+        self.shutting_down = False
+        # Bytes inside the relay: frames waiting in session send queues (or being
+        # written) plus legacy frames held by a reader waiting for credit.
+        self.queued_bytes = 0
+        self._timer_wakeup = trio.Event()
+        self._timer_deadline = math.inf
+        self._sessions_closed = trio.Event()
+
+    # -- registration ---------------------------------------------------------------
+
+    def register(self, session: SignalingSession, peer_id: str) -> bool:
+        """Bind ``peer_id`` to ``session``; False if another live session holds it."""
+        if peer_id in self.registered or self.shutting_down:
+            return False
+        self.registered[peer_id] = session
+        return True
+
+    def release_peer(self, session: SignalingSession, reason: CloseReason) -> None:
+        """The session stopped reading: free its peer id and close its circuits
+        (the other ends are told ``reason``). Idempotent."""
+        peer_id = session.peer_id
+        if peer_id is not None and self.registered.get(peer_id) is session:
+            del self.registered[peer_id]
+            self.table.disconnect(peer_id, reason)
+            self.dispatch()
+
+    def unregister(self, session: SignalingSession, reason: CloseReason) -> None:
+        """The session is gone (its task is ending)."""
+        self.release_peer(session, reason)
+        self.sessions.discard(session)
+        if not self.sessions:
+            self._sessions_closed.set()
+
+    async def wait_sessions_closed(self) -> None:
+        """Return once no session is open (sessions opened meanwhile are waited for too)."""
+        while self.sessions:
+            self._sessions_closed = trio.Event()
+            await self._sessions_closed.wait()
+
+    def lookup(self, peer_id: str) -> SignalingSession | None:
+        return self.registered.get(peer_id)
+
+    # -- circuits -------------------------------------------------------------------
+
+    def request_circuit(self, requester: str, target: str) -> None:
+        """Handle a RelayRequest whose ``from`` is already checked."""
+        if target != requester and target not in self.registered:
+            self.metrics.circuits_refused.labels(reason="unknown_peer").inc()
+            session = self.registered.get(requester)
+            if session is not None:
+                session.send_control(
+                    RelayResponse(
+                        relay_id="",
+                        accepted=False,
+                        error=f"peer {target} is not connected",
+                        code="unknown_peer",
+                        to=target,
+                    )
+                )
+            return
+        self.table.request(requester, target, uuid.uuid4().bytes, trio.current_time())
+        self.dispatch()
+
+    def dispatch(self) -> None:
+        """Turn every pending circuit event into frames queued on the sessions concerned."""
+        table = self.table
+        while (event := table.poll_event()) is not None:
+            if isinstance(event, DeliverData):
+                receiver = self.registered.get(event.receiver)
+                if receiver is not None:
+                    receiver.send_circuit_data(event.relay_id, event.sender, event.payload)
+                self.metrics.bytes_relayed.inc(len(event.payload))
+            elif isinstance(event, DeliverCredit):
+                sender = self.registered.get(event.to)
+                if sender is not None:
+                    sender.credit_granted(event.relay_id, event.increment)
+            elif isinstance(event, CircuitOpened):
+                self._opened(event)
+            elif isinstance(event, CircuitClosed):
+                text = relay_id_text(event.relay_id)
+                for peer, reason in event.notify:
+                    session = self.registered.get(peer)
+                    if session is not None:
+                        session.circuit_closed(event.relay_id, text, reason)
+                self.metrics.circuits_closed.labels(reason=event.reason.value).inc()
+                self.metrics.circuits_active.set(len(table))
+                if event.reason in (
+                    CloseReason.DATA_LIMIT,
+                    CloseReason.DURATION_LIMIT,
+                    CloseReason.CREDIT_EXCEEDED,
+                    CloseReason.STALLED,
+                ):
+                    self.metrics.limit_hits.labels(limit=f"circuit_{event.reason.value}").inc()
+            elif isinstance(event, CircuitRefused):
+                self.metrics.circuits_refused.labels(reason=event.code).inc()
+                if event.code == "too_many_circuits":
+                    self.metrics.limit_hits.labels(limit="circuits").inc()
+                session = self.registered.get(event.requester)
+                if session is not None:
+                    session.send_control(
+                        RelayResponse(
+                            relay_id="",
+                            accepted=False,
+                            error=event.message,
+                            code=event.code,
+                            to=event.target,
+                        )
+                    )
+        # O(1): wake the circuit timer only if a deadline earlier than its own appeared.
+        deadline = table.take_new_deadline()
+        if deadline is not None and deadline < self._timer_deadline:
+            self._timer_wakeup.set()
+
+    def _opened(self, event: CircuitOpened) -> None:
+        text = relay_id_text(event.relay_id)
+        self.metrics.circuits_opened.inc()
+        self.metrics.circuits_active.set(len(self.table))
+        requester = self.registered.get(event.requester)
+        target = self.registered.get(event.target)
+        if requester is not None:
+            requester.send_control(
+                RelayResponse(
+                    relay_id=text,
+                    accepted=True,
+                    error=None,
+                    to=event.target,
+                    limits=event.limits,
+                )
+            )
+        if target is not None:
+            target.send_control(
+                DataChannel(
+                    peer_id=event.requester,
+                    relay_id=text,
+                    channel="relay",
+                    limits=event.limits,
+                )
+            )
+
+    async def run_circuit_timer(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Apply circuit duration and stall deadlines as they come (the circuit nursery's task)."""
+        task_status.started()
+        while True:
+            self.table.take_new_deadline()  # poll_timeout() below covers them all
+            deadline = self.table.poll_timeout()
+            self._timer_deadline = math.inf if deadline is None else deadline
+            self._timer_wakeup = trio.Event()
+            with trio.move_on_at(self._timer_deadline):
+                await self._timer_wakeup.wait()
+            self.table.handle_timeout(trio.current_time())
+            self.dispatch()

@@ -1,0 +1,312 @@
+"""The relay server: a trio nursery tree (docs/PROTOCOL.md, DESIGN.md "Relay server").
+
+```
+serve_relay(config)                 root nursery; started(RelayServer)
+ ├─ WebSocket listener              per-IP / rate / capacity checks before accepting
+ │   └─ session nursery            one SignalingSession per connection (reader + writer)
+ ├─ circuit nursery                 RelayRouter.run_circuit_timer (duration / stall deadlines)
+ ├─ STUN UDP service                (stun_port is not None)
+ └─ HTTP /metrics, /healthz         (metrics_port is not None)
+```
+
+Errors are contained per session: a crashing session is logged, told ``internal_error``
+and closed; the server goes on. :meth:`RelayServer.shutdown` stops accepting, tells every
+peer ``server_shutdown`` (circuits and sessions), waits at most ``grace`` for the sessions
+to close, then cancels the rest; ``serve_relay`` returns.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import math
+import ssl
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from darkswap_trio._identity import Keypair, load_or_create_keypair
+from darkswap_trio._websocket import serve_websocket
+from darkswap_trio.proto.relay import CloseReason
+from darkswap_trio.proto.signaling import Error, encode_message
+
+from ._config import RelayConfig
+from ._limits import ConcurrencyCounter, KeyedRateLimiter, canonical_ip
+from ._metrics import RelayMetrics, serve_metrics_http
+from ._router import RelayRouter
+from ._session import CLOSE_GOING_AWAY, SignalingSession
+
+logger = logging.getLogger("relay.server")
+
+SIGNALING_PATH = "/signaling"
+# The WebSocket layer refuses (closes 1009) only far above max_frame_size, so that a
+# frame somewhat too large gets the protocol's frame_too_large error and the session goes on.
+_WS_SIZE_FACTOR = 4
+
+
+@dataclass(frozen=True)
+class RelayStatistics:
+    sessions: int  # open WebSocket sessions (registered or not)
+    registered_peers: int
+    circuits: int
+    buffered_bytes: int  # bytes queued inside the relay (session send queues, held frames)
+
+
+class RelayServer:
+    """Handle on a running relay, given by ``nursery.start(serve_relay, config)``."""
+
+    def __init__(self, config: RelayConfig, router: RelayRouter, metrics: RelayMetrics) -> None:
+        self.config = config
+        self.router = router
+        self.metrics = metrics
+        self.peer_id: str = router.relay_peer_id
+        self.signaling_port: int = 0
+        self.stun_port: int | None = None
+        self.metrics_port: int | None = None
+        self.host: str = config.host
+        self.tls = config.tls_cert is not None
+        self._root: trio.CancelScope | None = None
+        self._listener_scope = trio.CancelScope()
+        self._stopped = trio.Event()
+
+    @property
+    def multiaddr(self) -> str:
+        host = self.host
+        if host in ("0.0.0.0", ""):
+            host = "127.0.0.1"
+        elif host == "::":
+            host = "::1"
+        try:
+            proto = "ip6" if ipaddress.ip_address(host).version == 6 else "ip4"
+        except ValueError:
+            proto = "dns"
+        ws = "tls/ws" if self.tls else "ws"
+        return f"/{proto}/{host}/tcp/{self.signaling_port}/{ws}/p2p/{self.peer_id}"
+
+    @property
+    def url(self) -> str:
+        host = self.host if self.host not in ("0.0.0.0", "", "::") else "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        scheme = "wss" if self.tls else "ws"
+        return f"{scheme}://{host}:{self.signaling_port}{SIGNALING_PATH}"
+
+    def statistics(self) -> RelayStatistics:
+        r = self.router
+        return RelayStatistics(
+            sessions=len(r.sessions),
+            registered_peers=len(r.registered),
+            circuits=len(r.table),
+            buffered_bytes=r.queued_bytes,
+        )
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        stats = self.statistics()
+        return (
+            not self.router.shutting_down,
+            {
+                "status": "shutting_down" if self.router.shutting_down else "ok",
+                "peer_id": self.peer_id,
+                "sessions": stats.sessions,
+                "circuits": stats.circuits,
+            },
+        )
+
+    async def shutdown(self, grace: float | None = None) -> None:
+        """Stop accepting, tell every peer, wait at most ``grace`` s, then stop everything."""
+        grace = self.config.shutdown_grace if grace is None else grace
+        router = self.router
+        if not router.shutting_down:
+            router.shutting_down = True
+            self._listener_scope.cancel()
+            router.table.close_all(CloseReason.SERVER_SHUTDOWN)
+            router.dispatch()
+            for session in list(router.sessions):
+                session.close(CLOSE_GOING_AWAY, Error("the server is stopping", "server_shutdown"))
+            with trio.move_on_after(grace):
+                await router.wait_sessions_closed()
+            if self._root is not None:
+                self._root.cancel()
+        await self._stopped.wait()
+
+
+def _ssl_context(config: RelayConfig) -> ssl.SSLContext | None:
+    if config.tls_cert is None or config.tls_key is None:
+        return None
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(config.tls_cert, config.tls_key)
+    return ctx
+
+
+async def serve_relay(
+    config: RelayConfig,
+    *,
+    keypair: Keypair | None = None,
+    task_status: trio.TaskStatus[RelayServer] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the relay server until cancelled or :meth:`RelayServer.shutdown` completes.
+
+    Calls ``task_status.started(server)`` once every listener is bound (ports of 0 are
+    resolved in ``server.signaling_port`` / ``stun_port`` / ``metrics_port``).
+    """
+    config.validate()
+    if keypair is None:
+        keypair = load_or_create_keypair(config.key_file) if config.key_file else Keypair.generate()
+    metrics = RelayMetrics()
+    router = RelayRouter(config, keypair, metrics)
+    server = RelayServer(config, router, metrics)
+    metrics.buffered_bytes.set_function(lambda: router.queued_bytes)
+    lim = config.limits
+    jwt_validator = None
+    if config.auth.mode == "jwt":
+        from ._auth import JwtValidator
+
+        jwt_validator = JwtValidator.from_config(config)
+    # 0 means no cap, for the per-IP and the total session count alike.
+    slots = ConcurrencyCounter(lim.max_sessions_per_ip, lim.max_sessions or None)
+    connection_rate = KeyedRateLimiter(
+        lim.connections_per_ip_rate, lim.connections_per_ip_burst, lim.limiter_table_size
+    )
+
+    async def reject(request: Any, status: int, code: str, message: str, limit: str) -> None:
+        metrics.limit_hits.labels(limit=limit).inc()
+        metrics.errors_sent.labels(code=code).inc()
+        await request.reject(status, encode_message(Error(message, code)).encode())
+
+    async def handle_request(request: Any) -> None:
+        try:
+            ip = canonical_ip(str(request.remote_address[0]))
+        except (ValueError, TypeError, IndexError):
+            ip = str(request.remote_address)
+        if request.path.split("?", 1)[0] != SIGNALING_PATH:
+            await request.reject(404, b"not found\n")
+            return
+        if router.shutting_down:
+            await request.reject(
+                503, encode_message(Error("the server is stopping", "server_shutdown")).encode()
+            )
+            return
+        if not connection_rate.try_take(ip, 1, trio.current_time()):
+            await reject(
+                request,
+                429,
+                "rate_limited",
+                "too many connections from your address",
+                "connections_per_ip",
+            )
+            return
+        if lim.max_sessions and slots.total >= lim.max_sessions:
+            await reject(request, 503, "too_many_sessions", "the relay is full", "max_sessions")
+            return
+        if not slots.acquire(ip):
+            await reject(
+                request,
+                503,
+                "too_many_sessions",
+                "too many sessions from your address",
+                "sessions_per_ip",
+            )
+            return
+        try:
+            ws = await request.accept()
+            session = SignalingSession(router, ws, ip, jwt_validator)
+            await session.run()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.EndOfChannel):
+            pass  # the peer left during the opening handshake or the close
+        except Exception:  # contained: one bad session never takes the server down
+            logger.exception("session handler from %s crashed", ip)
+        finally:
+            slots.release(ip)
+
+    try:
+        async with trio.open_nursery() as root:
+            server._root = root.cancel_scope
+            await root.start(_run_circuit_nursery, router)
+            session_nursery = await root.start(_run_session_nursery)
+            listeners = await root.start(
+                _run_listener,
+                server,
+                handle_request,
+                _ssl_context(config),
+                lim.max_frame_size * _WS_SIZE_FACTOR,
+                lim.handshake_timeout,
+                session_nursery,
+            )
+            server.signaling_port = _bound_port(listeners)
+            if config.stun_port is not None:
+                from ._stun import serve_stun
+
+                server.stun_port = await root.start(
+                    serve_stun, config.host, config.stun_port, metrics
+                )
+            if config.metrics_port is not None:
+                server.metrics_port = await root.start(
+                    _serve_metrics, metrics, config.host, config.metrics_port, server.health
+                )
+            logger.info("relay %s listening on %s", server.peer_id, server.multiaddr)
+            task_status.started(server)
+    finally:
+        server._stopped.set()
+
+
+def _bound_port(listeners: Any) -> int:
+    first = listeners[0] if isinstance(listeners, (list, tuple)) else listeners
+    sock = getattr(first, "socket", None)
+    if sock is None:
+        sock = first.transport_listener.socket  # trio.SSLListener
+    return int(sock.getsockname()[1])
+
+
+async def _run_circuit_nursery(
+    router: RelayRouter,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    async with trio.open_nursery() as circuit_nursery:
+        await circuit_nursery.start(router.run_circuit_timer)
+        task_status.started()
+
+
+async def _run_session_nursery(
+    *, task_status: trio.TaskStatus[trio.Nursery] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Own the session nursery (one task per connection) until the server stops."""
+    async with trio.open_nursery() as session_nursery:
+        task_status.started(session_nursery)
+        await trio.sleep_forever()
+
+
+async def _run_listener(
+    server: RelayServer,
+    handler: Any,
+    ssl_context: ssl.SSLContext | None,
+    max_message_size: int,
+    handshake_timeout: float,
+    handler_nursery: trio.Nursery,
+    *,
+    task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    with server._listener_scope:
+        await serve_websocket(
+            handler,
+            server.host,
+            server.config.port,
+            ssl_context=ssl_context,
+            max_message_size=max_message_size,
+            handshake_timeout=handshake_timeout if handshake_timeout > 0 else math.inf,
+            handler_nursery=handler_nursery,
+            task_status=task_status,
+        )
+
+
+async def _serve_metrics(
+    metrics: RelayMetrics,
+    host: str,
+    port: int,
+    health: Any,
+    *,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    await serve_metrics_http(metrics, host, port, health=health, task_status=task_status)

@@ -1,0 +1,178 @@
+"""The relay's STUN binding service (RFC 5389 section 10 "Basic server behaviour").
+
+Peers send a Binding request and learn their server-reflexive address from the
+XOR-MAPPED-ADDRESS of the response: the ``srflx`` ICE candidate. Nothing else is
+served: responses, indications, other methods and garbage are dropped and counted,
+never answered (answering garbage would make us a reflector) and never fatal.
+
+The per-datagram decision is the pure function :func:`binding_reply`; the trio part
+only moves datagrams. An optional per-IP :class:`~relay._limits.KeyedRateLimiter`
+bounds what one source can make us send.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import struct
+
+import trio
+from aioice import stun as _aioice_stun
+
+from darkswap_trio.proto.errors import StunParseError
+from darkswap_trio.proto.stun import (
+    Class,
+    Message,
+    Method,
+    binding_success_response,
+    is_stun,
+    parse_stun_untrusted,
+)
+
+from ._limits import KeyedRateLimiter, canonical_ip
+from ._metrics import RelayMetrics
+
+__all__ = ["binding_reply", "serve_stun"]
+
+logger = logging.getLogger("relay.stun")
+
+_HEADER_LENGTH = 20
+_UNKNOWN_ATTRIBUTES = 0x000A
+_FINGERPRINT = 0x8028
+_MAX_UNKNOWN_REPORTED = 16  # keeps the error reply no larger than needed
+
+# Larger than any Binding request we answer; a longer datagram is truncated by
+# recvfrom and then fails the length check like any other malformed message.
+MAX_DATAGRAM = 1500
+
+
+def binding_reply(data: bytes, source: tuple[str, int]) -> tuple[bytes | None, str]:
+    """Decide what to send back for ``data`` received from ``source``.
+
+    Returns ``(success_response, "ok")`` for a Binding request;
+    ``(error_response, "unknown_attribute")`` (420) for one carrying comprehension-required
+    attributes we do not know; else ``(None, reason)`` with reason one of ``malformed``,
+    ``not_request``, ``not_binding``.
+    """
+    if not is_stun(data):
+        return None, "malformed"
+    try:
+        message = parse_stun_untrusted(data)
+    except StunParseError:
+        return None, "malformed"
+    if message.message_class != Class.REQUEST:
+        return None, "not_request"
+    if message.message_method != Method.BINDING:
+        return None, "not_binding"
+    unknown = _unknown_required_attributes(data)
+    if unknown:
+        return _unknown_attribute_response(message, unknown), "unknown_attribute"
+    host = canonical_ip(source[0])  # ::ffff:a.b.c.d seen on a dual-stack socket -> IPv4
+    return binding_success_response(message, (host, source[1])), "ok"
+
+
+def _unknown_required_attributes(data: bytes) -> list[int]:
+    """Comprehension-required attribute types (< 0x8000) we do not understand.
+
+    ``data`` has passed :func:`parse_stun_untrusted`, so the attribute walk is in bounds.
+    """
+    unknown = []
+    pos = _HEADER_LENGTH
+    while pos + 4 <= len(data):
+        attr_type, attr_len = struct.unpack_from("!HH", data, pos)
+        if attr_type < 0x8000 and attr_type not in _aioice_stun.ATTRIBUTES_BY_TYPE:
+            unknown.append(attr_type)
+        pos += 4 + attr_len + (-attr_len % 4)
+    return unknown
+
+
+def _unknown_attribute_response(request: Message, unknown: list[int]) -> bytes:
+    """420 error with UNKNOWN-ATTRIBUTES (RFC 5389 sections 7.3.1, 15.9) and FINGERPRINT.
+
+    aioice cannot encode UNKNOWN-ATTRIBUTES, so the attribute is appended by hand.
+    """
+    response = Message(
+        message_method=Method.BINDING,
+        message_class=Class.ERROR,
+        transaction_id=request.transaction_id,
+    )
+    response.attributes["ERROR-CODE"] = (420, "Unknown Attribute")
+    value = b"".join(struct.pack("!H", t) for t in unknown[:_MAX_UNKNOWN_REPORTED])
+    data = bytes(response) + struct.pack("!HH", _UNKNOWN_ATTRIBUTES, len(value)) + value
+    data += bytes(-len(value) % 4)
+    fingerprint = _aioice_stun.message_fingerprint(data)  # sets the length to include it
+    data += struct.pack("!HHI", _FINGERPRINT, 4, fingerprint)
+    return data[:2] + struct.pack("!H", len(data) - _HEADER_LENGTH) + data[4:]
+
+
+async def _open_socket(host: str, port: int) -> trio.socket.SocketType:
+    infos = await trio.socket.getaddrinfo(
+        host, port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE
+    )
+    if not infos:
+        raise OSError(f"cannot resolve STUN bind address {host!r}")
+    family, type_, proto, _, sockaddr = infos[0]
+    sock = trio.socket.socket(family, type_, proto)
+    try:
+        if family == socket.AF_INET6 and host in ("::", ""):
+            # Dual stack: answer IPv4 clients too (seen as ::ffff:a.b.c.d).
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        await sock.bind(sockaddr)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def serve_stun(
+    host: str,
+    port: int,
+    metrics: RelayMetrics,
+    *,
+    rate_limiter: KeyedRateLimiter | None = None,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Answer STUN Binding requests on UDP ``host:port`` until cancelled.
+
+    ``host`` ``"::"`` binds dual-stack. Calls ``task_status.started(port)`` with the
+    bound port (``port=0`` picks a free one). ``rate_limiter``, when given, is charged
+    one token per answered request, keyed by canonical source IP; over-limit requests
+    are dropped (``stun_dropped{reason="rate_limited"}``).
+    """
+    sock = await _open_socket(host, port)
+    with sock:
+        bound_port = sock.getsockname()[1]
+        logger.info("STUN listening", extra={"host": host, "port": bound_port})
+        task_status.started(bound_port)
+        while True:
+            try:
+                data, source = await sock.recvfrom(MAX_DATAGRAM)
+            except OSError as exc:
+                # e.g. ECONNREFUSED/ECONNRESET from an ICMP error for an earlier reply.
+                if exc.errno == errno.EBADF:
+                    raise
+                metrics.stun_dropped.labels(reason="socket_error").inc()
+                continue
+            try:
+                response, reason = binding_reply(data, source)
+            except Exception:  # never let one datagram stop the service
+                logger.exception("STUN request handling failed")
+                response, reason = None, "malformed"
+            if response is None:
+                metrics.stun_dropped.labels(reason=reason).inc()
+                continue
+            if rate_limiter is not None and not rate_limiter.try_take(
+                canonical_ip(source[0]), 1, trio.current_time()
+            ):
+                metrics.stun_dropped.labels(reason="rate_limited").inc()
+                continue
+            # Counted before sending: once the client has its answer, the count is visible.
+            if reason == "ok":
+                metrics.stun_requests.inc()
+            else:
+                metrics.stun_error_responses.inc()
+            try:
+                await sock.sendto(response, source)
+            except OSError:  # e.g. unreachable source; the reply is lost, the service lives
+                metrics.stun_dropped.labels(reason="socket_error").inc()

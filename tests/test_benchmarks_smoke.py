@@ -1,0 +1,34 @@
+"""The relay benchmark still runs end to end (tiny --smoke mode, loopback, bounded)."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+BENCH = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "bench_relay.py"
+
+
+def test_bench_relay_smoke(tmp_path):
+    raw = tmp_path / "results.json"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH), "--smoke", "--json", str(raw)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| Benchmark | ours | baseline | ours / baseline | target | met |" in proc.stdout
+    for row in ("circuit throughput", "RTT 100 B p50", "circuit open", "registrations/s",
+                "server RSS per idle peer", "concurrent circuits"):
+        assert row in proc.stdout, row
+
+    results = json.loads(raw.read_text())
+    # Every server moved real data and the idle-peer stages really held their peers.
+    for kind in ("ours", "wsrelay", "splice"):
+        assert all(mb > 0 for mb in results["throughput"][kind]["mb_per_s"])
+        assert all(len(run) == 50 and min(run) > 0 for run in results["rtt"]["samples"][kind])
+    assert len(results["open"]) == 20
+    for kind in ("ours", "bare"):
+        stages = results["idle"][kind]["stages"]
+        assert [s["peers"] for s in stages] == [20, 50]
+        assert stages[-1]["rss_kib"] > results["idle"][kind]["rss0_kib"]
+    circuits = results["circuits"]["bytes"]
+    assert len(circuits) == 10 and min(circuits) > 0
