@@ -32,6 +32,8 @@ class LimitsConfig:
     max_sessions_per_ip: int = 32
     handshake_timeout: float = 10.0  # seconds from TCP accept to Registered
     idle_timeout: float = 120.0  # a session with no inbound frame for this long is closed
+    # A proven owner re-registering its peer id replaces a holder silent for this long.
+    duplicate_probe_timeout: float = 3.0
     max_frame_size: int = 256 * 1024  # largest WebSocket message accepted (text or binary)
     # Token buckets: (rate per second, burst)
     connections_per_ip_rate: float = 5.0

@@ -102,6 +102,7 @@ class SignalingSession:
         handshake = self._limits.handshake_timeout
         self._handshake_deadline = now + handshake if handshake > 0 else math.inf
         self._last_activity = now
+        self._activity = trio.Event()  # set by every inbound frame; see probe_alive()
         self._token_deadline = math.inf
         self._handshake = RegistrationHandshake(self._mode, router.keypair, jwt_validator)
         self._messages = TokenBucket(
@@ -290,6 +291,7 @@ class SignalingSession:
                     )
                 now = trio.current_time()
                 self._last_activity = now
+                self._activity.set()
                 size = len(frame)
                 if size > self._limits.max_frame_size:
                     self.router.metrics.limit_hits.labels(limit="frame_size").inc()
@@ -344,7 +346,7 @@ class SignalingSession:
         elif isinstance(msg, Pong):
             pass
         elif not self.registered:
-            self._handle_handshake(msg)
+            await self._handle_handshake(msg)
         else:
             await self._route(msg, now)
 
@@ -355,7 +357,7 @@ class SignalingSession:
         self.router.metrics.registrations.labels(mode=mode, result=code).inc()
         self.close(close_code, Error(message, code))
 
-    def _handle_handshake(self, msg: Message) -> None:
+    async def _handle_handshake(self, msg: Message) -> None:
         step = self._handshake.handle(msg, time.time())
         if isinstance(step, HandshakeReply):
             if isinstance(step.message, Error):
@@ -364,7 +366,7 @@ class SignalingSession:
         elif isinstance(step, HandshakeRefusal):
             self._refuse(step.code, step.message, step.close_code)
         else:
-            self._complete(step)
+            await self._complete(step)
 
     def _set_token_deadline(self, expires_at: float) -> None:
         # The token's wall-clock expiry as a deadline on trio's clock, with the same
@@ -374,10 +376,41 @@ class SignalingSession:
         remaining = expires_at + leeway - time.time()
         self._token_deadline = trio.current_time() + max(0.0, remaining)
 
-    def _complete(self, accepted: HandshakeAccepted) -> None:
+    async def probe_alive(self, timeout: float) -> bool:
+        """Ping this session; True if any frame arrives from it within ``timeout``."""
+        if self._close_code is not None:
+            return False
+        self._activity = trio.Event()
+        self.send_control(Ping())
+        with trio.move_on_after(timeout):
+            await self._activity.wait()
+            return True
+        return False
+
+    async def _replace_stale_holder(self, peer_id: str) -> bool:
+        """A proven owner of ``peer_id`` may replace a holder that no longer answers.
+
+        Without this, a peer whose connection died silently (NAT rebinding, a laptop
+        waking up) could not register again until the idle timeout. In open mode there
+        is no proof of ownership, so replacing would be a hijack: never done there.
+        """
+        router = self.router
+        holder = router.lookup(peer_id)
+        if holder is None or self._mode == "open" or router.shutting_down:
+            return False
+        if await holder.probe_alive(self._limits.duplicate_probe_timeout):
+            return False
+        logger.info("peer %s re-registered; replacing its silent session", peer_id)
+        router.metrics.limit_hits.labels(limit="session_replaced").inc()
+        holder.close(CLOSE_NORMAL, Error("a new session of this peer replaced this one",
+                                         "session_replaced"))
+        router.release_peer(holder, CloseReason.PEER_DISCONNECTED)
+        return router.register(self, peer_id)
+
+    async def _complete(self, accepted: HandshakeAccepted) -> None:
         router = self.router
         peer_id = accepted.peer_id
-        if not router.register(self, peer_id):
+        if not router.register(self, peer_id) and not await self._replace_stale_holder(peer_id):
             code = "server_shutdown" if router.shutting_down else "peer_id_in_use"
             self._refuse(
                 code,

@@ -76,11 +76,16 @@ _SHUTDOWN_WAITING = (SctpState.SHUTDOWN_PENDING, SctpState.SHUTDOWN_RECEIVED)
 class SctpAssociation(AssociationSetup):
     """One SCTP association over an already secured datagram transport (DTLS).
 
+    ``is_client`` is the DTLS role; SCTP itself is symmetric in WebRTC (both ends may
+    call :meth:`connect`), the role only matters to the data channel layer above.
     ``max_packet_size`` is the whole SCTP packet (DTLS budget ~1200 minus its overhead).
     ``receive_window`` bounds what we buffer for the application (default
     max(1 MiB, 2 * max_message_size)); undrained events shrink the advertised window.
     Sending is not bounded here: the caller applies backpressure with
-    :meth:`buffered_amount` and :class:`BufferedAmountLow`.
+    :meth:`buffered_amount` and :class:`BufferedAmountLow`. ``rng`` (default
+    ``random.SystemRandom()``) draws the verification tag, initial TSN and cookie key;
+    pass a seeded ``random.Random`` for reproducible tests. ``initial_tsn`` is for tests.
+    Every method takes or remembers ``now`` (seconds, any monotonic clock).
     """
 
     def __init__(
@@ -119,6 +124,8 @@ class SctpAssociation(AssociationSetup):
         self._local_tsn = rng.randrange(0, 1 << 32) if initial_tsn is None else initial_tsn
         self._secret = rng.getrandbits(256).to_bytes(32, "big")
         self._peer_tag = 0
+        #: Streams we may send on: the peer's inbound stream count, once known.
+        self.outbound_streams = STREAMS
         self._state = SctpState.CLOSED
         self._now = 0.0
         self._events: deque[SctpEvent] = deque()
@@ -175,8 +182,8 @@ class SctpAssociation(AssociationSetup):
             SctpState.ESTABLISHED,
         ):
             raise ValueError(f"cannot send in state {self._state.value}")
-        if not 0 <= stream_id < STREAMS:
-            raise ValueError("stream id out of range")
+        if not 0 <= stream_id < self.outbound_streams or not 0 <= ppid <= 0xFFFFFFFF:
+            raise ValueError("stream id or PPID out of range")
         if not data:
             raise ValueError("SCTP cannot carry an empty message (use the WebRTC empty PPIDs)")
         if len(data) > self.max_message_size:
@@ -195,6 +202,7 @@ class SctpAssociation(AssociationSetup):
         return self._sender.buffered_amount(stream_id)
 
     def set_buffered_amount_low_threshold(self, stream_id: int, threshold: int) -> None:
+        """Emit BufferedAmountLow when the stream's buffered amount falls to ``threshold``."""
         self._sender.set_low_threshold(stream_id, threshold)
 
     def reset_streams(self, stream_ids: list[int]) -> None:
@@ -237,10 +245,14 @@ class SctpAssociation(AssociationSetup):
             chunk = control.pop(0)
             parts.append(chunk)
             room -= len(chunk)
+        if control and not parts and len(control[0]) > room:
+            # Too big for any packet (an echo of a huge peer HEARTBEAT, say): drop it
+            # rather than block every chunk behind it.
+            control.pop(0)
         sender = self._sender
         can_send_data = self._state in _DATA_STATES
         receiver = self._receiver
-        if receiver is not None and (
+        if receiver is not None and room >= 16 and (
             self._sack_due or (self._unacked_packets and can_send_data and sender.wants_to_send())
         ):
             sack = self._build_sack(room)
@@ -270,10 +282,10 @@ class SctpAssociation(AssociationSetup):
     def _build_sack(self, room: int) -> bytes:
         receiver = self._receiver
         assert receiver is not None
-        gaps = receiver.gap_blocks()
-        max_gaps = max(0, (room - 32) // 4)
+        dups = receiver.take_dups()[: (room - 16) // 8]
+        gaps = receiver.gap_blocks()[: (room - 16) // 4 - len(dups)]
         rwnd = receiver.a_rwnd
-        sack = SackChunk(receiver.cum_tsn & MASK32, rwnd, gaps[:max_gaps], receiver.take_dups())
+        sack = SackChunk(receiver.cum_tsn & MASK32, rwnd, gaps, dups)
         self._sack_due = False
         self._sack_deadline = None
         self._unacked_packets = 0
@@ -317,7 +329,7 @@ class SctpAssociation(AssociationSetup):
             header, chunks = parse_packet_untrusted(packet)
         except SctpParseError:
             return
-        if not chunks or header.destination_port != self.local_port:
+        if header.destination_port != self.local_port or header.source_port != self.remote_port:
             return
         if self._state is SctpState.TERMINATED:
             # Out of the blue (RFC 9260 8.4): answer a SHUTDOWN-ACK so the peer can finish.

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from .sctp_chunks import InitChunk
 
-_BODY = struct.Struct("!dIIIIB")  # created, local tag, peer tag, peer TSN, peer rwnd, flags
+_BODY = struct.Struct("!dIIIIHB")  # created, tags, peer TSN, rwnd, inbound streams, flags
 _MAC_SIZE = 32
 
 
@@ -25,13 +25,14 @@ class StateCookie:
     peer_tag: int
     peer_initial_tsn: int
     peer_a_rwnd: int
+    peer_inbound_streams: int
     forward_tsn_supported: bool
 
 
 def make_cookie(secret: bytes, now: float, local_tag: int, init: InitChunk) -> bytes:
     body = _BODY.pack(
         now, local_tag, init.initiate_tag, init.initial_tsn, init.a_rwnd,
-        int(init.forward_tsn_supported),
+        init.inbound_streams, int(init.forward_tsn_supported),
     )
     return body + hmac.new(secret, body, hashlib.sha256).digest()
 
@@ -43,5 +44,5 @@ def open_cookie_untrusted(secret: bytes, cookie: bytes) -> StateCookie | None:
     body, mac = cookie[: _BODY.size], cookie[_BODY.size :]
     if not hmac.compare_digest(hmac.new(secret, body, hashlib.sha256).digest(), mac):
         return None
-    created, local_tag, peer_tag, tsn, rwnd, flags = _BODY.unpack(body)
-    return StateCookie(created, local_tag, peer_tag, tsn, rwnd, bool(flags & 1))
+    created, local_tag, peer_tag, tsn, rwnd, streams, flags = _BODY.unpack(body)
+    return StateCookie(created, local_tag, peer_tag, tsn, rwnd, streams, bool(flags & 1))

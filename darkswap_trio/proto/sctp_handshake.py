@@ -57,6 +57,7 @@ class AssociationSetup:
     _receiver: SctpReceiver | None
     _resetter: StreamResetter
     _heartbeat: PathHeartbeat
+    outbound_streams: int
 
     def _terminate(self, reason: str, graceful: bool = False) -> None:
         raise NotImplementedError
@@ -84,7 +85,7 @@ class AssociationSetup:
         if cookie is None:
             return
         self._set_peer(chunk.initiate_tag, chunk.initial_tsn, chunk.a_rwnd,
-                       chunk.forward_tsn_supported)
+                       chunk.inbound_streams, chunk.forward_tsn_supported)
         self._cookie_echo = CookieEchoChunk(cookie).encode()
         self._control.insert(0, self._cookie_echo)
         self._state = SctpState.COOKIE_ECHOED
@@ -105,7 +106,7 @@ class AssociationSetup:
             if peer_tag != self._peer_tag or self._receiver is None:
                 self._set_peer(
                     peer_tag, cookie.peer_initial_tsn, cookie.peer_a_rwnd,
-                    cookie.forward_tsn_supported,
+                    cookie.peer_inbound_streams, cookie.forward_tsn_supported,
                 )
             if self._cookie_echo in self._control:
                 self._control.remove(self._cookie_echo)
@@ -118,8 +119,11 @@ class AssociationSetup:
         if self._state is SctpState.COOKIE_ECHOED:
             self._establish()
 
-    def _set_peer(self, tag: int, initial_tsn: int, a_rwnd: int, forward_tsn: bool) -> None:
+    def _set_peer(
+        self, tag: int, initial_tsn: int, a_rwnd: int, inbound_streams: int, forward_tsn: bool
+    ) -> None:
         self._peer_tag = tag
+        self.outbound_streams = min(STREAMS, inbound_streams)
         self._receiver = SctpReceiver(initial_tsn, self._window, self._events)
         self._resetter.start(self._local_tsn, self._receiver)
         self._sender.peer_rwnd = a_rwnd

@@ -443,3 +443,19 @@ def test_end_of_candidates_before_credentials_with_nothing_to_pair():
     assert other.pairs == []
     other.add_remote_candidate(None, 0.0)
     assert other.state is IceState.FAILED
+
+
+@pytest.mark.parametrize("pacing", [0.05, 0.005])
+def test_pacing_sets_when_the_controlling_side_nominates(pacing):
+    """Ta (RFC 8445 section 14.2) spaces new checks: the nomination follows the first
+    check one Ta later, so on a fast path Ta is most of ICE's connect time."""
+    sim, a, b = make_pair(link=LinkModel(delay=0.0005), pacing=pacing)
+    sim.run_until(both_connected(a, b), max_time=5)
+    # First check at 0 (answered at 1 ms), USE-CANDIDATE at Ta, answered 1 ms later.
+    assert sim.now == pytest.approx(pacing + 0.001)
+    assert a.statistics().checks_sent == 2
+
+
+def test_pacing_below_five_ms_is_refused():
+    with pytest.raises(ValueError, match="pacing"):
+        IceAgent(True, pacing=0.001)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import heapq
 import random
+import struct
 
 import pytest
-from hypothesis import settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -27,6 +28,7 @@ from darkswap_trio.proto.sctp import (
     StreamsReset,
 )
 from darkswap_trio.proto.sctp_chunks import (
+    CommonHeader,
     DataChunk,
     ForwardTsnChunk,
     SackChunk,
@@ -80,7 +82,12 @@ class Pair:
         self.b = SctpAssociation(False, rng=random.Random(seed + 2), **(b_kwargs or {}))
         self.ab = VirtualLink(rng, **link)
         self.ba = VirtualLink(rng, **link)
+        self.max_packet = {
+            name: (kwargs or {}).get("max_packet_size", 1188)
+            for name, kwargs in (("a", a_kwargs), ("b", b_kwargs))
+        }
         self.now = 0.0
+        self.stalled_steps = 0
         self.events = {"a": [], "b": []}
         self.drain = {"a": True, "b": True}
         self.steps = 0
@@ -100,12 +107,12 @@ class Pair:
                     self.events[name].append(event)
                     if self.on_event is not None:
                         self.on_event(name, event)
-        for src, link in ((self.a, self.ab), (self.b, self.ba)):
+        for name, src, link in (("a", self.a, self.ab), ("b", self.b, self.ba)):
             for _ in range(100_000):
                 packet = src.poll_transmit()
                 if packet is None:
                     break
-                assert len(packet) <= 1188
+                assert len(packet) <= self.max_packet[name]
                 link.push(packet, self.now)
             else:
                 raise Livelock("poll_transmit never returns None")
@@ -128,6 +135,13 @@ class Pair:
         if until is not None and min(times) > until:
             self.now = until
             return True
+        if min(times) <= self.now:
+            # Timers that stay due, or packets bouncing in zero time: a livelock.
+            self.stalled_steps += 1
+            if self.stalled_steps > 10_000:
+                raise Livelock(f"simulated time stuck at {self.now}")
+        else:
+            self.stalled_steps = 0
         self.now = max(self.now, min(times))
         for packet in self.ab.pop_due(self.now):
             self.b.receive(packet, self.now)
@@ -495,6 +509,52 @@ def test_abort_closes_both_sides():
     assert isinstance(pair.events["a"][-1], Closed)
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_shutdown_under_loss_and_from_both_sides(seed):
+    pair = Pair(seed=seed, loss=0.2, duplicate=0.1, reorder=0.3)
+    pair.connect()
+    for i in range(10):
+        pair.a.send(0, 53, payload(i, 3000), pair.now)
+        pair.b.send(0, 53, payload(i, 3000), pair.now)
+    pair.a.shutdown()
+    if seed % 2:
+        pair.b.shutdown()  # simultaneous shutdown (RFC 9260 9.2)
+    pair.run_until(lambda: pair.a.state is pair.b.state is SctpState.TERMINATED, 600)
+    assert len(pair.messages("a")) == len(pair.messages("b")) == 10
+    assert pair.events["a"][-1].graceful and pair.events["b"][-1].graceful
+
+
+def test_small_packet_budget_is_respected():
+    kwargs = {"max_packet_size": 500}
+    pair = Pair(seed=8, loss=0.1, a_kwargs=kwargs, b_kwargs=kwargs)
+    pair.connect()
+    data = payload(1, 50_000)
+    pair.a.send(0, 53, data, pair.now)
+    pair.b.send(0, 53, data, pair.now)
+    pair.run_until(lambda: pair.messages("a") and pair.messages("b"), 300)
+    assert pair.messages("b")[0].data == pair.messages("a")[0].data == data
+    assert max(len(p) for p in pair.ab.sent + pair.ba.sent) <= 500
+
+
+def test_oversized_heartbeat_echo_does_not_block_the_association():
+    from darkswap_trio.proto.sctp_chunks import HeartbeatChunk, encode_packet
+
+    pair = Pair()
+    pair.connect()
+    header = CommonHeader(5000, 5000, pair.b._local_tag)
+    pair.b.receive(encode_packet(header, [HeartbeatChunk(bytes(3000))]), pair.now)
+    pair.b.send(0, 53, b"still flowing", pair.now)
+    pair.run_until(lambda: pair.messages("a"))
+
+
+def test_packets_for_other_ports_are_ignored():
+    pair = Pair(b_kwargs={"local_port": 5001})
+    pair.a.connect(pair.now)
+    pair.run_for(0.5)  # a talks to port 5000: b never answers
+    assert pair.b.state is SctpState.CLOSED
+    assert pair.ba.sent == []
+
+
 def test_unreachable_peer_fails_the_association():
     pair = Pair(a_kwargs={"max_retransmissions": 3})
     pair.connect()
@@ -532,6 +592,83 @@ def test_buffered_amount_low_event():
     assert pair.a.buffered_amount(0) == 50_000
     pair.run_until(lambda: pair.a.buffered_amount(0) == 0)
     assert pair.events["a"].count(BufferedAmountLow(0)) == 1
+
+
+# --- hostile peer -----------------------------------------------------------------------
+
+_u16 = st.integers(0, 0xFFFF)
+_u32 = st.integers(0, 0xFFFFFFFF)
+_near = st.integers(-70_000, 70_000)  # TSN offsets around the live window
+_hostile_chunks = st.lists(
+    st.one_of(
+        st.tuples(st.just("data"), _near, st.integers(0, 4), _u16, st.integers(0, 15),
+                  st.binary(min_size=1, max_size=40)),
+        st.tuples(st.just("sack"), _near, _u32,
+                  st.lists(st.tuples(st.integers(1, 70_000), st.integers(0, 70_000)), max_size=4),
+                  st.lists(_u32, max_size=3)),
+        st.tuples(st.just("fwd"), _near, st.lists(st.tuples(st.integers(0, 4), _u16), max_size=3)),
+        st.tuples(st.just("reconfig"), _near, _near, _near, st.lists(_u16, max_size=3)),
+        st.tuples(st.just("response"), _near, st.integers(0, 7)),
+        st.tuples(st.just("raw"), st.sampled_from([1, 2, 4, 5, 6, 7, 8, 9, 10, 11, 14, 0x3F, 0x7F,
+                                                   0xBF, 0xFF]),
+                  st.integers(0, 1), st.binary(max_size=40)),
+    ),
+    min_size=1, max_size=4,
+)
+
+
+def _hostile_chunk(spec, pair):
+    from darkswap_trio.proto import sctp_chunks as c
+
+    kind = spec[0]
+    their_tsn = pair.a._sender.next_tsn  # what b expects next from a
+    our_tsn = pair.b._sender.next_tsn
+    if kind == "data":
+        _, off, sid, ssn, flags, data = spec
+        return c.DataChunk((their_tsn + off) & 0xFFFFFFFF, sid, ssn, 53, data, flags)
+    if kind == "sack":
+        _, off, rwnd, gaps, dups = spec
+        return c.SackChunk((our_tsn + off) & 0xFFFFFFFF, rwnd,
+                           [(s, min(s + e, 0xFFFF)) for s, e in gaps if s <= 0xFFFF], dups)
+    if kind == "fwd":
+        return c.ForwardTsnChunk((their_tsn + spec[1]) & 0xFFFFFFFF, spec[2])
+    if kind == "reconfig":
+        _, req, resp, last, streams = spec
+        return c.ReconfigChunk([c.OutgoingResetRequest(
+            (their_tsn + req) & 0xFFFFFFFF, (our_tsn + resp) & 0xFFFFFFFF,
+            (their_tsn + last) & 0xFFFFFFFF, tuple(streams))])
+    if kind == "response":
+        return c.ReconfigChunk([c.ReconfigResponse((our_tsn + spec[1]) & 0xFFFFFFFF, spec[2])])
+    _, ctype, flags, value = spec
+    return c.UnknownChunk(ctype, flags, value)
+
+
+@given(st.lists(_hostile_chunks, min_size=1, max_size=5), st.booleans())
+@settings(max_examples=150, deadline=None)
+def test_hostile_chunks_never_crash_the_association(packets, traffic):
+    from darkswap_trio.proto.sctp_chunks import encode_packet
+
+    pair = Pair(seed=3)
+    pair.connect()
+    if traffic:
+        for i in range(5):
+            pair.a.send(i % 2, 53, payload(i, 3000), pair.now)
+            pair.b.send(i % 2, 53, payload(i, 3000), pair.now)
+        pair.run_for(0.005)
+    header = CommonHeader(5000, 5000, pair.b._local_tag)
+    for specs in packets:
+        chunks = [_hostile_chunk(spec, pair) for spec in specs]
+        try:
+            packet = encode_packet(header, chunks)
+        except struct.error:
+            continue  # a value our encoder cannot even represent
+        pair.b.receive(packet, pair.now)
+        pair.run_for(0.05)
+    pair.run_for(5.0)
+    for assoc in (pair.a, pair.b):
+        stats = assoc.statistics()
+        assert stats.flight_size >= 0 and stats.buffered_amount >= 0
+        assert 0 <= stats.local_rwnd <= 2 << 20
 
 
 # --- stateful property ------------------------------------------------------------------

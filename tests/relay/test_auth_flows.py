@@ -162,6 +162,9 @@ async def test_spoofed_from_and_duplicate_registration(nursery):
                         signature=ka.sign(peer_auth_message(ch.nonce, server.peer_id, a.peer_id))
                     )
                 )
+                # The relay checks that the holder is alive; a answers, so it stays.
+                await a.expect(Ping)
+                await a.send(Pong())
                 await twin.expect_error("peer_id_in_use")
                 assert await twin.expect_closed() == 1008
             await a.send(Offer(from_=a.peer_id, to=b.peer_id, sdp="hello"))
@@ -237,4 +240,43 @@ async def test_jwt_refresh_and_expiry_closes_session(nursery, autojump_clock):
             assert await partner.expect(CloseRelay) == CloseRelay(resp.relay_id, "token_expired")
             assert server.statistics().registered_peers == 1
         assert server.statistics().registered_peers == 0
+        await server.shutdown(1)
+
+
+async def test_silent_holder_is_replaced_by_a_proven_owner(nursery):
+    """A peer whose old connection went silent can register again at once."""
+    config = signature_config()
+    config.limits.duplicate_probe_timeout = 0.2
+    with trio.fail_after(10):
+        server = await nursery.start(serve_relay, config)
+        key = new_peer()
+        async with connect(server) as stale, connect(server) as fresh, connect(server) as other:
+            await stale.register_extended(key, server.peer_id)
+            await other.register_extended(new_peer(), server.peer_id)
+            await other.send(RelayRequest(from_=other.peer_id, to=stale.peer_id))
+            response = await other.expect(RelayResponse)
+            assert response.accepted
+            # `stale` stops reading (its Pong never comes); `fresh` proves the same key.
+            await fresh.register_extended(key, server.peer_id)
+            assert server.statistics().registered_peers == 2
+            closed = await other.expect(CloseRelay)
+            assert closed.reason == "peer_disconnected"
+            await stale.expect(DataChannel)
+            await stale.expect(Ping)
+            await stale.expect_error("session_replaced")
+            # Signaling now reaches the new session.
+            await other.send(Offer(from_=other.peer_id, to=fresh.peer_id, sdp="hi"))
+            assert (await fresh.expect(Offer)).sdp == "hi"
+        await server.shutdown(1)
+
+
+async def test_open_mode_never_replaces_a_holder(nursery):
+    config = make_config(duplicate_probe_timeout=0.1)
+    with trio.fail_after(10):
+        server = await nursery.start(serve_relay, config)
+        async with connect(server) as first, connect(server) as second:
+            peer_id = str(new_peer().peer_id)
+            await first.register_legacy(peer_id)
+            await second.send(Register(peer_id=peer_id))
+            await second.expect_error("peer_id_in_use")
         await server.shutdown(1)
