@@ -54,6 +54,7 @@ MESSAGE = 64 * 1024  # throughput write size
 CIRCUIT_MESSAGE = 16 * 1024  # many-circuits write size: enough frames per circuit to rank them
 RTT_SIZE = 100
 REGISTER_CONCURRENCY = 32  # handshakes in flight per load process
+WINDOW_EXPERIMENT = 1024 * 1024  # circuit_window of the "ours_window" throughput run
 FD_MARGIN = 100  # descriptors a server needs besides its peers' sockets
 SERVER_CPU, LOAD_CPU = 0, 1
 LABELS = {"splice": "raw trio TCP splice", "wsrelay": "websockets+uvloop relay",
@@ -90,8 +91,9 @@ class JsonLines:
 class Server:
     """A server under test in its own process; ``info`` has port, pid (and peer_id, url)."""
 
-    def __init__(self, kind: str, cpu: int | None) -> None:
-        args = [sys.executable, SERVERS, kind] + ([] if cpu is None else ["--cpu", str(cpu)])
+    def __init__(self, kind: str, cpu: int | None, *extra: str) -> None:
+        args = [sys.executable, SERVERS, kind, *extra]
+        args += [] if cpu is None else ["--cpu", str(cpu)]
         self.kind = kind
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
         self.info = JsonLines(self.proc).read(30)
@@ -135,15 +137,18 @@ def pinning() -> tuple[int | None, int | None]:
 def bench_throughput_and_latency(mode: dict) -> dict:
     server_cpu, load_cpu = pinning()
     servers = {kind: Server(kind, server_cpu) for kind in ("ours", "wsrelay", "splice")}
+    # Experiment: the same relay with a 4x larger flow-control window than the default.
+    servers["ours_window"] = Server("ours", server_cpu, "--window", str(WINDOW_EXPERIMENT))
     servers["echo"] = Server("echo", None)
     try:
         targets = {k: s.info for k, s in servers.items() if k != "echo"}
-        budget = 60 + mode["runs"] * 3 * mode["tp_bytes"] / (20 * MiB)
+        budget = 60 + mode["runs"] * 4 * mode["tp_bytes"] / (20 * MiB)
         throughput = loadgen(dict(command="throughput", targets=targets, bytes=mode["tp_bytes"],
                                   size=MESSAGE, runs=mode["runs"], cpu=load_cpu), budget)
         for server in servers.values():
             server.unpin()
-        rtt = loadgen(dict(command="rtt", targets={k: s.info for k, s in servers.items()},
+        rtt_targets = {k: s.info for k, s in servers.items() if k != "ours_window"}
+        rtt = loadgen(dict(command="rtt", targets=rtt_targets,
                            samples=mode["rtt_samples"], size=RTT_SIZE, runs=mode["runs"]),
                       60 + mode["runs"] * mode["rtt_samples"] * 4 * 0.005)
         opened = loadgen(dict(command="open", target=servers["ours"].info,
@@ -222,6 +227,11 @@ def bench_circuits(mode: dict) -> dict:
 # -- report ------------------------------------------------------------------------------
 
 
+def loadavg() -> str:
+    with open("/proc/loadavg") as f:
+        return f.read().split()[0]
+
+
 def spread(values: list[float], fmt: str = "{:.0f}") -> str:
     return (f"{fmt.format(statistics.median(values))} "
             f"[{fmt.format(min(values))}-{fmt.format(max(values))}]")
@@ -259,6 +269,11 @@ def report(results: dict, mode_name: str, mode: dict) -> str:
             ratio(ours_mb, base_mb), ">= 1.0 vs websockets relay" if base == "wsrelay" else "",
             ours_mb >= base_mb if base == "wsrelay" else None)
 
+    if "ours_window" in tp:
+        wide = tp["ours_window"]["mb_per_s"]
+        row(f"experiment: ours with circuit_window {WINDOW_EXPERIMENT // 1024} KiB, MB/s "
+            "(vs websockets+uvloop relay)", spread(wide), spread(tp["wsrelay"]["mb_per_s"]),
+            ratio(statistics.median(wide), statistics.median(tp["wsrelay"]["mb_per_s"])))
     cpu_per_gb = {k: [c / m * 1e3 for c, m in zip(v["server_cpu"], v["mb_per_s"], strict=True)]
                   for k, v in tp.items()}  # CPU-s/s over MB/s: CPU seconds per GB relayed
     ours_cpu = statistics.fmean(cpu_per_gb["ours"])
@@ -332,7 +347,8 @@ def report(results: dict, mode_name: str, mode: dict) -> str:
                     for k, v in results["idle"].items())
         + f".\nMode {mode_name}: throughput {mode['tp_bytes'] // MiB} MiB x {mode['runs']} runs, "
           f"RTT {mode['rtt_samples']} samples x {mode['runs']} runs, medians [min-max]; "
-          f"load average at start {results['loadavg']}; {os.cpu_count()} CPUs."
+          f"load average (1 min) at start {results['loadavg']}, at end {loadavg()}; "
+          f"{os.cpu_count()} CPUs shared with whatever else runs."
     )
     return "\n".join(lines)
 
@@ -352,7 +368,7 @@ def main() -> None:
     if fd_cap > 0 and max(mode["peers"]) > fd_cap:
         mode["peers"] = tuple(min(count, fd_cap) for count in mode["peers"])
     started = time.perf_counter()
-    results: dict = {"loadavg": open("/proc/loadavg").read().split()[0]}
+    results: dict = {"loadavg": loadavg()}
     results.update(bench_throughput_and_latency(mode))
     results["idle"] = {"ours": bench_idle_peers("ours", mode, first_ip=2),
                        "bare": bench_idle_peers("bare", mode, first_ip=2 + mode["reg_procs"])}

@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
 
 import trio
 
@@ -27,6 +24,7 @@ from ._relay_manager import (
     RelayManagerNotStarted,
 )
 from ._relay_session import TokenProvider
+from ._service import TaskOwner
 
 log = logging.getLogger("darkswap_trio.network")
 
@@ -47,7 +45,7 @@ class PeerDisconnected:
 NetworkEvent = PeerConnected | PeerDisconnected | DataReceived | RelayEvent
 
 
-class P2PNetwork:
+class P2PNetwork(TaskOwner):
     """A peer on the DarkSwap network.
 
     ``async with P2PNetwork(config) as network:`` (or ``await nursery.start(network.run)``)
@@ -99,23 +97,6 @@ class P2PNetwork:
                     with trio.CancelScope(shield=True), trio.move_on_after(2):
                         await self.relay_manager.stop()
                     nursery.cancel_scope.cancel()
-
-    async def __aenter__(self) -> P2PNetwork:
-        self._context = self._running_context()
-        return await self._context.__aenter__()
-
-    async def __aexit__(self, *exc_info: Any) -> bool | None:
-        return await self._context.__aexit__(*exc_info)
-
-    @asynccontextmanager
-    async def _running_context(self) -> AsyncIterator[P2PNetwork]:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(self.run)
-            try:
-                yield self
-            finally:
-                await self.stop()
-                nursery.cancel_scope.cancel()
 
     async def stop(self) -> None:
         """Close every circuit and relay session; idempotent."""

@@ -13,10 +13,8 @@ import enum
 import logging
 import random
 import ssl
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import trio
 
@@ -31,6 +29,7 @@ from ._relay_session import (
     TokenProvider,
     open_relay_session,
 )
+from ._service import TaskOwner
 from .proto.errors import PeerIdError
 
 log = logging.getLogger("darkswap_trio.relay_manager")
@@ -130,7 +129,7 @@ class UnknownCircuit(KeyError):
     """No open circuit has this relay_id."""
 
 
-class RelayManager:
+class RelayManager(TaskOwner):
     """Keeps sessions with ``relay_servers`` and opens circuits through them.
 
     Run it with ``async with RelayManager(...) as manager:`` or
@@ -180,23 +179,6 @@ class RelayManager:
                 await trio.sleep_forever()
             finally:
                 self._nursery = None
-                nursery.cancel_scope.cancel()
-
-    async def __aenter__(self) -> RelayManager:
-        self._context = self._running_context()
-        return await self._context.__aenter__()
-
-    async def __aexit__(self, *exc_info: Any) -> bool | None:
-        return await self._context.__aexit__(*exc_info)
-
-    @asynccontextmanager
-    async def _running_context(self) -> AsyncIterator[RelayManager]:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(self.run)
-            try:
-                yield self
-            finally:
-                await self.stop()
                 nursery.cancel_scope.cancel()
 
     async def stop(self) -> None:

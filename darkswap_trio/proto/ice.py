@@ -54,6 +54,10 @@ class IceAgent(IceConnectivity):
     """The ICE state machine of one peer connection (see module docstring).
 
     Add host candidates with :meth:`add_local_candidate` before :meth:`gather`.
+    ``pacing`` is Ta (RFC 8445 section 14.2), the interval between new checks: 50 ms
+    by default, or the higher of the values both peers proposed (``a=ice-pacing``),
+    5 ms at least. Regular nomination needs a second check, so it comes one Ta after
+    the first check; that is most of the connect time on a fast path.
     """
 
     # -- public surface ----------------------------------------------------------------

@@ -75,7 +75,7 @@ class IceConnectivity:
     ) -> None:
         if not pacing >= MIN_TA:
             raise ValueError(f"ICE pacing (Ta) must be at least {MIN_TA} s")
-        # Ta: both peers propose one (SDP a=ice-pacing, RFC 8839 section 5.6) and use
+        # Ta: both peers propose one (SDP a=ice-pacing, RFC 8839 section 5.5) and use
         # the higher; the caller passes the agreed value. 50 ms when nobody proposes.
         self._pacing = pacing
         self._rng = rng if rng is not None else random.SystemRandom()

@@ -9,9 +9,18 @@ Surface: :meth:`SctpAssociation.connect`, :meth:`~SctpAssociation.receive`,
 Both ends may send INIT (WebRTC does); the collision is resolved by the state cookie
 (RFC 9260 5.2). This end keeps a single verification tag and initial TSN for its whole
 life, which is what 5.2.1 asks of a colliding INIT-ACK and keeps the cookie checks
-simple. Scope cuts: one path, no association restart (a COOKIE-ECHO with a new peer
-tag after establishment is ignored), no I-DATA, no stream add/incoming-reset requests
-(denied), no multi-homing.
+simple.
+
+Speed: chunks are bundled (control, SACK, FORWARD-TSN, then DATA filling the packet),
+SACKs are delayed (every second packet, at once on gaps/duplicates, else after
+``delayed_ack``) and ride on outgoing DATA. A SACK is built when ``poll_transmit`` runs,
+so a driver that drains many datagrams before polling sends fewer, larger SACKs; call
+``poll_transmit`` after each datagram (or a few) to keep the peer's ack clock fine.
+
+Scope cuts: one path (no multi-homing), no association restart (a COOKIE-ECHO with a
+new peer tag after establishment is ignored), no I-DATA/AUTH/ASCONF, stream-add and
+incoming-reset requests are denied, unrecognized INIT parameters are ignored rather
+than reported.
 """
 
 from __future__ import annotations

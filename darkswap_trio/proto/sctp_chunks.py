@@ -477,7 +477,9 @@ def parse_packet_untrusted(data: bytes) -> tuple[CommonHeader, list[Chunk]]:
         raise SctpParseError(f"malformed SCTP packet: {exc}") from exc
 
 
-def seal_packet(source_port: int, destination_port: int, verification_tag: int, body: bytes) -> bytes:
+def seal_packet(
+    source_port: int, destination_port: int, verification_tag: int, body: bytes
+) -> bytes:
     """Prefix already encoded chunks with the common header and CRC32c (stored little-endian)."""
     head = _HEADER.pack(source_port, destination_port, verification_tag)
     crc = _crc32c(head + b"\x00\x00\x00\x00" + body)

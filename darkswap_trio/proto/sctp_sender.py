@@ -2,11 +2,13 @@
 
 Messages wait whole in per-stream FIFOs, served round robin one message at a time (a
 big transfer on one data channel does not starve the others; fragments of a message
-keep consecutive TSNs, as DATA without I-DATA requires). They are cut into DATA chunks
-only when a packet has room, so fragments fill packets exactly, even behind a SACK. A TSN and, for ordered
-messages, an SSN are assigned at first transmission: a message that expires before
-it leaves costs nothing on the wire. Each sent chunk keeps its encoded bytes for
-retransmission. Congestion control follows RFC 9260 7.2; partial reliability RFC 3758.
+keep consecutive TSNs, as DATA without I-DATA requires). They are cut into DATA
+chunks only when a packet has room, so fragments fill packets exactly, even behind a
+SACK. A TSN and, for ordered messages, an SSN are assigned at first transmission: a
+message that expires before it leaves costs nothing on the wire. Each sent chunk
+keeps its encoded bytes for retransmission. Congestion control follows RFC 9260 7.2
+(with byte counting in slow start and packet-based miss indications, see below);
+partial reliability RFC 3758.
 """
 
 from __future__ import annotations
@@ -292,14 +294,14 @@ class SctpSender:
                 self._rtt_probe_tsn = None
             if self.advanced_ack_point < cum:
                 self.advanced_ack_point = cum
-        highest_newly = 0
+        gap_acked: list[SentChunk] = []  # newly acked by gap blocks, ascending
         last = self.next_tsn - 1
         for start, end in gaps:
             for tsn in range(cum + start, min(cum + end, last) + 1):
                 chunk = sent.get(tsn)
                 if chunk is not None and not chunk.acked:
                     chunk.acked = True
-                    highest_newly = tsn
+                    gap_acked.append(chunk)
                     if not chunk.abandoned:
                         newly += chunk.size
                         if chunk.in_flight:
@@ -307,18 +309,22 @@ class SctpSender:
                             self.flight -= chunk.size
                         chunk.retransmit = False
                         self._release(chunk.message.stream_id, chunk.size)
-        if highest_newly:
-            self._count_missing(cum, highest_newly, now)
+        if gap_acked:
+            self._count_missing(cum, gap_acked, now)
         if newly or advanced:
             self.consecutive_timeouts = 0
         if newly:
             if advanced and self.fast_recovery_exit is None:
                 if self.cwnd <= self.ssthresh:
+                    # Byte counting (RFC 3465 style) rather than one MTU per SACK: a
+                    # receiver that drains a burst before answering sends one stretch
+                    # SACK for many packets, and slow start must stay exponential.
                     if flight_before + self.mtu >= self.cwnd:
-                        self.cwnd += min(newly, self.mtu)
+                        self.cwnd += min(newly, self.cwnd)
                 else:
                     self.partial_bytes_acked += newly
-                    if self.partial_bytes_acked >= self.cwnd and flight_before + self.mtu >= self.cwnd:
+                    full = flight_before + self.mtu >= self.cwnd
+                    if self.partial_bytes_acked >= self.cwnd and full:
                         self.partial_bytes_acked -= self.cwnd
                         self.cwnd += self.mtu
         if self.fast_recovery_exit is not None and cum >= self.fast_recovery_exit:
@@ -332,15 +338,28 @@ class SctpSender:
         self._advance_ack_point()
         return newly > 0
 
-    def _count_missing(self, cum: int, highest: int, now: float) -> None:
+    def _count_missing(self, cum: int, gap_acked: list[SentChunk], now: float) -> None:
+        """Miss indications (RFC 9260 7.2.4) for chunks below newly gap-acked ones.
+
+        A SACK counts once per chunk, as the RFC says, or once per full packet of data
+        it newly acknowledges above the chunk, whichever is more: like TCP's DupThresh
+        in packets (RFC 6675), so stretch SACKs from a batching receiver still trigger
+        fast retransmit after about three packets.
+        """
         sent = self.sent
         marked = False
-        for tsn in range(cum + 1, highest):
+        mtu = self.mtu
+        above = sum(c.size for c in gap_acked)
+        index = 0
+        for tsn in range(cum + 1, gap_acked[-1].tsn):
+            while gap_acked[index].tsn < tsn:
+                above -= gap_acked[index].size
+                index += 1
             chunk = sent.get(tsn)
             if chunk is None or not chunk.in_flight or chunk.fast_retransmitted:
                 continue  # RFC 9260 7.2.4: fast retransmit a chunk at most once
-            chunk.missing_reports += 1
-            if chunk.missing_reports == 3:
+            chunk.missing_reports += max(1, above // mtu)
+            if chunk.missing_reports >= 3:
                 chunk.fast_retransmitted = True
                 if not self._mark_for_retransmit(chunk, now):
                     continue
@@ -377,8 +396,12 @@ class SctpSender:
         message.abandoned = True
         self.abandoned_messages += 1
         for chunk in message.chunks or ():
-            if not chunk.acked and not chunk.abandoned:
-                chunk.abandoned = True
+            if chunk.abandoned:
+                continue
+            # Gap-acked fragments are abandoned too: the message is lost as a whole, and
+            # the FORWARD-TSN can then skip all of it at once (RFC 3758 3.5 C3).
+            chunk.abandoned = True
+            if not chunk.acked:
                 chunk.retransmit = False
                 if chunk.in_flight:
                     chunk.in_flight = False

@@ -349,3 +349,23 @@ async def test_both_peers_behind_nats(autojump_clock, filtering, mapping, expect
     assert connected is expect_direct
     if connected:
         assert remote[0] == nat_b.public_ip  # through B's NAT mapping, not its host address
+
+
+@pytest.mark.parametrize("pacing", [0.05, 0.005])
+async def test_agreed_pacing_sets_connect_time(autojump_clock, pacing):
+    """Ta reaches the agent: the nomination check follows the first one by Ta."""
+    net = VirtualNet(0, delay=0.0005)
+    with trio.fail_after(5):
+        async with (
+            IceTransport(
+                True, host_addresses=["10.0.0.1"], socket_factory=net.bind, pacing=pacing
+            ) as a,
+            IceTransport(
+                False, host_addresses=["10.0.0.2"], socket_factory=net.bind, pacing=pacing
+            ) as b,
+            trio.open_nursery() as nursery,
+        ):
+            start = trio.current_time()
+            await connect_pair(nursery, a, b)
+            assert trio.current_time() - start == pytest.approx(pacing + 0.001)
+            nursery.cancel_scope.cancel()

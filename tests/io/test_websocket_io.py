@@ -3,8 +3,6 @@ trio-websocket and the `websockets` package."""
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import socket
 import ssl
 import tempfile
@@ -14,10 +12,6 @@ import pytest
 import trio
 import trio.testing
 import trio_websocket
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from websockets.sync.client import connect as sync_connect
 
 from darkswap_trio._websocket import (
@@ -31,6 +25,7 @@ from darkswap_trio.proto.websocket_handshake import (
     parse_request_untrusted,
     validate_upgrade_request,
 )
+from darkswap_trio.testing._tls import SelfSignedCertificate
 
 LIMIT = 10
 
@@ -381,40 +376,10 @@ async def test_our_client_to_trio_websocket_server():
 
 
 def make_tls_contexts() -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert = SelfSignedCertificate.generate()
     with tempfile.TemporaryDirectory() as tmp:
-        with open(f"{tmp}/c.pem", "wb") as f:
-            f.write(cert_pem)
-        with open(f"{tmp}/k.pem", "wb") as f:
-            f.write(key_pem)
-        server.load_cert_chain(f"{tmp}/c.pem", f"{tmp}/k.pem")
-    client = ssl.create_default_context(cadata=cert_pem.decode())
-    return server, client
+        server = cert.server_context(tmp)
+    return server, cert.client_context()
 
 
 async def test_wss_with_self_signed_certificate():

@@ -190,33 +190,12 @@ def test_jwt_flags_reach_auth_config(tmp_path, capsys) -> None:
 
 
 def test_valid_tls_pair_passes_the_preflight(tmp_path) -> None:
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
 
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    cert_path = write(tmp_path, "cert.pem", cert.public_bytes(serialization.Encoding.PEM).decode())
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
-    key_path = write(tmp_path, "key.pem", key_pem)
+    from darkswap_trio.testing._tls import SelfSignedCertificate
+
+    cert_path, key_path = SelfSignedCertificate.generate().write(tmp_path)
     args = build_parser().parse_args(["--tls-cert", cert_path, "--tls-key", key_path])
     config = _config_from_args(args)
     assert (config.tls_cert, config.tls_key) == (cert_path, key_path)
