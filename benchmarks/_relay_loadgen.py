@@ -73,6 +73,57 @@ async def write_prebuilt(ws, frame: bytes) -> None:
     await ws.drain()
 
 
+def server_frame_length(payload: int) -> int:
+    """Wire length of an unmasked server-to-client frame carrying ``payload`` bytes."""
+    return payload + (2 if payload < 126 else 4 if payload < 1 << 16 else 10)
+
+
+class CountingReceiver(asyncio.Protocol):
+    """Takes over a websocket's transport once only equal-sized binary frames arrive.
+
+    It counts bytes instead of parsing frames (the generator must stay cheaper than the
+    server). With ``circuit``, it returns CREDIT for every whole frame received, once
+    half a window is owed, as :meth:`CircuitEnd.receive` does.
+    """
+
+    def __init__(self, ws, payload: int, circuit: CircuitEnd | None = None) -> None:
+        self.transport = ws.transport
+        self.frame = server_frame_length(payload + (HEADER if circuit else 0))
+        self.payload = payload
+        self.circuit = circuit
+        self.wire = 0  # bytes received
+        self.credited = 0  # payload bytes given back as credit
+        self.target = 0
+        self.done: asyncio.Future | None = None
+        self.transport.set_protocol(self)
+
+    def expect(self, payload_bytes: int) -> asyncio.Future:
+        """A future set to the time at which ``payload_bytes`` more have arrived."""
+        self.target = self.wire + payload_bytes // self.payload * self.frame
+        self.done = asyncio.get_running_loop().create_future()
+        return self.done
+
+    @property
+    def payload_received(self) -> int:
+        return self.wire // self.frame * self.payload
+
+    def data_received(self, data: bytes) -> None:
+        self.wire += len(data)
+        circuit = self.circuit
+        if circuit is not None:
+            owed = self.payload_received - self.credited
+            if owed >= circuit.window >> 1:
+                self.transport.write(premasked_binary_frame(
+                    _CREDIT.pack(sig.FRAME_CREDIT, circuit.key, owed)))
+                self.credited += owed
+        if self.done is not None and self.wire >= self.target and not self.done.done():
+            self.done.set_result(time.perf_counter())
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self.done is not None and not self.done.done():
+            self.done.set_exception(ConnectionError("connection lost"))
+
+
 def emit(obj: object) -> None:
     sys.stdout.write(json.dumps(obj) + "\n")
     sys.stdout.flush()
@@ -190,9 +241,14 @@ class OurPair:
         self.a = await register(target["url"], relay, ka, **options)
         self.b = await register(target["url"], relay, kb, **options)
         self.ends = await open_circuit(self.a, self.b, str(kb.peer_id), str(ka.peer_id))
+        self.counter: CountingReceiver | None = None  # set once b only receives data
         return self
 
     async def close(self) -> None:
+        if self.counter is not None:  # b's websocket no longer owns its transport
+            self.a.transport.abort()
+            self.b.transport.abort()
+            return
         await asyncio.gather(self.a.close(), self.b.close())
 
 
@@ -204,19 +260,18 @@ async def throughput_ours(pair: OurPair, total: int, size: int) -> float:
     wire = premasked_binary_frame(sig.encode_circuit_data(sender.key, os.urandom(size)))
     count = total // size
 
+    counter = pair.counter
+    if counter is None or counter.payload != size:
+        counter = pair.counter = CountingReceiver(receiver.ws, size, receiver)
+    done = counter.expect(count * size)
+
     async def send() -> None:
         for _ in range(count):
             await sender.send_prebuilt(wire, size)
 
-    async def receive() -> float:
-        got = 0
-        while got < total:
-            got += len(await receiver.receive()) - HEADER
-        return time.perf_counter()
-
     start = time.perf_counter()
-    _, end = await asyncio.gather(send(), receive())
-    return end - start
+    await send()
+    return await done - start
 
 
 async def throughput_ws(target: dict, total: int, size: int) -> float:
@@ -228,19 +283,13 @@ async def throughput_ws(target: dict, total: int, size: int) -> float:
     await a.send(b"x")  # both ends are paired once this comes through
     await b.recv()
 
-    async def send() -> None:
-        for _ in range(count):
-            await write_prebuilt(a, wire)
-
-    async def receive() -> float:
-        got = 0
-        while got < total:
-            got += len(await b.recv())
-        return time.perf_counter()
-
+    done = CountingReceiver(b, size).expect(count * size)
     start = time.perf_counter()
-    _, end = await asyncio.gather(send(), receive())
-    await asyncio.gather(a.close(), b.close())
+    for _ in range(count):
+        await write_prebuilt(a, wire)
+    end = await done
+    a.transport.abort()
+    b.transport.abort()
     return end - start
 
 
@@ -466,28 +515,21 @@ async def cmd_circuits(cmd: dict) -> dict:
     setup_start = time.perf_counter()
     circuits = await asyncio.gather(*(setup(ka, kb) for ka, kb in keys))
     setup_seconds = time.perf_counter() - setup_start
-    received = [0] * count
-    measuring = [False]
+    counters = [CountingReceiver(b.ws, size, b) for _, b in circuits]
 
     async def send(end: CircuitEnd) -> None:
         wire = premasked_binary_frame(sig.encode_circuit_data(end.key, os.urandom(size)))
         while True:
             await end.send_prebuilt(wire, size)
 
-    async def receive(i: int, end: CircuitEnd) -> None:
-        while True:
-            n = len(await end.receive()) - HEADER
-            if measuring[0]:
-                received[i] += n
 
     tasks = [asyncio.ensure_future(send(a)) for a, _ in circuits]
-    tasks += [asyncio.ensure_future(receive(i, b)) for i, (_, b) in enumerate(circuits)]
     await asyncio.sleep(min(1.0, seconds / 4))  # warm-up: every circuit is flowing
     server0 = cpu_seconds(target["pid"])
-    measuring[0] = True
+    before = [c.payload_received for c in counters]
     start = time.perf_counter()
     await asyncio.sleep(seconds)
-    measuring[0] = False
+    received = [c.payload_received - b for c, b in zip(counters, before, strict=True)]
     elapsed = time.perf_counter() - start
     server_cpu = (cpu_seconds(target["pid"]) - server0) / elapsed
     for task in tasks:

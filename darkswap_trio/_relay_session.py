@@ -16,7 +16,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
 import trio
@@ -24,9 +24,9 @@ import trio
 from ._circuit import RelayCircuit
 from ._config import RelayAddress, parse_relay_address
 from ._identity import Keypair, PeerId
-from ._websocket import WebSocketConnection, open_websocket
+from ._websocket import WebSocketConnection, WebSocketRejected, open_websocket
 from .proto import signaling as sig
-from .proto.errors import ParseError
+from .proto.errors import ParseError, WebSocketParseError
 
 log = logging.getLogger("darkswap_trio.relay")
 
@@ -386,6 +386,29 @@ async def _receive_message(ws: WebSocketConnection) -> sig.Message:
 
 
 @asynccontextmanager
+async def _connect(address: RelayAddress, ssl_context: ssl.SSLContext | None,
+                   timeout: float) -> AsyncIterator[WebSocketConnection]:
+    """open_websocket, with a refused upgrade turned into a RelayError with its code."""
+    async with AsyncExitStack() as stack:
+        try:
+            ws = await stack.enter_async_context(
+                open_websocket(address.url, ssl_context=ssl_context, connect_timeout=timeout))
+        except WebSocketRejected as exc:
+            code, message = f"http_{exc.status}", str(exc)
+            try:
+                refusal = sig.decode_message_untrusted(exc.body)
+                if isinstance(refusal, sig.Error):
+                    code, message = refusal.code or code, refusal.message
+            except ParseError:
+                pass
+            raise RelayError(f"relay at {address.url} refused the connection: {message}", code) from None
+        except WebSocketParseError as exc:
+            raise RelayError(f"relay at {address.url} broke the WebSocket handshake: {exc}",
+                             "bad_handshake") from None
+        yield ws
+
+
+@asynccontextmanager
 async def open_relay_session(
     address: RelayAddress | str,
     keypair: Keypair,
@@ -406,8 +429,7 @@ async def open_relay_session(
         address = parse_relay_address(address)
     if address.secure and ssl_context is None:
         ssl_context = ssl.create_default_context()
-    async with open_websocket(address.url, ssl_context=ssl_context,
-                              connect_timeout=connect_timeout) as ws:
+    async with _connect(address, ssl_context, connect_timeout) as ws:
         with trio.fail_after(connect_timeout):
             registered = await _handshake(ws, address, keypair, token_provider)
         session = RelaySession(ws, address, keypair, registered, signal_buffer=signal_buffer)

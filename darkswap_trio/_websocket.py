@@ -21,7 +21,7 @@ import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import NoReturn
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 import trio
@@ -169,6 +169,42 @@ class WebSocketRequest:
             await trio.aclose_forcefully(self._stream)
 
 
+MAX_REJECTION_BODY = 64 * 1024
+
+
+class WebSocketRejected(WebSocketHandshakeError):
+    """The server answered the upgrade with an HTTP status other than 101.
+
+    ``status`` and ``body`` (at most 64 KiB) say why, e.g. a relay's 503 with its
+    Error JSON.
+    """
+
+    def __init__(self, status: int, reason: str, body: bytes) -> None:
+        super().__init__(f"server answered {status} {reason}", status)
+        self.reason = reason
+        self.body = body
+
+
+async def _read_rejection_body(stream: trio.abc.Stream, response: Any, already: bytes) -> bytes:
+    """Read a non-101 response's body (Content-Length bounded, else until EOF/limit)."""
+    try:
+        wanted = int(response.header("content-length") or MAX_REJECTION_BODY)
+    except ValueError:
+        wanted = MAX_REJECTION_BODY
+    wanted = min(max(wanted, 0), MAX_REJECTION_BODY)
+    body = bytearray(already[:wanted])
+    with trio.move_on_after(2):  # a body is a courtesy; never hang on it
+        while len(body) < wanted:
+            try:
+                data = await stream.receive_some(wanted - len(body))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                break
+            if not data:
+                break
+            body += data
+    return bytes(body)
+
+
 async def _read_head(stream: trio.abc.Stream) -> tuple[bytes, bytes] | None:
     """Read an HTTP head; returns (head, bytes after it) or None on EOF before any byte."""
     buffer = bytearray()
@@ -238,6 +274,24 @@ async def _serve_one(
         await trio.aclose_forcefully(stream)
 
 
+async def _dual_stack_listener(port: int) -> trio.SocketListener:
+    """One IPv6 socket that also accepts IPv4 (as ::ffff:a.b.c.d).
+
+    trio.open_tcp_listeners(host=None) binds one socket per family, which with port 0
+    yields two different ports; a single dual-stack socket keeps one port for both.
+    """
+    sock = trio.socket.socket(trio.socket.AF_INET6, trio.socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
+        sock.setsockopt(trio.socket.IPPROTO_IPV6, trio.socket.IPV6_V6ONLY, 0)
+        await sock.bind(("::", port))
+        sock.listen(1024)
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketListener(sock)
+
+
 async def serve_websocket(
     handler: Callable[[WebSocketRequest], Awaitable[object]],
     host: str | None,
@@ -257,7 +311,10 @@ async def serve_websocket(
     and closes only its own connection (1011). When the handler returns, its
     connection is closed (1000). ``task_status.started()`` gets the listeners.
     """
-    listeners = await trio.open_tcp_listeners(port, host=host)
+    if host == "::":
+        listeners = [await _dual_stack_listener(port)]
+    else:
+        listeners = await trio.open_tcp_listeners(port, host=host)
 
     # A partial, not a wrapper coroutine: one frame less held by every idle connection.
     serve_stream = partial(
@@ -311,6 +368,9 @@ async def open_websocket(
             if head is None:
                 raise WebSocketHandshakeError("server closed the connection during the handshake")
             response = parse_response_untrusted(head[0])
+            if response.status != 101:
+                body = await _read_rejection_body(stream, response, head[1])
+                raise WebSocketRejected(response.status, response.reason, body)
             validate_upgrade_response(response, key)
         except BaseException:
             await trio.aclose_forcefully(stream)

@@ -218,3 +218,18 @@ async def test_one_relay_down_circuits_use_the_other(relay_server):
             assert failed.server_id != str(relay_server.peer_id)
             statuses = {s.id: s.status for s in a.servers}
             assert statuses[str(relay_server.peer_id)] is RelayServerStatus.CONNECTED
+
+
+async def test_full_relay_is_a_clear_status_then_connects_when_room_frees():
+    with trio.fail_after(10):
+        async with running_relay(max_sessions=1) as server:
+            async with RelayManager(Keypair.generate(), [server.multiaddr], FAST) as a:
+                await a.wait_connected()
+                async with RelayManager(Keypair.generate(), [server.multiaddr], FAST) as b:
+                    failed = await next_event(b.events, ServerFailed)
+                    assert "too_many_sessions" in failed.cause
+                    assert "too_many_sessions" in b.servers[0].last_error
+                    await a.stop()
+                    b.retry()
+                    await next_event(b.events, ServerConnected)
+                    assert b.servers[0].status is RelayServerStatus.CONNECTED
