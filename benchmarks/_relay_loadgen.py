@@ -1,13 +1,20 @@
 """Load generator for bench_relay.py: asyncio + uvloop + the ``websockets`` client.
 
-Run: python benchmarks/_relay_loadgen.py JSON-COMMAND [--cpu N]
+Run: python benchmarks/_relay_loadgen.py JSON-COMMAND  (``"cpu": N`` in it pins the process)
 
 It speaks the client side of darkswap-relay/1 (docs/PROTOCOL.md): Register with a nonce,
 verify the relay's Challenge signature, Authenticate with an Ed25519 signature, then
 RelayRequest / DataChannel and binary DATA / CREDIT frames (the receiver returns credit
-once half a window is consumed). Every connection is driven by one coroutine that
-reads its own frames (an end of a circuit only ever receives data *or* credit on the
-fast path), so the generator spends as little per frame as a client can.
+once half a window is consumed). Each connection is driven by one coroutine that reads
+its own frames (an end of a circuit only ever receives data *or* credit on the fast
+path): no dispatcher task, no queues.
+
+The generator must be faster than the server it measures. On the throughput paths the
+senders write prebuilt frames (masked with the zero key) straight to the transport and
+the receivers count bytes instead of parsing frames (:class:`CountingReceiver`, which
+still returns CREDIT); the same tricks serve the websockets baseline relay, so both are
+measured with the same client. Latency, circuit opening and registration use the
+``websockets`` API as any client would.
 
 Commands (one JSON object) and the JSON line each prints on stdout:
   throughput  {targets, bytes, size, runs}       -> MB/s per run per target, CPU use

@@ -115,12 +115,17 @@ class SctpReceiver:
             else:
                 self.above.add(tsn)
                 verdict = OUT_OF_ORDER
-        self.buffered += size
         flags = chunk.flags
         if flags & 3 == 3:
+            self.buffered += size
             self._deliver(chunk.stream_id, chunk.ssn, chunk.ppid, chunk.user_data, flags)
         else:
             fragments = self._fragments
+            if not flags & DATA_BEGINNING and tsn - 1 <= cum and tsn - 1 not in fragments:
+                # A later fragment of a message whose start a FORWARD-TSN skipped: it can
+                # never complete (counted as received, its bytes dropped).
+                return verdict
+            self.buffered += size
             fragments[tsn] = chunk
             if flags & DATA_END or tsn + 1 in fragments:
                 self._try_reassemble(tsn)
