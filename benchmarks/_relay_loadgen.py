@@ -312,25 +312,49 @@ async def tcp_pair(port: int):
     return ra, wa, rb, wb
 
 
+class ByteCounter(asyncio.Protocol):
+    """A raw TCP receiver that only counts (the splice baseline's cheap sink)."""
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.target = 0
+        self.done: asyncio.Future | None = None
+
+    def expect(self, more: int) -> asyncio.Future:
+        self.target = self.received + more
+        self.done = asyncio.get_running_loop().create_future()
+        if self.received >= self.target:
+            self.done.set_result(time.perf_counter())
+        return self.done
+
+    def data_received(self, data: bytes) -> None:
+        self.received += len(data)
+        if self.done is not None and self.received >= self.target and not self.done.done():
+            self.done.set_result(time.perf_counter())
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self.done is not None and not self.done.done():
+            self.done.set_exception(ConnectionError("connection lost"))
+
+
 async def throughput_splice(target: dict, total: int, size: int) -> float:
-    ra, wa, rb, wb = await tcp_pair(target["port"])
+    token = os.urandom(16)
+    _, wa = await asyncio.open_connection("127.0.0.1", target["port"])
+    counter = ByteCounter()
+    tb, _ = await asyncio.get_running_loop().create_connection(
+        lambda: counter, "127.0.0.1", target["port"])
+    tb.write(token)
+    wa.write(token + b"x")
+    await counter.expect(1)  # paired
     payload, count = os.urandom(size), total // size
-
-    async def send() -> None:
-        for _ in range(count):
-            wa.write(payload)
-            await wa.drain()
-
-    async def receive() -> float:
-        got = 0
-        while got < total:
-            got += len(await rb.read(256 * 1024))
-        return time.perf_counter()
-
+    done = counter.expect(count * size)
     start = time.perf_counter()
-    _, end = await asyncio.gather(send(), receive())
-    wa.close()
-    wb.close()
+    for _ in range(count):
+        wa.write(payload)
+        await wa.drain()
+    end = await done
+    wa.transport.abort()
+    tb.abort()
     return end - start
 
 

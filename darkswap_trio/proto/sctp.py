@@ -13,9 +13,11 @@ simple.
 
 Speed: chunks are bundled (control, SACK, FORWARD-TSN, then DATA filling the packet),
 SACKs are delayed (every second packet, at once on gaps/duplicates, else after
-``delayed_ack``) and ride on outgoing DATA. A SACK is built when ``poll_transmit`` runs,
-so a driver that drains many datagrams before polling sends fewer, larger SACKs; call
-``poll_transmit`` after each datagram (or a few) to keep the peer's ack clock fine.
+``delayed_ack``) and ride on outgoing DATA. A driver may hand over a batch of datagrams
+before polling: the SACK then goes out with whatever is sent next, but still at least
+every ``max_packets_per_sack`` packets (a standalone SACK queued mid-batch), because
+RFC-strict senders (browsers, aiortc) grow their window per SACK, not per byte.
+``max_packets_per_sack=None`` gives one SACK per poll: fewer packets, stretch SACKs.
 
 Scope cuts: one path (no multi-homing), no association restart (a COOKIE-ECHO with a
 new peer tag after establishment is ignored), no I-DATA/AUTH/ASCONF, stream-add and
@@ -111,6 +113,7 @@ class SctpAssociation(AssociationSetup):
         rto_min: float = 0.4,
         rto_max: float = 60.0,
         delayed_ack: float = 0.2,
+        max_packets_per_sack: int | None = 2,
         heartbeat_interval: float = 30.0,
         max_retransmissions: int = 10,
         max_init_retransmissions: int = 8,
@@ -126,6 +129,7 @@ class SctpAssociation(AssociationSetup):
         self._window = receive_window or max(1 << 20, 2 * max_message_size)
         self._rto_initial = rto_initial
         self._delayed_ack = delayed_ack
+        self._max_packets_per_sack = max_packets_per_sack or 1 << 30
         self._max_retransmissions = max_retransmissions
         self._max_init_retransmissions = max_init_retransmissions
         self._cookie_lifetime = cookie_lifetime
@@ -302,7 +306,8 @@ class SctpAssociation(AssociationSetup):
         return sack.encode()
 
     def poll_event(self) -> SctpEvent | None:
-        """The next event, or None. Taking a MessageReceived frees receive window."""
+        """The next event, or None. Taking a MessageReceived frees receive window (and
+        may make a window-update SACK due: call :meth:`poll_transmit` afterwards)."""
         if not self._events:
             return None
         event = self._events.popleft()
@@ -358,6 +363,11 @@ class SctpAssociation(AssociationSetup):
             if kind is DataChunk:
                 if receiver is None or self._state not in _RECEIVE_STATES:
                     continue
+                if not got_data and self._sack_due and (
+                    self._unacked_packets >= self._max_packets_per_sack
+                ):
+                    # The driver is handing over a batch: do not let the SACK stretch.
+                    self._solo.append((self._peer_tag, self._build_sack(self._mtu - 12)))
                 got_data = True
                 verdict = receiver.receive_data(chunk)
                 if verdict != IN_ORDER:

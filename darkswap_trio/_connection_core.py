@@ -1,0 +1,488 @@
+"""The data path of a peer connection: one UDP socket, two tasks, four sans-IO cores.
+
+:class:`ConnectionCore` owns the ICE agent, the DTLS endpoint, the SCTP association and
+the data channel registry. Two tasks drive it (both in the peer connection's nursery):
+
+* :meth:`ConnectionCore.read_datagrams` waits until the socket is readable, then takes
+  every datagram the kernel holds (non-blocking ``recvfrom``) and hands the batch to the
+  core task through a bounded memory channel (full channel: the reader waits and the
+  kernel drops, as UDP does);
+* :meth:`ConnectionCore.run` is the only task that feeds the cores. Per wake-up it takes
+  every batch already queued, pushes each datagram through ICE -> DTLS -> SCTP, fires
+  due timers, then flushes: SCTP packets -> ``DtlsEndpoint.send`` ->
+  ``IceAgent.send_data`` -> ``socket.sendto``, with no task or channel between layers.
+  Processing a whole batch before flushing lets SCTP bundle and delay its SACKs.
+
+Application calls (send on a channel, open/close a channel, trickled candidates) are
+synchronous calls into the cores from the caller's task -- trio tasks only switch at
+``await``, so each call is atomic -- followed by a wake-up of the core task, which owns
+all the I/O. The per-datagram cost is then the cores' Python plus two syscalls, not a
+chain of task hops.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from collections import deque
+
+import trio
+
+from ._datachannel import DataChannel
+from .proto import datachannel as dc
+from .proto import dtls as dtls_mod
+from .proto import sctp as sctp_mod
+from .proto.dtls import DtlsEndpoint, DtlsParseError
+from .proto.ice import IceAgent
+from .proto.ice_events import (
+    CandidateGathered,
+    ConsentLost,
+    DataReceived,
+    GatheringComplete,
+    IceState,
+    IceStateChanged,
+    SelectedPairChanged,
+)
+from .proto.sctp import SctpAssociation
+
+__all__ = ["ConnectionCore", "ConnectionFailed"]
+
+_BATCH = 64  # datagrams per reader hand-over
+_RECV_SIZE = 65536
+_SOCKET_BUFFER = 4 << 20  # the kernel caps this at net.core.[rw]mem_max
+
+
+class ConnectionFailed(Exception):
+    """Why the connection failed or ended (the cause of BrokenResourceError)."""
+
+
+class ConnectionCore:
+    """See the module docstring. Created by the peer connection, one per socket."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        *,
+        local_max_message_size: int,
+        receive_buffer_size: int,
+        high_water_mark: int,
+        inbox_size: int = 16,
+    ) -> None:
+        self.sock = sock
+        self.local_max_message_size = local_max_message_size
+        self.receive_buffer_size = receive_buffer_size
+        self.high_water_mark = high_water_mark
+        self.ice: IceAgent | None = None
+        self.dtls: DtlsEndpoint | None = None
+        self.sctp: SctpAssociation | None = None
+        self.registry: dc.DataChannelRegistry | None = None
+        self.remote_max_message_size = 65536
+        self.sctp_port = (5000, 5000)
+        self.state = "new"
+        self.failure: ConnectionFailed | None = None
+        self.channels: dict[int, DataChannel] = {}
+        self.accept_queue: deque[DataChannel] = deque()
+        self.acceptors = trio.lowlevel.ParkingLot()
+        self.state_changed = trio.lowlevel.ParkingLot()
+        self.candidates: list[object] = []  # aioice Candidates, then None at the end
+        self.candidates_changed = trio.lowlevel.ParkingLot()
+        self.counts = {
+            "datagrams_received": 0, "datagrams_sent": 0, "send_errors": 0,
+            "protocol_violations": 0, "datagrams_dropped": 0,
+        }
+        self._inbox_send, self._inbox_receive = trio.open_memory_channel[
+            list[tuple[bytes, tuple[str, int]]] | None
+        ](inbox_size)
+        self._wake_pending = False
+        self._unsent: deque[tuple[bytes, tuple[str, int]]] = deque()
+        self._stalled: sctp_mod.MessageReceived | None = None  # waits for a full channel
+        self.local_addr: tuple[str, int] | None = None  # None for a wildcard socket
+        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, option, _SOCKET_BUFFER)
+            except OSError:
+                pass  # a smaller buffer only costs throughput
+
+    # ------------------------------------------------------------------ app side (sync)
+
+    def wake(self) -> None:
+        """Make the core task flush: called after any application call into the cores."""
+        if not self._wake_pending:
+            self._wake_pending = True
+            try:
+                self._inbox_send.send_nowait(None)
+            except trio.WouldBlock:
+                pass  # batches are queued: the core task runs and flushes anyway
+            except trio.ClosedResourceError:
+                pass
+
+    def buffered_amount(self, stream_id: int) -> int:
+        sctp = self.sctp
+        return sctp.buffered_amount(stream_id) if sctp is not None else 0
+
+    def send_message(self, stream_id: int, message: bytes | str) -> int:
+        """Queue one user message into SCTP; returns its payload size."""
+        registry = self.registry
+        if registry is None:
+            raise trio.ClosedResourceError("no connection")
+        try:
+            registry.send(stream_id, message)
+        except dc.ChannelStateError as exc:
+            raise trio.ClosedResourceError(str(exc)) from exc
+        self._pump_registry(trio.current_time())
+        self.wake()
+        return len(message)
+
+    def open_channel(self, label: str, **options: object) -> DataChannel:
+        registry = self.registry
+        assert registry is not None
+        stream_id = registry.open_channel(label, **options)  # type: ignore[arg-type]
+        channel = self._add_channel(registry.channel(stream_id))
+        self._pump_registry(trio.current_time())
+        self.wake()
+        return channel
+
+    def close_channel(self, stream_id: int) -> None:
+        if self.registry is not None and self.failure is None:
+            self.registry.close_channel(stream_id)
+            self._pump_registry(trio.current_time())
+            self.wake()
+
+    def channel_drained(self, stream_id: int) -> None:
+        """A receiver took a message: resume SCTP delivery if it waited on this channel."""
+        stalled = self._stalled
+        if stalled is not None and stalled.stream_id == stream_id:
+            self.wake()
+
+    # ------------------------------------------------------------------ tasks
+
+    async def read_datagrams(self) -> None:
+        """The reader task: batches of (data, addr) into the core task's inbox."""
+        sock = self.sock
+        send = self._inbox_send
+        recvfrom = sock.recvfrom
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            batch = []
+            try:
+                while len(batch) < _BATCH:
+                    batch.append(recvfrom(_RECV_SIZE))
+            except BlockingIOError:
+                pass
+            except OSError:
+                self.counts["send_errors"] += 1  # an ICMP error reported on the socket
+            if batch:
+                await send.send(batch)
+
+    async def run(self) -> None:
+        """The core task: see the module docstring."""
+        receive = self._inbox_receive
+        item: list[tuple[bytes, tuple[str, int]]] | None = None
+        while True:
+            now = trio.current_time()
+            self._wake_pending = False
+            if item:
+                self._receive_batch(item, now)
+            while True:  # everything already queued, before any flush
+                try:
+                    item = receive.receive_nowait()
+                except trio.WouldBlock:
+                    break
+                if item:
+                    self._receive_batch(item, now)
+            item = None
+            self._fire_timers(now)
+            self.flush(now)
+            if self._unsent:
+                await trio.lowlevel.wait_writable(self.sock)
+                self._send_unsent()
+                continue
+            deadline = self._next_deadline()
+            with trio.move_on_at(deadline):
+                item = await receive.receive()
+
+    # ------------------------------------------------------------------ input
+
+    def _receive_batch(self, batch: list[tuple[bytes, tuple[str, int]]], now: float) -> None:
+        ice = self.ice
+        if ice is None:
+            self.counts["datagrams_dropped"] += len(batch)
+            return
+        self.counts["datagrams_received"] += len(batch)
+        local = self.local_addr
+        for data, addr in batch:
+            ice.receive(data, addr, now, local)
+            self._drain_ice(now)
+
+    def _drain_ice(self, now: float) -> None:
+        ice = self.ice
+        assert ice is not None
+        while (event := ice.poll_event()) is not None:
+            if type(event) is DataReceived:
+                dtls = self.dtls
+                if dtls is None:
+                    continue
+                try:
+                    dtls.receive(event.data, now)
+                except DtlsParseError:
+                    self.counts["datagrams_dropped"] += 1
+                    continue
+                self._drain_dtls(now)
+            elif type(event) is CandidateGathered:
+                self.candidates.append(event.candidate)
+                self.candidates_changed.unpark_all()
+            elif type(event) is GatheringComplete:
+                self.candidates.append(None)
+                self.candidates_changed.unpark_all()
+            elif type(event) is SelectedPairChanged:
+                dtls = self.dtls
+                if dtls is not None and dtls.state is dtls_mod.DtlsState.NEW:
+                    dtls.start(now)
+                    self._drain_dtls(now)
+            elif type(event) is IceStateChanged:
+                if event.state is IceState.FAILED:
+                    self.fail("ICE failed: no candidate pair works")
+                elif event.state is IceState.CHECKING and self.state == "new":
+                    self._set_state("connecting")
+            elif type(event) is ConsentLost:
+                self.fail("ICE consent lost: the peer stopped answering")
+
+    def start_dtls_if_ready(self, now: float) -> None:
+        """Start DTLS once the role is known and ICE has a pair (or we are the server)."""
+        dtls, ice = self.dtls, self.ice
+        if dtls is None or ice is None or dtls.state is not dtls_mod.DtlsState.NEW:
+            return
+        if dtls.role == "server" or ice.selected_pair is not None:
+            dtls.start(now)
+            self._drain_dtls(now)
+
+    def _drain_dtls(self, now: float) -> None:
+        dtls = self.dtls
+        assert dtls is not None
+        while (event := dtls.poll_event()) is not None:
+            if type(event) is dtls_mod.DataReceived:
+                sctp = self.sctp
+                if sctp is not None:
+                    sctp.receive(event.data, now)
+            elif type(event) is dtls_mod.HandshakeComplete:
+                self._start_sctp(now)
+            elif type(event) is dtls_mod.Failed:
+                self.fail(f"DTLS failed: {event.error}")
+            elif type(event) is dtls_mod.Closed:
+                self.fail(f"the peer closed DTLS: {event.reason}", state="disconnected")
+
+    def _start_sctp(self, now: float) -> None:
+        dtls = self.dtls
+        assert dtls is not None
+        remote = self.remote_max_message_size
+        biggest = max(self.local_max_message_size, remote if remote else 1 << 24)
+        self.sctp = SctpAssociation(
+            dtls.role == "client",
+            self.sctp_port[0],
+            self.sctp_port[1],
+            max_message_size=biggest,
+            # Multiple of 4: SCTP pads chunks and may exceed an unaligned budget.
+            max_packet_size=min(1188, dtls.max_application_data()) & ~3,
+            receive_window=max(1 << 20, 2 * self.local_max_message_size),
+        )
+        self.registry = dc.DataChannelRegistry(
+            dtls_client=dtls.role == "client",
+            remote_max_message_size=remote,
+            local_max_message_size=self.local_max_message_size,
+        )
+        self.sctp.connect(now)
+
+    # ------------------------------------------------------------------ SCTP <-> DCEP
+
+    def _drain_sctp(self, now: float) -> None:
+        sctp, registry = self.sctp, self.registry
+        if sctp is None or registry is None:
+            return
+        limit = self.receive_buffer_size
+        while True:
+            event = self._stalled
+            if event is not None:
+                self._stalled = None
+            else:
+                event = sctp.poll_event()
+                if event is None:
+                    break
+            kind = type(event)
+            if kind is sctp_mod.MessageReceived:
+                channel = self.channels.get(event.stream_id)
+                if channel is not None and not channel._room_for_more(limit):
+                    self._stalled = event  # backpressure: SCTP keeps the rest in its window
+                    break
+                registry.receive_message(event.stream_id, event.ppid, event.data)
+                self._drain_registry()
+            elif kind is sctp_mod.BufferedAmountLow:
+                channel = self.channels.get(event.stream_id)
+                if channel is not None:
+                    channel._on_buffered_low()
+            elif kind is sctp_mod.StreamsReset:
+                for stream_id in event.stream_ids:
+                    registry.receive_stream_reset(stream_id)
+                self._drain_registry()
+            elif kind is sctp_mod.Connected:
+                registry.limit_streams(sctp.outbound_streams)
+                self._set_state("connected")
+            elif kind is sctp_mod.Closed:
+                self.fail(f"SCTP association closed: {event.reason}", state="disconnected")
+                return
+        self._pump_registry(now)
+
+    def _drain_registry(self) -> None:
+        registry = self.registry
+        assert registry is not None
+        while (event := registry.poll_event()) is not None:
+            kind = type(event)
+            if kind is dc.MessageReceived:
+                channel = self.channels.get(event.stream_id)
+                if channel is not None:
+                    channel._deliver(event.message)
+            elif kind is dc.ChannelOpenedByPeer:
+                self.accept_queue.append(self._add_channel(event.channel))
+                self.acceptors.unpark_all()
+            elif kind is dc.ChannelClosed:
+                channel = self.channels.pop(event.stream_id, None)
+                if channel is not None:
+                    channel._on_closed()
+            elif kind is dc.ProtocolViolation:
+                self.counts["protocol_violations"] += 1
+
+    def _add_channel(self, info: dc.ChannelInfo) -> DataChannel:
+        channel = DataChannel(self, info)
+        self.channels[info.stream_id] = channel
+        assert self.sctp is not None
+        self.sctp.set_buffered_amount_low_threshold(info.stream_id, self.high_water_mark // 2)
+        return channel
+
+    def _pump_registry(self, now: float) -> None:
+        """Registry instructions -> SCTP."""
+        registry, sctp = self.registry, self.sctp
+        if registry is None or sctp is None:
+            return
+        while (instruction := registry.poll_send()) is not None:
+            if type(instruction) is dc.SctpMessage:
+                lifetime = instruction.lifetime_ms
+                try:
+                    sctp.send(
+                        instruction.stream_id, instruction.ppid, instruction.payload, now,
+                        ordered=instruction.ordered,
+                        max_retransmits=instruction.max_retransmits,
+                        lifetime=None if lifetime is None else lifetime / 1000,
+                    )
+                except ValueError:
+                    self.counts["send_errors"] += 1  # closing association or stream
+            else:
+                sctp.reset_streams([instruction.stream_id])
+
+    # ------------------------------------------------------------------ output and timers
+
+    def flush(self, now: float) -> None:
+        """Deliver events, then send everything the cores want sent."""
+        ice = self.ice
+        if ice is None:
+            return
+        self._drain_ice(now)
+        dtls, sctp = self.dtls, self.sctp  # the events above may have created them
+        if sctp is not None:
+            self._drain_sctp(now)
+            if dtls is not None and dtls.state is dtls_mod.DtlsState.CONNECTED:
+                dtls_send = dtls.send
+                while (packet := sctp.poll_transmit()) is not None:
+                    dtls_send(packet)
+                if sctp.state is sctp_mod.SctpState.TERMINATED and self.failure is None:
+                    self._drain_sctp(now)
+        if dtls is not None:
+            send_data = ice.send_data
+            while (datagram := dtls.poll_transmit()) is not None:
+                transmit = send_data(datagram)
+                if transmit is not None:
+                    self._send(transmit.data, transmit.addr)
+            self._drain_dtls(now)
+        while (transmit := ice.poll_transmit()) is not None:
+            self._send(transmit.data, transmit.addr)
+
+    def _send(self, data: bytes, addr: tuple[str, int]) -> None:
+        if self._unsent:
+            self._unsent.append((data, addr))
+            return
+        try:
+            self.sock.sendto(data, addr)
+            self.counts["datagrams_sent"] += 1
+        except BlockingIOError:
+            self._unsent.append((data, addr))  # the core task waits until writable
+        except OSError as exc:
+            if exc.errno not in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
+                raise
+            self.counts["send_errors"] += 1
+
+    def _send_unsent(self) -> None:
+        unsent = self._unsent
+        while unsent:
+            data, addr = unsent[0]
+            try:
+                self.sock.sendto(data, addr)
+            except BlockingIOError:
+                return
+            except OSError:
+                self.counts["send_errors"] += 1
+            else:
+                self.counts["datagrams_sent"] += 1
+            unsent.popleft()
+
+    def _fire_timers(self, now: float) -> None:
+        for core in (self.ice, self.dtls, self.sctp):
+            if core is not None:
+                deadline = core.poll_timeout()
+                if deadline is not None and deadline <= now:
+                    core.handle_timeout(now)
+
+    def _next_deadline(self) -> float:
+        deadline = float("inf")
+        for core in (self.ice, self.dtls, self.sctp):
+            if core is not None:
+                timeout = core.poll_timeout()
+                if timeout is not None and timeout < deadline:
+                    deadline = timeout
+        return deadline
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _set_state(self, state: str) -> None:
+        if self.state != state and self.state not in ("failed", "closed"):
+            self.state = state
+            self.state_changed.unpark_all()
+
+    def fail(self, reason: str, state: str = "failed") -> None:
+        """End the connection: every channel and waiter sees BrokenResourceError."""
+        if self.failure is not None:
+            return
+        self.failure = ConnectionFailed(reason)
+        self._set_state(state)
+        for channel in list(self.channels.values()):
+            channel._on_broken(self.failure)
+        self.acceptors.unpark_all()
+        self.candidates_changed.unpark_all()
+        self.state_changed.unpark_all()
+
+    def close(self, now: float) -> None:
+        """Local close: ABORT the association, close_notify, send both at once."""
+        self.fail("the peer connection was closed", state="closed")
+        if self.sctp is not None:
+            self.sctp.abort("peer connection closed")
+        dtls = self.dtls
+        if dtls is not None and dtls.state is dtls_mod.DtlsState.CONNECTED:
+            try:
+                self.flush(now)
+            except OSError:
+                pass
+            dtls.close()
+        if self.ice is not None:
+            try:
+                self.flush(now)
+            except OSError:
+                pass
+            self.ice.close()
+        self.state = "closed"

@@ -1,0 +1,229 @@
+"""Our PeerConnection against aiortc's RTCPeerConnection, us offering and us answering.
+
+aiortc runs under asyncio on a worker thread. It is scripted as an echo peer: every
+channel (opened by it or by us) echoes each message back unchanged, except the text
+"close-please", which makes aiortc close that channel. It reports what it sees
+("channel" with the negotiated options, "closed") to the trio side, which asserts.
+
+Loopback only: ``RTCConfiguration(iceServers=[])``, aioice's interface enumeration is
+pointed at 127.0.0.1 and candidate lines are filtered to 127.0.0.1 both ways.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import aioice.ice
+import pytest
+import trio
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+from darkswap_trio._peer_connection import PeerConnectionConfig, open_peer_connection
+
+LOOPBACK = "127.0.0.1"
+CONFIG = PeerConnectionConfig(host_addresses=[LOOPBACK], ice_pacing=0.005)
+MESSAGES = ["text", b"binary", "", b"", "\u00e9t\u00e9", bytes(range(256)) * 200]
+CHANNEL_OPTIONS = [
+    ("reliable", {}),
+    ("unordered", {"ordered": False}),
+    ("rexmit", {"ordered": False, "max_retransmits": 0}),
+    ("lifetime", {"max_packet_life_time": 1000}),
+]
+
+
+def loopback_candidates_only(sdp: str) -> str:
+    lines = sdp.split("\r\n")
+    return "\r\n".join(
+        line for line in lines if not line.startswith("a=candidate") or f" {LOOPBACK} " in line
+    )
+
+
+async def aiortc_peer(offer: bool, labels: list[tuple[str, dict]], to_trio: Callable) -> None:
+    loop = asyncio.get_running_loop()
+    inbox: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
+    to_trio(("inbox", lambda item: loop.call_soon_threadsafe(inbox.put_nowait, item)))
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))  # never Google's STUN server
+
+    def serve(channel) -> None:
+        def on_message(message) -> None:
+            if message == "close-please":
+                channel.close()
+            else:
+                channel.send(message)
+
+        channel.on("message", on_message)
+        channel.on("close", lambda: to_trio(("closed", channel.label)))
+
+    def announce(channel) -> None:
+        to_trio((
+            "channel", channel.label, channel.id, channel.ordered, channel.maxRetransmits,
+            channel.maxPacketLifeTime, channel.protocol,
+        ))
+
+    pc.on("datachannel", lambda channel: (serve(channel), announce(channel)))
+    try:
+        async with asyncio.timeout(20):
+            if offer:
+                for label, options in labels:
+                    channel = pc.createDataChannel(
+                        label,
+                        ordered=options.get("ordered", True),
+                        maxRetransmits=options.get("max_retransmits"),
+                        maxPacketLifeTime=options.get("max_packet_life_time"),
+                        protocol="p-" + label,
+                    )
+                    serve(channel)
+                    channel.on("open", lambda channel=channel: announce(channel))
+                await pc.setLocalDescription(await pc.createOffer())
+                to_trio(("sdp", loopback_candidates_only(pc.localDescription.sdp)))
+                _, answer = await inbox.get()
+                await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+            else:
+                _, offer_sdp = await inbox.get()
+                await pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
+                await pc.setLocalDescription(await pc.createAnswer())
+                to_trio(("sdp", loopback_candidates_only(pc.localDescription.sdp)))
+            await inbox.get()  # ("stop",)
+    except Exception as exc:  # reported to the trio side, which fails the test
+        to_trio(("error", repr(exc)))
+    finally:
+        await pc.close()
+
+
+class AiortcThread:
+    """Runs :func:`aiortc_peer` on a worker thread; items both ways."""
+
+    def __init__(self, nursery: trio.Nursery, **peer_args: Any) -> None:
+        self._send, self._receive = trio.open_memory_channel[tuple[Any, ...]](256)
+        token = trio.lowlevel.current_trio_token()
+
+        def to_trio(item: tuple[Any, ...]) -> None:
+            trio.from_thread.run_sync(self._send.send_nowait, item, trio_token=token)
+
+        nursery.start_soon(
+            lambda: trio.to_thread.run_sync(
+                asyncio.run, aiortc_peer(to_trio=to_trio, **peer_args), abandon_on_cancel=True
+            )
+        )
+        self._to_aiortc: Callable[[tuple[Any, ...]], None] | None = None
+
+    async def ready(self) -> None:
+        """Wait until aiortc's event loop runs and can take items."""
+        while self._to_aiortc is None:
+            item = await self._receive.receive()
+            assert item[0] == "inbox", item
+            self._to_aiortc = item[1]
+
+    async def receive(self) -> tuple[Any, ...]:
+        item = await self._receive.receive()
+        assert item[0] != "error", item
+        if item[0] == "inbox":
+            self._to_aiortc = item[1]
+            return await self.receive()
+        return item
+
+    def send(self, item: tuple[Any, ...]) -> None:
+        assert self._to_aiortc is not None
+        self._to_aiortc(item)
+
+
+@pytest.fixture
+def loopback_only(monkeypatch):
+    """aioice binds (and announces) 127.0.0.1 only, which it normally skips."""
+    monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda **_: [LOOPBACK])
+
+
+async def exchange_and_check(channel) -> None:
+    for message in MESSAGES:
+        await channel.send(message)
+    received = [await channel.receive() for _ in MESSAGES]
+    if channel.ordered:
+        assert received == MESSAGES
+    else:  # loopback loses nothing, but unordered delivery may reorder
+        assert sorted(map(repr, received)) == sorted(map(repr, MESSAGES))
+
+
+def expected_report(label: str, channel_id: int, options: dict, protocol: str) -> tuple:
+    return (
+        "channel", label, channel_id, options.get("ordered", True),
+        options.get("max_retransmits"), options.get("max_packet_life_time"), protocol,
+    )
+
+
+async def test_we_offer_aiortc_answers(loopback_only):
+    many = [(f"many-{i}", {}) for i in range(16)]
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            aiortc = AiortcThread(nursery, offer=False, labels=[])
+            await aiortc.ready()
+            async with open_peer_connection(CONFIG) as pc:
+                aiortc.send(("offer", await pc.create_offer()))
+                _, answer = await aiortc.receive()
+                assert f" {LOOPBACK} " in answer
+                await pc.set_remote_description(answer, "answer")
+                await pc.wait_connected()
+                channels = {}
+                for label, options in CHANNEL_OPTIONS + many:
+                    channel = await pc.create_data_channel(label, protocol="x", **options)
+                    channels[label] = channel
+                    report = await aiortc.receive()
+                    assert report == expected_report(label, channel.id, options, "x")
+                async with trio.open_nursery() as talkers:
+                    for channel in channels.values():
+                        talkers.start_soon(exchange_and_check, channel)
+                # We close: aiortc sees it and resets its side; we see both ends closed.
+                await channels["reliable"].aclose()
+                assert await aiortc.receive() == ("closed", "reliable")
+                await channels["reliable"].wait_closed()
+                # aiortc closes: we see the end of the channel.
+                await channels["unordered"].send("close-please")
+                with pytest.raises(trio.EndOfChannel):
+                    await channels["unordered"].receive()
+                assert await aiortc.receive() == ("closed", "unordered")
+                await channels["many-3"].send("still here")
+                assert await channels["many-3"].receive() == "still here"
+                assert pc.statistics().ice.selected_remote[0] == LOOPBACK
+            aiortc.send(("stop",))
+
+
+async def test_aiortc_offers_we_answer(loopback_only):
+    labels = CHANNEL_OPTIONS + [(f"many-{i}", {}) for i in range(16)]
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            aiortc = AiortcThread(nursery, offer=True, labels=labels)
+            await aiortc.ready()
+            async with open_peer_connection(CONFIG) as pc:
+                _, offer = await aiortc.receive()
+                await pc.set_remote_description(offer, "offer")
+                answer = await pc.create_answer()
+                assert "a=setup:active" in answer
+                aiortc.send(("answer", answer))
+                await pc.wait_connected()
+                channels = {}
+                for _ in labels:
+                    channel = await pc.accept_data_channel()
+                    channels[channel.label] = channel
+                reports = {}
+                for _ in labels:
+                    report = await aiortc.receive()
+                    reports[report[1]] = report
+                for label, options in labels:
+                    channel = channels[label]
+                    assert reports[label] == expected_report(
+                        label, channel.id, options, "p-" + label
+                    )
+                    assert channel.protocol == "p-" + label
+                async with trio.open_nursery() as talkers:
+                    for channel in channels.values():
+                        talkers.start_soon(exchange_and_check, channel)
+                await channels["lifetime"].aclose()
+                assert await aiortc.receive() == ("closed", "lifetime")
+                await channels["rexmit"].send("close-please")
+                with pytest.raises(trio.EndOfChannel):
+                    await channels["rexmit"].receive()
+                assert await aiortc.receive() == ("closed", "rexmit")
+                await channels["many-0"].send(b"still here")
+                assert await channels["many-0"].receive() == b"still here"
+            aiortc.send(("stop",))
