@@ -278,6 +278,8 @@ class SctpAssociation(AssociationSetup):
                 if len(encoded) <= room:
                     parts.append(encoded)
                     room -= len(encoded)
+                else:
+                    sender.forward_tsn_due = True  # the next packet
         if can_send_data:
             sender.fill(parts, room, self._now)
             if sender.idle():

@@ -13,9 +13,11 @@ from darkswap_trio import (
     CircuitClosed,
     CircuitClosedError,
     CircuitCreated,
+    CircuitRefused,
     Config,
     DataReceived,
     Keypair,
+    NoRelayAvailable,
     P2PConfig,
     P2PNetwork,
     PeerConnected,
@@ -233,3 +235,24 @@ async def test_full_relay_is_a_clear_status_then_connects_when_room_frees():
                     b.retry()
                     await next_event(b.events, ServerConnected)
                     assert b.servers[0].status is RelayServerStatus.CONNECTED
+
+
+async def test_errors_carry_meaning():
+    with trio.fail_after(10):
+        # Circuit refused by a limit: the error names the limit's code.
+        async with running_relay(max_circuits_per_peer=1) as server:
+            async with RelayManager(Keypair.generate(), [server.multiaddr], FAST) as a, \
+                    RelayManager(Keypair.generate(), [server.multiaddr], FAST) as b:
+                await a.wait_connected()
+                await b.wait_connected()
+                await a.connect_to_peer(b.local_peer_id)
+                with pytest.raises(CircuitRefused) as info:
+                    await a.connect_to_peer(b.local_peer_id)
+                assert info.value.code == "too_many_circuits"
+                with pytest.raises(ValueError, match="peer id"):
+                    await a.connect_to_peer("not-a-peer-id")
+        # No relay reachable at all.
+        down = f"/ip4/127.0.0.1/tcp/{closed_port()}/ws/p2p/{Keypair.generate().peer_id}"
+        async with RelayManager(Keypair.generate(), [down], FAST) as lonely:
+            with pytest.raises(NoRelayAvailable):
+                await lonely.connect_to_peer(str(Keypair.generate().peer_id))
