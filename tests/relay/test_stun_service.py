@@ -225,4 +225,10 @@ def test_binding_reply_on_mutated_requests_never_raises(suffix: bytes) -> None:
     response, reason = binding_reply(data, ("2001:db8::1", 1))
     if response is not None:
         parsed = stun.parse_message(response)
-        assert parsed.attributes["XOR-MAPPED-ADDRESS"] == ("2001:db8::1", 1)
+        if reason == "ok":
+            assert parsed.message_class == stun.Class.RESPONSE
+            assert parsed.attributes["XOR-MAPPED-ADDRESS"] == ("2001:db8::1", 1)
+        else:  # an unknown comprehension-required attribute: 420 (RFC 5389 7.3.1)
+            assert reason == "unknown_attribute"
+            assert parsed.message_class == stun.Class.ERROR
+            assert parsed.attributes["ERROR-CODE"][0] == 420
