@@ -14,6 +14,8 @@ from ._config import P2PConfig as P2PConfig
 from ._config import RelayAddress as RelayAddress
 from ._config import RelayManagerConfig as RelayManagerConfig
 from ._config import parse_relay_address as parse_relay_address
+from ._datachannel import DataChannel as DataChannel
+from ._datachannel import DataChannelStatistics as DataChannelStatistics
 from ._dtls import DatagramTransport as DatagramTransport
 from ._dtls import DtlsError as DtlsError
 from ._dtls import DtlsTransport as DtlsTransport
@@ -29,6 +31,12 @@ from ._network import NetworkEvent as NetworkEvent
 from ._network import P2PNetwork as P2PNetwork
 from ._network import PeerConnected as PeerConnected
 from ._network import PeerDisconnected as PeerDisconnected
+from ._peer_connection import ConnectionFailed as ConnectionFailed
+from ._peer_connection import PeerConnection as PeerConnection
+from ._peer_connection import PeerConnectionConfig as PeerConnectionConfig
+from ._peer_connection import PeerConnectionStatistics as PeerConnectionStatistics
+from ._peer_connection import SignalingStateError as SignalingStateError
+from ._peer_connection import open_peer_connection as open_peer_connection
 from ._relay_manager import CircuitClosed as CircuitClosed
 from ._relay_manager import CircuitCreated as CircuitCreated
 from ._relay_manager import DataReceived as DataReceived
@@ -48,6 +56,8 @@ from ._relay_session import RelayAuthenticationError as RelayAuthenticationError
 from ._relay_session import RelayError as RelayError
 from ._relay_session import RelaySession as RelaySession
 from ._relay_session import open_relay_session as open_relay_session
+from ._webrtc_transport import DirectConnection as DirectConnection
+from ._webrtc_transport import WebRtcTransport as WebRtcTransport
 from ._websocket import WebSocketConnection as WebSocketConnection
 from ._websocket import WebSocketRequest as WebSocketRequest
 from ._websocket import WebSocketStatistics as WebSocketStatistics

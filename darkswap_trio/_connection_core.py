@@ -22,7 +22,6 @@ chain of task hops.
 
 from __future__ import annotations
 
-import errno
 import socket
 from collections import deque
 
@@ -66,9 +65,11 @@ class ConnectionCore:
         local_max_message_size: int,
         receive_buffer_size: int,
         high_water_mark: int,
+        max_packets_per_sack: int | None = 2,
         inbox_size: int = 16,
     ) -> None:
         self.sock = sock
+        self.max_packets_per_sack = max_packets_per_sack
         self.local_max_message_size = local_max_message_size
         self.receive_buffer_size = receive_buffer_size
         self.high_water_mark = high_water_mark
@@ -96,6 +97,10 @@ class ConnectionCore:
         self._wake_pending = False
         self._unsent: deque[tuple[bytes, tuple[str, int]]] = deque()
         self._stalled: sctp_mod.MessageReceived | None = None  # waits for a full channel
+        # Streams whose outgoing reset is not answered yet: SCTP refuses new messages on
+        # them, but the registry already reuses a closed channel's id; hold those here.
+        self._resetting: dict[int, list[dc.SctpMessage]] = {}
+        self._data_addr: tuple[str, int] | None = None  # the selected pair's remote address
         self.local_addr: tuple[str, int] | None = None  # None for a wildcard socket
         for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
             try:
@@ -118,10 +123,13 @@ class ConnectionCore:
 
     def buffered_amount(self, stream_id: int) -> int:
         sctp = self.sctp
-        return sctp.buffered_amount(stream_id) if sctp is not None else 0
+        amount = sctp.buffered_amount(stream_id) if sctp is not None else 0
+        if self._resetting:
+            amount += sum(len(m.payload) for m in self._resetting.get(stream_id, ()))
+        return amount
 
-    def send_message(self, stream_id: int, message: bytes | str) -> int:
-        """Queue one user message into SCTP; returns its payload size."""
+    def send_message(self, stream_id: int, message: bytes | str) -> None:
+        """Queue one user message into SCTP (MessageTooLarge above the peer's limit)."""
         registry = self.registry
         if registry is None:
             raise trio.ClosedResourceError("no connection")
@@ -131,7 +139,6 @@ class ConnectionCore:
             raise trio.ClosedResourceError(str(exc)) from exc
         self._pump_registry(trio.current_time())
         self.wake()
-        return len(message)
 
     def open_channel(self, label: str, **options: object) -> DataChannel:
         registry = self.registry
@@ -210,9 +217,23 @@ class ConnectionCore:
             return
         self.counts["datagrams_received"] += len(batch)
         local = self.local_addr
+        data_addr = self._data_addr
+        dtls = self.dtls
         for data, addr in batch:
-            ice.receive(data, addr, now, local)
-            self._drain_ice(now)
+            # Fast path, the bulk of the traffic: DTLS (RFC 7983: first byte 20..63) from
+            # the selected pair's remote address, which ICE validated. ICE would only
+            # check exactly that and pass it on (consent freshness is STUN-only).
+            if addr == data_addr and data and 20 <= data[0] <= 63 and dtls is not None:
+                try:
+                    dtls.receive(data, now)
+                except DtlsParseError:
+                    self.counts["datagrams_dropped"] += 1
+                    continue
+                self._drain_dtls(now)
+            else:
+                ice.receive(data, addr, now, local)
+                self._drain_ice(now)
+                data_addr, dtls = self._data_addr, self.dtls
 
     def _drain_ice(self, now: float) -> None:
         ice = self.ice
@@ -235,16 +256,20 @@ class ConnectionCore:
                 self.candidates.append(None)
                 self.candidates_changed.unpark_all()
             elif type(event) is SelectedPairChanged:
+                self._data_addr = (event.remote.host, event.remote.port)
                 dtls = self.dtls
                 if dtls is not None and dtls.state is dtls_mod.DtlsState.NEW:
                     dtls.start(now)
                     self._drain_dtls(now)
             elif type(event) is IceStateChanged:
+                if event.state in (IceState.FAILED, IceState.CLOSED):
+                    self._data_addr = None
                 if event.state is IceState.FAILED:
                     self.fail("ICE failed: no candidate pair works")
                 elif event.state is IceState.CHECKING and self.state == "new":
                     self._set_state("connecting")
             elif type(event) is ConsentLost:
+                self._data_addr = None
                 self.fail("ICE consent lost: the peer stopped answering")
 
     def start_dtls_if_ready(self, now: float) -> None:
@@ -284,6 +309,7 @@ class ConnectionCore:
             # Multiple of 4: SCTP pads chunks and may exceed an unaligned budget.
             max_packet_size=min(1188, dtls.max_application_data()) & ~3,
             receive_window=max(1 << 20, 2 * self.local_max_message_size),
+            max_packets_per_sack=self.max_packets_per_sack,
         )
         self.registry = dc.DataChannelRegistry(
             dtls_client=dtls.role == "client",
@@ -323,6 +349,10 @@ class ConnectionCore:
                 for stream_id in event.stream_ids:
                     registry.receive_stream_reset(stream_id)
                 self._drain_registry()
+            elif kind is sctp_mod.OutgoingStreamsReset:
+                for stream_id in event.stream_ids:
+                    for message in self._resetting.pop(stream_id, ()):
+                        self._send_sctp(sctp, message, now)
             elif kind is sctp_mod.Connected:
                 registry.limit_streams(sctp.outbound_streams)
                 self._set_state("connected")
@@ -364,18 +394,26 @@ class ConnectionCore:
             return
         while (instruction := registry.poll_send()) is not None:
             if type(instruction) is dc.SctpMessage:
-                lifetime = instruction.lifetime_ms
-                try:
-                    sctp.send(
-                        instruction.stream_id, instruction.ppid, instruction.payload, now,
-                        ordered=instruction.ordered,
-                        max_retransmits=instruction.max_retransmits,
-                        lifetime=None if lifetime is None else lifetime / 1000,
-                    )
-                except ValueError:
-                    self.counts["send_errors"] += 1  # closing association or stream
+                held = self._resetting.get(instruction.stream_id)
+                if held is not None:
+                    held.append(instruction)
+                else:
+                    self._send_sctp(sctp, instruction, now)
             else:
+                self._resetting.setdefault(instruction.stream_id, [])
                 sctp.reset_streams([instruction.stream_id])
+
+    def _send_sctp(self, sctp: SctpAssociation, message: dc.SctpMessage, now: float) -> None:
+        lifetime = message.lifetime_ms
+        try:
+            sctp.send(
+                message.stream_id, message.ppid, message.payload, now,
+                ordered=message.ordered,
+                max_retransmits=message.max_retransmits,
+                lifetime=None if lifetime is None else lifetime / 1000,
+            )
+        except ValueError:
+            self.counts["send_errors"] += 1  # the association is closing
 
     # ------------------------------------------------------------------ output and timers
 
@@ -395,6 +433,25 @@ class ConnectionCore:
                 if sctp.state is sctp_mod.SctpState.TERMINATED and self.failure is None:
                     self._drain_sctp(now)
         if dtls is not None:
+            data_addr = self._data_addr
+            if data_addr is not None and not self._unsent:
+                # The selected pair is fixed until ICE says otherwise (an event above):
+                # send straight to it, as IceAgent.send_data would.
+                sendto = self.sock.sendto
+                sent = 0
+                try:
+                    while (datagram := dtls.poll_transmit()) is not None:
+                        try:
+                            sendto(datagram, data_addr)
+                        except BlockingIOError:
+                            self._unsent.append((datagram, data_addr))
+                            break
+                        except OSError:
+                            self.counts["send_errors"] += 1
+                            continue
+                        sent += 1
+                finally:
+                    self.counts["datagrams_sent"] += sent
             send_data = ice.send_data
             while (datagram := dtls.poll_transmit()) is not None:
                 transmit = send_data(datagram)
@@ -413,9 +470,9 @@ class ConnectionCore:
             self.counts["datagrams_sent"] += 1
         except BlockingIOError:
             self._unsent.append((data, addr))  # the core task waits until writable
-        except OSError as exc:
-            if exc.errno not in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
-                raise
+        except OSError:
+            # Unreachable, refused, or an address a hostile candidate named (broadcast:
+            # EACCES, port 0: EINVAL): count it, never let it end the connection.
             self.counts["send_errors"] += 1
 
     def _send_unsent(self) -> None:

@@ -44,10 +44,12 @@ class DataChannel(trio.abc.Channel["bytes | str"]):
     """One data channel (RFC 8831) of a peer connection.
 
     ``await send(message)`` takes ``bytes`` or ``str`` (empty allowed) and waits while
-    :attr:`buffered_amount` is above the high-water mark. ``await receive()`` returns the
-    next message and raises :class:`trio.EndOfChannel` once the peer closed the channel
-    (after every message it sent before). ``await aclose()`` resets our outgoing SCTP
-    stream, which the peer sees as the end of the channel.
+    :attr:`buffered_amount` is above the high-water mark; once it waited, it resumes
+    when the amount fell to half the mark (hysteresis: fewer wake-ups).
+    ``await receive()`` returns the next message and raises :class:`trio.EndOfChannel`
+    once the peer closed the channel (after every message it sent before).
+    ``await aclose()`` resets our outgoing SCTP stream, which the peer sees as the end
+    of the channel.
 
     Raises :class:`trio.ClosedResourceError` after our own :meth:`aclose` and
     :class:`trio.BrokenResourceError` when the connection failed underneath,
@@ -128,9 +130,9 @@ class DataChannel(trio.abc.Channel["bytes | str"]):
                 self._low_water = trio.Event()
                 await self._low_water.wait()
                 self._check_sendable()
-            size = core.send_message(self.id, value)
+            core.send_message(self.id, value)
             self._counts[0] += 1
-            self._counts[1] += size
+            self._counts[1] += len(value) if not isinstance(value, str) else len(value.encode())
             await trio.lowlevel.checkpoint()
         finally:
             self._sending = False
@@ -146,7 +148,9 @@ class DataChannel(trio.abc.Channel["bytes | str"]):
                     raise trio.ClosedResourceError("data channel was closed")
                 if self._messages:
                     message = self._messages.popleft()
-                    self._buffered_bytes -= len(message)
+                    self._buffered_bytes -= (
+                        len(message) if not isinstance(message, str) else len(message.encode())
+                    )
                     self._core.channel_drained(self.id)
                     await trio.lowlevel.checkpoint()
                     return message
@@ -162,7 +166,10 @@ class DataChannel(trio.abc.Channel["bytes | str"]):
         """Close the channel (SCTP stream reset); the peer's receive() ends."""
         if not self._locally_closed:
             self._locally_closed = True
+            self._messages.clear()  # nobody will read them: free them, never stall SCTP
+            self._buffered_bytes = 0
             self._core.close_channel(self.id)
+            self._core.channel_drained(self.id)
             self._receivers.unpark_all()
             self._low_water.set()
         await trio.lowlevel.checkpoint()
@@ -199,15 +206,16 @@ class DataChannel(trio.abc.Channel["bytes | str"]):
 
     def _room_for_more(self, limit: int) -> bool:
         """False when the receive buffer is full (one message always fits)."""
-        return not self._messages or self._buffered_bytes < limit
+        return not self._messages or self._buffered_bytes < limit or self._locally_closed
 
     def _deliver(self, message: bytes | str) -> None:
         if self._locally_closed:
             return  # we closed: nobody reads any more
+        size = len(message) if not isinstance(message, str) else len(message.encode())
         self._messages.append(message)
-        self._buffered_bytes += len(message)
+        self._buffered_bytes += size
         self._counts[2] += 1
-        self._counts[3] += len(message)
+        self._counts[3] += size
         self._receivers.unpark_all()
 
     def _on_buffered_low(self) -> None:

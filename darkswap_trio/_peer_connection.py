@@ -84,18 +84,27 @@ class PeerConnectionConfig:
     least). ``max_message_size``: the largest message we accept
     (``a=max-message-size``). ``high_water_mark``: ``DataChannel.send`` waits while the
     channel's buffered amount is above it. ``receive_buffer_size``: bytes a channel
-    buffers for its reader before SCTP stops delivering (its window then closes).
+    buffers for its reader before SCTP stops delivering (its window then closes; SCTP
+    delivers in arrival order, so a channel nobody reads eventually holds up the other
+    channels of the connection too: read, or close, every channel you accept).
+    ``max_packets_per_sack``: we acknowledge at least every that many SCTP packets
+    (RFC 9260: 2); None sends one SACK per batch of datagrams read, which costs the
+    sender far less per byte but slows the window growth of RFC-strict senders
+    (browsers, aiortc) in slow start.
     """
 
     stun_servers: Sequence[tuple[str, int]] = ()
     host_addresses: Sequence[str] | None = None
     include_loopback: bool = False
     port: int = 0
-    ice_pacing: float = TA
+    # Proposed via a=ice-pacing; both ends use the higher proposal (RFC 8839 5.5), so a
+    # peer that announces none (RFC default 50 ms) still gets 50 ms.
+    ice_pacing: float = 0.005
     max_message_size: int = 262144
     certificate: DtlsCertificate | None = None
     high_water_mark: int = 1 << 20
     receive_buffer_size: int = 1 << 20
+    max_packets_per_sack: int | None = 2
 
 
 @dataclass(frozen=True)
@@ -125,6 +134,7 @@ class PeerConnection:
             local_max_message_size=config.max_message_size,
             receive_buffer_size=config.receive_buffer_size,
             high_water_mark=config.high_water_mark,
+            max_packets_per_sack=config.max_packets_per_sack,
         )
         bound = sock.getsockname()[:2]
         self._port = bound[1]
@@ -336,6 +346,7 @@ class PeerConnection:
         now = trio.current_time()
         ice.gather(now)
         core.flush(now)  # candidate events now, so the SDP carries the host candidates
+        core.wake()  # the core task sleeps without a deadline until it has an agent
 
     def _local_transport(self) -> LocalTransport:
         gathered = self._core.candidates
@@ -377,7 +388,8 @@ def _bind_socket(config: PeerConnectionConfig) -> tuple[socket.socket, list[str]
         raise OSError("no host address to gather a candidate from")
     family = socket.AF_INET6 if ipaddress.ip_address(hosts[0]).version == 6 else socket.AF_INET
     # One socket, one address family: the first address decides.
-    hosts = [h for h in hosts if (ipaddress.ip_address(h).version == 6) == (family is socket.AF_INET6)]
+    want_v6 = family is socket.AF_INET6
+    hosts = [h for h in hosts if (ipaddress.ip_address(h).version == 6) == want_v6]
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
         sock.setblocking(False)

@@ -8,6 +8,7 @@ while reads come back full, or exactly what a half-received frame still needs.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -27,6 +28,9 @@ from .proto.websocket_handshake import parse_request_untrusted, parse_response_u
 MIN_RECEIVE_SIZE = 4 * 1024
 MAX_RECEIVE_SIZE = 256 * 1024
 CLOSE_TIMEOUT = 5.0
+# Up to this size a frame's header and payload are joined and written with one write();
+# above it, writev() sends them apart (no copy of the payload).
+_JOIN_LIMIT = 4096
 
 Headers = Sequence[tuple[str, str]]
 
@@ -68,6 +72,8 @@ class WebSocketConnection:
         "_head",
         "_sending",
         "_send_waiters",
+        "_unsent",
+        "_drained",
         "_receive_size",
         "_receiving",
         "_local_closed",
@@ -105,6 +111,11 @@ class WebSocketConnection:
         # only when two tasks actually contend (saves ~300 bytes per idle connection).
         self._sending = False
         self._send_waiters: trio.lowlevel.ParkingLot | None = None
+        # The tail of a frame try_send_nowait() could not write; goes out before anything.
+        self._unsent: bytes | memoryview | None = None
+        # The last read returned less than asked: the socket is probably empty, so the
+        # next read waits for readiness first instead of failing with EAGAIN once.
+        self._drained = False
         self._receive_size = MIN_RECEIVE_SIZE
         self._receiving = False
         self._local_closed = False
@@ -172,7 +183,10 @@ class WebSocketConnection:
         self._bytes_sent += len(data)
 
     async def _send_locked(self, data: bytes, *, check: bool = True) -> None:
-        """Write ``data`` holding the send lock (whole frames never interleave)."""
+        """Write ``data`` holding the send lock (whole frames never interleave).
+
+        A tail left by :meth:`try_send_nowait` is written first.
+        """
         while self._sending:
             if self._send_waiters is None:
                 self._send_waiters = trio.lowlevel.ParkingLot()
@@ -181,7 +195,11 @@ class WebSocketConnection:
         try:
             if check:
                 self._check_sendable()
-            await self._send_raw(data)
+            if self._unsent is not None:
+                tail, self._unsent = self._unsent, None
+                await self._send_raw(tail)
+            if data:
+                await self._send_raw(data)
         finally:
             self._sending = False
             if self._send_waiters:
@@ -192,6 +210,56 @@ class WebSocketConnection:
         self._check_sendable()
         await self._send_locked(self._core.send_message(message))
         self._messages_sent += 1
+
+    def try_send_nowait(self, message: str | bytes | bytearray | memoryview) -> bool:
+        """Send one message now if that needs no waiting; False: use :meth:`send`.
+
+        True: the frame was handed to the kernel, wholly or but for a tail the socket
+        had no room for (:attr:`unsent_bytes`), which is written before anything else by
+        the next :meth:`send` or :meth:`flush`. False (nothing sent) when another task is
+        sending, a tail is pending, the socket buffer is full, or the transport is not
+        plain TCP (TLS). Raises like :meth:`send` if the connection is closed or broken.
+        Never blocks and is not a checkpoint: a relay forwards a frame from the task
+        that received it, without waking a writer task.
+        """
+        sock = self._socket
+        if sock is None or self._sending or self._unsent is not None:
+            return False
+        self._check_sendable()
+        header, payload = self._core.send_message_parts(message)
+        size = len(header) + len(payload)
+        try:
+            # fileno() is -1 once trio closed the socket: never write to a reused number.
+            fd = sock.fileno()
+            if size <= _JOIN_LIMIT:
+                sent = os.write(fd, header + payload)
+            else:
+                sent = os.writev(fd, (header, payload))
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            self._mark_broken(exc)
+            raise trio.BrokenResourceError("WebSocket transport failed") from exc
+        self._bytes_sent += sent
+        self._messages_sent += 1
+        if sent < size:
+            if sent < len(header):
+                self._unsent = header[sent:] + bytes(payload)
+            else:
+                self._unsent = memoryview(payload)[sent - len(header) :]
+        return True
+
+    @property
+    def unsent_bytes(self) -> int:
+        """Bytes of a frame accepted by :meth:`try_send_nowait` and not yet written."""
+        return 0 if self._unsent is None else len(self._unsent)
+
+    async def flush(self) -> None:
+        """Write the tail left by :meth:`try_send_nowait`, if any."""
+        if self._unsent is None:
+            await trio.lowlevel.checkpoint()
+            return
+        await self._send_locked(b"")
 
     async def ping(self, payload: bytes = b"") -> None:
         """Send a ping (at most 125 bytes). Its pong is consumed by :meth:`receive`."""
@@ -247,13 +315,14 @@ class WebSocketConnection:
                     want = size if missing <= size else min(missing, MAX_RECEIVE_SIZE)
                     try:
                         if self._socket is not None:
-                            data = await self._socket.recv(want)
+                            data = await self._read_socket(self._socket, want)
                         else:
                             data = await self._stream.receive_some(want)
                     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                         self._check_receivable()
                         raise self._failed(exc, "WebSocket transport failed") from exc
                     n = len(data)
+                    self._drained = n < want
                     if n >= size:
                         self._receive_size = min(size * 2, MAX_RECEIVE_SIZE)
                     elif n < size >> 2 and size > MIN_RECEIVE_SIZE:
@@ -284,6 +353,36 @@ class WebSocketConnection:
                     raise self._failed(None, f"protocol error: {event.reason}")  # type: ignore[union-attr]
         finally:
             self._receiving = False
+
+    async def _read_socket(self, sock: trio.socket.SocketType, want: int) -> bytes:
+        """``sock.recv(want)`` with one syscall fewer when the socket was drained.
+
+        trio's ``recv`` always tries first and waits for readiness on EAGAIN; after a
+        short read the socket is almost always empty, so wait first (a relay hop costs
+        one read, one write and one epoll registration). A checkpoint either way.
+        """
+        fd = sock.fileno()
+        if fd < 0:
+            raise trio.ClosedResourceError("socket was closed")
+        if self._drained:
+            await trio.lowlevel.wait_readable(sock)
+        else:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            try:
+                data = os.read(fd, want)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(sock)
+            else:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return data
+        while True:
+            fd = sock.fileno()
+            if fd < 0:
+                raise trio.ClosedResourceError("socket was closed")
+            try:
+                return os.read(fd, want)
+            except BlockingIOError:  # a spurious wakeup
+                await trio.lowlevel.wait_readable(sock)
 
     async def _on_close_frame(self, event: CloseReceived) -> None:
         self._set_close(event.code, event.reason)

@@ -111,9 +111,43 @@ class RelayMetrics:
             "start_time_seconds", "Unix time at which this relay's metrics were created."
         )
         self.start_time.set_to_current_time()
+        # Hot-path helpers below: labelled children cached (labels() validates and
+        # locks on every call) and relayed bytes summed here, added to the counter
+        # (which takes a lock per inc) only when read.
+        self._children: dict[tuple[int, str], Any] = {}
+        self._relayed_pending = 0
+
+    def _child(self, metric: Counter, label: str, value: str) -> Any:
+        key = (id(metric), value)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(**{label: value})
+        return child
+
+    def frame_sent(self, kind: str) -> None:
+        self._child(self.frames_sent, "kind", kind).inc()
+
+    def frame_received(self, kind: str) -> None:
+        self._child(self.frames_received, "kind", kind).inc()
+
+    def error_sent(self, code: str) -> None:
+        self._child(self.errors_sent, "code", code).inc()
+
+    def limit_hit(self, limit: str) -> None:
+        self._child(self.limit_hits, "limit", limit).inc()
+
+    def add_relayed_bytes(self, count: int) -> None:
+        """Count relayed payload bytes (cheap: no lock until the counter is read)."""
+        self._relayed_pending += count
+
+    def _flush_relayed(self) -> None:
+        if self._relayed_pending:
+            pending, self._relayed_pending = self._relayed_pending, 0
+            self.bytes_relayed.inc(pending)
 
     def render(self) -> bytes:
         """The registry in the Prometheus text exposition format (version 0.0.4)."""
+        self._flush_relayed()
         return generate_latest(self.registry)
 
     def value(self, name: str, labels: dict[str, str] | None = None) -> float | None:
@@ -121,6 +155,7 @@ class RelayMetrics:
 
         For tests and statistics; None when the sample does not exist (yet).
         """
+        self._flush_relayed()
         return self.registry.get_sample_value(name, labels or {})
 
 

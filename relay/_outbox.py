@@ -8,12 +8,16 @@ False when the budget is exhausted; the session then closes the peer as stalled.
 
 Every queued byte is counted in the router's ``queued_bytes`` (the relay-wide
 ``buffered_bytes`` statistic) until the writer has written it.
+
+:meth:`SessionOutbox.write_now` is the fast path of a relay hop: when nothing is queued
+and the connection is idle, the task that received a frame writes it to the receiver's
+socket itself, without the queue and a writer wakeup.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import trio
 
@@ -34,9 +38,16 @@ class Outgoing(NamedTuple):
 
 class SessionOutbox:
     def __init__(
-        self, counter: _ByteCounter, *, max_control_frames: int, max_control_bytes: int
+        self,
+        counter: _ByteCounter,
+        ws: Any,
+        *,
+        max_control_frames: int,
+        max_control_bytes: int,
     ) -> None:
         self._counter = counter
+        self._ws = ws  # a darkswap_trio WebSocketConnection
+        self._tail = 0  # bytes of a frame tail held by the connection, counted
         self._items: deque[Outgoing] = deque()
         self._control_frames = 0
         self._control_bytes = 0
@@ -89,6 +100,39 @@ class SessionOutbox:
     def written(self, item: Outgoing) -> None:
         self._counter.queued_bytes -= item.size
 
+    def write_now(self, frame: str | bytes) -> bool:
+        """Write ``frame`` at once if nothing waits before it; False: queue it instead.
+
+        Only when the queue is empty and the connection idle (no send in progress, no
+        unsent tail), so order on the wire is the order of the calls. A tail the kernel
+        did not take stays in the connection, counted like queued bytes until the
+        writer has flushed it (:meth:`flush_tail`); meanwhile every frame is queued.
+        Raises trio's BrokenResourceError / ClosedResourceError from the connection.
+        """
+        if self._items:
+            return False
+        ws = self._ws
+        if not ws.try_send_nowait(frame):
+            return False
+        tail = ws.unsent_bytes
+        if tail:
+            self._tail = tail
+            self._counter.queued_bytes += tail
+            self._wakeup.set()
+        return True
+
+    async def flush_tail(self) -> None:
+        """Write what :meth:`write_now` left unsent (the writer task calls this)."""
+        if self._tail:
+            try:
+                await self._ws.flush()
+            finally:
+                self.release_tail()
+
+    def release_tail(self) -> None:
+        self._counter.queued_bytes -= self._tail
+        self._tail = 0
+
     def purge(self, relay_id: bytes) -> None:
         """Drop every queued data item of one circuit."""
         if not any(item.relay_id == relay_id for item in self._items):
@@ -106,6 +150,7 @@ class SessionOutbox:
             self._counter.queued_bytes -= item.size
         self._items.clear()
         self._control_frames = self._control_bytes = 0
+        self.release_tail()
 
     def wake(self) -> None:
         """Wake the writer waiting in :meth:`wait` (e.g. to notice a close)."""

@@ -29,6 +29,7 @@ from darkswap_trio.proto.relay import (
     CloseReason,
     DeliverCredit,
     DeliverData,
+    Outcome,
 )
 from darkswap_trio.proto.signaling import CircuitLimits, DataChannel, RelayResponse
 
@@ -90,6 +91,13 @@ class RelayRouter:
         self._timer_wakeup = trio.Event()
         self._timer_deadline = math.inf
         self._sessions_closed = trio.Event()
+        # The limits every Registered message announces (built once, not per peer).
+        self.announced_limits = {
+            "max_frame_size": lim.max_frame_size,
+            "max_circuits_per_peer": lim.max_circuits_per_peer,
+            "messages_per_second": lim.messages_per_peer_rate,
+            "idle_timeout": lim.idle_timeout,
+        }
 
     # -- registration ---------------------------------------------------------------
 
@@ -125,6 +133,25 @@ class RelayRouter:
     def lookup(self, peer_id: str) -> SignalingSession | None:
         return self.registered.get(peer_id)
 
+    async def replace_stale_holder(self, session: SignalingSession, peer_id: str) -> bool:
+        """A proven owner of ``peer_id`` may replace a holder that no longer answers.
+
+        Without this, a peer whose connection died silently (NAT rebinding, a laptop
+        waking up) could not register again until the idle timeout. In open mode there
+        is no proof of ownership, so replacing would be a hijack: never done there.
+        True if ``session`` now holds ``peer_id``.
+        """
+        holder = self.lookup(peer_id)
+        if holder is None or self.config.auth.mode == "open" or self.shutting_down:
+            return False
+        if await holder.probe_alive(self.config.limits.duplicate_probe_timeout):
+            return False
+        logger.info("peer %s re-registered; replacing its silent session", peer_id)
+        self.metrics.limit_hit("session_replaced")
+        holder.replaced()
+        self.release_peer(holder, CloseReason.PEER_DISCONNECTED)
+        return self.register(session, peer_id)
+
     # -- circuits -------------------------------------------------------------------
 
     def request_circuit(self, requester: str, target: str) -> None:
@@ -146,6 +173,53 @@ class RelayRouter:
         self.table.request(requester, target, uuid.uuid4().bytes, trio.current_time())
         self.dispatch()
 
+    def deliver(
+        self,
+        sender: str,
+        relay_id: bytes,
+        payload: bytes | memoryview,
+        now: float,
+        frame: bytes | None = None,
+    ) -> bool:
+        """Send ``payload`` on a circuit of ``sender``; False if it has no such circuit.
+
+        ``frame``: the sender's DATA frame of ``payload``, forwarded as is.
+        """
+        if self.table.data(relay_id, sender, payload, now, frame=frame) is not Outcome.OK:
+            return False
+        self.dispatch()
+        return True
+
+    async def deliver_later(
+        self,
+        session: SignalingSession,
+        relay_id: bytes,
+        payload: bytes | memoryview,
+        need: int,
+        frame: bytes | None,
+    ) -> None:
+        """:meth:`deliver` once ``need`` credit is there (legacy senders) and the bandwidth
+        limit allows; the held payload counts in ``buffered_bytes`` meanwhile. The
+        session does not read while this runs (that is the backpressure)."""
+        me = session.peer_id
+        assert me is not None
+        size = len(payload)
+        self.queued_bytes += size
+        try:
+            while (balance := self.table.balance(relay_id, me)) is not None and balance < need:
+                await session.wait_for_credit()
+            now = trio.current_time()
+            delay = self.table.send_delay(relay_id, me, size, now)
+            if delay > 0:
+                # Bandwidth limit: pace this sender (stop reading it) instead of dropping.
+                self.metrics.limit_hit("circuit_bandwidth")
+                await trio.sleep(delay)
+                now = trio.current_time()
+        finally:
+            self.queued_bytes -= size
+        if not self.deliver(me, relay_id, payload, now, frame):
+            session.send_error("unknown_circuit", "no such circuit", relay_id_text(relay_id))
+
     def dispatch(self) -> None:
         """Turn every pending circuit event into frames queued on the sessions concerned."""
         table = self.table
@@ -153,8 +227,10 @@ class RelayRouter:
             if isinstance(event, DeliverData):
                 receiver = self.registered.get(event.receiver)
                 if receiver is not None:
-                    receiver.send_circuit_data(event.relay_id, event.sender, event.payload)
-                self.metrics.bytes_relayed.inc(len(event.payload))
+                    receiver.send_circuit_data(
+                        event.relay_id, event.sender, event.payload, event.frame
+                    )
+                self.metrics.add_relayed_bytes(len(event.payload))
             elif isinstance(event, DeliverCredit):
                 sender = self.registered.get(event.to)
                 if sender is not None:

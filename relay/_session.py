@@ -2,13 +2,14 @@
 
 A :class:`SignalingSession` runs two tasks in its own nursery (a child of the server's
 session nursery): the *reader* (handshake per docs/PROTOCOL.md section 2, then routing,
-with the handshake / idle / token-expiry deadline as a cancel scope) and the *writer*,
-the only task that sends on the WebSocket. Everything addressed to the session goes
-through one FIFO so that order is preserved: ``DataChannel`` before the first data of a
-circuit, ``CloseRelay`` after its last data. The FIFO is bounded: circuit data by the
-credit windows, control frames by :data:`MAX_CONTROL_QUEUE` frames and
-:data:`MAX_CONTROL_QUEUE_BYTES` bytes (:mod:`relay._outbox`): a peer that stops reading
-while others keep signalling it is closed as stalled instead of growing the queue.
+with the handshake / idle / token-expiry deadline as one cancel scope per idle period)
+and the *writer*. A frame addressed to the session is written at once by the task that
+produced it when nothing waits before it (the usual relay hop), else it goes through one
+FIFO drained by the writer, so order is preserved either way: ``DataChannel`` before the
+first data of a circuit, ``CloseRelay`` after its last data. The FIFO is bounded:
+circuit data by the credit windows, control frames by :data:`MAX_CONTROL_QUEUE` frames
+and :data:`MAX_CONTROL_QUEUE_BYTES` bytes (:mod:`relay._outbox`): a peer that stops
+reading while others keep signalling it is closed as stalled instead of growing it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -23,11 +25,12 @@ import trio
 from darkswap_trio.proto.errors import SignalingParseError
 from darkswap_trio.proto.relay import CloseReason, Outcome
 from darkswap_trio.proto.signaling import (
+    DATA_HEADER_LENGTH,
+    FRAME_DATA,
     PROTOCOL_VERSION,
     Answer,
     Authenticate,
     CircuitCredit,
-    CircuitData,
     CloseRelay,
     Error,
     IceCandidate,
@@ -114,6 +117,7 @@ class SignalingSession:
         self._strikes = 0
         self._out = SessionOutbox(
             router,
+            ws,
             max_control_frames=MAX_CONTROL_QUEUE,
             max_control_bytes=max(MAX_CONTROL_QUEUE_BYTES, 2 * self._limits.max_frame_size),
         )
@@ -167,7 +171,7 @@ class SignalingSession:
             return
         if error is not None:
             self._out.push_control(self._encode(error), force=True)
-            self.router.metrics.errors_sent.labels(code=error.code or "none").inc()
+            self.router.metrics.error_sent(error.code or "none")
         self._close_code = code
         self._close_reason = reason
         self._read_scope.cancel()
@@ -183,33 +187,57 @@ class SignalingSession:
     # -- outbound (never blocks) ----------------------------------------------------
 
     def _encode(self, msg: Message) -> str:
-        self.router.metrics.frames_sent.labels(kind=message_type(msg)).inc()
+        self.router.metrics.frame_sent(message_type(msg))
         return encode_message(msg)
+
+    def _write_now(self, frame: str | bytes) -> bool:
+        """Write ``frame`` at once if nothing waits before it (see SessionOutbox.write_now)."""
+        if self._close_code is not None:
+            return False
+        try:
+            return self._out.write_now(frame)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            # The connection is gone: what the writer does on a failed send.
+            self._read_scope.cancel()
+            self._out.wake()
+            return True
 
     def send_control(self, msg: Message) -> None:
         if self._close_code is not None:
             return
-        if not self._out.push_control(self._encode(msg)):
-            self.router.metrics.limit_hits.labels(limit="send_queue").inc()
+        frame = self._encode(msg)
+        if self._write_now(frame):
+            return
+        if not self._out.push_control(frame):
+            self.router.metrics.limit_hit("send_queue")
             self.abort("stalled: control queue full")
 
     def send_error(self, code: str, message: str, ref: str | None = None) -> None:
-        self.router.metrics.errors_sent.labels(code=code).inc()
+        self.router.metrics.error_sent(code)
         self.send_control(Error(message, code, ref))
 
-    def send_circuit_data(self, relay_id: bytes, sender: str, payload: bytes) -> None:
+    def send_circuit_data(
+        self, relay_id: bytes, sender: str, payload: bytes, frame: bytes | None = None
+    ) -> None:
+        """Queue (or write at once) circuit data; ``frame``: the sender's DATA frame of
+        ``payload``, forwarded as is (the same bytes on both sides of the relay)."""
         if self._close_code is not None:
             return
         if self.extended:
-            self._out.push_data(relay_id, encode_circuit_data(relay_id, payload))
+            if frame is None:
+                frame = encode_circuit_data(relay_id, payload)
+            if not self._write_now(frame):
+                self._out.push_data(relay_id, frame)
         else:
             # Encoded (base64 JSON) only when written: the queue holds payload bytes, so
             # a legacy receiver costs the relay a window, not 4/3 of one.
-            self._out.push_data(relay_id, payload, legacy_sender=sender)
+            self._out.push_data(relay_id, bytes(payload), legacy_sender=sender)
 
     def credit_granted(self, relay_id: bytes, increment: int) -> None:
         if self.extended and self._close_code is None:
-            self._out.push_data(relay_id, encode_circuit_credit(relay_id, increment))
+            frame = encode_circuit_credit(relay_id, increment)
+            if not self._write_now(frame):
+                self._out.push_data(relay_id, frame)
         self._credit_wakeup.set()  # a legacy reader may be waiting for this credit
 
     def circuit_closed(self, relay_id: bytes, text: str, reason: str) -> None:
@@ -225,6 +253,7 @@ class SignalingSession:
         ws = self.ws
         try:
             while True:
+                await self._out.flush_tail()
                 item = self._out.pop()
                 if item is None:
                     # Close only once the reader is out of receive(): the closing handshake
@@ -259,9 +288,15 @@ class SignalingSession:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self._read_scope.cancel()  # the connection is gone; stop reading too
         finally:
+            self._out.release_tail()
             self._writer_done.set()
 
     # -- inbound --------------------------------------------------------------------
+    #
+    # A frame is handled synchronously when that needs no waiting (the common case);
+    # the handlers return a coroutine for the rare handling that may block (throttled
+    # by a rate limit, waiting for credit, probing a stale holder of a peer id), which
+    # the read loop awaits outside the read deadline.
 
     def _deadline(self) -> tuple[float, str]:
         if not self.registered:
@@ -276,79 +311,96 @@ class SignalingSession:
         ws = self.ws
         with self._read_scope:
             while True:
-                deadline, what = self._deadline()
-                with trio.move_on_at(deadline) as timer:
-                    try:
-                        frame = await ws.receive()
-                    except (trio.EndOfChannel, trio.BrokenResourceError, trio.ClosedResourceError):
-                        return CloseReason.PEER_DISCONNECTED
-                if timer.cancelled_caught:
-                    self._deadline_passed(what)
-                    return (
-                        CloseReason.TOKEN_EXPIRED
-                        if what == "token_expired"
-                        else CloseReason.PEER_DISCONNECTED
-                    )
-                now = trio.current_time()
-                self._last_activity = now
-                self._activity.set()
-                size = len(frame)
-                if size > self._limits.max_frame_size:
-                    self.router.metrics.limit_hits.labels(limit="frame_size").inc()
-                    self.send_error(
-                        "frame_too_large",
-                        f"frame of {size} bytes exceeds {self._limits.max_frame_size}",
-                    )
+                # One deadline scope per idle period, not per frame: it starts with the
+                # deadline as of now, and when it fires the deadline is computed again
+                # (activity since may have moved it).
+                blocking: Coroutine[Any, Any, None] | None = None
+                with trio.CancelScope(deadline=self._deadline()[0]) as timer:
+                    while blocking is None:
+                        try:
+                            frame = await ws.receive()
+                        except (
+                            trio.EndOfChannel, trio.BrokenResourceError, trio.ClosedResourceError
+                        ):
+                            return CloseReason.PEER_DISCONNECTED
+                        blocking = self._on_frame(frame)
+                if blocking is not None:
+                    await blocking
                     continue
-                await self._take_bytes(size, now)
-                if isinstance(frame, str):
-                    await self._handle_text(frame, now)
-                else:
-                    await self._handle_binary(frame, now)
+                deadline, what = self._deadline()
+                if timer.cancelled_caught and trio.current_time() >= deadline:
+                    return self._deadline_passed(what)
         return CloseReason.PEER_DISCONNECTED
 
-    def _deadline_passed(self, what: str) -> None:
-        self.router.metrics.limit_hits.labels(limit=what).inc()
+    def _on_frame(self, frame: str | bytes) -> Coroutine[Any, Any, None] | None:
+        now = trio.current_time()
+        self._last_activity = now
+        self._activity.set()
+        size = len(frame)
+        if size > self._limits.max_frame_size:
+            self.router.metrics.limit_hit("frame_size")
+            self.send_error(
+                "frame_too_large",
+                f"frame of {size} bytes exceeds {self._limits.max_frame_size}",
+            )
+            return None
+        # Per-peer inbound byte rate: throttle (stop reading) rather than drop data.
+        amount = min(size, self._bytes.burst)
+        if not self._bytes.try_take(amount, now):
+            self.router.metrics.limit_hit("bytes_per_peer")
+            return self._throttled(frame, amount, now)
+        return self._handle_frame(frame, now)
+
+    async def _throttled(self, frame: str | bytes, amount: int, now: float) -> None:
+        await trio.sleep(self._bytes.time_until(amount, now))
+        now = trio.current_time()
+        self._bytes.try_take(amount, now)
+        blocking = self._handle_frame(frame, now)
+        if blocking is not None:
+            await blocking
+
+    def _handle_frame(self, frame: str | bytes, now: float) -> Coroutine[Any, Any, None] | None:
+        if type(frame) is str:
+            return self._handle_text(frame, now)
+        return self._handle_binary(frame, now)  # type: ignore[arg-type]
+
+    def _deadline_passed(self, what: str) -> CloseReason:
+        self.router.metrics.limit_hit(what)
         if what == "token_expired":
             self.close(CLOSE_TOKEN_EXPIRED, Error("token expired", "token_expired"))
-        elif what == "idle_timeout":
+            return CloseReason.TOKEN_EXPIRED
+        if what == "idle_timeout":
             # A normal close: the peer may simply reconnect when it needs the relay again.
             self.close(CLOSE_NORMAL, Error("idle timeout", what))
         else:
             self.close(CLOSE_POLICY, Error("handshake timeout", what))
+        return CloseReason.PEER_DISCONNECTED
 
-    async def _take_bytes(self, size: int, now: float) -> None:
-        """Per-peer inbound byte rate: throttle (stop reading) rather than drop data."""
-        amount = min(size, self._bytes.burst)
-        if not self._bytes.try_take(amount, now):
-            self.router.metrics.limit_hits.labels(limit="bytes_per_peer").inc()
-            await trio.sleep(self._bytes.time_until(amount, now))
-            self._bytes.try_take(amount, trio.current_time())
-
-    async def _handle_text(self, text: str, now: float) -> None:
+    def _handle_text(self, text: str, now: float) -> Coroutine[Any, Any, None] | None:
         if not self._messages.try_take(1, now):
-            self.router.metrics.limit_hits.labels(limit="messages_per_peer").inc()
+            self.router.metrics.limit_hit("messages_per_peer")
             self._strikes += 1
             if self._strikes >= RATE_LIMIT_STRIKES:
                 self.close(CLOSE_POLICY, Error("message rate exceeded repeatedly", "rate_limited"))
             else:
                 self.send_error("rate_limited", "message rate limit exceeded")
-            return
+            return None
         self._strikes = 0
         try:
             msg = decode_message_untrusted(text)
         except SignalingParseError as exc:
             self.send_error(exc.code, str(exc))
-            return
-        self.router.metrics.frames_received.labels(kind=message_type(msg)).inc()
+            return None
+        self.router.metrics.frame_received(message_type(msg))
         if isinstance(msg, Ping):
             self.send_control(Pong())
         elif isinstance(msg, Pong):
             pass
         elif not self.registered:
-            await self._handle_handshake(msg)
+            return self._handle_handshake(msg)
         else:
-            await self._route(msg, now)
+            return self._route(msg, now)
+        return None
 
     # -- handshake (PROTOCOL.md section 2) -------------------------------------------
 
@@ -357,16 +409,19 @@ class SignalingSession:
         self.router.metrics.registrations.labels(mode=mode, result=code).inc()
         self.close(close_code, Error(message, code))
 
-    async def _handle_handshake(self, msg: Message) -> None:
+    def _handle_handshake(self, msg: Message) -> Coroutine[Any, Any, None] | None:
         step = self._handshake.handle(msg, time.time())
         if isinstance(step, HandshakeReply):
             if isinstance(step.message, Error):
-                self.router.metrics.errors_sent.labels(code=step.message.code or "none").inc()
+                self.router.metrics.error_sent(step.message.code or "none")
             self.send_control(step.message)
         elif isinstance(step, HandshakeRefusal):
             self._refuse(step.code, step.message, step.close_code)
+        elif self.router.register(self, step.peer_id):
+            self._complete(step)
         else:
-            await self._complete(step)
+            return self._register_contended(step)
+        return None
 
     def _set_token_deadline(self, expires_at: float) -> None:
         # The token's wall-clock expiry as a deadline on trio's clock, with the same
@@ -387,38 +442,30 @@ class SignalingSession:
             return True
         return False
 
-    async def _replace_stale_holder(self, peer_id: str) -> bool:
-        """A proven owner of ``peer_id`` may replace a holder that no longer answers.
+    def replaced(self) -> None:
+        """A new session of the same peer took over (RelayRouter.replace_stale_holder)."""
+        self.close(
+            CLOSE_NORMAL,
+            Error("a new session of this peer replaced this one", "session_replaced"),
+        )
 
-        Without this, a peer whose connection died silently (NAT rebinding, a laptop
-        waking up) could not register again until the idle timeout. In open mode there
-        is no proof of ownership, so replacing would be a hijack: never done there.
-        """
-        router = self.router
-        holder = router.lookup(peer_id)
-        if holder is None or self._mode == "open" or router.shutting_down:
-            return False
-        if await holder.probe_alive(self._limits.duplicate_probe_timeout):
-            return False
-        logger.info("peer %s re-registered; replacing its silent session", peer_id)
-        router.metrics.limit_hits.labels(limit="session_replaced").inc()
-        holder.close(CLOSE_NORMAL, Error("a new session of this peer replaced this one",
-                                         "session_replaced"))
-        router.release_peer(holder, CloseReason.PEER_DISCONNECTED)
-        return router.register(self, peer_id)
+    async def _register_contended(self, accepted: HandshakeAccepted) -> None:
+        """The peer id is held by another session: replace it if stale, else refuse."""
+        if await self.router.replace_stale_holder(self, accepted.peer_id):
+            self._complete(accepted)
+            return
+        code = "server_shutdown" if self.router.shutting_down else "peer_id_in_use"
+        self._refuse(
+            code,
+            f"peer id {accepted.peer_id} is already registered"
+            if code == "peer_id_in_use"
+            else "the server is stopping",
+        )
 
-    async def _complete(self, accepted: HandshakeAccepted) -> None:
+    def _complete(self, accepted: HandshakeAccepted) -> None:
+        """The peer id is registered to this session: answer Registered."""
         router = self.router
         peer_id = accepted.peer_id
-        if not router.register(self, peer_id) and not await self._replace_stale_holder(peer_id):
-            code = "server_shutdown" if router.shutting_down else "peer_id_in_use"
-            self._refuse(
-                code,
-                f"peer id {peer_id} is already registered"
-                if code == "peer_id_in_use"
-                else "the server is stopping",
-            )
-            return
         self.peer_id = peer_id
         self.registered = True
         if accepted.expires_at is not None:
@@ -426,13 +473,6 @@ class SignalingSession:
         self._last_activity = trio.current_time()
         mode = self._mode if self.extended else "legacy"
         router.metrics.registrations.labels(mode=mode, result="ok").inc()
-        lim = self._limits
-        limits = {
-            "max_frame_size": lim.max_frame_size,
-            "max_circuits_per_peer": lim.max_circuits_per_peer,
-            "messages_per_second": lim.messages_per_peer_rate,
-            "idle_timeout": lim.idle_timeout,
-        }
         self.send_control(
             Registered(
                 peer_id=peer_id,
@@ -441,20 +481,20 @@ class SignalingSession:
                 protocol=PROTOCOL_VERSION if self.extended else None,
                 signature=accepted.proof,
                 token_expires_at=accepted.expires_at,
-                limits=limits,
+                limits=router.announced_limits,
             )
         )
 
     # -- routing (registered) --------------------------------------------------------
 
-    async def _route(self, msg: Message, now: float) -> None:
+    def _route(self, msg: Message, now: float) -> Coroutine[Any, Any, None] | None:
         me = self.peer_id
         assert me is not None
         router = self.router
         sender = getattr(msg, "from_", me)
         if sender != me:
             self.send_error("spoofed_from", f"'from' must be your peer id {me}", sender[:128])
-            return
+            return None
         if isinstance(msg, _FORWARDED):
             target = router.lookup(msg.to)
             if target is None:
@@ -467,13 +507,13 @@ class SignalingSession:
             relay_id = parse_relay_id(msg.relay_id)
             if relay_id is None or relay_id not in router.table.circuits_of(me):
                 self.send_error("unknown_circuit", "no such circuit", msg.relay_id)
-                return
-            await self._circuit_data(relay_id, msg.data, now, wait_for_credit=not self.extended)
+                return None
+            return self._circuit_data(relay_id, msg.data, now, wait_for_credit=not self.extended)
         elif isinstance(msg, CloseRelay):
             relay_id = parse_relay_id(msg.relay_id)
             if relay_id is None or router.table.close(relay_id, me) is not Outcome.OK:
                 self.send_error("unknown_circuit", "no such circuit", msg.relay_id)
-                return
+                return None
             router.dispatch()
         elif isinstance(msg, RefreshToken):
             # On failure the old token stays in force and the session goes on.
@@ -487,68 +527,62 @@ class SignalingSession:
             self.send_error("already_registered", "this session is already registered")
         else:
             self.send_error("bad_frame", f"{message_type(msg)} is not a client message")
+        return None
 
-    async def _handle_binary(self, frame: bytes, now: float) -> None:
+    def _handle_binary(self, frame: bytes, now: float) -> Coroutine[Any, Any, None] | None:
         if not self.registered:
             self.send_error("not_registered", "binary frame before registration")
-            return
+            return None
         if not self.extended:
             self.send_error("bad_frame", "binary frames need darkswap-relay/1")
-            return
+            return None
+        if len(frame) >= DATA_HEADER_LENGTH and frame[0] == FRAME_DATA:
+            # DATA is forwarded as received (the frame is the same on both sides of the
+            # relay): the header is checked here and the payload never copied.
+            return self._circuit_data(
+                frame[1:DATA_HEADER_LENGTH], memoryview(frame)[DATA_HEADER_LENGTH:], now,
+                wait_for_credit=False, frame=frame,
+            )  # fmt: skip
         try:
             parsed = decode_binary_untrusted(frame)
         except SignalingParseError as exc:
             self.send_error(exc.code, str(exc))
-            return
+            return None
         router = self.router
-        assert self.peer_id is not None
-        if isinstance(parsed, CircuitData):
-            await self._circuit_data(parsed.relay_id, parsed.payload, now, wait_for_credit=False)
-        elif isinstance(parsed, CircuitCredit):
-            if (
-                router.table.credit(parsed.relay_id, self.peer_id, parsed.increment, now)
-                is not Outcome.OK
-            ):
-                self.send_error(
-                    "unknown_circuit", "no such circuit", relay_id_text(parsed.relay_id)
-                )
-                return
-            router.dispatch()
+        assert self.peer_id is not None and isinstance(parsed, CircuitCredit)
+        if router.table.credit(parsed.relay_id, self.peer_id, parsed.increment, now) is not (
+            Outcome.OK
+        ):
+            self.send_error("unknown_circuit", "no such circuit", relay_id_text(parsed.relay_id))
+            return None
+        router.dispatch()
+        return None
 
-    async def _circuit_data(
-        self, relay_id: bytes, payload: bytes, now: float, *, wait_for_credit: bool
-    ) -> None:
+    def _circuit_data(
+        self,
+        relay_id: bytes,
+        payload: bytes | memoryview,
+        now: float,
+        *,
+        wait_for_credit: bool,
+        frame: bytes | None = None,
+    ) -> Coroutine[Any, Any, None] | None:
         router = self.router
         me = self.peer_id
         assert me is not None
-        if wait_for_credit:
-            # A legacy sender knows nothing of credit: stop reading until it returns.
-            need = min(len(payload), router.circuit_limits.max_data_frame)
-            held = False
-            try:
-                while (
-                    balance := router.table.balance(relay_id, me)
-                ) is not None and balance < need:
-                    if not held:
-                        router.queued_bytes += len(payload)
-                        held = True
-                    self._credit_wakeup = trio.Event()
-                    await self._credit_wakeup.wait()
-            finally:
-                if held:
-                    router.queued_bytes -= len(payload)
-            now = trio.current_time()
-        delay = router.table.send_delay(relay_id, me, len(payload), now)
-        if delay > 0:
-            # Bandwidth limit: pace this sender (stop reading it) instead of dropping data.
-            router.metrics.limit_hits.labels(limit="circuit_bandwidth").inc()
-            router.queued_bytes += len(payload)
-            try:
-                await trio.sleep(delay)
-            finally:
-                router.queued_bytes -= len(payload)
-            now = trio.current_time()
-        if router.table.data(relay_id, me, payload, now) is not Outcome.OK:
+        size = len(payload)
+        # A legacy sender knows nothing of credit: stop reading until it returns.
+        need = min(size, router.circuit_limits.max_data_frame) if wait_for_credit else 0
+        balance = router.table.balance(relay_id, me) if need else None
+        if (balance is not None and balance < need) or router.table.send_delay(
+            relay_id, me, size, now
+        ) > 0:
+            return router.deliver_later(self, relay_id, payload, need, frame)
+        if not router.deliver(me, relay_id, payload, now, frame):
             self.send_error("unknown_circuit", "no such circuit", relay_id_text(relay_id))
-            return
-        router.dispatch()
+        return None
+
+    async def wait_for_credit(self) -> None:
+        """Wait until credit arrives for this peer or one of its circuits closes."""
+        self._credit_wakeup = trio.Event()
+        await self._credit_wakeup.wait()

@@ -92,7 +92,10 @@ class DeliverData:
     relay_id: bytes
     sender: str
     receiver: str
-    payload: bytes
+    payload: bytes | memoryview
+    #: the sender's encoded DATA frame of ``payload`` (darkswap-relay/1), if given to
+    #: :meth:`CircuitTable.data`: a relay forwards it as is instead of encoding again
+    frame: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -354,8 +357,18 @@ class CircuitTable:
     def _rate_burst(c: _Circuit) -> float:
         return float(max(c.limits.bandwidth, c.limits.max_data_frame))
 
-    def data(self, relay_id: bytes, sender: str, payload: bytes, now: float) -> Outcome:
+    def data(
+        self,
+        relay_id: bytes,
+        sender: str,
+        payload: bytes | memoryview,
+        now: float,
+        *,
+        frame: bytes | None = None,
+    ) -> Outcome:
         """``sender`` sends ``payload`` on the circuit (consumes credit, counts to the data limit).
+
+        ``frame`` (optional) is carried unchanged in the :class:`DeliverData` event.
 
         A frame above ``max_data_frame`` closes with protocol_error, one beyond the credit
         balance with credit_exceeded, one that would pass the data limit with data_limit;
@@ -383,7 +396,7 @@ class CircuitTable:
                 d.blocked_since = now
                 if self.stall_timeout > 0:
                     self._note_deadline(now + self.stall_timeout)
-            self._events.append(DeliverData(relay_id, sender, d.receiver, payload))
+            self._events.append(DeliverData(relay_id, sender, d.receiver, payload, frame))
         return Outcome.OK
 
     def credit(self, relay_id: bytes, receiver: str, increment: int, now: float) -> Outcome:

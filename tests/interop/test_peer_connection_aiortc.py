@@ -21,6 +21,7 @@ import trio
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from darkswap_trio._peer_connection import PeerConnectionConfig, open_peer_connection
+from darkswap_trio.proto.datachannel import MessageTooLarge
 
 LOOPBACK = "127.0.0.1"
 CONFIG = PeerConnectionConfig(host_addresses=[LOOPBACK], ice_pacing=0.005)
@@ -182,6 +183,12 @@ async def test_we_offer_aiortc_answers(loopback_only):
                 with pytest.raises(trio.EndOfChannel):
                     await channels["unordered"].receive()
                 assert await aiortc.receive() == ("closed", "unordered")
+                # aiortc announces a=max-message-size:262144.
+                assert "a=max-message-size:262144" in answer
+                await channels["many-3"].send(bytes(262144))
+                assert await channels["many-3"].receive() == bytes(262144)
+                with pytest.raises(MessageTooLarge):
+                    await channels["many-3"].send(bytes(262145))
                 await channels["many-3"].send("still here")
                 assert await channels["many-3"].receive() == "still here"
                 assert pc.statistics().ice.selected_remote[0] == LOOPBACK

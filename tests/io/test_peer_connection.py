@@ -223,10 +223,10 @@ async def test_backpressure_blocks_the_sender_not_memory():
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(sender)
                 await trio.testing.wait_all_tasks_blocked(cushion=0.1)
-                # Stalled: our channel buffer is full, SCTP's 1 MiB window closed, the
-                # peer's buffered amount is above its high-water mark.
+                # Stalled: b's channel buffer is full, b's SCTP window (1 MiB) closed, and
+                # a's sender waits for its buffered amount to fall to half the mark.
                 assert 0 < sent < total // 2
-                assert ours.buffered_amount > 64 * 1024
+                assert ours.buffered_amount > 32 * 1024
                 waiting = theirs.statistics().received_buffered
                 assert 1 <= waiting <= 64 * 1024 // len(message) + 1
                 for _ in range(total):
@@ -271,3 +271,186 @@ async def test_signaling_misuse_and_bad_input():
             await a.wait_connected()
             with pytest.raises(ValueError):
                 await a.create_data_channel("x", max_retransmits=1, max_packet_life_time=1)
+
+
+async def test_closing_a_full_channel_does_not_stall_the_others():
+    config = PeerConnectionConfig(
+        host_addresses=["127.0.0.1"], ice_pacing=0.005, receive_buffer_size=16 * 1024
+    )
+    with trio.fail_after(10):
+        async with open_peer_connection(config) as a, open_peer_connection(config) as b:
+            await connect(a, b)
+            full, full_theirs = await open_channel(a, b, "full")
+            other, other_theirs = await open_channel(a, b, "other")
+            for _ in range(8):
+                await full.send(bytes(8192))  # b never reads these
+            await trio.testing.wait_all_tasks_blocked(cushion=0.05)  # all at b's SCTP
+            await other.send("behind them")  # b's SCTP hands messages over in arrival order
+            await trio.testing.wait_all_tasks_blocked(cushion=0.05)
+            assert full_theirs.statistics().received_buffered == 2  # 16 KiB: full
+            assert other_theirs.statistics().received_buffered == 0  # stalled behind
+            await full_theirs.aclose()
+            assert await other_theirs.receive() == "behind them"
+            with pytest.raises(trio.EndOfChannel):
+                await full.receive()
+
+
+async def test_a_channel_requested_before_signaling_opens_once_connected():
+    with trio.fail_after(10):
+        async with open_peer_connection(LOOPBACK) as a, open_peer_connection(LOOPBACK) as b:
+            opened: list = []
+
+            async def early() -> None:
+                opened.append(await a.create_data_channel("early"))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(early)
+                await trio.testing.wait_all_tasks_blocked()
+                assert not opened and a.connection_state == "new"
+                await connect(a, b)
+            theirs = await b.accept_data_channel()
+            await opened[0].send("made it")
+            assert await theirs.receive() == "made it"
+
+
+async def test_concurrent_receives_are_busy(pair):
+    a, b = pair
+    with trio.fail_after(10):
+        ours, theirs = await open_channel(a, b, "busy")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(theirs.receive)
+            await trio.testing.wait_all_tasks_blocked()
+            with pytest.raises(trio.BusyResourceError):
+                await theirs.receive()
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_wrong_fingerprint_fails_the_connection():
+    other = PeerConnectionConfig(host_addresses=["127.0.0.1"], ice_pacing=0.005)
+    with trio.fail_after(10):
+        async with (
+            open_peer_connection(LOOPBACK) as a,
+            open_peer_connection(LOOPBACK) as b,
+            open_peer_connection(other) as impostor,
+        ):
+            offer = await a.create_offer()
+            await b.set_remote_description(offer, "offer")
+            answer = await b.create_answer()
+            # Swap in the impostor's certificate fingerprint: b's real one won't match.
+            fake = [ln for ln in (await impostor.create_offer()).split("\r\n")
+                    if ln.startswith("a=fingerprint:")][0]
+            lines = [fake if ln.startswith("a=fingerprint:") else ln for ln in answer.split("\r\n")]
+            await a.set_remote_description("\r\n".join(lines), "answer")
+            with pytest.raises(trio.BrokenResourceError) as info:
+                await a.wait_connected()
+            assert "fingerprint" in str(info.value.__cause__).lower()
+            assert a.connection_state == "failed"
+            with pytest.raises(trio.BrokenResourceError):
+                await a.create_data_channel("never")
+
+
+async def test_hostile_candidates_do_not_break_the_connection():
+    with trio.fail_after(10):
+        async with open_peer_connection(LOOPBACK) as a, open_peer_connection(LOOPBACK) as b:
+            await b.set_remote_description(await a.create_offer(), "offer")
+            answer = without_candidates(await b.create_answer())
+            await a.set_remote_description(answer, "answer")
+            for candidate in (
+                "candidate:1 1 udp 2130706431 255.255.255.255 9 typ host",  # EACCES
+                "candidate:2 1 udp 2130706431 127.0.0.1 0 typ host",  # port 0: EINVAL
+                "candidate:3 1 udp 2130706431 ::1 9 typ host",  # other family: never paired
+            ):
+                a.add_ice_candidate(candidate)
+            while a.statistics().send_errors < 2:  # a's checks to both bad addresses failed
+                await trio.sleep(0.005)
+            async for candidate in b.local_candidates():
+                a.add_ice_candidate(candidate)
+            await a.wait_connected()
+            ours, theirs = await open_channel(a, b, "still")
+            await ours.send("fine")
+            assert await theirs.receive() == "fine"
+
+
+class LossyRelay:
+    """UDP relay between two peers on loopback that drops every n-th DTLS datagram.
+
+    ``port_for_a`` stands for b (a sends there), ``port_for_b`` stands for a.
+    """
+
+    def __init__(self, a_addr: tuple[str, int], b_addr: tuple[str, int], drop_every: int):
+        self.addrs = {"a": a_addr, "b": b_addr}
+        self.drop_every = drop_every
+        self.lossy = False
+        self.forwarded = self.dropped = 0
+
+    async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        facing_a = trio.socket.socket(type=trio.socket.SOCK_DGRAM)
+        facing_b = trio.socket.socket(type=trio.socket.SOCK_DGRAM)
+        with facing_a, facing_b:
+            await facing_a.bind(("127.0.0.1", 0))
+            await facing_b.bind(("127.0.0.1", 0))
+            self.port_for_a = facing_a.getsockname()[1]
+            self.port_for_b = facing_b.getsockname()[1]
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._pump, facing_a, facing_b, "b")
+                nursery.start_soon(self._pump, facing_b, facing_a, "a")
+                task_status.started()
+
+    async def _pump(self, source, out, to: str) -> None:
+        while True:
+            data, _ = await source.recvfrom(65536)
+            if self.lossy and 20 <= data[0] <= 63:
+                self.forwarded += 1
+                if self.forwarded % self.drop_every == 0:
+                    self.dropped += 1
+                    continue
+            await out.sendto(data, self.addrs[to])
+
+
+def relay_candidate(port: int) -> str:
+    return f"candidate:1 1 udp 2130706431 127.0.0.1 {port} typ host"
+
+
+async def test_reliable_and_partial_channels_over_a_lossy_path():
+    with trio.fail_after(15):
+        async with (
+            open_peer_connection(LOOPBACK) as a,
+            open_peer_connection(LOOPBACK) as b,
+            trio.open_nursery() as nursery,
+        ):
+            relay = LossyRelay(a.local_address, b.local_address, drop_every=13)
+            await nursery.start(relay.run)
+            await b.set_remote_description(without_candidates(await a.create_offer()), "offer")
+            await a.set_remote_description(without_candidates(await b.create_answer()), "answer")
+            for pc, port in ((a, relay.port_for_a), (b, relay.port_for_b)):
+                pc.add_ice_candidate(relay_candidate(port))
+                pc.add_ice_candidate(None)
+            reliable, reliable_theirs = await open_channel(a, b, "reliable")
+            partial, partial_theirs = await open_channel(
+                a, b, "partial", ordered=False, max_retransmits=0
+            )
+            relay.lossy = True
+            sent = [b"%04d" % i + bytes(1996) for i in range(200)]  # 2 packets each
+            got_partial: list[bytes] = []
+
+            async def read_partial() -> None:
+                while True:
+                    got_partial.append(await partial_theirs.receive())
+
+            nursery.start_soon(read_partial)
+            for message in sent:
+                await partial.send(message)
+                await reliable.send(message)
+            await reliable.send(b"done")
+            assert [await reliable_theirs.receive() for _ in sent] == sent  # all, in order
+            assert await reliable_theirs.receive() == b"done"
+            await trio.testing.wait_all_tasks_blocked(cushion=0.05)
+            assert relay.dropped > 15
+            assert 0 < len(got_partial) < len(sent)  # losses were not repaired
+            assert set(got_partial) <= set(sent)
+            assert a.statistics().sctp.abandoned_messages > 0
+            relay.lossy = False
+            await partial.send(b"after")  # FORWARD-TSN kept the channel going
+            while got_partial[-1] != b"after":
+                await trio.testing.wait_all_tasks_blocked(cushion=0.01)
+            nursery.cancel_scope.cancel()

@@ -1,0 +1,227 @@
+"""WebRtcTransport: direct data channels to peers by PeerId, signaled through a relay.
+
+The relay session carries Offer / Answer / IceCandidate (trickle) between the two
+peers; everything else is a :class:`PeerConnection`. Each connection lives in its own
+task in the transport's nursery and ends when its :class:`DirectConnection` is closed.
+
+Glare (both peers offering at once) is resolved the "perfect negotiation" way: the
+peer whose PeerId sorts lower is polite — it drops its own offer and answers.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import trio
+
+from ._datachannel import DataChannel
+from ._peer_connection import PeerConnection, PeerConnectionConfig, open_peer_connection
+from ._relay_session import RelaySession
+from ._service import TaskOwner
+from .proto import signaling as sig
+from .proto.errors import ParseError
+
+log = logging.getLogger("darkswap_trio.webrtc")
+
+CHANNEL_LABEL = "darkswap"
+_Inbox = tuple[trio.MemorySendChannel[sig.Message], trio.MemoryReceiveChannel[sig.Message]]
+_INBOX_SIZE = 128  # signals queued per peer; more than that is a misbehaving peer
+
+
+@dataclass
+class DirectConnection:
+    """A direct WebRTC connection to ``peer_id`` and its data channel (a trio Channel)."""
+
+    peer_id: str
+    peer_connection: PeerConnection
+    channel: DataChannel
+    _done: trio.Event = field(default_factory=trio.Event, repr=False)
+
+    async def aclose(self) -> None:
+        """Close the channel and the peer connection (the far end sees the close)."""
+        with trio.CancelScope(shield=True), trio.move_on_after(2):
+            await self.channel.aclose()
+        self._done.set()
+
+
+@dataclass
+class _Attempt:
+    peer_id: str
+    result: trio.MemorySendChannel[DirectConnection | BaseException]
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    offering: bool = True
+
+
+class WebRtcTransport(TaskOwner):
+    """Direct connections negotiated over ``session`` (a registered RelaySession).
+
+    ``await transport.connect(peer_id)`` offers; offers from other peers are answered
+    and their connections come out of ``await transport.accept()``. Run it with
+    ``async with`` or ``await nursery.start(transport.run)``.
+    """
+
+    def __init__(self, session: RelaySession, config: PeerConnectionConfig | None = None,
+                 *, max_connections: int = 64) -> None:
+        self.session = session
+        self.config = config or PeerConnectionConfig()
+        self.local_peer_id = session.local_peer_id
+        self.max_connections = max_connections
+        self._inboxes: dict[str, trio.MemorySendChannel[sig.Message]] = {}
+        self._attempts: dict[str, _Attempt] = {}
+        self._accepted_send, self._accepted = trio.open_memory_channel[DirectConnection](max_connections)
+        self._nursery: trio.Nursery | None = None
+        self.dropped_signals = 0
+
+    async def run(self, *, task_status: trio.TaskStatus[WebRtcTransport] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._dispatch_signals)
+            task_status.started(self)
+            try:
+                await trio.sleep_forever()
+            finally:
+                self._nursery = None
+                nursery.cancel_scope.cancel()
+
+    async def stop(self) -> None:
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+        await trio.lowlevel.checkpoint()
+
+    # -- public -------------------------------------------------------------------------
+
+    async def connect(self, peer_id: str, *, timeout: float = 30.0) -> DirectConnection:
+        """Open a direct connection to ``peer_id``; BrokenResourceError if it fails."""
+        nursery = self._require_running()
+        if peer_id in self._attempts:
+            raise trio.BusyResourceError(f"a connection to {peer_id} is already being set up")
+        send, receive = trio.open_memory_channel[DirectConnection | BaseException](1)
+        attempt = _Attempt(peer_id, send)
+        self._attempts[peer_id] = attempt
+        nursery.start_soon(self._run_connection, attempt, None, self._open_inbox(peer_id))
+        try:
+            with trio.fail_after(timeout):
+                outcome = await receive.receive()
+        except trio.TooSlowError:
+            attempt.scope.cancel()
+            raise trio.BrokenResourceError(f"direct connection to {peer_id} timed out") from None
+        finally:
+            if self._attempts.get(peer_id) is attempt:
+                del self._attempts[peer_id]
+        if isinstance(outcome, BaseException):
+            raise trio.BrokenResourceError(f"direct connection to {peer_id} failed") from outcome
+        return outcome
+
+    async def accept(self) -> DirectConnection:
+        """The next connection another peer opened to us."""
+        return await self._accepted.receive()
+
+    # -- signaling -----------------------------------------------------------------------
+
+    def _require_running(self) -> trio.Nursery:
+        if self._nursery is None:
+            raise RuntimeError("WebRtcTransport is not running; use 'async with' or nursery.start")
+        return self._nursery
+
+    async def _dispatch_signals(self) -> None:
+        async for msg in self.session.signals:
+            peer = msg.from_
+            if isinstance(msg, sig.Offer):
+                self._on_offer(msg)
+            inbox = self._inboxes.get(peer)
+            if inbox is None:
+                continue  # no connection with that peer: stale answer or candidate
+            try:
+                inbox.send_nowait(msg)
+            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                self.dropped_signals += 1
+
+    def _on_offer(self, offer: sig.Offer) -> None:
+        peer = offer.from_
+        nursery = self._require_running()
+        attempt = self._attempts.get(peer)
+        if attempt is not None and attempt.offering:
+            if self.local_peer_id > peer:
+                return  # impolite: our offer stands; theirs is ignored
+            # Polite: abandon our offer and answer theirs, for the same caller.
+            attempt.scope.cancel()
+            self._inboxes.pop(peer, None)
+            answering = _Attempt(peer, attempt.result, offering=False)
+            self._attempts[peer] = answering
+            nursery.start_soon(self._run_connection, answering, offer, self._open_inbox(peer))
+            return
+        if peer in self._inboxes:
+            return  # a connection exists; renegotiation is not supported
+        if len(self._inboxes) >= self.max_connections:
+            log.warning("refusing offer from %s: %d connections", peer, self.max_connections)
+            return
+        send, _ = trio.open_memory_channel[DirectConnection | BaseException](0)
+        nursery.start_soon(self._run_connection, _Attempt(peer, send, offering=False), offer,
+                           self._open_inbox(peer))
+
+    def _open_inbox(self, peer: str) -> _Inbox:
+        # Registered before the connection task starts, so no signal that follows an
+        # offer (trickled candidates) can slip past while the task is being scheduled.
+        send, receive = trio.open_memory_channel[sig.Message](_INBOX_SIZE)
+        self._inboxes[peer] = send
+        return send, receive
+
+    async def _run_connection(self, attempt: _Attempt, offer: sig.Offer | None,
+                              inbox_pair: _Inbox) -> None:
+        peer = attempt.peer_id
+        inbox_send, inbox = inbox_pair
+        connection: DirectConnection | None = None
+        try:
+            with attempt.scope:
+                async with open_peer_connection(self.config) as pc, trio.open_nursery() as nursery:
+                    nursery.start_soon(self._trickle_out, pc, peer)
+                    nursery.start_soon(self._apply_signals, pc, inbox)
+                    if offer is None:
+                        sdp = await pc.create_offer()
+                        await self.session.send_signal(
+                            sig.Offer(from_=self.local_peer_id, to=peer, sdp=sdp))
+                    else:
+                        await pc.set_remote_description(offer.sdp, "offer")
+                        sdp = await pc.create_answer()
+                        await self.session.send_signal(
+                            sig.Answer(from_=self.local_peer_id, to=peer, sdp=sdp))
+                    await pc.wait_connected()
+                    if offer is None:
+                        channel = await pc.create_data_channel(CHANNEL_LABEL)
+                    else:
+                        channel = await pc.accept_data_channel()
+                    connection = DirectConnection(peer, pc, channel)
+                    if attempt.offering or self._attempts.get(peer) is attempt:
+                        attempt.result.send_nowait(connection)
+                    else:
+                        await self._accepted_send.send(connection)
+                    await connection._done.wait()
+                    nursery.cancel_scope.cancel()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ParseError, OSError) as exc:
+            log.info("direct connection with %s failed: %r", peer, exc)
+            if connection is None:
+                try:
+                    attempt.result.send_nowait(exc)
+                except (trio.WouldBlock, trio.BrokenResourceError):
+                    pass
+        finally:
+            if self._inboxes.get(peer) is inbox_send:
+                del self._inboxes[peer]
+
+    async def _trickle_out(self, pc: PeerConnection, peer: str) -> None:
+        async for candidate in pc.local_candidates():
+            # W3C: an empty candidate string signals the end of candidates.
+            await self.session.send_signal(sig.IceCandidate(
+                from_=self.local_peer_id, to=peer, candidate=candidate or "",
+                sdp_mid="0", sdp_mline_index=0))
+
+    async def _apply_signals(self, pc: PeerConnection, inbox: trio.MemoryReceiveChannel[sig.Message]) -> None:
+        async for msg in inbox:
+            try:
+                if isinstance(msg, sig.Answer):
+                    await pc.set_remote_description(msg.sdp, "answer")
+                elif isinstance(msg, sig.IceCandidate):
+                    pc.add_ice_candidate(msg.candidate or None, msg.sdp_mid, msg.sdp_mline_index)
+            except ParseError as exc:
+                log.warning("bad signal from %s: %s", msg.from_, exc)

@@ -1,0 +1,60 @@
+"""Two peers connect directly by PeerId through a real relay's signaling.
+
+Each peer knows only the relay's multiaddr and its own key: Offer, Answer and trickled
+IceCandidates travel through the relay, the data channel runs directly over loopback UDP.
+"""
+
+import trio
+
+from darkswap_trio import Keypair, open_relay_session
+from darkswap_trio._peer_connection import PeerConnectionConfig
+from darkswap_trio._webrtc_transport import WebRtcTransport
+from darkswap_trio.testing import running_relay
+
+LOOPBACK = PeerConnectionConfig(host_addresses=["127.0.0.1"], include_loopback=True)
+
+
+async def test_direct_connection_by_peer_id_through_relay_signaling():
+    with trio.fail_after(20):
+        async with running_relay() as relay, \
+                open_relay_session(relay.multiaddr, Keypair.generate()) as alice_session, \
+                open_relay_session(relay.multiaddr, Keypair.generate()) as bob_session, \
+                WebRtcTransport(alice_session, LOOPBACK) as alice, \
+                WebRtcTransport(bob_session, LOOPBACK) as bob:
+            to_bob = await alice.connect(bob.local_peer_id)
+            from_alice = await bob.accept()
+            assert from_alice.peer_id == alice.local_peer_id
+            assert to_bob.peer_connection.connection_state == "connected"
+            await to_bob.channel.send(b"hello bob, directly")
+            assert await from_alice.channel.receive() == b"hello bob, directly"
+            await from_alice.channel.send("and back, as text")
+            assert await to_bob.channel.receive() == "and back, as text"
+            # The relay carried the signaling only: no circuit was opened.
+            assert relay.statistics().circuits == 0
+            await to_bob.aclose()
+            with trio.fail_after(5):
+                try:
+                    await from_alice.channel.receive()
+                    raise AssertionError("expected the channel to end")
+                except (trio.EndOfChannel, trio.BrokenResourceError):
+                    pass
+
+
+async def test_simultaneous_offers_settle_on_one_connection():
+    with trio.fail_after(20):
+        async with running_relay() as relay, \
+                open_relay_session(relay.multiaddr, Keypair.generate()) as s1, \
+                open_relay_session(relay.multiaddr, Keypair.generate()) as s2, \
+                WebRtcTransport(s1, LOOPBACK) as t1, WebRtcTransport(s2, LOOPBACK) as t2:
+            results = {}
+
+            async def dial(transport, peer, key):
+                results[key] = await transport.connect(peer)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(dial, t1, t2.local_peer_id, 1)
+                nursery.start_soon(dial, t2, t1.local_peer_id, 2)
+            await results[1].channel.send(b"ping")
+            assert await results[2].channel.receive() == b"ping"
+            await results[2].channel.send(b"pong")
+            assert await results[1].channel.receive() == b"pong"
