@@ -210,6 +210,7 @@ class DtlsEndpoint:
         self._retransmissions = 0
         self._app_bytes_sent = 0
         self._app_bytes_received = 0
+        self._cleartext_mtu: int | None = None
 
     # ----------------------------------------------------------------- inputs
 
@@ -238,6 +239,8 @@ class DtlsEndpoint:
         sequence of whole DTLS records; every protocol failure inside the
         records becomes a :class:`Failed` event instead.
         """
+        if self.state is DtlsState.CONNECTED and self._receive_application_record(datagram):
+            return
         if self.state in (DtlsState.CLOSED, DtlsState.FAILED):
             self._datagrams_dropped += 1
             return
@@ -279,6 +282,30 @@ class DtlsEndpoint:
             ):
                 self._retransmit_flight()
 
+    def _receive_application_record(self, datagram: bytes) -> bool:
+        """Fast path for the bulk of the traffic: a datagram that is exactly one
+        application_data record. No record parsing and no output collection: such a
+        record never makes OpenSSL write anything (no renegotiation in WebRTC). Returns
+        False to take the general path (handshake records, alerts, several records)."""
+        size = len(datagram)
+        if not 13 < size <= _MAX_DATAGRAM or datagram[0] != ContentType.APPLICATION_DATA or (
+            int.from_bytes(datagram[11:13], "big") + 13 != size
+        ):
+            return False
+        self._datagrams_received += 1
+        self._bytes_received += size
+        self._ssl.bio_write(bytes(datagram))
+        try:
+            data = self._ssl.recv(_READ_SIZE)
+        except SSL.WantReadError:
+            return True  # a replayed or unauthentic record: OpenSSL dropped it
+        except SSL.Error as exc:
+            self._fail(f"DTLS connection failed: {_describe(exc)}")
+            return True
+        self._app_bytes_received += len(data)
+        self._events.append(DataReceived(data))
+        return True
+
     def send(self, data: bytes) -> None:
         """Encrypt ``data`` as one application-data record.
 
@@ -300,11 +327,24 @@ class DtlsEndpoint:
             self._fail(f"DTLS send failed: {_describe(exc)}")
             return
         self._app_bytes_sent += len(data)
-        self._collect_output()
+        # One record that fits the MTU (checked above) and nothing else pending: it is
+        # the datagram, no need to parse and re-pack OpenSSL's output.
+        try:
+            output = self._ssl.bio_read(_READ_SIZE)
+        except SSL.WantReadError:
+            return
+        if len(output) <= self.mtu:
+            self._transmits.append(output)
+        else:
+            self._transmits.extend(pack_records(parse_records_untrusted(output), self.mtu))
 
     def max_application_data(self) -> int:
         """Largest payload :meth:`send` accepts: what fits one record in one datagram."""
-        return self._ssl.get_cleartext_mtu()
+        if self._cleartext_mtu is None:
+            if self.state is not DtlsState.CONNECTED:
+                return self._ssl.get_cleartext_mtu()  # the cipher suite decides it
+            self._cleartext_mtu = self._ssl.get_cleartext_mtu()
+        return self._cleartext_mtu
 
     def close(self) -> None:
         """Send close_notify (if connected) and stop. Idempotent; emits no event."""
