@@ -218,22 +218,26 @@ class ConnectionCore:
         self.counts["datagrams_received"] += len(batch)
         local = self.local_addr
         data_addr = self._data_addr
-        dtls = self.dtls
+        dtls, sctp = self.dtls, self.sctp
         for data, addr in batch:
             # Fast path, the bulk of the traffic: DTLS (RFC 7983: first byte 20..63) from
             # the selected pair's remote address, which ICE validated. ICE would only
             # check exactly that and pass it on (consent freshness is STUN-only).
             if addr == data_addr and data and 20 <= data[0] <= 63 and dtls is not None:
                 try:
-                    dtls.receive(data, now)
+                    plaintext = dtls.receive_application_data(data, now)
                 except DtlsParseError:
                     self.counts["datagrams_dropped"] += 1
                     continue
-                self._drain_dtls(now)
+                if plaintext is not None and sctp is not None:
+                    sctp.receive(plaintext, now)  # the bulk: one record, no events
+                else:
+                    self._drain_dtls(now)
+                    sctp = self.sctp
             else:
                 ice.receive(data, addr, now, local)
                 self._drain_ice(now)
-                data_addr, dtls = self._data_addr, self.dtls
+                data_addr, dtls, sctp = self._data_addr, self.dtls, self.sctp
 
     def _drain_ice(self, now: float) -> None:
         ice = self.ice
@@ -306,8 +310,7 @@ class ConnectionCore:
             self.sctp_port[0],
             self.sctp_port[1],
             max_message_size=biggest,
-            # Multiple of 4: SCTP pads chunks and may exceed an unaligned budget.
-            max_packet_size=min(1188, dtls.max_application_data()) & ~3,
+            max_packet_size=min(1188, dtls.max_application_data()),
             receive_window=max(1 << 20, 2 * self.local_max_message_size),
             max_packets_per_sack=self.max_packets_per_sack,
         )
@@ -427,9 +430,7 @@ class ConnectionCore:
         if sctp is not None:
             self._drain_sctp(now)
             if dtls is not None and dtls.state is dtls_mod.DtlsState.CONNECTED:
-                dtls_send = dtls.send
-                while (packet := sctp.poll_transmit()) is not None:
-                    dtls_send(packet)
+                self._send_sctp_packets(sctp, dtls)
                 if sctp.state is sctp_mod.SctpState.TERMINATED and self.failure is None:
                     self._drain_sctp(now)
         if dtls is not None:
@@ -460,6 +461,39 @@ class ConnectionCore:
             self._drain_dtls(now)
         while (transmit := ice.poll_transmit()) is not None:
             self._send(transmit.data, transmit.addr)
+
+    def _send_sctp_packets(self, sctp: SctpAssociation, dtls: DtlsEndpoint) -> None:
+        """SCTP packet -> DTLS record -> sendto, one packet at a time: the bulk of the
+        traffic, with no queue between the layers."""
+        data_addr = self._data_addr
+        if data_addr is None or self._unsent:
+            dtls_send = dtls.send  # through DTLS's queue, sent below
+            while (packet := sctp.poll_transmit()) is not None:
+                dtls_send(packet)
+            return
+        # The selected pair is fixed until ICE says otherwise (an event, handled before
+        # this): send straight to it, as IceAgent.send_data would.
+        encrypt, sendto = dtls.encrypt, self.sock.sendto
+        sent = 0
+        try:
+            while (packet := sctp.poll_transmit()) is not None:
+                datagram = encrypt(packet)
+                if datagram is None:
+                    if dtls.state is not dtls_mod.DtlsState.CONNECTED:
+                        return  # DTLS failed: its event ends the connection
+                    continue
+                try:
+                    sendto(datagram, data_addr)
+                except BlockingIOError:
+                    # Stop taking packets: SCTP keeps the rest until the socket drains.
+                    self._unsent.append((datagram, data_addr))
+                    return
+                except OSError:
+                    self.counts["send_errors"] += 1
+                    continue
+                sent += 1
+        finally:
+            self.counts["datagrams_sent"] += sent
 
     def _send(self, data: bytes, addr: tuple[str, int]) -> None:
         if self._unsent:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -111,6 +112,7 @@ class PeerId:
         if b58encode(peer.multihash) != text:
             # Leading-zero ambiguities would let two strings name one peer.
             raise PeerIdError(f"invalid peer id {text!r}: non-canonical encoding")
+        peer.__dict__["_text"] = text  # the cached str(); cached_property's own slot
         return peer
 
     @classmethod
@@ -133,8 +135,13 @@ class PeerId:
             raise PeerIdError(f"invalid peer id {text!r}: unsupported multihash 0x{code:x}")
         return cls(raw)
 
-    def __str__(self) -> str:
+    @cached_property
+    def _text(self) -> str:
+        # Cached: a relay names peers by this string several times per registration.
         return b58encode(self.multihash)
+
+    def __str__(self) -> str:
+        return self._text
 
     def __repr__(self) -> str:
         return f"PeerId({str(self)!r})"

@@ -22,6 +22,7 @@ from darkswap_trio.proto.signaling import (
     Error,
     Message,
     Register,
+    Registered,
     message_type,
     peer_auth_message,
     relay_auth_message,
@@ -59,6 +60,16 @@ HandshakeStep = HandshakeReply | HandshakeRefusal | HandshakeAccepted
 class RegistrationHandshake:
     """One session's registration in ``mode`` ("open", "signature" or "jwt")."""
 
+    __slots__ = (
+        "mode",
+        "keypair",
+        "relay_peer_id",
+        "jwt_validator",
+        "extended",
+        "_claimed",
+        "_server_nonce",
+    )
+
     def __init__(
         self,
         mode: str,
@@ -72,6 +83,18 @@ class RegistrationHandshake:
         self.extended = False  # the client speaks darkswap-relay/1
         self._claimed: PeerId | None = None
         self._server_nonce: bytes | None = None
+
+    def registered(self, accepted: HandshakeAccepted, limits: dict[str, float]) -> Registered:
+        """The Registered message answering ``accepted`` (``limits`` as announced)."""
+        return Registered(
+            peer_id=accepted.peer_id,
+            relay_peer_id=self.relay_peer_id,
+            auth=self.mode,
+            protocol=PROTOCOL_VERSION if self.extended else None,
+            signature=accepted.proof,
+            token_expires_at=accepted.expires_at,
+            limits=limits,
+        )
 
     def handle(self, msg: Message, wall_now: float) -> HandshakeStep:
         if isinstance(msg, Register):

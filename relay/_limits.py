@@ -13,6 +13,7 @@ in the server), so the behaviour is deterministic and tests step time explicitly
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 from collections import OrderedDict
@@ -29,6 +30,7 @@ __all__ = [
 ]
 
 
+@functools.lru_cache(maxsize=4096)  # parsed on every connection; clients reconnect
 def canonical_ip(host: str) -> str:
     """The canonical text form of an IP address, for use as a limiter key.
 

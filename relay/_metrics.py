@@ -136,6 +136,13 @@ class RelayMetrics:
     def limit_hit(self, limit: str) -> None:
         self._child(self.limit_hits, "limit", limit).inc()
 
+    def registration(self, mode: str, result: str) -> None:
+        key = (id(self.registrations), f"{mode} {result}")
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.registrations.labels(mode=mode, result=result)
+        child.inc()
+
     def add_relayed_bytes(self, count: int) -> None:
         """Count relayed payload bytes (cheap: no lock until the counter is read)."""
         self._relayed_pending += count

@@ -17,6 +17,7 @@ socket itself, without the queue and a writer wakeup.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
 import trio
@@ -37,6 +38,19 @@ class Outgoing(NamedTuple):
 
 
 class SessionOutbox:
+    __slots__ = (
+        "_counter",
+        "_ws",
+        "_tail",
+        "_items",
+        "_control_frames",
+        "_control_bytes",
+        "max_control_frames",
+        "max_control_bytes",
+        "_on_pending",
+        "_wakeup",
+    )
+
     def __init__(
         self,
         counter: _ByteCounter,
@@ -44,6 +58,7 @@ class SessionOutbox:
         *,
         max_control_frames: int,
         max_control_bytes: int,
+        on_pending: Callable[[], None] = lambda: None,
     ) -> None:
         self._counter = counter
         self._ws = ws  # a darkswap_trio WebSocketConnection
@@ -53,7 +68,10 @@ class SessionOutbox:
         self._control_bytes = 0
         self.max_control_frames = max_control_frames
         self.max_control_bytes = max_control_bytes
-        self._wakeup = trio.Event()
+        # Called whenever the writer has something to do (the session starts its writer
+        # task on the first call: most sessions never need one).
+        self._on_pending = on_pending
+        self._wakeup: trio.Event | None = None
 
     def __len__(self) -> int:
         return len(self._items)
@@ -85,7 +103,7 @@ class SessionOutbox:
     def _append(self, item: Outgoing) -> None:
         self._items.append(item)
         self._counter.queued_bytes += item.size
-        self._wakeup.set()
+        self.wake()
 
     def pop(self) -> Outgoing | None:
         """The next item, or None. Its bytes stay counted until :meth:`written`."""
@@ -111,6 +129,15 @@ class SessionOutbox:
         """
         if self._items:
             return False
+        return self.try_write(frame)
+
+    def try_write(self, frame: str | bytes) -> bool:
+        """Write ``frame`` if the socket takes it now (a tail is kept as in write_now).
+
+        The writer drains the queue with this and blocks only when the socket is full:
+        a frame per scheduling round would leave a session that once had to queue
+        behind sessions written directly (measured: 0.2x their rate).
+        """
         ws = self._ws
         if not ws.try_send_nowait(frame):
             return False
@@ -118,7 +145,7 @@ class SessionOutbox:
         if tail:
             self._tail = tail
             self._counter.queued_bytes += tail
-            self._wakeup.set()
+            self.wake()
         return True
 
     async def flush_tail(self) -> None:
@@ -154,7 +181,9 @@ class SessionOutbox:
 
     def wake(self) -> None:
         """Wake the writer waiting in :meth:`wait` (e.g. to notice a close)."""
-        self._wakeup.set()
+        if self._wakeup is not None:
+            self._wakeup.set()
+        self._on_pending()
 
     async def wait(self) -> None:
         """Wait until something is queued or :meth:`wake` is called."""

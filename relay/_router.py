@@ -173,6 +173,14 @@ class RelayRouter:
         self.table.request(requester, target, uuid.uuid4().bytes, trio.current_time())
         self.dispatch()
 
+    def credit(self, relay_id: bytes, receiver: str, increment: int, now: float) -> bool:
+        """``receiver`` (or the relay for a legacy one) grants credit; False if the
+        circuit is unknown to it."""
+        if self.table.credit(relay_id, receiver, increment, now) is not Outcome.OK:
+            return False
+        self.dispatch()
+        return True
+
     def deliver(
         self,
         sender: str,

@@ -27,7 +27,6 @@ from darkswap_trio.proto.relay import CloseReason, Outcome
 from darkswap_trio.proto.signaling import (
     DATA_HEADER_LENGTH,
     FRAME_DATA,
-    PROTOCOL_VERSION,
     Answer,
     Authenticate,
     CircuitCredit,
@@ -40,7 +39,6 @@ from darkswap_trio.proto.signaling import (
     Pong,
     RefreshToken,
     Register,
-    Registered,
     RelayData,
     RelayRequest,
     TokenRefreshed,
@@ -80,10 +78,18 @@ CLOSE_INTERNAL = 1011
 CLOSE_TOKEN_EXPIRED = 4001
 
 _FORWARDED = (Offer, Answer, IceCandidate)
+_CONNECTION_GONE = (trio.EndOfChannel, trio.BrokenResourceError, trio.ClosedResourceError)
 
 
 class SignalingSession:
     """A WebSocket signaling session of one peer (see the module docstring)."""
+
+    __slots__ = (
+        "router", "ws", "remote_ip", "peer_id", "registered", "_jwt", "_limits", "_mode",
+        "_handshake_deadline", "_last_activity", "_activity", "_token_deadline", "_handshake",
+        "_messages", "_bytes", "_strikes", "_out", "_credit_wakeup", "_close_code",
+        "_close_reason", "_read_scope", "_nursery", "_writer_done", "_reader_done",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -105,7 +111,7 @@ class SignalingSession:
         handshake = self._limits.handshake_timeout
         self._handshake_deadline = now + handshake if handshake > 0 else math.inf
         self._last_activity = now
-        self._activity = trio.Event()  # set by every inbound frame; see probe_alive()
+        self._activity: trio.Event | None = None  # set by inbound frames; see probe_alive()
         self._token_deadline = math.inf
         self._handshake = RegistrationHandshake(self._mode, router.keypair, jwt_validator)
         self._messages = TokenBucket(
@@ -120,13 +126,17 @@ class SignalingSession:
             ws,
             max_control_frames=MAX_CONTROL_QUEUE,
             max_control_bytes=max(MAX_CONTROL_QUEUE_BYTES, 2 * self._limits.max_frame_size),
+            on_pending=self._start_writer,
         )
-        self._credit_wakeup = trio.Event()
+        self._credit_wakeup: trio.Event | None = None  # a legacy sender waits for credit
         self._close_code: int | None = None
         self._close_reason = ""
         self._read_scope = trio.CancelScope()
-        self._writer_done = trio.Event()
-        self._reader_done = trio.Event()
+        # The writer task starts when a frame first has to wait (or to close): a frame
+        # written at once needs none, so an idle session holds one task, not two.
+        self._nursery: trio.Nursery | None = None
+        self._writer_done: trio.Event | None = None
+        self._reader_done = False
 
     @property
     def extended(self) -> bool:
@@ -146,7 +156,9 @@ class SignalingSession:
             self.close(CLOSE_GOING_AWAY, Error("the server is stopping", "server_shutdown"))
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._write_loop)
+                self._nursery = nursery
+                if self._out or self._close_code is not None:
+                    self._start_writer()
                 try:
                     reason = await self._read_loop()
                 except Exception:
@@ -155,8 +167,9 @@ class SignalingSession:
                 if self._close_code is None:
                     self._close_code = CLOSE_NORMAL
                 router.release_peer(self, reason)
-                self._reader_done.set()
-                self._out.wake()
+                self._reader_done = True
+                self._out.wake()  # starts the writer if needed: it sends the close
+                assert self._writer_done is not None
                 with trio.move_on_after(CLOSE_TIMEOUT):
                     await self._writer_done.wait()
                 nursery.cancel_scope.cancel()
@@ -238,7 +251,8 @@ class SignalingSession:
             frame = encode_circuit_credit(relay_id, increment)
             if not self._write_now(frame):
                 self._out.push_data(relay_id, frame)
-        self._credit_wakeup.set()  # a legacy reader may be waiting for this credit
+        if self._credit_wakeup is not None:  # a legacy reader may be waiting for credit
+            self._credit_wakeup.set()
 
     def circuit_closed(self, relay_id: bytes, text: str, reason: str) -> None:
         # Data queued before the close is still delivered (CloseRelay follows it), except
@@ -246,7 +260,13 @@ class SignalingSession:
         if reason == "stalled":
             self._out.purge(relay_id)
         self.send_control(CloseRelay(relay_id=text, reason=reason))
-        self._credit_wakeup.set()
+        if self._credit_wakeup is not None:
+            self._credit_wakeup.set()
+
+    def _start_writer(self) -> None:
+        if self._writer_done is None and self._nursery is not None:
+            self._writer_done = trio.Event()
+            self._nursery.start_soon(self._write_loop)
 
     async def _write_loop(self) -> None:
         router = self.router
@@ -258,7 +278,7 @@ class SignalingSession:
                 if item is None:
                     # Close only once the reader is out of receive(): the closing handshake
                     # reads the peer's echo itself.
-                    if self._close_code is not None and self._reader_done.is_set():
+                    if self._close_code is not None and self._reader_done:
                         break
                     await self._out.wait()
                     continue
@@ -271,32 +291,28 @@ class SignalingSession:
                         )
                     )
                 try:
-                    await ws.send(frame)
+                    # Legacy frames (base64, 4/3 of their payload) take the plain path: a
+                    # tail of one would count more than the payload the window bounds.
+                    if item.kind == LEGACY_DATA or not self._out.try_write(frame):
+                        await ws.send(frame)
                 finally:
                     self._out.written(item)
                 if item.kind == LEGACY_DATA and item.size and self.peer_id is not None:
                     # A legacy receiver cannot send CREDIT: grant it once written.
                     assert item.relay_id is not None
-                    now = trio.current_time()
-                    if (
-                        router.table.credit(item.relay_id, self.peer_id, item.size, now)
-                        is Outcome.OK
-                    ):
-                        router.dispatch()
+                    router.credit(item.relay_id, self.peer_id, item.size, trio.current_time())
             with trio.move_on_after(CLOSE_TIMEOUT):
                 await ws.aclose(self._close_code or CLOSE_NORMAL, self._close_reason)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self._read_scope.cancel()  # the connection is gone; stop reading too
         finally:
             self._out.release_tail()
+            assert self._writer_done is not None
             self._writer_done.set()
 
-    # -- inbound --------------------------------------------------------------------
-    #
-    # A frame is handled synchronously when that needs no waiting (the common case);
-    # the handlers return a coroutine for the rare handling that may block (throttled
-    # by a rate limit, waiting for credit, probing a stale holder of a peer id), which
-    # the read loop awaits outside the read deadline.
+    # -- inbound: handled synchronously when that needs no waiting; the handlers return
+    # a coroutine for what may block (throttled by a rate limit, waiting for credit,
+    # probing a stale holder of a peer id), awaited outside the read deadline.
 
     def _deadline(self) -> tuple[float, str]:
         if not self.registered:
@@ -319,9 +335,7 @@ class SignalingSession:
                     while blocking is None:
                         try:
                             frame = await ws.receive()
-                        except (
-                            trio.EndOfChannel, trio.BrokenResourceError, trio.ClosedResourceError
-                        ):
+                        except _CONNECTION_GONE:
                             return CloseReason.PEER_DISCONNECTED
                         blocking = self._on_frame(frame)
                 if blocking is not None:
@@ -335,7 +349,8 @@ class SignalingSession:
     def _on_frame(self, frame: str | bytes) -> Coroutine[Any, Any, None] | None:
         now = trio.current_time()
         self._last_activity = now
-        self._activity.set()
+        if self._activity is not None:
+            self._activity.set()
         size = len(frame)
         if size > self._limits.max_frame_size:
             self.router.metrics.limit_hit("frame_size")
@@ -406,7 +421,7 @@ class SignalingSession:
 
     def _refuse(self, code: str, message: str, close_code: int = CLOSE_POLICY) -> None:
         mode = "legacy" if not self.extended else self._mode
-        self.router.metrics.registrations.labels(mode=mode, result=code).inc()
+        self.router.metrics.registration(mode, code)
         self.close(close_code, Error(message, code))
 
     def _handle_handshake(self, msg: Message) -> Coroutine[Any, Any, None] | None:
@@ -435,12 +450,16 @@ class SignalingSession:
         """Ping this session; True if any frame arrives from it within ``timeout``."""
         if self._close_code is not None:
             return False
-        self._activity = trio.Event()
+        self._activity = activity = trio.Event()
         self.send_control(Ping())
-        with trio.move_on_after(timeout):
-            await self._activity.wait()
-            return True
-        return False
+        try:
+            with trio.move_on_after(timeout):
+                await activity.wait()
+                return True
+            return False
+        finally:
+            if self._activity is activity:
+                self._activity = None
 
     def replaced(self) -> None:
         """A new session of the same peer took over (RelayRouter.replace_stale_holder)."""
@@ -464,26 +483,13 @@ class SignalingSession:
 
     def _complete(self, accepted: HandshakeAccepted) -> None:
         """The peer id is registered to this session: answer Registered."""
-        router = self.router
-        peer_id = accepted.peer_id
-        self.peer_id = peer_id
+        self.peer_id = accepted.peer_id
         self.registered = True
         if accepted.expires_at is not None:
             self._set_token_deadline(accepted.expires_at)
         self._last_activity = trio.current_time()
-        mode = self._mode if self.extended else "legacy"
-        router.metrics.registrations.labels(mode=mode, result="ok").inc()
-        self.send_control(
-            Registered(
-                peer_id=peer_id,
-                relay_peer_id=router.relay_peer_id,
-                auth=self._mode,
-                protocol=PROTOCOL_VERSION if self.extended else None,
-                signature=accepted.proof,
-                token_expires_at=accepted.expires_at,
-                limits=router.announced_limits,
-            )
-        )
+        self.router.metrics.registration(self._mode if self.extended else "legacy", "ok")
+        self.send_control(self._handshake.registered(accepted, self.router.announced_limits))
 
     # -- routing (registered) --------------------------------------------------------
 
@@ -548,14 +554,9 @@ class SignalingSession:
         except SignalingParseError as exc:
             self.send_error(exc.code, str(exc))
             return None
-        router = self.router
         assert self.peer_id is not None and isinstance(parsed, CircuitCredit)
-        if router.table.credit(parsed.relay_id, self.peer_id, parsed.increment, now) is not (
-            Outcome.OK
-        ):
+        if not self.router.credit(parsed.relay_id, self.peer_id, parsed.increment, now):
             self.send_error("unknown_circuit", "no such circuit", relay_id_text(parsed.relay_id))
-            return None
-        router.dispatch()
         return None
 
     def _circuit_data(

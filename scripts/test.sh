@@ -2,6 +2,8 @@
 # Install everything the tests need into .venv and run them (the README's test command).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Debian's Chromium for the browser interop test (a no-op when present or not root).
+scripts/install-browser.sh || echo "WARNING: Chromium install failed; browser interop tests will skip" >&2
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[test]'

@@ -26,15 +26,24 @@ Surface: ``start``/``receive``/``send``/``close``, ``poll_transmit``,
 
 from __future__ import annotations
 
-import enum
 from collections import deque
-from dataclasses import dataclass
-from typing import Literal
 
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
 
 from .dtls_certificate import DtlsCertificate, certificate_fingerprint, fingerprint_matches
+from .dtls_events import (
+    Closed,
+    DataReceived,
+    DtlsEvent,
+    DtlsState,
+    DtlsStateError,
+    DtlsStatistics,
+    Failed,
+    HandshakeComplete,
+    Role,
+)
+from .dtls_record_cipher import RecordCipher, record_cipher
 from .dtls_records import ContentType, is_dtls, pack_records, parse_records_untrusted
 from .errors import DtlsParseError
 
@@ -67,72 +76,6 @@ _MAX_DATAGRAM = 16384  # well above any path MTU, below OpenSSL's DTLS read buff
 _READ_SIZE = 65536  # larger than any record, so a record is never read in pieces
 
 _HANDSHAKE_TYPES = (ContentType.HANDSHAKE, ContentType.CHANGE_CIPHER_SPEC)
-
-Role = Literal["client", "server"]
-
-
-class DtlsState(enum.Enum):
-    """Lifecycle of a :class:`DtlsEndpoint`."""
-
-    NEW = "new"
-    HANDSHAKING = "handshaking"
-    CONNECTED = "connected"
-    CLOSED = "closed"
-    FAILED = "failed"
-
-
-class DtlsStateError(RuntimeError):
-    """A local call that the endpoint's current state does not allow."""
-
-
-@dataclass(frozen=True)
-class HandshakeComplete:
-    """The handshake finished and the peer's certificate matched its fingerprint."""
-
-    srtp_profile: str | None
-    remote_fingerprint: str  # "sha-256 AB:CD:..."
-
-
-@dataclass(frozen=True)
-class DataReceived:
-    """One application-data record from the peer."""
-
-    data: bytes
-
-
-@dataclass(frozen=True)
-class Closed:
-    """The peer closed the association with a close_notify alert."""
-
-    reason: str
-
-
-@dataclass(frozen=True)
-class Failed:
-    """The handshake or the association failed; the endpoint is unusable."""
-
-    error: str
-
-
-DtlsEvent = HandshakeComplete | DataReceived | Closed | Failed
-
-
-@dataclass(frozen=True)
-class DtlsStatistics:
-    """Snapshot of an endpoint's counters."""
-
-    state: DtlsState
-    role: Role
-    datagrams_sent: int
-    bytes_sent: int
-    datagrams_received: int
-    bytes_received: int
-    datagrams_dropped: int
-    retransmissions: int
-    application_bytes_sent: int
-    application_bytes_received: int
-    srtp_profile: str | None
-
 
 class DtlsEndpoint:
     """One end of a DTLS 1.2 association, driven entirely by its caller.
@@ -211,6 +154,7 @@ class DtlsEndpoint:
         self._app_bytes_sent = 0
         self._app_bytes_received = 0
         self._cleartext_mtu: int | None = None
+        self._cipher: RecordCipher | None = None  # the data path, once connected
 
     # ----------------------------------------------------------------- inputs
 
@@ -239,7 +183,10 @@ class DtlsEndpoint:
         sequence of whole DTLS records; every protocol failure inside the
         records becomes a :class:`Failed` event instead.
         """
-        if self.state is DtlsState.CONNECTED and self._receive_application_record(datagram):
+        if self.state is DtlsState.CONNECTED and _is_one_application_record(datagram):
+            data = self._decrypt(datagram)
+            if data is not None:
+                self._events.append(DataReceived(data))
             return
         if self.state in (DtlsState.CLOSED, DtlsState.FAILED):
             self._datagrams_dropped += 1
@@ -282,29 +229,48 @@ class DtlsEndpoint:
             ):
                 self._retransmit_flight()
 
-    def _receive_application_record(self, datagram: bytes) -> bool:
-        """Fast path for the bulk of the traffic: a datagram that is exactly one
-        application_data record. No record parsing and no output collection: such a
-        record never makes OpenSSL write anything (no renegotiation in WebRTC). Returns
-        False to take the general path (handshake records, alerts, several records)."""
+    def receive_application_data(self, datagram: bytes, now: float) -> bytes | None:
+        """:meth:`receive` for the data path: returns the plaintext of a datagram that is
+        exactly one application-data record instead of queuing a :class:`DataReceived`.
+
+        Returns None for every other datagram (handled by :meth:`receive`) and for a
+        record OpenSSL discards: poll events then. Raises like :meth:`receive`.
+        """
+        cipher = self._cipher  # set exactly while connected
         size = len(datagram)
-        if not 13 < size <= _MAX_DATAGRAM or datagram[0] != ContentType.APPLICATION_DATA or (
-            int.from_bytes(datagram[11:13], "big") + 13 != size
-        ):
-            return False
+        if (
+            cipher is not None and 13 < size <= _MAX_DATAGRAM and datagram[0] == 23
+            and int.from_bytes(datagram[11:13], "big") + 13 == size and type(datagram) is bytes
+        ):  # _decrypt(), inlined: this is the per-datagram path of a transfer
+            self._datagrams_received += 1
+            self._bytes_received += size
+            data = cipher.decrypt(datagram)
+            if data:
+                self._app_bytes_received += len(data)
+                return data
+            if data is None:
+                self._read_application_data()  # events: what went wrong
+            return None  # or a replayed or unauthentic record: OpenSSL dropped it
+        self.receive(datagram, now)
+        return None
+
+    def _decrypt(self, datagram: bytes) -> bytes | None:
+        """One application-data record: no record parsing and no output collection (such
+        a record never makes OpenSSL write anything: WebRTC never renegotiates)."""
         self._datagrams_received += 1
-        self._bytes_received += size
-        self._ssl.bio_write(bytes(datagram))
-        try:
-            data = self._ssl.recv(_READ_SIZE)
-        except SSL.WantReadError:
-            return True  # a replayed or unauthentic record: OpenSSL dropped it
-        except SSL.Error as exc:
-            self._fail(f"DTLS connection failed: {_describe(exc)}")
-            return True
-        self._app_bytes_received += len(data)
-        self._events.append(DataReceived(data))
-        return True
+        self._bytes_received += len(datagram)
+        datagram = datagram if type(datagram) is bytes else bytes(datagram)
+        if self._cipher is not None:
+            data = self._cipher.decrypt(datagram)
+            if data:
+                self._app_bytes_received += len(data)
+                return data
+            if data is not None:
+                return None  # a replayed or unauthentic record: OpenSSL dropped it
+        else:
+            self._ssl.bio_write(datagram)
+        self._read_application_data()  # events: the data, or what went wrong
+        return None
 
     def send(self, data: bytes) -> None:
         """Encrypt ``data`` as one application-data record.
@@ -312,31 +278,57 @@ class DtlsEndpoint:
         Raises :class:`DtlsStateError` unless connected, and :class:`ValueError` if
         ``data`` would not fit one datagram (see :meth:`max_application_data`).
         """
+        datagram = self._encrypt(data)
+        if datagram is not None:
+            self._transmits.append(datagram)
+
+    def encrypt(self, data: bytes) -> bytes | None:
+        """:meth:`send` for the data path: returns the datagram (one record) for the
+        caller to send itself, after anything :meth:`poll_transmit` still holds.
+
+        Returns None when there is nothing to send (empty ``data``; a failure, which
+        queues a :class:`Failed` event). Raises like :meth:`send`.
+        """
+        cipher = self._cipher  # set exactly while connected
+        size = len(data)
+        if cipher is not None and 0 < size <= self._cleartext_mtu and type(data) is bytes:
+            datagram = cipher.encrypt(data)  # _encrypt(), inlined for the data path
+            if datagram is not None:
+                if not datagram:
+                    return None  # unreachable: OpenSSL wrote the record somewhere
+                self._app_bytes_sent += size
+                self._datagrams_sent += 1
+                self._bytes_sent += len(datagram)
+                return datagram
+        datagram = self._encrypt(data)
+        if datagram is not None:
+            self._datagrams_sent += 1
+            self._bytes_sent += len(datagram)
+        return datagram
+
+    def _encrypt(self, data: bytes) -> bytes | None:
         if self.state is not DtlsState.CONNECTED:
             raise DtlsStateError(f"cannot send in state {self.state.value}")
-        if len(data) > self.max_application_data():
+        size = len(data)
+        if size > self.max_application_data():
             raise ValueError(
-                f"{len(data)} bytes exceed one record within the {self.mtu}-byte MTU "
+                f"{size} bytes exceed one record within the {self.mtu}-byte MTU "
                 f"({self.max_application_data()} bytes)"
             )
-        if not data:
-            return  # an empty record carries nothing and some stacks reject it
-        try:
-            self._ssl.send(bytes(data))
-        except SSL.Error as exc:
-            self._fail(f"DTLS send failed: {_describe(exc)}")
-            return
-        self._app_bytes_sent += len(data)
-        # One record that fits the MTU (checked above) and nothing else pending: it is
-        # the datagram, no need to parse and re-pack OpenSSL's output.
-        try:
-            output = self._ssl.bio_read(_READ_SIZE)
-        except SSL.WantReadError:
-            return
-        if len(output) <= self.mtu:
-            self._transmits.append(output)
-        else:
-            self._transmits.extend(pack_records(parse_records_untrusted(output), self.mtu))
+        if not size:
+            return None  # an empty record carries nothing and some stacks reject it
+        data = data if type(data) is bytes else bytes(data)
+        output = None if self._cipher is None else self._cipher.encrypt(data)
+        if output is None:
+            try:
+                self._ssl.send(data)
+                output = self._ssl.bio_read(_READ_SIZE)
+            except SSL.Error as exc:
+                self._fail(f"DTLS send failed: {_describe(exc)}")
+                return None
+        self._app_bytes_sent += size
+        # One record within the MTU (the size check above): it is the whole datagram.
+        return output or None
 
     def max_application_data(self) -> int:
         """Largest payload :meth:`send` accepts: what fits one record in one datagram."""
@@ -356,6 +348,7 @@ class DtlsEndpoint:
             self._collect_output()
         if self.state not in (DtlsState.FAILED,):
             self.state = DtlsState.CLOSED
+        self._cipher = None
         self._stop_timers()
 
     def handle_timeout(self, now: float) -> None:
@@ -450,6 +443,8 @@ class DtlsEndpoint:
         profile = self._ssl.get_selected_srtp_profile()
         self.srtp_profile = profile.decode("ascii") if profile else None
         self.state = DtlsState.CONNECTED
+        self._cleartext_mtu = self._ssl.get_cleartext_mtu()
+        self._cipher = record_cipher(self._ssl)
         self._events.append(HandshakeComplete(self.srtp_profile, self.remote_fingerprint))
         return True
 
@@ -485,6 +480,7 @@ class DtlsEndpoint:
                     pass
                 self._collect_output()
                 self.state = DtlsState.CLOSED
+                self._cipher = None
                 self._events.append(Closed("peer sent close_notify"))
                 return
             except SSL.Error as exc:
@@ -528,9 +524,18 @@ class DtlsEndpoint:
     def _fail(self, error: str) -> None:
         self._collect_output()  # a fatal alert OpenSSL queued still goes out
         self.state = DtlsState.FAILED
+        self._cipher = None
         self._flight = []
         self._stop_timers()
         self._events.append(Failed(error))
+
+
+def _is_one_application_record(datagram: bytes) -> bool:
+    size = len(datagram)
+    return (
+        13 < size <= _MAX_DATAGRAM and datagram[0] == 23
+        and int.from_bytes(datagram[11:13], "big") + 13 == size
+    )
 
 
 def _accept_any_certificate(*_args: object) -> bool:

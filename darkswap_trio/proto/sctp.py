@@ -28,6 +28,7 @@ than reported.
 from __future__ import annotations
 
 import random
+import struct
 from collections import deque
 
 from .errors import SctpParseError
@@ -49,7 +50,9 @@ from .sctp_chunks import (
     ShutdownChunk,
     ShutdownCompleteChunk,
     UnknownChunk,
+    parse_lone_data_untrusted,
     parse_packet_untrusted,
+    parse_plain_sack_untrusted,
     seal_packet,
 )
 from .sctp_events import (
@@ -68,6 +71,7 @@ from .sctp_heartbeat import PathHeartbeat
 from .sctp_reconfig import StreamResetter
 from .sctp_sender import OutboundMessage, SctpSender
 from .sctp_streams import DROPPED, IN_ORDER, MASK32, SctpReceiver
+from .sctp_teardown import AssociationTeardown
 
 __all__ = [
     "BufferedAmountLow", "Closed", "Connected", "MessageReceived", "OutgoingStreamsReset",
@@ -81,10 +85,9 @@ _RECEIVE_STATES = (
     SctpState.SHUTDOWN_SENT,
 )
 _LIVE_STATES = (*_RECEIVE_STATES, SctpState.SHUTDOWN_RECEIVED)
-_SHUTDOWN_WAITING = (SctpState.SHUTDOWN_PENDING, SctpState.SHUTDOWN_RECEIVED)
 
 
-class SctpAssociation(AssociationSetup):
+class SctpAssociation(AssociationTeardown, AssociationSetup):
     """One SCTP association over an already secured datagram transport (DTLS).
 
     ``is_client`` is the DTLS role; SCTP itself is symmetric in WebRTC (both ends may
@@ -134,6 +137,8 @@ class SctpAssociation(AssociationSetup):
         self._max_init_retransmissions = max_init_retransmissions
         self._cookie_lifetime = cookie_lifetime
         self._local_tag = rng.randrange(1, 1 << 32)
+        # What every packet for us starts with: ports and our tag (INIT aside).
+        self._inbound_header = struct.pack("!HHI", remote_port, local_port, self._local_tag)
         self._local_tsn = rng.randrange(0, 1 << 32) if initial_tsn is None else initial_tsn
         self._secret = rng.getrandbits(256).to_bytes(32, "big")
         self._peer_tag = 0
@@ -252,21 +257,24 @@ class SctpAssociation(AssociationSetup):
         if self._resetter.queued and self._state is SctpState.ESTABLISHED:
             self._resetter.poll(self._now)
         parts: list[bytes] = []
-        room = self._mtu - 12
+        # Every chunk is padded to 4 bytes: a budget that is not a multiple of 4 could
+        # be overshot by the padding of the last DATA chunk.
+        room = (self._mtu - 12) & ~3
         control = self._control
-        while control and len(control[0]) <= room:
-            chunk = control.pop(0)
-            parts.append(chunk)
-            room -= len(chunk)
-        if control and not parts and len(control[0]) > room:
-            # Too big for any packet (an echo of a huge peer HEARTBEAT, say): drop it
-            # rather than block every chunk behind it.
-            control.pop(0)
+        if control:
+            while control and len(control[0]) <= room:
+                chunk = control.pop(0)
+                parts.append(chunk)
+                room -= len(chunk)
+            if control and not parts and len(control[0]) > room:
+                # Too big for any packet (an echo of a huge peer HEARTBEAT, say): drop it
+                # rather than block every chunk behind it.
+                control.pop(0)
         sender = self._sender
         can_send_data = self._state in _DATA_STATES
-        receiver = self._receiver
-        if receiver is not None and room >= 16 and (
-            self._sack_due or (self._unacked_packets and can_send_data and sender.wants_to_send())
+        if (self._sack_due or self._unacked_packets) and self._receiver is not None and (
+            room >= 16
+            and (self._sack_due or (can_send_data and sender.wants_to_send()))
         ):
             sack = self._build_sack(room)
             parts.append(sack)
@@ -286,7 +294,7 @@ class SctpAssociation(AssociationSetup):
                 self._check_shutdown()
         if not parts:
             return None
-        return self._seal(self._peer_tag, b"".join(parts))
+        return self._seal(self._peer_tag, parts[0] if len(parts) == 1 else b"".join(parts))
 
     def _seal(self, vtag: int, body: bytes) -> bytes:
         packet = seal_packet(self.local_port, self.remote_port, vtag, body)
@@ -341,6 +349,28 @@ class SctpAssociation(AssociationSetup):
     def receive(self, packet: bytes, now: float) -> None:
         """Handle one packet from the transport; malformed or foreign packets are dropped."""
         self._now = now
+        if self._state is SctpState.ESTABLISHED:
+            # The bulk of a transfer, decoded cheaply: what the loop below does for them.
+            chunk = parse_lone_data_untrusted(packet, self._inbound_header)
+            if chunk is not None:
+                self._packets_received += 1
+                self._bytes_received += len(packet)
+                if self._sack_due and self._unacked_packets >= self._max_packets_per_sack:
+                    self._solo.append((self._peer_tag, self._build_sack(self._mtu - 12)))
+                verdict = self._receiver.receive_data(chunk)  # type: ignore[union-attr]
+                unacked = self._unacked_packets = self._unacked_packets + 1  # _after_data()
+                self._resetter.after_data()
+                if unacked >= 2 or verdict != IN_ORDER or chunk.flags & DATA_IMMEDIATE:
+                    self._sack_due = True
+                elif self._sack_deadline is None:
+                    self._sack_deadline = now + self._delayed_ack
+                return
+            sack = parse_plain_sack_untrusted(packet, self._inbound_header)
+            if sack is not None:
+                self._packets_received += 1
+                self._bytes_received += 28
+                self._sender.handle_sack(sack[0], sack[1], [], now)
+                return  # ESTABLISHED: no shutdown to check
         try:
             header, chunks = parse_packet_untrusted(packet)
         except SctpParseError:
@@ -441,75 +471,6 @@ class SctpAssociation(AssociationSetup):
         if self._receiver is not None and self._state in _LIVE_STATES:
             self._resetter.handle_chunk(chunk)
 
-    # --- teardown --------------------------------------------------------------------
-
-    def _check_shutdown(self) -> None:
-        if self._state not in _SHUTDOWN_WAITING or not self._sender.idle():
-            return
-        receiver = self._receiver
-        assert receiver is not None
-        if self._state is SctpState.SHUTDOWN_PENDING:
-            self._state = SctpState.SHUTDOWN_SENT
-            self._control.append(ShutdownChunk(receiver.cum_tsn & MASK32).encode())
-            self._t2_count = 0
-            self._t2_deadline = self._now + self._sender.rto
-        elif self._state is SctpState.SHUTDOWN_RECEIVED:
-            self._state = SctpState.SHUTDOWN_ACK_SENT
-            self._control.append(ShutdownAckChunk().encode())
-            self._t2_count = 0
-            self._t2_deadline = self._now + self._sender.rto
-
-    def _on_shutdown(self, chunk: ShutdownChunk) -> None:
-        if self._state not in _LIVE_STATES or self._state is SctpState.COOKIE_ECHOED:
-            return
-        sender = self._sender
-        sender.handle_sack(chunk.cum_tsn, sender.peer_rwnd + sender.flight, [], self._now)
-        if self._state is SctpState.SHUTDOWN_SENT:
-            self._state = SctpState.SHUTDOWN_ACK_SENT
-            self._control.append(ShutdownAckChunk().encode())
-            self._t2_count = 0
-            self._t2_deadline = self._now + sender.rto
-            return
-        self._state = SctpState.SHUTDOWN_RECEIVED
-        self._check_shutdown()
-
-    def _on_shutdown_ack(self, chunk: ShutdownAckChunk) -> None:
-        if self._state in (SctpState.SHUTDOWN_SENT, SctpState.SHUTDOWN_ACK_SENT):
-            self._solo.append((self._peer_tag, ShutdownCompleteChunk().encode()))
-            self._terminate("shutdown complete", graceful=True)
-
-    def _on_shutdown_complete(self, chunk: ShutdownCompleteChunk) -> None:
-        if self._state is SctpState.SHUTDOWN_ACK_SENT:
-            self._terminate("shutdown complete", graceful=True)
-
-    def _on_abort(self, chunk: AbortChunk) -> None:
-        reason = ", ".join(
-            f"cause {code}: {value.decode('utf-8', 'replace')}" if code == 12 else f"cause {code}"
-            for code, value in chunk.causes
-        )
-        self._terminate(f"aborted by peer ({reason})" if reason else "aborted by peer")
-
-    def _on_error(self, chunk: ErrorChunk) -> None:
-        """Operation errors (unrecognized chunk/parameter, stale cookie) are not fatal."""
-
-    def _on_unknown(self, chunk: UnknownChunk) -> bool:
-        """RFC 9260 3.2: the top two bits of the type say skip or stop, report or not."""
-        action = chunk.chunk_type >> 6
-        if action in (1, 3):
-            cause = (6, chunk.encode())
-            self._control.append(ErrorChunk([cause]).encode())
-        return action >= 2
-
-    def _terminate(self, reason: str, graceful: bool = False) -> None:
-        if self._state is SctpState.TERMINATED:
-            return
-        self._state = SctpState.TERMINATED
-        self._t1_deadline = self._t2_deadline = self._sack_deadline = None
-        self._heartbeat.deadline = None
-        self._sender.t3_deadline = None
-        self._resetter.deadline = None
-        self._events.append(Closed(reason, graceful))
-
     # --- timers ----------------------------------------------------------------------
 
     def handle_timeout(self, now: float) -> None:
@@ -536,18 +497,6 @@ class SctpAssociation(AssociationSetup):
             self._control.append(chunk)
         if self._resetter.deadline is not None and now >= self._resetter.deadline:
             self._resetter.handle_timeout(now)
-
-    def _on_t2(self, now: float) -> None:
-        self._t2_count += 1
-        if self._t2_count > self._max_retransmissions:
-            self._terminate("shutdown timed out")
-            return
-        self._t2_deadline = now + min(self._sender.rto * 2**self._t2_count, self._sender.rto_max)
-        receiver = self._receiver
-        if self._state is SctpState.SHUTDOWN_SENT and receiver is not None:
-            self._control.append(ShutdownChunk(receiver.cum_tsn & MASK32).encode())
-        elif self._state is SctpState.SHUTDOWN_ACK_SENT:
-            self._control.append(ShutdownAckChunk().encode())
 
     def statistics(self) -> SctpStatistics:
         """A frozen snapshot of counters, windows and RTT estimates."""

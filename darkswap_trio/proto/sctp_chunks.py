@@ -26,7 +26,7 @@ __all__ = [
     "HeartbeatAckChunk", "HeartbeatChunk", "InitAckChunk", "InitChunk", "OutgoingResetRequest",
     "ReconfigChunk", "ReconfigResponse", "SackChunk", "ShutdownAckChunk", "ShutdownChunk",
     "ShutdownCompleteChunk", "UnknownChunk", "UnknownReconfigParam", "encode_packet",
-    "parse_packet_untrusted", "seal_packet",
+    "parse_lone_data_untrusted", "parse_packet_untrusted", "parse_plain_sack_untrusted", "seal_packet",
 ]
 
 # DATA chunk flags (RFC 9260 3.3.1; I is RFC 7053 SACK-IMMEDIATELY).
@@ -475,6 +475,47 @@ def parse_packet_untrusted(data: bytes) -> tuple[CommonHeader, list[Chunk]]:
         raise
     except (struct.error, ValueError, TypeError, IndexError) as exc:
         raise SctpParseError(f"malformed SCTP packet: {exc}") from exc
+
+
+_DATA_FIELDS = struct.Struct("!IHHI")
+_PAIR32 = struct.Struct("!II")
+
+
+def parse_lone_data_untrusted(packet: bytes, header: bytes) -> DataChunk | None:
+    """The bulk of a transfer, decoded cheaply: ``packet`` is exactly one DATA chunk
+    behind the common header ``header`` (ports and verification tag, 8 bytes), and its
+    CRC32c is correct. Returns None for any other packet (decode it with
+    :func:`parse_packet_untrusted`); raises nothing.
+    """
+    n = len(packet)
+    if n < 29 or type(packet) is not bytes or packet[12] != 0 or not packet.startswith(header):
+        return None
+    end = 12 + ((packet[14] << 8) | packet[15])
+    # One chunk: it ends the packet, padding included (or a last chunk's padding omitted).
+    if end < 29 or (end != n and (end + 3) & ~3 != n):
+        return None
+    if _crc32c(packet[:8] + b"\x00\x00\x00\x00" + packet[12:]) != int.from_bytes(
+        packet[8:12], "little"
+    ):
+        return None
+    tsn, sid, ssn, ppid = _DATA_FIELDS.unpack_from(packet, 16)
+    return DataChunk(tsn, sid, ssn, ppid, packet[28:end], packet[13])
+
+
+def parse_plain_sack_untrusted(packet: bytes, header: bytes) -> tuple[int, int] | None:
+    """The sender's side of a transfer: ``packet`` is exactly one SACK with neither gap
+    blocks nor duplicates behind ``header``, with a correct CRC32c. Returns its
+    (cumulative TSN, a_rwnd), or None for any other packet; raises nothing.
+    """
+    if (
+        len(packet) != 28 or type(packet) is not bytes or packet[12] != 3
+        or packet[14:16] != b"\x00\x10" or packet[24:28] != b"\x00\x00\x00\x00"
+        or not packet.startswith(header)
+        or _crc32c(packet[:8] + b"\x00\x00\x00\x00" + packet[12:])
+        != int.from_bytes(packet[8:12], "little")
+    ):
+        return None
+    return _PAIR32.unpack_from(packet, 16)
 
 
 def seal_packet(

@@ -186,59 +186,63 @@ class SctpSender:
         if self.t3_deadline is None and sent:
             self.t3_deadline = now + self.rto
         rotation = self._rotation
+        if not rotation or room <= 16:
+            return room
+        # The per-packet loop of a transfer: counters in locals, stored once at the end.
+        queues, ssns = self._queues, self._ssn
+        flight, cwnd, peer_rwnd, next_tsn = self.flight, self.cwnd, self.peer_rwnd, self.next_tsn
+        first_tsn = next_tsn
         while rotation and room > 16:
-            if self.flight >= self.cwnd or (self.flight and self.peer_rwnd <= 0):
+            if flight >= cwnd or (flight and peer_rwnd <= 0):
                 break
-            message = self._queues[rotation[0]][0]
+            message = queues[rotation[0]][0]
             data = message.data
-            remaining = len(data) - message.offset
-            if message.offset == 0:
-                if message.expiry is not None and now >= message.expiry:
-                    self._dequeue(message, rotate=False)
-                    self.abandoned_messages += 1
-                    self._release(message.stream_id, len(data))
-                    continue
-                if remaining > room - 16 and room - 16 < _MIN_FRAGMENT:
-                    break
+            start = message.offset
+            remaining = len(data) - start
+            if start == 0 and message.expiry is not None and now >= message.expiry:
+                self._dequeue(message, rotate=False)
+                self.abandoned_messages += 1
+                self._release(message.stream_id, len(data))
+                continue
+            size = room - 16
+            if remaining > size and size < _MIN_FRAGMENT:
+                break
+            if start == 0:
                 flags = DATA_BEGINNING
                 if message.unordered:
                     flags |= DATA_UNORDERED
                 else:
                     sid = message.stream_id
-                    message.ssn = self._ssn.get(sid, 0)
-                    self._ssn[sid] = (message.ssn + 1) & 0xFFFF
+                    message.ssn = ssns.get(sid, 0)
+                    ssns[sid] = (message.ssn + 1) & 0xFFFF
             else:
-                if remaining > room - 16 and room - 16 < _MIN_FRAGMENT:
-                    break
                 flags = DATA_UNORDERED if message.unordered else 0
-            size = room - 16
             if remaining <= size:
                 size = remaining
                 flags |= DATA_END
                 self._dequeue(message, rotate=True)
                 self.messages_sent += 1
-            start = message.offset
-            payload = data[start : start + size] if size != len(data) else data
             message.offset = start + size
-            tsn = self.next_tsn
-            self.next_tsn = tsn + 1
             length = 16 + size
             wire = DATA_HEADER.pack(
-                0, flags, length, tsn & MASK32, message.stream_id, message.ssn, message.ppid
-            ) + payload
+                0, flags, length, next_tsn & MASK32, message.stream_id, message.ssn, message.ppid
+            ) + (data[start : start + size] if size != len(data) else data)
             if length & 3:
                 wire += _PADDING[length & 3]
-            chunk = SentChunk(tsn, message, size, wire)
-            sent[tsn] = chunk
+            chunk = SentChunk(next_tsn, message, size, wire)
+            sent[next_tsn] = chunk
+            next_tsn += 1
             if message.chunks is not None:
                 message.chunks.append(chunk)
-            self.flight += size
-            self.peer_rwnd -= size
-            if self._rtt_probe_tsn is None:
-                self._rtt_probe_tsn = tsn
-                self._rtt_probe_time = now
+            flight += size
+            peer_rwnd -= size
             parts.append(wire)
             room -= len(wire)
+        self.flight, self.peer_rwnd, self.next_tsn = flight, peer_rwnd, next_tsn
+        if next_tsn != first_tsn:
+            if self._rtt_probe_tsn is None:
+                self._rtt_probe_tsn = first_tsn
+                self._rtt_probe_time = now
             if self.t3_deadline is None:
                 self.t3_deadline = now + self.rto
         return room

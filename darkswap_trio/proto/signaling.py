@@ -277,10 +277,19 @@ def _decode_value(kind: str, key: str, value: Any) -> Any:
     raise AssertionError(kind)  # pragma: no cover
 
 
+# Built once: json.loads / json.dumps with any non-default option build a new
+# decoder / encoder on every call (a measurable part of a relay's registration).
+_JSON_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+_JSON_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
 def decode_message_untrusted(text: str | bytes) -> Message:
     """Parse one JSON text frame. Raises only SignalingParseError (``.code`` for the reply)."""
     try:
-        obj = json.loads(text, parse_constant=_reject_constant)
+        if type(text) is str and not text.startswith("\ufeff"):
+            obj = _JSON_DECODER.decode(text)
+        else:  # bytes, or a BOM json.loads rejects with its own message
+            obj = json.loads(text, parse_constant=_reject_constant)
     except SignalingParseError:
         raise
     except (ValueError, RecursionError, TypeError):
@@ -338,7 +347,7 @@ def encode_message(msg: Message) -> str:
                 payload[key] = None
             continue
         payload[key] = _encode_value(kind, value)
-    return json.dumps({"type": type(msg).__name__, "payload": payload}, separators=(",", ":"))
+    return _JSON_ENCODER.encode({"type": type(msg).__name__, "payload": payload})
 
 
 # -- binary circuit frames --------------------------------------------------------------
