@@ -9,8 +9,7 @@ apply the description locally (W3C ``setLocalDescription``) and start gathering.
 
 Roles follow JSEP: the offerer controls ICE and offers ``a=setup:actpass``; our answers
 pick ``active`` (we send the ClientHello, saving a round trip). ICE pacing (Ta) is
-announced as ``a=ice-pacing`` (RFC 8839 section 5.5; added to the rendered SDP here,
-since :mod:`darkswap_trio.proto.sdp` does not render it) and the higher of both
+announced as ``a=ice-pacing`` (RFC 8839 section 5.5) and the higher of both
 proposals is used, 50 ms for a peer that proposes nothing.
 """
 
@@ -19,7 +18,6 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import random
-import re
 import socket
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -64,7 +62,6 @@ __all__ = [
     "open_peer_connection",
 ]
 
-_PACING_LINE = re.compile(r"^a=ice-pacing:([0-9]{1,9})\r?$", re.MULTILINE)
 _MAX_EARLY_CANDIDATES = 256
 ConnectionState = Literal["new", "connecting", "connected", "disconnected", "failed", "closed"]
 
@@ -87,10 +84,14 @@ class PeerConnectionConfig:
     buffers for its reader before SCTP stops delivering (its window then closes; SCTP
     delivers in arrival order, so a channel nobody reads eventually holds up the other
     channels of the connection too: read, or close, every channel you accept).
-    ``max_packets_per_sack``: we acknowledge at least every that many SCTP packets
-    (RFC 9260: 2); None sends one SACK per batch of datagrams read, which costs the
-    sender far less per byte but slows the window growth of RFC-strict senders
-    (browsers, aiortc) in slow start.
+    ``max_packets_per_sack``: one SACK per batch of datagrams read, but at least every
+    that many SCTP packets (RFC 9260 asks for every second; None: no bound). A batch
+    only holds several packets when they arrive faster than we process them (fast,
+    low-RTT paths: short slow-start rounds), and each SACK costs both ends a whole
+    datagram; the bound keeps per-SACK window growth (browsers, aiortc) going, as
+    QUIC's ACK decimation does with 10. ``udp_offload``: send runs of equal-sized
+    datagrams with one syscall (Linux UDP GSO) and read coalesced runs (UDP GRO) where
+    the kernel supports it; False keeps to one syscall per datagram.
     """
 
     stun_servers: Sequence[tuple[str, int]] = ()
@@ -104,7 +105,8 @@ class PeerConnectionConfig:
     certificate: DtlsCertificate | None = None
     high_water_mark: int = 1 << 20
     receive_buffer_size: int = 1 << 20
-    max_packets_per_sack: int | None = 2
+    max_packets_per_sack: int | None = 16
+    udp_offload: bool = True
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,7 @@ class PeerConnection:
             receive_buffer_size=config.receive_buffer_size,
             high_water_mark=config.high_water_mark,
             max_packets_per_sack=config.max_packets_per_sack,
+            udp_offload=config.udp_offload,
         )
         bound = sock.getsockname()[:2]
         self._port = bound[1]
@@ -168,7 +171,7 @@ class PeerConnection:
             session_version=self._next_version(),
         )
         await trio.lowlevel.checkpoint()
-        return self._with_pacing(sdp)
+        return sdp
 
     async def create_answer(self) -> str:
         """Our answer to the remote offer (applied locally)."""
@@ -179,7 +182,7 @@ class PeerConnection:
             session_version=self._next_version(), setup=self._answer_setup,
         )
         await trio.lowlevel.checkpoint()
-        return self._with_pacing(sdp)
+        return sdp
 
     async def set_remote_description(self, sdp: str, type: Literal["offer", "answer"]) -> None:
         """Apply the peer's offer or answer. Raises SdpParseError for bad SDP."""
@@ -190,7 +193,7 @@ class PeerConnection:
             raise SignalingStateError("renegotiation is not supported")
         description = parse_sdp_untrusted(sdp)
         media = description.data_channel
-        remote_pacing = _announced_pacing(sdp)
+        remote_pacing = _announced_pacing(description)
         if type == "offer":
             if self._role is not None:
                 raise SignalingStateError("got an offer while we have our own offer out")
@@ -205,8 +208,8 @@ class PeerConnection:
             role = dtls_role_from_answer(media.setup, we_are_offerer=True)
             assert core.ice is not None
             # Checks start only with the remote credentials below, so the agreed Ta
-            # still applies to every check. (IceAgent has no public setter for it.)
-            core.ice._pacing = self._agreed_pacing(remote_pacing)
+            # still applies to every check.
+            core.ice.set_pacing(self._agreed_pacing(remote_pacing))
         else:
             raise ValueError(f"type must be 'offer' or 'answer', not {type!r}")
         self._remote = description
@@ -357,27 +360,22 @@ class PeerConnection:
             candidates=tuple(IceCandidate.from_aioice(c) for c in gathered if c is not None),
             end_of_candidates=None in gathered,
             max_message_size=self.config.max_message_size,
+            ice_pacing=max(1, round(self.config.ice_pacing * 1000)),
         )
 
     def _agreed_pacing(self, remote: float | None) -> float:
         return max(self.config.ice_pacing, TA if remote is None else remote)
-
-    def _with_pacing(self, sdp: str) -> str:
-        milliseconds = max(1, round(self.config.ice_pacing * 1000))
-        head, sep, tail = sdp.partition("\r\nm=")
-        return f"{head}\r\na=ice-pacing:{milliseconds}{sep}{tail}"
 
     def _next_version(self) -> int:
         self._session_version += 1
         return self._session_version
 
 
-def _announced_pacing(sdp: str) -> float | None:
+def _announced_pacing(description: SessionDescription) -> float | None:
     """The peer's ``a=ice-pacing`` in seconds (5 ms at least), None if absent."""
-    match = _PACING_LINE.search(sdp)
-    if match is None:
+    if description.ice_pacing is None:
         return None
-    return max(0.005, int(match.group(1)) / 1000)
+    return max(0.005, description.ice_pacing / 1000)
 
 
 def _bind_socket(config: PeerConnectionConfig) -> tuple[socket.socket, list[str]]:

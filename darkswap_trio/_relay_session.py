@@ -59,6 +59,8 @@ class RelaySessionStatistics:
     circuits: int
     frames_received: int
     errors_received: int
+    dropped_signals: int
+    refused_circuits: int
 
 
 class RelaySession:
@@ -89,6 +91,8 @@ class RelaySession:
         self.close_cause: BaseException | None = None
         self.frames_received = 0
         self.errors_received = 0
+        self.dropped_signals = 0  # signals dropped because nobody read `signals` in time
+        self.refused_circuits = 0  # incoming circuits refused because nobody accepted them
 
     # -- outbound ----------------------------------------------------------------------
 
@@ -166,7 +170,8 @@ class RelaySession:
         return RelaySessionStatistics(
             relay=str(self.address), relay_peer_id=self.relay_peer_id, latency_ms=self.latency_ms,
             circuits=len(self._circuits), frames_received=self.frames_received,
-            errors_received=self.errors_received,
+            errors_received=self.errors_received, dropped_signals=self.dropped_signals,
+            refused_circuits=self.refused_circuits,
         )
 
     # -- circuits --------------------------------------------------------------------
@@ -247,13 +252,25 @@ class RelaySession:
                 done.set()
             self.last_pong = trio.current_time()
         elif isinstance(msg, (sig.Offer, sig.Answer, sig.IceCandidate)):
-            await self._signal_send.send(msg)
+            # Never block the reader on a slow (or absent) signal consumer: any peer
+            # could otherwise stall this session, circuits included, with a few Offers.
+            try:
+                self._signal_send.send_nowait(msg)
+            except trio.WouldBlock:
+                self.dropped_signals += 1
+                log.warning("relay %s: signal queue full, dropped %s from %s",
+                            self.address, sig.message_type(msg), msg.from_)
         elif isinstance(msg, sig.RelayResponse):
             self._on_relay_response(msg)
         elif isinstance(msg, sig.DataChannel):
             circuit = self._new_circuit(msg.relay_id, msg.peer_id, msg.limits, initiator=False)
             if circuit is not None:
-                await self._incoming_send.send(circuit)
+                try:
+                    self._incoming_send.send_nowait(circuit)
+                except trio.WouldBlock:  # nobody accepts: refuse rather than stall
+                    self.refused_circuits += 1
+                    circuit._remote_close("refused")
+                    await self._send_close(circuit.relay_id)
         elif isinstance(msg, sig.RelayData):  # only if the relay didn't convert to binary
             try:
                 circuit = self._circuits.get(uuid.UUID(msg.relay_id).bytes)

@@ -5,7 +5,9 @@ Why not trio-websocket: it spends ~160 us of CPU per forwarded 64 KiB message, r
 connection owns no task: :meth:`WebSocketConnection.receive` reads the socket in the
 caller's task (answering pings on the way), reads are sized adaptively (small while
 idle, up to 256 KiB under load, or exactly what a half-received frame still needs) and
-a frame's header and payload leave in a single ``send_all``.
+a frame's header and payload leave in a single ``send_all``. A relay forwards without a
+writer task: :meth:`WebSocketConnection.try_send_nowait` writes a frame at once when the
+socket has room (``writev``, no joined copy), keeping any tail for the next send.
 
 Errors follow trio: ClosedResourceError after our own close, BrokenResourceError (cause
 chained) when the peer or the transport failed, EndOfChannel from ``receive`` after the

@@ -306,7 +306,8 @@ class WebSocketConnection:
             while True:
                 event = core.poll_event()
                 if event is None:
-                    self._check_receivable()
+                    if self._local_closed or self._broken is not None or self._peer_closed:
+                        self._check_receivable()
                     # Adaptive read size, inlined (one coroutine frame less per idle
                     # connection): exactly what a partial frame still needs, else a size
                     # that doubles while reads come back full and halves when they don't.
@@ -361,12 +362,12 @@ class WebSocketConnection:
         short read the socket is almost always empty, so wait first (a relay hop costs
         one read, one write and one epoll registration). A checkpoint either way.
         """
-        fd = sock.fileno()
-        if fd < 0:
-            raise trio.ClosedResourceError("socket was closed")
         if self._drained:
             await trio.lowlevel.wait_readable(sock)
         else:
+            fd = sock.fileno()
+            if fd < 0:
+                raise trio.ClosedResourceError("socket was closed")
             await trio.lowlevel.checkpoint_if_cancelled()
             try:
                 data = os.read(fd, want)

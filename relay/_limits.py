@@ -97,7 +97,7 @@ class TokenBucket:
 
     def try_take(self, amount: float, now: float) -> bool:
         """Take ``amount`` tokens if available; return whether it was allowed."""
-        if self.unlimited:
+        if self.rate == 0:  # unlimited (not the property: this runs for every frame)
             return True
         self._refill(now)
         if amount <= self._tokens:

@@ -88,7 +88,7 @@ class SignalingSession:
         "router", "ws", "remote_ip", "peer_id", "registered", "_jwt", "_limits", "_mode",
         "_handshake_deadline", "_last_activity", "_activity", "_token_deadline", "_handshake",
         "_messages", "_bytes", "_strikes", "_out", "_credit_wakeup", "_close_code",
-        "_close_reason", "_read_scope", "_nursery", "_writer_done", "_reader_done",
+        "_close_reason", "_read_scope", "_stopped", "_nursery", "_writer_done", "_reader_done",
     )  # fmt: skip
 
     def __init__(
@@ -131,7 +131,8 @@ class SignalingSession:
         self._credit_wakeup: trio.Event | None = None  # a legacy sender waits for credit
         self._close_code: int | None = None
         self._close_reason = ""
-        self._read_scope = trio.CancelScope()
+        self._read_scope = trio.CancelScope()  # the one the reader is in (see _read_loop)
+        self._stopped = False
         # The writer task starts when a frame first has to wait (or to close): a frame
         # written at once needs none, so an idle session holds one task, not two.
         self._nursery: trio.Nursery | None = None
@@ -187,7 +188,7 @@ class SignalingSession:
             self.router.metrics.error_sent(error.code or "none")
         self._close_code = code
         self._close_reason = reason
-        self._read_scope.cancel()
+        self._stop_reading()
         self._out.wake()
 
     def abort(self, why: str) -> None:
@@ -211,7 +212,7 @@ class SignalingSession:
             return self._out.write_now(frame)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             # The connection is gone: what the writer does on a failed send.
-            self._read_scope.cancel()
+            self._stop_reading()
             self._out.wake()
             return True
 
@@ -304,7 +305,7 @@ class SignalingSession:
             with trio.move_on_after(CLOSE_TIMEOUT):
                 await ws.aclose(self._close_code or CLOSE_NORMAL, self._close_reason)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            self._read_scope.cancel()  # the connection is gone; stop reading too
+            self._stop_reading()  # the connection is gone; stop reading too
         finally:
             self._out.release_tail()
             assert self._writer_done is not None
@@ -323,26 +324,33 @@ class SignalingSession:
             return self._token_deadline, "token_expired"
         return idle_deadline, "idle_timeout"
 
+    def _stop_reading(self) -> None:
+        self._stopped = True
+        self._read_scope.cancel()
+
     async def _read_loop(self) -> CloseReason:
         ws = self.ws
-        with self._read_scope:
-            while True:
-                # One deadline scope per idle period, not per frame: it starts with the
-                # deadline as of now, and when it fires the deadline is computed again
-                # (activity since may have moved it).
-                blocking: Coroutine[Any, Any, None] | None = None
-                with trio.CancelScope(deadline=self._deadline()[0]) as timer:
-                    while blocking is None:
-                        try:
-                            frame = await ws.receive()
-                        except _CONNECTION_GONE:
-                            return CloseReason.PEER_DISCONNECTED
-                        blocking = self._on_frame(frame)
-                if blocking is not None:
+        while not self._stopped:
+            # One scope per idle period, not per frame (cancelled by _stop_reading()): when
+            # its deadline passes, the deadline is computed again (activity may move it).
+            blocking: Coroutine[Any, Any, None] | None = None
+            self._read_scope = scope = trio.CancelScope(deadline=self._deadline()[0])
+            with scope:
+                while blocking is None:
+                    try:
+                        frame = await ws.receive()
+                    except _CONNECTION_GONE:
+                        return CloseReason.PEER_DISCONNECTED
+                    blocking = self._on_frame(frame)
+            if blocking is not None:  # may block: no read deadline, still stoppable
+                self._read_scope = scope = trio.CancelScope()
+                with scope:
+                    if self._stopped:
+                        scope.cancel()
                     await blocking
-                    continue
+            elif not self._stopped:
                 deadline, what = self._deadline()
-                if timer.cancelled_caught and trio.current_time() >= deadline:
+                if scope.cancelled_caught and trio.current_time() >= deadline:
                     return self._deadline_passed(what)
         return CloseReason.PEER_DISCONNECTED
 
@@ -575,9 +583,10 @@ class SignalingSession:
         # A legacy sender knows nothing of credit: stop reading until it returns.
         need = min(size, router.circuit_limits.max_data_frame) if wait_for_credit else 0
         balance = router.table.balance(relay_id, me) if need else None
-        if (balance is not None and balance < need) or router.table.send_delay(
-            relay_id, me, size, now
-        ) > 0:
+        if (balance is not None and balance < need) or (
+            router.circuit_limits.bandwidth  # every circuit has the router's limits
+            and router.table.send_delay(relay_id, me, size, now) > 0
+        ):
             return router.deliver_later(self, relay_id, payload, need, frame)
         if not router.deliver(me, relay_id, payload, now, frame):
             self.send_error("unknown_circuit", "no such circuit", relay_id_text(relay_id))

@@ -26,7 +26,7 @@ from .ice_checklist import (
     canonical_addr,
     host_candidate,
 )
-from .ice_connectivity import NOMINATION_DELAY, IceConnectivity
+from .ice_connectivity import MIN_TA, NOMINATION_DELAY, IceConnectivity
 from .ice_events import (
     CandidateGathered,
     DataReceived,
@@ -73,6 +73,19 @@ class IceAgent(IceConnectivity):
     @property
     def selected_pair(self) -> CandidatePair | None:
         return self._selected
+
+    @property
+    def pacing(self) -> float:
+        """Ta in seconds: the interval between new connectivity checks."""
+        return self._pacing
+
+    def set_pacing(self, seconds: float) -> None:
+        """Change Ta, e.g. to the value both peers agreed once the remote description
+        arrives (RFC 8839 section 5.5); checks scheduled from now on use it. Raises
+        ValueError below 5 ms (RFC 8445 section 14.2)."""
+        if not seconds >= MIN_TA:
+            raise ValueError(f"ICE pacing (Ta) must be at least {MIN_TA} s")
+        self._pacing = seconds
 
     @property
     def local_candidates(self) -> list[Candidate]:

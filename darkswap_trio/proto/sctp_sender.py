@@ -284,14 +284,22 @@ class SctpSender:
         newly = 0
         advanced = cum > self.cum_acked
         if advanced:
+            # One SACK may acknowledge a whole window: per-stream sums, released once.
+            released: dict[int, int] = {}
+            flight = self.flight
             for tsn in range(self.cum_acked + 1, cum + 1):
                 chunk = sent.pop(tsn)
                 if not chunk.acked and not chunk.abandoned:
                     chunk.acked = True
-                    newly += chunk.size
+                    size = chunk.size
+                    newly += size
                     if chunk.in_flight:
-                        self.flight -= chunk.size
-                    self._release(chunk.message.stream_id, chunk.size)
+                        flight -= size
+                    sid = chunk.message.stream_id
+                    released[sid] = released.get(sid, 0) + size
+            self.flight = flight
+            for sid, size in released.items():
+                self._release(sid, size)
             self.cum_acked = cum
             if self._rtt_probe_tsn is not None and self._rtt_probe_tsn <= cum:
                 self.update_rtt(now - self._rtt_probe_time)

@@ -28,15 +28,16 @@ from __future__ import annotations
 import dataclasses
 import enum
 import hashlib
-import ipaddress
 import re
 import secrets
 import string
 from dataclasses import dataclass
 
-from aioice.candidate import Candidate
-
 from .errors import SdpParseError
+from .sdp_candidates import IceCandidate as IceCandidate  # re-exported: part of this API
+from .sdp_candidates import _parse_candidate_value
+from .sdp_candidates import parse_candidate_untrusted as parse_candidate_untrusted
+from .sdp_candidates import render_candidate as render_candidate
 
 MAX_SDP_LENGTH = 128 * 1024  # longest SDP we parse; a Chrome offer is a few KiB
 DEFAULT_SCTP_PORT = 5000
@@ -49,11 +50,8 @@ LEGACY_DATA_CHANNEL_PROTOCOL = "DTLS/SCTP"
 _ICE_CHARS = re.compile(r"[A-Za-z0-9+/]+\Z")
 _TOKEN = re.compile(r"[!#$%&'*+\-.0-9A-Z^_`a-z{|}~]{1,64}\Z")
 _DIGITS = re.compile(r"[0-9]{1,20}\Z")
-_MDNS_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})(?:\.[A-Za-z0-9-]{1,63})*\.local\Z")
 _FINGERPRINT_HEX = re.compile(r"[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2})*\Z")
 _HASH_SIZES = {"sha-1": 20, "sha-224": 28, "sha-256": 32, "sha-384": 48, "sha-512": 64}
-_CANDIDATE_TYPES = ("host", "srflx", "prflx", "relay")
-_TCP_TYPES = ("active", "passive", "so")
 
 
 class DtlsSetup(enum.Enum):
@@ -93,45 +91,6 @@ class DtlsFingerprint:
     def to_sdp(self) -> str:
         """The attribute value, e.g. ``sha-256 AB:CD:...``."""
         return f"{self.algorithm} {self.value}"
-
-
-@dataclass(frozen=True)
-class IceCandidate:
-    """One ICE candidate (RFC 8839 section 5.1), immutable.
-
-    ``host`` is an IP literal, or an mDNS name when :attr:`is_mdns` is true.
-    """
-
-    foundation: str
-    component: int
-    transport: str  # "udp" or "tcp", lower case
-    priority: int
-    host: str
-    port: int
-    type: str  # host / srflx / prflx / relay
-    related_address: str | None = None
-    related_port: int | None = None
-    tcptype: str | None = None
-    generation: int | None = None
-
-    @property
-    def is_mdns(self) -> bool:
-        """True for a ``.local`` name that would need mDNS resolution."""
-        return self.host.lower().endswith(".local")
-
-    def to_aioice(self) -> Candidate:
-        """The equivalent :class:`aioice.candidate.Candidate` (same field order)."""
-        return Candidate(*dataclasses.astuple(self))
-
-    @classmethod
-    def from_aioice(cls, candidate: Candidate) -> IceCandidate:
-        """Copy of an aioice candidate (e.g. one our ICE agent gathered)."""
-        values = {f.name: getattr(candidate, f.name) for f in dataclasses.fields(cls)}
-        return cls(**{**values, "transport": candidate.transport.lower()})
-
-    def to_sdp(self) -> str:
-        """The ``a=candidate:`` attribute value (without the ``candidate:`` prefix)."""
-        return self.to_aioice().to_sdp()
 
 
 @dataclass(frozen=True)
@@ -185,6 +144,9 @@ class SessionDescription:
     bundle_mids: tuple[str, ...] = ()
     ice_lite: bool = False
     data_channel_index: int = 0
+    #: Session-level ``a=ice-pacing`` (RFC 8839 section 5.5): the peer's proposed Ta in
+    #: milliseconds, None if absent (then 50 ms, RFC 8445 section 14.2).
+    ice_pacing: int | None = None
 
     @property
     def data_channel(self) -> MediaSection:
@@ -207,6 +169,7 @@ class LocalTransport:
     end_of_candidates: bool = False
     sctp_port: int = DEFAULT_SCTP_PORT
     max_message_size: int = LOCAL_MAX_MESSAGE_SIZE
+    ice_pacing: int | None = None  # proposed Ta in ms (a=ice-pacing); None: not announced
 
     def __post_init__(self) -> None:
         try:
@@ -217,6 +180,8 @@ class LocalTransport:
             raise ValueError("at least one DTLS fingerprint is required")
         if not 0 < self.sctp_port <= 65535 or self.max_message_size < 0:
             raise ValueError("sctp_port must be 1..65535 and max_message_size >= 0")
+        if self.ice_pacing is not None and not 0 < self.ice_pacing < 10**10:
+            raise ValueError("ice_pacing must be a positive number of milliseconds")
 
 
 def generate_ice_credentials() -> tuple[str, str]:
@@ -259,87 +224,6 @@ def dtls_role_from_answer(answer_setup: DtlsSetup | None, *, we_are_offerer: boo
         raise SdpParseError(f"answer a=setup must be active or passive, got {shown}")
     we_are_client = (answer_setup is DtlsSetup.ACTIVE) != we_are_offerer
     return DtlsRole.CLIENT if we_are_client else DtlsRole.SERVER
-
-
-def _check_address(text: str, what: str) -> None:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        if not _MDNS_NAME.match(text):
-            raise SdpParseError(
-                f"candidate {what} is not an IP or mDNS name: {text[:60]!r}"
-            ) from None
-
-
-def _small_int(text: str, what: str, low: int, high: int) -> int:
-    if not _DIGITS.match(text) or not low <= int(text) <= high:
-        raise SdpParseError(f"candidate {what} must be an integer {low}..{high}, got {text[:30]!r}")
-    return int(text)
-
-
-def _parse_candidate_value(value: str) -> IceCandidate:
-    # aioice splits on any whitespace; allow only plain spaces so both see the same fields.
-    if any(ch.isspace() and ch != " " for ch in value):
-        raise SdpParseError("candidate contains whitespace other than single spaces")
-    bits = value.split(" ")
-    if len(bits) < 8:
-        raise SdpParseError(f"candidate needs at least 8 fields, got {len(bits)}")
-    foundation, component, transport, priority, host, port, typ, ctype = bits[:8]
-    if not 1 <= len(foundation) <= 32 or not _ICE_CHARS.match(foundation):
-        raise SdpParseError(f"candidate foundation must be 1..32 ice-chars: {foundation[:40]!r}")
-    _small_int(component, "component", 1, 256)
-    if transport.lower() not in ("udp", "tcp"):
-        raise SdpParseError(f"candidate transport must be udp or tcp, got {transport[:20]!r}")
-    _small_int(priority, "priority", 1, 2**32 - 1)
-    _check_address(host, "address")
-    _small_int(port, "port", 0, 65535)
-    if typ != "typ":
-        raise SdpParseError(f"candidate field 7 must be 'typ', got {typ[:20]!r}")
-    if ctype not in _CANDIDATE_TYPES:
-        raise SdpParseError(f"candidate type must be host/srflx/prflx/relay, got {ctype[:20]!r}")
-    extensions = bits[8:]
-    if len(extensions) % 2:
-        raise SdpParseError("candidate extension attributes must come in name/value pairs")
-    for name, ext_value in zip(extensions[::2], extensions[1::2], strict=True):
-        if not name or not ext_value:
-            raise SdpParseError("candidate has an empty extension attribute")
-        if name == "raddr":
-            _check_address(ext_value, "raddr")
-        elif name == "rport":
-            _small_int(ext_value, "rport", 0, 65535)
-        elif name == "generation":
-            _small_int(ext_value, "generation", 0, 2**32 - 1)
-        elif name == "tcptype" and ext_value not in _TCP_TYPES:
-            raise SdpParseError(f"candidate tcptype must be active/passive/so: {ext_value[:20]!r}")
-    # The fields are validated, so aioice's lenient parser now reads them faithfully.
-    candidate = IceCandidate.from_aioice(Candidate.from_sdp(value))
-    if candidate.transport == "tcp" and candidate.tcptype is None:
-        raise SdpParseError("tcp candidate without tcptype")
-    return candidate
-
-
-def parse_candidate_untrusted(text: str) -> IceCandidate:
-    """Parse a trickled candidate in the W3C shape (``candidate:...``).
-
-    Also accepts the ``a=candidate:`` line form. Raises only :class:`SdpParseError`;
-    the W3C end-of-candidates marker (the empty string) is an error here, so
-    callers check for it first. mDNS candidates are returned with ``is_mdns`` set.
-    """
-    if not isinstance(text, str):
-        raise SdpParseError("candidate must be a str")
-    line = text.strip("\r\n")
-    if line.startswith("a="):
-        line = line[2:]
-    if not line.startswith("candidate:"):
-        raise SdpParseError("a candidate must start with 'candidate:'")
-    if len(line) > 1024:
-        raise SdpParseError("candidate line is longer than 1024 characters")
-    return _parse_candidate_value(line[len("candidate:") :])
-
-
-def render_candidate(candidate: IceCandidate) -> str:
-    """The W3C ``RTCIceCandidateInit.candidate`` string: ``candidate:...``."""
-    return "candidate:" + candidate.to_sdp()
 
 
 class _SectionBuilder:
@@ -488,6 +372,7 @@ def parse_sdp_untrusted(text: str | bytes) -> SessionDescription:
     origin: tuple[str, int] | None = None
     bundle: tuple[str, ...] = ()
     ice_lite = False
+    pacing: int | None = None
     for line in lines[1:]:
         if len(line) < 2 or line[1] != "=" or not ("a" <= line[0].lower() <= "z"):
             raise SdpParseError(f"SDP line is not '<type>=<value>': {line[:80]!r}")
@@ -508,6 +393,10 @@ def parse_sdp_untrusted(text: str | bytes) -> SessionDescription:
             bundle = tuple(attr_value.split()[1:])
         elif attr == "ice-lite":
             ice_lite = True
+        elif attr == "ice-pacing":  # pacing-value = 1*10DIGIT (RFC 8839 section 5.5)
+            if pacing is not None or not 1 <= len(attr_value) <= 10 or not attr_value.isdigit():
+                raise SdpParseError(f"bad or duplicate a=ice-pacing: {attr_value[:30]!r}")
+            pacing = int(attr_value)
         else:
             _apply_attribute(session, attr, attr_value, line)
     if origin is None:
@@ -516,7 +405,9 @@ def parse_sdp_untrusted(text: str | bytes) -> SessionDescription:
     for index, section in enumerate(media):
         if section.is_data_channel and section.port != 0:
             media[index] = _check_data_channel(section)
-            return SessionDescription(origin[0], origin[1], tuple(media), bundle, ice_lite, index)
+            return SessionDescription(
+                origin[0], origin[1], tuple(media), bundle, ice_lite, index, pacing
+            )
     raise SdpParseError("SDP has no usable m=application ... webrtc-datachannel line")
 
 
@@ -546,12 +437,16 @@ def _render_data_section(
     return lines
 
 
-def _session_header(session_id: int, session_version: int, bundle: str | None) -> list[str]:
+def _session_header(
+    session_id: int, session_version: int, bundle: str | None, local: LocalTransport
+) -> list[str]:
     if not 0 <= session_id < 2**63 or session_version < 0:
         raise ValueError("session_id must be 0..2**63-1 and session_version >= 0")
     lines = ["v=0", f"o=- {session_id} {session_version} IN IP4 127.0.0.1", "s=-", "t=0 0"]
     if bundle is not None:
         lines.append(f"a=group:BUNDLE {bundle}")
+    if local.ice_pacing is not None:
+        lines.append(f"a=ice-pacing:{local.ice_pacing}")  # session level (RFC 8839 5.5)
     lines.append("a=msid-semantic: WMS")
     return lines
 
@@ -560,7 +455,7 @@ def render_offer(
     local: LocalTransport, *, session_id: int, session_version: int = 2, mid: str = "0"
 ) -> str:
     """A data-channel offer (JSEP shape, ``a=setup:actpass``) as CRLF-terminated text."""
-    lines = _session_header(session_id, session_version, mid)
+    lines = _session_header(session_id, session_version, mid, local)
     lines += _render_data_section(local, mid, DtlsSetup.ACTPASS, "UDP/DTLS/SCTP")
     return "\r\n".join(lines) + "\r\n"
 
@@ -583,7 +478,7 @@ def render_answer(
     assert chosen.setup is not None  # guaranteed by parse_sdp_untrusted
     answer_setup = answer_setup_for(chosen.setup, setup)
     bundle = chosen.mid if chosen.mid is not None and chosen.mid in offer.bundle_mids else None
-    lines = _session_header(session_id, session_version, bundle)
+    lines = _session_header(session_id, session_version, bundle, local)
     for index, section in enumerate(offer.media):
         if index == offer.data_channel_index:
             # Mirror the offered protocol (UDP/, TCP/ or legacy DTLS/SCTP).

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import trio
 import trio.testing
@@ -149,6 +151,29 @@ async def test_large_messages_up_to_max_message_size(pair):
             await ours.send(b"x" * 262145)
         await ours.send(b"still usable")
         assert await theirs.receive() == b"still usable"
+
+
+@pytest.mark.parametrize("offload", [True, False], ids=["udp-offload", "one-syscall-each"])
+async def test_bulk_transfer_with_and_without_udp_offload(offload):
+    """2 MiB in 16 KiB messages: batched sends (GSO) and reads (GRO) on Linux, one
+    syscall per datagram otherwise; the same bytes arrive, in order, either way."""
+    config = dataclasses.replace(LOOPBACK, udp_offload=offload)
+    with trio.fail_after(10):
+        async with open_peer_connection(config) as a, open_peer_connection(config) as b:
+            await connect(a, b)
+            ours, theirs = await open_channel(a, b, "bulk")
+            messages = [bytes([i]) * 16384 for i in range(128)]
+            async with trio.open_nursery() as nursery:
+
+                async def send_all() -> None:
+                    for message in messages:
+                        await ours.send(message)
+
+                nursery.start_soon(send_all)
+                assert [await theirs.receive() for _ in messages] == messages
+            stats = a.statistics()
+            assert stats.datagrams_sent > len(messages) * 14  # ~1200-byte datagrams
+            assert stats.send_errors == 0
 
 
 async def test_many_channels_at_once(pair):

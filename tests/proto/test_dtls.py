@@ -472,3 +472,71 @@ def test_fingerprints_supplied_after_completion_are_still_enforced():
     assert isinstance(failure, Failed) and CLIENT_CERT.fingerprint() in failure.error
     client.receive(server.poll_transmit(), now)  # the close_notify
     assert client.poll_event() == Closed("peer sent close_notify")
+
+
+# --- the data path: encrypt() / receive_application_data(), with and without the C path --
+
+
+@pytest.fixture(params=["openssl-c-api", "pyopenssl-only"])
+def connected_pair(request, monkeypatch):
+    """A connected pair; the second variant runs without RecordCipher (pyOpenSSL's API)."""
+    if request.param == "pyopenssl-only":
+        monkeypatch.setattr("darkswap_trio.proto.dtls.record_cipher", lambda connection: None)
+    client, server = make_pair()
+    now, _, _ = handshake(client, server)
+    assert (client._cipher is None) is (request.param == "pyopenssl-only")
+    return client, server, now
+
+
+def test_data_path_round_trip_and_counters(connected_pair):
+    client, server, now = connected_pair
+    sent_before, got_before = client.statistics(), server.statistics()  # the handshake
+    payloads = [b"x", bytes(range(256)) * 4, bytes(client.max_application_data())]
+    datagrams = [client.encrypt(payload) for payload in payloads]
+    assert all(d is not None and d[0] == ContentType.APPLICATION_DATA for d in datagrams)
+    assert max(len(d) for d in datagrams) <= client.mtu
+    assert client.poll_transmit() is None  # handed to the caller, not queued
+    received = []
+    for datagram in datagrams:
+        data = server.receive_application_data(datagram, now)
+        while (event := server.poll_event()) is not None:  # the fallback queues events
+            assert type(event) is DataReceived
+            data = event.data
+        received.append(data)
+    assert received == payloads
+    sent, got = client.statistics(), server.statistics()
+    assert sent.datagrams_sent - sent_before.datagrams_sent == len(payloads)
+    assert got.datagrams_received - got_before.datagrams_received == len(payloads)
+    assert sent.bytes_sent - sent_before.bytes_sent == sum(map(len, datagrams))
+    assert got.bytes_received - got_before.bytes_received == sum(map(len, datagrams))
+    assert sent.application_bytes_sent == got.application_bytes_received == sum(map(len, payloads))
+    assert client.encrypt(b"") is None
+    with pytest.raises(ValueError):
+        client.encrypt(bytes(client.max_application_data() + 1))
+
+
+def test_data_path_drops_replays_and_forgeries(connected_pair):
+    client, server, now = connected_pair
+    datagram = client.encrypt(b"once")
+    assert server.receive_application_data(datagram, now) in (b"once", None)
+    while server.poll_event() is not None:
+        pass
+    # A replayed record and one with a flipped ciphertext bit: dropped, nothing delivered.
+    forged = datagram[:-1] + bytes([datagram[-1] ^ 1])
+    for bad in (datagram, forged):
+        assert server.receive_application_data(bad, now) is None
+        assert server.poll_event() is None
+    assert server.state is DtlsState.CONNECTED
+    assert server.statistics().application_bytes_received == 4
+
+
+def test_data_path_hands_other_datagrams_to_receive(connected_pair):
+    client, server, now = connected_pair
+    with pytest.raises(DtlsParseError):
+        server.receive_application_data(b"\x17\xfe\xfd", now)  # a truncated header
+    client.close()
+    alert = client.poll_transmit()
+    assert server.receive_application_data(alert, now) is None
+    assert server.poll_event() == Closed("peer sent close_notify")
+    with pytest.raises(DtlsStateError):
+        server.encrypt(b"late")

@@ -459,3 +459,24 @@ def test_pacing_sets_when_the_controlling_side_nominates(pacing):
 def test_pacing_below_five_ms_is_refused():
     with pytest.raises(ValueError, match="pacing"):
         IceAgent(True, pacing=0.001)
+    agent = IceAgent(True)
+    with pytest.raises(ValueError, match="pacing"):
+        agent.set_pacing(0.004)
+    assert agent.pacing == 0.05
+
+
+def test_set_pacing_before_the_checks_start():
+    """What a peer connection does once the remote description tells it the agreed Ta."""
+    a = IceAgent(True, rng=random.Random(1))
+    b = IceAgent(False, rng=random.Random(2))
+    sim = IcePairSimulator(
+        [SimulatedPeer(a, A_ADDR), SimulatedPeer(b, B_ADDR)], LinkModel(delay=0.0005)
+    )
+    for agent, addr in ((a, A_ADDR), (b, B_ADDR)):
+        agent.add_local_candidate(addr)
+        agent.gather(0.0)
+        agent.set_pacing(0.02)
+        assert agent.pacing == 0.02
+    sim.exchange_credentials()
+    sim.run_until(both_connected(a, b), max_time=5)
+    assert sim.now == pytest.approx(0.02 + 0.001)  # nomination one (new) Ta after the first

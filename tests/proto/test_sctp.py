@@ -386,8 +386,10 @@ def test_shutdown_under_loss_and_from_both_sides(seed):
     assert pair.events["a"][-1].graceful and pair.events["b"][-1].graceful
 
 
-def test_small_packet_budget_is_respected():
-    kwargs = {"max_packet_size": 500}
+@pytest.mark.parametrize("budget", [500, 1161, 1162, 1163])
+def test_small_packet_budget_is_respected(budget):
+    """Also budgets that are not a multiple of 4: chunk padding must not overshoot."""
+    kwargs = {"max_packet_size": budget}
     pair = SctpPair(seed=8, loss=0.1, a_kwargs=kwargs, b_kwargs=kwargs)
     pair.connect()
     data = numbered_payload(1, 50_000)
@@ -395,7 +397,7 @@ def test_small_packet_budget_is_respected():
     pair.b.send(0, 53, data, pair.now)
     pair.run_until(lambda: pair.messages("a") and pair.messages("b"), 300)
     assert pair.messages("b")[0].data == pair.messages("a")[0].data == data
-    assert max(len(p) for p in pair.ab.sent + pair.ba.sent) <= 500
+    assert max(len(p) for p in pair.ab.sent + pair.ba.sent) <= budget
 
 
 def test_oversized_heartbeat_echo_does_not_block_the_association():

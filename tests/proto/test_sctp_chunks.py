@@ -39,7 +39,9 @@ from darkswap_trio.proto.sctp_chunks import (
     UnknownChunk,
     UnknownReconfigParam,
     encode_packet,
+    parse_lone_data_untrusted,
     parse_packet_untrusted,
+    parse_plain_sack_untrusted,
     seal_packet,
 )
 
@@ -253,3 +255,43 @@ chunks = st.one_of(
 def test_round_trip_property(chunk_list, src, dst, tag):
     header = CommonHeader(src, dst, tag)
     assert parse_packet_untrusted(encode_packet(header, chunk_list)) == (header, chunk_list)
+
+
+# --- the data path's shortcuts: same answers as the general parser, or None ---------------
+
+
+def _check_shortcuts(packet: bytes, header: CommonHeader = HEADER) -> None:
+    fast_header = struct.pack(
+        "!HHI", header.source_port, header.destination_port, header.verification_tag
+    )
+    try:
+        general = parse_packet_untrusted(packet)
+    except SctpParseError:
+        general = None
+    only = general[1][0] if general is not None and general[0] == header and len(
+        general[1]) == 1 else None
+    lone = parse_lone_data_untrusted(packet, fast_header)
+    if lone is not None:  # only ever a packet the general parser reads the same way
+        assert only == lone
+    else:
+        assert type(only) is not DataChunk, "a lone DATA chunk missed the shortcut"
+    sack = parse_plain_sack_untrusted(packet, fast_header)
+    if sack is not None:
+        assert only == SackChunk(*sack)
+    else:
+        assert not (type(only) is SackChunk and not only.gaps and not only.dups), "missed SACK"
+
+
+@given(st.one_of(chunks, st.builds(SackChunk, u32, u32)), st.binary(max_size=6))
+def test_shortcuts_agree_with_the_general_parser(chunk, trailer):
+    packet = encode_packet(HEADER, [chunk])
+    _check_shortcuts(packet)
+    _check_shortcuts(packet + trailer)  # a second chunk or stray bytes: general path
+    _check_shortcuts(packet[:-1])  # truncated
+    _check_shortcuts(encode_packet(CommonHeader(1, 2, 3), [chunk]))  # someone else's
+
+
+@given(st.binary(max_size=300))
+def test_shortcuts_on_any_bytes_never_raise(data):
+    _check_shortcuts(data)
+    _check_shortcuts(_raw(data), CommonHeader(5000, 5000, 1))  # a valid CRC over random chunks

@@ -548,3 +548,30 @@ def test_mutated_offers_raise_only_sdp_parse_error(lines: list[str]) -> None:
         return
     # Whatever parses is answerable.
     render_answer(offer, local_transport(), session_id=1)
+
+
+def test_ice_pacing_is_rendered_at_session_level_and_parsed_back() -> None:
+    offer = render_offer(local_transport(ice_pacing=5), session_id=7)
+    session, _, media = offer.partition("\r\nm=")
+    assert "\r\na=ice-pacing:5\r\n" in session + "\r\n" and "ice-pacing" not in media
+    assert parse_sdp_untrusted(offer).ice_pacing == 5
+    answer = render_answer(parse_sdp_untrusted(offer), local_transport(ice_pacing=20), session_id=8)
+    assert parse_sdp_untrusted(answer).ice_pacing == 20
+    # Not announced: absent from the text, None once parsed (the RFC default then applies).
+    plain = render_offer(local_transport(), session_id=9)
+    assert "ice-pacing" not in plain and parse_sdp_untrusted(plain).ice_pacing is None
+    with pytest.raises(ValueError, match="ice_pacing"):
+        local_transport(ice_pacing=0)
+
+
+@pytest.mark.parametrize("value", ["", "-5", "5ms", "12345678901", " 5"])
+def test_bad_ice_pacing_is_a_parse_error(value: str) -> None:
+    head, _, tail = render_offer(local_transport(), session_id=7).partition("m=")
+    with pytest.raises(SdpParseError, match="ice-pacing"):
+        parse_sdp_untrusted(f"{head}a=ice-pacing:{value}\r\nm={tail}")
+
+
+def test_duplicate_ice_pacing_is_a_parse_error() -> None:
+    head, _, tail = render_offer(local_transport(ice_pacing=5), session_id=7).partition("m=")
+    with pytest.raises(SdpParseError, match="ice-pacing"):
+        parse_sdp_untrusted(f"{head}a=ice-pacing:6\r\nm={tail}")
