@@ -166,6 +166,7 @@ class RelayManager(TaskOwner):
         self._nursery: trio.Nursery | None = None
         self._rng = random.Random()
         self._connected_changed = trio.Event()
+        self.dropped_status_events = 0
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -222,7 +223,16 @@ class RelayManager(TaskOwner):
                 self._retry_events[sid].set()
 
     async def _emit(self, event: RelayEvent) -> None:
+        # Data and circuit events wait for the consumer: that is the backpressure.
         await self._event_send.send(event)
+
+    def _emit_status(self, event: RelayEvent) -> None:
+        # Status events never wait: a consumer that stopped reading must not stall
+        # reconnection. Dropped ones are counted; ``servers`` always has the truth.
+        try:
+            self._event_send.send_nowait(event)
+        except trio.WouldBlock:
+            self.dropped_status_events += 1
 
     def _set_status(self, server: RelayServer, status: RelayServerStatus) -> None:
         server.status = status
@@ -252,11 +262,11 @@ class RelayManager(TaskOwner):
             self._set_status(server, RelayServerStatus.DISCONNECTED)
             if was_connected:
                 server.failures = 1
-                await self._emit(ServerDisconnected(server.id, cause))
+                self._emit_status(ServerDisconnected(server.id, cause))
             log.info("relay %s: %s", server.id, cause)
             if fatal or server.failures > cfg.max_reconnect_attempts:
                 self._set_status(server, RelayServerStatus.FAILED)
-                await self._emit(ServerFailed(server.id, cause))
+                self._emit_status(ServerFailed(server.id, cause))
                 self._retry_events[server.id] = trio.Event()
                 await self._retry_events[server.id].wait()
                 server.failures = 0
@@ -276,7 +286,7 @@ class RelayManager(TaskOwner):
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return
         self._set_status(server, RelayServerStatus.CONNECTED)
-        await self._emit(ServerConnected(server.id))
+        self._emit_status(ServerConnected(server.id))
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._accept_incoming, server, session)
             nursery.start_soon(self._track_latency, server, session)

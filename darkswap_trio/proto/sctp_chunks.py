@@ -21,7 +21,8 @@ from .errors import SctpParseError
 
 __all__ = [
     "DATA_BEGINNING", "DATA_END", "DATA_IMMEDIATE", "DATA_UNORDERED", "PARAM_FORWARD_TSN_SUPPORTED",
-    "PARAM_STATE_COOKIE", "PARAM_SUPPORTED_EXTENSIONS", "AbortChunk", "Chunk", "CommonHeader",
+    "PARAM_STATE_COOKIE", "PARAM_SUPPORTED_EXTENSIONS", "PARAM_ZERO_CHECKSUM_ACCEPTABLE",
+    "ZERO_CHECKSUM_DTLS", "AbortChunk", "Chunk", "CommonHeader",
     "CookieAckChunk", "CookieEchoChunk", "DataChunk", "ErrorChunk", "ForwardTsnChunk",
     "HeartbeatAckChunk", "HeartbeatChunk", "InitAckChunk", "InitChunk", "OutgoingResetRequest",
     "ReconfigChunk", "ReconfigResponse", "SackChunk", "ShutdownAckChunk", "ShutdownChunk",
@@ -38,6 +39,10 @@ DATA_IMMEDIATE = 0x08
 PARAM_STATE_COOKIE = 7
 PARAM_SUPPORTED_EXTENSIONS = 0x8008
 PARAM_FORWARD_TSN_SUPPORTED = 0xC000
+# RFC 9653: "Zero Checksum Acceptable", with the error detection method DTLS (EDMID 1).
+PARAM_ZERO_CHECKSUM_ACCEPTABLE = 0x8001
+ZERO_CHECKSUM_DTLS = b"\x00\x00\x00\x01"
+_ZERO = b"\x00\x00\x00\x00"
 
 _HEADER = struct.Struct("!HHI")
 _CHUNK_HEADER = struct.Struct("!BBH")
@@ -140,6 +145,11 @@ class InitChunk:
     def forward_tsn_supported(self) -> bool:
         exts = self.param(PARAM_SUPPORTED_EXTENSIONS) or b""
         return self.param(PARAM_FORWARD_TSN_SUPPORTED) is not None or 192 in exts
+
+    @property
+    def zero_checksum_dtls(self) -> bool:
+        """RFC 9653: the sender accepts packets with a zero checksum (DTLS protects them)."""
+        return self.param(PARAM_ZERO_CHECKSUM_ACCEPTABLE) == ZERO_CHECKSUM_DTLS
 
     @property
     def reconfig_supported(self) -> bool:
@@ -437,19 +447,30 @@ _DECODERS = {
 }
 
 
-def parse_packet_untrusted(data: bytes) -> tuple[CommonHeader, list[Chunk]]:
+def _checksum_ok(packet: bytes, accept_zero: bool) -> bool:
+    stored = packet[8:12]
+    if accept_zero and stored == _ZERO:
+        return True  # RFC 9653, when we announced we accept it
+    return _crc32c(packet[:8] + _ZERO + packet[12:]) == int.from_bytes(stored, "little")
+
+
+def parse_packet_untrusted(
+    data: bytes, *, accept_zero_checksum: bool = False
+) -> tuple[CommonHeader, list[Chunk]]:
     """Decode one SCTP packet from the network; raises only :class:`SctpParseError`.
 
     Checks the CRC32c, every chunk and parameter length, and that a chunk's padding
-    fits in the packet (only the last chunk may omit it).
+    fits in the packet (only the last chunk may omit it). ``accept_zero_checksum``
+    (RFC 9653) lets a zero checksum stand for a correct one, except on an INIT.
     """
     try:
         data = bytes(data)
         n = len(data)
         if n < 16:
             raise SctpParseError("packet too short")
-        stored = int.from_bytes(data[8:12], "little")
-        if _crc32c(data[:8] + b"\x00\x00\x00\x00" + data[12:]) != stored:
+        if not _checksum_ok(data, accept_zero_checksum) or (data[12] == 1 and not _checksum_ok(
+            data, False
+        )):
             raise SctpParseError("bad CRC32c")
         header = CommonHeader(*_HEADER.unpack_from(data, 0))
         chunks: list[Chunk] = []
@@ -481,11 +502,13 @@ _DATA_FIELDS = struct.Struct("!IHHI")
 _PAIR32 = struct.Struct("!II")
 
 
-def parse_lone_data_untrusted(packet: bytes, header: bytes) -> DataChunk | None:
+def parse_lone_data_untrusted(
+    packet: bytes, header: bytes, accept_zero_checksum: bool = False
+) -> DataChunk | None:
     """The bulk of a transfer, decoded cheaply: ``packet`` is exactly one DATA chunk
     behind the common header ``header`` (ports and verification tag, 8 bytes), and its
-    CRC32c is correct. Returns None for any other packet (decode it with
-    :func:`parse_packet_untrusted`); raises nothing.
+    CRC32c is correct (or zero, if accepted). Returns None for any other packet (decode
+    it with :func:`parse_packet_untrusted`); raises nothing.
     """
     n = len(packet)
     if n < 29 or type(packet) is not bytes or packet[12] != 0 or not packet.startswith(header):
@@ -494,15 +517,15 @@ def parse_lone_data_untrusted(packet: bytes, header: bytes) -> DataChunk | None:
     # One chunk: it ends the packet, padding included (or a last chunk's padding omitted).
     if end < 29 or (end != n and (end + 3) & ~3 != n):
         return None
-    if _crc32c(packet[:8] + b"\x00\x00\x00\x00" + packet[12:]) != int.from_bytes(
-        packet[8:12], "little"
-    ):
+    if not _checksum_ok(packet, accept_zero_checksum):
         return None
     tsn, sid, ssn, ppid = _DATA_FIELDS.unpack_from(packet, 16)
     return DataChunk(tsn, sid, ssn, ppid, packet[28:end], packet[13])
 
 
-def parse_plain_sack_untrusted(packet: bytes, header: bytes) -> tuple[int, int] | None:
+def parse_plain_sack_untrusted(
+    packet: bytes, header: bytes, accept_zero_checksum: bool = False
+) -> tuple[int, int] | None:
     """The sender's side of a transfer: ``packet`` is exactly one SACK with neither gap
     blocks nor duplicates behind ``header``, with a correct CRC32c. Returns its
     (cumulative TSN, a_rwnd), or None for any other packet; raises nothing.
@@ -510,20 +533,22 @@ def parse_plain_sack_untrusted(packet: bytes, header: bytes) -> tuple[int, int] 
     if (
         len(packet) != 28 or type(packet) is not bytes or packet[12] != 3
         or packet[14:16] != b"\x00\x10" or packet[24:28] != b"\x00\x00\x00\x00"
-        or not packet.startswith(header)
-        or _crc32c(packet[:8] + b"\x00\x00\x00\x00" + packet[12:])
-        != int.from_bytes(packet[8:12], "little")
+        or not packet.startswith(header) or not _checksum_ok(packet, accept_zero_checksum)
     ):
         return None
     return _PAIR32.unpack_from(packet, 16)
 
 
 def seal_packet(
-    source_port: int, destination_port: int, verification_tag: int, body: bytes
+    source_port: int, destination_port: int, verification_tag: int, body: bytes,
+    zero_checksum: bool = False,
 ) -> bytes:
-    """Prefix already encoded chunks with the common header and CRC32c (stored little-endian)."""
+    """Prefix already encoded chunks with the common header and CRC32c (stored
+    little-endian), or zero when the peer accepts that (RFC 9653)."""
     head = _HEADER.pack(source_port, destination_port, verification_tag)
-    crc = _crc32c(head + b"\x00\x00\x00\x00" + body)
+    if zero_checksum:
+        return head + _ZERO + body
+    crc = _crc32c(head + _ZERO + body)
     return head + crc.to_bytes(4, "little") + body
 
 

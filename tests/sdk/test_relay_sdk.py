@@ -256,3 +256,19 @@ async def test_errors_carry_meaning():
         async with RelayManager(Keypair.generate(), [down], FAST) as lonely:
             with pytest.raises(NoRelayAvailable):
                 await lonely.connect_to_peer(str(Keypair.generate().peer_id))
+
+
+async def test_unread_events_never_stall_reconnection():
+    keypair = Keypair.generate()
+    with trio.fail_after(20):
+        async with running_relay(keypair=keypair) as server:
+            port, address = server.signaling_port, server.multiaddr
+            async with RelayManager(Keypair.generate(), [address], FAST, event_buffer=1) as manager:
+                await manager.wait_connected()  # ServerConnected now fills the 1-slot queue
+                await server.shutdown(0.5)
+                async with running_relay(port=port, keypair=keypair):
+                    # Nobody has read an event, yet the manager reconnected.
+                    while manager.servers[0].status is not RelayServerStatus.CONNECTED or \
+                            manager.servers[0].failures:
+                        await trio.sleep(0.01)
+                    assert manager.dropped_status_events >= 1
