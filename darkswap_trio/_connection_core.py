@@ -4,20 +4,22 @@
 the data channel registry. Two tasks drive it (both in the peer connection's nursery):
 
 * :meth:`ConnectionCore.read_datagrams` waits until the socket is readable, then takes
-  every datagram the kernel holds (non-blocking ``recvfrom``) and hands the batch to the
-  core task through a bounded memory channel (full channel: the reader waits and the
-  kernel drops, as UDP does);
+  every datagram the kernel holds (non-blocking reads, coalesced runs with UDP GRO, see
+  :mod:`._udp_offload`) and hands the batch to the core task through a bounded memory
+  channel (full channel: the reader waits and the kernel drops, as UDP does);
 * :meth:`ConnectionCore.run` is the only task that feeds the cores. Per wake-up it takes
-  every batch already queued, pushes each datagram through ICE -> DTLS -> SCTP, fires
-  due timers, then flushes: SCTP packets -> ``DtlsEndpoint.send`` ->
-  ``IceAgent.send_data`` -> ``socket.sendto``, with no task or channel between layers.
-  Processing a whole batch before flushing lets SCTP bundle and delay its SACKs.
+  every batch already queued, pushes each datagram through ICE -> DTLS -> SCTP (the
+  bulk: one application-data record straight to ``SctpAssociation.receive``), fires due
+  timers, then flushes: SCTP packets -> ``DtlsEndpoint.encrypt`` -> batched sends to the
+  selected pair (runs of equal-sized datagrams in one syscall with UDP GSO), with no
+  task or channel between layers. Processing a whole batch before flushing lets SCTP
+  bundle and delay its SACKs.
 
 Application calls (send on a channel, open/close a channel, trickled candidates) are
 synchronous calls into the cores from the caller's task -- trio tasks only switch at
 ``await``, so each call is atomic -- followed by a wake-up of the core task, which owns
-all the I/O. The per-datagram cost is then the cores' Python plus two syscalls, not a
-chain of task hops.
+all the I/O. The per-datagram cost is then the cores' Python plus a fraction of a
+syscall, not a chain of task hops.
 """
 
 from __future__ import annotations
@@ -185,27 +187,30 @@ class ConnectionCore:
         receive = self._inbox_receive
         item: list[tuple[bytes, tuple[str, int]]] | None = None
         while True:
-            now = trio.current_time()
-            self._wake_pending = False
-            if item:
-                self._receive_batch(item, now)
-            while True:  # everything already queued, before any flush
-                try:
-                    item = receive.receive_nowait()
-                except trio.WouldBlock:
-                    break
-                if item:
-                    self._receive_batch(item, now)
-            item = None
-            self._fire_timers(now)
-            self.flush(now)
-            if self._unsent:
-                await trio.lowlevel.wait_writable(self.sock)
-                self._send_unsent()
-                continue
-            deadline = self._next_deadline()
-            with trio.move_on_at(deadline):
-                item = await receive.receive()
+            # One cancel scope until a timer's deadline passes: moving its deadline costs
+            # less than a scope per wait, and the data path waits once per batch.
+            with trio.CancelScope() as timers:
+                while True:
+                    now = trio.current_time()
+                    self._wake_pending = False
+                    if item:
+                        self._receive_batch(item, now)
+                    while True:  # everything already queued, before any flush
+                        try:
+                            item = receive.receive_nowait()
+                        except trio.WouldBlock:
+                            break
+                        if item:
+                            self._receive_batch(item, now)
+                    item = None
+                    self._fire_timers(now)
+                    self.flush(now)
+                    timers.deadline = self._next_deadline()
+                    if self._unsent:
+                        await trio.lowlevel.wait_writable(self.sock)
+                        self._send_unsent()
+                        continue
+                    item = await receive.receive()
 
     # ------------------------------------------------------------------ input
 

@@ -31,6 +31,8 @@ from .proto.errors import ParseError, WebSocketParseError
 log = logging.getLogger("darkswap_trio.relay")
 
 TokenProvider = Callable[[PeerId], Awaitable[str]]
+# How long one frame may take to write before the relay is considered gone.
+SEND_TIMEOUT = 30.0
 Signal = sig.Offer | sig.Answer | sig.IceCandidate
 
 
@@ -96,8 +98,23 @@ class RelaySession:
 
     # -- outbound ----------------------------------------------------------------------
 
+    async def _send_frame(self, frame: str | bytes) -> None:
+        """Write one frame; a cancellation lands before or after it, never inside it.
+
+        Many tasks share this connection (circuits, signals, pings). A frame cut short by
+        a cancelled sender would corrupt the stream and break every one of them, so the
+        write is shielded, bounded by SEND_TIMEOUT, after which the session is closed.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(SEND_TIMEOUT) as scope:
+                await self._ws.send(frame)
+            if scope.cancelled_caught:
+                await self._ws.aclose(1001, "send timed out")
+                raise trio.BrokenResourceError(f"relay {self.address} stopped reading for {SEND_TIMEOUT}s")
+
     async def send_message(self, msg: sig.Message) -> None:
-        await self._ws.send(sig.encode_message(msg))
+        await self._send_frame(sig.encode_message(msg))
 
     async def send_signal(self, msg: Signal) -> None:
         """Send an Offer/Answer/IceCandidate; the relay forwards it to ``msg.to``."""
@@ -195,10 +212,10 @@ class RelaySession:
         return circuit
 
     async def _send_circuit_data(self, key: bytes, payload: bytes) -> None:
-        await self._ws.send(sig.encode_circuit_data(key, payload))
+        await self._send_frame(sig.encode_circuit_data(key, payload))
 
     async def _send_circuit_credit(self, key: bytes, increment: int) -> None:
-        await self._ws.send(sig.encode_circuit_credit(key, increment))
+        await self._send_frame(sig.encode_circuit_credit(key, increment))
 
     async def _send_close(self, relay_id: str) -> None:
         await self.send_message(sig.CloseRelay(relay_id=relay_id))

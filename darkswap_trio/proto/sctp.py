@@ -18,6 +18,9 @@ before polling: the SACK then goes out with whatever is sent next, but still at 
 every ``max_packets_per_sack`` packets (a standalone SACK queued mid-batch), because
 RFC-strict senders (browsers, aiortc) grow their window per SACK, not per byte.
 ``max_packets_per_sack=None`` gives one SACK per poll: fewer packets, stretch SACKs.
+``zero_checksum`` (RFC 9653, DTLS as the alternate error detection method): we announce
+that we accept a zero checksum, and send zero once the peer announced the same (DTLS
+already authenticates every packet; the CRC32c would only cost both ends time).
 
 Scope cuts: one path (no multi-homing), no association restart (a COOKIE-ECHO with a
 new peer tag after establishment is ignored), no I-DATA/AUTH/ASCONF, stream-add and
@@ -122,6 +125,7 @@ class SctpAssociation(AssociationTeardown, AssociationSetup):
         max_init_retransmissions: int = 8,
         cookie_lifetime: float = 60.0,
         initial_tsn: int | None = None,
+        zero_checksum: bool = True,
     ) -> None:
         rng = rng if rng is not None else random.SystemRandom()
         self.is_client = is_client
@@ -129,6 +133,8 @@ class SctpAssociation(AssociationTeardown, AssociationSetup):
         self.remote_port = remote_port
         self.max_message_size = max_message_size
         self._mtu = max_packet_size
+        self._zero_checksum = zero_checksum  # RFC 9653 with DTLS: announced, so accepted
+        self._send_zero_checksum = False  # the peer announced it too
         self._window = receive_window or max(1 << 20, 2 * max_message_size)
         self._rto_initial = rto_initial
         self._delayed_ack = delayed_ack
@@ -294,10 +300,14 @@ class SctpAssociation(AssociationTeardown, AssociationSetup):
                 self._check_shutdown()
         if not parts:
             return None
-        return self._seal(self._peer_tag, parts[0] if len(parts) == 1 else b"".join(parts))
+        body = parts[0] if len(parts) == 1 else b"".join(parts)
+        return self._seal(self._peer_tag, body, self._send_zero_checksum)
 
-    def _seal(self, vtag: int, body: bytes) -> bytes:
-        packet = seal_packet(self.local_port, self.remote_port, vtag, body)
+    def _seal(self, vtag: int, body: bytes, zero_checksum: bool = False) -> bytes:
+        # Packets sent alone (INIT, INIT-ACK, ABORT, replies to strays) always get a
+        # real CRC32c: RFC 9653 forbids zero on an INIT and the others may go to a peer
+        # that never announced zero checksums.
+        packet = seal_packet(self.local_port, self.remote_port, vtag, body, zero_checksum)
         self._packets_sent += 1
         self._bytes_sent += len(packet)
         return packet
@@ -351,7 +361,7 @@ class SctpAssociation(AssociationTeardown, AssociationSetup):
         self._now = now
         if self._state is SctpState.ESTABLISHED:
             # The bulk of a transfer, decoded cheaply: what the loop below does for them.
-            chunk = parse_lone_data_untrusted(packet, self._inbound_header)
+            chunk = parse_lone_data_untrusted(packet, self._inbound_header, self._zero_checksum)
             if chunk is not None:
                 self._packets_received += 1
                 self._bytes_received += len(packet)
@@ -365,14 +375,16 @@ class SctpAssociation(AssociationTeardown, AssociationSetup):
                 elif self._sack_deadline is None:
                     self._sack_deadline = now + self._delayed_ack
                 return
-            sack = parse_plain_sack_untrusted(packet, self._inbound_header)
+            sack = parse_plain_sack_untrusted(packet, self._inbound_header, self._zero_checksum)
             if sack is not None:
                 self._packets_received += 1
                 self._bytes_received += 28
                 self._sender.handle_sack(sack[0], sack[1], [], now)
                 return  # ESTABLISHED: no shutdown to check
         try:
-            header, chunks = parse_packet_untrusted(packet)
+            header, chunks = parse_packet_untrusted(
+                packet, accept_zero_checksum=self._zero_checksum
+            )
         except SctpParseError:
             return
         if header.destination_port != self.local_port or header.source_port != self.remote_port:

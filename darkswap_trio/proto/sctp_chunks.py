@@ -468,9 +468,8 @@ def parse_packet_untrusted(
         n = len(data)
         if n < 16:
             raise SctpParseError("packet too short")
-        if not _checksum_ok(data, accept_zero_checksum) or (data[12] == 1 and not _checksum_ok(
-            data, False
-        )):
+        # RFC 9653: never for an INIT, sent before the peer knows what we accept.
+        if not _checksum_ok(data, accept_zero_checksum and data[12] != 1):
             raise SctpParseError("bad CRC32c")
         header = CommonHeader(*_HEADER.unpack_from(data, 0))
         chunks: list[Chunk] = []

@@ -27,12 +27,13 @@ class StateCookie:
     peer_a_rwnd: int
     peer_inbound_streams: int
     forward_tsn_supported: bool
+    zero_checksum_dtls: bool = False
 
 
 def make_cookie(secret: bytes, now: float, local_tag: int, init: InitChunk) -> bytes:
     body = _BODY.pack(
         now, local_tag, init.initiate_tag, init.initial_tsn, init.a_rwnd,
-        init.inbound_streams, int(init.forward_tsn_supported),
+        init.inbound_streams, int(init.forward_tsn_supported) | int(init.zero_checksum_dtls) << 1,
     )
     return body + hmac.new(secret, body, hashlib.sha256).digest()
 
@@ -45,4 +46,6 @@ def open_cookie_untrusted(secret: bytes, cookie: bytes) -> StateCookie | None:
     if not hmac.compare_digest(hmac.new(secret, body, hashlib.sha256).digest(), mac):
         return None
     created, local_tag, peer_tag, tsn, rwnd, streams, flags = _BODY.unpack(body)
-    return StateCookie(created, local_tag, peer_tag, tsn, rwnd, streams, bool(flags & 1))
+    return StateCookie(
+        created, local_tag, peer_tag, tsn, rwnd, streams, bool(flags & 1), bool(flags & 2)
+    )

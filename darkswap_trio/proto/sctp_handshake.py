@@ -16,6 +16,8 @@ from .sctp_chunks import (
     PARAM_FORWARD_TSN_SUPPORTED,
     PARAM_STATE_COOKIE,
     PARAM_SUPPORTED_EXTENSIONS,
+    PARAM_ZERO_CHECKSUM_ACCEPTABLE,
+    ZERO_CHECKSUM_DTLS,
     CookieAckChunk,
     CookieEchoChunk,
     InitAckChunk,
@@ -42,6 +44,8 @@ class AssociationSetup:
     _secret: bytes
     _window: int
     _mtu: int
+    _zero_checksum: bool
+    _send_zero_checksum: bool
     _cookie_lifetime: float
     _cookie_echo: bytes
     _rto_initial: float
@@ -63,7 +67,10 @@ class AssociationSetup:
         raise NotImplementedError
 
     def _extension_params(self) -> list[tuple[int, bytes]]:
-        return [(PARAM_FORWARD_TSN_SUPPORTED, b""), (PARAM_SUPPORTED_EXTENSIONS, bytes([192, 130]))]
+        params = [(PARAM_FORWARD_TSN_SUPPORTED, b""), (PARAM_SUPPORTED_EXTENSIONS, bytes([192, 130]))]
+        if self._zero_checksum:
+            params.append((PARAM_ZERO_CHECKSUM_ACCEPTABLE, ZERO_CHECKSUM_DTLS))
+        return params
 
     def _on_init(self, chunk: InitChunk) -> None:
         if self._state not in (
@@ -85,7 +92,8 @@ class AssociationSetup:
         if cookie is None:
             return
         self._set_peer(chunk.initiate_tag, chunk.initial_tsn, chunk.a_rwnd,
-                       chunk.inbound_streams, chunk.forward_tsn_supported)
+                       chunk.inbound_streams, chunk.forward_tsn_supported,
+                       chunk.zero_checksum_dtls)
         self._cookie_echo = CookieEchoChunk(cookie).encode()
         self._control.insert(0, self._cookie_echo)
         self._state = SctpState.COOKIE_ECHOED
@@ -107,6 +115,7 @@ class AssociationSetup:
                 self._set_peer(
                     peer_tag, cookie.peer_initial_tsn, cookie.peer_a_rwnd,
                     cookie.peer_inbound_streams, cookie.forward_tsn_supported,
+                    cookie.zero_checksum_dtls,
                 )
             if self._cookie_echo in self._control:
                 self._control.remove(self._cookie_echo)
@@ -120,9 +129,12 @@ class AssociationSetup:
             self._establish()
 
     def _set_peer(
-        self, tag: int, initial_tsn: int, a_rwnd: int, inbound_streams: int, forward_tsn: bool
+        self, tag: int, initial_tsn: int, a_rwnd: int, inbound_streams: int, forward_tsn: bool,
+        zero_checksum: bool = False,
     ) -> None:
         self._peer_tag = tag
+        # RFC 9653: both announced it, so our packets may carry a zero checksum.
+        self._send_zero_checksum = zero_checksum and self._zero_checksum
         self.outbound_streams = min(STREAMS, inbound_streams)
         self._receiver = SctpReceiver(initial_tsn, self._window, self._events)
         self._resetter.start(self._local_tsn, self._receiver)

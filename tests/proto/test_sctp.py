@@ -27,9 +27,8 @@ from darkswap_trio.proto.sctp_chunks import (
     SackChunk,
     UnknownChunk,
     encode_packet,
-    parse_packet_untrusted,
 )
-from darkswap_trio.testing._sctp_pair import SctpPair, data_chunks, numbered_payload
+from darkswap_trio.testing._sctp_pair import SctpPair, data_chunks, numbered_payload, parse_ours
 
 # --- association setup ------------------------------------------------------------------
 
@@ -51,6 +50,45 @@ def test_single_init_passive_peer():
     assert all(p[12] != 1 for p in pair.ba.sent)  # b never sent INIT
 
 
+def _checksum_is_zero(packet: bytes) -> bool:
+    return packet[8:12] == b"\x00\x00\x00\x00"
+
+
+@pytest.mark.parametrize("both", [True, False], ids=["init-collision", "passive-peer"])
+def test_zero_checksums_once_both_announce_them(both):
+    """RFC 9653 with DTLS: INIT (and INIT-ACK) keep their CRC32c; once each side knows
+    the other accepts zero, both use it (the passive side learns it from its cookie)."""
+    pair = SctpPair()
+    pair.connect(both=both)
+    pair.a.send(1, 51, b"x" * 3000, pair.now)
+    pair.b.send(1, 51, b"y" * 3000, pair.now)
+    pair.run_until(lambda: pair.messages("a") and pair.messages("b"))
+    for link in (pair.ab, pair.ba):
+        setup = [p for p in link.sent if p[12] in (1, 2)]
+        assert setup and not any(_checksum_is_zero(p) for p in setup)
+        data = [p for p in link.sent if any(type(c) is DataChunk for c in parse_ours(p)[1])]
+        assert len(data) >= 3 and all(_checksum_is_zero(p) for p in data)
+
+
+@pytest.mark.parametrize("refuser", ["a", "b"])
+def test_no_zero_checksums_unless_both_announce_them(refuser):
+    """A peer that does not announce RFC 9653 (aiortc, older browsers) gets real CRCs,
+    and one that did not announce it drops zero-checksum packets."""
+    kwargs = {"zero_checksum": False}
+    pair = SctpPair(**{f"{refuser}_kwargs": kwargs})
+    pair.connect()
+    pair.a.send(1, 51, b"x" * 3000, pair.now)
+    pair.run_until(lambda: pair.messages("b"))
+    assert pair.messages("b")[0].data == b"x" * 3000
+    assert not any(_checksum_is_zero(p) for p in pair.ab.sent + pair.ba.sent)
+    refusing = pair.side(refuser)
+    packet = pair.ab.sent[-1] if refuser == "b" else pair.ba.sent[-1]
+    zeroed = packet[:8] + b"\x00\x00\x00\x00" + packet[12:]
+    received = refusing.statistics().packets_received
+    refusing.receive(zeroed, pair.now)
+    assert refusing.statistics().packets_received == received  # dropped as corrupt
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_handshake_survives_loss(seed):
     pair = SctpPair(seed=seed, loss=0.3, duplicate=0.2, reorder=0.5)
@@ -69,7 +107,7 @@ def test_forged_or_stale_cookie_is_ignored():
     init_ack = pair.b.poll_transmit()
     pair.a.receive(init_ack, 1.0)
     echo = pair.a.poll_transmit()
-    header, (chunk,) = parse_packet_untrusted(echo)
+    header, (chunk,) = parse_ours(echo)
     assert isinstance(chunk, CookieEchoChunk)
     # A cookie with one bit changed (valid CRC): the HMAC rejects it, b keeps no state.
     forged = bytearray(chunk.cookie)
@@ -222,7 +260,7 @@ def test_small_messages_share_packets_and_sacks_ride_on_data():
     for i in range(30):
         pair.a.send(0, 53, numbered_payload(i, 10_000), pair.now)
     pair.run_until(lambda: len(pair.messages("a")) == 30)
-    kinds = [{type(c) for c in parse_packet_untrusted(p)[1]} for p in pair.ba.sent]
+    kinds = [{type(c) for c in parse_ours(p)[1]} for p in pair.ba.sent]
     with_data = [k for k in kinds if DataChunk in k]
     assert len(with_data) >= 5
     assert sum(1 for k in with_data if SackChunk in k) >= len(with_data) // 2
@@ -288,7 +326,7 @@ def test_max_retransmits_zero_is_never_retransmitted():
     assert got == sorted(got, key=lambda d: int.from_bytes(d[:4], "big"))
     assert all(d == numbered_payload(int.from_bytes(d[:4], "big"), 1500) for d in got)
     assert any(isinstance(c, ForwardTsnChunk)
-               for p in pair.ab.sent for c in parse_packet_untrusted(p)[1])
+               for p in pair.ab.sent for c in parse_ours(p)[1])
     # Fragments of abandoned messages do not linger in the receiver's window.
     pair.run_for(5.0)
     assert pair.b.statistics().local_rwnd == 1 << 20
@@ -310,7 +348,7 @@ def test_expired_lifetime_is_abandoned_and_skipped():
     assert pair.messages("b") == [MessageReceived(2, 53, b"after")]
     assert pair.a.statistics().abandoned_messages == 6
     assert any(isinstance(c, ForwardTsnChunk)
-               for p in pair.ab.sent for c in parse_packet_untrusted(p)[1])
+               for p in pair.ab.sent for c in parse_ours(p)[1])
     pair.run_until(lambda: pair.a.buffered_amount() == 0)
 
 
@@ -403,7 +441,7 @@ def test_small_packet_budget_is_respected(budget):
 def test_oversized_heartbeat_echo_does_not_block_the_association():
     pair = SctpPair()
     pair.connect()
-    header = parse_packet_untrusted(pair.ab.sent[-1])[0]  # a's header, b's tag
+    header = parse_ours(pair.ab.sent[-1])[0]  # a's header, b's tag
     pair.b.receive(encode_packet(header, [HeartbeatChunk(bytes(3000))]), pair.now)
     pair.b.send(0, 53, b"still flowing", pair.now)
     pair.run_until(lambda: pair.messages("a"))
@@ -417,16 +455,16 @@ def test_unknown_chunk_types_follow_their_action_bits(chunk_type, data_processed
     pair = SctpPair()
     pair.connect()
     pair.ba.sent.clear()
-    header = parse_packet_untrusted(pair.ab.sent[-1])[0]
+    header = parse_ours(pair.ab.sent[-1])[0]
     # No data sent yet, so the next TSN from a is its initial TSN.
-    init = next(c for p in pair.ab.sent for c in parse_packet_untrusted(p)[1]
+    init = next(c for p in pair.ab.sent for c in parse_ours(p)[1]
                 if isinstance(c, InitChunk | InitAckChunk))
     unknown = UnknownChunk(chunk_type, 0, b"????")
     data = DataChunk(init.initial_tsn, 0, 0, 53, b"payload")
     pair.b.receive(encode_packet(header, [unknown, data]), pair.now)
     pair.run_for(1.0)
     assert (pair.messages("b") != []) is data_processed
-    errors = [c for p in pair.ba.sent for c in parse_packet_untrusted(p)[1]
+    errors = [c for p in pair.ba.sent for c in parse_ours(p)[1]
               if isinstance(c, ErrorChunk)]
     assert (errors != []) is reported
     if reported:

@@ -18,6 +18,8 @@ from darkswap_trio.proto.sctp_chunks import (
     PARAM_FORWARD_TSN_SUPPORTED,
     PARAM_STATE_COOKIE,
     PARAM_SUPPORTED_EXTENSIONS,
+    PARAM_ZERO_CHECKSUM_ACCEPTABLE,
+    ZERO_CHECKSUM_DTLS,
     AbortChunk,
     CommonHeader,
     CookieAckChunk,
@@ -295,3 +297,38 @@ def test_shortcuts_agree_with_the_general_parser(chunk, trailer):
 def test_shortcuts_on_any_bytes_never_raise(data):
     _check_shortcuts(data)
     _check_shortcuts(_raw(data), CommonHeader(5000, 5000, 1))  # a valid CRC over random chunks
+
+
+def test_zero_checksum_is_accepted_only_when_announced_and_never_on_init():
+    data = encode_packet(HEADER, [DataChunk(5, 1, 0, 51, b"payload")])
+    zeroed = data[:8] + b"\x00\x00\x00\x00" + data[12:]
+    assert seal_packet(5000, 5000, HEADER.verification_tag, data[12:], True) == zeroed
+    with pytest.raises(SctpParseError, match="CRC"):
+        parse_packet_untrusted(zeroed)
+    assert parse_packet_untrusted(zeroed, accept_zero_checksum=True) == parse_packet_untrusted(data)
+    fast_header = data[:8]
+    assert parse_lone_data_untrusted(zeroed, fast_header) is None
+    assert parse_lone_data_untrusted(zeroed, fast_header, True) == DataChunk(
+        5, 1, 0, 51, b"payload"
+    )
+    sack = encode_packet(HEADER, [SackChunk(9, 1000)])
+    sack_zeroed = sack[:8] + b"\x00\x00\x00\x00" + sack[12:]
+    assert parse_plain_sack_untrusted(sack_zeroed, fast_header) is None
+    assert parse_plain_sack_untrusted(sack_zeroed, fast_header, True) == (9, 1000)
+    # An INIT goes out before the peer knows what we accept: always a real CRC32c.
+    init = encode_packet(CommonHeader(5000, 5000, 0), [InitChunk(1, 2, 3, 4, 5, EXTENSIONS)])
+    with pytest.raises(SctpParseError, match="CRC"):
+        parse_packet_untrusted(init[:8] + b"\x00\x00\x00\x00" + init[12:],
+                               accept_zero_checksum=True)
+    # A wrong non-zero checksum stays wrong.
+    with pytest.raises(SctpParseError, match="CRC"):
+        parse_packet_untrusted(data[:8] + b"\x00\x00\x00\x01" + data[12:],
+                               accept_zero_checksum=True)
+
+
+def test_zero_checksum_acceptable_parameter():
+    announced = InitChunk(1, 2, 3, 4, 5, [(PARAM_ZERO_CHECKSUM_ACCEPTABLE, ZERO_CHECKSUM_DTLS)])
+    assert announced.zero_checksum_dtls
+    assert not InitChunk(1, 2, 3, 4, 5, EXTENSIONS).zero_checksum_dtls
+    other_method = InitChunk(1, 2, 3, 4, 5, [(PARAM_ZERO_CHECKSUM_ACCEPTABLE, b"\0\0\0\x02")])
+    assert not other_method.zero_checksum_dtls  # only DTLS (EDMID 1) is ours

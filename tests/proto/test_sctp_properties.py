@@ -17,8 +17,8 @@ from hypothesis.stateful import (
 
 from darkswap_trio.proto import sctp_chunks as c
 from darkswap_trio.proto.sctp import OutgoingStreamsReset, SctpState
-from darkswap_trio.proto.sctp_chunks import encode_packet, parse_packet_untrusted
-from darkswap_trio.testing._sctp_pair import MAX_STEPS, SctpPair, numbered_payload
+from darkswap_trio.proto.sctp_chunks import encode_packet
+from darkswap_trio.testing._sctp_pair import MAX_STEPS, SctpPair, numbered_payload, parse_ours
 
 # --- hostile peer -----------------------------------------------------------------------
 
@@ -77,7 +77,7 @@ def test_hostile_chunks_never_crash_the_association(packets, traffic):
             pair.a.send(i % 2, 53, numbered_payload(i, 3000), pair.now)
             pair.b.send(i % 2, 53, numbered_payload(i, 3000), pair.now)
         pair.run_for(0.005)
-    header = parse_packet_untrusted(pair.ab.sent[-1])[0]  # a's header, b's tag
+    header = parse_ours(pair.ab.sent[-1])[0]  # a's header, b's tag
     for specs in packets:
         chunks = [_hostile_chunk(spec, pair) for spec in specs]
         try:
