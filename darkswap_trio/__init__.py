@@ -57,6 +57,7 @@ from ._relay_session import RelayError as RelayError
 from ._relay_session import RelaySession as RelaySession
 from ._relay_session import open_relay_session as open_relay_session
 from ._webrtc_transport import DirectConnection as DirectConnection
+from ._webrtc_transport import WebRtcSignalingClient as WebRtcSignalingClient
 from ._webrtc_transport import WebRtcTransport as WebRtcTransport
 from ._websocket import WebSocketConnection as WebSocketConnection
 from ._websocket import WebSocketRequest as WebSocketRequest

@@ -53,19 +53,58 @@ class _Attempt:
     offering: bool = True
 
 
+class WebRtcSignalingClient:
+    """WebRTC signaling with peers by PeerId over a registered relay session.
+
+    Sends Offer / Answer / IceCandidate through the relay (which stamps our
+    authenticated id as ``from``) and yields what other peers send us, in order.
+    """
+
+    def __init__(self, session: RelaySession) -> None:
+        self.session = session
+        self.local_peer_id = session.local_peer_id
+
+    async def send_offer(self, peer_id: str, sdp: str) -> None:
+        await self.session.send_signal(sig.Offer(from_=self.local_peer_id, to=peer_id, sdp=sdp))
+
+    async def send_answer(self, peer_id: str, sdp: str) -> None:
+        await self.session.send_signal(sig.Answer(from_=self.local_peer_id, to=peer_id, sdp=sdp))
+
+    async def send_candidate(self, peer_id: str, candidate: str | None) -> None:
+        """Trickle one candidate; None sends the W3C end-of-candidates (empty string)."""
+        await self.session.send_signal(sig.IceCandidate(
+            from_=self.local_peer_id, to=peer_id, candidate=candidate or "",
+            sdp_mid="0", sdp_mline_index=0))
+
+    async def receive(self) -> sig.Offer | sig.Answer | sig.IceCandidate:
+        """The next signal another peer sent us; EndOfChannel when the session ends."""
+        return await self.session.signals.receive()
+
+    def __aiter__(self) -> WebRtcSignalingClient:
+        return self
+
+    async def __anext__(self) -> sig.Offer | sig.Answer | sig.IceCandidate:
+        try:
+            return await self.receive()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+
+
 class WebRtcTransport(TaskOwner):
     """Direct connections negotiated over ``session`` (a registered RelaySession).
 
+    ``session`` is a RelaySession (or a WebRtcSignalingClient over one).
     ``await transport.connect(peer_id)`` offers; offers from other peers are answered
     and their connections come out of ``await transport.accept()``. Run it with
     ``async with`` or ``await nursery.start(transport.run)``.
     """
 
-    def __init__(self, session: RelaySession, config: PeerConnectionConfig | None = None,
-                 *, max_connections: int = 64) -> None:
-        self.session = session
+    def __init__(self, session: RelaySession | WebRtcSignalingClient,
+                 config: PeerConnectionConfig | None = None, *, max_connections: int = 64) -> None:
+        self.signaling = (session if isinstance(session, WebRtcSignalingClient)
+                          else WebRtcSignalingClient(session))
         self.config = config or PeerConnectionConfig()
-        self.local_peer_id = session.local_peer_id
+        self.local_peer_id = self.signaling.local_peer_id
         self.max_connections = max_connections
         self._inboxes: dict[str, trio.MemorySendChannel[sig.Message]] = {}
         self._attempts: dict[str, _Attempt] = {}
@@ -125,7 +164,7 @@ class WebRtcTransport(TaskOwner):
         return self._nursery
 
     async def _dispatch_signals(self) -> None:
-        async for msg in self.session.signals:
+        async for msg in self.signaling:
             peer = msg.from_
             if isinstance(msg, sig.Offer):
                 self._on_offer(msg)
@@ -178,14 +217,10 @@ class WebRtcTransport(TaskOwner):
                     nursery.start_soon(self._trickle_out, pc, peer)
                     nursery.start_soon(self._apply_signals, pc, inbox)
                     if offer is None:
-                        sdp = await pc.create_offer()
-                        await self.session.send_signal(
-                            sig.Offer(from_=self.local_peer_id, to=peer, sdp=sdp))
+                        await self.signaling.send_offer(peer, await pc.create_offer())
                     else:
                         await pc.set_remote_description(offer.sdp, "offer")
-                        sdp = await pc.create_answer()
-                        await self.session.send_signal(
-                            sig.Answer(from_=self.local_peer_id, to=peer, sdp=sdp))
+                        await self.signaling.send_answer(peer, await pc.create_answer())
                     await pc.wait_connected()
                     if offer is None:
                         channel = await pc.create_data_channel(CHANNEL_LABEL)
@@ -211,10 +246,7 @@ class WebRtcTransport(TaskOwner):
 
     async def _trickle_out(self, pc: PeerConnection, peer: str) -> None:
         async for candidate in pc.local_candidates():
-            # W3C: an empty candidate string signals the end of candidates.
-            await self.session.send_signal(sig.IceCandidate(
-                from_=self.local_peer_id, to=peer, candidate=candidate or "",
-                sdp_mid="0", sdp_mline_index=0))
+            await self.signaling.send_candidate(peer, candidate)
 
     async def _apply_signals(self, pc: PeerConnection, inbox: trio.MemoryReceiveChannel[sig.Message]) -> None:
         async for msg in inbox:

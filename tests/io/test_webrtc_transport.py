@@ -8,7 +8,7 @@ import trio
 
 from darkswap_trio import Keypair, open_relay_session
 from darkswap_trio._peer_connection import PeerConnectionConfig
-from darkswap_trio._webrtc_transport import WebRtcTransport
+from darkswap_trio._webrtc_transport import WebRtcSignalingClient, WebRtcTransport
 from darkswap_trio.testing import running_relay
 
 LOOPBACK = PeerConnectionConfig(host_addresses=["127.0.0.1"], include_loopback=True)
@@ -58,3 +58,22 @@ async def test_simultaneous_offers_settle_on_one_connection():
             assert await results[2].channel.receive() == b"ping"
             await results[2].channel.send(b"pong")
             assert await results[1].channel.receive() == b"pong"
+
+
+async def test_signaling_client_exchanges_offer_answer_and_candidates():
+    with trio.fail_after(10):
+        async with running_relay() as relay, \
+                open_relay_session(relay.multiaddr, Keypair.generate()) as s1, \
+                open_relay_session(relay.multiaddr, Keypair.generate()) as s2:
+            a, b = WebRtcSignalingClient(s1), WebRtcSignalingClient(s2)
+            await a.send_offer(b.local_peer_id, "v=0 offer")
+            await a.send_candidate(b.local_peer_id, "candidate:1 1 udp 1 127.0.0.1 9 typ host")
+            await a.send_candidate(b.local_peer_id, None)
+            offer, candidate, end = [await b.receive() for _ in range(3)]
+            assert (offer.from_, offer.sdp) == (a.local_peer_id, "v=0 offer")
+            assert candidate.candidate.endswith("typ host") and candidate.sdp_mid == "0"
+            assert end.candidate == ""
+            await b.send_answer(a.local_peer_id, "v=0 answer")
+            async for signal in a:
+                assert (signal.from_, signal.sdp) == (b.local_peer_id, "v=0 answer")
+                break
