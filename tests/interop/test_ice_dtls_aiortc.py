@@ -31,6 +31,7 @@ from aiortc.rtcdtlstransport import (
 )
 from aiortc.rtcicetransport import RTCIceGatherer, RTCIceParameters, RTCIceTransport
 from aiortc.sdp import candidate_from_sdp, candidate_to_sdp
+from asyncio_peer import AsyncioPeerThread
 
 from darkswap_trio._dtls import DtlsError, DtlsTransport, generate_dtls_certificate
 from darkswap_trio._ice import IceTransport
@@ -109,37 +110,12 @@ async def aiortc_peer(
         await ice.stop()
 
 
-class AiortcThread:
-    """Runs :func:`aiortc_peer` on a worker thread; messages both ways."""
-
-    def __init__(self, nursery: trio.Nursery, **peer_args: Any) -> None:
-        self._from_aiortc_send, self._from_aiortc = trio.open_memory_channel[tuple[Any, ...]](16)
-        token = trio.lowlevel.current_trio_token()
-
-        def to_trio(item: tuple[Any, ...]) -> None:
-            trio.from_thread.run_sync(self._from_aiortc_send.send_nowait, item, trio_token=token)
-
-        nursery.start_soon(
-            lambda: trio.to_thread.run_sync(
-                asyncio.run, aiortc_peer(to_trio=to_trio, **peer_args), abandon_on_cancel=True
-            )
-        )
-        self._to_aiortc: Callable[[tuple[Any, ...]], None] | None = None
-
-    async def receive(self) -> tuple[Any, ...]:
-        item = await self._from_aiortc.receive()
-        assert item[0] != "error", item
-        if item[0] == "inbox":
-            self._to_aiortc = item[1]
-            return await self.receive()
-        return item
-
-    def send(self, item: tuple[Any, ...]) -> None:
-        assert self._to_aiortc is not None
-        self._to_aiortc(item)
+def AiortcThread(nursery: trio.Nursery, **peer_args: Any) -> AsyncioPeerThread:
+    """:func:`aiortc_peer` on a worker thread."""
+    return AsyncioPeerThread(nursery, aiortc_peer, **peer_args)
 
 
-async def connect_ice(ice: IceTransport, aiortc: AiortcThread, our_fingerprint: str) -> list:
+async def connect_ice(ice: IceTransport, aiortc: AsyncioPeerThread, our_fingerprint: str) -> list:
     """Signal both ways, connect ICE; returns aiortc's DTLS fingerprints."""
     _, ufrag, pwd, candidates, fingerprints = await aiortc.receive()
     ice.set_remote_credentials(ufrag, pwd)

@@ -19,6 +19,7 @@ import aioice.ice
 import pytest
 import trio
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from asyncio_peer import AsyncioPeerThread
 
 from darkswap_trio._peer_connection import PeerConnectionConfig, open_peer_connection
 from darkswap_trio.proto.datachannel import MessageTooLarge
@@ -93,41 +94,9 @@ async def aiortc_peer(offer: bool, labels: list[tuple[str, dict]], to_trio: Call
         await pc.close()
 
 
-class AiortcThread:
-    """Runs :func:`aiortc_peer` on a worker thread; items both ways."""
-
-    def __init__(self, nursery: trio.Nursery, **peer_args: Any) -> None:
-        self._send, self._receive = trio.open_memory_channel[tuple[Any, ...]](256)
-        token = trio.lowlevel.current_trio_token()
-
-        def to_trio(item: tuple[Any, ...]) -> None:
-            trio.from_thread.run_sync(self._send.send_nowait, item, trio_token=token)
-
-        nursery.start_soon(
-            lambda: trio.to_thread.run_sync(
-                asyncio.run, aiortc_peer(to_trio=to_trio, **peer_args), abandon_on_cancel=True
-            )
-        )
-        self._to_aiortc: Callable[[tuple[Any, ...]], None] | None = None
-
-    async def ready(self) -> None:
-        """Wait until aiortc's event loop runs and can take items."""
-        while self._to_aiortc is None:
-            item = await self._receive.receive()
-            assert item[0] == "inbox", item
-            self._to_aiortc = item[1]
-
-    async def receive(self) -> tuple[Any, ...]:
-        item = await self._receive.receive()
-        assert item[0] != "error", item
-        if item[0] == "inbox":
-            self._to_aiortc = item[1]
-            return await self.receive()
-        return item
-
-    def send(self, item: tuple[Any, ...]) -> None:
-        assert self._to_aiortc is not None
-        self._to_aiortc(item)
+def AiortcThread(nursery: trio.Nursery, **peer_args: Any) -> AsyncioPeerThread:
+    """:func:`aiortc_peer` on a worker thread."""
+    return AsyncioPeerThread(nursery, aiortc_peer, **peer_args)
 
 
 @pytest.fixture
