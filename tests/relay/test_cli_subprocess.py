@@ -133,3 +133,85 @@ async def test_port_in_use_exits_1() -> None:
     assert result.returncode == 1
     assert result.stdout == b""
     assert b"relay failed" in result.stderr
+
+
+def relay_script() -> list[str]:
+    """The installed ``darkswap-relay`` console script (next to this interpreter)."""
+    script = os.path.join(os.path.dirname(sys.executable), "darkswap-relay")
+    if not os.path.exists(script):
+        pytest.skip("the darkswap-relay script is not installed next to this interpreter")
+    return [script]
+
+
+async def test_original_flows_against_the_darkswap_relay_script() -> None:
+    """A client written for the original relay, against the standalone process."""
+    from types import SimpleNamespace
+
+    from relayclient import connect
+
+    from darkswap_trio.proto.signaling import (
+        Answer,
+        CloseRelay,
+        DataChannel,
+        Error,
+        IceCandidate,
+        Offer,
+        RelayData,
+        RelayRequest,
+        RelayResponse,
+    )
+
+    command = relay_script() + SERVE[3:]  # same flags as `python -m relay`
+    stderr = bytearray()
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            process = await nursery.start(partial(
+                trio.run_process, command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                check=False))
+            nursery.start_soon(drain, process.stderr, stderr)
+            line = (await read_line(process.stdout, bytearray())).decode()
+            assert line.startswith("READY "), (line, stderr)
+            fields = dict(item.split("=", 1) for item in line.split()[1:])
+            server = SimpleNamespace(signaling_port=int(fields["signaling"]))
+            alice_id, bob_id = str(Keypair.generate().peer_id), str(Keypair.generate().peer_id)
+            async with connect(server) as alice, connect(server) as bob:
+                await alice.register_legacy(alice_id)
+                await bob.register_legacy(bob_id)
+                # Signaling reaches the addressee unchanged.
+                offer = Offer(from_=alice_id, to=bob_id, sdp="v=0\r\no=- 1 2 IN IP4 0.0.0.0\r\n")
+                await alice.send(offer)
+                assert await bob.expect(Offer) == offer
+                answer = Answer(from_=bob_id, to=alice_id, sdp="v=0\r\n")
+                await bob.send(answer)
+                assert await alice.expect(Answer) == answer
+                candidate = IceCandidate(from_=alice_id, to=bob_id, sdp_mid="0", sdp_mline_index=0,
+                                         candidate="candidate:1 1 UDP 1 127.0.0.1 9 typ host")
+                await alice.send(candidate)
+                assert await bob.expect(IceCandidate) == candidate
+                # Circuit: request, accepted response, announced to the target.
+                await alice.send(RelayRequest(from_=alice_id, to=bob_id))
+                response = await alice.expect(RelayResponse)
+                assert response.accepted and response.error is None
+                announced = await bob.expect(DataChannel)
+                assert (announced.peer_id, announced.relay_id) == (alice_id, response.relay_id)
+                # RelayData both ways (base64 JSON, as the original).
+                await alice.send(RelayData(from_=alice_id, relay_id=response.relay_id, data=b"to bob"))
+                got = await bob.expect(RelayData)
+                assert (got.from_, got.data) == (alice_id, b"to bob")
+                await bob.send(RelayData(from_=bob_id, relay_id=response.relay_id, data=b"to alice"))
+                assert (await alice.expect(RelayData)).data == b"to alice"
+                # CloseRelay reaches the other end.
+                await alice.send(CloseRelay(relay_id=response.relay_id))
+                closed = await bob.expect(CloseRelay)
+                assert closed.relay_id == response.relay_id
+                # SIGTERM: both peers are told, the process exits 0.
+                process.send_signal(signal.SIGTERM)
+                for peer in (alice, bob):
+                    while True:
+                        frame = await peer.recv()
+                        if isinstance(frame, Error):
+                            assert frame.code == "server_shutdown"
+                            break
+                with trio.fail_after(10):
+                    await process.wait()
+    assert process.returncode == 0, bytes(stderr).decode()
