@@ -121,6 +121,8 @@ class P2PConfig:
     max_connections: int = 100
     connection_idle_timeout: float = 300.0
     event_buffer: int = 256  # bound on queued events for a slow consumer
+    direct_connect_timeout: float = 30.0  # seconds for one direct (WebRTC) attempt
+    direct_delay: float = 0.0  # head start given to the relay path by connect_to_peer
 
     def relay_addresses(self) -> list[RelayAddress]:
         return [parse_relay_address(a) for a in self.relay_servers]
@@ -131,6 +133,10 @@ class P2PConfig:
             raise ConfigError("p2p.max_connections must be at least 1")
         if self.event_buffer < 1:
             raise ConfigError("p2p.event_buffer must be at least 1")
+        if self.direct_connect_timeout <= 0 or self.direct_delay < 0:
+            raise ConfigError("p2p.direct_connect_timeout must be positive, direct_delay >= 0")
+        if self.connection_idle_timeout <= 0:
+            raise ConfigError("p2p.connection_idle_timeout must be positive")
         return self
 
 

@@ -1,8 +1,12 @@
-"""P2PNetwork: the peer-facing API (the guide's P2PNetwork), relay path.
+"""P2PNetwork: the peer-facing API (the guide's P2PNetwork), relay and direct paths.
 
 It owns a RelayManager and turns its events into peer-level ones: a peer is connected
-while at least one circuit to it is open. The direct WebRTC path plugs in beside the
-relay path (see docs/PROTOCOL.md and the README for what exists today).
+while a circuit to it is open or a :class:`PeerLink` to it is live. On every connected
+relay session it runs a WebRtcTransport (the network is the one consumer of that
+session's signals), so peers can open direct data channels to each other.
+``connect_to_peer`` dials both paths at once and returns a PeerLink as soon as one is
+ready; a relayed link upgrades to direct when the direct attempt succeeds later (see
+``_peer_link`` for how the switch keeps the stream exact).
 """
 
 from __future__ import annotations
@@ -13,18 +17,27 @@ from dataclasses import dataclass
 
 import trio
 
+from ._circuit import RelayCircuit
 from ._config import Config, P2PConfig
 from ._identity import Keypair, load_or_create_keypair
+from ._metrics import ConnectionMetrics
+from ._peer_connection import PeerConnectionConfig
+from ._peer_link import LINK_HELLO, PeerLink
+from ._pool import ConnectionPool
 from ._relay_manager import (
     CircuitClosed,
     CircuitCreated,
     DataReceived,
+    NoRelayAvailable,
     RelayEvent,
     RelayManager,
     RelayManagerNotStarted,
+    ServerConnected,
+    ServerDisconnected,
 )
-from ._relay_session import TokenProvider
+from ._relay_session import RelayError, RelaySession, TokenProvider
 from ._service import TaskOwner
+from ._webrtc_transport import DirectConnection, WebRtcTransport
 
 log = logging.getLogger("darkswap_trio.network")
 
@@ -42,7 +55,33 @@ class PeerDisconnected:
     reason: str
 
 
-NetworkEvent = PeerConnected | PeerDisconnected | DataReceived | RelayEvent
+@dataclass(frozen=True)
+class ConnectionUpgraded:
+    """The link to ``peer_id`` now sends on the direct path (it started relayed)."""
+
+    peer_id: str
+
+
+class PeerUnreachable(RelayError):
+    """Neither the direct nor the relay path to a peer could be opened."""
+
+
+NetworkEvent = PeerConnected | PeerDisconnected | ConnectionUpgraded | DataReceived | RelayEvent
+
+
+class _Dial:
+    """The outcome of connect_to_peer's concurrent attempts."""
+
+    def __init__(self, attempts: int) -> None:
+        self.pending = attempts
+        self.errors: list[str] = []
+        self.done = trio.Event()
+
+    def failed(self, what: str, exc: BaseException) -> None:
+        self.errors.append(f"{what}: {type(exc).__name__}: {exc}")
+        self.pending -= 1
+        if self.pending <= 0:
+            self.done.set()
 
 
 class P2PNetwork(TaskOwner):
@@ -60,6 +99,7 @@ class P2PNetwork(TaskOwner):
         keypair: Keypair | None = None,
         token_provider: TokenProvider | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        peer_connection_config: PeerConnectionConfig | None = None,
     ) -> None:
         if config is None:
             config = Config()
@@ -74,20 +114,34 @@ class P2PNetwork(TaskOwner):
         self.relay_manager = RelayManager(
             keypair, self.config.p2p.relay_addresses(), self.config.relay_manager,
             token_provider=token_provider, ssl_context=ssl_context,
-            event_buffer=self.config.p2p.event_buffer,
+            event_buffer=self.config.p2p.event_buffer, deliver_incoming=False,
         )
-        self._event_send, self.events = trio.open_memory_channel[NetworkEvent](self.config.p2p.event_buffer)
+        self.peer_connection_config = peer_connection_config or PeerConnectionConfig(
+            stun_servers=[_host_port(s) for s in self.config.p2p.stun_servers])
+        p2p = self.config.p2p
+        self._event_send, self.events = trio.open_memory_channel[NetworkEvent](p2p.event_buffer)
         self._peer_circuits: dict[str, set[str]] = {}
         self._running = False
         self._scope: trio.CancelScope | None = None
+        self._nursery: trio.Nursery | None = None
+        self.pool = ConnectionPool(p2p.max_connections, p2p.connection_idle_timeout)
+        self._dialing: dict[str, PeerLink] = {}  # links not yet ready (not pooled yet)
+        self._transports: dict[str, tuple[WebRtcTransport, trio.CancelScope]] = {}
+        self._transports_changed = trio.Event()
+        self._incoming_send, self._incoming = trio.open_memory_channel[PeerLink](p2p.event_buffer)
+        self.dropped_incoming_links = 0
+        self.dropped_link_events = 0
 
     # -- lifecycle ----------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[P2PNetwork] = trio.TASK_STATUS_IGNORED) -> None:
         with trio.CancelScope() as self._scope:
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 await nursery.start(self.relay_manager.run)
                 nursery.start_soon(self._translate_events)
+                nursery.start_soon(self._accept_circuits)
+                nursery.start_soon(self._prune_idle)
                 self._running = True
                 try:
                     task_status.started(self)
@@ -95,6 +149,8 @@ class P2PNetwork(TaskOwner):
                 finally:
                     self._running = False
                     with trio.CancelScope(shield=True), trio.move_on_after(2):
+                        for link in [*self.pool.links(), *self._dialing.values()]:
+                            await link.aclose()
                         await self.relay_manager.stop()
                     nursery.cancel_scope.cancel()
 
@@ -112,10 +168,14 @@ class P2PNetwork(TaskOwner):
 
     @property
     def connected_peers(self) -> list[str]:
-        return sorted(peer for peer, circuits in self._peer_circuits.items() if circuits)
+        peers = {peer for peer, circuits in self._peer_circuits.items() if circuits}
+        return sorted(peers | {link.peer_id for link in self.pool.links()})
 
     async def wait_relay_connected(self, count: int = 1) -> None:
+        """Wait until ``count`` relays are connected (and, with direct enabled, serve offers)."""
         await self.relay_manager.wait_connected(count)
+        while self.config.p2p.enable_direct and len(self._transports) < count:
+            await self._transports_changed.wait()
 
     async def connect_via_relay(self, peer_id: str) -> str:
         """Open a relay circuit to ``peer_id``; its data arrives as DataReceived events."""
@@ -136,17 +196,301 @@ class P2PNetwork(TaskOwner):
         async for event in self.relay_manager.events:
             if isinstance(event, CircuitCreated):
                 circuits = self._peer_circuits.setdefault(event.peer_id, set())
-                first = not circuits
+                first = not circuits and self.pool.get(event.peer_id) is None
                 circuits.add(event.relay_id)
                 await self._event_send.send(event)
                 if first:
                     await self._event_send.send(PeerConnected(event.peer_id, "relay", event.relay_id))
             elif isinstance(event, CircuitClosed):
-                circuits = self._peer_circuits.get(event.peer_id, set())
-                circuits.discard(event.relay_id)
-                await self._event_send.send(event)
-                if not circuits:
-                    self._peer_circuits.pop(event.peer_id, None)
-                    await self._event_send.send(PeerDisconnected(event.peer_id, event.reason))
+                await self._circuit_gone(event)
             else:
+                if isinstance(event, ServerConnected):
+                    self._start_transport(event.server_id)
+                elif isinstance(event, ServerDisconnected):
+                    self._stop_transport(event.server_id)
                 await self._event_send.send(event)
+
+    async def _circuit_gone(self, event: CircuitClosed) -> None:
+        circuits = self._peer_circuits.get(event.peer_id, set())
+        circuits.discard(event.relay_id)
+        await self._event_send.send(event)
+        if not circuits:
+            self._peer_circuits.pop(event.peer_id, None)
+            if self.pool.get(event.peer_id) is None and event.peer_id not in self._dialing:
+                await self._event_send.send(PeerDisconnected(event.peer_id, event.reason))
+
+    # -- direct path: one WebRtcTransport per connected relay session ------------------
+
+    def _start_transport(self, server_id: str) -> None:
+        session = self.relay_manager.server(server_id).session
+        if not self.config.p2p.enable_direct or session is None or self._nursery is None:
+            return
+        self._stop_transport(server_id)
+        scope = trio.CancelScope()
+        transport = WebRtcTransport(session, self.peer_connection_config,
+                                    max_connections=self.config.p2p.max_connections)
+        self._nursery.start_soon(self._run_transport, server_id, session, transport, scope)
+
+    def _stop_transport(self, server_id: str) -> None:
+        entry = self._transports.pop(server_id, None)
+        if entry is not None:
+            entry[1].cancel()
+
+    async def _run_transport(self, server_id: str, session: RelaySession,
+                             transport: WebRtcTransport, scope: trio.CancelScope) -> None:
+        with scope:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(transport.run)
+                self._transports[server_id] = (transport, scope)
+                self._transports_changed.set()
+                self._transports_changed = trio.Event()
+                nursery.start_soon(self._accept_direct, transport)
+                await session.wait_closed()
+                nursery.cancel_scope.cancel()
+        if self._transports.get(server_id, (None,))[0] is transport:
+            del self._transports[server_id]
+
+    async def _accept_direct(self, transport: WebRtcTransport) -> None:
+        while True:
+            connection = await transport.accept()
+            link = self._link_for_incoming(connection.peer_id)
+            if link is None or not link.attach_direct(connection):
+                await connection.aclose()
+                continue
+            await self._pool_incoming(link, "direct", None)
+
+    def _best_transport(self) -> WebRtcTransport | None:
+        for server in self.relay_manager.connected_servers():
+            entry = self._transports.get(server.id)
+            if entry is not None:
+                return entry[0]
+        return None
+
+    # -- incoming relay circuits: link circuits or plain DataReceived ones ---------------
+
+    async def _accept_circuits(self) -> None:
+        assert self._nursery is not None
+        while True:
+            circuit = await self.relay_manager.accept_circuit()
+            self._nursery.start_soon(self._classify_circuit, circuit)
+
+    async def _classify_circuit(self, circuit: RelayCircuit) -> None:
+        manager = self.relay_manager
+        try:
+            first = await circuit.receive()
+        except (trio.EndOfChannel, trio.BrokenResourceError, trio.ClosedResourceError):
+            first = None
+        if first == LINK_HELLO and self.config.p2p.enable_relay:
+            link = self._link_for_incoming(circuit.peer_id)
+            if link is not None and self._bind_relay(link, circuit):
+                await self._pool_incoming(link, "relay", circuit.relay_id)
+                return
+            await circuit.aclose()
+        elif first is not None:
+            # A plain connect_via_relay circuit: the guide's DataReceived events.
+            await manager._emit(DataReceived(circuit.peer_id, circuit.relay_id, first))
+        await manager._pump(circuit)  # the manager's own delivery, CircuitClosed included
+
+    # -- links ------------------------------------------------------------------------
+
+    def _new_link(self, peer_id: str) -> PeerLink:
+        assert self._nursery is not None
+        return PeerLink(peer_id, self._nursery, on_upgraded=self._link_upgraded,
+                        on_circuit_closed=self._link_circuit_closed, on_closed=self._link_closed)
+
+    def _link_for_incoming(self, peer_id: str) -> PeerLink | None:
+        link = self.pool.get(peer_id) or self._dialing.get(peer_id)
+        if link is None and self._running:
+            link = self._new_link(peer_id)
+            self._dialing[peer_id] = link
+        return link
+
+    def _bind_relay(self, link: PeerLink, circuit: RelayCircuit) -> bool:
+        entry = self.relay_manager._circuits.get(circuit.relay_id)
+        server_id = entry[1] if entry else None
+
+        def relay_rtt_ms() -> float | None:
+            if server_id is None:
+                return None
+            server = self.relay_manager.server(server_id)
+            return server.session.latency_ms if server.session else server.latency_ms
+
+        if not link.attach_relay(circuit):
+            return False
+        link.relay_rtt_ms = relay_rtt_ms
+        return True
+
+    async def _pool_incoming(self, link: PeerLink, kind: str, relay_id: str | None) -> None:
+        if self._dialing.get(link.peer_id) is not link:
+            return  # already pooled (a second path joined it), or dialed by us
+        del self._dialing[link.peer_id]
+        kept = await self.pool.add(link)
+        if kept is not link:
+            return
+        try:
+            self._incoming_send.send_nowait(link)
+        except trio.WouldBlock:
+            self.dropped_incoming_links += 1
+        if not self._peer_circuits.get(link.peer_id) or kind == "direct":
+            self._emit_nowait(PeerConnected(link.peer_id, kind, relay_id))
+
+    def _link_upgraded(self, link: PeerLink) -> None:
+        self._emit_nowait(ConnectionUpgraded(link.peer_id))
+
+    def _link_circuit_closed(self, link: PeerLink, circuit: RelayCircuit) -> None:
+        if self.relay_manager._circuits.pop(circuit.relay_id, None) is None:
+            return  # already accounted for
+        circuits = self._peer_circuits.get(circuit.peer_id, set())
+        circuits.discard(circuit.relay_id)
+        if not circuits:
+            self._peer_circuits.pop(circuit.peer_id, None)
+        self._emit_nowait(CircuitClosed(circuit.relay_id, circuit.peer_id, circuit.close_reason or "closed"))
+
+    def _link_closed(self, link: PeerLink) -> None:
+        self.pool.discard(link)
+        if self._dialing.get(link.peer_id) is link:
+            del self._dialing[link.peer_id]
+        if not self._peer_circuits.get(link.peer_id):
+            self._emit_nowait(PeerDisconnected(link.peer_id, "link closed"))
+
+    def _emit_nowait(self, event: NetworkEvent) -> None:
+        # Link status events never wait (they come from sync callbacks and from
+        # connect_to_peer, which must not hang on an unread event channel); dropped
+        # ones are counted, and the pool and links always have the truth.
+        try:
+            self._event_send.send_nowait(event)
+        except trio.WouldBlock:
+            self.dropped_link_events += 1
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
+
+    async def _prune_idle(self) -> None:
+        interval = min(self.config.p2p.connection_idle_timeout / 4, 30.0)
+        while True:
+            await trio.sleep(interval)
+            await self.pool.prune_idle(trio.current_time())
+
+    # -- peer API ---------------------------------------------------------------------
+
+    async def connect_to_peer(self, peer_id: str) -> PeerLink:
+        """A link to ``peer_id``: direct and relay dialed at once, the first ready wins.
+
+        Returns an existing live link if there is one. When the relay wins, the direct
+        attempt goes on in the background and upgrades the link when it succeeds
+        (a ConnectionUpgraded event). Raises PeerUnreachable if both attempts fail.
+        """
+        self._require_running()
+        existing = self.pool.get(peer_id) or self._dialing.get(peer_id)
+        if existing is not None:
+            await existing.wait_ready()
+            if not existing.closed:
+                return existing
+        p2p = self.config.p2p
+        use_direct = p2p.enable_direct and self._best_transport() is not None
+        use_relay = p2p.enable_relay
+        if not use_direct and not use_relay:
+            raise PeerUnreachable(f"no path to {peer_id}: direct and relay are unavailable", "no_path")
+        link = self._new_link(peer_id)
+        self._dialing[peer_id] = link
+        dial = _Dial(int(use_direct) + int(use_relay))
+        assert self._nursery is not None
+        if use_direct:
+            self._nursery.start_soon(self._dial_direct, link, dial)
+        if use_relay:
+            self._nursery.start_soon(self._dial_relay, link, dial)
+        try:
+            async with trio.open_nursery() as waiters:
+                async def ready() -> None:
+                    await link.wait_ready()
+                    waiters.cancel_scope.cancel()
+
+                async def all_failed() -> None:
+                    await dial.done.wait()
+                    waiters.cancel_scope.cancel()
+
+                waiters.start_soon(ready)
+                waiters.start_soon(all_failed)
+        except BaseException:
+            await link.aclose()
+            raise
+        if link.closed or not link._path_ready.is_set():
+            await link.aclose()
+            raise PeerUnreachable(f"cannot reach {peer_id}: {'; '.join(dial.errors)}", "unreachable")
+        if self._dialing.get(peer_id) is link:
+            del self._dialing[peer_id]
+        kept = await self.pool.add(link)
+        if not self._peer_circuits.get(peer_id) or link.connection_type == "direct":
+            self._emit_nowait(PeerConnected(peer_id, link.connection_type))
+        return kept
+
+    async def upgrade_to_direct(self, peer_id: str) -> bool:
+        """Try the direct path for the existing link to ``peer_id`` now; True if it switched."""
+        link = self.link(peer_id)
+        if link.has_direct:
+            await link.wait_direct()
+            return True
+        dial = _Dial(1)
+        await self._dial_direct(link, dial, delay=False)
+        if dial.errors or link.closed:
+            return False
+        await link.wait_direct()
+        return True
+
+    async def _dial_direct(self, link: PeerLink, dial: _Dial, *, delay: bool = True) -> None:
+        p2p = self.config.p2p
+        try:
+            if p2p.direct_delay and delay:
+                await trio.sleep(p2p.direct_delay)
+            transport = self._best_transport()
+            if transport is None:
+                raise NoRelayAvailable("no relay session to signal through", "no_relay")
+            connection: DirectConnection = await transport.connect(
+                link.peer_id, timeout=p2p.direct_connect_timeout)
+        except (trio.BrokenResourceError, trio.BusyResourceError, RuntimeError, RelayError) as exc:
+            dial.failed("direct", exc)
+            return
+        if not link.attach_direct(connection):
+            await connection.aclose()
+
+    async def _dial_relay(self, link: PeerLink, dial: _Dial) -> None:
+        try:
+            circuit = await self.relay_manager.open_circuit(link.peer_id)
+            await circuit.send(LINK_HELLO)
+        except (RelayError, ValueError, RuntimeError, trio.BrokenResourceError,
+                trio.ClosedResourceError) as exc:
+            dial.failed("relay", exc)
+            return
+        if not self._bind_relay(link, circuit):
+            await circuit.aclose()
+            self._link_circuit_closed(link, circuit)
+
+    async def accept_peer(self) -> PeerLink:
+        """The next link another peer opened to us (by either path)."""
+        return await self._incoming.receive()
+
+    def link(self, peer_id: str) -> PeerLink:
+        """The live link to ``peer_id``; KeyError if there is none."""
+        link = self.pool.get(peer_id)
+        if link is None:
+            raise KeyError(f"no link to {peer_id}")
+        return link
+
+    async def send_to_peer(self, peer_id: str, data: bytes) -> None:
+        """Send on the link to ``peer_id``, connecting first if there is none."""
+        link = self.pool.get(peer_id)
+        if link is None:
+            link = await self.connect_to_peer(peer_id)
+        await link.send(data)
+
+    def metrics(self, peer_id: str) -> ConnectionMetrics:
+        return self.link(peer_id).metrics()
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    """``host:port`` / ``[v6]:port`` / bare host (port 3478, the STUN default)."""
+    if text.count(":") > 1 and not text.startswith("["):
+        return text, 3478  # a bare IPv6 literal
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or (text.startswith("[") and not host.endswith("]")):
+        return text.strip("[]"), 3478
+    return host.strip("[]"), int(port)
