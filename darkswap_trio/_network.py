@@ -286,10 +286,10 @@ class P2PNetwork(TaskOwner):
                 await self._pool_incoming(link, "relay", circuit.relay_id)
                 return
             await circuit.aclose()
-        elif first is not None:
-            # A plain connect_via_relay circuit: the guide's DataReceived events.
-            await manager._emit(DataReceived(circuit.peer_id, circuit.relay_id, first))
-        await manager._pump(circuit)  # the manager's own delivery, CircuitClosed included
+            await manager.deliver_as_events(circuit)  # only its CircuitClosed is left
+            return
+        # A plain connect_via_relay circuit: the guide's DataReceived events.
+        await manager.deliver_as_events(circuit, first)
 
     # -- links ------------------------------------------------------------------------
 
@@ -306,8 +306,7 @@ class P2PNetwork(TaskOwner):
         return link
 
     def _bind_relay(self, link: PeerLink, circuit: RelayCircuit) -> bool:
-        entry = self.relay_manager._circuits.get(circuit.relay_id)
-        server_id = entry[1] if entry else None
+        server_id = self.relay_manager.circuit_server(circuit.relay_id)
 
         def relay_rtt_ms() -> float | None:
             if server_id is None:
@@ -338,7 +337,7 @@ class P2PNetwork(TaskOwner):
         self._emit_nowait(ConnectionUpgraded(link.peer_id))
 
     def _link_circuit_closed(self, link: PeerLink, circuit: RelayCircuit) -> None:
-        if self.relay_manager._circuits.pop(circuit.relay_id, None) is None:
+        if not self.relay_manager.forget_circuit(circuit.relay_id):
             return  # already accounted for
         circuits = self._peer_circuits.get(circuit.peer_id, set())
         circuits.discard(circuit.relay_id)

@@ -374,6 +374,22 @@ class RelayManager(TaskOwner):
         circuit = await self.open_circuit(peer_id, deliver=True)
         return circuit.relay_id
 
+    async def deliver_as_events(self, circuit: RelayCircuit, first: bytes | None = None) -> None:
+        """Read ``circuit`` into DataReceived events (``first``: a message already taken
+        from it), then emit its CircuitClosed. For circuits taken with accept_circuit()."""
+        if first is not None:
+            await self._emit(DataReceived(circuit.peer_id, circuit.relay_id, first))
+        await self._pump(circuit)
+
+    def circuit_server(self, relay_id: str) -> str | None:
+        """The id of the relay that carries circuit ``relay_id``, if it is open."""
+        entry = self._circuits.get(relay_id)
+        return entry[1] if entry else None
+
+    def forget_circuit(self, relay_id: str) -> bool:
+        """Stop tracking a circuit its owner closed; False if it was not tracked."""
+        return self._circuits.pop(relay_id, None) is not None
+
     def circuit(self, relay_id: str) -> RelayCircuit:
         try:
             return self._circuits[relay_id][0]
