@@ -109,16 +109,18 @@ class RegistrationHandshake:
 
     def _register(self, msg: Register) -> HandshakeStep:
         self.extended = msg.protocol is not None
+        if not self.extended and self.mode == "open":
+            # Legacy mode (PROTOCOL.md 2.2): any id the codec accepts, as the original
+            # relay took any string ("peer1"); only darkswap-relay/1 requires PeerIds.
+            return HandshakeAccepted(msg.peer_id, None, None)
         try:
             self._claimed = claimed = PeerId.from_string(msg.peer_id)
         except PeerIdError as exc:
             return HandshakeRefusal("invalid_peer_id", str(exc))
         if msg.protocol is None:
-            if self.mode != "open":
-                return HandshakeRefusal(
-                    "auth_required", "this relay requires darkswap-relay/1 authentication"
-                )
-            return HandshakeAccepted(msg.peer_id, None, None)
+            return HandshakeRefusal(
+                "auth_required", "this relay requires darkswap-relay/1 authentication"
+            )
         if msg.protocol != PROTOCOL_VERSION:
             return HandshakeRefusal(
                 "bad_frame", f"unsupported protocol {msg.protocol[:64]!r}", CLOSE_PROTOCOL_ERROR

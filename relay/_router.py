@@ -31,9 +31,10 @@ from darkswap_trio.proto.relay import (
     DeliverData,
     Outcome,
 )
-from darkswap_trio.proto.signaling import CircuitLimits, DataChannel, RelayResponse
+from darkswap_trio.proto.signaling import CircuitLimits, RelayResponse
 
 from ._config import RelayConfig
+from ._legacy import INCOMPATIBLE_PEER, circuit_announcement, incompatible, incompatible_reason
 from ._metrics import RelayMetrics
 
 if TYPE_CHECKING:
@@ -156,22 +157,30 @@ class RelayRouter:
 
     def request_circuit(self, requester: str, target: str) -> None:
         """Handle a RelayRequest whose ``from`` is already checked."""
-        if target != requester and target not in self.registered:
-            self.metrics.circuits_refused.labels(reason="unknown_peer").inc()
-            session = self.registered.get(requester)
-            if session is not None:
-                session.send_control(
-                    RelayResponse(
-                        relay_id="",
-                        accepted=False,
-                        error=f"peer {target} is not connected",
-                        code="unknown_peer",
-                        to=target,
-                    )
-                )
-            return
-        self.table.request(requester, target, uuid.uuid4().bytes, trio.current_time())
-        self.dispatch()
+        target_session = self.registered.get(target)
+        requester_session = self.registered.get(requester)
+        if target != requester and target_session is None:
+            self._refuse_circuit(
+                requester, target, "unknown_peer", f"peer {target} is not connected"
+            )
+        elif (
+            target_session is not None
+            and requester_session is not None
+            and incompatible(requester_session, target_session)
+        ):
+            self._refuse_circuit(requester, target, INCOMPATIBLE_PEER, incompatible_reason(target))
+        else:
+            self.table.request(requester, target, uuid.uuid4().bytes, trio.current_time())
+            self.dispatch()
+
+    def _refuse_circuit(self, requester: str, target: str, code: str, message: str) -> None:
+        """A refusal decided before the circuit table (which refuses the rest)."""
+        self.metrics.circuits_refused.labels(reason=code).inc()
+        session = self.registered.get(requester)
+        if session is not None:
+            session.send_control(
+                RelayResponse(relay_id="", accepted=False, error=message, code=code, to=target)
+            )
 
     def credit(self, relay_id: bytes, receiver: str, increment: int, now: float) -> bool:
         """``receiver`` (or the relay for a legacy one) grants credit; False if the
@@ -297,14 +306,8 @@ class RelayRouter:
                 )
             )
         if target is not None:
-            target.send_control(
-                DataChannel(
-                    peer_id=event.requester,
-                    relay_id=text,
-                    channel="relay",
-                    limits=event.limits,
-                )
-            )
+            for announcement in circuit_announcement(target, event.requester, text, event.limits):
+                target.send_control(announcement)
 
     async def run_circuit_timer(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED

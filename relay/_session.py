@@ -1,12 +1,13 @@
 """One signaling session: handshake, limits, routing, and a bounded send path.
 
 A :class:`SignalingSession` runs two tasks in its own nursery (a child of the server's
-session nursery): the *reader* (handshake per docs/PROTOCOL.md section 2, then routing,
-with the handshake / idle / token-expiry deadline as one cancel scope per idle period)
-and the *writer*. A frame addressed to the session is written at once by the task that
+session nursery): the *reader* (handshake per docs/PROTOCOL.md section 2, then routing
+by :mod:`relay._routing`, with the handshake / idle / token-expiry deadline as one cancel
+scope per idle period) and the *writer*. A frame addressed to the session is written at once by the task that
 produced it when nothing waits before it (the usual relay hop), else it goes through one
-FIFO drained by the writer, so order is preserved either way: ``DataChannel`` before the
-first data of a circuit, ``CloseRelay`` after its last data. The FIFO is bounded:
+FIFO drained by the writer, so order is preserved either way: a circuit's announcement
+(``DataChannel``, or a legacy session's ``RelayRequest`` + ``RelayResponse``) before its
+first data, ``CloseRelay`` after its last data. The FIFO is bounded:
 circuit data by the credit windows, control frames by :data:`MAX_CONTROL_QUEUE` frames
 and :data:`MAX_CONTROL_QUEUE_BYTES` bytes (:mod:`relay._outbox`): a peer that stops
 reading while others keep signalling it is closed as stalled instead of growing it.
@@ -23,26 +24,15 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from darkswap_trio.proto.errors import SignalingParseError
-from darkswap_trio.proto.relay import CloseReason, Outcome
+from darkswap_trio.proto.relay import CloseReason
 from darkswap_trio.proto.signaling import (
-    DATA_HEADER_LENGTH,
-    FRAME_DATA,
-    Answer,
-    Authenticate,
-    CircuitCredit,
     CloseRelay,
     Error,
-    IceCandidate,
     Message,
-    Offer,
     Ping,
     Pong,
-    RefreshToken,
-    Register,
     RelayData,
-    RelayRequest,
     TokenRefreshed,
-    decode_binary_untrusted,
     decode_message_untrusted,
     encode_circuit_credit,
     encode_circuit_data,
@@ -50,6 +40,7 @@ from darkswap_trio.proto.signaling import (
     message_type,
 )
 
+from . import _legacy
 from ._handshake import (
     HandshakeAccepted,
     HandshakeRefusal,
@@ -58,7 +49,8 @@ from ._handshake import (
 )
 from ._limits import TokenBucket
 from ._outbox import LEGACY_DATA, SessionOutbox
-from ._router import RelayRouter, parse_relay_id, relay_id_text
+from ._router import RelayRouter, relay_id_text
+from ._routing import route_binary, route_message
 
 if TYPE_CHECKING:
     from ._auth import JwtValidator
@@ -77,7 +69,6 @@ CLOSE_POLICY = 1008
 CLOSE_INTERNAL = 1011
 CLOSE_TOKEN_EXPIRED = 4001
 
-_FORWARDED = (Offer, Answer, IceCandidate)
 _CONNECTION_GONE = (trio.EndOfChannel, trio.BrokenResourceError, trio.ClosedResourceError)
 
 
@@ -85,8 +76,8 @@ class SignalingSession:
     """A WebSocket signaling session of one peer (see the module docstring)."""
 
     __slots__ = (
-        "router", "ws", "remote_ip", "peer_id", "registered", "_jwt", "_limits", "_mode",
-        "_handshake_deadline", "_last_activity", "_activity", "_token_deadline", "_handshake",
+        "router", "ws", "remote_ip", "peer_id", "registered", "has_libp2p_id", "_jwt",
+        "_limits", "_mode", "_handshake_deadline", "_last_activity", "_activity", "_token_deadline", "_handshake",
         "_messages", "_bytes", "_strikes", "_out", "_credit_wakeup", "_close_code",
         "_close_reason", "_read_scope", "_stopped", "_nursery", "_writer_done", "_reader_done",
     )  # fmt: skip
@@ -103,6 +94,7 @@ class SignalingSession:
         self.remote_ip = remote_ip
         self.peer_id: str | None = None
         self.registered = False
+        self.has_libp2p_id = False  # see relay._legacy.incompatible
         self._jwt = jwt_validator
         cfg = router.config
         self._limits = cfg.limits
@@ -385,7 +377,7 @@ class SignalingSession:
     def _handle_frame(self, frame: str | bytes, now: float) -> Coroutine[Any, Any, None] | None:
         if type(frame) is str:
             return self._handle_text(frame, now)
-        return self._handle_binary(frame, now)  # type: ignore[arg-type]
+        return route_binary(self, frame, now)  # type: ignore[arg-type]
 
     def _deadline_passed(self, what: str) -> CloseReason:
         self.router.metrics.limit_hit(what)
@@ -422,7 +414,7 @@ class SignalingSession:
         elif not self.registered:
             return self._handle_handshake(msg)
         else:
-            return self._route(msg, now)
+            return route_message(self, msg, now)
         return None
 
     # -- handshake (PROTOCOL.md section 2) -------------------------------------------
@@ -493,104 +485,24 @@ class SignalingSession:
         """The peer id is registered to this session: answer Registered."""
         self.peer_id = accepted.peer_id
         self.registered = True
+        self.has_libp2p_id = self.extended or _legacy.is_libp2p_peer_id(accepted.peer_id)
         if accepted.expires_at is not None:
             self._set_token_deadline(accepted.expires_at)
         self._last_activity = trio.current_time()
         self.router.metrics.registration(self._mode if self.extended else "legacy", "ok")
         self.send_control(self._handshake.registered(accepted, self.router.announced_limits))
 
-    # -- routing (registered) --------------------------------------------------------
+    # -- registered: routing lives in relay._routing -------------------------------
 
-    def _route(self, msg: Message, now: float) -> Coroutine[Any, Any, None] | None:
-        me = self.peer_id
-        assert me is not None
-        router = self.router
-        sender = getattr(msg, "from_", me)
-        if sender != me:
-            self.send_error("spoofed_from", f"'from' must be your peer id {me}", sender[:128])
-            return None
-        if isinstance(msg, _FORWARDED):
-            target = router.lookup(msg.to)
-            if target is None:
-                self.send_error("unknown_peer", f"peer {msg.to} is not connected", msg.to)
-            else:
-                target.send_control(msg)
-        elif isinstance(msg, RelayRequest):
-            router.request_circuit(me, msg.to)
-        elif isinstance(msg, RelayData):
-            relay_id = parse_relay_id(msg.relay_id)
-            if relay_id is None or relay_id not in router.table.circuits_of(me):
-                self.send_error("unknown_circuit", "no such circuit", msg.relay_id)
-                return None
-            return self._circuit_data(relay_id, msg.data, now, wait_for_credit=not self.extended)
-        elif isinstance(msg, CloseRelay):
-            relay_id = parse_relay_id(msg.relay_id)
-            if relay_id is None or router.table.close(relay_id, me) is not Outcome.OK:
-                self.send_error("unknown_circuit", "no such circuit", msg.relay_id)
-                return None
-            router.dispatch()
-        elif isinstance(msg, RefreshToken):
-            # On failure the old token stays in force and the session goes on.
-            result = self._handshake.validate_token(msg.token, me, time.time())
-            if isinstance(result, HandshakeRefusal):
-                self.send_error(result.code, result.message)
-            else:
-                self._set_token_deadline(result)
-                self.send_control(TokenRefreshed(expires_at=result))
-        elif isinstance(msg, (Register, Authenticate)):
-            self.send_error("already_registered", "this session is already registered")
+    def refresh_token(self, token: str) -> None:
+        """RefreshToken: on failure the old token stays in force and the session goes on."""
+        assert self.peer_id is not None
+        result = self._handshake.validate_token(token, self.peer_id, time.time())
+        if isinstance(result, HandshakeRefusal):
+            self.send_error(result.code, result.message)
         else:
-            self.send_error("bad_frame", f"{message_type(msg)} is not a client message")
-        return None
-
-    def _handle_binary(self, frame: bytes, now: float) -> Coroutine[Any, Any, None] | None:
-        if not self.registered:
-            self.send_error("not_registered", "binary frame before registration")
-            return None
-        if not self.extended:
-            self.send_error("bad_frame", "binary frames need darkswap-relay/1")
-            return None
-        if len(frame) >= DATA_HEADER_LENGTH and frame[0] == FRAME_DATA:
-            # DATA is forwarded as received (the frame is the same on both sides of the
-            # relay): the header is checked here and the payload never copied.
-            return self._circuit_data(
-                frame[1:DATA_HEADER_LENGTH], memoryview(frame)[DATA_HEADER_LENGTH:], now,
-                wait_for_credit=False, frame=frame,
-            )  # fmt: skip
-        try:
-            parsed = decode_binary_untrusted(frame)
-        except SignalingParseError as exc:
-            self.send_error(exc.code, str(exc))
-            return None
-        assert self.peer_id is not None and isinstance(parsed, CircuitCredit)
-        if not self.router.credit(parsed.relay_id, self.peer_id, parsed.increment, now):
-            self.send_error("unknown_circuit", "no such circuit", relay_id_text(parsed.relay_id))
-        return None
-
-    def _circuit_data(
-        self,
-        relay_id: bytes,
-        payload: bytes | memoryview,
-        now: float,
-        *,
-        wait_for_credit: bool,
-        frame: bytes | None = None,
-    ) -> Coroutine[Any, Any, None] | None:
-        router = self.router
-        me = self.peer_id
-        assert me is not None
-        size = len(payload)
-        # A legacy sender knows nothing of credit: stop reading until it returns.
-        need = min(size, router.circuit_limits.max_data_frame) if wait_for_credit else 0
-        balance = router.table.balance(relay_id, me) if need else None
-        if (balance is not None and balance < need) or (
-            router.circuit_limits.bandwidth  # every circuit has the router's limits
-            and router.table.send_delay(relay_id, me, size, now) > 0
-        ):
-            return router.deliver_later(self, relay_id, payload, need, frame)
-        if not router.deliver(me, relay_id, payload, now, frame):
-            self.send_error("unknown_circuit", "no such circuit", relay_id_text(relay_id))
-        return None
+            self._set_token_deadline(result)
+            self.send_control(TokenRefreshed(expires_at=result))
 
     async def wait_for_credit(self) -> None:
         """Wait until credit arrives for this peer or one of its circuits closes."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import struct
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -23,6 +24,30 @@ from .errors import SignalingParseError
 PROTOCOL_VERSION = "darkswap-relay/1"
 NONCE_LENGTH = 32
 MAX_ID_LENGTH = 128
+
+# Characters no id may hold (PROTOCOL.md 3.1): C0/C1 controls and DEL (category Cc), the
+# line and paragraph separators (Zl, Zp) and lone surrogates (Cs: no UTF-8 form). Ids are
+# echoed in logs, errors and other peers' frames, so none may break a line or a frame.
+_FORBIDDEN_ID_CHARACTER = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+
+def id_problem(text: str, *, allow_empty: bool = False) -> str | None:
+    """Why ``text`` is not a valid id on the wire (PROTOCOL.md 3.1), or None if it is one.
+
+    Peer ids are 1..MAX_ID_LENGTH characters without control characters; relay ids
+    (``allow_empty``) may also be empty (a refused ``RelayResponse`` carries ``""``).
+    Whether a peer id must also be a libp2p PeerId depends on the session (section 2).
+    """
+    if len(text) > MAX_ID_LENGTH:
+        return f"is longer than {MAX_ID_LENGTH} characters"
+    if not text:
+        return None if allow_empty else "is empty"
+    # Fast path (every libp2p PeerId): printable ASCII holds no forbidden character.
+    if text.isascii() and text.isprintable():
+        return None
+    if _FORBIDDEN_ID_CHARACTER.search(text):
+        return "holds a control, line-separator or surrogate character"
+    return None
+
 
 # -- errors -----------------------------------------------------------------------------
 
@@ -173,6 +198,7 @@ Message = (
 
 # -- field table ------------------------------------------------------------------------
 # (json key, attribute, kind, required, always emitted)
+# kinds "id" (a peer id) and "rid" (a relay id, may be empty) are checked by id_problem().
 # "always emitted" keeps the original relay's optional fields present as null, because
 # clients of the original (serde Option<T>) expect the key.
 
@@ -197,14 +223,14 @@ _FIELDS: dict[type, tuple[_Spec, ...]] = {
                    ("candidate", "candidate", "str", True, True), ("sdp_mid", "sdp_mid", "str", False, True),
                    ("sdp_mline_index", "sdp_mline_index", "int", False, True)),
     RelayRequest: (("from", "from_", "id", True, True), ("to", "to", "id", True, True)),
-    RelayResponse: (("relay_id", "relay_id", "id", True, True), ("accepted", "accepted", "bool", True, True),
+    RelayResponse: (("relay_id", "relay_id", "rid", True, True), ("accepted", "accepted", "bool", True, True),
                     ("error", "error", "str", False, True), ("code", "code", "str", False, False),
                     ("to", "to", "id", False, False), ("limits", "limits", "limits", False, False)),
-    DataChannel: (("peer_id", "peer_id", "id", True, True), ("relay_id", "relay_id", "id", True, True),
+    DataChannel: (("peer_id", "peer_id", "id", True, True), ("relay_id", "relay_id", "rid", True, True),
                   ("channel", "channel", "str", True, True), ("limits", "limits", "limits", False, False)),
-    RelayData: (("from", "from_", "id", True, True), ("relay_id", "relay_id", "id", True, True),
+    RelayData: (("from", "from_", "id", True, True), ("relay_id", "relay_id", "rid", True, True),
                 ("data", "data", "b64", True, True)),
-    CloseRelay: (("relay_id", "relay_id", "id", True, True), ("reason", "reason", "str", False, False)),
+    CloseRelay: (("relay_id", "relay_id", "rid", True, True), ("reason", "reason", "str", False, False)),
     Error: (("message", "message", "str", True, True), ("code", "code", "str", False, False),
             ("ref", "ref", "str", False, False)),
     Ping: (),
@@ -227,11 +253,11 @@ def _reject_constant(name: str) -> Any:
 
 
 def _decode_value(kind: str, key: str, value: Any) -> Any:
-    if kind in ("str", "id"):
+    if kind in ("str", "id", "rid"):
         if not isinstance(value, str):
             raise SignalingParseError(f"field {key!r} must be a string")
-        if kind == "id" and len(value) > MAX_ID_LENGTH:
-            raise SignalingParseError(f"field {key!r} is longer than {MAX_ID_LENGTH} characters")
+        if kind != "str" and (problem := id_problem(value, allow_empty=kind == "rid")):
+            raise SignalingParseError(f"field {key!r} {problem}")
         return value
     if kind == "bool":
         if not isinstance(value, bool):

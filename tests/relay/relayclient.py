@@ -22,9 +22,12 @@ from darkswap_trio.proto.signaling import (
     Challenge,
     CircuitCredit,
     CircuitData,
+    DataChannel,
     Message,
     Register,
     Registered,
+    RelayRequest,
+    RelayResponse,
     decode_binary_untrusted,
     decode_message_untrusted,
     encode_circuit_credit,
@@ -53,6 +56,7 @@ class RelayClient:
         self.ws = ws
         self.peer_id: str | None = None
         self.keypair: Keypair | None = None
+        self.extended = False  # registered with darkswap-relay/1
 
     async def send(self, msg: Message) -> None:
         await self.ws.send(encode_message(msg))
@@ -84,6 +88,19 @@ class RelayClient:
         assert err.code == code, err
         return err
 
+    async def expect_circuit_announcement(self, requester: str) -> str:
+        """What tells this client (the target) that ``requester`` opened a circuit to it;
+        returns the relay id. darkswap-relay/1: ``DataChannel``; legacy: the original
+        relay's ``RelayRequest{from, to}`` then ``RelayResponse{relay_id, accepted, error}``."""
+        if self.extended:
+            announced = await self.expect(DataChannel)
+            assert (announced.peer_id, announced.channel) == (requester, "relay"), announced
+            return announced.relay_id
+        assert await self.expect(RelayRequest) == RelayRequest(from_=requester, to=self.peer_id)
+        response = await self.expect(RelayResponse)
+        assert response == RelayResponse(relay_id=response.relay_id, accepted=True), response
+        return response.relay_id
+
     async def expect_closed(self) -> int | None:
         """Read until the relay closes the connection; return the close code."""
         try:
@@ -110,6 +127,7 @@ class RelayClient:
         """The full darkswap-relay/1 handshake, verifying the relay's proof of identity."""
         self.keypair = keypair
         self.peer_id = str(keypair.peer_id)
+        self.extended = True
         nonce = os.urandom(32)
         await self.send(Register(peer_id=self.peer_id, protocol=PROTOCOL_VERSION, nonce=nonce))
         if open_mode:

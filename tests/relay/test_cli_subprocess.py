@@ -152,7 +152,6 @@ async def test_original_flows_against_the_darkswap_relay_script() -> None:
     from darkswap_trio.proto.signaling import (
         Answer,
         CloseRelay,
-        DataChannel,
         Error,
         IceCandidate,
         Offer,
@@ -192,8 +191,8 @@ async def test_original_flows_against_the_darkswap_relay_script() -> None:
                 await alice.send(RelayRequest(from_=alice_id, to=bob_id))
                 response = await alice.expect(RelayResponse)
                 assert response.accepted and response.error is None
-                announced = await bob.expect(DataChannel)
-                assert (announced.peer_id, announced.relay_id) == (alice_id, response.relay_id)
+                # Told as the original told it: RelayRequest, then RelayResponse.
+                assert await bob.expect_circuit_announcement(alice_id) == response.relay_id
                 # RelayData both ways (base64 JSON, as the original).
                 await alice.send(RelayData(from_=alice_id, relay_id=response.relay_id, data=b"to bob"))
                 got = await bob.expect(RelayData)

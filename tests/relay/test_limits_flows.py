@@ -12,7 +12,6 @@ from relayclient import connect, make_config, new_peer, raw_upgrade
 from darkswap_trio.proto.signaling import (
     CircuitData,
     CloseRelay,
-    DataChannel,
     Ping,
     Pong,
     RelayData,
@@ -38,7 +37,7 @@ async def open_circuit(a, b):
     await a.send(RelayRequest(from_=a.peer_id, to=b.peer_id))
     resp = await a.expect(RelayResponse)
     assert resp.accepted, resp
-    await b.expect(DataChannel)
+    assert await b.expect_circuit_announcement(a.peer_id) == resp.relay_id
     return resp.relay_id, uuid.UUID(resp.relay_id).bytes
 
 

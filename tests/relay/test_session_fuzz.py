@@ -15,7 +15,6 @@ from relayclient import connect, make_config, new_peer
 
 from darkswap_trio.proto.signaling import (
     _FIELDS,
-    DataChannel,
     Error,
     Ping,
     Pong,
@@ -53,7 +52,7 @@ def random_value(rng: random.Random, ids: list[str], depth: int = 0):
 
 def typed_value(rng: random.Random, kind: str, ids: list[str], relay_texts: list[str]):
     """A well-typed field value (as the codec's field table describes it)."""
-    if kind == "id":
+    if kind in ("id", "rid"):
         return rng.choice(ids + relay_texts)
     if kind == "str":
         return rng.choice(["", "v=0\r\n", "relay", "x" * rng.randrange(100)])
@@ -108,7 +107,7 @@ async def test_random_frames_never_crash_the_session(nursery, seed):
             await partner.register_legacy(str(new_peer().peer_id))
             await fuzzer.send(RelayRequest(from_=fuzzer.peer_id, to=partner.peer_id))
             resp = await fuzzer.expect(RelayResponse)
-            await partner.expect(DataChannel)
+            await partner.expect_circuit_announcement(fuzzer.peer_id)
             ids = [fuzzer.peer_id, partner.peer_id, str(new_peer().peer_id), "bad id"]
             relay_ids = [uuid.UUID(resp.relay_id).bytes]
             sentinel = str(new_peer().peer_id)

@@ -73,14 +73,14 @@ async def test_legacy_clients_original_flows(nursery):
             await a.send(Ping())
             await a.expect(Pong)
 
-            # Circuit: request, accepted response, DataChannel to the target.
+            # Circuit: request, accepted response; the legacy target is told as the
+            # original relay told it (RelayRequest, then RelayResponse).
             await a.send(RelayRequest(from_=a_id, to=b_id))
             resp = await a.expect(RelayResponse)
             assert resp.accepted and resp.error is None and resp.to == b_id
             assert str(uuid.UUID(resp.relay_id)) == resp.relay_id
             assert resp.limits is not None and resp.limits.window == 256 * 1024
-            dc = await b.expect(DataChannel)
-            assert (dc.peer_id, dc.relay_id, dc.channel) == (a_id, resp.relay_id, "relay")
+            assert await b.expect_circuit_announcement(a_id) == resp.relay_id
 
             # RelayData both ways (base64 JSON), `from` is the sender.
             await a.send(RelayData(from_=a_id, relay_id=resp.relay_id, data=b"hello"))
@@ -272,7 +272,7 @@ async def test_disconnect_tells_the_other_end(nursery):
                 await b.register_extended(new_peer(), server.peer_id, open_mode=True)
                 await b.send(RelayRequest(from_=b.peer_id, to=a.peer_id))
                 resp = await b.expect(RelayResponse)
-                await a.expect(DataChannel)
+                assert await a.expect_circuit_announcement(b.peer_id) == resp.relay_id
                 b_id = b.peer_id
             # b is gone: a is told, and b's id is free again.
             assert await a.expect(CloseRelay) == CloseRelay(resp.relay_id, "peer_disconnected")

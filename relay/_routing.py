@@ -1,0 +1,147 @@
+"""What a registered session's frames do (docs/PROTOCOL.md sections 3-5).
+
+:func:`route_message` handles a JSON message, :func:`route_binary` a binary DATA/CREDIT
+frame, both from a registered :class:`~relay._session.SignalingSession`: signaling is
+forwarded to its addressee, circuit requests, data, credit and closes go to the
+:class:`~relay._router.RelayRouter`. Legacy sessions' differences are in
+:mod:`relay._legacy`. Like the session's other handlers these are synchronous and return
+a coroutine for what may block (a legacy sender waiting for credit, bandwidth pacing),
+which the session awaits outside its read deadline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
+
+from darkswap_trio.proto.errors import SignalingParseError
+from darkswap_trio.proto.relay import Outcome
+from darkswap_trio.proto.signaling import (
+    DATA_HEADER_LENGTH,
+    FRAME_DATA,
+    Answer,
+    Authenticate,
+    CircuitCredit,
+    CloseRelay,
+    DataChannel,
+    IceCandidate,
+    Message,
+    Offer,
+    RefreshToken,
+    Register,
+    RelayData,
+    RelayRequest,
+    decode_binary_untrusted,
+    message_type,
+)
+
+from . import _legacy
+from ._router import parse_relay_id, relay_id_text
+
+if TYPE_CHECKING:
+    from ._session import SignalingSession
+
+Blocking = Coroutine[Any, Any, None] | None
+_FORWARDED = (Offer, Answer, IceCandidate)
+
+
+def route_message(session: SignalingSession, msg: Message, now: float) -> Blocking:
+    """A JSON message from a registered session (Ping/Pong are answered before)."""
+    me = session.peer_id
+    assert me is not None
+    router = session.router
+    sender = getattr(msg, "from_", me)
+    if sender != me:
+        session.send_error("spoofed_from", f"'from' must be your peer id {me}", sender[:128])
+        return None
+    if isinstance(msg, _FORWARDED):
+        target = router.lookup(msg.to)
+        if target is None:
+            session.send_error("unknown_peer", f"peer {msg.to} is not connected", msg.to)
+        elif _legacy.incompatible(session, target):
+            session.send_error(
+                _legacy.INCOMPATIBLE_PEER, _legacy.incompatible_reason(msg.to), msg.to
+            )
+        else:
+            target.send_control(msg)
+    elif isinstance(msg, RelayRequest):
+        router.request_circuit(me, msg.to)
+    elif isinstance(msg, RelayData):
+        relay_id = parse_relay_id(msg.relay_id)
+        if relay_id is None or relay_id not in router.table.circuits_of(me):
+            session.send_error("unknown_circuit", "no such circuit", msg.relay_id)
+            return None
+        if not session.extended and _legacy.oversized(
+            session, msg, router.circuit_limits.max_data_frame
+        ):
+            return None
+        return circuit_data(session, relay_id, msg.data, now, wait_for_credit=not session.extended)
+    elif isinstance(msg, CloseRelay):
+        relay_id = parse_relay_id(msg.relay_id)
+        if relay_id is None or router.table.close(relay_id, me) is not Outcome.OK:
+            session.send_error("unknown_circuit", "no such circuit", msg.relay_id)
+            return None
+        router.dispatch()
+    elif isinstance(msg, RefreshToken):
+        session.refresh_token(msg.token)
+    elif isinstance(msg, DataChannel) and not session.extended:
+        _legacy.data_channel(session, router.table, parse_relay_id(msg.relay_id), msg)
+    elif isinstance(msg, (Register, Authenticate)):
+        session.send_error("already_registered", "this session is already registered")
+    else:
+        session.send_error("bad_frame", f"{message_type(msg)} is not a client message")
+    return None
+
+
+def route_binary(session: SignalingSession, frame: bytes, now: float) -> Blocking:
+    """A binary frame (PROTOCOL.md 5.1): only registered darkswap-relay/1 sessions send them."""
+    if not session.registered:
+        session.send_error("not_registered", "binary frame before registration")
+        return None
+    if not session.extended:
+        session.send_error("bad_frame", "binary frames need darkswap-relay/1")
+        return None
+    if len(frame) >= DATA_HEADER_LENGTH and frame[0] == FRAME_DATA:
+        # DATA is forwarded as received (the frame is the same on both sides of the
+        # relay): the header is checked here and the payload never copied.
+        return circuit_data(
+            session, frame[1:DATA_HEADER_LENGTH], memoryview(frame)[DATA_HEADER_LENGTH:], now,
+            wait_for_credit=False, frame=frame,
+        )  # fmt: skip
+    try:
+        parsed = decode_binary_untrusted(frame)
+    except SignalingParseError as exc:
+        session.send_error(exc.code, str(exc))
+        return None
+    assert session.peer_id is not None and isinstance(parsed, CircuitCredit)
+    if not session.router.credit(parsed.relay_id, session.peer_id, parsed.increment, now):
+        session.send_error("unknown_circuit", "no such circuit", relay_id_text(parsed.relay_id))
+    return None
+
+
+def circuit_data(
+    session: SignalingSession,
+    relay_id: bytes,
+    payload: bytes | memoryview,
+    now: float,
+    *,
+    wait_for_credit: bool,
+    frame: bytes | None = None,
+) -> Blocking:
+    """Deliver ``payload`` now, or return the wait for credit / bandwidth that must come
+    first (``frame``: the sender's DATA frame, forwarded as is)."""
+    router = session.router
+    me = session.peer_id
+    assert me is not None
+    size = len(payload)
+    # A legacy sender knows nothing of credit: stop reading until it returns.
+    need = min(size, router.circuit_limits.max_data_frame) if wait_for_credit else 0
+    balance = router.table.balance(relay_id, me) if need else None
+    if (balance is not None and balance < need) or (
+        router.circuit_limits.bandwidth  # every circuit has the router's limits
+        and router.table.send_delay(relay_id, me, size, now) > 0
+    ):
+        return router.deliver_later(session, relay_id, payload, need, frame)
+    if not router.deliver(me, relay_id, payload, now, frame):
+        session.send_error("unknown_circuit", "no such circuit", relay_id_text(relay_id))
+    return None
