@@ -1,6 +1,7 @@
 """The signaling codec: every message round-trips; untrusted input raises only ParseError."""
 
 import json
+import unicodedata
 import uuid
 
 import pytest
@@ -120,6 +121,81 @@ def test_any_text_raises_only_parse_error(text):
         sig.decode_message_untrusted(text)
     except ParseError:
         pass
+
+
+# -- ids (PROTOCOL.md 3.1) -------------------------------------------------------------
+
+FORBIDDEN_IN_IDS = {"Cc", "Cs", "Zl", "Zp"}  # controls, surrogates, line/paragraph separators
+
+
+def is_valid_id(text: str, *, allow_empty: bool = False) -> bool:
+    """The documented rule, written independently of the codec's implementation."""
+    if not (0 if allow_empty else 1) <= len(text) <= sig.MAX_ID_LENGTH:
+        return False
+    return not any(unicodedata.category(c) in FORBIDDEN_IN_IDS for c in text)
+
+
+# Any text, surrogates included, with lengths around the bounds.
+any_text = st.text(st.characters(exclude_categories=()), max_size=140) | st.builds(
+    lambda c, n: c * n, st.characters(exclude_categories=()), st.integers(0, 140)
+)
+printable_ids = st.text(
+    st.characters(exclude_categories=tuple(FORBIDDEN_IN_IDS)), min_size=1, max_size=128
+)
+
+
+@given(any_text)
+def test_any_peer_id_text_is_accepted_or_raises_parse_error(text):
+    frame = json.dumps({"type": "Register", "payload": {"peer_id": text}})
+    try:
+        msg = sig.decode_message_untrusted(frame)
+    except SignalingParseError as exc:
+        assert not is_valid_id(text), text
+        assert exc.code == "bad_frame"
+    else:
+        assert is_valid_id(text), text
+        assert msg == sig.Register(peer_id=text)
+    assert (sig.id_problem(text) is None) == is_valid_id(text)
+
+
+@given(any_text, st.sampled_from(["from", "to"]))
+def test_ids_in_signaling_fields_follow_the_same_rule(text, key):
+    payload = {"from": "peer1", "to": "peer2", "sdp": "v=0"} | {key: text}
+    frame = json.dumps({"type": "Offer", "payload": payload})
+    try:
+        msg = sig.decode_message_untrusted(frame)
+    except SignalingParseError:
+        assert not is_valid_id(text)
+    else:
+        assert is_valid_id(text) and getattr(msg, "from_" if key == "from" else key) == text
+
+
+@given(any_text)
+def test_any_relay_id_text_is_accepted_or_raises_parse_error(text):
+    # Relay ids may be empty: a refused RelayResponse carries "".
+    frame = json.dumps({"type": "CloseRelay", "payload": {"relay_id": text}})
+    try:
+        msg = sig.decode_message_untrusted(frame)
+    except SignalingParseError:
+        assert not is_valid_id(text, allow_empty=True)
+    else:
+        assert is_valid_id(text, allow_empty=True) and msg == sig.CloseRelay(relay_id=text)
+
+
+@given(printable_ids, printable_ids)
+def test_printable_ids_round_trip(a, b):
+    for msg in (sig.Register(peer_id=a), sig.RelayRequest(from_=a, to=b),
+                sig.IceCandidate(from_=b, to=a, candidate="c"),
+                sig.DataChannel(peer_id=a, relay_id=b, channel="relay")):
+        assert sig.decode_message_untrusted(sig.encode_message(msg)) == msg
+
+
+def test_id_bounds_and_forbidden_characters():
+    for good in ["peer1", "peer-1a2b3c4d", "x" * 128, "peer 1", "ünïcødé ✓", "\u00a0"]:
+        assert sig.id_problem(good) is None, good
+    for bad in ["", "x" * 129, "a\nb", "a\x00", "\x7f", "\x85", "a\u2028", "\u2029", "\ud800"]:
+        assert sig.id_problem(bad) is not None, repr(bad)
+    assert sig.id_problem("", allow_empty=True) is None
 
 
 @given(st.binary(min_size=16, max_size=16), st.binary(max_size=2000))
