@@ -28,14 +28,16 @@ MAX_ID_LENGTH = 128
 # Characters no id may hold (PROTOCOL.md 3.1): C0/C1 controls and DEL (category Cc), the
 # line and paragraph separators (Zl, Zp) and lone surrogates (Cs: no UTF-8 form). Ids are
 # echoed in logs, errors and other peers' frames, so none may break a line or a frame.
-_FORBIDDEN_ID_CHARACTER = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+_FORBIDDEN_ID_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+
 
 def id_problem(text: str, *, allow_empty: bool = False) -> str | None:
     """Why ``text`` is not a valid id on the wire (PROTOCOL.md 3.1), or None if it is one.
 
-    Peer ids are 1..MAX_ID_LENGTH characters without control characters; relay ids
-    (``allow_empty``) may also be empty (a refused ``RelayResponse`` carries ``""``).
-    Whether a peer id must also be a libp2p PeerId depends on the session (section 2).
+    Peer ids are 1..MAX_ID_LENGTH characters, none a control character, line/paragraph
+    separator or surrogate; relay ids (``allow_empty``) may also be empty (a refused
+    ``RelayResponse`` carries ``""``). Whether a peer id must also be a libp2p PeerId
+    depends on the session (section 2).
     """
     if len(text) > MAX_ID_LENGTH:
         return f"is longer than {MAX_ID_LENGTH} characters"
