@@ -152,15 +152,26 @@ class Config:
 
     @classmethod
     def from_toml(cls, source: str | Path) -> Config:
-        """Load from a TOML file path (or TOML text if it contains a newline)."""
-        text = str(source)
+        """Load from a TOML file path (a ``Path``, or a ``str`` without a newline) or
+        from TOML text (a ``str`` with a newline). A missing or unreadable file is a
+        ConfigError naming the path and the OS error, never a TOML syntax error."""
+        if isinstance(source, Path) or (isinstance(source, str) and "\n" not in source):
+            path = Path(source)
+            try:
+                text = path.read_text(encoding="utf-8")
+            except FileNotFoundError:
+                raise ConfigError(f"config file {str(path)!r} does not exist") from None
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"cannot read config file {str(path)!r}: {exc}") from exc
+            origin = f"config file {str(path)!r}"
+        elif isinstance(source, str):
+            text, origin = source, "config text"
+        else:
+            raise TypeError(f"from_toml takes a path or TOML text, not {type(source).__name__}")
         try:
-            if "\n" not in text and Path(text).exists():
-                text = Path(text).read_text()
             table = tomllib.loads(text)
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"cannot read config {source}: {exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{origin} is not valid TOML: {exc}") from None
         config = cls()
         apply_settings(config, table, ConfigError)
         return config.validate()
-

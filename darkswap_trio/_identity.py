@@ -9,7 +9,10 @@ possible without a key directory.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
+import re
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -37,6 +40,11 @@ MULTIHASH_SHA2_256 = 0x12
 _MAX_INLINE_KEY_LENGTH = 42
 # A peer id string longer than this is refused before any decoding work.
 MAX_PEER_ID_LENGTH = 128
+# CIDv1 form of a peer id (libp2p peer-ids spec): multibase base32 lower ('b'), CID
+# version 1, multicodec libp2p-key. Parsed; printed only on request (base58 is the default).
+CID_VERSION_1 = 0x01
+MULTICODEC_LIBP2P_KEY = 0x72
+_BASE32_LOWER = re.compile(r"b[a-z2-7]+")
 
 
 def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
@@ -99,11 +107,17 @@ class PeerId:
 
     @classmethod
     def from_string(cls, text: str) -> PeerId:
-        """Parse and validate a base58btc peer id (untrusted input; raises PeerIdError)."""
+        """Parse and validate a peer id (untrusted input; raises PeerIdError).
+
+        Accepts the base58btc multihash (``12D3KooW…``, ``Qm…``) and the CIDv1 form
+        (``bafz…``: base32 lower, libp2p-key codec), as the libp2p spec requires.
+        """
         if not isinstance(text, str):
             raise PeerIdError(f"peer id must be a string, not {type(text).__name__}")
         if not text or len(text) > MAX_PEER_ID_LENGTH:
             raise PeerIdError(f"peer id has invalid length {len(text)}")
+        if text[0] == "b":
+            return cls._from_cid(text)
         try:
             raw = b58decode(text)
         except ValueError as exc:
@@ -134,6 +148,31 @@ class PeerId:
         else:
             raise PeerIdError(f"invalid peer id {text!r}: unsupported multihash 0x{code:x}")
         return cls(raw)
+
+    @classmethod
+    def _from_cid(cls, text: str) -> PeerId:
+        if not _BASE32_LOWER.fullmatch(text):
+            raise PeerIdError(f"invalid peer id {text!r}: not base32 lower after the 'b' multibase prefix")
+        body = text[1:]
+        try:
+            raw = base64.b32decode(body.upper() + "=" * (-len(body) % 8))
+        except (binascii.Error, ValueError) as exc:
+            raise PeerIdError(f"invalid peer id {text!r}: {exc}") from None
+        version, pos = _read_varint(raw, 0)
+        codec, pos = _read_varint(raw, pos)
+        if version != CID_VERSION_1:
+            raise PeerIdError(f"invalid peer id {text!r}: CID version {version}, expected 1")
+        if codec != MULTICODEC_LIBP2P_KEY:
+            raise PeerIdError(f"invalid peer id {text!r}: CID codec 0x{codec:x} is not libp2p-key (0x72)")
+        peer = cls._from_multihash(raw[pos:], text)
+        if peer.to_cid() != text:
+            raise PeerIdError(f"invalid peer id {text!r}: non-canonical encoding")
+        return peer
+
+    def to_cid(self) -> str:
+        """The CIDv1 form (``bafz…``); ``str()`` stays base58btc."""
+        raw = bytes([CID_VERSION_1, MULTICODEC_LIBP2P_KEY]) + self.multihash
+        return "b" + base64.b32encode(raw).decode("ascii").rstrip("=").lower()
 
     @cached_property
     def _text(self) -> str:
@@ -177,6 +216,19 @@ def parse_peer_id(text: str) -> PeerId:
     return PeerId.from_string(text)
 
 
+def peer_id_text(value: PeerId | str, what: str = "peer_id") -> str:
+    """The canonical base58 text of a peer id argument given as ``PeerId | str``.
+
+    For public calls to check their argument where it is passed: TypeError for any
+    other type, PeerIdError (a ValueError) for a string that is not a peer id.
+    """
+    if isinstance(value, PeerId):
+        return str(value)
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a PeerId or str, not {type(value).__name__}")
+    return str(PeerId.from_string(value))
+
+
 class Keypair:
     """An Ed25519 identity keypair."""
 
@@ -210,13 +262,15 @@ class Keypair:
 
     @classmethod
     def from_protobuf(cls, buf: bytes) -> Keypair:
+        """Read a libp2p PrivateKey protobuf: Data is the 32-byte seed, seed || public
+        key (64), or the old 96-byte form go-libp2p still reads (seed || public key ||
+        a redundant copy of the public key); every public copy must match the seed."""
         key_type, data = _decode_key_protobuf(buf)
-        if key_type != KEY_TYPE_ED25519 or len(data) not in (32, 64):
+        if key_type != KEY_TYPE_ED25519 or len(data) not in (32, 64, 96):
             raise PeerIdError("key file does not hold an Ed25519 private key")
         pair = cls.from_seed(data[:32])
-        if len(data) == 64 and data[32:] != pair.public_key.public_bytes(
-            Encoding.Raw, PublicFormat.Raw
-        ):
+        public = pair.public_key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+        if any(data[i : i + 32] != public for i in range(32, len(data), 32)):
             raise PeerIdError("key file's public half does not match its private key")
         return pair
 

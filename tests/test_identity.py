@@ -90,3 +90,79 @@ def test_any_multihash_bytes_raise_only_parse_error(raw):
         parse_peer_id(b58encode(raw))
     except ParseError:
         pass
+
+
+# -- CIDv1 peer ids (libp2p peer-ids spec: implementations MUST parse them) ----------
+
+SPEC_CID = "bafzbeie5745rpv2m6tjyuugywy4d5ewrqgqqhfnf445he3omzpjbx5xqxe"  # spec example
+SPEC_CID_AS_BASE58 = "QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5N"
+
+
+def test_cid_peer_id_from_the_spec_parses_and_prints_base58():
+    peer = parse_peer_id(SPEC_CID)
+    assert peer == parse_peer_id(SPEC_CID_AS_BASE58)
+    assert str(peer) == SPEC_CID_AS_BASE58
+    assert peer.to_cid() == SPEC_CID
+
+
+def test_ed25519_peer_id_round_trips_through_its_cid():
+    pair = Keypair.generate()
+    cid = pair.peer_id.to_cid()
+    assert cid.startswith("bafz")
+    peer = parse_peer_id(cid)
+    assert peer == pair.peer_id and str(peer) == str(pair.peer_id)
+    assert peer.verify(b"m", pair.sign(b"m"))
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [SPEC_CID.upper(), "b", SPEC_CID[:-1], SPEC_CID + "a", "bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi",
+     "b" + "1" * 10],
+)
+def test_bad_cid_peer_ids_are_parse_errors(bad):
+    # Upper case, truncated, trailing garbage, a dag-pb CID (codec 0x70), bad alphabet.
+    with pytest.raises(PeerIdError):
+        parse_peer_id(bad)
+
+
+@given(st.binary(max_size=60))
+def test_any_cid_bytes_raise_only_parse_error(raw):
+    import base64
+
+    text = "b" + base64.b32encode(raw).decode().rstrip("=").lower()
+    try:
+        parse_peer_id(text)
+    except ParseError:
+        pass
+
+
+@given(st.text(alphabet="abcdefghijklmnopqrstuvwxyz234567=", max_size=90))
+def test_any_base32_text_raises_only_parse_error(body):
+    try:
+        parse_peer_id("b" + body)
+    except ParseError:
+        pass
+
+
+# -- the old 96-byte Ed25519 private key encoding (go-libp2p still reads it) ---------
+
+def _old_96_byte_key(pair, redundant=None):
+    from darkswap_trio._identity import KEY_TYPE_ED25519, _encode_key_protobuf
+
+    seed_and_public = pair.to_protobuf()[4:]
+    assert len(seed_and_public) == 64
+    return _encode_key_protobuf(KEY_TYPE_ED25519, seed_and_public + (redundant or seed_and_public[32:]))
+
+
+def test_old_96_byte_private_key_is_read(tmp_path):
+    pair = Keypair.generate()
+    path = tmp_path / "go-libp2p.key"
+    path.write_bytes(_old_96_byte_key(pair))
+    assert load_or_create_keypair(path).peer_id == pair.peer_id
+
+
+def test_old_96_byte_private_key_with_a_wrong_redundant_copy_is_refused():
+    pair = Keypair.generate()
+    other = Keypair.generate().to_protobuf()[4 + 32:]
+    with pytest.raises(PeerIdError, match="does not match"):
+        Keypair.from_protobuf(_old_96_byte_key(pair, redundant=other))

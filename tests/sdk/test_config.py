@@ -51,7 +51,7 @@ max_reconnect_attempts = 2
         ("[p2p]\nmax_connection = 3", "unknown setting p2p.max_connection"),
         ("[relay_manager]\nping_interval = 'soon'", "relay_manager.ping_interval has the wrong type"),
         ("[relay_manager]\nping_interval = 0", "relay_manager.ping_interval must be positive"),
-        ("[p2p\n", "cannot read config"),
+        ("[p2p\n", "config text is not valid TOML"),
     ],
 )
 def test_bad_config_names_the_problem(toml, needle):
@@ -116,3 +116,27 @@ def test_any_text_is_a_config_error_or_an_address(text):
         parse_relay_address(text)
     except ConfigError:
         pass
+
+
+def test_missing_config_file_says_so_with_its_path(tmp_path):
+    missing = tmp_path / "missing.toml"
+    for source in (missing, str(missing), "missing.toml"):
+        with pytest.raises(ConfigError) as info:
+            Config.from_toml(source)
+        assert "does not exist" in str(info.value) and "missing.toml" in str(info.value)
+        assert "TOML" not in str(info.value)
+
+
+def test_unreadable_config_file_says_so_with_its_path(tmp_path):
+    # A directory where the file should be: unreadable for root too (chmod is not).
+    with pytest.raises(ConfigError) as info:
+        Config.from_toml(tmp_path)
+    assert f"cannot read config file {str(tmp_path)!r}" in str(info.value)
+    assert isinstance(info.value.__cause__, OSError)
+
+
+def test_config_file_with_bad_toml_names_the_file(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("[p2p\n")
+    with pytest.raises(ConfigError, match="bad.toml' is not valid TOML"):
+        Config.from_toml(path)
