@@ -12,6 +12,7 @@ ready; a relayed link upgrades to direct when the direct attempt succeeds later 
 from __future__ import annotations
 
 import logging
+import math
 import ssl
 from dataclasses import dataclass
 
@@ -19,7 +20,7 @@ import trio
 
 from ._circuit import RelayCircuit
 from ._config import Config, P2PConfig
-from ._identity import Keypair, load_or_create_keypair
+from ._identity import Keypair, PeerId, load_or_create_keypair, peer_id_text
 from ._metrics import ConnectionMetrics
 from ._peer_connection import PeerConnectionConfig
 from ._peer_link import LINK_HELLO, PeerLink
@@ -29,11 +30,13 @@ from ._relay_manager import (
     CircuitCreated,
     DataReceived,
     NoRelayAvailable,
+    PeerNotFound,
     RelayEvent,
     RelayManager,
     RelayManagerNotStarted,
     ServerConnected,
     ServerDisconnected,
+    _check_data,
 )
 from ._relay_session import RelayError, RelaySession, TokenProvider
 from ._service import TaskOwner
@@ -63,25 +66,54 @@ class ConnectionUpgraded:
 
 
 class PeerUnreachable(RelayError):
-    """Neither the direct nor the relay path to a peer could be opened."""
+    """Neither the direct nor the relay path to a peer could be opened.
+
+    ``code`` is ``unknown_peer`` when a relay answered that the peer is not connected
+    to it (raised as soon as that answer arrives), ``unreachable`` when every attempt
+    failed or timed out, ``no_path`` when no path is enabled.
+    """
 
 
 NetworkEvent = PeerConnected | PeerDisconnected | ConnectionUpgraded | DataReceived | RelayEvent
 
 
 class _Dial:
-    """The outcome of connect_to_peer's concurrent attempts."""
+    """The outcome of connect_to_peer's concurrent attempts.
 
-    def __init__(self, attempts: int) -> None:
-        self.pending = attempts
+    Each attempt runs inside its own cancel scope here, so the race can stop it: when
+    no relay knows the peer (``unknown_peer``) the dial ends at once, rather than the
+    direct attempt, which signals through a relay too, waiting for its timeout.
+    """
+
+    def __init__(self, *attempts: str) -> None:
+        self.pending = len(attempts)
         self.errors: list[str] = []
         self.done = trio.Event()
+        self.unknown_peer = False  # every failed attempt was an ``unknown_peer``
+        self._finished = {"direct", "relay"} - set(attempts)  # not started: nothing to end
+        self._known_failures = 0
+        self.scopes = {"direct": trio.CancelScope(), "relay": trio.CancelScope()}
 
-    def failed(self, what: str, exc: BaseException) -> None:
+    def failed(self, what: str, exc: BaseException, *, unknown_peer: bool = False) -> None:
+        if what in self._finished:
+            return
+        self._finished.add(what)
+        self.scopes[what].cancel()
         self.errors.append(f"{what}: {type(exc).__name__}: {exc}")
+        self._known_failures += not unknown_peer
+        self.unknown_peer = not self._known_failures
         self.pending -= 1
         if self.pending <= 0:
             self.done.set()
+
+    def peer_unknown(self, exc: BaseException) -> None:
+        """No connected relay knows the peer: no attempt can succeed; stop them all."""
+        self.failed("relay", exc, unknown_peer=True)
+        self.failed("direct", exc, unknown_peer=True)
+
+    def abandon(self) -> None:
+        for scope in self.scopes.values():
+            scope.cancel()
 
 
 class P2PNetwork(TaskOwner):
@@ -115,12 +147,17 @@ class P2PNetwork(TaskOwner):
             keypair, self.config.p2p.relay_addresses(), self.config.relay_manager,
             token_provider=token_provider, ssl_context=ssl_context,
             event_buffer=self.config.p2p.event_buffer, deliver_incoming=False,
+            on_status=self._on_relay_status,
         )
         self.peer_connection_config = peer_connection_config or PeerConnectionConfig(
             stun_servers=[_host_port(s) for s in self.config.p2p.stun_servers])
         p2p = self.config.p2p
         self._event_send, self.events = trio.open_memory_channel[NetworkEvent](p2p.event_buffer)
         self._peer_circuits: dict[str, set[str]] = {}
+        # PeerConnected/PeerDisconnected decided when a circuit opened or closed, sent
+        # right after that event when the event reaches network.events.
+        self._follow_ups: dict[RelayEvent, NetworkEvent] = {}
+        self._dials: dict[str, _Dial] = {}  # connect_to_peer races in progress
         self._running = False
         self._scope: trio.CancelScope | None = None
         self._nursery: trio.Nursery | None = None
@@ -128,9 +165,16 @@ class P2PNetwork(TaskOwner):
         self._dialing: dict[str, PeerLink] = {}  # links not yet ready (not pooled yet)
         self._transports: dict[str, tuple[WebRtcTransport, trio.CancelScope]] = {}
         self._transports_changed = trio.Event()
-        self._incoming_send, self._incoming = trio.open_memory_channel[PeerLink](p2p.event_buffer)
+        # Independent of the event queue (and as deep as the pool), so unread events
+        # never cost an accept and a reader of accept_peer() never loses a link.
+        self._incoming_send, self._incoming = trio.open_memory_channel[PeerLink](p2p.max_connections)
         self.dropped_incoming_links = 0
-        self.dropped_link_events = 0
+        self.dropped_events = 0  # events dropped because nobody read network.events
+
+    @property
+    def dropped_link_events(self) -> int:
+        """Former name of :attr:`dropped_events`."""
+        return self.dropped_events
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -171,18 +215,34 @@ class P2PNetwork(TaskOwner):
         peers = {peer for peer, circuits in self._peer_circuits.items() if circuits}
         return sorted(peers | {link.peer_id for link in self.pool.links()})
 
-    async def wait_relay_connected(self, count: int = 1) -> None:
-        """Wait until ``count`` relays are connected (and, with direct enabled, serve offers)."""
-        await self.relay_manager.wait_connected(count)
-        while self.config.p2p.enable_direct and len(self._transports) < count:
-            await self._transports_changed.wait()
+    async def wait_relay_connected(self, count: int = 1, *, timeout: float | None = None) -> None:
+        """Wait until ``count`` relays are connected (and, with direct enabled, serve offers).
 
-    async def connect_via_relay(self, peer_id: str) -> str:
+        Raises NoRelayAvailable (the relays' addresses and last errors in its message,
+        the real exception as ``__cause__``) as soon as fewer than ``count`` configured
+        relays can still connect, or after ``timeout`` seconds.
+        """
+        deadline = math.inf if timeout is None else trio.current_time() + timeout
+        while True:
+            remaining = None if timeout is None else max(deadline - trio.current_time(), 0.0)
+            await self.relay_manager.wait_connected(count, timeout=remaining)
+            if not self.config.p2p.enable_direct or len(self._transports) >= count:
+                return
+            if trio.current_time() >= deadline:
+                raise NoRelayAvailable(f"relays connected, but the direct path's signaling did not "
+                                       f"start within {timeout}s", "relay_timeout")
+            with trio.move_on_at(deadline):
+                await self._transports_changed.wait()
+
+    async def connect_via_relay(self, peer_id: PeerId | str) -> str:
         """Open a relay circuit to ``peer_id``; its data arrives as DataReceived events."""
+        peer_id = peer_id_text(peer_id)
         self._require_running()
         return await self.relay_manager.connect_to_peer(peer_id)
 
-    async def send_via_relay(self, peer_id: str, relay_id: str, data: bytes) -> None:
+    async def send_via_relay(self, peer_id: PeerId | str, relay_id: str, data: bytes) -> None:
+        peer_id = peer_id_text(peer_id)
+        _check_data(data)
         self._require_running()
         await self.relay_manager.send_data(peer_id, relay_id, data)
 
@@ -192,32 +252,43 @@ class P2PNetwork(TaskOwner):
 
     # -- events ---------------------------------------------------------------------------
 
-    async def _translate_events(self) -> None:
-        async for event in self.relay_manager.events:
-            if isinstance(event, CircuitCreated):
-                circuits = self._peer_circuits.setdefault(event.peer_id, set())
-                first = not circuits and self.pool.get(event.peer_id) is None
-                circuits.add(event.relay_id)
-                await self._event_send.send(event)
-                if first:
-                    await self._event_send.send(PeerConnected(event.peer_id, "relay", event.relay_id))
-            elif isinstance(event, CircuitClosed):
-                await self._circuit_gone(event)
+    def _on_relay_status(self, event: RelayEvent, queued: bool) -> None:
+        """The relay manager's news, synchronously: the books and the direct path's
+        transports follow it here, whether or not anyone reads events."""
+        follow_up: NetworkEvent | None = None
+        if isinstance(event, CircuitCreated):
+            circuits = self._peer_circuits.setdefault(event.peer_id, set())
+            if not circuits and self.pool.get(event.peer_id) is None:
+                follow_up = PeerConnected(event.peer_id, "relay", event.relay_id)
+            circuits.add(event.relay_id)
+        elif isinstance(event, CircuitClosed):
+            circuits = self._peer_circuits.get(event.peer_id, set())
+            circuits.discard(event.relay_id)
+            if not circuits:
+                self._peer_circuits.pop(event.peer_id, None)
+                if self.pool.get(event.peer_id) is None and event.peer_id not in self._dialing:
+                    follow_up = PeerDisconnected(event.peer_id, event.reason)
+        elif isinstance(event, ServerConnected):
+            self._start_transport(event.server_id)
+        elif isinstance(event, ServerDisconnected):
+            self._stop_transport(event.server_id)
+        if follow_up is not None:
+            if queued:
+                self._follow_ups[event] = follow_up
             else:
-                if isinstance(event, ServerConnected):
-                    self._start_transport(event.server_id)
-                elif isinstance(event, ServerDisconnected):
-                    self._stop_transport(event.server_id)
-                await self._event_send.send(event)
+                self.dropped_events += 1
 
-    async def _circuit_gone(self, event: CircuitClosed) -> None:
-        circuits = self._peer_circuits.get(event.peer_id, set())
-        circuits.discard(event.relay_id)
-        await self._event_send.send(event)
-        if not circuits:
-            self._peer_circuits.pop(event.peer_id, None)
-            if self.pool.get(event.peer_id) is None and event.peer_id not in self._dialing:
-                await self._event_send.send(PeerDisconnected(event.peer_id, event.reason))
+    async def _translate_events(self) -> None:
+        # Only DataReceived waits for the reader (backpressure on that circuit's data);
+        # every other event is passed on without waiting, or dropped and counted.
+        async for event in self.relay_manager.events:
+            if isinstance(event, DataReceived):
+                await self._event_send.send(event)
+                continue
+            self._emit_nowait(event)
+            follow_up = self._follow_ups.pop(event, None)
+            if follow_up is not None:
+                self._emit_nowait(follow_up)
 
     # -- direct path: one WebRtcTransport per connected relay session ------------------
 
@@ -245,10 +316,20 @@ class P2PNetwork(TaskOwner):
                 self._transports_changed.set()
                 self._transports_changed = trio.Event()
                 nursery.start_soon(self._accept_direct, transport)
+                nursery.start_soon(self._watch_unknown_peers, session)
                 await session.wait_closed()
                 nursery.cancel_scope.cancel()
         if self._transports.get(server_id, (None,))[0] is transport:
             del self._transports[server_id]
+
+    async def _watch_unknown_peers(self, session: RelaySession) -> None:
+        """End a direct attempt whose Offer the relay could not deliver (``unknown_peer``):
+        without this it would wait for its full timeout."""
+        async for error in session.errors:
+            dial = self._dials.get(error.ref or "") if error.code == "unknown_peer" else None
+            if dial is not None:
+                # Only that relay does not know the peer: the relay attempt may still win.
+                dial.failed("direct", PeerNotFound(error.message, error.code), unknown_peer=True)
 
     async def _accept_direct(self, transport: WebRtcTransport) -> None:
         while True:
@@ -328,8 +409,9 @@ class P2PNetwork(TaskOwner):
             return
         try:
             self._incoming_send.send_nowait(link)
-        except trio.WouldBlock:
+        except trio.WouldBlock:  # max_connections links nobody accepted
             self.dropped_incoming_links += 1
+            log.warning("accept queue full: link from %s not handed to accept_peer()", link.peer_id)
         if not self._peer_circuits.get(link.peer_id) or kind == "direct":
             self._emit_nowait(PeerConnected(link.peer_id, kind, relay_id))
 
@@ -359,7 +441,7 @@ class P2PNetwork(TaskOwner):
         try:
             self._event_send.send_nowait(event)
         except trio.WouldBlock:
-            self.dropped_link_events += 1
+            self.dropped_events += 1
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             pass
 
@@ -371,13 +453,18 @@ class P2PNetwork(TaskOwner):
 
     # -- peer API ---------------------------------------------------------------------
 
-    async def connect_to_peer(self, peer_id: str) -> PeerLink:
+    async def connect_to_peer(self, peer_id: PeerId | str) -> PeerLink:
         """A link to ``peer_id``: direct and relay dialed at once, the first ready wins.
 
         Returns an existing live link if there is one. When the relay wins, the direct
         attempt goes on in the background and upgrades the link when it succeeds
-        (a ConnectionUpgraded event). Raises PeerUnreachable if both attempts fail.
+        (a ConnectionUpgraded event). Raises PeerUnreachable if both attempts fail, at
+        once (code ``unknown_peer``) when a relay says the peer is not connected to it.
+        TypeError/ValueError for a ``peer_id`` that is not a PeerId or peer id string.
         """
+        peer_id = peer_id_text(peer_id)
+        if peer_id == self.local_peer_id:
+            raise ValueError("connect_to_peer: that is this peer's own id")
         self._require_running()
         existing = self.pool.get(peer_id) or self._dialing.get(peer_id)
         if existing is not None:
@@ -391,7 +478,8 @@ class P2PNetwork(TaskOwner):
             raise PeerUnreachable(f"no path to {peer_id}: direct and relay are unavailable", "no_path")
         link = self._new_link(peer_id)
         self._dialing[peer_id] = link
-        dial = _Dial(int(use_direct) + int(use_relay))
+        dial = _Dial(*["direct"] * use_direct, *["relay"] * use_relay)
+        self._dials[peer_id] = dial
         assert self._nursery is not None
         if use_direct:
             self._nursery.start_soon(self._dial_direct, link, dial)
@@ -410,11 +498,17 @@ class P2PNetwork(TaskOwner):
                 waiters.start_soon(ready)
                 waiters.start_soon(all_failed)
         except BaseException:
+            dial.abandon()
             await link.aclose()
             raise
+        finally:
+            if self._dials.get(peer_id) is dial:
+                del self._dials[peer_id]
         if link.closed or not link._path_ready.is_set():
+            dial.abandon()
             await link.aclose()
-            raise PeerUnreachable(f"cannot reach {peer_id}: {'; '.join(dial.errors)}", "unreachable")
+            code = "unknown_peer" if dial.unknown_peer else "unreachable"
+            raise PeerUnreachable(f"cannot reach {peer_id}: {'; '.join(dial.errors)}", code)
         if self._dialing.get(peer_id) is link:
             del self._dialing[peer_id]
         kept = await self.pool.add(link)
@@ -422,13 +516,13 @@ class P2PNetwork(TaskOwner):
             self._emit_nowait(PeerConnected(peer_id, link.connection_type))
         return kept
 
-    async def upgrade_to_direct(self, peer_id: str) -> bool:
+    async def upgrade_to_direct(self, peer_id: PeerId | str) -> bool:
         """Try the direct path for the existing link to ``peer_id`` now; True if it switched."""
         link = self.link(peer_id)
         if link.has_direct:
             await link.wait_direct()
             return True
-        dial = _Dial(1)
+        dial = _Dial("direct")
         await self._dial_direct(link, dial, delay=False)
         if dial.errors or link.closed:
             return False
@@ -436,6 +530,10 @@ class P2PNetwork(TaskOwner):
         return True
 
     async def _dial_direct(self, link: PeerLink, dial: _Dial, *, delay: bool = True) -> None:
+        with dial.scopes["direct"]:
+            await self._dial_direct_attempt(link, dial, delay)
+
+    async def _dial_direct_attempt(self, link: PeerLink, dial: _Dial, delay: bool) -> None:
         p2p = self.config.p2p
         try:
             if p2p.direct_delay and delay:
@@ -452,36 +550,47 @@ class P2PNetwork(TaskOwner):
             await connection.aclose()
 
     async def _dial_relay(self, link: PeerLink, dial: _Dial) -> None:
-        try:
-            circuit = await self.relay_manager.open_circuit(link.peer_id)
-            await circuit.send(LINK_HELLO)
-        except (RelayError, ValueError, RuntimeError, trio.BrokenResourceError,
-                trio.ClosedResourceError) as exc:
-            dial.failed("relay", exc)
-            return
-        if not self._bind_relay(link, circuit):
-            await circuit.aclose()
+        circuit: RelayCircuit | None = None
+        with dial.scopes["relay"] as scope:
+            try:
+                circuit = await self.relay_manager.open_circuit(link.peer_id)
+                await circuit.send(LINK_HELLO)
+            except PeerNotFound as exc:
+                dial.peer_unknown(exc)
+                return
+            except (RelayError, ValueError, RuntimeError, trio.BrokenResourceError,
+                    trio.ClosedResourceError) as exc:
+                dial.failed("relay", exc)
+                return
+        if circuit is None:
+            return  # abandoned before a circuit opened
+        if scope.cancelled_caught or not self._bind_relay(link, circuit):
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                await circuit.aclose()
             self._link_circuit_closed(link, circuit)
 
     async def accept_peer(self) -> PeerLink:
         """The next link another peer opened to us (by either path)."""
         return await self._incoming.receive()
 
-    def link(self, peer_id: str) -> PeerLink:
+    def link(self, peer_id: PeerId | str) -> PeerLink:
         """The live link to ``peer_id``; KeyError if there is none."""
+        peer_id = peer_id_text(peer_id)
         link = self.pool.get(peer_id)
         if link is None:
             raise KeyError(f"no link to {peer_id}")
         return link
 
-    async def send_to_peer(self, peer_id: str, data: bytes) -> None:
+    async def send_to_peer(self, peer_id: PeerId | str, data: bytes) -> None:
         """Send on the link to ``peer_id``, connecting first if there is none."""
+        peer_id = peer_id_text(peer_id)
+        _check_data(data)
         link = self.pool.get(peer_id)
         if link is None:
             link = await self.connect_to_peer(peer_id)
         await link.send(data)
 
-    def metrics(self, peer_id: str) -> ConnectionMetrics:
+    def metrics(self, peer_id: PeerId | str) -> ConnectionMetrics:
         return self.link(peer_id).metrics()
 
 

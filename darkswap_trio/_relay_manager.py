@@ -2,37 +2,46 @@
 
 One task per relay runs connect -> register -> serve -> backoff in a loop: status moves
 Unknown -> Connecting -> Connected -> Disconnected, and to Failed after
-``max_reconnect_attempts`` consecutive failures (or at once when a relay cannot prove
-its PeerId). ``retry()`` starts a Failed relay again. Circuits go through the connected
-relay with the lowest smoothed latency and fail over to the next when refused or down.
+``max_reconnect_attempts`` consecutive failures, or at once on a permanent refusal
+(the relay cannot prove the PeerId in its multiaddr, refuses our token or lack of one,
+or its TLS certificate is not trusted): retrying those with backoff cannot help.
+``retry()`` starts a Failed relay again. ``wait_connected`` raises NoRelayAvailable as
+soon as no configured relay can still connect. Circuits go through the connected relay
+with the lowest smoothed latency and fail over to the next when refused or down.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
+import math
 import random
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import trio
 
 from ._circuit import RelayCircuit
 from ._config import RelayAddress, RelayManagerConfig, parse_relay_address
-from ._identity import Keypair, PeerId
+from ._identity import Keypair, PeerId, peer_id_text
 from ._relay_session import (
     CircuitRefused,
-    RelayAuthenticationError,
     RelayError,
     RelaySession,
     TokenProvider,
     open_relay_session,
 )
 from ._service import TaskOwner
-from .proto.errors import PeerIdError
 
 log = logging.getLogger("darkswap_trio.relay_manager")
+
+# Refusals that a retry cannot change: the relay is not who its multiaddr says, or the
+# credentials we have are not accepted (token_expired is left out: a provider may well
+# hand out a fresh token on the next attempt).
+PERMANENT_REFUSALS = frozenset({
+    "relay_id_mismatch", "relay_auth_failed", "token_required", "invalid_token", "token_peer_mismatch",
+})
 
 
 class RelayServerStatus(enum.Enum):
@@ -54,7 +63,8 @@ class RelayServer:
     last_ping: float | None = None  # trio time of the last Pong
     latency_ms: float | None = None
     failures: int = 0
-    last_error: str | None = None
+    last_error: str | None = None  # what went wrong last, for people
+    last_exception: BaseException | None = field(default=None, repr=False)  # ... for code
     session: RelaySession | None = field(default=None, repr=False)
 
 
@@ -118,7 +128,16 @@ class RelayManagerNotStarted(RuntimeError):
 
 
 class NoRelayAvailable(RelayError):
-    """No configured relay is connected."""
+    """No configured relay is connected (or, from ``wait_connected``, none can still be).
+
+    ``causes`` maps each relay's multiaddr to its last exception (None if it has none);
+    ``__cause__`` is the first of them, e.g. the ssl.SSLCertVerificationError.
+    """
+
+    def __init__(self, message: str, code: str | None = "no_relay",
+                 causes: dict[str, BaseException | None] | None = None) -> None:
+        super().__init__(message, code)
+        self.causes = dict(causes or {})
 
 
 class PeerNotFound(RelayError):
@@ -147,6 +166,7 @@ class RelayManager(TaskOwner):
         ssl_context: ssl.SSLContext | None = None,
         event_buffer: int = 256,
         deliver_incoming: bool = True,
+        on_status: Callable[[RelayEvent, bool], None] | None = None,
     ) -> None:
         self.keypair = keypair
         self.local_peer_id = str(keypair.peer_id)
@@ -154,6 +174,10 @@ class RelayManager(TaskOwner):
         self._token_provider = token_provider
         self._ssl_context = ssl_context
         self._deliver_incoming = deliver_incoming
+        # Told synchronously of every event but DataReceived, with whether it was
+        # queued on ``events``: an owner (P2PNetwork) keeps its books here, so they
+        # never depend on someone reading events.
+        self._on_status = on_status
         self._servers: dict[str, RelayServer] = {}
         for entry in relay_servers:
             address = entry if isinstance(entry, RelayAddress) else parse_relay_address(entry)
@@ -210,11 +234,38 @@ class RelayManager(TaskOwner):
         live = [s for s in self._servers.values() if s.status is RelayServerStatus.CONNECTED and s.session]
         return sorted(live, key=lambda s: s.latency_ms if s.latency_ms is not None else float("inf"))
 
-    async def wait_connected(self, count: int = 1) -> None:
-        """Wait until at least ``count`` relays are connected."""
-        while len(self.connected_servers()) < count:
-            self._connected_changed = trio.Event()
-            await self._connected_changed.wait()
+    async def wait_connected(self, count: int = 1, *, timeout: float | None = None) -> None:
+        """Wait until at least ``count`` relays are connected.
+
+        Raises :class:`NoRelayAvailable` as soon as fewer than ``count`` relays can
+        still connect (the others are Failed: refused for good, or out of retries),
+        or once ``timeout`` seconds have passed. Its message names each relay with its
+        status and last error, and ``__cause__`` is the real exception.
+        """
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError(f"count must be a positive int, got {count!r}")
+        if timeout is not None and not timeout >= 0:
+            raise ValueError(f"timeout must be None or >= 0 seconds, got {timeout!r}")
+        with trio.move_on_after(math.inf if timeout is None else timeout):
+            while True:
+                changed = self._connected_changed
+                if len(self.connected_servers()) >= count:
+                    return
+                hopeful = [s for s in self._servers.values() if s.status is not RelayServerStatus.FAILED]
+                if len(hopeful) < count:
+                    raise self._unavailable(f"fewer than {count} of {len(self._servers)} configured "
+                                            "relays can still connect")
+                await changed.wait()
+        raise self._unavailable(f"fewer than {count} relays connected within {timeout}s", "relay_timeout")
+
+    def _unavailable(self, summary: str, code: str = "no_relay") -> NoRelayAvailable:
+        causes = {str(s.address): s.last_exception for s in self._servers.values()}
+        details = "; ".join(
+            f"{s.address} {s.status.value}" + (f" ({s.last_error})" if s.last_error else "")
+            for s in self._servers.values()) or "no relay is configured"
+        error = NoRelayAvailable(f"{summary}: {details}", code, causes)
+        error.__cause__ = next((exc for exc in causes.values() if exc is not None), None)
+        return error
 
     def retry(self, server_id: str | None = None) -> None:
         """Start Failed relays (or one) connecting again."""
@@ -222,27 +273,36 @@ class RelayManager(TaskOwner):
             if server_id in (None, sid) and server.status is RelayServerStatus.FAILED:
                 self._retry_events[sid].set()
 
-    async def _emit(self, event: RelayEvent) -> None:
-        # Data and circuit events wait for the consumer: that is the backpressure.
+    async def _emit_data(self, event: DataReceived | CircuitClosed) -> None:
+        # A circuit's data waits for the consumer: that is the backpressure, and only
+        # this circuit's pump waits. Its CircuitClosed follows the data in order.
+        if self._on_status is not None and isinstance(event, CircuitClosed):
+            self._on_status(event, True)
         await self._event_send.send(event)
 
     def _emit_status(self, event: RelayEvent) -> None:
-        # Status events never wait: a consumer that stopped reading must not stall
-        # reconnection. Dropped ones are counted; ``servers`` always has the truth.
+        # Status and CircuitCreated events never wait: a consumer that stopped reading
+        # must not stall reconnection, accepts or dials. Dropped ones are counted;
+        # ``servers`` and the circuits always have the truth.
         try:
             self._event_send.send_nowait(event)
+            queued = True
         except trio.WouldBlock:
             self.dropped_status_events += 1
+            queued = False
+        if self._on_status is not None:
+            self._on_status(event, queued)
 
     def _set_status(self, server: RelayServer, status: RelayServerStatus) -> None:
         server.status = status
-        self._connected_changed.set()
+        # Swap before setting, so every waiter (not only the latest) wakes up.
+        changed, self._connected_changed = self._connected_changed, trio.Event()
+        changed.set()
 
     async def _maintain(self, server: RelayServer) -> None:
         cfg = self.config
         while True:
             self._set_status(server, RelayServerStatus.CONNECTING)
-            fatal = False
             try:
                 async with open_relay_session(
                     server.address, self.keypair, token_provider=self._token_provider,
@@ -250,27 +310,30 @@ class RelayManager(TaskOwner):
                     token_refresh_margin=cfg.token_refresh_margin, ssl_context=self._ssl_context,
                 ) as session:
                     await self._serve_session(server, session)
-                cause = f"session ended: {session.close_cause!r}"
-            except RelayAuthenticationError as exc:
-                cause, fatal = str(exc), exc.code in ("relay_id_mismatch", "relay_auth_failed")
+                error: BaseException | None = session.close_cause
+                cause, fatal = f"session ended: {session.close_cause!r}", False
             except (OSError, trio.TooSlowError, trio.BrokenResourceError, RelayError) as exc:
-                cause = f"{type(exc).__name__}: {exc}"
+                error = _real_cause(exc)
+                cause, fatal = _describe(error), _is_permanent(error)
             server.session = None
             server.failures += 1
             server.last_error = cause
+            server.last_exception = error
             was_connected = server.status is RelayServerStatus.CONNECTED
-            self._set_status(server, RelayServerStatus.DISCONNECTED)
             if was_connected:
                 server.failures = 1
                 self._emit_status(ServerDisconnected(server.id, cause))
-            log.info("relay %s: %s", server.id, cause)
             if fatal or server.failures > cfg.max_reconnect_attempts:
+                why = "refused for good" if fatal else f"failed {server.failures} times in a row"
+                log.warning("relay %s %s, not retrying until retry(): %s", server.address, why, cause)
                 self._set_status(server, RelayServerStatus.FAILED)
                 self._emit_status(ServerFailed(server.id, cause))
                 self._retry_events[server.id] = trio.Event()
                 await self._retry_events[server.id].wait()
                 server.failures = 0
                 continue
+            log.info("relay %s: %s (attempt %d, retrying)", server.address, cause, server.failures)
+            self._set_status(server, RelayServerStatus.DISCONNECTED)
             # Jittered exponential backoff, so a relay restart isn't met by a stampede.
             base = min(cfg.reconnect_interval * 2 ** (server.failures - 1), cfg.max_reconnect_interval)
             await trio.sleep(base * self._rng.uniform(0.5, 1.0))
@@ -279,6 +342,7 @@ class RelayManager(TaskOwner):
         server.session = session
         server.failures = 0
         server.last_error = None
+        server.last_exception = None
         try:
             await session.ping()  # a first latency figure for relay selection
             server.latency_ms = session.latency_ms
@@ -306,7 +370,7 @@ class RelayManager(TaskOwner):
             except trio.BrokenResourceError:
                 return
             self._adopt(circuit, server.id)
-            await self._emit(CircuitCreated(circuit.relay_id, circuit.peer_id, server.id, False))
+            self._emit_status(CircuitCreated(circuit.relay_id, circuit.peer_id, server.id, False))
             if self._deliver_incoming:
                 self._require_running().start_soon(self._pump, circuit)
             else:
@@ -319,24 +383,22 @@ class RelayManager(TaskOwner):
         """Deliver a circuit's messages as DataReceived events, then its CircuitClosed."""
         try:
             async for data in circuit:
-                await self._emit(DataReceived(circuit.peer_id, circuit.relay_id, data))
+                await self._emit_data(DataReceived(circuit.peer_id, circuit.relay_id, data))
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             pass
         self._circuits.pop(circuit.relay_id, None)
-        await self._emit(CircuitClosed(circuit.relay_id, circuit.peer_id, circuit.close_reason or "closed"))
+        await self._emit_data(CircuitClosed(circuit.relay_id, circuit.peer_id, circuit.close_reason or "closed"))
 
     # -- circuits -----------------------------------------------------------------------
 
-    async def open_circuit(self, peer_id: str, *, deliver: bool = False) -> RelayCircuit:
+    async def open_circuit(self, peer_id: PeerId | str, *, deliver: bool = False) -> RelayCircuit:
         """A circuit to ``peer_id`` as a trio channel, through the best relay that knows it.
 
         With ``deliver=True`` the manager reads it and emits DataReceived events instead.
+        Raises PeerNotFound (code ``unknown_peer``) when no connected relay knows the peer.
         """
+        peer_id = peer_id_text(peer_id)
         nursery = self._require_running()
-        try:
-            PeerId.from_string(peer_id)
-        except PeerIdError as exc:
-            raise ValueError(f"cannot open a circuit: {exc}") from None
         candidates = self.connected_servers()
         if not candidates:
             raise NoRelayAvailable("no relay is connected", "no_relay")
@@ -357,7 +419,7 @@ class RelayManager(TaskOwner):
                 errors.append(f"{server.id}: {type(exc).__name__}")
                 continue
             self._adopt(circuit, server.id)
-            await self._emit(CircuitCreated(circuit.relay_id, peer_id, server.id, True))
+            self._emit_status(CircuitCreated(circuit.relay_id, peer_id, server.id, True))
             if deliver:
                 nursery.start_soon(self._pump, circuit)
             return circuit
@@ -369,7 +431,7 @@ class RelayManager(TaskOwner):
         """The next incoming circuit (only with ``deliver_incoming=False``)."""
         return await self._incoming.receive()
 
-    async def connect_to_peer(self, peer_id: str) -> str:
+    async def connect_to_peer(self, peer_id: PeerId | str) -> str:
         """Open a circuit whose data arrives as DataReceived events; returns its relay_id."""
         circuit = await self.open_circuit(peer_id, deliver=True)
         return circuit.relay_id
@@ -378,7 +440,7 @@ class RelayManager(TaskOwner):
         """Read ``circuit`` into DataReceived events (``first``: a message already taken
         from it), then emit its CircuitClosed. For circuits taken with accept_circuit()."""
         if first is not None:
-            await self._emit(DataReceived(circuit.peer_id, circuit.relay_id, first))
+            await self._emit_data(DataReceived(circuit.peer_id, circuit.relay_id, first))
         await self._pump(circuit)
 
     def circuit_server(self, relay_id: str) -> str | None:
@@ -396,8 +458,10 @@ class RelayManager(TaskOwner):
         except KeyError:
             raise UnknownCircuit(f"no open relay circuit {relay_id}") from None
 
-    async def send_data(self, peer_id: str, relay_id: str, data: bytes) -> None:
+    async def send_data(self, peer_id: PeerId | str, relay_id: str, data: bytes) -> None:
         """Send on circuit ``relay_id``; raises UnknownCircuit, CircuitClosed or ClosedResourceError."""
+        peer_id = peer_id_text(peer_id)
+        _check_data(data)
         circuit = self.circuit(relay_id)
         if circuit.peer_id != peer_id:
             raise ValueError(f"circuit {relay_id} leads to {circuit.peer_id}, not {peer_id}")
@@ -407,3 +471,27 @@ class RelayManager(TaskOwner):
         circuit = self.circuit(relay_id)
         self._circuits.pop(relay_id, None)
         await circuit.aclose()
+
+
+def _check_data(data: object) -> None:
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"data must be bytes-like, not {type(data).__name__}")
+
+
+def _real_cause(exc: BaseException) -> BaseException:
+    """The exception that says what went wrong: trio wraps a failed TLS handshake in an
+    empty BrokenResourceError whose __cause__ is the ssl error."""
+    while isinstance(exc, trio.BrokenResourceError) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    return exc
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _is_permanent(exc: BaseException) -> bool:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return True  # an untrusted certificate stays untrusted
+    return isinstance(exc, RelayError) and exc.code in PERMANENT_REFUSALS

@@ -23,7 +23,7 @@ import trio
 
 from ._circuit import RelayCircuit
 from ._config import RelayAddress, parse_relay_address
-from ._identity import Keypair, PeerId
+from ._identity import Keypair, PeerId, peer_id_text
 from ._websocket import WebSocketConnection, WebSocketRejected, open_websocket
 from .proto import signaling as sig
 from .proto.errors import ParseError, WebSocketParseError
@@ -132,9 +132,9 @@ class RelaySession:
         self.latency_ms = rtt if self.latency_ms is None else 0.875 * self.latency_ms + 0.125 * rtt
         return rtt
 
-    async def request_circuit(self, peer_id: str, *, timeout: float = 30.0) -> RelayCircuit:
+    async def request_circuit(self, peer_id: PeerId | str, *, timeout: float = 30.0) -> RelayCircuit:
         """Ask the relay for a circuit to ``peer_id``; raises :class:`CircuitRefused`."""
-        PeerId.from_string(peer_id)
+        peer_id = peer_id_text(peer_id)
         send, receive = trio.open_memory_channel[sig.RelayResponse](1)
         self._pending_requests.setdefault(peer_id, deque()).append(send)
         try:

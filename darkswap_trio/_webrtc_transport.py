@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import trio
 
 from ._datachannel import DataChannel
+from ._identity import PeerId, peer_id_text
 from ._peer_connection import PeerConnection, PeerConnectionConfig, open_peer_connection
 from ._relay_session import RelaySession
 from ._service import TaskOwner
@@ -130,8 +131,9 @@ class WebRtcTransport(TaskOwner):
 
     # -- public -------------------------------------------------------------------------
 
-    async def connect(self, peer_id: str, *, timeout: float = 30.0) -> DirectConnection:
+    async def connect(self, peer_id: PeerId | str, *, timeout: float = 30.0) -> DirectConnection:
         """Open a direct connection to ``peer_id``; BrokenResourceError if it fails."""
+        peer_id = peer_id_text(peer_id)
         nursery = self._require_running()
         if peer_id in self._attempts:
             raise trio.BusyResourceError(f"a connection to {peer_id} is already being set up")
@@ -145,6 +147,12 @@ class WebRtcTransport(TaskOwner):
         except trio.TooSlowError:
             attempt.scope.cancel()
             raise trio.BrokenResourceError(f"direct connection to {peer_id} timed out") from None
+        except BaseException:
+            # Cancelled by our caller: end the attempt too (the one now running for
+            # this caller, if a polite switch replaced ours), or it would outlive us.
+            current = self._attempts.get(peer_id)
+            (current if current is not None and current.result is send else attempt).scope.cancel()
+            raise
         finally:
             if self._attempts.get(peer_id) is attempt:
                 del self._attempts[peer_id]
