@@ -256,7 +256,8 @@ class RelayManager(TaskOwner):
                     raise self._unavailable(f"fewer than {count} of {len(self._servers)} configured "
                                             "relays can still connect")
                 await changed.wait()
-        raise self._unavailable(f"fewer than {count} relays connected within {timeout}s", "relay_timeout")
+        wanted = "no relay" if count == 1 else f"fewer than {count} relays"
+        raise self._unavailable(f"{wanted} connected within {timeout:.3g}s", "relay_timeout")
 
     def _unavailable(self, summary: str, code: str = "no_relay") -> NoRelayAvailable:
         causes = {str(s.address): s.last_exception for s in self._servers.values()}
