@@ -331,10 +331,10 @@ def _leaf_exceptions(exc: BaseException) -> list[BaseException]:
 
 def _token_main(args: argparse.Namespace) -> int:
     try:
-        parse_peer_id(args.peer_id)
+        peer_id = str(parse_peer_id(args.peer_id))  # a CIDv1 id becomes the base58 `sub`
         material = Path(args.key_file).read_text()
         token = issue_token(
-            args.peer_id,
+            peer_id,
             material,
             args.algorithm,
             args.ttl,

@@ -69,6 +69,9 @@ def test_signature_mode_branches():
     assert isinstance(step, HandshakeRefusal) and step.close_code == 1002
     bad = RegistrationHandshake("signature", RELAY).handle(Register("QmNope"), 0)
     assert bad.code == "invalid_peer_id"
+    # The CIDv1 form names the same peer, but one peer has one name on the wire.
+    cid = RegistrationHandshake("signature", RELAY).handle(Register(peer.peer_id.to_cid(), PROTOCOL_VERSION), 0)
+    assert isinstance(cid, HandshakeRefusal) and cid.code == "invalid_peer_id"
 
 
 def test_jwt_mode():
