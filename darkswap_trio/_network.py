@@ -20,6 +20,7 @@ import trio
 
 from ._circuit import RelayCircuit
 from ._config import Config, P2PConfig
+from ._dial_race import DialRace, PeerUnreachable
 from ._identity import Keypair, PeerId, load_or_create_keypair, peer_id_text
 from ._metrics import ConnectionMetrics
 from ._peer_connection import PeerConnectionConfig
@@ -65,55 +66,7 @@ class ConnectionUpgraded:
     peer_id: str
 
 
-class PeerUnreachable(RelayError):
-    """Neither the direct nor the relay path to a peer could be opened.
-
-    ``code`` is ``unknown_peer`` when a relay answered that the peer is not connected
-    to it (raised as soon as that answer arrives), ``unreachable`` when every attempt
-    failed or timed out, ``no_path`` when no path is enabled.
-    """
-
-
 NetworkEvent = PeerConnected | PeerDisconnected | ConnectionUpgraded | DataReceived | RelayEvent
-
-
-class _Dial:
-    """The outcome of connect_to_peer's concurrent attempts.
-
-    Each attempt runs inside its own cancel scope here, so the race can stop it: when
-    no relay knows the peer (``unknown_peer``) the dial ends at once, rather than the
-    direct attempt, which signals through a relay too, waiting for its timeout.
-    """
-
-    def __init__(self, *attempts: str) -> None:
-        self.pending = len(attempts)
-        self.errors: list[str] = []
-        self.done = trio.Event()
-        self.unknown_peer = False  # every failed attempt was an ``unknown_peer``
-        self._finished = {"direct", "relay"} - set(attempts)  # not started: nothing to end
-        self._known_failures = 0
-        self.scopes = {"direct": trio.CancelScope(), "relay": trio.CancelScope()}
-
-    def failed(self, what: str, exc: BaseException, *, unknown_peer: bool = False) -> None:
-        if what in self._finished:
-            return
-        self._finished.add(what)
-        self.scopes[what].cancel()
-        self.errors.append(f"{what}: {type(exc).__name__}: {exc}")
-        self._known_failures += not unknown_peer
-        self.unknown_peer = not self._known_failures
-        self.pending -= 1
-        if self.pending <= 0:
-            self.done.set()
-
-    def peer_unknown(self, exc: BaseException) -> None:
-        """No connected relay knows the peer: no attempt can succeed; stop them all."""
-        self.failed("relay", exc, unknown_peer=True)
-        self.failed("direct", exc, unknown_peer=True)
-
-    def abandon(self) -> None:
-        for scope in self.scopes.values():
-            scope.cancel()
 
 
 class P2PNetwork(TaskOwner):
@@ -157,7 +110,7 @@ class P2PNetwork(TaskOwner):
         # PeerConnected/PeerDisconnected decided when a circuit opened or closed, sent
         # right after that event when the event reaches network.events.
         self._follow_ups: dict[RelayEvent, NetworkEvent] = {}
-        self._dials: dict[str, _Dial] = {}  # connect_to_peer races in progress
+        self._dials: dict[str, DialRace] = {}  # connect_to_peer races in progress
         self._running = False
         self._scope: trio.CancelScope | None = None
         self._nursery: trio.Nursery | None = None
@@ -478,7 +431,7 @@ class P2PNetwork(TaskOwner):
             raise PeerUnreachable(f"no path to {peer_id}: direct and relay are unavailable", "no_path")
         link = self._new_link(peer_id)
         self._dialing[peer_id] = link
-        dial = _Dial(*["direct"] * use_direct, *["relay"] * use_relay)
+        dial = DialRace(*["direct"] * use_direct, *["relay"] * use_relay)
         self._dials[peer_id] = dial
         assert self._nursery is not None
         if use_direct:
@@ -522,18 +475,18 @@ class P2PNetwork(TaskOwner):
         if link.has_direct:
             await link.wait_direct()
             return True
-        dial = _Dial("direct")
+        dial = DialRace("direct")
         await self._dial_direct(link, dial, delay=False)
         if dial.errors or link.closed:
             return False
         await link.wait_direct()
         return True
 
-    async def _dial_direct(self, link: PeerLink, dial: _Dial, *, delay: bool = True) -> None:
+    async def _dial_direct(self, link: PeerLink, dial: DialRace, *, delay: bool = True) -> None:
         with dial.scopes["direct"]:
             await self._dial_direct_attempt(link, dial, delay)
 
-    async def _dial_direct_attempt(self, link: PeerLink, dial: _Dial, delay: bool) -> None:
+    async def _dial_direct_attempt(self, link: PeerLink, dial: DialRace, delay: bool) -> None:
         p2p = self.config.p2p
         try:
             if p2p.direct_delay and delay:
@@ -549,7 +502,7 @@ class P2PNetwork(TaskOwner):
         if not link.attach_direct(connection):
             await connection.aclose()
 
-    async def _dial_relay(self, link: PeerLink, dial: _Dial) -> None:
+    async def _dial_relay(self, link: PeerLink, dial: DialRace) -> None:
         circuit: RelayCircuit | None = None
         with dial.scopes["relay"] as scope:
             try:

@@ -241,7 +241,10 @@ class WebRtcTransport(TaskOwner):
                         await self._accepted_send.send(connection)
                     await connection._done.wait()
                     nursery.cancel_scope.cancel()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, ParseError, OSError) as exc:
+        except* (trio.BrokenResourceError, trio.ClosedResourceError, ParseError, OSError) as group:
+            # except*: the failure may come wrapped by the nurseries above; one failed
+            # connection must never crash the transport (and the network with it).
+            exc = _first_leaf(group)
             log.info("direct connection with %s failed: %r", peer, exc)
             if connection is None:
                 try:
@@ -265,3 +268,9 @@ class WebRtcTransport(TaskOwner):
                     pc.add_ice_candidate(msg.candidate or None, msg.sdp_mid, msg.sdp_mline_index)
             except ParseError as exc:
                 log.warning("bad signal from %s: %s", msg.from_, exc)
+
+
+def _first_leaf(group: BaseExceptionGroup) -> BaseException:
+    while isinstance(group, BaseExceptionGroup):
+        group = group.exceptions[0]
+    return group
