@@ -253,8 +253,8 @@ class RelayManager(TaskOwner):
                     return
                 hopeful = [s for s in self._servers.values() if s.status is not RelayServerStatus.FAILED]
                 if len(hopeful) < count:
-                    raise self._unavailable(f"fewer than {count} of {len(self._servers)} configured "
-                                            "relays can still connect")
+                    wanted = "no configured relay" if count == 1 else f"fewer than {count} configured relays"
+                    raise self._unavailable(f"{wanted} can still connect")
                 await changed.wait()
         wanted = "no relay" if count == 1 else f"fewer than {count} relays"
         raise self._unavailable(f"{wanted} connected within {timeout:.3g}s", "relay_timeout")
