@@ -252,3 +252,25 @@ async def test_eight_dialers_all_accepted_by_a_peer_that_never_reads_events(rela
             assert set(accepted) == set(dialed)
             assert acceptor.dropped_incoming_links == 0
             assert acceptor.dropped_events > 0  # offered and dropped, never waited on
+
+
+async def test_unread_data_events_hold_back_only_event_delivery(relay_server):
+    # b never reads events: a's plain circuit fills them with DataReceived. Links to b,
+    # new and old, and b's accepts go on regardless.
+    with trio.fail_after(30):
+        # Relay only at b: the direct path never touches events, the relay path did.
+        async with peer(relay_server, event_buffer=2, enable_direct=False) as b, peer(relay_server) as a, \
+                peer(relay_server) as c:
+            first = await c.connect_to_peer(b.local_peer_id)
+            first_in = await b.accept_peer()
+            relay_id = await a.connect_via_relay(b.local_peer_id)
+            for index in range(20):
+                await a.send_via_relay(b.local_peer_id, relay_id, b"unread %d" % index)
+            link = await a.connect_to_peer(b.local_peer_id)
+            incoming = await b.accept_peer()
+            assert incoming.peer_id == a.local_peer_id
+            await link.send(b"through")
+            assert await incoming.receive() == b"through"
+            await first.send(b"old link")
+            assert await first_in.receive() == b"old link"
+            assert b.relay_manager.dropped_status_events > 0  # the queue was full all along
