@@ -22,7 +22,9 @@ from ._config import Config, P2PConfig
 from ._identity import Keypair, load_or_create_keypair
 from ._metrics import ConnectionMetrics
 from ._peer_connection import PeerConnectionConfig
-from ._peer_link import LINK_HELLO, PeerLink
+from ._link_recovery import ConnectionDowngraded, LinkInterrupted, LinkRecovery, LinkRestored
+from ._peer_link import LinkSettings, PeerLink
+from .proto.link import RESET, parse_hello_untrusted
 from ._pool import ConnectionPool
 from ._relay_manager import (
     CircuitClosed,
@@ -40,6 +42,7 @@ from ._service import TaskOwner
 from ._webrtc_transport import DirectConnection, WebRtcTransport
 
 log = logging.getLogger("darkswap_trio.network")
+LINK_RESET = bytes([RESET])
 
 
 @dataclass(frozen=True)
@@ -66,7 +69,8 @@ class PeerUnreachable(RelayError):
     """Neither the direct nor the relay path to a peer could be opened."""
 
 
-NetworkEvent = PeerConnected | PeerDisconnected | ConnectionUpgraded | DataReceived | RelayEvent
+NetworkEvent = (PeerConnected | PeerDisconnected | ConnectionUpgraded | ConnectionDowngraded
+                | LinkInterrupted | LinkRestored | DataReceived | RelayEvent)
 
 
 class _Dial:
@@ -131,6 +135,11 @@ class P2PNetwork(TaskOwner):
         self._incoming_send, self._incoming = trio.open_memory_channel[PeerLink](p2p.event_buffer)
         self.dropped_incoming_links = 0
         self.dropped_link_events = 0
+        self._link_recovery = LinkRecovery(self)
+        self._link_settings = LinkSettings(
+            max_message_size=p2p.link_max_message_size, window=p2p.link_window,
+            ping_interval=p2p.link_ping_interval, path_timeout=p2p.link_path_timeout,
+            recovery_timeout=p2p.link_recovery_timeout)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -232,9 +241,10 @@ class P2PNetwork(TaskOwner):
         self._nursery.start_soon(self._run_transport, server_id, session, transport, scope)
 
     def _stop_transport(self, server_id: str) -> None:
-        entry = self._transports.pop(server_id, None)
-        if entry is not None:
-            entry[1].cancel()
+        # Only forgotten: its direct connections outlive the relay session that
+        # signaled them (a relay restart must not break direct links); _run_transport
+        # ends the transport once the session is gone and they are all closed.
+        self._transports.pop(server_id, None)
 
     async def _run_transport(self, server_id: str, session: RelaySession,
                              transport: WebRtcTransport, scope: trio.CancelScope) -> None:
@@ -246,18 +256,37 @@ class P2PNetwork(TaskOwner):
                 self._transports_changed = trio.Event()
                 nursery.start_soon(self._accept_direct, transport)
                 await session.wait_closed()
+                if self._transports.get(server_id, (None,))[0] is transport:
+                    del self._transports[server_id]
+                await transport.wait_idle()
                 nursery.cancel_scope.cancel()
         if self._transports.get(server_id, (None,))[0] is transport:
             del self._transports[server_id]
 
     async def _accept_direct(self, transport: WebRtcTransport) -> None:
+        assert self._nursery is not None
         while True:
             connection = await transport.accept()
-            link = self._link_for_incoming(connection.peer_id)
-            if link is None or not link.attach_direct(connection):
-                await connection.aclose()
-                continue
-            await self._pool_incoming(link, "direct", None)
+            self._nursery.start_soon(self._classify_direct, connection)
+
+    async def _classify_direct(self, connection: DirectConnection) -> None:
+        hello = None
+        with trio.move_on_after(self.config.p2p.direct_connect_timeout):
+            try:
+                hello = parse_hello_untrusted(await connection.channel.receive())
+            except (trio.EndOfChannel, trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+        link = None if hello is None else self._link_for_incoming(connection.peer_id, *hello)
+        if link is None or not link.attach_direct(connection):
+            if hello is not None and hello[1]:
+                with trio.move_on_after(1):
+                    try:
+                        await connection.channel.send(LINK_RESET)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        pass
+            await connection.aclose()
+            return
+        await self._pool_incoming(link, "direct", None)
 
     def _best_transport(self) -> WebRtcTransport | None:
         for server in self.relay_manager.connected_servers():
@@ -280,11 +309,17 @@ class P2PNetwork(TaskOwner):
             first = await circuit.receive()
         except (trio.EndOfChannel, trio.BrokenResourceError, trio.ClosedResourceError):
             first = None
-        if first == LINK_HELLO and self.config.p2p.enable_relay:
-            link = self._link_for_incoming(circuit.peer_id)
+        hello = parse_hello_untrusted(first)
+        if hello is not None and self.config.p2p.enable_relay:
+            link = self._link_for_incoming(circuit.peer_id, *hello)
             if link is not None and self._bind_relay(link, circuit):
                 await self._pool_incoming(link, "relay", circuit.relay_id)
                 return
+            if hello[1] and link is None:
+                try:
+                    await circuit.send(LINK_RESET)  # the link it would restore is gone here
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
             await circuit.aclose()
             await manager.deliver_as_events(circuit)  # only its CircuitClosed is left
             return
@@ -293,15 +328,26 @@ class P2PNetwork(TaskOwner):
 
     # -- links ------------------------------------------------------------------------
 
-    def _new_link(self, peer_id: str) -> PeerLink:
+    def _new_link(self, peer_id: str, link_id: bytes | None = None) -> PeerLink:
         assert self._nursery is not None
-        return PeerLink(peer_id, self._nursery, on_upgraded=self._link_upgraded,
-                        on_circuit_closed=self._link_circuit_closed, on_closed=self._link_closed)
+        return PeerLink(peer_id, self._nursery, self._link_recovery, local_peer_id=self.local_peer_id,
+                        settings=self._link_settings, link_id=link_id)
 
-    def _link_for_incoming(self, peer_id: str) -> PeerLink | None:
+    def _link_for_incoming(self, peer_id: str, link_id: bytes, resume: bool) -> PeerLink | None:
+        """The link an incoming path (HELLO with ``link_id``) belongs to, new if need be.
+
+        A ``resume`` path only ever joins the live link with that id.
+        """
         link = self.pool.get(peer_id) or self._dialing.get(peer_id)
+        if resume:
+            return link if link is not None and not link.closed and link.link_id == link_id else None
+        if link is not None and not link.closed and not link.adopt_link_id(link_id):
+            # The far side opened a new link: ours is a stale incarnation.
+            self._nursery.start_soon(link.aclose)  # type: ignore[union-attr]
+            self._link_closed(link, "replaced by a new link from the peer")
+            link = None
         if link is None and self._running:
-            link = self._new_link(peer_id)
+            link = self._new_link(peer_id, link_id)
             self._dialing[peer_id] = link
         return link
 
@@ -345,12 +391,12 @@ class P2PNetwork(TaskOwner):
             self._peer_circuits.pop(circuit.peer_id, None)
         self._emit_nowait(CircuitClosed(circuit.relay_id, circuit.peer_id, circuit.close_reason or "closed"))
 
-    def _link_closed(self, link: PeerLink) -> None:
+    def _link_closed(self, link: PeerLink, reason: str = "link closed") -> None:
         self.pool.discard(link)
         if self._dialing.get(link.peer_id) is link:
             del self._dialing[link.peer_id]
         if not self._peer_circuits.get(link.peer_id):
-            self._emit_nowait(PeerDisconnected(link.peer_id, "link closed"))
+            self._emit_nowait(PeerDisconnected(link.peer_id, reason))
 
     def _emit_nowait(self, event: NetworkEvent) -> None:
         # Link status events never wait (they come from sync callbacks and from
@@ -448,13 +494,19 @@ class P2PNetwork(TaskOwner):
         except (trio.BrokenResourceError, trio.BusyResourceError, RuntimeError, RelayError) as exc:
             dial.failed("direct", exc)
             return
+        try:
+            await connection.channel.send(link.hello)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            dial.failed("direct", exc)
+            await connection.aclose()
+            return
         if not link.attach_direct(connection):
             await connection.aclose()
 
     async def _dial_relay(self, link: PeerLink, dial: _Dial) -> None:
         try:
             circuit = await self.relay_manager.open_circuit(link.peer_id)
-            await circuit.send(LINK_HELLO)
+            await circuit.send(link.hello)
         except (RelayError, ValueError, RuntimeError, trio.BrokenResourceError,
                 trio.ClosedResourceError) as exc:
             dial.failed("relay", exc)
