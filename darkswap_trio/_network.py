@@ -20,11 +20,10 @@ import trio
 from ._circuit import RelayCircuit
 from ._config import Config, P2PConfig
 from ._identity import Keypair, load_or_create_keypair
+from ._link_recovery import ConnectionDowngraded, LinkInterrupted, LinkRecovery, LinkRestored
 from ._metrics import ConnectionMetrics
 from ._peer_connection import PeerConnectionConfig
-from ._link_recovery import ConnectionDowngraded, LinkInterrupted, LinkRecovery, LinkRestored
 from ._peer_link import LinkSettings, PeerLink
-from .proto.link import RESET, parse_hello_untrusted
 from ._pool import ConnectionPool
 from ._relay_manager import (
     CircuitClosed,
@@ -40,6 +39,7 @@ from ._relay_manager import (
 from ._relay_session import RelayError, RelaySession, TokenProvider
 from ._service import TaskOwner
 from ._webrtc_transport import DirectConnection, WebRtcTransport
+from .proto.link import RESET, parse_hello_untrusted
 
 log = logging.getLogger("darkswap_trio.network")
 LINK_RESET = bytes([RESET])
