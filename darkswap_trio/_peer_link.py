@@ -152,6 +152,7 @@ class PeerLink(trio.abc.Channel[bytes]):
         self._end_reason: str | None = None
         self._pathless_since: float | None = None
         self._lost_direct_pending = False  # tell the far side on the next relay circuit
+        self._interrupted = False  # LinkInterrupted was reported, LinkRestored is due
         self._path_counter = 0
         self.relay_rtt_ms = lambda: None
         self.upgraded = False
@@ -421,10 +422,10 @@ class PeerLink(trio.abc.Channel[bytes]):
         previous = self._core.active
         self._core.use_path(best.name)
         self._path_ready.set()
-        if self._pathless_since is not None:
-            self._pathless_since = None
-            if self.interruptions:
-                self._owner.link_restored(self)
+        self._pathless_since = None
+        if self._interrupted:
+            self._interrupted = False
+            self._owner.link_restored(self)
         if best.kind == "direct":
             if previous is not None or self._relay is not None:
                 self.upgraded = True
@@ -471,9 +472,13 @@ class PeerLink(trio.abc.Channel[bytes]):
                 self._core.report_direct_lost(self._relay.name)
             else:
                 self._lost_direct_pending = True
-        if self._relay is None and self._direct is None:
+        elif self._direct is None:
+            # The relay path died and there is no direct one: the link is interrupted
+            # (a lost direct path is a downgrade, even while its circuit is reopened).
             self.interruptions += 1
+            self._interrupted = True
             self._owner.link_interrupted(self, reason)
+        if self._relay is None and self._direct is None:
             self._owner.link_needs_relay(self)
         self._choose_active()
         self._kick()
