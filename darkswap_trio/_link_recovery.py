@@ -1,4 +1,7 @@
-"""What P2PNetwork does for its PeerLinks when a path dies: the LinkOwner side.
+"""What P2PNetwork does for its PeerLinks' paths: the LinkOwner side of a link.
+
+* ``accept_direct``: a direct connection another peer opened starts with the link
+  HELLO (docs/PROTOCOL.md, "PeerLink protocol"); it joins the link that HELLO names.
 
 * ``link_needs_relay``: the link has no path left (its direct path died and no
   circuit is open, or the relay went away). Open a fresh link circuit (LINK_HELLO
@@ -26,6 +29,8 @@ from ._circuit import RelayCircuit
 from ._peer_link import PeerLink
 from ._relay_manager import NoRelayAvailable
 from ._relay_session import RelayError
+from ._webrtc_transport import DirectConnection
+from .proto.link import RESET, parse_hello_untrusted
 
 if TYPE_CHECKING:
     from ._network import P2PNetwork
@@ -89,6 +94,27 @@ class LinkRecovery:
             return
         self._direct_wanted.add(link)
         self._start(self._restore_direct, link)
+
+    async def accept_direct(self, connection: DirectConnection) -> None:
+        """Attach a direct connection another peer opened to the link its HELLO names."""
+        network = self.network
+        hello = None
+        with trio.move_on_after(network.config.p2p.direct_connect_timeout):
+            try:
+                hello = parse_hello_untrusted(await connection.channel.receive())
+            except (trio.EndOfChannel, trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+        link = None if hello is None else network._link_for_incoming(connection.peer_id, *hello)
+        if link is None or not link.attach_direct(connection):
+            if hello is not None and hello[1]:
+                with trio.move_on_after(1):
+                    try:
+                        await connection.channel.send(bytes([RESET]))
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        pass
+            await connection.aclose()
+            return
+        await network._pool_incoming(link, "direct", None)
 
     # -- tasks ------------------------------------------------------------------------
 

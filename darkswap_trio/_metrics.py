@@ -9,6 +9,10 @@ path runs over TCP, whose retransmissions we cannot see, so it reports None.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._peer_connection import PeerConnection
 
 
 @dataclass(frozen=True)
@@ -28,3 +32,17 @@ class ConnectionMetrics:
     established_at: float  # trio time
     last_activity: float  # trio time of the last send or receive
     upgraded: bool  # switched from relay to direct
+
+
+def direct_path_quality(pc: PeerConnection) -> tuple[float | None, str | None, int | None, float | None]:
+    """(rtt_ms, rtt_source, retransmissions, loss_rate) of a direct path's SCTP association."""
+    sctp = pc.statistics().sctp
+    if sctp is None:
+        return None, None, None, None
+    rtt = source = None
+    if sctp.srtt is not None:
+        rtt, source = sctp.srtt * 1000.0, "sctp-srtt"
+    elif sctp.heartbeat_rtt is not None:
+        rtt, source = sctp.heartbeat_rtt * 1000.0, "sctp-heartbeat"
+    retrans = sctp.retransmissions + sctp.fast_retransmits
+    return rtt, source, retrans, (retrans / sctp.packets_sent if sctp.packets_sent else 0.0)

@@ -267,26 +267,7 @@ class P2PNetwork(TaskOwner):
         assert self._nursery is not None
         while True:
             connection = await transport.accept()
-            self._nursery.start_soon(self._classify_direct, connection)
-
-    async def _classify_direct(self, connection: DirectConnection) -> None:
-        hello = None
-        with trio.move_on_after(self.config.p2p.direct_connect_timeout):
-            try:
-                hello = parse_hello_untrusted(await connection.channel.receive())
-            except (trio.EndOfChannel, trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
-        link = None if hello is None else self._link_for_incoming(connection.peer_id, *hello)
-        if link is None or not link.attach_direct(connection):
-            if hello is not None and hello[1]:
-                with trio.move_on_after(1):
-                    try:
-                        await connection.channel.send(LINK_RESET)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        pass
-            await connection.aclose()
-            return
-        await self._pool_incoming(link, "direct", None)
+            self._nursery.start_soon(self._link_recovery.accept_direct, connection)
 
     def _best_transport(self) -> WebRtcTransport | None:
         for server in self.relay_manager.connected_servers():

@@ -19,13 +19,12 @@ from __future__ import annotations
 import logging
 import math
 import secrets
-from dataclasses import dataclass
-from typing import Protocol
 
 import trio
 
 from ._circuit import RelayCircuit
-from ._metrics import ConnectionMetrics
+from ._link_path import LinkOwner, LinkPath, LinkSettings, PeerLinkStatistics
+from ._metrics import ConnectionMetrics, direct_path_quality
 from ._webrtc_transport import DirectConnection
 from .proto.link import (
     LINK_HELLO,
@@ -44,71 +43,7 @@ __all__ = ["LINK_HELLO", "LinkOwner", "LinkSettings", "MessageTooLarge", "PeerLi
 
 log = logging.getLogger("darkswap_trio.peer_link")
 
-_DIRECT_FRAME_CAP = 256 * 1024  # larger DATA frames only add SCTP reassembly latency
 _CLOSE_LINGER = 2.0  # seconds aclose() waits for the far side to acknowledge our last bytes
-
-
-@dataclass(frozen=True)
-class LinkSettings:
-    """Per-link protocol settings (from P2PConfig)."""
-
-    max_message_size: int = 1 << 20
-    window: int = 4 << 20
-    ping_interval: float = 1.0
-    path_timeout: float = 3.0
-    recovery_timeout: float = 30.0
-
-
-@dataclass(frozen=True)
-class PeerLinkStatistics:
-    """Counters of one link (a snapshot)."""
-
-    peer_id: str
-    connection_type: str
-    unacked_bytes: int
-    fragments_sent: int
-    fragments_retransmitted: int
-    bytes_retransmitted: int
-    duplicates_dropped: int
-    pings_sent: int
-    upgrades: int
-    downgrades: int
-    interruptions: int  # times the link had no path at all
-
-
-class LinkOwner(Protocol):
-    def link_upgraded(self, link: PeerLink) -> None: ...
-    def link_downgraded(self, link: PeerLink, reason: str) -> None: ...
-    def link_interrupted(self, link: PeerLink, reason: str) -> None: ...
-    def link_restored(self, link: PeerLink) -> None: ...
-    def link_circuit_closed(self, link: PeerLink, circuit: RelayCircuit) -> None: ...
-    def link_closed(self, link: PeerLink, reason: str) -> None: ...
-    def link_needs_relay(self, link: PeerLink) -> None: ...
-    def link_wants_direct(self, link: PeerLink) -> None: ...
-
-
-class _PathRun:
-    """One attached path: its channel, its tasks' cancel scope, its name in the core."""
-
-    def __init__(self, name: str, kind: str, channel: RelayCircuit | DirectConnection) -> None:
-        self.name = name
-        self.kind = kind
-        self.channel = channel
-        self.scope = trio.CancelScope()
-        self.heard = False  # the far side sent us something on it
-        self.reason = "path closed"
-
-    async def send(self, frame: bytes) -> None:
-        if isinstance(self.channel, RelayCircuit):
-            await self.channel.send(frame)
-        else:
-            await self.channel.channel.send(frame)
-
-    async def receive(self) -> bytes:
-        if isinstance(self.channel, RelayCircuit):
-            return await self.channel.receive()
-        message = await self.channel.channel.receive()
-        return message.encode() if isinstance(message, str) else message
 
 
 class PeerLink(trio.abc.Channel[bytes]):
@@ -138,10 +73,10 @@ class PeerLink(trio.abc.Channel[bytes]):
         self._core = LinkCore(max_message_size=s.max_message_size, window=s.window,
                               ping_interval=s.ping_interval, path_timeout=s.path_timeout)
         self.max_message_size = s.max_message_size
-        self._relay: _PathRun | None = None
-        self._direct: _PathRun | None = None
+        self._relay: LinkPath | None = None
+        self._direct: LinkPath | None = None
         self._last_circuit: RelayCircuit | None = None
-        self._pending: list[_PathRun] = []  # attached before the link's nursery ran
+        self._pending: list[LinkPath] = []  # attached before the link's nursery ran
         self._nursery: trio.Nursery | None = None
         self._wake = trio.Event()
         self._path_ready = trio.Event()
@@ -220,14 +155,14 @@ class PeerLink(trio.abc.Channel[bytes]):
             if self._opener(circuit) > self._opener(old.channel):  # type: ignore[arg-type]
                 return False
             self._drop_path(old)
-        self._add_path(_PathRun(self._next_name("relay"), "relay", circuit))
+        self._add_path(LinkPath(self._next_name("relay"), "relay", circuit))
         return True
 
     def attach_direct(self, connection: DirectConnection) -> bool:
         """Use ``connection`` as the direct path (and send on it); False if we have one."""
         if self._ended or self._direct is not None:
             return False
-        self._add_path(_PathRun(self._next_name("direct"), "direct", connection))
+        self._add_path(LinkPath(self._next_name("direct"), "direct", connection))
         return True
 
     async def wait_ready(self) -> None:
@@ -332,19 +267,11 @@ class PeerLink(trio.abc.Channel[bytes]):
         ``relay_bytes_sent``/``direct_bytes_sent`` count application bytes by the path
         the link was on when they were sent (resent fragments are in statistics()).
         """
-        rtt = source = retrans = loss = None
         direct = self.direct
         if self.connection_type == "direct" and direct is not None:
-            sctp = direct.peer_connection.statistics().sctp
-            if sctp is not None:
-                if sctp.srtt is not None:
-                    rtt, source = sctp.srtt * 1000.0, "sctp-srtt"
-                elif sctp.heartbeat_rtt is not None:
-                    rtt, source = sctp.heartbeat_rtt * 1000.0, "sctp-heartbeat"
-                retrans = sctp.retransmissions + sctp.fast_retransmits
-                loss = retrans / sctp.packets_sent if sctp.packets_sent else 0.0
+            rtt, source, retrans, loss = direct_path_quality(direct.peer_connection)
         else:
-            rtt = self.relay_rtt_ms()
+            rtt, retrans, loss = self.relay_rtt_ms(), None, None
             source = "relay-ping" if rtt is not None else None
         return ConnectionMetrics(
             peer_id=self.peer_id, connection_type=self.connection_type, rtt_ms=rtt,
@@ -387,23 +314,16 @@ class PeerLink(trio.abc.Channel[bytes]):
         self._path_counter += 1
         return f"{kind}-{self._path_counter}"
 
-    def _add_path(self, run: _PathRun) -> None:
-        now = trio.current_time()
+    def _add_path(self, run: LinkPath) -> None:
         if run.kind == "relay":
-            circuit = run.channel
-            assert isinstance(circuit, RelayCircuit)
             self._relay = run
-            self._last_circuit = circuit
-            self._core.add_path(run.name, circuit.limits.max_data_frame or 16 * 1024, now)
-            if self._lost_direct_pending:
-                self._lost_direct_pending = False
-                self._core.report_direct_lost(run.name)
+            self._last_circuit = run.channel  # type: ignore[assignment]
         else:
-            connection = run.channel
-            assert isinstance(connection, DirectConnection)
             self._direct = run
-            remote = connection.peer_connection._core.remote_max_message_size or 65536
-            self._core.add_path(run.name, min(remote, _DIRECT_FRAME_CAP), now, watched=True)
+        self._core.add_path(run.name, run.frame_limit(), trio.current_time(), watched=run.kind == "direct")
+        if run.kind == "relay" and self._lost_direct_pending:
+            self._lost_direct_pending = False
+            self._core.report_direct_lost(run.name)
         if self._nursery is None:
             self._pending.append(run)
         else:
@@ -434,7 +354,7 @@ class PeerLink(trio.abc.Channel[bytes]):
             self._maybe_retire_relay()
         self._kick()
 
-    def _drop_path(self, run: _PathRun, *, close: bool = True) -> None:
+    def _drop_path(self, run: LinkPath, *, close: bool = True) -> None:
         """Forget ``run`` (its tasks stop; the channel is closed in the background)."""
         if run is self._relay:
             self._relay = None
@@ -445,15 +365,11 @@ class PeerLink(trio.abc.Channel[bytes]):
         self._core.remove_path(run.name)
         run.scope.cancel()
         if close and self._nursery is not None:
-            self._nursery.start_soon(self._close_channel, run)
+            self._nursery.start_soon(run.aclose)
         if run.kind == "relay":
             self._owner.link_circuit_closed(self, run.channel)  # type: ignore[arg-type]
 
-    async def _close_channel(self, run: _PathRun) -> None:
-        with trio.CancelScope(shield=True), trio.move_on_after(2):
-            await run.channel.aclose()
-
-    def _path_failed(self, run: _PathRun, reason: str) -> None:
+    def _path_failed(self, run: LinkPath, reason: str) -> None:
         if run is not self._relay and run is not self._direct:
             return  # already replaced or retired
         self._drop_path(run)
@@ -531,20 +447,20 @@ class PeerLink(trio.abc.Channel[bytes]):
                 self._end("the far side no longer has this link")
                 self._run_scope.cancel()
 
-    def _run_named(self, name: str) -> _PathRun | None:
+    def _run_named(self, name: str) -> LinkPath | None:
         for run in (self._relay, self._direct):
             if run is not None and run.name == name:
                 return run
         return None
 
-    async def _run_path(self, run: _PathRun) -> None:
+    async def _run_path(self, run: LinkPath) -> None:
         with run.scope:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._guard, run, self._write_path, nursery.cancel_scope)
                 await self._guard(run, self._read_path, nursery.cancel_scope)
         self._path_failed(run, run.reason)
 
-    async def _guard(self, run: _PathRun, task, scope: trio.CancelScope) -> None:  # type: ignore[no-untyped-def]
+    async def _guard(self, run: LinkPath, task, scope: trio.CancelScope) -> None:  # type: ignore[no-untyped-def]
         """Run a path's reader or writer; whatever ends it ends the path (not the link)."""
         try:
             await task(run)
@@ -559,7 +475,7 @@ class PeerLink(trio.abc.Channel[bytes]):
             self._run_scope.cancel()
         scope.cancel()
 
-    async def _read_path(self, run: _PathRun) -> None:
+    async def _read_path(self, run: LinkPath) -> None:
         core = self._core
         while True:
             frame = await run.receive()
@@ -570,7 +486,7 @@ class PeerLink(trio.abc.Channel[bytes]):
             self._handle_events()
             self._kick()
 
-    async def _write_path(self, run: _PathRun) -> None:
+    async def _write_path(self, run: LinkPath) -> None:
         core = self._core
         while True:
             wake = self._wake
@@ -605,4 +521,4 @@ class PeerLink(trio.abc.Channel[bytes]):
         for run in (self._relay, self._direct):
             if run is not None:
                 self._drop_path(run, close=False)
-                await self._close_channel(run)
+                await run.aclose()
