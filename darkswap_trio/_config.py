@@ -95,7 +95,9 @@ class RelayManagerConfig:
     ping_interval: float = 30.0  # seconds between Pings used for latency and liveness
     reconnect_interval: float = 5.0  # first backoff step, seconds (doubles, jittered)
     max_reconnect_attempts: int = 5  # consecutive failures before a relay is Failed
-    max_reconnect_interval: float = 120.0  # backoff cap, seconds
+    # backoff cap, seconds: 8 s (jittered down to 4 s) keeps a relay restart within the
+    # 10 s in which links re-open (README, "Links that survive")
+    max_reconnect_interval: float = 8.0
     token_refresh_margin: float = 60.0  # refresh a JWT this long before it expires
 
     def validate(self) -> RelayManagerConfig:

@@ -39,6 +39,7 @@ log = logging.getLogger("darkswap_trio.link_recovery")
 
 _RELAY_RETRY_FIRST = 0.25  # seconds between circuit attempts (doubling) while the peer is missing
 _RELAY_RETRY_MAX = 1.0  # so a link re-opens within ~1 s of both peers being back on the relay
+_RELAY_WAIT_STEP = 2.0  # how often a waiting link re-checks for Failed relays
 _HIGHER_ID_HEAD_START = 1.0  # the lower PeerId opens at once; the higher one waits this long
 
 
@@ -127,7 +128,13 @@ class LinkRecovery:
                     while not link.has_relay and not link.closed:
                         await link._wait_change()
             while not link.closed and not link.has_relay and not link.has_direct:
-                await manager.wait_connected()
+                if not manager.connected_servers():
+                    # A relay that gave up reconnecting (Failed) is retried while a
+                    # link waits for it: the link's recovery timeout bounds this.
+                    manager.retry()
+                    with trio.move_on_after(_RELAY_WAIT_STEP):
+                        await manager.wait_connected()
+                    continue
                 try:
                     circuit = await manager.open_circuit(link.peer_id)
                     await circuit.send(link.resume_hello)

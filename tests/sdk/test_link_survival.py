@@ -266,3 +266,39 @@ async def test_link_without_a_path_ends_after_the_recovery_timeout():
                     assert "no path" in gone.reason
                     assert link.closed
                     nursery.cancel_scope.cancel()
+
+
+async def test_circuits_opened_by_both_sides_at_once_converge_on_one(relay_server):
+    """Both sides reopen a circuit for the same link at the same moment: of the two,
+    both keep the one opened by the lower PeerId and close the other."""
+    with trio.fail_after(20):
+        async with peer(relay_server) as a, peer(relay_server, enable_direct=False) as b:
+            link = await a.connect_to_peer(b.local_peer_id)
+            incoming = await b.accept_peer()
+            first = link.circuit
+
+            async def reopen(network, side):
+                circuit = await network.relay_manager.open_circuit(side.peer_id)
+                await circuit.send(side.resume_hello)
+                if not network._bind_relay(side, circuit):
+                    await circuit.aclose()
+                return circuit
+
+            results = {}
+
+            async def run(name, network, side):
+                results[name] = await reopen(network, side)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(run, "a", a, link)
+                nursery.start_soon(run, "b", b, incoming)
+            lower = "a" if a.local_peer_id < b.local_peer_id else "b"
+            winner = results[lower].relay_id
+            while link.circuit.relay_id != winner or incoming.circuit.relay_id != winner:
+                await trio.sleep(0.01)
+            assert first.closed and results["b" if lower == "a" else "a"].closed
+            for i in range(20):
+                await link.send(b"%d" % i)
+                assert await incoming.receive() == b"%d" % i
+            assert link.circuit.relay_id == incoming.circuit.relay_id == winner
+            assert not link.closed and not incoming.closed
