@@ -155,6 +155,7 @@ class _Path:
         self.watched = watched
         self.last_heard = now
         self.last_ping = now
+        self.last_sent = now
         self.ping_due = False
         self.ack_due = True  # tell the far side on this path where we are, at once
         self.lost_direct_due = False
@@ -282,6 +283,10 @@ class LinkCore:
         if frame.kind == DATA:
             self._ack_path = name
             self._receive_data(frame.offset, frame.payload, now)
+            if path is not None and now - path.last_sent >= self.ping_interval / 2:
+                # Liveness for the sender: it hears from us while its data arrives, even
+                # if our application is not consuming (a PING would queue behind its data).
+                path.ack_due = True
         elif frame.kind == ACK:
             self._receive_ack(frame.offset)
         elif frame.kind == PING:
@@ -372,6 +377,12 @@ class LinkCore:
         path = self._paths.get(name)
         if path is None:
             return None
+        frame = self._next_frame(name, path, now)
+        if frame is not None:
+            path.last_sent = now
+        return frame
+
+    def _next_frame(self, name: str, path: _Path, now: float) -> bytes | None:
         if path.lost_direct_due:
             path.lost_direct_due = False
             return bytes([DIRECT_LOST])

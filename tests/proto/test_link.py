@@ -277,3 +277,28 @@ def test_resend_on_a_path_with_a_smaller_frame_limit():
         b.receive_frame("small", frame, 0.0)
     assert b.next_message(0.0) == b"m" * MAX
     assert a.statistics().fragments_retransmitted >= 1
+
+
+def test_receiver_that_does_not_consume_still_answers_while_data_arrives():
+    """A slow reader sends no progress ACKs; the sender must still hear from it."""
+    a, b = make_core(), make_core()
+    for core in (a, b):
+        core.add_path("direct", 100, 0.0, watched=True)
+        core.use_path("direct")
+        while core.poll_transmit("direct", 0.0) is not None:
+            pass  # the attach ACKs
+    now = 0.0
+    heard = []
+    for _ in range(40):  # 4 s of a steady stream that b never consumes
+        now += 0.1
+        a.queue_message(b"x" * 10)
+        while (frame := a.poll_transmit("direct", now)) is not None:
+            b.receive_frame("direct", frame, now)
+        while (frame := b.poll_transmit("direct", now)) is not None:
+            a.receive_frame("direct", frame, now)
+            heard.append(now)
+        a.handle_timeout(now)
+        b.handle_timeout(now)
+        assert a.poll_event() is None  # never declared dead
+    assert heard and max(later - earlier for earlier, later in zip(heard, heard[1:])) <= 1.0
+    assert a.statistics().pings_sent == 0  # b spoke up on its own: no PING was needed
