@@ -93,10 +93,10 @@ class Stream:
             assert message == self.message(i), f"message {i} wrong"
 
     def stall_after(self, when):
-        """The longest gap between arrivals that spans ``when`` (the moment of the kill)."""
-        before = [t for t in self.times if t <= when]
-        after = [t for t in self.times if t > when]
-        return (after[0] - (before[-1] if before else when)) if after else float("inf")
+        """The longest gap between two arrivals from ``when`` (the kill) on: the downgrade's
+        stall, and the re-upgrade's, whichever is longer."""
+        times = [when] + [t for t in self.times if t > when]
+        return max(later - earlier for earlier, later in zip(times, times[1:], strict=False))
 
 
 @asynccontextmanager
