@@ -324,8 +324,10 @@ class P2PNetwork(TaskOwner):
             return link if link is not None and not link.closed and link.link_id == link_id else None
         if link is not None and not link.closed and not link.adopt_link_id(link_id):
             # The far side opened a new link: ours is a stale incarnation.
+            self.pool.discard(link)
+            if self._dialing.get(peer_id) is link:
+                del self._dialing[peer_id]
             self._nursery.start_soon(link.aclose)  # type: ignore[union-attr]
-            self._link_closed(link, "replaced by a new link from the peer")
             link = None
         if link is None and self._running:
             link = self._new_link(peer_id, link_id)
