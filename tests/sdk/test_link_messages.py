@@ -132,3 +132,21 @@ async def test_max_message_size_is_configurable(relay_server):
             await both_ways(link, incoming, [3 * MIB])
             with pytest.raises(MessageTooLarge):
                 await link.send(b"x" * (3 * MIB + 1))
+
+
+@pytest.mark.parametrize("enable_direct", [True, False])
+async def test_peers_dialing_each_other_at_once_share_one_link(relay_server, enable_direct):
+    with trio.fail_after(20):
+        async with (peer(relay_server, enable_direct=enable_direct) as a,
+                    peer(relay_server, enable_direct=enable_direct) as b):
+            links = {}
+
+            async def dial(name, network, other):
+                links[name] = await network.connect_to_peer(other.local_peer_id)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(dial, "a", a, b)
+                nursery.start_soon(dial, "b", b, a)
+            assert links["a"].link_id == links["b"].link_id
+            assert a.link(b.local_peer_id) is links["a"] and b.link(a.local_peer_id) is links["b"]
+            await both_ways(links["a"], links["b"], [1000, 256 * KIB])
