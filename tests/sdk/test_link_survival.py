@@ -53,13 +53,19 @@ class Recorder:
             self.changed.set()
             self.changed = trio.Event()
 
-    def of(self, kind):
-        return [(t, e) for t, e in self.events if isinstance(e, kind)]
+    async def caught_up(self):
+        """Wait until every event queued so far is recorded (times are arrival times)."""
+        while self.network.events.statistics().current_buffer_used:
+            await trio.lowlevel.checkpoint()
 
-    async def wait_for(self, kind, count=1):
-        while len(self.of(kind)) < count:
+    def of(self, kind, after=-1.0):
+        return [(t, e) for t, e in self.events if isinstance(e, kind) and t > after]
+
+    async def wait_for(self, kind, count=1, *, after=-1.0):
+        """The ``count``-th event of ``kind`` recorded after time ``after``."""
+        while len(self.of(kind, after)) < count:
             await self.changed.wait()
-        return self.of(kind)[count - 1]
+        return self.of(kind, after)[count - 1]
 
 
 class Stream:
@@ -120,7 +126,8 @@ async def test_direct_path_dies_mid_stream_then_comes_back(relay_server, kill):
                     nursery.start_soon(task)
                 while ab.sent < 200 or ba.sent < 200:
                     await trio.sleep(0.01)
-                upgrades_a, upgrades_b = len(rec_a.of(ConnectionUpgraded)), len(rec_b.of(ConnectionUpgraded))
+                await rec_a.caught_up()
+                await rec_b.caught_up()
                 killed_at = trio.current_time()
                 if kill == "blackhole":
                     blackhole_direct_path(link)
@@ -135,8 +142,8 @@ async def test_direct_path_dies_mid_stream_then_comes_back(relay_server, kill):
                 while ab.sent < sent_at_downgrade[0] + 100 or ba.sent < sent_at_downgrade[1] + 100:
                     await trio.sleep(0.01)
                 # The direct path comes back (a fresh PeerConnection; the lower PeerId dials).
-                upgraded_at, _ = await rec_a.wait_for(ConnectionUpgraded, upgrades_a + 1)
-                await rec_b.wait_for(ConnectionUpgraded, upgrades_b + 1)
+                upgraded_at, _ = await rec_a.wait_for(ConnectionUpgraded, after=killed_at)
+                await rec_b.wait_for(ConnectionUpgraded, after=killed_at)
                 await link.wait_direct()
                 await incoming.wait_direct()
                 sent_at_upgrade = (ab.sent, ba.sent)
@@ -302,3 +309,40 @@ async def test_circuits_opened_by_both_sides_at_once_converge_on_one(relay_serve
                 assert await incoming.receive() == b"%d" % i
             assert link.circuit.relay_id == incoming.circuit.relay_id == winner
             assert not link.closed and not incoming.closed
+
+
+async def test_direct_retries_with_backoff_until_the_path_is_back(relay_server):
+    """After a downgrade the lower PeerId retries direct (2 s, then 4 s, ...); while the
+    far side refuses new direct connections (its transport is full) the link stays
+    relayed and keeps working, and it upgrades once the far side accepts again."""
+    with trio.fail_after(30):
+        async with linked_direct(relay_server, direct_connect_timeout=1) as (a, b, link, incoming):
+            lower, higher = (a, b) if a.local_peer_id < b.local_peer_id else (b, a)
+            rec = Recorder(lower)
+            full = [t for t, _ in higher._transports.values()]
+            for transport in full:
+                transport.max_connections = 0  # answers no offer: the direct path is "down"
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(rec.run)
+                await rec.caught_up()
+                killed_at = trio.current_time()
+                await link.direct.channel.aclose()
+                await rec.wait_for(ConnectionDowngraded, after=killed_at)
+                with trio.move_on_after(4):  # the first retry (after 2 s) fails
+                    await rec.wait_for(ConnectionUpgraded, after=killed_at)
+                    raise AssertionError("upgraded while the far side refused")
+                for i in range(10):
+                    await link.send(b"relayed %d" % i)
+                    assert await incoming.receive() == b"relayed %d" % i
+                assert link.connection_type == "relay"
+                for transport in full:
+                    transport.max_connections = 64  # the path is back
+                restored_at = trio.current_time()
+                upgraded_at, _ = await rec.wait_for(ConnectionUpgraded, after=killed_at)
+                await link.wait_direct()
+                await incoming.wait_direct()
+                print(f"\n[retry] downgrade at +{rec.of(ConnectionDowngraded)[0][0] - killed_at:.2f} s, "
+                      f"upgraded {upgraded_at - restored_at:.2f} s after the path was back")
+                await link.send(b"direct again")
+                assert await incoming.receive() == b"direct again"
+                nursery.cancel_scope.cancel()
