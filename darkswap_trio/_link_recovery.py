@@ -106,8 +106,8 @@ class LinkRecovery:
             except (trio.EndOfChannel, trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
         link = None if hello is None else network._link_for_incoming(connection.peer_id, *hello)
-        if link is None or not link.attach_direct(connection):
-            if hello is not None and hello[1]:
+        if link is None or not link.attach_direct(connection, accepted=True):
+            if hello is not None and hello[1] is not None:
                 with trio.move_on_after(1):
                     try:
                         await connection.channel.send(bytes([RESET]))
@@ -137,7 +137,7 @@ class LinkRecovery:
                     continue
                 try:
                     circuit = await manager.open_circuit(link.peer_id)
-                    await circuit.send(link.resume_hello)
+                    await circuit.send(link.hello)
                 except (RelayError, NoRelayAvailable, trio.BrokenResourceError,
                         trio.ClosedResourceError) as exc:
                     log.info("reopening a circuit to %s failed: %r", link.peer_id, exc)
@@ -168,7 +168,7 @@ class LinkRecovery:
                     log.info("direct retry to %s failed: %r", link.peer_id, exc)
                     continue
                 try:
-                    await connection.channel.send(link.resume_hello)
+                    await connection.channel.send(link.hello)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     await connection.aclose()
                     continue

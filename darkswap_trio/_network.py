@@ -296,7 +296,7 @@ class P2PNetwork(TaskOwner):
             if link is not None and self._bind_relay(link, circuit):
                 await self._pool_incoming(link, "relay", circuit.relay_id)
                 return
-            if hello[1] and link is None:
+            if hello[1] is not None and link is None:
                 try:
                     await circuit.send(LINK_RESET)  # the link it would restore is gone here
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -309,20 +309,28 @@ class P2PNetwork(TaskOwner):
 
     # -- links ------------------------------------------------------------------------
 
-    def _new_link(self, peer_id: str, link_id: bytes | None = None) -> PeerLink:
+    def _new_link(self, peer_id: str) -> PeerLink:
         assert self._nursery is not None
         return PeerLink(peer_id, self._nursery, self._link_recovery, local_peer_id=self.local_peer_id,
-                        settings=self._link_settings, link_id=link_id)
+                        settings=self._link_settings)
 
-    def _link_for_incoming(self, peer_id: str, link_id: bytes, resume: bool) -> PeerLink | None:
-        """The link an incoming path (HELLO with ``link_id``) belongs to, new if need be.
+    def _link_for_incoming(self, peer_id: str, sender_id: bytes, receiver_id: bytes | None) -> PeerLink | None:
+        """The link an incoming path belongs to, by its HELLO (docs/PROTOCOL.md 11.1).
 
-        A ``resume`` path only ever joins the live link with that id.
+        A HELLO naming our link (``receiver_id``) joins only that live link. One that
+        does not know our link yet joins the link to that peer unless that link already
+        knows another far-side link: then the far side started a new link, ours is
+        stale and is replaced.
         """
         link = self.pool.get(peer_id) or self._dialing.get(peer_id)
-        if resume:
-            return link if link is not None and not link.closed and link.link_id == link_id else None
-        if link is not None and not link.closed and not link.adopt_link_id(link_id):
+        known = link is not None and not link.closed and link.remote_link_id in (None, sender_id)
+        if receiver_id is not None:
+            if not known or link.link_id != receiver_id:  # type: ignore[union-attr]
+                return None
+        if known:
+            link.remote_link_id = sender_id  # type: ignore[union-attr]
+            return link
+        if link is not None and not link.closed:
             # The far side opened a new link: ours is a stale incarnation.
             self.pool.discard(link)
             if self._dialing.get(peer_id) is link:
@@ -330,7 +338,8 @@ class P2PNetwork(TaskOwner):
             self._nursery.start_soon(link.aclose)  # type: ignore[union-attr]
             link = None
         if link is None and self._running:
-            link = self._new_link(peer_id, link_id)
+            link = self._new_link(peer_id)
+            link.remote_link_id = sender_id
             self._dialing[peer_id] = link
         return link
 

@@ -37,6 +37,7 @@ from .proto.link import (
     RemoteLostDirect,
     RemoteReset,
     encode_hello,
+    parse_hello_untrusted,
 )
 
 __all__ = ["LINK_HELLO", "LinkOwner", "LinkSettings", "MessageTooLarge", "PeerLink", "PeerLinkStatistics"]
@@ -66,6 +67,7 @@ class PeerLink(trio.abc.Channel[bytes]):
         # Names this link on both sides (in the HELLO of each path), so a path of a
         # new link to the same peer is never taken for one of an old link.
         self.link_id = link_id or secrets.token_bytes(LINK_ID_SIZE)
+        self.remote_link_id: bytes | None = None  # the far side's, from its first HELLO
         self.local_peer_id = local_peer_id
         self.settings = settings or LinkSettings()
         s = self.settings
@@ -120,26 +122,8 @@ class PeerLink(trio.abc.Channel[bytes]):
 
     @property
     def hello(self) -> bytes:
-        """The first message the opener of a path sends on it (LINK_HELLO + link id)."""
-        return encode_hello(self.link_id)
-
-    @property
-    def resume_hello(self) -> bytes:
-        """The HELLO of a path opened to restore this link (never creates a link)."""
-        return encode_hello(self.link_id, resume=True)
-
-    def adopt_link_id(self, link_id: bytes) -> bool:
-        """A path arrived with another id: merge if neither side sent anything yet.
-
-        That happens when both peers dial each other at once; both sides keep the
-        lower id. Otherwise the far side started a new link and this one is stale.
-        """
-        if link_id == self.link_id:
-            return True
-        if not self._core.pristine:
-            return False
-        self.link_id = min(self.link_id, link_id)
-        return True
+        """Our first message on every path: LINK_HELLO, our link id, the far side's."""
+        return encode_hello(self.link_id, self.remote_link_id)
 
     def attach_relay(self, circuit: RelayCircuit) -> bool:
         """Use ``circuit`` as the relay path; False if the link keeps the one it has.
@@ -155,14 +139,17 @@ class PeerLink(trio.abc.Channel[bytes]):
             if self._opener(circuit) > self._opener(old.channel):  # type: ignore[arg-type]
                 return False
             self._drop_path(old)
-        self._add_path(LinkPath(self._next_name("relay"), "relay", circuit))
+        self._add_path(LinkPath(self._next_name("relay"), "relay", circuit, accepted=not circuit.initiator))
         return True
 
-    def attach_direct(self, connection: DirectConnection) -> bool:
-        """Use ``connection`` as the direct path (and send on it); False if we have one."""
+    def attach_direct(self, connection: DirectConnection, *, accepted: bool = False) -> bool:
+        """Use ``connection`` as the direct path (and send on it); False if we have one.
+
+        ``accepted``: the far side opened it (we answer its HELLO with ours).
+        """
         if self._ended or self._direct is not None:
             return False
-        self._add_path(LinkPath(self._next_name("direct"), "direct", connection))
+        self._add_path(LinkPath(self._next_name("direct"), "direct", connection, accepted=accepted))
         return True
 
     async def wait_ready(self) -> None:
@@ -479,6 +466,9 @@ class PeerLink(trio.abc.Channel[bytes]):
         core = self._core
         while True:
             frame = await run.receive()
+            if frame[:1] == b"\x00":
+                self._receive_hello(frame)
+                continue
             core.receive_frame(run.name, frame, trio.current_time())
             if not run.heard:
                 run.heard = True
@@ -486,8 +476,19 @@ class PeerLink(trio.abc.Channel[bytes]):
             self._handle_events()
             self._kick()
 
+    def _receive_hello(self, frame: bytes) -> None:
+        hello = parse_hello_untrusted(frame)
+        if hello is None:
+            raise LinkFrameError("malformed HELLO")
+        sender, receiver = hello
+        if receiver not in (None, self.link_id) or self.remote_link_id not in (None, sender):
+            raise LinkFrameError("HELLO of another link")
+        self.remote_link_id = sender
+
     async def _write_path(self, run: LinkPath) -> None:
         core = self._core
+        if run.accepted:
+            await run.send(self.hello)
         while True:
             wake = self._wake
             frame = core.poll_transmit(run.name, trio.current_time())

@@ -241,7 +241,12 @@ class WebRtcTransport(TaskOwner):
                         await self._accepted_send.send(connection)
                     await connection._done.wait()
                     nursery.cancel_scope.cancel()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, ParseError, OSError) as exc:
+        except* (trio.BrokenResourceError, trio.ClosedResourceError, ParseError, OSError) as group:
+            # except*: the failure may come wrapped in the connection's nursery group
+            # (a peer that closes DTLS during the handshake, e.g. after glare).
+            exc = group.exceptions[0]
+            while isinstance(exc, BaseExceptionGroup):
+                exc = exc.exceptions[0]
             log.info("direct connection with %s failed: %r", peer, exc)
             if connection is None:
                 try:

@@ -79,22 +79,25 @@ def parse_frame_untrusted(data: bytes) -> Frame:
     raise LinkFrameError(f"unknown link frame type {kind}")
 
 
-def encode_hello(link_id: bytes, *, resume: bool = False) -> bytes:
-    """The first message on every path of a link: LINK_HELLO, the link id, a flags byte.
-
-    ``resume`` (flag 1) marks a path opened to restore a link that lost its paths:
-    the acceptor attaches it to the link with that id or refuses it (RESET), and
-    never creates a new link for it.
-    """
-    return LINK_HELLO + link_id + bytes([1 if resume else 0])
+_NO_ID = bytes(LINK_ID_SIZE)
+HELLO_SIZE = len(LINK_HELLO) + 2 * LINK_ID_SIZE
 
 
-def parse_hello_untrusted(message: bytes | str | None) -> tuple[bytes, bool] | None:
-    """(link id, resume) of a path's first message, or None if it is not a link HELLO."""
-    if (not isinstance(message, bytes) or len(message) != len(LINK_HELLO) + LINK_ID_SIZE + 1
-            or not message.startswith(LINK_HELLO) or message[-1] > 1):
+def encode_hello(sender_id: bytes, receiver_id: bytes | None = None) -> bytes:
+    """The first message each end sends on every path: LINK_HELLO, the sender's link id
+    and the receiver's link id (zeros while the sender does not know it yet)."""
+    return LINK_HELLO + sender_id + (receiver_id or _NO_ID)
+
+
+def parse_hello_untrusted(message: bytes | str | None) -> tuple[bytes, bytes | None] | None:
+    """(sender id, receiver id or None) of a HELLO, or None if ``message`` is not one."""
+    if not isinstance(message, bytes) or len(message) != HELLO_SIZE or not message.startswith(LINK_HELLO):
         return None
-    return message[len(LINK_HELLO):-1], message[-1] == 1
+    sender = message[len(LINK_HELLO):len(LINK_HELLO) + LINK_ID_SIZE]
+    receiver = message[len(LINK_HELLO) + LINK_ID_SIZE:]
+    if sender == _NO_ID:
+        return None
+    return sender, (None if receiver == _NO_ID else receiver)
 
 
 def encode_data(offset: int, payload: bytes) -> bytes:
@@ -355,11 +358,6 @@ class LinkCore:
     @property
     def has_message(self) -> bool:
         return bool(self._ready)
-
-    @property
-    def pristine(self) -> bool:
-        """Nothing was sent or received yet (two links dialed at once may still merge)."""
-        return self._written == 0 and self._received == 0 and self._remote_close is None
 
     @property
     def remote_closed(self) -> bool:

@@ -207,13 +207,14 @@ def test_receive_frame_raises_only_parse_errors(data):
 @given(st.one_of(st.binary(max_size=64), st.text(max_size=8), st.none()))
 def test_parse_hello_untrusted_never_raises(message):
     result = parse_hello_untrusted(message)
-    assert result is None or (len(result[0]) == 16 and isinstance(result[1], bool))
+    assert result is None or (len(result[0]) == 16 and (result[1] is None or len(result[1]) == 16))
 
 
 def test_hello_round_trip():
-    link_id = bytes(range(16))
-    assert parse_hello_untrusted(encode_hello(link_id)) == (link_id, False)
-    assert parse_hello_untrusted(encode_hello(link_id, resume=True)) == (link_id, True)
+    ours, theirs = bytes(range(16)), bytes(range(1, 17))
+    assert parse_hello_untrusted(encode_hello(ours)) == (ours, None)
+    assert parse_hello_untrusted(encode_hello(ours, theirs)) == (ours, theirs)
+    assert parse_hello_untrusted(encode_hello(bytes(16), theirs)) is None  # no sender id
 
 
 # -- specific rules ------------------------------------------------------------------

@@ -147,6 +147,8 @@ async def test_peers_dialing_each_other_at_once_share_one_link(relay_server, ena
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(dial, "a", a, b)
                 nursery.start_soon(dial, "b", b, a)
-            assert links["a"].link_id == links["b"].link_id
             assert a.link(b.local_peer_id) is links["a"] and b.link(a.local_peer_id) is links["b"]
             await both_ways(links["a"], links["b"], [1000, 256 * KIB])
+            # Each side knows the other's link id (from the far side's HELLO).
+            assert links["a"].remote_link_id == links["b"].link_id
+            assert links["b"].remote_link_id == links["a"].link_id

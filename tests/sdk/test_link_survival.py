@@ -286,7 +286,7 @@ async def test_circuits_opened_by_both_sides_at_once_converge_on_one(relay_serve
 
             async def reopen(network, side):
                 circuit = await network.relay_manager.open_circuit(side.peer_id)
-                await circuit.send(side.resume_hello)
+                await circuit.send(side.hello)
                 if not network._bind_relay(side, circuit):
                     await circuit.aclose()
                 return circuit
