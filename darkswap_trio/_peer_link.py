@@ -24,7 +24,7 @@ import trio
 
 from ._circuit import RelayCircuit
 from ._link_path import LinkOwner, LinkPath, LinkSettings, PeerLinkStatistics
-from ._metrics import ConnectionMetrics, direct_path_quality
+from ._metrics import ConnectionMetrics, link_metrics
 from ._webrtc_transport import DirectConnection
 from .proto.link import (
     LINK_HELLO,
@@ -254,21 +254,7 @@ class PeerLink(trio.abc.Channel[bytes]):
         ``relay_bytes_sent``/``direct_bytes_sent`` count application bytes by the path
         the link was on when they were sent (resent fragments are in statistics()).
         """
-        direct = self.direct
-        if self.connection_type == "direct" and direct is not None:
-            rtt, source, retrans, loss = direct_path_quality(direct.peer_connection)
-        else:
-            rtt, retrans, loss = self.relay_rtt_ms(), None, None
-            source = "relay-ping" if rtt is not None else None
-        return ConnectionMetrics(
-            peer_id=self.peer_id, connection_type=self.connection_type, rtt_ms=rtt,
-            rtt_source=source, retransmissions=retrans, loss_rate=loss,
-            bytes_sent=self.bytes_sent, bytes_received=self.bytes_received,
-            messages_sent=self.messages_sent, messages_received=self.messages_received,
-            relay_bytes_sent=self.relay_bytes_sent, direct_bytes_sent=self.direct_bytes_sent,
-            established_at=self.established_at, last_activity=self.last_activity,
-            upgraded=self.upgraded,
-        )
+        return link_metrics(self)
 
     def statistics(self) -> PeerLinkStatistics:
         """Protocol counters: resent fragments, dropped duplicates, path changes."""
