@@ -122,11 +122,11 @@ class LinkRecovery:
     async def _restore_relay(self, link: PeerLink) -> None:
         manager = self.network.relay_manager
         delay = _RELAY_RETRY_FIRST
+        # After a relay outage both sides need a circuit: once the relay is back, the
+        # higher PeerId gives the lower one a head start. A lost direct path is not
+        # waited on: the application's stall counts.
+        head_start = link.interrupted and self.network.local_peer_id > link.peer_id
         try:
-            if self.network.local_peer_id > link.peer_id:
-                with trio.move_on_after(_HIGHER_ID_HEAD_START):
-                    while not link.has_relay and not link.closed:
-                        await link._wait_change()
             while not link.closed and not link.has_relay and not link.has_direct:
                 if not manager.connected_servers():
                     # A relay that gave up reconnecting (Failed) is retried while a
@@ -134,6 +134,12 @@ class LinkRecovery:
                     manager.retry()
                     with trio.move_on_after(_RELAY_WAIT_STEP):
                         await manager.wait_connected()
+                    continue
+                if head_start:
+                    head_start = False
+                    with trio.move_on_after(_HIGHER_ID_HEAD_START):
+                        while not link.has_relay and not link.closed:
+                            await link._wait_change()
                     continue
                 try:
                     circuit = await manager.open_circuit(link.peer_id)

@@ -121,6 +121,11 @@ class PeerLink(trio.abc.Channel[bytes]):
         return self._relay is not None
 
     @property
+    def interrupted(self) -> bool:
+        """The relay path died with no direct path (LinkInterrupted, no LinkRestored yet)."""
+        return self._interrupted
+
+    @property
     def hello(self) -> bytes:
         """Our first message on every path: LINK_HELLO, our link id, the far side's."""
         return encode_hello(self.link_id, self.remote_link_id)
