@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 
 import pytest
 import trio
+import trio.testing
 
 from darkswap_trio import (
     Config,
@@ -57,6 +58,9 @@ class Recorder:
         """Wait until every event queued so far is recorded (times are arrival times)."""
         while self.network.events.statistics().current_buffer_used:
             await trio.lowlevel.checkpoint()
+        # An event handed straight to the waiting recorder is not in the buffer: let
+        # every task (the recorder too) run until it blocks.
+        await trio.testing.wait_all_tasks_blocked()
 
     def of(self, kind, after=-1.0):
         return [(t, e) for t, e in self.events if isinstance(e, kind) and t > after]
