@@ -27,6 +27,9 @@ from ._identity import Keypair as Keypair
 from ._identity import PeerId as PeerId
 from ._identity import load_or_create_keypair as load_or_create_keypair
 from ._identity import parse_peer_id as parse_peer_id
+from ._link_recovery import ConnectionDowngraded as ConnectionDowngraded
+from ._link_recovery import LinkInterrupted as LinkInterrupted
+from ._link_recovery import LinkRestored as LinkRestored
 from ._metrics import ConnectionMetrics as ConnectionMetrics
 from ._network import ConnectionUpgraded as ConnectionUpgraded
 from ._network import NetworkEvent as NetworkEvent
@@ -40,7 +43,9 @@ from ._peer_connection import PeerConnectionConfig as PeerConnectionConfig
 from ._peer_connection import PeerConnectionStatistics as PeerConnectionStatistics
 from ._peer_connection import SignalingStateError as SignalingStateError
 from ._peer_connection import open_peer_connection as open_peer_connection
+from ._peer_link import MessageTooLarge as MessageTooLarge
 from ._peer_link import PeerLink as PeerLink
+from ._peer_link import PeerLinkStatistics as PeerLinkStatistics
 from ._pool import ConnectionPool as ConnectionPool
 from ._pool import PoolStatistics as PoolStatistics
 from ._relay_manager import CircuitClosed as CircuitClosed

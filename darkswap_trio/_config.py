@@ -95,7 +95,9 @@ class RelayManagerConfig:
     ping_interval: float = 30.0  # seconds between Pings used for latency and liveness
     reconnect_interval: float = 5.0  # first backoff step, seconds (doubles, jittered)
     max_reconnect_attempts: int = 5  # consecutive failures before a relay is Failed
-    max_reconnect_interval: float = 120.0  # backoff cap, seconds
+    # backoff cap, seconds: 8 s (jittered down to 4 s) keeps a relay restart within the
+    # 10 s in which links re-open (README, "Links that survive")
+    max_reconnect_interval: float = 8.0
     token_refresh_margin: float = 60.0  # refresh a JWT this long before it expires
 
     def validate(self) -> RelayManagerConfig:
@@ -123,6 +125,14 @@ class P2PConfig:
     event_buffer: int = 256  # bound on queued events for a slow consumer
     direct_connect_timeout: float = 30.0  # seconds for one direct (WebRTC) attempt
     direct_delay: float = 0.0  # head start given to the relay path by connect_to_peer
+    # PeerLink (docs/PROTOCOL.md, "PeerLink protocol"; README, "Links that survive")
+    link_max_message_size: int = 1 << 20  # largest message on a link, on either path
+    link_window: int = 4 << 20  # unacknowledged bytes a link keeps (>= 2 messages)
+    link_ping_interval: float = 1.0  # silence on the direct path before an ack request
+    link_path_timeout: float = 3.0  # silence on the direct path before it is declared dead
+    link_recovery_timeout: float = 30.0  # a link with no path for this long is over
+    direct_retry_interval: float = 2.0  # first wait before retrying direct after a downgrade
+    direct_retry_max_interval: float = 60.0  # cap of that (doubling) wait
 
     def relay_addresses(self) -> list[RelayAddress]:
         return [parse_relay_address(a) for a in self.relay_servers]
@@ -137,6 +147,15 @@ class P2PConfig:
             raise ConfigError("p2p.direct_connect_timeout must be positive, direct_delay >= 0")
         if self.connection_idle_timeout <= 0:
             raise ConfigError("p2p.connection_idle_timeout must be positive")
+        if self.link_max_message_size < 1 or self.link_window < 2 * (self.link_max_message_size + 4):
+            raise ConfigError("p2p.link_max_message_size must be positive and p2p.link_window "
+                              "at least twice that (plus 8 bytes)")
+        if not 0 < self.link_ping_interval < self.link_path_timeout:
+            raise ConfigError("p2p.link_ping_interval must be positive and below p2p.link_path_timeout")
+        if self.link_recovery_timeout <= 0:
+            raise ConfigError("p2p.link_recovery_timeout must be positive")
+        if not 0 < self.direct_retry_interval <= self.direct_retry_max_interval:
+            raise ConfigError("p2p.direct_retry_interval must be positive and <= direct_retry_max_interval")
         return self
 
 
@@ -175,3 +194,13 @@ class Config:
         config = cls()
         apply_settings(config, table, ConfigError)
         return config.validate()
+
+
+def stun_host_port(text: str) -> tuple[str, int]:
+    """``host:port`` / ``[v6]:port`` / bare host (port 3478, the STUN default)."""
+    if text.count(":") > 1 and not text.startswith("["):
+        return text, 3478  # a bare IPv6 literal
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or (text.startswith("[") and not host.endswith("]")):
+        return text.strip("[]"), 3478
+    return host.strip("[]"), int(port)

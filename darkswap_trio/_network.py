@@ -19,12 +19,13 @@ from dataclasses import dataclass
 import trio
 
 from ._circuit import RelayCircuit
-from ._config import Config, P2PConfig
+from ._config import Config, P2PConfig, stun_host_port
 from ._dial_race import DialRace, PeerUnreachable
 from ._identity import Keypair, PeerId, load_or_create_keypair, peer_id_text
+from ._link_recovery import ConnectionDowngraded, LinkInterrupted, LinkRecovery, LinkRestored
 from ._metrics import ConnectionMetrics
 from ._peer_connection import PeerConnectionConfig
-from ._peer_link import LINK_HELLO, PeerLink
+from ._peer_link import LinkSettings, PeerLink
 from ._pool import ConnectionPool
 from ._relay_manager import (
     CircuitClosed,
@@ -42,8 +43,10 @@ from ._relay_manager import (
 from ._relay_session import RelayError, RelaySession, TokenProvider
 from ._service import TaskOwner
 from ._webrtc_transport import DirectConnection, WebRtcTransport
+from .proto.link import RESET, parse_hello_untrusted
 
 log = logging.getLogger("darkswap_trio.network")
+LINK_RESET = bytes([RESET])
 
 
 @dataclass(frozen=True)
@@ -66,7 +69,8 @@ class ConnectionUpgraded:
     peer_id: str
 
 
-NetworkEvent = PeerConnected | PeerDisconnected | ConnectionUpgraded | DataReceived | RelayEvent
+NetworkEvent = (PeerConnected | PeerDisconnected | ConnectionUpgraded | ConnectionDowngraded
+                | LinkInterrupted | LinkRestored | DataReceived | RelayEvent)
 
 
 class P2PNetwork(TaskOwner):
@@ -103,7 +107,7 @@ class P2PNetwork(TaskOwner):
             on_status=self._on_relay_status,
         )
         self.peer_connection_config = peer_connection_config or PeerConnectionConfig(
-            stun_servers=[_host_port(s) for s in self.config.p2p.stun_servers])
+            stun_servers=[stun_host_port(s) for s in self.config.p2p.stun_servers])
         p2p = self.config.p2p
         self._event_send, self.events = trio.open_memory_channel[NetworkEvent](p2p.event_buffer)
         self._peer_circuits: dict[str, set[str]] = {}
@@ -123,6 +127,11 @@ class P2PNetwork(TaskOwner):
         self._incoming_send, self._incoming = trio.open_memory_channel[PeerLink](p2p.max_connections)
         self.dropped_incoming_links = 0
         self.dropped_events = 0  # events dropped because nobody read network.events
+        self._link_recovery = LinkRecovery(self)
+        self._link_settings = LinkSettings(
+            max_message_size=p2p.link_max_message_size, window=p2p.link_window,
+            ping_interval=p2p.link_ping_interval, path_timeout=p2p.link_path_timeout,
+            recovery_timeout=p2p.link_recovery_timeout)
 
     @property
     def dropped_link_events(self) -> int:
@@ -256,9 +265,10 @@ class P2PNetwork(TaskOwner):
         self._nursery.start_soon(self._run_transport, server_id, session, transport, scope)
 
     def _stop_transport(self, server_id: str) -> None:
-        entry = self._transports.pop(server_id, None)
-        if entry is not None:
-            entry[1].cancel()
+        # Only forgotten: its direct connections outlive the relay session that
+        # signaled them (a relay restart must not break direct links); _run_transport
+        # ends the transport once the session is gone and they are all closed.
+        self._transports.pop(server_id, None)
 
     async def _run_transport(self, server_id: str, session: RelaySession,
                              transport: WebRtcTransport, scope: trio.CancelScope) -> None:
@@ -271,6 +281,9 @@ class P2PNetwork(TaskOwner):
                 nursery.start_soon(self._accept_direct, transport)
                 nursery.start_soon(self._watch_unknown_peers, session)
                 await session.wait_closed()
+                if self._transports.get(server_id, (None,))[0] is transport:
+                    del self._transports[server_id]
+                await transport.wait_idle()
                 nursery.cancel_scope.cancel()
         if self._transports.get(server_id, (None,))[0] is transport:
             del self._transports[server_id]
@@ -285,13 +298,10 @@ class P2PNetwork(TaskOwner):
                 dial.failed("direct", PeerNotFound(error.message, error.code), unknown_peer=True)
 
     async def _accept_direct(self, transport: WebRtcTransport) -> None:
+        assert self._nursery is not None
         while True:
             connection = await transport.accept()
-            link = self._link_for_incoming(connection.peer_id)
-            if link is None or not link.attach_direct(connection):
-                await connection.aclose()
-                continue
-            await self._pool_incoming(link, "direct", None)
+            self._nursery.start_soon(self._link_recovery.accept_direct, connection)
 
     def _best_transport(self) -> WebRtcTransport | None:
         for server in self.relay_manager.connected_servers():
@@ -314,11 +324,17 @@ class P2PNetwork(TaskOwner):
             first = await circuit.receive()
         except (trio.EndOfChannel, trio.BrokenResourceError, trio.ClosedResourceError):
             first = None
-        if first == LINK_HELLO and self.config.p2p.enable_relay:
-            link = self._link_for_incoming(circuit.peer_id)
+        hello = parse_hello_untrusted(first)
+        if hello is not None and self.config.p2p.enable_relay:
+            link = self._link_for_incoming(circuit.peer_id, *hello)
             if link is not None and self._bind_relay(link, circuit):
                 await self._pool_incoming(link, "relay", circuit.relay_id)
                 return
+            if hello[1] is not None and link is None:
+                try:
+                    await circuit.send(LINK_RESET)  # the link it would restore is gone here
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
             await circuit.aclose()
             await manager.deliver_as_events(circuit)  # only its CircuitClosed is left
             return
@@ -329,13 +345,35 @@ class P2PNetwork(TaskOwner):
 
     def _new_link(self, peer_id: str) -> PeerLink:
         assert self._nursery is not None
-        return PeerLink(peer_id, self._nursery, on_upgraded=self._link_upgraded,
-                        on_circuit_closed=self._link_circuit_closed, on_closed=self._link_closed)
+        return PeerLink(peer_id, self._nursery, self._link_recovery, local_peer_id=self.local_peer_id,
+                        settings=self._link_settings)
 
-    def _link_for_incoming(self, peer_id: str) -> PeerLink | None:
+    def _link_for_incoming(self, peer_id: str, sender_id: bytes, receiver_id: bytes | None) -> PeerLink | None:
+        """The link an incoming path belongs to, by its HELLO (docs/PROTOCOL.md 11.1).
+
+        A HELLO naming our link (``receiver_id``) joins only that live link. One that
+        does not know our link yet joins the link to that peer unless that link already
+        knows another far-side link: then the far side started a new link, ours is
+        stale and is replaced.
+        """
         link = self.pool.get(peer_id) or self._dialing.get(peer_id)
+        known = link is not None and not link.closed and link.remote_link_id in (None, sender_id)
+        if receiver_id is not None:
+            if not known or link.link_id != receiver_id:  # type: ignore[union-attr]
+                return None
+        if known:
+            link.remote_link_id = sender_id  # type: ignore[union-attr]
+            return link
+        if link is not None and not link.closed:
+            # The far side opened a new link: ours is a stale incarnation.
+            self.pool.discard(link)
+            if self._dialing.get(peer_id) is link:
+                del self._dialing[peer_id]
+            self._nursery.start_soon(link.aclose)  # type: ignore[union-attr]
+            link = None
         if link is None and self._running:
             link = self._new_link(peer_id)
+            link.remote_link_id = sender_id
             self._dialing[peer_id] = link
         return link
 
@@ -380,12 +418,12 @@ class P2PNetwork(TaskOwner):
             self._peer_circuits.pop(circuit.peer_id, None)
         self._emit_nowait(CircuitClosed(circuit.relay_id, circuit.peer_id, circuit.close_reason or "closed"))
 
-    def _link_closed(self, link: PeerLink) -> None:
+    def _link_closed(self, link: PeerLink, reason: str = "link closed") -> None:
         self.pool.discard(link)
         if self._dialing.get(link.peer_id) is link:
             del self._dialing[link.peer_id]
         if not self._peer_circuits.get(link.peer_id):
-            self._emit_nowait(PeerDisconnected(link.peer_id, "link closed"))
+            self._emit_nowait(PeerDisconnected(link.peer_id, reason))
 
     def _emit_nowait(self, event: NetworkEvent) -> None:
         # Link status events never wait (they come from sync callbacks and from
@@ -499,6 +537,12 @@ class P2PNetwork(TaskOwner):
         except (trio.BrokenResourceError, trio.BusyResourceError, RuntimeError, RelayError) as exc:
             dial.failed("direct", exc)
             return
+        try:
+            await connection.channel.send(link.hello)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            dial.failed("direct", exc)
+            await connection.aclose()
+            return
         if not link.attach_direct(connection):
             await connection.aclose()
 
@@ -507,7 +551,7 @@ class P2PNetwork(TaskOwner):
         with dial.scopes["relay"] as scope:
             try:
                 circuit = await self.relay_manager.open_circuit(link.peer_id)
-                await circuit.send(LINK_HELLO)
+                await circuit.send(link.hello)
             except PeerNotFound as exc:
                 dial.peer_unknown(exc)
                 return
@@ -546,12 +590,3 @@ class P2PNetwork(TaskOwner):
     def metrics(self, peer_id: PeerId | str) -> ConnectionMetrics:
         return self.link(peer_id).metrics()
 
-
-def _host_port(text: str) -> tuple[str, int]:
-    """``host:port`` / ``[v6]:port`` / bare host (port 3478, the STUN default)."""
-    if text.count(":") > 1 and not text.startswith("["):
-        return text, 3478  # a bare IPv6 literal
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or (text.startswith("[") and not host.endswith("]")):
-        return text.strip("[]"), 3478
-    return host.strip("[]"), int(port)

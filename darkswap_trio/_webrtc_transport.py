@@ -111,6 +111,8 @@ class WebRtcTransport(TaskOwner):
         self._attempts: dict[str, _Attempt] = {}
         self._accepted_send, self._accepted = trio.open_memory_channel[DirectConnection](max_connections)
         self._nursery: trio.Nursery | None = None
+        self._idle = trio.Event()  # set whenever no connection task is running
+        self._idle.set()
         self.dropped_signals = 0
 
     async def run(self, *, task_status: trio.TaskStatus[WebRtcTransport] = trio.TASK_STATUS_IGNORED) -> None:
@@ -159,6 +161,11 @@ class WebRtcTransport(TaskOwner):
         if isinstance(outcome, BaseException):
             raise trio.BrokenResourceError(f"direct connection to {peer_id} failed") from outcome
         return outcome
+
+    async def wait_idle(self) -> None:
+        """Wait until no direct connection of this transport is alive."""
+        while self._inboxes:
+            await self._idle.wait()
 
     async def accept(self) -> DirectConnection:
         """The next connection another peer opened to us."""
@@ -212,6 +219,7 @@ class WebRtcTransport(TaskOwner):
         # offer (trickled candidates) can slip past while the task is being scheduled.
         send, receive = trio.open_memory_channel[sig.Message](_INBOX_SIZE)
         self._inboxes[peer] = send
+        self._idle = trio.Event()
         return send, receive
 
     async def _run_connection(self, attempt: _Attempt, offer: sig.Offer | None,
@@ -254,6 +262,8 @@ class WebRtcTransport(TaskOwner):
         finally:
             if self._inboxes.get(peer) is inbox_send:
                 del self._inboxes[peer]
+            if not self._inboxes:
+                self._idle.set()
 
     async def _trickle_out(self, pc: PeerConnection, peer: str) -> None:
         async for candidate in pc.local_candidates():

@@ -3,6 +3,7 @@
 from ._ice_pair import IcePairSimulator as IcePairSimulator
 from ._ice_pair import LinkModel as LinkModel
 from ._ice_pair import SimulatedPeer as SimulatedPeer
+from ._paths import blackhole_direct_path as blackhole_direct_path
 from ._relay import running_relay as running_relay
 from ._sctp_pair import Livelock as Livelock
 from ._sctp_pair import SctpPair as SctpPair

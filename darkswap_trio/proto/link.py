@@ -1,0 +1,476 @@
+"""The PeerLink protocol core: one reliable message stream over changing paths (sans-IO).
+
+A link carries the application's messages as one byte stream: each message is a
+big-endian u32 length followed by its bytes. The stream is cut into DATA frames that
+fit the path in use (relay circuit: the circuit's ``max_data_frame``; data channel:
+the peer's max-message-size) and every DATA frame carries the stream offset of its
+first byte. Because offsets count bytes, not frames, unacknowledged data can be
+re-cut for a path with a smaller frame limit: the receiver only sees bytes at offsets.
+
+Resumption rule (docs/PROTOCOL.md, "PeerLink protocol"):
+
+* The receiver keeps ``received`` (next expected offset). For a DATA frame at
+  ``offset`` with ``n`` bytes, from any path: ``offset + n <= received`` is a
+  duplicate (dropped); ``offset <= received`` delivers the new tail; ``offset >
+  received`` is a protocol violation.
+* ACK carries ``consumed``: every byte below it was taken by the application. The
+  sender keeps every byte from the lowest unacknowledged offset on.
+* Whenever the sender starts a run on a path (attach, upgrade, downgrade) it first
+  sends everything from its lowest unacknowledged offset, in order. A run therefore
+  starts at or below the receiver's ``received`` and is contiguous, so no gap can
+  occur, and each byte is delivered exactly once, in order, over any path switches.
+
+The core never reads a clock: ``now`` is passed in. Frames go out through
+``poll_transmit(path, now)``; timers through ``poll_timeout``/``handle_timeout``.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+from dataclasses import dataclass
+
+from .datachannel import MessageTooLarge
+from .errors import ParseError
+
+__all__ = [
+    "ACK", "CLOSE", "CLOSE_ACK", "DATA", "RESET", "DIRECT_LOST", "LINK_HELLO", "PING",
+    "LINK_ID_SIZE", "LinkCore", "LinkFrameError", "encode_hello", "parse_hello_untrusted", "LinkStatistics", "MessageTooLarge",
+    "PathDead", "RemoteClosed", "RemoteLostDirect", "RemoteReset", "parse_frame_untrusted",
+]
+
+LINK_HELLO = b"\x00darkswap-link/1\x00"  # first message of every path of a link, + link id
+LINK_ID_SIZE = 16
+DATA, ACK, PING, CLOSE, DIRECT_LOST, CLOSE_ACK, RESET = 1, 2, 3, 4, 5, 6, 7
+DATA_HEADER = 9  # type byte + u64 offset
+_U64 = struct.Struct(">Q")
+_U32 = struct.Struct(">I")
+_LENGTH_PREFIX = 4
+
+
+class LinkFrameError(ParseError):
+    """A link frame is malformed or breaks the resumption rule (the link is broken)."""
+
+
+@dataclass(frozen=True)
+class Frame:
+    kind: int
+    offset: int = 0  # DATA: first byte; ACK: consumed; CLOSE: final stream length
+    payload: bytes = b""
+
+
+def parse_frame_untrusted(data: bytes) -> Frame:
+    """Decode one link frame; raises only :class:`LinkFrameError`."""
+    if not isinstance(data, (bytes, bytearray, memoryview)) or not data:
+        raise LinkFrameError("empty or non-binary link frame")
+    kind = data[0]
+    if kind == DATA:
+        if len(data) <= DATA_HEADER:
+            raise LinkFrameError("DATA frame without payload")
+        return Frame(DATA, _U64.unpack_from(data, 1)[0], bytes(data[DATA_HEADER:]))
+    if kind in (ACK, CLOSE):
+        if len(data) != 9:
+            raise LinkFrameError(f"frame type {kind} must be 9 bytes, got {len(data)}")
+        return Frame(kind, _U64.unpack_from(data, 1)[0])
+    if kind in (PING, DIRECT_LOST, CLOSE_ACK, RESET):
+        if len(data) != 1:
+            raise LinkFrameError(f"frame type {kind} must be 1 byte, got {len(data)}")
+        return Frame(kind)
+    raise LinkFrameError(f"unknown link frame type {kind}")
+
+
+_NO_ID = bytes(LINK_ID_SIZE)
+HELLO_SIZE = len(LINK_HELLO) + 2 * LINK_ID_SIZE
+
+
+def encode_hello(sender_id: bytes, receiver_id: bytes | None = None) -> bytes:
+    """The first message each end sends on every path: LINK_HELLO, the sender's link id
+    and the receiver's link id (zeros while the sender does not know it yet)."""
+    return LINK_HELLO + sender_id + (receiver_id or _NO_ID)
+
+
+def parse_hello_untrusted(message: bytes | str | None) -> tuple[bytes, bytes | None] | None:
+    """(sender id, receiver id or None) of a HELLO, or None if ``message`` is not one."""
+    if not isinstance(message, bytes) or len(message) != HELLO_SIZE or not message.startswith(LINK_HELLO):
+        return None
+    sender = message[len(LINK_HELLO):len(LINK_HELLO) + LINK_ID_SIZE]
+    receiver = message[len(LINK_HELLO) + LINK_ID_SIZE:]
+    if sender == _NO_ID:
+        return None
+    return sender, (None if receiver == _NO_ID else receiver)
+
+
+def encode_data(offset: int, payload: bytes) -> bytes:
+    return bytes([DATA]) + _U64.pack(offset) + payload
+
+
+def encode_offset_frame(kind: int, offset: int) -> bytes:
+    return bytes([kind]) + _U64.pack(offset)
+
+
+# -- events -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PathDead:
+    """A watched path heard nothing for ``path_timeout``: stop using it."""
+
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class RemoteClosed:
+    """The far side closed the link; its stream ends at ``final_offset``."""
+
+    final_offset: int
+
+
+@dataclass(frozen=True)
+class RemoteLostDirect:
+    """The far side told us (DIRECT_LOST) that its direct path is dead."""
+
+
+@dataclass(frozen=True)
+class RemoteReset:
+    """The far side has no such link (RESET): this link is over."""
+
+
+LinkEvent = PathDead | RemoteClosed | RemoteLostDirect | RemoteReset
+
+
+@dataclass(frozen=True)
+class LinkStatistics:
+    bytes_queued: int  # stream bytes the application handed us (with length prefixes)
+    bytes_acked: int
+    bytes_consumed: int  # stream bytes the application took from us
+    unacked_bytes: int
+    fragments_sent: int
+    fragments_retransmitted: int
+    bytes_retransmitted: int
+    duplicates_dropped: int
+    pings_sent: int
+
+
+class _Path:
+    def __init__(self, frame_limit: int, now: float, watched: bool) -> None:
+        self.payload_limit = frame_limit - DATA_HEADER
+        self.watched = watched
+        self.last_heard = now
+        self.last_ping = now
+        self.last_sent = now
+        self.ping_due = False
+        self.ack_due = True  # tell the far side on this path where we are, at once
+        self.lost_direct_due = False
+        self.close_ack_due = False
+
+
+class LinkCore:
+    """Both directions of one link: a sender with a retransmit buffer, a reassembler.
+
+    ``queue_message`` refuses a message above ``max_message_size`` with
+    :class:`MessageTooLarge` whatever the path, and returns False while the window
+    (unacknowledged bytes) is full: the driver waits for ACKs (backpressure).
+    """
+
+    def __init__(self, *, max_message_size: int = 1 << 20, window: int = 4 << 20,
+                 ack_delay: float = 0.02, ping_interval: float = 1.0,
+                 path_timeout: float = 3.0) -> None:
+        if max_message_size < 1 or window < 2 * (max_message_size + _LENGTH_PREFIX):
+            raise ValueError("window must hold two messages of max_message_size")
+        if not 0 < ping_interval < path_timeout:
+            raise ValueError("need 0 < ping_interval < path_timeout")
+        self.max_message_size = max_message_size
+        self.window = window
+        self.ack_delay = ack_delay
+        self.ping_interval = ping_interval
+        self.path_timeout = path_timeout
+        self._ack_threshold = max(window // 4, 1)
+        self._paths: dict[str, _Path] = {}
+        self.active: str | None = None  # the path our DATA goes on
+        self._ack_path: str | None = None  # the path we last heard DATA/PING on
+        # sender
+        self._acked = 0  # far side consumed everything below
+        self._unacked = bytearray()  # stream bytes from _acked to _written
+        self._written = 0
+        self._cursor = 0  # next offset to send on the active path
+        self._high = 0  # highest offset ever sent (above it nothing is a retransmission)
+        self._close_at: int | None = None  # our final offset once close() was called
+        self._close_sent = False
+        self.close_confirmed = False  # the far side has our whole stream (CLOSE_ACK)
+        # receiver
+        self._received = 0
+        self._rx = bytearray()  # received, not yet cut into messages
+        self._ready: deque[bytes] = deque()
+        self._consumed = 0
+        self._ack_sent = 0
+        self._ack_deadline: float | None = None
+        self._ack_timer_fired = False
+        self._remote_close: int | None = None
+        self._events: deque[LinkEvent] = deque()
+        self._fragments = self._retransmitted = self._retransmitted_bytes = 0
+        self._duplicates = self._pings = 0
+
+    # -- paths ----------------------------------------------------------------------
+
+    def add_path(self, name: str, frame_limit: int, now: float, *, watched: bool = False) -> None:
+        """A path is usable. ``watched`` paths die after ``path_timeout`` of silence."""
+        if frame_limit <= DATA_HEADER:
+            raise ValueError(f"frame limit {frame_limit} leaves no room for data")
+        self._paths[name] = _Path(frame_limit, now, watched)
+
+    def remove_path(self, name: str) -> None:
+        self._paths.pop(name, None)
+        if self.active == name:
+            self.active = None
+        if self._ack_path == name:
+            self._ack_path = None
+
+    def has_path(self, name: str) -> bool:
+        return name in self._paths
+
+    def use_path(self, name: str) -> None:
+        """Send our DATA on ``name`` from now on, starting with everything unacknowledged."""
+        if name not in self._paths:
+            raise KeyError(name)
+        self.active = name
+        self._cursor = self._acked
+        self._close_sent = False
+        self._paths[name].ack_due = True
+
+    def report_direct_lost(self, name: str) -> None:
+        """Send DIRECT_LOST on ``name`` (so the far side drops its direct path too)."""
+        if name in self._paths:
+            self._paths[name].lost_direct_due = True
+
+    # -- sending ----------------------------------------------------------------------
+
+    def check_size(self, size: int) -> None:
+        if size > self.max_message_size:
+            raise MessageTooLarge(
+                f"message of {size} bytes exceeds the link's max_message_size ({self.max_message_size})")
+
+    def can_queue(self, size: int) -> bool:
+        needed = self._written + _LENGTH_PREFIX + size - self._acked
+        return needed <= self.window or self._written == self._acked
+
+    def queue_message(self, data: bytes) -> bool:
+        """Append one message to the stream; False (nothing queued) if the window is full."""
+        self.check_size(len(data))
+        if self._close_at is not None:
+            raise RuntimeError("link core is closed")
+        if not self.can_queue(len(data)):
+            return False
+        self._unacked += _U32.pack(len(data))
+        self._unacked += data
+        self._written += _LENGTH_PREFIX + len(data)
+        return True
+
+    def close(self) -> None:
+        """No more messages: tell the far side where our stream ends (reliably)."""
+        if self._close_at is None:
+            self._close_at = self._written
+
+    @property
+    def all_acked(self) -> bool:
+        return self._acked == self._written
+
+    # -- receiving --------------------------------------------------------------------
+
+    def receive_frame(self, name: str, data: bytes, now: float) -> None:
+        """Process one frame that arrived on path ``name``; LinkFrameError breaks the link."""
+        frame = parse_frame_untrusted(data)
+        path = self._paths.get(name)
+        if path is not None:
+            path.last_heard = now
+        if frame.kind == DATA:
+            self._ack_path = name
+            self._receive_data(frame.offset, frame.payload, now)
+            if path is not None and now - path.last_sent >= self.ping_interval / 2:
+                # Liveness for the sender: it hears from us while its data arrives, even
+                # if our application is not consuming (a PING would queue behind its data).
+                path.ack_due = True
+        elif frame.kind == ACK:
+            self._receive_ack(frame.offset)
+        elif frame.kind == PING:
+            self._ack_path = name
+            if path is not None:
+                path.ack_due = True
+        elif frame.kind == CLOSE:
+            if self._remote_close is None:
+                self._remote_close = frame.offset
+                self._events.append(RemoteClosed(frame.offset))
+            if path is not None:
+                path.ack_due = True
+                path.close_ack_due = True
+        elif frame.kind == CLOSE_ACK:
+            self.close_confirmed = self._close_at is not None
+        elif frame.kind == DIRECT_LOST:
+            self._events.append(RemoteLostDirect())
+        elif frame.kind == RESET:
+            self._events.append(RemoteReset())
+
+    def _receive_data(self, offset: int, payload: bytes, now: float) -> None:
+        end = offset + len(payload)
+        if end <= self._received:
+            self._duplicates += 1
+            return
+        if offset > self._received:
+            raise LinkFrameError(f"gap in link stream: expected offset {self._received}, got {offset}")
+        if self._remote_close is not None and end > self._remote_close:
+            raise LinkFrameError("data beyond the far side's close")
+        if end - self._consumed > self.window + self.max_message_size:
+            raise LinkFrameError("far side exceeded the link window")
+        self._rx += payload[self._received - offset:]
+        self._received = end
+        rx = self._rx
+        start = 0
+        while len(rx) - start >= _LENGTH_PREFIX:
+            size = _U32.unpack_from(rx, start)[0]
+            if size > self.max_message_size:
+                raise LinkFrameError(f"far side sent a {size}-byte message (max {self.max_message_size})")
+            if len(rx) - start - _LENGTH_PREFIX < size:
+                break
+            begin = start + _LENGTH_PREFIX
+            self._ready.append(bytes(rx[begin:begin + size]))
+            start = begin + size
+        if start:
+            del rx[:start]
+
+    def _receive_ack(self, consumed: int) -> None:
+        if consumed > self._written:
+            raise LinkFrameError(f"ACK for offset {consumed} beyond what we sent ({self._written})")
+        if consumed > self._acked:
+            del self._unacked[:consumed - self._acked]
+            self._acked = consumed
+            self._cursor = max(self._cursor, consumed)
+
+    def next_message(self, now: float) -> bytes | None:
+        """The next complete message for the application, or None."""
+        if not self._ready:
+            return None
+        message = self._ready.popleft()
+        self._consumed += _LENGTH_PREFIX + len(message)
+        if self._ack_deadline is None:
+            self._ack_deadline = now + self.ack_delay
+        return message
+
+    @property
+    def has_message(self) -> bool:
+        return bool(self._ready)
+
+    @property
+    def remote_closed(self) -> bool:
+        return self._remote_close is not None
+
+    @property
+    def remote_finished(self) -> bool:
+        """The far side closed and we consumed all it sent: receive() hits EndOfChannel."""
+        return self._remote_close is not None and not self._ready and self._consumed >= self._remote_close
+
+    # -- output -----------------------------------------------------------------------
+
+    def poll_transmit(self, name: str, now: float) -> bytes | None:
+        """The next frame to send on path ``name``, or None."""
+        path = self._paths.get(name)
+        if path is None:
+            return None
+        frame = self._next_frame(name, path, now)
+        if frame is not None:
+            path.last_sent = now
+        return frame
+
+    def _next_frame(self, name: str, path: _Path, now: float) -> bytes | None:
+        if path.lost_direct_due:
+            path.lost_direct_due = False
+            return bytes([DIRECT_LOST])
+        if path.close_ack_due:
+            path.close_ack_due = False
+            return bytes([CLOSE_ACK])
+        ack_here = self._ack_path == name or (self._ack_path is None and self.active == name)
+        if path.ack_due or (ack_here and self._ack_wanted(now)):
+            path.ack_due = False
+            self._ack_sent = self._consumed
+            self._ack_deadline = None
+            self._ack_timer_fired = False
+            return encode_offset_frame(ACK, self._consumed)
+        if path.ping_due:
+            path.ping_due = False
+            path.last_ping = now
+            self._pings += 1
+            return bytes([PING])
+        if name != self.active:
+            return None
+        if self._cursor < self._written:
+            offset = self._cursor
+            begin = offset - self._acked
+            payload = bytes(self._unacked[begin:begin + path.payload_limit])
+            self._cursor = offset + len(payload)
+            self._fragments += 1
+            if offset < self._high:
+                self._retransmitted += 1
+                self._retransmitted_bytes += min(self._high, self._cursor) - offset
+            self._high = max(self._high, self._cursor)
+            return encode_data(offset, payload)
+        if self._close_at is not None and not self._close_sent:
+            self._close_sent = True
+            return encode_offset_frame(CLOSE, self._close_at)
+        return None
+
+    def _ack_wanted(self, now: float) -> bool:
+        if self._consumed == self._ack_sent:
+            return False
+        if self._consumed - self._ack_sent >= self._ack_threshold or self._remote_close is not None:
+            return True
+        return self._ack_timer_fired or (self._ack_deadline is not None and now >= self._ack_deadline)
+
+    def wants_transmit(self, name: str, now: float) -> bool:
+        """Whether poll_transmit(name) would return a frame (without taking it)."""
+        path = self._paths.get(name)
+        if path is None:
+            return False
+        if path.lost_direct_due or path.ack_due or path.ping_due or path.close_ack_due:
+            return True
+        ack_here = self._ack_path == name or (self._ack_path is None and self.active == name)
+        if ack_here and self._ack_wanted(now):
+            return True
+        if name != self.active:
+            return False
+        return self._cursor < self._written or (self._close_at is not None and not self._close_sent)
+
+    def poll_event(self) -> LinkEvent | None:
+        return self._events.popleft() if self._events else None
+
+    def poll_timeout(self) -> float | None:
+        deadlines = []
+        if self._ack_deadline is not None and self._consumed > self._ack_sent:
+            deadlines.append(self._ack_deadline)
+        for path in self._paths.values():
+            if path.watched:
+                heard = path.last_heard
+                deadlines.append(heard + self.path_timeout)
+                if not path.ping_due:
+                    deadlines.append(max(heard, path.last_ping) + self.ping_interval)
+        return min(deadlines) if deadlines else None
+
+    def handle_timeout(self, now: float) -> None:
+        if self._ack_deadline is not None and now >= self._ack_deadline:
+            self._ack_deadline = None
+            self._ack_timer_fired = self._consumed > self._ack_sent
+        for name, path in list(self._paths.items()):
+            if not path.watched:
+                continue
+            silent = now - path.last_heard
+            if silent >= self.path_timeout:
+                self.remove_path(name)
+                self._events.append(PathDead(name, f"nothing heard for {silent:.1f} s"))
+            elif silent >= self.ping_interval and now - path.last_ping >= self.ping_interval:
+                path.ping_due = True
+
+    def statistics(self) -> LinkStatistics:
+        return LinkStatistics(
+            bytes_queued=self._written, bytes_acked=self._acked, bytes_consumed=self._consumed,
+            unacked_bytes=self._written - self._acked, fragments_sent=self._fragments,
+            fragments_retransmitted=self._retransmitted, bytes_retransmitted=self._retransmitted_bytes,
+            duplicates_dropped=self._duplicates, pings_sent=self._pings,
+        )
