@@ -23,6 +23,7 @@ from .ice_checklist import (
     Candidate,
     CandidatePair,
     CheckList,
+    PairState,
     canonical_addr,
     host_candidate,
 )
@@ -252,12 +253,30 @@ class IceAgent(IceConnectivity):
         # Indications (keepalives) need nothing.
         self._schedule_checks(now)
 
-    def send_data(self, data: bytes) -> Transmit | None:
-        """A transmit carrying ``data`` on the selected pair, or None without one."""
-        pair = self._selected or self._previous_selected
-        if pair is None or self._state in (IceState.FAILED, IceState.CLOSED):
+    def send_data(self, data: bytes, reply_to: tuple[str, int] | None = None) -> Transmit | None:
+        """A transmit carrying ``data`` on the selected pair, or None without a path.
+
+        Before a pair is selected, ``reply_to`` (the address a :class:`DataReceived`
+        came from) is used if ICE validated it: RFC 8445 section 12.1 lets data flow
+        on a valid pair before selection, and a peer that is done with ICE first
+        (a controlled browser starting DTLS) must get its answer now, not after a
+        retransmission timer. An address that only sent us an authenticated check
+        counts as validated here too, as it does for the data we accept from it.
+        """
+        if self._state in (IceState.FAILED, IceState.CLOSED):
             return None
-        return Transmit(bytes(data), pair.remote_addr, pair.local_addr)
+        pair = self._selected or self._previous_selected
+        if pair is not None:
+            return Transmit(bytes(data), pair.remote_addr, pair.local_addr)
+        if reply_to is None or reply_to not in self._data_addrs:
+            return None
+        local = None
+        for candidate_pair in self._checklist.pairs:
+            if candidate_pair.remote_addr == reply_to:
+                local = candidate_pair.local_addr
+                if candidate_pair.state is PairState.SUCCEEDED:
+                    break
+        return Transmit(bytes(data), reply_to, local)
 
     def poll_transmit(self) -> Transmit | None:
         return self._transmits.popleft() if self._transmits else None
