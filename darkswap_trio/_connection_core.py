@@ -270,10 +270,7 @@ class ConnectionCore:
                 self.candidates_changed.unpark_all()
             elif type(event) is SelectedPairChanged:
                 self._data_addr = (event.remote.host, event.remote.port)
-                dtls = self.dtls
-                if dtls is not None and dtls.state is dtls_mod.DtlsState.NEW:
-                    dtls.start(now)
-                    self._drain_dtls(now)
+                self.start_dtls_if_ready(now)
             elif type(event) is IceStateChanged:
                 if event.state in (IceState.FAILED, IceState.CLOSED):
                     self._data_addr = None
@@ -286,11 +283,12 @@ class ConnectionCore:
                 self.fail("ICE consent lost: the peer stopped answering")
 
     def start_dtls_if_ready(self, now: float) -> None:
-        """Start DTLS once the role is known and ICE has a pair (or we are the server)."""
+        """Start DTLS once the role is known and ICE has a valid pair (or we are the
+        server): a client need not wait for the nomination (RFC 8445 section 12.1)."""
         dtls, ice = self.dtls, self.ice
         if dtls is None or ice is None or dtls.state is not dtls_mod.DtlsState.NEW:
             return
-        if dtls.role == "server" or ice.selected_pair is not None:
+        if dtls.role == "server" or ice.first_valid_pair() is not None:
             dtls.start(now)
             self.counts["datagrams_dropped"] += self._early.replay(dtls, now)
             self._drain_dtls(now)
@@ -436,6 +434,8 @@ class ConnectionCore:
         if ice is None:
             return
         self._drain_ice(now)
+        if self.dtls is not None and self.dtls.state is dtls_mod.DtlsState.NEW:
+            self.start_dtls_if_ready(now)  # a client waits for a valid pair
         dtls, sctp = self.dtls, self.sctp  # the events above may have created them
         if sctp is not None:
             self._drain_sctp(now)

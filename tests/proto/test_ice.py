@@ -306,7 +306,10 @@ def test_data_before_selection_goes_back_to_a_validated_address_only():
     b.set_remote_credentials(a.local_ufrag, a.local_pwd, 0.0)
     b.add_remote_candidate(a.local_candidates[0], 0.0)
     sim.run_until(lambda: b.pairs and b.pairs[0].state is PairState.SUCCEEDED, max_time=2)
-    assert a.selected_pair is None
+    assert a.selected_pair is None and b.selected_pair is None
+    # B, which speaks first (a DTLS client), may use its best valid pair already.
+    transmit = b.send_data(b"\x16\xfe\xfd early hello")
+    assert transmit is not None and transmit.addr == A_ADDR
     a.receive(b"\x16\xfe\xfd early hello", B_ADDR, sim.now, A_ADDR)
     assert a.poll_event() == DataReceived(b"\x16\xfe\xfd early hello", B_ADDR)
     transmit = a.send_data(b"\x16 reply", reply_to=B_ADDR)
