@@ -24,13 +24,15 @@ tests=(tests/interop tests/io/test_peer_connection.py tests/io/test_early_dtls.p
        tests/io/test_ice_io.py tests/io/test_dtls_io.py tests/io/test_webrtc_transport.py)
 
 hog_pids=()
+run_pid=
 stop_hogs() {
+  [ -n "$run_pid" ] && kill "$run_pid" 2>/dev/null && wait "$run_pid" 2>/dev/null
   for pid in "${hog_pids[@]}"; do kill "$pid" 2>/dev/null; done
   wait "${hog_pids[@]}" 2>/dev/null
   hog_pids=()
 }
 trap stop_hogs EXIT
-trap 'exit 130' INT TERM
+trap 'exit 130' INT TERM  # traps run between commands: the runs below are waited for
 for _ in $(seq "$hogs"); do
   timeout $(( runs * run_timeout + 60 )) "$python" -c 'while True: pass' &
   hog_pids+=($!)
@@ -41,8 +43,13 @@ started=$(date +%s)
 for i in $(seq "$runs"); do
   log="$log_dir/run-$i.log"
   t0=$(date +%s)
-  if PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" timeout "$run_timeout" \
-      "$python" -m pytest -q -p no:cacheprovider "${tests[@]}" "$@" >"$log" 2>&1; then
+  PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" timeout "$run_timeout" \
+    "$python" -m pytest -q -p no:cacheprovider "${tests[@]}" "$@" >"$log" 2>&1 &
+  run_pid=$!
+  wait "$run_pid"
+  status=$?
+  run_pid=
+  if [ "$status" = 0 ]; then
     passed=$((passed + 1))
     rm -f "$log"
     echo "run $i/$runs: passed ($(( $(date +%s) - t0 )) s)"

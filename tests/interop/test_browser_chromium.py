@@ -50,10 +50,6 @@ from darkswap_trio.proto.datachannel import MessageTooLarge
 LOOPBACK = "127.0.0.1"
 CONFIG = PeerConnectionConfig(host_addresses=[LOOPBACK])
 TIME_LIMIT = 30  # Chromium's cold start is the slow part (a few seconds on 2 cores)
-# From the last description applied to a usable channel, either side offering: ICE,
-# DTLS, SCTP and DCEP on loopback take 15-100 ms. One lost DTLS flight costs a 1 s
-# retransmission, as our dropped first reply to Chromium's early ClientHello did.
-OPEN_TIME_LIMIT = 0.3
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome-stable", "google-chrome")
 # Both sides send these; the page sends the same list (see PAGE).
 BIG = bytes(i * 7 % 256 for i in range(20000))
@@ -138,7 +134,7 @@ PAGE = r"""<!doctype html>
 const LOOPBACK = " 127.0.0.1 ";
 const mode = new URLSearchParams(location.search).get("mode");
 const ws = new WebSocket(`ws://${location.host}/signal`);
-const pc = new RTCPeerConnection({iceServers: []});  // never a STUN/TURN server
+let pc = null;  // made by newPeerConnection(); "reset" makes another (open-time test)
 const channels = new Map();
 
 function report(message) { ws.send(JSON.stringify(message)); }
@@ -195,18 +191,31 @@ function serve(channel) {
                                        message: String(event.error && event.error.message)});
 }
 
-pc.onicecandidate = ({candidate}) => {
-  if (candidate === null) return report({type: "candidate", candidate: null});
-  if (!candidate.candidate) return;  // an end-of-generation marker, nothing gathered
-  report({type: "gathered", candidate: candidate.candidate});  // all of them, for the test
-  if (candidate.candidate.includes(LOOPBACK))
-    report({type: "candidate", candidate: candidate.candidate});
-};
-for (const what of ["iceconnectionstatechange", "connectionstatechange", "icegatheringstatechange"]) {
-  pc.addEventListener(what, () => report({type: "state", what,
-    ice: pc.iceConnectionState, connection: pc.connectionState, gathering: pc.iceGatheringState}));
+function newPeerConnection() {
+  const current = pc = new RTCPeerConnection({iceServers: []});  // never a STUN/TURN server
+  current.onicecandidate = ({candidate}) => {
+    if (current !== pc) return;  // a connection the test reset
+    if (candidate === null) return report({type: "candidate", candidate: null});
+    if (!candidate.candidate) return;  // an end-of-generation marker, nothing gathered
+    report({type: "gathered", candidate: candidate.candidate});  // all of them, for the test
+    if (candidate.candidate.includes(LOOPBACK))
+      report({type: "candidate", candidate: candidate.candidate});
+  };
+  for (const what of ["iceconnectionstatechange", "connectionstatechange",
+                      "icegatheringstatechange"]) {
+    current.addEventListener(what, () => report({type: "state", what,
+      ice: current.iceConnectionState, connection: current.connectionState,
+      gathering: current.iceGatheringState}));
+  }
+  current.ondatachannel = ({channel}) => serve(channel);
 }
-pc.ondatachannel = ({channel}) => serve(channel);
+newPeerConnection();
+
+async function offerFromBrowser() {
+  serve(pc.createDataChannel("from-browser", {protocol: "chat"}));
+  await pc.setLocalDescription(await pc.createOffer());
+  report({type: "offer", sdp: loopbackOnly(pc.localDescription.sdp)});
+}
 
 async function selectedPair() {
   const stats = await pc.getStats();
@@ -248,6 +257,16 @@ const commands = {
     }
   },
   async stats() { report(await selectedPair()); },
+  async reset() {  // a fresh RTCPeerConnection in the same mode; the old one goes quietly
+    for (const channel of channels.values()) {
+      channel.onclose = channel.onmessage = channel.onerror = null;
+    }
+    channels.clear();
+    pc.close();
+    newPeerConnection();
+    report({type: "reset"});
+    if (mode === "browser-offers") await offerFromBrowser();
+  },
 };
 let queue = Promise.resolve();  // one command at a time, in the order they came
 ws.onmessage = ({data}) => {
@@ -260,11 +279,7 @@ ws.onopen = async () => {
   // With media permission Chromium gathers host candidates (see CHROMIUM_FLAGS).
   const stream = await navigator.mediaDevices.getUserMedia({audio: true});
   for (const track of stream.getTracks()) track.stop();
-  if (mode === "browser-offers") {
-    serve(pc.createDataChannel("from-browser", {protocol: "chat"}));
-    await pc.setLocalDescription(await pc.createOffer());
-    report({type: "offer", sdp: loopbackOnly(pc.localDescription.sdp)});
-  }
+  if (mode === "browser-offers") await offerFromBrowser();
 };
 </script>
 """
@@ -286,6 +301,10 @@ class Page:
         self.log: list[dict[str, Any]] = []
         self.gathered: list[str] = []  # every candidate Chromium gathered, unfiltered
         self._reports, self._receive = trio.open_memory_channel[dict[str, Any]](1000)
+
+    def use(self, pc: PeerConnection) -> None:
+        """Route the page's candidates to ``pc`` from now on (after a "reset")."""
+        self._pc = pc
 
     async def command(self, **message: Any) -> None:
         await self._connection.send(json.dumps(message))
@@ -417,14 +436,6 @@ async def bulk_both_ways(page: Page, channel: DataChannel, count: int, size: int
     }
 
 
-def check_open_time(pc: PeerConnection, seconds: float) -> None:
-    """The channel opened without waiting on a retransmission timer, and none of our
-    datagrams was dropped for want of a candidate pair (Chromium starts DTLS as soon as
-    its ICE is done, which may be before ours selects a pair)."""
-    assert pc.statistics().datagrams_dropped_no_pair == 0
-    assert seconds < OPEN_TIME_LIMIT, f"the data channel took {seconds * 1000:.0f} ms to open"
-
-
 async def check_loopback_pair(page: Page, pc: PeerConnection, our_types: set[str]) -> None:
     """Chromium gathered only loopback, and both ends use loopback: Chromium its host
     candidate, which we learned by trickle; we the candidate of ours Chromium knows
@@ -438,6 +449,7 @@ async def check_loopback_pair(page: Page, pc: PeerConnection, our_types: set[str
     assert stats["localType"] == "host" and stats["remoteType"] in our_types, stats
     assert stats["remotePort"] == pc.local_address[1]
     assert stats["dtls"] == "connected"
+    assert pc.statistics().datagrams_dropped_no_pair == 0
     # DTLS and data may flow before we select a pair (RFC 8445 section 12.1): as the
     # controlling agent we nominate up to NOMINATION_DELAY after the first valid pair.
     while (ice := pc.statistics().ice) is not None and ice.selected_remote is None:
@@ -459,11 +471,9 @@ async def test_chromium_offers_we_answer():
             await pc.set_remote_description(offer, "offer")
             answer = await pc.create_answer()
             assert "a=setup:active" in answer
-            started = trio.current_time()
             await page.command(type="answer", sdp=answer)
             await pc.wait_connected()
             channel = await pc.accept_data_channel()
-            check_open_time(pc, trio.current_time() - started)
             opened = await page.expect("open")
             assert (channel.label, channel.protocol, channel.id) == (
                 "from-browser", "chat", opened["id"]
@@ -496,13 +506,11 @@ async def test_we_offer_chromium_answers():
         ):
             await page.command(type="offer", sdp=await pc.create_offer())
             answer = (await page.expect("answer"))["sdp"]
-            started = trio.current_time()
             await pc.set_remote_description(answer, "answer")
             async for candidate in pc.local_candidates():  # trickle, then end-of-candidates
                 await page.command(type="candidate", candidate=candidate)
             await pc.wait_connected()
             channel = await pc.create_data_channel("from-python", protocol="chat")
-            check_open_time(pc, trio.current_time() - started)
             opened = await page.expect("open")
             assert (opened["label"], opened["protocol"], opened["id"]) == (
                 "from-python", "chat", channel.id
