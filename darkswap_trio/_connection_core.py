@@ -30,6 +30,7 @@ from collections import deque
 import trio
 
 from ._datachannel import DataChannel
+from ._early_dtls import EarlyDtls
 from ._udp_offload import UdpBatchSocket
 from .proto import datachannel as dc
 from .proto import dtls as dtls_mod
@@ -94,6 +95,7 @@ class ConnectionCore:
         self.counts = {
             "datagrams_received": 0, "datagrams_sent": 0, "send_errors": 0,
             "protocol_violations": 0, "datagrams_dropped": 0,
+            "datagrams_dropped_no_pair": 0,
         }
         self._inbox_send, self._inbox_receive = trio.open_memory_channel[
             list[tuple[bytes, tuple[str, int]]] | None
@@ -105,6 +107,7 @@ class ConnectionCore:
         # them, but the registry already reuses a closed channel's id; hold those here.
         self._resetting: dict[int, list[dc.SctpMessage]] = {}
         self._data_addr: tuple[str, int] | None = None  # the selected pair's remote address
+        self._early = EarlyDtls()  # DTLS both ways before ICE selects a pair
         self.local_addr: tuple[str, int] | None = None  # None for a wildcard socket
         for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
             try:
@@ -249,7 +252,9 @@ class ConnectionCore:
         while (event := ice.poll_event()) is not None:
             if type(event) is DataReceived:
                 dtls = self.dtls
+                self._early.peer_addr = event.addr
                 if dtls is None:
+                    self._early.received.append(event.data)
                     continue
                 try:
                     dtls.receive(event.data, now)
@@ -265,10 +270,7 @@ class ConnectionCore:
                 self.candidates_changed.unpark_all()
             elif type(event) is SelectedPairChanged:
                 self._data_addr = (event.remote.host, event.remote.port)
-                dtls = self.dtls
-                if dtls is not None and dtls.state is dtls_mod.DtlsState.NEW:
-                    dtls.start(now)
-                    self._drain_dtls(now)
+                self.start_dtls_if_ready(now)
             elif type(event) is IceStateChanged:
                 if event.state in (IceState.FAILED, IceState.CLOSED):
                     self._data_addr = None
@@ -281,12 +283,14 @@ class ConnectionCore:
                 self.fail("ICE consent lost: the peer stopped answering")
 
     def start_dtls_if_ready(self, now: float) -> None:
-        """Start DTLS once the role is known and ICE has a pair (or we are the server)."""
+        """Start DTLS once the role is known and ICE has a valid pair (or we are the
+        server): a client need not wait for the nomination (RFC 8445 section 12.1)."""
         dtls, ice = self.dtls, self.ice
         if dtls is None or ice is None or dtls.state is not dtls_mod.DtlsState.NEW:
             return
-        if dtls.role == "server" or ice.selected_pair is not None:
+        if dtls.role == "server" or ice.first_valid_pair() is not None:
             dtls.start(now)
+            self.counts["datagrams_dropped"] += self._early.replay(dtls, now)
             self._drain_dtls(now)
 
     def _drain_dtls(self, now: float) -> None:
@@ -430,6 +434,8 @@ class ConnectionCore:
         if ice is None:
             return
         self._drain_ice(now)
+        if self.dtls is not None and self.dtls.state is dtls_mod.DtlsState.NEW:
+            self.start_dtls_if_ready(now)  # a client waits for a valid pair
         dtls, sctp = self.dtls, self.sctp  # the events above may have created them
         if sctp is not None:
             self._drain_sctp(now)
@@ -438,8 +444,11 @@ class ConnectionCore:
                 if sctp.state is sctp_mod.SctpState.TERMINATED and self.failure is None:
                     self._drain_sctp(now)
         if dtls is not None:
+            held = self._early.held
+            if held:
+                self._send_held(ice)
             data_addr = self._data_addr
-            if data_addr is not None and not self._unsent:
+            if data_addr is not None and not self._unsent and not held:
                 # The selected pair is fixed until ICE says otherwise (an event above):
                 # send straight to it, as IceAgent.send_data would.
                 sendto = self.sock.sendto
@@ -457,11 +466,10 @@ class ConnectionCore:
                         sent += 1
                 finally:
                     self.counts["datagrams_sent"] += sent
-            send_data = ice.send_data
             while (datagram := dtls.poll_transmit()) is not None:
-                transmit = send_data(datagram)
-                if transmit is not None:
-                    self._send(transmit.data, transmit.addr)
+                held.append(datagram)
+            if held:
+                self._send_held(ice)
             self._drain_dtls(now)
         while (transmit := ice.poll_transmit()) is not None:
             self._send(transmit.data, transmit.addr)
@@ -470,7 +478,7 @@ class ConnectionCore:
         """SCTP packet -> DTLS record -> sendto, one packet at a time: the bulk of the
         traffic, with no queue between the layers."""
         data_addr = self._data_addr
-        if data_addr is None or self._unsent:
+        if data_addr is None or self._unsent or self._early.held:
             dtls_send = dtls.send  # through DTLS's queue, sent below
             while (packet := sctp.poll_transmit()) is not None:
                 dtls_send(packet)
@@ -498,6 +506,10 @@ class ConnectionCore:
                 # The socket is full: SCTP keeps the rest until it drains.
                 self._unsent.extend((datagram, data_addr) for datagram in datagrams[taken:])
                 return
+
+    def _send_held(self, ice: IceAgent) -> None:
+        """Our DTLS that did not go straight to the selected pair (see _early_dtls)."""
+        self.counts["datagrams_dropped_no_pair"] += self._early.send_held(ice, self._send)
 
     def _send(self, data: bytes, addr: tuple[str, int]) -> None:
         if self._unsent:

@@ -119,6 +119,7 @@ class PeerConnectionStatistics:
     datagrams_received: int
     datagrams_sent: int
     datagrams_dropped: int
+    datagrams_dropped_no_pair: int  # ours, sent while ICE had no path (see ConnectionCore)
     send_errors: int
     protocol_violations: int
     ice: IceStatistics | None
@@ -326,6 +327,7 @@ class PeerConnection:
             datagrams_received=counts["datagrams_received"],
             datagrams_sent=counts["datagrams_sent"],
             datagrams_dropped=counts["datagrams_dropped"],
+            datagrams_dropped_no_pair=counts["datagrams_dropped_no_pair"],
             send_errors=counts["send_errors"],
             protocol_violations=counts["protocol_violations"],
             ice=core.ice.statistics() if core.ice else None,

@@ -23,6 +23,7 @@ from .ice_checklist import (
     Candidate,
     CandidatePair,
     CheckList,
+    PairState,
     canonical_addr,
     host_candidate,
 )
@@ -252,12 +253,41 @@ class IceAgent(IceConnectivity):
         # Indications (keepalives) need nothing.
         self._schedule_checks(now)
 
-    def send_data(self, data: bytes) -> Transmit | None:
-        """A transmit carrying ``data`` on the selected pair, or None without one."""
-        pair = self._selected or self._previous_selected
-        if pair is None or self._state in (IceState.FAILED, IceState.CLOSED):
+    def send_data(self, data: bytes, reply_to: tuple[str, int] | None = None) -> Transmit | None:
+        """A transmit carrying ``data`` on the selected pair, or None without a path.
+
+        Before a pair is selected, RFC 8445 section 12.1 lets data flow on a valid
+        pair: ``reply_to`` (the address a :class:`DataReceived` came from) if ICE
+        validated it -- a peer done with ICE first (a controlled browser starting
+        DTLS) must get its answer now, not after a retransmission timer; an address
+        that sent us an authenticated check counts as validated, as it does for the
+        data we accept from it -- else the best valid pair, if any.
+        """
+        if self._state in (IceState.FAILED, IceState.CLOSED):
             return None
-        return Transmit(bytes(data), pair.remote_addr, pair.local_addr)
+        pair = self._selected or self._previous_selected
+        if pair is not None:
+            return Transmit(bytes(data), pair.remote_addr, pair.local_addr)
+        if reply_to is None or reply_to not in self._data_addrs:
+            valid = self.first_valid_pair()  # we speak first (a DTLS client): the best one
+            return None if valid is None else Transmit(bytes(data), valid.remote_addr,
+                                                       valid.local_addr)
+        local = None
+        for candidate_pair in self._checklist.pairs:
+            if candidate_pair.remote_addr == reply_to:
+                local = candidate_pair.local_addr
+                if candidate_pair.state is PairState.SUCCEEDED:
+                    break
+        return Transmit(bytes(data), reply_to, local)
+
+    def first_valid_pair(self) -> CandidatePair | None:
+        """The selected pair, else the best pair whose check succeeded, else None."""
+        if self._selected is not None:
+            return self._selected
+        for pair in self._checklist.pairs:  # kept sorted, best first
+            if pair.state is PairState.SUCCEEDED:
+                return pair
+        return None
 
     def poll_transmit(self) -> Transmit | None:
         return self._transmits.popleft() if self._transmits else None

@@ -53,6 +53,8 @@ __all__ = ["IceConnectivity"]
 TA = 0.05  # RFC 8445 section 14.2: default pacing of new checks
 # RFC 8445 section 14.2: whatever the peers agree, never a new transaction more often.
 MIN_TA = 0.005
+# Addresses accepted for data on the strength of an early check alone (bounded).
+MAX_EARLY_DATA_ADDRS = 16
 NOMINATION_DELAY = 0.5  # how long a better pair may keep us from nominating
 # The event queue is drained after every call; the bound only stops a driver that
 # forgot to drain from growing it without limit.
@@ -154,6 +156,10 @@ class IceConnectivity:
         self._reply(binding_success_response(message, addr, self.local_pwd.encode()), addr, base)
         if self.remote_pwd is None:
             self._early_checks.append((message, addr, (base.host, base.port)))
+            # The check carried our password: the peer's DTLS may follow from there
+            # before its answer reaches us (a browser that answered us starts at once).
+            if len(self._data_addrs) < MAX_EARLY_DATA_ADDRS:
+                self._data_addrs.add(addr)
             return
         self._incoming_check(message, addr, (base.host, base.port), now)
 

@@ -290,6 +290,41 @@ def test_checks_before_remote_credentials_are_answered_and_replayed():
     assert b.remote_candidates[0].type == "prflx"
 
 
+def test_data_before_selection_goes_back_to_a_validated_address_only():
+    """RFC 8445 section 12.1: before a pair is selected, data may go on a valid pair;
+    send_data(reply_to=) answers the address the peer's DTLS came from if ICE
+    validated it (an authenticated check, even before the answer), else nothing."""
+    a = IceAgent(True, rng=random.Random(1))
+    b = IceAgent(False, rng=random.Random(2))
+    sim = IcePairSimulator(
+        [SimulatedPeer(a, A_ADDR), SimulatedPeer(b, B_ADDR)], LinkModel(), signal_candidates=False
+    )
+    a.add_local_candidate(A_ADDR)
+    b.add_local_candidate(B_ADDR)
+    assert a.send_data(b"\x16 hello", reply_to=B_ADDR) is None  # nothing validated
+    # B knows A; A has not got B's answer yet, but answers (and so validates) its checks.
+    b.set_remote_credentials(a.local_ufrag, a.local_pwd, 0.0)
+    b.add_remote_candidate(a.local_candidates[0], 0.0)
+    sim.run_until(lambda: b.pairs and b.pairs[0].state is PairState.SUCCEEDED, max_time=2)
+    assert a.selected_pair is None and b.selected_pair is None
+    # B, which speaks first (a DTLS client), may use its best valid pair already.
+    transmit = b.send_data(b"\x16\xfe\xfd early hello")
+    assert transmit is not None and transmit.addr == A_ADDR
+    a.receive(b"\x16\xfe\xfd early hello", B_ADDR, sim.now, A_ADDR)
+    assert a.poll_event() == DataReceived(b"\x16\xfe\xfd early hello", B_ADDR)
+    transmit = a.send_data(b"\x16 reply", reply_to=B_ADDR)
+    assert transmit is not None and transmit.addr == B_ADDR
+    assert a.send_data(b"\x16 reply", reply_to=("10.9.9.9", 9)) is None  # never validated
+    assert a.send_data(b"\x16 reply") is None  # no pair, no address to answer
+    # Once a pair is selected, it carries the data whatever reply_to says.
+    a.set_remote_credentials(b.local_ufrag, b.local_pwd, sim.now)
+    sim.run_until(both_connected(a, b), max_time=5)
+    transmit = a.send_data(b"\x16 data", reply_to=("10.9.9.9", 9))
+    assert transmit is not None and transmit.addr == B_ADDR
+    a.close()
+    assert a.send_data(b"\x16 data", reply_to=B_ADDR) is None
+
+
 def test_wrong_password_gets_401_and_no_pair():
     a = IceAgent(True, rng=random.Random(1))
     b = IceAgent(False, rng=random.Random(2))
