@@ -139,16 +139,20 @@ class WebRtcTransport(TaskOwner):
         attempt = _Attempt(peer_id, send)
         self._attempts[peer_id] = attempt
         nursery.start_soon(self._run_connection, attempt, None, self._open_inbox(peer_id))
+        started = trio.current_time()
         try:
             with trio.fail_after(timeout):
                 outcome = await receive.receive()
         except trio.TooSlowError:
             attempt.scope.cancel()
+            log.info("direct attempt to %s ended after %.3f s: timed out", peer_id, timeout)
             raise trio.BrokenResourceError(f"direct connection to {peer_id} timed out") from None
         finally:
             if self._attempts.get(peer_id) is attempt:
                 del self._attempts[peer_id]
         if isinstance(outcome, BaseException):
+            log.info("direct attempt to %s ended after %.3f s: %r", peer_id,
+                     trio.current_time() - started, outcome)
             raise trio.BrokenResourceError(f"direct connection to {peer_id} failed") from outcome
         return outcome
 
