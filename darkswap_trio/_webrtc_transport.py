@@ -11,6 +11,7 @@ peer whose PeerId sorts lower is polite — it drops its own offer and answers.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 import trio
@@ -27,6 +28,14 @@ log = logging.getLogger("darkswap_trio.webrtc")
 CHANNEL_LABEL = "darkswap"
 _Inbox = tuple[trio.MemorySendChannel[sig.Message], trio.MemoryReceiveChannel[sig.Message]]
 _INBOX_SIZE = 128  # signals queued per peer; more than that is a misbehaving peer
+# Trickled candidates that arrive before the peer's Offer (the relay does not promise
+# that a peer's signals overtake nothing, and a peer may trickle before it offers) wait,
+# as browsers let them wait, for the Offer: a bounded number per peer, for a bounded
+# number of peers (the oldest peer's are dropped first), for a bounded time (a late
+# candidate of a finished session must not reach the next one).
+_EARLY_CANDIDATES_PER_PEER = 32
+_EARLY_CANDIDATE_PEERS = 64
+_EARLY_CANDIDATE_TTL = 10.0
 
 
 @dataclass
@@ -110,6 +119,7 @@ class WebRtcTransport(TaskOwner):
         self._attempts: dict[str, _Attempt] = {}
         self._accepted_send, self._accepted = trio.open_memory_channel[DirectConnection](max_connections)
         self._nursery: trio.Nursery | None = None
+        self._early: OrderedDict[str, deque[tuple[float, sig.IceCandidate]]] = OrderedDict()
         self.dropped_signals = 0
 
     async def run(self, *, task_status: trio.TaskStatus[WebRtcTransport] = trio.TASK_STATUS_IGNORED) -> None:
@@ -174,11 +184,34 @@ class WebRtcTransport(TaskOwner):
                 self._on_offer(msg)
             inbox = self._inboxes.get(peer)
             if inbox is None:
-                continue  # no connection with that peer: stale answer or candidate
-            try:
-                inbox.send_nowait(msg)
-            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-                self.dropped_signals += 1
+                if isinstance(msg, sig.IceCandidate):
+                    self._keep_early_candidate(msg)  # its Offer may still be on the way
+                continue  # otherwise a stale answer: no connection with that peer
+            self._deliver_signal(inbox, msg)
+
+    def _deliver_signal(self, inbox: trio.MemorySendChannel[sig.Message], msg: sig.Message) -> None:
+        try:
+            inbox.send_nowait(msg)
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            self.dropped_signals += 1
+
+    def _keep_early_candidate(self, msg: sig.IceCandidate) -> None:
+        peer = msg.from_
+        queue = self._early.get(peer)
+        if queue is None:
+            if len(self._early) >= _EARLY_CANDIDATE_PEERS:
+                _, evicted = self._early.popitem(last=False)
+                self.dropped_signals += len(evicted)
+            queue = self._early[peer] = deque()
+        if len(queue) >= _EARLY_CANDIDATES_PER_PEER:
+            self.dropped_signals += 1
+            return
+        queue.append((trio.current_time(), msg))
+
+    @property
+    def early_candidates(self) -> int:
+        """Candidates held for peers whose Offer has not arrived (bounded)."""
+        return sum(len(queue) for queue in self._early.values())
 
     def _on_offer(self, offer: sig.Offer) -> None:
         peer = offer.from_
@@ -206,8 +239,15 @@ class WebRtcTransport(TaskOwner):
     def _open_inbox(self, peer: str) -> _Inbox:
         # Registered before the connection task starts, so no signal that follows an
         # offer (trickled candidates) can slip past while the task is being scheduled.
+        # Candidates that came before it are queued first, in arrival order.
         send, receive = trio.open_memory_channel[sig.Message](_INBOX_SIZE)
         self._inboxes[peer] = send
+        oldest = trio.current_time() - _EARLY_CANDIDATE_TTL
+        for arrived, msg in self._early.pop(peer, ()):
+            if arrived >= oldest:
+                self._deliver_signal(send, msg)
+            else:
+                self.dropped_signals += 1
         return send, receive
 
     async def _run_connection(self, attempt: _Attempt, offer: sig.Offer | None,
@@ -218,13 +258,15 @@ class WebRtcTransport(TaskOwner):
         try:
             with attempt.scope:
                 async with open_peer_connection(self.config) as pc, trio.open_nursery() as nursery:
-                    nursery.start_soon(self._trickle_out, pc, peer)
                     nursery.start_soon(self._apply_signals, pc, inbox)
                     if offer is None:
                         await self.signaling.send_offer(peer, await pc.create_offer())
                     else:
                         await pc.set_remote_description(offer.sdp, "offer")
                         await self.signaling.send_answer(peer, await pc.create_answer())
+                    # Trickle only once the description is out, so our candidates
+                    # follow it on the (ordered) signaling session.
+                    nursery.start_soon(self._trickle_out, pc, peer)
                     await pc.wait_connected()
                     if offer is None:
                         channel = await pc.create_data_channel(CHANNEL_LABEL)
