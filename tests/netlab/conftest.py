@@ -185,6 +185,16 @@ class LabPeer:
             return ""
 
 
+def print_trace(peers: list[LabPeer]) -> None:
+    """Every peer's lines merged by time (NETLAB_TRACE=1 pytest -s ...)."""
+    merged = sorted((line["t"], index, line) for index, peer in enumerate(peers)
+                    for line in peer.lines)
+    start = merged[0][0] if merged else 0.0
+    for t, index, line in merged:
+        fields = {k: v for k, v in line.items() if k not in ("t", "ev")}
+        print(f"{(t - start) * 1000:9.1f} ms  peer{index} {line['ev']} {fields}")
+
+
 @asynccontextmanager
 async def lab_peers(internet: Internet, sites: list[Site], tmp_path: Path, **options):
     """One peer process per site, ready (registered with the relay); killed on exit."""
@@ -196,6 +206,8 @@ async def lab_peers(internet: Internet, sites: list[Site], tmp_path: Path, **opt
                 argv = netns_argv(site.host_ns, sys.executable, str(PEER_SCRIPT),
                                   "--relay", internet.relay_multiaddr, "--stun", internet.stun,
                                   "--host", site.host_ip)
+                if os.environ.get("NETLAB_TRACE"):
+                    argv.append("--trace")
                 for key, value in options.items():
                     argv += [f"--{key.replace('_', '-')}", str(value)]
                 with open(stderr_path, "wb") as stderr:
@@ -209,6 +221,8 @@ async def lab_peers(internet: Internet, sites: list[Site], tmp_path: Path, **opt
                 peer.peer_id = (await peer.wait("ready", 30))["peer_id"]
             yield peers
         finally:
+            if os.environ.get("NETLAB_TRACE"):
+                print_trace(peers)
             with trio.CancelScope(shield=True):
                 for peer in peers:
                     if peer.process.returncode is None:

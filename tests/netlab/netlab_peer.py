@@ -150,13 +150,54 @@ class Peer:
         await self.use_link(link, nursery)
 
 
+def install_trace() -> None:
+    """Report ICE events, checks and SDP steps as ``trace`` lines (diagnostics only)."""
+    from darkswap_trio import _peer_connection
+    from darkswap_trio.proto import ice_connectivity
+
+    agent = ice_connectivity.IceConnectivity
+    emit_event, send_check = agent._emit, agent._send_check
+
+    def traced_emit(self, event):
+        emit("trace", what=type(event).__name__, detail=str(getattr(event, "state", "")))
+        return emit_event(self, event)
+
+    def traced_check(self, pair, nominate, now):
+        emit("trace", what="check", detail=f"{pair.local_addr}->{pair.remote_addr} nominate={nominate}")
+        return send_check(self, pair, nominate, now)
+
+    agent._emit, agent._send_check = traced_emit, traced_check
+    hold = agent._nomination_hold
+
+    def traced_hold(self, best):
+        until = hold(self, best)
+        emit("trace", what="hold", detail=f"{until} pairs={[(p.state.value, p.check_started_at) for p in self._checklist.pairs]} first={self._first_valid_at}")
+        return until
+    agent._nomination_hold = traced_hold
+    for name in ("create_offer", "create_answer", "set_remote_description", "wait_connected",
+                 "create_data_channel", "accept_data_channel"):
+        original = getattr(_peer_connection.PeerConnection, name)
+
+        def traced(original=original, name=name):
+            async def call(self, *args, **kwargs):
+                emit("trace", what=name, detail="start")
+                result = await original(self, *args, **kwargs)
+                emit("trace", what=name, detail="end")
+                return result
+            return call
+        setattr(_peer_connection.PeerConnection, name, traced())
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--relay", required=True)
     parser.add_argument("--stun", required=True)
     parser.add_argument("--host", required=True)
     parser.add_argument("--direct-timeout", type=float, default=30.0)
+    parser.add_argument("--trace", action="store_true")
     args = parser.parse_args()
+    if args.trace:
+        install_trace()
     handler = ReportLogs()
     handler.setLevel(logging.INFO)
     sdk_log = logging.getLogger("darkswap_trio")
