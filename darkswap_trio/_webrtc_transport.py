@@ -18,7 +18,7 @@ import trio
 
 from ._datachannel import DataChannel
 from ._peer_connection import PeerConnection, PeerConnectionConfig, open_peer_connection
-from ._relay_session import RelaySession
+from ._relay_session import RelayError, RelaySession
 from ._service import TaskOwner
 from .proto import signaling as sig
 from .proto.errors import ParseError
@@ -36,6 +36,17 @@ _INBOX_SIZE = 128  # signals queued per peer; more than that is a misbehaving pe
 _EARLY_CANDIDATES_PER_PEER = 32
 _EARLY_CANDIDATE_PEERS = 64
 _EARLY_CANDIDATE_TTL = 10.0
+
+
+# What ends one direct attempt (the transport goes on): the peer connection or the
+# signaling session failing, or a malformed description from the peer.
+_FAILURES = (trio.BrokenResourceError, trio.ClosedResourceError, ParseError, OSError, RelayError)
+
+
+def _first_leaf(error: BaseException) -> BaseException:
+    while isinstance(error, BaseExceptionGroup) and error.exceptions:
+        error = error.exceptions[0]
+    return error
 
 
 @dataclass
@@ -255,6 +266,7 @@ class WebRtcTransport(TaskOwner):
         peer = attempt.peer_id
         inbox_send, inbox = inbox_pair
         connection: DirectConnection | None = None
+        failure: BaseException | None = None
         try:
             with attempt.scope:
                 async with open_peer_connection(self.config) as pc, trio.open_nursery() as nursery:
@@ -279,16 +291,21 @@ class WebRtcTransport(TaskOwner):
                         await self._accepted_send.send(connection)
                     await connection._done.wait()
                     nursery.cancel_scope.cancel()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, ParseError, OSError) as exc:
-            log.info("direct connection with %s failed: %r", peer, exc)
-            if connection is None:
-                try:
-                    attempt.result.send_nowait(exc)
-                except (trio.WouldBlock, trio.BrokenResourceError):
-                    pass
+        except* _FAILURES as group:
+            # The peer connection's nursery wraps its failures in an ExceptionGroup;
+            # one failed direct attempt must never escape into the transport (and
+            # from there take down the network and every relayed link with it).
+            failure = _first_leaf(group)
         finally:
             if self._inboxes.get(peer) is inbox_send:
                 del self._inboxes[peer]
+        if failure is not None:
+            log.info("direct connection with %s failed: %r", peer, failure)
+            if connection is None:
+                try:
+                    attempt.result.send_nowait(failure)
+                except (trio.WouldBlock, trio.BrokenResourceError):
+                    pass
 
     async def _trickle_out(self, pc: PeerConnection, peer: str) -> None:
         async for candidate in pc.local_candidates():

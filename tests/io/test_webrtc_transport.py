@@ -4,6 +4,7 @@ Each peer knows only the relay's multiaddr and its own key: Offer, Answer and tr
 IceCandidates travel through the relay, the data channel runs directly over loopback UDP.
 """
 
+import pytest
 import trio
 
 from darkswap_trio import Keypair, open_relay_session
@@ -117,3 +118,22 @@ async def test_candidates_that_arrive_before_the_offer_are_kept_for_it():
             assert await from_alice.channel.receive() == b"found through an early candidate"
             assert bob.early_candidates == 0 and bob.dropped_signals == 0
             await from_alice.aclose()
+
+
+async def test_a_failed_attempt_leaves_the_transport_running():
+    """ICE failing (here: no candidate pair at all, IPv4 against IPv6) fails one attempt.
+
+    The peer connection reports it from inside its nursery (an ExceptionGroup); it
+    must come out of ``connect`` as BrokenResourceError on both sides' attempts and
+    leave both transports (and so the network's relayed links) running.
+    """
+    ipv6_only = PeerConnectionConfig(host_addresses=["::1"], include_loopback=True)
+    with trio.fail_after(20):
+        async with running_relay() as relay, \
+                open_relay_session(relay.multiaddr, Keypair.generate()) as s1, \
+                open_relay_session(relay.multiaddr, Keypair.generate()) as s2, \
+                WebRtcTransport(s1, LOOPBACK) as alice, WebRtcTransport(s2, ipv6_only) as bob:
+            for _ in range(2):  # the second attempt proves both transports survived
+                with pytest.raises(trio.BrokenResourceError) as failed:
+                    await alice.connect(bob.local_peer_id)
+                assert "failed" in str(failed.value)

@@ -193,6 +193,8 @@ def print_trace(peers: list[LabPeer]) -> None:
     for t, index, line in merged:
         fields = {k: v for k, v in line.items() if k not in ("t", "ev")}
         print(f"{(t - start) * 1000:9.1f} ms  peer{index} {line['ev']} {fields}")
+    for index, peer in enumerate(peers):
+        print(f"peer{index} stderr: {peer.stderr_tail()}")
 
 
 @asynccontextmanager
