@@ -425,3 +425,48 @@ async def test_ice_through_a_racy_port_restricted_nat(autojump_clock, race, expe
                                                b_to_a_delay=1.0)
         nursery.cancel_scope.cancel()
     assert connected is expect_direct
+
+
+async def _time_between_nats(filtering_a, mapping_a, filtering_b, mapping_b, **kwargs):
+    net = VirtualNet(seed=4, delay=0.001)  # a fast path: what is left is our own waiting
+    stun_addr = ("198.51.100.1", 3478)
+    stun_sock = await net.bind(stun_addr)
+    nat_a = net.add_nat("203.0.113.1", filtering_a, mapping_a)
+    nat_b = net.add_nat("203.0.113.2", filtering_b, mapping_b)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(serve_stun, stun_sock)
+        start = trio.current_time()
+        connected, _ = await _ice_between_nats(net, nat_a, nat_b, stun_addr, timeout=60, **kwargs)
+        elapsed = trio.current_time() - start
+        nursery.cancel_scope.cancel()
+    return connected, elapsed
+
+
+CONE = ("address-and-port-dependent", "endpoint-independent")
+FULL_CONE = ("endpoint-independent", "endpoint-independent")
+SYMMETRIC = ("address-and-port-dependent", "address-and-port-dependent")
+
+
+async def test_dead_better_pair_does_not_hold_nomination_for_long(autojump_clock):
+    """The host pair (private addresses behind two NATs) never answers; the srflx pair
+    works within a millisecond. Nomination waits a few round trips (at least
+    NOMINATION_PATIENCE), not the whole NOMINATION_DELAY (was 0.5 s on every such link)."""
+    connected, elapsed = await _time_between_nats(*FULL_CONE, *FULL_CONE)
+    assert connected
+    assert elapsed < 0.2
+
+
+async def test_check_in_progress_is_resent_when_the_peer_checks_us(autojump_clock):
+    """Port-restricted cones: A's first check dies at B's NAT (B has not sent to A yet).
+    When B's check arrives, A resends at once instead of at its next RTO (0.5 s)."""
+    connected, elapsed = await _time_between_nats(*CONE, *CONE, b_to_a_delay=0.1)
+    assert connected
+    assert elapsed < 0.35
+
+
+async def test_hopeless_checklist_fails_in_seconds(autojump_clock):
+    """Symmetric NATs on both sides: every pair fails, ICE says so within ~5 s of the
+    last check (requests at 0, 0.5, 1.5, 3.5 s; failure at 4.5 s), not after 39.5 s."""
+    connected, elapsed = await _time_between_nats(*SYMMETRIC, *SYMMETRIC)
+    assert not connected
+    assert 4.0 < elapsed < 6.0
