@@ -32,7 +32,7 @@ def main() -> None:
         sock.settimeout(remaining)
         try:
             data, source = sock.recvfrom(2048)
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             break
         print(json.dumps({"from": list(source), "data": data.decode(errors="replace")}), flush=True)
         if args.reflect:

@@ -15,7 +15,7 @@ sent after the break lost.
 from __future__ import annotations
 
 import trio
-from conftest import RESULTS, lab_peers
+from netlab_harness import RESULTS, lab_peers
 
 STREAM = 300  # messages, one every 10 ms
 # From the break to the link carrying data again over the relay.

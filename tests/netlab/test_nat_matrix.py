@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 import trio
-from conftest import RESULTS, lab_peers
+from netlab_harness import RESULTS, lab_peers
 
 # Time from connect_to_peer to the link sending directly, when the NATs allow it.
 DIRECT_BOUND = 3.0

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import _read_line, subprocess_env
+from netlab_harness import read_line, subprocess_env
 from netlab_topology import RELAY_IP, netns_argv
 
 PROBE = str(Path(__file__).with_name("netlab_udp.py"))
@@ -34,7 +34,7 @@ def lines_of(process: subprocess.Popen, timeout: float = 10) -> list[dict]:
 
 
 def next_datagram(process: subprocess.Popen) -> dict:
-    while "from" not in (line := json.loads(_read_line(process.stdout, timeout=5))):
+    while "from" not in (line := json.loads(read_line(process.stdout, timeout=5))):
         pass
     return line
 
@@ -44,7 +44,7 @@ def reflectors(internet):
     processes = [start(internet.lab.inet_ns, "--bind", str(port), "--listen", "20", "--reflect")
                  for port in (7000, 7002)]
     for process in processes:
-        _read_line(process.stdout, timeout=10)  # {"sent": true}: bound and listening
+        read_line(process.stdout, timeout=10)  # {"sent": true}: bound and listening
     try:
         yield
     finally:
@@ -98,7 +98,7 @@ def test_conntrack_race(internet, reflectors, nat_type, remapped):
     b = start(site_b.host_ns, "--bind", str(HOST_PORT), "--listen", "2",
               "--send", f"{mapping[0]}:{mapping[1]}:early")
     try:
-        _read_line(b.stdout, timeout=10)  # the early packet is out
+        read_line(b.stdout, timeout=10)  # the early packet is out
         lines_of(start(site_a.host_ns, "--bind", str(HOST_PORT),
                        "--send", f"{site_b.wan_ip}:{HOST_PORT}:hello"))
         seen = [line["from"] for line in lines_of(b) if line.get("data") == "hello"]
