@@ -203,15 +203,13 @@ async def main() -> None:
     sdk_log = logging.getLogger("darkswap_trio")
     sdk_log.addHandler(handler)
     sdk_log.setLevel(logging.INFO)
-    stun_host, _, stun_port = args.stun.rpartition(":")
     config = Config(
         p2p=P2PConfig(relay_servers=[args.relay], stun_servers=[args.stun],
                       direct_connect_timeout=args.direct_timeout),
         relay_manager=RelayManagerConfig(connection_timeout=10, ping_interval=5),
     )
-    # Host candidates from the LAN interface only.
-    pcc = PeerConnectionConfig(host_addresses=[args.host],
-                               stun_servers=[(stun_host, int(stun_port))])
+    # Host candidates from the LAN interface only; STUN comes from P2PConfig.stun_servers.
+    pcc = PeerConnectionConfig(host_addresses=[args.host])
     async with P2PNetwork(config, peer_connection_config=pcc) as network:
         with trio.fail_after(20):
             await network.wait_relay_connected()
