@@ -54,17 +54,14 @@ TA = 0.05  # RFC 8445 section 14.2: default pacing of new checks
 # RFC 8445 section 14.2: whatever the peers agree, never a new transaction more often.
 MIN_TA = 0.005
 NOMINATION_DELAY = 0.5  # the longest a better pair may keep us from nominating
-# A better pair whose check has been out this long without an answer (and at least
-# NOMINATION_PATIENCE) no longer holds the nomination back: on a fast path, a host
-# pair that cannot work (a private address behind the peer's NAT) would otherwise
-# cost the whole NOMINATION_DELAY on every connection.
+# A better pair whose check went unanswered for NOMINATION_RTT_FACTOR round trips of the
+# first valid pair (at least NOMINATION_PATIENCE) stops holding nomination back: a dead
+# host pair (a private address behind the peer's NAT) cost 0.5 s on every connection.
 NOMINATION_PATIENCE = 0.05
 NOMINATION_RTT_FACTOR = 4
-# Connectivity-check transactions (RFC 8445 14.3 keeps their RTO at 500 ms at least;
-# Rc and Rm are the RFC 8489 6.2.1 parameters, which it says SHOULD be configurable):
-# requests at 0, 0.5, 1.5 and 3.5 s, failure at 4.5 s. The RFC 8489 defaults
-# (Rc=7, Rm=16) make a pair fail after 39.5 s, so a checklist that cannot succeed
-# (symmetric NAT on both sides) lingered past any sensible connect deadline.
+# Checks keep RFC 8445 14.3's 500 ms RTO; Rc/Rm (RFC 8489 6.2.1, configurable) give
+# requests at 0, 0.5, 1.5, 3.5 s and failure at 4.5 s, not 39.5 s (Rc=7, Rm=16), so a
+# hopeless checklist (symmetric NATs on both sides) ends within seconds.
 CHECK_MAX_REQUESTS = 4
 CHECK_LAST_WAIT_FACTOR = 2
 # The event queue is drained after every call; the bound only stops a driver that
@@ -185,12 +182,9 @@ class IceConnectivity:
         if pair is None:
             return  # the check list is full or the families differ
         self._data_addrs.add(addr)
-        # Triggered check (RFC 8445 section 7.3.1.4). For a check in progress we resend
-        # its request now (RFC 5245 7.2.1.4's immediate retransmit; RFC 8445 replaces
-        # the transaction, which costs the same datagram) rather than leave it to the
-        # retransmission timer: the peer's check just opened the path (its NAT let ours
-        # in only after it sent), so the answer comes in one round trip instead of
-        # after the next RTO (0.5 s or more).
+        # Triggered check (RFC 8445 section 7.3.1.4). A check in progress is resent now
+        # (RFC 5245 7.2.1.4's immediate retransmit): the peer's check just opened its
+        # NAT for ours, so the answer comes in one round trip, not after the next RTO.
         if pair.state is PairState.IN_PROGRESS and pair.check_transaction is not None:
             in_flight = self._pending.get(pair.check_transaction)
             if in_flight is not None:
