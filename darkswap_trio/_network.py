@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import trio
 
@@ -106,8 +106,13 @@ class P2PNetwork(TaskOwner):
             event_buffer=self.config.p2p.event_buffer, deliver_incoming=False,
             on_status=self._on_relay_status,
         )
-        self.peer_connection_config = peer_connection_config or PeerConnectionConfig(
-            stun_servers=[stun_host_port(s) for s in self.config.p2p.stun_servers])
+        # p2p.stun_servers apply unless the peer connection config names its own.
+        stun_servers = [stun_host_port(s) for s in self.config.p2p.stun_servers]
+        if peer_connection_config is None:
+            peer_connection_config = PeerConnectionConfig(stun_servers=stun_servers)
+        elif not peer_connection_config.stun_servers and stun_servers:
+            peer_connection_config = replace(peer_connection_config, stun_servers=stun_servers)
+        self.peer_connection_config = peer_connection_config
         p2p = self.config.p2p
         self._event_send, self.events = trio.open_memory_channel[NetworkEvent](p2p.event_buffer)
         self._peer_circuits: dict[str, set[str]] = {}

@@ -11,6 +11,7 @@ peer whose PeerId sorts lower is polite — it drops its own offer and answers.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 import trio
@@ -18,7 +19,7 @@ import trio
 from ._datachannel import DataChannel
 from ._identity import PeerId, peer_id_text
 from ._peer_connection import PeerConnection, PeerConnectionConfig, open_peer_connection
-from ._relay_session import RelaySession
+from ._relay_session import RelayError, RelaySession
 from ._service import TaskOwner
 from .proto import signaling as sig
 from .proto.errors import ParseError
@@ -28,6 +29,25 @@ log = logging.getLogger("darkswap_trio.webrtc")
 CHANNEL_LABEL = "darkswap"
 _Inbox = tuple[trio.MemorySendChannel[sig.Message], trio.MemoryReceiveChannel[sig.Message]]
 _INBOX_SIZE = 128  # signals queued per peer; more than that is a misbehaving peer
+# Trickled candidates that arrive before the peer's Offer (the relay does not promise
+# that a peer's signals overtake nothing, and a peer may trickle before it offers) wait,
+# as browsers let them wait, for the Offer: a bounded number per peer, for a bounded
+# number of peers (the oldest peer's are dropped first), for a bounded time (a late
+# candidate of a finished session must not reach the next one).
+_EARLY_CANDIDATES_PER_PEER = 32
+_EARLY_CANDIDATE_PEERS = 64
+_EARLY_CANDIDATE_TTL = 10.0
+
+
+# What ends one direct attempt (the transport goes on): the peer connection or the
+# signaling session failing, or a malformed description from the peer.
+_FAILURES = (trio.BrokenResourceError, trio.ClosedResourceError, ParseError, OSError, RelayError)
+
+
+def _first_leaf(error: BaseException) -> BaseException:
+    while isinstance(error, BaseExceptionGroup) and error.exceptions:
+        error = error.exceptions[0]
+    return error
 
 
 @dataclass
@@ -113,6 +133,7 @@ class WebRtcTransport(TaskOwner):
         self._nursery: trio.Nursery | None = None
         self._idle = trio.Event()  # set whenever no connection task is running
         self._idle.set()
+        self._early: OrderedDict[str, deque[tuple[float, sig.IceCandidate]]] = OrderedDict()
         self.dropped_signals = 0
 
     async def run(self, *, task_status: trio.TaskStatus[WebRtcTransport] = trio.TASK_STATUS_IGNORED) -> None:
@@ -143,11 +164,13 @@ class WebRtcTransport(TaskOwner):
         attempt = _Attempt(peer_id, send)
         self._attempts[peer_id] = attempt
         nursery.start_soon(self._run_connection, attempt, None, self._open_inbox(peer_id))
+        started = trio.current_time()
         try:
             with trio.fail_after(timeout):
                 outcome = await receive.receive()
         except trio.TooSlowError:
             attempt.scope.cancel()
+            log.info("direct attempt to %s ended after %.3f s: timed out", peer_id, timeout)
             raise trio.BrokenResourceError(f"direct connection to {peer_id} timed out") from None
         except BaseException:
             # Cancelled by our caller: end the attempt too (the one now running for
@@ -159,6 +182,8 @@ class WebRtcTransport(TaskOwner):
             if self._attempts.get(peer_id) is attempt:
                 del self._attempts[peer_id]
         if isinstance(outcome, BaseException):
+            log.info("direct attempt to %s ended after %.3f s: %r", peer_id,
+                     trio.current_time() - started, outcome)
             raise trio.BrokenResourceError(f"direct connection to {peer_id} failed") from outcome
         return outcome
 
@@ -185,11 +210,34 @@ class WebRtcTransport(TaskOwner):
                 self._on_offer(msg)
             inbox = self._inboxes.get(peer)
             if inbox is None:
-                continue  # no connection with that peer: stale answer or candidate
-            try:
-                inbox.send_nowait(msg)
-            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-                self.dropped_signals += 1
+                if isinstance(msg, sig.IceCandidate):
+                    self._keep_early_candidate(msg)  # its Offer may still be on the way
+                continue  # otherwise a stale answer: no connection with that peer
+            self._deliver_signal(inbox, msg)
+
+    def _deliver_signal(self, inbox: trio.MemorySendChannel[sig.Message], msg: sig.Message) -> None:
+        try:
+            inbox.send_nowait(msg)
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            self.dropped_signals += 1
+
+    def _keep_early_candidate(self, msg: sig.IceCandidate) -> None:
+        peer = msg.from_
+        queue = self._early.get(peer)
+        if queue is None:
+            if len(self._early) >= _EARLY_CANDIDATE_PEERS:
+                _, evicted = self._early.popitem(last=False)
+                self.dropped_signals += len(evicted)
+            queue = self._early[peer] = deque()
+        if len(queue) >= _EARLY_CANDIDATES_PER_PEER:
+            self.dropped_signals += 1
+            return
+        queue.append((trio.current_time(), msg))
+
+    @property
+    def early_candidates(self) -> int:
+        """Candidates held for peers whose Offer has not arrived (bounded)."""
+        return sum(len(queue) for queue in self._early.values())
 
     def _on_offer(self, offer: sig.Offer) -> None:
         peer = offer.from_
@@ -217,9 +265,16 @@ class WebRtcTransport(TaskOwner):
     def _open_inbox(self, peer: str) -> _Inbox:
         # Registered before the connection task starts, so no signal that follows an
         # offer (trickled candidates) can slip past while the task is being scheduled.
+        # Candidates that came before it are queued first, in arrival order.
         send, receive = trio.open_memory_channel[sig.Message](_INBOX_SIZE)
         self._inboxes[peer] = send
         self._idle = trio.Event()
+        oldest = trio.current_time() - _EARLY_CANDIDATE_TTL
+        for arrived, msg in self._early.pop(peer, ()):
+            if arrived >= oldest:
+                self._deliver_signal(send, msg)
+            else:
+                self.dropped_signals += 1
         return send, receive
 
     async def _run_connection(self, attempt: _Attempt, offer: sig.Offer | None,
@@ -227,16 +282,19 @@ class WebRtcTransport(TaskOwner):
         peer = attempt.peer_id
         inbox_send, inbox = inbox_pair
         connection: DirectConnection | None = None
+        failure: BaseException | None = None
         try:
             with attempt.scope:
                 async with open_peer_connection(self.config) as pc, trio.open_nursery() as nursery:
-                    nursery.start_soon(self._trickle_out, pc, peer)
                     nursery.start_soon(self._apply_signals, pc, inbox)
                     if offer is None:
                         await self.signaling.send_offer(peer, await pc.create_offer())
                     else:
                         await pc.set_remote_description(offer.sdp, "offer")
                         await self.signaling.send_answer(peer, await pc.create_answer())
+                    # Trickle only once the description is out, so our candidates
+                    # follow it on the (ordered) signaling session.
+                    nursery.start_soon(self._trickle_out, pc, peer)
                     await pc.wait_connected()
                     if offer is None:
                         channel = await pc.create_data_channel(CHANNEL_LABEL)
@@ -249,21 +307,23 @@ class WebRtcTransport(TaskOwner):
                         await self._accepted_send.send(connection)
                     await connection._done.wait()
                     nursery.cancel_scope.cancel()
-        except* (trio.BrokenResourceError, trio.ClosedResourceError, ParseError, OSError) as group:
-            # except*: the failure may come wrapped by the nurseries above; one failed
-            # connection must never crash the transport (and the network with it).
-            exc = _first_leaf(group)
-            log.info("direct connection with %s failed: %r", peer, exc)
-            if connection is None:
-                try:
-                    attempt.result.send_nowait(exc)
-                except (trio.WouldBlock, trio.BrokenResourceError):
-                    pass
+        except* _FAILURES as group:
+            # The peer connection's nursery wraps its failures in an ExceptionGroup;
+            # one failed direct attempt must never escape into the transport (and
+            # from there take down the network and every relayed link with it).
+            failure = _first_leaf(group)
         finally:
             if self._inboxes.get(peer) is inbox_send:
                 del self._inboxes[peer]
             if not self._inboxes:
                 self._idle.set()
+        if failure is not None:
+            log.info("direct connection with %s failed: %r", peer, failure)
+            if connection is None:
+                try:
+                    attempt.result.send_nowait(failure)
+                except (trio.WouldBlock, trio.BrokenResourceError):
+                    pass
 
     async def _trickle_out(self, pc: PeerConnection, peer: str) -> None:
         async for candidate in pc.local_candidates():
@@ -278,9 +338,3 @@ class WebRtcTransport(TaskOwner):
                     pc.add_ice_candidate(msg.candidate or None, msg.sdp_mid, msg.sdp_mline_index)
             except ParseError as exc:
                 log.warning("bad signal from %s: %s", msg.from_, exc)
-
-
-def _first_leaf(group: BaseExceptionGroup) -> BaseException:
-    while isinstance(group, BaseExceptionGroup):
-        group = group.exceptions[0]
-    return group

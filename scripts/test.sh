@@ -4,6 +4,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # Debian's Chromium for the browser interop test (a no-op when present or not root).
 scripts/install-browser.sh || echo "WARNING: Chromium install failed; browser interop tests will skip" >&2
+# iproute2, nftables and conntrack for the NAT lab (tests/netlab; a no-op when present or not root).
+scripts/install-netlab.sh || echo "WARNING: NAT lab tools install failed; tests/netlab will skip" >&2
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[test]'

@@ -27,7 +27,7 @@ from .ice_checklist import (
     canonical_addr,
     host_candidate,
 )
-from .ice_connectivity import MIN_TA, NOMINATION_DELAY, IceConnectivity
+from .ice_connectivity import MIN_TA, IceConnectivity
 from .ice_events import (
     CandidateGathered,
     DataReceived,
@@ -304,7 +304,10 @@ class IceAgent(IceConnectivity):
         if self._next_check_at is not None and self._has_checks_to_start():
             deadlines.append(self._next_check_at)
         if self._first_valid_at is not None and self._wants_nomination():
-            deadlines.append(self._first_valid_at + NOMINATION_DELAY)
+            valid = self._checklist.valid_pairs()
+            hold = self._nomination_hold(valid[0]) if valid else None
+            if hold is not None:
+                deadlines.append(hold)
         return min(deadlines) if deadlines else None
 
     def handle_timeout(self, now: float) -> None:

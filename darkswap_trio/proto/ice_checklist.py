@@ -156,6 +156,8 @@ class CandidatePair:
     # The controlling side is running the nomination check on this pair.
     nominating: bool = False
     check_transaction: bytes | None = field(default=None, repr=False)
+    # When the latest check of this pair was first sent (nomination patience).
+    check_started_at: float | None = field(default=None, repr=False)
 
     @property
     def local_addr(self) -> tuple[str, int]:

@@ -55,7 +55,17 @@ TA = 0.05  # RFC 8445 section 14.2: default pacing of new checks
 MIN_TA = 0.005
 # Addresses accepted for data on the strength of an early check alone (bounded).
 MAX_EARLY_DATA_ADDRS = 16
-NOMINATION_DELAY = 0.5  # how long a better pair may keep us from nominating
+NOMINATION_DELAY = 0.5  # the longest a better pair may keep us from nominating
+# A better pair whose check went unanswered for NOMINATION_RTT_FACTOR round trips of the
+# first valid pair (at least NOMINATION_PATIENCE) stops holding nomination back: a dead
+# host pair (a private address behind the peer's NAT) cost 0.5 s on every connection.
+NOMINATION_PATIENCE = 0.05
+NOMINATION_RTT_FACTOR = 4
+# Checks keep RFC 8445 14.3's 500 ms RTO; Rc/Rm (RFC 8489 6.2.1, configurable) give
+# requests at 0, 0.5, 1.5, 3.5 s and failure at 4.5 s, not 39.5 s (Rc=7, Rm=16), so a
+# hopeless checklist (symmetric NATs on both sides) ends within seconds.
+CHECK_MAX_REQUESTS = 4
+CHECK_LAST_WAIT_FACTOR = 2
 # The event queue is drained after every call; the bound only stops a driver that
 # forgot to drain from growing it without limit.
 MAX_EVENTS = 1024
@@ -104,6 +114,7 @@ class IceConnectivity:
         self._remote_end = False
         self._next_check_at: float | None = None
         self._first_valid_at: float | None = None
+        self._first_valid_rtt = 0.0
         self._selected: CandidatePair | None = None
         # The old selected pair keeps carrying data during an ICE restart.
         self._previous_selected: CandidatePair | None = None
@@ -177,7 +188,14 @@ class IceConnectivity:
         if pair is None:
             return  # the check list is full or the families differ
         self._data_addrs.add(addr)
-        # Triggered check (RFC 8445 section 7.3.1.4).
+        # Triggered check (RFC 8445 section 7.3.1.4). A check in progress is resent now
+        # (RFC 5245 7.2.1.4's immediate retransmit): the peer's check just opened its
+        # NAT for ours, so the answer comes in one round trip, not after the next RTO.
+        if pair.state is PairState.IN_PROGRESS and pair.check_transaction is not None:
+            in_flight = self._pending.get(pair.check_transaction)
+            if in_flight is not None:
+                self._stats["retransmissions"] += 1
+                self._queue(in_flight.transaction.data, in_flight.addr, in_flight.local)
         if pair.state in (PairState.FROZEN, PairState.WAITING, PairState.FAILED):
             pair.state = PairState.WAITING
             if pair not in self._triggered:
@@ -237,6 +255,7 @@ class IceConnectivity:
             self._checklist.unfreeze_foundation(pair)
             if self._first_valid_at is None:
                 self._first_valid_at = now
+                self._first_valid_rtt = now - pending.sent_at
         if pending.nominate or (pair.remote_nominated and not self.controlling):
             self._nominated(pair, now)
         self._maybe_nominate(now)
@@ -304,16 +323,24 @@ class IceConnectivity:
         if pair.state is not PairState.SUCCEEDED:
             pair.state = PairState.IN_PROGRESS
         pair.check_transaction = request.transaction_id
+        pair.check_started_at = now
         self._stats["checks_sent"] += 1
+        transaction = StunTransaction(
+            bytes(request),
+            now,
+            max_requests=CHECK_MAX_REQUESTS,
+            last_wait_factor=CHECK_LAST_WAIT_FACTOR,
+        )
         self._start(
             PendingTransaction(
                 "check",
-                StunTransaction(bytes(request), now),
+                transaction,
                 pair.remote_addr,
                 pair.local_addr,
                 pair=pair,
                 nominate=nominate,
                 sent_controlling=self.controlling,
+                sent_at=now,
             )
         )
 
@@ -349,17 +376,36 @@ class IceConnectivity:
         if not valid:
             return
         best = valid[0]  # pairs are kept sorted
-        better_pending = any(
-            p.priority > best.priority
-            and p.state in (PairState.WAITING, PairState.IN_PROGRESS, PairState.FROZEN)
-            for p in self._checklist.pairs
-        )
-        assert self._first_valid_at is not None
-        if better_pending and now < self._first_valid_at + NOMINATION_DELAY:
+        hold = self._nomination_hold(best)
+        if hold is not None and now < hold:
             return
         best.nominating = True
         self._triggered.appendleft(best)
         self._schedule_checks(now)
+
+    def _nomination_hold(self, best: CandidatePair) -> float | None:
+        """Until when a better pair than ``best`` may still succeed (None: nominate now).
+
+        A better pair not checked yet holds nomination back up to NOMINATION_DELAY
+        after the first success; one whose check is out holds it only until the check
+        has gone unanswered for a few round trips of the first valid pair.
+        """
+        assert self._first_valid_at is not None
+        patience = max(NOMINATION_PATIENCE, NOMINATION_RTT_FACTOR * self._first_valid_rtt)
+        hold: float | None = None
+        for pair in self._checklist.pairs:
+            if pair.priority <= best.priority:
+                break  # pairs are kept sorted
+            if pair.state in (PairState.WAITING, PairState.FROZEN):
+                until = self._first_valid_at + NOMINATION_DELAY
+            elif pair.state is PairState.IN_PROGRESS and pair.check_started_at is not None:
+                until = pair.check_started_at + patience
+            else:
+                continue
+            hold = until if hold is None else max(hold, until)
+        if hold is None:
+            return None
+        return min(hold, self._first_valid_at + NOMINATION_DELAY)
 
     def _nominated(self, pair: CandidatePair, now: float) -> None:
         pair.nominated = True

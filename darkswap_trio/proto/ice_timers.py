@@ -39,6 +39,7 @@ class PendingTransaction:
     base: Candidate | None = None
     nominate: bool = False
     sent_controlling: bool = False
+    sent_at: float = 0.0
 
     @property
     def transaction_id(self) -> bytes:

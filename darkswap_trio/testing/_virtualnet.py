@@ -106,11 +106,20 @@ class VirtualNat:
     ``"endpoint-independent"`` (full cone), ``"address-dependent"`` or
     ``"address-and-port-dependent"``: inbound datagrams pass only from destinations the
     private socket sent to before.
+
+    ``conntrack_race``: behave like a Linux router whose filter does not drop
+    unsolicited packets before conntrack confirms them (no ``ct state new drop``): a
+    filtered inbound datagram still claims its (public address, source) tuple, so
+    when the private socket later sends to that source itself, the router cannot use
+    the socket's usual public port for it and picks another one, for that
+    destination only. Hole punching then fails unless the far side learns the new
+    port (peer-reflexive). ``tests/netlab`` shows the real thing.
     """
 
     _BEHAVIOURS = ("endpoint-independent", "address-dependent", "address-and-port-dependent")
 
-    def __init__(self, net: VirtualNet, public_ip: str, filtering: str, mapping: str) -> None:
+    def __init__(self, net: VirtualNet, public_ip: str, filtering: str, mapping: str,
+                 *, conntrack_race: bool = False) -> None:
         if filtering not in self._BEHAVIOURS:
             raise ValueError(f"unknown filtering {filtering!r}")
         if mapping not in ("endpoint-independent", "address-and-port-dependent"):
@@ -124,6 +133,11 @@ class VirtualNat:
         self._public_by_key: dict[tuple[Address, Address | None], Address] = {}
         self._key_by_public: dict[Address, tuple[Address, Address | None]] = {}
         self._contacted: dict[Address, set[Address]] = {}
+        self.conntrack_race = conntrack_race
+        # (public, remote) tuples claimed by filtered inbound datagrams (the race), and
+        # the per-destination ports that private sockets got because of them.
+        self._claimed: set[tuple[Address, Address]] = set()
+        self._remapped: dict[tuple[Address, Address], Address] = {}
         # Private sockets are only reachable through a mapping (or from inside).
         self._sockets: dict[Address, VirtualSocket] = {}
 
@@ -141,8 +155,14 @@ class VirtualNat:
         return (private, destination if symmetric else None)
 
     def _outbound(self, private: Address, destination: Address) -> Address:
+        remapped = self._remapped.get((private, destination))
+        if remapped is not None:
+            self._contacted.setdefault(private, set()).add(destination)
+            return remapped
         key = self._key(private, destination)
         public = self._public_by_key.get(key)
+        if public is not None and (public, destination) in self._claimed:
+            return self._remap(private, destination)
         if public is None:
             public = (self.public_ip, next(self._ports))
             self._public_by_key[key] = public
@@ -151,10 +171,24 @@ class VirtualNat:
         self._contacted.setdefault(private, set()).add(destination)
         return public
 
+    def _remap(self, private: Address, destination: Address) -> Address:
+        # The usual port is taken towards this destination: a new one, bound to it.
+        public = (self.public_ip, next(self._ports))
+        self._remapped[(private, destination)] = public
+        self._key_by_public[public] = (private, destination)
+        self._net._routes[public] = self
+        self._contacted.setdefault(private, set()).add(destination)
+        return public
+
+    def _filtered(self, public: Address, source: Address) -> None:
+        """An inbound datagram was dropped by the filter (it may still claim a tuple)."""
+        if self.conntrack_race and len(self._claimed) < 4096:
+            self._claimed.add((public, source))
+
     def _inbound(self, public: Address, source: Address) -> Address | None:
         key = self._key_by_public.get(public)
-        if key is None:
-            return None
+        if key is None or (public, source) in self._claimed:
+            return None  # a claimed tuple belongs to the router, not to the socket
         private, bound_destination = key
         if bound_destination is not None and bound_destination != source:
             return None
@@ -202,9 +236,11 @@ class VirtualNet:
         public_ip: str,
         filtering: str = "address-and-port-dependent",
         mapping: str = "endpoint-independent",
+        *,
+        conntrack_race: bool = False,
     ) -> VirtualNat:
         """A NAT with its own private address space (see :class:`VirtualNat`)."""
-        return VirtualNat(self, public_ip, filtering, mapping)
+        return VirtualNat(self, public_ip, filtering, mapping, conntrack_race=conntrack_race)
 
     def statistics(self) -> VirtualNetStatistics:
         return VirtualNetStatistics(**self._counts)
@@ -246,6 +282,7 @@ class VirtualNet:
             private = nat._inbound(destination, source)
             if private is None:
                 counts["dropped_by_nat"] += 1
+                nat._filtered(destination, source)
                 return
             sock = nat._sockets.get(private)
         else:

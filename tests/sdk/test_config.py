@@ -140,3 +140,18 @@ def test_config_file_with_bad_toml_names_the_file(tmp_path):
     path.write_text("[p2p\n")
     with pytest.raises(ConfigError, match="bad.toml' is not valid TOML"):
         Config.from_toml(path)
+
+
+def test_p2p_stun_servers_reach_a_given_peer_connection_config():
+    """p2p.stun_servers apply to a PeerConnectionConfig that names none (the NAT lab
+    passes host_addresses only); one that names its own keeps them."""
+    from darkswap_trio import P2PNetwork, PeerConnectionConfig
+
+    config = P2PConfig(stun_servers=["203.0.113.1:3478"])
+    hosts_only = PeerConnectionConfig(host_addresses=["198.51.100.2"])
+    network = P2PNetwork(config, peer_connection_config=hosts_only)
+    assert list(network.peer_connection_config.stun_servers) == [("203.0.113.1", 3478)]
+    assert network.peer_connection_config.host_addresses == ["198.51.100.2"]
+    own = PeerConnectionConfig(stun_servers=[("203.0.113.9", 3478)])
+    network = P2PNetwork(config, peer_connection_config=own)
+    assert network.peer_connection_config is own
