@@ -45,6 +45,12 @@ class LimitsConfig:
     # Circuits
     max_circuits: int = 4096
     max_circuits_per_peer: int = 16
+    # Circuits one requester may hold to one target: a single identity cannot take all
+    # of a target's max_circuits_per_peer slots (refused too_many_circuits_to_peer).
+    max_circuits_per_pair: int = 4
+    # A circuit with no data in either direction for this long closes (reason idle),
+    # so unsolicited circuits do not hold slots for circuit_duration; 0 = never.
+    circuit_idle_timeout: float = 300.0
     circuit_duration: float = 3600.0  # seconds; 0 = unlimited
     circuit_bytes: int = 1 << 30  # per circuit, both directions together; 0 = unlimited
     circuit_bandwidth: int = 0  # bytes/s per direction; 0 = unlimited
