@@ -57,6 +57,11 @@ class LimitsConfig:
     circuit_window: int = 256 * 1024  # initial flow-control credit per direction (bytes)
     circuit_max_data_frame: int = 64 * 1024  # largest payload of one circuit data frame
     circuit_stall_timeout: float = 30.0  # a direction with queued data and no progress for this long closes the circuit
+    # STUN binding service: answers per source IP, and in total (reflection budget).
+    stun_per_ip_rate: float = 10.0
+    stun_per_ip_burst: int = 20
+    stun_total_rate: float = 5000.0
+    stun_total_burst: int = 10000
     # Bound on how many distinct IPs / peers the rate limiters remember (LRU).
     limiter_table_size: int = 100_000
 

@@ -22,6 +22,7 @@ import logging
 import math
 import ssl
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import trio
@@ -32,7 +33,7 @@ from darkswap_trio.proto.relay import CloseReason
 from darkswap_trio.proto.signaling import Error, encode_message
 
 from ._config import RelayConfig
-from ._limits import ConcurrencyCounter, KeyedRateLimiter, canonical_ip
+from ._limits import ConcurrencyCounter, KeyedRateLimiter, TokenBucket, canonical_ip
 from ._metrics import RelayMetrics, serve_metrics_http
 from ._router import RelayRouter
 from ._session import CLOSE_GOING_AWAY, SignalingSession
@@ -239,7 +240,16 @@ async def serve_relay(
                 from ._stun import serve_stun
 
                 server.stun_port = await root.start(
-                    serve_stun, config.host, config.stun_port, metrics
+                    partial(
+                        serve_stun,
+                        config.host,
+                        config.stun_port,
+                        metrics,
+                        rate_limiter=KeyedRateLimiter(
+                            lim.stun_per_ip_rate, lim.stun_per_ip_burst, lim.limiter_table_size
+                        ),
+                        total_limiter=TokenBucket(lim.stun_total_rate, lim.stun_total_burst),
+                    )
                 )
             if config.metrics_port is not None:
                 server.metrics_port = await root.start(
