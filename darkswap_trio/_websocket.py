@@ -21,7 +21,7 @@ import logging
 import os
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import partial
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
@@ -276,6 +276,20 @@ async def _serve_one(
         await trio.aclose_forcefully(stream)
 
 
+async def _serve_admitted(
+    stream: trio.abc.Stream,
+    *,
+    admit: Callable[[trio.abc.Stream, tuple[str, int]], AbstractAsyncContextManager[object]],
+    serve: Callable[[trio.abc.Stream], Awaitable[None]],
+) -> None:
+    try:
+        async with admit(stream, stream_remote_address(stream)) as admitted:
+            if admitted:
+                await serve(stream)
+    finally:
+        await trio.aclose_forcefully(stream)
+
+
 async def _dual_stack_listener(port: int) -> trio.SocketListener:
     """One IPv6 socket that also accepts IPv4 (as ::ffff:a.b.c.d).
 
@@ -303,6 +317,8 @@ async def serve_websocket(
     max_message_size: int = 1 << 20,
     handshake_timeout: float = 10.0,
     handler_nursery: trio.Nursery | None = None,
+    admit: Callable[[trio.abc.Stream, tuple[str, int]], AbstractAsyncContextManager[object]]
+    | None = None,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Listen on ``host``:``port`` and await ``handler(request)`` for every connection.
@@ -312,6 +328,11 @@ async def serve_websocket(
     are answered 400/426 without calling the handler. A handler's exception is logged
     and closes only its own connection (1011). When the handler returns, its
     connection is closed (1000). ``task_status.started()`` gets the listeners.
+
+    ``admit(stream, remote_address)``, if given, is an async context manager entered
+    for each accepted connection before anything is read from it (before TLS) and
+    exited when the connection is done; the connection is served only if it yields a
+    true value (a refusal may answer on the stream itself; it is closed afterwards).
     """
     if host == "::":
         listeners = [await _dual_stack_listener(port)]
@@ -319,10 +340,12 @@ async def serve_websocket(
         listeners = await trio.open_tcp_listeners(port, host=host)
 
     # A partial, not a wrapper coroutine: one frame less held by every idle connection.
-    serve_stream = partial(
+    serve_stream: Callable[[trio.abc.Stream], Awaitable[None]] = partial(
         _serve_one, handler=handler, ssl_context=ssl_context,
         max_message_size=max_message_size, handshake_timeout=handshake_timeout,
     )  # fmt: skip
+    if admit is not None:
+        serve_stream = partial(_serve_admitted, admit=admit, serve=serve_stream)
     await trio.serve_listeners(
         serve_stream, listeners, handler_nursery=handler_nursery, task_status=task_status
     )

@@ -29,7 +29,12 @@ class ConfigError(ValueError):
 class LimitsConfig:
     # Sessions
     max_sessions: int = 10_000
-    max_sessions_per_ip: int = 32
+    max_sessions_per_ip: int = 32  # counted from TCP accept, registered or not
+    # Connections not yet registered (from accept): per IP, and in total. When the
+    # total is reached, a newcomer displaces the oldest pending connection of the IP
+    # holding the most pending ones (if that is more than the newcomer's IP would).
+    max_pending_per_ip: int = 8
+    max_pending_connections: int = 512
     handshake_timeout: float = 10.0  # seconds from TCP accept to Registered
     idle_timeout: float = 120.0  # a session with no inbound frame for this long is closed
     # A proven owner re-registering its peer id replaces a holder silent for this long.
