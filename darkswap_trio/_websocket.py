@@ -81,6 +81,7 @@ class WebSocketRequest:
         "_head",
         "_leftover",
         "_max_message_size",
+        "_discard_above",
         "_answered",
         "_connection",
     )
@@ -95,6 +96,7 @@ class WebSocketRequest:
         leftover: bytes,
         remote_address: tuple[str, int],
         max_message_size: int,
+        discard_above: int | None = None,
     ) -> None:
         self.remote_address = remote_address
         self.method = request.method
@@ -105,6 +107,7 @@ class WebSocketRequest:
         self._key = key
         self._leftover = leftover
         self._max_message_size = max_message_size
+        self._discard_above = discard_above
         self._answered = False
         self._connection: WebSocketConnection | None = None
 
@@ -129,7 +132,11 @@ class WebSocketRequest:
             await self.reject(426, b"WebSocket upgrade required\n")
             raise trio.BrokenResourceError("not a WebSocket upgrade request")
         self._answered = True
-        core = WebSocketCore(is_client=False, max_message_size=self._max_message_size)
+        core = WebSocketCore(
+            is_client=False,
+            max_message_size=self._max_message_size,
+            discard_above=self._discard_above,
+        )
         connection = WebSocketConnection(
             self._stream, core, remote_address=self.remote_address, path=self.path,
             head=self._head,
@@ -228,6 +235,7 @@ async def _serve_one(
     ssl_context: ssl.SSLContext | None,
     max_message_size: int,
     handshake_timeout: float,
+    discard_above: int | None = None,
 ) -> None:
     remote_address = stream_remote_address(stream)
     if ssl_context is not None:
@@ -246,6 +254,7 @@ async def _serve_one(
                     request = WebSocketRequest(
                         stream, http_request, head=head, key=key, leftover=leftover,
                         remote_address=remote_address, max_message_size=max_message_size,
+                        discard_above=discard_above,
                     )  # fmt: skip
                     del http_request, received, leftover  # the request keeps what it needs
             except WebSocketHandshakeError as exc:
@@ -319,6 +328,7 @@ async def serve_websocket(
     handler_nursery: trio.Nursery | None = None,
     admit: Callable[[trio.abc.Stream, tuple[str, int]], AbstractAsyncContextManager[object]]
     | None = None,
+    discard_above: int | None = None,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Listen on ``host``:``port`` and await ``handler(request)`` for every connection.
@@ -333,6 +343,11 @@ async def serve_websocket(
     for each accepted connection before anything is read from it (before TLS) and
     exited when the connection is done; the connection is served only if it yields a
     true value (a refusal may answer on the stream itself; it is closed afterwards).
+
+    ``discard_above``: a received data message above this size (up to
+    ``max_message_size``) is skipped unread and returned by ``receive()`` as a
+    :class:`~darkswap_trio.proto.websocket.MessageDiscarded`, so one connection never
+    buffers more than about ``discard_above`` bytes of a message.
     """
     if host == "::":
         listeners = [await _dual_stack_listener(port)]
@@ -343,6 +358,7 @@ async def serve_websocket(
     serve_stream: Callable[[trio.abc.Stream], Awaitable[None]] = partial(
         _serve_one, handler=handler, ssl_context=ssl_context,
         max_message_size=max_message_size, handshake_timeout=handshake_timeout,
+        discard_above=discard_above,
     )  # fmt: skip
     if admit is not None:
         serve_stream = partial(_serve_admitted, admit=admit, serve=serve_stream)

@@ -284,6 +284,9 @@ async def _run_listener(
             handshake_timeout=handshake_timeout if handshake_timeout > 0 else math.inf,
             handler_nursery=handler_nursery,
             admit=admission.admit,
+            # Frames above max_frame_size are answered frame_too_large without ever
+            # being buffered: a session's receive buffer stays within max_frame_size.
+            discard_above=server.config.limits.max_frame_size,
             task_status=task_status,
         )
 

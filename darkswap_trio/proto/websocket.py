@@ -11,6 +11,12 @@ Performance notes (why the code looks the way it does): the relay forwards 64 Ki
 messages, so the receive path never copies a payload more than needed. A chunk that
 arrives while nothing is buffered is parsed in place (no copy into a bytearray), and a
 payload is unmasked with one big-integer XOR instead of a per-byte Python loop.
+
+Memory under abuse (issue #10 item 6): with ``discard_above`` set (the relay sets its
+``max_frame_size``), an unfragmented data frame longer than that, but within
+``max_message_size``, is never buffered: :class:`MessageDiscarded` is reported as soon as
+its header is parsed and its payload is dropped as it arrives. A receiving core then
+holds at most one frame of up to ``discard_above`` bytes plus what one read appended.
 """
 
 from __future__ import annotations
@@ -167,12 +173,18 @@ def encode_frame_header(
 
 
 def _parse_header(
-    buf: bytes | bytearray, pos: int, expect_masked: bool | None, max_payload: int
+    buf: bytes | bytearray,
+    pos: int,
+    expect_masked: bool | None,
+    max_payload: int,
+    discard_above: int | None = None,
 ) -> tuple[int, int, int, bytes | None, int] | int:
     """Parse a frame header at ``buf[pos:]``.
 
     Returns ``(b0, header_length, payload_length, mask_key, opcode)``, or the number of
-    bytes still missing (an int) when the header or payload is incomplete.
+    bytes still missing (an int) when the header or payload is incomplete. A data frame
+    longer than ``discard_above`` is returned once its header is complete (its payload
+    will be skipped, not buffered); a fragment that long fails with 1009.
     """
     avail = len(buf) - pos
     if avail < 2:
@@ -216,6 +228,10 @@ def _parse_header(
             return header_length + 4 - avail
         mask_key = bytes(buf[pos + header_length : pos + header_length + 4])
         header_length += 4
+    if discard_above is not None and opcode < 0x8 and length > discard_above:
+        if opcode == Opcode.CONTINUATION or not b0 & 0x80:
+            raise WebSocketProtocolError("fragment larger than the message size limit", 1009)
+        return b0, header_length, length, mask_key, opcode
     missing = header_length + length - avail
     if missing > 0:
         return missing
@@ -286,6 +302,18 @@ class MessageReceived:
 
 
 @dataclass(frozen=True, slots=True)
+class MessageDiscarded:
+    """A data message of ``size`` bytes, above ``discard_above``: its payload is skipped
+    unread (never buffered). ``len()`` is its size, so a size check treats it like the
+    message it replaces."""
+
+    size: int
+
+    def __len__(self) -> int:
+        return self.size
+
+
+@dataclass(frozen=True, slots=True)
 class PingReceived:
     """The peer pinged us; the pong is already queued in :meth:`WebSocketCore.poll_transmit`."""
 
@@ -313,7 +341,7 @@ class ProtocolFailed:
     reason: str
 
 
-WebSocketEvent = MessageReceived | PingReceived | PongReceived | CloseReceived | ProtocolFailed
+WebSocketEvent = MessageReceived | MessageDiscarded | PingReceived | PongReceived | CloseReceived | ProtocolFailed
 
 
 class ConnectionState(enum.Enum):
@@ -332,25 +360,35 @@ class WebSocketCore:
     __slots__ = (
         "is_client",
         "max_message_size",
+        "discard_above",
         "state",
         "close_sent",
         "_buffer",
         "_pos",
         "_missing",
+        "_skip",
         "_fragments",
         "_fragments_size",
         "_fragment_opcode",
         "_transmits",
     )
 
-    def __init__(self, *, is_client: bool, max_message_size: int = 1 << 20) -> None:
+    def __init__(
+        self,
+        *,
+        is_client: bool,
+        max_message_size: int = 1 << 20,
+        discard_above: int | None = None,
+    ) -> None:
         self.is_client = is_client
         self.max_message_size = max_message_size
+        self.discard_above = discard_above
         self.state = ConnectionState.OPEN
         self.close_sent = False
         self._buffer: bytes | bytearray = b""
         self._pos = 0
         self._missing = 2
+        self._skip = 0  # payload bytes of a discarded frame still to drop on arrival
         self._fragments: list[bytes] | None = None
         self._fragments_size = 0
         self._fragment_opcode = 0
@@ -358,10 +396,19 @@ class WebSocketCore:
 
     # -- input --
 
-    def receive(self, data: bytes) -> None:
-        """Append bytes from the peer. Parsing happens lazily in :meth:`poll_event`."""
+    def receive(self, data: bytes | bytearray | memoryview) -> None:
+        """Append bytes from the peer. Parsing happens lazily in :meth:`poll_event`.
+
+        ``data`` is not kept: a caller may reuse its buffer after the call.
+        """
         if not data or self.state is ConnectionState.CLOSED:
             return
+        if self._skip:
+            n = min(self._skip, len(data))
+            self._skip -= n
+            if n == len(data):
+                return
+            data = data[n:]
         if type(data) is not bytes:
             data = bytes(data)
         buf = self._buffer
@@ -393,7 +440,12 @@ class WebSocketCore:
 
         The driver uses it to size its next read: a 64 KiB frame is read in one go.
         """
-        return max(self._missing, 1)
+        return self._skip or max(self._missing, 1)
+
+    @property
+    def skipping(self) -> int:
+        """Payload bytes of a discarded message still to arrive (they will be dropped)."""
+        return self._skip
 
     def poll_event(self) -> WebSocketEvent | None:
         """The next event parsed from received bytes, or None when more input is needed."""
@@ -404,13 +456,19 @@ class WebSocketCore:
             buf = self._buffer
             pos = self._pos
             try:
-                parsed = _parse_header(buf, pos, not self.is_client, self.max_message_size)
+                parsed = _parse_header(
+                    buf, pos, not self.is_client, self.max_message_size, self.discard_above
+                )
                 if type(parsed) is int:
                     self._missing = parsed
                     return None
                 b0, header_length, length, mask_key, opcode = parsed  # type: ignore[misc]
                 start = pos + header_length
                 end = start + length
+                if self.discard_above is not None and opcode < 0x8 and length > self.discard_above:
+                    if self._fragments is not None:
+                        raise WebSocketProtocolError("new data frame inside a fragmented message")
+                    return self._discard(buf, start, end, length)
                 if type(buf) is bytes:
                     if mask_key is None:
                         payload = buf[start:end]
@@ -434,6 +492,17 @@ class WebSocketCore:
             if event is not None:
                 return event
 
+    def _discard(self, buf: bytes | bytearray, start: int, end: int, length: int) -> MessageDiscarded:
+        """Drop an oversize frame's payload: what is buffered now, the rest on arrival."""
+        if end >= len(buf):
+            self._skip = end - len(buf)
+            self._buffer = b""
+            self._pos = 0
+        else:
+            self._pos = end
+        self._missing = 2
+        return MessageDiscarded(length)
+
     def _handle_frame(self, opcode: int, payload: bytes, fin: int) -> WebSocketEvent | None:
         if opcode == Opcode.BINARY or opcode == Opcode.TEXT:
             if self._fragments is not None:
@@ -449,7 +518,9 @@ class WebSocketCore:
             if fragments is None:
                 raise WebSocketProtocolError("continuation frame without a message to continue")
             self._fragments_size += len(payload)
-            if self._fragments_size > self.max_message_size:
+            if self._fragments_size > self.max_message_size or (
+                self.discard_above is not None and self._fragments_size > self.discard_above
+            ):
                 raise WebSocketProtocolError("message larger than the size limit", 1009)
             fragments.append(payload)
             if not fin:
@@ -484,6 +555,7 @@ class WebSocketCore:
     def _release_buffer(self) -> None:
         self._buffer = b""
         self._pos = 0
+        self._skip = 0
         self._fragments = None
 
     # -- output --
