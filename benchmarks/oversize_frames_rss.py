@@ -30,11 +30,11 @@ def rss_mib(pid: int) -> float:
     raise RuntimeError("no VmRSS")
 
 
-async def one_session(url: str, frames: int) -> None:
+async def one_session(url: str, frames: int, size: int) -> None:
     try:
         async with open_websocket(url, max_message_size=4 << 20) as ws:
             for _ in range(frames):
-                await ws.send("x" * (300 * 1024))
+                await ws.send("x" * size)
             await ws.send("y" * (1100 * 1024))
             with trio.move_on_after(5):
                 while True:
@@ -51,6 +51,7 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--connections", type=int, default=24)
     parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument("--size-kib", type=int, default=300, help="size of the rounds' frames")
     args = parser.parse_args()
     # One attacking address: lift the per-IP connection rate, keep every other default.
     config = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
@@ -72,7 +73,7 @@ async def main() -> None:
             with trio.fail_after(120):
                 async with trio.open_nursery() as nursery:
                     for _ in range(args.connections):
-                        nursery.start_soon(one_session, url, args.frames)
+                        nursery.start_soon(one_session, url, args.frames, args.size_kib * 1024)
             await trio.sleep(0.5)
             print(f"round {round_no:2d}: rss {rss_mib(proc.pid):.1f} MiB", flush=True)
     finally:
