@@ -14,7 +14,6 @@ import argparse
 import os
 import subprocess
 import sys
-
 import tempfile
 
 import trio
