@@ -15,6 +15,7 @@ import socket
 import struct
 import subprocess
 import sys
+import uuid
 
 import trio
 import trio.testing
@@ -22,12 +23,12 @@ from aioice import stun
 from relayclient import connect, make_config, new_peer
 
 from darkswap_trio.proto.signaling import (
+    CircuitData,
     CloseRelay,
     DataChannel,
     Error,
     Ping,
     Pong,
-    RelayData,
     RelayRequest,
     RelayResponse,
     decode_message_untrusted,
@@ -220,7 +221,7 @@ async def test_one_source_cannot_take_every_circuit_slot_of_a_target(nursery):
         server = await nursery.start(serve_relay, config)
         async with connect(server) as mallory, connect(server) as honest, connect(server) as victim:
             for c in (mallory, honest, victim):
-                await c.register_legacy(str(new_peer().peer_id))
+                await c.register_extended(new_peer(), server.peer_id, open_mode=True)
             for _ in range(2):
                 assert (await request_circuit(mallory, victim)).accepted
                 await victim.expect(DataChannel)
@@ -237,14 +238,15 @@ async def test_idle_circuit_closes_and_both_ends_are_told(nursery, autojump_cloc
     with trio.fail_after(1000):
         server = await nursery.start(serve_relay, make_config(circuit_idle_timeout=30.0))
         async with connect(server) as a, connect(server) as b:
-            await a.register_legacy(str(new_peer().peer_id))
-            await b.register_legacy(str(new_peer().peer_id))
+            await a.register_extended(new_peer(), server.peer_id, open_mode=True)
+            await b.register_extended(new_peer(), server.peer_id, open_mode=True)
             response = await request_circuit(a, b)
             await b.expect(DataChannel)
             start = trio.current_time()
             await trio.sleep(20)
-            await a.send(RelayData(from_=a.peer_id, relay_id=response.relay_id, data=b"hi"))
-            assert (await b.expect(RelayData)).data == b"hi"  # data restarts the idle timer
+            relay_id = uuid.UUID(response.relay_id).bytes
+            await a.send_data(relay_id, b"hi")
+            assert (await b.expect(CircuitData)).payload == b"hi"  # restarts the idle timer
             assert await a.expect(CloseRelay) == CloseRelay(response.relay_id, "idle")
             assert await b.expect(CloseRelay) == CloseRelay(response.relay_id, "idle")
             assert 50 <= trio.current_time() - start < 51
