@@ -21,7 +21,7 @@ import logging
 import os
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
@@ -236,8 +236,19 @@ async def _serve_one(
     max_message_size: int,
     handshake_timeout: float,
     discard_above: int | None = None,
+    admit: Callable[[trio.abc.Stream, tuple[str, int]], Awaitable[object]] | None = None,
+    release: Callable[[object], object] | None = None,
 ) -> None:
     remote_address = stream_remote_address(stream)
+    ticket = None
+    if admit is not None:
+        try:
+            ticket = await admit(stream, remote_address)
+        finally:
+            if ticket is None:  # refused (or admit failed): nothing else happens here
+                await trio.aclose_forcefully(stream)
+        if ticket is None:
+            return
     if ssl_context is not None:
         stream = trio.SSLStream(stream, ssl_context, server_side=True, https_compatible=True)
     request: WebSocketRequest | None = None
@@ -282,20 +293,8 @@ async def _serve_one(
         elif not request._answered:
             await request.reject(500, b"request not answered\n")
     finally:
-        await trio.aclose_forcefully(stream)
-
-
-async def _serve_admitted(
-    stream: trio.abc.Stream,
-    *,
-    admit: Callable[[trio.abc.Stream, tuple[str, int]], AbstractAsyncContextManager[object]],
-    serve: Callable[[trio.abc.Stream], Awaitable[None]],
-) -> None:
-    try:
-        async with admit(stream, stream_remote_address(stream)) as admitted:
-            if admitted:
-                await serve(stream)
-    finally:
+        if ticket is not None and release is not None:
+            release(ticket)
         await trio.aclose_forcefully(stream)
 
 
@@ -326,8 +325,8 @@ async def serve_websocket(
     max_message_size: int = 1 << 20,
     handshake_timeout: float = 10.0,
     handler_nursery: trio.Nursery | None = None,
-    admit: Callable[[trio.abc.Stream, tuple[str, int]], AbstractAsyncContextManager[object]]
-    | None = None,
+    admit: Callable[[trio.abc.Stream, tuple[str, int]], Awaitable[object]] | None = None,
+    release: Callable[[object], object] | None = None,
     discard_above: int | None = None,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
@@ -339,10 +338,10 @@ async def serve_websocket(
     and closes only its own connection (1011). When the handler returns, its
     connection is closed (1000). ``task_status.started()`` gets the listeners.
 
-    ``admit(stream, remote_address)``, if given, is an async context manager entered
-    for each accepted connection before anything is read from it (before TLS) and
-    exited when the connection is done; the connection is served only if it yields a
-    true value (a refusal may answer on the stream itself; it is closed afterwards).
+    ``await admit(stream, remote_address)``, if given, runs for each accepted connection
+    before anything is read from it (before TLS). It returns a ticket, or None to refuse
+    (it may answer on the stream itself; the stream is closed afterwards). For every
+    ticket, ``release(ticket)`` is called once the connection is done.
 
     ``discard_above``: a received data message above this size (up to
     ``max_message_size``) is skipped unread and returned by ``receive()`` as a
@@ -358,10 +357,8 @@ async def serve_websocket(
     serve_stream: Callable[[trio.abc.Stream], Awaitable[None]] = partial(
         _serve_one, handler=handler, ssl_context=ssl_context,
         max_message_size=max_message_size, handshake_timeout=handshake_timeout,
-        discard_above=discard_above,
+        discard_above=discard_above, admit=admit, release=release,
     )  # fmt: skip
-    if admit is not None:
-        serve_stream = partial(_serve_admitted, admit=admit, serve=serve_stream)
     await trio.serve_listeners(
         serve_stream, listeners, handler_nursery=handler_nursery, task_status=task_status
     )

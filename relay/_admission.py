@@ -9,9 +9,12 @@ connection of the IP holding the most pending ones, if that IP holds more than t
 newcomer's would (max-min fairness): an address that floods idle connections loses them
 to honest clients, never the other way round.
 
-:class:`ConnectionAdmission` is synchronous bookkeeping; :meth:`ConnectionAdmission.admit`
-is the async context manager the WebSocket listener enters per connection
-(``serve_websocket(admit=...)``). A refused connection gets a short HTTP answer (its
+:class:`ConnectionAdmission` is synchronous bookkeeping plus the listener's hooks
+(``serve_websocket(admit=..., release=...)``): :meth:`~ConnectionAdmission.admit` runs
+once per accepted connection and :meth:`~ConnectionAdmission.release` when it is done.
+No task, scope or generator is kept per connection (a ticket is a few slots), since an
+idle relay peer costs about 10 KiB in all. A displaced connection is closed by closing
+its socket, which wakes whatever task waits on it. A refused connection gets a short HTTP answer (its
 request is read first, within :data:`REFUSAL_TIMEOUT`, so the answer is not lost to a
 TCP reset) and holds no slot meanwhile; at most :data:`MAX_REFUSING` are answered at
 once, the rest are closed at once.
@@ -22,8 +25,7 @@ from __future__ import annotations
 import logging
 import resource
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from typing import Any
 
 import trio
 
@@ -49,23 +51,32 @@ FD_MARGIN = 64 + MAX_REFUSING
 class ConnectionTicket:
     """One admitted connection: its slot, and whether it is still pending."""
 
-    __slots__ = (
-        "ip", "address", "accepted_at", "scope", "is_registered", "evicted", "_released",
-    )  # fmt: skip
+    __slots__ = ("ip", "address", "accepted_at", "stream", "session", "evicted", "released")
 
-    def __init__(self, ip: str, address: tuple[str, int], accepted_at: float) -> None:
+    def __init__(
+        self, ip: str, address: tuple[str, int], accepted_at: float, stream: Any = None
+    ) -> None:
         self.ip = ip
-        self.accepted_at = accepted_at
         self.address = address  # the raw (host, port) the listener saw
-        self.scope = trio.CancelScope()  # cancelled to evict the connection
-        # Set once the session exists: pending until it says it registered.
-        self.is_registered: Callable[[], bool] = _never
+        self.accepted_at = accepted_at
+        self.stream = stream  # closed to evict the connection
+        # Set once the session exists; the connection is pending until it registers.
+        self.session: Any = None
         self.evicted = False
-        self._released = False
+        self.released = False
+
+    @property
+    def registered(self) -> bool:
+        return self.session is not None and bool(self.session.registered)
 
 
-def _never() -> bool:
-    return False
+def _close_socket(stream: Any) -> None:
+    """Close a connection's socket from outside its task (trio wakes the waiters)."""
+    sock = getattr(stream, "socket", None)
+    if sock is None:
+        sock = getattr(getattr(stream, "transport_stream", None), "socket", None)
+    if sock is not None:
+        sock.close()
 
 
 class ConnectionAdmission:
@@ -85,8 +96,8 @@ class ConnectionAdmission:
         self._pending: dict[str, OrderedDict[ConnectionTicket, None]] = {}
         self._pending_total = 0
         self._refusing = 0
-        # Admitted connections by raw remote address (unique while open): how the
-        # request handler finds its ticket.
+        # Admitted connections by raw remote address, until the request handler takes
+        # its ticket (take_ticket).
         self.tickets: dict[tuple[str, int], ConnectionTicket] = {}
 
     # -- bookkeeping (sync) ---------------------------------------------------------
@@ -106,7 +117,7 @@ class ConnectionAdmission:
         tickets = self._pending.get(ip)
         if tickets is None:
             return
-        for ticket in [t for t in tickets if t.is_registered()]:
+        for ticket in [t for t in tickets if t.registered]:
             del tickets[ticket]
             self._pending_total -= 1
         if not tickets:
@@ -120,15 +131,21 @@ class ConnectionAdmission:
             if not tickets:
                 del self._pending[ticket.ip]
 
-    def release(self, ticket: ConnectionTicket) -> None:
+    def take_ticket(self, address: tuple[str, int]) -> ConnectionTicket | None:
+        """The ticket of the connection from ``address`` (once: the handler keeps it)."""
+        return self.tickets.pop(address, None)
+
+    def release(self, ticket: object) -> None:
         """The connection is gone (or evicted): free its slot. Idempotent."""
-        if ticket._released:
+        assert isinstance(ticket, ConnectionTicket)
+        if ticket.released:
             return
-        ticket._released = True
+        ticket.released = True
         if self.tickets.get(ticket.address) is ticket:
             del self.tickets[ticket.address]
         self._unpend(ticket)
         self.slots.release(ticket.ip)
+        ticket.stream = ticket.session = None
 
     def _evict_for(self, ip: str) -> bool:
         """Displace the oldest pending connection of the heaviest other IP, if fair."""
@@ -142,14 +159,15 @@ class ConnectionAdmission:
             return False
         victim = next(iter(self._pending[heaviest]))
         victim.evicted = True
-        victim.scope.cancel()
+        stream = victim.stream
         self.release(victim)
+        _close_socket(stream)
         self.metrics.limit_hit("pending_evicted")
         logger.debug("evicted a pending connection from %s for one from %s", heaviest, ip)
         return True
 
     def try_admit(
-        self, ip: str, now: float, address: tuple[str, int] = ("", 0)
+        self, ip: str, now: float, address: tuple[str, int] = ("", 0), stream: Any = None
     ) -> ConnectionTicket | tuple[int, str, str, str]:
         """A ticket, or why not: ``(http_status, error_code, message, limit)``."""
         lim = self.limits
@@ -173,7 +191,7 @@ class ConnectionAdmission:
                 return 503, "too_many_sessions", "the relay is full", "max_sessions"
         if not self.slots.acquire(ip):  # pragma: no cover - checked above
             return 503, "too_many_sessions", "the relay is full", "max_sessions"
-        ticket = ConnectionTicket(ip, address, now)
+        ticket = ConnectionTicket(ip, address, now, stream)
         self.tickets[address] = ticket
         self._pending.setdefault(ip, OrderedDict())[ticket] = None
         self._pending_total += 1
@@ -181,28 +199,23 @@ class ConnectionAdmission:
 
     # -- the listener's hook (async) ------------------------------------------------
 
-    @asynccontextmanager
     async def admit(
         self, stream: trio.abc.Stream, remote_address: tuple[str, int]
-    ) -> AsyncIterator[ConnectionTicket | None]:
-        """Admit a just-accepted connection: yields its ticket, or None (refused, answered)."""
+    ) -> ConnectionTicket | None:
+        """Admit a just-accepted connection: its ticket, or None (refused and answered)."""
         try:
             ip = canonical_ip(str(remote_address[0]))
         except (ValueError, TypeError, IndexError):
             ip = str(remote_address[0]) if remote_address else ""
-        outcome = self.try_admit(ip, trio.current_time(), remote_address)
-        if not isinstance(outcome, ConnectionTicket):
-            status, code, message, limit = outcome
-            self.metrics.limit_hit(limit)
-            self.metrics.error_sent(code)
-            await self._refuse(stream, status, code, message)
-            yield None
-            return
-        try:
-            with outcome.scope:
-                yield outcome
-        finally:
-            self.release(outcome)
+        outcome = self.try_admit(ip, trio.current_time(), remote_address, stream)
+        if isinstance(outcome, ConnectionTicket):
+            await trio.lowlevel.checkpoint()
+            return outcome
+        status, code, message, limit = outcome
+        self.metrics.limit_hit(limit)
+        self.metrics.error_sent(code)
+        await self._refuse(stream, status, code, message)
+        return None
 
     async def _refuse(self, stream: trio.abc.Stream, status: int, code: str, message: str) -> None:
         if self._refusing >= MAX_REFUSING:

@@ -167,12 +167,12 @@ async def serve_relay(
         from ._auth import JwtValidator
 
         jwt_validator = JwtValidator.from_config(config)
-    # Per-IP and total caps apply from TCP accept (admission.admit, in the listener).
+    # Per-IP and total caps apply from TCP accept (admission.admit/release, in the listener).
     admission = ConnectionAdmission(lim, metrics)
     server.admission = admission
 
     async def handle_request(request: Any) -> None:
-        ticket = admission.tickets.get(tuple(request.remote_address))
+        ticket = admission.take_ticket(tuple(request.remote_address))
         ip = ticket.ip if ticket is not None else str(request.remote_address[0])
         if request.path.split("?", 1)[0] != SIGNALING_PATH:
             await request.reject(404, b"not found\n")
@@ -188,7 +188,7 @@ async def serve_relay(
             accepted_at = ticket.accepted_at if ticket is not None else None
             session = SignalingSession(router, ws, ip, jwt_validator, accepted_at=accepted_at)
             if ticket is not None:
-                ticket.is_registered = lambda: session.registered
+                ticket.session = session  # pending until it registers
             await session.run()
         except (trio.BrokenResourceError, trio.ClosedResourceError, trio.EndOfChannel):
             pass  # the peer left during the opening handshake or the close
@@ -284,6 +284,7 @@ async def _run_listener(
             handshake_timeout=handshake_timeout if handshake_timeout > 0 else math.inf,
             handler_nursery=handler_nursery,
             admit=admission.admit,
+            release=admission.release,
             # Frames above max_frame_size are answered frame_too_large without ever
             # being buffered: a session's receive buffer stays within max_frame_size.
             discard_above=server.config.limits.max_frame_size,
