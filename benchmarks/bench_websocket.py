@@ -77,7 +77,7 @@ async def forward_server(impl: str, messages: int) -> dict:
 
     elif impl in ("ours", "ours-pure"):
         from darkswap_trio._websocket import serve_websocket
-        from darkswap_trio.proto import websocket as core
+        from darkswap_trio.proto import websocket_frames as core
 
         if impl == "ours-pure":
             core._c_apply_mask = None  # measure the stdlib-only unmasking path
@@ -305,7 +305,7 @@ def main() -> None:
         trio.run(idle_peers, args.port, args.idle)
         return
 
-    from darkswap_trio.proto import websocket as core
+    from darkswap_trio.proto import websocket_frames as core
 
     print(f"{os.cpu_count()} CPUs; python {sys.version.split()[0]}; trio {trio.__version__}")
     print(f"\n(a) forwarding {args.messages} x 64 KiB binary messages, source -> forwarder -> sink")

@@ -81,6 +81,7 @@ class WebSocketRequest:
         "_head",
         "_leftover",
         "_max_message_size",
+        "_discard_above",
         "_answered",
         "_connection",
     )
@@ -95,6 +96,7 @@ class WebSocketRequest:
         leftover: bytes,
         remote_address: tuple[str, int],
         max_message_size: int,
+        discard_above: int | None = None,
     ) -> None:
         self.remote_address = remote_address
         self.method = request.method
@@ -105,6 +107,7 @@ class WebSocketRequest:
         self._key = key
         self._leftover = leftover
         self._max_message_size = max_message_size
+        self._discard_above = discard_above
         self._answered = False
         self._connection: WebSocketConnection | None = None
 
@@ -129,7 +132,11 @@ class WebSocketRequest:
             await self.reject(426, b"WebSocket upgrade required\n")
             raise trio.BrokenResourceError("not a WebSocket upgrade request")
         self._answered = True
-        core = WebSocketCore(is_client=False, max_message_size=self._max_message_size)
+        core = WebSocketCore(
+            is_client=False,
+            max_message_size=self._max_message_size,
+            discard_above=self._discard_above,
+        )
         connection = WebSocketConnection(
             self._stream, core, remote_address=self.remote_address, path=self.path,
             head=self._head,
@@ -228,8 +235,20 @@ async def _serve_one(
     ssl_context: ssl.SSLContext | None,
     max_message_size: int,
     handshake_timeout: float,
+    discard_above: int | None = None,
+    admit: Callable[[trio.abc.Stream, tuple[str, int]], Awaitable[object]] | None = None,
+    release: Callable[[object], object] | None = None,
 ) -> None:
     remote_address = stream_remote_address(stream)
+    ticket = None
+    if admit is not None:
+        try:
+            ticket = await admit(stream, remote_address)
+        finally:
+            if ticket is None:  # refused (or admit failed): nothing else happens here
+                await trio.aclose_forcefully(stream)
+        if ticket is None:
+            return
     if ssl_context is not None:
         stream = trio.SSLStream(stream, ssl_context, server_side=True, https_compatible=True)
     request: WebSocketRequest | None = None
@@ -246,6 +265,7 @@ async def _serve_one(
                     request = WebSocketRequest(
                         stream, http_request, head=head, key=key, leftover=leftover,
                         remote_address=remote_address, max_message_size=max_message_size,
+                        discard_above=discard_above,
                     )  # fmt: skip
                     del http_request, received, leftover  # the request keeps what it needs
             except WebSocketHandshakeError as exc:
@@ -273,6 +293,8 @@ async def _serve_one(
         elif not request._answered:
             await request.reject(500, b"request not answered\n")
     finally:
+        if ticket is not None and release is not None:
+            release(ticket)
         await trio.aclose_forcefully(stream)
 
 
@@ -303,6 +325,9 @@ async def serve_websocket(
     max_message_size: int = 1 << 20,
     handshake_timeout: float = 10.0,
     handler_nursery: trio.Nursery | None = None,
+    admit: Callable[[trio.abc.Stream, tuple[str, int]], Awaitable[object]] | None = None,
+    release: Callable[[object], object] | None = None,
+    discard_above: int | None = None,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Listen on ``host``:``port`` and await ``handler(request)`` for every connection.
@@ -312,6 +337,16 @@ async def serve_websocket(
     are answered 400/426 without calling the handler. A handler's exception is logged
     and closes only its own connection (1011). When the handler returns, its
     connection is closed (1000). ``task_status.started()`` gets the listeners.
+
+    ``await admit(stream, remote_address)``, if given, runs for each accepted connection
+    before anything is read from it (before TLS). It returns a ticket, or None to refuse
+    (it may answer on the stream itself; the stream is closed afterwards). For every
+    ticket, ``release(ticket)`` is called once the connection is done.
+
+    ``discard_above``: a received data message above this size (up to
+    ``max_message_size``) is skipped unread and returned by ``receive()`` as a
+    :class:`~darkswap_trio.proto.websocket.MessageDiscarded`, so one connection never
+    buffers more than about ``discard_above`` bytes of a message.
     """
     if host == "::":
         listeners = [await _dual_stack_listener(port)]
@@ -319,9 +354,10 @@ async def serve_websocket(
         listeners = await trio.open_tcp_listeners(port, host=host)
 
     # A partial, not a wrapper coroutine: one frame less held by every idle connection.
-    serve_stream = partial(
+    serve_stream: Callable[[trio.abc.Stream], Awaitable[None]] = partial(
         _serve_one, handler=handler, ssl_context=ssl_context,
         max_message_size=max_message_size, handshake_timeout=handshake_timeout,
+        discard_above=discard_above, admit=admit, release=release,
     )  # fmt: skip
     await trio.serve_listeners(
         serve_stream, listeners, handler_nursery=handler_nursery, task_status=task_status

@@ -18,6 +18,7 @@ from .proto.websocket import (
     CloseCode,
     CloseReceived,
     ConnectionState,
+    MessageDiscarded,
     MessageReceived,
     PingReceived,
     ProtocolFailed,
@@ -33,6 +34,11 @@ CLOSE_TIMEOUT = 5.0
 _JOIN_LIMIT = 4096
 
 Headers = Sequence[tuple[str, str]]
+
+# The payload of a discarded (oversize) message is read into this one buffer, shared by
+# every connection: a read and its consumption happen with no checkpoint in between, so
+# no two connections use it at once, and skipping allocates nothing.
+_SKIP_BUFFER = bytearray(64 * 1024)
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,6 +300,10 @@ class WebSocketConnection:
     async def receive(self) -> str | bytes:
         """The next message: ``str`` (text) or ``bytes`` (binary).
 
+        With ``discard_above`` set on the core (a relay), a message above that size is
+        returned as a :class:`~darkswap_trio.proto.websocket.MessageDiscarded` (its
+        ``len()`` is the size; the payload was never buffered).
+
         Raises EndOfChannel after the peer closed cleanly (``close_code`` tells how),
         BrokenResourceError if the connection failed, ClosedResourceError after
         :meth:`aclose`, BusyResourceError if another task is receiving.
@@ -311,6 +321,9 @@ class WebSocketConnection:
                     # Adaptive read size, inlined (one coroutine frame less per idle
                     # connection): exactly what a partial frame still needs, else a size
                     # that doubles while reads come back full and halves when they don't.
+                    if core.skipping and self._socket is not None:
+                        await self._skip_socket(self._socket, core)
+                        continue
                     size = self._receive_size
                     missing = core.bytes_missing
                     want = size if missing <= size else min(missing, MAX_RECEIVE_SIZE)
@@ -342,6 +355,11 @@ class WebSocketConnection:
                     if self._local_closed:
                         continue  # we are closing: late messages are dropped
                     return event.data  # type: ignore[union-attr]
+                if kind is MessageDiscarded:
+                    self._messages_received += 1
+                    if self._local_closed:
+                        continue
+                    return event  # type: ignore[return-value]
                 if kind is PingReceived:
                     await self._flush_replies()
                 elif kind is CloseReceived:
@@ -354,6 +372,33 @@ class WebSocketConnection:
                     raise self._failed(None, f"protocol error: {event.reason}")  # type: ignore[union-attr]
         finally:
             self._receiving = False
+
+    async def _skip_socket(self, sock: trio.socket.SocketType, core: WebSocketCore) -> None:
+        """Read (and drop) a discarded payload through the shared buffer, no allocation."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        view = memoryview(_SKIP_BUFFER)[: min(core.skipping, len(_SKIP_BUFFER))]
+        while True:
+            fd = sock.fileno()
+            if fd < 0:
+                raise trio.ClosedResourceError("socket was closed")
+            try:
+                n = os.readv(fd, [view])
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(sock)
+                continue
+            except OSError as exc:
+                self._check_receivable()
+                raise self._failed(exc, "WebSocket transport failed") from exc
+            break
+        if n == 0:
+            self._check_receivable()
+            self._set_close(CloseCode.ABNORMAL, "connection lost without a close")
+            await trio.aclose_forcefully(self._stream)
+            raise self._failed(None, "peer dropped the connection unclosed")
+        self._bytes_received += n
+        # Consumed before any checkpoint: no other connection touches the buffer meanwhile.
+        core.receive(view[:n])
+        await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def _read_socket(self, sock: trio.socket.SocketType, want: int) -> bytes:
         """``sock.recv(want)`` with one syscall fewer when the socket was drained.

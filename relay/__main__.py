@@ -27,6 +27,7 @@ import trio
 
 from darkswap_trio import Keypair, PeerIdError, load_or_create_keypair, parse_peer_id
 
+from ._admission import raise_fd_limit
 from ._auth import JwtValidator, generate_jwt_keypair, issue_token
 from ._config import AUTH_MODES, JWT_ALGORITHMS, ConfigError, RelayConfig, load_config
 from ._logging import configure_logging
@@ -298,6 +299,9 @@ def _serve_main(args: argparse.Namespace) -> int:
         print(f"{PROG}: configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(config.log_format, config.log_level)
+    # A relay past its fd limit fails every accept, honest peers and /metrics alike:
+    # raise the soft limit to the hard one, and keep max_sessions below it.
+    raise_fd_limit(config.limits)
     try:
         keypair = load_or_create_keypair(config.key_file) if config.key_file else None
     except (OSError, ValueError) as exc:

@@ -29,7 +29,12 @@ class ConfigError(ValueError):
 class LimitsConfig:
     # Sessions
     max_sessions: int = 10_000
-    max_sessions_per_ip: int = 32
+    max_sessions_per_ip: int = 32  # counted from TCP accept, registered or not
+    # Connections not yet registered (from accept): per IP, and in total. When the
+    # total is reached, a newcomer displaces the oldest pending connection of the IP
+    # holding the most pending ones (if that is more than the newcomer's IP would).
+    max_pending_per_ip: int = 8
+    max_pending_connections: int = 512
     handshake_timeout: float = 10.0  # seconds from TCP accept to Registered
     idle_timeout: float = 120.0  # a session with no inbound frame for this long is closed
     # A proven owner re-registering its peer id replaces a holder silent for this long.
@@ -45,12 +50,23 @@ class LimitsConfig:
     # Circuits
     max_circuits: int = 4096
     max_circuits_per_peer: int = 16
+    # Circuits one requester may hold to one target: a single identity cannot take all
+    # of a target's max_circuits_per_peer slots (refused too_many_circuits_to_peer).
+    max_circuits_per_pair: int = 4
+    # A circuit with no data in either direction for this long closes (reason idle),
+    # so unsolicited circuits do not hold slots for circuit_duration; 0 = never.
+    circuit_idle_timeout: float = 300.0
     circuit_duration: float = 3600.0  # seconds; 0 = unlimited
     circuit_bytes: int = 1 << 30  # per circuit, both directions together; 0 = unlimited
     circuit_bandwidth: int = 0  # bytes/s per direction; 0 = unlimited
     circuit_window: int = 256 * 1024  # initial flow-control credit per direction (bytes)
     circuit_max_data_frame: int = 64 * 1024  # largest payload of one circuit data frame
     circuit_stall_timeout: float = 30.0  # a direction with queued data and no progress for this long closes the circuit
+    # STUN binding service: answers per source IP, and in total (reflection budget).
+    stun_per_ip_rate: float = 10.0
+    stun_per_ip_burst: int = 20
+    stun_total_rate: float = 5000.0
+    stun_total_burst: int = 10000
     # Bound on how many distinct IPs / peers the rate limiters remember (LRU).
     limiter_table_size: int = 100_000
 

@@ -82,6 +82,8 @@ class RelayRouter:
             max_circuits=lim.max_circuits,
             max_circuits_per_peer=lim.max_circuits_per_peer,
             stall_timeout=lim.circuit_stall_timeout,
+            max_circuits_per_pair=lim.max_circuits_per_pair,
+            idle_timeout=lim.circuit_idle_timeout,
         )
         self.registered: dict[str, SignalingSession] = {}
         self.sessions: set[SignalingSession] = set()
@@ -96,6 +98,8 @@ class RelayRouter:
         self.announced_limits = {
             "max_frame_size": lim.max_frame_size,
             "max_circuits_per_peer": lim.max_circuits_per_peer,
+            "max_circuits_per_pair": lim.max_circuits_per_pair,
+            "circuit_idle_timeout": lim.circuit_idle_timeout,
             "messages_per_second": lim.messages_per_peer_rate,
             "idle_timeout": lim.idle_timeout,
         }
@@ -267,12 +271,15 @@ class RelayRouter:
                     CloseReason.DURATION_LIMIT,
                     CloseReason.CREDIT_EXCEEDED,
                     CloseReason.STALLED,
+                    CloseReason.IDLE,
                 ):
                     self.metrics.limit_hits.labels(limit=f"circuit_{event.reason.value}").inc()
             elif isinstance(event, CircuitRefused):
                 self.metrics.circuits_refused.labels(reason=event.code).inc()
                 if event.code == "too_many_circuits":
                     self.metrics.limit_hits.labels(limit="circuits").inc()
+                elif event.code == "too_many_circuits_to_peer":
+                    self.metrics.limit_hits.labels(limit="circuits_per_pair").inc()
                 session = self.registered.get(event.requester)
                 if session is not None:
                     session.send_control(

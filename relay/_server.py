@@ -22,6 +22,7 @@ import logging
 import math
 import ssl
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import trio
@@ -31,8 +32,9 @@ from darkswap_trio._websocket import serve_websocket
 from darkswap_trio.proto.relay import CloseReason
 from darkswap_trio.proto.signaling import Error, encode_message
 
+from ._admission import ConnectionAdmission
 from ._config import RelayConfig
-from ._limits import ConcurrencyCounter, KeyedRateLimiter, canonical_ip
+from ._limits import KeyedRateLimiter, TokenBucket
 from ._metrics import RelayMetrics, serve_metrics_http
 from ._router import RelayRouter
 from ._session import CLOSE_GOING_AWAY, SignalingSession
@@ -69,6 +71,7 @@ class RelayServer:
         self._root: trio.CancelScope | None = None
         self._listener_scope = trio.CancelScope()
         self._stopped = trio.Event()
+        self.admission: ConnectionAdmission | None = None
 
     @property
     def multiaddr(self) -> str:
@@ -164,22 +167,13 @@ async def serve_relay(
         from ._auth import JwtValidator
 
         jwt_validator = JwtValidator.from_config(config)
-    # 0 means no cap, for the per-IP and the total session count alike.
-    slots = ConcurrencyCounter(lim.max_sessions_per_ip, lim.max_sessions or None)
-    connection_rate = KeyedRateLimiter(
-        lim.connections_per_ip_rate, lim.connections_per_ip_burst, lim.limiter_table_size
-    )
-
-    async def reject(request: Any, status: int, code: str, message: str, limit: str) -> None:
-        metrics.limit_hits.labels(limit=limit).inc()
-        metrics.errors_sent.labels(code=code).inc()
-        await request.reject(status, encode_message(Error(message, code)).encode())
+    # Per-IP and total caps apply from TCP accept (admission.admit/release, in the listener).
+    admission = ConnectionAdmission(lim, metrics)
+    server.admission = admission
 
     async def handle_request(request: Any) -> None:
-        try:
-            ip = canonical_ip(str(request.remote_address[0]))
-        except (ValueError, TypeError, IndexError):
-            ip = str(request.remote_address)
+        ticket = admission.take_ticket(tuple(request.remote_address))
+        ip = ticket.ip if ticket is not None else str(request.remote_address[0])
         if request.path.split("?", 1)[0] != SIGNALING_PATH:
             await request.reject(404, b"not found\n")
             return
@@ -188,37 +182,18 @@ async def serve_relay(
                 503, encode_message(Error("the server is stopping", "server_shutdown")).encode()
             )
             return
-        if not connection_rate.try_take(ip, 1, trio.current_time()):
-            await reject(
-                request,
-                429,
-                "rate_limited",
-                "too many connections from your address",
-                "connections_per_ip",
-            )
-            return
-        if lim.max_sessions and slots.total >= lim.max_sessions:
-            await reject(request, 503, "too_many_sessions", "the relay is full", "max_sessions")
-            return
-        if not slots.acquire(ip):
-            await reject(
-                request,
-                503,
-                "too_many_sessions",
-                "too many sessions from your address",
-                "sessions_per_ip",
-            )
-            return
         try:
             ws = await request.accept()
-            session = SignalingSession(router, ws, ip, jwt_validator)
+            # The handshake deadline runs from TCP accept, not from the upgrade.
+            accepted_at = ticket.accepted_at if ticket is not None else None
+            session = SignalingSession(router, ws, ip, jwt_validator, accepted_at=accepted_at)
+            if ticket is not None:
+                ticket.session = session  # pending until it registers
             await session.run()
         except (trio.BrokenResourceError, trio.ClosedResourceError, trio.EndOfChannel):
             pass  # the peer left during the opening handshake or the close
         except Exception:  # contained: one bad session never takes the server down
             logger.exception("session handler from %s crashed", ip)
-        finally:
-            slots.release(ip)
 
     try:
         async with trio.open_nursery() as root:
@@ -233,13 +208,23 @@ async def serve_relay(
                 lim.max_frame_size * _WS_SIZE_FACTOR,
                 lim.handshake_timeout,
                 session_nursery,
+                admission,
             )
             server.signaling_port = _bound_port(listeners)
             if config.stun_port is not None:
                 from ._stun import serve_stun
 
                 server.stun_port = await root.start(
-                    serve_stun, config.host, config.stun_port, metrics
+                    partial(
+                        serve_stun,
+                        config.host,
+                        config.stun_port,
+                        metrics,
+                        rate_limiter=KeyedRateLimiter(
+                            lim.stun_per_ip_rate, lim.stun_per_ip_burst, lim.limiter_table_size
+                        ),
+                        total_limiter=TokenBucket(lim.stun_total_rate, lim.stun_total_burst),
+                    )
                 )
             if config.metrics_port is not None:
                 server.metrics_port = await root.start(
@@ -285,6 +270,7 @@ async def _run_listener(
     max_message_size: int,
     handshake_timeout: float,
     handler_nursery: trio.Nursery,
+    admission: ConnectionAdmission,
     *,
     task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -297,6 +283,11 @@ async def _run_listener(
             max_message_size=max_message_size,
             handshake_timeout=handshake_timeout if handshake_timeout > 0 else math.inf,
             handler_nursery=handler_nursery,
+            admit=admission.admit,
+            release=admission.release,
+            # Frames above max_frame_size are answered frame_too_large without ever
+            # being buffered: a session's receive buffer stays within max_frame_size.
+            discard_above=server.config.limits.max_frame_size,
             task_status=task_status,
         )
 

@@ -88,6 +88,8 @@ class SignalingSession:
         ws: Any,
         remote_ip: str,
         jwt_validator: JwtValidator | None = None,
+        *,
+        accepted_at: float | None = None,  # TCP accept: the handshake deadline runs from it
     ) -> None:
         self.router = router
         self.ws = ws
@@ -101,7 +103,8 @@ class SignalingSession:
         self._mode = cfg.auth.mode
         now = trio.current_time()
         handshake = self._limits.handshake_timeout
-        self._handshake_deadline = now + handshake if handshake > 0 else math.inf
+        start = now if accepted_at is None else accepted_at
+        self._handshake_deadline = start + handshake if handshake > 0 else math.inf
         self._last_activity = now
         self._activity: trio.Event | None = None  # set by inbound frames; see probe_alive()
         self._token_deadline = math.inf

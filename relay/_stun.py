@@ -6,8 +6,20 @@ served: responses, indications, other methods and garbage are dropped and counte
 never answered (answering garbage would make us a reflector) and never fatal.
 
 The per-datagram decision is the pure function :func:`binding_reply`; the trio part
-only moves datagrams. An optional per-IP :class:`~relay._limits.KeyedRateLimiter`
-bounds what one source can make us send.
+only moves datagrams. A per-IP :class:`~relay._limits.KeyedRateLimiter` and a total
+:class:`~relay._limits.TokenBucket` bound what one source, and all sources together,
+can make us send.
+
+Reflection (issue #10 item 8): a Binding request carries no credentials and its source
+address may be spoofed, so replies are kept as small as the RFCs allow. The success
+response holds XOR-MAPPED-ADDRESS (RFC 8489 section 7.3.1: required) and FINGERPRINT
+only when the request had one (section 14.7: optional; a client that multiplexes STUN
+sends it and gets it back); no SOFTWARE. That is 32 bytes for a 20-byte IPv4 request
+(44 for IPv6), the smallest valid answer. A 420 (unknown comprehension-required
+attribute) is sent with an empty reason phrase and only when it is no larger than the
+request; otherwise the request is dropped (``stun_dropped{reason="amplification"}``):
+the 420 only serves a client that sent attributes we never announced, and answering
+a short forged one is the largest reflection the service could give.
 """
 
 from __future__ import annotations
@@ -30,7 +42,7 @@ from darkswap_trio.proto.stun import (
     parse_stun_untrusted,
 )
 
-from ._limits import KeyedRateLimiter, canonical_ip
+from ._limits import KeyedRateLimiter, TokenBucket, canonical_ip
 from ._metrics import RelayMetrics
 
 __all__ = ["binding_reply", "serve_stun"]
@@ -52,8 +64,9 @@ def binding_reply(data: bytes, source: tuple[str, int]) -> tuple[bytes | None, s
 
     Returns ``(success_response, "ok")`` for a Binding request;
     ``(error_response, "unknown_attribute")`` (420) for one carrying comprehension-required
-    attributes we do not know; else ``(None, reason)`` with reason one of ``malformed``,
-    ``not_request``, ``not_binding``.
+    attributes we do not know, when that answer is no larger than the request; else
+    ``(None, reason)`` with reason one of ``malformed``, ``not_request``, ``not_binding``,
+    ``amplification`` (a 420 that would be larger than the request).
     """
     if not is_stun(data):
         return None, "malformed"
@@ -65,11 +78,28 @@ def binding_reply(data: bytes, source: tuple[str, int]) -> tuple[bytes | None, s
         return None, "not_request"
     if message.message_method != Method.BINDING:
         return None, "not_binding"
+    fingerprint = "FINGERPRINT" in message.attributes
     unknown = _unknown_required_attributes(data)
     if unknown:
-        return _unknown_attribute_response(message, unknown), "unknown_attribute"
+        error = _unknown_attribute_response(message, unknown, fingerprint)
+        if len(error) > len(data):
+            return None, "amplification"
+        return error, "unknown_attribute"
     host = canonical_ip(source[0])  # ::ffff:a.b.c.d seen on a dual-stack socket -> IPv4
-    return binding_success_response(message, (host, source[1])), "ok"
+    return _binding_success(message, (host, source[1]), fingerprint), "ok"
+
+
+def _binding_success(request: Message, addr: tuple[str, int], fingerprint: bool) -> bytes:
+    """XOR-MAPPED-ADDRESS, plus FINGERPRINT only if the request carried one."""
+    if fingerprint:
+        return binding_success_response(request, addr)
+    response = Message(
+        message_method=Method.BINDING,
+        message_class=Class.RESPONSE,
+        transaction_id=request.transaction_id,
+    )
+    response.attributes["XOR-MAPPED-ADDRESS"] = addr
+    return bytes(response)
 
 
 def _unknown_required_attributes(data: bytes) -> list[int]:
@@ -87,8 +117,9 @@ def _unknown_required_attributes(data: bytes) -> list[int]:
     return unknown
 
 
-def _unknown_attribute_response(request: Message, unknown: list[int]) -> bytes:
-    """420 error with UNKNOWN-ATTRIBUTES (RFC 5389 sections 7.3.1, 15.9) and FINGERPRINT.
+def _unknown_attribute_response(request: Message, unknown: list[int], fingerprint: bool) -> bytes:
+    """420 error with UNKNOWN-ATTRIBUTES (RFC 5389 sections 7.3.1, 15.9), FINGERPRINT
+    if the request had one, and an empty reason phrase (the code says it all; shorter).
 
     aioice cannot encode UNKNOWN-ATTRIBUTES, so the attribute is appended by hand.
     """
@@ -97,12 +128,13 @@ def _unknown_attribute_response(request: Message, unknown: list[int]) -> bytes:
         message_class=Class.ERROR,
         transaction_id=request.transaction_id,
     )
-    response.attributes["ERROR-CODE"] = (420, "Unknown Attribute")
+    response.attributes["ERROR-CODE"] = (420, "")
     value = b"".join(struct.pack("!H", t) for t in unknown[:_MAX_UNKNOWN_REPORTED])
     data = bytes(response) + struct.pack("!HH", _UNKNOWN_ATTRIBUTES, len(value)) + value
     data += bytes(-len(value) % 4)
-    fingerprint = _aioice_stun.message_fingerprint(data)  # sets the length to include it
-    data += struct.pack("!HHI", _FINGERPRINT, 4, fingerprint)
+    if fingerprint:
+        crc = _aioice_stun.message_fingerprint(data)  # sets the length to include it
+        data += struct.pack("!HHI", _FINGERPRINT, 4, crc)
     return data[:2] + struct.pack("!H", len(data) - _HEADER_LENGTH) + data[4:]
 
 
@@ -131,14 +163,17 @@ async def serve_stun(
     metrics: RelayMetrics,
     *,
     rate_limiter: KeyedRateLimiter | None = None,
+    total_limiter: TokenBucket | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Answer STUN Binding requests on UDP ``host:port`` until cancelled.
 
     ``host`` ``"::"`` binds dual-stack. Calls ``task_status.started(port)`` with the
     bound port (``port=0`` picks a free one). ``rate_limiter``, when given, is charged
-    one token per answered request, keyed by canonical source IP; over-limit requests
-    are dropped (``stun_dropped{reason="rate_limited"}``).
+    one token per answered request, keyed by canonical source IP; ``total_limiter``
+    one token per answer from any source. Over-limit requests are dropped
+    (``stun_dropped{reason="rate_limited"}``, ``limit_hits{limit="stun_per_ip"}`` or
+    ``{limit="stun_total"}``).
     """
     sock = await _open_socket(host, port)
     with sock:
@@ -162,10 +197,16 @@ async def serve_stun(
             if response is None:
                 metrics.stun_dropped.labels(reason=reason).inc()
                 continue
+            now = trio.current_time()
             if rate_limiter is not None and not rate_limiter.try_take(
-                canonical_ip(source[0]), 1, trio.current_time()
+                canonical_ip(source[0]), 1, now
             ):
                 metrics.stun_dropped.labels(reason="rate_limited").inc()
+                metrics.limit_hit("stun_per_ip")
+                continue
+            if total_limiter is not None and not total_limiter.try_take(1, now):
+                metrics.stun_dropped.labels(reason="rate_limited").inc()
+                metrics.limit_hit("stun_total")
                 continue
             # Counted before sending: once the client has its answer, the count is visible.
             if reason == "ok":

@@ -21,6 +21,13 @@ not consumed. A blocked direction that gets no credit back for ``stall_timeout``
 closes the circuit with reason ``stalled``. Defining "no progress" by returned credit
 (not by socket writes) makes the rule independent of kernel buffer sizes.
 
+Abuse rules (issue #10 item 5): one source may hold at most ``max_circuits_per_pair``
+circuits to one target (refused ``too_many_circuits_to_peer``), so a single identity
+cannot take all of a target's ``max_circuits_per_peer`` slots; and a circuit that
+carries no data in either direction for ``idle_timeout`` seconds closes with reason
+``idle``, both ends told, so unsolicited circuits do not hold slots for the whole
+``duration``.
+
 Time is passed in (``now``); the table never reads a clock.
 """
 
@@ -56,6 +63,7 @@ class CloseReason(enum.StrEnum):
     DATA_LIMIT = "data_limit"
     CREDIT_EXCEEDED = "credit_exceeded"
     STALLED = "stalled"
+    IDLE = "idle"
     SERVER_SHUTDOWN = "server_shutdown"
     TOKEN_EXPIRED = "token_expired"
     PROTOCOL_ERROR = "protocol_error"
@@ -83,7 +91,7 @@ class CircuitOpened:
 class CircuitRefused:
     requester: str
     target: str
-    code: str  # "self_circuit" | "too_many_circuits"
+    code: str  # "self_circuit" | "too_many_circuits" | "too_many_circuits_to_peer"
     message: str
 
 
@@ -159,6 +167,7 @@ class _Circuit:
         "limits",
         "deadline",
         "carried",
+        "last_data",
         "forward",
         "backward",
     )
@@ -172,6 +181,7 @@ class _Circuit:
         self.limits = limits
         self.deadline = now + limits.duration if limits.duration > 0 else None
         self.carried = 0  # payload bytes, both directions
+        self.last_data = now  # the idle timer runs from the open and from each data frame
         self.forward = _Direction(requester, target, limits.window)
         self.backward = _Direction(target, requester, limits.window)
 
@@ -191,7 +201,9 @@ class CircuitTable:
 
     ``limits`` is announced to both ends on open. ``window`` must be at least
     ``max_data_frame`` (both > 0). ``max_circuits``/``max_circuits_per_peer`` of 0 mean
-    unlimited; ``stall_timeout`` of 0 disables stall detection.
+    unlimited; ``stall_timeout`` of 0 disables stall detection. ``max_circuits_per_pair``
+    caps the circuits one requester holds to one target and ``idle_timeout`` closes
+    circuits that carry no data for that long (0: no cap / no idle close).
     """
 
     def __init__(
@@ -201,6 +213,8 @@ class CircuitTable:
         max_circuits: int,
         max_circuits_per_peer: int,
         stall_timeout: float,
+        max_circuits_per_pair: int = 0,
+        idle_timeout: float = 0.0,
     ) -> None:
         if limits.window <= 0 or limits.max_data_frame <= 0:
             raise ValueError("window and max_data_frame must be positive")
@@ -210,8 +224,11 @@ class CircuitTable:
         self.max_circuits = max_circuits
         self.max_circuits_per_peer = max_circuits_per_peer
         self.stall_timeout = stall_timeout
+        self.max_circuits_per_pair = max_circuits_per_pair
+        self.idle_timeout = idle_timeout
         self._circuits: dict[bytes, _Circuit] = {}
         self._by_peer: dict[str, set[bytes]] = {}
+        self._by_pair: dict[tuple[str, str], int] = {}  # (requester, target) -> circuits
         self._events: deque[CircuitEvent] = deque()
         self._opened = self._refused = self._closed = self._bytes = 0
         # Below this balance a direction counts as blocked (see the module docstring).
@@ -284,6 +301,8 @@ class CircuitTable:
 
     def _deadlines(self, c: _Circuit) -> list[float]:
         out = [] if c.deadline is None else [c.deadline]
+        if self.idle_timeout > 0:
+            out.append(c.last_data + self.idle_timeout)
         if self.stall_timeout > 0:
             for d in (c.forward, c.backward):
                 if d.blocked_since is not None:
@@ -291,10 +310,12 @@ class CircuitTable:
         return out
 
     def handle_timeout(self, now: float) -> None:
-        """Close every circuit whose duration or stall deadline has passed."""
+        """Close every circuit whose duration, stall or idle deadline has passed."""
         for c in list(self._circuits.values()):
             if c.deadline is not None and now >= c.deadline:
                 self._close(c, CloseReason.DURATION_LIMIT)
+            elif self.idle_timeout > 0 and now >= c.last_data + self.idle_timeout:
+                self._close(c, CloseReason.IDLE)
             elif self.stall_timeout > 0 and any(
                 d.blocked_since is not None and now >= d.blocked_since + self.stall_timeout
                 for d in (c.forward, c.backward)
@@ -315,6 +336,11 @@ class CircuitTable:
             refusal = ("self_circuit", "cannot open a circuit to yourself")
         elif self.max_circuits and len(self._circuits) >= self.max_circuits:
             refusal = ("too_many_circuits", "the relay is at its circuit limit")
+        elif self.max_circuits_per_pair and (
+            self._by_pair.get((requester, target), 0) >= self.max_circuits_per_pair
+        ):
+            # Checked before the target's cap: one source must not exhaust it.
+            refusal = ("too_many_circuits_to_peer", "you have too many circuits to this peer")
         else:
             for peer in (requester, target):
                 if self.max_circuits_per_peer and (
@@ -331,6 +357,10 @@ class CircuitTable:
         self._circuits[relay_id] = c
         if c.deadline is not None:
             self._note_deadline(c.deadline)
+        if self.idle_timeout > 0:
+            self._note_deadline(now + self.idle_timeout)
+        pair = (requester, target)
+        self._by_pair[pair] = self._by_pair.get(pair, 0) + 1
         self._by_peer.setdefault(requester, set()).add(relay_id)
         self._by_peer.setdefault(target, set()).add(relay_id)
         self._opened += 1
@@ -388,6 +418,7 @@ class CircuitTable:
         else:
             d.balance -= n
             c.carried += n
+            c.last_data = now  # moves the idle deadline later: the timer re-reads it
             self._bytes += n
             if c.limits.bandwidth:
                 d.refill(c.limits.bandwidth, self._rate_burst(c), now)
@@ -464,6 +495,12 @@ class CircuitTable:
         gone: str | None = None,
     ) -> None:
         del self._circuits[c.relay_id]
+        pair = (c.requester, c.target)
+        left = self._by_pair[pair] - 1
+        if left:
+            self._by_pair[pair] = left
+        else:
+            del self._by_pair[pair]
         for peer in (c.requester, c.target):
             ids = self._by_peer.get(peer)
             if ids is not None:
