@@ -14,6 +14,7 @@ partial reliability RFC 3758.
 from __future__ import annotations
 
 import heapq
+from bisect import bisect_right
 from collections import deque
 
 from .sctp_chunks import DATA_BEGINNING, DATA_END, DATA_HEADER, DATA_UNORDERED, ForwardTsnChunk
@@ -23,6 +24,15 @@ from .sctp_streams import MASK32, unwrap32
 _PADDING = (b"", b"\x00\x00\x00", b"\x00\x00", b"\x00")
 # Never cut a fragment smaller than this to squeeze it into a packet's tail.
 _MIN_FRAGMENT = 256
+# Floor of the reordering window of time-based loss detection (timer granularity).
+_MIN_REORDER_WINDOW = 0.001
+# Tail loss probe timeout bounds: floor, and what a peer may delay a lone SACK by.
+_MIN_PROBE_TIMEOUT = 0.01
+_DELAYED_SACK_ALLOWANCE = 0.2
+
+
+def _tsn_of(chunk: SentChunk) -> int:
+    return chunk.tsn
 
 
 class OutboundMessage:
@@ -53,10 +63,12 @@ class OutboundMessage:
 class SentChunk:
     __slots__ = (
         "tsn", "message", "size", "wire", "sent_count", "acked", "in_flight", "retransmit",
-        "abandoned", "missing_reports", "fast_retransmitted",
+        "abandoned", "missing_reports", "sent_after", "sent_time",
     )
 
-    def __init__(self, tsn: int, message: OutboundMessage, size: int, wire: bytes) -> None:
+    def __init__(
+        self, tsn: int, message: OutboundMessage, size: int, wire: bytes, now: float
+    ) -> None:
         self.tsn = tsn
         self.message = message
         self.size = size
@@ -67,7 +79,10 @@ class SentChunk:
         self.retransmit = False
         self.abandoned = False
         self.missing_reports = 0
-        self.fast_retransmitted = False
+        # Highest TSN sent before this chunk's latest transmission: only chunks sent
+        # after it (higher TSNs) can report this transmission missing.
+        self.sent_after = tsn - 1
+        self.sent_time = now  # of the latest transmission
 
 
 class SctpSender:
@@ -93,6 +108,14 @@ class SctpSender:
         self.advanced_ack_point = self.cum_acked
         self.forward_tsn_due = False
         self.t3_deadline: float | None = None
+        # Time-based loss detection (see _detect_lost_by_time): its timer, and the
+        # highest TSN the peer acknowledged, cumulatively or in a gap block.
+        self.reorder_deadline: float | None = None
+        self.highest_acked = initial_tsn - 1
+        self.reorder_timeouts = 0
+        # Tail loss probe (see handle_probe_timeout): its timer and count.
+        self.probe_deadline: float | None = None
+        self.tail_probes = 0
         self.rto = rto_initial
         self.rto_min = rto_min
         self.rto_max = rto_max
@@ -176,6 +199,9 @@ class SctpSender:
             chunk.retransmit = False
             chunk.in_flight = True
             chunk.sent_count += 1
+            chunk.sent_after = self.next_tsn - 1
+            chunk.sent_time = now
+            chunk.missing_reports = 0
             self.flight += chunk.size
             self.retransmissions += 1
             if chunk.tsn == self._rtt_probe_tsn:
@@ -229,7 +255,7 @@ class SctpSender:
             ) + (data[start : start + size] if size != len(data) else data)
             if length & 3:
                 wire += _PADDING[length & 3]
-            chunk = SentChunk(next_tsn, message, size, wire)
+            chunk = SentChunk(next_tsn, message, size, wire, now)
             sent[next_tsn] = chunk
             next_tsn += 1
             if message.chunks is not None:
@@ -245,6 +271,8 @@ class SctpSender:
                 self._rtt_probe_time = now
             if self.t3_deadline is None:
                 self.t3_deadline = now + self.rto
+            if self.probe_deadline is None and self.srtt is not None:
+                self.probe_deadline = now + self._probe_timeout()
         return room
 
     def _dequeue(self, message: OutboundMessage, rotate: bool) -> None:
@@ -258,11 +286,13 @@ class SctpSender:
         elif rotate and self._rotation[0] == sid:
             self._rotation.rotate(-1)
 
-    def forward_tsn_chunk(self) -> ForwardTsnChunk | None:
+    def forward_tsn_chunk(self, now: float) -> ForwardTsnChunk | None:
         """RFC 3758 3.5 C4: the chunk telling the peer to skip abandoned TSNs, if any."""
         self.forward_tsn_due = False
         if self.advanced_ack_point <= self.cum_acked:
             return None
+        if self.probe_deadline is None and self.srtt is not None:
+            self.probe_deadline = now + self._probe_timeout()
         streams: dict[int, int] = {}
         for tsn in range(self.cum_acked + 1, self.advanced_ack_point + 1):
             message = self.sent[tsn].message
@@ -322,7 +352,22 @@ class SctpSender:
                         chunk.retransmit = False
                         self._release(chunk.message.stream_id, chunk.size)
         if gap_acked:
+            probe = self._rtt_probe_tsn
+            if probe is not None and gap_acked[0].tsn <= probe <= gap_acked[-1].tsn:
+                # A gap-acked probe is a sample now: waiting for the cumulative ack
+                # would add the whole loss recovery to the RTT and inflate the RTO.
+                if sent[probe].acked:
+                    self.update_rtt(now - self._rtt_probe_time)
+                    self._rtt_probe_tsn = None
             self._count_missing(cum, gap_acked, now)
+            if gap_acked[-1].tsn > self.highest_acked:
+                self.highest_acked = gap_acked[-1].tsn
+        if cum > self.highest_acked:
+            self.highest_acked = cum
+        if self.highest_acked > cum:
+            self._detect_lost_by_time(now)
+        else:
+            self.reorder_deadline = None
         if newly or advanced:
             self.consecutive_timeouts = 0
         if newly:
@@ -344,11 +389,43 @@ class SctpSender:
         rwnd = a_rwnd - self.flight
         self.peer_rwnd = rwnd if rwnd > 0 else 0
         if not sent:
-            self.t3_deadline = None
-        elif advanced:
-            self.t3_deadline = now + self.rto
+            self.t3_deadline = self.probe_deadline = None
+        else:
+            if advanced:
+                self.t3_deadline = now + self.rto
+            if newly and self.srtt is not None:
+                self.probe_deadline = now + self._probe_timeout()
         self._advance_ack_point()
         return newly > 0
+
+    def _probe_timeout(self) -> float:
+        """RFC 8985 7.2 PTO: two smoothed RTTs, plus the peer's delayed-SACK allowance
+        when a single packet is in flight (its SACK may be held back legitimately)."""
+        pto = 2 * self.srtt if self.srtt is not None else self.rto
+        if self.flight <= self.mtu:
+            pto += _DELAYED_SACK_ALLOWANCE
+        return min(max(pto, _MIN_PROBE_TIMEOUT), self.rto)
+
+    def handle_probe_timeout(self, now: float) -> None:
+        """Tail loss probe (RFC 8985 7): no SACK newly acknowledged data for a PTO.
+
+        Resend the highest outstanding chunk: the peer answers a duplicate or a filled
+        hole with a SACK at once. Without it, a stalled window whose last SACKs were lost
+        (the window is a few packets at 10% loss), or lost last chunks of a transfer,
+        wait for the T3 timer. Not a congestion signal: cwnd is left alone. One probe,
+        then the timer is armed again only when a SACK acknowledges new data.
+        """
+        self.probe_deadline = None
+        for chunk in reversed(self.sent.values()):
+            if chunk.in_flight and not chunk.acked and not chunk.abandoned:
+                if self._mark_for_retransmit(chunk, now):
+                    self.tail_probes += 1
+                    self._fast_rtx_budget = True
+                return
+        if self.advanced_ack_point > self.cum_acked:
+            # Only abandoned data is outstanding: the FORWARD-TSN (or its SACK) was lost.
+            self.tail_probes += 1
+            self.forward_tsn_due = True
 
     def _count_missing(self, cum: int, gap_acked: list[SentChunk], now: float) -> None:
         """Miss indications (RFC 9260 7.2.4) for chunks below newly gap-acked ones.
@@ -357,33 +434,95 @@ class SctpSender:
         it newly acknowledges above the chunk, whichever is more: like TCP's DupThresh
         in packets (RFC 6675), so stretch SACKs from a batching receiver still trigger
         fast retransmit after about three packets.
+
+        Only chunks sent after a chunk's latest transmission count against it, so a
+        retransmission that is lost too is fast retransmitted again once three packets
+        sent after it arrive (lost-retransmission detection as in RACK, RFC 8985 6.2),
+        where RFC 9260 7.2.4 rule 5 would leave it to the T3 timer: at 10% loss one
+        retransmission in ten is lost, and each T3 costs at least RTO.Min plus a
+        collapse of cwnd to one packet.
         """
         sent = self.sent
         marked = False
         mtu = self.mtu
-        above = sum(c.size for c in gap_acked)
+        # Bytes newly gap-acked above each position: suffix sums over gap_acked.
+        above_from = [0] * (len(gap_acked) + 1)
+        for i in range(len(gap_acked) - 1, -1, -1):
+            above_from[i] = above_from[i + 1] + gap_acked[i].size
+        highest = gap_acked[-1].tsn
         index = 0
-        for tsn in range(cum + 1, gap_acked[-1].tsn):
+        for tsn in range(cum + 1, highest):
             while gap_acked[index].tsn < tsn:
-                above -= gap_acked[index].size
                 index += 1
             chunk = sent.get(tsn)
-            if chunk is None or not chunk.in_flight or chunk.fast_retransmitted:
-                continue  # RFC 9260 7.2.4: fast retransmit a chunk at most once
+            if chunk is None or not chunk.in_flight:
+                continue
+            sent_after = chunk.sent_after
+            if sent_after >= highest:
+                continue  # nothing sent after its latest transmission was acked
+            if sent_after < tsn:
+                above = above_from[index]
+            else:
+                above = above_from[bisect_right(gap_acked, sent_after, key=_tsn_of)]
             chunk.missing_reports += max(1, above // mtu)
             if chunk.missing_reports >= 3:
-                chunk.fast_retransmitted = True
+                chunk.missing_reports = 0
                 if not self._mark_for_retransmit(chunk, now):
                     continue
                 marked = True
         if marked:
-            self.fast_retransmits += 1
-            self._fast_rtx_budget = True
-            if self.fast_recovery_exit is None:
-                self.ssthresh = max(self.cwnd // 2, 4 * self.mtu)
-                self.cwnd = self.ssthresh
-                self.partial_bytes_acked = 0
-                self.fast_recovery_exit = self.next_tsn - 1
+            self._on_loss_detected()
+
+    def _on_loss_detected(self) -> None:
+        """RFC 9260 7.2.4 steps 2-3: send the retransmissions now; halve cwnd once a window."""
+        self.fast_retransmits += 1
+        self._fast_rtx_budget = True
+        if self.fast_recovery_exit is None:
+            self.ssthresh = max(self.cwnd // 2, 4 * self.mtu)
+            self.cwnd = self.ssthresh
+            self.partial_bytes_acked = 0
+            self.fast_recovery_exit = self.next_tsn - 1
+
+    def _detect_lost_by_time(self, now: float) -> None:
+        """RACK-style loss detection (RFC 8985 6.2) beside the miss-indication count.
+
+        A chunk still in flight is lost once a chunk sent after its latest transmission
+        has been acknowledged and one smoothed RTT plus a reordering window has passed
+        since that transmission. Three miss indications need three packets after the
+        hole; with a window of a few packets (cwnd sits near its 4-MTU floor at 10%
+        loss), or when the SACKs reporting them are lost too, they never come and only
+        the T3 timer (RTO.Min 0.4 s, cwnd back to one packet) would recover.
+        """
+        srtt = self.srtt
+        if srtt is None:
+            self.reorder_deadline = None  # no RTT yet: the T3 timer stays in charge
+            return
+        window = srtt + max(srtt / 4, _MIN_REORDER_WINDOW)
+        highest = self.highest_acked
+        sent = self.sent
+        earliest: float | None = None
+        marked = False
+        for tsn in range(self.cum_acked + 1, highest):
+            chunk = sent.get(tsn)
+            if chunk is None or not chunk.in_flight or chunk.sent_after >= highest:
+                continue
+            deadline = chunk.sent_time + window
+            if deadline <= now:
+                if self._mark_for_retransmit(chunk, now):
+                    chunk.missing_reports = 0
+                    marked = True
+            elif earliest is None or deadline < earliest:
+                earliest = deadline
+        self.reorder_deadline = earliest
+        if marked:
+            self._on_loss_detected()
+
+    def handle_reorder_timeout(self, now: float) -> None:
+        """The reordering window of a chunk reported missing has passed."""
+        self.reorder_deadline = None
+        self.reorder_timeouts += 1
+        if self.highest_acked > self.cum_acked:
+            self._detect_lost_by_time(now)
 
     def _mark_for_retransmit(self, chunk: SentChunk, now: float) -> bool:
         """Queue a lost chunk again, or abandon its message if its PR policy says so."""
@@ -429,7 +568,7 @@ class SctpSender:
             # and would ignore a FORWARD-TSN that does not move its cumulative TSN,
             # keeping the head fragments forever. Burn one TSN (never sent) for the tail:
             # the FORWARD-TSN then always moves the peer past this message.
-            tail = SentChunk(self.next_tsn, message, 0, b"")
+            tail = SentChunk(self.next_tsn, message, 0, b"", 0.0)
             tail.sent_count = 0
             tail.in_flight = False
             tail.abandoned = True
@@ -465,6 +604,7 @@ class SctpSender:
         self.t3_timeouts += 1
         self.consecutive_timeouts += 1
         self.rto = min(self.rto * 2, self.rto_max)
+        self.reorder_deadline = self.probe_deadline = None
         if not self.sent:
             self.t3_deadline = None
             return
