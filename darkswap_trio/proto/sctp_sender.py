@@ -14,25 +14,16 @@ partial reliability RFC 3758.
 from __future__ import annotations
 
 import heapq
-from bisect import bisect_right
 from collections import deque
 
 from .sctp_chunks import DATA_BEGINNING, DATA_END, DATA_HEADER, DATA_UNORDERED, ForwardTsnChunk
 from .sctp_events import BufferedAmountLow
+from .sctp_loss import SenderLossRecovery
 from .sctp_streams import MASK32, unwrap32
 
 _PADDING = (b"", b"\x00\x00\x00", b"\x00\x00", b"\x00")
 # Never cut a fragment smaller than this to squeeze it into a packet's tail.
 _MIN_FRAGMENT = 256
-# Floor of the reordering window of time-based loss detection (timer granularity).
-_MIN_REORDER_WINDOW = 0.001
-# Tail loss probe timeout bounds: floor, and what a peer may delay a lone SACK by.
-_MIN_PROBE_TIMEOUT = 0.01
-_DELAYED_SACK_ALLOWANCE = 0.2
-
-
-def _tsn_of(chunk: SentChunk) -> int:
-    return chunk.tsn
 
 
 class OutboundMessage:
@@ -85,7 +76,7 @@ class SentChunk:
         self.sent_time = now  # of the latest transmission
 
 
-class SctpSender:
+class SctpSender(SenderLossRecovery):
     """Everything we send as DATA; the association asks it to fill packets and feeds SACKs."""
 
     def __init__(
@@ -398,132 +389,6 @@ class SctpSender:
         self._advance_ack_point()
         return newly > 0
 
-    def _probe_timeout(self) -> float:
-        """RFC 8985 7.2 PTO: two smoothed RTTs, plus the peer's delayed-SACK allowance
-        when a single packet is in flight (its SACK may be held back legitimately)."""
-        pto = 2 * self.srtt if self.srtt is not None else self.rto
-        if self.flight <= self.mtu:
-            pto += _DELAYED_SACK_ALLOWANCE
-        return min(max(pto, _MIN_PROBE_TIMEOUT), self.rto)
-
-    def handle_probe_timeout(self, now: float) -> None:
-        """Tail loss probe (RFC 8985 7): no SACK newly acknowledged data for a PTO.
-
-        Resend the highest outstanding chunk: the peer answers a duplicate or a filled
-        hole with a SACK at once. Without it, a stalled window whose last SACKs were lost
-        (the window is a few packets at 10% loss), or lost last chunks of a transfer,
-        wait for the T3 timer. Not a congestion signal: cwnd is left alone. One probe,
-        then the timer is armed again only when a SACK acknowledges new data.
-        """
-        self.probe_deadline = None
-        for chunk in reversed(self.sent.values()):
-            if chunk.in_flight and not chunk.acked and not chunk.abandoned:
-                if self._mark_for_retransmit(chunk, now):
-                    self.tail_probes += 1
-                    self._fast_rtx_budget = True
-                return
-        if self.advanced_ack_point > self.cum_acked:
-            # Only abandoned data is outstanding: the FORWARD-TSN (or its SACK) was lost.
-            self.tail_probes += 1
-            self.forward_tsn_due = True
-
-    def _count_missing(self, cum: int, gap_acked: list[SentChunk], now: float) -> None:
-        """Miss indications (RFC 9260 7.2.4) for chunks below newly gap-acked ones.
-
-        A SACK counts once per chunk, as the RFC says, or once per full packet of data
-        it newly acknowledges above the chunk, whichever is more: like TCP's DupThresh
-        in packets (RFC 6675), so stretch SACKs from a batching receiver still trigger
-        fast retransmit after about three packets.
-
-        Only chunks sent after a chunk's latest transmission count against it, so a
-        retransmission that is lost too is fast retransmitted again once three packets
-        sent after it arrive (lost-retransmission detection as in RACK, RFC 8985 6.2),
-        where RFC 9260 7.2.4 rule 5 would leave it to the T3 timer: at 10% loss one
-        retransmission in ten is lost, and each T3 costs at least RTO.Min plus a
-        collapse of cwnd to one packet.
-        """
-        sent = self.sent
-        marked = False
-        mtu = self.mtu
-        # Bytes newly gap-acked above each position: suffix sums over gap_acked.
-        above_from = [0] * (len(gap_acked) + 1)
-        for i in range(len(gap_acked) - 1, -1, -1):
-            above_from[i] = above_from[i + 1] + gap_acked[i].size
-        highest = gap_acked[-1].tsn
-        index = 0
-        for tsn in range(cum + 1, highest):
-            while gap_acked[index].tsn < tsn:
-                index += 1
-            chunk = sent.get(tsn)
-            if chunk is None or not chunk.in_flight:
-                continue
-            sent_after = chunk.sent_after
-            if sent_after >= highest:
-                continue  # nothing sent after its latest transmission was acked
-            if sent_after < tsn:
-                above = above_from[index]
-            else:
-                above = above_from[bisect_right(gap_acked, sent_after, key=_tsn_of)]
-            chunk.missing_reports += max(1, above // mtu)
-            if chunk.missing_reports >= 3:
-                chunk.missing_reports = 0
-                if not self._mark_for_retransmit(chunk, now):
-                    continue
-                marked = True
-        if marked:
-            self._on_loss_detected()
-
-    def _on_loss_detected(self) -> None:
-        """RFC 9260 7.2.4 steps 2-3: send the retransmissions now; halve cwnd once a window."""
-        self.fast_retransmits += 1
-        self._fast_rtx_budget = True
-        if self.fast_recovery_exit is None:
-            self.ssthresh = max(self.cwnd // 2, 4 * self.mtu)
-            self.cwnd = self.ssthresh
-            self.partial_bytes_acked = 0
-            self.fast_recovery_exit = self.next_tsn - 1
-
-    def _detect_lost_by_time(self, now: float) -> None:
-        """RACK-style loss detection (RFC 8985 6.2) beside the miss-indication count.
-
-        A chunk still in flight is lost once a chunk sent after its latest transmission
-        has been acknowledged and one smoothed RTT plus a reordering window has passed
-        since that transmission. Three miss indications need three packets after the
-        hole; with a window of a few packets (cwnd sits near its 4-MTU floor at 10%
-        loss), or when the SACKs reporting them are lost too, they never come and only
-        the T3 timer (RTO.Min 0.4 s, cwnd back to one packet) would recover.
-        """
-        srtt = self.srtt
-        if srtt is None:
-            self.reorder_deadline = None  # no RTT yet: the T3 timer stays in charge
-            return
-        window = srtt + max(srtt / 4, _MIN_REORDER_WINDOW)
-        highest = self.highest_acked
-        sent = self.sent
-        earliest: float | None = None
-        marked = False
-        for tsn in range(self.cum_acked + 1, highest):
-            chunk = sent.get(tsn)
-            if chunk is None or not chunk.in_flight or chunk.sent_after >= highest:
-                continue
-            deadline = chunk.sent_time + window
-            if deadline <= now:
-                if self._mark_for_retransmit(chunk, now):
-                    chunk.missing_reports = 0
-                    marked = True
-            elif earliest is None or deadline < earliest:
-                earliest = deadline
-        self.reorder_deadline = earliest
-        if marked:
-            self._on_loss_detected()
-
-    def handle_reorder_timeout(self, now: float) -> None:
-        """The reordering window of a chunk reported missing has passed."""
-        self.reorder_deadline = None
-        self.reorder_timeouts += 1
-        if self.highest_acked > self.cum_acked:
-            self._detect_lost_by_time(now)
-
     def _mark_for_retransmit(self, chunk: SentChunk, now: float) -> bool:
         """Queue a lost chunk again, or abandon its message if its PR policy says so."""
         message = chunk.message
@@ -586,35 +451,3 @@ class SctpSender:
         self.advanced_ack_point = point
         if point > self.cum_acked:
             self.forward_tsn_due = True
-
-    def update_rtt(self, rtt: float) -> None:
-        """RFC 9260 6.3.1 (alpha 1/8, beta 1/4), clamped to [rto_min, rto_max]."""
-        if rtt < 0:
-            return
-        if self.srtt is None:
-            self.srtt = rtt
-            self.rttvar = rtt / 2
-        else:
-            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt)
-            self.srtt = 0.875 * self.srtt + 0.125 * rtt
-        self.rto = min(max(self.srtt + 4 * self.rttvar, self.rto_min), self.rto_max)
-
-    def handle_t3_timeout(self, now: float) -> None:
-        """RFC 9260 6.3.3: back off, collapse cwnd, mark everything outstanding for rtx."""
-        self.t3_timeouts += 1
-        self.consecutive_timeouts += 1
-        self.rto = min(self.rto * 2, self.rto_max)
-        self.reorder_deadline = self.probe_deadline = None
-        if not self.sent:
-            self.t3_deadline = None
-            return
-        self.ssthresh = max(self.cwnd // 2, 4 * self.mtu)
-        self.cwnd = self.mtu
-        self.partial_bytes_acked = 0
-        self.fast_recovery_exit = None
-        self._rtt_probe_tsn = None
-        for chunk in list(self.sent.values()):
-            if not chunk.acked and not chunk.abandoned:
-                self._mark_for_retransmit(chunk, now)
-        self._advance_ack_point()
-        self.t3_deadline = now + self.rto
