@@ -60,6 +60,7 @@ class SenderLossRecovery:
     tail_probes: int
     _fast_rtx_budget: bool
     _rtt_probe_tsn: int | None
+    _pto: float | None
 
     def _mark_for_retransmit(self, chunk: SentChunk, now: float) -> bool:
         raise NotImplementedError  # SctpSender's
@@ -78,6 +79,8 @@ class SenderLossRecovery:
             self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt)
             self.srtt = 0.875 * self.srtt + 0.125 * rtt
         self.rto = min(max(self.srtt + 4 * self.rttvar, self.rto_min), self.rto_max)
+        # The tail loss probe timeout, computed here once rather than per packet.
+        self._pto = min(max(2 * self.srtt, _MIN_PROBE_TIMEOUT), self.rto)
 
     def handle_t3_timeout(self, now: float) -> None:
         """RFC 9260 6.3.3: back off, collapse cwnd, mark everything outstanding for rtx."""
@@ -196,13 +199,10 @@ class SenderLossRecovery:
         if self.highest_acked > self.cum_acked:
             self._detect_lost_by_time(now)
 
-    def _probe_timeout(self) -> float:
-        """RFC 8985 7.2 PTO: two smoothed RTTs, plus the peer's delayed-SACK allowance
-        when a single packet is in flight (its SACK may be held back legitimately)."""
-        pto = 2 * self.srtt if self.srtt is not None else self.rto
-        if self.flight <= self.mtu:
-            pto += _DELAYED_SACK_ALLOWANCE
-        return min(max(pto, _MIN_PROBE_TIMEOUT), self.rto)
+    def _probe_timeout(self, pto: float, flight: int) -> float:
+        """RFC 8985 7.2 PTO: two smoothed RTTs (``pto``), plus the peer's delayed-SACK
+        allowance when a single packet is in flight (its SACK may be held back)."""
+        return pto if flight > self.mtu else pto + _DELAYED_SACK_ALLOWANCE
 
     def handle_probe_timeout(self, now: float) -> None:
         """Tail loss probe (RFC 8985 7): no SACK newly acknowledged data for a PTO.

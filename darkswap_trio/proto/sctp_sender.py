@@ -107,6 +107,7 @@ class SctpSender(SenderLossRecovery):
         # Tail loss probe (see handle_probe_timeout): its timer and count.
         self.probe_deadline: float | None = None
         self.tail_probes = 0
+        self._pto: float | None = None  # set with the first RTT sample
         self.rto = rto_initial
         self.rto_min = rto_min
         self.rto_max = rto_max
@@ -262,8 +263,11 @@ class SctpSender(SenderLossRecovery):
                 self._rtt_probe_time = now
             if self.t3_deadline is None:
                 self.t3_deadline = now + self.rto
-            if self.probe_deadline is None and self.srtt is not None:
-                self.probe_deadline = now + self._probe_timeout()
+            pto = self._pto
+            if pto is not None:  # RFC 8985 7.2: restarted by new data
+                self.probe_deadline = now + (
+                    pto if flight > self.mtu else self._probe_timeout(pto, flight)
+                )
         return room
 
     def _dequeue(self, message: OutboundMessage, rotate: bool) -> None:
@@ -282,8 +286,8 @@ class SctpSender(SenderLossRecovery):
         self.forward_tsn_due = False
         if self.advanced_ack_point <= self.cum_acked:
             return None
-        if self.probe_deadline is None and self.srtt is not None:
-            self.probe_deadline = now + self._probe_timeout()
+        if self.probe_deadline is None and self._pto is not None:
+            self.probe_deadline = now + self._probe_timeout(self._pto, self.flight)
         streams: dict[int, int] = {}
         for tsn in range(self.cum_acked + 1, self.advanced_ack_point + 1):
             message = self.sent[tsn].message
@@ -384,8 +388,8 @@ class SctpSender(SenderLossRecovery):
         else:
             if advanced:
                 self.t3_deadline = now + self.rto
-            if newly and self.srtt is not None:
-                self.probe_deadline = now + self._probe_timeout()
+            if newly and self._pto is not None:
+                self.probe_deadline = now + self._probe_timeout(self._pto, self.flight)
         self._advance_ack_point()
         return newly > 0
 
