@@ -24,6 +24,8 @@ _MIN_REORDER_WINDOW = 0.001
 # Tail loss probe timeout bounds: floor, and what a peer may delay a lone SACK by.
 _MIN_PROBE_TIMEOUT = 0.01
 _DELAYED_SACK_ALLOWANCE = 0.2
+# Probes sent before only the T3 timer is left (a SACK of new data starts over).
+_MAX_PROBES = 2
 
 
 def _tsn_of(chunk: SentChunk) -> int:
@@ -61,6 +63,7 @@ class SenderLossRecovery:
     _fast_rtx_budget: bool
     _rtt_probe_tsn: int | None
     _pto: float | None
+    _probes_unanswered: int
 
     def _mark_for_retransmit(self, chunk: SentChunk, now: float) -> bool:
         raise NotImplementedError  # SctpSender's
@@ -210,17 +213,26 @@ class SenderLossRecovery:
         Resend the highest outstanding chunk: the peer answers a duplicate or a filled
         hole with a SACK at once. Without it, a stalled window whose last SACKs were lost
         (the window is a few packets at 10% loss), or lost last chunks of a transfer,
-        wait for the T3 timer. Not a congestion signal: cwnd is left alone. One probe,
-        then the timer is armed again only when a SACK acknowledges new data.
+        wait for the T3 timer. Not a congestion signal: cwnd is left alone.
+
+        RFC 8985 sends one probe, then leaves it to the RTO. We send a second one after
+        twice the PTO if the first went unanswered: at 10% loss a probe or its SACK is
+        lost one time in five, and a T3 costs a hundred round trips here.
         """
         self.probe_deadline = None
+        probed = False
         for chunk in reversed(self.sent.values()):
             if chunk.in_flight and not chunk.acked and not chunk.abandoned:
                 if self._mark_for_retransmit(chunk, now):
-                    self.tail_probes += 1
-                    self._fast_rtx_budget = True
-                return
-        if self.advanced_ack_point > self.cum_acked:
-            # Only abandoned data is outstanding: the FORWARD-TSN (or its SACK) was lost.
+                    self._fast_rtx_budget = probed = True
+                break
+        else:
+            if self.advanced_ack_point > self.cum_acked:
+                # Only abandoned data is outstanding: the FORWARD-TSN or its SACK was lost.
+                self.forward_tsn_due = probed = True
+        if probed:
             self.tail_probes += 1
-            self.forward_tsn_due = True
+            self._probes_unanswered += 1
+            pto = self._pto
+            if pto is not None and self._probes_unanswered < _MAX_PROBES:
+                self.probe_deadline = now + 2 * self._probe_timeout(pto, self.flight)

@@ -108,6 +108,7 @@ class SctpSender(SenderLossRecovery):
         self.probe_deadline: float | None = None
         self.tail_probes = 0
         self._pto: float | None = None  # set with the first RTT sample
+        self._probes_unanswered = 0
         self.rto = rto_initial
         self.rto_min = rto_min
         self.rto_max = rto_max
@@ -390,6 +391,7 @@ class SctpSender(SenderLossRecovery):
                 self.t3_deadline = now + self.rto
             if newly and self._pto is not None:
                 self.probe_deadline = now + self._probe_timeout(self._pto, self.flight)
+                self._probes_unanswered = 0
         self._advance_ack_point()
         return newly > 0
 

@@ -5,7 +5,7 @@ retransmitted again once chunks sent after it are acknowledged; a chunk reported
 missing is declared lost one smoothed RTT plus a reordering window after it was sent,
 without waiting for three miss indications (RACK, RFC 8985 6.2); a tail loss probe
 resends the highest outstanding chunk when no SACK acknowledges new data for two RTTs
-(RFC 8985 7); a gap-acknowledged chunk gives an RTT sample (Karn still applies).
+(RFC 8985 7; a second probe after four); a gap-acknowledged chunk gives an RTT sample (Karn still applies).
 """
 
 from __future__ import annotations
@@ -117,9 +117,29 @@ def test_tail_loss_probe_resends_the_last_chunk_without_touching_cwnd():
     sender.handle_probe_timeout(sender.probe_deadline)
     assert transmit(sender, 0.02) == [1002]
     assert sender.tail_probes == 1 and sender.cwnd == cwnd
-    assert sender.probe_deadline is None  # one probe, then T3 unless a SACK comes
-    sack(sender, 1002, [], 0.03)  # the probe's SACK acknowledges everything
+    # Unanswered: a second probe after twice the PTO, then only T3 is left.
+    assert sender.probe_deadline == pytest.approx(0.02 + 4 * SRTT)
+    sender.handle_probe_timeout(sender.probe_deadline)
+    assert transmit(sender, 0.06) == [1002]
+    assert sender.tail_probes == 2 and sender.probe_deadline is None
+    sack(sender, 1002, [], 0.07)  # the probe's SACK acknowledges everything
     assert not sender.sent and sender.probe_deadline is None
+    assert sender.t3_timeouts == 0 and sender.cwnd == cwnd
+
+
+def test_probe_count_starts_over_when_new_data_is_acknowledged():
+    sender = sender_with(6)
+    for _ in range(3):
+        transmit(sender, 0.0)
+    for probe in range(2):
+        sender.handle_probe_timeout(sender.probe_deadline)
+        transmit(sender, 0.05 * (probe + 1))
+    assert sender.probe_deadline is None
+    sack(sender, TSN0, [], 0.2)  # new data acknowledged: the timer runs again
+    assert sender.probe_deadline is not None
+    assert 0.2 < sender.probe_deadline < sender.t3_deadline
+    sender.handle_probe_timeout(sender.probe_deadline)
+    assert sender.tail_probes == 3 and sender.probe_deadline is not None
 
 
 def test_gap_acked_probe_gives_an_rtt_sample():
