@@ -24,9 +24,14 @@ import sys
 import time
 
 import trio
+from _impaired_proxy import (  # this directory is sys.path[0]
+    LOOPBACK,
+    ImpairedProxy,
+    Impairment,
+    candidate_port,
+)
+from _impaired_proxy import rewrite_candidates as rewrite
 
-from benchmarks._impaired_proxy import LOOPBACK, ImpairedProxy, Impairment, candidate_port
-from benchmarks._impaired_proxy import rewrite_candidates as rewrite
 from darkswap_trio._peer_connection import PeerConnectionConfig, open_peer_connection
 from darkswap_trio.proto.dtls_certificate import DtlsCertificate
 
