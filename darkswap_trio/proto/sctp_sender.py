@@ -7,8 +7,8 @@ chunks only when a packet has room, so fragments fill packets exactly, even behi
 SACK. A TSN and, for ordered messages, an SSN are assigned at first transmission: a
 message that expires before it leaves costs nothing on the wire. Each sent chunk
 keeps its encoded bytes for retransmission. Congestion control follows RFC 9260 7.2
-(with byte counting in slow start and packet-based miss indications, see below);
-partial reliability RFC 3758.
+(with byte counting in slow start); partial reliability RFC 3758. Loss detection, the
+RTO and the T3, reordering and tail-probe timers live in :mod:`.sctp_loss`.
 """
 
 from __future__ import annotations
