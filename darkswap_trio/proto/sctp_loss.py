@@ -71,6 +71,9 @@ class SenderLossRecovery:
     def _advance_ack_point(self) -> None:
         raise NotImplementedError  # SctpSender's
 
+    def _out_of_retransmissions(self, chunk: SentChunk, now: float) -> bool:
+        raise NotImplementedError  # SctpSender's
+
     def update_rtt(self, rtt: float) -> None:
         """RFC 9260 6.3.1 (alpha 1/8, beta 1/4), clamped to [rto_min, rto_max]."""
         if rtt < 0:
@@ -222,9 +225,12 @@ class SenderLossRecovery:
         self.probe_deadline = None
         probed = False
         for chunk in reversed(self.sent.values()):
-            if chunk.in_flight and not chunk.acked and not chunk.abandoned:
-                if self._mark_for_retransmit(chunk, now):
-                    self._fast_rtx_budget = probed = True
+            # A probe is no evidence of loss: never the one that abandons a message.
+            if chunk.in_flight and not chunk.acked and not chunk.abandoned and (
+                not self._out_of_retransmissions(chunk, now)
+            ):
+                self._mark_for_retransmit(chunk, now)
+                self._fast_rtx_budget = probed = True
                 break
         else:
             if self.advanced_ack_point > self.cum_acked:

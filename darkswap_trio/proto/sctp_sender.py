@@ -397,12 +397,8 @@ class SctpSender(SenderLossRecovery):
 
     def _mark_for_retransmit(self, chunk: SentChunk, now: float) -> bool:
         """Queue a lost chunk again, or abandon its message if its PR policy says so."""
-        message = chunk.message
-        if message.chunks is not None and self.forward_tsn_supported and (
-            (message.max_retransmits is not None and chunk.sent_count > message.max_retransmits)
-            or (message.expiry is not None and now >= message.expiry)
-        ):
-            self._abandon(message)
+        if self._out_of_retransmissions(chunk, now):
+            self._abandon(chunk.message)
             return False
         if chunk.in_flight:
             chunk.in_flight = False
@@ -411,6 +407,14 @@ class SctpSender(SenderLossRecovery):
             chunk.retransmit = True
             heapq.heappush(self._rtx_heap, chunk.tsn)
         return True
+
+    def _out_of_retransmissions(self, chunk: SentChunk, now: float) -> bool:
+        """Whether a partially reliable chunk's message must be abandoned, not resent."""
+        message = chunk.message
+        return message.chunks is not None and self.forward_tsn_supported and (
+            (message.max_retransmits is not None and chunk.sent_count > message.max_retransmits)
+            or (message.expiry is not None and now >= message.expiry)
+        )
 
     def _abandon(self, message: OutboundMessage) -> None:
         if message.abandoned:

@@ -142,6 +142,23 @@ def test_probe_count_starts_over_when_new_data_is_acknowledged():
     assert sender.tail_probes == 3 and sender.probe_deadline is not None
 
 
+def test_probe_never_abandons_a_partially_reliable_message():
+    sender = SctpSender(TSN0, MTU, deque(), rto_initial=1.0, rto_min=0.4, rto_max=60.0)
+    sender.update_rtt(SRTT)
+    for i in range(2):
+        sender.enqueue(OutboundMessage(1, 53, bytes([i]) * 1000, False, None, 0))
+    sender.enqueue(OutboundMessage(2, 53, b"reliable", False, None, None))
+    # Round robin: 1000 (stream 1, max_retransmits=0) and 1001 (stream 2, reliable)
+    # share a packet, then 1002 (stream 1, max_retransmits=0).
+    assert transmit(sender, 0.0) == [1000, 1001]
+    assert transmit(sender, 0.0) == [1002]
+    sender.handle_probe_timeout(sender.probe_deadline)
+    assert sender.abandoned_messages == 0
+    assert transmit(sender, 0.05) == [1001]  # the highest one that may be resent
+    sender.handle_probe_timeout(sender.probe_deadline)
+    assert sender.abandoned_messages == 0 and sender.tail_probes == 2
+
+
 def test_gap_acked_probe_gives_an_rtt_sample():
     sender = sender_with(3)
     sender.srtt = None
