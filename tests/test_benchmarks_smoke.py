@@ -1,4 +1,4 @@
-"""The relay benchmark still runs end to end (tiny --smoke mode, loopback, bounded)."""
+"""The benchmarks still run end to end (tiny modes, loopback, bounded)."""
 
 import json
 import pathlib
@@ -32,3 +32,22 @@ def test_bench_relay_smoke(tmp_path):
         assert stages[-1]["rss_kib"] > results["idle"][kind]["rss0_kib"]
     circuits = results["circuits"]["bytes"]
     assert len(circuits) == 10 and min(circuits) > 0
+
+
+LOSSY = BENCH.parent / "bench_lossy_datachannel.py"
+
+
+def test_bench_lossy_datachannel_smoke():
+    # Both stacks through the impairing proxy, clean and impaired, each moving it all.
+    proc = subprocess.run(
+        [sys.executable, str(LOSSY), "--runs", "1", "--megabytes", "0.25", "--seconds", "30"],
+        capture_output=True, text=True, timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
+    clean = next(r for r in rows if r.startswith("| clean |"))
+    lossy = next(r for r in rows if r.startswith("| 10% loss, 5% dup, 30% reorder |"))
+    assert clean.endswith("| 1/1, 1/1 |") and lossy.endswith("| 1/1, 1/1 |"), proc.stdout
+    # The proxy really impaired the second transfer and left the first alone.
+    stats = [r for r in rows if r.count("|") == 9]
+    assert stats[-2].endswith("| 0 / 0 / 0 |") and not stats[-1].endswith("| 0 / 0 / 0 |")

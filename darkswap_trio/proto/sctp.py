@@ -286,7 +286,7 @@ class SctpAssociation(AssociationTeardown, AssociationSetup):
             parts.append(sack)
             room -= len(sack)
         if sender.forward_tsn_due and self._state in _LIVE_STATES:
-            chunk = sender.forward_tsn_chunk()
+            chunk = sender.forward_tsn_chunk(self._now)
             if chunk is not None:
                 encoded = chunk.encode()
                 if len(encoded) <= room:
@@ -348,6 +348,7 @@ class SctpAssociation(AssociationTeardown, AssociationSetup):
         deadlines = [
             d for d in (
                 self._t1_deadline, self._t2_deadline, self._sender.t3_deadline,
+                self._sender.reorder_deadline, self._sender.probe_deadline,
                 self._sack_deadline, self._heartbeat.deadline,
                 self._resetter.deadline,
             ) if d is not None
@@ -498,6 +499,10 @@ class SctpAssociation(AssociationTeardown, AssociationSetup):
             if sender.consecutive_timeouts > self._max_retransmissions:
                 self._terminate("peer unreachable: too many retransmissions")
                 return
+        if sender.reorder_deadline is not None and now >= sender.reorder_deadline:
+            sender.handle_reorder_timeout(now)
+        if sender.probe_deadline is not None and now >= sender.probe_deadline:
+            sender.handle_probe_timeout(now)
         if self._sack_deadline is not None and now >= self._sack_deadline:
             self._sack_deadline = None
             self._sack_due = True

@@ -7,8 +7,8 @@ chunks only when a packet has room, so fragments fill packets exactly, even behi
 SACK. A TSN and, for ordered messages, an SSN are assigned at first transmission: a
 message that expires before it leaves costs nothing on the wire. Each sent chunk
 keeps its encoded bytes for retransmission. Congestion control follows RFC 9260 7.2
-(with byte counting in slow start and packet-based miss indications, see below);
-partial reliability RFC 3758.
+(with byte counting in slow start); partial reliability RFC 3758. Loss detection, the
+RTO and the T3, reordering and tail-probe timers live in :mod:`.sctp_loss`.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from collections import deque
 
 from .sctp_chunks import DATA_BEGINNING, DATA_END, DATA_HEADER, DATA_UNORDERED, ForwardTsnChunk
 from .sctp_events import BufferedAmountLow
+from .sctp_loss import SenderLossRecovery
 from .sctp_streams import MASK32, unwrap32
 
 _PADDING = (b"", b"\x00\x00\x00", b"\x00\x00", b"\x00")
@@ -53,10 +54,12 @@ class OutboundMessage:
 class SentChunk:
     __slots__ = (
         "tsn", "message", "size", "wire", "sent_count", "acked", "in_flight", "retransmit",
-        "abandoned", "missing_reports", "fast_retransmitted",
+        "abandoned", "missing_reports", "sent_after", "sent_time",
     )
 
-    def __init__(self, tsn: int, message: OutboundMessage, size: int, wire: bytes) -> None:
+    def __init__(
+        self, tsn: int, message: OutboundMessage, size: int, wire: bytes, now: float
+    ) -> None:
         self.tsn = tsn
         self.message = message
         self.size = size
@@ -67,10 +70,13 @@ class SentChunk:
         self.retransmit = False
         self.abandoned = False
         self.missing_reports = 0
-        self.fast_retransmitted = False
+        # Highest TSN sent before this chunk's latest transmission: only chunks sent
+        # after it (higher TSNs) can report this transmission missing.
+        self.sent_after = tsn - 1
+        self.sent_time = now  # of the latest transmission
 
 
-class SctpSender:
+class SctpSender(SenderLossRecovery):
     """Everything we send as DATA; the association asks it to fill packets and feeds SACKs."""
 
     def __init__(
@@ -93,6 +99,16 @@ class SctpSender:
         self.advanced_ack_point = self.cum_acked
         self.forward_tsn_due = False
         self.t3_deadline: float | None = None
+        # Time-based loss detection (see _detect_lost_by_time): its timer, and the
+        # highest TSN the peer acknowledged, cumulatively or in a gap block.
+        self.reorder_deadline: float | None = None
+        self.highest_acked = initial_tsn - 1
+        self.reorder_timeouts = 0
+        # Tail loss probe (see handle_probe_timeout): its timer and count.
+        self.probe_deadline: float | None = None
+        self.tail_probes = 0
+        self._pto: float | None = None  # set with the first RTT sample
+        self._probes_unanswered = 0
         self.rto = rto_initial
         self.rto_min = rto_min
         self.rto_max = rto_max
@@ -176,6 +192,9 @@ class SctpSender:
             chunk.retransmit = False
             chunk.in_flight = True
             chunk.sent_count += 1
+            chunk.sent_after = self.next_tsn - 1
+            chunk.sent_time = now
+            chunk.missing_reports = 0
             self.flight += chunk.size
             self.retransmissions += 1
             if chunk.tsn == self._rtt_probe_tsn:
@@ -229,7 +248,7 @@ class SctpSender:
             ) + (data[start : start + size] if size != len(data) else data)
             if length & 3:
                 wire += _PADDING[length & 3]
-            chunk = SentChunk(next_tsn, message, size, wire)
+            chunk = SentChunk(next_tsn, message, size, wire, now)
             sent[next_tsn] = chunk
             next_tsn += 1
             if message.chunks is not None:
@@ -245,6 +264,11 @@ class SctpSender:
                 self._rtt_probe_time = now
             if self.t3_deadline is None:
                 self.t3_deadline = now + self.rto
+            pto = self._pto
+            if pto is not None:  # RFC 8985 7.2: restarted by new data
+                self.probe_deadline = now + (
+                    pto if flight > self.mtu else self._probe_timeout(pto, flight)
+                )
         return room
 
     def _dequeue(self, message: OutboundMessage, rotate: bool) -> None:
@@ -258,11 +282,13 @@ class SctpSender:
         elif rotate and self._rotation[0] == sid:
             self._rotation.rotate(-1)
 
-    def forward_tsn_chunk(self) -> ForwardTsnChunk | None:
+    def forward_tsn_chunk(self, now: float) -> ForwardTsnChunk | None:
         """RFC 3758 3.5 C4: the chunk telling the peer to skip abandoned TSNs, if any."""
         self.forward_tsn_due = False
         if self.advanced_ack_point <= self.cum_acked:
             return None
+        if self.probe_deadline is None and self._pto is not None:
+            self.probe_deadline = now + self._probe_timeout(self._pto, self.flight)
         streams: dict[int, int] = {}
         for tsn in range(self.cum_acked + 1, self.advanced_ack_point + 1):
             message = self.sent[tsn].message
@@ -322,7 +348,22 @@ class SctpSender:
                         chunk.retransmit = False
                         self._release(chunk.message.stream_id, chunk.size)
         if gap_acked:
+            probe = self._rtt_probe_tsn
+            if probe is not None and gap_acked[0].tsn <= probe <= gap_acked[-1].tsn:
+                # A gap-acked probe is a sample now: waiting for the cumulative ack
+                # would add the whole loss recovery to the RTT and inflate the RTO.
+                if sent[probe].acked:
+                    self.update_rtt(now - self._rtt_probe_time)
+                    self._rtt_probe_tsn = None
             self._count_missing(cum, gap_acked, now)
+            if gap_acked[-1].tsn > self.highest_acked:
+                self.highest_acked = gap_acked[-1].tsn
+        if cum > self.highest_acked:
+            self.highest_acked = cum
+        if self.highest_acked > cum:
+            self._detect_lost_by_time(now)
+        else:
+            self.reorder_deadline = None
         if newly or advanced:
             self.consecutive_timeouts = 0
         if newly:
@@ -344,55 +385,20 @@ class SctpSender:
         rwnd = a_rwnd - self.flight
         self.peer_rwnd = rwnd if rwnd > 0 else 0
         if not sent:
-            self.t3_deadline = None
-        elif advanced:
-            self.t3_deadline = now + self.rto
+            self.t3_deadline = self.probe_deadline = None
+        else:
+            if advanced:
+                self.t3_deadline = now + self.rto
+            if newly and self._pto is not None:
+                self.probe_deadline = now + self._probe_timeout(self._pto, self.flight)
+                self._probes_unanswered = 0
         self._advance_ack_point()
         return newly > 0
 
-    def _count_missing(self, cum: int, gap_acked: list[SentChunk], now: float) -> None:
-        """Miss indications (RFC 9260 7.2.4) for chunks below newly gap-acked ones.
-
-        A SACK counts once per chunk, as the RFC says, or once per full packet of data
-        it newly acknowledges above the chunk, whichever is more: like TCP's DupThresh
-        in packets (RFC 6675), so stretch SACKs from a batching receiver still trigger
-        fast retransmit after about three packets.
-        """
-        sent = self.sent
-        marked = False
-        mtu = self.mtu
-        above = sum(c.size for c in gap_acked)
-        index = 0
-        for tsn in range(cum + 1, gap_acked[-1].tsn):
-            while gap_acked[index].tsn < tsn:
-                above -= gap_acked[index].size
-                index += 1
-            chunk = sent.get(tsn)
-            if chunk is None or not chunk.in_flight or chunk.fast_retransmitted:
-                continue  # RFC 9260 7.2.4: fast retransmit a chunk at most once
-            chunk.missing_reports += max(1, above // mtu)
-            if chunk.missing_reports >= 3:
-                chunk.fast_retransmitted = True
-                if not self._mark_for_retransmit(chunk, now):
-                    continue
-                marked = True
-        if marked:
-            self.fast_retransmits += 1
-            self._fast_rtx_budget = True
-            if self.fast_recovery_exit is None:
-                self.ssthresh = max(self.cwnd // 2, 4 * self.mtu)
-                self.cwnd = self.ssthresh
-                self.partial_bytes_acked = 0
-                self.fast_recovery_exit = self.next_tsn - 1
-
     def _mark_for_retransmit(self, chunk: SentChunk, now: float) -> bool:
         """Queue a lost chunk again, or abandon its message if its PR policy says so."""
-        message = chunk.message
-        if message.chunks is not None and self.forward_tsn_supported and (
-            (message.max_retransmits is not None and chunk.sent_count > message.max_retransmits)
-            or (message.expiry is not None and now >= message.expiry)
-        ):
-            self._abandon(message)
+        if self._out_of_retransmissions(chunk, now):
+            self._abandon(chunk.message)
             return False
         if chunk.in_flight:
             chunk.in_flight = False
@@ -401,6 +407,14 @@ class SctpSender:
             chunk.retransmit = True
             heapq.heappush(self._rtx_heap, chunk.tsn)
         return True
+
+    def _out_of_retransmissions(self, chunk: SentChunk, now: float) -> bool:
+        """Whether a partially reliable chunk's message must be abandoned, not resent."""
+        message = chunk.message
+        return message.chunks is not None and self.forward_tsn_supported and (
+            (message.max_retransmits is not None and chunk.sent_count > message.max_retransmits)
+            or (message.expiry is not None and now >= message.expiry)
+        )
 
     def _abandon(self, message: OutboundMessage) -> None:
         if message.abandoned:
@@ -429,7 +443,7 @@ class SctpSender:
             # and would ignore a FORWARD-TSN that does not move its cumulative TSN,
             # keeping the head fragments forever. Burn one TSN (never sent) for the tail:
             # the FORWARD-TSN then always moves the peer past this message.
-            tail = SentChunk(self.next_tsn, message, 0, b"")
+            tail = SentChunk(self.next_tsn, message, 0, b"", 0.0)
             tail.sent_count = 0
             tail.in_flight = False
             tail.abandoned = True
@@ -447,34 +461,3 @@ class SctpSender:
         self.advanced_ack_point = point
         if point > self.cum_acked:
             self.forward_tsn_due = True
-
-    def update_rtt(self, rtt: float) -> None:
-        """RFC 9260 6.3.1 (alpha 1/8, beta 1/4), clamped to [rto_min, rto_max]."""
-        if rtt < 0:
-            return
-        if self.srtt is None:
-            self.srtt = rtt
-            self.rttvar = rtt / 2
-        else:
-            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt)
-            self.srtt = 0.875 * self.srtt + 0.125 * rtt
-        self.rto = min(max(self.srtt + 4 * self.rttvar, self.rto_min), self.rto_max)
-
-    def handle_t3_timeout(self, now: float) -> None:
-        """RFC 9260 6.3.3: back off, collapse cwnd, mark everything outstanding for rtx."""
-        self.t3_timeouts += 1
-        self.consecutive_timeouts += 1
-        self.rto = min(self.rto * 2, self.rto_max)
-        if not self.sent:
-            self.t3_deadline = None
-            return
-        self.ssthresh = max(self.cwnd // 2, 4 * self.mtu)
-        self.cwnd = self.mtu
-        self.partial_bytes_acked = 0
-        self.fast_recovery_exit = None
-        self._rtt_probe_tsn = None
-        for chunk in list(self.sent.values()):
-            if not chunk.acked and not chunk.abandoned:
-                self._mark_for_retransmit(chunk, now)
-        self._advance_ack_point()
-        self.t3_deadline = now + self.rto

@@ -112,7 +112,8 @@ class AssociationTeardown:
         self._state = SctpState.TERMINATED
         self._t1_deadline = self._t2_deadline = self._sack_deadline = None
         self._heartbeat.deadline = None
-        self._sender.t3_deadline = None
+        sender = self._sender
+        sender.t3_deadline = sender.reorder_deadline = sender.probe_deadline = None
         self._resetter.deadline = None
         self._events.append(Closed(reason, graceful))
 
