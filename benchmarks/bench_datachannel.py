@@ -38,6 +38,7 @@ import sys
 import time
 
 import trio
+from _aiortc_transfer import aiortc_transfer  # this directory is sys.path[0]
 
 from darkswap_trio._peer_connection import PeerConnectionConfig, open_peer_connection
 from darkswap_trio.proto.dtls_certificate import DtlsCertificate
@@ -150,36 +151,7 @@ async def aiortc_throughput(total: int, seconds: float) -> tuple[int, float]:
     a, b = await _aiortc_pair()
     try:
         channel, remote = await _aiortc_connect(a, b, "bench")
-        loop = asyncio.get_running_loop()
-        done = loop.create_future()
-        received = 0
-
-        def on_message(message: bytes) -> None:
-            nonlocal received
-            received += len(message)
-            if received >= total and not done.done():
-                done.set_result(None)
-
-        remote.on("message", on_message)
-        low = asyncio.Event()
-        channel.bufferedAmountLowThreshold = HIGH_WATER // 2
-        channel.on("bufferedamountlow", low.set)
-        payload = bytes(MESSAGE)
-
-        async def send_all() -> None:
-            for _ in range(total // MESSAGE):
-                while channel.bufferedAmount > HIGH_WATER:
-                    low.clear()
-                    await low.wait()
-                channel.send(payload)
-            await done
-
-        start = time.perf_counter()
-        try:
-            await asyncio.wait_for(send_all(), seconds)
-        except TimeoutError:
-            pass
-        return received, time.perf_counter() - start
+        return await aiortc_transfer(channel, remote, total, seconds, MESSAGE, HIGH_WATER)
     finally:
         await a.close()
         await b.close()

@@ -24,6 +24,7 @@ import sys
 import time
 
 import trio
+from _aiortc_transfer import aiortc_transfer  # this directory is sys.path[0]
 from _impaired_proxy import (  # this directory is sys.path[0]
     LOOPBACK,
     ImpairedProxy,
@@ -95,35 +96,8 @@ async def theirs(total: int, seconds: float, proxy: ImpairedProxy, ports):
         await opened
         remote = await accepted
         proxy.impairment.enabled = True
-        done = loop.create_future()
-        received = 0
-
-        def on_message(message: bytes) -> None:
-            nonlocal received
-            received += len(message)
-            if received >= total and not done.done():
-                done.set_result(None)
-
-        remote.on("message", on_message)
-        low = asyncio.Event()
-        channel.bufferedAmountLowThreshold = HIGH_WATER // 2
-        channel.on("bufferedamountlow", low.set)
-        payload = bytes(MESSAGE)
-
-        async def send_all() -> None:
-            for _ in range(total // MESSAGE):
-                while channel.bufferedAmount > HIGH_WATER:
-                    low.clear()
-                    await low.wait()
-                channel.send(payload)
-            await done
-
-        start = time.perf_counter()
-        try:
-            await asyncio.wait_for(send_all(), seconds)
-        except TimeoutError:
-            pass
-        return received, time.perf_counter() - start, None
+        received, elapsed = await aiortc_transfer(channel, remote, total, seconds, MESSAGE, HIGH_WATER)
+        return received, elapsed, None
     finally:
         await a.close()
         await b.close()
