@@ -246,9 +246,18 @@ def test_invariants_over_imperfect_links(
             assert a.controlling != b.controlling
         return a.state is IceState.CONNECTED and b.state is IceState.CONNECTED
 
+    def agreed():
+        pa, pb = a.selected_pair, b.selected_pair
+        return (check_invariants() and pa.local_addr == pb.remote_addr
+                and pa.remote_addr == pb.local_addr)
+
     sim.run_until(check_invariants, max_time=120)
-    assert a.selected_pair.local_addr == b.selected_pair.remote_addr
-    assert a.selected_pair.remote_addr == b.selected_pair.local_addr
+    # Both sides may be connected on different pairs for a moment: a nominating check
+    # whose responses were all lost fails at the controlling side while the controlled
+    # side already selected that pair; the controlling side's next nomination replaces
+    # it once the controlled side's own check on the new pair succeeds (RFC 8445
+    # 7.3.1.5). Agreement must follow, within bounded time.
+    sim.run_until(agreed, max_time=sim.now + 60)
 
 
 @given(st.binary(max_size=120), st.sampled_from([A_ADDR, ("::1", 5), ("10.0.0.9", 9)]))
