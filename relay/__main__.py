@@ -4,16 +4,22 @@ Serving prints exactly one line on stdout once every listener is bound::
 
     READY signaling=9002 stun=3478 metrics=9090 peer_id=12D3KooW... multiaddr=/ip4/...
 
-(``none`` for a disabled service); logs go to stderr. The first SIGINT/SIGTERM starts a
-graceful shutdown (stop accepting, tell peers, drain within ``shutdown_grace``) and the
-process exits 0; a second signal aborts at once (exit 1). Exit 2 means a bad command line
-or configuration, exit 1 a runtime failure (e.g. a port already in use).
+(``none`` for a disabled service; ``multiaddr`` is the announce address when one is
+configured); logs go to stderr, starting with one line carrying the effective
+configuration. The first SIGINT/SIGTERM starts a graceful shutdown (stop accepting, tell
+peers, drain within ``shutdown_grace``) and the process exits 0; a second signal aborts
+at once (exit 1). SIGHUP re-reads ``--config`` (flags still override it) and applies
+what can change live (limits, JWT keys), logging what changed and what was ignored.
+Exit 2 means a bad command line or configuration, exit 1 a runtime failure (e.g. a port
+already in use). ``--check-config`` prints the effective configuration as JSON and exits;
+``peer-id --key-file PATH`` prints the PeerId of an identity key.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import json
 import logging
 import os
 import signal
@@ -25,11 +31,25 @@ from typing import Any
 
 import trio
 
-from darkswap_trio import Keypair, PeerIdError, load_or_create_keypair, parse_peer_id
+from darkswap_trio import (
+    Keypair,
+    PeerIdError,
+    __version__,
+    load_or_create_keypair,
+    parse_peer_id,
+)
 
 from ._admission import raise_fd_limit
 from ._auth import JwtValidator, generate_jwt_keypair, issue_token
-from ._config import AUTH_MODES, JWT_ALGORITHMS, ConfigError, RelayConfig, load_config
+from ._config import (
+    AUTH_MODES,
+    JWT_ALGORITHMS,
+    ConfigError,
+    RelayConfig,
+    announce_multiaddr,
+    describe_config,
+    load_config,
+)
 from ._logging import configure_logging
 
 __all__ = ["build_parser", "main"]
@@ -78,11 +98,30 @@ def build_parser() -> argparse.ArgumentParser:
         "Without a subcommand, runs the server; command-line flags override the config file.",
     )
     add = parser.add_argument
-    add("--config", metavar="PATH", help="TOML configuration file (see relay/_config.py).")
+    add("--version", action="version", version=f"{PROG} {__version__}")
+    add(
+        "--check-config",
+        action="store_true",
+        help="Validate the configuration (file and flags), print the effective settings "
+        "as JSON on stdout and exit (0 if valid, 2 if not).",
+    )
+    add("--config", metavar="PATH", help="TOML configuration file (see deploy/relay.toml).")
     add(
         "--host",
-        help="Address to listen on for signaling, STUN and metrics (default 0.0.0.0; "
+        help="Address to listen on for signaling and STUN (default 0.0.0.0; "
         "'::' for dual-stack).",
+    )
+    add(
+        "--announce",
+        metavar="ADDR",
+        help="Address peers should dial, printed in READY: a multiaddr such as "
+        "/dns4/relay.example/tcp/443/wss (/p2p/<id> is added) or HOST[:PORT]. "
+        "Default: derived from --host and the bound port.",
+    )
+    add(
+        "--metrics-host",
+        metavar="HOST",
+        help="Address for /metrics and /healthz (default 127.0.0.1: not public).",
     )
     add(
         "--port", type=_port, help="WebSocket signaling TCP port (default 9002; 0 = any free port)."
@@ -145,8 +184,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     sub = parser.add_subparsers(
-        dest="command", metavar="{token,keygen}", help="Other commands (none: run the server)."
+        dest="command",
+        metavar="{token,keygen,peer-id}",
+        help="Other commands (none: run the server).",
     )
+    peer_id = sub.add_parser(
+        "peer-id",
+        help="Print the PeerId of a relay identity key file.",
+        description="Print the PeerId of a relay identity key file (the /p2p/ part of "
+        "its multiaddr). The file is not created if missing.",
+    )
+    peer_id.add_argument("--key-file", required=True, metavar="PATH", help="Identity key file.")
     token = sub.add_parser(
         "token",
         help="Print a JWT for a peer id (signed with a private key or shared secret).",
@@ -205,6 +253,8 @@ def _config_from_args(args: argparse.Namespace) -> RelayConfig:
     overrides: dict[str, Any] = {
         "host": args.host,
         "port": args.port,
+        "announce": args.announce,
+        "metrics_host": args.metrics_host,
         "stun_port": args.stun_port,
         "metrics_port": args.metrics_port,
         "key_file": args.key_file,
@@ -255,11 +305,34 @@ def _ready_line(server: Any) -> str:
     )
 
 
-async def _serve(config: RelayConfig, keypair: Keypair | None) -> int:
+def _reload(server: Any, args: argparse.Namespace) -> None:
+    """SIGHUP: re-read the configuration and apply what can change live; never fatal."""
+    try:
+        new = _config_from_args(args)
+        applied, ignored = server.reload(new)
+    except ConfigError as exc:
+        logger.error("reload failed, configuration unchanged: %s", exc)
+        return
+    if not applied and not ignored:
+        logger.info("reload: no change")
+        return
+    if applied:
+        logger.info(
+            "reload applied: %s",
+            ", ".join(applied),
+            extra={"changed": {key: describe_config(new).get(key) for key in applied}},
+        )
+    if ignored:
+        logger.warning("reload ignored (needs a restart): %s", ", ".join(ignored))
+
+
+async def _serve(
+    config: RelayConfig, keypair: Keypair | None, args: argparse.Namespace | None = None
+) -> int:
     from ._server import serve_relay  # imported late: the CLI's other commands don't need it
 
     forced = False
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
 
             async def run_server(task_status: trio.TaskStatus[Any]) -> None:
@@ -278,6 +351,10 @@ async def _serve(config: RelayConfig, keypair: Keypair | None) -> int:
             shutting_down = False
             async for signum in signals:
                 name = signal.Signals(signum).name
+                if signum == signal.SIGHUP:
+                    if args is not None and not shutting_down:
+                        _reload(server, args)
+                    continue
                 if not shutting_down:
                     logger.info(
                         "shutting down", extra={"signal": name, "grace": config.shutdown_grace}
@@ -298,15 +375,35 @@ def _serve_main(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"{PROG}: configuration error: {exc}", file=sys.stderr)
         return 2
+    if args.check_config:
+        effective = describe_config(config)
+        if config.key_file is not None and Path(config.key_file).exists():
+            try:  # the identity it would serve with (a missing file would be created)
+                key = Keypair.from_protobuf(Path(config.key_file).read_bytes())
+            except (OSError, ValueError) as exc:
+                print(f"{PROG}: cannot load key_file: {exc}", file=sys.stderr)
+                return 2
+            effective["peer_id"] = str(key.peer_id)
+        print(json.dumps(effective, indent=2, sort_keys=True))
+        return 0
     configure_logging(config.log_format, config.log_level)
     # A relay past its fd limit fails every accept, honest peers and /metrics alike:
     # raise the soft limit to the hard one, and keep max_sessions below it.
     raise_fd_limit(config.limits)
     try:
-        keypair = load_or_create_keypair(config.key_file) if config.key_file else None
+        keypair = load_or_create_keypair(config.key_file) if config.key_file else Keypair.generate()
     except (OSError, ValueError) as exc:
         print(f"{PROG}: cannot load key_file: {exc}", file=sys.stderr)
         return 2
+    if config.announce is not None:
+        try:  # now that the identity is known: an announce naming another peer is refused
+            announce_multiaddr(config.announce, str(keypair.peer_id), config.port, False)
+        except ConfigError as exc:
+            print(f"{PROG}: configuration error: {exc}", file=sys.stderr)
+            return 2
+    logger.info(
+        "starting %s %s", PROG, __version__, extra={"config": describe_config(config)}
+    )
     try:
         # Everything loaded so far (modules, config, keys) lives as long as the process:
         # move it out of the collector's sight, so full collections, whose cost grows
@@ -315,7 +412,7 @@ def _serve_main(args: argparse.Namespace) -> int:
         # would change collection for the caller's whole process.
         gc.collect()
         gc.freeze()
-        return trio.run(_serve, config, keypair)
+        return trio.run(_serve, config, keypair, args)
     except Exception as exc:  # incl. ExceptionGroup from the nursery, e.g. port in use
         leaves = _leaf_exceptions(exc)
         if all(isinstance(leaf, OSError) for leaf in leaves):
@@ -331,6 +428,16 @@ def _leaf_exceptions(exc: BaseException) -> list[BaseException]:
     if isinstance(exc, BaseExceptionGroup):
         return [leaf for sub in exc.exceptions for leaf in _leaf_exceptions(sub)]
     return [exc]
+
+
+def _peer_id_main(args: argparse.Namespace) -> int:
+    try:
+        keypair = Keypair.from_protobuf(Path(args.key_file).read_bytes())
+    except (OSError, ValueError) as exc:
+        print(f"{PROG} peer-id: cannot load {args.key_file}: {exc}", file=sys.stderr)
+        return 2
+    print(keypair.peer_id)
+    return 0
 
 
 def _token_main(args: argparse.Namespace) -> int:
@@ -394,6 +501,8 @@ def main(argv: list[str] | None = None) -> int:
         return _token_main(args)
     if args.command == "keygen":
         return _keygen_main(args)
+    if args.command == "peer-id":
+        return _peer_id_main(args)
     return _serve_main(args)
 
 

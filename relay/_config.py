@@ -9,11 +9,14 @@ buffers, short handshake deadlines).
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from darkswap_trio._config import ConfigError as _SdkConfigError
+from darkswap_trio._config import parse_relay_address
 from darkswap_trio._settings import apply_settings
 
 AuthMode = Literal["signature", "jwt", "open"]
@@ -87,7 +90,13 @@ class AuthConfig:
 class RelayConfig:
     host: str = "0.0.0.0"
     port: int = 9002
+    # What peers are told to dial (READY line, logs): a multiaddr (``/p2p/<id>`` added if
+    # missing) or ``host[:port]``, for a relay behind NAT, a proxy or a load balancer.
+    # None: derived from host and the bound port (127.0.0.1 for a wildcard host).
+    announce: str | None = None
     stun_port: int | None = 3478  # None disables the STUN service
+    # /metrics and /healthz: loopback by default, they are for the operator's scraper.
+    metrics_host: str = "127.0.0.1"
     metrics_port: int | None = 9090  # None disables /metrics and /healthz
     key_file: str | None = None  # relay identity; None = ephemeral key
     tls_cert: str | None = None
@@ -115,6 +124,9 @@ class RelayConfig:
                 )
             if not (self.auth.jwt_key or self.auth.jwt_key_file):
                 raise ConfigError("auth.mode = 'jwt' needs auth.jwt_key or auth.jwt_key_file")
+        if self.announce is not None:
+            # Checked with a placeholder identity; the real one is added when serving.
+            announce_multiaddr(self.announce, _PLACEHOLDER_PEER_ID, self.port or 1, False)
         if self.log_format not in ("text", "json"):
             raise ConfigError(f"log_format must be 'text' or 'json', got {self.log_format!r}")
         for f in dataclasses.fields(self.limits):
@@ -151,3 +163,112 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> RelayConfig
         else:
             setattr(config, key, value)
     return config.validate()
+
+
+# A valid PeerId used only to check the syntax of `announce` before the key is loaded.
+_PLACEHOLDER_PEER_ID = "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA"
+
+
+def announce_multiaddr(announce: str, peer_id: str, port: int, tls: bool) -> str:
+    """The multiaddr peers should dial, from ``announce`` (see RelayConfig.announce).
+
+    ``/dns4/relay.example/tcp/443/wss`` gets ``/p2p/<peer_id>`` appended;
+    ``relay.example:443`` becomes ``/dns/relay.example/tcp/443/ws/p2p/<peer_id>``
+    (``/tls/ws`` when the relay itself serves TLS; ``port`` when none is given).
+    The result must parse as an SDK relay address. Raises ConfigError.
+    """
+    text = announce.strip()
+    if not text.startswith("/"):
+        if text.startswith("["):  # [v6]:port
+            host, _, rest = text[1:].partition("]")
+            port_text = rest.removeprefix(":")
+        elif text.count(":") == 1:  # host:port
+            host, _, port_text = text.partition(":")
+        else:  # a host name, IPv4 or bare IPv6 address
+            host, port_text = text, ""
+        if port_text:
+            if not port_text.isdigit():
+                raise ConfigError(f"announce: bad port in {announce!r}")
+            port = int(port_text)
+        try:
+            proto = "ip6" if ipaddress.ip_address(host).version == 6 else "ip4"
+        except ValueError:
+            proto = "dns"
+        text = f"/{proto}/{host}/tcp/{port}/{'tls/ws' if tls else 'ws'}"
+    if "/p2p/" not in text:
+        text = text.rstrip("/") + f"/p2p/{peer_id}"
+    try:
+        address = parse_relay_address(text)
+    except _SdkConfigError as exc:
+        raise ConfigError(f"announce: {exc}") from None
+    if str(address.peer_id) != peer_id and peer_id != _PLACEHOLDER_PEER_ID:
+        raise ConfigError(f"announce: {announce!r} names peer {address.peer_id}, this relay is {peer_id}")
+    return text
+
+
+# Limits that SIGHUP applies to a running relay. Each is read where it is used (new
+# sessions, new circuits, each admission or circuit check); every other setting (a new
+# LimitsConfig field too, until it is listed here) is fixed at start: the change is
+# logged as ignored.
+LIVE_LIMITS = frozenset(
+    {
+        "max_sessions",
+        "max_sessions_per_ip",
+        "max_pending_per_ip",
+        "max_pending_connections",
+        "idle_timeout",
+        "duplicate_probe_timeout",
+        "messages_per_peer_rate",
+        "messages_per_peer_burst",
+        "bytes_per_peer_rate",
+        "bytes_per_peer_burst",
+        "max_circuits",
+        "max_circuits_per_peer",
+        "max_circuits_per_pair",
+        "circuit_idle_timeout",
+        "circuit_duration",
+        "circuit_bytes",
+        "circuit_stall_timeout",
+    }
+)
+# Auth settings a reload applies (to registrations from then on); the mode is fixed.
+LIVE_AUTH = frozenset({"jwt_algorithm", "jwt_key", "jwt_key_file", "jwt_audience", "jwt_issuer", "jwt_leeway"})
+_SECRET_KEYS = frozenset({"auth.jwt_key"})
+
+
+def flatten_config(config: RelayConfig) -> dict[str, Any]:
+    """Every setting as ``{"port": 9002, "auth.mode": ..., "limits.max_sessions": ...}``."""
+    flat: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            for sub in dataclasses.fields(value):
+                flat[f"{f.name}.{sub.name}"] = getattr(value, sub.name)
+        else:
+            flat[f.name] = value
+    return flat
+
+
+def describe_config(config: RelayConfig) -> dict[str, Any]:
+    """:func:`flatten_config` with secrets (an inline JWT key) replaced by ``"<set>"``."""
+    flat = flatten_config(config)
+    for key in _SECRET_KEYS:
+        if flat.get(key) is not None:
+            flat[key] = "<set>"
+    return flat
+
+
+def config_changes(old: RelayConfig, new: RelayConfig) -> tuple[list[str], list[str]]:
+    """Settings that differ, split into (applied live, ignored until restart)."""
+    before, after = flatten_config(old), flatten_config(new)
+    applied: list[str] = []
+    ignored: list[str] = []
+    for key, value in after.items():
+        if before.get(key) == value:
+            continue
+        section, _, name = key.partition(".")
+        live = (section == "limits" and name in LIVE_LIMITS) or (
+            section == "auth" and name in LIVE_AUTH
+        )
+        (applied if live else ignored).append(key)
+    return applied, ignored

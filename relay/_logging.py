@@ -4,17 +4,53 @@ Code logs with ``extra={...}`` for structured fields (``peer_id``, ``remote``,
 ``relay_id``, ``code``...). The JSON formatter writes one object per line with
 ``ts`` (ISO 8601 UTC), ``level``, ``logger``, ``msg`` and every extra field; the text
 formatter appends them as ``key=value``. stdout stays free for the READY line.
+
+Each signaling session's task runs with :data:`session_context` set (by the server, when
+it accepts the connection): every record logged from that task gets a ``remote`` field,
+so a limit hit or a refused registration names the address without the caller passing it.
 """
 
 from __future__ import annotations
 
+import contextvars
 import datetime
 import json
 import logging
 import sys
+from dataclasses import dataclass
 from typing import Any, TextIO
 
-__all__ = ["JsonFormatter", "TextFormatter", "configure_logging"]
+__all__ = [
+    "JsonFormatter",
+    "SessionContext",
+    "TextFormatter",
+    "configure_logging",
+    "session_context",
+]
+
+
+@dataclass
+class SessionContext:
+    """Who the current task serves: the remote address and when its TCP connection came."""
+
+    remote: str
+    accepted_at: float  # trio clock
+    last_error: str | None = None  # code of the last Error frame sent (the close reason)
+
+
+session_context: contextvars.ContextVar[SessionContext | None] = contextvars.ContextVar(
+    "darkswap_relay_session", default=None
+)
+
+
+class _SessionFields(logging.Filter):
+    """Add ``remote`` to records logged inside a session's task (unless given)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        context = session_context.get()
+        if context is not None and not hasattr(record, "remote"):
+            record.remote = context.remote
+        return True
 
 # Attributes every LogRecord has; anything else came from `extra=`.
 _STANDARD_ATTRS = frozenset(
@@ -84,6 +120,7 @@ def configure_logging(
         root.removeHandler(old)
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(JsonFormatter() if format == "json" else TextFormatter())
+    handler.addFilter(_SessionFields())
     setattr(handler, _HANDLER_MARK, True)
     root.addHandler(handler)
     root.setLevel(level)

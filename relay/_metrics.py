@@ -17,20 +17,55 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
 import h11
 import trio
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+)
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
+
+from ._logging import session_context
 
 __all__ = ["RelayMetrics", "serve_metrics_http"]
 
 logger = logging.getLogger("relay.metrics")
+# Limit hits and refused registrations are logged here, where they are counted, on
+# these loggers (operators filter by name). At most one line per second per limit
+# name: under a flood the count is in the metric, the log names the source.
+limits_logger = logging.getLogger("relay.limits")
+auth_logger = logging.getLogger("relay.auth")
+_LIMIT_LOG_INTERVAL = 1.0
 
 _PREFIX = "darkswap_relay_"
-# The classic text format that generate_latest() writes, understood by every scraper.
+# The classic text format, understood by every scraper; OpenMetrics when asked (Accept).
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# Seconds: registration takes milliseconds; a circuit lives from seconds to the hour cap.
+REGISTRATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+CIRCUIT_BUCKETS = (0.1, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0)
+
+
+class _WithoutCreated(Collector):
+    """The registry minus ``*_created`` samples (noise for Prometheus: one series per metric).
+
+    prometheus-client can only switch them off process-wide; a library must not.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Any:
+        for family in self._registry.collect():
+            family.samples = [s for s in family.samples if not s.name.endswith("_created")]
+            yield family
 
 
 class RelayMetrics:
@@ -44,9 +79,10 @@ class RelayMetrics:
         metrics.limit_hits.labels(limit="messages_per_peer").inc()
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, version: str = "unknown") -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        self._exposed = _WithoutCreated(r)
 
         def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
             return Counter(_PREFIX + name, doc, labels, registry=r)
@@ -74,8 +110,8 @@ class RelayMetrics:
             "errors_sent", "Error frames sent to peers, by error code.", ("code",)
         )
         # Circuits
-        self.bytes_relayed = counter(
-            "bytes_relayed", "Payload bytes forwarded through relay circuits."
+        self.relayed_bytes = counter(
+            "relayed_bytes", "Payload bytes forwarded through relay circuits."
         )
         self.circuits_active = gauge("circuits_active", "Relay circuits currently open.")
         self.circuits_opened = counter("circuits_opened", "Relay circuits established.")
@@ -106,16 +142,41 @@ class RelayMetrics:
             "(malformed, not_request, not_binding, rate_limited, socket_error).",
             ("reason",),
         )
+        # Durations
+        self.registration_seconds = Histogram(
+            _PREFIX + "registration_duration_seconds",
+            "Time from TCP accept to a successful Register (Registered sent).",
+            buckets=REGISTRATION_BUCKETS,
+            registry=r,
+        )
+        self.circuit_open_seconds = Histogram(
+            _PREFIX + "circuit_open_duration_seconds",
+            "How long relay circuits stayed open, observed when they close.",
+            buckets=CIRCUIT_BUCKETS,
+            registry=r,
+        )
         # Process
         self.start_time = gauge(
             "start_time_seconds", "Unix time at which this relay's metrics were created."
         )
         self.start_time.set_to_current_time()
+        self.build_info = Gauge(
+            _PREFIX + "build_info",
+            "Always 1; the labels say which relay version is running.",
+            ("version",),
+            registry=r,
+        )
+        self.build_info.labels(version=version).set(1)
+        # process_cpu_seconds_total, process_resident_memory_bytes, open fds...
+        # (Linux /proc; absent elsewhere), registered here, not in the global registry.
+        ProcessCollector(registry=r)
         # Hot-path helpers below: labelled children cached (labels() validates and
         # locks on every call) and relayed bytes summed here, added to the counter
         # (which takes a lock per inc) only when read.
         self._children: dict[tuple[int, str], Any] = {}
         self._relayed_pending = 0
+        # limit name -> (monotonic time of the last line, hits not logged since)
+        self._limit_logged: dict[str, tuple[float, int]] = {}
 
     def _child(self, metric: Counter, label: str, value: str) -> Any:
         key = (id(metric), value)
@@ -132,11 +193,31 @@ class RelayMetrics:
 
     def error_sent(self, code: str) -> None:
         self._child(self.errors_sent, "code", code).inc()
+        context = session_context.get()
+        if context is not None:
+            context.last_error = code
 
     def limit_hit(self, limit: str) -> None:
+        """Count a limit hit and log it (INFO, ``relay.limits``; throttled per limit)."""
         self._child(self.limit_hits, "limit", limit).inc()
+        if not limits_logger.isEnabledFor(logging.INFO):
+            return
+        now = time.monotonic()
+        last, suppressed = self._limit_logged.get(limit, (-_LIMIT_LOG_INTERVAL, 0))
+        if now - last < _LIMIT_LOG_INTERVAL:
+            self._limit_logged[limit] = (last, suppressed + 1)
+            return
+        self._limit_logged[limit] = (now, 0)
+        limits_logger.info(
+            "limit hit: %s", limit, extra={"limit": limit, "suppressed": suppressed}
+        )
 
     def registration(self, mode: str, result: str) -> None:
+        """Count a Register attempt; a refused one is logged (INFO, ``relay.auth``)."""
+        if result != "ok":
+            auth_logger.info(
+                "registration refused: %s", result, extra={"mode": mode, "code": result}
+            )
         key = (id(self.registrations), f"{mode} {result}")
         child = self._children.get(key)
         if child is None:
@@ -150,12 +231,16 @@ class RelayMetrics:
     def _flush_relayed(self) -> None:
         if self._relayed_pending:
             pending, self._relayed_pending = self._relayed_pending, 0
-            self.bytes_relayed.inc(pending)
+            self.relayed_bytes.inc(pending)
 
-    def render(self) -> bytes:
-        """The registry in the Prometheus text exposition format (version 0.0.4)."""
+    def render(self, accept: str | None = None) -> tuple[bytes, str]:
+        """The registry encoded for a scraper's ``Accept`` header: (body, content type).
+
+        OpenMetrics when the scraper asks for it, else the classic text format 0.0.4.
+        """
         self._flush_relayed()
-        return generate_latest(self.registry)
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(self._exposed), content_type
 
     def value(self, name: str, labels: dict[str, str] | None = None) -> float | None:
         """Current value of one sample (full name, e.g. ``darkswap_relay_sessions_total``).
@@ -266,7 +351,10 @@ def _route(
     if method not in (b"GET", b"HEAD"):
         return 405, b"method not allowed\n", "text/plain; charset=utf-8"
     if path == b"/metrics":
-        return 200, metrics.render(), METRICS_CONTENT_TYPE
+        accept = ", ".join(
+            value.decode("latin-1") for name, value in request.headers if name == b"accept"
+        )
+        return (200, *metrics.render(accept))
     try:
         healthy, details = health()
     except Exception as exc:  # a broken health check is an unhealthy relay, not a crash

@@ -13,6 +13,7 @@ stalled). That keeps one slow reader from blocking anyone else.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import uuid
@@ -35,12 +36,14 @@ from darkswap_trio.proto.signaling import CircuitLimits, RelayResponse
 
 from ._config import RelayConfig
 from ._legacy import INCOMPATIBLE_PEER, circuit_announcement, incompatible, incompatible_reason
+from ._logging import session_context
 from ._metrics import RelayMetrics
 
 if TYPE_CHECKING:
     from ._session import SignalingSession
 
 logger = logging.getLogger("relay.router")
+circuit_logger = logging.getLogger("relay.circuits")
 
 
 def relay_id_text(relay_id: bytes) -> str:
@@ -94,6 +97,7 @@ class RelayRouter:
         self._timer_wakeup = trio.Event()
         self._timer_deadline = math.inf
         self._sessions_closed = trio.Event()
+        self._opened_at: dict[bytes, float] = {}  # relay id -> trio time (histogram, log)
         # The limits every Registered message announces (built once, not per peer).
         self.announced_limits = {
             "max_frame_size": lim.max_frame_size,
@@ -111,7 +115,33 @@ class RelayRouter:
         if peer_id in self.registered or self.shutting_down:
             return False
         self.registered[peer_id] = session
+        context = session_context.get()
+        if context is not None:
+            self.metrics.registration_seconds.observe(trio.current_time() - context.accepted_at)
         return True
+
+    def apply_limits(self) -> None:
+        """``config.limits`` changed (reload): take it for new circuits and checks."""
+        lim = self.config.limits
+        # window, max_data_frame and bandwidth stay: existing circuits depend on them.
+        self.circuit_limits = dataclasses.replace(
+            self.circuit_limits, duration=float(lim.circuit_duration), data=int(lim.circuit_bytes)
+        )
+        table = self.table
+        table.limits = self.circuit_limits
+        table.max_circuits = lim.max_circuits
+        table.max_circuits_per_peer = lim.max_circuits_per_peer
+        table.max_circuits_per_pair = lim.max_circuits_per_pair
+        table.stall_timeout = lim.circuit_stall_timeout
+        table.idle_timeout = lim.circuit_idle_timeout
+        self.announced_limits.update(
+            max_circuits_per_peer=lim.max_circuits_per_peer,
+            max_circuits_per_pair=lim.max_circuits_per_pair,
+            circuit_idle_timeout=lim.circuit_idle_timeout,
+            messages_per_second=lim.messages_per_peer_rate,
+            idle_timeout=lim.idle_timeout,
+        )
+        self._timer_wakeup.set()  # deadlines may have moved
 
     def release_peer(self, session: SignalingSession, reason: CloseReason) -> None:
         """The session stopped reading: free its peer id and close its circuits
@@ -266,6 +296,7 @@ class RelayRouter:
                         session.circuit_closed(event.relay_id, text, reason)
                 self.metrics.circuits_closed.labels(reason=event.reason.value).inc()
                 self.metrics.circuits_active.set(len(table))
+                self._log_closed(event, text)
                 if event.reason in (
                     CloseReason.DATA_LIMIT,
                     CloseReason.DURATION_LIMIT,
@@ -273,13 +304,13 @@ class RelayRouter:
                     CloseReason.STALLED,
                     CloseReason.IDLE,
                 ):
-                    self.metrics.limit_hits.labels(limit=f"circuit_{event.reason.value}").inc()
+                    self.metrics.limit_hit(f"circuit_{event.reason.value}")
             elif isinstance(event, CircuitRefused):
                 self.metrics.circuits_refused.labels(reason=event.code).inc()
                 if event.code == "too_many_circuits":
-                    self.metrics.limit_hits.labels(limit="circuits").inc()
+                    self.metrics.limit_hit("circuits")
                 elif event.code == "too_many_circuits_to_peer":
-                    self.metrics.limit_hits.labels(limit="circuits_per_pair").inc()
+                    self.metrics.limit_hit("circuits_per_pair")
                 session = self.registered.get(event.requester)
                 if session is not None:
                     session.send_control(
@@ -296,8 +327,30 @@ class RelayRouter:
         if deadline is not None and deadline < self._timer_deadline:
             self._timer_wakeup.set()
 
+    def _log_closed(self, event: CircuitClosed, text: str) -> None:
+        opened = self._opened_at.pop(event.relay_id, None)
+        duration = None if opened is None else trio.current_time() - opened
+        if duration is not None:
+            self.metrics.circuit_open_seconds.observe(duration)
+        circuit_logger.info(
+            "circuit closed",
+            extra={
+                "relay_id": text,
+                "requester": event.requester,
+                "target": event.target,
+                "bytes": event.carried,
+                "duration": None if duration is None else round(duration, 3),
+                "reason": event.reason.value,
+            },
+        )
+
     def _opened(self, event: CircuitOpened) -> None:
         text = relay_id_text(event.relay_id)
+        self._opened_at[event.relay_id] = trio.current_time()
+        circuit_logger.info(
+            "circuit open",
+            extra={"relay_id": text, "requester": event.requester, "target": event.target},
+        )
         self.metrics.circuits_opened.inc()
         self.metrics.circuits_active.set(len(self.table))
         requester = self.registered.get(event.requester)

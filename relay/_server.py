@@ -6,7 +6,8 @@ serve_relay(config)                 root nursery; started(RelayServer)
  │   └─ session nursery            one SignalingSession per connection (reader + writer)
  ├─ circuit nursery                 RelayRouter.run_circuit_timer (duration / stall deadlines)
  ├─ STUN UDP service                (stun_port is not None)
- └─ HTTP /metrics, /healthz         (metrics_port is not None)
+ └─ HTTP /metrics, /healthz         (metrics_port is not None; on metrics_host, loopback
+                                     by default)
 ```
 
 Errors are contained per session: a crashing session is logged, told ``internal_error``
@@ -27,14 +28,23 @@ from typing import Any
 
 import trio
 
+from darkswap_trio import __version__
 from darkswap_trio._identity import Keypair, load_or_create_keypair
 from darkswap_trio._websocket import serve_websocket
 from darkswap_trio.proto.relay import CloseReason
 from darkswap_trio.proto.signaling import Error, encode_message
 
 from ._admission import ConnectionAdmission
-from ._config import RelayConfig
+from ._config import (
+    LIVE_AUTH,
+    LIVE_LIMITS,
+    ConfigError,
+    RelayConfig,
+    announce_multiaddr,
+    config_changes,
+)
 from ._limits import KeyedRateLimiter, TokenBucket
+from ._logging import SessionContext, session_context
 from ._metrics import RelayMetrics, serve_metrics_http
 from ._router import RelayRouter
 from ._session import CLOSE_GOING_AWAY, SignalingSession
@@ -72,9 +82,16 @@ class RelayServer:
         self._listener_scope = trio.CancelScope()
         self._stopped = trio.Event()
         self.admission: ConnectionAdmission | None = None
+        self.jwt_validator: Any = None  # JwtValidator in jwt mode; replaced by reload()
+        self._jwt_material: str | None = None  # the key it was built from
 
     @property
     def multiaddr(self) -> str:
+        """What peers dial: ``config.announce`` if set, else derived from the bound address."""
+        if self.config.announce is not None:
+            return announce_multiaddr(
+                self.config.announce, self.peer_id, self.signaling_port, self.tls
+            )
         host = self.host
         if host in ("0.0.0.0", ""):
             host = "127.0.0.1"
@@ -115,6 +132,39 @@ class RelayServer:
                 "circuits": stats.circuits,
             },
         )
+
+    def reload(self, new: RelayConfig) -> tuple[list[str], list[str]]:
+        """Apply what can change on a running relay (SIGHUP): limits in ``LIVE_LIMITS``
+        and the JWT verification settings. Returns (applied, ignored) setting names;
+        ignored ones need a restart. Raises ConfigError (nothing applied) for a bad
+        configuration or an unusable JWT key.
+        """
+        new.validate()
+        applied, ignored = config_changes(self.config, new)
+        validator = self.jwt_validator
+        if self.config.auth.mode == "jwt" and new.auth.mode == "jwt":
+            from ._auth import JwtValidator
+
+            try:
+                material = new.jwt_key_material()
+            except OSError as exc:
+                raise ConfigError(f"cannot read auth.jwt_key_file: {exc}") from exc
+            if material != self._jwt_material and not {"auth.jwt_key", "auth.jwt_key_file"} & set(
+                applied
+            ):
+                applied.append("auth.jwt_key_file")  # same file, new contents (key rotation)
+            if material != self._jwt_material or any(k.startswith("auth.") for k in applied):
+                validator = JwtValidator(new.auth, material)  # may raise: then apply nothing
+                self._jwt_material = material
+        for key in applied:
+            section, _, name = key.partition(".")
+            if section == "limits" and name in LIVE_LIMITS:
+                setattr(self.config.limits, name, getattr(new.limits, name))
+            elif section == "auth" and name in LIVE_AUTH:
+                setattr(self.config.auth, name, getattr(new.auth, name))
+        self.jwt_validator = validator
+        self.router.apply_limits()
+        return applied, ignored
 
     async def shutdown(self, grace: float | None = None) -> None:
         """Stop accepting, tell every peer, wait at most ``grace`` s, then stop everything."""
@@ -157,16 +207,18 @@ async def serve_relay(
     config.validate()
     if keypair is None:
         keypair = load_or_create_keypair(config.key_file) if config.key_file else Keypair.generate()
-    metrics = RelayMetrics()
+    metrics = RelayMetrics(version=__version__)
     router = RelayRouter(config, keypair, metrics)
     server = RelayServer(config, router, metrics)
+    if config.announce is not None:
+        announce_multiaddr(config.announce, server.peer_id, config.port, server.tls)  # early error
     metrics.buffered_bytes.set_function(lambda: router.queued_bytes)
     lim = config.limits
-    jwt_validator = None
     if config.auth.mode == "jwt":
         from ._auth import JwtValidator
 
-        jwt_validator = JwtValidator.from_config(config)
+        server.jwt_validator = JwtValidator.from_config(config)
+        server._jwt_material = config.jwt_key_material()
     # Per-IP and total caps apply from TCP accept (admission.admit/release, in the listener).
     admission = ConnectionAdmission(lim, metrics)
     server.admission = admission
@@ -182,58 +234,141 @@ async def serve_relay(
                 503, encode_message(Error("the server is stopping", "server_shutdown")).encode()
             )
             return
+        # The handshake deadline runs from TCP accept, not from the upgrade.
+        accepted_at = ticket.accepted_at if ticket is not None else None
+        remote = _address_text(request.remote_address)
+        context = SessionContext(
+            remote, trio.current_time() if accepted_at is None else accepted_at
+        )
+        session_context.set(context)
+        session: SignalingSession | None = None
+        opened = trio.current_time()
         try:
             ws = await request.accept()
-            # The handshake deadline runs from TCP accept, not from the upgrade.
-            accepted_at = ticket.accepted_at if ticket is not None else None
-            session = SignalingSession(router, ws, ip, jwt_validator, accepted_at=accepted_at)
+            session = SignalingSession(
+                router, ws, ip, server.jwt_validator, accepted_at=accepted_at
+            )
             if ticket is not None:
                 ticket.session = session  # pending until it registers
+            logger.info("session open", extra={"remote": remote})
             await session.run()
         except (trio.BrokenResourceError, trio.ClosedResourceError, trio.EndOfChannel):
             pass  # the peer left during the opening handshake or the close
         except Exception:  # contained: one bad session never takes the server down
             logger.exception("session handler from %s crashed", ip)
+        finally:
+            if session is not None:
+                _log_session_closed(session, context, trio.current_time() - opened)
 
     try:
         async with trio.open_nursery() as root:
             server._root = root.cancel_scope
             await root.start(_run_circuit_nursery, router)
             session_nursery = await root.start(_run_session_nursery)
-            listeners = await root.start(
-                _run_listener,
-                server,
-                handle_request,
-                _ssl_context(config),
-                lim.max_frame_size * _WS_SIZE_FACTOR,
-                lim.handshake_timeout,
-                session_nursery,
-                admission,
+            listeners = await _bind_named(
+                "signaling",
+                config.host,
+                config.port,
+                partial(
+                    root.start,
+                    _run_listener,
+                    server,
+                    handle_request,
+                    _ssl_context(config),
+                    lim.max_frame_size * _WS_SIZE_FACTOR,
+                    lim.handshake_timeout,
+                    session_nursery,
+                    admission,
+                ),
             )
             server.signaling_port = _bound_port(listeners)
             if config.stun_port is not None:
                 from ._stun import serve_stun
 
-                server.stun_port = await root.start(
+                server.stun_port = await _bind_named(
+                    "STUN (UDP)",
+                    config.host,
+                    config.stun_port,
                     partial(
-                        serve_stun,
-                        config.host,
-                        config.stun_port,
-                        metrics,
-                        rate_limiter=KeyedRateLimiter(
-                            lim.stun_per_ip_rate, lim.stun_per_ip_burst, lim.limiter_table_size
+                        root.start,
+                        partial(
+                            serve_stun,
+                            config.host,
+                            config.stun_port,
+                            metrics,
+                            rate_limiter=KeyedRateLimiter(
+                                lim.stun_per_ip_rate, lim.stun_per_ip_burst, lim.limiter_table_size
+                            ),
+                            total_limiter=TokenBucket(lim.stun_total_rate, lim.stun_total_burst),
                         ),
-                        total_limiter=TokenBucket(lim.stun_total_rate, lim.stun_total_burst),
-                    )
+                    ),
                 )
             if config.metrics_port is not None:
-                server.metrics_port = await root.start(
-                    _serve_metrics, metrics, config.host, config.metrics_port, server.health
+                server.metrics_port = await _bind_named(
+                    "metrics",
+                    config.metrics_host,
+                    config.metrics_port,
+                    partial(
+                        root.start,
+                        _serve_metrics,
+                        metrics,
+                        config.metrics_host,
+                        config.metrics_port,
+                        server.health,
+                    ),
                 )
-            logger.info("relay %s listening on %s", server.peer_id, server.multiaddr)
+            logger.info(
+                "relay %s listening on %s",
+                server.peer_id,
+                server.multiaddr,
+                extra={"host": config.host, "port": server.signaling_port},
+            )
             task_status.started(server)
     finally:
         server._stopped.set()
+
+
+def _address_text(address: Any) -> str:
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+def _log_session_closed(
+    session: SignalingSession, context: SessionContext, duration: float
+) -> None:
+    # Read-only peeks at the session's close state (set by SignalingSession.close).
+    code = getattr(session, "_close_code", None)
+    reason = getattr(session, "_close_reason", "") or context.last_error
+    logger.info(
+        "session closed",
+        extra={
+            "peer_id": session.peer_id,
+            "remote": context.remote,
+            "duration": round(duration, 3),
+            "code": code,
+            "reason": reason or _CLOSE_NAMES.get(code, "closed"),
+        },
+    )
+
+
+# WebSocket close codes the relay uses, named for the log (RFC 6455 section 7.4.1).
+_CLOSE_NAMES = {
+    1000: "normal",
+    1001: "going_away",
+    1008: "policy",
+    1009: "too_big",
+    1011: "internal_error",
+    None: "peer_disconnected",
+}
+
+
+async def _bind_named(what: str, host: str, port: int, start: Any) -> Any:
+    """Run ``start()``; an OSError while binding names the service and the address."""
+    try:
+        return await start()
+    except OSError as exc:
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        raise OSError(exc.errno, f"{what} {where}: {exc.strerror or exc}") from exc
 
 
 def _bound_port(listeners: Any) -> int:

@@ -119,6 +119,10 @@ class CircuitClosed:
     reason: CloseReason
     # (peer, reason to tell that peer); peers that are gone are not listed.
     notify: tuple[tuple[str, str], ...]
+    # For the operator's log: the two ends and the payload bytes carried (both ways).
+    requester: str = ""
+    target: str = ""
+    carried: int = 0
 
 
 CircuitEvent = CircuitOpened | CircuitRefused | DeliverData | DeliverCredit | CircuitClosed
@@ -515,4 +519,6 @@ class CircuitTable:
             )
         else:
             notify = tuple((p, reason.value) for p in (c.requester, c.target) if p != gone)
-        self._events.append(CircuitClosed(c.relay_id, reason, notify))
+        self._events.append(
+            CircuitClosed(c.relay_id, reason, notify, c.requester, c.target, c.carried)
+        )
