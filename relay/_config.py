@@ -94,10 +94,10 @@ class RelayConfig:
     # missing) or ``host[:port]``, for a relay behind NAT, a proxy or a load balancer.
     # None: derived from host and the bound port (127.0.0.1 for a wildcard host).
     announce: str | None = None
-    stun_port: int | None = 3478  # None disables the STUN service
+    stun_port: int | None = 3478  # None disables the STUN service (TOML: false)
     # /metrics and /healthz: loopback by default, they are for the operator's scraper.
     metrics_host: str = "127.0.0.1"
-    metrics_port: int | None = 9090  # None disables /metrics and /healthz
+    metrics_port: int | None = 9090  # None disables /metrics and /healthz (TOML: false)
     key_file: str | None = None  # relay identity; None = ephemeral key
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -154,7 +154,13 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> RelayConfig
             table = tomllib.loads(Path(path).read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read config {path}: {exc}") from exc
+        # `stun_port = false` / `metrics_port = false` disable a service (TOML has no null).
+        disabled = [k for k in ("stun_port", "metrics_port") if table.get(k) is False]
+        for key in disabled:
+            del table[key]
         apply_settings(config, table, ConfigError)
+        for key in disabled:
+            setattr(config, key, None)
     for key, value in overrides.items():
         if value is None:
             continue

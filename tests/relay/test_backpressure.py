@@ -73,7 +73,7 @@ async def test_silent_extended_receiver_stalls_legacy_sender(nursery, autojump_c
             # The sender kept trying, the relay took at most one window and held at most
             # a window plus the frame it stopped reading at.
             assert sent > WINDOW + FRAME
-            relayed = server.metrics.value("darkswap_relay_bytes_relayed_total")
+            relayed = server.metrics.value("darkswap_relay_relayed_bytes_total")
             assert relayed <= WINDOW
             assert len(samples) > 10 and max(samples) <= WINDOW + FRAME + SLACK
             assert server.statistics().circuits == 0

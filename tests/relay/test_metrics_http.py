@@ -16,7 +16,7 @@ METRIC_NAMES = [
     "darkswap_relay_registrations_total",
     "darkswap_relay_frames_received_total",
     "darkswap_relay_frames_sent_total",
-    "darkswap_relay_bytes_relayed_total",
+    "darkswap_relay_relayed_bytes_total",
     "darkswap_relay_circuits_active",
     "darkswap_relay_circuits_opened_total",
     "darkswap_relay_circuits_refused_total",
@@ -89,7 +89,7 @@ async def test_metrics_endpoint_lists_metrics_and_tracks_changes() -> None:
             m.sessions_active.set(2)
             m.frames_received.labels(kind="Offer").inc(3)
             m.registrations.labels(mode="jwt", result="token_expired").inc()
-            m.bytes_relayed.inc(1234)
+            m.relayed_bytes.inc(1234)
             _, _, body = split(await exchange(server.port, get("/metrics?x=1")))
             text = body.decode()
             assert "darkswap_relay_sessions_total 2.0" in text
@@ -98,7 +98,7 @@ async def test_metrics_endpoint_lists_metrics_and_tracks_changes() -> None:
             assert (
                 'darkswap_relay_registrations_total{mode="jwt",result="token_expired"} 1.0' in text
             )
-            assert "darkswap_relay_bytes_relayed_total 1234.0" in text
+            assert "darkswap_relay_relayed_bytes_total 1234.0" in text
             nursery.cancel_scope.cancel()
 
 
@@ -214,4 +214,4 @@ def test_each_relay_metrics_has_its_own_registry() -> None:
     assert a.value("darkswap_relay_circuits_opened_total") == 1
     assert b.value("darkswap_relay_circuits_opened_total") == 0
     assert a.value("darkswap_relay_limit_hits_total", {"limit": "sessions_per_ip"}) == 2
-    assert b"darkswap_relay_circuits_opened_total 1.0" in a.render()
+    assert b"darkswap_relay_circuits_opened_total 1.0" in a.render()[0]
