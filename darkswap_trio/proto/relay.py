@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .signaling import CircuitLimits
 
@@ -119,10 +119,11 @@ class CircuitClosed:
     reason: CloseReason
     # (peer, reason to tell that peer); peers that are gone are not listed.
     notify: tuple[tuple[str, str], ...]
-    # For the operator's log: the two ends and the payload bytes carried (both ways).
-    requester: str = ""
-    target: str = ""
-    carried: int = 0
+    # For the operator's log (not part of the event's identity): the two ends and the
+    # payload bytes carried, both directions.
+    requester: str = field(default="", compare=False)
+    target: str = field(default="", compare=False)
+    carried: int = field(default=0, compare=False)
 
 
 CircuitEvent = CircuitOpened | CircuitRefused | DeliverData | DeliverCredit | CircuitClosed
