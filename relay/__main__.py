@@ -21,11 +21,9 @@ import argparse
 import gc
 import json
 import logging
-import os
 import signal
 import ssl
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -33,14 +31,13 @@ import trio
 
 from darkswap_trio import (
     Keypair,
-    PeerIdError,
     __version__,
     load_or_create_keypair,
-    parse_peer_id,
 )
 
 from ._admission import raise_fd_limit
-from ._auth import JwtValidator, generate_jwt_keypair, issue_token
+from ._auth import JwtValidator
+from ._commands import keygen_main, peer_id_main, token_main
 from ._config import (
     AUTH_MODES,
     JWT_ALGORITHMS,
@@ -430,66 +427,6 @@ def _leaf_exceptions(exc: BaseException) -> list[BaseException]:
     return [exc]
 
 
-def _peer_id_main(args: argparse.Namespace) -> int:
-    try:
-        keypair = Keypair.from_protobuf(Path(args.key_file).read_bytes())
-    except (OSError, ValueError) as exc:
-        print(f"{PROG} peer-id: cannot load {args.key_file}: {exc}", file=sys.stderr)
-        return 2
-    print(keypair.peer_id)
-    return 0
-
-
-def _token_main(args: argparse.Namespace) -> int:
-    try:
-        peer_id = str(parse_peer_id(args.peer_id))  # a CIDv1 id becomes the base58 `sub`
-        material = Path(args.key_file).read_text()
-        token = issue_token(
-            peer_id,
-            material,
-            args.algorithm,
-            args.ttl,
-            now=time.time(),
-            audience=args.audience,
-            issuer=args.issuer,
-        )
-    except (PeerIdError, ConfigError, OSError) as exc:
-        print(f"{PROG} token: {exc}", file=sys.stderr)
-        return 2
-    print(token)
-    return 0
-
-
-def _write_secret(path: Path, text: str, mode: int, force: bool) -> None:
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
-    fd = os.open(path, flags, mode)
-    with os.fdopen(fd, "w") as f:
-        f.write(text if text.endswith("\n") else text + "\n")
-
-
-def _keygen_main(args: argparse.Namespace) -> int:
-    out = Path(args.out)
-    private_pem, public_pem = generate_jwt_keypair(args.algorithm)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        if args.algorithm == "HS256":
-            written = [out / "jwt_secret"]
-            _write_secret(written[0], private_pem, 0o600, args.force)
-        else:
-            written = [out / "jwt_private.pem", out / "jwt_public.pem"]
-            _write_secret(written[0], private_pem, 0o600, args.force)
-            _write_secret(written[1], public_pem, 0o644, args.force)
-    except FileExistsError as exc:
-        print(f"{PROG} keygen: {exc.filename} exists (use --force)", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"{PROG} keygen: {exc}", file=sys.stderr)
-        return 2
-    for path in written:
-        print(path)
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``darkswap-relay``; returns the process exit code."""
     parser = build_parser()
@@ -498,11 +435,11 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # --help (0) or a usage error (2)
         return exc.code if isinstance(exc.code, int) else 2
     if args.command == "token":
-        return _token_main(args)
+        return token_main(args)
     if args.command == "keygen":
-        return _keygen_main(args)
+        return keygen_main(args)
     if args.command == "peer-id":
-        return _peer_id_main(args)
+        return peer_id_main(args)
     return _serve_main(args)
 
 
