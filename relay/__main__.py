@@ -345,6 +345,12 @@ async def _serve(
             sys.stdout.write(_ready_line(server) + "\n")
             sys.stdout.flush()
             logger.info("relay ready", extra={"peer_id": str(server.peer_id)})
+            if config.announce is None and config.host in ("0.0.0.0", "::", ""):
+                logger.warning(
+                    "READY gives a loopback multiaddr (host %s): set --announce to the "
+                    "address remote peers dial",
+                    config.host,
+                )
             shutting_down = False
             async for signum in signals:
                 name = signal.Signals(signum).name

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import socket
 import time
 from collections.abc import Callable
@@ -79,7 +80,9 @@ class RelayMetrics:
         metrics.limit_hits.labels(limit="messages_per_peer").inc()
     """
 
-    def __init__(self, *, version: str = "unknown") -> None:
+    def __init__(
+        self, *, version: str = "unknown", clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self._exposed = _WithoutCreated(r)
@@ -175,8 +178,9 @@ class RelayMetrics:
         # (which takes a lock per inc) only when read.
         self._children: dict[tuple[int, str], Any] = {}
         self._relayed_pending = 0
-        # limit name -> (monotonic time of the last line, hits not logged since)
+        # limit name -> (clock time of the last line, hits not logged since)
         self._limit_logged: dict[str, tuple[float, int]] = {}
+        self._clock = clock
 
     def _child(self, metric: Counter, label: str, value: str) -> Any:
         key = (id(metric), value)
@@ -200,29 +204,40 @@ class RelayMetrics:
     def limit_hit(self, limit: str) -> None:
         """Count a limit hit and log it (INFO, ``relay.limits``; throttled per limit)."""
         self._child(self.limit_hits, "limit", limit).inc()
-        if not limits_logger.isEnabledFor(logging.INFO):
-            return
-        now = time.monotonic()
-        last, suppressed = self._limit_logged.get(limit, (-_LIMIT_LOG_INTERVAL, 0))
-        if now - last < _LIMIT_LOG_INTERVAL:
-            self._limit_logged[limit] = (last, suppressed + 1)
-            return
-        self._limit_logged[limit] = (now, 0)
-        limits_logger.info(
-            "limit hit: %s", limit, extra={"limit": limit, "suppressed": suppressed}
-        )
+        if limits_logger.isEnabledFor(logging.INFO):
+            suppressed = self._log_allowed(limit)
+            if suppressed is not None:
+                limits_logger.info(
+                    "limit hit: %s", limit, extra={"limit": limit, "suppressed": suppressed}
+                )
 
     def registration(self, mode: str, result: str) -> None:
-        """Count a Register attempt; a refused one is logged (INFO, ``relay.auth``)."""
-        if result != "ok":
-            auth_logger.info(
-                "registration refused: %s", result, extra={"mode": mode, "code": result}
-            )
+        """Count a Register attempt; a refused one is logged (INFO, ``relay.auth``;
+        throttled per error code like limit hits)."""
+        if result != "ok" and auth_logger.isEnabledFor(logging.INFO):
+            suppressed = self._log_allowed("auth " + result)
+            if suppressed is not None:
+                auth_logger.info(
+                    "registration refused: %s",
+                    result,
+                    extra={"mode": mode, "code": result, "suppressed": suppressed},
+                )
         key = (id(self.registrations), f"{mode} {result}")
         child = self._children.get(key)
         if child is None:
             child = self._children[key] = self.registrations.labels(mode=mode, result=result)
         child.inc()
+
+    def _log_allowed(self, key: str) -> int | None:
+        """None if ``key`` was logged less than a second ago, else how many lines were
+        skipped since its last one (one line per second per key under a flood)."""
+        now = self._clock()
+        last, suppressed = self._limit_logged.get(key, (-math.inf, 0))
+        if now - last < _LIMIT_LOG_INTERVAL:
+            self._limit_logged[key] = (last, suppressed + 1)
+            return None
+        self._limit_logged[key] = (now, 0)
+        return suppressed
 
     def add_relayed_bytes(self, count: int) -> None:
         """Count relayed payload bytes (cheap: no lock until the counter is read)."""

@@ -2,12 +2,15 @@
 the example relay.toml, the metrics listener's address and exposition, reload rules."""
 
 import dataclasses
+import io
 import json
+import logging
 import re
 from pathlib import Path
 
 import pytest
 import trio
+from relayclient import connect, make_config
 
 from darkswap_trio import Keypair, __version__
 from darkswap_trio._config import parse_relay_address
@@ -22,6 +25,7 @@ from relay._config import (
     config_changes,
     load_config,
 )
+from relay._logging import configure_logging
 from relay._metrics import RelayMetrics
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "relay.toml"
@@ -46,7 +50,7 @@ def test_check_config_prints_effective_settings(capsys, tmp_path) -> None:
     key_file.write_bytes(key.to_protobuf())
     code, out, err = run(
         capsys, "--config", str(config), "--metrics-port", "9191", "--key-file", str(key_file),
-        "--check-config",
+        "--metrics-host", "127.0.0.5", "--announce", "relay.example:443", "--check-config",
     )  # fmt: skip
     assert (code, err) == (0, "")
     effective = json.loads(out)
@@ -54,7 +58,8 @@ def test_check_config_prints_effective_settings(capsys, tmp_path) -> None:
     assert effective["metrics_port"] == 9191  # the flag wins
     assert effective["limits.max_sessions"] == 77
     assert effective["limits.max_circuits"] == LimitsConfig().max_circuits  # default
-    assert effective["metrics_host"] == "127.0.0.1"
+    assert effective["metrics_host"] == "127.0.0.5"
+    assert effective["announce"] == "relay.example:443"
     assert effective["peer_id"] == str(key.peer_id)
 
 
@@ -62,6 +67,7 @@ def test_check_config_does_not_create_a_missing_key_file(capsys, tmp_path) -> No
     key_file = tmp_path / "relay.key"
     code, out, _ = run(capsys, "--key-file", str(key_file), "--check-config")
     assert code == 0 and "peer_id" not in json.loads(out)
+    assert json.loads(out)["metrics_host"] == "127.0.0.1"  # the default: loopback
     assert not key_file.exists()
 
 
@@ -258,3 +264,44 @@ async def test_openmetrics_when_the_scraper_asks() -> None:
             assert b"Content-Type: text/plain; version=0.0.4" in head
             assert b"# EOF" not in body
             nursery.cancel_scope.cancel()
+
+
+@pytest.fixture
+def captured_log():
+    """The relay's own handler (with its session fields), writing JSON into a buffer."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    out = io.StringIO()
+    configure_logging("json", "INFO", stream=out)
+    yield lambda: [json.loads(line) for line in out.getvalue().splitlines()]
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+async def test_limit_hit_is_logged_with_the_session_address(captured_log) -> None:
+    config = make_config(max_frame_size=70_000)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(serve_relay, config)
+            async with connect(server) as client:
+                await client.send_raw("x" * 100_000)
+                await client.expect_error("frame_too_large")
+            nursery.cancel_scope.cancel()
+    [hit] = [r for r in captured_log() if r["msg"] == "limit hit: frame_size"]
+    assert hit["logger"] == "relay.limits" and hit["level"] == "INFO"
+    assert hit["limit"] == "frame_size" and hit["remote"].startswith("127.0.0.1:")
+    [closed] = [r for r in captured_log() if r["msg"] == "session closed"]
+    assert closed["remote"] == hit["remote"] and closed["peer_id"] is None
+
+
+def test_limit_hit_lines_are_throttled_per_limit(captured_log) -> None:
+    now = [100.0]
+    metrics = RelayMetrics(clock=lambda: now[0])
+    for _ in range(5):
+        metrics.limit_hit("messages_per_peer")
+    metrics.limit_hit("frame_size")
+    now[0] += 1.0
+    metrics.limit_hit("messages_per_peer")
+    lines = [(r["limit"], r["suppressed"]) for r in captured_log()]
+    assert lines == [("messages_per_peer", 0), ("frame_size", 0), ("messages_per_peer", 4)]
+    assert metrics.value("darkswap_relay_limit_hits_total", {"limit": "messages_per_peer"}) == 6
