@@ -98,7 +98,8 @@ class Peer:
 
     async def events_loop(self) -> None:
         async for event in self.network.events:
-            emit("net", kind=type(event).__name__, peer=getattr(event, "peer_id", None))
+            emit("net", kind=type(event).__name__, peer=getattr(event, "peer_id", None),
+                 reason=getattr(event, "reason", None))
 
     async def send(self, count: int, interval: float, size: int) -> None:
         await self.link_ready.wait()

@@ -64,6 +64,7 @@ async def test_relay_killed_while_links_direct_and_relayed(internet, tmp_path):
             interrupted = [await peer.wait("net", INTERRUPT_BOUND, since=mark,
                                            kind="LinkInterrupted")
                            for peer, mark in zip(peers[2:], marks[2:], strict=True)]
+            assert all(e["reason"] == "relay connection lost" for e in interrupted), interrupted
             # The direct link does not need the relay: its whole stream arrives meanwhile.
             direct_sent = await direct_a.wait("sent", 30, count=STREAM)
             direct_stats = await wait_received(direct_b, STREAM, 10)
@@ -101,4 +102,5 @@ async def test_relay_killed_while_links_direct_and_relayed(internet, tmp_path):
         "reregistered_after_restart_ms": [round((e["t"] - ready) * 1000) for e in registered],
         "link_reopened_after_restart_ms": round(reopened * 1000),
         "messages_waiting_at_restart": STREAM - held,
+        "interrupted_reason": interrupted[0]["reason"],
     })
