@@ -123,7 +123,10 @@ class P2PConfig:
     max_connections: int = 100
     connection_idle_timeout: float = 300.0
     event_buffer: int = 256  # bound on queued events for a slow consumer
-    direct_connect_timeout: float = 30.0  # seconds for one direct (WebRTC) attempt
+    # Seconds for one direct (WebRTC) attempt. Only an Offer that is never answered
+    # (a peer with direct disabled, or gone) runs into it: with an Answer, ICE fails
+    # 4.5 s after end-of-candidates and DTLS retransmits at 1 and 3 s (README, "Real NATs").
+    direct_connect_timeout: float = 10.0
     direct_delay: float = 0.0  # head start given to the relay path by connect_to_peer
     # PeerLink (docs/PROTOCOL.md, "PeerLink protocol"; README, "Links that survive")
     link_max_message_size: int = 1 << 20  # largest message on a link, on either path

@@ -443,7 +443,7 @@ class PeerLink(trio.abc.Channel[bytes]):
         try:
             await task(run)
         except trio.EndOfChannel:
-            run.reason = "path ended by the far side"
+            run.reason = _ended_reason(run)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             run.reason = f"path broken: {exc}"
         except LinkFrameError as exc:
@@ -514,3 +514,14 @@ class PeerLink(trio.abc.Channel[bytes]):
             if run is not None:
                 self._drop_path(run, close=False)
                 await run.aclose()
+
+
+def _ended_reason(run: LinkPath) -> str:
+    """Why a path's channel ended cleanly. A circuit also ends when the relay session
+    dies (the relay crashed or restarted): say so, not "the far side" (LinkInterrupted)."""
+    if not isinstance(run.channel, RelayCircuit):
+        return "path ended by the far side"
+    why = run.channel.close_reason or "closed"
+    if why == "session_closed":
+        return "relay connection lost"
+    return f"relay circuit closed: {why}"

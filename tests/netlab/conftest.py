@@ -8,21 +8,11 @@ except in CI (``CI`` set) as root, where a lab that cannot run is a failure.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from netlab_harness import (
-    REPO,
-    RESULTS,
-    SIGNALING_PORT,
-    STUN_PORT,
-    Internet,
-    read_line,
-    subprocess_env,
-)
-from netlab_topology import RELAY_IP, Lab, lab_unavailable, netns_argv
+from netlab_harness import RESULTS, STUN_PORT, Internet, RelayProcess
+from netlab_topology import RELAY_IP, Lab, lab_unavailable
 
 
 def pytest_collection_modifyitems(items):
@@ -38,13 +28,13 @@ def pytest_terminal_summary(terminalreporter):
     write = terminalreporter.write_line
     write("")
     write("NAT lab measurements (ms; ttfb = connect_to_peer call to first message at B)")
-    write(f"{'A':<22}{'B':<22}{'outcome':<10}{'ttfb':>8}{'direct':>9}{'linger':>9}")
+    write(f"{'A':<26}{'B':<22}{'outcome':<10}{'ttfb':>8}{'direct':>9}{'linger':>9}")
     def ms(row, key):
         value = row.get(key)
         return "-" if value is None else f"{value * 1000:.0f}"
 
     for row in RESULTS:
-        write(f"{row['a']:<22}{row['b']:<22}{row['outcome']:<10}{ms(row, 'ttfb'):>8}"
+        write(f"{row['a']:<26}{row['b']:<22}{row['outcome']:<10}{ms(row, 'ttfb'):>8}"
               f"{ms(row, 'direct'):>9}{ms(row, 'linger'):>9}")
         for key, value in row.items():
             if key not in ("a", "b", "outcome", "ttfb", "direct", "linger"):
@@ -60,27 +50,12 @@ def internet(tmp_path_factory):
             pytest.fail(f"CI runs as root, so the NAT lab must run: {reason}")
         pytest.skip(reason)
     lab = Lab()
-    relay = None
-    log = tmp_path_factory.mktemp("netlab") / "relay.log"
+    directory = tmp_path_factory.mktemp("netlab")
+    relay = RelayProcess(lab, directory / "relay.key", directory / "relay.log")
     try:
         lab.build_internet()
-        with open(log, "wb") as stderr:
-            relay = subprocess.Popen(
-                netns_argv(lab.inet_ns, sys.executable, "-m", "relay", "--host", RELAY_IP,
-                           "--port", str(SIGNALING_PORT), "--stun-port", str(STUN_PORT),
-                           "--metrics-port", "none", "--log-level", "WARNING"),
-                stdout=subprocess.PIPE, stderr=stderr, env=subprocess_env(), cwd=REPO)
-        ready = read_line(relay.stdout, timeout=30)
-        if not ready.startswith("READY"):
-            raise RuntimeError(f"relay did not start: {ready!r}; {log.read_text()[-2000:]}")
-        fields = dict(part.split("=", 1) for part in ready.split()[1:])
-        yield Internet(lab, fields["multiaddr"], f"{RELAY_IP}:{STUN_PORT}")
+        relay.start()
+        yield Internet(lab, relay.multiaddr, f"{RELAY_IP}:{STUN_PORT}", relay)
     finally:
-        if relay is not None:
-            relay.terminate()
-            try:
-                relay.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                relay.kill()
-                relay.wait()
+        relay.stop()
         lab.close()

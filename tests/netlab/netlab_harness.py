@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import trio
-from netlab_topology import Lab, Site, netns_argv
+from netlab_topology import RELAY_IP, Lab, Site, netns_argv
 
 REPO = Path(__file__).resolve().parents[2]
 PEER_SCRIPT = Path(__file__).with_name("netlab_peer.py")
@@ -34,11 +35,62 @@ def subprocess_env() -> dict[str, str]:
     return env
 
 
+class RelayProcess:
+    """The real relay (``python -m relay``) in the lab's internet namespace.
+
+    Its identity lives in ``key_file``, so a relay killed and started again is the same
+    relay (same PeerId, same multiaddr, same port) to the peers that reconnect to it.
+    """
+
+    def __init__(self, lab: Lab, key_file: Path, log: Path) -> None:
+        self.lab = lab
+        self.key_file = key_file
+        self.log = log
+        self.process: subprocess.Popen | None = None
+        self.multiaddr = ""
+
+    def start(self) -> str:
+        """Start the relay and wait for its READY line; returns that line."""
+        with open(self.log, "ab") as stderr:
+            self.process = subprocess.Popen(
+                netns_argv(self.lab.inet_ns, sys.executable, "-m", "relay", "--host", RELAY_IP,
+                           "--port", str(SIGNALING_PORT), "--stun-port", str(STUN_PORT),
+                           "--metrics-port", "none", "--log-level", "WARNING",
+                           "--key-file", str(self.key_file)),
+                stdout=subprocess.PIPE, stderr=stderr, env=subprocess_env(), cwd=REPO)
+        ready = read_line(self.process.stdout, timeout=30)
+        if not ready.startswith("READY"):
+            raise RuntimeError(f"relay did not start: {ready!r}; {self.log.read_text()[-2000:]}")
+        fields = dict(part.split("=", 1) for part in ready.split()[1:])
+        self.multiaddr = fields["multiaddr"]
+        return ready
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown grace, the kernel closes its sockets (as when it crashes)."""
+        # ``ip netns exec`` execs the command, so this pid is the relay's Python itself.
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+        self.process.stdout.close()
+
+    def stop(self) -> None:
+        if self.process is None or self.process.returncode is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process.stdout.close()
+
+
 @dataclass
 class Internet:
     lab: Lab
     relay_multiaddr: str
     stun: str
+    relay: RelayProcess | None = None
 
 
 def read_line(stream, timeout: float) -> str:
@@ -139,20 +191,27 @@ def print_trace(peers: list[LabPeer]) -> None:
 
 
 @asynccontextmanager
-async def lab_peers(internet: Internet, sites: list[Site], tmp_path: Path, **options):
-    """One peer process per site, ready (registered with the relay); killed on exit."""
+async def lab_peers(internet: Internet, sites: list[Site], tmp_path: Path,
+                    per_peer: list[dict] | None = None, **options):
+    """One peer process per site, ready (registered with the relay); killed on exit.
+
+    ``options`` go to every peer's netlab_peer.py, ``per_peer[i]`` to the i-th only
+    (``name=value`` becomes ``--name value``; ``name=True`` the flag ``--name``).
+    """
     peers: list[LabPeer] = []
     async with trio.open_nursery() as nursery:
         try:
-            for site in sites:
+            for index, site in enumerate(sites):
                 stderr_path = tmp_path / f"{site.host_ns}.stderr"
                 argv = netns_argv(site.host_ns, sys.executable, str(PEER_SCRIPT),
                                   "--relay", internet.relay_multiaddr, "--stun", internet.stun,
                                   "--host", site.host_ip)
                 if os.environ.get("NETLAB_TRACE"):
                     argv.append("--trace")
-                for key, value in options.items():
-                    argv += [f"--{key.replace('_', '-')}", str(value)]
+                mine = {**options, **(per_peer[index] if per_peer else {})}
+                for key, value in mine.items():
+                    flag = f"--{key.replace('_', '-')}"
+                    argv += [flag] if value is True else [flag, str(value)]
                 with open(stderr_path, "wb") as stderr:
                     process = await trio.lowlevel.open_process(
                         argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,

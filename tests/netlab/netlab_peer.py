@@ -12,6 +12,9 @@ subtract times taken in different peers). Commands (one JSON object per line):
 * ``{"cmd": "stats"}``: what arrived so far (count, order, duplicates, hash, gaps).
 * ``{"cmd": "quit"}``.
 
+Options: ``--direct-timeout S`` (``direct_connect_timeout``), ``--no-direct``
+(``enable_direct=False``: such a peer never answers an Offer).
+
 Incoming links (``accept_peer``) are reported as ``accepted``. Network events are
 reported as ``net`` (by class name) and the SDK's INFO logs as ``log``, so the test can
 see when a direct attempt gives up. Only public API is used.
@@ -95,7 +98,8 @@ class Peer:
 
     async def events_loop(self) -> None:
         async for event in self.network.events:
-            emit("net", kind=type(event).__name__, peer=getattr(event, "peer_id", None))
+            emit("net", kind=type(event).__name__, peer=getattr(event, "peer_id", None),
+                 reason=getattr(event, "reason", None))
 
     async def send(self, count: int, interval: float, size: int) -> None:
         await self.link_ready.wait()
@@ -193,7 +197,9 @@ async def main() -> None:
     parser.add_argument("--relay", required=True)
     parser.add_argument("--stun", required=True)
     parser.add_argument("--host", required=True)
-    parser.add_argument("--direct-timeout", type=float, default=30.0)
+    parser.add_argument("--direct-timeout", type=float, default=None,
+                        help="P2PConfig.direct_connect_timeout (default: the SDK's)")
+    parser.add_argument("--no-direct", action="store_true", help="enable_direct=False")
     parser.add_argument("--trace", action="store_true")
     args = parser.parse_args()
     if args.trace:
@@ -203,9 +209,10 @@ async def main() -> None:
     sdk_log = logging.getLogger("darkswap_trio")
     sdk_log.addHandler(handler)
     sdk_log.setLevel(logging.INFO)
+    p2p = {} if args.direct_timeout is None else {"direct_connect_timeout": args.direct_timeout}
     config = Config(
         p2p=P2PConfig(relay_servers=[args.relay], stun_servers=[args.stun],
-                      direct_connect_timeout=args.direct_timeout),
+                      enable_direct=not args.no_direct, **p2p),
         relay_manager=RelayManagerConfig(connection_timeout=10, ping_interval=5),
     )
     # Host candidates from the LAN interface only; STUN comes from P2PConfig.stun_servers.

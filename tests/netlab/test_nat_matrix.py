@@ -13,6 +13,8 @@ import pytest
 import trio
 from netlab_harness import RESULTS, lab_peers
 
+from darkswap_trio import P2PConfig
+
 # Time from connect_to_peer to the link sending directly, when the NATs allow it.
 DIRECT_BOUND = 3.0
 # The same with 5% UDP loss at each router (retransmission timers: ICE 0.5 s, DTLS 1 s).
@@ -38,14 +40,15 @@ MATRIX = [
 
 
 async def run_cell(internet, tmp_path, nat_a: str, nat_b: str, expected: str,
-                   loss: int = 0) -> dict:
+                   loss: int = 0, linger_bound: float = LINGER_BOUND, **b_options) -> dict:
     sites = [internet.lab.add_site(nat_a), internet.lab.add_site(nat_b)]
     row: dict = {"a": nat_a, "b": nat_b}
     if loss:
         for site in sites:
             site.set_loss(loss)
         row["udp_loss_per_router"] = f"{loss}%"
-    async with lab_peers(internet, sites, tmp_path) as (a, b):
+    row.update(b_options)
+    async with lab_peers(internet, sites, tmp_path, per_peer=[{}, b_options]) as (a, b):
         await a.command("connect", peer=b.peer_id)
         link = await a.wait("link", 15)
         start = link["start"]
@@ -59,7 +62,7 @@ async def run_cell(internet, tmp_path, nat_a: str, nat_b: str, expected: str,
             await b.wait("direct", 5)
         else:
             # The dialer reports when its direct attempt ended (see _webrtc_transport).
-            ended = await a.wait_log("direct attempt to", LINGER_BOUND + 25)
+            ended = await a.wait_log("direct attempt to", linger_bound + 25)
             assert ended is not None, "the direct attempt never ended"
             row["linger"] = ended["t"] - start
             assert a.find("direct") is None
@@ -96,3 +99,15 @@ async def test_lossy_port_restricted_pair_still_goes_direct(internet, tmp_path):
                              loss=5)
     assert row["ttfb"] < FIRST_BYTE_BOUND  # the relay path is TCP: no loss there
     assert row["direct"] < LOSSY_DIRECT_BOUND
+
+
+async def test_unanswered_offer_lingers_direct_connect_timeout(internet, tmp_path):
+    """B has direct disabled, so A's Offer is never answered: no remote candidates, so
+    ICE has no checklist to fail and only ``direct_connect_timeout`` ends the attempt.
+    The link works over the relay all along; the linger is that default."""
+    timeout = P2PConfig().direct_connect_timeout
+    with trio.fail_after(timeout + 40):
+        row = await run_cell(internet, tmp_path, "full-cone", "full-cone", "relay",
+                             linger_bound=timeout, no_direct=True)
+    assert row["ttfb"] < FIRST_BYTE_BOUND
+    assert timeout - 0.5 < row["linger"] < timeout + 2

@@ -234,6 +234,9 @@ async def test_relay_killed_while_relayed_link_recovers_after_restart():
                     _, interrupted = await rec_a.wait_for(LinkInterrupted)
                     await rec_b.wait_for(LinkInterrupted)
                     assert interrupted.peer_id == b.local_peer_id
+                    # Clear about what went: the relay, not the peer.
+                    assert "relay" in interrupted.reason and "far side" not in interrupted.reason
+                    print(f"\n[relay shutdown] LinkInterrupted reason: {interrupted.reason!r}")
                     # Sends during the outage are kept (within the window) and delivered later.
                     for i in range(20):
                         await link.send(b"during %d" % i)
