@@ -24,26 +24,37 @@ def child_env() -> dict[str, str]:
 
 
 def start(args: list[str], **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=child_env(), **kwargs)
+    proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, env=child_env(), **kwargs)
+    proc.pending = b""  # read but not yet returned by read_until
+    return proc
 
 
 def read_until(proc: subprocess.Popen, marker: str, timeout: float) -> str:
-    """Lines of ``proc`` until one contains ``marker``; fails after ``timeout`` seconds."""
+    """Lines of ``proc`` until one contains ``marker``; fails after ``timeout`` seconds.
+
+    Reads the pipe unbuffered (os.read), so select() never misses lines that a
+    buffered reader already holds."""
     seen = []
     deadline = time.monotonic() + timeout
     with selectors.DefaultSelector() as selector:
         selector.register(proc.stdout, selectors.EVENT_READ)
-        while time.monotonic() < deadline:
-            if not selector.select(deadline - time.monotonic()):
+        while True:
+            while b"\n" in proc.pending:
+                raw, proc.pending = proc.pending.split(b"\n", 1)
+                line = raw.decode(errors="replace")
+                seen.append(line)
+                if marker in line:
+                    return line
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not selector.select(remaining):
                 break
-            line = proc.stdout.readline()
-            if not line:
+            chunk = os.read(proc.stdout.fileno(), 65536)
+            if not chunk:
                 break
-            seen.append(line)
-            if marker in line:
-                return line
-    raise AssertionError(f"no {marker!r} within {timeout} s; output:\n{''.join(seen)}")
+            proc.pending += chunk
+    output = "\n".join(seen)
+    raise AssertionError(f"no {marker!r} within {timeout} s; output:\n{output}")
 
 
 def stop(proc: subprocess.Popen) -> str:
@@ -55,7 +66,7 @@ def stop(proc: subprocess.Popen) -> str:
     except subprocess.TimeoutExpired:
         proc.kill()
         out, _ = proc.communicate()
-    return out or ""
+    return (proc.pending + (out or b"")).decode(errors="replace")
 
 
 def run(args: list[str], timeout: float = 60, cwd: Path | None = None) -> str:
