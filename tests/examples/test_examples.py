@@ -61,3 +61,16 @@ def test_jwt_auth_with_a_token_provider(tmp_path):
     assert "issuing a token for 12D3KooW" in out
     assert "authenticated with a JWT: CONNECTED" in out
     assert "without a token: NoRelayAvailable" in out and "token" in out.split("without a token")[1]
+
+
+def test_data_channel_between_two_processes_both_sides():
+    answerer = start([str(EXAMPLES / "data_channel.py"), "answer", "127.0.0.1", "0"])
+    try:
+        port = read_until(answerer, "answerer listening on", 30).split()[-1]
+        out = run([str(EXAMPLES / "data_channel.py"), "offer", "127.0.0.1", port])
+        assert "offerer received 'echo: hello from the offerer'" in out
+        assert "answerer received 'hello from the offerer' on channel 'chat'" in \
+            read_until(answerer, "answerer received", 10)
+        assert answerer.wait(timeout=15) == 0
+    finally:
+        stop(answerer)
