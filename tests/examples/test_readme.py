@@ -34,11 +34,12 @@ def test_sdk_toml_reference_is_complete_and_loads_with_the_defaults():
 
 def test_complete_snippets_run(relay_process, tmp_path):
     """Every README snippet that is a program (it calls trio.run) runs as it is written:
-    the quick start's three, the ICE/DTLS one and the WebRtcTransport one."""
+    the quick start's three, the ICE/DTLS, PeerConnection and
+    WebRtcTransport ones."""
     snippets = [s for s in re.findall(r"```python\n(.*?)```", README, re.S) if "trio.run(" in s]
-    assert len(snippets) >= 5
+    assert len(snippets) >= 6
     for n, snippet in enumerate(snippets):
         path = tmp_path / f"snippet{n}.py"
         path.write_text(snippet)
         out = run([str(path), relay_process.multiaddr], timeout=60)
-        assert re.search(r"b'(hello bob|hi|ping|direct|datagram from b)'", out), out
+        assert re.search(r"b'(hello bob|hi|ping|direct|datagram from b)'|hello on chat", out), out
