@@ -36,8 +36,9 @@ def test_complete_snippets_run(relay_process, tmp_path):
     """Every README snippet that is a program (it calls trio.run) runs as it is written:
     the quick start's three, the ICE/DTLS, PeerConnection and
     WebRtcTransport ones."""
-    snippets = [s for s in re.findall(r"```python\n(.*?)```", README, re.S) if "trio.run(" in s]
-    assert len(snippets) >= 6
+    snippets = re.findall(r"```python\n(.*?)```", README, re.S)
+    fragments = [s.splitlines()[0] for s in snippets if "trio.run(" not in s]
+    assert len(snippets) >= 6 and not fragments, f"README snippets that are not programs: {fragments}"
     for n, snippet in enumerate(snippets):
         path = tmp_path / f"snippet{n}.py"
         path.write_text(snippet)
