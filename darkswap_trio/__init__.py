@@ -67,6 +67,9 @@ from ._relay_session import RelayAuthenticationError as RelayAuthenticationError
 from ._relay_session import RelayError as RelayError
 from ._relay_session import RelaySession as RelaySession
 from ._relay_session import open_relay_session as open_relay_session
+from ._tcp_signaling import SignalMessage as SignalMessage
+from ._tcp_signaling import TcpSignaling as TcpSignaling
+from ._tcp_signaling import open_tcp_signaling as open_tcp_signaling
 from ._webrtc_transport import DirectConnection as DirectConnection
 from ._webrtc_transport import WebRtcSignalingClient as WebRtcSignalingClient
 from ._webrtc_transport import WebRtcTransport as WebRtcTransport

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+import base58
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
@@ -24,8 +25,18 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from ._base58 import b58decode, b58encode
 from .proto.errors import PeerIdError
+
+
+def b58encode(data: bytes) -> str:
+    """base58btc (the Bitcoin alphabet, as libp2p PeerIds use it)."""
+    return base58.b58encode(data).decode("ascii")
+
+
+def b58decode(text: str) -> bytes:
+    """Decode base58btc; ValueError on a character outside the alphabet."""
+    return base58.b58decode(text)
+
 
 # libp2p crypto.proto KeyType values.
 KEY_TYPE_RSA = 0

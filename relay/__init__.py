@@ -8,6 +8,7 @@ Run it with ``python -m relay`` / ``darkswap-relay``, or in-process::
         await server.shutdown(grace=5)
 """
 
+from . import _requirements  # noqa: F401  (first: a clear error without the relay extra)
 from ._config import AuthConfig as AuthConfig
 from ._config import ConfigError as ConfigError
 from ._config import LimitsConfig as LimitsConfig

@@ -9,5 +9,5 @@ scripts/install-netlab.sh || echo "WARNING: NAT lab tools install failed; tests/
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[test]'
-.venv/bin/ruff check darkswap_trio relay tests benchmarks
+.venv/bin/ruff check darkswap_trio relay tests benchmarks examples
 exec .venv/bin/python -m pytest "$@"

@@ -12,6 +12,7 @@ and converts every failure into :class:`StunParseError`.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import struct
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ __all__ = [
     "error_response",
     "is_stun",
     "mapped_address",
+    "other_address_untrusted",
     "parse_stun_untrusted",
 ]
 
@@ -158,6 +160,33 @@ def mapped_address(message: Message) -> tuple[str, int] | None:
     """The reflexive address of a Binding response (XOR-MAPPED-ADDRESS, else MAPPED-ADDRESS)."""
     value = message.attributes.get("XOR-MAPPED-ADDRESS") or message.attributes.get("MAPPED-ADDRESS")
     return (value[0], value[1]) if value is not None else None
+
+
+OTHER_ADDRESS = 0x802C  # RFC 5780 section 7.4 (aioice 0.13 does not decode it)
+
+
+def other_address_untrusted(data: bytes) -> tuple[str, int] | None:
+    """The OTHER-ADDRESS of a Binding response (RFC 5780): the server's second IP and
+    port for NAT behaviour tests, or None when the server offers no second address.
+
+    Raises:
+        StunParseError: the only exception raised, whatever the input.
+    """
+    data = bytes(data)
+    pos = HEADER_LENGTH
+    while pos + 4 <= len(data):
+        attr_type, attr_len = struct.unpack_from("!HH", data, pos)
+        value = data[pos + 4:pos + 4 + attr_len]
+        if len(value) != attr_len:
+            raise StunParseError("STUN attribute value truncated")
+        if attr_type == OTHER_ADDRESS:
+            if attr_len == 8 and value[1] == 1:
+                return str(ipaddress.IPv4Address(value[4:8])), struct.unpack_from("!H", value, 2)[0]
+            if attr_len == 20 and value[1] == 2:
+                return str(ipaddress.IPv6Address(value[4:20])), struct.unpack_from("!H", value, 2)[0]
+            raise StunParseError("OTHER-ADDRESS has an invalid family or length")
+        pos += 4 + attr_len + (-attr_len % 4)
+    return None
 
 
 @dataclass(frozen=True)

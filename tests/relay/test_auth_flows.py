@@ -10,8 +10,7 @@ from functools import partial
 import trio
 from relayclient import connect, make_config, new_peer
 
-from darkswap_trio._base58 import b58encode
-from darkswap_trio._identity import Keypair, PeerId
+from darkswap_trio._identity import Keypair, PeerId, b58encode
 from darkswap_trio.proto.signaling import (
     PROTOCOL_VERSION,
     Authenticate,
