@@ -27,7 +27,7 @@ import trio
 
 from ._circuit import RelayCircuit
 from ._peer_link import PeerLink
-from ._relay_manager import NoRelayAvailable
+from ._relay_manager import NoRelayAvailable, RelayManagerNotStarted
 from ._relay_session import RelayError
 from ._webrtc_transport import DirectConnection
 from .proto.link import RESET, parse_hello_untrusted
@@ -144,6 +144,8 @@ class LinkRecovery:
                 try:
                     circuit = await manager.open_circuit(link.peer_id)
                     await circuit.send(link.hello)
+                except RelayManagerNotStarted:
+                    return  # the network is shutting down: nothing to reopen for
                 except (RelayError, NoRelayAvailable, trio.BrokenResourceError,
                         trio.ClosedResourceError) as exc:
                     log.info("reopening a circuit to %s failed: %r", link.peer_id, exc)

@@ -22,7 +22,7 @@ import secrets
 
 import trio
 
-from ._circuit import RelayCircuit
+from ._circuit import CircuitClosedError, RelayCircuit
 from ._link_path import LinkOwner, LinkPath, LinkSettings, PeerLinkStatistics
 from ._metrics import ConnectionMetrics, link_metrics
 from ._webrtc_transport import DirectConnection
@@ -444,6 +444,8 @@ class PeerLink(trio.abc.Channel[bytes]):
             await task(run)
         except trio.EndOfChannel:
             run.reason = _ended_reason(run)
+        except CircuitClosedError:
+            run.reason = _ended_reason(run)  # reader and writer agree on why (the reason)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             run.reason = f"path broken: {exc}"
         except LinkFrameError as exc:
