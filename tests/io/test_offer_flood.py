@@ -6,6 +6,7 @@ The victim answers at most ``max_half_open`` of them at once (the oldest is evic
 ends each after ``answer_timeout``, and an honest peer still connects directly.
 """
 
+import logging
 import os
 from contextlib import AsyncExitStack
 
@@ -44,7 +45,8 @@ async def wait_until(condition) -> None:
         await trio.sleep(0.01)
 
 
-async def test_an_offer_flood_is_bounded_and_an_honest_peer_still_goes_direct():
+async def test_an_offer_flood_is_bounded_and_an_honest_peer_still_goes_direct(caplog):
+    caplog.set_level(logging.WARNING, logger="darkswap_trio.webrtc")
     flood, half_open, answer_timeout = 30, 16, 3.0
     with trio.fail_after(60):
         async with running_relay(**OPEN_LIMITS) as relay, AsyncExitStack() as stack:
@@ -90,6 +92,9 @@ async def test_an_offer_flood_is_bounded_and_an_honest_peer_still_goes_direct():
             await honest.wait_idle()
             await victim.wait_idle()
             assert open_fds() - fds_before <= 4  # the honest session's sockets at most
+    # 15 evictions, one warning (with totals), not one per offer.
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "evicting the oldest" in warnings[0].getMessage()
 
 
 async def test_an_unanswered_answer_ends_at_the_deadline(autojump_clock):
