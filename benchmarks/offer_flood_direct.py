@@ -81,6 +81,8 @@ async def main() -> None:
     parser.add_argument("--max-connections", type=int, default=100)  # P2PConfig default
     parser.add_argument("--hold", type=float, default=15.0, help="seconds before the last look")
     parser.add_argument("--timeout", type=float, default=20.0, help="honest peer's connect timeout")
+    parser.add_argument("--rates", type=float, nargs="*", default=[],
+                        help="then flood without end at these offers/s while honest peers connect")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="  log: %(levelname)s %(name)s %(message)s")
     with trio.fail_after(args.hold + 2 * args.timeout + 120):
@@ -113,6 +115,26 @@ async def main() -> None:
             print(f"| honest peer time to direct, during the flood | {during} |")
             print(f"| fds over baseline {trio.current_time() - started:.0f} s after the flood "
                   f"| {open_fds() - base} ({bounds(victim)}) |")
+            for rate in args.rates:
+                honest = await honest_peer(stack, relay)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(keep_flooding, flooders, victim, sdp, rate)
+                    await trio.sleep(1.0)  # the flood is under way before the honest Offer
+                    result = await time_to_direct(honest, victim, args.timeout)
+                    nursery.cancel_scope.cancel()
+                print(f"| honest peer time to direct, flood going on at {rate:.0f} offers/s "
+                      f"| {result} ({bounds(victim)}) |")
+
+
+async def keep_flooding(flooders: list[WebRtcSignalingClient], victim: WebRtcTransport,
+                        sdp: str, rate: float) -> None:
+    """Round robin over the identities (one whose answer was evicted may offer again)."""
+    interval, next_at = 1.0 / rate, trio.current_time()
+    while True:  # until cancelled
+        for flooder in flooders:
+            next_at += interval
+            await flooder.send_offer(victim.local_peer_id, sdp)
+            await trio.sleep_until(next_at)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,10 @@ half-open at once, apart from established connections. When that table is full t
 oldest half-open answer is evicted for the newcomer rather than the newcomer refused:
 refusing would let 16 offers per ``answer_timeout`` lock every honest peer out of the
 direct path, while evicting means a flooder must out-offer the honest handshake itself
-(tens of milliseconds on a good path) with a fresh relay identity per offer, and only
-the flooder's own oldest attempts are lost otherwise.
+(tens of milliseconds on a good path), and only the flooder's own oldest attempts are
+lost otherwise. A peer whose answer was evicted or timed out is not answered again for
+``answer_timeout``, so a sustained flood needs rate x ``answer_timeout`` identities
+registered on the relay at once (which limits sessions per address), not 17 reused.
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ _EARLY_CANDIDATE_TTL = 10.0
 # Refused or evicted offers are logged at WARNING at most this often (with totals),
 # not once per offer: a flood must not become a log flood too.
 _FLOOD_WARNING_INTERVAL = 30.0
+# Peers whose answer was abandoned, remembered (for answer_timeout) up to this many.
+_COOLING_PEERS = 4096
 
 
 # What ends one direct attempt (the transport goes on): the peer connection or the
@@ -97,7 +101,8 @@ class WebRtcTransportStatistics:
     ``connections``: established direct connections. ``half_open_answers``: answers to
     unsolicited offers not yet connected (each holds a UDP socket; at most
     ``max_half_open``). ``offers_refused``: offers not answered (``max_connections``
-    established, or the peer already has an attempt or a connection).
+    established, the peer already has an attempt or a connection, or its last answer
+    was abandoned less than ``answer_timeout`` ago).
     ``offers_evicted``: half-open answers abandoned for a newer offer.
     ``answers_timed_out``: answers that did not connect within ``answer_timeout``.
     """
@@ -182,6 +187,7 @@ class WebRtcTransport(TaskOwner):
         self.offers_evicted = 0
         self.answers_timed_out = 0
         self._last_flood_warning = -math.inf
+        self._cooling: OrderedDict[str, float] = OrderedDict()  # peer -> refused until
         self._inboxes: dict[str, trio.MemorySendChannel[sig.Message]] = {}
         self._attempts: dict[str, _Attempt] = {}
         self._accepted_send, self._accepted = trio.open_memory_channel[DirectConnection](max_connections)
@@ -323,10 +329,16 @@ class WebRtcTransport(TaskOwner):
             self.offers_refused += 1
             self._warn_flood(f"{self.max_connections} connections established")
             return
+        if self._cooling.get(peer, -math.inf) > trio.current_time():
+            self.offers_refused += 1
+            self._warn_flood("offers again within answer_timeout of an abandoned answer")
+            return
+        self._cooling.pop(peer, None)
         if len(self._half_open) >= self.max_half_open:
             _, oldest = self._half_open.popitem(last=False)
             oldest.evicted = True
             oldest.scope.cancel()
+            self._cool_down(oldest.peer_id)
             self.offers_evicted += 1
             self._warn_flood(f"{self.max_half_open} answers half-open, evicting the oldest")
         send, _ = trio.open_memory_channel[DirectConnection | BaseException](0)
@@ -334,6 +346,12 @@ class WebRtcTransport(TaskOwner):
         answering.scope.deadline = trio.current_time() + self.answer_timeout
         self._half_open[peer] = answering
         nursery.start_soon(self._run_connection, answering, offer, self._open_inbox(peer))
+
+    def _cool_down(self, peer: str) -> None:
+        self._cooling[peer] = trio.current_time() + self.answer_timeout
+        self._cooling.move_to_end(peer)
+        while len(self._cooling) > _COOLING_PEERS:
+            self._cooling.popitem(last=False)
 
     def _warn_flood(self, reason: str) -> None:
         now = trio.current_time()
@@ -410,6 +428,7 @@ class WebRtcTransport(TaskOwner):
         if connection is None and attempt.scope.cancelled_caught and not attempt.evicted \
                 and not attempt.offering and trio.current_time() >= attempt.scope.deadline:
             self.answers_timed_out += 1
+            self._cool_down(peer)
             log.info("answer to %s abandoned: not connected within %.1f s", peer, self.answer_timeout)
         if failure is not None:
             log.info("direct connection with %s failed: %r", peer, failure)

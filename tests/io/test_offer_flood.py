@@ -67,6 +67,10 @@ async def test_an_offer_flood_is_bounded_and_an_honest_peer_still_goes_direct(ca
             assert victim.statistics().half_open_answers == half_open
             # Evicted answers close their sockets: one UDP socket per half-open answer.
             await wait_until(lambda: open_fds() - fds_before <= half_open)
+            # An evicted identity that offers again at once is refused, not answered.
+            await flooders[0].send_offer(victim.local_peer_id, sdp)
+            await wait_until(lambda: victim.statistics().offers_refused == 1)
+            assert victim.statistics().offers_evicted == flood - half_open
 
             # While the flood holds the table, an honest peer connects directly.
             honest_session = await stack.enter_async_context(
@@ -104,18 +108,27 @@ async def test_an_unanswered_answer_ends_at_the_deadline(autojump_clock):
             open_relay_session(relay.multiaddr, Keypair.generate()) as flooder_session, \
             WebRtcTransport(victim_session, LOOPBACK) as victim:
         assert victim.answer_timeout == 10.0
+        flooder = WebRtcSignalingClient(flooder_session)
         with trio.socket.socket(type=trio.socket.SOCK_DGRAM) as blackhole:
             await blackhole.bind(("127.0.0.1", 0))
             sdp = await flood_offer_sdp(blackhole.getsockname()[1])
-            await WebRtcSignalingClient(flooder_session).send_offer(victim.local_peer_id, sdp)
+            await flooder.send_offer(victim.local_peer_id, sdp)
             with trio.fail_after(60):
                 await wait_until(lambda: victim.statistics().half_open_answers == 1)
                 seen = trio.current_time()
                 await wait_until(lambda: victim.statistics().half_open_answers == 0)
-        assert 9.9 <= trio.current_time() - seen <= 10.05
-        stats = victim.statistics()
-        assert (stats.answers_timed_out, stats.offers_evicted, stats.connections) == (1, 0, 0)
-        await victim.wait_idle()
+                ended = trio.current_time()
+                assert 9.9 <= ended - seen <= 10.05
+                stats = victim.statistics()
+                assert (stats.answers_timed_out, stats.offers_evicted, stats.connections) == (1, 0, 0)
+                await victim.wait_idle()
+                # The same identity is not answered again for answer_timeout, then it is.
+                await flooder.send_offer(victim.local_peer_id, sdp)
+                await wait_until(lambda: victim.statistics().offers_refused == 1)
+                assert victim.statistics().half_open_answers == 0
+                await trio.sleep_until(ended + 10.0)
+                await flooder.send_offer(victim.local_peer_id, sdp)
+                await wait_until(lambda: victim.statistics().half_open_answers == 1)
 
 
 @pytest.mark.parametrize("kwargs", [dict(max_half_open=0), dict(answer_timeout=0),
