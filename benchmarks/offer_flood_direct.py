@@ -8,7 +8,7 @@ is registered; flooders hold no UDP socket, so the growth is the victim's answer
 sockets, plus the honest peer's one while it connects), one second after the flood, after ``--hold`` seconds, and the time an honest
 peer takes to go direct to the victim during the flood (and without one, same run).
 
-    PYTHONPATH=$PWD python benchmarks/offer_flood_direct.py            # after
+    PYTHONPATH=$PWD python benchmarks/offer_flood_direct.py --rates 50 200 1000  # after
     git archive main | tar -x -C /tmp/before && \\
         PYTHONPATH=/tmp/before python benchmarks/offer_flood_direct.py  # before (main)
 
@@ -81,16 +81,20 @@ async def main() -> None:
     parser.add_argument("--max-connections", type=int, default=100)  # P2PConfig default
     parser.add_argument("--hold", type=float, default=15.0, help="seconds before the last look")
     parser.add_argument("--timeout", type=float, default=20.0, help="honest peer's connect timeout")
+    parser.add_argument("--answer-timeout", type=float, default=None,
+                        help="the victim's answer_timeout (default: the transport's)")
     parser.add_argument("--rates", type=float, nargs="*", default=[],
                         help="then flood without end at these offers/s while honest peers connect")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="  log: %(levelname)s %(name)s %(message)s")
+    answer_timeout = {} if args.answer_timeout is None else {"answer_timeout": args.answer_timeout}
     with trio.fail_after(args.hold + 2 * args.timeout + 120):
         async with running_relay(**OPEN_LIMITS) as relay, AsyncExitStack() as stack:
             victim_session = await stack.enter_async_context(
                 open_relay_session(relay.multiaddr, Keypair.generate()))
             victim = await stack.enter_async_context(
-                WebRtcTransport(victim_session, LOOPBACK, max_connections=args.max_connections))
+                WebRtcTransport(victim_session, LOOPBACK, max_connections=args.max_connections,
+                                **answer_timeout))
             blackhole = stack.enter_context(trio.socket.socket(type=trio.socket.SOCK_DGRAM))
             await blackhole.bind(("127.0.0.1", 0))
             sdp = await flood_offer_sdp(blackhole.getsockname()[1])
