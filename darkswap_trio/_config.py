@@ -128,6 +128,8 @@ class P2PConfig:
     # 4.5 s after end-of-candidates and DTLS retransmits at 1 and 3 s (README, "Real NATs").
     direct_connect_timeout: float = 10.0
     direct_delay: float = 0.0  # head start given to the relay path by connect_to_peer
+    direct_answer_timeout: float = 10.0  # an answer to a peer's Offer not connected by then ends
+    direct_max_half_open: int = 16  # answers not yet connected; the oldest is evicted beyond
     # PeerLink (docs/PROTOCOL.md, "PeerLink protocol"; README, "Links that survive")
     link_max_message_size: int = 1 << 20  # largest message on a link, on either path
     link_window: int = 4 << 20  # unacknowledged bytes a link keeps (>= 2 messages)
@@ -148,6 +150,8 @@ class P2PConfig:
             raise ConfigError("p2p.event_buffer must be at least 1")
         if self.direct_connect_timeout <= 0 or self.direct_delay < 0:
             raise ConfigError("p2p.direct_connect_timeout must be positive, direct_delay >= 0")
+        if self.direct_answer_timeout <= 0 or self.direct_max_half_open < 1:
+            raise ConfigError("p2p.direct_answer_timeout must be positive, direct_max_half_open >= 1")
         if self.connection_idle_timeout <= 0:
             raise ConfigError("p2p.connection_idle_timeout must be positive")
         if self.link_max_message_size < 1 or self.link_window < 2 * (self.link_max_message_size + 4):

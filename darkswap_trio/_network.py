@@ -261,13 +261,14 @@ class P2PNetwork(TaskOwner):
 
     def _start_transport(self, server_id: str) -> None:
         session = self.relay_manager.server(server_id).session
-        if not self.config.p2p.enable_direct or session is None or self._nursery is None:
+        p2p = self.config.p2p
+        if not p2p.enable_direct or session is None or self._nursery is None:
             return
         self._stop_transport(server_id)
-        scope = trio.CancelScope()
-        transport = WebRtcTransport(session, self.peer_connection_config,
-                                    max_connections=self.config.p2p.max_connections)
-        self._nursery.start_soon(self._run_transport, server_id, session, transport, scope)
+        transport = WebRtcTransport(
+            session, self.peer_connection_config, max_connections=p2p.max_connections,
+            max_half_open=p2p.direct_max_half_open, answer_timeout=p2p.direct_answer_timeout)
+        self._nursery.start_soon(self._run_transport, server_id, session, transport, trio.CancelScope())
 
     def _stop_transport(self, server_id: str) -> None:
         # Only forgotten: its direct connections outlive the relay session that

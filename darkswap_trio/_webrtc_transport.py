@@ -6,11 +6,25 @@ task in the transport's nursery and ends when its :class:`DirectConnection` is c
 
 Glare (both peers offering at once) is resolved the "perfect negotiation" way: the
 peer whose PeerId sorts lower is polite — it drops its own offer and answers.
+
+Answering is what anyone registered on the relay can make us do, so it is bounded
+(issue #10, defect 3): an answer that has not connected within ``answer_timeout`` is
+abandoned (ICE alone would wait for an end-of-candidates that a flooder never sends),
+each remote peer has at most one attempt, and at most ``max_half_open`` answers are
+half-open at once, apart from established connections. When that table is full the
+oldest half-open answer is evicted for the newcomer rather than the newcomer refused:
+refusing would let 16 offers per ``answer_timeout`` lock every honest peer out of the
+direct path, while evicting means a flooder must out-offer the honest handshake itself
+(tens of milliseconds on a good path), and only the flooder's own oldest attempts are
+lost otherwise. A peer whose answer was evicted or timed out is not answered again for
+``answer_timeout``, so a sustained flood needs rate x ``answer_timeout`` identities
+registered on the relay at once (which limits sessions per address), not 17 reused.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
@@ -37,6 +51,11 @@ _INBOX_SIZE = 128  # signals queued per peer; more than that is a misbehaving pe
 _EARLY_CANDIDATES_PER_PEER = 32
 _EARLY_CANDIDATE_PEERS = 64
 _EARLY_CANDIDATE_TTL = 10.0
+# Refused or evicted offers are logged at WARNING at most this often (with totals),
+# not once per offer: a flood must not become a log flood too.
+_FLOOD_WARNING_INTERVAL = 30.0
+# Peers whose answer was abandoned, remembered (for answer_timeout) up to this many.
+_COOLING_PEERS = 4096
 
 
 # What ends one direct attempt (the transport goes on): the peer connection or the
@@ -72,6 +91,29 @@ class _Attempt:
     result: trio.MemorySendChannel[DirectConnection | BaseException]
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     offering: bool = True
+    evicted: bool = False
+
+
+@dataclass(frozen=True)
+class WebRtcTransportStatistics:
+    """A snapshot of a :class:`WebRtcTransport` (``transport.statistics()``).
+
+    ``connections``: established direct connections. ``half_open_answers``: answers to
+    unsolicited offers not yet connected (each holds a UDP socket; at most
+    ``max_half_open``). ``offers_refused``: offers not answered (``max_connections``
+    established, the peer already has an attempt or a connection, or its last answer
+    was abandoned less than ``answer_timeout`` ago).
+    ``offers_evicted``: half-open answers abandoned for a newer offer.
+    ``answers_timed_out``: answers that did not connect within ``answer_timeout``.
+    """
+
+    connections: int
+    half_open_answers: int
+    offers_refused: int
+    offers_evicted: int
+    answers_timed_out: int
+    early_candidates: int
+    dropped_signals: int
 
 
 class WebRtcSignalingClient:
@@ -118,15 +160,34 @@ class WebRtcTransport(TaskOwner):
     ``await transport.connect(peer_id)`` offers; offers from other peers are answered
     and their connections come out of ``await transport.accept()``. Run it with
     ``async with`` or ``await nursery.start(transport.run)``.
+
+    ``max_connections`` bounds established connections; ``max_half_open`` bounds
+    answers to other peers' offers that have not connected yet (the oldest is evicted
+    for a new offer), and ``answer_timeout`` (seconds) ends such an answer that does
+    not connect in time. See :meth:`statistics`.
     """
 
     def __init__(self, session: RelaySession | WebRtcSignalingClient,
-                 config: PeerConnectionConfig | None = None, *, max_connections: int = 64) -> None:
+                 config: PeerConnectionConfig | None = None, *, max_connections: int = 64,
+                 max_half_open: int = 16, answer_timeout: float = 10.0) -> None:
+        if max_connections < 1 or max_half_open < 1:
+            raise ValueError("max_connections and max_half_open must be at least 1")
+        if not 0 < answer_timeout < math.inf:
+            raise ValueError(f"answer_timeout must be a positive number of seconds, not {answer_timeout!r}")
         self.signaling = (session if isinstance(session, WebRtcSignalingClient)
                           else WebRtcSignalingClient(session))
         self.config = config or PeerConnectionConfig()
         self.local_peer_id = self.signaling.local_peer_id
         self.max_connections = max_connections
+        self.max_half_open = max_half_open
+        self.answer_timeout = answer_timeout
+        self._half_open: OrderedDict[str, _Attempt] = OrderedDict()  # oldest first
+        self._connected = 0
+        self.offers_refused = 0
+        self.offers_evicted = 0
+        self.answers_timed_out = 0
+        self._last_flood_warning = -math.inf
+        self._cooling: OrderedDict[str, float] = OrderedDict()  # peer -> refused until
         self._inboxes: dict[str, trio.MemorySendChannel[sig.Message]] = {}
         self._attempts: dict[str, _Attempt] = {}
         self._accepted_send, self._accepted = trio.open_memory_channel[DirectConnection](max_connections)
@@ -196,6 +257,14 @@ class WebRtcTransport(TaskOwner):
         """The next connection another peer opened to us."""
         return await self._accepted.receive()
 
+    def statistics(self) -> WebRtcTransportStatistics:
+        """A snapshot of connection counts and of what the offer bounds refused."""
+        return WebRtcTransportStatistics(
+            connections=self._connected, half_open_answers=len(self._half_open),
+            offers_refused=self.offers_refused, offers_evicted=self.offers_evicted,
+            answers_timed_out=self.answers_timed_out, early_candidates=self.early_candidates,
+            dropped_signals=self.dropped_signals)
+
     # -- signaling -----------------------------------------------------------------------
 
     def _require_running(self) -> trio.Nursery:
@@ -254,13 +323,44 @@ class WebRtcTransport(TaskOwner):
             nursery.start_soon(self._run_connection, answering, offer, self._open_inbox(peer))
             return
         if peer in self._inboxes:
-            return  # a connection exists; renegotiation is not supported
-        if len(self._inboxes) >= self.max_connections:
-            log.warning("refusing offer from %s: %d connections", peer, self.max_connections)
+            self.offers_refused += 1  # one attempt per peer; renegotiation is not supported
             return
+        if self._connected >= self.max_connections:
+            self.offers_refused += 1
+            self._warn_flood(f"{self.max_connections} connections established")
+            return
+        if self._cooling.get(peer, -math.inf) > trio.current_time():
+            self.offers_refused += 1
+            self._warn_flood("offers again within answer_timeout of an abandoned answer")
+            return
+        self._cooling.pop(peer, None)
+        if len(self._half_open) >= self.max_half_open:
+            _, oldest = self._half_open.popitem(last=False)
+            oldest.evicted = True
+            oldest.scope.cancel()
+            self._cool_down(oldest.peer_id)
+            self.offers_evicted += 1
+            self._warn_flood(f"{self.max_half_open} answers half-open, evicting the oldest")
         send, _ = trio.open_memory_channel[DirectConnection | BaseException](0)
-        nursery.start_soon(self._run_connection, _Attempt(peer, send, offering=False), offer,
-                           self._open_inbox(peer))
+        answering = _Attempt(peer, send, offering=False)
+        answering.scope.deadline = trio.current_time() + self.answer_timeout
+        self._half_open[peer] = answering
+        nursery.start_soon(self._run_connection, answering, offer, self._open_inbox(peer))
+
+    def _cool_down(self, peer: str) -> None:
+        self._cooling[peer] = trio.current_time() + self.answer_timeout
+        self._cooling.move_to_end(peer)
+        while len(self._cooling) > _COOLING_PEERS:
+            self._cooling.popitem(last=False)
+
+    def _warn_flood(self, reason: str) -> None:
+        now = trio.current_time()
+        if now - self._last_flood_warning >= _FLOOD_WARNING_INTERVAL:
+            self._last_flood_warning = now
+            log.warning("offers beyond the direct-path bounds (%s): %d refused, %d evicted, "
+                        "%d timed out so far; next report in %.0f s at the earliest", reason,
+                        self.offers_refused, self.offers_evicted, self.answers_timed_out,
+                        _FLOOD_WARNING_INTERVAL)
 
     def _open_inbox(self, peer: str) -> _Inbox:
         # Registered before the connection task starts, so no signal that follows an
@@ -301,6 +401,10 @@ class WebRtcTransport(TaskOwner):
                     else:
                         channel = await pc.accept_data_channel()
                     connection = DirectConnection(peer, pc, channel)
+                    attempt.scope.deadline = math.inf  # answered in time: no longer half-open
+                    self._connected += 1
+                    if self._half_open.get(peer) is attempt:
+                        del self._half_open[peer]
                     if attempt.offering or self._attempts.get(peer) is attempt:
                         attempt.result.send_nowait(connection)
                     else:
@@ -313,10 +417,19 @@ class WebRtcTransport(TaskOwner):
             # from there take down the network and every relayed link with it).
             failure = _first_leaf(group)
         finally:
+            if connection is not None:
+                self._connected -= 1
+            if self._half_open.get(peer) is attempt:
+                del self._half_open[peer]
             if self._inboxes.get(peer) is inbox_send:
                 del self._inboxes[peer]
             if not self._inboxes:
                 self._idle.set()
+        if connection is None and attempt.scope.cancelled_caught and not attempt.evicted \
+                and not attempt.offering and trio.current_time() >= attempt.scope.deadline:
+            self.answers_timed_out += 1
+            self._cool_down(peer)
+            log.info("answer to %s abandoned: not connected within %.1f s", peer, self.answer_timeout)
         if failure is not None:
             log.info("direct connection with %s failed: %r", peer, failure)
             if connection is None:
