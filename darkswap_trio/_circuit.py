@@ -81,7 +81,10 @@ class RelayCircuit(trio.abc.Channel[bytes]):
         self._unreturned = 0
         self._credit_batch = max(1, min(limits.window // 2, limits.window))
         self._local_closed = False
+        self._local_reason = "closed"
         self._remote_reason: str | None = None
+        # trio time of the last message either way (an owner's idle policy reads it)
+        self.last_activity = trio.current_time()
         self._sending = False
         self._receiving = False
         self.bytes_sent = self.bytes_received = 0
@@ -97,6 +100,7 @@ class RelayCircuit(trio.abc.Channel[bytes]):
             return False
         self._buffer.append(payload)
         self._buffered += len(payload)
+        self.last_activity = trio.current_time()
         self.bytes_received += len(payload)
         self.messages_received += 1
         self._data_arrived.set()
@@ -121,7 +125,7 @@ class RelayCircuit(trio.abc.Channel[bytes]):
 
     @property
     def close_reason(self) -> str | None:
-        return self._remote_reason if self._remote_reason else ("closed" if self._local_closed else None)
+        return self._remote_reason if self._remote_reason else (self._local_reason if self._local_closed else None)
 
     async def send(self, value: bytes) -> None:
         if self._sending:
@@ -143,6 +147,7 @@ class RelayCircuit(trio.abc.Channel[bytes]):
             self._credit -= len(data)
             self.bytes_sent += len(data)
             self.messages_sent += 1
+            self.last_activity = trio.current_time()
             await self._send_data(self.relay_key, data)
         finally:
             self._sending = False
@@ -170,17 +175,29 @@ class RelayCircuit(trio.abc.Channel[bytes]):
             self._unreturned += len(payload)
             if self._unreturned >= self._credit_batch and self._remote_reason is None:
                 increment, self._unreturned = self._unreturned, 0
-                await self._send_credit(self.relay_key, increment)
+                # Shielded: the payload is already taken, so a cancelled receive() must
+                # not lose it. Bounded: credit is a control frame (no wait behind data)
+                # and every write is bounded by the session's SEND_TIMEOUT.
+                with trio.CancelScope(shield=True):
+                    try:
+                        await self._send_credit(self.relay_key, increment)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        pass  # the session is gone; the next receive() reports the close
             return payload
         finally:
             self._receiving = False
 
-    async def aclose(self) -> None:
-        """Close the circuit; the far end is told ``closed_by_peer``. Idempotent."""
+    async def aclose(self, *, reason: str = "closed") -> None:
+        """Close the circuit; the far end is told ``closed_by_peer``. Idempotent.
+
+        ``reason`` becomes our :attr:`close_reason` (e.g. ``idle`` or ``refused`` when
+        an owner's policy closes it).
+        """
         if self._local_closed:
             await trio.lowlevel.checkpoint()
             return
         self._local_closed = True
+        self._local_reason = reason
         self._data_arrived.set()
         self._credit_changed.set()
         already_gone = self._remote_reason is not None

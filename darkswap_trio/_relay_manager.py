@@ -316,6 +316,10 @@ class RelayManager(TaskOwner):
             except (OSError, trio.TooSlowError, trio.BrokenResourceError, RelayError) as exc:
                 error = _real_cause(exc)
                 cause, fatal = _describe(error), _is_permanent(error)
+            except Exception as exc:  # noqa: BLE001 - one session's failure never ends the manager
+                error = _real_cause(_sole_leaf(exc))
+                cause, fatal = _describe(error), _is_permanent(error)
+                log.warning("relay %s session failed: %s", server.address, cause, exc_info=exc)
             server.session = None
             server.failures += 1
             server.last_error = cause
@@ -477,6 +481,13 @@ class RelayManager(TaskOwner):
 def _check_data(data: object) -> None:
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"data must be bytes-like, not {type(data).__name__}")
+
+
+def _sole_leaf(exc: BaseException) -> BaseException:
+    """The one exception inside (nested) single-member groups, e.g. from a session's nursery."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
 
 
 def _real_cause(exc: BaseException) -> BaseException:

@@ -9,6 +9,7 @@ the token refresher. Circuits are :class:`RelayCircuit` channels.
 from __future__ import annotations
 
 import logging
+import itertools
 import math
 import os
 import ssl
@@ -23,6 +24,7 @@ import trio
 
 from ._circuit import RelayCircuit
 from ._config import RelayAddress, parse_relay_address
+from ._control_first_lock import ControlFirstLock
 from ._identity import Keypair, PeerId, peer_id_text
 from ._websocket import WebSocketConnection, WebSocketRejected, open_websocket
 from .proto import signaling as sig
@@ -82,7 +84,12 @@ class RelaySession:
         self._ws = ws
         self._circuits: dict[bytes, RelayCircuit] = {}
         self._pending_requests: dict[str, deque[trio.MemorySendChannel]] = {}
-        self._pending_pings: deque[tuple[float, trio.Event]] = deque()
+        # Ping nonce -> its waiter, oldest first (a Pong without a nonce, from a relay
+        # that predates them, answers the oldest). A ping() that ends removes its entry.
+        self._pending_pings: dict[str, trio.Event] = {}
+        self._ping_numbers = itertools.count(1)
+        # Control frames (Ping/Pong, credit, CloseRelay, signaling) never wait behind bulk data.
+        self._write_turn = ControlFirstLock()
         self._refresh_waiters: deque[trio.MemorySendChannel] = deque()
         self._signal_send, self.signals = trio.open_memory_channel[Signal](signal_buffer)
         self._incoming_send, self._incoming = trio.open_memory_channel[RelayCircuit](signal_buffer)
@@ -98,35 +105,53 @@ class RelaySession:
 
     # -- outbound ----------------------------------------------------------------------
 
-    async def _send_frame(self, frame: str | bytes) -> None:
+    async def _send_frame(self, frame: str | bytes, *, control: bool) -> None:
         """Write one frame; a cancellation lands before or after it, never inside it.
 
-        Many tasks share this connection (circuits, signals, pings). A frame cut short by
-        a cancelled sender would corrupt the stream and break every one of them, so the
-        write is shielded, bounded by SEND_TIMEOUT, after which the session is closed.
+        Many tasks share this connection (circuits, signals, pings). Waiting for the
+        write turn is cancellable; control frames get it before data frames (see
+        ControlFirstLock). A frame cut short by a cancelled sender would corrupt the
+        stream and break every user, so the write itself is shielded, bounded by
+        SEND_TIMEOUT (the write alone, not the wait for the turn), after which the
+        session is closed.
         """
-        await trio.lowlevel.checkpoint_if_cancelled()
-        with trio.CancelScope(shield=True):
-            with trio.move_on_after(SEND_TIMEOUT) as scope:
-                await self._ws.send(frame)
-            if scope.cancelled_caught:
-                await self._ws.aclose(1001, "send timed out")
-                raise trio.BrokenResourceError(f"relay {self.address} stopped reading for {SEND_TIMEOUT}s")
+        async with self._write_turn.hold(control=control):
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(SEND_TIMEOUT) as scope:
+                    try:
+                        await self._ws.send(frame)
+                    except trio.ClosedResourceError as exc:
+                        # The session closed its connection, not the caller: for a circuit
+                        # or signal sender that is a broken resource.
+                        raise trio.BrokenResourceError(f"relay session {self.address} closed") from exc
+                if scope.cancelled_caught:
+                    await self._ws.aclose(1001, "send timed out")
+                    raise trio.BrokenResourceError(f"relay {self.address} stopped reading for {SEND_TIMEOUT}s")
 
     async def send_message(self, msg: sig.Message) -> None:
-        await self._send_frame(sig.encode_message(msg))
+        await self._send_frame(sig.encode_message(msg), control=True)
 
     async def send_signal(self, msg: Signal) -> None:
         """Send an Offer/Answer/IceCandidate; the relay forwards it to ``msg.to``."""
         await self.send_message(msg)
 
     async def ping(self) -> float:
-        """Round-trip a Ping; returns the RTT in ms and updates the smoothed latency."""
+        """Round-trip a Ping; returns the RTT in ms and updates the smoothed latency.
+
+        Safe to cancel: the Pong is matched by the Ping's nonce, so an abandoned ping
+        never answers a later one. Raises BrokenResourceError if the session closes.
+        """
+        nonce = format(next(self._ping_numbers), "x")
         started = trio.current_time()
-        done = trio.Event()
-        self._pending_pings.append((started, done))
-        await self.send_message(sig.Ping())
-        await done.wait()
+        done = self._pending_pings[nonce] = trio.Event()
+        try:
+            await self.send_message(sig.Ping(nonce=nonce))
+            await done.wait()
+            answered = nonce not in self._pending_pings  # the Pong handler took it out
+        finally:
+            self._pending_pings.pop(nonce, None)
+        if not answered:
+            raise trio.BrokenResourceError("relay session closed during a ping") from self.close_cause
         rtt = (trio.current_time() - started) * 1000
         # Smoothed like TCP's SRTT so one slow Pong doesn't flip relay selection.
         self.latency_ms = rtt if self.latency_ms is None else 0.875 * self.latency_ms + 0.125 * rtt
@@ -212,10 +237,10 @@ class RelaySession:
         return circuit
 
     async def _send_circuit_data(self, key: bytes, payload: bytes) -> None:
-        await self._send_frame(sig.encode_circuit_data(key, payload))
+        await self._send_frame(sig.encode_circuit_data(key, payload), control=False)
 
     async def _send_circuit_credit(self, key: bytes, increment: int) -> None:
-        await self._send_frame(sig.encode_circuit_credit(key, increment))
+        await self._send_frame(sig.encode_circuit_credit(key, increment), control=True)
 
     async def _send_close(self, relay_id: str) -> None:
         await self.send_message(sig.CloseRelay(relay_id=relay_id))
@@ -262,10 +287,12 @@ class RelaySession:
 
     async def _on_message(self, msg: sig.Message) -> None:
         if isinstance(msg, sig.Ping):
-            await self.send_message(sig.Pong())
+            await self.send_message(sig.Pong(nonce=msg.nonce))
         elif isinstance(msg, sig.Pong):
-            if self._pending_pings:
-                _, done = self._pending_pings.popleft()
+            # A nonce we don't know answers a ping that was cancelled: nobody waits for it.
+            nonce = msg.nonce if msg.nonce is not None else next(iter(self._pending_pings), None)
+            done = self._pending_pings.pop(nonce, None) if nonce is not None else None
+            if done is not None:
                 done.set()
             self.last_pong = trio.current_time()
         elif isinstance(msg, (sig.Offer, sig.Answer, sig.IceCandidate)):
@@ -338,8 +365,8 @@ class RelaySession:
         self._background_scope.cancel()
         for circuit in list(self._circuits.values()):
             circuit._remote_close(reason)
-        for _, done in self._pending_pings:
-            done.set()
+        for done in self._pending_pings.values():
+            done.set()  # unanswered: ping() raises BrokenResourceError
         for queue in self._pending_requests.values():
             for send in queue:
                 send.close()
@@ -350,11 +377,22 @@ class RelaySession:
         self._errors_send.close()
 
     async def _pinger(self, interval: float) -> None:
+        # Never raises: a session that failed is ended by its reader, and an error
+        # escaping here would take the caller's nursery (a RelayManager) with it.
         while True:
             await trio.sleep(interval)
+            frames_before = self.frames_received
             with trio.move_on_after(interval) as scope:
-                await self.ping()
+                try:
+                    await self.ping()
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return
             if scope.cancelled_caught:
+                if self.frames_received > frames_before:
+                    # The relay is sending (e.g. credit for our bulk data): it is alive,
+                    # our Ping is queued behind our own bytes in the socket buffers.
+                    log.info("relay %s: Pong late, but frames arrive; keeping the session", self.address)
+                    continue
                 log.warning("relay %s did not answer a Ping within %.1fs", self.address, interval)
                 await self._ws.aclose(1001, "ping timeout")
                 return
@@ -365,8 +403,10 @@ class RelaySession:
             await trio.sleep(max(wait, 0.0))
             try:
                 await self.refresh_token(await provider(self.keypair.peer_id))
-            except RelayError as exc:
-                log.warning("token refresh at %s failed: %s", self.address, exc)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.EndOfChannel):
+                return  # the session is ending; its reader reports why
+            except Exception as exc:  # a RelayError, or a token provider that failed
+                log.warning("token refresh at %s failed: %r", self.address, exc)
                 await trio.sleep(min(margin / 2, 5.0) or 1.0)
 
 
@@ -416,7 +456,7 @@ async def _receive_message(ws: WebSocketConnection) -> sig.Message:
             if not isinstance(msg, (sig.Ping, sig.Pong)):
                 return msg
             if isinstance(msg, sig.Ping):
-                await ws.send(sig.encode_message(sig.Pong()))
+                await ws.send(sig.encode_message(sig.Pong(nonce=msg.nonce)))
 
 
 @asynccontextmanager

@@ -411,7 +411,7 @@ class SignalingSession:
             return None
         self.router.metrics.frame_received(message_type(msg))
         if isinstance(msg, Ping):
-            self.send_control(Pong())
+            self.send_control(Pong(nonce=msg.nonce))  # echoed: the SDK matches Pongs by nonce
         elif isinstance(msg, Pong):
             pass
         elif not self.registered:

@@ -24,6 +24,7 @@ from .errors import SignalingParseError
 PROTOCOL_VERSION = "darkswap-relay/1"
 NONCE_LENGTH = 32
 MAX_ID_LENGTH = 128
+PING_NONCE_MAX = 64  # characters of a Ping nonce (an opaque string the peer echoes)
 
 # Characters no id may hold (PROTOCOL.md 3.1): C0/C1 controls and DEL (category Cc), the
 # line and paragraph separators (Zl, Zp) and lone surrogates (Cs: no UTF-8 form). Ids are
@@ -184,12 +185,12 @@ class Error:
 
 @dataclass(frozen=True, slots=True)
 class Ping:
-    pass
+    nonce: str | None = None  # echoed in the Pong (docs/PROTOCOL.md, "Ping and Pong")
 
 
 @dataclass(frozen=True, slots=True)
 class Pong:
-    pass
+    nonce: str | None = None  # the answered Ping's nonce; None from relays that predate it
 
 
 Message = (
@@ -235,8 +236,8 @@ _FIELDS: dict[type, tuple[_Spec, ...]] = {
     CloseRelay: (("relay_id", "relay_id", "rid", True, True), ("reason", "reason", "str", False, False)),
     Error: (("message", "message", "str", True, True), ("code", "code", "str", False, False),
             ("ref", "ref", "str", False, False)),
-    Ping: (),
-    Pong: (),
+    Ping: (("nonce", "nonce", "ping_nonce", False, False),),
+    Pong: (("nonce", "nonce", "ping_nonce", False, False),),
 }
 _BY_NAME: dict[str, type] = {cls.__name__: cls for cls in _FIELDS}
 _LIMIT_FIELDS = ("duration", "data", "bandwidth", "window", "max_data_frame")
@@ -255,6 +256,10 @@ def _reject_constant(name: str) -> Any:
 
 
 def _decode_value(kind: str, key: str, value: Any) -> Any:
+    if kind == "ping_nonce":
+        if not isinstance(value, str) or len(value) > PING_NONCE_MAX:
+            raise SignalingParseError(f"field {key!r} must be a string of at most {PING_NONCE_MAX} characters")
+        return value
     if kind in ("str", "id", "rid"):
         if not isinstance(value, str):
             raise SignalingParseError(f"field {key!r} must be a string")
@@ -332,10 +337,8 @@ def decode_message_untrusted(text: str | bytes) -> Message:
         raise UnknownMessageType(f"unknown message type {type_name[:64]!r}")
     specs = _FIELDS[cls]
     payload = obj.get("payload")
-    if not specs:
-        if payload not in (None, {}):
-            raise SignalingParseError(f"{type_name} carries no payload")
-        return cls()
+    if payload is None and not any(spec[3] for spec in specs):
+        payload = {}  # e.g. the original {"type":"Ping"}
     if not isinstance(payload, dict):
         raise SignalingParseError(f"{type_name} needs a 'payload' object")
     kwargs = {}
@@ -365,8 +368,6 @@ def _encode_value(kind: str, value: Any) -> Any:
 def encode_message(msg: Message) -> str:
     """Serialise a message to its JSON text frame (compact, key order as documented)."""
     specs = _FIELDS[type(msg)]
-    if not specs:
-        return json.dumps({"type": type(msg).__name__})
     payload = {}
     for key, attr, kind, _required, always in specs:
         value = getattr(msg, attr)
@@ -375,6 +376,8 @@ def encode_message(msg: Message) -> str:
                 payload[key] = None
             continue
         payload[key] = _encode_value(kind, value)
+    if not payload and isinstance(msg, (Ping, Pong)):
+        return json.dumps({"type": type(msg).__name__})  # the original unit form
     return _JSON_ENCODER.encode({"type": type(msg).__name__, "payload": payload})
 
 

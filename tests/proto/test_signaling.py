@@ -47,8 +47,8 @@ messages = st.one_of(
     st.builds(sig.RelayData, from_=ids, relay_id=ids, data=blobs),
     st.builds(sig.CloseRelay, relay_id=ids, reason=opt_texts),
     st.builds(sig.Error, message=texts, code=opt_texts, ref=opt_texts),
-    st.just(sig.Ping()),
-    st.just(sig.Pong()),
+    st.builds(sig.Ping, nonce=st.none() | st.text(max_size=sig.PING_NONCE_MAX)),
+    st.builds(sig.Pong, nonce=st.none() | st.text(max_size=sig.PING_NONCE_MAX)),
 )
 
 
@@ -70,6 +70,13 @@ def test_original_wire_format_is_kept():
     assert sig.decode_message_untrusted('{"type":"Pong","payload":null}') == sig.Pong()
 
 
+def test_ping_nonce_is_echoed_and_optional():
+    # Our extension: Ping may carry a nonce the Pong echoes; without one, the original form.
+    assert json.loads(sig.encode_message(sig.Ping(nonce="1f"))) == {"type": "Ping", "payload": {"nonce": "1f"}}
+    assert sig.decode_message_untrusted('{"type":"Pong","payload":{"nonce":"1f"}}') == sig.Pong(nonce="1f")
+    assert sig.decode_message_untrusted('{"type":"Pong"}') == sig.Pong(nonce=None)
+
+
 def test_unknown_fields_are_ignored():
     msg = sig.decode_message_untrusted('{"type":"Register","payload":{"peer_id":"p","future":1}}')
     assert msg == sig.Register(peer_id="p")
@@ -87,7 +94,8 @@ def test_unknown_fields_are_ignored():
         ('{"type":"RelayResponse","payload":{"relay_id":"r","accepted":"yes"}}', "bad_frame"),
         ('{"type":"RelayData","payload":{"from":"a","relay_id":"r","data":"***"}}', "bad_frame"),
         ('{"type":"Register","payload":{"peer_id":"p","nonce":"aGVsbG8="}}', "bad_frame"),
-        ('{"type":"Ping","payload":{"x":1}}', "bad_frame"),
+        ('{"type":"Ping","payload":{"nonce":1}}', "bad_frame"),
+        ('{"type":"Pong","payload":{"nonce":"' + "n" * 65 + '"}}', "bad_frame"),
         ('{"type":"IceCandidate","payload":{"from":"a","to":"b","candidate":"c","sdp_mline_index":true}}', "bad_frame"),
         ('{"type":"TokenRefreshed","payload":{"expires_at":NaN}}', "bad_frame"),
         ("[" * 100000, "bad_frame"),
