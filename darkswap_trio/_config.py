@@ -9,6 +9,7 @@ part is mandatory: it is the identity the relay must prove during the handshake.
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -138,6 +139,14 @@ class P2PConfig:
     link_recovery_timeout: float = 30.0  # a link with no path for this long is over
     direct_retry_interval: float = 2.0  # first wait before retrying direct after a downgrade
     direct_retry_max_interval: float = 60.0  # cap of that (doubling) wait
+    # Incoming relay circuits we did not ask for (README, "Unsolicited relay circuits"):
+    # plain (non-link) circuits are accepted if True, refused if False, or per peer id by
+    # a callable(peer_id) -> bool; an incoming circuit must send its first message, and a
+    # plain one some message either way, within relay_circuit_idle_timeout, and at most
+    # max_unclaimed_relay_circuits per peer may wait for their first message.
+    accept_relay_circuits: bool | Callable[[str], bool] = True
+    relay_circuit_idle_timeout: float = 120.0
+    max_unclaimed_relay_circuits: int = 4
 
     def relay_addresses(self) -> list[RelayAddress]:
         return [parse_relay_address(a) for a in self.relay_servers]
@@ -163,6 +172,11 @@ class P2PConfig:
             raise ConfigError("p2p.link_recovery_timeout must be positive")
         if not 0 < self.direct_retry_interval <= self.direct_retry_max_interval:
             raise ConfigError("p2p.direct_retry_interval must be positive and <= direct_retry_max_interval")
+        if not isinstance(self.accept_relay_circuits, bool) and not callable(self.accept_relay_circuits):
+            raise ConfigError("p2p.accept_relay_circuits must be a bool or a callable(peer_id) -> bool")
+        if not self.relay_circuit_idle_timeout > 0 or self.max_unclaimed_relay_circuits < 1:
+            raise ConfigError("p2p.relay_circuit_idle_timeout must be positive and "
+                              "p2p.max_unclaimed_relay_circuits at least 1")
         return self
 
 

@@ -10,8 +10,8 @@ frame waits for at most the one frame being written, and circuits share the upli
 
 from __future__ import annotations
 
-from contextlib import asynccontextmanager
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import trio
 

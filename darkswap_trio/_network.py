@@ -22,6 +22,7 @@ from ._circuit import RelayCircuit
 from ._config import Config, P2PConfig, stun_host_port
 from ._dial_race import DialRace, PeerUnreachable
 from ._identity import Keypair, PeerId, load_or_create_keypair, peer_id_text
+from ._incoming_circuits import IncomingCircuitPolicy
 from ._link_recovery import ConnectionDowngraded, LinkInterrupted, LinkRecovery, LinkRestored
 from ._metrics import ConnectionMetrics
 from ._peer_connection import PeerConnectionConfig
@@ -133,6 +134,7 @@ class P2PNetwork(TaskOwner):
         self.dropped_incoming_links = 0
         self.dropped_events = 0  # events dropped because nobody read network.events
         self._link_recovery = LinkRecovery(self)
+        self.incoming_circuits = IncomingCircuitPolicy.from_config(p2p)  # README, "Unsolicited..."
         self._link_settings = LinkSettings(
             max_message_size=p2p.link_max_message_size, window=p2p.link_window,
             ping_interval=p2p.link_ping_interval, path_timeout=p2p.link_path_timeout,
@@ -325,11 +327,8 @@ class P2PNetwork(TaskOwner):
             self._nursery.start_soon(self._classify_circuit, circuit)
 
     async def _classify_circuit(self, circuit: RelayCircuit) -> None:
-        manager = self.relay_manager
-        try:
-            first = await circuit.receive()
-        except (trio.EndOfChannel, trio.BrokenResourceError, trio.ClosedResourceError):
-            first = None
+        manager, policy = self.relay_manager, self.incoming_circuits
+        first = await policy.first_message(circuit)  # None: closed (maybe here: idle, too many)
         hello = parse_hello_untrusted(first)
         if hello is not None and self.config.p2p.enable_relay:
             link = self._link_for_incoming(circuit.peer_id, *hello)
@@ -344,8 +343,9 @@ class P2PNetwork(TaskOwner):
             await circuit.aclose()
             await manager.deliver_as_events(circuit)  # only its CircuitClosed is left
             return
-        # A plain connect_via_relay circuit: the guide's DataReceived events.
-        await manager.deliver_as_events(circuit, first)
+        # A plain connect_via_relay circuit: the guide's DataReceived events, if accepted.
+        first = await policy.admit_plain(circuit, first)
+        await manager.deliver_as_events(circuit, first, idle_timeout=policy.idle_timeout)
 
     # -- links ------------------------------------------------------------------------
 

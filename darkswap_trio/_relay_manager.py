@@ -25,6 +25,7 @@ import trio
 from ._circuit import RelayCircuit
 from ._config import RelayAddress, RelayManagerConfig, parse_relay_address
 from ._identity import Keypair, PeerId, peer_id_text
+from ._incoming_circuits import receive_or_idle
 from ._relay_session import (
     CircuitRefused,
     RelayError,
@@ -384,12 +385,17 @@ class RelayManager(TaskOwner):
     def _adopt(self, circuit: RelayCircuit, server_id: str) -> None:
         self._circuits[circuit.relay_id] = (circuit, server_id)
 
-    async def _pump(self, circuit: RelayCircuit) -> None:
-        """Deliver a circuit's messages as DataReceived events, then its CircuitClosed."""
+    async def _pump(self, circuit: RelayCircuit, idle_timeout: float | None = None) -> None:
+        """Deliver a circuit's messages as DataReceived events, then its CircuitClosed.
+
+        With ``idle_timeout`` the circuit is closed (reason ``idle``) after that long
+        without a message either way.
+        """
         try:
-            async for data in circuit:
+            while True:
+                data = await receive_or_idle(circuit, idle_timeout)
                 await self._emit_data(DataReceived(circuit.peer_id, circuit.relay_id, data))
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
+        except (trio.ClosedResourceError, trio.BrokenResourceError, trio.EndOfChannel):
             pass
         self._circuits.pop(circuit.relay_id, None)
         await self._emit_data(CircuitClosed(circuit.relay_id, circuit.peer_id, circuit.close_reason or "closed"))
@@ -441,12 +447,14 @@ class RelayManager(TaskOwner):
         circuit = await self.open_circuit(peer_id, deliver=True)
         return circuit.relay_id
 
-    async def deliver_as_events(self, circuit: RelayCircuit, first: bytes | None = None) -> None:
+    async def deliver_as_events(self, circuit: RelayCircuit, first: bytes | None = None, *,
+                                idle_timeout: float | None = None) -> None:
         """Read ``circuit`` into DataReceived events (``first``: a message already taken
-        from it), then emit its CircuitClosed. For circuits taken with accept_circuit()."""
+        from it), then emit its CircuitClosed. For circuits taken with accept_circuit().
+        ``idle_timeout``: close it (reason ``idle``) after that long with no message."""
         if first is not None:
             await self._emit_data(DataReceived(circuit.peer_id, circuit.relay_id, first))
-        await self._pump(circuit)
+        await self._pump(circuit, idle_timeout)
 
     def circuit_server(self, relay_id: str) -> str | None:
         """The id of the relay that carries circuit ``relay_id``, if it is open."""

@@ -8,8 +8,8 @@ the token refresher. Circuits are :class:`RelayCircuit` channels.
 
 from __future__ import annotations
 
-import logging
 import itertools
+import logging
 import math
 import os
 import ssl
