@@ -12,6 +12,7 @@ import itertools
 import logging
 import math
 import os
+import socket
 import ssl
 import time
 import uuid
@@ -35,6 +36,10 @@ log = logging.getLogger("darkswap_trio.relay")
 TokenProvider = Callable[[PeerId], Awaitable[str]]
 # How long one frame may take to write before the relay is considered gone.
 SEND_TIMEOUT = 30.0
+# Unsent bytes the kernel may hold for a session (TCP_NOTSENT_LOWAT, where available).
+# The lock orders frames only up to the socket: without this bound a Ping written after
+# bulk data waits behind megabytes of socket buffer (seconds on a slow uplink).
+UNSENT_BYTES = 128 * 1024
 Signal = sig.Offer | sig.Answer | sig.IceCandidate
 
 
@@ -506,6 +511,7 @@ async def open_relay_session(
     async with _connect(address, ssl_context, connect_timeout) as ws:
         with trio.fail_after(connect_timeout):
             registered = await _handshake(ws, address, keypair, token_provider)
+        _bound_unsent_bytes(ws)
         session = RelaySession(ws, address, keypair, registered, signal_buffer=signal_buffer)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(session._reader)
@@ -516,6 +522,18 @@ async def open_relay_session(
             finally:
                 nursery.cancel_scope.cancel()
                 session._shut_down("session_closed")
+
+
+def _bound_unsent_bytes(ws: WebSocketConnection) -> None:
+    stream = getattr(ws, "_stream", None)
+    sock = getattr(getattr(stream, "transport_stream", stream), "socket", None)  # TLS or plain
+    option = getattr(socket, "TCP_NOTSENT_LOWAT", None)
+    if sock is None or option is None:
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, option, UNSENT_BYTES)
+    except OSError:  # not TCP, or a kernel without it: frames still go out in order
+        pass
 
 
 async def _run_background(session: RelaySession, ping_interval: float,
