@@ -11,8 +11,16 @@ from contextlib import asynccontextmanager
 import pytest
 import trio
 
-from darkswap_trio import Config, Keypair, P2PConfig, P2PNetwork, RelayManager, RelayManagerConfig, open_relay_session
-from darkswap_trio import _relay_session
+from darkswap_trio import (
+    Config,
+    Keypair,
+    P2PConfig,
+    P2PNetwork,
+    RelayManager,
+    RelayManagerConfig,
+    _relay_session,
+    open_relay_session,
+)
 from darkswap_trio._peer_connection import PeerConnectionConfig
 from darkswap_trio._relay_manager import (
     CircuitClosed,
@@ -131,7 +139,7 @@ async def test_a_session_that_fails_never_takes_the_manager_down_and_the_manager
                 first_session = manager.servers[0].session
                 circuit = await manager.open_circuit(friend.local_peer_id)
                 nursery.start_soon(hammer, circuit)
-                while not isinstance(event := await manager.events.receive(), ServerDisconnected):
+                while not isinstance(await manager.events.receive(), ServerDisconnected):
                     pass
                 while not isinstance(await manager.events.receive(), ServerConnected):
                     pass
