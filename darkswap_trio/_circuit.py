@@ -144,11 +144,13 @@ class RelayCircuit(trio.abc.Channel[bytes]):
                     break
                 self._credit_changed = trio.Event()
                 await self._credit_changed.wait()
+            # Counted once written: a send cancelled while waiting for the session's
+            # write turn sent nothing, and must not cost credit.
+            await self._send_data(self.relay_key, data)
             self._credit -= len(data)
             self.bytes_sent += len(data)
             self.messages_sent += 1
             self.last_activity = trio.current_time()
-            await self._send_data(self.relay_key, data)
         finally:
             self._sending = False
 

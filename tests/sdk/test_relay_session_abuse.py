@@ -21,6 +21,7 @@ from darkswap_trio import (
     _relay_session,
     open_relay_session,
 )
+from darkswap_trio._control_first_lock import ControlFirstLock
 from darkswap_trio._peer_connection import PeerConnectionConfig
 from darkswap_trio._relay_manager import (
     CircuitClosed,
@@ -147,6 +148,41 @@ async def test_a_session_that_fails_never_takes_the_manager_down_and_the_manager
                 assert manager.servers[0].session is not first_session
                 await manager.servers[0].session.ping()  # the new session works
                 nursery.cancel_scope.cancel()
+
+
+async def test_the_write_turn_goes_to_control_frames_first_then_data_in_arrival_order(autojump_clock):
+    lock, order = ControlFirstLock(), []
+
+    async def write(name, control, task_status=trio.TASK_STATUS_IGNORED):
+        task_status.started()
+        async with lock.hold(control=control):
+            order.append(name)
+            await trio.sleep(1)  # a frame being written
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(write, "data-1", False)  # holds the turn
+        for name in ("data-2", "data-3"):
+            await nursery.start(write, name, False)
+        await nursery.start(write, "ping", True)
+        await nursery.start(write, "credit", True)
+    assert order == ["data-1", "ping", "credit", "data-2", "data-3"]
+
+
+async def test_a_circuit_send_cancelled_before_its_write_costs_no_credit():
+    with trio.fail_after(10):
+        async with running_relay() as relay, \
+                open_relay_session(relay.multiaddr, Keypair.generate()) as a, \
+                open_relay_session(relay.multiaddr, Keypair.generate()) as b:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(a.request_circuit, b.local_peer_id)
+                incoming = await b.accept_circuit()
+            circuit = a.circuits[0]
+            credit = circuit.statistics().send_credit
+            with trio.move_on_after(0):
+                await circuit.send(b"never sent")
+            assert circuit.statistics().send_credit == credit and circuit.messages_sent == 0
+            await circuit.send(b"sent")
+            assert await incoming.receive() == b"sent"
 
 
 # -- item 2: an abandoned ping never answers (or blocks) a later one --------------------
