@@ -32,6 +32,7 @@ import trio
 from darkswap_trio.proto.signaling import Error, encode_message
 from darkswap_trio.proto.websocket_handshake import build_http_response
 
+from ._abuse import AbuseGuard
 from ._config import LimitsConfig
 from ._limits import ConcurrencyCounter, KeyedRateLimiter, canonical_ip
 from ._metrics import RelayMetrics
@@ -43,6 +44,7 @@ logger = logging.getLogger("relay.admission")
 REFUSAL_TIMEOUT = 1.0  # seconds to read the refused request and send the answer
 MAX_REFUSING = 64  # refusals answered at once; beyond, refused connections just close
 _MAX_REFUSED_HEAD = 8 * 1024
+PENALIZED = "abuse_penalty"  # the limit label of connections refused for a penalty
 # File descriptors the relay needs besides its sessions: listeners, STUN, metrics
 # connections, log files, the refusals in progress.
 FD_MARGIN = 64 + MAX_REFUSING
@@ -82,9 +84,12 @@ def _close_socket(stream: Any) -> None:
 class ConnectionAdmission:
     """Per-IP and total connection caps counted from accept, with pending eviction."""
 
-    def __init__(self, limits: LimitsConfig, metrics: RelayMetrics) -> None:
+    def __init__(
+        self, limits: LimitsConfig, metrics: RelayMetrics, guard: AbuseGuard | None = None
+    ) -> None:
         self.limits = limits
         self.metrics = metrics
+        self.guard = guard  # its penalized addresses are closed at accept
         # 0 means no cap, for the per-IP and the total count alike.
         self.slots = ConcurrencyCounter(limits.max_sessions_per_ip, limits.max_sessions or None)
         self.rate = KeyedRateLimiter(
@@ -171,6 +176,8 @@ class ConnectionAdmission:
     ) -> ConnectionTicket | tuple[int, str, str, str]:
         """A ticket, or why not: ``(http_status, error_code, message, limit)``."""
         lim = self.limits
+        if self.guard is not None and self.guard.penalized(ip, now):
+            return 429, "rate_limited", "your address is penalized for abuse", PENALIZED
         if not self.rate.try_take(ip, 1, now):
             return 429, "rate_limited", "too many connections from your address", "connections_per_ip"
         if lim.max_sessions_per_ip and self.slots.count(ip) >= lim.max_sessions_per_ip:
@@ -213,6 +220,9 @@ class ConnectionAdmission:
             return outcome
         status, code, message, limit = outcome
         self.metrics.limit_hit(limit)
+        if limit == PENALIZED:
+            await trio.lowlevel.checkpoint()
+            return None  # closed unread: the cheapest answer to an address that abused us
         self.metrics.error_sent(code)
         await self._refuse(stream, status, code, message)
         return None

@@ -195,6 +195,13 @@ class KeyedRateLimiter:
             return 0.0 if amount <= self.burst else math.inf
         return bucket.time_until(amount, now)
 
+    def tokens(self, key: Hashable, now: float) -> float:
+        """Tokens ``key`` has at ``now`` (``inf`` when unlimited; a full bucket when unknown)."""
+        if self.rate == 0:
+            return math.inf
+        bucket = self._buckets.get(key)
+        return self.burst if bucket is None else bucket.tokens(now)
+
     def forget(self, key: Hashable) -> None:
         """Drop ``key``'s bucket (no-op when absent)."""
         self._buckets.pop(key, None)

@@ -34,6 +34,7 @@ from darkswap_trio.proto.relay import (
 )
 from darkswap_trio.proto.signaling import CircuitLimits, RelayResponse
 
+from ._abuse import AbuseGuard
 from ._config import RelayConfig
 from ._legacy import INCOMPATIBLE_PEER, circuit_announcement, incompatible, incompatible_reason
 from ._logging import session_context
@@ -80,6 +81,7 @@ class RelayRouter:
         self.metrics = metrics
         lim = config.limits
         self.circuit_limits = circuit_limits(config)
+        self.abuse = AbuseGuard(lim)  # per-IP and relay-wide message budgets
         self.table = CircuitTable(
             limits=self.circuit_limits,
             max_circuits=lim.max_circuits,

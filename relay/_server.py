@@ -220,7 +220,7 @@ async def serve_relay(
         server.jwt_validator = JwtValidator.from_config(config)
         server._jwt_material = config.jwt_key_material()
     # Per-IP and total caps apply from TCP accept (admission.admit/release, in the listener).
-    admission = ConnectionAdmission(lim, metrics)
+    admission = ConnectionAdmission(lim, metrics, router.abuse)
     server.admission = admission
 
     async def handle_request(request: Any) -> None:

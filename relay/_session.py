@@ -60,7 +60,10 @@ logger = logging.getLogger("relay.session")
 MAX_CONTROL_QUEUE = 512  # control frames waiting for a peer that does not read
 MAX_CONTROL_QUEUE_BYTES = 1 << 20  # ... and their bytes (at least one max-size frame fits)
 CLOSE_TIMEOUT = 2.0  # bound on flushing the last frames and the closing handshake
-RATE_LIMIT_STRIKES = 64  # consecutive rate-limited messages before the session is closed
+RATE_LIMIT_STRIKES = 64  # consecutive shed messages before the session is closed (1008)
+# Text frames a session may send before it is registered: a handshake takes two (Register,
+# Authenticate), a few Pings or retried Registers may come along; beyond, it is closed.
+MAX_HANDSHAKE_FRAMES = 32
 
 # WebSocket close codes (PROTOCOL.md section 6).
 CLOSE_NORMAL = 1000
@@ -78,7 +81,7 @@ class SignalingSession:
     __slots__ = (
         "router", "ws", "remote_ip", "peer_id", "registered", "has_libp2p_id", "_jwt",
         "_limits", "_mode", "_handshake_deadline", "_last_activity", "_activity", "_token_deadline", "_handshake",
-        "_messages", "_bytes", "_strikes", "_out", "_credit_wakeup", "_close_code",
+        "_messages", "_bytes", "_strikes", "_handshake_frames", "_guard", "_out", "_credit_wakeup", "_close_code",
         "_close_reason", "_read_scope", "_stopped", "_nursery", "_writer_done", "_reader_done",
     )  # fmt: skip
 
@@ -115,7 +118,9 @@ class SignalingSession:
         self._bytes = TokenBucket(
             self._limits.bytes_per_peer_rate, self._limits.bytes_per_peer_burst
         )
-        self._strikes = 0
+        self._strikes = 0  # consecutive frames shed by a message budget
+        self._handshake_frames = 0  # text frames received before registration
+        self._guard = router.abuse
         self._out = SessionOutbox(
             router,
             ws,
@@ -362,6 +367,11 @@ class SignalingSession:
                 f"frame of {size} bytes exceeds {self._limits.max_frame_size}",
             )
             return None
+        # Message budgets, on the raw frame: a shed frame is never decoded.
+        if type(frame) is str:
+            shed = self._over_budget(now)
+            if shed is not None:
+                return self._shed(shed, now)
         # Per-peer inbound byte rate: throttle (stop reading) rather than drop data.
         amount = min(size, self._bytes.burst)
         if not self._bytes.try_take(amount, now):
@@ -394,15 +404,35 @@ class SignalingSession:
             self.close(CLOSE_POLICY, Error("handshake timeout", what))
         return CloseReason.PEER_DISCONNECTED
 
-    def _handle_text(self, text: str, now: float) -> Coroutine[Any, Any, None] | None:
+    def _over_budget(self, now: float) -> str | None:
+        """Charge a text frame to its budgets: None, or the limit it exceeds."""
+        if not self.registered:
+            self._handshake_frames += 1
+            if self._handshake_frames == 1:  # a registration starts: the address pays
+                if not self._guard.handshake_allowed(self.remote_ip, now):
+                    return "handshakes_per_ip"
+            elif self._handshake_frames > MAX_HANDSHAKE_FRAMES:
+                return "handshake_frames"
         if not self._messages.try_take(1, now):
-            self.router.metrics.limit_hit("messages_per_peer")
-            self._strikes += 1
-            if self._strikes >= RATE_LIMIT_STRIKES:
-                self.close(CLOSE_POLICY, Error("message rate exceeded repeatedly", "rate_limited"))
-            else:
-                self.send_error("rate_limited", "message rate limit exceeded")
-            return None
+            return "messages_per_peer"
+        return self._guard.message_allowed(self.remote_ip, now) if self.registered else None
+
+    def _shed(self, limit: str, now: float) -> None:
+        """Drop a frame undecoded; the first of a streak is answered, a long one closes."""
+        self._guard.frames_shed += 1
+        self.router.metrics.limit_hit(limit)
+        self._strikes += 1
+        if limit in ("handshakes_per_ip", "handshake_frames") or (
+            self._strikes >= RATE_LIMIT_STRIKES
+        ):
+            self._guard.penalize(self.remote_ip, now)
+            logger.info("closing session of %s: %s exceeded", self.remote_ip, limit)
+            self.close(CLOSE_POLICY, Error(f"{limit} budget exceeded", "rate_limited"))
+        elif self._strikes == 1:  # one answer per streak: errors cost more than the drop
+            self.send_error("rate_limited", f"message rate limit exceeded ({limit})")
+        return None
+
+    def _handle_text(self, text: str, now: float) -> Coroutine[Any, Any, None] | None:
         self._strikes = 0
         try:
             msg = decode_message_untrusted(text)
