@@ -8,10 +8,10 @@ that survive reconnects, keyed by canonical IP:
   address together.
 - ``handshakes_per_ip``: registrations started (the first frame of a session, which
   makes the relay sign a Challenge), so connection churn is paid per address.
-- ``messages_total``: relay-wide. While the relay receives more than this, frames of
-  addresses that have spent over half their own burst are shed (light users, such as
-  paced honest peers, still pass): a last-resort CPU ceiling against floods spread over
-  many addresses.
+- ``messages_total`` and ``handshakes_total``: relay-wide. While the relay receives
+  more than this, frames (registrations) of addresses that have spent over half their
+  own burst are shed (light users, such as paced honest peers, still pass): a
+  last-resort CPU ceiling against floods and churn spread over many addresses.
 
 All checks run on the raw frame (its length and whether it is text or binary, known
 from the WebSocket layer), before any JSON is decoded. A session that keeps sending
@@ -43,9 +43,14 @@ class AbuseGuard:
             limits.handshakes_per_ip_rate, limits.handshakes_per_ip_burst, table
         )
         self.total = TokenBucket(limits.messages_total_rate, limits.messages_total_burst)
+        self.handshakes_total = TokenBucket(
+            limits.handshakes_total_rate, limits.handshakes_total_burst
+        )
         self.penalty = float(limits.abuse_penalty)
         self.max_penalized = table
-        self._heavy = limits.messages_per_ip_burst / 2  # "spent over half its burst"
+        # "Spent over half its burst": who is shed when a relay-wide budget is exceeded.
+        self._heavy = limits.messages_per_ip_burst / 2
+        self._heavy_handshakes = limits.handshakes_per_ip_burst / 2
         # Penalized address -> end of its penalty, oldest first (bounded like the limiters).
         self._penalized: OrderedDict[str, float] = OrderedDict()
         self.frames_shed = 0  # frames dropped undecoded by any budget (sessions' included)
@@ -61,9 +66,15 @@ class AbuseGuard:
                 return "messages_total"
         return None
 
-    def handshake_allowed(self, ip: str, now: float) -> bool:
-        """Charge one registration attempt (a session's first frame) to ``ip``."""
-        return self.handshakes.try_take(ip, 1, now)
+    def handshake_allowed(self, ip: str, now: float) -> str | None:
+        """Charge one registration (a session's first frame) to ``ip``: None, or the limit."""
+        if not self.handshakes.try_take(ip, 1, now):
+            return "handshakes_per_ip"
+        total = self.handshakes_total
+        if total.rate and not total.try_take(1, now):
+            if self.handshakes.tokens(ip, now) < self._heavy_handshakes:
+                return "handshakes_total"
+        return None
 
     def penalize(self, ip: str, now: float) -> None:
         """Refuse ``ip``'s connections at accept for :attr:`penalty` seconds."""

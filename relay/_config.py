@@ -49,8 +49,8 @@ class LimitsConfig:
     messages_per_peer_rate: float = 200.0
     messages_per_peer_burst: int = 400
     # Budgets that survive reconnects (relay._abuse): messages of all sessions of one
-    # address, registrations started per address, and a relay-wide message rate above
-    # which addresses that spent over half their burst are shed. A session that keeps
+    # address, registrations started per address, and relay-wide message and
+    # registration rates above which addresses that spent over half their burst are shed. A session that keeps
     # exceeding a budget is closed 1008 and its address refused at accept for
     # abuse_penalty seconds.
     messages_per_ip_rate: float = 1000.0
@@ -59,6 +59,8 @@ class LimitsConfig:
     handshakes_per_ip_burst: int = 32
     messages_total_rate: float = 20_000.0
     messages_total_burst: int = 40_000
+    handshakes_total_rate: float = 200.0
+    handshakes_total_burst: int = 400
     abuse_penalty: float = 30.0
     bytes_per_peer_rate: float = 64.0 * 1024 * 1024  # all inbound bytes of one session, per second
     bytes_per_peer_burst: int = 16 * 1024 * 1024

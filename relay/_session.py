@@ -60,6 +60,8 @@ logger = logging.getLogger("relay.session")
 MAX_CONTROL_QUEUE = 512  # control frames waiting for a peer that does not read
 MAX_CONTROL_QUEUE_BYTES = 1 << 20  # ... and their bytes (at least one max-size frame fits)
 CLOSE_TIMEOUT = 2.0  # bound on flushing the last frames and the closing handshake
+# ... for a session closed for abuse: waiting for its close echo means parsing its flood.
+ABUSE_CLOSE_TIMEOUT = 0.02
 RATE_LIMIT_STRIKES = 64  # consecutive shed messages before the session is closed (1008)
 # Text frames a session may send before it is registered: a handshake takes two (Register,
 # Authenticate), a few Pings or retried Registers may come along; beyond, it is closed.
@@ -82,7 +84,7 @@ class SignalingSession:
         "router", "ws", "remote_ip", "peer_id", "registered", "has_libp2p_id", "_jwt",
         "_limits", "_mode", "_handshake_deadline", "_last_activity", "_activity", "_token_deadline", "_handshake",
         "_messages", "_bytes", "_strikes", "_handshake_frames", "_guard", "_out", "_credit_wakeup", "_close_code",
-        "_close_reason", "_read_scope", "_stopped", "_nursery", "_writer_done", "_reader_done",
+        "_close_reason", "_close_timeout", "_read_scope", "_stopped", "_nursery", "_writer_done", "_reader_done",
     )  # fmt: skip
 
     def __init__(
@@ -131,6 +133,7 @@ class SignalingSession:
         self._credit_wakeup: trio.Event | None = None  # a legacy sender waits for credit
         self._close_code: int | None = None
         self._close_reason = ""
+        self._close_timeout = CLOSE_TIMEOUT
         self._read_scope = trio.CancelScope()  # the one the reader is in (see _read_loop)
         self._stopped = False
         # The writer task starts when a frame first has to wait (or to close): a frame
@@ -302,7 +305,7 @@ class SignalingSession:
                     # A legacy receiver cannot send CREDIT: grant it once written.
                     assert item.relay_id is not None
                     router.credit(item.relay_id, self.peer_id, item.size, trio.current_time())
-            with trio.move_on_after(CLOSE_TIMEOUT):
+            with trio.move_on_after(self._close_timeout):
                 await ws.aclose(self._close_code or CLOSE_NORMAL, self._close_reason)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self._stop_reading()  # the connection is gone; stop reading too
@@ -336,7 +339,8 @@ class SignalingSession:
             blocking: Coroutine[Any, Any, None] | None = None
             self._read_scope = scope = trio.CancelScope(deadline=self._deadline()[0])
             with scope:
-                while blocking is None:
+                # _stopped: a close (such as an abusive session's) drops what is buffered.
+                while blocking is None and not self._stopped:
                     try:
                         frame = await ws.receive()
                     except _CONNECTION_GONE:
@@ -409,8 +413,9 @@ class SignalingSession:
         if not self.registered:
             self._handshake_frames += 1
             if self._handshake_frames == 1:  # a registration starts: the address pays
-                if not self._guard.handshake_allowed(self.remote_ip, now):
-                    return "handshakes_per_ip"
+                shed = self._guard.handshake_allowed(self.remote_ip, now)
+                if shed is not None:
+                    return shed
             elif self._handshake_frames > MAX_HANDSHAKE_FRAMES:
                 return "handshake_frames"
         if not self._messages.try_take(1, now):
@@ -422,10 +427,9 @@ class SignalingSession:
         self._guard.frames_shed += 1
         self.router.metrics.limit_hit(limit)
         self._strikes += 1
-        if limit in ("handshakes_per_ip", "handshake_frames") or (
-            self._strikes >= RATE_LIMIT_STRIKES
-        ):
+        if not self.registered or self._strikes >= RATE_LIMIT_STRIKES:
             self._guard.penalize(self.remote_ip, now)
+            self._close_timeout = ABUSE_CLOSE_TIMEOUT
             logger.info("closing session of %s: %s exceeded", self.remote_ip, limit)
             self.close(CLOSE_POLICY, Error(f"{limit} budget exceeded", "rate_limited"))
         elif self._strikes == 1:  # one answer per streak: errors cost more than the drop
