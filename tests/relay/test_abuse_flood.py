@@ -220,3 +220,26 @@ async def test_honest_peers_keep_exchanging_messages_during_a_flood(nursery):
         assert server.metrics.value("darkswap_relay_errors_sent_total", {"code": "rate_limited"})
         assert sorted(latencies)[int(0.9 * len(latencies))] < 0.5, sorted(latencies)[-20:]
         await server.shutdown(1)
+
+
+def test_relay_wide_budget_sheds_heavy_addresses_only():
+    from relay import LimitsConfig
+    from relay._abuse import AbuseGuard
+
+    limits = LimitsConfig(
+        messages_per_ip_rate=10, messages_per_ip_burst=100,
+        messages_total_rate=10, messages_total_burst=150, abuse_penalty=5,
+    )  # fmt: skip
+    guard = AbuseGuard(limits)
+    assert all(guard.message_allowed("198.51.100.1", 0.0) is None for _ in range(100))
+    assert guard.message_allowed("198.51.100.1", 0.0) == "messages_per_ip"
+    # 100 of the 150 relay-wide tokens are spent; a heavy second address uses the rest,
+    # then is shed by the relay-wide budget once it has spent half of its own burst.
+    verdicts = [guard.message_allowed("198.51.100.2", 0.0) for _ in range(60)]
+    assert verdicts[:50] == [None] * 50 and set(verdicts[50:]) == {"messages_total"}
+    # A light address still passes while the relay is over its total budget.
+    assert guard.message_allowed("203.0.113.7", 0.0) is None
+    # Penalties end by themselves.
+    guard.penalize("198.51.100.2", 1.0)
+    assert guard.penalized("198.51.100.2", 5.9) and not guard.penalized("198.51.100.2", 6.0)
+    assert guard.penalized_count == 0
