@@ -102,14 +102,21 @@ async def flooder(address: str, port: int, deadline: float, counts: Counts) -> N
             reader, writer = await open_from(address, port)
             key = Keypair.generate()
             peer_id, nonce = str(key.peer_id), os.urandom(sig.NONCE_LENGTH)
-            writer.write(upgrade(port) + masked_text_frame(sig.encode_message(
-                sig.Register(peer_id=peer_id, protocol=sig.PROTOCOL_VERSION, nonce=nonce))))
+            writer.write(
+                upgrade(port)
+                + masked_text_frame(
+                    sig.encode_message(
+                        sig.Register(peer_id=peer_id, protocol=sig.PROTOCOL_VERSION, nonce=nonce)
+                    )
+                )
+            )
             await reader.readuntil(b"\r\n\r\n")
             challenge = await read_message(reader)
             if not isinstance(challenge, sig.Challenge):
                 raise ConnectionError(f"no challenge: {challenge!r}")
-            proof = key.sign(sig.peer_auth_message(challenge.nonce, challenge.relay_peer_id,
-                                                   peer_id))
+            proof = key.sign(
+                sig.peer_auth_message(challenge.nonce, challenge.relay_peer_id, peer_id)
+            )
             writer.write(masked_text_frame(sig.encode_message(sig.Authenticate(signature=proof))))
             if not isinstance(await read_message(reader), sig.Registered):
                 raise ConnectionError("not registered")
@@ -124,15 +131,23 @@ async def flooder(address: str, port: int, deadline: float, counts: Counts) -> N
 
             drain = asyncio.ensure_future(discard())
             try:
-                while (time.monotonic() < deadline and not drain.done()
-                       and not writer.transport.is_closing()):
+                while (
+                    time.monotonic() < deadline
+                    and not drain.done()
+                    and not writer.transport.is_closing()
+                ):
                     writer.write(ping_burst)
                     await writer.drain()
                     counts.pings_written += PING_BATCH
             finally:
                 drain.cancel()
-        except (OSError, ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-                sig.SignalingParseError):
+        except (
+            OSError,
+            ConnectionError,
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+            sig.SignalingParseError,
+        ):
             counts.refused += 1
             await asyncio.sleep(0.01)  # a refused connect fails at once: do not spin
         finally:
@@ -141,9 +156,15 @@ async def flooder(address: str, port: int, deadline: float, counts: Counts) -> N
 
 
 async def churner(address: str, port: int, deadline: float, counts: Counts) -> None:
-    register = masked_text_frame(sig.encode_message(sig.Register(
-        peer_id=str(Keypair.generate().peer_id), protocol=sig.PROTOCOL_VERSION,
-        nonce=os.urandom(sig.NONCE_LENGTH))))
+    register = masked_text_frame(
+        sig.encode_message(
+            sig.Register(
+                peer_id=str(Keypair.generate().peer_id),
+                protocol=sig.PROTOCOL_VERSION,
+                nonce=os.urandom(sig.NONCE_LENGTH),
+            )
+        )
+    )
     while time.monotonic() < deadline:
         writer = None
         try:
@@ -153,8 +174,13 @@ async def churner(address: str, port: int, deadline: float, counts: Counts) -> N
             await reader.readuntil(b"\r\n\r\n")
             if isinstance(await read_message(reader), sig.Challenge):
                 counts.challenges += 1
-        except (OSError, ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-                sig.SignalingParseError):
+        except (
+            OSError,
+            ConnectionError,
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+            sig.SignalingParseError,
+        ):
             counts.refused += 1
             await asyncio.sleep(0.01)
         finally:
@@ -167,10 +193,14 @@ async def run(cmd: dict) -> dict:
     addresses = [str(first + i) for i in range(cmd["addresses"])]
     deadline = time.monotonic() + cmd["seconds"]
     counts = Counts()
-    tasks = [flooder(addresses[i % len(addresses)], cmd["port"], deadline, counts)
-             for i in range(cmd["flooders"])]
-    tasks += [churner(addresses[(cmd["flooders"] + i) % len(addresses)], cmd["port"], deadline,
-                      counts) for i in range(cmd["churners"])]
+    tasks = [
+        flooder(addresses[i % len(addresses)], cmd["port"], deadline, counts)
+        for i in range(cmd["flooders"])
+    ]
+    tasks += [
+        churner(addresses[(cmd["flooders"] + i) % len(addresses)], cmd["port"], deadline, counts)
+        for i in range(cmd["churners"])
+    ]
     started = time.process_time()
     await asyncio.gather(*tasks)
     return {**vars(counts), "cpu_seconds": time.process_time() - started}

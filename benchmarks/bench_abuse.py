@@ -75,10 +75,27 @@ class Relay:
         self.port, self.metrics_port = free_port(), free_port()
         pin = (os.cpu_count() or 1) >= 2
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "relay", "--host", HOST, "--port", str(self.port),
-             "--metrics-port", str(self.metrics_port), "--stun-port", "none",
-             "--key-file", key_file, "--log-level", "WARNING"],
-            cwd=root, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": root},
+            [
+                sys.executable,
+                "-m",
+                "relay",
+                "--host",
+                HOST,
+                "--port",
+                str(self.port),
+                "--metrics-port",
+                str(self.metrics_port),
+                "--stun-port",
+                "none",
+                "--key-file",
+                key_file,
+                "--log-level",
+                "WARNING",
+            ],
+            cwd=root,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONPATH": root},
             preexec_fn=(lambda: os.sched_setaffinity(0, {RELAY_CPU})) if pin else None,
         )
         deadline = time.monotonic() + 30
@@ -132,8 +149,7 @@ class Honest:
 
     async def peer(self):
         key = Keypair.generate()
-        ws = await register(self.relay.url, self.relay.peer_id, key,
-                            local_addr=(HOST, 0))
+        ws = await register(self.relay.url, self.relay.peer_id, key, local_addr=(HOST, 0))
         return ws, str(key.peer_id)
 
     async def reader(self, ws, pings: list[float], state: dict) -> None:
@@ -229,13 +245,20 @@ async def phase(args, name: str, flooders: int, churners: int, workdir: str) -> 
             await honest.pair(tasks)
         tasks.append(asyncio.ensure_future(honest.prober()))
         if flooders or churners:
-            command = {"port": relay.port, "flooders": flooders, "churners": churners,
-                       "addresses": args.addresses, "first_address": "127.0.1.0",
-                       "seconds": args.warmup + args.seconds + 1,
-                       "cpu": LOAD_CPU if (os.cpu_count() or 1) >= 2 else None}
+            command = {
+                "port": relay.port,
+                "flooders": flooders,
+                "churners": churners,
+                "addresses": args.addresses,
+                "first_address": "127.0.1.0",
+                "seconds": args.warmup + args.seconds + 1,
+                "cpu": LOAD_CPU if (os.cpu_count() or 1) >= 2 else None,
+            }
             abusers = subprocess.Popen(
                 [sys.executable, os.path.join(HERE, "_abusers.py"), json.dumps(command)],
-                stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+                stdout=subprocess.PIPE,
+                stdin=subprocess.DEVNULL,
+            )
         await asyncio.sleep(args.warmup)
         honest.measure()
         cpu0, t0 = cpu_seconds(relay.proc.pid), time.perf_counter()
@@ -244,20 +267,25 @@ async def phase(args, name: str, flooders: int, churners: int, workdir: str) -> 
         cpu = (cpu_seconds(relay.proc.pid) - cpu0) / elapsed
         honest.measuring = False
         result = {
-            "phase": name, "flooders": flooders, "churners": churners,
+            "phase": name,
+            "flooders": flooders,
+            "churners": churners,
             "delivered_per_s": honest.delivered / elapsed,
             "ping_p50_ms": percentile(honest.rtts, 0.5) * 1e3,
             "ping_p99_ms": percentile(honest.rtts, 0.99) * 1e3,
             "handshake_p50_ms": percentile(honest.handshakes, 0.5) * 1e3,
             "handshake_p99_ms": percentile(honest.handshakes, 0.99) * 1e3,
             "handshake_max_ms": max(honest.handshakes, default=float("nan")) * 1e3,
-            "handshakes": len(honest.handshakes), "handshake_failures": honest.handshake_failures,
-            "relay_cpu": cpu, "honest_errors": dict(honest.errors),
+            "handshakes": len(honest.handshakes),
+            "handshake_failures": honest.handshake_failures,
+            "relay_cpu": cpu,
+            "honest_errors": dict(honest.errors),
             "limit_hits": relay.limit_hits(),
         }
         if abusers is not None:
             out, _ = await asyncio.get_running_loop().run_in_executor(
-                None, abusers.communicate, None)
+                None, abusers.communicate, None
+            )
             result["abusers"] = json.loads(out.decode().strip().splitlines()[-1])
         return result
     finally:
@@ -289,8 +317,12 @@ def report(results: list[dict]) -> str:
 
 
 async def main_async(args) -> None:
-    phases = {"baseline": (0, 0), "flood": (args.flooders, 0), "churn": (0, args.churners),
-              "mixed": (args.mixed // 2, args.mixed - args.mixed // 2)}
+    phases = {
+        "baseline": (0, 0),
+        "flood": (args.flooders, 0),
+        "churn": (0, args.churners),
+        "mixed": (args.mixed // 2, args.mixed - args.mixed // 2),
+    }
     results = []
     with tempfile.TemporaryDirectory() as workdir:
         for name in args.phases.split(","):
@@ -311,8 +343,11 @@ def main() -> None:
     parser.add_argument("--mixed", type=int, default=1000)
     parser.add_argument("--addresses", type=int, default=100, help="abuser source addresses")
     parser.add_argument("--pairs", type=int, default=4)
-    parser.add_argument("--relay-root", default=ROOT,
-                        help="checkout whose relay runs (e.g. another worktree, for a before/after)")
+    parser.add_argument(
+        "--relay-root",
+        default=ROOT,
+        help="checkout whose relay runs (e.g. another worktree, for a before/after)",
+    )
     parser.add_argument("--data-rate", type=float, default=500.0, help="DATA frames/s per pair")
     parser.add_argument("--offer-rate", type=float, default=50.0, help="Offers/s per pair")
     args = parser.parse_args()

@@ -69,9 +69,7 @@ async def closed_at_accept(source_ip: str, port: int) -> bool:
 
 async def test_a_flooders_reconnects_do_not_refill_its_budget(nursery):
     with trio.fail_after(20):
-        config = make_config(
-            messages_per_ip_rate=0.001, messages_per_ip_burst=10, abuse_penalty=0
-        )
+        config = make_config(messages_per_ip_rate=0.001, messages_per_ip_burst=10, abuse_penalty=0)
         server = await nursery.start(serve_relay, config)
         port = server.signaling_port
         flooder = await registered_raw("127.0.0.2", port)
