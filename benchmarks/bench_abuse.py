@@ -187,12 +187,16 @@ class Honest:
             await asyncio.sleep(PING_INTERVAL)
 
     async def sender(self, ws, me: str, to: str, state: dict) -> None:
-        """DATA at data_rate and Offers at offer_rate, on a schedule (catching up)."""
+        """DATA at data_rate and Offers at offer_rate, on a schedule."""
         data = sig.encode_circuit_data(state["key"], os.urandom(DATA_SIZE))
         offer = sig.encode_message(sig.Offer(from_=me, to=to, sdp="v=0 " + "x" * 200))
         start, sent_data, sent_offers = time.perf_counter(), 0, 0
         while True:
             elapsed = time.perf_counter() - start
+            # Paced: after a stall (of this process or the relay), at most one second
+            # of schedule is caught up, as a trading peer would not send a backlog.
+            sent_offers = max(sent_offers, int((elapsed - 1) * self.offer_rate))
+            sent_data = max(sent_data, int((elapsed - 1) * self.data_rate))
             while sent_offers < elapsed * self.offer_rate:
                 await ws.send(offer)
                 sent_offers += 1
