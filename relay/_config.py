@@ -54,11 +54,11 @@ class LimitsConfig:
     # exceeding a budget is closed 1008 and its address refused at accept for
     # abuse_penalty seconds.
     messages_per_ip_rate: float = 1000.0
-    messages_per_ip_burst: int = 2000
+    messages_per_ip_burst: int = 1000
     handshakes_per_ip_rate: float = 2.0
     handshakes_per_ip_burst: int = 32
     messages_total_rate: float = 20_000.0
-    messages_total_burst: int = 40_000
+    messages_total_burst: int = 20_000
     handshakes_total_rate: float = 200.0
     handshakes_total_burst: int = 400
     abuse_penalty: float = 30.0
