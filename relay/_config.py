@@ -57,8 +57,8 @@ class LimitsConfig:
     messages_per_ip_burst: int = 1000
     handshakes_per_ip_rate: float = 2.0
     handshakes_per_ip_burst: int = 32
-    messages_total_rate: float = 5_000.0
-    messages_total_burst: int = 5_000
+    messages_total_rate: float = 20_000.0
+    messages_total_burst: int = 20_000
     handshakes_total_rate: float = 200.0
     handshakes_total_burst: int = 400
     abuse_penalty: float = 30.0

@@ -61,7 +61,7 @@ MAX_CONTROL_QUEUE = 512  # control frames waiting for a peer that does not read
 MAX_CONTROL_QUEUE_BYTES = 1 << 20  # ... and their bytes (at least one max-size frame fits)
 CLOSE_TIMEOUT = 2.0  # bound on flushing the last frames and the closing handshake
 # ... for a session closed for abuse: waiting for its close echo means parsing its flood.
-ABUSE_CLOSE_TIMEOUT = 0.1
+ABUSE_CLOSE_TIMEOUT = 0.02
 RATE_LIMIT_STRIKES = 64  # consecutive shed messages before the session is closed (1008)
 # Text frames a session may send before it is registered: a handshake takes two (Register,
 # Authenticate), a few Pings or retried Registers may come along; beyond, it is closed.
