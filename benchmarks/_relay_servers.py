@@ -97,6 +97,10 @@ def benchmark_relay_config(window: int | None = None):  # -> RelayConfig
     lim.connections_per_ip_burst = 1_000_000_000
     lim.messages_per_peer_rate = 1e9
     lim.messages_per_peer_burst = 1_000_000_000
+    # Per-address and relay-wide budgets off (rate 0: unlimited), no penalties.
+    lim.messages_per_ip_rate = lim.handshakes_per_ip_rate = 0.0
+    lim.messages_total_rate = lim.handshakes_total_rate = 0.0
+    lim.abuse_penalty = 0.0
     lim.bytes_per_peer_rate = 1e15
     lim.bytes_per_peer_burst = 1 << 50
     lim.max_circuits = 1_000_000

@@ -51,3 +51,19 @@ def test_bench_lossy_datachannel_smoke():
     # The proxy really impaired the second transfer and left the first alone.
     stats = [r for r in rows if r.count("|") == 9]
     assert stats[-2].endswith("| 0 / 0 / 0 |") and not stats[-1].endswith("| 0 / 0 / 0 |")
+
+
+ABUSE = BENCH.parent / "bench_abuse.py"
+
+
+def test_bench_abuse_smoke():
+    proc = subprocess.run(
+        [sys.executable, str(ABUSE), "--seconds", "1", "--warmup", "0.5",
+         "--phases", "baseline,mixed", "--mixed", "10", "--addresses", "3", "--pairs", "1"],
+        capture_output=True, text=True, timeout=90,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith(("| baseline", "| mixed"))]
+    assert len(rows) == 2, proc.stdout
+    phases = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
+    assert phases[0]["delivered_per_s"] > 0 and phases[1]["abusers"]["churns"] > 0
