@@ -19,32 +19,22 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
+import pathlib
+import sys
 from contextlib import AsyncExitStack
 
 import trio
 
 from darkswap_trio import Keypair, open_relay_session
-from darkswap_trio._peer_connection import PeerConnectionConfig, open_peer_connection
 from darkswap_trio._webrtc_transport import WebRtcSignalingClient, WebRtcTransport
 from darkswap_trio.testing import running_relay
 
-LOOPBACK = PeerConnectionConfig(host_addresses=["127.0.0.1"], include_loopback=True)
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "tests" / "io"))
+from test_offer_flood import LOOPBACK, flood_offer_sdp, open_fds  # noqa: E402
+
+# The bench's relay lifts more per-address limits than the test's (it floods harder).
 OPEN_LIMITS = dict(max_sessions_per_ip=0, max_pending_per_ip=0, connections_per_ip_rate=1e4,
                    connections_per_ip_burst=10_000, messages_per_peer_burst=10_000)
-
-
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
-async def flood_offer_sdp(blackhole_port: int) -> str:
-    async with open_peer_connection(LOOPBACK) as pc:
-        sdp = await pc.create_offer()
-    lines = [line for line in sdp.split("\r\n")
-             if line and not line.startswith(("a=candidate", "a=end-of-candidates"))]
-    lines.append(f"a=candidate:1 1 udp 2130706431 127.0.0.1 {blackhole_port} typ host")
-    return "\r\n".join(lines) + "\r\n"
 
 
 async def honest_peer(stack: AsyncExitStack, relay) -> WebRtcTransport:

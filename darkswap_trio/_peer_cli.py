@@ -27,6 +27,7 @@ from ._config import Config, ConfigError, P2PConfig, RelayManagerConfig, parse_r
 from ._identity import Keypair
 from ._network import ConnectionUpgraded, P2PNetwork
 from ._peer_connection import PeerConnectionConfig
+from ._peer_link import PeerLink
 from ._relay_session import open_relay_session
 from .proto.errors import StunParseError
 from .proto.stun import (
@@ -179,14 +180,21 @@ async def _echo_rtt(link, payload: bytes, timeout: float) -> float:
     return (trio.current_time() - started) * 1000
 
 
+async def _open_link(network: P2PNetwork, args: argparse.Namespace) -> tuple[PeerLink, float]:
+    """Wait for the relay, connect to ``args.peer`` and say how the link opened;
+    returns the link and when the dial started."""
+    await network.wait_relay_connected(timeout=args.timeout)
+    started = trio.current_time()
+    with trio.fail_after(args.timeout):
+        link = await network.connect_to_peer(args.peer)
+    say(f"link       to {link.peer_id} via {link.connection_type} "
+        f"in {(trio.current_time() - started) * 1000:.1f} ms")
+    return link, started
+
+
 async def ping(args: argparse.Namespace) -> int:
     async with peer_network(args) as network:
-        await network.wait_relay_connected(timeout=args.timeout)
-        started = trio.current_time()
-        with trio.fail_after(args.timeout):
-            link = await network.connect_to_peer(args.peer)
-        say(f"link       to {link.peer_id} via {link.connection_type} "
-            f"in {(trio.current_time() - started) * 1000:.1f} ms")
+        link, started = await _open_link(network, args)
         rtts = []
         for seq in range(1, args.count + 1):
             rtt = await _echo_rtt(link, b"darkswap-peer ping %d" % seq, args.timeout)
@@ -202,12 +210,7 @@ async def ping(args: argparse.Namespace) -> int:
 
 async def connect(args: argparse.Namespace) -> int:
     async with peer_network(args) as network:
-        await network.wait_relay_connected(timeout=args.timeout)
-        started = trio.current_time()
-        with trio.fail_after(args.timeout):
-            link = await network.connect_to_peer(args.peer)
-        say(f"link       to {link.peer_id} via {link.connection_type} "
-            f"in {(trio.current_time() - started) * 1000:.1f} ms")
+        link, started = await _open_link(network, args)
         if link.connection_type == "relay":
             rtt = await _echo_rtt(link, b"darkswap-peer connect", args.timeout)
             say(f"rtt        {rtt:.2f} ms via relay")
