@@ -38,7 +38,7 @@ import sys
 import time
 
 import trio
-from _aiortc_transfer import aiortc_transfer  # this directory is sys.path[0]
+from _transfer import aiortc_transfer, our_transfer  # this directory is sys.path[0]
 
 from darkswap_trio._peer_connection import PeerConnectionConfig, open_peer_connection
 from darkswap_trio.proto.dtls_certificate import DtlsCertificate
@@ -92,20 +92,7 @@ async def ours_throughput(
         await a.set_remote_description(await b.create_answer(), "answer")
         channel = await a.create_data_channel("bench")
         accepted = await b.accept_data_channel()
-        payload = bytes(MESSAGE)
-        received = 0
-        start = time.perf_counter()
-        with trio.move_on_after(seconds):
-            async with trio.open_nursery() as nursery:
-
-                async def send_all() -> None:
-                    for _ in range(total // MESSAGE):
-                        await channel.send(payload)
-
-                nursery.start_soon(send_all)
-                while received < total:
-                    received += len(await accepted.receive())
-        return received, time.perf_counter() - start
+        return await our_transfer(channel, accepted, total, seconds, MESSAGE)
 
 
 # ---------------------------------------------------------------- aiortc (asyncio)

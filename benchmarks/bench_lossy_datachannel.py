@@ -21,10 +21,8 @@ import asyncio
 import datetime
 import statistics
 import sys
-import time
 
 import trio
-from _aiortc_transfer import aiortc_transfer  # this directory is sys.path[0]
 from _impaired_proxy import (  # this directory is sys.path[0]
     LOOPBACK,
     ImpairedProxy,
@@ -32,6 +30,7 @@ from _impaired_proxy import (  # this directory is sys.path[0]
     candidate_port,
 )
 from _impaired_proxy import rewrite_candidates as rewrite
+from _transfer import aiortc_transfer, our_transfer  # this directory is sys.path[0]
 
 from darkswap_trio._peer_connection import PeerConnectionConfig, open_peer_connection
 from darkswap_trio.proto.dtls_certificate import DtlsCertificate
@@ -57,20 +56,7 @@ async def ours(total: int, seconds: float, proxy: ImpairedProxy, ports, certific
         channel = await a.create_data_channel("bench")
         accepted = await b.accept_data_channel()
         proxy.impairment.enabled = True
-        payload = bytes(MESSAGE)
-        received = 0
-        start = time.perf_counter()
-        with trio.move_on_after(seconds):
-            async with trio.open_nursery() as nursery:
-
-                async def send_all() -> None:
-                    for _ in range(total // MESSAGE):
-                        await channel.send(payload)
-
-                nursery.start_soon(send_all)
-                while received < total:
-                    received += len(await accepted.receive())
-        elapsed = time.perf_counter() - start
+        received, elapsed = await our_transfer(channel, accepted, total, seconds, MESSAGE)
         return received, elapsed, a.statistics().sctp
 
 

@@ -4,26 +4,13 @@ Peers use loopback-only ICE candidates. Each test is bounded with fail_after; ti
 is never asserted (the upgrade test loops until the switch is seen, whatever it takes).
 """
 
-from contextlib import asynccontextmanager
 
 import pytest
 import trio
+from sdk_peers import peer
 
-from darkswap_trio import Config, DataReceived, P2PConfig, P2PNetwork, RelayManagerConfig
+from darkswap_trio import DataReceived
 from darkswap_trio._network import ConnectionUpgraded, PeerUnreachable
-from darkswap_trio._peer_connection import PeerConnectionConfig
-
-LOOPBACK = PeerConnectionConfig(host_addresses=["127.0.0.1"], include_loopback=True)
-FAST = RelayManagerConfig(connection_timeout=5, ping_interval=1, reconnect_interval=0.05,
-                          max_reconnect_attempts=3, max_reconnect_interval=0.2)
-
-
-@asynccontextmanager
-async def peer(relay, **p2p):
-    config = Config(p2p=P2PConfig(relay_servers=[relay.multiaddr], **p2p), relay_manager=FAST)
-    async with P2PNetwork(config, peer_connection_config=LOOPBACK) as network:
-        await network.wait_relay_connected()
-        yield network
 
 
 async def next_event(events, kind):

@@ -7,43 +7,21 @@ import logging
 import socket
 import ssl
 import time
-from contextlib import asynccontextmanager
 
 import pytest
 import trio
+from sdk_peers import FAST, network, peer
 
 from darkswap_trio import (
-    Config,
     Keypair,
-    P2PConfig,
-    P2PNetwork,
     PeerIdError,
     RelayAuthenticationError,
     RelayManager,
     RelayManagerConfig,
 )
 from darkswap_trio._network import PeerUnreachable
-from darkswap_trio._peer_connection import PeerConnectionConfig
 from darkswap_trio._relay_manager import NoRelayAvailable, RelayServerStatus
 from darkswap_trio.testing import running_relay
-
-LOOPBACK = PeerConnectionConfig(host_addresses=["127.0.0.1"], include_loopback=True)
-# Fast retries, but the 30 s direct timeout of the defaults: a failure that waits for
-# it would show.
-FAST = RelayManagerConfig(connection_timeout=5, ping_interval=1, reconnect_interval=0.05,
-                          max_reconnect_attempts=3, max_reconnect_interval=0.2)
-
-
-def network(relays, *, relay_manager=FAST, **p2p):
-    config = Config(p2p=P2PConfig(relay_servers=list(relays), **p2p), relay_manager=relay_manager)
-    return P2PNetwork(config, peer_connection_config=LOOPBACK)
-
-
-@asynccontextmanager
-async def peer(relay, **p2p):
-    async with network([relay.multiaddr], **p2p) as net:
-        await net.wait_relay_connected()
-        yield net
 
 
 @pytest.fixture

@@ -8,27 +8,16 @@ same exception on both paths, before anything is sent.
 
 import hashlib
 import os
-from contextlib import asynccontextmanager
 
 import pytest
 import trio
+from sdk_peers import peer
 
-from darkswap_trio import Config, MessageTooLarge, P2PConfig, P2PNetwork, RelayManagerConfig
-from darkswap_trio._peer_connection import PeerConnectionConfig
+from darkswap_trio import MessageTooLarge
 
-LOOPBACK = PeerConnectionConfig(host_addresses=["127.0.0.1"], include_loopback=True)
-FAST = RelayManagerConfig(connection_timeout=5, ping_interval=1, reconnect_interval=0.05,
-                          max_reconnect_attempts=3, max_reconnect_interval=0.2)
 KIB = 1024
 MIB = 1024 * KIB
 
-
-@asynccontextmanager
-async def peer(relay, **p2p):
-    config = Config(p2p=P2PConfig(relay_servers=[relay.multiaddr], **p2p), relay_manager=FAST)
-    async with P2PNetwork(config, peer_connection_config=LOOPBACK) as network:
-        await network.wait_relay_connected()
-        yield network
 
 
 def payload(size, seed):

@@ -7,37 +7,29 @@ test is bounded with fail_after and prints the figures it measured (run with -s)
 """
 
 from contextlib import asynccontextmanager
+from dataclasses import replace
 
 import pytest
+import sdk_peers
 import trio
 import trio.testing
 
 from darkswap_trio import (
-    Config,
     ConnectionDowngraded,
     ConnectionUpgraded,
     Keypair,
     LinkInterrupted,
     LinkRestored,
-    P2PConfig,
-    P2PNetwork,
     PeerDisconnected,
-    RelayManagerConfig,
 )
-from darkswap_trio._peer_connection import PeerConnectionConfig
 from darkswap_trio.testing import blackhole_direct_path, running_relay
 
-LOOPBACK = PeerConnectionConfig(host_addresses=["127.0.0.1"], include_loopback=True)
-FAST = RelayManagerConfig(connection_timeout=5, ping_interval=1, reconnect_interval=0.05,
-                          max_reconnect_attempts=1000, max_reconnect_interval=0.2)
+# Links outlive relay restarts here: the manager never gives up on the relay.
+PATIENT = replace(sdk_peers.FAST, max_reconnect_attempts=1000)
 
 
-@asynccontextmanager
-async def peer(relay, **p2p):
-    config = Config(p2p=P2PConfig(relay_servers=[relay.multiaddr], **p2p), relay_manager=FAST)
-    async with P2PNetwork(config, peer_connection_config=LOOPBACK) as network:
-        await network.wait_relay_connected()
-        yield network
+def peer(relay, **p2p):
+    return sdk_peers.peer(relay, relay_manager=PATIENT, **p2p)
 
 
 class Recorder:

@@ -1,25 +1,18 @@
 """ConnectionPool with real links over a real relay: cap + LRU, replacement, idle pruning."""
 
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack
 
 import pytest
+import sdk_peers
 import trio
+from sdk_peers import FAST
 
-from darkswap_trio import Config, P2PConfig, P2PNetwork, RelayManagerConfig
-from darkswap_trio._peer_connection import PeerConnectionConfig
+from darkswap_trio import RelayManagerConfig
 from darkswap_trio._pool import ConnectionPool
 
-LOOPBACK = PeerConnectionConfig(host_addresses=["127.0.0.1"], include_loopback=True)
-FAST = RelayManagerConfig(connection_timeout=5, ping_interval=1, reconnect_interval=0.05,
-                          max_reconnect_attempts=3, max_reconnect_interval=0.2)
 
-
-@asynccontextmanager
-async def peer(relay, manager=FAST, **p2p):
-    config = Config(p2p=P2PConfig(relay_servers=[relay.multiaddr], **p2p), relay_manager=manager)
-    async with P2PNetwork(config, peer_connection_config=LOOPBACK) as network:
-        await network.wait_relay_connected()
-        yield network
+def peer(relay, manager=None, **p2p):
+    return sdk_peers.peer(relay, relay_manager=manager or FAST, **p2p)
 
 
 async def linked(a, b):

@@ -1,9 +1,12 @@
-"""One timed bulk transfer over an open aiortc data channel (shared by the benchmarks)."""
+"""One timed bulk transfer over an open data channel, ours or aiortc's (shared by the
+data-channel benchmarks)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+
+import trio
 
 
 async def aiortc_transfer(channel, remote, total: int, seconds: float, message: int,
@@ -39,4 +42,24 @@ async def aiortc_transfer(channel, remote, total: int, seconds: float, message: 
         await asyncio.wait_for(send_all(), seconds)
     except TimeoutError:
         pass
+    return received, time.perf_counter() - start
+
+
+async def our_transfer(channel, accepted, total: int, seconds: float,
+                       message: int) -> tuple[int, float]:
+    """Send ``total`` bytes in ``message``-byte messages on our ``channel`` and count them
+    arriving on ``accepted``; (bytes, seconds), capped at ``seconds``."""
+    payload = bytes(message)
+    received = 0
+    start = time.perf_counter()
+    with trio.move_on_after(seconds):
+        async with trio.open_nursery() as nursery:
+
+            async def send_all() -> None:
+                for _ in range(total // message):
+                    await channel.send(payload)
+
+            nursery.start_soon(send_all)
+            while received < total:
+                received += len(await accepted.receive())
     return received, time.perf_counter() - start
