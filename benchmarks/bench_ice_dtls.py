@@ -37,9 +37,9 @@ from dataclasses import dataclass
 
 import trio
 
-from darkswap_trio._dtls import DtlsTransport, generate_dtls_certificate
-from darkswap_trio._ice import IceTransport
-from darkswap_trio.proto.dtls_certificate import DtlsCertificate
+from darkswap_trio.proto.dtls._certificate import DtlsCertificate
+from darkswap_trio.webrtc._dtls import DtlsTransport, generate_dtls_certificate
+from darkswap_trio.webrtc._ice import IceTransport
 
 LOOPBACK = "127.0.0.1"
 DEFAULT_TA = 0.05

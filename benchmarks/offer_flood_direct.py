@@ -26,7 +26,7 @@ from contextlib import AsyncExitStack
 import trio
 
 from darkswap_trio import Keypair, open_relay_session
-from darkswap_trio._webrtc_transport import WebRtcSignalingClient, WebRtcTransport
+from darkswap_trio._p2p._direct import WebRtcSignalingClient, WebRtcTransport
 from darkswap_trio.testing import running_relay
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "tests" / "io"))

@@ -25,10 +25,9 @@ import trio
 
 from ._config import Config, ConfigError, P2PConfig, RelayManagerConfig, parse_relay_address
 from ._identity import Keypair
-from ._network import ConnectionUpgraded, P2PNetwork
-from ._peer_connection import PeerConnectionConfig
-from ._peer_link import PeerLink
-from ._relay_session import open_relay_session
+from ._p2p._network import ConnectionUpgraded, P2PNetwork
+from ._p2p._peer_link import PeerLink
+from ._relay_client._session import open_relay_session
 from .proto.errors import StunParseError
 from .proto.stun import (
     binding_request,
@@ -36,6 +35,7 @@ from .proto.stun import (
     other_address_untrusted,
     parse_stun_untrusted,
 )
+from .webrtc._peer_connection import PeerConnectionConfig
 
 STUN_ATTEMPT_TIMEOUTS = (0.5, 1.0, 2.0)  # seconds per Binding request, then give up
 

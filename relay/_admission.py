@@ -30,7 +30,7 @@ from typing import Any
 import trio
 
 from darkswap_trio.proto.signaling import Error, encode_message
-from darkswap_trio.proto.websocket_handshake import build_http_response
+from darkswap_trio.proto.websocket import build_http_response
 
 from ._abuse import AbuseGuard
 from ._config import LimitsConfig

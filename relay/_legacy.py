@@ -33,7 +33,7 @@ from darkswap_trio.proto.signaling import (
 )
 
 if TYPE_CHECKING:
-    from darkswap_trio.proto.relay import CircuitTable
+    from darkswap_trio.proto.circuits import CircuitTable
 
     from ._session import SignalingSession
 

@@ -1,7 +1,7 @@
 """The relay's routing table: registered sessions and the circuit core, glued together.
 
 :class:`RelayRouter` knows which session is registered under which peer id, owns the
-sans-IO :class:`~darkswap_trio.proto.relay.CircuitTable`, and turns the table's events into
+sans-IO :class:`~darkswap_trio.proto.circuits.CircuitTable`, and turns the table's events into
 frames queued on the right session (:meth:`RelayRouter.dispatch`). Everything here is
 synchronous except :meth:`RelayRouter.run_circuit_timer`, the one task of the circuit
 nursery, which sleeps until the table's next deadline (duration / stall) and applies it.
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from darkswap_trio._identity import Keypair
-from darkswap_trio.proto.relay import (
+from darkswap_trio.proto.circuits import (
     CircuitClosed,
     CircuitOpened,
     CircuitRefused,

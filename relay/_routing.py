@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
+from darkswap_trio.proto.circuits import Outcome
 from darkswap_trio.proto.errors import SignalingParseError
-from darkswap_trio.proto.relay import Outcome
 from darkswap_trio.proto.signaling import (
     DATA_HEADER_LENGTH,
     FRAME_DATA,

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from darkswap_trio.proto.circuits import CloseReason
 from darkswap_trio.proto.errors import SignalingParseError
-from darkswap_trio.proto.relay import CloseReason
 from darkswap_trio.proto.signaling import (
     CloseRelay,
     Error,

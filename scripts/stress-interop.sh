@@ -20,8 +20,8 @@ python=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo pyt
 run_timeout=${STRESS_RUN_TIMEOUT:-300}
 log_dir=${STRESS_LOG_DIR:-$(mktemp -d -t stress-interop-XXXXXX)}
 mkdir -p "$log_dir"
-tests=(tests/interop tests/io/test_peer_connection.py tests/io/test_early_dtls.py
-       tests/io/test_ice_io.py tests/io/test_dtls_io.py tests/io/test_webrtc_transport.py)
+tests=(tests/interop tests/webrtc/test_peer_connection.py tests/webrtc/test_early_dtls.py
+       tests/webrtc/test_ice_io.py tests/webrtc/test_dtls_io.py tests/p2p/test_webrtc_transport.py)
 
 hog_pids=()
 run_pid=

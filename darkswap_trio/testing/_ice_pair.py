@@ -11,8 +11,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from darkswap_trio.proto.ice import IceAgent
-from darkswap_trio.proto.ice_events import CandidateGathered, GatheringComplete, IceEvent
+from darkswap_trio.proto.ice import CandidateGathered, GatheringComplete, IceAgent, IceEvent
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .._peer_link import PeerLink
+from .._p2p._peer_link import PeerLink
 
 # The discard port on loopback: a connected UDP socket only accepts datagrams from its
 # peer address, so connecting it here makes the kernel drop everything else.

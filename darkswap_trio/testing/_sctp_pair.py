@@ -13,8 +13,16 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from darkswap_trio.proto.sctp import MessageReceived, SctpAssociation, SctpEvent, SctpState
-from darkswap_trio.proto.sctp_chunks import Chunk, CommonHeader, DataChunk, parse_packet_untrusted
+from darkswap_trio.proto.sctp import (
+    Chunk,
+    CommonHeader,
+    DataChunk,
+    MessageReceived,
+    SctpAssociation,
+    SctpEvent,
+    SctpState,
+    parse_packet_untrusted,
+)
 
 MAX_STEPS = 200_000
 _MAX_STALLED_STEPS = 10_000

@@ -1,7 +1,7 @@
 """Our PeerConnection against a real headless Chromium's RTCPeerConnection.
 
 The test serves one HTML page with inline JS and the signaling WebSocket from one
-:func:`~darkswap_trio._websocket.serve_websocket` server on 127.0.0.1, and starts
+:func:`~darkswap_trio.websocket._endpoints.serve_websocket` server on 127.0.0.1, and starts
 Chromium as a subprocess pointed at the page (no CDP, no driver). The page does the
 W3C dance over the WebSocket and reports everything it sees (channels, messages with
 their type, closes, state changes, errors, the selected candidate pair from
@@ -38,14 +38,18 @@ from typing import Any
 import pytest
 import trio
 
-from darkswap_trio._peer_connection import (
+from darkswap_trio.proto.datachannel import MessageTooLarge
+from darkswap_trio.webrtc._peer_connection import (
     DataChannel,
     PeerConnection,
     PeerConnectionConfig,
     open_peer_connection,
 )
-from darkswap_trio._websocket import WebSocketConnection, WebSocketRequest, serve_websocket
-from darkswap_trio.proto.datachannel import MessageTooLarge
+from darkswap_trio.websocket._endpoints import (
+    WebSocketConnection,
+    WebSocketRequest,
+    serve_websocket,
+)
 
 LOOPBACK = "127.0.0.1"
 CONFIG = PeerConnectionConfig(host_addresses=[LOOPBACK])

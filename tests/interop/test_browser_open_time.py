@@ -13,7 +13,7 @@ OPENS connections against one page and asserts that the fastest is under the lim
 and for every one of them the deterministic signs of the old bug: no DTLS
 retransmission and nothing dropped for want of a candidate pair. The regression is
 deterministic (a dropped first reply always costs a retransmission), so one fast open
-out of OPENS cannot hide it; tests/io/test_early_dtls.py pins the two orderings down.
+out of OPENS cannot hide it; tests/webrtc/test_early_dtls.py pins the two orderings down.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from test_browser_chromium import (  # the page, its harness and the namespace f
     needs_chromium,
 )
 
-from darkswap_trio._peer_connection import PeerConnection, open_peer_connection
+from darkswap_trio.webrtc._peer_connection import PeerConnection, open_peer_connection
 
 OPEN_TIME_LIMIT = 0.3  # seconds; the bug cost 1 s
 OPENS = 3

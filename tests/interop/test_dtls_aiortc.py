@@ -22,9 +22,9 @@ from aiortc.rtcdtlstransport import (
     RTCDtlsTransport,
 )
 
-from darkswap_trio._dtls import DtlsTransport, generate_dtls_certificate
-from darkswap_trio._srtp import create_srtp_sessions, export_srtp_keys
-from darkswap_trio.proto.dtls_records import is_dtls
+from darkswap_trio.proto.dtls._records import is_dtls
+from darkswap_trio.webrtc._dtls import DtlsTransport, generate_dtls_certificate
+from darkswap_trio.webrtc._srtp import create_srtp_sessions, export_srtp_keys
 
 RTP_FROM_AIORTC = struct.pack("!BBHII", 0x80, 96, 7, 1000, 0x11111111) + b"from aiortc"
 RTP_FROM_US = struct.pack("!BBHII", 0x80, 96, 9, 2000, 0x22222222) + b"from darkswap"

@@ -17,8 +17,8 @@ import pytest
 import trio
 from aioice import Candidate
 
-from darkswap_trio._ice import IceTransport
-from darkswap_trio.proto.ice_checklist import parse_candidate_untrusted
+from darkswap_trio.proto.ice._checklist import parse_candidate_untrusted
+from darkswap_trio.webrtc._ice import IceTransport
 
 MESSAGES = 10
 

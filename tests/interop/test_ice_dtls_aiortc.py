@@ -33,9 +33,9 @@ from aiortc.rtcicetransport import RTCIceGatherer, RTCIceParameters, RTCIceTrans
 from aiortc.sdp import candidate_from_sdp, candidate_to_sdp
 from asyncio_peer import AsyncioPeerThread
 
-from darkswap_trio._dtls import DtlsError, DtlsTransport, generate_dtls_certificate
-from darkswap_trio._ice import IceTransport
-from darkswap_trio.proto.ice_checklist import parse_candidate_untrusted
+from darkswap_trio.proto.ice._checklist import parse_candidate_untrusted
+from darkswap_trio.webrtc._dtls import DtlsError, DtlsTransport, generate_dtls_certificate
+from darkswap_trio.webrtc._ice import IceTransport
 
 MESSAGES = 10
 LOOPBACK = "127.0.0.1"

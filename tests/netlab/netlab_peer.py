@@ -156,8 +156,8 @@ class Peer:
 
 def install_trace() -> None:
     """Report ICE events, checks and SDP steps as ``trace`` lines (diagnostics only)."""
-    from darkswap_trio import _peer_connection
-    from darkswap_trio.proto import ice_connectivity
+    from darkswap_trio.proto.ice import _connectivity as ice_connectivity
+    from darkswap_trio.webrtc import _peer_connection
 
     agent = ice_connectivity.IceConnectivity
     emit_event, send_check = agent._emit, agent._send_check

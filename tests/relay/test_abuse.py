@@ -33,7 +33,7 @@ from darkswap_trio.proto.signaling import (
     RelayResponse,
     decode_message_untrusted,
 )
-from darkswap_trio.proto.websocket import (
+from darkswap_trio.proto.websocket._connection import (
     CloseReceived,
     MessageReceived,
     Opcode,

@@ -23,7 +23,7 @@ from darkswap_trio.proto.signaling import (
     Registered,
     encode_message,
 )
-from darkswap_trio.proto.websocket import CloseReceived, Opcode, encode_frame
+from darkswap_trio.proto.websocket._connection import CloseReceived, Opcode, encode_frame
 from relay import serve_relay
 from relay._session import RATE_LIMIT_STRIKES
 

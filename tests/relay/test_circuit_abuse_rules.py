@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from darkswap_trio.proto.relay import (
+from darkswap_trio.proto.circuits import (
     CircuitClosed,
     CircuitOpened,
     CircuitRefused,

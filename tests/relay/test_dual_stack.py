@@ -5,7 +5,6 @@ import socket
 import pytest
 import trio
 
-from darkswap_trio._websocket import WebSocketRejected, open_websocket
 from darkswap_trio.proto.signaling import (
     Error,
     Ping,
@@ -13,6 +12,7 @@ from darkswap_trio.proto.signaling import (
     decode_message_untrusted,
     encode_message,
 )
+from darkswap_trio.websocket._endpoints import WebSocketRejected, open_websocket
 from relay import AuthConfig, LimitsConfig, RelayConfig, serve_relay
 
 

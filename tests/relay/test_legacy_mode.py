@@ -23,7 +23,6 @@ from originalclient import connect_original
 from relayclient import RelayClient, new_peer
 from test_cli_subprocess import SERVE, drain, read_line
 
-from darkswap_trio._websocket import open_websocket
 from darkswap_trio.proto.signaling import (
     CircuitData,
     DataChannel,
@@ -36,6 +35,7 @@ from darkswap_trio.proto.signaling import (
     RelayResponse,
 )
 from darkswap_trio.testing import running_relay
+from darkswap_trio.websocket._endpoints import open_websocket
 
 UNICODE_ID = "pair ✓ 3 — ünïcødé"
 LONGEST_ID = "x" * 128

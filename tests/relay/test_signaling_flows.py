@@ -238,7 +238,7 @@ async def test_tls_signaling(nursery, tmp_path):
 
     from relayclient import RelayClient
 
-    from darkswap_trio._websocket import open_websocket
+    from darkswap_trio.websocket._endpoints import open_websocket
 
     cert, key = _self_signed_cert(tmp_path)
     config = make_config()

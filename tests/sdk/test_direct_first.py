@@ -10,7 +10,7 @@ import trio
 from sdk_peers import peer
 
 from darkswap_trio import DataReceived
-from darkswap_trio._network import ConnectionUpgraded, PeerUnreachable
+from darkswap_trio._p2p._network import ConnectionUpgraded, PeerUnreachable
 
 
 async def next_event(events, kind):

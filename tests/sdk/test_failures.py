@@ -19,8 +19,8 @@ from darkswap_trio import (
     RelayManager,
     RelayManagerConfig,
 )
-from darkswap_trio._network import PeerUnreachable
-from darkswap_trio._relay_manager import NoRelayAvailable, RelayServerStatus
+from darkswap_trio._p2p._network import PeerUnreachable
+from darkswap_trio._relay_client._manager import NoRelayAvailable, RelayServerStatus
 from darkswap_trio.testing import running_relay
 
 

@@ -8,7 +8,7 @@ import trio
 from sdk_peers import FAST
 
 from darkswap_trio import RelayManagerConfig
-from darkswap_trio._pool import ConnectionPool
+from darkswap_trio._p2p._pool import ConnectionPool
 
 
 def peer(relay, manager=None, **p2p):

@@ -18,17 +18,17 @@ from darkswap_trio import (
     P2PNetwork,
     RelayManager,
     RelayManagerConfig,
-    _relay_session,
     open_relay_session,
 )
-from darkswap_trio._peer_connection import PeerConnectionConfig
-from darkswap_trio._relay_manager import (
+from darkswap_trio._relay_client import _session as _relay_session
+from darkswap_trio._relay_client._manager import (
     CircuitClosed,
     DataReceived,
     ServerConnected,
     ServerDisconnected,
 )
 from darkswap_trio.testing import running_relay
+from darkswap_trio.webrtc._peer_connection import PeerConnectionConfig
 
 LOOPBACK = PeerConnectionConfig(host_addresses=["127.0.0.1"], include_loopback=True)
 # A circuit window (16 MB) larger than the socket buffers: a sender that always has
@@ -150,7 +150,7 @@ async def test_a_session_that_fails_never_takes_the_manager_down_and_the_manager
 
 
 async def test_the_write_turn_goes_to_control_frames_first_then_data_in_arrival_order(autojump_clock):
-    from darkswap_trio._control_first_lock import (
+    from darkswap_trio._relay_client._control_first_lock import (
         ControlFirstLock,  # here: benchmarks import this module
     )
 

@@ -8,8 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from darkswap_trio import SignalMessage, open_tcp_signaling
-from darkswap_trio._tcp_signaling import MAX_LINE, parse_signal_line_untrusted
 from darkswap_trio.proto.errors import SignalingParseError
+from darkswap_trio.webrtc._tcp_signaling import MAX_LINE, parse_signal_line_untrusted
 
 
 async def test_offer_answer_and_candidates_cross_a_tcp_connection():

@@ -1,0 +1,529 @@
+"""PeerLink: one ordered, reliable message channel to a peer that outlives its paths.
+
+The trio driver around :class:`darkswap_trio.proto.link.LinkCore` (the wire protocol
+and the resumption rule live there and in docs/PROTOCOL.md, "PeerLink protocol").
+A link has at most one relay circuit and one direct data channel at a time, each
+run by a reader and a writer task in the link's own nursery. Our DATA goes on the
+preferred path (direct when there is one); whenever that choice changes, the core
+resends everything the far side has not acknowledged on the new path, so a path can
+die at any moment without losing, duplicating or reordering a message.
+
+What the network (the link's owner) does for it, through :class:`LinkOwner`: open a
+fresh relay circuit when the link has no path left or lost its direct one
+(``link_needs_relay``), retry the direct path later (``link_wants_direct``) and turn
+state changes into network events.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+
+import trio
+
+from .._relay_client._circuit import CircuitClosedError, RelayCircuit
+from ..proto.link import (
+    LINK_HELLO,
+    LINK_ID_SIZE,
+    LinkCore,
+    LinkFrameError,
+    MessageTooLarge,
+    PathDead,
+    RemoteClosed,
+    RemoteLostDirect,
+    RemoteReset,
+    encode_hello,
+    parse_hello_untrusted,
+)
+from ._direct import DirectConnection
+from ._link_path import LinkOwner, LinkPath, LinkSettings, PeerLinkStatistics
+from ._metrics import ConnectionMetrics, link_metrics
+
+__all__ = ["LINK_HELLO", "LinkOwner", "LinkSettings", "MessageTooLarge", "PeerLink", "PeerLinkStatistics"]
+
+log = logging.getLogger("darkswap_trio.peer_link")
+
+_CLOSE_LINGER = 2.0  # seconds aclose() waits for the far side to acknowledge our last bytes
+
+
+class PeerLink(trio.abc.Channel[bytes]):
+    """An ordered, reliable message channel to ``peer_id`` over relay and direct paths.
+
+    Made by :class:`~darkswap_trio.P2PNetwork` (``connect_to_peer`` / ``accept_peer``).
+    Messages up to ``max_message_size`` (1 MiB by default, ``P2PConfig.link_max_message_size``)
+    pass on either path; a larger one raises :class:`MessageTooLarge` (a ValueError)
+    before anything is sent. ``send`` returns once the message is in the link's window
+    and waits while the window is full; it raises BusyResourceError for concurrent
+    senders, ClosedResourceError after ``aclose`` and BrokenResourceError once the link
+    is over (the far side closed, or no path came back within ``recovery_timeout``).
+    ``receive`` raises EndOfChannel when the far end closed the link.
+    """
+
+    def __init__(self, peer_id: str, nursery: trio.Nursery, owner: LinkOwner, *,
+                 local_peer_id: str = "", settings: LinkSettings | None = None,
+                 link_id: bytes | None = None) -> None:
+        self.peer_id = peer_id
+        # Names this link on both sides (in the HELLO of each path), so a path of a
+        # new link to the same peer is never taken for one of an old link.
+        self.link_id = link_id or secrets.token_bytes(LINK_ID_SIZE)
+        self.remote_link_id: bytes | None = None  # the far side's, from its first HELLO
+        self.local_peer_id = local_peer_id
+        self.settings = settings or LinkSettings()
+        s = self.settings
+        self._owner = owner
+        self._core = LinkCore(max_message_size=s.max_message_size, window=s.window,
+                              ping_interval=s.ping_interval, path_timeout=s.path_timeout)
+        self.max_message_size = s.max_message_size
+        self._relay: LinkPath | None = None
+        self._direct: LinkPath | None = None
+        self._last_circuit: RelayCircuit | None = None
+        self._pending: list[LinkPath] = []  # attached before the link's nursery ran
+        self._nursery: trio.Nursery | None = None
+        self._wake = trio.Event()
+        self._path_ready = trio.Event()
+        self._run_scope = trio.CancelScope()
+        self._sending = self._receiving = False
+        self._closed = False  # aclose() was called
+        self._ended = False  # the link is over (either side)
+        self._end_reason: str | None = None
+        self._pathless_since: float | None = None
+        self._lost_direct_pending = False  # tell the far side on the next relay circuit
+        self._interrupted = False  # LinkInterrupted was reported, LinkRestored is due
+        self._path_counter = 0
+        self.relay_rtt_ms = lambda: None
+        self.upgraded = False
+        self.upgrades = self.downgrades = self.interruptions = 0
+        self.established_at = trio.current_time()
+        self.last_activity = self.established_at
+        self.bytes_sent = self.bytes_received = 0
+        self.messages_sent = self.messages_received = 0
+        self.relay_bytes_sent = self.direct_bytes_sent = 0
+        nursery.start_soon(self._run)
+
+    # -- paths (called by the network) ----------------------------------------------
+
+    @property
+    def circuit(self) -> RelayCircuit | None:
+        """The relay circuit in use, else the last one the link had (closed), else None."""
+        return self._last_circuit
+
+    @property
+    def direct(self) -> DirectConnection | None:
+        return self._direct.channel if self._direct is not None else None  # type: ignore[return-value]
+
+    @property
+    def has_direct(self) -> bool:
+        return self._direct is not None
+
+    @property
+    def has_relay(self) -> bool:
+        return self._relay is not None
+
+    @property
+    def interrupted(self) -> bool:
+        """The relay path died with no direct path (LinkInterrupted, no LinkRestored yet)."""
+        return self._interrupted
+
+    @property
+    def hello(self) -> bytes:
+        """Our first message on every path: LINK_HELLO, our link id, the far side's."""
+        return encode_hello(self.link_id, self.remote_link_id)
+
+    def attach_relay(self, circuit: RelayCircuit) -> bool:
+        """Use ``circuit`` as the relay path; False if the link keeps the one it has.
+
+        Both sides may open a circuit at once (after a path died): of two live link
+        circuits, the one whose opener has the lower PeerId wins on both sides; of two
+        opened by the same side, the newer (its opener gave up on the older one).
+        """
+        if self._ended or circuit.closed:
+            return False
+        old = self._relay
+        if old is not None and not old.channel.closed:
+            if self._opener(circuit) > self._opener(old.channel):  # type: ignore[arg-type]
+                return False
+            self._drop_path(old)
+        self._add_path(LinkPath(self._next_name("relay"), "relay", circuit, accepted=not circuit.initiator))
+        return True
+
+    def attach_direct(self, connection: DirectConnection, *, accepted: bool = False) -> bool:
+        """Use ``connection`` as the direct path (and send on it); False if we have one.
+
+        ``accepted``: the far side opened it (we answer its HELLO with ours).
+        """
+        if self._ended or self._direct is not None:
+            return False
+        self._add_path(LinkPath(self._next_name("direct"), "direct", connection, accepted=accepted))
+        return True
+
+    async def wait_ready(self) -> None:
+        """Wait until the link can send (a path is attached)."""
+        await self._path_ready.wait()
+
+    async def wait_direct(self) -> None:
+        """Wait until the link sends on the direct path; BrokenResourceError if it ends first."""
+        while self.connection_type != "direct":
+            if self._ended:
+                raise trio.BrokenResourceError(f"link to {self.peer_id} ended before going direct")
+            await self._wait_change()
+        await trio.lowlevel.checkpoint()
+
+    # -- trio Channel ------------------------------------------------------------------
+
+    @property
+    def connection_type(self) -> str:
+        return "direct" if self._direct is not None and self._core.active == self._direct.name else "relay"
+
+    @property
+    def closed(self) -> bool:
+        """The link is over, or closing (aclose was called)."""
+        return self._ended or self._closed
+
+    async def send(self, value: bytes) -> None:
+        if self._sending:
+            raise trio.BusyResourceError("another task is already sending on this link")
+        data = bytes(value)
+        self._core.check_size(len(data))
+        self._sending = True
+        try:
+            while True:
+                self._check_sendable()
+                if self._core.can_queue(len(data)):
+                    break
+                await self._wait_change()
+            self._core.queue_message(data)
+            if self.connection_type == "direct":
+                self.direct_bytes_sent += len(data)
+            else:
+                self.relay_bytes_sent += len(data)
+            self.bytes_sent += len(data)
+            self.messages_sent += 1
+            self.last_activity = trio.current_time()
+            self._kick()
+            await trio.lowlevel.checkpoint()
+        finally:
+            self._sending = False
+
+    def _check_sendable(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("link was closed locally")
+        if self._ended:
+            raise trio.BrokenResourceError(f"link to {self.peer_id} is over: {self._end_reason}")
+
+    async def receive(self) -> bytes:
+        if self._receiving:
+            raise trio.BusyResourceError("another task is already receiving on this link")
+        self._receiving = True
+        try:
+            while True:
+                if self._closed:
+                    raise trio.ClosedResourceError("link was closed locally")
+                message = self._core.next_message(trio.current_time())
+                if message is not None:
+                    self._kick()  # the ACK timer starts
+                    self.bytes_received += len(message)
+                    self.messages_received += 1
+                    self.last_activity = trio.current_time()
+                    await trio.lowlevel.checkpoint()
+                    return message
+                if self._core.remote_finished:
+                    raise trio.EndOfChannel
+                if self._ended:
+                    raise trio.BrokenResourceError(f"link to {self.peer_id} is over: {self._end_reason}")
+                await self._wait_change()
+        finally:
+            self._receiving = False
+
+    async def aclose(self) -> None:
+        """Close the link: the far side reads what we sent, then EndOfChannel. Idempotent.
+
+        Waits (at most 2 s) for the far side to confirm it has our whole stream.
+        """
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            return
+        self._closed = True
+        if not self._ended:
+            self._core.close()
+            self._kick()
+            with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_LINGER):
+                while not self._ended and self._core.active is not None and not self._core.close_confirmed:
+                    await self._wait_change()
+        self._end("closed locally")
+        await self._close_paths()
+
+    def metrics(self) -> ConnectionMetrics:
+        """A snapshot of this link's counters and of the active path's RTT and loss.
+
+        ``relay_bytes_sent``/``direct_bytes_sent`` count application bytes by the path
+        the link was on when they were sent (resent fragments are in statistics()).
+        """
+        return link_metrics(self)
+
+    def statistics(self) -> PeerLinkStatistics:
+        """Protocol counters: resent fragments, dropped duplicates, path changes."""
+        core = self._core.statistics()
+        return PeerLinkStatistics(
+            peer_id=self.peer_id, connection_type=self.connection_type,
+            unacked_bytes=core.unacked_bytes, fragments_sent=core.fragments_sent,
+            fragments_retransmitted=core.fragments_retransmitted,
+            bytes_retransmitted=core.bytes_retransmitted, duplicates_dropped=core.duplicates_dropped,
+            pings_sent=core.pings_sent, upgrades=self.upgrades, downgrades=self.downgrades,
+            interruptions=self.interruptions,
+        )
+
+    def __repr__(self) -> str:
+        return f"<PeerLink to {self.peer_id} {self.connection_type} closed={self.closed}>"
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _kick(self) -> None:
+        self._wake.set()
+        self._wake = trio.Event()
+
+    async def _wait_change(self) -> None:
+        await self._wake.wait()
+
+    def _opener(self, circuit: RelayCircuit) -> str:
+        return self.local_peer_id if circuit.initiator else self.peer_id
+
+    def _next_name(self, kind: str) -> str:
+        self._path_counter += 1
+        return f"{kind}-{self._path_counter}"
+
+    def _add_path(self, run: LinkPath) -> None:
+        if run.kind == "relay":
+            self._relay = run
+            self._last_circuit = run.channel  # type: ignore[assignment]
+        else:
+            self._direct = run
+        self._core.add_path(run.name, run.frame_limit(), trio.current_time(), watched=run.kind == "direct")
+        if run.kind == "relay" and self._lost_direct_pending:
+            self._lost_direct_pending = False
+            self._core.report_direct_lost(run.name)
+        if self._nursery is None:
+            self._pending.append(run)
+        else:
+            self._nursery.start_soon(self._run_path, run)
+        self._choose_active()
+
+    def _choose_active(self) -> None:
+        """Send on direct if we have it, else relay; a change resends what is unacked."""
+        best = self._direct or self._relay
+        if best is None:
+            if self._pathless_since is None and not self._ended:
+                self._pathless_since = trio.current_time()
+            return
+        if self._core.active == best.name:
+            return
+        previous = self._core.active
+        self._core.use_path(best.name)
+        self._path_ready.set()
+        self._pathless_since = None
+        if self._interrupted:
+            self._interrupted = False
+            self._owner.link_restored(self)
+        if best.kind == "direct":
+            if previous is not None or self._relay is not None:
+                self.upgraded = True
+                self.upgrades += 1
+                self._owner.link_upgraded(self)
+            self._maybe_retire_relay()
+        self._kick()
+
+    def _drop_path(self, run: LinkPath, *, close: bool = True) -> None:
+        """Forget ``run`` (its tasks stop; the channel is closed in the background)."""
+        if run is self._relay:
+            self._relay = None
+        elif run is self._direct:
+            self._direct = None
+        else:
+            return
+        self._core.remove_path(run.name)
+        run.scope.cancel()
+        if close and self._nursery is not None:
+            self._nursery.start_soon(run.aclose)
+        if run.kind == "relay":
+            self._owner.link_circuit_closed(self, run.channel)  # type: ignore[arg-type]
+
+    def _path_failed(self, run: LinkPath, reason: str) -> None:
+        if run is not self._relay and run is not self._direct:
+            return  # already replaced or retired
+        self._drop_path(run)
+        if self._ended or self._closed:
+            return
+        if self._core.remote_closed:
+            self._end("closed by the far side")
+            self._run_scope.cancel()
+            return
+        if run.kind == "direct":
+            self.downgrades += 1
+            log.info("link to %s lost its direct path: %s", self.peer_id, reason)
+            self._owner.link_downgraded(self, reason)
+            self._owner.link_wants_direct(self)
+            if self._relay is not None:
+                self._core.report_direct_lost(self._relay.name)
+            else:
+                self._lost_direct_pending = True
+        elif self._direct is None:
+            # The relay path died and there is no direct one: the link is interrupted
+            # (a lost direct path is a downgrade, even while its circuit is reopened).
+            self.interruptions += 1
+            self._interrupted = True
+            self._owner.link_interrupted(self, reason)
+        if self._relay is None and self._direct is None:
+            self._owner.link_needs_relay(self)
+        self._choose_active()
+        self._kick()
+
+    async def _run(self) -> None:
+        try:
+            with self._run_scope:
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    for run in self._pending:
+                        nursery.start_soon(self._run_path, run)
+                    self._pending.clear()
+                    nursery.start_soon(self._run_timers)
+        finally:
+            self._end(self._end_reason or "link stopped")
+            self._nursery = None
+            with trio.CancelScope(shield=True):
+                await self._close_paths()
+
+    async def _run_timers(self) -> None:
+        core = self._core
+        while True:
+            deadline = core.poll_timeout()
+            if self._pathless_since is not None:
+                recovery = self._pathless_since + self.settings.recovery_timeout
+                deadline = recovery if deadline is None else min(deadline, recovery)
+            with trio.move_on_at(math.inf if deadline is None else deadline):
+                await self._wait_change()
+            now = trio.current_time()
+            core.handle_timeout(now)
+            self._handle_events()
+            if self._pathless_since is not None and now >= self._pathless_since + self.settings.recovery_timeout:
+                self._end(f"no path for {self.settings.recovery_timeout:g} s")
+                self._run_scope.cancel()
+                return
+            self._kick()
+
+    def _handle_events(self) -> None:
+        while (event := self._core.poll_event()) is not None:
+            if isinstance(event, PathDead):
+                run = self._run_named(event.path)
+                if run is not None:
+                    self._path_failed(run, event.reason)
+            elif isinstance(event, RemoteLostDirect):
+                if self._direct is not None:
+                    self._path_failed(self._direct, "the far side lost the direct path")
+            elif isinstance(event, RemoteClosed):
+                self._kick()
+            elif isinstance(event, RemoteReset):
+                self._end("the far side no longer has this link")
+                self._run_scope.cancel()
+
+    def _run_named(self, name: str) -> LinkPath | None:
+        for run in (self._relay, self._direct):
+            if run is not None and run.name == name:
+                return run
+        return None
+
+    async def _run_path(self, run: LinkPath) -> None:
+        with run.scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._guard, run, self._write_path, nursery.cancel_scope)
+                await self._guard(run, self._read_path, nursery.cancel_scope)
+        self._path_failed(run, run.reason)
+
+    async def _guard(self, run: LinkPath, task, scope: trio.CancelScope) -> None:  # type: ignore[no-untyped-def]
+        """Run a path's reader or writer; whatever ends it ends the path (not the link)."""
+        try:
+            await task(run)
+        except trio.EndOfChannel:
+            run.reason = _ended_reason(run)
+        except CircuitClosedError:
+            run.reason = _ended_reason(run)  # reader and writer agree on why (the reason)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            run.reason = f"path broken: {exc}"
+        except LinkFrameError as exc:
+            log.warning("link %s->%s (%s) broken by the far side on %s: %s", self.local_peer_id[-6:],
+                        self.peer_id[-6:], self.link_id.hex()[:8], run.name, exc)
+            self._end(f"protocol violation: {exc}")
+            self._run_scope.cancel()
+        scope.cancel()
+
+    async def _read_path(self, run: LinkPath) -> None:
+        core = self._core
+        while True:
+            frame = await run.receive()
+            if frame[:1] == b"\x00":
+                self._receive_hello(frame)
+                continue
+            core.receive_frame(run.name, frame, trio.current_time())
+            if not run.heard:
+                run.heard = True
+                self._maybe_retire_relay()
+            self._handle_events()
+            self._kick()
+
+    def _receive_hello(self, frame: bytes) -> None:
+        hello = parse_hello_untrusted(frame)
+        if hello is None:
+            raise LinkFrameError("malformed HELLO")
+        sender, receiver = hello
+        if receiver not in (None, self.link_id) or self.remote_link_id not in (None, sender):
+            raise LinkFrameError("HELLO of another link")
+        self.remote_link_id = sender
+
+    async def _write_path(self, run: LinkPath) -> None:
+        core = self._core
+        if run.accepted:
+            await run.send(self.hello)
+        while True:
+            wake = self._wake
+            frame = core.poll_transmit(run.name, trio.current_time())
+            if frame is None:
+                await wake.wait()
+                continue
+            await run.send(frame)
+
+    def _maybe_retire_relay(self) -> None:
+        """Close the relay circuit once both sides send direct (it only costs the relay).
+
+        Safe at any time: whatever was in flight on it is unacknowledged and is resent
+        on the direct path by its sender.
+        """
+        relay, direct = self._relay, self._direct
+        if relay is None or direct is None or not direct.heard or self._core.active != direct.name:
+            return
+        self._drop_path(relay)
+
+    def _end(self, reason: str) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        self._end_reason = reason
+        self._path_ready.set()
+        self._kick()
+        self._owner.link_closed(self, reason)
+
+    async def _close_paths(self) -> None:
+        self._run_scope.cancel()
+        for run in (self._relay, self._direct):
+            if run is not None:
+                self._drop_path(run, close=False)
+                await run.aclose()
+
+
+def _ended_reason(run: LinkPath) -> str:
+    """Why a path's channel ended cleanly. A circuit also ends when the relay session
+    dies (the relay crashed or restarted): say so, not "the far side" (LinkInterrupted)."""
+    if not isinstance(run.channel, RelayCircuit):
+        return "path ended by the far side"
+    why = run.channel.close_reason or "closed"
+    if why == "session_closed":
+        return "relay connection lost"
+    return f"relay circuit closed: {why}"

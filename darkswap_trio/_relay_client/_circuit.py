@@ -1,0 +1,231 @@
+"""RelayCircuit: one relay circuit as a ``trio.abc.Channel[bytes]``.
+
+Flow control follows docs/PROTOCOL.md section 5.2: we may send only as many payload
+bytes as the credit we hold, and we return credit to the far end as our application
+consumes what it received. Because the far end can never send beyond the credit we
+granted, the receive buffer is bounded by the circuit window without ever blocking
+the session's reader task.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import trio
+
+from ..proto.signaling import CircuitLimits
+
+
+@dataclass(frozen=True)
+class CircuitStatistics:
+    relay_id: str
+    peer_id: str
+    bytes_sent: int
+    bytes_received: int
+    messages_sent: int
+    messages_received: int
+    send_credit: int  # payload bytes we may still send before credit returns
+    buffered_bytes: int  # received, not yet taken by receive()
+    closed: bool
+    close_reason: str | None
+
+
+class CircuitClosedError(trio.BrokenResourceError):
+    """The circuit was closed by the far end or the relay; ``reason`` says why."""
+
+    def __init__(self, relay_id: str, reason: str) -> None:
+        super().__init__(f"relay circuit {relay_id} closed: {reason}")
+        self.relay_id = relay_id
+        self.reason = reason
+
+
+class RelayCircuit(trio.abc.Channel[bytes]):
+    """A bidirectional message channel to ``peer_id`` through a relay.
+
+    ``send`` waits for credit (backpressure from the far end's reader), raises
+    ``ValueError`` for a message larger than ``limits.max_data_frame``,
+    :class:`CircuitClosedError` (a BrokenResourceError) once the circuit is gone and
+    ``trio.ClosedResourceError`` after our own ``aclose``. ``receive`` raises
+    ``trio.EndOfChannel`` once the circuit closed and the buffer is drained.
+    """
+
+    def __init__(
+        self,
+        relay_id: str,
+        relay_key: bytes,
+        peer_id: str,
+        limits: CircuitLimits,
+        *,
+        initiator: bool,
+        send_data: Callable[[bytes, bytes], Awaitable[None]],
+        send_credit: Callable[[bytes, int], Awaitable[None]],
+        send_close: Callable[[str], Awaitable[None]],
+        on_closed: Callable[[RelayCircuit], None],
+    ) -> None:
+        self.relay_id = relay_id
+        self.relay_key = relay_key  # the UUID's 16 bytes, used in binary frames
+        self.peer_id = peer_id
+        self.limits = limits
+        self.initiator = initiator
+        self._send_data = send_data
+        self._send_credit = send_credit
+        self._send_close = send_close
+        self._on_closed = on_closed
+        self._credit = limits.window
+        self._credit_changed = trio.Event()
+        self._buffer: deque[bytes] = deque()
+        self._buffered = 0
+        self._data_arrived = trio.Event()
+        self._unreturned = 0
+        self._credit_batch = max(1, min(limits.window // 2, limits.window))
+        self._local_closed = False
+        self._local_reason = "closed"
+        self._remote_reason: str | None = None
+        # trio time of the last message either way (an owner's idle policy reads it)
+        self.last_activity = trio.current_time()
+        self._sending = False
+        self._receiving = False
+        self.bytes_sent = self.bytes_received = 0
+        self.messages_sent = self.messages_received = 0
+
+    # -- called by the session's reader (never block) ------------------------------
+
+    def _deliver(self, payload: bytes) -> bool:
+        """Queue received payload; False means the far end broke flow control."""
+        if self._remote_reason is not None or self._local_closed:
+            return True  # late data after close is dropped, as the protocol says
+        if self._buffered + len(payload) > self.limits.window:
+            return False
+        self._buffer.append(payload)
+        self._buffered += len(payload)
+        self.last_activity = trio.current_time()
+        self.bytes_received += len(payload)
+        self.messages_received += 1
+        self._data_arrived.set()
+        return True
+
+    def _add_credit(self, increment: int) -> None:
+        self._credit += increment
+        self._credit_changed.set()
+
+    def _remote_close(self, reason: str) -> None:
+        if self._remote_reason is None:
+            self._remote_reason = reason
+            self._data_arrived.set()
+            self._credit_changed.set()
+            self._on_closed(self)
+
+    # -- public API ------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._local_closed or self._remote_reason is not None
+
+    @property
+    def close_reason(self) -> str | None:
+        return self._remote_reason if self._remote_reason else (self._local_reason if self._local_closed else None)
+
+    async def send(self, value: bytes) -> None:
+        if self._sending:
+            raise trio.BusyResourceError("another task is already sending on this circuit")
+        data = bytes(value)
+        if len(data) > self.limits.max_data_frame:
+            raise ValueError(
+                f"message of {len(data)} bytes exceeds the circuit's max_data_frame "
+                f"({self.limits.max_data_frame})"
+            )
+        self._sending = True
+        try:
+            while True:
+                self._check_sendable()
+                if self._credit >= len(data):
+                    break
+                self._credit_changed = trio.Event()
+                await self._credit_changed.wait()
+            # Counted once written: a send cancelled while waiting for the session's
+            # write turn sent nothing, and must not cost credit.
+            await self._send_data(self.relay_key, data)
+            self._credit -= len(data)
+            self.bytes_sent += len(data)
+            self.messages_sent += 1
+            self.last_activity = trio.current_time()
+        finally:
+            self._sending = False
+
+    def _check_sendable(self) -> None:
+        if self._local_closed:
+            raise trio.ClosedResourceError("circuit was closed locally")
+        if self._remote_reason is not None:
+            raise CircuitClosedError(self.relay_id, self._remote_reason)
+
+    async def receive(self) -> bytes:
+        if self._receiving:
+            raise trio.BusyResourceError("another task is already receiving on this circuit")
+        self._receiving = True
+        try:
+            while not self._buffer:
+                if self._local_closed:
+                    raise trio.ClosedResourceError("circuit was closed locally")
+                if self._remote_reason is not None:
+                    raise trio.EndOfChannel
+                self._data_arrived = trio.Event()
+                await self._data_arrived.wait()
+            payload = self._buffer.popleft()
+            self._buffered -= len(payload)
+            self._unreturned += len(payload)
+            if self._unreturned >= self._credit_batch and self._remote_reason is None:
+                increment, self._unreturned = self._unreturned, 0
+                # Shielded: the payload is already taken, so a cancelled receive() must
+                # not lose it. Bounded: credit is a control frame (no wait behind data)
+                # and every write is bounded by the session's SEND_TIMEOUT.
+                with trio.CancelScope(shield=True):
+                    try:
+                        await self._send_credit(self.relay_key, increment)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        pass  # the session is gone; the next receive() reports the close
+            return payload
+        finally:
+            self._receiving = False
+
+    async def aclose(self, *, reason: str = "closed") -> None:
+        """Close the circuit; the far end is told ``closed_by_peer``. Idempotent.
+
+        ``reason`` becomes our :attr:`close_reason` (e.g. ``idle`` or ``refused`` when
+        an owner's policy closes it).
+        """
+        if self._local_closed:
+            await trio.lowlevel.checkpoint()
+            return
+        self._local_closed = True
+        self._local_reason = reason
+        self._data_arrived.set()
+        self._credit_changed.set()
+        already_gone = self._remote_reason is not None
+        self._on_closed(self)
+        if already_gone:
+            await trio.lowlevel.checkpoint()
+            return
+        with trio.CancelScope(shield=True), trio.move_on_after(5):
+            try:
+                await self._send_close(self.relay_id)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
+    def statistics(self) -> CircuitStatistics:
+        return CircuitStatistics(
+            relay_id=self.relay_id,
+            peer_id=self.peer_id,
+            bytes_sent=self.bytes_sent,
+            bytes_received=self.bytes_received,
+            messages_sent=self.messages_sent,
+            messages_received=self.messages_received,
+            send_credit=self._credit,
+            buffered_bytes=self._buffered,
+            closed=self.closed,
+            close_reason=self.close_reason,
+        )
+
+    def __repr__(self) -> str:
+        return f"<RelayCircuit {self.relay_id} to {self.peer_id} closed={self.closed}>"

@@ -1,0 +1,545 @@
+"""RelaySession: one authenticated signaling session with one relay (SDK side).
+
+``open_relay_session`` connects, runs the handshake of docs/PROTOCOL.md section 2 (the
+relay proves its PeerId, we prove ours, optional JWT) and keeps three tasks in its
+own nursery: the reader (dispatches every frame), the pinger (latency, liveness) and
+the token refresher. Circuits are :class:`RelayCircuit` channels.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import os
+import socket
+import ssl
+import time
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+
+import trio
+
+from .._config import RelayAddress, parse_relay_address
+from .._identity import Keypair, PeerId, peer_id_text
+from ..proto import signaling as sig
+from ..proto.errors import ParseError, WebSocketParseError
+from ..websocket._endpoints import WebSocketConnection, WebSocketRejected, open_websocket
+from ._circuit import RelayCircuit
+from ._control_first_lock import ControlFirstLock
+
+log = logging.getLogger("darkswap_trio.relay")
+
+TokenProvider = Callable[[PeerId], Awaitable[str]]
+# How long one frame may take to write before the relay is considered gone.
+SEND_TIMEOUT = 30.0
+# Unsent bytes the kernel may hold for a session (TCP_NOTSENT_LOWAT, where available).
+# The lock orders frames only up to the socket: without this bound a Ping written after
+# bulk data waits behind megabytes of socket buffer (seconds on a slow uplink).
+UNSENT_BYTES = 128 * 1024
+Signal = sig.Offer | sig.Answer | sig.IceCandidate
+
+
+class RelayError(Exception):
+    """A relay refused something; ``code`` is the protocol's machine-readable error code."""
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message if code is None else f"{message} [{code}]")
+        self.code = code
+        self.message = message
+
+
+class RelayAuthenticationError(RelayError):
+    """The relay could not prove the PeerId we expected, or refused our proof."""
+
+
+class CircuitRefused(RelayError):
+    """The relay refused a circuit; ``code`` names the reason (e.g. ``too_many_circuits``)."""
+
+
+@dataclass(frozen=True)
+class RelaySessionStatistics:
+    relay: str
+    relay_peer_id: str
+    latency_ms: float | None
+    circuits: int
+    frames_received: int
+    errors_received: int
+    dropped_signals: int
+    refused_circuits: int
+
+
+class RelaySession:
+    """A registered session; create with :func:`open_relay_session`."""
+
+    def __init__(self, ws: WebSocketConnection, address: RelayAddress, keypair: Keypair,
+                 registered: sig.Registered, *, signal_buffer: int) -> None:
+        self.address = address
+        self.keypair = keypair
+        self.local_peer_id = str(keypair.peer_id)
+        self.relay_peer_id = registered.relay_peer_id
+        self.auth_mode = registered.auth
+        self.server_limits = dict(registered.limits or {})
+        self.token_expires_at = registered.token_expires_at
+        self.latency_ms: float | None = None
+        self.last_pong: float | None = None
+        self._ws = ws
+        self._circuits: dict[bytes, RelayCircuit] = {}
+        self._pending_requests: dict[str, deque[trio.MemorySendChannel]] = {}
+        # Ping nonce -> its waiter, oldest first (a Pong without a nonce, from a relay
+        # that predates them, answers the oldest). A ping() that ends removes its entry.
+        self._pending_pings: dict[str, trio.Event] = {}
+        self._ping_numbers = itertools.count(1)
+        # Control frames (Ping/Pong, credit, CloseRelay, signaling) never wait behind bulk data.
+        self._write_turn = ControlFirstLock()
+        self._refresh_waiters: deque[trio.MemorySendChannel] = deque()
+        self._signal_send, self.signals = trio.open_memory_channel[Signal](signal_buffer)
+        self._incoming_send, self._incoming = trio.open_memory_channel[RelayCircuit](signal_buffer)
+        self._errors_send, self.errors = trio.open_memory_channel[sig.Error](signal_buffer)
+        self._closed = trio.Event()
+        # Cancels the pinger and refresher when the connection ends, not the user's code.
+        self._background_scope = trio.CancelScope()
+        self.close_cause: BaseException | None = None
+        self.frames_received = 0
+        self.errors_received = 0
+        self.dropped_signals = 0  # signals dropped because nobody read `signals` in time
+        self.refused_circuits = 0  # incoming circuits refused because nobody accepted them
+
+    # -- outbound ----------------------------------------------------------------------
+
+    async def _send_frame(self, frame: str | bytes, *, control: bool) -> None:
+        """Write one frame; a cancellation lands before or after it, never inside it.
+
+        Many tasks share this connection (circuits, signals, pings). Waiting for the
+        write turn is cancellable; control frames get it before data frames (see
+        ControlFirstLock). A frame cut short by a cancelled sender would corrupt the
+        stream and break every user, so the write itself is shielded, bounded by
+        SEND_TIMEOUT (the write alone, not the wait for the turn), after which the
+        session is closed.
+        """
+        async with self._write_turn.hold(control=control):
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(SEND_TIMEOUT) as scope:
+                    try:
+                        await self._ws.send(frame)
+                    except trio.ClosedResourceError as exc:
+                        # The session closed its connection, not the caller: for a circuit
+                        # or signal sender that is a broken resource.
+                        raise trio.BrokenResourceError(f"relay session {self.address} closed") from exc
+                if scope.cancelled_caught:
+                    await self._ws.aclose(1001, "send timed out")
+                    raise trio.BrokenResourceError(f"relay {self.address} stopped reading for {SEND_TIMEOUT}s")
+
+    async def send_message(self, msg: sig.Message) -> None:
+        await self._send_frame(sig.encode_message(msg), control=True)
+
+    async def send_signal(self, msg: Signal) -> None:
+        """Send an Offer/Answer/IceCandidate; the relay forwards it to ``msg.to``."""
+        await self.send_message(msg)
+
+    async def ping(self) -> float:
+        """Round-trip a Ping; returns the RTT in ms and updates the smoothed latency.
+
+        Safe to cancel: the Pong is matched by the Ping's nonce, so an abandoned ping
+        never answers a later one. Raises BrokenResourceError if the session closes.
+        """
+        nonce = format(next(self._ping_numbers), "x")
+        started = trio.current_time()
+        done = self._pending_pings[nonce] = trio.Event()
+        try:
+            await self.send_message(sig.Ping(nonce=nonce))
+            await done.wait()
+            answered = nonce not in self._pending_pings  # the Pong handler took it out
+        finally:
+            self._pending_pings.pop(nonce, None)
+        if not answered:
+            raise trio.BrokenResourceError("relay session closed during a ping") from self.close_cause
+        rtt = (trio.current_time() - started) * 1000
+        # Smoothed like TCP's SRTT so one slow Pong doesn't flip relay selection.
+        self.latency_ms = rtt if self.latency_ms is None else 0.875 * self.latency_ms + 0.125 * rtt
+        return rtt
+
+    async def request_circuit(self, peer_id: PeerId | str, *, timeout: float = 30.0) -> RelayCircuit:
+        """Ask the relay for a circuit to ``peer_id``; raises :class:`CircuitRefused`."""
+        peer_id = peer_id_text(peer_id)
+        send, receive = trio.open_memory_channel[sig.RelayResponse](1)
+        self._pending_requests.setdefault(peer_id, deque()).append(send)
+        try:
+            await self.send_message(sig.RelayRequest(from_=self.local_peer_id, to=peer_id))
+            with trio.fail_after(timeout):
+                response = await receive.receive()
+        except trio.EndOfChannel:
+            raise trio.BrokenResourceError("relay session closed during the circuit request") from self.close_cause
+        finally:
+            waiting = self._pending_requests.get(peer_id)
+            if waiting is not None and send in waiting:
+                waiting.remove(send)
+        if not response.accepted:
+            raise CircuitRefused(response.error or "circuit refused", response.code)
+        circuit = self._circuits.get(uuid.UUID(response.relay_id).bytes)
+        if circuit is None:  # closed before we got to look at it
+            raise CircuitRefused("circuit closed immediately", "closed")
+        return circuit
+
+    async def accept_circuit(self) -> RelayCircuit:
+        """Wait for a circuit another peer opened to us."""
+        try:
+            return await self._incoming.receive()
+        except trio.EndOfChannel:
+            raise trio.BrokenResourceError("relay session closed") from self.close_cause
+
+    async def refresh_token(self, token: str) -> float:
+        send, receive = trio.open_memory_channel[object](1)
+        self._refresh_waiters.append(send)
+        await self.send_message(sig.RefreshToken(token=token))
+        result = await receive.receive()
+        if isinstance(result, sig.Error):
+            raise RelayError(result.message, result.code)
+        assert isinstance(result, sig.TokenRefreshed)
+        self.token_expires_at = result.expires_at
+        return result.expires_at
+
+    @property
+    def circuits(self) -> list[RelayCircuit]:
+        return list(self._circuits.values())
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+    def statistics(self) -> RelaySessionStatistics:
+        return RelaySessionStatistics(
+            relay=str(self.address), relay_peer_id=self.relay_peer_id, latency_ms=self.latency_ms,
+            circuits=len(self._circuits), frames_received=self.frames_received,
+            errors_received=self.errors_received, dropped_signals=self.dropped_signals,
+            refused_circuits=self.refused_circuits,
+        )
+
+    # -- circuits --------------------------------------------------------------------
+
+    def _new_circuit(self, relay_id: str, peer_id: str, limits: sig.CircuitLimits | None,
+                     initiator: bool) -> RelayCircuit | None:
+        try:
+            key = uuid.UUID(relay_id).bytes
+        except ValueError:
+            log.warning("relay sent a malformed relay_id %r", relay_id)
+            return None
+        circuit = RelayCircuit(
+            relay_id, key, peer_id, limits or sig.CircuitLimits(window=256 * 1024, max_data_frame=64 * 1024),
+            initiator=initiator,
+            send_data=self._send_circuit_data,
+            send_credit=self._send_circuit_credit,
+            send_close=self._send_close,
+            on_closed=self._forget_circuit,
+        )
+        self._circuits[key] = circuit
+        return circuit
+
+    async def _send_circuit_data(self, key: bytes, payload: bytes) -> None:
+        await self._send_frame(sig.encode_circuit_data(key, payload), control=False)
+
+    async def _send_circuit_credit(self, key: bytes, increment: int) -> None:
+        await self._send_frame(sig.encode_circuit_credit(key, increment), control=True)
+
+    async def _send_close(self, relay_id: str) -> None:
+        await self.send_message(sig.CloseRelay(relay_id=relay_id))
+
+    def _forget_circuit(self, circuit: RelayCircuit) -> None:
+        self._circuits.pop(circuit.relay_key, None)
+
+    # -- inbound -----------------------------------------------------------------------
+
+    async def _reader(self) -> None:
+        try:
+            while True:
+                frame = await self._ws.receive()
+                self.frames_received += 1
+                if isinstance(frame, bytes):
+                    await self._on_binary(frame)
+                else:
+                    try:
+                        msg = sig.decode_message_untrusted(frame)
+                    except ParseError as exc:
+                        log.warning("relay %s sent a bad frame: %s", self.address, exc)
+                        continue
+                    await self._on_message(msg)
+        except (trio.EndOfChannel, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self.close_cause = exc
+        finally:
+            self._shut_down("session_closed")
+
+    async def _on_binary(self, frame: bytes) -> None:
+        try:
+            item = sig.decode_binary_untrusted(frame)
+        except ParseError as exc:
+            log.warning("relay %s sent a bad binary frame: %s", self.address, exc)
+            return
+        circuit = self._circuits.get(item.relay_id)
+        if circuit is None:
+            return  # data racing a close; the protocol says it is dropped
+        if isinstance(item, sig.CircuitCredit):
+            circuit._add_credit(item.increment)
+        elif not circuit._deliver(item.payload):
+            log.warning("relay %s overran circuit %s's window", self.address, circuit.relay_id)
+            circuit._remote_close("protocol_error")
+            await self._send_close(circuit.relay_id)
+
+    async def _on_message(self, msg: sig.Message) -> None:
+        if isinstance(msg, sig.Ping):
+            await self.send_message(sig.Pong(nonce=msg.nonce))
+        elif isinstance(msg, sig.Pong):
+            # A nonce we don't know answers a ping that was cancelled: nobody waits for it.
+            nonce = msg.nonce if msg.nonce is not None else next(iter(self._pending_pings), None)
+            done = self._pending_pings.pop(nonce, None) if nonce is not None else None
+            if done is not None:
+                done.set()
+            self.last_pong = trio.current_time()
+        elif isinstance(msg, (sig.Offer, sig.Answer, sig.IceCandidate)):
+            # Never block the reader on a slow (or absent) signal consumer: any peer
+            # could otherwise stall this session, circuits included, with a few Offers.
+            try:
+                self._signal_send.send_nowait(msg)
+            except trio.WouldBlock:
+                self.dropped_signals += 1
+                log.warning("relay %s: signal queue full, dropped %s from %s",
+                            self.address, sig.message_type(msg), msg.from_)
+        elif isinstance(msg, sig.RelayResponse):
+            self._on_relay_response(msg)
+        elif isinstance(msg, sig.DataChannel):
+            circuit = self._new_circuit(msg.relay_id, msg.peer_id, msg.limits, initiator=False)
+            if circuit is not None:
+                try:
+                    self._incoming_send.send_nowait(circuit)
+                except trio.WouldBlock:  # nobody accepts: refuse rather than stall
+                    self.refused_circuits += 1
+                    circuit._remote_close("refused")
+                    await self._send_close(circuit.relay_id)
+        elif isinstance(msg, sig.RelayData):  # only if the relay didn't convert to binary
+            try:
+                circuit = self._circuits.get(uuid.UUID(msg.relay_id).bytes)
+            except ValueError:
+                circuit = None
+            if circuit is not None:
+                circuit._deliver(msg.data)
+        elif isinstance(msg, sig.CloseRelay):
+            try:
+                circuit = self._circuits.get(uuid.UUID(msg.relay_id).bytes)
+            except ValueError:
+                circuit = None
+            if circuit is not None:
+                circuit._remote_close(msg.reason or "closed_by_peer")
+        elif isinstance(msg, sig.TokenRefreshed):
+            if self._refresh_waiters:
+                self._refresh_waiters.popleft().send_nowait(msg)
+        elif isinstance(msg, sig.Error):
+            self.errors_received += 1
+            if msg.code in ("invalid_token", "token_expired", "token_peer_mismatch") and self._refresh_waiters:
+                self._refresh_waiters.popleft().send_nowait(msg)
+                return
+            log.info("relay %s: error %s: %s", self.address, msg.code, msg.message)
+            try:
+                self._errors_send.send_nowait(msg)
+            except trio.WouldBlock:
+                pass  # nobody is reading errors; they are also logged
+        else:
+            log.debug("relay %s sent unexpected %s", self.address, sig.message_type(msg))
+
+    def _on_relay_response(self, msg: sig.RelayResponse) -> None:
+        target = msg.to
+        waiting = self._pending_requests.get(target) if target else None
+        if not waiting:  # an original relay that doesn't echo `to`: oldest request wins
+            waiting = next((q for q in self._pending_requests.values() if q), None)
+            target = next((k for k, q in self._pending_requests.items() if q), None)
+        if not waiting or target is None:
+            log.debug("unsolicited RelayResponse %s", msg.relay_id)
+            return
+        if msg.accepted:
+            self._new_circuit(msg.relay_id, target, msg.limits, initiator=True)
+        waiting.popleft().send_nowait(msg)
+
+    def _shut_down(self, reason: str) -> None:
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        self._background_scope.cancel()
+        for circuit in list(self._circuits.values()):
+            circuit._remote_close(reason)
+        for done in self._pending_pings.values():
+            done.set()  # unanswered: ping() raises BrokenResourceError
+        for queue in self._pending_requests.values():
+            for send in queue:
+                send.close()
+        for send in self._refresh_waiters:
+            send.close()
+        self._signal_send.close()
+        self._incoming_send.close()
+        self._errors_send.close()
+
+    async def _pinger(self, interval: float) -> None:
+        # Never raises: a session that failed is ended by its reader, and an error
+        # escaping here would take the caller's nursery (a RelayManager) with it.
+        while True:
+            await trio.sleep(interval)
+            frames_before = self.frames_received
+            with trio.move_on_after(interval) as scope:
+                try:
+                    await self.ping()
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return
+            if scope.cancelled_caught:
+                if self.frames_received > frames_before:
+                    # The relay is sending (e.g. credit for our bulk data): it is alive,
+                    # our Ping is queued behind our own bytes in the socket buffers.
+                    log.info("relay %s: Pong late, but frames arrive; keeping the session", self.address)
+                    continue
+                log.warning("relay %s did not answer a Ping within %.1fs", self.address, interval)
+                await self._ws.aclose(1001, "ping timeout")
+                return
+
+    async def _refresher(self, provider: TokenProvider, margin: float) -> None:
+        while self.token_expires_at is not None and math.isfinite(self.token_expires_at):
+            wait = self.token_expires_at - time.time() - margin
+            await trio.sleep(max(wait, 0.0))
+            try:
+                await self.refresh_token(await provider(self.keypair.peer_id))
+            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.EndOfChannel):
+                return  # the session is ending; its reader reports why
+            except Exception as exc:  # a RelayError, or a token provider that failed
+                log.warning("token refresh at %s failed: %r", self.address, exc)
+                await trio.sleep(min(margin / 2, 5.0) or 1.0)
+
+
+async def _handshake(ws: WebSocketConnection, address: RelayAddress, keypair: Keypair,
+                     token_provider: TokenProvider | None) -> sig.Registered:
+    peer_id = str(keypair.peer_id)
+    client_nonce = os.urandom(sig.NONCE_LENGTH)
+    await ws.send(sig.encode_message(
+        sig.Register(peer_id=peer_id, protocol=sig.PROTOCOL_VERSION, nonce=client_nonce)))
+    expected = str(address.peer_id)
+
+    def check_relay_proof(relay_peer_id: str, signature: bytes | None) -> None:
+        if relay_peer_id != expected:
+            raise RelayAuthenticationError(
+                f"relay at {address.url} is {relay_peer_id}, but its multiaddr names {expected}",
+                "relay_id_mismatch")
+        message = sig.relay_auth_message(client_nonce, relay_peer_id, peer_id)
+        if signature is None or not address.peer_id.verify(message, signature):
+            raise RelayAuthenticationError(
+                f"relay at {address.url} could not prove it owns {expected}", "relay_auth_failed")
+
+    msg = await _receive_message(ws)
+    if isinstance(msg, sig.Challenge):
+        check_relay_proof(msg.relay_peer_id, msg.signature)
+        token = await token_provider(keypair.peer_id) if token_provider is not None else None
+        proof = keypair.sign(sig.peer_auth_message(msg.nonce, msg.relay_peer_id, peer_id))
+        await ws.send(sig.encode_message(sig.Authenticate(signature=proof, token=token)))
+        msg = await _receive_message(ws)
+        if isinstance(msg, sig.Registered):
+            return msg
+    elif isinstance(msg, sig.Registered):  # open mode: the relay's proof rides on Registered
+        check_relay_proof(msg.relay_peer_id, msg.signature)
+        return msg
+    if isinstance(msg, sig.Error):
+        raise RelayAuthenticationError(f"relay refused registration: {msg.message}", msg.code)
+    raise RelayAuthenticationError(f"unexpected {sig.message_type(msg)} during the handshake", "bad_handshake")
+
+
+async def _receive_message(ws: WebSocketConnection) -> sig.Message:
+    while True:
+        frame = await ws.receive()
+        if isinstance(frame, str):
+            try:
+                msg = sig.decode_message_untrusted(frame)
+            except ParseError as exc:
+                raise RelayError(f"relay sent a bad frame during the handshake: {exc}", "bad_frame") from None
+            if not isinstance(msg, (sig.Ping, sig.Pong)):
+                return msg
+            if isinstance(msg, sig.Ping):
+                await ws.send(sig.encode_message(sig.Pong(nonce=msg.nonce)))
+
+
+@asynccontextmanager
+async def _connect(address: RelayAddress, ssl_context: ssl.SSLContext | None,
+                   timeout: float) -> AsyncIterator[WebSocketConnection]:
+    """open_websocket, with a refused upgrade turned into a RelayError with its code."""
+    async with AsyncExitStack() as stack:
+        try:
+            ws = await stack.enter_async_context(
+                open_websocket(address.url, ssl_context=ssl_context, connect_timeout=timeout))
+        except WebSocketRejected as exc:
+            code, message = f"http_{exc.status}", str(exc)
+            try:
+                refusal = sig.decode_message_untrusted(exc.body)
+                if isinstance(refusal, sig.Error):
+                    code, message = refusal.code or code, refusal.message
+            except ParseError:
+                pass
+            raise RelayError(f"relay at {address.url} refused the connection: {message}", code) from None
+        except WebSocketParseError as exc:
+            raise RelayError(f"relay at {address.url} broke the WebSocket handshake: {exc}",
+                             "bad_handshake") from None
+        yield ws
+
+
+@asynccontextmanager
+async def open_relay_session(
+    address: RelayAddress | str,
+    keypair: Keypair,
+    *,
+    token_provider: TokenProvider | None = None,
+    connect_timeout: float = 30.0,
+    ping_interval: float = 30.0,
+    token_refresh_margin: float = 60.0,
+    ssl_context: ssl.SSLContext | None = None,
+    signal_buffer: int = 64,
+) -> AsyncIterator[RelaySession]:
+    """Connect to a relay and register; the session lives until the block exits.
+
+    Raises :class:`RelayAuthenticationError` when the relay cannot prove the PeerId in
+    its multiaddr or refuses ours, ``OSError``/``trio.TooSlowError`` when unreachable.
+    """
+    if isinstance(address, str):
+        address = parse_relay_address(address)
+    if address.secure and ssl_context is None:
+        ssl_context = ssl.create_default_context()
+    async with _connect(address, ssl_context, connect_timeout) as ws:
+        with trio.fail_after(connect_timeout):
+            registered = await _handshake(ws, address, keypair, token_provider)
+        _bound_unsent_bytes(ws)
+        session = RelaySession(ws, address, keypair, registered, signal_buffer=signal_buffer)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(session._reader)
+            nursery.start_soon(_run_background, session, ping_interval, token_provider,
+                               token_refresh_margin)
+            try:
+                yield session
+            finally:
+                nursery.cancel_scope.cancel()
+                session._shut_down("session_closed")
+
+
+def _bound_unsent_bytes(ws: WebSocketConnection) -> None:
+    stream = getattr(ws, "_stream", None)
+    sock = getattr(getattr(stream, "transport_stream", stream), "socket", None)  # TLS or plain
+    option = getattr(socket, "TCP_NOTSENT_LOWAT", None)
+    if sock is None or option is None:
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, option, UNSENT_BYTES)
+    except OSError:  # not TCP, or a kernel without it: frames still go out in order
+        pass
+
+
+async def _run_background(session: RelaySession, ping_interval: float,
+                          token_provider: TokenProvider | None, margin: float) -> None:
+    with session._background_scope:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(session._pinger, ping_interval)
+            if token_provider is not None and session.token_expires_at is not None:
+                nursery.start_soon(session._refresher, token_provider, margin)

@@ -1,0 +1,26 @@
+"""WebRTC data channels on trio: PeerConnection (ICE + DTLS + SCTP + DCEP) and its parts.
+
+Most programs use :class:`darkswap_trio.P2PNetwork`, which opens these for them; this
+package is for programs that exchange offers and answers themselves (with a browser,
+aiortc, or another PeerConnection) over signaling of their own.
+"""
+
+from ..proto.dtls import DtlsCertificate as DtlsCertificate
+from ._datachannel import DataChannel as DataChannel
+from ._datachannel import DataChannelStatistics as DataChannelStatistics
+from ._dtls import DatagramTransport as DatagramTransport
+from ._dtls import DtlsError as DtlsError
+from ._dtls import DtlsTransport as DtlsTransport
+from ._dtls import generate_dtls_certificate as generate_dtls_certificate
+from ._ice import IceError as IceError
+from ._ice import IceTransport as IceTransport
+from ._ice import IceTransportStatistics as IceTransportStatistics
+from ._peer_connection import ConnectionFailed as ConnectionFailed
+from ._peer_connection import PeerConnection as PeerConnection
+from ._peer_connection import PeerConnectionConfig as PeerConnectionConfig
+from ._peer_connection import PeerConnectionStatistics as PeerConnectionStatistics
+from ._peer_connection import SignalingStateError as SignalingStateError
+from ._peer_connection import open_peer_connection as open_peer_connection
+from ._tcp_signaling import SignalMessage as SignalMessage
+from ._tcp_signaling import TcpSignaling as TcpSignaling
+from ._tcp_signaling import open_tcp_signaling as open_tcp_signaling
