@@ -29,7 +29,7 @@ from darkswap_trio import Keypair, open_relay_session
 from darkswap_trio._p2p._direct import WebRtcSignalingClient, WebRtcTransport
 from darkswap_trio.testing import running_relay
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "tests" / "io"))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "tests" / "p2p"))
 from test_offer_flood import LOOPBACK, flood_offer_sdp, open_fds  # noqa: E402
 
 # The bench's relay lifts more per-address limits than the test's (it floods harder).
