@@ -160,8 +160,15 @@ class VirtualNat:
 
     _BEHAVIOURS = ("endpoint-independent", "address-dependent", "address-and-port-dependent")
 
-    def __init__(self, net: VirtualNet, public_ip: str, filtering: str, mapping: str,
-                 *, conntrack_race: bool = False) -> None:
+    def __init__(
+        self,
+        net: VirtualNet,
+        public_ip: str,
+        filtering: str,
+        mapping: str,
+        *,
+        conntrack_race: bool = False,
+    ) -> None:
         if filtering not in self._BEHAVIOURS:
             raise ValueError(f"unknown filtering {filtering!r}")
         if mapping not in ("endpoint-independent", "address-and-port-dependent"):

@@ -132,8 +132,11 @@ class PeerConnection:
     """A data-channel-only WebRTC peer connection; make one with :func:`open_peer_connection`."""
 
     def __init__(
-        self, config: PeerConnectionConfig, sock: DatagramSocket,
-        bound: tuple[str, int], hosts: list[str],
+        self,
+        config: PeerConnectionConfig,
+        sock: DatagramSocket,
+        bound: tuple[str, int],
+        hosts: list[str],
     ):
         self.config = config
         self._port = bound[1]
@@ -169,7 +172,8 @@ class PeerConnection:
         self._role = "offerer"
         self._start_ice(controlling=True, pacing=self.config.ice_pacing)
         sdp = render_offer(
-            self._local_transport(), session_id=self._session_id,
+            self._local_transport(),
+            session_id=self._session_id,
             session_version=self._next_version(),
         )
         await trio.lowlevel.checkpoint()
@@ -180,8 +184,11 @@ class PeerConnection:
         if self._role != "answerer" or self._remote is None or self._answer_setup is None:
             raise SignalingStateError("create_answer needs a remote offer first")
         sdp = render_answer(
-            self._remote, self._local_transport(), session_id=self._session_id,
-            session_version=self._next_version(), setup=self._answer_setup,
+            self._remote,
+            self._local_transport(),
+            session_id=self._session_id,
+            session_version=self._next_version(),
+            setup=self._answer_setup,
         )
         await trio.lowlevel.checkpoint()
         return sdp
@@ -216,12 +223,17 @@ class PeerConnection:
         self._remote = description
         now = trio.current_time()
         dtls = DtlsEndpoint(
-            role.value, self._certificate,
+            role.value,
+            self._certificate,
             [(f.algorithm, f.value) for f in media.fingerprints],
         )
         assert media.ice_ufrag and media.ice_pwd
         core.set_remote(
-            dtls, media.ice_ufrag, media.ice_pwd, now, sctp_port=media.sctp_port or 5000,
+            dtls,
+            media.ice_ufrag,
+            media.ice_pwd,
+            now,
+            sctp_port=media.sctp_port or 5000,
             remote_max_message_size=media.effective_max_message_size,
         )
         for candidate in (*media.candidates, *self._early_candidates):
@@ -234,7 +246,9 @@ class PeerConnection:
         await trio.lowlevel.checkpoint()
 
     def add_ice_candidate(
-        self, candidate: str | None, sdp_mid: str | None = None,
+        self,
+        candidate: str | None,
+        sdp_mid: str | None = None,
         sdp_mline_index: int | None = None,
     ) -> None:
         """Add a trickled remote candidate (``candidate:...``); None or "" ends them.
@@ -304,8 +318,12 @@ class PeerConnection:
         """
         await self.wait_connected()
         return self._driver.open_channel(
-            label, protocol=protocol, ordered=ordered, max_retransmits=max_retransmits,
-            max_packet_lifetime_ms=max_packet_life_time, negotiated_id=negotiated_id,
+            label,
+            protocol=protocol,
+            ordered=ordered,
+            max_retransmits=max_retransmits,
+            max_packet_lifetime_ms=max_packet_life_time,
+            negotiated_id=negotiated_id,
         )
 
     async def accept_data_channel(self) -> DataChannel:
@@ -342,8 +360,11 @@ class PeerConnection:
         if self._core.ice is not None:
             return
         ice = IceAgent(
-            controlling, local_ufrag=self._ufrag, local_pwd=self._pwd,
-            stun_servers=self._stun_servers, pacing=pacing,
+            controlling,
+            local_ufrag=self._ufrag,
+            local_pwd=self._pwd,
+            stun_servers=self._stun_servers,
+            pacing=pacing,
         )
         for host in self._hosts:
             ice.add_local_candidate((host, self._port))
@@ -379,8 +400,10 @@ def _announced_pacing(description: SessionDescription) -> float | None:
 
 
 def _bind_socket(config: PeerConnectionConfig) -> tuple[socket.socket, list[str]]:
-    hosts = list(config.host_addresses) if config.host_addresses is not None else (
-        interface_addresses(config.include_loopback, ipv6=False)
+    hosts = (
+        list(config.host_addresses)
+        if config.host_addresses is not None
+        else (interface_addresses(config.include_loopback, ipv6=False))
     )
     if not hosts:
         raise OSError("no host address to gather a candidate from")

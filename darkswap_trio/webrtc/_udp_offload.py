@@ -122,7 +122,8 @@ class UdpBatchSocket:
                         sock.sendmsg(
                             [b"".join(datagrams[index:end])],
                             [(socket.IPPROTO_UDP, UDP_SEGMENT, struct.pack("=H", size))],
-                            0, addr,
+                            0,
+                            addr,
                         )
                     except BlockingIOError:
                         return index

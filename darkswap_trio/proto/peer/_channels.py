@@ -185,7 +185,10 @@ class ChannelMux:
         lifetime = message.lifetime_ms
         try:
             self.sctp.send(
-                message.stream_id, message.ppid, message.payload, now,
+                message.stream_id,
+                message.ppid,
+                message.payload,
+                now,
                 ordered=message.ordered,
                 max_retransmits=message.max_retransmits,
                 lifetime=None if lifetime is None else lifetime / 1000,

@@ -295,9 +295,7 @@ class PeerCore:
             while (datagram := dtls.poll_transmit()) is not None:
                 held.append(datagram)
             if held:
-                self.counts.datagrams_dropped_no_pair += self._early.send_held(
-                    ice, self._queue_out
-                )
+                self.counts.datagrams_dropped_no_pair += self._early.send_held(ice, self._queue_out)
         while (transmit := ice.poll_transmit()) is not None:
             self._out.append((transmit.data, transmit.addr))
 
@@ -404,7 +402,11 @@ class PeerCore:
         )
         self.sctp = sctp
         self.channels = ChannelMux(
-            sctp, registry, self._events, self.counts, self._channels_state,
+            sctp,
+            registry,
+            self._events,
+            self.counts,
+            self._channels_state,
             receive_buffer_size=self.receive_buffer_size,
             low_threshold=self.high_water_mark // 2,
         )
