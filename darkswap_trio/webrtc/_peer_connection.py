@@ -49,7 +49,7 @@ from ..proto.sdp import (
 )
 from ._datachannel import DataChannel
 from ._driver import ConnectionFailed, DatagramSocket, PeerDriver
-from ._ice import host_addresses as interface_addresses
+from ._interfaces import host_addresses as interface_addresses
 from ._udp_offload import UdpBatchSocket
 
 __all__ = [
