@@ -6,13 +6,13 @@
   reader waits and the kernel drops, as UDP does);
 * :meth:`PeerDriver.run` is the only task that feeds the core: per wake-up it takes
   every batch already queued (so SCTP bundles and delays its SACKs), fires due
-  timers, hands events to the channels and sends the core's datagrams in runs (one
-  syscall for a run of equal sizes, UDP GSO). A full socket keeps the rest in the
-  core until it drains.
+  timers, hands the events to :class:`~._peer_channels.PeerChannels` and sends the
+  core's datagrams in runs (one syscall for a run of equal sizes, UDP GSO). A full
+  socket keeps the rest in the core until it drains.
 
 Application calls (send on a channel, open/close a channel, trickled candidates) are
 synchronous calls into the core from the caller's task -- trio switches tasks only
-at ``await``, so each call is atomic -- then a wake-up of the core task.
+at ``await``, so each call is atomic -- then :meth:`PeerDriver.wake`.
 """
 
 from __future__ import annotations
@@ -22,18 +22,13 @@ from typing import Protocol
 
 import trio
 
-from ..proto import datachannel as dc
 from ..proto import peer
-from ._datachannel import DataChannel
+from ._peer_channels import PeerChannels
 
-__all__ = ["ConnectionFailed", "DatagramSocket", "PeerDriver"]
+__all__ = ["DatagramSocket", "PeerDriver"]
 
 _BATCH = 64  # datagrams per hand-over and per send
 Address = tuple[str, int]
-
-
-class ConnectionFailed(Exception):
-    """Why the connection failed or ended (the cause of BrokenResourceError)."""
 
 
 class DatagramSocket(Protocol):
@@ -55,19 +50,12 @@ class DatagramSocket(Protocol):
 
 
 class PeerDriver:
-    """See the module docstring. Also the :class:`~._datachannel.ChannelOwner` of
-    every channel of the connection."""
+    """See the module docstring. :attr:`app` is where the core's events go."""
 
     def __init__(self, core: peer.PeerCore, sock: DatagramSocket, *, inbox_size: int = 16):
         self.core = core
         self.sock = sock
-        self.failure: ConnectionFailed | None = None
-        self.channels: dict[int, DataChannel] = {}
-        self.accept_queue: deque[DataChannel] = deque()
-        self.acceptors = trio.lowlevel.ParkingLot()
-        self.state_changed = trio.lowlevel.ParkingLot()
-        self.candidates: list[object] = []  # aioice Candidates, then None at the end
-        self.candidates_changed = trio.lowlevel.ParkingLot()
+        self.app = PeerChannels(core, self.wake)
         self.datagrams_sent = 0
         self.send_errors = 0
         self._inbox_send, self._inbox_receive = trio.open_memory_channel[
@@ -75,38 +63,6 @@ class PeerDriver:
         ](inbox_size)
         self._wake_pending = False
         self._unsent: deque[tuple[bytes, Address]] = deque()  # the socket was full
-
-    # ------------------------------------------------------------------ ChannelOwner
-
-    @property
-    def high_water_mark(self) -> int:
-        return self.core.high_water_mark
-
-    def buffered_amount(self, stream_id: int) -> int:
-        return self.core.buffered_amount(stream_id)
-
-    def send_message(self, stream_id: int, message: bytes | str) -> None:
-        try:
-            self.core.send(stream_id, message, trio.current_time())
-        except dc.ChannelStateError as exc:
-            raise trio.ClosedResourceError(str(exc)) from exc
-        self.wake()
-
-    def close_channel(self, stream_id: int) -> None:
-        self.core.close_channel(stream_id, trio.current_time())
-        self.wake()
-
-    def channel_drained(self, stream_id: int, size: int) -> None:
-        if self.core.channel_drained(stream_id, size):
-            self.wake()  # SCTP delivery waited for this reader
-
-    def open_channel(self, label: str, **options: object) -> DataChannel:
-        info = self.core.open_channel(label, trio.current_time(), **options)
-        channel = self.channels[info.stream_id] = DataChannel(self, info)
-        self.wake()
-        return channel
-
-    # ------------------------------------------------------------------ tasks
 
     def wake(self) -> None:
         """Make the core task flush: called after any application call into the core."""
@@ -161,15 +117,13 @@ class PeerDriver:
                         continue
                     item = await receive.receive()
 
-    # ------------------------------------------------------------------ output
-
     def flush(self) -> None:
-        """Hand events to the channels, then send what the core has (unless the socket
-        is full), then the events that sending made."""
-        self._dispatch()
+        """Events to the application, then the core's datagrams (unless the socket is
+        full), then the events that sending made."""
+        self.app.dispatch()
         if not self._unsent:
             self._transmit()
-            self._dispatch()
+            self.app.dispatch()
 
     def _transmit(self) -> None:
         sock, poll = self.sock, self.core.poll_datagrams
@@ -196,44 +150,6 @@ class PeerDriver:
             else:
                 self.send_errors += 1
             unsent.popleft()
-
-    def _dispatch(self) -> None:
-        channels = self.channels
-        while (event := self.core.poll_event()) is not None:
-            kind = type(event)
-            if kind is peer.ChannelMessage:
-                channel = channels.get(event.stream_id)
-                if channel is not None:
-                    channel.on_message(event.message, event.size)
-                else:
-                    self.core.channel_drained(event.stream_id, event.size)
-            elif kind is peer.BufferedAmountLow:
-                if (channel := channels.get(event.stream_id)) is not None:
-                    channel.on_buffered_amount_low()
-            elif kind is peer.ChannelOpened:
-                channel = channels[event.info.stream_id] = DataChannel(self, event.info)
-                self.accept_queue.append(channel)
-                self.acceptors.unpark_all()
-            elif kind is peer.ChannelClosed:
-                if (channel := channels.pop(event.stream_id, None)) is not None:
-                    channel.on_closed()
-            elif kind is peer.StateChanged:
-                self._state_changed(event)
-            elif kind is peer.CandidateGathered or kind is peer.GatheringComplete:
-                gathered = kind is peer.CandidateGathered
-                self.candidates.append(event.candidate if gathered else None)
-                self.candidates_changed.unpark_all()
-
-    # ------------------------------------------------------------------ lifecycle
-
-    def _state_changed(self, event: peer.StateChanged) -> None:
-        if event.state in ("failed", "disconnected", "closed") and self.failure is None:
-            self.failure = ConnectionFailed(event.reason)
-            for channel in list(self.channels.values()):
-                channel.on_broken(self.failure)
-            self.acceptors.unpark_all()
-            self.candidates_changed.unpark_all()
-        self.state_changed.unpark_all()
 
     def close(self) -> None:
         """Local close: SCTP ABORT and DTLS close_notify go out now (best effort)."""

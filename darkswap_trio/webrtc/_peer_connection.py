@@ -48,8 +48,9 @@ from ..proto.sdp import (
     render_offer,
 )
 from ._datachannel import DataChannel
-from ._driver import ConnectionFailed, DatagramSocket, PeerDriver
+from ._driver import DatagramSocket, PeerDriver
 from ._interfaces import host_addresses as interface_addresses
+from ._peer_channels import ConnectionFailed
 from ._udp_offload import UdpBatchSocket
 
 __all__ = [
@@ -149,6 +150,7 @@ class PeerConnection:
             local_addr=(hosts[0], self._port) if len(hosts) == 1 else None,
         )
         self._driver = PeerDriver(self._core, sock)
+        self._app = self._driver.app  # channels and waiters
         self.local_address: tuple[str, int] = (bound[0], self._port)
         self._certificate = config.certificate or DtlsCertificate.generate(
             datetime.datetime.now(datetime.UTC)
@@ -195,8 +197,8 @@ class PeerConnection:
 
     async def set_remote_description(self, sdp: str, type: Literal["offer", "answer"]) -> None:
         """Apply the peer's offer or answer. Raises SdpParseError for bad SDP."""
-        core, driver = self._core, self._driver
-        if driver.failure is not None or core.failure is not None:
+        core, driver, app = self._core, self._driver, self._app
+        if app.failure is not None or core.failure is not None:
             raise trio.ClosedResourceError("the peer connection is closed or failed")
         if self._remote is not None:
             raise SignalingStateError("renegotiation is not supported")
@@ -273,14 +275,14 @@ class PeerConnection:
 
     async def local_candidates(self) -> AsyncIterator[str | None]:
         """Our candidates as ``candidate:...`` strings as they are gathered, then None."""
-        driver = self._driver
+        app = self._app
         index = 0
         while True:
-            while index >= len(driver.candidates):
-                if driver.failure is not None:
+            while index >= len(app.candidates):
+                if app.failure is not None:
                     return
-                await driver.candidates_changed.park()
-            candidate = driver.candidates[index]
+                await app.candidates_changed.park()
+            candidate = app.candidates[index]
             index += 1
             if candidate is None:
                 yield None
@@ -295,11 +297,11 @@ class PeerConnection:
 
     async def wait_connected(self) -> None:
         """Wait until ICE, DTLS and SCTP are up; BrokenResourceError if that fails."""
-        driver = self._driver
+        app = self._app
         while self._core.state != "connected":
-            if driver.failure is not None:
-                raise trio.BrokenResourceError(str(driver.failure)) from driver.failure
-            await driver.state_changed.park()
+            if app.failure is not None:
+                raise trio.BrokenResourceError(str(app.failure)) from app.failure
+            await app.state_changed.park()
 
     async def create_data_channel(
         self,
@@ -317,7 +319,7 @@ class PeerConnection:
         Raises ValueError for bad options and BrokenResourceError if the connection fails.
         """
         await self.wait_connected()
-        return self._driver.open_channel(
+        return self._app.open_channel(
             label,
             protocol=protocol,
             ordered=ordered,
@@ -328,13 +330,13 @@ class PeerConnection:
 
     async def accept_data_channel(self) -> DataChannel:
         """The next channel the peer opened."""
-        driver = self._driver
-        while not driver.accept_queue:
-            if driver.failure is not None:
-                raise trio.BrokenResourceError(str(driver.failure)) from driver.failure
-            await driver.acceptors.park()
+        app = self._app
+        while not app.accept_queue:
+            if app.failure is not None:
+                raise trio.BrokenResourceError(str(app.failure)) from app.failure
+            await app.acceptors.park()
         await trio.lowlevel.checkpoint()
-        return driver.accept_queue.popleft()
+        return app.accept_queue.popleft()
 
     def statistics(self) -> PeerConnectionStatistics:
         core, driver = self._core, self._driver
@@ -342,7 +344,7 @@ class PeerConnection:
         return PeerConnectionStatistics(
             connection_state=core.state,
             local_address=self.local_address,
-            data_channels=len(driver.channels),
+            data_channels=len(self._app.channels),
             datagrams_received=counts.datagrams_received,
             datagrams_sent=driver.datagrams_sent,
             datagrams_dropped=counts.datagrams_dropped,
@@ -373,7 +375,7 @@ class PeerConnection:
         self._driver.wake()  # the core task sleeps without a deadline until it has an agent
 
     def _local_transport(self) -> LocalTransport:
-        gathered = self._driver.candidates
+        gathered = self._app.candidates
         return LocalTransport(
             ice_ufrag=self._ufrag,
             ice_pwd=self._pwd,

@@ -166,8 +166,8 @@ async def signal(
         assert candidate.host == LOOPBACK
         core.add_remote_candidate(candidate, now)
     core.add_remote_candidate(None, now)
-    assert driver.candidates[-1] is None  # host candidates only: gathering is done
-    ours = [c.to_sdp() for c in driver.candidates if c is not None]
+    assert driver.app.candidates[-1] is None  # host candidates only: gathering is done
+    ours = [c.to_sdp() for c in driver.app.candidates if c is not None]
     assert core.ice is not None
     aiortc.send(
         (
@@ -183,10 +183,11 @@ async def signal(
 
 
 async def wait_connected(driver: PeerDriver) -> None:
+    app = driver.app
     while driver.core.state != "connected":
-        if driver.failure is not None:
-            raise trio.BrokenResourceError(str(driver.failure)) from driver.failure
-        await driver.state_changed.park()
+        if app.failure is not None:
+            raise trio.BrokenResourceError(str(app.failure)) from app.failure
+        await app.state_changed.park()
 
 
 def new_certificate() -> DtlsCertificate:
@@ -233,7 +234,7 @@ async def test_ice_dtls_sctp_with_aiortc(loopback_only, we_control, our_dtls_rol
                 assert aiortc_ice_role == ("controlled" if we_control else "controlling")
                 assert driver.core.ice is not None
                 assert driver.core.ice.controlling is we_control
-                channel = driver.open_channel("echo", negotiated_id=1)
+                channel = driver.app.open_channel("echo", negotiated_id=1)
                 await channel.send(b"hello")
                 assert await channel.receive() == b"hello from aiortc"
                 for i in range(MESSAGES):
