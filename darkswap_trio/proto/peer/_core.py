@@ -34,7 +34,7 @@ from ..ice import (
     SelectedPairChanged,
 )
 from ..ice._events import Transmit
-from ..sctp import SctpAssociation
+from ..sctp import SctpAssociation, SctpState
 from ._channels import ChannelMux
 from ._early_dtls import EarlyDtls
 from ._events import PeerCounts, PeerEvent, StateChanged
@@ -275,7 +275,8 @@ class PeerCore:
                     elif dtls.state is not dtls_mod.DtlsState.CONNECTED:
                         break  # DTLS failed: its event ends the connection
                 if datagrams:
-                    self._dirty = True  # SCTP may have moved on (SHUTDOWN sent, say)
+                    if sctp.state is SctpState.TERMINATED:
+                        self._dirty = True  # its Closed event (SHUTDOWN-COMPLETE sent)
                     return data_addr, datagrams
         if data_addr is not None and not held:
             datagrams = []
