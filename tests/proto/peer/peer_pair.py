@@ -49,6 +49,9 @@ class Side:
     core: PeerCore
     sock: VirtualSocket
     reading: bool = True  # False: an application that stopped reading its channels
+    # True: receive_batch/poll_datagrams (as the trio driver); False: the one-datagram
+    # surface, receive/poll_transmit. The pair runs one side each way.
+    batched: bool = True
     states: list[str] = field(default_factory=list)
     opened: list[int] = field(default_factory=list)  # stream ids the peer opened
     closed: list[int] = field(default_factory=list)
@@ -86,6 +89,7 @@ class PeerPair:
             Side(name, PeerCore(local_addr=sock.getsockname(), **core_options), sock)  # type: ignore[arg-type]
             for name, sock in (("a", sock_a), ("b", sock_b))
         ]
+        sides[1].batched = False
         pair = cls(sides[0], sides[1], seed)
         pair._start()
         return pair
@@ -120,9 +124,14 @@ class PeerPair:
             while (event := core.poll_event()) is not None:
                 self._on_event(side, event, now)
                 busy = True
-            while (run := core.poll_datagrams()) is not None:
-                side.sock.send(run[1], run[0])
-                busy = True
+            if side.batched:
+                while (run := core.poll_datagrams()) is not None:
+                    side.sock.send(run[1], run[0])
+                    busy = True
+            else:
+                while (transmit := core.poll_transmit()) is not None:
+                    side.sock.send([transmit.data], transmit.addr)
+                    busy = True
 
     def _on_event(self, side: Side, event: object, now: float) -> None:
         kind = type(event)
@@ -149,8 +158,11 @@ class PeerPair:
         for side in self.sides:
             batch: list[tuple[bytes, tuple[str, int]]] = []
             side.sock.receive_into(batch, 1 << 30)
-            if batch:
+            if side.batched and batch:
                 side.core.receive_batch(batch, now)
+            elif batch:
+                for data, addr in batch:
+                    side.core.receive(data, addr, now)
             side.core.handle_timeout(now)
             self.pump(side)
         self.steps += 1
@@ -177,7 +189,7 @@ class PeerPair:
                 raise Livelock(f"simulated time ran out at {trio.current_time():.1f} s")
             if self.steps - start >= max_steps:
                 raise Livelock(f"{max_steps} steps without the predicate")
-            if not await self.step():
+            if not await self.step() and not predicate():
                 raise Livelock("nothing left to happen and the predicate is false")
             now = trio.current_time()
             stalled = stalled + 1 if now == last else 0
