@@ -2,11 +2,14 @@
 
     python benchmarks/bench_ice_dtls.py [--runs 15] [--seconds 2] [--smoke]
 
-Prints a Markdown table. Everything runs on 127.0.0.1 only: our IceTransports get
-``host_addresses=["127.0.0.1"]``, aiortc gathers with ``iceServers=[]`` and aioice's
-interface enumeration is pointed at 127.0.0.1 (both stacks then check one pair).
+Prints a Markdown table. Everything runs on 127.0.0.1 only: our ICE agents gather a
+127.0.0.1 host candidate, aiortc gathers with ``iceServers=[]`` and aioice's interface
+enumeration is pointed at 127.0.0.1 (both stacks then check one pair). Ours are the
+ICE and DTLS cores (``IceAgent``, ``DtlsEndpoint``) run by
+``darkswap_trio.testing.CoreLoop``: the layers below SCTP, without the rest of the
+peer connection (``bench_datachannel.py`` measures that whole path).
 
-(a) Establishment: two peers in one process (two IceTransport + DtlsTransport in one
+(a) Establishment: two peers in one process (two IceAgent + DtlsEndpoint in one
     trio run; two aiortc RTCIceGatherer/RTCIceTransport/RTCDtlsTransport in one asyncio
     loop), from creating the ICE objects to both DTLS handshakes done, signaling
     in-process. Each peer starts DTLS as soon as its own ICE connects. Runs alternate
@@ -18,9 +21,9 @@ interface enumeration is pointed at 127.0.0.1 (both stacks then check one pair).
     waits one Ta after the first one.
 (b) Throughput: 1000-byte datagrams for --seconds per path, in 4 interleaved slices,
     with at most 64 in flight (a semaphore both ends share, so nothing overflows a
-    socket buffer and nothing is lost): over our DtlsTransport on an IceTransport
-    pair, over our DtlsTransport on a bare UDP socket pair, and over a raw trio UDP
-    socket pair (the ceiling). Both ends share one trio thread, as in (a).
+    socket buffer and nothing is lost): DTLS records over ICE, DTLS records on a
+    bare UDP socket pair, and a raw trio UDP socket pair (the ceiling). Both ends
+    share one trio thread, as in (a).
 (c) The DTLS handshake alone over a bare loopback UDP socket pair (ours).
 """
 
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import socket
 import statistics
 import sys
@@ -37,9 +41,9 @@ from dataclasses import dataclass
 
 import trio
 
-from darkswap_trio.proto.dtls._certificate import DtlsCertificate
-from darkswap_trio.webrtc._dtls import DtlsTransport, generate_dtls_certificate
-from darkswap_trio.webrtc._ice import IceTransport
+from darkswap_trio.proto.dtls import DtlsCertificate, DtlsEndpoint, DtlsState
+from darkswap_trio.proto.ice import CandidateGathered, GatheringComplete, IceAgent, IceState
+from darkswap_trio.testing import CoreLoop
 
 LOOPBACK = "127.0.0.1"
 DEFAULT_TA = 0.05
@@ -59,39 +63,77 @@ class Establishment:
 # ---------------------------------------------------------------- ours (trio)
 
 
+def new_certificate() -> DtlsCertificate:
+    return DtlsCertificate.generate(datetime.datetime.now(datetime.UTC))
+
+
+def loopback_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((LOOPBACK, 0))
+    return sock
+
+
+async def ice_pair(nursery: trio.Nursery, pacing: float) -> tuple[CoreLoop, CoreLoop]:
+    """Two ICE agents on loopback, gathering, credentials and candidates exchanged."""
+    loops = []
+    for controlling in (True, False):
+        sock = loopback_socket()
+        agent = IceAgent(controlling, pacing=pacing)
+        agent.add_local_candidate(sock.getsockname())
+        loops.append(CoreLoop(sock, ice=agent))
+    a, b = loops
+    now = trio.current_time()
+    for loop, other in ((a, b), (b, a)):
+        assert loop.ice is not None and other.ice is not None
+        loop.ice.set_remote_credentials(other.ice.local_ufrag, other.ice.local_pwd, now)
+        nursery.start_soon(loop.run)
+    for loop, other in ((a, b), (b, a)):
+        assert loop.ice is not None and other.ice is not None
+        loop.ice.gather(now)
+        loop.flush()
+        for event in loop.events:  # trickle, in process
+            if isinstance(event, CandidateGathered):
+                other.ice.add_remote_candidate(event.candidate, now)
+            elif isinstance(event, GatheringComplete):
+                other.ice.add_remote_candidate(None, now)
+    a.flush()
+    b.flush()
+    return a, b
+
+
+async def ice_connected(loop: CoreLoop) -> None:
+    await loop.wait_for(lambda: loop.ice.state is IceState.CONNECTED)  # type: ignore[union-attr]
+
+
+async def dtls_connected(loop: CoreLoop, role: str, cert, peer_cert) -> None:
+    loop.dtls = DtlsEndpoint(role, cert, [("sha-256", peer_cert.fingerprint())])
+    loop.dtls.start(trio.current_time())
+    loop.flush()
+    await loop.wait_for(lambda: loop.dtls.state is not DtlsState.HANDSHAKING)  # type: ignore[union-attr]
+    assert loop.dtls.state is DtlsState.CONNECTED
+
+
 async def ours_establish(
     cert_a: DtlsCertificate, cert_b: DtlsCertificate, pacing: float
 ) -> Establishment:
     ice_done: list[float] = []
     dtls_done: list[float] = []
-    all_done = trio.Event()
     start = time.perf_counter()
-    async with (
-        IceTransport(True, host_addresses=[LOOPBACK], pacing=pacing) as a,
-        IceTransport(False, host_addresses=[LOOPBACK], pacing=pacing) as b,
-    ):
-        a.set_remote_credentials(b.local_ufrag, b.local_pwd)
-        b.set_remote_credentials(a.local_ufrag, a.local_pwd)
+    async with trio.open_nursery() as nursery:
+        a, b = await ice_pair(nursery, pacing)
 
-        async def trickle(source: IceTransport, sink: IceTransport) -> None:
-            async for candidate in source.local_candidates():
-                sink.add_remote_candidate(candidate)
-            sink.add_remote_candidate(None)
-
-        async def peer(ice: IceTransport, role, cert: DtlsCertificate, peer_cert) -> None:
-            await ice.connect()
+        async def peer(loop: CoreLoop, role, cert: DtlsCertificate, peer_cert) -> None:
+            await ice_connected(loop)
             ice_done.append(time.perf_counter())
-            async with DtlsTransport(ice, role, cert, [("sha-256", peer_cert.fingerprint())]):
-                dtls_done.append(time.perf_counter())
-                if len(dtls_done) == 2:
-                    all_done.set()
-                await all_done.wait()
+            await dtls_connected(loop, role, cert, peer_cert)
+            dtls_done.append(time.perf_counter())
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(trickle, a, b)
-            nursery.start_soon(trickle, b, a)
-            nursery.start_soon(peer, a, "client", cert_a, cert_b)
-            nursery.start_soon(peer, b, "server", cert_b, cert_a)
+        async with trio.open_nursery() as peers:
+            peers.start_soon(peer, a, "client", cert_a, cert_b)
+            peers.start_soon(peer, b, "server", cert_b, cert_a)
+        nursery.cancel_scope.cancel()
+    for loop in (a, b):
+        loop.sock.close()
     return Establishment(max(ice_done) - start, max(dtls_done) - start)
 
 
@@ -138,20 +180,6 @@ async def aiortc_establish(cert_a, cert_b) -> Establishment:
 
 
 # ---------------------------------------------------------------- throughput (trio)
-
-
-class UdpDatagrams:
-    """A connected-UDP-socket adapter with the DatagramTransport shape."""
-
-    def __init__(self, sock, peer) -> None:
-        self.sock, self.peer = sock, peer
-
-    async def send(self, datagram: bytes) -> None:
-        await self.sock.sendto(datagram, self.peer)
-
-    async def receive(self) -> bytes:
-        data, _ = await self.sock.recvfrom(65536)
-        return data
 
 
 async def pump(
@@ -206,78 +234,62 @@ async def _recv(sock) -> bytes:
     return data
 
 
-async def _dtls_pair_pump(transport_a, transport_b, seconds: float) -> tuple[int, float]:
-    cert_a, cert_b = generate_dtls_certificate(), generate_dtls_certificate()
-    server = DtlsTransport(transport_b, "server", cert_b, [("sha-256", cert_a.fingerprint())])
-    client = DtlsTransport(transport_a, "client", cert_a, [("sha-256", cert_b.fingerprint())])
-    result: tuple[int, float] = (0, 0.0)
-    server_ready = trio.Event()
+async def _sync_send(loop: CoreLoop, data: bytes) -> None:
+    loop.send(data)
+    await trio.lowlevel.checkpoint()
+
+
+async def _dtls_pump(a: CoreLoop, b: CoreLoop, seconds: float) -> tuple[int, float]:
+    cert_a, cert_b = new_certificate(), new_certificate()
     async with trio.open_nursery() as nursery:
-
-        async def serve() -> None:
-            async with server:
-                server_ready.set()
-                await trio.sleep_forever()
-
-        nursery.start_soon(serve)
-        async with client:
-            await server_ready.wait()
-            result = await pump(client.send, server.receive, seconds)
-        nursery.cancel_scope.cancel()
-    return result
+        nursery.start_soon(dtls_connected, a, "client", cert_a, cert_b)
+        nursery.start_soon(dtls_connected, b, "server", cert_b, cert_a)
+    return await pump(lambda d: _sync_send(a, d), b.receive, seconds)
 
 
 async def throughput_dtls_over_udp(seconds: float) -> tuple[int, float]:
-    a, b = await udp_pair()
-    with a, b:
-        return await _dtls_pair_pump(
-            UdpDatagrams(a, b.getsockname()), UdpDatagrams(b, a.getsockname()), seconds
-        )
+    sock_a, sock_b = loopback_socket(), loopback_socket()
+    with sock_a, sock_b:
+        a = CoreLoop(sock_a, peer=sock_b.getsockname())
+        b = CoreLoop(sock_b, peer=sock_a.getsockname())
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(a.run)
+            nursery.start_soon(b.run)
+            result = await _dtls_pump(a, b, seconds)
+            nursery.cancel_scope.cancel()
+    return result
 
 
 async def throughput_dtls_over_ice(seconds: float) -> tuple[int, float]:
-    async with (
-        IceTransport(True, host_addresses=[LOOPBACK]) as a,
-        IceTransport(False, host_addresses=[LOOPBACK]) as b,
-    ):
-        a.set_remote_credentials(b.local_ufrag, b.local_pwd)
-        b.set_remote_credentials(a.local_ufrag, a.local_pwd)
-        for source, sink in ((a, b), (b, a)):
-            async for candidate in source.local_candidates():
-                sink.add_remote_candidate(candidate)
-            sink.add_remote_candidate(None)
-        await a.connect()
-        await b.connect()
-        return await _dtls_pair_pump(a, b, seconds)
+    async with trio.open_nursery() as nursery:
+        a, b = await ice_pair(nursery, DEFAULT_TA)
+        await ice_connected(a)
+        await ice_connected(b)
+        result = await _dtls_pump(a, b, seconds)
+        nursery.cancel_scope.cancel()
+    for loop in (a, b):
+        loop.sock.close()
+    return result
 
 
 # ---------------------------------------------------------------- DTLS handshake alone
 
 
 async def dtls_handshake_over_udp(cert_a: DtlsCertificate, cert_b: DtlsCertificate) -> float:
-    a, b = await udp_pair()
-    with a, b:
-        client = DtlsTransport(
-            UdpDatagrams(a, b.getsockname()), "client", cert_a, [("sha-256", cert_b.fingerprint())]
-        )
-        server = DtlsTransport(
-            UdpDatagrams(b, a.getsockname()), "server", cert_b, [("sha-256", cert_a.fingerprint())]
-        )
-        done = trio.Event()
-        finished: list[float] = []
-
-        async def side(transport: DtlsTransport) -> None:
-            async with transport:
-                finished.append(time.perf_counter())
-                if len(finished) == 2:
-                    done.set()
-                await done.wait()
-
-        start = time.perf_counter()
+    sock_a, sock_b = loopback_socket(), loopback_socket()
+    with sock_a, sock_b:
+        a = CoreLoop(sock_a, peer=sock_b.getsockname())
+        b = CoreLoop(sock_b, peer=sock_a.getsockname())
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(side, server)
-            nursery.start_soon(side, client)
-        return max(finished) - start
+            nursery.start_soon(a.run)
+            nursery.start_soon(b.run)
+            start = time.perf_counter()
+            async with trio.open_nursery() as sides:
+                sides.start_soon(dtls_connected, b, "server", cert_b, cert_a)
+                sides.start_soon(dtls_connected, a, "client", cert_a, cert_b)
+            elapsed = time.perf_counter() - start
+            nursery.cancel_scope.cancel()
+    return elapsed
 
 
 # ---------------------------------------------------------------- report
@@ -307,7 +319,7 @@ def main() -> None:
     # aioice skips 127.0.0.1 and would check every interface: loopback only, like ours.
     aioice.ice.get_host_addresses = lambda **_: [LOOPBACK]
     aiortc_certs = (RTCCertificate.generateCertificate(), RTCCertificate.generateCertificate())
-    our_certs = (generate_dtls_certificate(), generate_dtls_certificate())
+    our_certs = (new_certificate(), new_certificate())
 
     def bounded_trio(fn, *fn_args):
         async def run():
@@ -374,9 +386,9 @@ def main() -> None:
         f"| {summary(dtls_phase('aiortc'))} | {ratio:.2f}x | | |"
     )
     print(f"| DTLS handshake alone, bare UDP | {summary(handshakes)} | | | | |")
-    for label, result in (("on IceTransport", over_ice), ("on bare UDP", over_udp)):
+    for label, result in (("over ICE", over_ice), ("on bare UDP", over_udp)):
         print(
-            f"| {DATAGRAM} B datagrams, DtlsTransport {label} | {rate(*result)} "
+            f"| {DATAGRAM} B datagrams, DTLS core {label} | {rate(*result)} "
             f"| raw UDP: {rate(*raw)} | {result[0] / result[1] / (raw[0] / raw[1]):.2f}x | | |"
         )
 

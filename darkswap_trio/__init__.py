@@ -65,13 +65,6 @@ from .proto.errors import StunParseError as StunParseError
 from .proto.errors import WebSocketParseError as WebSocketParseError
 from .webrtc._datachannel import DataChannel as DataChannel
 from .webrtc._datachannel import DataChannelStatistics as DataChannelStatistics
-from .webrtc._dtls import DatagramTransport as DatagramTransport
-from .webrtc._dtls import DtlsError as DtlsError
-from .webrtc._dtls import DtlsTransport as DtlsTransport
-from .webrtc._dtls import generate_dtls_certificate as generate_dtls_certificate
-from .webrtc._ice import IceError as IceError
-from .webrtc._ice import IceTransport as IceTransport
-from .webrtc._ice import IceTransportStatistics as IceTransportStatistics
 from .webrtc._peer_connection import ConnectionFailed as ConnectionFailed
 from .webrtc._peer_connection import PeerConnection as PeerConnection
 from .webrtc._peer_connection import PeerConnectionConfig as PeerConnectionConfig

@@ -19,8 +19,8 @@ def test_bench_ice_dtls_smoke():
         "ICE+DTLS establishment (Ta 5 ms, agreed)",
         "ICE+DTLS establishment (Ta 50 ms, default)",
         "DTLS handshake alone, bare UDP",
-        "DtlsTransport on IceTransport",
-        "DtlsTransport on bare UDP",
+        "DTLS core over ICE",
+        "DTLS core on bare UDP",
     ):
         assert row in out, row
     # Every stack really connected and really moved datagrams.

@@ -1,5 +1,7 @@
-"""Public test helpers: an in-memory network, simulated ICE and SCTP pairs, an in-process relay."""
+"""Public test helpers: an in-memory network, simulated ICE and SCTP pairs, an in-process
+relay, and a loop that drives one core on a UDP socket for interop tests."""
 
+from ._core_loop import CoreLoop as CoreLoop
 from ._ice_pair import IcePairSimulator as IcePairSimulator
 from ._ice_pair import LinkModel as LinkModel
 from ._ice_pair import SimulatedPeer as SimulatedPeer

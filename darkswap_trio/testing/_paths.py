@@ -22,4 +22,4 @@ def blackhole_direct_path(link: PeerLink) -> None:
     direct = link.direct
     if direct is None:
         raise RuntimeError(f"{link!r} has no direct path to blackhole")
-    direct.peer_connection._core.sock.connect(_NOWHERE)
+    direct.peer_connection._driver.sock.sock.connect(_NOWHERE)

@@ -2,7 +2,9 @@
 
 Sockets bound on a :class:`VirtualNet` have the subset of the ``trio.socket`` UDP API
 the ICE driver uses (``await sendto``, ``await recvfrom``, ``getsockname``,
-``close``), so the same driver code runs on real UDP and here. The network loses,
+``close``), and the batch interface a peer connection's driver takes
+(``open_peer_connection(datagram_socket=...)``: ``wait_readable``, ``receive_into``,
+``send``, ``wait_writable``), so the same driver code runs on real UDP and here. The network loses,
 duplicates, delays and reorders datagrams from one seeded ``random.Random``, and
 :class:`VirtualNat` rewrites source addresses the way a NAT does. Delivery times are
 trio clock deadlines, so with ``MockClock(autojump_threshold=0)`` (pytest-trio's
@@ -49,6 +51,7 @@ class VirtualSocket:
         self._queue: list[tuple[float, int, bytes, Address]] = []
         self._wakeup = trio.Event()
         self._closed = False
+        self.send_errors = 0  # the batch interface's counter (nothing is refused here)
 
     def getsockname(self) -> Address:
         return self._addr
@@ -61,6 +64,10 @@ class VirtualSocket:
 
     async def sendto(self, data: bytes, addr: Address) -> int:
         await trio.lowlevel.checkpoint()
+        self._send_now(data, addr)
+        return len(data)
+
+    def _send_now(self, data: bytes, addr: Address) -> None:
         if self._closed:
             raise trio.ClosedResourceError("socket was closed")
         destination = (ipaddress.ip_address(addr[0]).compressed, int(addr[1]))
@@ -72,7 +79,6 @@ class VirtualSocket:
             self._net._send(bytes(data), nat._outbound(self._addr, destination), destination)
         else:
             self._net._send(bytes(data), self._addr, destination)
-        return len(data)
 
     async def recvfrom(self, bufsize: int) -> tuple[bytes, Address]:
         while True:
@@ -88,6 +94,42 @@ class VirtualSocket:
                 await self._wakeup.wait()
             if self._wakeup.is_set() and not self._closed:
                 self._wakeup = trio.Event()
+
+    # -- the batch interface (darkswap_trio.webrtc's DatagramSocket) --------------------
+
+    def next_delivery(self) -> float | None:
+        """When the next queued datagram arrives (trio time), or None: for steppers."""
+        return self._queue[0][0] if self._queue else None
+
+    async def wait_readable(self) -> None:
+        """Until a datagram has arrived (ClosedResourceError once closed)."""
+        while True:
+            if self._closed:
+                raise trio.ClosedResourceError("socket was closed")
+            if self._queue and self._queue[0][0] <= trio.current_time():
+                await trio.lowlevel.checkpoint()
+                return
+            deadline = self._queue[0][0] if self._queue else float("inf")
+            with trio.move_on_at(deadline):
+                await self._wakeup.wait()
+            if self._wakeup.is_set() and not self._closed:
+                self._wakeup = trio.Event()
+
+    async def wait_writable(self) -> None:
+        await trio.lowlevel.checkpoint()  # never full
+
+    def receive_into(self, batch: list[tuple[bytes, Address]], limit: int) -> None:
+        """Append the datagrams that have arrived, up to ``limit`` in ``batch``."""
+        now, queue = trio.current_time(), self._queue
+        while len(batch) < limit and queue and queue[0][0] <= now:
+            _, _, data, source = heapq.heappop(queue)
+            batch.append((data, source))
+
+    def send(self, datagrams: list[bytes], addr: Address) -> int:
+        """Send every datagram to ``addr`` now; returns how many (all)."""
+        for data in datagrams:
+            self._send_now(data, addr)
+        return len(datagrams)
 
     def _enqueue(self, at: float, seq: int, data: bytes, source: Address) -> bool:
         if len(self._queue) >= self._net.queue_size:
@@ -118,8 +160,15 @@ class VirtualNat:
 
     _BEHAVIOURS = ("endpoint-independent", "address-dependent", "address-and-port-dependent")
 
-    def __init__(self, net: VirtualNet, public_ip: str, filtering: str, mapping: str,
-                 *, conntrack_race: bool = False) -> None:
+    def __init__(
+        self,
+        net: VirtualNet,
+        public_ip: str,
+        filtering: str,
+        mapping: str,
+        *,
+        conntrack_race: bool = False,
+    ) -> None:
         if filtering not in self._BEHAVIOURS:
             raise ValueError(f"unknown filtering {filtering!r}")
         if mapping not in ("endpoint-independent", "address-and-port-dependent"):

@@ -8,13 +8,6 @@ aiortc, or another PeerConnection) over signaling of their own.
 from ..proto.dtls import DtlsCertificate as DtlsCertificate
 from ._datachannel import DataChannel as DataChannel
 from ._datachannel import DataChannelStatistics as DataChannelStatistics
-from ._dtls import DatagramTransport as DatagramTransport
-from ._dtls import DtlsError as DtlsError
-from ._dtls import DtlsTransport as DtlsTransport
-from ._dtls import generate_dtls_certificate as generate_dtls_certificate
-from ._ice import IceError as IceError
-from ._ice import IceTransport as IceTransport
-from ._ice import IceTransportStatistics as IceTransportStatistics
 from ._peer_connection import ConnectionFailed as ConnectionFailed
 from ._peer_connection import PeerConnection as PeerConnection
 from ._peer_connection import PeerConnectionConfig as PeerConnectionConfig

@@ -1,28 +1,45 @@
 """A WebRTC data channel as a trio channel: :class:`DataChannel`.
 
-A :class:`DataChannel` is a handle on one entry of the connection's
-:class:`~darkswap_trio.proto.datachannel.DataChannelRegistry`; it owns no task. Sending
-queues the message straight into the SCTP association (a synchronous call, so the
-buffered amount is exact) and wakes the task that owns the cores; receiving takes
-messages the core task appended to the channel's bounded buffer. When that buffer is
-full the core stops taking messages from SCTP, so the receive window closes and the
-peer's sender blocks: backpressure all the way to the remote application.
+A :class:`DataChannel` is a handle on one channel of a connection; it owns no task and
+talks to the connection only through :class:`ChannelOwner`. Sending queues the message
+straight into the SCTP association (a synchronous call, so the buffered amount is
+exact) and wakes the task that owns the core; receiving takes messages the owner
+handed over (:meth:`DataChannel.on_message`). Each message taken is given back with
+:meth:`ChannelOwner.channel_drained`: while a reader is ``receive_buffer_size`` behind,
+the core stops taking messages from SCTP, so the receive window closes and the peer's
+sender blocks: backpressure all the way to the remote application.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import trio
 
 from ..proto.datachannel import ChannelInfo
 
-if TYPE_CHECKING:
-    from ._connection_core import ConnectionCore
+__all__ = ["ChannelOwner", "DataChannel", "DataChannelStatistics"]
 
-__all__ = ["DataChannel", "DataChannelStatistics"]
+
+class ChannelOwner(Protocol):
+    """What a :class:`DataChannel` needs from its connection (the trio driver).
+
+    ``send_message`` raises ClosedResourceError once the channel or the connection is
+    closed, MessageTooLarge (a ValueError) above the peer's limit. The owner calls the
+    channel back through its ``on_*`` methods."""
+
+    @property
+    def high_water_mark(self) -> int: ...
+
+    def buffered_amount(self, stream_id: int) -> int: ...
+
+    def send_message(self, stream_id: int, message: bytes | str) -> None: ...
+
+    def close_channel(self, stream_id: int) -> None: ...
+
+    def channel_drained(self, stream_id: int, size: int) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -56,11 +73,10 @@ class DataChannel(trio.abc.Channel["bytes | str"]):
     :class:`trio.BusyResourceError` for two concurrent receives (or sends).
     """
 
-    def __init__(self, core: ConnectionCore, info: ChannelInfo) -> None:
-        self._core = core
+    def __init__(self, owner: ChannelOwner, info: ChannelInfo) -> None:
+        self._owner = owner
         self._info = info
-        self._messages: deque[bytes | str] = deque()
-        self._buffered_bytes = 0
+        self._messages: deque[tuple[bytes | str, int]] = deque()  # with their sizes
         self._receivers = trio.lowlevel.ParkingLot()
         self._low_water = trio.Event()
         self._receiving = False
@@ -106,7 +122,7 @@ class DataChannel(trio.abc.Channel["bytes | str"]):
     @property
     def buffered_amount(self) -> int:
         """Bytes queued in SCTP or in flight, not yet acknowledged by the peer."""
-        return self._core.buffered_amount(self.id)
+        return self._owner.buffered_amount(self.id)
 
     @property
     def state(self) -> str:
@@ -125,12 +141,12 @@ class DataChannel(trio.abc.Channel["bytes | str"]):
         self._sending = True
         try:
             self._check_sendable()
-            core = self._core
-            while core.buffered_amount(self.id) > core.high_water_mark:
+            owner = self._owner
+            while owner.buffered_amount(self.id) > owner.high_water_mark:
                 self._low_water = trio.Event()
                 await self._low_water.wait()
                 self._check_sendable()
-            core.send_message(self.id, value)
+            owner.send_message(self.id, value)
             self._counts[0] += 1
             self._counts[1] += len(value) if not isinstance(value, str) else len(value.encode())
             await trio.lowlevel.checkpoint()
@@ -147,11 +163,8 @@ class DataChannel(trio.abc.Channel["bytes | str"]):
                 if self._locally_closed:
                     raise trio.ClosedResourceError("data channel was closed")
                 if self._messages:
-                    message = self._messages.popleft()
-                    self._buffered_bytes -= (
-                        len(message) if not isinstance(message, str) else len(message.encode())
-                    )
-                    self._core.channel_drained(self.id)
+                    message, size = self._messages.popleft()
+                    self._owner.channel_drained(self.id, size)
                     await trio.lowlevel.checkpoint()
                     return message
                 if self._remote_closed:
@@ -166,10 +179,8 @@ class DataChannel(trio.abc.Channel["bytes | str"]):
         """Close the channel (SCTP stream reset); the peer's receive() ends."""
         if not self._locally_closed:
             self._locally_closed = True
-            self._messages.clear()  # nobody will read them: free them, never stall SCTP
-            self._buffered_bytes = 0
-            self._core.close_channel(self.id)
-            self._core.channel_drained(self.id)
+            self._messages.clear()  # nobody will read them (the owner forgets them too)
+            self._owner.close_channel(self.id)
             self._receivers.unpark_all()
             self._low_water.set()
         await trio.lowlevel.checkpoint()
@@ -194,7 +205,7 @@ class DataChannel(trio.abc.Channel["bytes | str"]):
     def __repr__(self) -> str:
         return f"<DataChannel id={self.id} label={self.label!r} {self.state}>"
 
-    # ------------------------------------------------------------------ core side
+    # ------------------------------------------------------------------ owner side
 
     def _check_sendable(self) -> None:
         if self._locally_closed:
@@ -204,35 +215,29 @@ class DataChannel(trio.abc.Channel["bytes | str"]):
         if self._remote_closed:
             raise trio.BrokenResourceError("the peer closed the data channel")
 
-    def _room_for_more(self, limit: int) -> bool:
-        """False when the receive buffer is full (one message always fits)."""
-        return not self._messages or self._buffered_bytes < limit or self._locally_closed
-
-    def _deliver(self, message: bytes | str) -> None:
+    def on_message(self, message: bytes | str, size: int) -> None:
+        """Called by the owner: a message for :meth:`receive` (``size`` goes back with
+        :meth:`ChannelOwner.channel_drained` once it is taken)."""
         if self._locally_closed:
             return  # we closed: nobody reads any more
-        size = len(message) if not isinstance(message, str) else len(message.encode())
-        self._messages.append(message)
-        self._buffered_bytes += size
+        self._messages.append((message, size))
         self._counts[2] += 1
         self._counts[3] += size
         self._receivers.unpark_all()
 
-    def _on_buffered_low(self) -> None:
+    def on_buffered_amount_low(self) -> None:
+        """Called by the owner: a waiting :meth:`send` may go on."""
         self._low_water.set()
 
-    def _on_remote_closed(self) -> None:
-        self._remote_closed = True
-        self._receivers.unpark_all()
-        self._low_water.set()
-
-    def _on_closed(self) -> None:
+    def on_closed(self) -> None:
+        """Called by the owner: both directions are reset."""
         self._remote_closed = True
         self._closed_event.set()
         self._receivers.unpark_all()
         self._low_water.set()
 
-    def _on_broken(self, error: BaseException) -> None:
+    def on_broken(self, error: BaseException) -> None:
+        """Called by the owner: the connection ended (``error`` says why)."""
         if self._broken is None:
             self._broken = error
         self._closed_event.set()

@@ -1,7 +1,8 @@
 """A W3C-shaped WebRTC peer connection for data channels, in trio.
 
 ``async with open_peer_connection(config) as pc:`` binds one UDP socket and starts the
-two tasks of :class:`~darkswap_trio.webrtc._connection_core.ConnectionCore`. Signaling is the
+two tasks of :class:`~darkswap_trio.webrtc._driver.PeerDriver`, which drives the
+sans-IO :class:`~darkswap_trio.proto.peer.PeerCore`. Signaling is the
 W3C dance: ``create_offer`` / ``set_remote_description`` / ``create_answer`` with SDP
 strings, plus trickled candidates (:meth:`PeerConnection.local_candidates`,
 :meth:`PeerConnection.add_ice_candidate`). ``create_offer`` and ``create_answer`` also
@@ -28,6 +29,7 @@ import trio
 
 from ..proto.dtls import DtlsCertificate, DtlsEndpoint, DtlsStatistics
 from ..proto.ice import TA, IceAgent, IceStatistics
+from ..proto.peer import PeerCore
 from ..proto.sctp import SctpStatistics
 from ..proto.sdp import (
     DtlsFingerprint,
@@ -45,9 +47,11 @@ from ..proto.sdp import (
     render_candidate,
     render_offer,
 )
-from ._connection_core import ConnectionCore, ConnectionFailed
 from ._datachannel import DataChannel
-from ._ice import host_addresses as interface_addresses
+from ._driver import DatagramSocket, PeerDriver
+from ._interfaces import host_addresses as interface_addresses
+from ._peer_channels import ConnectionFailed
+from ._udp_offload import UdpBatchSocket
 
 __all__ = [
     "ConnectionFailed",
@@ -60,6 +64,7 @@ __all__ = [
 ]
 
 _MAX_EARLY_CANDIDATES = 256
+_SOCKET_BUFFER = 4 << 20  # the kernel caps this at net.core.[rw]mem_max
 ConnectionState = Literal["new", "connecting", "connected", "disconnected", "failed", "closed"]
 
 
@@ -116,7 +121,7 @@ class PeerConnectionStatistics:
     datagrams_received: int
     datagrams_sent: int
     datagrams_dropped: int
-    datagrams_dropped_no_pair: int  # ours, sent while ICE had no path (see ConnectionCore)
+    datagrams_dropped_no_pair: int  # ours, sent while ICE had no path (see proto.peer)
     send_errors: int
     protocol_violations: int
     ice: IceStatistics | None
@@ -127,21 +132,25 @@ class PeerConnectionStatistics:
 class PeerConnection:
     """A data-channel-only WebRTC peer connection; make one with :func:`open_peer_connection`."""
 
-    def __init__(self, config: PeerConnectionConfig, sock: socket.socket, hosts: list[str]):
+    def __init__(
+        self,
+        config: PeerConnectionConfig,
+        sock: DatagramSocket,
+        bound: tuple[str, int],
+        hosts: list[str],
+    ):
         self.config = config
-        self._core = ConnectionCore(
-            sock,
+        self._port = bound[1]
+        self._hosts = hosts
+        self._core = PeerCore(
             local_max_message_size=config.max_message_size,
             receive_buffer_size=config.receive_buffer_size,
             high_water_mark=config.high_water_mark,
             max_packets_per_sack=config.max_packets_per_sack,
-            udp_offload=config.udp_offload,
+            local_addr=(hosts[0], self._port) if len(hosts) == 1 else None,
         )
-        bound = sock.getsockname()[:2]
-        self._port = bound[1]
-        self._hosts = hosts
-        if len(hosts) == 1:
-            self._core.local_addr = (hosts[0], self._port)
+        self._driver = PeerDriver(self._core, sock)
+        self._app = self._driver.app  # channels and waiters
         self.local_address: tuple[str, int] = (bound[0], self._port)
         self._certificate = config.certificate or DtlsCertificate.generate(
             datetime.datetime.now(datetime.UTC)
@@ -165,7 +174,8 @@ class PeerConnection:
         self._role = "offerer"
         self._start_ice(controlling=True, pacing=self.config.ice_pacing)
         sdp = render_offer(
-            self._local_transport(), session_id=self._session_id,
+            self._local_transport(),
+            session_id=self._session_id,
             session_version=self._next_version(),
         )
         await trio.lowlevel.checkpoint()
@@ -176,16 +186,19 @@ class PeerConnection:
         if self._role != "answerer" or self._remote is None or self._answer_setup is None:
             raise SignalingStateError("create_answer needs a remote offer first")
         sdp = render_answer(
-            self._remote, self._local_transport(), session_id=self._session_id,
-            session_version=self._next_version(), setup=self._answer_setup,
+            self._remote,
+            self._local_transport(),
+            session_id=self._session_id,
+            session_version=self._next_version(),
+            setup=self._answer_setup,
         )
         await trio.lowlevel.checkpoint()
         return sdp
 
     async def set_remote_description(self, sdp: str, type: Literal["offer", "answer"]) -> None:
         """Apply the peer's offer or answer. Raises SdpParseError for bad SDP."""
-        core = self._core
-        if core.failure is not None:
+        core, driver, app = self._core, self._driver, self._app
+        if app.failure is not None or core.failure is not None:
             raise trio.ClosedResourceError("the peer connection is closed or failed")
         if self._remote is not None:
             raise SignalingStateError("renegotiation is not supported")
@@ -204,34 +217,40 @@ class PeerConnection:
             if self._role != "offerer":
                 raise SignalingStateError("got an answer without an offer of ours")
             role = dtls_role_from_answer(media.setup, we_are_offerer=True)
-            assert core.ice is not None
             # Checks start only with the remote credentials below, so the agreed Ta
             # still applies to every check.
-            core.ice.set_pacing(self._agreed_pacing(remote_pacing))
+            core.set_pacing(self._agreed_pacing(remote_pacing))
         else:
             raise ValueError(f"type must be 'offer' or 'answer', not {type!r}")
         self._remote = description
         now = trio.current_time()
-        core.remote_max_message_size = media.effective_max_message_size
-        core.sctp_port = (5000, media.sctp_port or 5000)
-        core.dtls = DtlsEndpoint(
-            role.value, self._certificate,
+        dtls = DtlsEndpoint(
+            role.value,
+            self._certificate,
             [(f.algorithm, f.value) for f in media.fingerprints],
         )
-        ice = core.ice
-        assert ice is not None and media.ice_ufrag and media.ice_pwd
-        ice.set_remote_credentials(media.ice_ufrag, media.ice_pwd, now)
+        assert media.ice_ufrag and media.ice_pwd
+        core.set_remote(
+            dtls,
+            media.ice_ufrag,
+            media.ice_pwd,
+            now,
+            sctp_port=media.sctp_port or 5000,
+            remote_max_message_size=media.effective_max_message_size,
+        )
         for candidate in (*media.candidates, *self._early_candidates):
-            ice.add_remote_candidate(None if candidate is None else candidate.to_aioice(), now)
+            core.add_remote_candidate(None if candidate is None else candidate.to_aioice(), now)
         self._early_candidates.clear()
         if media.end_of_candidates:
-            ice.add_remote_candidate(None, now)
-        core.start_dtls_if_ready(now)
-        core.wake()
+            core.add_remote_candidate(None, now)
+        driver.flush()  # DTLS starts now if it can (a server, or a valid pair)
+        driver.wake()
         await trio.lowlevel.checkpoint()
 
     def add_ice_candidate(
-        self, candidate: str | None, sdp_mid: str | None = None,
+        self,
+        candidate: str | None,
+        sdp_mid: str | None = None,
         sdp_mline_index: int | None = None,
     ) -> None:
         """Add a trickled remote candidate (``candidate:...``); None or "" ends them.
@@ -244,25 +263,26 @@ class PeerConnection:
             parsed = parse_candidate_untrusted(candidate)
             if parsed.is_mdns:
                 return
-        ice = self._core.ice
-        if self._remote is None or ice is None:
+        if self._remote is None or self._core.ice is None:
             if len(self._early_candidates) >= _MAX_EARLY_CANDIDATES:
                 raise SignalingStateError("too many candidates before the remote description")
             self._early_candidates.append(parsed)
             return
-        ice.add_remote_candidate(None if parsed is None else parsed.to_aioice())
-        self._core.wake()
+        self._core.add_remote_candidate(
+            None if parsed is None else parsed.to_aioice(), trio.current_time()
+        )
+        self._driver.wake()
 
     async def local_candidates(self) -> AsyncIterator[str | None]:
         """Our candidates as ``candidate:...`` strings as they are gathered, then None."""
-        core = self._core
+        app = self._app
         index = 0
         while True:
-            while index >= len(core.candidates):
-                if core.failure is not None:
+            while index >= len(app.candidates):
+                if app.failure is not None:
                     return
-                await core.candidates_changed.park()
-            candidate = core.candidates[index]
+                await app.candidates_changed.park()
+            candidate = app.candidates[index]
             index += 1
             if candidate is None:
                 yield None
@@ -277,11 +297,11 @@ class PeerConnection:
 
     async def wait_connected(self) -> None:
         """Wait until ICE, DTLS and SCTP are up; BrokenResourceError if that fails."""
-        core = self._core
-        while core.state != "connected":
-            if core.failure is not None:
-                raise trio.BrokenResourceError(str(core.failure)) from core.failure
-            await core.state_changed.park()
+        app = self._app
+        while self._core.state != "connected":
+            if app.failure is not None:
+                raise trio.BrokenResourceError(str(app.failure)) from app.failure
+            await app.state_changed.park()
 
     async def create_data_channel(
         self,
@@ -299,34 +319,38 @@ class PeerConnection:
         Raises ValueError for bad options and BrokenResourceError if the connection fails.
         """
         await self.wait_connected()
-        return self._core.open_channel(
-            label, protocol=protocol, ordered=ordered, max_retransmits=max_retransmits,
-            max_packet_lifetime_ms=max_packet_life_time, negotiated_id=negotiated_id,
+        return self._app.open_channel(
+            label,
+            protocol=protocol,
+            ordered=ordered,
+            max_retransmits=max_retransmits,
+            max_packet_lifetime_ms=max_packet_life_time,
+            negotiated_id=negotiated_id,
         )
 
     async def accept_data_channel(self) -> DataChannel:
         """The next channel the peer opened."""
-        core = self._core
-        while not core.accept_queue:
-            if core.failure is not None:
-                raise trio.BrokenResourceError(str(core.failure)) from core.failure
-            await core.acceptors.park()
+        app = self._app
+        while not app.accept_queue:
+            if app.failure is not None:
+                raise trio.BrokenResourceError(str(app.failure)) from app.failure
+            await app.acceptors.park()
         await trio.lowlevel.checkpoint()
-        return core.accept_queue.popleft()
+        return app.accept_queue.popleft()
 
     def statistics(self) -> PeerConnectionStatistics:
-        core = self._core
+        core, driver = self._core, self._driver
         counts = core.counts
         return PeerConnectionStatistics(
             connection_state=core.state,
             local_address=self.local_address,
-            data_channels=len(core.channels),
-            datagrams_received=counts["datagrams_received"],
-            datagrams_sent=counts["datagrams_sent"],
-            datagrams_dropped=counts["datagrams_dropped"],
-            datagrams_dropped_no_pair=counts["datagrams_dropped_no_pair"],
-            send_errors=counts["send_errors"],
-            protocol_violations=counts["protocol_violations"],
+            data_channels=len(self._app.channels),
+            datagrams_received=counts.datagrams_received,
+            datagrams_sent=driver.datagrams_sent,
+            datagrams_dropped=counts.datagrams_dropped,
+            datagrams_dropped_no_pair=counts.datagrams_dropped_no_pair,
+            send_errors=counts.send_errors + driver.send_errors,
+            protocol_violations=counts.protocol_violations,
             ice=core.ice.statistics() if core.ice else None,
             dtls=core.dtls.statistics() if core.dtls else None,
             sctp=core.sctp.statistics() if core.sctp else None,
@@ -335,23 +359,23 @@ class PeerConnection:
     # ------------------------------------------------------------------ internals
 
     def _start_ice(self, controlling: bool, pacing: float) -> None:
-        core = self._core
-        if core.ice is not None:
+        if self._core.ice is not None:
             return
         ice = IceAgent(
-            controlling, local_ufrag=self._ufrag, local_pwd=self._pwd,
-            stun_servers=self._stun_servers, pacing=pacing,
+            controlling,
+            local_ufrag=self._ufrag,
+            local_pwd=self._pwd,
+            stun_servers=self._stun_servers,
+            pacing=pacing,
         )
-        core.ice = ice
         for host in self._hosts:
             ice.add_local_candidate((host, self._port))
-        now = trio.current_time()
-        ice.gather(now)
-        core.flush(now)  # candidate events now, so the SDP carries the host candidates
-        core.wake()  # the core task sleeps without a deadline until it has an agent
+        self._core.start(ice, trio.current_time())
+        self._driver.flush()  # candidate events now, so the SDP carries the host candidates
+        self._driver.wake()  # the core task sleeps without a deadline until it has an agent
 
     def _local_transport(self) -> LocalTransport:
-        gathered = self._core.candidates
+        gathered = self._app.candidates
         return LocalTransport(
             ice_ufrag=self._ufrag,
             ice_pwd=self._pwd,
@@ -378,8 +402,10 @@ def _announced_pacing(description: SessionDescription) -> float | None:
 
 
 def _bind_socket(config: PeerConnectionConfig) -> tuple[socket.socket, list[str]]:
-    hosts = list(config.host_addresses) if config.host_addresses is not None else (
-        interface_addresses(config.include_loopback, ipv6=False)
+    hosts = (
+        list(config.host_addresses)
+        if config.host_addresses is not None
+        else (interface_addresses(config.include_loopback, ipv6=False))
     )
     if not hosts:
         raise OSError("no host address to gather a candidate from")
@@ -395,6 +421,11 @@ def _bind_socket(config: PeerConnectionConfig) -> tuple[socket.socket, list[str]
     except BaseException:
         sock.close()
         raise
+    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, _SOCKET_BUFFER)
+        except OSError:
+            pass  # a smaller buffer only costs throughput
     return sock, hosts
 
 
@@ -407,23 +438,36 @@ async def _resolve(server: tuple[str, int]) -> list[tuple[str, int]]:
 @asynccontextmanager
 async def open_peer_connection(
     config: PeerConnectionConfig | None = None,
+    *,
+    datagram_socket: DatagramSocket | None = None,
 ) -> AsyncIterator[PeerConnection]:
     """A :class:`PeerConnection` with its socket and tasks; closed (SCTP ABORT and DTLS
-    close_notify sent) when the block exits, also on cancellation."""
+    close_notify sent) when the block exits, also on cancellation.
+
+    ``datagram_socket``: run on this socket instead of binding a UDP socket (a
+    ``darkswap_trio.testing.VirtualSocket``, say); its address is the host candidate
+    unless ``config.host_addresses`` names others. The caller closes it."""
     config = config or PeerConnectionConfig()
-    sock, hosts = _bind_socket(config)
+    sock: socket.socket | None = None
+    if datagram_socket is None:
+        sock, hosts = _bind_socket(config)
+        datagram_socket = UdpBatchSocket(sock, offload=config.udp_offload)
+        bound = sock.getsockname()[:2]
+    else:
+        bound = datagram_socket.getsockname()[:2]
+        hosts = list(config.host_addresses or [bound[0]])
     try:
-        pc = PeerConnection(config, sock, hosts)
+        pc = PeerConnection(config, datagram_socket, bound, hosts)
         for server in config.stun_servers:
             pc._stun_servers.extend(await _resolve(server))
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(pc._core.read_datagrams, name="peer connection reader")
-            nursery.start_soon(pc._core.run, name="peer connection core")
+            nursery.start_soon(pc._driver.read_datagrams, name="peer connection reader")
+            nursery.start_soon(pc._driver.run, name="peer connection core")
             try:
                 yield pc
             finally:
-                pc._core.close(trio.current_time())
+                pc._driver.close()
                 nursery.cancel_scope.cancel()
     finally:
-        sock.close()
-
+        if sock is not None:
+            sock.close()

@@ -18,6 +18,8 @@ import socket
 import struct
 import sys
 
+import trio
+
 __all__ = ["UdpBatchSocket", "gso_runs", "split_coalesced"]
 
 UDP_SEGMENT = 103  # linux/udp.h; the socket module does not export these
@@ -73,6 +75,15 @@ class UdpBatchSocket:
         self.send_errors = 0
         self.segmented_sends = 0  # sendmsg calls that carried several datagrams
 
+    def getsockname(self) -> tuple:
+        return self.sock.getsockname()
+
+    async def wait_readable(self) -> None:
+        await trio.lowlevel.wait_readable(self.sock)
+
+    async def wait_writable(self) -> None:
+        await trio.lowlevel.wait_writable(self.sock)
+
     def receive_into(self, batch: list[tuple[bytes, tuple]], limit: int) -> None:
         """Append (datagram, address) pairs the kernel holds until it has none or
         ``batch`` reaches ``limit``. Raises OSError (other than blocking) from the socket."""
@@ -111,7 +122,8 @@ class UdpBatchSocket:
                         sock.sendmsg(
                             [b"".join(datagrams[index:end])],
                             [(socket.IPPROTO_UDP, UDP_SEGMENT, struct.pack("=H", size))],
-                            0, addr,
+                            0,
+                            addr,
                         )
                     except BlockingIOError:
                         return index

@@ -1,4 +1,6 @@
-"""Our DtlsTransport against aiortc's RTCDtlsTransport over loopback UDP.
+"""Our DTLS endpoint (the DtlsEndpoint core, driven by
+darkswap_trio.testing.CoreLoop) against aiortc's
+RTCDtlsTransport over loopback UDP.
 
 aiortc runs in its own asyncio loop in a worker thread. Its RTCDtlsTransport only
 uses ``role``, ``_send`` and ``_recv`` of the RTCIceTransport it is given, so the
@@ -10,6 +12,7 @@ data, DTLS-SRTP keys, close_notify), not ICE.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import socket
 import struct
 
@@ -22,31 +25,12 @@ from aiortc.rtcdtlstransport import (
     RTCDtlsTransport,
 )
 
-from darkswap_trio.proto.dtls._records import is_dtls
-from darkswap_trio.webrtc._dtls import DtlsTransport, generate_dtls_certificate
+from darkswap_trio.proto.dtls import DtlsCertificate, DtlsEndpoint, DtlsState, HandshakeComplete
+from darkswap_trio.testing import CoreLoop
 from darkswap_trio.webrtc._srtp import create_srtp_sessions, export_srtp_keys
 
 RTP_FROM_AIORTC = struct.pack("!BBHII", 0x80, 96, 7, 1000, 0x11111111) + b"from aiortc"
 RTP_FROM_US = struct.pack("!BBHII", 0x80, 96, 9, 2000, 0x22222222) + b"from darkswap"
-
-
-class DemuxingUdpTransport:
-    """Our side of the socket: DTLS datagrams go up, SRTP ones are set aside (RFC 7983)."""
-
-    def __init__(self, sock, peer) -> None:
-        self.sock, self.peer = sock, peer
-        self.srtp_send, self.srtp_receive = trio.open_memory_channel[bytes](8)
-
-    async def send(self, datagram: bytes) -> None:
-        await self.sock.sendto(datagram, self.peer)
-
-    async def receive(self) -> bytes:
-        while True:
-            data, _ = await self.sock.recvfrom(65536)
-            if is_dtls(data):
-                return data
-            if 128 <= data[0] <= 191:
-                self.srtp_send.send_nowait(data)
 
 
 async def run_aiortc_peer(
@@ -113,7 +97,7 @@ async def test_dtls_with_aiortc(aiortc_role):
     (aiortc_fingerprint,) = [
         f for f in aiortc_certificate.getFingerprints() if f.algorithm == "sha-256"
     ]
-    our_certificate = generate_dtls_certificate()
+    our_certificate = DtlsCertificate.generate(datetime.datetime.now(datetime.UTC))
     ours = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     theirs = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     ours.bind(("127.0.0.1", 0))
@@ -121,8 +105,9 @@ async def test_dtls_with_aiortc(aiortc_role):
     result: dict = {}
     rtp_delivered = trio.Event()
     token = trio.lowlevel.current_trio_token()
-    with trio.fail_after(15), trio.socket.from_stdlib_socket(ours) as our_socket:
-        transport = DemuxingUdpTransport(our_socket, theirs.getsockname())
+    dtls = DtlsEndpoint(our_role, our_certificate, [("sha-256", aiortc_fingerprint.value)])
+    loop = CoreLoop(ours, dtls=dtls, peer=theirs.getsockname())
+    with trio.fail_after(15):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(
                 lambda: trio.to_thread.run_sync(
@@ -139,22 +124,28 @@ async def test_dtls_with_aiortc(aiortc_role):
                     abandon_on_cancel=True,
                 )
             )
-            async with DtlsTransport(
-                transport,
-                our_role,
-                our_certificate,
-                [("sha-256", aiortc_fingerprint.value)],
-            ) as dtls:
+            async with trio.open_nursery() as ours_nursery:
+                ours_nursery.start_soon(loop.run)
+                dtls.start(trio.current_time())
+                loop.flush()
+                await loop.wait_for(lambda: dtls.state is not DtlsState.HANDSHAKING)
+                assert dtls.state is DtlsState.CONNECTED
+                assert any(isinstance(e, HandshakeComplete) for e in loop.events)
                 assert dtls.remote_fingerprint == f"sha-256 {aiortc_fingerprint.value}"
                 assert dtls.srtp_profile is not None
-                await dtls.send(b"hello aiortc")
-                assert await dtls.receive() == b"echo:hello aiortc"
-                srtp = create_srtp_sessions(export_srtp_keys(dtls.endpoint))
-                protected = await transport.srtp_receive.receive()
-                assert srtp.inbound.unprotect(protected) == RTP_FROM_AIORTC
-                await transport.send(srtp.outbound.protect(RTP_FROM_US))
+                loop.send(b"hello aiortc")
+                assert await loop.receive() == b"echo:hello aiortc"
+                srtp = create_srtp_sessions(export_srtp_keys(dtls))
+                await loop.wait_for(lambda: loop.other)
+                assert srtp.inbound.unprotect(loop.other.popleft()) == RTP_FROM_AIORTC
+                loop.send_raw(srtp.outbound.protect(RTP_FROM_US))
                 # Once aiortc has unprotected it, close (close_notify).
                 await rtp_delivered.wait()
+                dtls.close()
+                loop.flush()
+                ours_nursery.cancel_scope.cancel()
+            # aiortc's thread ends once its receive loop saw our close_notify.
+    ours.close()
     assert result == {
         "state_after_handshake": "connected",
         "rtp_from_us": RTP_FROM_US,

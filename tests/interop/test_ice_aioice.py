@@ -1,4 +1,6 @@
-"""Our ICE agent (IceTransport) against aioice.Connection, in both roles.
+"""Our ICE agent (the IceAgent core, driven by
+darkswap_trio.testing.CoreLoop) against aioice.Connection, in
+both roles.
 
 aioice runs under asyncio in a thread of the test; signaling goes through two
 thread-safe queues. Only loopback is used: aioice's interface enumeration is pointed
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import socket
 import threading
 
 import aioice
@@ -17,8 +20,9 @@ import pytest
 import trio
 from aioice import Candidate
 
+from darkswap_trio.proto.ice import CandidateGathered, IceAgent, IceState
 from darkswap_trio.proto.ice._checklist import parse_candidate_untrusted
-from darkswap_trio.webrtc._ice import IceTransport
+from darkswap_trio.testing import CoreLoop
 
 MESSAGES = 10
 
@@ -74,28 +78,41 @@ async def test_data_with_aioice(monkeypatch, ours_controlling, aioice_controllin
         target=run_aioice_peer, args=(aioice_controlling, to_aioice, from_aioice), daemon=True
     )
     thread.start()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    agent = IceAgent(ours_controlling, pacing=0.02)
+    agent.add_local_candidate(sock.getsockname())
+    loop = CoreLoop(sock, ice=agent)
     try:
         with trio.fail_after(15):
-            async with IceTransport(ours_controlling, host_addresses=["127.0.0.1"]) as ice:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(loop.run)
                 _, ufrag, pwd = await get(from_aioice)
-                to_aioice.put(("credentials", ice.local_ufrag, ice.local_pwd))
-                ice.set_remote_credentials(ufrag, pwd)
-                async for candidate in ice.local_candidates():
-                    to_aioice.put(("candidate", candidate.to_sdp()))
+                to_aioice.put(("credentials", agent.local_ufrag, agent.local_pwd))
+                agent.gather(trio.current_time())
+                loop.flush()
+                for event in loop.events:
+                    if isinstance(event, CandidateGathered):
+                        to_aioice.put(("candidate", event.candidate.to_sdp()))
                 to_aioice.put(("end",))
+                agent.set_remote_credentials(ufrag, pwd, trio.current_time())
                 while (item := await get(from_aioice))[0] == "candidate":
-                    ice.add_remote_candidate(parse_candidate_untrusted(item[1]))
-                ice.add_remote_candidate(None)
-                await ice.connect()
+                    agent.add_remote_candidate(parse_candidate_untrusted(item[1]))
+                agent.add_remote_candidate(None)
+                loop.flush()
+                await loop.wait_for(lambda: agent.state in (IceState.CONNECTED, IceState.FAILED))
+                assert agent.state is IceState.CONNECTED
                 _, aioice_controlling_now = await get(from_aioice)
                 # Exactly one side controls, whoever won a tie-break (RFC 8445 7.3.1.1).
-                assert ice.agent.controlling is not aioice_controlling_now
+                assert agent.controlling is not aioice_controlling_now
                 if ours_controlling != aioice_controlling:
-                    assert ice.agent.controlling is ours_controlling
+                    assert agent.controlling is ours_controlling
                 for i in range(MESSAGES):
-                    await ice.send(b"\x17msg%d" % i)
-                    assert await ice.receive() == b"\x17echo:msg%d" % i
+                    loop.send(b"\x17msg%d" % i)
+                    assert await loop.receive() == b"\x17echo:msg%d" % i
                 assert await get(from_aioice) == ("done",)
+                nursery.cancel_scope.cancel()
     finally:
+        sock.close()
         await trio.to_thread.run_sync(thread.join, 10)
     assert not thread.is_alive()

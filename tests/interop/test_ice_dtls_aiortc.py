@@ -1,28 +1,32 @@
-"""Our IceTransport + DtlsTransport against aiortc's ORTC stack, in every role pairing.
+"""The production path (PeerCore under its trio driver) against aiortc's ORTC stack,
+in every ICE x DTLS role pairing, and DTLS fingerprint checks both ways.
 
-aiortc's ``RTCIceGatherer`` / ``RTCIceTransport`` / ``RTCDtlsTransport`` run in an
-asyncio loop on a worker thread of the test. Signaling (ICE parameters, candidates,
-DTLS fingerprints) crosses the thread boundary through two queues: asyncio -> trio
-with ``trio.from_thread.run_sync`` into a bounded memory channel, trio -> asyncio
-with ``loop.call_soon_threadsafe`` into an ``asyncio.Queue``.
+ORTC lets each side pick its ICE role and DTLS role independently (SDP ties them to
+offer and answer, so test_peer_connection_aiortc.py reaches only some pairings). Our
+side is what ``PeerConnection`` runs without the SDP: an ``IceAgent`` and a
+``DtlsEndpoint`` given to a ``PeerCore``, driven by ``PeerDriver`` on one UDP socket.
+aiortc's side is ``RTCIceGatherer`` / ``RTCIceTransport`` / ``RTCDtlsTransport`` /
+``RTCSctpTransport`` and a negotiated ``RTCDataChannel`` that echoes, in an asyncio loop
+on a worker thread (``asyncio_peer.py``).
 
 Loopback only: aiortc gathers with ``iceServers=[]`` (no STUN server), aioice's
 interface enumeration is pointed at 127.0.0.1, and candidates are filtered to
 127.0.0.1 on both sides anyway.
-
-Application data uses aiortc's DTLS data hooks, as its SCTP transport does:
-``_register_data_receiver`` (``_handle_data`` per decrypted record) and ``_send_data``.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import datetime
+import socket
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import aioice.ice
 import pytest
 import trio
+from aiortc import RTCDataChannel, RTCDataChannelParameters, RTCSctpTransport
 from aiortc.rtcdtlstransport import (
     RTCCertificate,
     RTCDtlsFingerprint,
@@ -33,9 +37,12 @@ from aiortc.rtcicetransport import RTCIceGatherer, RTCIceParameters, RTCIceTrans
 from aiortc.sdp import candidate_from_sdp, candidate_to_sdp
 from asyncio_peer import AsyncioPeerThread
 
+from darkswap_trio.proto.dtls import DtlsCertificate, DtlsEndpoint
+from darkswap_trio.proto.ice import IceAgent
 from darkswap_trio.proto.ice._checklist import parse_candidate_untrusted
-from darkswap_trio.webrtc._dtls import DtlsError, DtlsTransport, generate_dtls_certificate
-from darkswap_trio.webrtc._ice import IceTransport
+from darkswap_trio.proto.peer import PeerCore
+from darkswap_trio.webrtc._driver import PeerDriver
+from darkswap_trio.webrtc._udp_offload import UdpBatchSocket
 
 MESSAGES = 10
 LOOPBACK = "127.0.0.1"
@@ -49,20 +56,14 @@ async def aiortc_peer(
     to_trio: Callable[[tuple[Any, ...]], None],
     exchange_data: bool = True,
 ) -> None:
-    """aiortc's side: gather, signal, ICE, DTLS, then echo our messages back."""
+    """aiortc's side: gather, signal, ICE, DTLS, SCTP, then echo our messages back."""
     loop = asyncio.get_running_loop()
     inbox: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
     to_trio(("inbox", lambda item: loop.call_soon_threadsafe(inbox.put_nowait, item)))
     gatherer = RTCIceGatherer(iceServers=[])  # never Google's default STUN server
     ice = RTCIceTransport(gatherer)
     dtls = RTCDtlsTransport(ice, [certificate])
-    messages: asyncio.Queue[bytes] = asyncio.Queue()
-
-    class DataReceiver:  # what RTCSctpTransport registers to get decrypted records
-        async def _handle_data(self, data: bytes) -> None:
-            messages.put_nowait(data)
-
-    dtls._register_data_receiver(DataReceiver())
+    sctp = RTCSctpTransport(dtls)
     closed = asyncio.Event()
     dtls.on("statechange", lambda: closed.set() if dtls.state == "closed" else None)
     try:
@@ -97,15 +98,25 @@ async def aiortc_peer(
             )
             to_trio(("started", ice.state, ice.role, dtls.state))
             if dtls.state == "connected" and exchange_data:
-                await dtls._send_data(b"hello from aiortc")
-                for _ in range(MESSAGES):
-                    await dtls._send_data(b"echo:" + await messages.get())
-                await closed.wait()  # our close_notify ends aiortc's receive loop
+                channel = RTCDataChannel(
+                    sctp, RTCDataChannelParameters("echo", negotiated=True, id=1)
+                )
+                # A negotiated channel exists on both ends only once both made it: we
+                # speak first, so nothing arrives at ours before it exists.
+                channel.on(
+                    "message",
+                    lambda message: channel.send(
+                        b"hello from aiortc" if message == b"hello" else b"echo:" + message
+                    ),
+                )
+                await sctp.start(sctp.getCapabilities(), 5000)
+                await closed.wait()  # our ABORT and close_notify end aiortc's transports
                 to_trio(("closed", dtls.state))
             await inbox.get()  # ("stop",): the trio side is done with us
     except Exception as exc:  # reported to the trio side, which fails the test
         to_trio(("error", repr(exc)))
     finally:
+        await sctp.stop()
         await dtls.stop()
         await ice.stop()
 
@@ -115,21 +126,77 @@ def AiortcThread(nursery: trio.Nursery, **peer_args: Any) -> AsyncioPeerThread:
     return AsyncioPeerThread(nursery, aiortc_peer, **peer_args)
 
 
-async def connect_ice(ice: IceTransport, aiortc: AsyncioPeerThread, our_fingerprint: str) -> list:
-    """Signal both ways, connect ICE; returns aiortc's DTLS fingerprints."""
-    _, ufrag, pwd, candidates, fingerprints = await aiortc.receive()
-    ice.set_remote_credentials(ufrag, pwd)
+@asynccontextmanager
+async def our_side(controlling: bool) -> AsyncIterator[PeerDriver]:
+    """A PeerCore with its IceAgent (gathering on loopback) under the trio driver."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setblocking(False)
+    sock.bind((LOOPBACK, 0))
+    core = PeerCore(local_addr=sock.getsockname())
+    driver = PeerDriver(core, UdpBatchSocket(sock))
+    agent = IceAgent(controlling, pacing=0.02)
+    agent.add_local_candidate(sock.getsockname())
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(driver.read_datagrams)
+            nursery.start_soon(driver.run)
+            core.start(agent, trio.current_time())
+            driver.flush()
+            try:
+                yield driver
+            finally:
+                driver.close()
+                nursery.cancel_scope.cancel()
+    finally:
+        sock.close()
+
+
+async def signal(
+    driver: PeerDriver,
+    aiortc: AsyncioPeerThread,
+    dtls: DtlsEndpoint,
+    our_fingerprint: str,
+) -> None:
+    """ICE parameters and candidates both ways; our DTLS endpoint with aiortc's."""
+    _, ufrag, pwd, candidates, _ = await aiortc.receive()
+    core, now = driver.core, trio.current_time()
+    core.set_remote(dtls, ufrag, pwd, now)
     for sdp in candidates:
         candidate = parse_candidate_untrusted(sdp)
         assert candidate.host == LOOPBACK
-        ice.add_remote_candidate(candidate)
-    ice.add_remote_candidate(None)
-    ours = [c.to_sdp() async for c in ice.local_candidates() if c.host == LOOPBACK]
+        core.add_remote_candidate(candidate, now)
+    core.add_remote_candidate(None, now)
+    assert driver.app.candidates[-1] is None  # host candidates only: gathering is done
+    ours = [c.to_sdp() for c in driver.app.candidates if c is not None]
+    assert core.ice is not None
     aiortc.send(
-        ("parameters", ice.local_ufrag, ice.local_pwd, ours, [("sha-256", our_fingerprint)])
+        (
+            "parameters",
+            core.ice.local_ufrag,
+            core.ice.local_pwd,
+            ours,
+            [("sha-256", our_fingerprint)],
+        )
     )
-    await ice.connect()
-    return fingerprints
+    driver.flush()
+    driver.wake()
+
+
+async def wait_connected(driver: PeerDriver) -> None:
+    app = driver.app
+    while driver.core.state != "connected":
+        if app.failure is not None:
+            raise trio.BrokenResourceError(str(app.failure)) from app.failure
+        await app.state_changed.park()
+
+
+def new_certificate() -> DtlsCertificate:
+    return DtlsCertificate.generate(datetime.datetime.now(datetime.UTC))
+
+
+def sha256_of(fingerprints: list[tuple[str, str]]) -> str:
+    (value,) = [value for algorithm, value in fingerprints if algorithm == "sha-256"]
+    return value
 
 
 @pytest.fixture
@@ -142,9 +209,12 @@ def loopback_only(monkeypatch):
 @pytest.mark.parametrize(
     "our_dtls_role", ["client", "server"], ids=["we-dtls-client", "we-dtls-server"]
 )
-async def test_ice_and_dtls_with_aiortc(loopback_only, we_control, our_dtls_role):
+async def test_ice_dtls_sctp_with_aiortc(loopback_only, we_control, our_dtls_role):
     aiortc_certificate = RTCCertificate.generateCertificate()
-    our_certificate = generate_dtls_certificate()
+    aiortc_sha256 = sha256_of(
+        [(f.algorithm, f.value) for f in aiortc_certificate.getFingerprints()]
+    )
+    our_certificate = new_certificate()
     with trio.fail_after(15):
         async with trio.open_nursery() as nursery:
             aiortc = AiortcThread(
@@ -153,26 +223,27 @@ async def test_ice_and_dtls_with_aiortc(loopback_only, we_control, our_dtls_role
                 dtls_role="server" if our_dtls_role == "client" else "client",
                 certificate=aiortc_certificate,
             )
-            async with IceTransport(we_control, host_addresses=[LOOPBACK]) as ice:
-                fingerprints = await connect_ice(ice, aiortc, our_certificate.fingerprint())
-                (sha256,) = [value for algorithm, value in fingerprints if algorithm == "sha-256"]
-                async with DtlsTransport(
-                    ice, our_dtls_role, our_certificate, [("sha-256", sha256)]
-                ) as dtls:
-                    # We checked aiortc's certificate; "connected" says aiortc checked ours.
-                    assert dtls.remote_fingerprint == f"sha-256 {sha256}"
-                    _, ice_state, aiortc_ice_role, aiortc_dtls_state = await aiortc.receive()
-                    assert (ice_state, aiortc_dtls_state) == ("completed", "connected")
-                    assert aiortc_ice_role == ("controlled" if we_control else "controlling")
-                    assert ice.agent.controlling is we_control
-                    assert await dtls.receive() == b"hello from aiortc"
-                    for i in range(MESSAGES):
-                        await dtls.send(b"message %d" % i)
-                        assert await dtls.receive() == b"echo:message %d" % i
-                selected = ice.statistics().ice
+            async with our_side(we_control) as driver:
+                dtls = DtlsEndpoint(our_dtls_role, our_certificate, [("sha-256", aiortc_sha256)])
+                await signal(driver, aiortc, dtls, our_certificate.fingerprint())
+                await wait_connected(driver)
+                # We checked aiortc's certificate; "connected" says aiortc checked ours.
+                assert dtls.remote_fingerprint == f"sha-256 {aiortc_sha256}"
+                _, ice_state, aiortc_ice_role, aiortc_dtls_state = await aiortc.receive()
+                assert (ice_state, aiortc_dtls_state) == ("completed", "connected")
+                assert aiortc_ice_role == ("controlled" if we_control else "controlling")
+                assert driver.core.ice is not None
+                assert driver.core.ice.controlling is we_control
+                channel = driver.app.open_channel("echo", negotiated_id=1)
+                await channel.send(b"hello")
+                assert await channel.receive() == b"hello from aiortc"
+                for i in range(MESSAGES):
+                    await channel.send(b"message %d" % i)
+                    assert await channel.receive() == b"echo:message %d" % i
+                selected = driver.core.ice.statistics()
                 assert selected.selected_local[0] == selected.selected_remote[0] == LOOPBACK
-                assert await aiortc.receive() == ("closed", "closed")
-                aiortc.send(("stop",))
+            assert await aiortc.receive() == ("closed", "closed")
+            aiortc.send(("stop",))
 
 
 async def test_aiortc_rejects_a_wrong_fingerprint_for_us(loopback_only):
@@ -185,32 +256,19 @@ async def test_aiortc_rejects_a_wrong_fingerprint_for_us(loopback_only):
                 dtls_role="server",
                 certificate=RTCCertificate.generateCertificate(),
             )
-            async with IceTransport(True, host_addresses=[LOOPBACK]) as ice:
-                fingerprints = await connect_ice(ice, aiortc, WRONG_FINGERPRINT)
-                async with trio.open_nursery() as dtls_nursery:
-                    # Our side may finish its handshake before aiortc checks; either way
-                    # aiortc's verdict is what this test is about.
-                    dtls_nursery.start_soon(
-                        _handshake_and_wait, ice, generate_dtls_certificate(), fingerprints
-                    )
-                    assert await aiortc.receive() == (
-                        "started",
-                        "completed",
-                        "controlled",
-                        "failed",
-                    )
-                    dtls_nursery.cancel_scope.cancel()
-                aiortc.send(("stop",))
-
-
-async def _handshake_and_wait(ice, certificate, fingerprints) -> None:
-    async with DtlsTransport(ice, "client", certificate, fingerprints):
-        await trio.sleep_forever()
+            async with our_side(True) as driver:
+                # Our side may finish its handshake before aiortc checks; either way
+                # aiortc's verdict is what this test is about.
+                dtls = DtlsEndpoint("client", new_certificate())  # accepts any certificate
+                await signal(driver, aiortc, dtls, WRONG_FINGERPRINT)
+                assert await aiortc.receive() == ("started", "completed", "controlled", "failed")
+            aiortc.send(("stop",))
 
 
 async def test_we_reject_a_wrong_fingerprint_for_aiortc(loopback_only):
-    """We are told a fingerprint that is not aiortc's certificate's: BrokenResourceError."""
-    our_certificate = generate_dtls_certificate()
+    """We are told a fingerprint that is not aiortc's certificate's: the connection
+    fails with the reason."""
+    our_certificate = new_certificate()
     with trio.fail_after(15):
         async with trio.open_nursery() as nursery:
             aiortc = AiortcThread(
@@ -220,15 +278,13 @@ async def test_we_reject_a_wrong_fingerprint_for_aiortc(loopback_only):
                 certificate=RTCCertificate.generateCertificate(),
                 exchange_data=False,
             )
-            async with IceTransport(False, host_addresses=[LOOPBACK]) as ice:
-                await connect_ice(ice, aiortc, our_certificate.fingerprint())
+            async with our_side(False) as driver:
+                dtls = DtlsEndpoint("client", our_certificate, [("sha-256", WRONG_FINGERPRINT)])
+                await signal(driver, aiortc, dtls, our_certificate.fingerprint())
                 with pytest.raises(trio.BrokenResourceError) as info:
-                    async with DtlsTransport(
-                        ice, "client", our_certificate, [("sha-256", WRONG_FINGERPRINT)]
-                    ):
-                        pass
-                assert isinstance(info.value.__cause__, DtlsError)
+                    await wait_connected(driver)
+                assert "DTLS failed" in str(info.value.__cause__)
                 assert "fingerprint" in str(info.value.__cause__).lower()
                 item = await aiortc.receive()
                 assert item[:3] == ("started", "completed", "controlling")
-                aiortc.send(("stop",))
+            aiortc.send(("stop",))

@@ -162,21 +162,23 @@ async def test_datagrams_with_no_path_are_counted():
             peer_certificate = DtlsCertificate.generate(datetime.datetime.now(datetime.UTC))
             fingerprint = DtlsFingerprint.of_certificate(peer_certificate.der)
             local = LocalTransport(
-                ice_ufrag="peer", ice_pwd="p" * 22, fingerprints=(fingerprint,),
+                ice_ufrag="peer",
+                ice_pwd="p" * 22,
+                fingerprints=(fingerprint,),
                 end_of_candidates=False,
             )
             # We answer "passive" for the peer, so we are the DTLS client and only
             # start once a pair exists; force the start to have a ClientHello held.
             answer = render_answer(offer, local, session_id=1, setup=None)
-            await pc.set_remote_description(answer.replace("setup:active", "setup:passive"),
-                                            "answer")
-            core = pc._core
+            await pc.set_remote_description(
+                answer.replace("setup:active", "setup:passive"), "answer"
+            )
+            core, driver = pc._core, pc._driver
             assert core.dtls is not None and core.dtls.role == "client"
-            now = trio.current_time()
-            core.dtls.start(now)
-            core.flush(now)
+            core.dtls.start(trio.current_time())
+            driver.flush()
             assert pc.statistics().datagrams_dropped_no_pair == 0  # held, not dropped
             assert core.ice is not None
             core.ice.close()
-            core.flush(trio.current_time())
+            driver.flush()
             assert pc.statistics().datagrams_dropped_no_pair >= 1

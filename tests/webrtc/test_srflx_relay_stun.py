@@ -7,11 +7,11 @@ Two settings:
   redundant and eliminated (RFC 8445 section 5.1.3); what is checked is that the
   agent asked, the service answered and counted it, and gathering completed on
   that answer;
-* the same ``serve_stun`` loop on a VirtualNet socket at a public address, the
-  IceTransport behind a VirtualNat: the srflx candidate appears, with the NAT's
+* the same ``serve_stun`` loop on a VirtualNet socket at a public address, a
+  PeerConnection behind a VirtualNat: the srflx candidate appears, with the NAT's
   mapping as its address and the host candidate as its related address. The
   service's socket is the one thing swapped (``relay._stun._open_socket``), as the
-  IceTransport's is through ``socket_factory``.
+  PeerConnection's is through ``datagram_socket``.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ import pytest
 import trio
 
 import relay._stun
+from darkswap_trio.proto.sdp import parse_candidate_untrusted
 from darkswap_trio.testing import VirtualNet, running_relay
-from darkswap_trio.webrtc._ice import IceTransport
+from darkswap_trio.webrtc import PeerConnectionConfig, open_peer_connection
 from relay._metrics import RelayMetrics
 from relay._stun import serve_stun
 
@@ -30,18 +31,23 @@ PUBLIC_STUN = ("198.51.100.7", 3478)
 PRIVATE_HOST = "192.168.1.10"
 
 
+async def gathered(pc) -> list:
+    """Our candidates (aioice Candidates) until gathering completes."""
+    await pc.create_offer()
+    return [parse_candidate_untrusted(c).to_aioice() async for c in pc.local_candidates() if c]
+
+
 async def test_loopback_gathering_is_answered_and_counted_by_the_relay():
     with trio.fail_after(10):  # a lost request would need ~40 s of retransmissions
         async with running_relay(stun=True) as server:
             assert server.stun_port
-            async with IceTransport(
-                True,
-                host_addresses=["127.0.0.1"],
-                stun_servers=[("127.0.0.1", server.stun_port)],
-            ) as ice:
-                candidates = [c async for c in ice.local_candidates()]  # ends at completion
-                stats = ice.statistics().ice
-                (local,) = ice.local_addresses
+            config = PeerConnectionConfig(
+                host_addresses=["127.0.0.1"], stun_servers=[("127.0.0.1", server.stun_port)]
+            )
+            async with open_peer_connection(config) as pc:
+                candidates = await gathered(pc)  # ends at completion
+                stats = pc.statistics().ice
+                local = pc.local_address
             assert server.metrics.value(STUN_REQUESTS) == 1
     # Loopback has no NAT: the reflexive address is the host one, hence redundant.
     assert [(c.type, c.host, c.port) for c in candidates] == [("host", *local)]
@@ -81,15 +87,13 @@ async def test_srflx_behind_a_nat_from_the_relays_stun_loop(
         async with trio.open_nursery() as nursery:
             port = await nursery.start(serve_stun, PUBLIC_STUN[0], PUBLIC_STUN[1], metrics)
             assert port == PUBLIC_STUN[1]
-            async with IceTransport(
-                True,
-                host_addresses=[PRIVATE_HOST],
-                socket_factory=nat.bind,
-                stun_servers=[PUBLIC_STUN],
-            ) as ice:
-                candidates = [c async for c in ice.local_candidates()]
-                stats = ice.statistics().ice
-                (local,) = ice.local_addresses
+            sock = await nat.bind((PRIVATE_HOST, 0))
+            config = PeerConnectionConfig(stun_servers=[PUBLIC_STUN])
+            async with open_peer_connection(config, datagram_socket=sock) as pc:
+                candidates = await gathered(pc)
+                stats = pc.statistics().ice
+                local = pc.local_address
+            sock.close()
             nursery.cancel_scope.cancel()
     host, srflx = candidates
     assert (host.type, host.host, host.port) == ("host", *local)

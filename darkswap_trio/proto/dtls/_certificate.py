@@ -3,8 +3,7 @@
 WebRTC authenticates DTLS peers by certificate fingerprint carried in signed or
 trusted signaling, not by a CA chain, so each endpoint makes a throw-away
 self-signed ECDSA P-256 certificate. Wall-clock time is passed in (the sans-IO
-cores never read clocks); :func:`darkswap_trio.webrtc._dtls.generate_dtls_certificate`
-is the convenience that supplies it.
+cores never read clocks): ``PeerConnection`` supplies it.
 """
 
 from __future__ import annotations

@@ -17,9 +17,9 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 
-from ..proto import dtls as dtls_mod
-from ..proto.dtls import DtlsEndpoint, DtlsParseError
-from ..proto.ice import IceAgent, IceState
+from .. import dtls as dtls_mod
+from ..dtls import DtlsEndpoint, DtlsParseError
+from ..ice import IceAgent, IceState
 
 __all__ = ["EarlyDtls"]
 
@@ -28,7 +28,7 @@ MAX_EARLY_RECEIVED = 8  # the peer's first flight is one or two datagrams
 
 
 class EarlyDtls:
-    """The state a :class:`~._connection_core.ConnectionCore` keeps for the above."""
+    """The state a :class:`~._core.PeerCore` keeps for the above."""
 
     def __init__(self) -> None:
         self.peer_addr: tuple[str, int] | None = None  # where the peer's DTLS came from
