@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from darkswap_trio.proto.sctp._association import (
+from darkswap_trio.proto.sctp import (
     BufferedAmountLow,
     Closed,
     Connected,
