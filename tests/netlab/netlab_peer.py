@@ -157,10 +157,11 @@ class Peer:
 def install_trace() -> None:
     """Report ICE events, checks and SDP steps as ``trace`` lines (diagnostics only)."""
     from darkswap_trio.proto.ice import _connectivity as ice_connectivity
+    from darkswap_trio.proto.ice import _events as ice_events
     from darkswap_trio.webrtc import _peer_connection
 
-    agent = ice_connectivity.IceConnectivity
-    emit_event, send_check = agent._emit, agent._send_check
+    checks, outbox = ice_connectivity.ConnectivityChecks, ice_events.IceOutbox
+    emit_event, send_check = outbox.emit, checks._send_check
 
     def traced_emit(self, event):
         emit("trace", what=type(event).__name__, detail=str(getattr(event, "state", "")))
@@ -170,14 +171,14 @@ def install_trace() -> None:
         emit("trace", what="check", detail=f"{pair.local_addr}->{pair.remote_addr} nominate={nominate}")
         return send_check(self, pair, nominate, now)
 
-    agent._emit, agent._send_check = traced_emit, traced_check
-    hold = agent._nomination_hold
+    outbox.emit, checks._send_check = traced_emit, traced_check
+    hold = checks._nomination_hold
 
     def traced_hold(self, best):
         until = hold(self, best)
-        emit("trace", what="hold", detail=f"{until} pairs={[(p.state.value, p.check_started_at) for p in self._checklist.pairs]} first={self._first_valid_at}")
+        emit("trace", what="hold", detail=f"{until} pairs={[(p.state.value, p.check_started_at) for p in self.checklist.pairs]} first={self._first_valid_at}")
         return until
-    agent._nomination_hold = traced_hold
+    checks._nomination_hold = traced_hold
     for name in ("create_offer", "create_answer", "set_remote_description", "wait_connected",
                  "create_data_channel", "accept_data_channel"):
         original = getattr(_peer_connection.PeerConnection, name)
