@@ -25,7 +25,7 @@ from darkswap_trio.proto.sctp import (
     parse_packet_untrusted,
 )
 
-from ._link import SimulatedLink
+from ._link import LinkModel, SimulatedLink
 
 __all__ = [
     "MAX_STEPS",
@@ -63,13 +63,13 @@ class SctpPair:
         seed: int = 0,
         a_kwargs: dict[str, Any] | None = None,
         b_kwargs: dict[str, Any] | None = None,
-        **link: float,
+        **link: Any,
     ) -> None:
         rng = random.Random(seed)
         self.a = SctpAssociation(True, rng=random.Random(seed + 1), **(a_kwargs or {}))
         self.b = SctpAssociation(False, rng=random.Random(seed + 2), **(b_kwargs or {}))
-        self.ab: SimulatedLink[bytes] = SimulatedLink(rng, **link)
-        self.ba: SimulatedLink[bytes] = SimulatedLink(rng, **link)
+        self.ab: SimulatedLink[bytes] = SimulatedLink(rng, model=LinkModel(**link))
+        self.ba: SimulatedLink[bytes] = SimulatedLink(rng, model=LinkModel(**link))
         self.max_packet = {
             name: (kwargs or {}).get("max_packet_size", 1188)
             for name, kwargs in (("a", a_kwargs), ("b", b_kwargs))
