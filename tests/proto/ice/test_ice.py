@@ -248,8 +248,11 @@ def test_invariants_over_imperfect_links(
 
     def agreed():
         pa, pb = a.selected_pair, b.selected_pair
-        return (check_invariants() and pa.local_addr == pb.remote_addr
-                and pa.remote_addr == pb.local_addr)
+        return (
+            check_invariants()
+            and pa.local_addr == pb.remote_addr
+            and pa.remote_addr == pb.local_addr
+        )
 
     sim.run_until(check_invariants, max_time=120)
     # Both sides may be connected on different pairs for a moment: a nominating check

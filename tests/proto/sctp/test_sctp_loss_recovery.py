@@ -39,7 +39,8 @@ def transmit(sender: SctpSender, now: float) -> list[int]:
     parts: list[bytes] = []
     sender.fill(parts, (MTU - 12) & ~3, now)
     return sorted(
-        tsn for tsn, chunk in sender.sent.items()
+        tsn
+        for tsn, chunk in sender.sent.items()
         if chunk.sent_count != before.get(tsn, 0) and chunk.wire in parts
     )
 
