@@ -116,11 +116,11 @@ class DelayLine(Generic[T]):
         at, _, item = heapq.heappop(self._heap)
         return at, item
 
-    def pop_due(self, now: float) -> list[T]:
-        """Everything arrived by ``now``, in arrival order."""
+    def pop_due(self, now: float, limit: int | None = None) -> list[T]:
+        """What has arrived by ``now`` (at most ``limit`` items), in arrival order."""
         heap = self._heap
-        out = []
-        while heap and heap[0][0] <= now:
+        out: list[T] = []
+        while heap and heap[0][0] <= now and (limit is None or len(out) < limit):
             out.append(heapq.heappop(heap)[2])
         return out
 

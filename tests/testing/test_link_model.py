@@ -44,7 +44,8 @@ def test_delay_line_orders_by_time_then_sending_and_bounds():
     assert line.push(2.0, "late") and line.push(1.0, "first") and line.push(1.0, "second")
     assert not line.push(0.5, "over capacity")
     assert line.pop() == (1.0, "first")
-    assert line.pop_due(2.0) == ["second", "late"]
+    assert line.pop_due(2.0, limit=1) == ["second"]
+    assert line.pop_due(2.0) == ["late"] and line.next_time() is None
 
 
 def test_nat_mapping_and_filtering():
