@@ -19,7 +19,7 @@ import random
 import time
 from collections import deque
 
-from darkswap_trio.proto.sctp._association import MessageReceived, SctpAssociation, SctpState
+from darkswap_trio.proto.sctp import MessageReceived, SctpAssociation, SctpState
 
 
 def _pump(src: SctpAssociation, queue: deque) -> None:

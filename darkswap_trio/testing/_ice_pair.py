@@ -1,36 +1,37 @@
-"""A pair of ICE agents stepped in simulated time over a seeded, imperfect link.
+"""A pair of ICE agents stepped in simulated time over a seeded, imperfect network.
 
 No sockets, no clock: the simulator jumps to the next timer or delivery, so tests of
-loss, duplication and reordering are instant and reproducible from the seed.
+loss, duplication and reordering are instant and reproducible from the seed. Every
+datagram crosses one :class:`~._link.SimulatedLink` whose :class:`~._link.LinkModel`
+is ``link``; a peer may sit behind a :class:`~._link.Nat` or a fixed ``public_addr``.
 """
 
 from __future__ import annotations
 
-import heapq
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from darkswap_trio.proto.ice import CandidateGathered, GatheringComplete, IceAgent, IceEvent
 
+from ._link import LinkModel, Nat, SimulatedLink
 
-@dataclass
-class LinkModel:
-    loss: float = 0.0
-    duplicate: float = 0.0
-    reorder_jitter: float = 0.0
-    delay: float = 0.01
+__all__ = ["IcePairSimulator", "LinkModel", "SimulatedPeer"]
+
+Address = tuple[str, int]
 
 
 @dataclass
 class SimulatedPeer:
     agent: IceAgent
-    addr: tuple[str, int]
+    addr: Address
     events: list[IceEvent] = field(default_factory=list)
-    # The address the other side sees us from (a NAT's mapping), if different.
-    public_addr: tuple[str, int] | None = None
+    # The address the other side sees us from (a NAT's fixed mapping), if different.
+    public_addr: Address | None = None
     # More local addresses (other interfaces) that deliver to this peer.
-    aliases: tuple[tuple[str, int], ...] = ()
+    aliases: tuple[Address, ...] = ()
+    # A NAT in front of every address of this peer (mappings and filtering, RFC 4787).
+    nat: Nat | None = None
 
 
 class IcePairSimulator:
@@ -46,13 +47,15 @@ class IcePairSimulator:
         self.peers = peers
         self.link = link
         self.rng = random.Random(seed)
+        # (destination, source, data) in flight; ``wire.sent`` logs every datagram.
+        self.wire: SimulatedLink[tuple[Address, Address, bytes]] = SimulatedLink(
+            self.rng, model=link
+        )
         self.now = 0.0
         self.steps = 0
-        self._queue: list[tuple[float, int, tuple[str, int], tuple[str, int], bytes]] = []
-        self._seq = 0
         self.signal_candidates = signal_candidates
         # STUN servers on the simulated network: address -> handler(data, src) -> reply.
-        self.servers: dict[tuple[str, int], Callable[[bytes, tuple[str, int]], bytes | None]] = {}
+        self.servers: dict[Address, Callable[[bytes, Address], bytes | None]] = {}
 
     def other(self, peer: SimulatedPeer) -> SimulatedPeer:
         return self.peers[1] if peer is self.peers[0] else self.peers[0]
@@ -63,27 +66,14 @@ class IcePairSimulator:
         b.agent.set_remote_credentials(a.agent.local_ufrag, a.agent.local_pwd, self.now)
 
     def _send(
-        self,
-        src: SimulatedPeer,
-        data: bytes,
-        dst: tuple[str, int],
-        local: tuple[str, int] | None = None,
+        self, src: SimulatedPeer, data: bytes, dst: Address, local: Address | None = None
     ) -> None:
-        link = self.link
-        if self.rng.random() < link.loss:
-            return
-        copies = 2 if self.rng.random() < link.duplicate else 1
-        for _ in range(copies):
-            at = self.now + link.delay + self.rng.random() * link.reorder_jitter
-            self._seq += 1
-            source = src.public_addr or (local if local in src.aliases else src.addr)
-            heapq.heappush(self._queue, (at, self._seq, dst, source, data))
-
-    def _deliver_later(self, src: tuple[str, int], dst: tuple[str, int], data: bytes) -> None:
-        if self.rng.random() < self.link.loss:
-            return
-        self._seq += 1
-        heapq.heappush(self._queue, (self.now + self.link.delay, self._seq, dst, src, data))
+        private = local if local in src.aliases else src.addr
+        if src.nat is not None:
+            source = src.nat.outbound(private, dst)
+        else:
+            source = src.public_addr or private
+        self.wire.push((dst, source, data), self.now)
 
     def _drain(self) -> None:
         for peer in self.peers:
@@ -98,6 +88,30 @@ class IcePairSimulator:
                     elif isinstance(e, GatheringComplete):
                         other.add_remote_candidate(None, self.now)
 
+    def _deliver(self, dst: Address, src: Address, data: bytes) -> None:
+        handler = self.servers.get(dst)
+        if handler is not None:
+            reply = handler(data, src)
+            if reply is not None:
+                self.wire.push_plain((src, dst, reply), self.now)
+        for peer in self.peers:
+            target: Address | None = dst
+            if peer.nat is not None:
+                if not peer.nat.owns(dst):
+                    continue  # behind a NAT, only its mappings are reachable
+                target = peer.nat.inbound(dst, src)
+                if target is None:
+                    peer.nat.filtered(dst, src)
+                    continue
+                reachable = peer.addr
+            else:
+                # Behind a fixed mapping, only the public address is reachable.
+                reachable = peer.public_addr or peer.addr
+            if target == reachable:
+                peer.agent.receive(data, src, self.now, peer.addr)
+            elif target in peer.aliases:
+                peer.agent.receive(data, src, self.now, target)
+
     def step(self) -> bool:
         """Advance to the next deadline or delivery; False when nothing is left."""
         self._drain()
@@ -106,23 +120,13 @@ class IcePairSimulator:
             (d, i) for i, p in enumerate(self.peers) if (d := p.agent.poll_timeout()) is not None
         ]
         next_timer = min(deadlines) if deadlines else None
-        next_packet = self._queue[0][0] if self._queue else None
+        next_packet = self.wire.next_time()
         if next_timer is None and next_packet is None:
             return False
         if next_packet is not None and (next_timer is None or next_packet <= next_timer[0]):
-            at, _, dst, src, data = heapq.heappop(self._queue)
+            at, (dst, src, data) = self.wire.pop()
             self.now = max(self.now, at)
-            handler = self.servers.get(dst)
-            if handler is not None:
-                reply = handler(data, src)
-                if reply is not None:
-                    self._deliver_later(dst, src, reply)
-            for peer in self.peers:
-                # Behind a NAT, only the public mapping is reachable.
-                if (peer.public_addr or peer.addr) == dst:
-                    peer.agent.receive(data, src, self.now, peer.addr)
-                elif dst in peer.aliases:
-                    peer.agent.receive(data, src, self.now, dst)
+            self._deliver(dst, src, data)
         else:
             assert next_timer is not None
             self.now = max(self.now, next_timer[0])

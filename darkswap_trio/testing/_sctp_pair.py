@@ -1,5 +1,7 @@
 """Two SCTP associations stepped in simulated time over a seeded, imperfect link.
 
+Each direction is a :class:`~._link.SimulatedLink` (the shared link model).
+
 No sockets, no clock, no DTLS: the pair jumps to the next packet arrival or timer, so
 loss, duplication, reordering and outages are instant and reproducible from the seed.
 Every run is bounded: too many steps, time that stops advancing, or an association
@@ -8,7 +10,6 @@ that never stops producing packets raise :class:`Livelock`.
 
 from __future__ import annotations
 
-import heapq
 import random
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +25,18 @@ from darkswap_trio.proto.sctp import (
     parse_packet_untrusted,
 )
 
+from ._link import LinkModel, SimulatedLink
+
+__all__ = [
+    "MAX_STEPS",
+    "Livelock",
+    "SctpPair",
+    "SimulatedLink",
+    "data_chunks",
+    "numbered_payload",
+    "parse_ours",
+]
+
 MAX_STEPS = 200_000
 _MAX_STALLED_STEPS = 10_000
 _MAX_PACKETS_PER_POLL = 100_000
@@ -33,43 +46,12 @@ class Livelock(AssertionError):
     """The simulated pair stopped making progress in time."""
 
 
-class SimulatedLink:
-    """One direction of a datagram network: delay, loss, duplication, reordering, outages."""
-
-    def __init__(
-        self, rng: random.Random, loss: float = 0.0, duplicate: float = 0.0,
-        reorder: float = 0.0, delay: float = 0.01,
-    ) -> None:
-        self.rng = rng
-        self.loss, self.duplicate, self.reorder, self.delay = loss, duplicate, reorder, delay
-        self.up = True  # False: everything offered is lost (an outage)
-        self.sent: list[bytes] = []  # every packet offered to the link, for inspection
-        self._queue: list[tuple[float, int, bytes]] = []
-        self._seq = 0
-
-    def push(self, packet: bytes, now: float) -> None:
-        self.sent.append(packet)
-        if not self.up or self.rng.random() < self.loss:
-            return
-        copies = 2 if self.rng.random() < self.duplicate else 1
-        for _ in range(copies):
-            # A reordered packet is held back by up to three link delays.
-            jitter = self.rng.random() * self.delay * 3 if self.rng.random() < self.reorder else 0
-            self._seq += 1
-            heapq.heappush(self._queue, (now + self.delay + jitter, self._seq, packet))
-
-    def next_time(self) -> float | None:
-        return self._queue[0][0] if self._queue else None
-
-    def pop_due(self, now: float) -> list[bytes]:
-        out = []
-        while self._queue and self._queue[0][0] <= now:
-            out.append(heapq.heappop(self._queue)[2])
-        return out
-
-
 class SctpPair:
     """Associations ``a`` (DTLS client) and ``b`` wired through links ``ab`` and ``ba``.
+
+    ``link`` keywords are :class:`~._link.LinkModel`'s (``loss``, ``duplicate``,
+    ``reorder``, ``jitter``, ``delay``), the same for both directions; each direction
+    has its own model (``pair.ab.up = False`` cuts one way only).
 
     Events are drained into ``events["a"|"b"]`` unless ``drain[name]`` is False (an
     application that stops reading); ``on_event(name, event)`` lets a test react before
@@ -77,14 +59,17 @@ class SctpPair:
     """
 
     def __init__(
-        self, seed: int = 0, a_kwargs: dict[str, Any] | None = None,
-        b_kwargs: dict[str, Any] | None = None, **link: float,
+        self,
+        seed: int = 0,
+        a_kwargs: dict[str, Any] | None = None,
+        b_kwargs: dict[str, Any] | None = None,
+        **link: Any,
     ) -> None:
         rng = random.Random(seed)
         self.a = SctpAssociation(True, rng=random.Random(seed + 1), **(a_kwargs or {}))
         self.b = SctpAssociation(False, rng=random.Random(seed + 2), **(b_kwargs or {}))
-        self.ab = SimulatedLink(rng, **link)
-        self.ba = SimulatedLink(rng, **link)
+        self.ab: SimulatedLink[bytes] = SimulatedLink(rng, model=LinkModel(**link))
+        self.ba: SimulatedLink[bytes] = SimulatedLink(rng, model=LinkModel(**link))
         self.max_packet = {
             name: (kwargs or {}).get("max_packet_size", 1188)
             for name, kwargs in (("a", a_kwargs), ("b", b_kwargs))
@@ -129,10 +114,14 @@ class SctpPair:
             raise Livelock("too many steps")
         self.flush()
         times = [
-            t for t in (
-                self.ab.next_time(), self.ba.next_time(), self.a.poll_timeout(),
+            t
+            for t in (
+                self.ab.next_time(),
+                self.ba.next_time(),
+                self.a.poll_timeout(),
                 self.b.poll_timeout(),
-            ) if t is not None
+            )
+            if t is not None
         ]
         if not times:
             return False

@@ -4,11 +4,12 @@ Sockets bound on a :class:`VirtualNet` have the subset of the ``trio.socket`` UD
 the ICE driver uses (``await sendto``, ``await recvfrom``, ``getsockname``,
 ``close``), and the batch interface a peer connection's driver takes
 (``open_peer_connection(datagram_socket=...)``: ``wait_readable``, ``receive_into``,
-``send``, ``wait_writable``), so the same driver code runs on real UDP and here. The network loses,
-duplicates, delays and reorders datagrams from one seeded ``random.Random``, and
-:class:`VirtualNat` rewrites source addresses the way a NAT does. Delivery times are
-trio clock deadlines, so with ``MockClock(autojump_threshold=0)`` (pytest-trio's
-``autojump_clock``) simulated seconds pass instantly.
+``send``, ``wait_writable``), so the same driver code runs on real UDP and here. The
+network loses, duplicates, delays and reorders datagrams from one seeded
+``random.Random`` through the shared :class:`~._link.LinkModel`, and
+:class:`VirtualNat` rewrites source addresses with a :class:`~._link.Nat` table.
+Delivery times are trio clock deadlines, so with ``MockClock(autojump_threshold=0)``
+(pytest-trio's ``autojump_clock``) simulated seconds pass instantly.
 
 No tasks run inside the network: a datagram in flight sits in the destination
 socket's bounded queue, stamped with its delivery time, and ``recvfrom`` sleeps until
@@ -17,13 +18,14 @@ then. The network is usable from one trio run only.
 
 from __future__ import annotations
 
-import heapq
 import ipaddress
 import itertools
 import random
 from dataclasses import dataclass
 
 import trio
+
+from ._link import DelayLine, LinkModel, Nat
 
 __all__ = ["VirtualNat", "VirtualNet", "VirtualNetStatistics", "VirtualSocket"]
 
@@ -48,7 +50,7 @@ class VirtualSocket:
         self._net = net
         self._addr = addr
         self._nat = nat
-        self._queue: list[tuple[float, int, bytes, Address]] = []
+        self._queue: DelayLine[tuple[bytes, Address]] = DelayLine(net.queue_size)
         self._wakeup = trio.Event()
         self._closed = False
         self.send_errors = 0  # the batch interface's counter (nothing is refused here)
@@ -76,7 +78,7 @@ class VirtualSocket:
             # Same private network: no translation.
             self._net._send(bytes(data), self._addr, destination, nat)
         elif nat is not None:
-            self._net._send(bytes(data), nat._outbound(self._addr, destination), destination)
+            self._net._send(bytes(data), nat.table.outbound(self._addr, destination), destination)
         else:
             self._net._send(bytes(data), self._addr, destination)
 
@@ -85,11 +87,13 @@ class VirtualSocket:
             if self._closed:
                 raise trio.ClosedResourceError("socket was closed")
             now = trio.current_time()
-            if self._queue and self._queue[0][0] <= now:
-                _, _, data, source = heapq.heappop(self._queue)
+            deadline = self._queue.next_time()
+            if deadline is not None and deadline <= now:
+                _, (data, source) = self._queue.pop()
                 await trio.lowlevel.checkpoint()
                 return data[:bufsize], source
-            deadline = self._queue[0][0] if self._queue else float("inf")
+            if deadline is None:
+                deadline = float("inf")
             with trio.move_on_at(deadline):
                 await self._wakeup.wait()
             if self._wakeup.is_set() and not self._closed:
@@ -99,18 +103,18 @@ class VirtualSocket:
 
     def next_delivery(self) -> float | None:
         """When the next queued datagram arrives (trio time), or None: for steppers."""
-        return self._queue[0][0] if self._queue else None
+        return self._queue.next_time()
 
     async def wait_readable(self) -> None:
         """Until a datagram has arrived (ClosedResourceError once closed)."""
         while True:
             if self._closed:
                 raise trio.ClosedResourceError("socket was closed")
-            if self._queue and self._queue[0][0] <= trio.current_time():
+            due = self._queue.next_time()
+            if due is not None and due <= trio.current_time():
                 await trio.lowlevel.checkpoint()
                 return
-            deadline = self._queue[0][0] if self._queue else float("inf")
-            with trio.move_on_at(deadline):
+            with trio.move_on_at(float("inf") if due is None else due):
                 await self._wakeup.wait()
             if self._wakeup.is_set() and not self._closed:
                 self._wakeup = trio.Event()
@@ -120,10 +124,8 @@ class VirtualSocket:
 
     def receive_into(self, batch: list[tuple[bytes, Address]], limit: int) -> None:
         """Append the datagrams that have arrived, up to ``limit`` in ``batch``."""
-        now, queue = trio.current_time(), self._queue
-        while len(batch) < limit and queue and queue[0][0] <= now:
-            _, _, data, source = heapq.heappop(queue)
-            batch.append((data, source))
+        if len(batch) < limit:
+            batch.extend(self._queue.pop_due(trio.current_time(), limit - len(batch)))
 
     def send(self, datagrams: list[bytes], addr: Address) -> int:
         """Send every datagram to ``addr`` now; returns how many (all)."""
@@ -131,34 +133,17 @@ class VirtualSocket:
             self._send_now(data, addr)
         return len(datagrams)
 
-    def _enqueue(self, at: float, seq: int, data: bytes, source: Address) -> bool:
-        if len(self._queue) >= self._net.queue_size:
+    def _enqueue(self, at: float, data: bytes, source: Address) -> bool:
+        if not self._queue.push(at, (data, source)):
             return False
-        heapq.heappush(self._queue, (at, seq, data, source))
         self._wakeup.set()
         return True
 
 
 class VirtualNat:
-    """A NAT in front of private sockets, with RFC 4787 mapping and filtering behaviours.
-
-    ``mapping``: ``"endpoint-independent"`` (one public port per private socket) or
-    ``"address-and-port-dependent"`` (a new public port per destination: a "symmetric"
-    NAT, which defeats server-reflexive candidates). ``filtering``:
-    ``"endpoint-independent"`` (full cone), ``"address-dependent"`` or
-    ``"address-and-port-dependent"``: inbound datagrams pass only from destinations the
-    private socket sent to before.
-
-    ``conntrack_race``: behave like a Linux router whose filter does not drop
-    unsolicited packets before conntrack confirms them (no ``ct state new drop``): a
-    filtered inbound datagram still claims its (public address, source) tuple, so
-    when the private socket later sends to that source itself, the router cannot use
-    the socket's usual public port for it and picks another one, for that
-    destination only. Hole punching then fails unless the far side learns the new
-    port (peer-reflexive). ``tests/netlab`` shows the real thing.
-    """
-
-    _BEHAVIOURS = ("endpoint-independent", "address-dependent", "address-and-port-dependent")
+    """A NAT in front of private sockets: a :class:`~._link.Nat` table (``table``, see
+    there for ``filtering``, ``mapping`` and ``conntrack_race``) and the sockets bound
+    behind it."""
 
     def __init__(
         self,
@@ -169,26 +154,14 @@ class VirtualNat:
         *,
         conntrack_race: bool = False,
     ) -> None:
-        if filtering not in self._BEHAVIOURS:
-            raise ValueError(f"unknown filtering {filtering!r}")
-        if mapping not in ("endpoint-independent", "address-and-port-dependent"):
-            raise ValueError(f"unknown mapping {mapping!r}")
         self._net = net
-        self.public_ip = public_ip
-        self.filtering = filtering
-        self.mapping_behaviour = mapping
-        self._ports = itertools.count(40000)
-        # (private, destination or None) -> public, and back.
-        self._public_by_key: dict[tuple[Address, Address | None], Address] = {}
-        self._key_by_public: dict[Address, tuple[Address, Address | None]] = {}
-        self._contacted: dict[Address, set[Address]] = {}
-        self.conntrack_race = conntrack_race
-        # (public, remote) tuples claimed by filtered inbound datagrams (the race), and
-        # the per-destination ports that private sockets got because of them.
-        self._claimed: set[tuple[Address, Address]] = set()
-        self._remapped: dict[tuple[Address, Address], Address] = {}
+        self.table = Nat(public_ip, filtering, mapping, conntrack_race=conntrack_race)
         # Private sockets are only reachable through a mapping (or from inside).
         self._sockets: dict[Address, VirtualSocket] = {}
+
+    @property
+    def public_ip(self) -> str:
+        return self.table.public_ip
 
     async def bind(self, addr: Address) -> VirtualSocket:
         """A socket on the private side (``addr`` is its private address)."""
@@ -197,61 +170,11 @@ class VirtualNat:
 
     def mapping(self, private: Address, destination: Address | None = None) -> Address | None:
         """The public address of ``private`` (towards ``destination`` if symmetric)."""
-        return self._public_by_key.get(self._key(private, destination))
-
-    def _key(self, private: Address, destination: Address | None) -> tuple[Address, Address | None]:
-        symmetric = self.mapping_behaviour == "address-and-port-dependent"
-        return (private, destination if symmetric else None)
-
-    def _outbound(self, private: Address, destination: Address) -> Address:
-        remapped = self._remapped.get((private, destination))
-        if remapped is not None:
-            self._contacted.setdefault(private, set()).add(destination)
-            return remapped
-        key = self._key(private, destination)
-        public = self._public_by_key.get(key)
-        if public is not None and (public, destination) in self._claimed:
-            return self._remap(private, destination)
-        if public is None:
-            public = (self.public_ip, next(self._ports))
-            self._public_by_key[key] = public
-            self._key_by_public[public] = key
-            self._net._routes[public] = self
-        self._contacted.setdefault(private, set()).add(destination)
-        return public
-
-    def _remap(self, private: Address, destination: Address) -> Address:
-        # The usual port is taken towards this destination: a new one, bound to it.
-        public = (self.public_ip, next(self._ports))
-        self._remapped[(private, destination)] = public
-        self._key_by_public[public] = (private, destination)
-        self._net._routes[public] = self
-        self._contacted.setdefault(private, set()).add(destination)
-        return public
-
-    def _filtered(self, public: Address, source: Address) -> None:
-        """An inbound datagram was dropped by the filter (it may still claim a tuple)."""
-        if self.conntrack_race and len(self._claimed) < 4096:
-            self._claimed.add((public, source))
-
-    def _inbound(self, public: Address, source: Address) -> Address | None:
-        key = self._key_by_public.get(public)
-        if key is None or (public, source) in self._claimed:
-            return None  # a claimed tuple belongs to the router, not to the socket
-        private, bound_destination = key
-        if bound_destination is not None and bound_destination != source:
-            return None
-        contacted = self._contacted.get(private, set())
-        if self.filtering == "address-dependent":
-            if all(host != source[0] for host, _ in contacted):
-                return None
-        elif self.filtering == "address-and-port-dependent" and source not in contacted:
-            return None
-        return private
+        return self.table.mapping(private, destination)
 
 
 class VirtualNet:
-    """The network: sockets by address, NAT routes, and the seeded impairments."""
+    """The network: sockets by address, NATs, and the seeded impairments (``link``)."""
 
     def __init__(
         self,
@@ -264,14 +187,10 @@ class VirtualNet:
         queue_size: int = 256,
     ) -> None:
         self.rng = random.Random(seed)
-        self.loss = loss
-        self.duplicate = duplicate
-        self.delay = delay
-        self.jitter = jitter
+        self.link = LinkModel(loss, duplicate, jitter=jitter, delay=delay)
         self.queue_size = queue_size
         self._sockets: dict[Address, VirtualSocket] = {}
-        self._routes: dict[Address, VirtualNat] = {}
-        self._seq = itertools.count()
+        self._nats: list[VirtualNat] = []
         self._ports = itertools.count(10000)
         self._counts = dict.fromkeys(VirtualNetStatistics.__dataclass_fields__, 0)
 
@@ -289,7 +208,9 @@ class VirtualNet:
         conntrack_race: bool = False,
     ) -> VirtualNat:
         """A NAT with its own private address space (see :class:`VirtualNat`)."""
-        return VirtualNat(self, public_ip, filtering, mapping, conntrack_race=conntrack_race)
+        nat = VirtualNat(self, public_ip, filtering, mapping, conntrack_race=conntrack_race)
+        self._nats.append(nat)
+        return nat
 
     def statistics(self) -> VirtualNetStatistics:
         return VirtualNetStatistics(**self._counts)
@@ -316,22 +237,21 @@ class VirtualNet:
         destination: Address,
         private_network: VirtualNat | None = None,
     ) -> None:
-        counts = self._counts
+        counts, link, rng = self._counts, self.link, self.rng
         counts["sent"] += 1
-        if self.rng.random() < self.loss:
+        if link.lost(rng):
             counts["lost"] += 1
             return
-        copies = 1
-        if self.rng.random() < self.duplicate:
+        copies = link.copies(rng)
+        if copies > 1:
             counts["duplicated"] += 1
-            copies = 2
         if private_network is not None:
             sock = private_network._sockets.get(destination)
-        elif (nat := self._routes.get(destination)) is not None:
-            private = nat._inbound(destination, source)
+        elif (nat := self._nat_owning(destination)) is not None:
+            private = nat.table.inbound(destination, source)
             if private is None:
                 counts["dropped_by_nat"] += 1
-                nat._filtered(destination, source)
+                nat.table.filtered(destination, source)
                 return
             sock = nat._sockets.get(private)
         else:
@@ -341,8 +261,13 @@ class VirtualNet:
             return
         now = trio.current_time()
         for _ in range(copies):
-            at = now + self.delay + self.rng.random() * self.jitter
-            if sock._enqueue(at, next(self._seq), data, source):
+            if sock._enqueue(link.arrival(rng, now), data, source):
                 counts["delivered"] += 1
             else:
                 counts["dropped_queue_full"] += 1
+
+    def _nat_owning(self, public: Address) -> VirtualNat | None:
+        for nat in self._nats:
+            if nat.table.owns(public):
+                return nat
+        return None

@@ -8,7 +8,7 @@ import random
 import pytest
 from aiortc import RTCDataChannel, RTCDataChannelParameters, RTCSctpTransport
 
-from darkswap_trio.proto.sctp._association import (
+from darkswap_trio.proto.sctp import (
     Closed,
     MessageReceived,
     OutgoingStreamsReset,

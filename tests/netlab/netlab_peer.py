@@ -98,8 +98,12 @@ class Peer:
 
     async def events_loop(self) -> None:
         async for event in self.network.events:
-            emit("net", kind=type(event).__name__, peer=getattr(event, "peer_id", None),
-                 reason=getattr(event, "reason", None))
+            emit(
+                "net",
+                kind=type(event).__name__,
+                peer=getattr(event, "peer_id", None),
+                reason=getattr(event, "reason", None),
+            )
 
     async def send(self, count: int, interval: float, size: int) -> None:
         await self.link_ready.wait()
@@ -110,16 +114,23 @@ class Peer:
             self.sent_hash.update(message)
             if interval:
                 await trio.sleep(interval)
-        emit("sent", count=self.sent, sha=self.sent_hash.hexdigest(),
-             type=self.link.connection_type)
+        emit(
+            "sent", count=self.sent, sha=self.sent_hash.hexdigest(), type=self.link.connection_type
+        )
 
     def stats(self) -> None:
         seqs = self.received
         gaps = [b - a for a, b in zip(self.receive_times, self.receive_times[1:], strict=False)]
-        emit("stats", count=len(seqs), in_order=seqs == sorted(seqs),
-             duplicates=len(seqs) - len(set(seqs)), sha=self.received_hash.hexdigest(),
-             max_gap=max(gaps, default=0.0), ended=self.receive_ended,
-             type=self.link.connection_type if self.link is not None else None)
+        emit(
+            "stats",
+            count=len(seqs),
+            in_order=seqs == sorted(seqs),
+            duplicates=len(seqs) - len(set(seqs)),
+            sha=self.received_hash.hexdigest(),
+            max_gap=max(gaps, default=0.0),
+            ended=self.receive_ended,
+            type=self.link.connection_type if self.link is not None else None,
+        )
 
     async def commands(self, nursery: trio.Nursery) -> None:
         stdin = trio.lowlevel.FdStream(0)
@@ -138,8 +149,12 @@ class Peer:
                 if name == "connect":
                     nursery.start_soon(self.connect, command["peer"], nursery)
                 elif name == "send":
-                    nursery.start_soon(self.send, command["count"], command.get("interval", 0.0),
-                                       command.get("size", 64))
+                    nursery.start_soon(
+                        self.send,
+                        command["count"],
+                        command.get("interval", 0.0),
+                        command.get("size", 64),
+                    )
                 elif name == "stats":
                     self.stats()
 
@@ -157,29 +172,45 @@ class Peer:
 def install_trace() -> None:
     """Report ICE events, checks and SDP steps as ``trace`` lines (diagnostics only)."""
     from darkswap_trio.proto.ice import _connectivity as ice_connectivity
+    from darkswap_trio.proto.ice import _events as ice_events
     from darkswap_trio.webrtc import _peer_connection
 
-    agent = ice_connectivity.IceConnectivity
-    emit_event, send_check = agent._emit, agent._send_check
+    checks, outbox = ice_connectivity.ConnectivityChecks, ice_events.IceOutbox
+    emit_event, send_check = outbox.emit, checks._send_check
 
     def traced_emit(self, event):
         emit("trace", what=type(event).__name__, detail=str(getattr(event, "state", "")))
         return emit_event(self, event)
 
     def traced_check(self, pair, nominate, now):
-        emit("trace", what="check", detail=f"{pair.local_addr}->{pair.remote_addr} nominate={nominate}")
+        emit(
+            "trace",
+            what="check",
+            detail=f"{pair.local_addr}->{pair.remote_addr} nominate={nominate}",
+        )
         return send_check(self, pair, nominate, now)
 
-    agent._emit, agent._send_check = traced_emit, traced_check
-    hold = agent._nomination_hold
+    outbox.emit, checks._send_check = traced_emit, traced_check
+    hold = checks._nomination_hold
 
     def traced_hold(self, best):
         until = hold(self, best)
-        emit("trace", what="hold", detail=f"{until} pairs={[(p.state.value, p.check_started_at) for p in self._checklist.pairs]} first={self._first_valid_at}")
+        emit(
+            "trace",
+            what="hold",
+            detail=f"{until} pairs={[(p.state.value, p.check_started_at) for p in self.checklist.pairs]} first={self._first_valid_at}",
+        )
         return until
-    agent._nomination_hold = traced_hold
-    for name in ("create_offer", "create_answer", "set_remote_description", "wait_connected",
-                 "create_data_channel", "accept_data_channel"):
+
+    checks._nomination_hold = traced_hold
+    for name in (
+        "create_offer",
+        "create_answer",
+        "set_remote_description",
+        "wait_connected",
+        "create_data_channel",
+        "accept_data_channel",
+    ):
         original = getattr(_peer_connection.PeerConnection, name)
 
         def traced(original=original, name=name):
@@ -188,7 +219,9 @@ def install_trace() -> None:
                 result = await original(self, *args, **kwargs)
                 emit("trace", what=name, detail="end")
                 return result
+
             return call
+
         setattr(_peer_connection.PeerConnection, name, traced())
 
 
@@ -197,8 +230,12 @@ async def main() -> None:
     parser.add_argument("--relay", required=True)
     parser.add_argument("--stun", required=True)
     parser.add_argument("--host", required=True)
-    parser.add_argument("--direct-timeout", type=float, default=None,
-                        help="P2PConfig.direct_connect_timeout (default: the SDK's)")
+    parser.add_argument(
+        "--direct-timeout",
+        type=float,
+        default=None,
+        help="P2PConfig.direct_connect_timeout (default: the SDK's)",
+    )
     parser.add_argument("--no-direct", action="store_true", help="enable_direct=False")
     parser.add_argument("--trace", action="store_true")
     args = parser.parse_args()
@@ -211,8 +248,12 @@ async def main() -> None:
     sdk_log.setLevel(logging.INFO)
     p2p = {} if args.direct_timeout is None else {"direct_connect_timeout": args.direct_timeout}
     config = Config(
-        p2p=P2PConfig(relay_servers=[args.relay], stun_servers=[args.stun],
-                      enable_direct=not args.no_direct, **p2p),
+        p2p=P2PConfig(
+            relay_servers=[args.relay],
+            stun_servers=[args.stun],
+            enable_direct=not args.no_direct,
+            **p2p,
+        ),
         relay_manager=RelayManagerConfig(connection_timeout=10, ping_interval=5),
     )
     # Host candidates from the LAN interface only; STUN comes from P2PConfig.stun_servers.

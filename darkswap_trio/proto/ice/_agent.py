@@ -13,45 +13,61 @@ Driving it: feed every datagram of the socket to :meth:`IceAgent.receive` (STUN 
 handled, DTLS from validated addresses comes back as :class:`DataReceived`), call
 :meth:`IceAgent.handle_timeout` at :meth:`IceAgent.poll_timeout`, and send what
 :meth:`IceAgent.poll_transmit` returns. ``now`` is always passed in.
+
+Parts, each owning its state: :class:`IceCredentials` (both sides' ufrag/pwd, the
+tie-breaker), :class:`ConnectivityChecks` (the check list, checks, nomination),
+:class:`Gathering` (STUN servers, server-reflexive candidates), the
+:class:`TransactionTable` of outstanding requests, :class:`ConsentFreshness`, and the
+:class:`IceOutbox` they all send through. The agent owns the state, the selected pair
+and the addresses data is accepted from; it answers checks and routes responses.
 """
 
 from __future__ import annotations
+
+import random
+from collections import deque
 
 from ..demux import DatagramKind, classify
 from ..errors import StunParseError
 from ..stun import (
     Class,
+    Message,
     StunTransaction,
-    binding_request,
+    binding_success_response,
+    error_response,
     parse_stun_untrusted,
 )
 from ._checklist import (
     Candidate,
     CandidatePair,
-    CheckList,
     PairState,
     canonical_addr,
     host_candidate,
 )
-from ._connectivity import MIN_TA, IceConnectivity
+from ._connectivity import MIN_TA, TA, ConnectivityChecks
 from ._events import (
     CandidateGathered,
+    ConsentLost,
     DataReceived,
     IceEvent,
+    IceOutbox,
     IceState,
+    IceStateChanged,
     IceStatistics,
+    SelectedPairChanged,
     Transmit,
 )
-from ._stun import (
-    copy_candidate,
-    ip_family,
-)
-from ._timers import PendingTransaction
+from ._gathering import Gathering
+from ._stun import IceCredentials, RoleDecision, copy_candidate, ip_family, resolve_role_conflict
+from ._timers import ConsentFreshness, PendingTransaction, TransactionTable
 
 __all__ = ["IceAgent", "Transmit"]
 
+# Addresses accepted for data on the strength of an early check alone (bounded).
+MAX_EARLY_DATA_ADDRS = 16
 
-class IceAgent(IceConnectivity):
+
+class IceAgent:
     """The ICE state machine of one peer connection (see module docstring).
 
     Add host candidates with :meth:`add_local_candidate` before :meth:`gather`.
@@ -61,11 +77,79 @@ class IceAgent(IceConnectivity):
     the first check; that is most of the connect time on a fast path.
     """
 
+    def __init__(
+        self,
+        controlling: bool,
+        local_ufrag: str | None = None,
+        local_pwd: str | None = None,
+        stun_servers: tuple[tuple[str, int], ...] | list[tuple[str, int]] = (),
+        tie_breaker: int | None = None,
+        rng: random.Random | None = None,
+        pacing: float = TA,
+    ) -> None:
+        if not pacing >= MIN_TA:
+            raise ValueError(f"ICE pacing (Ta) must be at least {MIN_TA} s")
+        rng = rng if rng is not None else random.SystemRandom()
+        servers = [canonical_addr(s) for s in stun_servers]
+        self._credentials = IceCredentials(rng, local_ufrag, local_pwd, tie_breaker)
+        self._state = IceState.NEW
+        self._out = IceOutbox()
+        self._pending = TransactionTable(self._out)
+        self._stats = dict.fromkeys(
+            (
+                "checks_sent",
+                "retransmissions",
+                "requests_received",
+                "responses_received",
+                "role_conflicts",
+                "datagrams_dropped",
+            ),
+            0,
+        )
+        self._data_addrs: set[tuple[str, int]] = set()
+        self._checks = ConnectivityChecks(
+            self,
+            controlling,
+            pacing,
+            self._credentials,
+            self._pending,
+            self._out,
+            self._data_addrs,
+            self._stats,
+        )
+        self._gathering = Gathering(servers, self._credentials, self._pending, self._out)
+        self._consent = ConsentFreshness(rng)
+        self._early_checks: deque[tuple[Message, tuple[str, int], tuple[str, int]]] = deque(
+            maxlen=16
+        )
+        self._selected: CandidatePair | None = None
+        # The old selected pair keeps carrying data during an ICE restart.
+        self._previous_selected: CandidatePair | None = None
+        # Calls without ``now`` (credentials, trickle) use the latest time seen.
+        self._last_now = 0.0
+        self._canonical_addrs: dict[tuple[str, int], tuple[str, int]] = {}
+
     # -- public surface ----------------------------------------------------------------
 
     @property
+    def local_ufrag(self) -> str:
+        return self._credentials.local_ufrag
+
+    @property
+    def local_pwd(self) -> str:
+        return self._credentials.local_pwd
+
+    @property
+    def remote_ufrag(self) -> str | None:
+        return self._credentials.remote_ufrag
+
+    @property
+    def remote_pwd(self) -> str | None:
+        return self._credentials.remote_pwd
+
+    @property
     def controlling(self) -> bool:
-        return self._checklist.controlling
+        return self._checks.checklist.controlling
 
     @property
     def state(self) -> IceState:
@@ -78,7 +162,7 @@ class IceAgent(IceConnectivity):
     @property
     def pacing(self) -> float:
         """Ta in seconds: the interval between new connectivity checks."""
-        return self._pacing
+        return self._checks.pacing
 
     def set_pacing(self, seconds: float) -> None:
         """Change Ta, e.g. to the value both peers agreed once the remote description
@@ -86,124 +170,96 @@ class IceAgent(IceConnectivity):
         ValueError below 5 ms (RFC 8445 section 14.2)."""
         if not seconds >= MIN_TA:
             raise ValueError(f"ICE pacing (Ta) must be at least {MIN_TA} s")
-        self._pacing = seconds
+        self._checks.pacing = seconds
 
     @property
     def local_candidates(self) -> list[Candidate]:
-        return [*self._checklist.local, *self._srflx]
+        return [*self._checks.checklist.local, *self._gathering.srflx]
 
     @property
     def remote_candidates(self) -> list[Candidate]:
-        return list(self._checklist.remote)
+        return list(self._checks.checklist.remote)
 
     @property
     def pairs(self) -> list[CandidatePair]:
-        return list(self._checklist.pairs)
+        return list(self._checks.checklist.pairs)
 
     def add_local_candidate(self, addr: tuple[str, int]) -> Candidate:
         """Add a host candidate for a bound local socket address and announce it."""
         addr = canonical_addr(addr)
-        known = self._checklist.find_local(addr)
+        known = self._checks.checklist.find_local(addr)
         if known is not None:
             return known
-        local_pref = 65535 - len(self._checklist.local)
+        local_pref = 65535 - len(self._checks.checklist.local)
         candidate = host_candidate(addr, local_pref)
-        self._checklist.add_local(candidate)
-        self._emit(CandidateGathered(candidate))
+        self._checks.checklist.add_local(candidate)
+        self._out.emit(CandidateGathered(candidate))
         return candidate
 
     def add_stun_server(self, addr: tuple[str, int]) -> None:
         """Add a STUN server (IP literal: resolving names is the driver's job) before gather."""
-        server = canonical_addr(addr)
-        if server not in self._stun_servers:
-            self._stun_servers.append(server)
+        self._gathering.add_server(addr)
 
     def gather(self, now: float) -> None:
         """Start server-reflexive gathering; :class:`GatheringComplete` follows."""
         self._last_now = now
-        if self._gathering:
-            return
-        self._gathering = True
-        for base in self._checklist.local:
-            for server in self._stun_servers:
-                if ip_family(server[0]) != ip_family(base.host):
-                    continue
-                request = binding_request(self._transaction_id())
-                request.add_fingerprint()
-                self._start(
-                    PendingTransaction(
-                        "gather",
-                        StunTransaction(bytes(request), now),
-                        server,
-                        (base.host, base.port),
-                        base=base,
-                    )
-                )
-        self._maybe_gathering_complete()
+        self._gathering.start(self._checks.checklist.local, now)
 
     def set_remote_credentials(self, ufrag: str, pwd: str, now: float | None = None) -> None:
         """Set the peer's ice-ufrag/ice-pwd; checks start once pairs exist."""
         if not ufrag or not pwd:
             raise ValueError("remote ice-ufrag and ice-pwd must not be empty")
-        self.remote_ufrag = ufrag
-        self.remote_pwd = pwd
+        self._credentials.remote_ufrag = ufrag
+        self._credentials.remote_pwd = pwd
         now = self._last_now = self._last_now if now is None else now
         if self._state is IceState.NEW:
             self._set_state(IceState.CHECKING)
         # Checks that arrived before the credentials (RFC 8445 section 7.3).
         for message, addr, local in list(self._early_checks):
             if message.attributes["USERNAME"].partition(":")[2] == ufrag:
-                self._incoming_check(message, addr, local, now)
+                self._checks.incoming_check(message, addr, local, now)
         self._early_checks.clear()
-        self._schedule_checks(now)
+        self._checks.schedule(now)
         self._maybe_fail()  # end-of-candidates may have come first, with nothing to pair
 
     def add_remote_candidate(self, candidate: Candidate | None, now: float | None = None) -> None:
         """Trickle a remote candidate in; ``None`` means end-of-candidates."""
         if candidate is None:
-            self._remote_end = True
+            self._checks.remote_end = True
             self._maybe_fail()
             return
         now = self._last_now = self._last_now if now is None else now
         candidate = copy_candidate(candidate)
-        self._checklist.add_remote(candidate)
-        self._schedule_checks(now)
+        self._checks.checklist.add_remote(candidate)
+        self._checks.schedule(now)
 
     def restart(self, now: float, ufrag: str | None = None, pwd: str | None = None) -> None:
         """ICE restart: new local credentials, forget the remote side, gather again.
 
         The selected pair keeps carrying data until a new one is nominated.
         """
-        self.local_ufrag = ufrag or self._random_ice_string(8)
-        self.local_pwd = pwd or self._random_ice_string(24)
-        self.remote_ufrag = self.remote_pwd = None
-        locals_ = list(self._checklist.local)
-        self._checklist = CheckList(self.controlling)
-        self._srflx.clear()
+        self._credentials.restart(ufrag, pwd)
+        locals_ = list(self._checks.checklist.local)
+        self._checks.restart()
+        self._gathering.restart()
         self._pending.clear()
-        self._triggered.clear()
         self._early_checks.clear()
-        self._remote_end = False
-        self._first_valid_at = None
-        self._next_check_at = None
-        self._gathering = self._gathering_done = False
         self._consent.stop()
         self._previous_selected = self._selected or self._previous_selected
         self._selected = None
         for base in locals_:
-            self._checklist.add_local(base)
-            self._emit(CandidateGathered(base))
+            self._checks.checklist.add_local(base)
+            self._out.emit(CandidateGathered(base))
         self._set_state(IceState.NEW)
         self.gather(now)
 
     def close(self) -> None:
         """Stop everything: no more transmits, timers or events after CLOSED."""
         self._pending.clear()
-        self._triggered.clear()
-        self._transmits.clear()
+        self._checks.stop()
+        self._out.transmits.clear()
         self._selected = None
         self._consent.stop()
-        self._next_check_at = None
         self._set_state(IceState.CLOSED)
 
     def receive(
@@ -231,7 +287,7 @@ class IceAgent(IceConnectivity):
         kind = classify(data)
         if kind is DatagramKind.DTLS:
             if addr in self._data_addrs:
-                self._emit(DataReceived(bytes(data), addr))
+                self._out.emit(DataReceived(bytes(data), addr))
             else:
                 self._stats["datagrams_dropped"] += 1
             return
@@ -251,7 +307,7 @@ class IceAgent(IceConnectivity):
             self._stats["responses_received"] += 1
             self._on_response(message, addr, now)
         # Indications (keepalives) need nothing.
-        self._schedule_checks(now)
+        self._checks.schedule(now)
 
     def send_data(self, data: bytes, reply_to: tuple[str, int] | None = None) -> Transmit | None:
         """A transmit carrying ``data`` on the selected pair, or None without a path.
@@ -270,10 +326,13 @@ class IceAgent(IceConnectivity):
             return Transmit(bytes(data), pair.remote_addr, pair.local_addr)
         if reply_to is None or reply_to not in self._data_addrs:
             valid = self.first_valid_pair()  # we speak first (a DTLS client): the best one
-            return None if valid is None else Transmit(bytes(data), valid.remote_addr,
-                                                       valid.local_addr)
+            return (
+                None
+                if valid is None
+                else Transmit(bytes(data), valid.remote_addr, valid.local_addr)
+            )
         local = None
-        for candidate_pair in self._checklist.pairs:
+        for candidate_pair in self._checks.checklist.pairs:
             if candidate_pair.remote_addr == reply_to:
                 local = candidate_pair.local_addr
                 if candidate_pair.state is PairState.SUCCEEDED:
@@ -284,47 +343,44 @@ class IceAgent(IceConnectivity):
         """The selected pair, else the best pair whose check succeeded, else None."""
         if self._selected is not None:
             return self._selected
-        for pair in self._checklist.pairs:  # kept sorted, best first
+        for pair in self._checks.checklist.pairs:  # kept sorted, best first
             if pair.state is PairState.SUCCEEDED:
                 return pair
         return None
 
     def poll_transmit(self) -> Transmit | None:
-        return self._transmits.popleft() if self._transmits else None
+        transmits = self._out.transmits
+        return transmits.popleft() if transmits else None
 
     def poll_event(self) -> IceEvent | None:
-        return self._events.popleft() if self._events else None
+        events = self._out.events
+        return events.popleft() if events else None
 
     def poll_timeout(self) -> float | None:
         if self._state is IceState.CLOSED:
             return None
-        deadlines = [
-            d for d in (self._pending.poll_timeout(), self._consent.poll_timeout()) if d is not None
-        ]
-        if self._next_check_at is not None and self._has_checks_to_start():
-            deadlines.append(self._next_check_at)
-        if self._first_valid_at is not None and self._wants_nomination():
-            valid = self._checklist.valid_pairs()
-            hold = self._nomination_hold(valid[0]) if valid else None
-            if hold is not None:
-                deadlines.append(hold)
-        return min(deadlines) if deadlines else None
+        deadlines = (
+            self._pending.poll_timeout(),
+            self._consent.poll_timeout(),
+            self._checks.poll_timeout(),
+        )
+        return min((d for d in deadlines if d is not None), default=None)
 
     def handle_timeout(self, now: float) -> None:
         if self._state is IceState.CLOSED:
             return
         self._last_now = now
         for pending, timed_out in self._pending.expire(now):
-            if timed_out:
-                self._on_transaction_timeout(pending, now)
-            else:
+            if not timed_out:
                 self._stats["retransmissions"] += 1
-                self._queue(pending.transaction.data, pending.addr, pending.local)
+                self._pending.resend(pending)
+            elif pending.kind == "gather":
+                self._gathering.maybe_complete()
+            elif pending.kind == "check" and pending.pair is not None:
+                self._checks.on_timeout(pending, now)
+            # A lost consent check only matters through the consent expiry.
         self._run_consent(now)
-        self._schedule_checks(now)
-        if self._next_check_at is not None and now >= self._next_check_at:
-            self._start_next_check(now)
-        self._maybe_nominate(now)
+        self._checks.handle_timeout(now)
 
     def statistics(self) -> IceStatistics:
         selected = self._selected
@@ -332,10 +388,128 @@ class IceAgent(IceConnectivity):
             state=self._state,
             controlling=self.controlling,
             local_candidates=len(self.local_candidates),
-            remote_candidates=len(self._checklist.remote),
-            pairs=len(self._checklist.pairs),
-            succeeded_pairs=len(self._checklist.valid_pairs()),
+            remote_candidates=len(self._checks.checklist.remote),
+            pairs=len(self._checks.checklist.pairs),
+            succeeded_pairs=len(self._checks.checklist.valid_pairs()),
             selected_local=selected.local_addr if selected else None,
             selected_remote=selected.remote_addr if selected else None,
             **self._stats,
         )
+
+    # -- incoming requests (RFC 8445 section 7.3) ----------------------------------------
+
+    def _on_request(
+        self, message: Message, addr: tuple[str, int], base: Candidate | None, now: float
+    ) -> None:
+        error = 400 if base is None else self._credentials.authenticate(message)
+        if error is not None or base is None:
+            reason = "Bad Request" if error == 400 else "Unauthenticated"
+            self._reply(error_response(message, error or 400, reason), addr, base)
+            return
+        checks = self._checks
+        decision = resolve_role_conflict(message, checks.controlling, self._credentials.tie_breaker)
+        if decision is not RoleDecision.KEEP:
+            self._stats["role_conflicts"] += 1
+        if decision is RoleDecision.REJECT:
+            key = self.local_pwd.encode()
+            self._reply(error_response(message, 487, "Role Conflict", key), addr, base)
+            return
+        if decision is RoleDecision.SWITCH:
+            checks.switch_role(not checks.controlling)
+        self._reply(binding_success_response(message, addr, self.local_pwd.encode()), addr, base)
+        if self.remote_pwd is None:
+            self._early_checks.append((message, addr, (base.host, base.port)))
+            # The check carried our password: the peer's DTLS may follow from there
+            # before its answer reaches us (a browser that answered us starts at once).
+            if len(self._data_addrs) < MAX_EARLY_DATA_ADDRS:
+                self._data_addrs.add(addr)
+            return
+        checks.incoming_check(message, addr, (base.host, base.port), now)
+
+    def _reply(self, data: bytes, addr: tuple[str, int], base: Candidate | None) -> None:
+        self._out.send(data, addr, (base.host, base.port) if base is not None else None)
+
+    # -- responses (RFC 8445 section 7.2.5) ----------------------------------------------
+
+    def _on_response(self, message: Message, addr: tuple[str, int], now: float) -> None:
+        pending = self._pending.get(message.transaction_id)
+        if pending is None:
+            return
+        if pending.kind == "gather":
+            self._pending.remove(pending)
+            known = {(c.host, c.port) for c in self.local_candidates}
+            self._gathering.on_response(message, pending, known)
+            return
+        assert self.remote_pwd is not None
+        # An unauthenticated answer is ignored and retransmissions go on (RFC 8489 9.1.4).
+        if not message.check_message_integrity(self.remote_pwd.encode()):
+            return
+        self._pending.remove(pending)
+        if pending.kind == "consent":
+            pair = pending.pair
+            assert pair is not None
+            if message.message_class == Class.RESPONSE and addr == pair.remote_addr:
+                self._consent.refreshed(now)
+            return
+        self._checks.on_response(message, addr, pending, now)
+
+    # -- what the checks report (ConnectivityChecks' CheckOwner) -------------------------
+
+    def _nominated(self, pair: CandidatePair, now: float) -> None:
+        pair.nominated = True
+        pair.nominating = False
+        if self._selected is pair:
+            return
+        self._selected = pair
+        self._previous_selected = None
+        self._consent.start(now)
+        self._checks.abandon_others(pair)
+        self._out.emit(SelectedPairChanged(pair.local, pair.remote))
+        if self._state is not IceState.CONNECTED:
+            self._set_state(IceState.CONNECTED)
+
+    def _maybe_fail(self) -> None:
+        if self._state is not IceState.CHECKING or self._selected is not None:
+            return
+        if self._checks.exhausted():
+            self._set_state(IceState.FAILED)
+
+    # -- consent freshness (RFC 7675) ----------------------------------------------------
+
+    def _run_consent(self, now: float) -> None:
+        pair = self._selected
+        if pair is None or self._state is not IceState.CONNECTED or self.remote_pwd is None:
+            return
+        if self._consent.expired(now):
+            self._consent.stop()
+            self._out.emit(ConsentLost())
+            self._set_state(IceState.FAILED)
+        elif self._consent.check_due(now):
+            request = self._credentials.check_request(self.controlling, nominate=False)
+            # Retransmitted within the ~5 s interval (at 0, 0.5, 1.5 and 3.5 s), so a
+            # lossy path keeps its consent; the transaction ends before the next one.
+            transaction = StunTransaction(bytes(request), now, max_requests=4, last_wait_factor=2)
+            self._pending.start(
+                PendingTransaction(
+                    "consent", transaction, pair.remote_addr, pair.local_addr, pair=pair
+                )
+            )
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _set_state(self, state: IceState) -> None:
+        if state is not self._state:
+            self._state = state
+            self._out.emit(IceStateChanged(state))
+
+    def _base_for(self, local: tuple[str, int] | None, addr: tuple[str, int]) -> Candidate | None:
+        checklist = self._checks.checklist
+        if local is not None:
+            found = checklist.find_local(canonical_addr(local))
+            if found is not None:
+                return found
+        family = ip_family(addr[0])
+        for candidate in checklist.local:
+            if ip_family(candidate.host) == family:
+                return candidate
+        return None

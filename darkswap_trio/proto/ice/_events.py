@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections import deque
 from dataclasses import dataclass
 
 from aioice.candidate import Candidate
@@ -13,6 +14,7 @@ __all__ = [
     "DataReceived",
     "GatheringComplete",
     "IceEvent",
+    "IceOutbox",
     "IceState",
     "IceStateChanged",
     "IceStatistics",
@@ -115,3 +117,25 @@ class IceStatistics:
     datagrams_dropped: int
     selected_local: tuple[str, int] | None
     selected_remote: tuple[str, int] | None
+
+
+# The queues are drained after every call; the bounds only stop a driver that forgot
+# to drain from growing them without limit.
+MAX_EVENTS = 1024
+MAX_TRANSMITS = 1024
+
+
+class IceOutbox:
+    """What the agent's parts hand to the driver: datagrams and events, bounded."""
+
+    def __init__(self) -> None:
+        self.transmits: deque[Transmit] = deque()
+        self.events: deque[IceEvent] = deque()
+
+    def send(self, data: bytes, addr: tuple[str, int], local: tuple[str, int] | None) -> None:
+        if len(self.transmits) < MAX_TRANSMITS:
+            self.transmits.append(Transmit(data, addr, local))
+
+    def emit(self, event: IceEvent) -> None:
+        if len(self.events) < MAX_EVENTS:
+            self.events.append(event)

@@ -1,12 +1,14 @@
 """The STUN side of ICE connectivity checks (RFC 8445 sections 7.2 and 7.3), pure functions.
 
 Building a check request, authenticating an incoming one, and the role-conflict rule,
-kept apart from the agent's state so each reads on its own.
+kept apart from the agent's state so each reads on its own; :class:`IceCredentials`
+holds what they need (both sides' ufrag/pwd, our tie-breaker, the random source).
 """
 
 from __future__ import annotations
 
 import enum
+import random
 import string
 
 from aioice.candidate import Candidate, candidate_priority
@@ -16,6 +18,7 @@ from ._checklist import COMPONENT, canonical_addr
 
 __all__ = [
     "ICE_CHARS",
+    "IceCredentials",
     "RoleDecision",
     "authenticate_check",
     "build_check_request",
@@ -108,3 +111,61 @@ def copy_candidate(candidate: Candidate) -> Candidate:
     copy.host = copy._network_host = host
     copy.port = port
     return copy
+
+
+class IceCredentials:
+    """Both sides' ICE credentials and our tie-breaker; builds and checks STUN checks.
+
+    ``rng`` also draws transaction ids and peer-reflexive foundations, in the order
+    the agent asks for them.
+    """
+
+    def __init__(
+        self,
+        rng: random.Random,
+        local_ufrag: str | None = None,
+        local_pwd: str | None = None,
+        tie_breaker: int | None = None,
+    ) -> None:
+        self.rng = rng
+        self.tie_breaker = tie_breaker if tie_breaker is not None else rng.getrandbits(64)
+        self.local_ufrag = local_ufrag or self.random_string(8)
+        self.local_pwd = local_pwd or self.random_string(24)
+        if len(self.local_ufrag) < 4 or len(self.local_pwd) < 22:
+            raise ValueError("ice-ufrag needs 4+ characters and ice-pwd 22+")
+        self.remote_ufrag: str | None = None
+        self.remote_pwd: str | None = None
+
+    def restart(self, ufrag: str | None, pwd: str | None) -> None:
+        """New local credentials (drawn unless given); the remote ones are forgotten."""
+        self.local_ufrag = ufrag or self.random_string(8)
+        self.local_pwd = pwd or self.random_string(24)
+        self.remote_ufrag = self.remote_pwd = None
+
+    def transaction_id(self) -> bytes:
+        return self.rng.getrandbits(96).to_bytes(12, "big")
+
+    def random_string(self, length: int) -> str:
+        return "".join(self.rng.choice(ICE_CHARS) for _ in range(length))
+
+    def check_request(self, controlling: bool, nominate: bool) -> Message:
+        """A signed check (or consent check) to the peer; remote credentials must be set."""
+        assert self.remote_ufrag is not None and self.remote_pwd is not None
+        return build_check_request(
+            self.transaction_id(),
+            remote_ufrag=self.remote_ufrag,
+            local_ufrag=self.local_ufrag,
+            remote_pwd=self.remote_pwd,
+            controlling=controlling,
+            tie_breaker=self.tie_breaker,
+            nominate=nominate,
+        )
+
+    def authenticate(self, message: Message) -> int | None:
+        """None for an acceptable check, else the STUN error code to answer."""
+        return authenticate_check(
+            message,
+            local_ufrag=self.local_ufrag,
+            local_pwd=self.local_pwd,
+            remote_ufrag=self.remote_ufrag,
+        )

@@ -14,6 +14,7 @@ from aioice.candidate import Candidate
 
 from ..stun import StunTransaction
 from ._checklist import CandidatePair
+from ._events import IceOutbox
 
 __all__ = [
     "CONSENT_INTERVAL",
@@ -47,13 +48,19 @@ class PendingTransaction:
 
 
 class TransactionTable:
-    """Outstanding transactions by transaction id."""
+    """Outstanding transactions by transaction id; sends their requests to ``outbox``."""
 
-    def __init__(self) -> None:
+    def __init__(self, outbox: IceOutbox) -> None:
         self._by_id: dict[bytes, PendingTransaction] = {}
+        self._outbox = outbox
 
-    def add(self, pending: PendingTransaction) -> None:
+    def start(self, pending: PendingTransaction) -> None:
+        """Remember ``pending`` and send its request."""
         self._by_id[pending.transaction_id] = pending
+        self.resend(pending)
+
+    def resend(self, pending: PendingTransaction) -> None:
+        self._outbox.send(pending.transaction.data, pending.addr, pending.local)
 
     def get(self, transaction_id: bytes) -> PendingTransaction | None:
         return self._by_id.get(transaction_id)

@@ -11,13 +11,13 @@ Both ends may send INIT (WebRTC does); the collision is resolved by the state co
 life, which is what 5.2.1 asks of a colliding INIT-ACK and keeps the cookie checks
 simple.
 
-Speed: chunks are bundled (control, SACK, FORWARD-TSN, then DATA filling the packet),
-SACKs are delayed (every second packet, at once on gaps/duplicates, else after
-``delayed_ack``) and ride on outgoing DATA. A driver may hand over a batch of datagrams
-before polling: the SACK then goes out with whatever is sent next, but still at least
-every ``max_packets_per_sack`` packets (a standalone SACK queued mid-batch), because
-RFC-strict senders (browsers, aiortc) grow their window per SACK, not per byte.
-``max_packets_per_sack=None`` gives one SACK per poll: fewer packets, stretch SACKs.
+Parts, each owning its state: :class:`AssociationSetup` (tags, cookie, T1),
+:class:`SctpSender` (queue, congestion control, loss recovery), :class:`SctpReceiver`
+(reassembly, window), :class:`SackScheduler` (when to SACK), :class:`StreamResetter`,
+:class:`PathHeartbeat` and :class:`AssociationTeardown` (T2). The association routes chunks to
+them, applies the state transitions of :mod:`._state` and bundles what they want
+sent: control, SACK, FORWARD-TSN, then DATA filling the packet.
+``max_packets_per_sack`` (``None``: one stretch SACK per poll) is :mod:`._acks`'s.
 ``zero_checksum`` (RFC 9653, DTLS as the alternate error detection method): we announce
 that we accept a zero checksum, and send zero once the peer announced the same (DTLS
 already authenticates every packet; the CRC32c would only cost both ends time).
@@ -35,6 +35,7 @@ import struct
 from collections import deque
 
 from ..errors import SctpParseError
+from ._acks import SackScheduler
 from ._chunks import (
     DATA_IMMEDIATE,
     AbortChunk,
@@ -58,39 +59,30 @@ from ._chunks import (
     parse_plain_sack_untrusted,
     seal_packet,
 )
-from ._events import (
-    BufferedAmountLow,
-    Closed,
-    Connected,
-    MessageReceived,
-    OutgoingStreamsReset,
-    SctpEvent,
-    SctpState,
-    SctpStatistics,
-    StreamsReset,
-)
-from ._handshake import STREAMS, AssociationSetup
+from ._events import Closed, Connected, MessageReceived, SctpEvent, SctpState, SctpStatistics
+from ._handshake import STREAMS, AssociationSetup, PeerParams
 from ._heartbeat import PathHeartbeat
 from ._reconfig import StreamResetter
 from ._sender import OutboundMessage, SctpSender
-from ._streams import DROPPED, IN_ORDER, MASK32, SctpReceiver
-from ._teardown import AssociationTeardown
-
-__all__ = [
-    "BufferedAmountLow", "Closed", "Connected", "MessageReceived", "OutgoingStreamsReset",
-    "SctpAssociation", "SctpEvent", "SctpState", "SctpStatistics", "StreamsReset",
-]
-
-# Tuples, not sets: membership is then an identity scan (Enum.__hash__ is Python code).
-_DATA_STATES = (SctpState.ESTABLISHED, SctpState.SHUTDOWN_PENDING, SctpState.SHUTDOWN_RECEIVED)
-_RECEIVE_STATES = (
-    SctpState.ESTABLISHED, SctpState.COOKIE_ECHOED, SctpState.SHUTDOWN_PENDING,
-    SctpState.SHUTDOWN_SENT,
+from ._state import (
+    DATA_STATES,
+    LIVE_STATES,
+    RECEIVE_STATES,
+    SHUTDOWN_WAITING,
+    Trigger,
+    allows,
+    next_state,
 )
-_LIVE_STATES = (*_RECEIVE_STATES, SctpState.SHUTDOWN_RECEIVED)
+from ._streams import IN_ORDER, SctpReceiver
+from ._teardown import AssociationTeardown, abort_reason, unknown_chunk_action
+
+__all__ = ["SctpAssociation"]
+
+_SETUP_STATES = (SctpState.CLOSED, SctpState.COOKIE_WAIT, SctpState.COOKIE_ECHOED)
+_SEND_STATES = (*_SETUP_STATES, SctpState.ESTABLISHED)
 
 
-class SctpAssociation(AssociationTeardown, AssociationSetup):
+class SctpAssociation:
     """One SCTP association over an already secured datagram transport (DTLS).
 
     ``is_client`` is the DTLS role; SCTP itself is symmetric in WebRTC (both ends may
@@ -136,17 +128,25 @@ class SctpAssociation(AssociationTeardown, AssociationSetup):
         self._zero_checksum = zero_checksum  # RFC 9653 with DTLS: announced, so accepted
         self._send_zero_checksum = False  # the peer announced it too
         self._window = receive_window or max(1 << 20, 2 * max_message_size)
-        self._rto_initial = rto_initial
-        self._delayed_ack = delayed_ack
-        self._max_packets_per_sack = max_packets_per_sack or 1 << 30
         self._max_retransmissions = max_retransmissions
-        self._max_init_retransmissions = max_init_retransmissions
-        self._cookie_lifetime = cookie_lifetime
-        self._local_tag = rng.randrange(1, 1 << 32)
+        # The parts, each owning its state; the association composes them, applies the
+        # state transitions (._state) and bundles what they want sent.
+        self._control: list[bytes] = []  # encoded chunks for the next packet
+        self._solo: deque[tuple[int, bytes]] = deque()  # (vtag, chunk) sent alone
+        self._setup = setup = AssociationSetup(
+            self._control,
+            self._solo,
+            rng,
+            self._window,
+            zero_checksum,
+            initial_tsn,
+            rto_initial,
+            max_init_retransmissions,
+            cookie_lifetime,
+        )
+        self._local_tag = setup.local_tag
         # What every packet for us starts with: ports and our tag (INIT aside).
         self._inbound_header = struct.pack("!HHI", remote_port, local_port, self._local_tag)
-        self._local_tsn = rng.randrange(0, 1 << 32) if initial_tsn is None else initial_tsn
-        self._secret = rng.getrandbits(256).to_bytes(32, "big")
         self._peer_tag = 0
         #: Streams we may send on: the peer's inbound stream count, once known.
         self.outbound_streams = STREAMS
@@ -154,26 +154,12 @@ class SctpAssociation(AssociationTeardown, AssociationSetup):
         self._now = 0.0
         self._events: deque[SctpEvent] = deque()
         self._sender = SctpSender(
-            self._local_tsn, max_packet_size, self._events, rto_initial, rto_min, rto_max
+            setup.local_tsn, max_packet_size, self._events, rto_initial, rto_min, rto_max
         )
         self._receiver: SctpReceiver | None = None
-        self._control: list[bytes] = []  # encoded chunks for the next packet
         self._resetter = StreamResetter(self._sender, self._events, self._control)
-        self._solo: deque[tuple[int, bytes]] = deque()  # (vtag, chunk) sent alone
-        self._init_chunk = InitChunk(
-            self._local_tag, self._window, STREAMS, STREAMS, self._local_tsn,
-            self._extension_params(),
-        ).encode()
-        self._cookie_echo = b""
-        self._t1_deadline: float | None = None
-        self._t1_count = 0
-        self._t1_rto = rto_initial
-        self._t2_deadline: float | None = None
-        self._t2_count = 0
-        self._sack_deadline: float | None = None
-        self._sack_due = False
-        self._unacked_packets = 0
-        self._last_advertised_rwnd = self._window
+        self._teardown = AssociationTeardown(self._control, max_retransmissions)
+        self._acks = SackScheduler(self._window, max_packet_size, delayed_ack, max_packets_per_sack)
         self._heartbeat = PathHeartbeat(heartbeat_interval, max_retransmissions)
         self._packets_sent = self._packets_received = 0
         self._bytes_sent = self._bytes_received = 0
@@ -187,24 +173,27 @@ class SctpAssociation(AssociationTeardown, AssociationSetup):
     def connect(self, now: float) -> None:
         """Send INIT (both WebRTC ends may do this; collisions are handled)."""
         self._now = now
-        if self._state is not SctpState.CLOSED:
+        if not allows(self._state, Trigger.CONNECT):
             return
-        self._state = SctpState.COOKIE_WAIT
-        self._solo.append((0, self._init_chunk))
-        self._t1_deadline = now + self._t1_rto
+        self._state = next_state(self._state, Trigger.CONNECT)
+        self._setup.start(now)
 
     def send(
-        self, stream_id: int, ppid: int, data: bytes, now: float, *, ordered: bool = True,
-        max_retransmits: int | None = None, lifetime: float | None = None,
+        self,
+        stream_id: int,
+        ppid: int,
+        data: bytes,
+        now: float,
+        *,
+        ordered: bool = True,
+        max_retransmits: int | None = None,
+        lifetime: float | None = None,
     ) -> None:
         """Queue one message. ``lifetime`` (seconds from ``now``) / ``max_retransmits``
         make it partially reliable (RFC 3758). Raises ValueError for bad arguments and
         once the association is closing or closed."""
         self._now = now
-        if self._state not in (
-            SctpState.CLOSED, SctpState.COOKIE_WAIT, SctpState.COOKIE_ECHOED,
-            SctpState.ESTABLISHED,
-        ):
+        if self._state not in _SEND_STATES:
             raise ValueError(f"cannot send in state {self._state.value}")
         if not 0 <= stream_id < self.outbound_streams or not 0 <= ppid <= 0xFFFFFFFF:
             raise ValueError("stream id or PPID out of range")
@@ -235,10 +224,10 @@ class SctpAssociation(AssociationTeardown, AssociationSetup):
 
     def shutdown(self) -> None:
         """Graceful close: queued data is delivered first, then SHUTDOWN."""
-        if self._state in (SctpState.CLOSED, SctpState.COOKIE_WAIT, SctpState.COOKIE_ECHOED):
+        if self._state in _SETUP_STATES:
             self._terminate("shutdown before the association was established", graceful=True)
-        elif self._state is SctpState.ESTABLISHED:
-            self._state = SctpState.SHUTDOWN_PENDING
+        elif allows(self._state, Trigger.SHUTDOWN_CALLED):
+            self._state = next_state(self._state, Trigger.SHUTDOWN_CALLED)
             self._check_shutdown()
 
     def abort(self, reason: str = "") -> None:
@@ -277,15 +266,17 @@ class SctpAssociation(AssociationTeardown, AssociationSetup):
                 # rather than block every chunk behind it.
                 control.pop(0)
         sender = self._sender
-        can_send_data = self._state in _DATA_STATES
-        if (self._sack_due or self._unacked_packets) and self._receiver is not None and (
-            room >= 16
-            and (self._sack_due or (can_send_data and sender.wants_to_send()))
+        can_send_data = self._state in DATA_STATES
+        acks = self._acks
+        if (
+            (acks.due or acks.unacked)
+            and self._receiver is not None
+            and (room >= 16 and (acks.due or (can_send_data and sender.wants_to_send())))
         ):
-            sack = self._build_sack(room)
+            sack = acks.build(self._receiver, room)
             parts.append(sack)
             room -= len(sack)
-        if sender.forward_tsn_due and self._state in _LIVE_STATES:
+        if sender.forward_tsn_due and self._state in LIVE_STATES:
             chunk = sender.forward_tsn_chunk(self._now)
             if chunk is not None:
                 encoded = chunk.encode()
@@ -312,19 +303,6 @@ class SctpAssociation(AssociationTeardown, AssociationSetup):
         self._bytes_sent += len(packet)
         return packet
 
-    def _build_sack(self, room: int) -> bytes:
-        receiver = self._receiver
-        assert receiver is not None
-        dups = receiver.take_dups()[: (room - 16) // 8]
-        gaps = receiver.gap_blocks()[: (room - 16) // 4 - len(dups)]
-        rwnd = receiver.a_rwnd
-        sack = SackChunk(receiver.cum_tsn & MASK32, rwnd, gaps, dups)
-        self._sack_due = False
-        self._sack_deadline = None
-        self._unacked_packets = 0
-        self._last_advertised_rwnd = rwnd
-        return sack.encode()
-
     def poll_event(self) -> SctpEvent | None:
         """The next event, or None. Taking a MessageReceived frees receive window (and
         may make a window-update SACK due: call :meth:`poll_transmit` afterwards)."""
@@ -334,26 +312,18 @@ class SctpAssociation(AssociationTeardown, AssociationSetup):
         if type(event) is MessageReceived and self._receiver is not None:
             receiver = self._receiver
             receiver.release(len(event.data))
-            # Window update: tell a sender we stalled that room opened again.
-            if self._last_advertised_rwnd < self._mtu * 4 and (
-                receiver.a_rwnd >= self._last_advertised_rwnd + self._window // 4
-            ):
-                self._sack_due = True
+            self._acks.window_opened(receiver.a_rwnd)
         return event
 
     def poll_timeout(self) -> float | None:
         """The earliest deadline at which :meth:`handle_timeout` must be called."""
         if self._state is SctpState.TERMINATED:
             return None
-        deadlines = [
-            d for d in (
-                self._t1_deadline, self._t2_deadline, self._sender.t3_deadline,
-                self._sender.reorder_deadline, self._sender.probe_deadline,
-                self._sack_deadline, self._heartbeat.deadline,
-                self._resetter.deadline,
-            ) if d is not None
-        ]
-        return min(deadlines) if deadlines else None
+        sender, setup, acks = self._sender, self._setup, self._acks
+        deadlines = (sender.t3_deadline, sender.reorder_deadline, sender.probe_deadline)
+        others = (setup.t1_deadline, self._teardown.deadline, acks.deadline)
+        parts = (self._heartbeat.deadline, self._resetter.deadline)
+        return min((d for d in (*deadlines, *others, *parts) if d is not None), default=None)
 
     # --- input -----------------------------------------------------------------------
 
@@ -366,15 +336,17 @@ class SctpAssociation(AssociationTeardown, AssociationSetup):
             if chunk is not None:
                 self._packets_received += 1
                 self._bytes_received += len(packet)
-                if self._sack_due and self._unacked_packets >= self._max_packets_per_sack:
-                    self._solo.append((self._peer_tag, self._build_sack(self._mtu - 12)))
-                verdict = self._receiver.receive_data(chunk)  # type: ignore[union-attr]
-                unacked = self._unacked_packets = self._unacked_packets + 1  # _after_data()
+                receiver = self._receiver
+                acks = self._acks
+                if acks.due and acks.unacked >= acks.max_packets:
+                    self._solo.append((self._peer_tag, acks.build(receiver, self._mtu - 12)))  # type: ignore[arg-type]
+                verdict = receiver.receive_data(chunk)  # type: ignore[union-attr]
+                unacked = acks.unacked = acks.unacked + 1  # acks.after_data(), inlined
                 self._resetter.after_data()
                 if unacked >= 2 or verdict != IN_ORDER or chunk.flags & DATA_IMMEDIATE:
-                    self._sack_due = True
-                elif self._sack_deadline is None:
-                    self._sack_deadline = now + self._delayed_ack
+                    acks.due = True
+                elif acks.deadline is None:
+                    acks.deadline = now + acks.delayed_ack
                 return
             sack = parse_plain_sack_untrusted(packet, self._inbound_header, self._zero_checksum)
             if sack is not None:
@@ -395,32 +367,25 @@ class SctpAssociation(AssociationTeardown, AssociationSetup):
             if type(chunks[0]) is ShutdownAckChunk:
                 self._solo.append((header.verification_tag, ShutdownCompleteChunk(True).encode()))
             return
-        if not self._verification_tag_ok(header.verification_tag, chunks):
+        if not self._setup.tag_ok(header.verification_tag, chunks, self._peer_tag):
             return
         self._packets_received += 1
         self._bytes_received += len(packet)
         receiver = self._receiver
-        got_data = False
-        out_of_order = False
-        immediate = False
+        got_data = urgent = False
         for chunk in chunks:
             kind = type(chunk)
             if kind is DataChunk:
-                if receiver is None or self._state not in _RECEIVE_STATES:
+                if receiver is None or self._state not in RECEIVE_STATES:
                     continue
-                if not got_data and self._sack_due and (
-                    self._unacked_packets >= self._max_packets_per_sack
-                ):
+                acks = self._acks
+                if not got_data and acks.due and acks.unacked >= acks.max_packets:
                     # The driver is handing over a batch: do not let the SACK stretch.
-                    self._solo.append((self._peer_tag, self._build_sack(self._mtu - 12)))
+                    self._solo.append((self._peer_tag, acks.build(receiver, self._mtu - 12)))
                 got_data = True
-                verdict = receiver.receive_data(chunk)
-                if verdict != IN_ORDER:
-                    out_of_order = True
-                    if verdict == DROPPED:
-                        immediate = True
-                if chunk.flags & DATA_IMMEDIATE:
-                    immediate = True
+                # Gaps, duplicates and drops are reported at once, as the peer asks to be.
+                if receiver.receive_data(chunk) != IN_ORDER or chunk.flags & DATA_IMMEDIATE:
+                    urgent = True
             elif kind is SackChunk:
                 self._on_sack(chunk)
             else:
@@ -434,41 +399,23 @@ class SctpAssociation(AssociationTeardown, AssociationSetup):
                     return
                 receiver = self._receiver
         if got_data:
-            self._after_data(out_of_order or immediate)
-
-    def _verification_tag_ok(self, vtag: int, chunks: list) -> bool:
-        first = type(chunks[0])
-        if first is InitChunk:
-            return vtag == 0 and len(chunks) == 1
-        if first in (AbortChunk, ShutdownCompleteChunk) and chunks[0].t_bit:
-            return vtag == self._peer_tag and vtag != 0
-        return vtag == self._local_tag
-
-    def _after_data(self, urgent: bool) -> None:
-        receiver = self._receiver
-        assert receiver is not None
-        self._unacked_packets += 1
-        self._resetter.after_data()
-        if urgent or self._unacked_packets >= 2 or self._state is SctpState.SHUTDOWN_SENT:
-            self._sack_due = True
-        elif self._sack_deadline is None:
-            self._sack_deadline = self._now + self._delayed_ack
+            self._resetter.after_data()
+            self._acks.after_data(urgent or self._state is SctpState.SHUTDOWN_SENT, now)
 
     # --- data path control -----------------------------------------------------------
 
     def _on_sack(self, chunk: SackChunk) -> None:
-        if self._state not in _DATA_STATES and self._state is not SctpState.SHUTDOWN_SENT:
+        if self._state not in DATA_STATES and self._state is not SctpState.SHUTDOWN_SENT:
             return
         self._sender.handle_sack(chunk.cum_tsn, chunk.a_rwnd, chunk.gaps, self._now)
         self._check_shutdown()
 
     def _on_forward_tsn(self, chunk: ForwardTsnChunk) -> None:
         receiver = self._receiver
-        if receiver is None or self._state not in _RECEIVE_STATES:
+        if receiver is None or self._state not in RECEIVE_STATES:
             return
         receiver.forward_tsn(chunk.new_cum_tsn, chunk.streams)
-        self._unacked_packets += 1
-        self._sack_due = True
+        self._acks.after_forward_tsn()
         self._resetter.after_data()
 
     def _on_heartbeat(self, chunk: HeartbeatChunk) -> None:
@@ -481,17 +428,120 @@ class SctpAssociation(AssociationTeardown, AssociationSetup):
             self._sender.consecutive_timeouts = 0  # RFC 9260 8.1: the peer is reachable
 
     def _on_reconfig(self, chunk: ReconfigChunk) -> None:
-        if self._receiver is not None and self._state in _LIVE_STATES:
+        if self._receiver is not None and self._state in LIVE_STATES:
             self._resetter.handle_chunk(chunk)
+
+    # --- setup (the work is AssociationSetup's) ----------------------------------------
+
+    def _on_init(self, chunk: InitChunk) -> None:
+        if self._state not in _SETUP_STATES and chunk.initiate_tag != self._peer_tag:
+            return  # a restarted peer: not supported (see module docstring)
+        a_rwnd = self._receiver.a_rwnd if self._receiver else self._window
+        self._setup.on_init(chunk, self._now, a_rwnd)
+
+    def _on_init_ack(self, chunk: InitAckChunk) -> None:
+        if allows(self._state, Trigger.INIT_ACK):
+            peer = self._setup.on_init_ack(chunk, self._now)
+            if peer is not None:
+                self._set_peer(peer)
+                self._state = next_state(self._state, Trigger.INIT_ACK)
+
+    def _on_cookie_echo(self, chunk: CookieEchoChunk) -> None:
+        setting_up = allows(self._state, Trigger.COOKIE_ECHO)
+        peer_tag = self._peer_tag if self._receiver is not None else None
+        echoed = self._setup.on_cookie_echo(chunk, self._now, setting_up, peer_tag)
+        if echoed is not None:
+            if echoed.peer is not None:
+                self._set_peer(echoed.peer)
+            self._establish(Trigger.COOKIE_ECHO)
+
+    def _on_cookie_ack(self, chunk: CookieAckChunk) -> None:
+        if allows(self._state, Trigger.COOKIE_ACK):
+            self._establish(Trigger.COOKIE_ACK)
+
+    def _set_peer(self, peer: PeerParams) -> None:
+        self._peer_tag = peer.tag
+        # RFC 9653: both announced it, so our packets may carry a zero checksum.
+        self._send_zero_checksum = peer.zero_checksum and self._zero_checksum
+        self.outbound_streams = min(STREAMS, peer.inbound_streams)
+        self._receiver = SctpReceiver(peer.initial_tsn, self._window, self._events)
+        self._resetter.start(self._setup.local_tsn, self._receiver)
+        self._sender.peer_known(peer.a_rwnd, peer.forward_tsn)
+
+    def _establish(self, trigger: Trigger) -> None:
+        self._state = next_state(self._state, trigger)
+        self._setup.established()
+        self._heartbeat.start(self._now)
+        self._events.append(Connected())
+
+    def _on_t1(self, now: float) -> None:
+        if not self._setup.on_t1(now, self._sender.rtt.rto_max, self._state):
+            self._terminate("association setup timed out")
+
+    # --- teardown (T2 is ShutdownTimer's) ----------------------------------------------
+
+    def _check_shutdown(self) -> None:
+        if self._state not in SHUTDOWN_WAITING or not self._sender.idle():
+            return
+        self._state = next_state(self._state, Trigger.SENDER_IDLE)
+        assert self._receiver is not None
+        self._teardown.send(self._state, self._receiver.cum_tsn, self._now, self._sender.rtt.rto)
+
+    def _on_shutdown(self, chunk: ShutdownChunk) -> None:
+        if not allows(self._state, Trigger.SHUTDOWN):
+            return
+        sender = self._sender
+        sender.handle_sack(chunk.cum_tsn, sender.peer_rwnd + sender.flight, [], self._now)
+        self._state = next_state(self._state, Trigger.SHUTDOWN)
+        if self._state is SctpState.SHUTDOWN_ACK_SENT:  # SHUTDOWNs crossed (9.2)
+            self._teardown.send(self._state, 0, self._now, sender.rtt.rto)
+        else:
+            self._check_shutdown()
+
+    def _on_shutdown_ack(self, chunk: ShutdownAckChunk) -> None:
+        if allows(self._state, Trigger.SHUTDOWN_ACK):
+            self._solo.append((self._peer_tag, ShutdownCompleteChunk().encode()))
+            self._terminate("shutdown complete", graceful=True, trigger=Trigger.SHUTDOWN_ACK)
+
+    def _on_shutdown_complete(self, chunk: ShutdownCompleteChunk) -> None:
+        if allows(self._state, Trigger.SHUTDOWN_COMPLETE):
+            self._terminate("shutdown complete", graceful=True, trigger=Trigger.SHUTDOWN_COMPLETE)
+
+    def _on_abort(self, chunk: AbortChunk) -> None:
+        self._terminate(abort_reason(chunk))
+
+    def _on_unknown(self, chunk: UnknownChunk) -> bool:
+        report, go_on = unknown_chunk_action(chunk)
+        if report is not None:
+            self._control.append(report)
+        return go_on
+
+    def _terminate(
+        self, reason: str, graceful: bool = False, trigger: Trigger = Trigger.ABORT
+    ) -> None:
+        if self._state is SctpState.TERMINATED:
+            return
+        self._state = next_state(self._state, trigger)
+        self._setup.t1_deadline = self._teardown.deadline = self._acks.deadline = None
+        self._heartbeat.deadline = None
+        self._sender.stop_timers()
+        self._resetter.deadline = None
+        self._events.append(Closed(reason, graceful))
+
+    def _on_t2(self, now: float) -> None:
+        rtt, receiver = self._sender.rtt, self._receiver
+        cum_tsn = receiver.cum_tsn if receiver is not None else 0
+        if not self._teardown.on_t2(now, self._state, cum_tsn, rtt.rto, rtt.rto_max):
+            self._terminate("shutdown timed out")
 
     # --- timers ----------------------------------------------------------------------
 
     def handle_timeout(self, now: float) -> None:
         """Fire every timer whose deadline is at or before ``now``."""
         self._now = now
-        if self._t1_deadline is not None and now >= self._t1_deadline:
+        if self._setup.t1_deadline is not None and now >= self._setup.t1_deadline:
             self._on_t1(now)
-        if self._t2_deadline is not None and now >= self._t2_deadline:
+        if self._teardown.deadline is not None and now >= self._teardown.deadline:
             self._on_t2(now)
         sender = self._sender
         if sender.t3_deadline is not None and now >= sender.t3_deadline:
@@ -503,11 +553,10 @@ class SctpAssociation(AssociationTeardown, AssociationSetup):
             sender.handle_reorder_timeout(now)
         if sender.probe_deadline is not None and now >= sender.probe_deadline:
             sender.handle_probe_timeout(now)
-        if self._sack_deadline is not None and now >= self._sack_deadline:
-            self._sack_deadline = None
-            self._sack_due = True
+        if self._acks.deadline is not None and now >= self._acks.deadline:
+            self._acks.handle_timeout()
         if self._heartbeat.deadline is not None and now >= self._heartbeat.deadline:
-            chunk = self._heartbeat.on_timer(now, sender.rto)
+            chunk = self._heartbeat.on_timer(now, sender.rtt.rto)
             if chunk is None:
                 self._terminate("peer unreachable: heartbeats unanswered")
                 return
@@ -517,19 +566,17 @@ class SctpAssociation(AssociationTeardown, AssociationSetup):
 
     def statistics(self) -> SctpStatistics:
         """A frozen snapshot of counters, windows and RTT estimates."""
-        s = self._sender
+        receiver = self._receiver
         return SctpStatistics(
-            state=self._state, cwnd=s.cwnd, ssthresh=s.ssthresh, flight_size=s.flight,
-            peer_rwnd=s.peer_rwnd,
-            local_rwnd=self._receiver.a_rwnd if self._receiver else self._window,
-            rto=s.rto, srtt=s.srtt, heartbeat_rtt=self._heartbeat.rtt,
-            retransmissions=s.retransmissions, fast_retransmits=s.fast_retransmits,
-            t3_timeouts=s.t3_timeouts, abandoned_messages=s.abandoned_messages,
-            packets_sent=self._packets_sent, packets_received=self._packets_received,
-            bytes_sent=self._bytes_sent, bytes_received=self._bytes_received,
-            messages_sent=s.messages_sent,
-            messages_received=self._receiver.messages_received if self._receiver else 0,
-            buffered_amount=s.buffered_total,
+            state=self._state,
+            local_rwnd=receiver.a_rwnd if receiver else self._window,
+            heartbeat_rtt=self._heartbeat.rtt,
+            packets_sent=self._packets_sent,
+            packets_received=self._packets_received,
+            bytes_sent=self._bytes_sent,
+            bytes_received=self._bytes_received,
+            messages_received=receiver.messages_received if receiver else 0,
+            **self._sender.statistics(),  # type: ignore[arg-type]
         )
 
 
@@ -546,5 +593,6 @@ _HANDLERS = {
     ShutdownAckChunk: SctpAssociation._on_shutdown_ack,
     ShutdownCompleteChunk: SctpAssociation._on_shutdown_complete,
     AbortChunk: SctpAssociation._on_abort,
-    ErrorChunk: SctpAssociation._on_error,
+    # Operation errors (unrecognized chunk/parameter, stale cookie) are not fatal.
+    ErrorChunk: lambda self, chunk: None,
 }

@@ -1,16 +1,23 @@
-"""SCTP association setup (RFC 9260 5.1-5.2): INIT, INIT-ACK, COOKIE-ECHO, COOKIE-ACK.
+"""SCTP association setup (RFC 9260 5.1-5.2): tags, the state cookie and the T1 timer.
 
-A mixin of :class:`~darkswap_trio.proto.sctp._association.SctpAssociation`, kept apart because
-setup is its own small state machine. WebRTC peers may both send INIT; RFC 9260 5.2
-resolves it: each side answers the other's INIT with an INIT-ACK carrying its *own*
-original tag (5.2.1), both echo cookies, and a COOKIE-ECHO whose tags match the
-current association establishes it (5.2.4 actions B/D). Since this end keeps one tag
-and initial TSN for life, every cookie we accept names the same local tag.
+:class:`AssociationSetup` is the part of an association that knows how to start one:
+it owns our verification tag, initial TSN and cookie secret, answers INIT, INIT-ACK
+and COOKIE-ECHO (queueing its chunks on the association's ``control`` and ``solo``
+queues) and runs T1. It reports what it learned (:class:`PeerParams`) and the
+association applies the state transitions (:mod:`._state`).
+
+WebRTC peers may both send INIT; RFC 9260 5.2 resolves it: each side answers the
+other's INIT with an INIT-ACK carrying its *own* original tag (5.2.1), both echo
+cookies, and a COOKIE-ECHO whose tags match the current association establishes it
+(5.2.4 actions B/D). Since this end keeps one tag and initial TSN for life, every
+cookie we accept names the same local tag.
 """
 
 from __future__ import annotations
 
+import random
 from collections import deque
+from typing import NamedTuple
 
 from ._chunks import (
     PARAM_FORWARD_TSN_SUPPORTED,
@@ -18,148 +25,174 @@ from ._chunks import (
     PARAM_SUPPORTED_EXTENSIONS,
     PARAM_ZERO_CHECKSUM_ACCEPTABLE,
     ZERO_CHECKSUM_DTLS,
+    AbortChunk,
     CookieAckChunk,
     CookieEchoChunk,
     InitAckChunk,
     InitChunk,
+    ShutdownCompleteChunk,
 )
 from ._cookie import make_cookie, open_cookie_untrusted
-from ._events import Connected, SctpState
-from ._heartbeat import PathHeartbeat
-from ._reconfig import StreamResetter
-from ._sender import SctpSender
-from ._streams import SctpReceiver
+from ._events import SctpState
 
 STREAMS = 65535  # WebRTC asks for the maximum in both directions
 
 
+class PeerParams(NamedTuple):
+    """What the peer's INIT or INIT-ACK (or the cookie holding it) told us."""
+
+    tag: int
+    initial_tsn: int
+    a_rwnd: int
+    inbound_streams: int
+    forward_tsn: bool
+    zero_checksum: bool
+
+
+class CookieEchoed(NamedTuple):
+    """A COOKIE-ECHO for this association: establish, learning ``peer`` if not None."""
+
+    peer: PeerParams | None
+
+
 class AssociationSetup:
-    """Setup half of SctpAssociation; the attributes below are owned by its __init__."""
+    """Our side of the setup handshake: identity (tag, TSN, secret), chunks, T1."""
 
-    _state: SctpState
-    _now: float
-    _local_tag: int
-    _local_tsn: int
-    _peer_tag: int
-    _secret: bytes
-    _window: int
-    _mtu: int
-    _zero_checksum: bool
-    _send_zero_checksum: bool
-    _cookie_lifetime: float
-    _cookie_echo: bytes
-    _rto_initial: float
-    _max_init_retransmissions: int
-    _t1_deadline: float | None
-    _t1_count: int
-    _t1_rto: float
-    _init_chunk: bytes
-    _control: list[bytes]
-    _solo: deque[tuple[int, bytes]]
-    _events: deque
-    _sender: SctpSender
-    _receiver: SctpReceiver | None
-    _resetter: StreamResetter
-    _heartbeat: PathHeartbeat
-    outbound_streams: int
-
-    def _terminate(self, reason: str, graceful: bool = False) -> None:
-        raise NotImplementedError
+    def __init__(
+        self,
+        control: list[bytes],
+        solo: deque[tuple[int, bytes]],
+        rng: random.Random,
+        window: int,
+        zero_checksum: bool,
+        initial_tsn: int | None,
+        rto_initial: float,
+        max_init_retransmissions: int,
+        cookie_lifetime: float,
+    ) -> None:
+        self._control = control  # chunks for the next bundle
+        self._solo = solo  # (vtag, chunk) sent alone
+        self.local_tag = rng.randrange(1, 1 << 32)
+        self.local_tsn = rng.randrange(0, 1 << 32) if initial_tsn is None else initial_tsn
+        self._secret = rng.getrandbits(256).to_bytes(32, "big")
+        self._window = window
+        self._zero_checksum = zero_checksum
+        self._rto_initial = rto_initial
+        self._max_init_retransmissions = max_init_retransmissions
+        self._cookie_lifetime = cookie_lifetime
+        self.init_chunk = InitChunk(
+            self.local_tag,
+            window,
+            STREAMS,
+            STREAMS,
+            self.local_tsn,
+            self._extension_params(),
+        ).encode()
+        self.cookie_echo = b""  # encoded, once our INIT was answered
+        self.t1_deadline: float | None = None
+        self._t1_count = 0
+        self._t1_rto = rto_initial
 
     def _extension_params(self) -> list[tuple[int, bytes]]:
-        params = [(PARAM_FORWARD_TSN_SUPPORTED, b""), (PARAM_SUPPORTED_EXTENSIONS, bytes([192, 130]))]
+        params = [
+            (PARAM_FORWARD_TSN_SUPPORTED, b""),
+            (PARAM_SUPPORTED_EXTENSIONS, bytes([192, 130])),
+        ]
         if self._zero_checksum:
             params.append((PARAM_ZERO_CHECKSUM_ACCEPTABLE, ZERO_CHECKSUM_DTLS))
         return params
 
-    def _on_init(self, chunk: InitChunk) -> None:
-        if self._state not in (
-            SctpState.CLOSED, SctpState.COOKIE_WAIT, SctpState.COOKIE_ECHOED,
-        ) and chunk.initiate_tag != self._peer_tag:
-            return  # a restarted peer: not supported (see module docstring)
-        cookie = make_cookie(self._secret, self._now, self._local_tag, chunk)
-        params = [(PARAM_STATE_COOKIE, cookie), *self._extension_params()]
-        init_ack = InitAckChunk(
-            self._local_tag, self._receiver.a_rwnd if self._receiver else self._window,
-            STREAMS, STREAMS, self._local_tsn, params,
-        )
-        self._solo.append((chunk.initiate_tag, init_ack.encode()))
+    def start(self, now: float) -> None:
+        """Send INIT; T1 runs."""
+        self.t1_deadline = now + self._t1_rto
+        self._solo.append((0, self.init_chunk))
 
-    def _on_init_ack(self, chunk: InitAckChunk) -> None:
-        if self._state is not SctpState.COOKIE_WAIT:
-            return
-        cookie = chunk.state_cookie
+    def on_init(self, init: InitChunk, now: float, a_rwnd: int) -> None:
+        """Answer ``init`` with an INIT-ACK holding a cookie; keeps no state (5.1.3)."""
+        cookie = make_cookie(self._secret, now, self.local_tag, init)
+        params = [(PARAM_STATE_COOKIE, cookie), *self._extension_params()]
+        init_ack = InitAckChunk(self.local_tag, a_rwnd, STREAMS, STREAMS, self.local_tsn, params)
+        self._solo.append((init.initiate_tag, init_ack.encode()))
+
+    def on_init_ack(self, init_ack: InitAckChunk, now: float) -> PeerParams | None:
+        """Echo the cookie of ``init_ack`` (T1 restarts); the peer it names, if any."""
+        cookie = init_ack.state_cookie
         if cookie is None:
-            return
-        self._set_peer(chunk.initiate_tag, chunk.initial_tsn, chunk.a_rwnd,
-                       chunk.inbound_streams, chunk.forward_tsn_supported,
-                       chunk.zero_checksum_dtls)
-        self._cookie_echo = CookieEchoChunk(cookie).encode()
-        self._control.insert(0, self._cookie_echo)
-        self._state = SctpState.COOKIE_ECHOED
+            return None
+        self.cookie_echo = CookieEchoChunk(cookie).encode()
+        self._control.insert(0, self.cookie_echo)
         self._t1_count = 0
         self._t1_rto = self._rto_initial  # the peer answered: no reason to stay backed off
-        self._t1_deadline = self._now + self._t1_rto
+        self.t1_deadline = now + self._t1_rto
+        return PeerParams(
+            init_ack.initiate_tag,
+            init_ack.initial_tsn,
+            init_ack.a_rwnd,
+            init_ack.inbound_streams,
+            init_ack.forward_tsn_supported,
+            init_ack.zero_checksum_dtls,
+        )
 
-    def _on_cookie_echo(self, chunk: CookieEchoChunk) -> None:
+    def on_cookie_echo(
+        self, chunk: CookieEchoChunk, now: float, setting_up: bool, peer_tag: int | None
+    ) -> CookieEchoed | None:
+        """A COOKIE-ECHO; ``setting_up``: the state allows it to establish us;
+        ``peer_tag``: the peer's, once known.
+
+        Answers COOKIE-ACK to a valid cookie (again, if ours was lost once established).
+        """
         cookie = open_cookie_untrusted(self._secret, chunk.cookie)
-        if cookie is None or cookie.local_tag != self._local_tag:
-            return  # not ours
-        peer_tag = cookie.peer_tag
-        if self._state in (SctpState.CLOSED, SctpState.COOKIE_WAIT, SctpState.COOKIE_ECHOED):
-            if not 0 <= self._now - cookie.created <= self._cookie_lifetime and (
-                peer_tag != self._peer_tag
-            ):
-                return  # stale, and not a retransmission for the association we echo
-            if peer_tag != self._peer_tag or self._receiver is None:
-                self._set_peer(
-                    peer_tag, cookie.peer_initial_tsn, cookie.peer_a_rwnd,
-                    cookie.peer_inbound_streams, cookie.forward_tsn_supported,
-                    cookie.zero_checksum_dtls,
-                )
-            if self._cookie_echo in self._control:
-                self._control.remove(self._cookie_echo)
-            self._control.insert(0, CookieAckChunk().encode())
-            self._establish()
-        elif peer_tag == self._peer_tag:
-            self._control.insert(0, CookieAckChunk().encode())  # our COOKIE-ACK was lost
+        if cookie is None or cookie.local_tag != self.local_tag:
+            return None  # not ours
+        if not setting_up:
+            if cookie.peer_tag == peer_tag:
+                self._control.insert(0, CookieAckChunk().encode())  # our COOKIE-ACK was lost
+            return None
+        fresh = 0 <= now - cookie.created <= self._cookie_lifetime
+        if not fresh and cookie.peer_tag != peer_tag:
+            return None  # stale, and not a retransmission for the association we echo
+        if self.cookie_echo in self._control:
+            self._control.remove(self.cookie_echo)
+        self._control.insert(0, CookieAckChunk().encode())
+        if cookie.peer_tag == peer_tag:
+            return CookieEchoed(None)
+        return CookieEchoed(
+            PeerParams(
+                cookie.peer_tag,
+                cookie.peer_initial_tsn,
+                cookie.peer_a_rwnd,
+                cookie.peer_inbound_streams,
+                cookie.forward_tsn_supported,
+                cookie.zero_checksum_dtls,
+            )
+        )
 
-    def _on_cookie_ack(self, chunk: CookieAckChunk) -> None:
-        if self._state is SctpState.COOKIE_ECHOED:
-            self._establish()
+    def tag_ok(self, vtag: int, chunks: list, peer_tag: int) -> bool:
+        """RFC 9260 8.5: whether a packet with these chunks may carry ``vtag``."""
+        first = type(chunks[0])
+        if first is InitChunk:
+            return vtag == 0 and len(chunks) == 1
+        if first in (AbortChunk, ShutdownCompleteChunk) and chunks[0].t_bit:
+            return vtag == peer_tag and vtag != 0
+        return vtag == self.local_tag
 
-    def _set_peer(
-        self, tag: int, initial_tsn: int, a_rwnd: int, inbound_streams: int, forward_tsn: bool,
-        zero_checksum: bool = False,
-    ) -> None:
-        self._peer_tag = tag
-        # RFC 9653: both announced it, so our packets may carry a zero checksum.
-        self._send_zero_checksum = zero_checksum and self._zero_checksum
-        self.outbound_streams = min(STREAMS, inbound_streams)
-        self._receiver = SctpReceiver(initial_tsn, self._window, self._events)
-        self._resetter.start(self._local_tsn, self._receiver)
-        self._sender.peer_rwnd = a_rwnd
-        self._sender.ssthresh = max(a_rwnd, 4 * self._mtu)
-        self._sender.forward_tsn_supported = forward_tsn
-
-    def _establish(self) -> None:
-        self._state = SctpState.ESTABLISHED
-        self._t1_deadline = None
+    def established(self) -> None:
+        self.t1_deadline = None
         self._t1_rto = self._rto_initial
-        self._heartbeat.start(self._now)
-        self._events.append(Connected())
 
-    def _on_t1(self, now: float) -> None:
+    def on_t1(self, now: float, rto_max: float, state: SctpState) -> bool:
+        """T1 fired: resend what ``state`` waits an answer for and back off, or return
+        False to give up."""
         self._t1_count += 1
         if self._t1_count > self._max_init_retransmissions:
-            self._terminate("association setup timed out")
-            return
-        self._t1_rto = min(self._t1_rto * 2, self._sender.rto_max)
-        self._t1_deadline = now + self._t1_rto
-        if self._state is SctpState.COOKIE_WAIT:
-            self._solo.append((0, self._init_chunk))
-        elif self._state is SctpState.COOKIE_ECHOED:
-            if self._cookie_echo not in self._control:
-                self._control.insert(0, self._cookie_echo)
+            return False
+        self._t1_rto = min(self._t1_rto * 2, rto_max)
+        self.t1_deadline = now + self._t1_rto
+        if state is SctpState.COOKIE_WAIT:
+            self._solo.append((0, self.init_chunk))
+        elif state is SctpState.COOKIE_ECHOED:
+            if self.cookie_echo not in self._control:
+                self._control.insert(0, self.cookie_echo)
         else:
-            self._t1_deadline = None
+            self.t1_deadline = None
+        return True

@@ -69,11 +69,11 @@ class StreamResetter:
         )
         self._backoff = 1
         self._send(self.outstanding)
-        self.deadline = now + self._sender.rto
+        self.deadline = now + self._sender.rtt.rto
 
     def handle_timeout(self, now: float) -> None:
         self._backoff = min(self._backoff * 2, 64)
-        self.deadline = now + min(self._sender.rto * self._backoff, self._sender.rto_max)
+        self.deadline = now + min(self._sender.rtt.rto * self._backoff, self._sender.rtt.rto_max)
         if self.outstanding is not None:
             self._send(self.outstanding)
 

@@ -7,8 +7,9 @@ chunks only when a packet has room, so fragments fill packets exactly, even behi
 SACK. A TSN and, for ordered messages, an SSN are assigned at first transmission: a
 message that expires before it leaves costs nothing on the wire. Each sent chunk
 keeps its encoded bytes for retransmission. Congestion control follows RFC 9260 7.2
-(with byte counting in slow start); partial reliability RFC 3758. Loss detection, the
-RTO and the T3, reordering and tail-probe timers live in :mod:`.sctp_loss`.
+(with byte counting in slow start); partial reliability RFC 3758. The sender runs the
+T3, reordering and tail-probe timers; loss detection and the RTT estimate are
+:mod:`._loss`'s.
 """
 
 from __future__ import annotations
@@ -18,70 +19,34 @@ from collections import deque
 
 from ._chunks import DATA_BEGINNING, DATA_END, DATA_HEADER, DATA_UNORDERED, ForwardTsnChunk
 from ._events import BufferedAmountLow
-from ._loss import SenderLossRecovery
+from ._loss import RttEstimator, count_missing, detect_lost_by_time
+from ._outbound import OutboundMessage, SentChunk
 from ._streams import MASK32, unwrap32
 
 _PADDING = (b"", b"\x00\x00\x00", b"\x00\x00", b"\x00")
 # Never cut a fragment smaller than this to squeeze it into a packet's tail.
 _MIN_FRAGMENT = 256
+# Tail loss probes: what a peer may delay a lone SACK by, and the probes sent before
+# only the T3 timer is left (a SACK of new data starts over).
+_DELAYED_SACK_ALLOWANCE = 0.2
+_MAX_PROBES = 2
 
 
-class OutboundMessage:
-    __slots__ = (
-        "stream_id", "ppid", "data", "offset", "unordered", "ssn", "expiry", "max_retransmits",
-        "chunks", "abandoned",
-    )
+class SctpSender:
+    """Everything we send as DATA; the association asks it to fill packets and feeds SACKs.
 
-    def __init__(
-        self, stream_id: int, ppid: int, data: bytes, unordered: bool,
-        expiry: float | None, max_retransmits: int | None,
-    ) -> None:
-        self.stream_id = stream_id
-        self.ppid = ppid
-        self.data = data
-        self.offset = 0
-        self.unordered = unordered
-        self.ssn = 0
-        self.expiry = expiry
-        self.max_retransmits = max_retransmits
-        # Chunks are remembered only for partially reliable messages (to abandon them).
-        self.chunks: list[SentChunk] | None = (
-            [] if expiry is not None or max_retransmits is not None else None
-        )
-        self.abandoned = False
-
-
-class SentChunk:
-    __slots__ = (
-        "tsn", "message", "size", "wire", "sent_count", "acked", "in_flight", "retransmit",
-        "abandoned", "missing_reports", "sent_after", "sent_time",
-    )
+    Owns the outbound queues, the chunks in flight, congestion control and the T3,
+    reordering and probe timers; ``rtt`` (:class:`RttEstimator`) is its RTT part.
+    """
 
     def __init__(
-        self, tsn: int, message: OutboundMessage, size: int, wire: bytes, now: float
-    ) -> None:
-        self.tsn = tsn
-        self.message = message
-        self.size = size
-        self.wire = wire
-        self.sent_count = 1
-        self.acked = False
-        self.in_flight = True
-        self.retransmit = False
-        self.abandoned = False
-        self.missing_reports = 0
-        # Highest TSN sent before this chunk's latest transmission: only chunks sent
-        # after it (higher TSNs) can report this transmission missing.
-        self.sent_after = tsn - 1
-        self.sent_time = now  # of the latest transmission
-
-
-class SctpSender(SenderLossRecovery):
-    """Everything we send as DATA; the association asks it to fill packets and feeds SACKs."""
-
-    def __init__(
-        self, initial_tsn: int, max_packet_size: int, events: deque,
-        rto_initial: float, rto_min: float, rto_max: float,
+        self,
+        initial_tsn: int,
+        max_packet_size: int,
+        events: deque,
+        rto_initial: float,
+        rto_min: float,
+        rto_max: float,
     ) -> None:
         self.mtu = max_packet_size
         self.next_tsn = initial_tsn
@@ -107,13 +72,8 @@ class SctpSender(SenderLossRecovery):
         # Tail loss probe (see handle_probe_timeout): its timer and count.
         self.probe_deadline: float | None = None
         self.tail_probes = 0
-        self._pto: float | None = None  # set with the first RTT sample
         self._probes_unanswered = 0
-        self.rto = rto_initial
-        self.rto_min = rto_min
-        self.rto_max = rto_max
-        self.srtt: float | None = None
-        self.rttvar = 0.0
+        self.rtt = RttEstimator(rto_initial, rto_min, rto_max)
         self.consecutive_timeouts = 0
         self.retransmissions = 0
         self.fast_retransmits = 0
@@ -129,6 +89,39 @@ class SctpSender(SenderLossRecovery):
         self.buffered_total = 0
         self._rtt_probe_tsn: int | None = None
         self._rtt_probe_time = 0.0
+
+    # --- association side ------------------------------------------------------------
+
+    def peer_known(self, a_rwnd: int, forward_tsn_supported: bool) -> None:
+        """The handshake told us the peer's window and whether it takes FORWARD-TSN."""
+        self.peer_rwnd = a_rwnd
+        self.ssthresh = max(a_rwnd, 4 * self.mtu)
+        self.forward_tsn_supported = forward_tsn_supported
+
+    def stop_timers(self) -> None:
+        self.t3_deadline = self.reorder_deadline = self.probe_deadline = None
+
+    def update_rtt(self, rtt: float) -> None:
+        """An RTT sample (ours, or a heartbeat's)."""
+        self.rtt.update(rtt)
+
+    def statistics(self) -> dict[str, int | float | None]:
+        """The sender's fields of :class:`~._events.SctpStatistics`."""
+        rtt = self.rtt
+        return {
+            "cwnd": self.cwnd,
+            "ssthresh": self.ssthresh,
+            "flight_size": self.flight,
+            "peer_rwnd": self.peer_rwnd,
+            "rto": rtt.rto,
+            "srtt": rtt.srtt,
+            "retransmissions": self.retransmissions,
+            "fast_retransmits": self.fast_retransmits,
+            "t3_timeouts": self.t3_timeouts,
+            "abandoned_messages": self.abandoned_messages,
+            "messages_sent": self.messages_sent,
+            "buffered_amount": self.buffered_total,
+        }
 
     # --- application side ------------------------------------------------------------
 
@@ -203,7 +196,7 @@ class SctpSender(SenderLossRecovery):
             room -= len(chunk.wire)
         self._fast_rtx_budget = False
         if self.t3_deadline is None and sent:
-            self.t3_deadline = now + self.rto
+            self.t3_deadline = now + self.rtt.rto
         rotation = self._rotation
         if not rotation or room <= 16:
             return room
@@ -263,8 +256,8 @@ class SctpSender(SenderLossRecovery):
                 self._rtt_probe_tsn = first_tsn
                 self._rtt_probe_time = now
             if self.t3_deadline is None:
-                self.t3_deadline = now + self.rto
-            pto = self._pto
+                self.t3_deadline = now + self.rtt.rto
+            pto = self.rtt.pto
             if pto is not None:  # RFC 8985 7.2: restarted by new data
                 self.probe_deadline = now + (
                     pto if flight > self.mtu else self._probe_timeout(pto, flight)
@@ -287,8 +280,9 @@ class SctpSender(SenderLossRecovery):
         self.forward_tsn_due = False
         if self.advanced_ack_point <= self.cum_acked:
             return None
-        if self.probe_deadline is None and self._pto is not None:
-            self.probe_deadline = now + self._probe_timeout(self._pto, self.flight)
+        pto = self.rtt.pto
+        if self.probe_deadline is None and pto is not None:
+            self.probe_deadline = now + self._probe_timeout(pto, self.flight)
         streams: dict[int, int] = {}
         for tsn in range(self.cum_acked + 1, self.advanced_ack_point + 1):
             message = self.sent[tsn].message
@@ -328,7 +322,7 @@ class SctpSender(SenderLossRecovery):
                 self._release(sid, size)
             self.cum_acked = cum
             if self._rtt_probe_tsn is not None and self._rtt_probe_tsn <= cum:
-                self.update_rtt(now - self._rtt_probe_time)
+                self.rtt.update(now - self._rtt_probe_time)
                 self._rtt_probe_tsn = None
             if self.advanced_ack_point < cum:
                 self.advanced_ack_point = cum
@@ -353,9 +347,10 @@ class SctpSender(SenderLossRecovery):
                 # A gap-acked probe is a sample now: waiting for the cumulative ack
                 # would add the whole loss recovery to the RTT and inflate the RTO.
                 if sent[probe].acked:
-                    self.update_rtt(now - self._rtt_probe_time)
+                    self.rtt.update(now - self._rtt_probe_time)
                     self._rtt_probe_tsn = None
-            self._count_missing(cum, gap_acked, now)
+            if count_missing(sent, cum, gap_acked, self.mtu, self._mark_for_retransmit, now):
+                self._on_loss_detected()
             if gap_acked[-1].tsn > self.highest_acked:
                 self.highest_acked = gap_acked[-1].tsn
         if cum > self.highest_acked:
@@ -388,9 +383,10 @@ class SctpSender(SenderLossRecovery):
             self.t3_deadline = self.probe_deadline = None
         else:
             if advanced:
-                self.t3_deadline = now + self.rto
-            if newly and self._pto is not None:
-                self.probe_deadline = now + self._probe_timeout(self._pto, self.flight)
+                self.t3_deadline = now + self.rtt.rto
+            pto = self.rtt.pto
+            if newly and pto is not None:
+                self.probe_deadline = now + self._probe_timeout(pto, self.flight)
                 self._probes_unanswered = 0
         self._advance_ack_point()
         return newly > 0
@@ -411,9 +407,13 @@ class SctpSender(SenderLossRecovery):
     def _out_of_retransmissions(self, chunk: SentChunk, now: float) -> bool:
         """Whether a partially reliable chunk's message must be abandoned, not resent."""
         message = chunk.message
-        return message.chunks is not None and self.forward_tsn_supported and (
-            (message.max_retransmits is not None and chunk.sent_count > message.max_retransmits)
-            or (message.expiry is not None and now >= message.expiry)
+        return (
+            message.chunks is not None
+            and self.forward_tsn_supported
+            and (
+                (message.max_retransmits is not None and chunk.sent_count > message.max_retransmits)
+                or (message.expiry is not None and now >= message.expiry)
+            )
         )
 
     def _abandon(self, message: OutboundMessage) -> None:
@@ -461,3 +461,94 @@ class SctpSender(SenderLossRecovery):
         self.advanced_ack_point = point
         if point > self.cum_acked:
             self.forward_tsn_due = True
+
+    # --- loss recovery: timers and the reaction to loss ---------------------------------
+
+    def handle_t3_timeout(self, now: float) -> None:
+        """RFC 9260 6.3.3: back off, collapse cwnd, mark everything outstanding for rtx."""
+        self.t3_timeouts += 1
+        self.consecutive_timeouts += 1
+        self.rtt.back_off()
+        self.reorder_deadline = self.probe_deadline = None
+        if not self.sent:
+            self.t3_deadline = None
+            return
+        self.ssthresh = max(self.cwnd // 2, 4 * self.mtu)
+        self.cwnd = self.mtu
+        self.partial_bytes_acked = 0
+        self.fast_recovery_exit = None
+        self._rtt_probe_tsn = None
+        for chunk in list(self.sent.values()):
+            if not chunk.acked and not chunk.abandoned:
+                self._mark_for_retransmit(chunk, now)
+        self._advance_ack_point()
+        self.t3_deadline = now + self.rtt.rto
+
+    def _on_loss_detected(self) -> None:
+        """RFC 9260 7.2.4 steps 2-3: send the retransmissions now; halve cwnd once a window."""
+        self.fast_retransmits += 1
+        self._fast_rtx_budget = True
+        if self.fast_recovery_exit is None:
+            self.ssthresh = max(self.cwnd // 2, 4 * self.mtu)
+            self.cwnd = self.ssthresh
+            self.partial_bytes_acked = 0
+            self.fast_recovery_exit = self.next_tsn - 1
+
+    def _detect_lost_by_time(self, now: float) -> None:
+        srtt = self.rtt.srtt
+        if srtt is None:
+            self.reorder_deadline = None  # no RTT yet: the T3 timer stays in charge
+            return
+        marked, self.reorder_deadline = detect_lost_by_time(
+            self.sent, self.cum_acked, self.highest_acked, srtt, self._mark_for_retransmit, now
+        )
+        if marked:
+            self._on_loss_detected()
+
+    def handle_reorder_timeout(self, now: float) -> None:
+        """The reordering window of a chunk reported missing has passed."""
+        self.reorder_deadline = None
+        self.reorder_timeouts += 1
+        if self.highest_acked > self.cum_acked:
+            self._detect_lost_by_time(now)
+
+    def _probe_timeout(self, pto: float, flight: int) -> float:
+        """RFC 8985 7.2 PTO: two smoothed RTTs (``pto``), plus the peer's delayed-SACK
+        allowance when a single packet is in flight (its SACK may be held back)."""
+        return pto if flight > self.mtu else pto + _DELAYED_SACK_ALLOWANCE
+
+    def handle_probe_timeout(self, now: float) -> None:
+        """Tail loss probe (RFC 8985 7): no SACK newly acknowledged data for a PTO.
+
+        Resend the highest outstanding chunk: the peer answers a duplicate or a filled
+        hole with a SACK at once. Without it, a stalled window whose last SACKs were lost
+        (the window is a few packets at 10% loss), or lost last chunks of a transfer,
+        wait for the T3 timer. Not a congestion signal: cwnd is left alone.
+
+        RFC 8985 sends one probe, then leaves it to the RTO. We send a second one after
+        twice the PTO if the first went unanswered: at 10% loss a probe or its SACK is
+        lost one time in five, and a T3 costs a hundred round trips here.
+        """
+        self.probe_deadline = None
+        probed = False
+        for chunk in reversed(self.sent.values()):
+            # A probe is no evidence of loss: never the one that abandons a message.
+            if (
+                chunk.in_flight
+                and not chunk.acked
+                and not chunk.abandoned
+                and (not self._out_of_retransmissions(chunk, now))
+            ):
+                self._mark_for_retransmit(chunk, now)
+                self._fast_rtx_budget = probed = True
+                break
+        else:
+            if self.advanced_ack_point > self.cum_acked:
+                # Only abandoned data is outstanding: the FORWARD-TSN or its SACK was lost.
+                self.forward_tsn_due = probed = True
+        if probed:
+            self.tail_probes += 1
+            self._probes_unanswered += 1
+            pto = self.rtt.pto
+            if pto is not None and self._probes_unanswered < _MAX_PROBES:
+                self.probe_deadline = now + 2 * self._probe_timeout(pto, self.flight)

@@ -108,7 +108,7 @@ def test_lossy_link_still_connects():
 
 def test_role_conflict_both_controlling():
     sim, a, b = make_pair(b_controlling=True)
-    a._tie_breaker, b._tie_breaker = 10, 5  # noqa: SLF001 - deterministic winner
+    a._credentials.tie_breaker, b._credentials.tie_breaker = 10, 5  # noqa: SLF001 - deterministic winner
     sim.run_until(both_connected(a, b), max_time=10)
     assert a.controlling and not b.controlling
     assert b.statistics().role_conflicts + a.statistics().role_conflicts >= 1
@@ -117,7 +117,7 @@ def test_role_conflict_both_controlling():
 
 def test_role_conflict_both_controlled():
     sim, a, b = make_pair(a_controlling=False, b_controlling=False)
-    a._tie_breaker, b._tie_breaker = 10, 5  # noqa: SLF001
+    a._credentials.tie_breaker, b._credentials.tie_breaker = 10, 5  # noqa: SLF001
     sim.run_until(both_connected(a, b), max_time=10)
     assert a.controlling and not b.controlling
     assert RoleChanged(True) in sim.peers[0].events
@@ -248,8 +248,11 @@ def test_invariants_over_imperfect_links(
 
     def agreed():
         pa, pb = a.selected_pair, b.selected_pair
-        return (check_invariants() and pa.local_addr == pb.remote_addr
-                and pa.remote_addr == pb.local_addr)
+        return (
+            check_invariants()
+            and pa.local_addr == pb.remote_addr
+            and pa.remote_addr == pb.local_addr
+        )
 
     sim.run_until(check_invariants, max_time=120)
     # Both sides may be connected on different pairs for a moment: a nominating check

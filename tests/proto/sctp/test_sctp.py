@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from darkswap_trio.proto.sctp._association import (
+from darkswap_trio.proto.sctp import (
     BufferedAmountLow,
     Closed,
     Connected,
@@ -216,8 +216,11 @@ def test_lossy_link_delivers_every_reliable_message_exactly_once(seed):
 
 def test_tsn_wraparound():
     pair = SctpPair(
-        seed=5, loss=0.1, reorder=0.3,
-        a_kwargs={"initial_tsn": 0xFFFFFFF0}, b_kwargs={"initial_tsn": 0xFFFFFFFF},
+        seed=5,
+        loss=0.1,
+        reorder=0.3,
+        a_kwargs={"initial_tsn": 0xFFFFFFF0},
+        b_kwargs={"initial_tsn": 0xFFFFFFFF},
     )
     pair.connect()
     sent = [numbered_payload(i, 2500) for i in range(40)]
@@ -250,6 +253,7 @@ def test_small_messages_share_packets_and_sacks_ride_on_data():
     pair.run_until(lambda: len(pair.messages("b")) == 50)
     assert len(data_chunks(pair.ab.sent)) == 50
     assert len(pair.ab.sent) <= 3
+
     # The receiver answers each message as it arrives: its SACK rides on the reply.
     def reply(name, event):
         if name == "b" and isinstance(event, MessageReceived):
@@ -325,8 +329,7 @@ def test_max_retransmits_zero_is_never_retransmitted():
     assert 0 < len(got) < 100  # some lost for good, the rest intact and in order
     assert got == sorted(got, key=lambda d: int.from_bytes(d[:4], "big"))
     assert all(d == numbered_payload(int.from_bytes(d[:4], "big"), 1500) for d in got)
-    assert any(isinstance(c, ForwardTsnChunk)
-               for p in pair.ab.sent for c in parse_ours(p)[1])
+    assert any(isinstance(c, ForwardTsnChunk) for p in pair.ab.sent for c in parse_ours(p)[1])
     # Fragments of abandoned messages do not linger in the receiver's window.
     pair.run_for(5.0)
     assert pair.b.statistics().local_rwnd == 1 << 20
@@ -347,8 +350,7 @@ def test_expired_lifetime_is_abandoned_and_skipped():
     pair.run_until(lambda: pair.messages("b"))
     assert pair.messages("b") == [MessageReceived(2, 53, b"after")]
     assert pair.a.statistics().abandoned_messages == 6
-    assert any(isinstance(c, ForwardTsnChunk)
-               for p in pair.ab.sent for c in parse_ours(p)[1])
+    assert any(isinstance(c, ForwardTsnChunk) for p in pair.ab.sent for c in parse_ours(p)[1])
     pair.run_until(lambda: pair.a.buffered_amount() == 0)
 
 
@@ -457,15 +459,15 @@ def test_unknown_chunk_types_follow_their_action_bits(chunk_type, data_processed
     pair.ba.sent.clear()
     header = parse_ours(pair.ab.sent[-1])[0]
     # No data sent yet, so the next TSN from a is its initial TSN.
-    init = next(c for p in pair.ab.sent for c in parse_ours(p)[1]
-                if isinstance(c, InitChunk | InitAckChunk))
+    init = next(
+        c for p in pair.ab.sent for c in parse_ours(p)[1] if isinstance(c, InitChunk | InitAckChunk)
+    )
     unknown = UnknownChunk(chunk_type, 0, b"????")
     data = DataChunk(init.initial_tsn, 0, 0, 53, b"payload")
     pair.b.receive(encode_packet(header, [unknown, data]), pair.now)
     pair.run_for(1.0)
     assert (pair.messages("b") != []) is data_processed
-    errors = [c for p in pair.ba.sent for c in parse_ours(p)[1]
-              if isinstance(c, ErrorChunk)]
+    errors = [c for p in pair.ba.sent for c in parse_ours(p)[1] if isinstance(c, ErrorChunk)]
     assert (errors != []) is reported
     if reported:
         assert errors[0].causes[0][0] == 6  # Unrecognized Chunk Type

@@ -14,7 +14,7 @@ from collections import deque
 
 import pytest
 
-from darkswap_trio.proto.sctp._association import MessageReceived
+from darkswap_trio.proto.sctp import MessageReceived
 from darkswap_trio.proto.sctp._sender import OutboundMessage, SctpSender
 from darkswap_trio.testing._sctp_pair import SctpPair
 
@@ -39,7 +39,8 @@ def transmit(sender: SctpSender, now: float) -> list[int]:
     parts: list[bytes] = []
     sender.fill(parts, (MTU - 12) & ~3, now)
     return sorted(
-        tsn for tsn, chunk in sender.sent.items()
+        tsn
+        for tsn, chunk in sender.sent.items()
         if chunk.sent_count != before.get(tsn, 0) and chunk.wire in parts
     )
 
@@ -161,17 +162,17 @@ def test_probe_never_abandons_a_partially_reliable_message():
 
 def test_gap_acked_probe_gives_an_rtt_sample():
     sender = sender_with(3)
-    sender.srtt = None
+    sender.rtt.srtt = None
     transmit(sender, 0.0)  # TSN 1000, the RTT probe
     transmit(sender, 0.0005)  # TSN 1001, lost
     sack(sender, TSN0, [], 0.001)
-    assert sender.srtt == pytest.approx(0.001)
+    assert sender.rtt.srtt == pytest.approx(0.001)
     transmit(sender, 0.002)  # TSN 1002, the next probe
     sack(sender, TSN0, [1002], 0.004)  # gap-acked while 1001 is missing: 2 ms
-    assert sender.srtt == pytest.approx(0.875 * 0.001 + 0.125 * 0.002)
-    srtt = sender.srtt
+    assert sender.rtt.srtt == pytest.approx(0.875 * 0.001 + 0.125 * 0.002)
+    srtt = sender.rtt.srtt
     sack(sender, 1002, [], 0.5)  # recovery time is not a round trip
-    assert sender.srtt == srtt
+    assert sender.rtt.srtt == srtt
 
 
 @pytest.mark.parametrize("seed", range(4))

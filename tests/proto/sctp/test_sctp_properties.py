@@ -15,8 +15,8 @@ from hypothesis.stateful import (
     rule,
 )
 
+from darkswap_trio.proto.sctp import OutgoingStreamsReset, SctpState
 from darkswap_trio.proto.sctp import _chunks as c
-from darkswap_trio.proto.sctp._association import OutgoingStreamsReset, SctpState
 from darkswap_trio.proto.sctp._chunks import encode_packet
 from darkswap_trio.testing._sctp_pair import MAX_STEPS, SctpPair, numbered_payload, parse_ours
 
@@ -27,19 +27,33 @@ _u32 = st.integers(0, 0xFFFFFFFF)
 _near = st.integers(-70_000, 70_000)  # TSN offsets around the live window
 _hostile_chunks = st.lists(
     st.one_of(
-        st.tuples(st.just("data"), _near, st.integers(0, 4), _u16, st.integers(0, 15),
-                  st.binary(min_size=1, max_size=40)),
-        st.tuples(st.just("sack"), _near, _u32,
-                  st.lists(st.tuples(st.integers(1, 70_000), st.integers(0, 70_000)), max_size=4),
-                  st.lists(_u32, max_size=3)),
+        st.tuples(
+            st.just("data"),
+            _near,
+            st.integers(0, 4),
+            _u16,
+            st.integers(0, 15),
+            st.binary(min_size=1, max_size=40),
+        ),
+        st.tuples(
+            st.just("sack"),
+            _near,
+            _u32,
+            st.lists(st.tuples(st.integers(1, 70_000), st.integers(0, 70_000)), max_size=4),
+            st.lists(_u32, max_size=3),
+        ),
         st.tuples(st.just("fwd"), _near, st.lists(st.tuples(st.integers(0, 4), _u16), max_size=3)),
         st.tuples(st.just("reconfig"), _near, _near, _near, st.lists(_u16, max_size=3)),
         st.tuples(st.just("response"), _near, st.integers(0, 7)),
-        st.tuples(st.just("raw"), st.sampled_from([1, 2, 4, 5, 6, 7, 8, 9, 10, 11, 14, 0x3F, 0x7F,
-                                                   0xBF, 0xFF]),
-                  st.integers(0, 1), st.binary(max_size=40)),
+        st.tuples(
+            st.just("raw"),
+            st.sampled_from([1, 2, 4, 5, 6, 7, 8, 9, 10, 11, 14, 0x3F, 0x7F, 0xBF, 0xFF]),
+            st.integers(0, 1),
+            st.binary(max_size=40),
+        ),
     ),
-    min_size=1, max_size=4,
+    min_size=1,
+    max_size=4,
 )
 
 
@@ -52,15 +66,26 @@ def _hostile_chunk(spec, pair):
         return c.DataChunk((their_tsn + off) & 0xFFFFFFFF, sid, ssn, 53, data, flags)
     if kind == "sack":
         _, off, rwnd, gaps, dups = spec
-        return c.SackChunk((our_tsn + off) & 0xFFFFFFFF, rwnd,
-                           [(s, min(s + e, 0xFFFF)) for s, e in gaps if s <= 0xFFFF], dups)
+        return c.SackChunk(
+            (our_tsn + off) & 0xFFFFFFFF,
+            rwnd,
+            [(s, min(s + e, 0xFFFF)) for s, e in gaps if s <= 0xFFFF],
+            dups,
+        )
     if kind == "fwd":
         return c.ForwardTsnChunk((their_tsn + spec[1]) & 0xFFFFFFFF, spec[2])
     if kind == "reconfig":
         _, req, resp, last, streams = spec
-        return c.ReconfigChunk([c.OutgoingResetRequest(
-            (their_tsn + req) & 0xFFFFFFFF, (our_tsn + resp) & 0xFFFFFFFF,
-            (their_tsn + last) & 0xFFFFFFFF, tuple(streams))])
+        return c.ReconfigChunk(
+            [
+                c.OutgoingResetRequest(
+                    (their_tsn + req) & 0xFFFFFFFF,
+                    (our_tsn + resp) & 0xFFFFFFFF,
+                    (their_tsn + last) & 0xFFFFFFFF,
+                    tuple(streams),
+                )
+            ]
+        )
     if kind == "response":
         return c.ReconfigChunk([c.ReconfigResponse((our_tsn + spec[1]) & 0xFFFFFFFF, spec[2])])
     _, ctype, flags, value = spec
@@ -126,10 +151,13 @@ class SctpPairMachine(RuleBasedStateMachine):
             ]
 
     @rule(
-        src=st.sampled_from(["a", "b"]), sid=st.integers(0, 3),
-        size=st.sampled_from([4, 50, 1160, 1161, 4000, 30_000]), ordered=st.booleans(),
-        policy=st.sampled_from([None, None, None, ("max_retransmits", 0),
-                                ("max_retransmits", 2), ("lifetime", 0.3)]),
+        src=st.sampled_from(["a", "b"]),
+        sid=st.integers(0, 3),
+        size=st.sampled_from([4, 50, 1160, 1161, 4000, 30_000]),
+        ordered=st.booleans(),
+        policy=st.sampled_from(
+            [None, None, None, ("max_retransmits", 0), ("max_retransmits", 2), ("lifetime", 0.3)]
+        ),
     )
     def send(self, src, sid, size, ordered, policy):
         self._note_completed_resets()
