@@ -38,8 +38,7 @@ from dataclasses import dataclass
 import trio
 
 from darkswap_trio.proto.dtls._certificate import DtlsCertificate
-from darkswap_trio.webrtc._dtls import DtlsTransport, generate_dtls_certificate
-from darkswap_trio.webrtc._ice import IceTransport
+from darkswap_trio.webrtc import DtlsTransport, IceTransport, generate_dtls_certificate
 
 LOOPBACK = "127.0.0.1"
 DEFAULT_TA = 0.05

@@ -15,17 +15,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from darkswap_trio._config import ConfigError as _SdkConfigError
-from darkswap_trio._config import parse_relay_address
-from darkswap_trio._settings import apply_settings
+import darkswap_trio
+from darkswap_trio import parse_relay_address
+
+from ._settings import apply_settings
 
 AuthMode = Literal["signature", "jwt", "open"]
 AUTH_MODES: tuple[str, ...] = ("signature", "jwt", "open")
 JWT_ALGORITHMS: tuple[str, ...] = ("EdDSA", "ES256", "HS256")
 
 
-class ConfigError(ValueError):
-    """The configuration is invalid; the message names the offending setting."""
+class ConfigError(darkswap_trio.ConfigError):
+    """The relay's configuration is invalid; the message names the offending setting.
+
+    A :class:`darkswap_trio.ConfigError` (itself a ValueError), so one ``except`` catches
+    a bad setting of either the SDK or the relay.
+    """
 
 
 @dataclass
@@ -219,7 +224,7 @@ def announce_multiaddr(announce: str, peer_id: str, port: int, tls: bool) -> str
         text = text.rstrip("/") + f"/p2p/{peer_id}"
     try:
         address = parse_relay_address(text)
-    except _SdkConfigError as exc:
+    except darkswap_trio.ConfigError as exc:
         raise ConfigError(f"announce: {exc}") from None
     if str(address.peer_id) != peer_id and peer_id != _PLACEHOLDER_PEER_ID:
         raise ConfigError(f"announce: {announce!r} names peer {address.peer_id}, this relay is {peer_id}")

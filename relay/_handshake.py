@@ -13,7 +13,7 @@ import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from darkswap_trio._identity import KEY_TYPE_ED25519, Keypair, PeerId
+from darkswap_trio import Keypair, PeerId
 from darkswap_trio.proto.errors import PeerIdError
 from darkswap_trio.proto.signaling import (
     PROTOCOL_VERSION,
@@ -135,7 +135,7 @@ class RegistrationHandshake:
             )
         if self.mode == "open":
             return HandshakeAccepted(msg.peer_id, proof, None)
-        if claimed.key_type != KEY_TYPE_ED25519:
+        if not claimed.is_ed25519:
             return HandshakeRefusal("auth_failed", "only Ed25519 peer ids can authenticate")
         self._server_nonce = secrets.token_bytes(32)
         return HandshakeReply(

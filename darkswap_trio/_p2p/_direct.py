@@ -32,7 +32,7 @@ import trio
 
 from .._identity import PeerId, peer_id_text
 from .._relay_client._session import RelayError, RelaySession
-from .._service import TaskOwner
+from .._service import NotStarted, TaskOwner
 from ..proto import signaling as sig
 from ..proto.errors import ParseError
 from ..webrtc._datachannel import DataChannel
@@ -269,7 +269,7 @@ class WebRtcTransport(TaskOwner):
 
     def _require_running(self) -> trio.Nursery:
         if self._nursery is None:
-            raise RuntimeError("WebRtcTransport is not running; use 'async with' or nursery.start")
+            raise NotStarted("WebRtcTransport is not running; use 'async with' or nursery.start")
         return self._nursery
 
     async def _dispatch_signals(self) -> None:

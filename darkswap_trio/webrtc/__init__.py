@@ -11,6 +11,7 @@ from ._datachannel import DataChannelStatistics as DataChannelStatistics
 from ._dtls import DatagramTransport as DatagramTransport
 from ._dtls import DtlsError as DtlsError
 from ._dtls import DtlsTransport as DtlsTransport
+from ._dtls import DtlsTransportStatistics as DtlsTransportStatistics
 from ._dtls import generate_dtls_certificate as generate_dtls_certificate
 from ._ice import IceError as IceError
 from ._ice import IceTransport as IceTransport
@@ -24,3 +25,26 @@ from ._peer_connection import open_peer_connection as open_peer_connection
 from ._tcp_signaling import SignalMessage as SignalMessage
 from ._tcp_signaling import TcpSignaling as TcpSignaling
 from ._tcp_signaling import open_tcp_signaling as open_tcp_signaling
+
+__all__ = [
+    "ConnectionFailed",
+    "DataChannel",
+    "DataChannelStatistics",
+    "DatagramTransport",
+    "DtlsCertificate",
+    "DtlsError",
+    "DtlsTransport",
+    "DtlsTransportStatistics",
+    "IceError",
+    "IceTransport",
+    "IceTransportStatistics",
+    "PeerConnection",
+    "PeerConnectionConfig",
+    "PeerConnectionStatistics",
+    "SignalMessage",
+    "SignalingStateError",
+    "TcpSignaling",
+    "generate_dtls_certificate",
+    "open_peer_connection",
+    "open_tcp_signaling",
+]

@@ -23,7 +23,7 @@ from aiortc.rtcdtlstransport import (
 )
 
 from darkswap_trio.proto.dtls._records import is_dtls
-from darkswap_trio.webrtc._dtls import DtlsTransport, generate_dtls_certificate
+from darkswap_trio.webrtc import DtlsTransport, generate_dtls_certificate
 from darkswap_trio.webrtc._srtp import create_srtp_sessions, export_srtp_keys
 
 RTP_FROM_AIORTC = struct.pack("!BBHII", 0x80, 96, 7, 1000, 0x11111111) + b"from aiortc"

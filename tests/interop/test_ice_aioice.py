@@ -18,7 +18,7 @@ import trio
 from aioice import Candidate
 
 from darkswap_trio.proto.ice._checklist import parse_candidate_untrusted
-from darkswap_trio.webrtc._ice import IceTransport
+from darkswap_trio.webrtc import IceTransport
 
 MESSAGES = 10
 

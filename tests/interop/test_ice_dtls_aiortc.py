@@ -34,8 +34,7 @@ from aiortc.sdp import candidate_from_sdp, candidate_to_sdp
 from asyncio_peer import AsyncioPeerThread
 
 from darkswap_trio.proto.ice._checklist import parse_candidate_untrusted
-from darkswap_trio.webrtc._dtls import DtlsError, DtlsTransport, generate_dtls_certificate
-from darkswap_trio.webrtc._ice import IceTransport
+from darkswap_trio.webrtc import DtlsError, DtlsTransport, IceTransport, generate_dtls_certificate
 
 MESSAGES = 10
 LOOPBACK = "127.0.0.1"

@@ -9,7 +9,7 @@ import pytest
 import trio
 
 from darkswap_trio.testing import VirtualNet
-from darkswap_trio.webrtc._dtls import DtlsError, DtlsTransport, generate_dtls_certificate
+from darkswap_trio.webrtc import DtlsError, DtlsTransport, generate_dtls_certificate
 from darkswap_trio.webrtc._srtp import export_srtp_keys
 
 CLIENT_CERT = generate_dtls_certificate()

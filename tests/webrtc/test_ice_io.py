@@ -11,7 +11,7 @@ from darkswap_trio.proto.errors import StunParseError
 from darkswap_trio.proto.ice._events import IceState
 from darkswap_trio.proto.stun import Class, binding_success_response, parse_stun_untrusted
 from darkswap_trio.testing import VirtualNet
-from darkswap_trio.webrtc._ice import IceTransport
+from darkswap_trio.webrtc import IceTransport
 
 DTLS_LIKE = b"\x17\xfe\xfd"  # RFC 7983: first byte 20-63 is DTLS
 
@@ -251,7 +251,7 @@ async def test_virtualnet_nat_filtering_and_determinism(autojump_clock):
 
 async def test_dtls_runs_over_ice_on_a_lossy_virtualnet(autojump_clock):
     """The layer above: DtlsTransport takes IceTransport as its datagram transport."""
-    from darkswap_trio.webrtc._dtls import DtlsTransport, generate_dtls_certificate
+    from darkswap_trio.webrtc import DtlsTransport, generate_dtls_certificate
 
     client_cert, server_cert = generate_dtls_certificate(), generate_dtls_certificate()
     # The seed matters: on main, about a third of seeds 0-29 stall the DTLS handshake

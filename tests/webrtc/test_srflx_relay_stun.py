@@ -21,7 +21,7 @@ import trio
 
 import relay._stun
 from darkswap_trio.testing import VirtualNet, running_relay
-from darkswap_trio.webrtc._ice import IceTransport
+from darkswap_trio.webrtc import IceTransport
 from relay._metrics import RelayMetrics
 from relay._stun import serve_stun
 
