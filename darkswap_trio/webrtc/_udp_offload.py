@@ -17,6 +17,7 @@ import errno
 import socket
 import struct
 import sys
+from typing import Any
 
 __all__ = ["UdpBatchSocket", "gso_runs", "split_coalesced"]
 
@@ -73,7 +74,7 @@ class UdpBatchSocket:
         self.send_errors = 0
         self.segmented_sends = 0  # sendmsg calls that carried several datagrams
 
-    def receive_into(self, batch: list[tuple[bytes, tuple]], limit: int) -> None:
+    def receive_into(self, batch: list[tuple[bytes, Any]], limit: int) -> None:
         """Append (datagram, address) pairs the kernel holds until it has none or
         ``batch`` reaches ``limit``. Raises OSError (other than blocking) from the socket."""
         sock = self.sock
@@ -94,7 +95,7 @@ class UdpBatchSocket:
         except BlockingIOError:
             pass
 
-    def send(self, datagrams: list[bytes], addr: tuple) -> int:
+    def send(self, datagrams: list[bytes], addr: Any) -> int:
         """Send ``datagrams`` to ``addr`` in order. Returns how many the kernel took
         before it would block (all of them, usually); refused ones count as taken and
         in ``send_errors``, as with one ``sendto`` each."""
