@@ -83,7 +83,9 @@ class LimitsConfig:
     circuit_bandwidth: int = 0  # bytes/s per direction; 0 = unlimited
     circuit_window: int = 256 * 1024  # initial flow-control credit per direction (bytes)
     circuit_max_data_frame: int = 64 * 1024  # largest payload of one circuit data frame
-    circuit_stall_timeout: float = 30.0  # a direction with queued data and no progress for this long closes the circuit
+    circuit_stall_timeout: float = (
+        30.0  # a direction with queued data and no progress for this long closes the circuit
+    )
     # STUN binding service: answers per source IP, and in total (reflection budget).
     stun_per_ip_rate: float = 10.0
     stun_per_ip_burst: int = 20
@@ -155,7 +157,9 @@ class RelayConfig:
         if self.limits.circuit_max_data_frame + 64 > self.limits.max_frame_size:
             raise ConfigError("limits.circuit_max_data_frame must fit in limits.max_frame_size")
         if self.limits.circuit_window < self.limits.circuit_max_data_frame:
-            raise ConfigError("limits.circuit_window must be at least limits.circuit_max_data_frame")
+            raise ConfigError(
+                "limits.circuit_window must be at least limits.circuit_max_data_frame"
+            )
         return self
 
     def jwt_key_material(self) -> str:
@@ -227,7 +231,9 @@ def announce_multiaddr(announce: str, peer_id: str, port: int, tls: bool) -> str
     except darkswap_trio.ConfigError as exc:
         raise ConfigError(f"announce: {exc}") from None
     if str(address.peer_id) != peer_id and peer_id != _PLACEHOLDER_PEER_ID:
-        raise ConfigError(f"announce: {announce!r} names peer {address.peer_id}, this relay is {peer_id}")
+        raise ConfigError(
+            f"announce: {announce!r} names peer {address.peer_id}, this relay is {peer_id}"
+        )
     return text
 
 
@@ -257,7 +263,9 @@ LIVE_LIMITS = frozenset(
     }
 )
 # Auth settings a reload applies (to registrations from then on); the mode is fixed.
-LIVE_AUTH = frozenset({"jwt_algorithm", "jwt_key", "jwt_key_file", "jwt_audience", "jwt_issuer", "jwt_leeway"})
+LIVE_AUTH = frozenset(
+    {"jwt_algorithm", "jwt_key", "jwt_key_file", "jwt_audience", "jwt_issuer", "jwt_leeway"}
+)
 _SECRET_KEYS = frozenset({"auth.jwt_key"})
 
 

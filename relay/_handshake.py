@@ -119,7 +119,9 @@ class RegistrationHandshake:
             return HandshakeRefusal("invalid_peer_id", str(exc))
         if str(claimed) != msg.peer_id:
             # The SDK parses the CIDv1 form too; on the wire one peer has one name.
-            return HandshakeRefusal("invalid_peer_id", "peer ids on the wire are base58btc, not CIDv1")
+            return HandshakeRefusal(
+                "invalid_peer_id", "peer ids on the wire are base58btc, not CIDv1"
+            )
         if msg.protocol is None:
             return HandshakeRefusal(
                 "auth_required", "this relay requires darkswap-relay/1 authentication"
