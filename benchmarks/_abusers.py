@@ -32,7 +32,7 @@ if ROOT not in sys.path:
 
 import uvloop  # noqa: E402
 
-from darkswap_trio._identity import Keypair  # noqa: E402
+from darkswap_trio import Keypair  # noqa: E402
 from darkswap_trio.proto import signaling as sig  # noqa: E402
 
 HOST = "127.0.0.1"

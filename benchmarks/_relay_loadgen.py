@@ -45,7 +45,7 @@ from _relay_servers import cpu_seconds  # noqa: E402  (this directory is sys.pat
 from _tcp_baseline import rtt_tcp, throughput_splice  # noqa: E402
 from websockets.asyncio.client import connect  # noqa: E402
 
-from darkswap_trio._identity import Keypair, PeerId  # noqa: E402
+from darkswap_trio import Keypair, PeerId  # noqa: E402
 from darkswap_trio.proto import signaling as sig  # noqa: E402
 
 # Same client settings for our relay and the websockets baseline relay.

@@ -43,7 +43,7 @@ import uvloop  # noqa: E402
 from _relay_loadgen import _CREDIT, register  # noqa: E402
 from _relay_servers import cpu_seconds  # noqa: E402
 
-from darkswap_trio._identity import Keypair, load_or_create_keypair  # noqa: E402
+from darkswap_trio import Keypair, load_or_create_keypair  # noqa: E402
 from darkswap_trio.proto import signaling as sig  # noqa: E402
 
 HOST = "127.0.0.1"

@@ -41,7 +41,7 @@ import trio
 from _transfer import aiortc_transfer, our_transfer  # this directory is sys.path[0]
 
 from darkswap_trio.proto.dtls._certificate import DtlsCertificate
-from darkswap_trio.webrtc._peer_connection import PeerConnectionConfig, open_peer_connection
+from darkswap_trio.webrtc import PeerConnectionConfig, open_peer_connection
 
 LOOPBACK = "127.0.0.1"
 MESSAGE = 16384

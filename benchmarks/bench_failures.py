@@ -35,7 +35,7 @@ from darkswap_trio import Config, Keypair, P2PConfig, P2PNetwork, RelayManagerCo
 from darkswap_trio._p2p._network import PeerUnreachable  # noqa: E402
 from darkswap_trio._relay_client._manager import NoRelayAvailable  # noqa: E402
 from darkswap_trio.testing import running_relay  # noqa: E402
-from darkswap_trio.webrtc._peer_connection import PeerConnectionConfig  # noqa: E402
+from darkswap_trio.webrtc import PeerConnectionConfig  # noqa: E402
 
 LOOPBACK = PeerConnectionConfig(host_addresses=["127.0.0.1"], include_loopback=True)
 DIRECT_TIMEOUT = P2PConfig().direct_connect_timeout

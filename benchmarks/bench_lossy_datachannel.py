@@ -33,7 +33,7 @@ from _impaired_proxy import rewrite_candidates as rewrite
 from _transfer import aiortc_transfer, our_transfer  # this directory is sys.path[0]
 
 from darkswap_trio.proto.dtls._certificate import DtlsCertificate
-from darkswap_trio.webrtc._peer_connection import PeerConnectionConfig, open_peer_connection
+from darkswap_trio.webrtc import PeerConnectionConfig, open_peer_connection
 
 MESSAGE = 16384
 HIGH_WATER = 1 << 20

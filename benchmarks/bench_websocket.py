@@ -77,7 +77,7 @@ async def forward_server(impl: str, messages: int) -> dict:
 
     elif impl in ("ours", "ours-pure"):
         from darkswap_trio.proto.websocket import _frames as core
-        from darkswap_trio.websocket._endpoints import serve_websocket
+        from darkswap_trio.websocket import serve_websocket
 
         if impl == "ours-pure":
             core._c_apply_mask = None  # measure the stdlib-only unmasking path
@@ -138,7 +138,7 @@ async def forward_server(impl: str, messages: int) -> dict:
 
 async def forward_peers(impl: str, port: int, messages: int) -> None:
     from darkswap_trio.proto.websocket._connection import Opcode, encode_frame
-    from darkswap_trio.websocket._endpoints import open_websocket
+    from darkswap_trio.websocket import open_websocket
 
     payload = os.urandom(PAYLOAD)
     if impl == "raw":
@@ -190,7 +190,7 @@ async def idle_server(impl: str, count: int, trace: bool) -> dict:
             all_in.set()
 
     if impl == "ours":
-        from darkswap_trio.websocket._endpoints import serve_websocket
+        from darkswap_trio.websocket import serve_websocket
 
         async def handler(request) -> None:
             ws = await request.accept()
@@ -234,7 +234,7 @@ async def idle_server(impl: str, count: int, trace: bool) -> dict:
 
 
 async def idle_peers(port: int, count: int) -> None:
-    from darkswap_trio.websocket._endpoints import open_websocket
+    from darkswap_trio.websocket import open_websocket
 
     async with trio.open_nursery() as nursery:
         ready = trio.Semaphore(0)

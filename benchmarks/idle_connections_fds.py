@@ -18,9 +18,9 @@ import sys
 
 import trio
 
-from darkswap_trio._identity import Keypair
+from darkswap_trio import Keypair
 from darkswap_trio.proto.signaling import Register, encode_message
-from darkswap_trio.websocket._endpoints import open_websocket
+from darkswap_trio.websocket import open_websocket
 
 
 async def honest_registers(port: int) -> str:

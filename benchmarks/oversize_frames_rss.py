@@ -18,7 +18,7 @@ import tempfile
 
 import trio
 
-from darkswap_trio.websocket._endpoints import WebSocketHandshakeError, open_websocket
+from darkswap_trio.websocket import WebSocketHandshakeError, open_websocket
 
 
 def rss_mib(pid: int) -> float:

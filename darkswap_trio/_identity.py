@@ -203,6 +203,11 @@ class PeerId:
             return None
         return _decode_key_protobuf(self.multihash[2:])[0]
 
+    @property
+    def is_ed25519(self) -> bool:
+        """True when the id inlines an Ed25519 public key (only those can sign a proof)."""
+        return self.key_type == KEY_TYPE_ED25519
+
     def ed25519_public_key(self) -> Ed25519PublicKey:
         """The Ed25519 key this id inlines; PeerIdError if it inlines none."""
         if self.key_type != KEY_TYPE_ED25519:

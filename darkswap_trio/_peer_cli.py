@@ -102,7 +102,8 @@ async def probe(args: argparse.Namespace) -> int:
         return 0
     family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
     infos = await trio.socket.getaddrinfo(address.host, args.stun_port, family, socket.SOCK_DGRAM)
-    server = infos[0][4][:2]
+    sockaddr = infos[0][4]
+    server = (str(sockaddr[0]), int(sockaddr[1]))
     with trio.socket.socket(family, socket.SOCK_DGRAM) as sock:
         await sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
         first, rtt, other = await stun_binding(sock, server)
@@ -150,7 +151,7 @@ async def listen(args: argparse.Namespace) -> int:
         say(f"listening  {network.local_peer_id}")
         say(f"relay      {args.relay}")
 
-        async def echo(link) -> None:
+        async def echo(link: PeerLink) -> None:
             say(f"link       from {link.peer_id} via {link.connection_type}")
             async for data in link:
                 await link.send(data)
@@ -170,7 +171,7 @@ async def listen(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _echo_rtt(link, payload: bytes, timeout: float) -> float:
+async def _echo_rtt(link: PeerLink, payload: bytes, timeout: float) -> float:
     started = trio.current_time()
     with trio.fail_after(timeout):
         await link.send(payload)

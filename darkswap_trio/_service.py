@@ -9,6 +9,14 @@ from typing import Any, Self
 import trio
 
 
+class NotStarted(RuntimeError):
+    """The object's ``run`` is not running: use ``async with`` or ``nursery.start(obj.run)``.
+
+    Raised by :class:`P2PNetwork`, :class:`RelayManager` and :class:`WebRtcTransport` when
+    used before they start or after they stop.
+    """
+
+
 class TaskOwner:
     """Mixin: ``async with obj:`` runs ``obj.run`` in a nursery and ``obj.stop()`` on exit.
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+from typing import Any
 
 import trio
 
@@ -21,9 +22,9 @@ from . import (
     ConnectionUpgraded,
     P2PConfig,
     P2PNetwork,
-    PeerConnectionConfig,
     RelayManagerConfig,
 )
+from .webrtc import PeerConnectionConfig
 
 LOOPBACK = PeerConnectionConfig(host_addresses=["127.0.0.1"], include_loopback=True)
 
@@ -41,7 +42,7 @@ class Timeline:
         print(f"+{self.ms():8.1f} ms  {who:<6} {what}", flush=True)
 
 
-async def run_demo(messages: int = 20, size: int = 1024, upgrade_timeout: float = 10.0) -> dict:
+async def run_demo(messages: int = 20, size: int = 1024, upgrade_timeout: float = 10.0) -> dict[str, Any]:
     """Run the demo; returns the summary figures (also printed)."""
     from relay import AuthConfig, RelayConfig, serve_relay
 
@@ -138,7 +139,7 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f} ms"
 
 
-def print_summary(r: dict) -> None:
+def print_summary(r: dict[str, Any]) -> None:
     upgrade = ("no upgrade (direct path not ready)" if r["upgrade_ms"] is None
                else f"{r['upgrade_ms']:.1f} ms after the dial")
     print()

@@ -13,7 +13,7 @@ import sys
 
 import trio
 
-from darkswap_trio import (
+from darkswap_trio.webrtc import (
     PeerConnection,
     PeerConnectionConfig,
     TcpSignaling,

@@ -13,12 +13,8 @@ import sys
 
 import trio
 
-from darkswap_trio import (
-    ConnectionUpgraded,
-    P2PConfig,
-    P2PNetwork,
-    PeerConnectionConfig,
-)
+from darkswap_trio import ConnectionUpgraded, P2PConfig, P2PNetwork
+from darkswap_trio.webrtc import PeerConnectionConfig
 
 LOOPBACK = PeerConnectionConfig(host_addresses=["127.0.0.1"], include_loopback=True)
 

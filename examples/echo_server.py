@@ -11,7 +11,8 @@ import sys
 
 import trio
 
-from darkswap_trio import P2PConfig, P2PNetwork, PeerConnectionConfig, PeerLink
+from darkswap_trio import P2PConfig, P2PNetwork, PeerLink
+from darkswap_trio.webrtc import PeerConnectionConfig
 
 LOOPBACK = PeerConnectionConfig(host_addresses=["127.0.0.1"], include_loopback=True)
 

@@ -15,17 +15,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from darkswap_trio._config import ConfigError as _SdkConfigError
-from darkswap_trio._config import parse_relay_address
-from darkswap_trio._settings import apply_settings
+import darkswap_trio
+from darkswap_trio import parse_relay_address
+
+from ._settings import apply_settings
 
 AuthMode = Literal["signature", "jwt", "open"]
 AUTH_MODES: tuple[str, ...] = ("signature", "jwt", "open")
 JWT_ALGORITHMS: tuple[str, ...] = ("EdDSA", "ES256", "HS256")
 
 
-class ConfigError(ValueError):
-    """The configuration is invalid; the message names the offending setting."""
+class ConfigError(darkswap_trio.ConfigError):
+    """The relay's configuration is invalid; the message names the offending setting.
+
+    A :class:`darkswap_trio.ConfigError` (itself a ValueError), so one ``except`` catches
+    a bad setting of either the SDK or the relay.
+    """
 
 
 @dataclass
@@ -78,7 +83,9 @@ class LimitsConfig:
     circuit_bandwidth: int = 0  # bytes/s per direction; 0 = unlimited
     circuit_window: int = 256 * 1024  # initial flow-control credit per direction (bytes)
     circuit_max_data_frame: int = 64 * 1024  # largest payload of one circuit data frame
-    circuit_stall_timeout: float = 30.0  # a direction with queued data and no progress for this long closes the circuit
+    circuit_stall_timeout: float = (
+        30.0  # a direction with queued data and no progress for this long closes the circuit
+    )
     # STUN binding service: answers per source IP, and in total (reflection budget).
     stun_per_ip_rate: float = 10.0
     stun_per_ip_burst: int = 20
@@ -150,7 +157,9 @@ class RelayConfig:
         if self.limits.circuit_max_data_frame + 64 > self.limits.max_frame_size:
             raise ConfigError("limits.circuit_max_data_frame must fit in limits.max_frame_size")
         if self.limits.circuit_window < self.limits.circuit_max_data_frame:
-            raise ConfigError("limits.circuit_window must be at least limits.circuit_max_data_frame")
+            raise ConfigError(
+                "limits.circuit_window must be at least limits.circuit_max_data_frame"
+            )
         return self
 
     def jwt_key_material(self) -> str:
@@ -219,10 +228,12 @@ def announce_multiaddr(announce: str, peer_id: str, port: int, tls: bool) -> str
         text = text.rstrip("/") + f"/p2p/{peer_id}"
     try:
         address = parse_relay_address(text)
-    except _SdkConfigError as exc:
+    except darkswap_trio.ConfigError as exc:
         raise ConfigError(f"announce: {exc}") from None
     if str(address.peer_id) != peer_id and peer_id != _PLACEHOLDER_PEER_ID:
-        raise ConfigError(f"announce: {announce!r} names peer {address.peer_id}, this relay is {peer_id}")
+        raise ConfigError(
+            f"announce: {announce!r} names peer {address.peer_id}, this relay is {peer_id}"
+        )
     return text
 
 
@@ -252,7 +263,9 @@ LIVE_LIMITS = frozenset(
     }
 )
 # Auth settings a reload applies (to registrations from then on); the mode is fixed.
-LIVE_AUTH = frozenset({"jwt_algorithm", "jwt_key", "jwt_key_file", "jwt_audience", "jwt_issuer", "jwt_leeway"})
+LIVE_AUTH = frozenset(
+    {"jwt_algorithm", "jwt_key", "jwt_key_file", "jwt_audience", "jwt_issuer", "jwt_leeway"}
+)
 _SECRET_KEYS = frozenset({"auth.jwt_key"})
 
 

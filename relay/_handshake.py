@@ -13,7 +13,7 @@ import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from darkswap_trio._identity import KEY_TYPE_ED25519, Keypair, PeerId
+from darkswap_trio import Keypair, PeerId
 from darkswap_trio.proto.errors import PeerIdError
 from darkswap_trio.proto.signaling import (
     PROTOCOL_VERSION,
@@ -119,7 +119,9 @@ class RegistrationHandshake:
             return HandshakeRefusal("invalid_peer_id", str(exc))
         if str(claimed) != msg.peer_id:
             # The SDK parses the CIDv1 form too; on the wire one peer has one name.
-            return HandshakeRefusal("invalid_peer_id", "peer ids on the wire are base58btc, not CIDv1")
+            return HandshakeRefusal(
+                "invalid_peer_id", "peer ids on the wire are base58btc, not CIDv1"
+            )
         if msg.protocol is None:
             return HandshakeRefusal(
                 "auth_required", "this relay requires darkswap-relay/1 authentication"
@@ -135,7 +137,7 @@ class RegistrationHandshake:
             )
         if self.mode == "open":
             return HandshakeAccepted(msg.peer_id, proof, None)
-        if claimed.key_type != KEY_TYPE_ED25519:
+        if not claimed.is_ed25519:
             return HandshakeRefusal("auth_failed", "only Ed25519 peer ids can authenticate")
         self._server_nonce = secrets.token_bytes(32)
         return HandshakeReply(

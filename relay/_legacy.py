@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from darkswap_trio._identity import PeerId
+from darkswap_trio import PeerId
 from darkswap_trio.proto.errors import PeerIdError
 from darkswap_trio.proto.signaling import (
     CircuitLimits,

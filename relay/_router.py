@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from darkswap_trio._identity import Keypair
+from darkswap_trio import Keypair
 from darkswap_trio.proto.circuits import (
     CircuitClosed,
     CircuitOpened,

@@ -28,11 +28,10 @@ from typing import Any
 
 import trio
 
-from darkswap_trio import __version__
-from darkswap_trio._identity import Keypair, load_or_create_keypair
+from darkswap_trio import Keypair, __version__, load_or_create_keypair
 from darkswap_trio.proto.circuits import CloseReason
 from darkswap_trio.proto.signaling import Error, encode_message
-from darkswap_trio.websocket._endpoints import serve_websocket
+from darkswap_trio.websocket import serve_websocket
 
 from ._admission import ConnectionAdmission
 from ._config import (

@@ -9,5 +9,12 @@ scripts/install-netlab.sh || echo "WARNING: NAT lab tools install failed; tests/
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[test]'
+# multiaddr requires trio-typing but never imports it; its trio-stubs/outcome-stubs predate
+# trio's own inline types and would shadow them for mypy and pyright.
+.venv/bin/python -m pip uninstall -q -y trio-typing
 .venv/bin/ruff check darkswap_trio relay tests benchmarks examples
+.venv/bin/ruff format --check darkswap_trio relay tests benchmarks examples
+# Both read their settings from pyproject.toml: darkswap_trio and relay, mypy --strict.
+.venv/bin/mypy
+.venv/bin/pyright --pythonpath .venv/bin/python
 exec .venv/bin/python -m pytest "$@"

@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 import trio
 
 from .._identity import PeerId, peer_id_text
-from .._relay_client._session import RelayError, RelaySession
-from .._service import TaskOwner
+from .._relay_client._session import RelayError, RelaySession, Signal
+from .._service import NotStarted, TaskOwner
 from ..proto import signaling as sig
 from ..proto.errors import ParseError
 from ..webrtc._datachannel import DataChannel
@@ -41,7 +41,7 @@ from ..webrtc._peer_connection import PeerConnection, PeerConnectionConfig, open
 log = logging.getLogger("darkswap_trio.webrtc")
 
 CHANNEL_LABEL = "darkswap"
-_Inbox = tuple[trio.MemorySendChannel[sig.Message], trio.MemoryReceiveChannel[sig.Message]]
+_Inbox = tuple[trio.MemorySendChannel[Signal], trio.MemoryReceiveChannel[Signal]]
 _INBOX_SIZE = 128  # signals queued per peer; more than that is a misbehaving peer
 # Trickled candidates that arrive before the peer's Offer (the relay does not promise
 # that a peer's signals overtake nothing, and a peer may trickle before it offers) wait,
@@ -188,7 +188,7 @@ class WebRtcTransport(TaskOwner):
         self.answers_timed_out = 0
         self._last_flood_warning = -math.inf
         self._cooling: OrderedDict[str, float] = OrderedDict()  # peer -> refused until
-        self._inboxes: dict[str, trio.MemorySendChannel[sig.Message]] = {}
+        self._inboxes: dict[str, trio.MemorySendChannel[Signal]] = {}
         self._attempts: dict[str, _Attempt] = {}
         self._accepted_send, self._accepted = trio.open_memory_channel[DirectConnection](max_connections)
         self._nursery: trio.Nursery | None = None
@@ -269,7 +269,7 @@ class WebRtcTransport(TaskOwner):
 
     def _require_running(self) -> trio.Nursery:
         if self._nursery is None:
-            raise RuntimeError("WebRtcTransport is not running; use 'async with' or nursery.start")
+            raise NotStarted("WebRtcTransport is not running; use 'async with' or nursery.start")
         return self._nursery
 
     async def _dispatch_signals(self) -> None:
@@ -284,7 +284,7 @@ class WebRtcTransport(TaskOwner):
                 continue  # otherwise a stale answer: no connection with that peer
             self._deliver_signal(inbox, msg)
 
-    def _deliver_signal(self, inbox: trio.MemorySendChannel[sig.Message], msg: sig.Message) -> None:
+    def _deliver_signal(self, inbox: trio.MemorySendChannel[Signal], msg: Signal) -> None:
         try:
             inbox.send_nowait(msg)
         except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
@@ -366,7 +366,7 @@ class WebRtcTransport(TaskOwner):
         # Registered before the connection task starts, so no signal that follows an
         # offer (trickled candidates) can slip past while the task is being scheduled.
         # Candidates that came before it are queued first, in arrival order.
-        send, receive = trio.open_memory_channel[sig.Message](_INBOX_SIZE)
+        send, receive = trio.open_memory_channel[Signal](_INBOX_SIZE)
         self._inboxes[peer] = send
         self._idle = trio.Event()
         oldest = trio.current_time() - _EARLY_CANDIDATE_TTL
@@ -442,7 +442,7 @@ class WebRtcTransport(TaskOwner):
         async for candidate in pc.local_candidates():
             await self.signaling.send_candidate(peer, candidate)
 
-    async def _apply_signals(self, pc: PeerConnection, inbox: trio.MemoryReceiveChannel[sig.Message]) -> None:
+    async def _apply_signals(self, pc: PeerConnection, inbox: trio.MemoryReceiveChannel[Signal]) -> None:
         async for msg in inbox:
             try:
                 if isinstance(msg, sig.Answer):

@@ -26,8 +26,9 @@ from typing import TYPE_CHECKING
 import trio
 
 from .._relay_client._circuit import RelayCircuit
-from .._relay_client._manager import NoRelayAvailable, RelayManagerNotStarted
+from .._relay_client._manager import NoRelayAvailable
 from .._relay_client._session import RelayError
+from .._service import NotStarted
 from ..proto.link import RESET, parse_hello_untrusted
 from ._direct import DirectConnection
 from ._peer_link import PeerLink
@@ -144,7 +145,7 @@ class LinkRecovery:
                 try:
                     circuit = await manager.open_circuit(link.peer_id)
                     await circuit.send(link.hello)
-                except RelayManagerNotStarted:
+                except NotStarted:
                     return  # the network is shutting down: nothing to reopen for
                 except (RelayError, NoRelayAvailable, trio.BrokenResourceError,
                         trio.ClosedResourceError) as exc:

@@ -23,20 +23,19 @@ from .._identity import Keypair, PeerId, load_or_create_keypair, peer_id_text
 from .._relay_client._circuit import RelayCircuit
 from .._relay_client._incoming import IncomingCircuitPolicy
 from .._relay_client._manager import (
-    CircuitClosed,
     CircuitCreated,
+    CircuitEnded,
     DataReceived,
     NoRelayAvailable,
     PeerNotFound,
     RelayEvent,
     RelayManager,
-    RelayManagerNotStarted,
     ServerConnected,
     ServerDisconnected,
     _check_data,
 )
 from .._relay_client._session import RelayError, RelaySession, TokenProvider
-from .._service import TaskOwner
+from .._service import NotStarted, TaskOwner
 from ..proto.link import RESET, parse_hello_untrusted
 from ..webrtc._peer_connection import PeerConnectionConfig
 from ._dial_race import DialRace, PeerUnreachable
@@ -175,7 +174,7 @@ class P2PNetwork(TaskOwner):
 
     def _require_running(self) -> None:
         if not self._running:
-            raise RelayManagerNotStarted("P2PNetwork is not running; use 'async with' or nursery.start(network.run)")
+            raise NotStarted("P2PNetwork is not running; use 'async with' or nursery.start(network.run)")
 
     # -- relay API ------------------------------------------------------------------------
 
@@ -230,7 +229,7 @@ class P2PNetwork(TaskOwner):
             if not circuits and self.pool.get(event.peer_id) is None:
                 follow_up = PeerConnected(event.peer_id, "relay", event.relay_id)
             circuits.add(event.relay_id)
-        elif isinstance(event, CircuitClosed):
+        elif isinstance(event, CircuitEnded):
             circuits = self._peer_circuits.get(event.peer_id, set())
             circuits.discard(event.relay_id)
             if not circuits:
@@ -341,7 +340,7 @@ class P2PNetwork(TaskOwner):
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     pass
             await circuit.aclose()
-            await manager.deliver_as_events(circuit)  # only its CircuitClosed is left
+            await manager.deliver_as_events(circuit)  # only its CircuitEnded is left
             return
         # A plain connect_via_relay circuit: the guide's DataReceived events, if accepted.
         first = await policy.admit_plain(circuit, first)
@@ -422,7 +421,7 @@ class P2PNetwork(TaskOwner):
         circuits.discard(circuit.relay_id)
         if not circuits:
             self._peer_circuits.pop(circuit.peer_id, None)
-        self._emit_nowait(CircuitClosed(circuit.relay_id, circuit.peer_id, circuit.close_reason or "closed"))
+        self._emit_nowait(CircuitEnded(circuit.relay_id, circuit.peer_id, circuit.close_reason or "closed"))
 
     def _link_closed(self, link: PeerLink, reason: str = "link closed") -> None:
         self.pool.discard(link)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import secrets
+from collections.abc import Callable
 
 import trio
 
@@ -91,7 +92,7 @@ class PeerLink(trio.abc.Channel[bytes]):
         self._lost_direct_pending = False  # tell the far side on the next relay circuit
         self._interrupted = False  # LinkInterrupted was reported, LinkRestored is due
         self._path_counter = 0
-        self.relay_rtt_ms = lambda: None
+        self.relay_rtt_ms: Callable[[], float | None] = lambda: None
         self.upgraded = False
         self.upgrades = self.downgrades = self.interruptions = 0
         self.established_at = trio.current_time()
@@ -140,8 +141,9 @@ class PeerLink(trio.abc.Channel[bytes]):
         if self._ended or circuit.closed:
             return False
         old = self._relay
-        if old is not None and not old.channel.closed:
-            if self._opener(circuit) > self._opener(old.channel):  # type: ignore[arg-type]
+        # (a relay path's channel is always a RelayCircuit)
+        if old is not None and isinstance(old.channel, RelayCircuit) and not old.channel.closed:
+            if self._opener(circuit) > self._opener(old.channel):
                 return False
             self._drop_path(old)
         self._add_path(LinkPath(self._next_name("relay"), "relay", circuit, accepted=not circuit.initiator))

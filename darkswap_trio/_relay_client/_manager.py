@@ -24,7 +24,7 @@ import trio
 
 from .._config import RelayAddress, RelayManagerConfig, parse_relay_address
 from .._identity import Keypair, PeerId, peer_id_text
-from .._service import TaskOwner
+from .._service import NotStarted, TaskOwner
 from ._circuit import RelayCircuit
 from ._incoming import receive_or_idle
 from ._session import (
@@ -54,8 +54,11 @@ class RelayServerStatus(enum.Enum):
 
 
 @dataclass
-class RelayServer:
-    """What the manager knows of one relay (a live record, not a snapshot)."""
+class RelayServerState:
+    """What the manager knows of one relay (a live record, not a snapshot).
+
+    Not to be confused with ``relay.RelayServer``, the running server.
+    """
 
     id: str  # the relay's PeerId
     url: str
@@ -98,7 +101,12 @@ class CircuitCreated:
 
 
 @dataclass(frozen=True)
-class CircuitClosed:
+class CircuitEnded:
+    """A circuit closed (``reason`` as the relay or the closing side gave it).
+
+    An event; the exception a closed circuit raises is :class:`CircuitClosedError`.
+    """
+
     relay_id: str
     peer_id: str
     reason: str
@@ -118,14 +126,10 @@ class DataReceived:
 
 
 RelayEvent = (
-    ServerConnected | ServerDisconnected | ServerFailed | CircuitCreated | CircuitClosed | DataReceived
+    ServerConnected | ServerDisconnected | ServerFailed | CircuitCreated | CircuitEnded | DataReceived
 )
 
 # -- errors -------------------------------------------------------------------------------
-
-
-class RelayManagerNotStarted(RuntimeError):
-    """The manager's ``run`` is not running (use ``async with`` or ``nursery.start``)."""
 
 
 class NoRelayAvailable(RelayError):
@@ -179,11 +183,11 @@ class RelayManager(TaskOwner):
         # queued on ``events``: an owner (P2PNetwork) keeps its books here, so they
         # never depend on someone reading events.
         self._on_status = on_status
-        self._servers: dict[str, RelayServer] = {}
+        self._servers: dict[str, RelayServerState] = {}
         for entry in relay_servers:
             address = entry if isinstance(entry, RelayAddress) else parse_relay_address(entry)
             server_id = str(address.peer_id)
-            self._servers[server_id] = RelayServer(server_id, address.url, address)
+            self._servers[server_id] = RelayServerState(server_id, address.url, address)
         self._retry_events = {sid: trio.Event() for sid in self._servers}
         self._event_send, self.events = trio.open_memory_channel[RelayEvent](event_buffer)
         self._incoming_send, self._incoming = trio.open_memory_channel[RelayCircuit](event_buffer)
@@ -218,19 +222,19 @@ class RelayManager(TaskOwner):
 
     def _require_running(self) -> trio.Nursery:
         if self._nursery is None:
-            raise RelayManagerNotStarted("RelayManager is not running; use 'async with' or nursery.start(manager.run)")
+            raise NotStarted("RelayManager is not running; use 'async with' or nursery.start(manager.run)")
         return self._nursery
 
     # -- status -------------------------------------------------------------------------
 
     @property
-    def servers(self) -> list[RelayServer]:
+    def servers(self) -> list[RelayServerState]:
         return list(self._servers.values())
 
-    def server(self, server_id: str) -> RelayServer:
+    def server(self, server_id: str) -> RelayServerState:
         return self._servers[server_id]
 
-    def connected_servers(self) -> list[RelayServer]:
+    def connected_servers(self) -> list[RelayServerState]:
         """Connected relays, lowest latency first (unknown latency last)."""
         live = [s for s in self._servers.values() if s.status is RelayServerStatus.CONNECTED and s.session]
         return sorted(live, key=lambda s: s.latency_ms if s.latency_ms is not None else float("inf"))
@@ -275,10 +279,10 @@ class RelayManager(TaskOwner):
             if server_id in (None, sid) and server.status is RelayServerStatus.FAILED:
                 self._retry_events[sid].set()
 
-    async def _emit_data(self, event: DataReceived | CircuitClosed) -> None:
+    async def _emit_data(self, event: DataReceived | CircuitEnded) -> None:
         # A circuit's data waits for the consumer: that is the backpressure, and only
-        # this circuit's pump waits. Its CircuitClosed follows the data in order.
-        if self._on_status is not None and isinstance(event, CircuitClosed):
+        # this circuit's pump waits. Its CircuitEnded follows the data in order.
+        if self._on_status is not None and isinstance(event, CircuitEnded):
             self._on_status(event, True)
         await self._event_send.send(event)
 
@@ -295,13 +299,13 @@ class RelayManager(TaskOwner):
         if self._on_status is not None:
             self._on_status(event, queued)
 
-    def _set_status(self, server: RelayServer, status: RelayServerStatus) -> None:
+    def _set_status(self, server: RelayServerState, status: RelayServerStatus) -> None:
         server.status = status
         # Swap before setting, so every waiter (not only the latest) wakes up.
         changed, self._connected_changed = self._connected_changed, trio.Event()
         changed.set()
 
-    async def _maintain(self, server: RelayServer) -> None:
+    async def _maintain(self, server: RelayServerState) -> None:
         cfg = self.config
         while True:
             self._set_status(server, RelayServerStatus.CONNECTING)
@@ -344,7 +348,7 @@ class RelayManager(TaskOwner):
             base = min(cfg.reconnect_interval * 2 ** (server.failures - 1), cfg.max_reconnect_interval)
             await trio.sleep(base * self._rng.uniform(0.5, 1.0))
 
-    async def _serve_session(self, server: RelayServer, session: RelaySession) -> None:
+    async def _serve_session(self, server: RelayServerState, session: RelaySession) -> None:
         server.session = session
         server.failures = 0
         server.last_error = None
@@ -363,13 +367,13 @@ class RelayManager(TaskOwner):
             await session.wait_closed()
             nursery.cancel_scope.cancel()
 
-    async def _track_latency(self, server: RelayServer, session: RelaySession) -> None:
+    async def _track_latency(self, server: RelayServerState, session: RelaySession) -> None:
         while True:
             await trio.sleep(self.config.ping_interval)
             server.latency_ms = session.latency_ms
             server.last_ping = session.last_pong
 
-    async def _accept_incoming(self, server: RelayServer, session: RelaySession) -> None:
+    async def _accept_incoming(self, server: RelayServerState, session: RelaySession) -> None:
         while True:
             try:
                 circuit = await session.accept_circuit()
@@ -386,7 +390,7 @@ class RelayManager(TaskOwner):
         self._circuits[circuit.relay_id] = (circuit, server_id)
 
     async def _pump(self, circuit: RelayCircuit, idle_timeout: float | None = None) -> None:
-        """Deliver a circuit's messages as DataReceived events, then its CircuitClosed.
+        """Deliver a circuit's messages as DataReceived events, then its CircuitEnded.
 
         With ``idle_timeout`` the circuit is closed (reason ``idle``) after that long
         without a message either way.
@@ -398,7 +402,7 @@ class RelayManager(TaskOwner):
         except (trio.ClosedResourceError, trio.BrokenResourceError, trio.EndOfChannel):
             pass
         self._circuits.pop(circuit.relay_id, None)
-        await self._emit_data(CircuitClosed(circuit.relay_id, circuit.peer_id, circuit.close_reason or "closed"))
+        await self._emit_data(CircuitEnded(circuit.relay_id, circuit.peer_id, circuit.close_reason or "closed"))
 
     # -- circuits -----------------------------------------------------------------------
 
@@ -450,7 +454,7 @@ class RelayManager(TaskOwner):
     async def deliver_as_events(self, circuit: RelayCircuit, first: bytes | None = None, *,
                                 idle_timeout: float | None = None) -> None:
         """Read ``circuit`` into DataReceived events (``first``: a message already taken
-        from it), then emit its CircuitClosed. For circuits taken with accept_circuit().
+        from it), then emit its CircuitEnded. For circuits taken with accept_circuit().
         ``idle_timeout``: close it (reason ``idle``) after that long with no message."""
         if first is not None:
             await self._emit_data(DataReceived(circuit.peer_id, circuit.relay_id, first))
@@ -472,7 +476,7 @@ class RelayManager(TaskOwner):
             raise UnknownCircuit(f"no open relay circuit {relay_id}") from None
 
     async def send_data(self, peer_id: PeerId | str, relay_id: str, data: bytes) -> None:
-        """Send on circuit ``relay_id``; raises UnknownCircuit, CircuitClosed or ClosedResourceError."""
+        """Send on circuit ``relay_id``; raises UnknownCircuit, CircuitClosedError or ClosedResourceError."""
         peer_id = peer_id_text(peer_id)
         _check_data(data)
         circuit = self.circuit(relay_id)

@@ -88,14 +88,16 @@ class RelaySession:
         self.last_pong: float | None = None
         self._ws = ws
         self._circuits: dict[bytes, RelayCircuit] = {}
-        self._pending_requests: dict[str, deque[trio.MemorySendChannel]] = {}
+        self._pending_requests: dict[str, deque[trio.MemorySendChannel[sig.RelayResponse]]] = {}
         # Ping nonce -> its waiter, oldest first (a Pong without a nonce, from a relay
         # that predates them, answers the oldest). A ping() that ends removes its entry.
         self._pending_pings: dict[str, trio.Event] = {}
         self._ping_numbers = itertools.count(1)
         # Control frames (Ping/Pong, credit, CloseRelay, signaling) never wait behind bulk data.
         self._write_turn = ControlFirstLock()
-        self._refresh_waiters: deque[trio.MemorySendChannel] = deque()
+        self._refresh_waiters: deque[trio.MemorySendChannel[sig.TokenRefreshed | sig.Error]] = (
+            deque()
+        )
         self._signal_send, self.signals = trio.open_memory_channel[Signal](signal_buffer)
         self._incoming_send, self._incoming = trio.open_memory_channel[RelayCircuit](signal_buffer)
         self._errors_send, self.errors = trio.open_memory_channel[sig.Error](signal_buffer)
@@ -192,13 +194,12 @@ class RelaySession:
             raise trio.BrokenResourceError("relay session closed") from self.close_cause
 
     async def refresh_token(self, token: str) -> float:
-        send, receive = trio.open_memory_channel[object](1)
+        send, receive = trio.open_memory_channel[sig.TokenRefreshed | sig.Error](1)
         self._refresh_waiters.append(send)
         await self.send_message(sig.RefreshToken(token=token))
         result = await receive.receive()
         if isinstance(result, sig.Error):
             raise RelayError(result.message, result.code)
-        assert isinstance(result, sig.TokenRefreshed)
         self.token_expires_at = result.expires_at
         return result.expires_at
 
@@ -375,8 +376,8 @@ class RelaySession:
         for queue in self._pending_requests.values():
             for send in queue:
                 send.close()
-        for send in self._refresh_waiters:
-            send.close()
+        for waiter in self._refresh_waiters:
+            waiter.close()
         self._signal_send.close()
         self._incoming_send.close()
         self._errors_send.close()

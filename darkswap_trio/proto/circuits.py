@@ -513,6 +513,7 @@ class CircuitTable:
                 if not ids:
                     del self._by_peer[peer]
         self._closed += 1
+        notify: tuple[tuple[str, str], ...]
         if closer is not None:
             notify = (
                 (closer, CloseReason.CLOSED.value),

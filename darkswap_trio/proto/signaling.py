@@ -300,7 +300,7 @@ def _decode_value(kind: str, key: str, value: Any) -> Any:
     if kind == "limits":
         if not isinstance(value, dict):
             raise SignalingParseError(f"field {key!r} must be an object")
-        args = {}
+        args: dict[str, Any] = {}
         for name in _LIMIT_FIELDS:
             v = value.get(name, 0)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
@@ -349,7 +349,8 @@ def decode_message_untrusted(text: str | bytes) -> Message:
                 raise SignalingParseError(f"{type_name} lacks field {key!r}")
             continue
         kwargs[attr] = _decode_value(kind, key, value)
-    return cls(**kwargs)
+    message: Message = cls(**kwargs)
+    return message
 
 
 # -- encoding ---------------------------------------------------------------------------
@@ -368,7 +369,7 @@ def _encode_value(kind: str, value: Any) -> Any:
 def encode_message(msg: Message) -> str:
     """Serialise a message to its JSON text frame (compact, key order as documented)."""
     specs = _FIELDS[type(msg)]
-    payload = {}
+    payload: dict[str, Any] = {}
     for key, attr, kind, _required, always in specs:
         value = getattr(msg, attr)
         if value is None:

@@ -17,3 +17,18 @@ from ._peer_connection import open_peer_connection as open_peer_connection
 from ._tcp_signaling import SignalMessage as SignalMessage
 from ._tcp_signaling import TcpSignaling as TcpSignaling
 from ._tcp_signaling import open_tcp_signaling as open_tcp_signaling
+
+__all__ = [
+    "ConnectionFailed",
+    "DataChannel",
+    "DataChannelStatistics",
+    "DtlsCertificate",
+    "PeerConnection",
+    "PeerConnectionConfig",
+    "PeerConnectionStatistics",
+    "SignalMessage",
+    "SignalingStateError",
+    "TcpSignaling",
+    "open_peer_connection",
+    "open_tcp_signaling",
+]

@@ -8,6 +8,7 @@ connected :class:`~darkswap_trio.proto.dtls._endpoint.DtlsEndpoint`.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pylibsrtp
@@ -35,7 +36,7 @@ class SrtpKeys:
     local_key_salt: bytes
     remote_key_salt: bytes
 
-    def __iter__(self):  # (profile, local, remote) unpacking, as the RFC describes it
+    def __iter__(self) -> Iterator[str | bytes]:  # (profile, local, remote), as in the RFC
         return iter((self.profile, self.local_key_salt, self.remote_key_salt))
 
 

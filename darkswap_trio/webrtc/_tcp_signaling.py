@@ -68,7 +68,7 @@ class TcpSignaling:
         """Send one trickled candidate (``candidate:...``); None ends our candidates."""
         await self._send({"type": "candidate", "candidate": candidate})
 
-    async def _send(self, message: dict) -> None:
+    async def _send(self, message: dict[str, str | None]) -> None:
         async with self._send_lock:  # a candidate task and the main task share the stream
             await self.stream.send_all(json.dumps(message).encode() + b"\n")
 

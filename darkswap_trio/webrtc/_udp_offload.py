@@ -17,6 +17,7 @@ import errno
 import socket
 import struct
 import sys
+from typing import Any
 
 import trio
 
@@ -105,7 +106,7 @@ class UdpBatchSocket:
         except BlockingIOError:
             pass
 
-    def send(self, datagrams: list[bytes], addr: tuple) -> int:
+    def send(self, datagrams: list[bytes], addr: Any) -> int:
         """Send ``datagrams`` to ``addr`` in order. Returns how many the kernel took
         before it would block (all of them, usually); refused ones count as taken and
         in ``send_errors``, as with one ``sendto`` each."""

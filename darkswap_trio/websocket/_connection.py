@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import trio
 
@@ -57,9 +58,9 @@ class WebSocketStatistics:
 
 
 def stream_remote_address(stream: trio.abc.Stream) -> tuple[str, int]:
-    sock_stream = getattr(stream, "transport_stream", stream)
+    sock_stream: Any = getattr(stream, "transport_stream", stream)
     try:
-        peer = sock_stream.socket.getpeername()  # type: ignore[attr-defined]
+        peer = sock_stream.socket.getpeername()
         return (str(peer[0]), int(peer[1]))
     except (AttributeError, OSError, IndexError, TypeError):
         return ("", 0)
@@ -172,7 +173,7 @@ class WebSocketConnection:
                 f"peer closed the WebSocket ({self.close_code} {self.close_reason!r})"
             )
 
-    async def _send_raw(self, data: bytes) -> None:
+    async def _send_raw(self, data: bytes | bytearray | memoryview) -> None:
         """Write under the send lock (held by the caller); a failed write breaks the stream."""
         done = False
         try:
@@ -328,6 +329,7 @@ class WebSocketConnection:
                     size = self._receive_size
                     missing = core.bytes_missing
                     want = size if missing <= size else min(missing, MAX_RECEIVE_SIZE)
+                    data: bytes | bytearray
                     try:
                         if self._socket is not None:
                             data = await self._read_socket(self._socket, want)
@@ -448,7 +450,9 @@ class WebSocketConnection:
             self.close_code = code
             self.close_reason = reason
 
-    def _failed(self, cause: BaseException | None, message: str) -> trio.TrioException:
+    def _failed(
+        self, cause: BaseException | None, message: str
+    ) -> trio.BrokenResourceError | trio.ClosedResourceError:
         """Record a failure; the exception for the receiving task to raise."""
         error = trio.BrokenResourceError(message)
         self._mark_broken(cause if cause is not None else error)

@@ -20,7 +20,7 @@ def python(code: str) -> subprocess.CompletedProcess:
 
 def test_sdk_and_cli_import_without_the_relay_extra():
     done = python(HIDE + "import darkswap_trio, darkswap_trio._peer_cli, darkswap_trio.demo\n"
-                         "from darkswap_trio import P2PNetwork, open_tcp_signaling\nprint('ok')")
+                         "from darkswap_trio import P2PNetwork\nfrom darkswap_trio.webrtc import open_tcp_signaling\nprint('ok')")
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
 
 

@@ -39,17 +39,13 @@ import pytest
 import trio
 
 from darkswap_trio.proto.datachannel import MessageTooLarge
-from darkswap_trio.webrtc._peer_connection import (
+from darkswap_trio.webrtc import (
     DataChannel,
     PeerConnection,
     PeerConnectionConfig,
     open_peer_connection,
 )
-from darkswap_trio.websocket._endpoints import (
-    WebSocketConnection,
-    WebSocketRequest,
-    serve_websocket,
-)
+from darkswap_trio.websocket import WebSocketConnection, WebSocketRequest, serve_websocket
 
 LOOPBACK = "127.0.0.1"
 CONFIG = PeerConnectionConfig(host_addresses=[LOOPBACK])

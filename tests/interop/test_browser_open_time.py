@@ -29,7 +29,7 @@ from test_browser_chromium import (  # the page, its harness and the namespace f
     needs_chromium,
 )
 
-from darkswap_trio.webrtc._peer_connection import PeerConnection, open_peer_connection
+from darkswap_trio.webrtc import PeerConnection, open_peer_connection
 
 OPEN_TIME_LIMIT = 0.3  # seconds; the bug cost 1 s
 OPENS = 3

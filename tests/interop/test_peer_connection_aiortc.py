@@ -29,7 +29,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from asyncio_peer import AsyncioPeerThread
 
 from darkswap_trio.proto.datachannel import MessageTooLarge
-from darkswap_trio.webrtc._peer_connection import PeerConnectionConfig, open_peer_connection
+from darkswap_trio.webrtc import PeerConnectionConfig, open_peer_connection
 
 LOOPBACK = "127.0.0.1"
 CONFIG = PeerConnectionConfig(host_addresses=[LOOPBACK], ice_pacing=0.005)

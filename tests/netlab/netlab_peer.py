@@ -31,7 +31,8 @@ import time
 
 import trio
 
-from darkswap_trio import Config, P2PConfig, P2PNetwork, PeerConnectionConfig, RelayManagerConfig
+from darkswap_trio import Config, P2PConfig, P2PNetwork, RelayManagerConfig
+from darkswap_trio.webrtc import PeerConnectionConfig
 
 SEQ_BYTES = 8
 

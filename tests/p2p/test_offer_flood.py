@@ -13,11 +13,10 @@ from contextlib import AsyncExitStack
 import pytest
 import trio
 
-from darkswap_trio import Keypair, open_relay_session
-from darkswap_trio._config import ConfigError, P2PConfig
+from darkswap_trio import ConfigError, Keypair, P2PConfig, open_relay_session
 from darkswap_trio._p2p._direct import WebRtcSignalingClient, WebRtcTransport
 from darkswap_trio.testing import running_relay
-from darkswap_trio.webrtc._peer_connection import PeerConnectionConfig, open_peer_connection
+from darkswap_trio.webrtc import PeerConnectionConfig, open_peer_connection
 
 LOOPBACK = PeerConnectionConfig(host_addresses=["127.0.0.1"], include_loopback=True)
 # Every throwaway identity comes from 127.0.0.1 here; the per-address relay limits

@@ -11,7 +11,7 @@ from darkswap_trio import Keypair, open_relay_session
 from darkswap_trio._p2p._direct import WebRtcSignalingClient, WebRtcTransport
 from darkswap_trio.proto import signaling as sig
 from darkswap_trio.testing import running_relay
-from darkswap_trio.webrtc._peer_connection import PeerConnectionConfig, open_peer_connection
+from darkswap_trio.webrtc import PeerConnectionConfig, open_peer_connection
 
 LOOPBACK = PeerConnectionConfig(host_addresses=["127.0.0.1"], include_loopback=True)
 

@@ -217,6 +217,15 @@ def test_hello_round_trip():
     assert parse_hello_untrusted(encode_hello(bytes(16), theirs)) is None  # no sender id
 
 
+def test_hello_layout_is_the_one_documented():
+    """docs/PROTOCOL.md 11.1: a 17-byte prefix, then the two 16-byte link ids (49 bytes)."""
+    ours, theirs = bytes(range(16)), bytes(range(1, 17))
+    assert encode_hello(ours, theirs) == b"\x00darkswap-link/1\x00" + ours + theirs
+    assert encode_hello(ours) == b"\x00darkswap-link/1\x00" + ours + bytes(16)
+    assert len(encode_hello(ours)) == 49
+    assert parse_hello_untrusted(encode_hello(ours, theirs) + b"x") is None
+
+
 # -- specific rules ------------------------------------------------------------------
 
 

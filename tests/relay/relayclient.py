@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from darkswap_trio._identity import Keypair, PeerId
+from darkswap_trio import Keypair, PeerId
 from darkswap_trio.proto.signaling import (
     PROTOCOL_VERSION,
     Authenticate,
@@ -35,7 +35,7 @@ from darkswap_trio.proto.signaling import (
     peer_auth_message,
     relay_auth_message,
 )
-from darkswap_trio.websocket._endpoints import WebSocketConnection, open_websocket
+from darkswap_trio.websocket import WebSocketConnection, open_websocket
 from relay import RelayConfig
 
 T = TypeVar("T")

@@ -10,7 +10,8 @@ from functools import partial
 import trio
 from relayclient import connect, make_config, new_peer
 
-from darkswap_trio._identity import Keypair, PeerId, b58encode
+from darkswap_trio import Keypair, PeerId
+from darkswap_trio._identity import b58encode
 from darkswap_trio.proto.signaling import (
     PROTOCOL_VERSION,
     Authenticate,

@@ -12,7 +12,7 @@ from darkswap_trio.proto.signaling import (
     decode_message_untrusted,
     encode_message,
 )
-from darkswap_trio.websocket._endpoints import WebSocketRejected, open_websocket
+from darkswap_trio.websocket import WebSocketRejected, open_websocket
 from relay import AuthConfig, LimitsConfig, RelayConfig, serve_relay
 
 

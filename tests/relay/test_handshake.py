@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 
-from darkswap_trio._identity import Keypair
+from darkswap_trio import Keypair
 from darkswap_trio.proto.signaling import (
     PROTOCOL_VERSION,
     Authenticate,

@@ -35,7 +35,7 @@ from darkswap_trio.proto.signaling import (
     RelayResponse,
 )
 from darkswap_trio.testing import running_relay
-from darkswap_trio.websocket._endpoints import open_websocket
+from darkswap_trio.websocket import open_websocket
 
 UNICODE_ID = "pair ✓ 3 — ünïcødé"
 LONGEST_ID = "x" * 128

@@ -12,8 +12,7 @@ import pytest
 import trio
 from relayclient import connect, make_config
 
-from darkswap_trio import Keypair, __version__
-from darkswap_trio._config import parse_relay_address
+from darkswap_trio import Keypair, __version__, parse_relay_address
 from relay import RelayConfig, serve_relay
 from relay.__main__ import main
 from relay._config import (

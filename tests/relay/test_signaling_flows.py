@@ -238,7 +238,7 @@ async def test_tls_signaling(nursery, tmp_path):
 
     from relayclient import RelayClient
 
-    from darkswap_trio.websocket._endpoints import open_websocket
+    from darkswap_trio.websocket import open_websocket
 
     cert, key = _self_signed_cert(tmp_path)
     config = make_config()
@@ -249,7 +249,7 @@ async def test_tls_signaling(nursery, tmp_path):
         assert "/tls/ws/p2p/" in server.multiaddr
         assert server.url.startswith("wss://127.0.0.1:")
         # The SDK maps the advertised multiaddr back to the same URL and relay id.
-        from darkswap_trio._config import parse_relay_address
+        from darkswap_trio import parse_relay_address
 
         address = parse_relay_address(server.multiaddr)
         assert (address.url, str(address.peer_id)) == (server.url, server.peer_id)

@@ -3,7 +3,7 @@
 from contextlib import asynccontextmanager
 
 from darkswap_trio import Config, P2PConfig, P2PNetwork, RelayManagerConfig
-from darkswap_trio.webrtc._peer_connection import PeerConnectionConfig
+from darkswap_trio.webrtc import PeerConnectionConfig
 
 LOOPBACK = PeerConnectionConfig(host_addresses=["127.0.0.1"], include_loopback=True)
 # Fast relay retries, but the default direct timeout: a failure that waits for it

@@ -145,7 +145,8 @@ def test_config_file_with_bad_toml_names_the_file(tmp_path):
 def test_p2p_stun_servers_reach_a_given_peer_connection_config():
     """p2p.stun_servers apply to a PeerConnectionConfig that names none (the NAT lab
     passes host_addresses only); one that names its own keeps them."""
-    from darkswap_trio import P2PNetwork, PeerConnectionConfig
+    from darkswap_trio import P2PNetwork
+    from darkswap_trio.webrtc import PeerConnectionConfig
 
     config = P2PConfig(stun_servers=["203.0.113.1:3478"])
     hosts_only = PeerConnectionConfig(host_addresses=["198.51.100.2"])

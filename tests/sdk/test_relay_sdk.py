@@ -10,14 +10,15 @@ import pytest
 import trio
 
 from darkswap_trio import (
-    CircuitClosed,
     CircuitClosedError,
     CircuitCreated,
+    CircuitEnded,
     CircuitRefused,
     Config,
     DataReceived,
     Keypair,
     NoRelayAvailable,
+    NotStarted,
     P2PConfig,
     P2PNetwork,
     PeerConnected,
@@ -25,7 +26,6 @@ from darkswap_trio import (
     PeerNotFound,
     RelayManager,
     RelayManagerConfig,
-    RelayManagerNotStarted,
     RelayServerStatus,
     ServerConnected,
     ServerDisconnected,
@@ -59,7 +59,7 @@ async def test_relay_manager_creation(relay_server):
         assert server.status is RelayServerStatus.UNKNOWN
         assert server.id == str(relay_server.peer_id)
         assert server.url == f"ws://127.0.0.1:{relay_server.signaling_port}/signaling"
-        with pytest.raises(RelayManagerNotStarted):
+        with pytest.raises(NotStarted):
             await manager.connect_to_peer(str(Keypair.generate().peer_id))
         async with manager:
             await next_event(manager.events, ServerConnected)
@@ -108,7 +108,7 @@ async def test_close_relay(relay_server):
             await next_event(b.events, CircuitCreated)
             circuit_at_b = b.circuit(relay_id)
             await a.close_relay(relay_id)
-            closed = await next_event(b.events, CircuitClosed)
+            closed = await next_event(b.events, CircuitEnded)
             assert (closed.relay_id, closed.reason) == (relay_id, "closed_by_peer")
             with pytest.raises(CircuitClosedError) as info:
                 await circuit_at_b.send(b"too late")

@@ -12,23 +12,21 @@ import pytest
 import trio
 
 from darkswap_trio import (
+    CircuitEnded,
     Config,
+    DataReceived,
     Keypair,
     P2PConfig,
     P2PNetwork,
     RelayManager,
     RelayManagerConfig,
+    ServerConnected,
+    ServerDisconnected,
     open_relay_session,
 )
 from darkswap_trio._relay_client import _session as _relay_session
-from darkswap_trio._relay_client._manager import (
-    CircuitClosed,
-    DataReceived,
-    ServerConnected,
-    ServerDisconnected,
-)
 from darkswap_trio.testing import running_relay
-from darkswap_trio.webrtc._peer_connection import PeerConnectionConfig
+from darkswap_trio.webrtc import PeerConnectionConfig
 
 LOOPBACK = PeerConnectionConfig(host_addresses=["127.0.0.1"], include_loopback=True)
 # A circuit window (16 MB) larger than the socket buffers: a sender that always has
@@ -269,7 +267,7 @@ async def test_a_plain_circuit_goes_quiet_and_is_closed_idle_after_it_was_used()
             async for event in victim.events:
                 if isinstance(event, DataReceived):
                     received.append(event.data)
-                if isinstance(event, CircuitClosed) and event.relay_id == circuit.relay_id:
+                if isinstance(event, CircuitEnded) and event.relay_id == circuit.relay_id:
                     assert event.reason == "idle"
                     break
             assert received == [b"msg 0", b"msg 1", b"msg 2", b"msg 3"]

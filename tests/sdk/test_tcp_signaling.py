@@ -7,8 +7,8 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from darkswap_trio import SignalMessage, open_tcp_signaling
 from darkswap_trio.proto.errors import SignalingParseError
+from darkswap_trio.webrtc import SignalMessage, open_tcp_signaling
 from darkswap_trio.webrtc._tcp_signaling import MAX_LINE, parse_signal_line_untrusted
 
 

@@ -33,7 +33,7 @@ from darkswap_trio.proto.sdp._description import (
     render_answer,
 )
 from darkswap_trio.proto.stun import parse_stun_untrusted
-from darkswap_trio.webrtc._peer_connection import PeerConnectionConfig, open_peer_connection
+from darkswap_trio.webrtc import PeerConnectionConfig, open_peer_connection
 
 LOOPBACK = "127.0.0.1"
 CONFIG = PeerConnectionConfig(host_addresses=[LOOPBACK], ice_pacing=0.005)

@@ -10,7 +10,7 @@ import trio.testing
 
 from darkswap_trio.proto.datachannel import MessageTooLarge
 from darkswap_trio.proto.errors import SdpParseError
-from darkswap_trio.webrtc._peer_connection import (
+from darkswap_trio.webrtc import (
     PeerConnection,
     PeerConnectionConfig,
     SignalingStateError,

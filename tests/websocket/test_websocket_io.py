@@ -20,7 +20,7 @@ from darkswap_trio.proto.websocket._handshake import (
     validate_upgrade_request,
 )
 from darkswap_trio.testing._tls import SelfSignedCertificate
-from darkswap_trio.websocket._endpoints import (
+from darkswap_trio.websocket import (
     WebSocketHandshakeError,
     WebSocketRequest,
     open_websocket,

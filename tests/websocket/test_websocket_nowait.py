@@ -9,7 +9,7 @@ import pytest
 import trio
 import trio.testing
 
-from darkswap_trio.websocket._endpoints import WebSocketRequest, open_websocket, serve_websocket
+from darkswap_trio.websocket import WebSocketRequest, open_websocket, serve_websocket
 
 MESSAGE = 512 * 1024
 

@@ -291,7 +291,7 @@ class DtlsEndpoint:
         """
         cipher = self._cipher  # set exactly while connected
         size = len(data)
-        if cipher is not None and 0 < size <= self._cleartext_mtu and type(data) is bytes:
+        if cipher is not None and 0 < size <= (self._cleartext_mtu or 0) and type(data) is bytes:
             datagram = cipher.encrypt(data)  # _encrypt(), inlined for the data path
             if datagram is not None:
                 if not datagram:

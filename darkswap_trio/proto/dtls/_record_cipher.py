@@ -18,10 +18,13 @@ from typing import Any
 
 from OpenSSL import SSL
 
+_ffi: Any
+_lib: Any
 try:
-    from OpenSSL._util import ffi as _ffi
-    from OpenSSL._util import lib as _lib
-except ImportError:  # pragma: no cover - a pyOpenSSL without its cffi module
+    from OpenSSL import _util
+
+    _ffi, _lib = _util.ffi, _util.lib
+except (ImportError, AttributeError):  # pragma: no cover - a pyOpenSSL without its cffi module
     _ffi = _lib = None
 
 __all__ = ["RecordCipher", "record_cipher"]
@@ -57,7 +60,8 @@ class RecordCipher:
         ssl = self._ssl
         size = _lib.SSL_read(ssl, self._buffer, _BUFFER_SIZE)
         if size > 0:
-            return self._view[:size]
+            plaintext: bytes = self._view[:size]
+            return plaintext
         if _lib.SSL_get_error(ssl, size) == _lib.SSL_ERROR_WANT_READ:
             return b""
         return None

@@ -28,6 +28,7 @@ __all__ = [
     "parse_candidate_untrusted",
     "peer_reflexive_candidate",
     "server_reflexive_candidate",
+    "with_address",
 ]
 
 # Data channels need one component (RTP/RTCP muxing is irrelevant here).
@@ -126,10 +127,28 @@ def parse_candidate_untrusted(sdp: str) -> Candidate:
         raise SdpParseError("candidate port or priority out of range")
     if not (1 <= len(candidate.foundation) <= 32):
         raise SdpParseError("candidate foundation length out of range")
-    candidate.host = host
-    candidate._network_host = host
-    candidate.port = port
-    return candidate
+    return with_address(candidate, host, port)
+
+
+def with_address(candidate: Candidate, host: str, port: int) -> Candidate:
+    """A copy of ``candidate`` at ``host``:``port``, built through the constructor.
+
+    Assigning ``candidate.host`` would leave aioice's private ``_network_host`` (what
+    ``can_pair_with`` compares) on the old value; the constructor keeps the two in step.
+    """
+    return Candidate(
+        foundation=candidate.foundation,
+        component=candidate.component,
+        transport=candidate.transport,
+        priority=candidate.priority,
+        host=host,
+        port=port,
+        type=candidate.type,
+        related_address=candidate.related_address,
+        related_port=candidate.related_port,
+        tcptype=candidate.tcptype,
+        generation=candidate.generation,
+    )
 
 
 class PairState(enum.Enum):

@@ -14,7 +14,7 @@ import string
 from aioice.candidate import Candidate, candidate_priority
 
 from ..stun import Message, Method, binding_request
-from ._checklist import COMPONENT, canonical_addr
+from ._checklist import COMPONENT, canonical_addr, with_address
 
 __all__ = [
     "ICE_CHARS",
@@ -107,10 +107,7 @@ def ip_family(host: str) -> int:
 def copy_candidate(candidate: Candidate) -> Candidate:
     """Our own canonical copy, so the caller's object is never mutated."""
     host, port = canonical_addr((candidate.host, candidate.port))
-    copy = Candidate.from_sdp(candidate.to_sdp())
-    copy.host = copy._network_host = host
-    copy.port = port
-    return copy
+    return with_address(candidate, host, port)
 
 
 class IceCredentials:

@@ -361,7 +361,7 @@ class WebSocketCore:
         """Encode a whole message as one frame: text for ``str``, binary otherwise."""
         if self.close_sent or self.state is ConnectionState.CLOSED:
             raise RuntimeError("cannot send a message after the close handshake started")
-        if type(message) is str:
+        if isinstance(message, str):
             return encode_frame(Opcode.TEXT, message.encode("utf-8"), mask_key=self._mask_key())
         return encode_frame(Opcode.BINARY, message, mask_key=self._mask_key())
 
@@ -372,7 +372,8 @@ class WebSocketCore:
         sends both without the joined copy (64 KiB per relayed frame)."""
         if self.close_sent or self.state is ConnectionState.CLOSED:
             raise RuntimeError("cannot send a message after the close handshake started")
-        if type(message) is str:
+        payload: bytes | bytearray | memoryview
+        if isinstance(message, str):
             opcode, payload = Opcode.TEXT, message.encode("utf-8")
         else:
             opcode, payload = Opcode.BINARY, message

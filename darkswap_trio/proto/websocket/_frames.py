@@ -115,7 +115,7 @@ try:
     # installed; everything works without it.
     from websockets.speedups import apply_mask as _c_apply_mask
 except ImportError:  # pragma: no cover - depends on the environment
-    _c_apply_mask = None
+    _c_apply_mask = None  # type: ignore[assignment]
 
 
 def apply_mask(data: bytes | bytearray | memoryview, mask_key: bytes) -> bytes:

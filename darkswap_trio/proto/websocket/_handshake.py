@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..errors import WebSocketParseError
@@ -202,7 +203,7 @@ def _render_headers(headers: list[tuple[str, str]] | tuple[tuple[str, str], ...]
 
 
 def build_accept_response(
-    key: str, extra_headers: tuple[tuple[str, str], ...] | list[tuple[str, str]] = ()
+    key: str, extra_headers: Sequence[tuple[str, str]] = ()
 ) -> bytes:
     """The 101 Switching Protocols response that completes the server handshake."""
     headers = [
@@ -219,7 +220,7 @@ def build_http_response(
     body: bytes = b"",
     *,
     content_type: str = "text/plain; charset=utf-8",
-    extra_headers: tuple[tuple[str, str], ...] | list[tuple[str, str]] = (),
+    extra_headers: Sequence[tuple[str, str]] = (),
 ) -> bytes:
     """A complete HTTP/1.1 response with a body, after which the connection closes."""
     if not 100 <= status <= 999:
@@ -236,7 +237,7 @@ def build_upgrade_request(
     host: str,
     target: str,
     key: str,
-    extra_headers: tuple[tuple[str, str], ...] | list[tuple[str, str]] = (),
+    extra_headers: Sequence[tuple[str, str]] = (),
 ) -> bytes:
     """The client's opening handshake. ``host`` is the Host header value (with port)."""
     if not target.isascii() or not _REQUEST_TARGET.fullmatch(target.encode("ascii")):
