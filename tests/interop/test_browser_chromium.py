@@ -177,7 +177,8 @@ function serve(channel) {
             ordered: channel.ordered});
     // Our MESSAGES go out when the test asks ("send"), not here: sent from inside
     // ondatachannel right after a 2 MiB transfer, Chromium sometimes never hands them
-    // to SCTP (its getStats() messagesSent stays 0, nothing reaches the wire).
+    // to SCTP (its getStats() messagesSent stays 0, nothing reaches the wire): its own
+    // side of the channel is not open yet then (see the "send" command).
   };
   if (channel.readyState === "open") opened(); else channel.onopen = opened;
   channel.onmessage = ({data}) => {
@@ -187,6 +188,8 @@ function serve(channel) {
     else report({type: "message", label: channel.label, ...encode(data)});
   };
   channel.onclose = () => report({type: "closed", label: channel.label});
+  // Logged only ("state" reports never reach Page.expect), for the failure message.
+  channel.onclosing = () => report({type: "state", what: "closing", label: channel.label});
   channel.onerror = (event) => report({type: "channel-error", label: channel.label,
                                        message: String(event.error && event.error.message)});
 }
@@ -241,7 +244,19 @@ const commands = {
     await pc.addIceCandidate(m.candidate === null ? undefined
                              : {candidate: m.candidate, sdpMLineIndex: 0});
   },
-  async send(m) { for (const message of ourMessages()) channels.get(m.label).send(message); },
+  async send(m) {
+    const channel = channels.get(m.label);
+    // A channel the peer opened is "open" from ondatachannel on (as the spec says), but
+    // Chromium's native side opens it in a task of its WebRTC threads. When those lag
+    // (a loaded machine), Blink, which attaches to the native channel one task after
+    // ondatachannel, copies its "connecting" without an event, then turns "open" again
+    // with a second open event. send() throws in between, so wait for that event.
+    if (channel.readyState === "connecting") {
+      await new Promise((resolve) => channel.addEventListener("open", resolve, {once: true}));
+    }
+    if (channel.readyState !== "open") throw new Error(`${m.label} is ${channel.readyState}`);
+    for (const message of ourMessages()) channel.send(message);
+  },
   async create(m) { serve(pc.createDataChannel(m.label, m.options)); },
   async bulk(m) {  // expect m.count messages of m.size bytes (i % 256) and send the same
     bulks.set(m.label, {count: m.count, size: m.size, received: 0, ok: true});
