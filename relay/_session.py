@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from darkswap_trio._websocket import WebSocketConnection
 from darkswap_trio.proto.errors import SignalingParseError
 from darkswap_trio.proto.relay import CloseReason
 from darkswap_trio.proto.signaling import (
@@ -51,6 +52,13 @@ from ._limits import TokenBucket
 from ._outbox import LEGACY_DATA, SessionOutbox
 from ._router import RelayRouter, relay_id_text
 from ._routing import route_binary, route_message
+from ._session_handle import (
+    CLOSE_GOING_AWAY,
+    CLOSE_INTERNAL,
+    CLOSE_NORMAL,
+    CLOSE_POLICY,
+    CLOSE_TOKEN_EXPIRED,
+)
 
 if TYPE_CHECKING:
     from ._auth import JwtValidator
@@ -67,18 +75,16 @@ RATE_LIMIT_STRIKES = 64  # consecutive shed messages before the session is close
 # Authenticate), a few Pings or retried Registers may come along; beyond, it is closed.
 MAX_HANDSHAKE_FRAMES = 32
 
-# WebSocket close codes (PROTOCOL.md section 6).
-CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001
-CLOSE_POLICY = 1008
-CLOSE_INTERNAL = 1011
-CLOSE_TOKEN_EXPIRED = 4001
-
 _CONNECTION_GONE = (trio.EndOfChannel, trio.BrokenResourceError, trio.ClosedResourceError)
 
 
 class SignalingSession:
-    """A WebSocket signaling session of one peer (see the module docstring)."""
+    """A WebSocket signaling session of one peer (see the module docstring).
+
+    The router holds it as a :class:`~relay._session_handle.SessionHandle`; it uses
+    the router's methods and shared services (``config``, ``keypair``, ``metrics``,
+    ``abuse``, ``buffered``), never the router's state.
+    """
 
     __slots__ = (
         "router", "ws", "remote_ip", "peer_id", "registered", "has_libp2p_id", "_jwt",
@@ -90,7 +96,7 @@ class SignalingSession:
     def __init__(
         self,
         router: RelayRouter,
-        ws: Any,
+        ws: WebSocketConnection,
         remote_ip: str,
         jwt_validator: JwtValidator | None = None,
         *,
@@ -124,7 +130,7 @@ class SignalingSession:
         self._handshake_frames = 0  # text frames received before registration
         self._guard = router.abuse
         self._out = SessionOutbox(
-            router,
+            router.buffered,
             ws,
             max_control_frames=MAX_CONTROL_QUEUE,
             max_control_bytes=max(MAX_CONTROL_QUEUE_BYTES, 2 * self._limits.max_frame_size),
@@ -152,11 +158,11 @@ class SignalingSession:
     async def run(self) -> None:
         """Serve the session until it closes; never raises for peer misbehaviour."""
         router = self.router
-        router.sessions.add(self)
+        accepting = router.session_opened(self)
         router.metrics.sessions.inc()
         router.metrics.sessions_active.inc()
         reason = CloseReason.PEER_DISCONNECTED
-        if router.shutting_down:
+        if not accepting:
             self.close(CLOSE_GOING_AWAY, Error("the server is stopping", "server_shutdown"))
         try:
             async with trio.open_nursery() as nursery:
@@ -179,7 +185,7 @@ class SignalingSession:
                 nursery.cancel_scope.cancel()
         finally:
             router.metrics.sessions_active.dec()
-            router.unregister(self, reason)
+            router.session_ended(self, reason)
             self._out.clear()
 
     def close(self, code: int, error: Error | None = None, reason: str = "") -> None:
@@ -394,7 +400,7 @@ class SignalingSession:
     def _handle_frame(self, frame: str | bytes, now: float) -> Coroutine[Any, Any, None] | None:
         if type(frame) is str:
             return self._handle_text(frame, now)
-        return route_binary(self, frame, now)  # type: ignore[arg-type]
+        return route_binary(self.router, self, frame, now)  # type: ignore[arg-type]
 
     def _deadline_passed(self, what: str) -> CloseReason:
         self.router.metrics.limit_hit(what)
@@ -451,7 +457,7 @@ class SignalingSession:
         elif not self.registered:
             return self._handle_handshake(msg)
         else:
-            return route_message(self, msg, now)
+            return route_message(self.router, self, msg, now)
         return None
 
     # -- handshake (PROTOCOL.md section 2) -------------------------------------------
@@ -498,19 +504,12 @@ class SignalingSession:
             if self._activity is activity:
                 self._activity = None
 
-    def replaced(self) -> None:
-        """A new session of the same peer took over (RelayRouter.replace_stale_holder)."""
-        self.close(
-            CLOSE_NORMAL,
-            Error("a new session of this peer replaced this one", "session_replaced"),
-        )
-
     async def _register_contended(self, accepted: HandshakeAccepted) -> None:
         """The peer id is held by another session: replace it if stale, else refuse."""
-        if await self.router.replace_stale_holder(self, accepted.peer_id):
+        code = await self.router.register_contended(self, accepted.peer_id)
+        if code is None:
             self._complete(accepted)
             return
-        code = "server_shutdown" if self.router.shutting_down else "peer_id_in_use"
         self._refuse(
             code,
             f"peer id {accepted.peer_id} is already registered"
@@ -527,7 +526,7 @@ class SignalingSession:
             self._set_token_deadline(accepted.expires_at)
         self._last_activity = trio.current_time()
         self.router.metrics.registration(self._mode if self.extended else "legacy", "ok")
-        self.send_control(self._handshake.registered(accepted, self.router.announced_limits))
+        self.send_control(self._handshake.registered(accepted, self.router.announced_limits()))
 
     # -- registered: routing lives in relay._routing -------------------------------
 
