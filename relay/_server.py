@@ -331,9 +331,8 @@ def _address_text(address: Any) -> str:
 def _log_session_closed(
     session: SignalingSession, context: SessionContext, duration: float
 ) -> None:
-    # Read-only peeks at the session's close state (set by SignalingSession.close).
-    code = getattr(session, "_close_code", None)
-    reason = getattr(session, "_close_reason", "") or context.last_error
+    code, reason = session.close_state
+    reason = reason or context.last_error
     logger.info(
         "session closed",
         extra={
