@@ -212,16 +212,17 @@ class SignalingSession:
     ) -> None:
         """Queue (or write at once) circuit data; ``frame``: the sender's DATA frame of
         ``payload``, forwarded as is (the same bytes on both sides of the relay)."""
-        if self._writer.close_code is not None:
+        writer = self._writer
+        if writer.close_code is not None:
             return
         if self.extended:
-            self._writer.send_data(
+            writer.send_data(
                 relay_id, encode_circuit_data(relay_id, payload) if frame is None else frame
             )
         else:
             # Encoded (base64 JSON) only when written: the queue holds payload bytes, so
             # a legacy receiver costs the relay a window, not 4/3 of one.
-            self._writer.out.push_data(relay_id, bytes(payload), legacy_sender=sender)
+            writer.out.push_data(relay_id, bytes(payload), legacy_sender=sender)
 
     def credit_granted(self, relay_id: bytes, increment: int) -> None:
         if self.extended and self._writer.close_code is None:

@@ -89,9 +89,17 @@ class SessionWriter:
         return self.write_now(frame) or self.out.push_control(frame)
 
     def send_data(self, relay_id: bytes, frame: bytes) -> None:
-        """Write or queue a binary circuit frame (bounded by credit, never refused)."""
-        if not self.write_now(frame):
-            self.out.push_data(relay_id, frame)
+        """Write or queue a binary circuit frame (bounded by credit, never refused).
+        The caller checks :attr:`close_code` (this is every relay hop: no more calls)."""
+        out = self.out
+        try:
+            if out.write_now(frame):
+                return
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._on_broken()  # as in write_now
+            out.wake()
+            return
+        out.push_data(relay_id, frame)
 
     def close(self, code: int, error: Message | None, reason: str) -> None:
         """Queue ``error`` (even past the control budget) and record the close."""
