@@ -33,9 +33,7 @@ from darkswap_trio.proto.signaling import (
 )
 
 if TYPE_CHECKING:
-    from darkswap_trio.proto.circuits import CircuitTable
-
-    from ._session import SignalingSession
+    from ._session_handle import SessionHandle
 
 INCOMPATIBLE_PEER = "incompatible_peer"
 
@@ -49,7 +47,7 @@ def is_libp2p_peer_id(peer_id: str) -> bool:
     return True
 
 
-def incompatible(a: SignalingSession, b: SignalingSession) -> bool:
+def incompatible(a: SessionHandle, b: SessionHandle) -> bool:
     """Whether ``a`` and ``b`` must be kept apart: one speaks darkswap-relay/1 and the
     other's id is not a PeerId (the /1 peer could not name it, nor check it)."""
     return (a.extended and not b.has_libp2p_id) or (b.extended and not a.has_libp2p_id)
@@ -63,7 +61,7 @@ def incompatible_reason(peer_id: str) -> str:
 
 
 def circuit_announcement(
-    target: SignalingSession, requester: str, relay_id: str, limits: CircuitLimits
+    target: SessionHandle, requester: str, relay_id: str, limits: CircuitLimits
 ) -> tuple[Message, ...]:
     """What tells ``target`` that ``requester`` opened circuit ``relay_id`` to it."""
     if target.extended:
@@ -76,28 +74,20 @@ def circuit_announcement(
     )
 
 
-def data_channel(
-    session: SignalingSession, table: CircuitTable, relay_id: bytes | None, msg: DataChannel
-) -> None:
-    """A legacy client's ``DataChannel``: nothing to do when it names a circuit of the
-    session and one of that circuit's ends (the original accepted either end)."""
-    ends = table.ends(relay_id) if relay_id is not None else None
-    if ends is None or session.peer_id not in ends or msg.peer_id not in ends:
-        session.send_error(
-            "unknown_circuit", f"no circuit {msg.relay_id} of yours with {msg.peer_id}",
-            msg.relay_id,
-        )  # fmt: skip
+def data_channel_error(peer_id: str, ends: tuple[str, str] | None, msg: DataChannel) -> str | None:
+    """What is wrong with a legacy client's ``DataChannel`` (None: nothing, and nothing to
+    do): it must name a circuit of ``peer_id`` (whose ``ends`` are given, None if it is
+    unknown) and one of that circuit's ends (the original accepted either end)."""
+    if ends is None or peer_id not in ends or msg.peer_id not in ends:
+        return f"no circuit {msg.relay_id} of yours with {msg.peer_id}"
+    return None
 
 
-def oversized(session: SignalingSession, msg: RelayData, max_data_frame: int) -> bool:
-    """True (and the Error sent) if a legacy ``RelayData`` exceeds ``max_data_frame``:
-    it is dropped, the circuit goes on (the original relay had no such limit, so its
-    clients cannot know it; closing the circuit would punish them for that)."""
+def oversized_error(msg: RelayData, max_data_frame: int) -> str | None:
+    """What is wrong with a legacy ``RelayData`` above ``max_data_frame`` (None: nothing):
+    it is dropped with this Error and the circuit goes on (the original relay had no
+    such limit, so its clients cannot know it; closing the circuit would punish them for
+    that)."""
     if len(msg.data) <= max_data_frame:
-        return False
-    session.send_error(
-        "frame_too_large",
-        f"RelayData of {len(msg.data)} bytes exceeds max_data_frame {max_data_frame}",
-        msg.relay_id,
-    )
-    return True
+        return None
+    return f"RelayData of {len(msg.data)} bytes exceeds max_data_frame {max_data_frame}"

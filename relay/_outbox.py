@@ -6,8 +6,8 @@ windows (the circuit core never lets a direction carry more than its credit), co
 frames by a frame count and a byte budget. :meth:`SessionOutbox.push_control` returns
 False when the budget is exhausted; the session then closes the peer as stalled.
 
-Every queued byte is counted in the router's ``queued_bytes`` (the relay-wide
-``buffered_bytes`` statistic) until the writer has written it.
+Every queued byte is counted in a :class:`ByteCount` shared by every session (the
+relay-wide ``buffered_bytes`` statistic) until the writer has written it.
 
 :meth:`SessionOutbox.write_now` is the fast path of a relay hop: when nothing is queued
 and the connection is idle, the task that received a frame writes it to the receiver's
@@ -18,15 +18,22 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from typing import Any, NamedTuple, Protocol
+from typing import NamedTuple
 
 import trio
+
+from darkswap_trio.websocket import WebSocketConnection
 
 CONTROL, DATA, LEGACY_DATA = 0, 1, 2
 
 
-class _ByteCounter(Protocol):
-    queued_bytes: int
+class ByteCount:
+    """A running total of bytes held inside the relay (``buffered_bytes``)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
 
 
 class Outgoing(NamedTuple):
@@ -53,15 +60,15 @@ class SessionOutbox:
 
     def __init__(
         self,
-        counter: _ByteCounter,
-        ws: Any,
+        counter: ByteCount,
+        ws: WebSocketConnection,
         *,
         max_control_frames: int,
         max_control_bytes: int,
         on_pending: Callable[[], None] = lambda: None,
     ) -> None:
         self._counter = counter
-        self._ws = ws  # a darkswap_trio WebSocketConnection
+        self._ws = ws
         self._tail = 0  # bytes of a frame tail held by the connection, counted
         self._items: deque[Outgoing] = deque()
         self._control_frames = 0
@@ -102,7 +109,7 @@ class SessionOutbox:
 
     def _append(self, item: Outgoing) -> None:
         self._items.append(item)
-        self._counter.queued_bytes += item.size
+        self._counter.value += item.size
         self.wake()
 
     def pop(self) -> Outgoing | None:
@@ -116,7 +123,7 @@ class SessionOutbox:
         return item
 
     def written(self, item: Outgoing) -> None:
-        self._counter.queued_bytes -= item.size
+        self._counter.value -= item.size
 
     def write_now(self, frame: str | bytes) -> bool:
         """Write ``frame`` at once if nothing waits before it; False: queue it instead.
@@ -144,7 +151,7 @@ class SessionOutbox:
         tail = ws.unsent_bytes
         if tail:
             self._tail = tail
-            self._counter.queued_bytes += tail
+            self._counter.value += tail
             self.wake()
         return True
 
@@ -157,7 +164,7 @@ class SessionOutbox:
                 self.release_tail()
 
     def release_tail(self) -> None:
-        self._counter.queued_bytes -= self._tail
+        self._counter.value -= self._tail
         self._tail = 0
 
     def purge(self, relay_id: bytes) -> None:
@@ -167,14 +174,14 @@ class SessionOutbox:
         kept: deque[Outgoing] = deque()
         for item in self._items:
             if item.relay_id == relay_id:
-                self._counter.queued_bytes -= item.size
+                self._counter.value -= item.size
             else:
                 kept.append(item)
         self._items = kept
 
     def clear(self) -> None:
         for item in self._items:
-            self._counter.queued_bytes -= item.size
+            self._counter.value -= item.size
         self._items.clear()
         self._control_frames = self._control_bytes = 0
         self.release_tail()

@@ -6,6 +6,12 @@ frames queued on the right session (:meth:`RelayRouter.dispatch`). Everything he
 synchronous except :meth:`RelayRouter.run_circuit_timer`, the one task of the circuit
 nursery, which sleeps until the table's next deadline (duration / stall) and applies it.
 
+Sessions and the router talk one way: the router sees a session only as a
+:class:`~relay._session_handle.SessionHandle` (queue a frame, close), and sessions change
+the router's state only through its methods (:meth:`~RelayRouter.session_opened`,
+:meth:`~RelayRouter.register`, :meth:`~RelayRouter.deliver`, ...). This module imports
+no session code.
+
 Queuing on a session never blocks: circuit data is bounded by the credit windows, control
 frames by the session's bounded control queue (a session that lets it fill is closed as
 stalled). That keeps one slow reader from blocking anyone else.
@@ -32,16 +38,20 @@ from darkswap_trio.proto.circuits import (
     DeliverData,
     Outcome,
 )
-from darkswap_trio.proto.signaling import CircuitLimits, RelayResponse
+from darkswap_trio.proto.signaling import CircuitLimits, Error, RelayResponse
 
 from ._abuse import AbuseGuard
 from ._config import RelayConfig
 from ._legacy import INCOMPATIBLE_PEER, circuit_announcement, incompatible, incompatible_reason
 from ._logging import session_context
 from ._metrics import RelayMetrics
+from ._outbox import ByteCount
+from ._session_handle import CLOSE_GOING_AWAY, CLOSE_NORMAL
 
 if TYPE_CHECKING:
-    from ._session import SignalingSession
+    from collections.abc import Set
+
+    from ._session_handle import SessionHandle
 
 logger = logging.getLogger("relay.router")
 circuit_logger = logging.getLogger("relay.circuits")
@@ -60,7 +70,7 @@ def parse_relay_id(text: str) -> bytes | None:
         return None
 
 
-def circuit_limits(config: RelayConfig) -> CircuitLimits:
+def limits_from_config(config: RelayConfig) -> CircuitLimits:
     lim = config.limits
     return CircuitLimits(
         duration=float(lim.circuit_duration),
@@ -72,7 +82,14 @@ def circuit_limits(config: RelayConfig) -> CircuitLimits:
 
 
 class RelayRouter:
-    """Registered sessions by peer id, the circuit table, and the server-wide counters."""
+    """Registered sessions by peer id, the circuit table, and the server-wide counters.
+
+    The public attributes are the server-wide services sessions share, set once here:
+    ``config`` (its limits change in place on reload), ``keypair``, ``metrics``,
+    ``abuse`` (per-IP and relay-wide message budgets) and ``buffered`` (bytes inside the
+    relay: frames waiting in session send queues or being written, plus legacy frames
+    held by a reader waiting for credit). Its state is private: use the methods.
+    """
 
     def __init__(self, config: RelayConfig, keypair: Keypair, metrics: RelayMetrics) -> None:
         self.config = config
@@ -80,28 +97,26 @@ class RelayRouter:
         self.relay_peer_id = str(keypair.peer_id)
         self.metrics = metrics
         lim = config.limits
-        self.circuit_limits = circuit_limits(config)
-        self.abuse = AbuseGuard(lim)  # per-IP and relay-wide message budgets
-        self.table = CircuitTable(
-            limits=self.circuit_limits,
+        self.abuse = AbuseGuard(lim)
+        self.buffered = ByteCount()
+        self._circuit_limits = limits_from_config(config)
+        self._table = CircuitTable(
+            limits=self._circuit_limits,
             max_circuits=lim.max_circuits,
             max_circuits_per_peer=lim.max_circuits_per_peer,
             stall_timeout=lim.circuit_stall_timeout,
             max_circuits_per_pair=lim.max_circuits_per_pair,
             idle_timeout=lim.circuit_idle_timeout,
         )
-        self.registered: dict[str, SignalingSession] = {}
-        self.sessions: set[SignalingSession] = set()
-        self.shutting_down = False
-        # Bytes inside the relay: frames waiting in session send queues (or being
-        # written) plus legacy frames held by a reader waiting for credit.
-        self.queued_bytes = 0
+        self._registered: dict[str, SessionHandle] = {}
+        self._sessions: set[SessionHandle] = set()
+        self._shutting_down = False
         self._timer_wakeup = trio.Event()
         self._timer_deadline = math.inf
         self._sessions_closed = trio.Event()
         self._opened_at: dict[bytes, float] = {}  # relay id -> trio time (histogram, log)
         # The limits every Registered message announces (built once, not per peer).
-        self.announced_limits = {
+        self._announced_limits = {
             "max_frame_size": lim.max_frame_size,
             "max_circuits_per_peer": lim.max_circuits_per_peer,
             "max_circuits_per_pair": lim.max_circuits_per_pair,
@@ -110,13 +125,61 @@ class RelayRouter:
             "idle_timeout": lim.idle_timeout,
         }
 
-    # -- registration ---------------------------------------------------------------
+    # -- for the server ---------------------------------------------------------------
 
-    def register(self, session: SignalingSession, peer_id: str) -> bool:
+    @property
+    def shutting_down(self) -> bool:
+        return self._shutting_down
+
+    @property
+    def sessions(self) -> Set[SessionHandle]:
+        """The open sessions, registered or not (read-only)."""
+        return self._sessions
+
+    @property
+    def queued_bytes(self) -> int:
+        return self.buffered.value
+
+    def counts(self) -> tuple[int, int, int]:
+        """(open sessions, registered peers, open circuits)."""
+        return len(self._sessions), len(self._registered), len(self._table)
+
+    def begin_shutdown(self) -> None:
+        """Refuse new sessions and registrations, close every circuit and tell every
+        session ``server_shutdown`` (idempotent)."""
+        if self._shutting_down:
+            return
+        self._shutting_down = True
+        self._table.close_all(CloseReason.SERVER_SHUTDOWN)
+        self.dispatch()
+        for session in list(self._sessions):
+            session.close(CLOSE_GOING_AWAY, Error("the server is stopping", "server_shutdown"))
+
+    async def wait_sessions_closed(self) -> None:
+        """Return once no session is open (sessions opened meanwhile are waited for too)."""
+        while self._sessions:
+            self._sessions_closed = trio.Event()
+            await self._sessions_closed.wait()
+
+    # -- session lifecycle and registration ------------------------------------------
+
+    def session_opened(self, session: SessionHandle) -> bool:
+        """A session starts; False if the server is stopping (then it must close)."""
+        self._sessions.add(session)
+        return not self._shutting_down
+
+    def session_ended(self, session: SessionHandle, reason: CloseReason) -> None:
+        """The session is gone (its task is ending)."""
+        self.release_peer(session, reason)
+        self._sessions.discard(session)
+        if not self._sessions:
+            self._sessions_closed.set()
+
+    def register(self, session: SessionHandle, peer_id: str) -> bool:
         """Bind ``peer_id`` to ``session``; False if another live session holds it."""
-        if peer_id in self.registered or self.shutting_down:
+        if peer_id in self._registered or self._shutting_down:
             return False
-        self.registered[peer_id] = session
+        self._registered[peer_id] = session
         context = session_context.get()
         if context is not None:
             self.metrics.registration_seconds.observe(trio.current_time() - context.accepted_at)
@@ -126,17 +189,17 @@ class RelayRouter:
         """``config.limits`` changed (reload): take it for new circuits and checks."""
         lim = self.config.limits
         # window, max_data_frame and bandwidth stay: existing circuits depend on them.
-        self.circuit_limits = dataclasses.replace(
-            self.circuit_limits, duration=float(lim.circuit_duration), data=int(lim.circuit_bytes)
+        self._circuit_limits = dataclasses.replace(
+            self._circuit_limits, duration=float(lim.circuit_duration), data=int(lim.circuit_bytes)
         )
-        table = self.table
-        table.limits = self.circuit_limits
+        table = self._table
+        table.limits = self._circuit_limits
         table.max_circuits = lim.max_circuits
         table.max_circuits_per_peer = lim.max_circuits_per_peer
         table.max_circuits_per_pair = lim.max_circuits_per_pair
         table.stall_timeout = lim.circuit_stall_timeout
         table.idle_timeout = lim.circuit_idle_timeout
-        self.announced_limits.update(
+        self._announced_limits.update(
             max_circuits_per_peer=lim.max_circuits_per_peer,
             max_circuits_per_pair=lim.max_circuits_per_pair,
             circuit_idle_timeout=lim.circuit_idle_timeout,
@@ -145,56 +208,77 @@ class RelayRouter:
         )
         self._timer_wakeup.set()  # deadlines may have moved
 
-    def release_peer(self, session: SignalingSession, reason: CloseReason) -> None:
+    def release_peer(self, session: SessionHandle, reason: CloseReason) -> None:
         """The session stopped reading: free its peer id and close its circuits
         (the other ends are told ``reason``). Idempotent."""
         peer_id = session.peer_id
-        if peer_id is not None and self.registered.get(peer_id) is session:
-            del self.registered[peer_id]
-            self.table.disconnect(peer_id, reason)
+        if peer_id is not None and self._registered.get(peer_id) is session:
+            del self._registered[peer_id]
+            self._table.disconnect(peer_id, reason)
             self.dispatch()
 
-    def unregister(self, session: SignalingSession, reason: CloseReason) -> None:
-        """The session is gone (its task is ending)."""
-        self.release_peer(session, reason)
-        self.sessions.discard(session)
-        if not self.sessions:
-            self._sessions_closed.set()
+    def lookup(self, peer_id: str) -> SessionHandle | None:
+        return self._registered.get(peer_id)
 
-    async def wait_sessions_closed(self) -> None:
-        """Return once no session is open (sessions opened meanwhile are waited for too)."""
-        while self.sessions:
-            self._sessions_closed = trio.Event()
-            await self._sessions_closed.wait()
+    async def register_contended(self, session: SessionHandle, peer_id: str) -> str | None:
+        """:meth:`register` refused ``peer_id``: None if ``session`` now holds it after
+        all, else the refusal's error code (``peer_id_in_use``, ``server_shutdown``).
 
-    def lookup(self, peer_id: str) -> SignalingSession | None:
-        return self.registered.get(peer_id)
-
-    async def replace_stale_holder(self, session: SignalingSession, peer_id: str) -> bool:
-        """A proven owner of ``peer_id`` may replace a holder that no longer answers.
-
+        A proven owner of ``peer_id`` may replace a holder that no longer answers.
         Without this, a peer whose connection died silently (NAT rebinding, a laptop
         waking up) could not register again until the idle timeout. In open mode there
         is no proof of ownership, so replacing would be a hijack: never done there.
-        True if ``session`` now holds ``peer_id``.
         """
+        if await self._replace_stale_holder(session, peer_id):
+            return None
+        return "server_shutdown" if self._shutting_down else "peer_id_in_use"
+
+    async def _replace_stale_holder(self, session: SessionHandle, peer_id: str) -> bool:
         holder = self.lookup(peer_id)
-        if holder is None or self.config.auth.mode == "open" or self.shutting_down:
+        if holder is None or self.config.auth.mode == "open" or self._shutting_down:
             return False
         if await holder.probe_alive(self.config.limits.duplicate_probe_timeout):
             return False
         logger.info("peer %s re-registered; replacing its silent session", peer_id)
         self.metrics.limit_hit("session_replaced")
-        holder.replaced()
+        holder.close(
+            CLOSE_NORMAL,
+            Error("a new session of this peer replaced this one", "session_replaced"),
+        )
         self.release_peer(holder, CloseReason.PEER_DISCONNECTED)
         return self.register(session, peer_id)
+
+    # -- what sessions may ask ---------------------------------------------------------
+
+    def circuit_limits(self) -> CircuitLimits:
+        """The limits of new circuits (window, max_data_frame and bandwidth never change)."""
+        return self._circuit_limits
+
+    def announced_limits(self) -> dict[str, int | float]:
+        """The limits a Registered message announces (do not modify)."""
+        return self._announced_limits
+
+    def has_circuit(self, relay_id: bytes, peer_id: str) -> bool:
+        return relay_id in self._table.circuits_of(peer_id)
+
+    def circuit_ends(self, relay_id: bytes) -> tuple[str, str] | None:
+        """(requester, target) of an open circuit, or None."""
+        return self._table.ends(relay_id)
+
+    def credit_balance(self, relay_id: bytes, peer_id: str) -> int | None:
+        """The credit ``peer_id`` has to send on ``relay_id`` (None: no such circuit)."""
+        return self._table.balance(relay_id, peer_id)
+
+    def send_delay(self, relay_id: bytes, peer_id: str, size: int, now: float) -> float:
+        """Seconds ``peer_id`` must wait before sending ``size`` bytes (bandwidth limit)."""
+        return self._table.send_delay(relay_id, peer_id, size, now)
 
     # -- circuits -------------------------------------------------------------------
 
     def request_circuit(self, requester: str, target: str) -> None:
         """Handle a RelayRequest whose ``from`` is already checked."""
-        target_session = self.registered.get(target)
-        requester_session = self.registered.get(requester)
+        target_session = self._registered.get(target)
+        requester_session = self._registered.get(requester)
         if target != requester and target_session is None:
             self._refuse_circuit(
                 requester, target, "unknown_peer", f"peer {target} is not connected"
@@ -206,13 +290,13 @@ class RelayRouter:
         ):
             self._refuse_circuit(requester, target, INCOMPATIBLE_PEER, incompatible_reason(target))
         else:
-            self.table.request(requester, target, uuid.uuid4().bytes, trio.current_time())
+            self._table.request(requester, target, uuid.uuid4().bytes, trio.current_time())
             self.dispatch()
 
     def _refuse_circuit(self, requester: str, target: str, code: str, message: str) -> None:
         """A refusal decided before the circuit table (which refuses the rest)."""
         self.metrics.circuits_refused.labels(reason=code).inc()
-        session = self.registered.get(requester)
+        session = self._registered.get(requester)
         if session is not None:
             session.send_control(
                 RelayResponse(relay_id="", accepted=False, error=message, code=code, to=target)
@@ -221,7 +305,7 @@ class RelayRouter:
     def credit(self, relay_id: bytes, receiver: str, increment: int, now: float) -> bool:
         """``receiver`` (or the relay for a legacy one) grants credit; False if the
         circuit is unknown to it."""
-        if self.table.credit(relay_id, receiver, increment, now) is not Outcome.OK:
+        if self._table.credit(relay_id, receiver, increment, now) is not Outcome.OK:
             return False
         self.dispatch()
         return True
@@ -238,54 +322,31 @@ class RelayRouter:
 
         ``frame``: the sender's DATA frame of ``payload``, forwarded as is.
         """
-        if self.table.data(relay_id, sender, payload, now, frame=frame) is not Outcome.OK:
+        if self._table.data(relay_id, sender, payload, now, frame=frame) is not Outcome.OK:
             return False
         self.dispatch()
         return True
 
-    async def deliver_later(
-        self,
-        session: SignalingSession,
-        relay_id: bytes,
-        payload: bytes | memoryview,
-        need: int,
-        frame: bytes | None,
-    ) -> None:
-        """:meth:`deliver` once ``need`` credit is there (legacy senders) and the bandwidth
-        limit allows; the held payload counts in ``buffered_bytes`` meanwhile. The
-        session does not read while this runs (that is the backpressure)."""
-        me = session.peer_id
-        assert me is not None
-        size = len(payload)
-        self.queued_bytes += size
-        try:
-            while (balance := self.table.balance(relay_id, me)) is not None and balance < need:
-                await session.wait_for_credit()
-            now = trio.current_time()
-            delay = self.table.send_delay(relay_id, me, size, now)
-            if delay > 0:
-                # Bandwidth limit: pace this sender (stop reading it) instead of dropping.
-                self.metrics.limit_hit("circuit_bandwidth")
-                await trio.sleep(delay)
-                now = trio.current_time()
-        finally:
-            self.queued_bytes -= size
-        if not self.deliver(me, relay_id, payload, now, frame):
-            session.send_error("unknown_circuit", "no such circuit", relay_id_text(relay_id))
+    def close_circuit(self, relay_id: bytes, peer_id: str) -> bool:
+        """CloseRelay from ``peer_id``; False if it has no such circuit."""
+        if self._table.close(relay_id, peer_id) is not Outcome.OK:
+            return False
+        self.dispatch()
+        return True
 
     def dispatch(self) -> None:
         """Turn every pending circuit event into frames queued on the sessions concerned."""
-        table = self.table
+        table = self._table
         while (event := table.poll_event()) is not None:
             if isinstance(event, DeliverData):
-                receiver = self.registered.get(event.receiver)
+                receiver = self._registered.get(event.receiver)
                 if receiver is not None:
                     receiver.send_circuit_data(
                         event.relay_id, event.sender, event.payload, event.frame
                     )
                 self.metrics.add_relayed_bytes(len(event.payload))
             elif isinstance(event, DeliverCredit):
-                sender = self.registered.get(event.to)
+                sender = self._registered.get(event.to)
                 if sender is not None:
                     sender.credit_granted(event.relay_id, event.increment)
             elif isinstance(event, CircuitOpened):
@@ -293,7 +354,7 @@ class RelayRouter:
             elif isinstance(event, CircuitClosed):
                 text = relay_id_text(event.relay_id)
                 for peer, reason in event.notify:
-                    session = self.registered.get(peer)
+                    session = self._registered.get(peer)
                     if session is not None:
                         session.circuit_closed(event.relay_id, text, reason)
                 self.metrics.circuits_closed.labels(reason=event.reason.value).inc()
@@ -313,7 +374,7 @@ class RelayRouter:
                     self.metrics.limit_hit("circuits")
                 elif event.code == "too_many_circuits_to_peer":
                     self.metrics.limit_hit("circuits_per_pair")
-                session = self.registered.get(event.requester)
+                session = self._registered.get(event.requester)
                 if session is not None:
                     session.send_control(
                         RelayResponse(
@@ -354,9 +415,9 @@ class RelayRouter:
             extra={"relay_id": text, "requester": event.requester, "target": event.target},
         )
         self.metrics.circuits_opened.inc()
-        self.metrics.circuits_active.set(len(self.table))
-        requester = self.registered.get(event.requester)
-        target = self.registered.get(event.target)
+        self.metrics.circuits_active.set(len(self._table))
+        requester = self._registered.get(event.requester)
+        target = self._registered.get(event.target)
         if requester is not None:
             requester.send_control(
                 RelayResponse(
@@ -377,11 +438,11 @@ class RelayRouter:
         """Apply circuit duration and stall deadlines as they come (the circuit nursery's task)."""
         task_status.started()
         while True:
-            self.table.take_new_deadline()  # poll_timeout() below covers them all
-            deadline = self.table.poll_timeout()
+            self._table.take_new_deadline()  # poll_timeout() below covers them all
+            deadline = self._table.poll_timeout()
             self._timer_deadline = math.inf if deadline is None else deadline
             self._timer_wakeup = trio.Event()
             with trio.move_on_at(self._timer_deadline):
                 await self._timer_wakeup.wait()
-            self.table.handle_timeout(trio.current_time())
+            self._table.handle_timeout(trio.current_time())
             self.dispatch()

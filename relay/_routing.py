@@ -1,20 +1,22 @@
 """What a registered session's frames do (docs/PROTOCOL.md sections 3-5).
 
 :func:`route_message` handles a JSON message, :func:`route_binary` a binary DATA/CREDIT
-frame, both from a registered :class:`~relay._session.SignalingSession`: signaling is
-forwarded to its addressee, circuit requests, data, credit and closes go to the
-:class:`~relay._router.RelayRouter`. Legacy sessions' differences are in
-:mod:`relay._legacy`. Like the session's other handlers these are synchronous and return
-a coroutine for what may block (a legacy sender waiting for credit, bandwidth pacing),
-which the session awaits outside its read deadline.
+frame, both from a registered session (a :class:`RoutedSession`, implemented by
+:class:`~relay._session.SignalingSession`): signaling is forwarded to its addressee,
+circuit requests, data, credit and closes go to the :class:`~relay._router.RelayRouter`
+through its methods. Legacy sessions' differences are in :mod:`relay._legacy`. Like the
+session's other handlers these are synchronous and return a coroutine for what may block
+(a legacy sender waiting for credit, bandwidth pacing), which the session awaits outside
+its read deadline.
 """
 
 from __future__ import annotations
 
 from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from darkswap_trio.proto.circuits import Outcome
+import trio
+
 from darkswap_trio.proto.errors import SignalingParseError
 from darkswap_trio.proto.signaling import (
     DATA_HEADER_LENGTH,
@@ -36,20 +38,33 @@ from darkswap_trio.proto.signaling import (
 )
 
 from . import _legacy
-from ._router import parse_relay_id, relay_id_text
-
-if TYPE_CHECKING:
-    from ._session import SignalingSession
+from ._router import RelayRouter, parse_relay_id, relay_id_text
+from ._session_handle import SessionHandle
 
 Blocking = Coroutine[Any, Any, None] | None
 _FORWARDED = (Offer, Answer, IceCandidate)
 
 
-def route_message(session: SignalingSession, msg: Message, now: float) -> Blocking:
+class RoutedSession(SessionHandle, Protocol):
+    """What routing needs of the session whose frame it handles."""
+
+    @property
+    def registered(self) -> bool: ...
+
+    def send_error(self, code: str, message: str, ref: str | None = None) -> None: ...
+
+    def refresh_token(self, token: str) -> None: ...
+
+    async def wait_for_credit(self) -> None:
+        """Until credit arrives for this peer or one of its circuits closes."""
+
+
+def route_message(
+    router: RelayRouter, session: RoutedSession, msg: Message, now: float
+) -> Blocking:
     """A JSON message from a registered session (Ping/Pong are answered before)."""
     me = session.peer_id
     assert me is not None
-    router = session.router
     sender = getattr(msg, "from_", me)
     if sender != me:
         session.send_error("spoofed_from", f"'from' must be your peer id {me}", sender[:128])
@@ -68,24 +83,30 @@ def route_message(session: SignalingSession, msg: Message, now: float) -> Blocki
         router.request_circuit(me, msg.to)
     elif isinstance(msg, RelayData):
         relay_id = parse_relay_id(msg.relay_id)
-        if relay_id is None or relay_id not in router.table.circuits_of(me):
+        if relay_id is None or not router.has_circuit(relay_id, me):
             session.send_error("unknown_circuit", "no such circuit", msg.relay_id)
             return None
-        if not session.extended and _legacy.oversized(
-            session, msg, router.circuit_limits.max_data_frame
-        ):
-            return None
-        return circuit_data(session, relay_id, msg.data, now, wait_for_credit=not session.extended)
+        if not session.extended:
+            error = _legacy.oversized_error(msg, router.circuit_limits().max_data_frame)
+            if error is not None:
+                session.send_error("frame_too_large", error, msg.relay_id)
+                return None
+        return circuit_data(
+            router, session, relay_id, msg.data, now, wait_for_credit=not session.extended
+        )
     elif isinstance(msg, CloseRelay):
         relay_id = parse_relay_id(msg.relay_id)
-        if relay_id is None or router.table.close(relay_id, me) is not Outcome.OK:
+        if relay_id is None or not router.close_circuit(relay_id, me):
             session.send_error("unknown_circuit", "no such circuit", msg.relay_id)
             return None
-        router.dispatch()
     elif isinstance(msg, RefreshToken):
         session.refresh_token(msg.token)
     elif isinstance(msg, DataChannel) and not session.extended:
-        _legacy.data_channel(session, router.table, parse_relay_id(msg.relay_id), msg)
+        relay_id = parse_relay_id(msg.relay_id)
+        ends = router.circuit_ends(relay_id) if relay_id is not None else None
+        error = _legacy.data_channel_error(me, ends, msg)
+        if error is not None:
+            session.send_error("unknown_circuit", error, msg.relay_id)
     elif isinstance(msg, (Register, Authenticate)):
         session.send_error("already_registered", "this session is already registered")
     else:
@@ -93,7 +114,7 @@ def route_message(session: SignalingSession, msg: Message, now: float) -> Blocki
     return None
 
 
-def route_binary(session: SignalingSession, frame: bytes, now: float) -> Blocking:
+def route_binary(router: RelayRouter, session: RoutedSession, frame: bytes, now: float) -> Blocking:
     """A binary frame (PROTOCOL.md 5.1): only registered darkswap-relay/1 sessions send them."""
     if not session.registered:
         session.send_error("not_registered", "binary frame before registration")
@@ -105,7 +126,7 @@ def route_binary(session: SignalingSession, frame: bytes, now: float) -> Blockin
         # DATA is forwarded as received (the frame is the same on both sides of the
         # relay): the header is checked here and the payload never copied.
         return circuit_data(
-            session, frame[1:DATA_HEADER_LENGTH], memoryview(frame)[DATA_HEADER_LENGTH:], now,
+            router, session, frame[1:DATA_HEADER_LENGTH], memoryview(frame)[DATA_HEADER_LENGTH:], now,
             wait_for_credit=False, frame=frame,
         )  # fmt: skip
     try:
@@ -114,13 +135,14 @@ def route_binary(session: SignalingSession, frame: bytes, now: float) -> Blockin
         session.send_error(exc.code, str(exc))
         return None
     assert session.peer_id is not None and isinstance(parsed, CircuitCredit)
-    if not session.router.credit(parsed.relay_id, session.peer_id, parsed.increment, now):
+    if not router.credit(parsed.relay_id, session.peer_id, parsed.increment, now):
         session.send_error("unknown_circuit", "no such circuit", relay_id_text(parsed.relay_id))
     return None
 
 
 def circuit_data(
-    session: SignalingSession,
+    router: RelayRouter,
+    session: RoutedSession,
     relay_id: bytes,
     payload: bytes | memoryview,
     now: float,
@@ -130,18 +152,49 @@ def circuit_data(
 ) -> Blocking:
     """Deliver ``payload`` now, or return the wait for credit / bandwidth that must come
     first (``frame``: the sender's DATA frame, forwarded as is)."""
-    router = session.router
     me = session.peer_id
     assert me is not None
     size = len(payload)
+    limits = router.circuit_limits()  # every circuit has the router's window and bandwidth
     # A legacy sender knows nothing of credit: stop reading until it returns.
-    need = min(size, router.circuit_limits.max_data_frame) if wait_for_credit else 0
-    balance = router.table.balance(relay_id, me) if need else None
+    need = min(size, limits.max_data_frame) if wait_for_credit else 0
+    balance = router.credit_balance(relay_id, me) if need else None
     if (balance is not None and balance < need) or (
-        router.circuit_limits.bandwidth  # every circuit has the router's limits
-        and router.table.send_delay(relay_id, me, size, now) > 0
+        limits.bandwidth and router.send_delay(relay_id, me, size, now) > 0
     ):
-        return router.deliver_later(session, relay_id, payload, need, frame)
+        return _deliver_later(router, session, relay_id, payload, need, frame)
     if not router.deliver(me, relay_id, payload, now, frame):
         session.send_error("unknown_circuit", "no such circuit", relay_id_text(relay_id))
     return None
+
+
+async def _deliver_later(
+    router: RelayRouter,
+    session: RoutedSession,
+    relay_id: bytes,
+    payload: bytes | memoryview,
+    need: int,
+    frame: bytes | None,
+) -> None:
+    """Deliver once ``need`` credit is there (legacy senders) and the bandwidth limit
+    allows; the held payload counts in ``buffered_bytes`` meanwhile. The session does not
+    read while this runs (that is the backpressure)."""
+    me = session.peer_id
+    assert me is not None
+    size = len(payload)
+    buffered = router.buffered
+    buffered.value += size
+    try:
+        while (balance := router.credit_balance(relay_id, me)) is not None and balance < need:
+            await session.wait_for_credit()
+        now = trio.current_time()
+        delay = router.send_delay(relay_id, me, size, now)
+        if delay > 0:
+            # Bandwidth limit: pace this sender (stop reading it) instead of dropping.
+            router.metrics.limit_hit("circuit_bandwidth")
+            await trio.sleep(delay)
+            now = trio.current_time()
+    finally:
+        buffered.value -= size
+    if not router.deliver(me, relay_id, payload, now, frame):
+        session.send_error("unknown_circuit", "no such circuit", relay_id_text(relay_id))

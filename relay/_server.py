@@ -29,9 +29,8 @@ from typing import Any
 import trio
 
 from darkswap_trio import Keypair, __version__, load_or_create_keypair
-from darkswap_trio.proto.circuits import CloseReason
 from darkswap_trio.proto.signaling import Error, encode_message
-from darkswap_trio.websocket import serve_websocket
+from darkswap_trio.websocket import WebSocketRequest, serve_websocket
 
 from ._admission import ConnectionAdmission
 from ._config import (
@@ -46,7 +45,7 @@ from ._limits import KeyedRateLimiter, TokenBucket
 from ._logging import SessionContext, session_context
 from ._metrics import RelayMetrics, serve_metrics_http
 from ._router import RelayRouter
-from ._session import CLOSE_GOING_AWAY, SignalingSession
+from ._session import SignalingSession
 
 logger = logging.getLogger("relay.server")
 
@@ -112,12 +111,12 @@ class RelayServer:
         return f"{scheme}://{host}:{self.signaling_port}{SIGNALING_PATH}"
 
     def statistics(self) -> RelayStatistics:
-        r = self.router
+        sessions, registered_peers, circuits = self.router.counts()
         return RelayStatistics(
-            sessions=len(r.sessions),
-            registered_peers=len(r.registered),
-            circuits=len(r.table),
-            buffered_bytes=r.queued_bytes,
+            sessions=sessions,
+            registered_peers=registered_peers,
+            circuits=circuits,
+            buffered_bytes=self.router.queued_bytes,
         )
 
     def health(self) -> tuple[bool, dict[str, Any]]:
@@ -170,12 +169,8 @@ class RelayServer:
         grace = self.config.shutdown_grace if grace is None else grace
         router = self.router
         if not router.shutting_down:
-            router.shutting_down = True
             self._listener_scope.cancel()
-            router.table.close_all(CloseReason.SERVER_SHUTDOWN)
-            router.dispatch()
-            for session in list(router.sessions):
-                session.close(CLOSE_GOING_AWAY, Error("the server is stopping", "server_shutdown"))
+            router.begin_shutdown()
             with trio.move_on_after(grace):
                 await router.wait_sessions_closed()
             if self._root is not None:
@@ -222,7 +217,7 @@ async def serve_relay(
     admission = ConnectionAdmission(lim, metrics, router.abuse)
     server.admission = admission
 
-    async def handle_request(request: Any) -> None:
+    async def handle_request(request: WebSocketRequest) -> None:
         ticket = admission.take_ticket(tuple(request.remote_address))
         ip = ticket.ip if ticket is not None else str(request.remote_address[0])
         if request.path.split("?", 1)[0] != SIGNALING_PATH:
@@ -335,9 +330,8 @@ def _address_text(address: Any) -> str:
 def _log_session_closed(
     session: SignalingSession, context: SessionContext, duration: float
 ) -> None:
-    # Read-only peeks at the session's close state (set by SignalingSession.close).
-    code = getattr(session, "_close_code", None)
-    reason = getattr(session, "_close_reason", "") or context.last_error
+    code, reason = session.close_state
+    reason = reason or context.last_error
     logger.info(
         "session closed",
         extra={

@@ -3,9 +3,10 @@
 A :class:`SignalingSession` runs two tasks in its own nursery (a child of the server's
 session nursery): the *reader* (handshake per docs/PROTOCOL.md section 2, then routing
 by :mod:`relay._routing`, with the handshake / idle / token-expiry deadline as one cancel
-scope per idle period) and the *writer*. A frame addressed to the session is written at once by the task that
-produced it when nothing waits before it (the usual relay hop), else it goes through one
-FIFO drained by the writer, so order is preserved either way: a circuit's announcement
+scope per idle period) and the *writer* (:mod:`relay._session_writer`). A frame
+addressed to the session is written at once by the task that produced it when nothing
+waits before it (the usual relay hop), else it goes through one FIFO drained by the
+writer, so order is preserved either way: a circuit's announcement
 (``DataChannel``, or a legacy session's ``RelayRequest`` + ``RelayResponse``) before its
 first data, ``CloseRelay`` after its last data. The FIFO is bounded:
 circuit data by the credit windows, control frames by :data:`MAX_CONTROL_QUEUE` frames
@@ -31,14 +32,13 @@ from darkswap_trio.proto.signaling import (
     Message,
     Ping,
     Pong,
-    RelayData,
     TokenRefreshed,
     decode_message_untrusted,
     encode_circuit_credit,
     encode_circuit_data,
-    encode_message,
     message_type,
 )
+from darkswap_trio.websocket import WebSocketConnection
 
 from . import _legacy
 from ._handshake import (
@@ -48,9 +48,16 @@ from ._handshake import (
     RegistrationHandshake,
 )
 from ._limits import TokenBucket
-from ._outbox import LEGACY_DATA, SessionOutbox
-from ._router import RelayRouter, relay_id_text
+from ._router import RelayRouter
 from ._routing import route_binary, route_message
+from ._session_handle import (
+    CLOSE_GOING_AWAY,
+    CLOSE_INTERNAL,
+    CLOSE_NORMAL,
+    CLOSE_POLICY,
+    CLOSE_TOKEN_EXPIRED,
+)
+from ._session_writer import SessionWriter
 
 if TYPE_CHECKING:
     from ._auth import JwtValidator
@@ -59,38 +66,36 @@ logger = logging.getLogger("relay.session")
 
 MAX_CONTROL_QUEUE = 512  # control frames waiting for a peer that does not read
 MAX_CONTROL_QUEUE_BYTES = 1 << 20  # ... and their bytes (at least one max-size frame fits)
-CLOSE_TIMEOUT = 2.0  # bound on flushing the last frames and the closing handshake
-# ... for a session closed for abuse: waiting for its close echo means parsing its flood.
+# CLOSE_TIMEOUT (relay._session_writer) for a session closed for abuse: waiting for its
+# close echo means parsing its flood.
 ABUSE_CLOSE_TIMEOUT = 0.02
 RATE_LIMIT_STRIKES = 64  # consecutive shed messages before the session is closed (1008)
 # Text frames a session may send before it is registered: a handshake takes two (Register,
 # Authenticate), a few Pings or retried Registers may come along; beyond, it is closed.
 MAX_HANDSHAKE_FRAMES = 32
 
-# WebSocket close codes (PROTOCOL.md section 6).
-CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001
-CLOSE_POLICY = 1008
-CLOSE_INTERNAL = 1011
-CLOSE_TOKEN_EXPIRED = 4001
-
 _CONNECTION_GONE = (trio.EndOfChannel, trio.BrokenResourceError, trio.ClosedResourceError)
 
 
 class SignalingSession:
-    """A WebSocket signaling session of one peer (see the module docstring)."""
+    """A WebSocket signaling session of one peer (see the module docstring).
+
+    The router holds it as a :class:`~relay._session_handle.SessionHandle`; it uses
+    the router's methods and shared services (``config``, ``keypair``, ``metrics``,
+    ``abuse``, ``buffered``), never the router's state.
+    """
 
     __slots__ = (
         "router", "ws", "remote_ip", "peer_id", "registered", "has_libp2p_id", "_jwt",
         "_limits", "_mode", "_handshake_deadline", "_last_activity", "_activity", "_token_deadline", "_handshake",
-        "_messages", "_bytes", "_strikes", "_handshake_frames", "_guard", "_out", "_credit_wakeup", "_close_code",
-        "_close_reason", "_close_timeout", "_read_scope", "_stopped", "_nursery", "_writer_done", "_reader_done",
+        "_messages", "_bytes", "_strikes", "_handshake_frames", "_guard", "_writer", "_credit_wakeup",
+        "_read_scope", "_stopped",
     )  # fmt: skip
 
     def __init__(
         self,
         router: RelayRouter,
-        ws: Any,
+        ws: WebSocketConnection,
         remote_ip: str,
         jwt_validator: JwtValidator | None = None,
         *,
@@ -123,109 +128,78 @@ class SignalingSession:
         self._strikes = 0  # consecutive frames shed by a message budget
         self._handshake_frames = 0  # text frames received before registration
         self._guard = router.abuse
-        self._out = SessionOutbox(
-            router,
+        self._writer = SessionWriter(
             ws,
+            router.buffered,
+            router.metrics,
             max_control_frames=MAX_CONTROL_QUEUE,
             max_control_bytes=max(MAX_CONTROL_QUEUE_BYTES, 2 * self._limits.max_frame_size),
-            on_pending=self._start_writer,
+            on_broken=self._stop_reading,
+            on_legacy_written=self._legacy_written,
         )
         self._credit_wakeup: trio.Event | None = None  # a legacy sender waits for credit
-        self._close_code: int | None = None
-        self._close_reason = ""
-        self._close_timeout = CLOSE_TIMEOUT
         self._read_scope = trio.CancelScope()  # the one the reader is in (see _read_loop)
         self._stopped = False
-        # The writer task starts when a frame first has to wait (or to close): a frame
-        # written at once needs none, so an idle session holds one task, not two.
-        self._nursery: trio.Nursery | None = None
-        self._writer_done: trio.Event | None = None
-        self._reader_done = False
 
     @property
     def extended(self) -> bool:
         """Whether the peer speaks darkswap-relay/1 (binary circuit frames)."""
         return self._handshake.extended
 
+    @property
+    def close_state(self) -> tuple[int | None, str]:
+        """(WebSocket close code, reason) once closing, else (None, "")."""
+        return self._writer.close_code, self._writer.close_reason
+
     # -- lifecycle ------------------------------------------------------------------
 
     async def run(self) -> None:
         """Serve the session until it closes; never raises for peer misbehaviour."""
         router = self.router
-        router.sessions.add(self)
+        accepting = router.session_opened(self)
         router.metrics.sessions.inc()
         router.metrics.sessions_active.inc()
         reason = CloseReason.PEER_DISCONNECTED
-        if router.shutting_down:
+        if not accepting:
             self.close(CLOSE_GOING_AWAY, Error("the server is stopping", "server_shutdown"))
         try:
             async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                if self._out or self._close_code is not None:
-                    self._start_writer()
+                self._writer.open(nursery)
                 try:
                     reason = await self._read_loop()
                 except Exception:
                     logger.exception("session %s crashed", self.peer_id)
                     self.close(CLOSE_INTERNAL, Error("internal server error", "internal_error"))
-                if self._close_code is None:
-                    self._close_code = CLOSE_NORMAL
+                if self._writer.close_code is None:
+                    self._writer.close_code = CLOSE_NORMAL
                 router.release_peer(self, reason)
-                self._reader_done = True
-                self._out.wake()  # starts the writer if needed: it sends the close
-                assert self._writer_done is not None
-                with trio.move_on_after(CLOSE_TIMEOUT):
-                    await self._writer_done.wait()
+                await self._writer.finish()
                 nursery.cancel_scope.cancel()
         finally:
             router.metrics.sessions_active.dec()
-            router.unregister(self, reason)
-            self._out.clear()
+            router.session_ended(self, reason)
+            self._writer.out.clear()
 
     def close(self, code: int, error: Error | None = None, reason: str = "") -> None:
         """Send ``error`` (if any), then close with ``code``. Idempotent; never blocks."""
-        if self._close_code is not None:
+        if self._writer.close_code is not None:
             return
+        self._writer.close(code, error, reason)
         if error is not None:
-            self._out.push_control(self._encode(error), force=True)
             self.router.metrics.error_sent(error.code or "none")
-        self._close_code = code
-        self._close_reason = reason
         self._stop_reading()
-        self._out.wake()
 
     def abort(self, why: str) -> None:
         """Close without flushing (the peer does not read what we already queued)."""
-        if self._close_code is None:
+        if self._writer.close_code is None:
             logger.info("closing session %s: %s", self.peer_id, why)
-            self._out.clear()
+            self._writer.out.clear()
             self.close(CLOSE_POLICY, reason=why)
 
-    # -- outbound (never blocks) ----------------------------------------------------
-
-    def _encode(self, msg: Message) -> str:
-        self.router.metrics.frame_sent(message_type(msg))
-        return encode_message(msg)
-
-    def _write_now(self, frame: str | bytes) -> bool:
-        """Write ``frame`` at once if nothing waits before it (see SessionOutbox.write_now)."""
-        if self._close_code is not None:
-            return False
-        try:
-            return self._out.write_now(frame)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            # The connection is gone: what the writer does on a failed send.
-            self._stop_reading()
-            self._out.wake()
-            return True
+    # -- outbound (never blocks; the writing is in relay._session_writer) --------------
 
     def send_control(self, msg: Message) -> None:
-        if self._close_code is not None:
-            return
-        frame = self._encode(msg)
-        if self._write_now(frame):
-            return
-        if not self._out.push_control(frame):
+        if self._writer.close_code is None and not self._writer.send_control(msg):
             self.router.metrics.limit_hit("send_queue")
             self.abort("stalled: control queue full")
 
@@ -238,23 +212,21 @@ class SignalingSession:
     ) -> None:
         """Queue (or write at once) circuit data; ``frame``: the sender's DATA frame of
         ``payload``, forwarded as is (the same bytes on both sides of the relay)."""
-        if self._close_code is not None:
+        writer = self._writer
+        if writer.close_code is not None:
             return
         if self.extended:
-            if frame is None:
-                frame = encode_circuit_data(relay_id, payload)
-            if not self._write_now(frame):
-                self._out.push_data(relay_id, frame)
+            writer.send_data(
+                relay_id, encode_circuit_data(relay_id, payload) if frame is None else frame
+            )
         else:
             # Encoded (base64 JSON) only when written: the queue holds payload bytes, so
             # a legacy receiver costs the relay a window, not 4/3 of one.
-            self._out.push_data(relay_id, bytes(payload), legacy_sender=sender)
+            writer.out.push_data(relay_id, bytes(payload), legacy_sender=sender)
 
     def credit_granted(self, relay_id: bytes, increment: int) -> None:
-        if self.extended and self._close_code is None:
-            frame = encode_circuit_credit(relay_id, increment)
-            if not self._write_now(frame):
-                self._out.push_data(relay_id, frame)
+        if self.extended and self._writer.close_code is None:
+            self._writer.send_data(relay_id, encode_circuit_credit(relay_id, increment))
         if self._credit_wakeup is not None:  # a legacy reader may be waiting for credit
             self._credit_wakeup.set()
 
@@ -262,57 +234,15 @@ class SignalingSession:
         # Data queued before the close is still delivered (CloseRelay follows it), except
         # on a stall: this peer does not read, so drop what it would never get to.
         if reason == "stalled":
-            self._out.purge(relay_id)
+            self._writer.out.purge(relay_id)
         self.send_control(CloseRelay(relay_id=text, reason=reason))
         if self._credit_wakeup is not None:
             self._credit_wakeup.set()
 
-    def _start_writer(self) -> None:
-        if self._writer_done is None and self._nursery is not None:
-            self._writer_done = trio.Event()
-            self._nursery.start_soon(self._write_loop)
-
-    async def _write_loop(self) -> None:
-        router = self.router
-        ws = self.ws
-        try:
-            while True:
-                await self._out.flush_tail()
-                item = self._out.pop()
-                if item is None:
-                    # Close only once the reader is out of receive(): the closing handshake
-                    # reads the peer's echo itself.
-                    if self._close_code is not None and self._reader_done:
-                        break
-                    await self._out.wait()
-                    continue
-                frame = item.frame
-                if item.kind == LEGACY_DATA:
-                    assert item.relay_id is not None and isinstance(frame, bytes)
-                    frame = self._encode(
-                        RelayData(
-                            from_=item.sender, relay_id=relay_id_text(item.relay_id), data=frame
-                        )
-                    )
-                try:
-                    # Legacy frames (base64, 4/3 of their payload) take the plain path: a
-                    # tail of one would count more than the payload the window bounds.
-                    if item.kind == LEGACY_DATA or not self._out.try_write(frame):
-                        await ws.send(frame)
-                finally:
-                    self._out.written(item)
-                if item.kind == LEGACY_DATA and item.size and self.peer_id is not None:
-                    # A legacy receiver cannot send CREDIT: grant it once written.
-                    assert item.relay_id is not None
-                    router.credit(item.relay_id, self.peer_id, item.size, trio.current_time())
-            with trio.move_on_after(self._close_timeout):
-                await ws.aclose(self._close_code or CLOSE_NORMAL, self._close_reason)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            self._stop_reading()  # the connection is gone; stop reading too
-        finally:
-            self._out.release_tail()
-            assert self._writer_done is not None
-            self._writer_done.set()
+    def _legacy_written(self, relay_id: bytes, size: int) -> None:
+        # A legacy receiver cannot send CREDIT: the relay grants it once written.
+        if self.peer_id is not None:
+            self.router.credit(relay_id, self.peer_id, size, trio.current_time())
 
     # -- inbound: handled synchronously when that needs no waiting; the handlers return
     # a coroutine for what may block (throttled by a rate limit, waiting for credit,
@@ -394,7 +324,7 @@ class SignalingSession:
     def _handle_frame(self, frame: str | bytes, now: float) -> Coroutine[Any, Any, None] | None:
         if type(frame) is str:
             return self._handle_text(frame, now)
-        return route_binary(self, frame, now)  # type: ignore[arg-type]
+        return route_binary(self.router, self, frame, now)  # type: ignore[arg-type]
 
     def _deadline_passed(self, what: str) -> CloseReason:
         self.router.metrics.limit_hit(what)
@@ -429,7 +359,7 @@ class SignalingSession:
         self._strikes += 1
         if not self.registered or self._strikes >= RATE_LIMIT_STRIKES:
             self._guard.penalize(self.remote_ip, now)
-            self._close_timeout = ABUSE_CLOSE_TIMEOUT
+            self._writer.close_timeout = ABUSE_CLOSE_TIMEOUT
             logger.info("closing session of %s: %s exceeded", self.remote_ip, limit)
             self.close(CLOSE_POLICY, Error(f"{limit} budget exceeded", "rate_limited"))
         elif self._strikes == 1:  # one answer per streak: errors cost more than the drop
@@ -451,7 +381,7 @@ class SignalingSession:
         elif not self.registered:
             return self._handle_handshake(msg)
         else:
-            return route_message(self, msg, now)
+            return route_message(self.router, self, msg, now)
         return None
 
     # -- handshake (PROTOCOL.md section 2) -------------------------------------------
@@ -485,7 +415,7 @@ class SignalingSession:
 
     async def probe_alive(self, timeout: float) -> bool:
         """Ping this session; True if any frame arrives from it within ``timeout``."""
-        if self._close_code is not None:
+        if self._writer.close_code is not None:
             return False
         self._activity = activity = trio.Event()
         self.send_control(Ping())
@@ -498,19 +428,12 @@ class SignalingSession:
             if self._activity is activity:
                 self._activity = None
 
-    def replaced(self) -> None:
-        """A new session of the same peer took over (RelayRouter.replace_stale_holder)."""
-        self.close(
-            CLOSE_NORMAL,
-            Error("a new session of this peer replaced this one", "session_replaced"),
-        )
-
     async def _register_contended(self, accepted: HandshakeAccepted) -> None:
         """The peer id is held by another session: replace it if stale, else refuse."""
-        if await self.router.replace_stale_holder(self, accepted.peer_id):
+        code = await self.router.register_contended(self, accepted.peer_id)
+        if code is None:
             self._complete(accepted)
             return
-        code = "server_shutdown" if self.router.shutting_down else "peer_id_in_use"
         self._refuse(
             code,
             f"peer id {accepted.peer_id} is already registered"
@@ -527,7 +450,7 @@ class SignalingSession:
             self._set_token_deadline(accepted.expires_at)
         self._last_activity = trio.current_time()
         self.router.metrics.registration(self._mode if self.extended else "legacy", "ok")
-        self.send_control(self._handshake.registered(accepted, self.router.announced_limits))
+        self.send_control(self._handshake.registered(accepted, self.router.announced_limits()))
 
     # -- registered: routing lives in relay._routing -------------------------------
 
