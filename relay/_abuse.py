@@ -9,8 +9,8 @@ that survive reconnects, keyed by canonical IP:
 - ``handshakes_per_ip``: registrations started (the first frame of a session, which
   makes the relay sign a Challenge), so connection churn is paid per address.
 - ``messages_total`` and ``handshakes_total``: relay-wide. While the relay receives
-  more than this, a session's text frames pass only within its *fair share* of the
-  relay-wide rate (the rate divided by the registered sessions), and registrations of
+  more than this (and for a second after), a session's text frames pass only within its
+  *fair share* of the relay-wide rate (the rate divided by the registered sessions), and registrations of
   addresses that have spent over half their own burst are shed: a CPU ceiling against
   floods and churn spread over many addresses (see "Overload" below).
 
@@ -40,6 +40,7 @@ Like :mod:`relay._limits`, nothing here reads the clock: callers pass ``now``.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -50,6 +51,7 @@ __all__ = ["OVERLOAD_PAUSE", "PAUSE_AFTER", "AbuseGuard", "SessionShare"]
 
 PAUSE_AFTER = 16  # overload sheds in a row (nothing passing) before a session is paused
 OVERLOAD_PAUSE = 1.0  # seconds a paused session is not read (its share refills meanwhile)
+OVERLOAD_MEMORY = 1.0  # seconds the relay counts as overloaded after its budget ran dry
 MAX_BACKOFF = 3  # ... doubled for each pause while the overload lasts, up to 8 s
 _DECREASE = 0.75  # load factor kept per lag sample over overload_lag
 _INCREASE = 0.02  # load factor regained per lag sample within overload_lag
@@ -86,6 +88,7 @@ class AbuseGuard:
         self._total_rates = (self.total.rate, self.total.burst)
         self._handshake_rates = (self.handshakes_total.rate, self.handshakes_total.burst)
         self.overload_lag = float(limits.overload_lag)
+        self._overloaded_until = -math.inf  # fair shares apply until then
         self.load = 1.0  # fraction of the configured relay-wide rates in force (AIMD)
         # Registered sessions, for the fair share (the server points it at its router).
         self.active_sessions: Callable[[], int] = lambda: 1
@@ -110,15 +113,22 @@ class AbuseGuard:
         if not self.messages.try_take(ip, 1, now):
             return "messages_per_ip"
         total = self.total
-        if total.rate and not total.try_take(1, now):
-            # Over the relay-wide budget: a session keeps its fair share, no more.
+        if not total.rate:
+            return None
+        if not total.try_take(1, now):
+            self._overloaded_until = now + OVERLOAD_MEMORY
             if share is None:
                 return "messages_total" if self.messages.tokens(ip, now) < self._heavy else None
+        if share is None:
+            return None
+        if now < self._overloaded_until:
+            # Over the relay-wide budget: every frame fits its session's fair share, so
+            # the relay-wide tokens do not go to whoever asks most often (a flooder).
             bucket = share.bucket
             bucket.rate = bucket.burst = self.share_rate()
             if not bucket.try_take(1, now):
                 return "messages_total"
-        elif share is not None and share.pauses and self.load >= 1.0:
+        elif share.pauses and self.load >= 1.0:
             share.pauses = 0  # the overload is over: the next one starts without backoff
         return None
 

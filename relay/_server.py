@@ -439,6 +439,8 @@ async def _run_listener(
             # Frames above max_frame_size are answered frame_too_large without ever
             # being buffered: a session's receive buffer stays within max_frame_size.
             discard_above=server.config.limits.max_frame_size,
+            # A paused flood (relay._abuse) waits in this buffer, not in autotuned MiBs.
+            receive_buffer=server.config.limits.socket_receive_buffer,
             task_status=task_status,
         )
 

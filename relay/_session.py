@@ -436,7 +436,9 @@ class SignalingSession:
             if self._share.streak == 0 and not self._share.pauses:
                 self.send_error("rate_limited", "the relay is busy (messages_total)")
             pause = self._guard.overload_pause(self._share)
-            return trio.sleep(pause) if pause else None
+            if pause and not self.router.table.circuits_of(self.peer_id or ""):
+                return trio.sleep(pause)  # never a session carrying circuits: its data waits
+            return None
         self._strikes += 1
         if not self.registered or self._strikes >= RATE_LIMIT_STRIKES:
             self._guard.penalize(self.remote_ip, now)
