@@ -11,7 +11,8 @@ Run: python benchmarks/_abusers.py JSON-COMMAND
   the close) arrives, drops the connection and starts again.
 
 Abuser ``i`` connects from 127.0.X.Y, the ``i % addresses``-th address from
-``first_address`` on (all of 127.0.0.0/8 is loopback on Linux). Frames are premasked
+``first_address`` on (all of 127.0.0.0/8 is loopback on Linux), with a 64 KiB send
+buffer (see ``open_from``). Frames are premasked
 with the all-zero key (the relay cannot tell). Prints one JSON line of counts at the end.
 """
 
@@ -22,6 +23,7 @@ import base64
 import ipaddress
 import json
 import os
+import socket
 import struct
 import sys
 import time
@@ -37,6 +39,7 @@ from darkswap_trio.proto import signaling as sig  # noqa: E402
 
 HOST = "127.0.0.1"
 PING_BATCH = 64  # Ping frames per write
+SEND_BUFFER = 64 * 1024  # SO_SNDBUF of every abuser socket
 
 
 def masked_text_frame(text: str) -> bytes:
@@ -90,7 +93,20 @@ class Counts:
 
 
 async def open_from(address: str, port: int):
-    return await asyncio.open_connection(HOST, port, local_addr=(address, 0))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # Real attackers' send queues are in their own kernels: capped here, the relay
+    # host's TCP memory is not filled by ours (autotuned, 500 flooders the relay does
+    # not read held over 1 GB, and the kernel's TCP memory pressure then dropped the
+    # honest peers' packets too).
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+    sock.setblocking(False)
+    try:
+        sock.bind((address, 0))
+        await asyncio.get_running_loop().sock_connect(sock, (HOST, port))
+    except BaseException:
+        sock.close()
+        raise
+    return await asyncio.open_connection(sock=sock)
 
 
 async def flooder(address: str, port: int, deadline: float, counts: Counts) -> None:

@@ -67,6 +67,10 @@ class LimitsConfig:
     handshakes_total_rate: float = 200.0
     handshakes_total_burst: int = 400
     abuse_penalty: float = 30.0
+    # Event-loop lag above which the relay-wide budgets shrink (relay._abuse); 0 = fixed.
+    overload_lag: float = 0.05
+    # SO_RCVBUF of accepted sockets (bytes; 0 = kernel autotuning, up to tcp_rmem's max).
+    socket_receive_buffer: int = 256 * 1024
     bytes_per_peer_rate: float = 64.0 * 1024 * 1024  # all inbound bytes of one session, per second
     bytes_per_peer_burst: int = 16 * 1024 * 1024
     # Circuits

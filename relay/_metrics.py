@@ -50,7 +50,21 @@ _PREFIX = "darkswap_relay_"
 # The classic text format, understood by every scraper; OpenMetrics when asked (Accept).
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Seconds: registration takes milliseconds; a circuit lives from seconds to the hour cap.
-REGISTRATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+REGISTRATION_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
 CIRCUIT_BUCKETS = (0.1, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0)
 
 
@@ -126,6 +140,11 @@ class RelayMetrics:
         )
         self.buffered_bytes = gauge(
             "buffered_bytes", "Bytes queued inside the relay (circuit and send buffers)."
+        )
+        self.load_factor = gauge(
+            "load_factor",
+            "Fraction of the relay-wide message and registration budgets in force "
+            "(below 1 while the event loop lags: relay overloaded).",
         )
         # Abuse control
         self.limit_hits = counter(

@@ -261,6 +261,10 @@ class RelayRouter:
     def has_circuit(self, relay_id: bytes, peer_id: str) -> bool:
         return relay_id in self._table.circuits_of(peer_id)
 
+    def carries_circuits(self, peer_id: str) -> bool:
+        """Whether ``peer_id`` is an end of any open circuit."""
+        return bool(self._table.circuits_of(peer_id))
+
     def circuit_ends(self, relay_id: bytes) -> tuple[str, str] | None:
         """(requester, target) of an open circuit, or None."""
         return self._table.ends(relay_id)

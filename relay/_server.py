@@ -5,6 +5,7 @@ serve_relay(config)                 root nursery; started(RelayServer)
  ├─ WebSocket listener              per-IP / rate / capacity checks before accepting
  │   └─ session nursery            one SignalingSession per connection (reader + writer)
  ├─ circuit nursery                 RelayRouter.run_circuit_timer (duration / stall deadlines)
+ ├─ load watcher                    event-loop lag -> relay-wide budgets (relay._abuse)
  ├─ STUN UDP service                (stun_port is not None)
  └─ HTTP /metrics, /healthz         (metrics_port is not None; on metrics_host, loopback
                                      by default)
@@ -216,6 +217,8 @@ async def serve_relay(
     # Per-IP and total caps apply from TCP accept (admission.admit/release, in the listener).
     admission = ConnectionAdmission(lim, metrics, router.abuse)
     server.admission = admission
+    router.abuse.active_sessions = lambda: len(router.registered)
+    metrics.load_factor.set_function(lambda: router.abuse.load)
 
     async def handle_request(request: WebSocketRequest) -> None:
         ticket = admission.take_ticket(tuple(request.remote_address))
@@ -258,6 +261,8 @@ async def serve_relay(
         async with trio.open_nursery() as root:
             server._root = root.cancel_scope
             await root.start(_run_circuit_nursery, router)
+            if lim.overload_lag > 0:
+                root.start_soon(_watch_load, router.abuse)
             session_nursery = await root.start(_run_session_nursery)
             listeners = await _bind_named(
                 "signaling",
@@ -382,6 +387,17 @@ async def _run_circuit_nursery(
         task_status.started()
 
 
+LOAD_SAMPLE_INTERVAL = 0.05
+
+
+async def _watch_load(guard: Any) -> None:
+    """Tell the abuse guard how late the event loop runs (a timer's lateness)."""
+    while True:
+        start = trio.current_time()
+        await trio.sleep(LOAD_SAMPLE_INTERVAL)
+        guard.observe_lag(trio.current_time() - start - LOAD_SAMPLE_INTERVAL)
+
+
 async def _run_session_nursery(
     *, task_status: trio.TaskStatus[trio.Nursery] = trio.TASK_STATUS_IGNORED
 ) -> None:
@@ -416,6 +432,8 @@ async def _run_listener(
             # Frames above max_frame_size are answered frame_too_large without ever
             # being buffered: a session's receive buffer stays within max_frame_size.
             discard_above=server.config.limits.max_frame_size,
+            # A paused flood (relay._abuse) waits in this buffer, not in autotuned MiBs.
+            receive_buffer=server.config.limits.socket_receive_buffer,
             task_status=task_status,
         )
 

@@ -88,8 +88,8 @@ class SignalingSession:
     __slots__ = (
         "router", "ws", "remote_ip", "peer_id", "registered", "has_libp2p_id", "_jwt",
         "_limits", "_mode", "_handshake_deadline", "_last_activity", "_activity", "_token_deadline", "_handshake",
-        "_messages", "_bytes", "_strikes", "_handshake_frames", "_guard", "_writer", "_credit_wakeup",
-        "_read_scope", "_stopped",
+        "_messages", "_bytes", "_strikes", "_handshake_frames", "_guard", "_share", "_writer",
+        "_credit_wakeup", "_read_scope", "_stopped",
     )  # fmt: skip
 
     def __init__(
@@ -128,6 +128,7 @@ class SignalingSession:
         self._strikes = 0  # consecutive frames shed by a message budget
         self._handshake_frames = 0  # text frames received before registration
         self._guard = router.abuse
+        self._share = self._guard.new_share()  # its fair share when the relay is overloaded
         self._writer = SessionWriter(
             ws,
             router.buffered,
@@ -322,6 +323,7 @@ class SignalingSession:
             await blocking
 
     def _handle_frame(self, frame: str | bytes, now: float) -> Coroutine[Any, Any, None] | None:
+        self._share.streak = 0  # a frame passed: not a pure flood (see _shed)
         if type(frame) is str:
             return self._handle_text(frame, now)
         return route_binary(self.router, self, frame, now)  # type: ignore[arg-type]
@@ -350,12 +352,23 @@ class SignalingSession:
                 return "handshake_frames"
         if not self._messages.try_take(1, now):
             return "messages_per_peer"
-        return self._guard.message_allowed(self.remote_ip, now) if self.registered else None
+        if not self.registered:
+            return None
+        return self._guard.message_allowed(self.remote_ip, now, self._share)
 
-    def _shed(self, limit: str, now: float) -> None:
+    def _shed(self, limit: str, now: float) -> Coroutine[Any, Any, None] | None:
         """Drop a frame undecoded; the first of a streak is answered, a long one closes."""
         self._guard.frames_shed += 1
         self.router.metrics.limit_hit(limit)
+        if limit == "messages_total" and self.registered:
+            # The relay is overloaded, the peer not abusive: no strike; a pure text flood
+            # is not read for a while (TCP holds it, at no CPU cost).
+            if self._share.streak == 0 and not self._share.pauses:
+                self.send_error("rate_limited", "the relay is busy (messages_total)")
+            pause = self._guard.overload_pause(self._share)
+            if pause and not self.router.carries_circuits(self.peer_id or ""):
+                return trio.sleep(pause)  # never a session carrying circuits: its data waits
+            return None
         self._strikes += 1
         if not self.registered or self._strikes >= RATE_LIMIT_STRIKES:
             self._guard.penalize(self.remote_ip, now)

@@ -329,6 +329,7 @@ async def serve_websocket(
     admit: Callable[[trio.abc.Stream, tuple[str, int]], Awaitable[object]] | None = None,
     release: Callable[[object], object] | None = None,
     discard_above: int | None = None,
+    receive_buffer: int = 0,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Listen on ``host``:``port`` and await ``handler(request)`` for every connection.
@@ -348,11 +349,20 @@ async def serve_websocket(
     ``max_message_size``) is skipped unread and returned by ``receive()`` as a
     :class:`~darkswap_trio.proto.websocket._connection.MessageDiscarded`, so one connection never
     buffers more than about ``discard_above`` bytes of a message.
+
+    ``receive_buffer``: if not 0, the kernel receive buffer (SO_RCVBUF) of every accepted
+    socket, inherited from the listeners (no autotuning): what a peer that is not being
+    read can make the kernel hold for it.
     """
     if host == "::":
         listeners = [await _dual_stack_listener(port)]
     else:
         listeners = await trio.open_tcp_listeners(port, host=host)
+    if receive_buffer:
+        for listener in listeners:
+            listener.socket.setsockopt(
+                trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, receive_buffer
+            )
 
     # A partial, not a wrapper coroutine: one frame less held by every idle connection.
     serve_stream: Callable[[trio.abc.Stream], Awaitable[None]] = partial(
