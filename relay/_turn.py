@@ -1,0 +1,370 @@
+"""The relay's TURN service (RFC 8656): the trio driver of :class:`darkswap_trio.proto.turn.TurnServer`.
+
+STUN and TURN share the STUN port, as coturn does: on UDP and on TCP (same port
+number), Binding requests go to the STUN binding service (its rate limits and
+reflection rules), everything else (TURN requests, Send indications, ChannelData) to
+the TURN core. Each allocation has its own UDP socket bound on ``relay_ip``.
+
+```
+serve_turn                          one nursery, owns everything below
+ ├─ UDP reader (client port)        STUN Binding -> relay._stun; the rest -> core
+ ├─ TCP listener (same port)        one task per connection: deframer -> core,
+ │                                  plus a writer draining a bounded queue
+ ├─ timer task                      core.handle_timeout at core.poll_timeout()
+ └─ one reader per allocation       relayed socket -> core.receive_from_peer
+```
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import math
+import socket
+import struct
+import time
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import trio
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from darkswap_trio.proto.errors import TurnParseError
+from darkswap_trio.proto.turn import (
+    AllocationClosed,
+    AllocationRequested,
+    ClientKey,
+    LimitHit,
+    StreamDeframer,
+    ToClient,
+    ToPeer,
+    TurnServer,
+    TurnServerSettings,
+)
+
+from ._limits import KeyedRateLimiter, TokenBucket
+from ._metrics import RelayMetrics
+from ._stun import _open_socket, answer_binding
+
+__all__ = ["TurnService", "serve_turn"]
+
+logger = logging.getLogger("relay.turn")
+
+MAX_DATAGRAM = 65536
+TCP_QUEUE = 256  # messages queued per TCP client before further ones are dropped
+TCP_ALLOCATE_TIMEOUT = 30.0  # a TCP connection without an allocation after this is closed
+_BINDING = 0x0001
+
+
+def _is_binding(data: bytes) -> bool:
+    """STUN (first byte 0-3) with method Binding, or too short to be anything else."""
+    if len(data) < 2:
+        return True
+    if data[0] > 3:
+        return False
+    return struct.unpack_from("!H", data)[0] & 0x3EEF == _BINDING
+
+
+@dataclass
+class _Relayed:
+    sock: Any
+    scope: trio.CancelScope
+
+
+class TurnService:
+    """A running TURN service: the core, its sockets and its queues."""
+
+    def __init__(
+        self,
+        core: TurnServer,
+        metrics: RelayMetrics,
+        udp: Any,
+        nursery: trio.Nursery,
+        stun_limits: tuple[KeyedRateLimiter | None, TokenBucket | None],
+        max_tcp_connections: int,
+    ) -> None:
+        self.core = core
+        self.port: int = udp.getsockname()[1]
+        self._metrics = metrics
+        self._udp = udp
+        self._nursery = nursery
+        self._stun_limits = stun_limits
+        self._max_tcp = max_tcp_connections
+        self._relayed: dict[int, _Relayed] = {}
+        self._tcp_out: dict[ClientKey, trio.MemorySendChannel[bytes]] = {}
+        self._wake = trio.Event()
+        self._sleeping_until = math.inf
+        self.tcp_dropped = 0
+
+    # -- core output --------------------------------------------------------------
+
+    async def flush(self) -> None:
+        """Act on the core's events, then send its transmits (called after every input)."""
+        core = self.core
+        while (event := core.poll_event()) is not None:
+            self._handle_event(event)
+        while (transmit := core.poll_transmit()) is not None:
+            if isinstance(transmit, ToPeer):
+                relayed = self._relayed.get(transmit.allocation_id)
+                if relayed is not None:
+                    await self._sendto(relayed.sock, transmit.data, transmit.peer)
+            elif transmit.client[0] == "udp":
+                await self._sendto(self._udp, transmit.data, transmit.client[1])
+            else:
+                self._queue_tcp(transmit)
+        deadline = core.poll_timeout()
+        if deadline is not None and deadline < self._sleeping_until:
+            self._wake.set()
+
+    async def _sendto(self, sock: Any, data: bytes, addr: tuple[str, int]) -> None:
+        try:
+            await sock.sendto(data, addr)
+        except OSError:  # unreachable, too big, ICMP errors: the datagram is lost
+            self.core.counters["drop_socket_error"] += 1
+
+    def _queue_tcp(self, transmit: ToClient) -> None:
+        channel = self._tcp_out.get(transmit.client)
+        if channel is None:
+            return
+        try:
+            channel.send_nowait(transmit.data)
+        except trio.WouldBlock:  # a slow TCP client loses data, never stalls the relay
+            self.core.counters["drop_tcp_backpressure"] += 1
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
+
+    def _handle_event(self, event: Any) -> None:
+        now = trio.current_time()
+        if isinstance(event, AllocationRequested):
+            try:
+                sock = self._bind_relayed()
+            except OSError:
+                logger.warning("cannot bind a relayed socket", exc_info=True)
+                self.core.allocation_failed(event.allocation_id, now)
+                return
+            if not self.core.allocation_bound(event.allocation_id, sock.getsockname()[:2], now):
+                sock.close()
+                return
+            relayed = _Relayed(sock, trio.CancelScope())
+            self._relayed[event.allocation_id] = relayed
+            self._nursery.start_soon(self._peer_reader, event.allocation_id, relayed)
+        elif isinstance(event, AllocationClosed):
+            relayed = self._relayed.pop(event.allocation_id, None)
+            if relayed is not None:
+                relayed.scope.cancel()
+        elif isinstance(event, LimitHit):
+            self._metrics.limit_hit("turn_" + event.limit)
+
+    def _bind_relayed(self) -> Any:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.bind((self.core.settings.relay_ip, 0))
+        except OSError:
+            sock.close()
+            raise
+        return trio.socket.from_stdlib_socket(sock)
+
+    # -- tasks ----------------------------------------------------------------------
+
+    async def run_timers(self) -> None:
+        while True:
+            deadline = self.core.poll_timeout()
+            self._sleeping_until = math.inf if deadline is None else deadline
+            with trio.move_on_at(self._sleeping_until):
+                await self._wake.wait()
+            self._wake = trio.Event()
+            self._sleeping_until = math.inf
+            self.core.handle_timeout(trio.current_time())
+            await self.flush()
+
+    async def run_udp(self) -> None:
+        sock = self._udp
+        while True:
+            try:
+                data, source = await sock.recvfrom(MAX_DATAGRAM)
+            except OSError as exc:
+                if exc.errno == errno.EBADF:
+                    raise
+                continue
+            source = (source[0], source[1])
+            now = trio.current_time()
+            if _is_binding(data):
+                reply = answer_binding(data, source, self._metrics, *self._stun_limits, now)
+                if reply is not None:
+                    await self._sendto(sock, reply, source)
+                continue
+            self.core.receive(("udp", source), data, now)
+            await self.flush()
+
+    async def _peer_reader(self, allocation_id: int, relayed: _Relayed) -> None:
+        with relayed.sock, relayed.scope:
+            while True:
+                try:
+                    data, source = await relayed.sock.recvfrom(MAX_DATAGRAM)
+                except OSError as exc:
+                    if exc.errno == errno.EBADF:
+                        return
+                    continue
+                self.core.receive_from_peer(
+                    allocation_id, (source[0], source[1]), data, trio.current_time()
+                )
+                await self.flush()
+
+    async def handle_tcp(self, stream: trio.SocketStream) -> None:
+        """One TCP client: STUN/ChannelData framing (RFC 8656 section 12.5) both ways."""
+        async with stream:
+            peer = stream.socket.getpeername()
+            client: ClientKey = ("tcp", (peer[0], peer[1]))
+            if len(self._tcp_out) >= self._max_tcp:
+                self._metrics.limit_hit("turn_tcp_connections")
+                return
+            send, receive = trio.open_memory_channel[bytes](TCP_QUEUE)
+            self._tcp_out[client] = send
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._tcp_writer, stream, receive)
+                    await self._tcp_reader(stream, client)
+                    nursery.cancel_scope.cancel()
+            finally:
+                del self._tcp_out[client]
+                send.close()
+                self.core.client_closed(client, trio.current_time())
+                with trio.CancelScope(shield=True):
+                    await self.flush()
+
+    async def _tcp_reader(self, stream: trio.SocketStream, client: ClientKey) -> None:
+        deframer = StreamDeframer()
+        deadline = trio.current_time() + TCP_ALLOCATE_TIMEOUT
+        while True:
+            if self.core.has_allocation(client):
+                deadline = math.inf
+            with trio.move_on_at(deadline) as scope:
+                try:
+                    data = await stream.receive_some(MAX_DATAGRAM)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return
+            if scope.cancelled_caught or not data:
+                return
+            try:
+                messages = deframer.feed(data)
+            except TurnParseError:
+                self.core.counters["drop_bad_tcp_framing"] += 1
+                return
+            for message in messages:
+                now = trio.current_time()
+                if _is_binding(message):
+                    reply = answer_binding(
+                        message, client[1], self._metrics, *self._stun_limits, now
+                    )
+                    if reply is not None:
+                        self._queue_tcp(ToClient(client, reply))
+                    continue
+                self.core.receive(client, message, now)
+                await self.flush()
+
+    async def _tcp_writer(
+        self, stream: trio.SocketStream, receive: trio.MemoryReceiveChannel[bytes]
+    ) -> None:
+        async with receive:
+            async for data in receive:
+                try:
+                    await stream.send_all(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return
+
+
+class _TurnCollector(Collector):
+    """TURN figures read from the core's counters when /metrics is scraped."""
+
+    def __init__(self, core: TurnServer) -> None:
+        self._core = core
+
+    def collect(self) -> Any:
+        prefix = "darkswap_relay_turn_"
+        counters = self._core.counters
+        stats = self._core.statistics()
+        yield GaugeMetricFamily(
+            prefix + "allocations_active", "TURN allocations.", stats.allocations
+        )
+        yield GaugeMetricFamily(
+            prefix + "permissions_active", "TURN permissions.", stats.permissions
+        )
+        yield GaugeMetricFamily(
+            prefix + "channels_active", "TURN channel bindings.", stats.channels
+        )
+        yield CounterMetricFamily(
+            prefix + "allocations", "TURN allocations created.", counters["allocations_created"]
+        )
+        relayed = CounterMetricFamily(
+            prefix + "relayed_bytes", "Payload bytes relayed by TURN.", labels=("direction",)
+        )
+        relayed.add_metric(("to_peer",), counters["bytes_to_peer"])
+        relayed.add_metric(("to_client",), counters["bytes_to_client"])
+        yield relayed
+        responses = CounterMetricFamily(
+            prefix + "responses",
+            "TURN responses sent, by code (ok or an error code).",
+            labels=("code",),
+        )
+        dropped = CounterMetricFamily(
+            prefix + "dropped",
+            "TURN messages and datagrams dropped, by reason.",
+            labels=("reason",),
+        )
+        for name, value in sorted(counters.items()):
+            if name.startswith("response_"):
+                responses.add_metric((name[len("response_") :],), value)
+            elif name.startswith("drop_"):
+                dropped.add_metric((name[len("drop_") :],), value)
+        yield responses
+        yield dropped
+
+
+async def serve_turn(
+    host: str,
+    port: int,
+    settings: TurnServerSettings,
+    metrics: RelayMetrics,
+    *,
+    rate_limiter: KeyedRateLimiter | None = None,
+    total_limiter: TokenBucket | None = None,
+    max_tcp_connections: int = 1000,
+    task_status: trio.TaskStatus[TurnService] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve STUN Binding and TURN on UDP and TCP ``host:port`` until cancelled.
+
+    Calls ``task_status.started(service)``; ``service.port`` is the bound port (the
+    same number on UDP and TCP; ``port=0`` picks a free UDP port, then TCP takes it).
+    ``rate_limiter`` / ``total_limiter`` apply to Binding requests as in ``serve_stun``.
+    """
+    udp = await _open_socket(host, port)
+    with udp:
+        bound = udp.getsockname()[1]
+        listeners = await trio.open_tcp_listeners(bound, host=host or None)
+        core = TurnServer(settings, unix_offset=time.time() - trio.current_time())
+        collector = _TurnCollector(core)
+        metrics.registry.register(collector)
+        try:
+            async with trio.open_nursery() as nursery:
+                service = TurnService(
+                    core, metrics, udp, nursery, (rate_limiter, total_limiter), max_tcp_connections
+                )
+                nursery.start_soon(service.run_udp)
+                nursery.start_soon(service.run_timers)
+                await nursery.start(
+                    partial(
+                        trio.serve_listeners,
+                        service.handle_tcp,
+                        listeners,
+                        handler_nursery=nursery,
+                    )
+                )
+                logger.info(
+                    "STUN/TURN listening (UDP and TCP)",
+                    extra={"host": host, "port": bound, "realm": settings.realm},
+                )
+                task_status.started(service)
+        finally:
+            metrics.registry.unregister(collector)
