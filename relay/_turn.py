@@ -44,11 +44,12 @@ from darkswap_trio.proto.turn import (
     TurnServerSettings,
 )
 
+from ._config import ConfigError, RelayConfig
 from ._limits import KeyedRateLimiter, TokenBucket
 from ._metrics import RelayMetrics
 from ._stun import _open_socket, answer_binding
 
-__all__ = ["TurnService", "serve_turn"]
+__all__ = ["TurnService", "read_turn_secret", "serve_turn", "turn_settings"]
 
 logger = logging.getLogger("relay.turn")
 
@@ -56,6 +57,41 @@ MAX_DATAGRAM = 65536
 TCP_QUEUE = 256  # messages queued per TCP client before further ones are dropped
 TCP_ALLOCATE_TIMEOUT = 30.0  # a TCP connection without an allocation after this is closed
 _BINDING = 0x0001
+
+
+def read_turn_secret(path: str) -> bytes:
+    """The shared secret from ``path`` (surrounding whitespace stripped); raises ConfigError."""
+    try:
+        secret = open(path, "rb").read().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read turn.secret_file {path!r}: {exc}") from exc
+    if len(secret) < 16:
+        raise ConfigError(f"turn.secret_file {path!r} holds fewer than 16 bytes")
+    return secret
+
+
+def turn_settings(config: RelayConfig) -> TurnServerSettings:
+    """The core's settings from the relay configuration (reads the secret file)."""
+    turn = config.turn
+    assert turn.secret_file is not None
+    relay_ip = turn.relay_ip(config.host)
+    own = tuple(a for a in {config.host, relay_ip} if a not in ("", "0.0.0.0", "::"))
+    return TurnServerSettings(
+        realm=turn.realm,
+        secret=read_turn_secret(turn.secret_file),
+        relay_ip=relay_ip,
+        own_addresses=own,
+        allow_loopback_peers=turn.allow_loopback_peers,
+        default_lifetime=turn.default_lifetime,
+        max_lifetime=turn.max_lifetime,
+        max_allocations=turn.max_allocations,
+        max_allocations_per_user=turn.max_allocations_per_user,
+        max_allocations_per_ip=turn.max_allocations_per_ip,
+        max_permissions_per_allocation=turn.max_permissions_per_allocation,
+        max_channels_per_allocation=turn.max_channels_per_allocation,
+        bandwidth_per_allocation=turn.bandwidth_per_allocation,
+        bandwidth_burst=turn.bandwidth_burst,
+    )
 
 
 def _is_binding(data: bytes) -> bool:

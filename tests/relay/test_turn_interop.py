@@ -5,7 +5,6 @@ from functools import partial
 
 import pytest
 import trio
-
 from turn_helpers import aioice_exchange, credentials, echo_peer, running_turn
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -19,7 +18,9 @@ async def test_aioice_client_relays_through_our_server(transport: str) -> None:
             username, password = credentials()
             payloads = [b"hello", b"x" * 1200, b"last"]
             relayed, got = await trio.to_thread.run_sync(
-                partial(aioice_exchange, service.port, peer, username, password, transport, payloads)
+                partial(
+                    aioice_exchange, service.port, peer, username, password, transport, payloads
+                )
             )
             assert relayed[0] == "127.0.0.1" and relayed[1] != service.port
             assert got == [b"echo:" + p for p in payloads]

@@ -18,7 +18,7 @@ from .events import LimitHit as LimitHit
 from .events import ToClient as ToClient
 from .events import ToPeer as ToPeer
 from .events import TurnServerSettings as TurnServerSettings
+from .events import TurnStatistics as TurnStatistics
 from .policy import PeerPolicy as PeerPolicy
 from .policy import canonical_peer_ip as canonical_peer_ip
 from .server import TurnServer as TurnServer
-from .server import TurnStatistics as TurnStatistics

@@ -75,6 +75,21 @@ class Attr:
     FINGERPRINT = 0x8028
 
 
+REASONS = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    420: "Unknown Attribute",
+    437: "Allocation Mismatch",
+    438: "Stale Nonce",
+    440: "Address Family not Supported",
+    441: "Wrong Credentials",
+    442: "Unsupported Transport Protocol",
+    443: "Peer Address Family Mismatch",
+    486: "Allocation Quota Reached",
+    508: "Insufficient Capacity",
+}
+
 # Comprehension-required attributes this server understands; any other type below
 # 0x8000 in a request is refused with 420 (RFC 8489 section 7.3.1). EVEN-PORT,
 # RESERVATION-TOKEN, DONT-FRAGMENT, MESSAGE-INTEGRITY-SHA256, PASSWORD-ALGORITHM and

@@ -12,6 +12,7 @@ __all__ = [
     "ToClient",
     "ToPeer",
     "TurnServerSettings",
+    "TurnStatistics",
 ]
 
 # ("udp" | "tcp", client address as the server socket sees it). A TCP client's
@@ -82,3 +83,10 @@ class LimitHit:
 
     limit: str  # allocations_total, allocations_per_user, allocations_per_ip,
     # permissions_per_allocation, channels_per_allocation, bandwidth, lifetime
+
+
+@dataclass(frozen=True)
+class TurnStatistics:
+    allocations: int
+    permissions: int
+    channels: int

@@ -20,7 +20,6 @@ import math
 import os
 import struct
 from collections import Counter, deque
-from dataclasses import dataclass
 
 from ..errors import TurnParseError
 from .allocation import Allocation, BandwidthBucket, ChannelRefusal
@@ -32,6 +31,7 @@ from .codec import (
     DATA,
     ERROR,
     INDICATION,
+    REASONS,
     REFRESH,
     REQUEST,
     SEND,
@@ -57,34 +57,14 @@ from .events import (
     ToClient,
     ToPeer,
     TurnServerSettings,
+    TurnStatistics,
 )
 from .policy import PeerPolicy, canonical_peer_ip
 
 __all__ = ["TurnServer", "TurnStatistics"]
 
 _UDP = 17
-_REASONS = {
-    400: "Bad Request",
-    401: "Unauthorized",
-    403: "Forbidden",
-    420: "Unknown Attribute",
-    437: "Allocation Mismatch",
-    438: "Stale Nonce",
-    440: "Address Family not Supported",
-    441: "Wrong Credentials",
-    442: "Unsupported Transport Protocol",
-    443: "Peer Address Family Mismatch",
-    486: "Allocation Quota Reached",
-    508: "Insufficient Capacity",
-}
 _Event = AllocationRequested | AllocationClosed | LimitHit
-
-
-@dataclass(frozen=True)
-class TurnStatistics:
-    allocations: int
-    permissions: int
-    channels: int
 
 
 class _Responded(Exception):
@@ -222,7 +202,7 @@ class TurnServer:
             ALLOCATE,
             ERROR,
             allocation.allocate_transaction,
-            error_attrs(508, _REASONS[508]),
+            error_attrs(508, REASONS[508]),
             integrity_key=allocation.key,
         )
         self._count_response(508)
@@ -554,7 +534,7 @@ class TurnServer:
     ) -> None:
         """Answer ``code`` (signed with ``key`` once the request was authenticated) and
         stop processing the request."""
-        attrs = error_attrs(code, reason or _REASONS[code]) + (extra or [])
+        attrs = error_attrs(code, reason or REASONS[code]) + (extra or [])
         data = encode_message(
             message.method, ERROR, message.transaction_id, attrs, integrity_key=key
         )
