@@ -55,7 +55,8 @@ logger = logging.getLogger("relay.turn")
 
 MAX_DATAGRAM = 65536
 TCP_QUEUE = 256  # messages queued per TCP client before further ones are dropped
-TCP_ALLOCATE_TIMEOUT = 30.0  # a TCP connection without an allocation after this is closed
+TCP_ALLOCATE_TIMEOUT = 30.0
+EVEN_PORT_TRIES = 32  # a TCP connection without an allocation after this is closed
 _BINDING = 0x0001
 
 
@@ -91,6 +92,7 @@ def turn_settings(config: RelayConfig) -> TurnServerSettings:
         max_channels_per_allocation=turn.max_channels_per_allocation,
         bandwidth_per_allocation=turn.bandwidth_per_allocation,
         bandwidth_burst=turn.bandwidth_burst,
+        rfc5766_channels=turn.rfc5766_channels,
     )
 
 
@@ -175,7 +177,7 @@ class TurnService:
         now = trio.current_time()
         if isinstance(event, AllocationRequested):
             try:
-                sock = self._bind_relayed()
+                sock = self._bind_relayed(event.even_port)
             except OSError:
                 logger.warning("cannot bind a relayed socket", exc_info=True)
                 self.core.allocation_failed(event.allocation_id, now)
@@ -193,14 +195,19 @@ class TurnService:
         elif isinstance(event, LimitHit):
             self._metrics.limit_hit("turn_" + event.limit)
 
-    def _bind_relayed(self) -> Any:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        try:
-            sock.bind((self.core.settings.relay_ip, 0))
-        except OSError:
+    def _bind_relayed(self, even_port: bool) -> Any:
+        """A UDP socket on relay_ip, an ephemeral port (even when asked: a few tries)."""
+        for _ in range(EVEN_PORT_TRIES if even_port else 1):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                sock.bind((self.core.settings.relay_ip, 0))
+            except OSError:
+                sock.close()
+                raise
+            if not even_port or sock.getsockname()[1] % 2 == 0:
+                return trio.socket.from_stdlib_socket(sock)
             sock.close()
-            raise
-        return trio.socket.from_stdlib_socket(sock)
+        raise OSError("no even port found")
 
     # -- tasks ----------------------------------------------------------------------
 
@@ -271,7 +278,7 @@ class TurnService:
                     await self.flush()
 
     async def _tcp_reader(self, stream: trio.SocketStream, client: ClientKey) -> None:
-        deframer = StreamDeframer()
+        deframer = StreamDeframer(0x7FFF if self.core.settings.rfc5766_channels else 0x4FFF)
         deadline = trio.current_time() + TCP_ALLOCATE_TIMEOUT
         while True:
             if self.core.has_allocation(client):

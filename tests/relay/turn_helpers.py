@@ -25,6 +25,7 @@ def settings(**overrides: Any) -> TurnServerSettings:
         "secret": SECRET,
         "relay_ip": "127.0.0.1",
         "allow_loopback_peers": True,
+        "rfc5766_channels": True,
     }
     values.update(overrides)
     return TurnServerSettings(**values)
@@ -94,12 +95,12 @@ def aioice_exchange(
     return asyncio.run(main())
 
 
-async def echo_peer(task_status=trio.TASK_STATUS_IGNORED) -> None:
-    """A plain UDP peer on 127.0.0.1 that echoes every datagram, prefixed ``echo:``."""
+async def echo_peer(prefix: bytes = b"echo:", *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """A plain UDP peer on 127.0.0.1 that echoes every datagram, prefixed ``prefix``."""
     sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
     with sock:
         await sock.bind(("127.0.0.1", 0))
         task_status.started(sock.getsockname())
         while True:
             data, source = await sock.recvfrom(65536)
-            await sock.sendto(b"echo:" + data, source)
+            await sock.sendto(prefix + data, source)

@@ -38,6 +38,11 @@ __all__ = [
 ]
 
 HEADER_LENGTH = 20
+# Channel numbers (RFC 8656 section 12); RFC 5766 allowed up to 0x7FFF, and some
+# clients (coturn's turnutils_uclient) still pick from that range.
+MIN_CHANNEL = 0x4000
+MAX_CHANNEL = 0x4FFF
+MAX_CHANNEL_RFC5766 = 0x7FFF
 
 # Methods (RFC 8656 section 17) and classes.
 BINDING = 0x001
@@ -68,6 +73,7 @@ class Attr:
     NONCE = 0x0015
     XOR_RELAYED_ADDRESS = 0x0016
     REQUESTED_ADDRESS_FAMILY = 0x0017
+    EVEN_PORT = 0x0018
     REQUESTED_TRANSPORT = 0x0019
     DONT_FRAGMENT = 0x001A
     XOR_MAPPED_ADDRESS = 0x0020
@@ -91,7 +97,8 @@ REASONS = {
 }
 
 # Comprehension-required attributes this server understands; any other type below
-# 0x8000 in a request is refused with 420 (RFC 8489 section 7.3.1). EVEN-PORT,
+# 0x8000 in a request is refused with 420 (RFC 8489 section 7.3.1). EVEN-PORT is
+# understood (an even port is bound; a reservation, R bit set, is refused with 508).
 # RESERVATION-TOKEN, DONT-FRAGMENT, MESSAGE-INTEGRITY-SHA256, PASSWORD-ALGORITHM and
 # USERHASH are deliberately absent: we do not implement them, and the RFCs say to
 # answer 420 rather than ignore them.
@@ -109,6 +116,7 @@ KNOWN_REQUIRED = frozenset(
         Attr.NONCE,
         Attr.XOR_RELAYED_ADDRESS,
         Attr.REQUESTED_ADDRESS_FAMILY,
+        Attr.EVEN_PORT,
         Attr.REQUESTED_TRANSPORT,
         Attr.XOR_MAPPED_ADDRESS,
         0x0024,  # PRIORITY (ICE), harmless
@@ -283,7 +291,9 @@ def is_channel_data(data: bytes) -> bool:
     return len(data) >= 1 and 0x40 <= data[0] <= 0x7F
 
 
-def parse_channel_data_untrusted(data: bytes, *, stream: bool = False) -> tuple[int, bytes]:
+def parse_channel_data_untrusted(
+    data: bytes, *, stream: bool = False, max_channel: int = MAX_CHANNEL
+) -> tuple[int, bytes]:
     """``(channel_number, payload)`` of a ChannelData message (RFC 8656 section 12.4).
 
     Over UDP the datagram may carry padding after the payload; over TCP
@@ -296,7 +306,7 @@ def parse_channel_data_untrusted(data: bytes, *, stream: bool = False) -> tuple[
     if len(data) < 4:
         raise TurnParseError("ChannelData too short")
     channel, length = struct.unpack_from("!HH", data)
-    if not 0x4000 <= channel <= 0x4FFF:
+    if not MIN_CHANNEL <= channel <= max_channel:
         raise TurnParseError(f"ChannelData channel number 0x{channel:04x} out of range")
     if len(data) < 4 + length or (stream and len(data) != 4 + length + (-length % 4)):
         raise TurnParseError("ChannelData length mismatch")
@@ -317,8 +327,9 @@ class StreamDeframer:
     (<= 65,559 bytes) is ever buffered beyond what the caller fed.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_channel: int = MAX_CHANNEL) -> None:
         self._buffer = bytearray()
+        self._max_first = max_channel >> 8
 
     def feed(self, data: bytes) -> list[bytes]:
         """Append ``data``; return the complete messages now available.
@@ -335,7 +346,7 @@ class StreamDeframer:
                 if length % 4:
                     raise TurnParseError("STUN length over TCP is not a multiple of 4")
                 total = HEADER_LENGTH + length
-            elif 0x40 <= first <= 0x4F:
+            elif 0x40 <= first <= self._max_first:
                 total = 4 + length + (-length % 4)
             else:
                 raise TurnParseError(f"byte 0x{first:02x} starts neither STUN nor ChannelData")

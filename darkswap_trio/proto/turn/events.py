@@ -40,6 +40,8 @@ class TurnServerSettings:
     bandwidth_per_allocation: float = 4 * 1024 * 1024  # bytes/s, both directions; 0 = unlimited
     bandwidth_burst: int = 1024 * 1024
     software: str | None = None
+    # Accept channel numbers 0x5000-0x7FFF too, as RFC 5766 did (older clients).
+    rfc5766_channels: bool = False
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,7 @@ class AllocationRequested:
 
     allocation_id: int
     client: ClientKey
+    even_port: bool = False  # EVEN-PORT (RFC 8656 section 14.6): the port must be even
 
 
 @dataclass(frozen=True)

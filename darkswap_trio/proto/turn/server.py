@@ -31,6 +31,9 @@ from .codec import (
     DATA,
     ERROR,
     INDICATION,
+    MAX_CHANNEL,
+    MAX_CHANNEL_RFC5766,
+    MIN_CHANNEL,
     REASONS,
     REFRESH,
     REQUEST,
@@ -90,6 +93,7 @@ class TurnServer:
             (*settings.own_addresses, settings.relay_ip),
             allow_loopback=settings.allow_loopback_peers,
         )
+        self._max_channel = MAX_CHANNEL_RFC5766 if settings.rfc5766_channels else MAX_CHANNEL
         self._allocations: dict[int, Allocation] = {}
         self._by_client: dict[ClientKey, Allocation] = {}
         self._per_user: Counter[str] = Counter()
@@ -216,7 +220,8 @@ class TurnServer:
         allocation = self._allocations.get(allocation_id)
         if allocation is None:
             return
-        peer = (str(canonical_peer_ip(peer[0])), peer[1])
+        if ":" in peer[0]:  # an IPv4 socket reports IPv4; be safe with other forms
+            peer = (str(canonical_peer_ip(peer[0])), peer[1])
         if not allocation.permitted(peer[0], now):
             self.counters["drop_no_permission"] += 1  # RFC 8656 section 11.5: silently
             return
@@ -341,6 +346,12 @@ class TurnServer:
                 self._error(client, message, 400, key)
             if family[0] != 1:
                 self._error(client, message, 440, key)
+        even = message.first(Attr.EVEN_PORT)
+        if even is not None:
+            if len(even) != 1:
+                self._error(client, message, 400, key)
+            if even[0] & 0x80:  # a reservation for the next port: not offered
+                self._error(client, message, 508, key)
         ip = _client_ip(client)
         if len(self._allocations) >= s.max_allocations:
             self._limit(client, message, key, 508, "allocations_total")
@@ -364,7 +375,9 @@ class TurnServer:
         self._per_user[username] += 1
         self._per_ip[ip] += 1
         self.counters["allocations_created"] += 1
-        self._events.append(AllocationRequested(allocation.allocation_id, client))
+        self._events.append(
+            AllocationRequested(allocation.allocation_id, client, even_port=even is not None)
+        )
 
     def _refresh(self, allocation: Allocation, message: TurnMessage, now: float) -> None:
         requested = message.uint32(Attr.LIFETIME)
@@ -404,7 +417,7 @@ class TurnServer:
             self._error(allocation.client, message, 400, allocation.key)
         assert raw is not None
         number = struct.unpack_from("!H", raw)[0]
-        if not 0x4000 <= number <= 0x4FFF:
+        if not MIN_CHANNEL <= number <= self._max_channel:
             self._error(allocation.client, message, 400, allocation.key)
         ip = self._check_peer(allocation, message, peers[0][0])
         peer = (ip, peers[0][1])
@@ -449,7 +462,9 @@ class TurnServer:
 
     def _channel_data(self, client: ClientKey, data: bytes, now: float) -> None:
         try:
-            number, payload = parse_channel_data_untrusted(data, stream=client[0] == "tcp")
+            number, payload = parse_channel_data_untrusted(
+                data, stream=client[0] == "tcp", max_channel=self._max_channel
+            )
         except TurnParseError:
             self.counters["drop_malformed"] += 1
             return
