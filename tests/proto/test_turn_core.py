@@ -331,3 +331,10 @@ def test_requests_must_use_the_allocation_username() -> None:
     other = Client(server, peer_id="mallory")
     other.key_tuple = client.key_tuple
     assert other.permit([GLOBAL_PEER], 1.0).error_code == 441
+
+
+def test_per_user_quota_counts_the_peer_id_whatever_the_expiry() -> None:
+    server = make_server(max_allocations_per_user=1)
+    assert Client(server, addr=("203.0.113.1", 1), ttl=100).allocate(0.0).error_code is None
+    again = Client(server, addr=("203.0.113.2", 1), ttl=200)  # same peer id, new username
+    assert again.allocate(0.0).error_code == 486

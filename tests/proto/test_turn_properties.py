@@ -143,6 +143,8 @@ class AllocationMachine(RuleBasedStateMachine):
         self.expires: dict[int, float] = {}  # client index -> allocation expiry
         self.ids: dict[int, int] = {}
         self.permissions: dict[int, dict[str, float]] = {}
+        # client index -> channel number -> (peer, binding expiry)
+        self.channels: dict[int, dict[int, tuple[tuple[str, int], float]]] = {}
 
     def _closed(self) -> None:
         for client in self.clients:
@@ -165,6 +167,7 @@ class AllocationMachine(RuleBasedStateMachine):
         self.expires[i] = self.now + granted
         self.ids[i] = self.server._by_client[self.clients[i].key_tuple].allocation_id
         self.permissions[i] = {}
+        self.channels[i] = {}
 
     @rule(i=st.integers(0, 1), lifetime=st.sampled_from([None, 0, 700]))
     def refresh(self, i: int, lifetime: int | None) -> None:
@@ -203,6 +206,49 @@ class AllocationMachine(RuleBasedStateMachine):
         out = drain(self.server)
         expected = i in self.expires and self.permissions[i].get(peer[0], -1) > self.now
         assert len(out) == (1 if expected else 0)
+
+    @rule(
+        i=st.integers(0, 1),
+        number=st.sampled_from([0x4000, 0x4001, 0x4002]),
+        peer=st.sampled_from(PEERS),
+    )
+    def bind(self, i: int, number: int, peer: tuple[str, int]) -> None:
+        response = self.clients[i].bind(number, peer, self.now)
+        if i not in self.expires:
+            assert response.error_code == 437
+            return
+        if peer[0] == "10.0.0.1":
+            assert response.error_code == 403
+            return
+        # A binding reserves its number and peer for each other until 5 min after expiry.
+        held = {n: (p, t) for n, (p, t) in self.channels[i].items() if t + 300 > self.now}
+        self.channels[i] = held
+        live_permissions = {ip for ip, t in self.permissions[i].items() if t > self.now}
+        taken = number in held and held[number][0] != peer
+        peer_taken = any(p == peer and n != number for n, (p, _) in held.items())
+        if taken or peer_taken:
+            assert response.error_code == 400
+        elif number not in held and len(held) >= 2:
+            assert response.error_code == 508
+        elif peer[0] not in live_permissions and len(live_permissions) >= 3:
+            assert response.error_code == 508
+        else:
+            assert response.message_class == stun.Class.RESPONSE, response
+            self.channels[i][number] = (peer, self.now + 600)
+            self.permissions[i][peer[0]] = self.now + 300
+
+    @rule(i=st.integers(0, 1), number=st.sampled_from([0x4000, 0x4001, 0x4002]))
+    def channel_data(self, i: int, number: int) -> None:
+        client = self.clients[i]
+        self.server.receive(client.key_tuple, encode_channel_data(number, b"cd"), self.now)
+        out = drain(self.server)
+        entry = self.channels.get(i, {}).get(number) if i in self.expires else None
+        expected = (
+            entry is not None
+            and entry[1] > self.now
+            and self.permissions[i].get(entry[0][0], -1) > self.now
+        )
+        assert [(t.peer, t.data) for t in out] == ([(entry[0], b"cd")] if expected else [])
 
     @rule(step=st.sampled_from([1.0, 100.0, 299.0, 301.0, 599.0, 601.0, 3000.0]))
     def advance(self, step: float) -> None:

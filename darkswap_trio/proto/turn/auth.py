@@ -16,8 +16,13 @@ import base64
 import hashlib
 import hmac
 import math
+from dataclasses import dataclass
+
+from .codec import Attr, TurnMessage, long_term_key
 
 __all__ = [
+    "AuthRefusal",
+    "LongTermAuth",
     "NonceIssuer",
     "rest_api_credentials",
     "rest_api_password",
@@ -78,3 +83,53 @@ class NonceIssuer:
         if not expiry or not hmac.compare_digest(mac, self._mac(expiry, client_ip)):
             return "invalid"
         return "ok" if int(expiry, 16) / 1000 > now else "stale"
+
+
+@dataclass(frozen=True)
+class AuthRefusal:
+    """Why a request is not authenticated: the error to answer (400, 401, 438) and
+    the counter to bump (None for a plain first challenge)."""
+
+    code: int
+    counter: str | None = None
+
+
+class LongTermAuth:
+    """The long-term credential check of RFC 8489 section 9.2.4 with REST API passwords."""
+
+    def __init__(self, realm: str, secret: bytes, nonces: NonceIssuer) -> None:
+        self.realm = realm
+        self._secret = secret
+        self._nonces = nonces
+
+    def challenge(self, client_ip: str, now: float) -> list[tuple[int, bytes]]:
+        """REALM and a fresh NONCE, for a 401 or 438 answer."""
+        nonce = self._nonces.issue(client_ip, now)
+        return [(Attr.REALM, self.realm.encode()), (Attr.NONCE, nonce.encode())]
+
+    def verify(
+        self, message: TurnMessage, client_ip: str, now: float, unix_now: float
+    ) -> tuple[str, bytes] | AuthRefusal:
+        """``(username, key)`` of an authenticated request, else the refusal.
+
+        Raises:
+            TurnParseError: USERNAME, REALM or NONCE is not UTF-8 or too long.
+        """
+        if message.integrity_offset is None:
+            return AuthRefusal(401)
+        username = message.text(Attr.USERNAME)
+        realm = message.text(Attr.REALM)
+        nonce = message.text(Attr.NONCE)
+        if username is None or realm is None or nonce is None:
+            return AuthRefusal(400)
+        if self._nonces.check(nonce, client_ip, now) != "ok":
+            return AuthRefusal(438, "stale_nonce")
+        expiry = username_expiry(username)
+        if expiry is None or expiry <= unix_now:
+            return AuthRefusal(401, "expired_credentials")
+        if realm != self.realm:
+            return AuthRefusal(401, "wrong_realm")
+        key = long_term_key(username, self.realm, rest_api_password(self._secret, username))
+        if not message.check_integrity(key):
+            return AuthRefusal(401, "bad_integrity")
+        return username, key

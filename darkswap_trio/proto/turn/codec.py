@@ -273,6 +273,12 @@ def encode_message(
     return data[:2] + struct.pack("!H", len(data) - HEADER_LENGTH) + data[4:]
 
 
+def encode_data_indication(transaction_id: bytes, peer: tuple[str, int], data: bytes) -> bytes:
+    """A Data indication (RFC 8656 section 11.4); no FINGERPRINT (clients do not need it)."""
+    attrs = [(Attr.XOR_PEER_ADDRESS, pack_xor_address(peer, transaction_id)), (Attr.DATA, data)]
+    return encode_message(DATA, INDICATION, transaction_id, attrs, fingerprint=False)
+
+
 def error_attrs(code: int, reason: str) -> list[tuple[int, bytes]]:
     """An ERROR-CODE attribute (RFC 8489 section 14.8)."""
     return [(Attr.ERROR_CODE, struct.pack("!HBB", 0, code // 100, code % 100) + reason.encode())]

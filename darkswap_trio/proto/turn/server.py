@@ -23,12 +23,11 @@ from collections import Counter, deque
 
 from ..errors import TurnParseError
 from .allocation import Allocation, BandwidthBucket, ChannelRefusal
-from .auth import NonceIssuer, rest_api_password, username_expiry
+from .auth import AuthRefusal, LongTermAuth, NonceIssuer
 from .codec import (
     ALLOCATE,
     CHANNEL_BIND,
     CREATE_PERMISSION,
-    DATA,
     ERROR,
     INDICATION,
     MAX_CHANNEL,
@@ -42,10 +41,10 @@ from .codec import (
     Attr,
     TurnMessage,
     encode_channel_data,
+    encode_data_indication,
     encode_message,
     error_attrs,
     is_channel_data,
-    long_term_key,
     pack_xor_address,
     parse_channel_data_untrusted,
     parse_turn_untrusted,
@@ -88,7 +87,8 @@ class TurnServer:
     ) -> None:
         self.settings = settings
         self._unix_offset = unix_offset
-        self._nonces = NonceIssuer(nonce_key or os.urandom(32), settings.nonce_lifetime)
+        nonces = NonceIssuer(nonce_key or os.urandom(32), settings.nonce_lifetime)
+        self._auth = LongTermAuth(settings.realm, settings.secret, nonces)
         self._policy = PeerPolicy(
             (*settings.own_addresses, settings.relay_ip),
             allow_loopback=settings.allow_loopback_peers,
@@ -236,13 +236,7 @@ class TurnServer:
         else:
             self._indications += 1
             tid = struct.pack("!4sQ", b"dsTD", self._indications)
-            frame = encode_message(
-                DATA,
-                INDICATION,
-                tid,
-                [(Attr.XOR_PEER_ADDRESS, pack_xor_address(peer, tid)), (Attr.DATA, data)],
-                fingerprint=False,
-            )
+            frame = encode_data_indication(tid, peer, data)
         self.counters["bytes_to_client"] += len(data)
         self._transmits.append(ToClient(client, frame, payload=len(data)))
 
@@ -286,37 +280,16 @@ class TurnServer:
     def _authenticate(
         self, client: ClientKey, message: TurnMessage, now: float
     ) -> tuple[str, bytes]:
-        """Long-term credential check (RFC 8489 section 9.2.4); answers and raises
-        _Responded on failure, returns ``(username, key)`` on success."""
-        if message.integrity_offset is None:
-            self._challenge(client, message, 401, now)
-        username = message.text(Attr.USERNAME)
-        realm = message.text(Attr.REALM)
-        nonce = message.text(Attr.NONCE)
-        if username is None or realm is None or nonce is None:
-            self._error(client, message, 400, None)
-        assert username is not None and nonce is not None
-        if self._nonces.check(nonce, _client_ip(client), now) != "ok":
-            self.counters["stale_nonce"] += 1
-            self._challenge(client, message, 438, now)
-        expiry = username_expiry(username)
-        if expiry is None or expiry <= now + self._unix_offset:
-            self.counters["expired_credentials"] += 1
-            self._challenge(client, message, 401, now)
-        if realm != self.settings.realm:
-            self._challenge(client, message, 401, now)
-        key = long_term_key(
-            username, self.settings.realm, rest_api_password(self.settings.secret, username)
-        )
-        if not message.check_integrity(key):
-            self.counters["bad_integrity"] += 1
-            self._challenge(client, message, 401, now)
-        return username, key
-
-    def _challenge(self, client: ClientKey, message: TurnMessage, code: int, now: float) -> None:
-        nonce = self._nonces.issue(_client_ip(client), now)
-        extra = [(Attr.REALM, self.settings.realm.encode()), (Attr.NONCE, nonce.encode())]
-        self._error(client, message, code, None, extra)
+        """``(username, key)``, or answer 400 / 401 / 438 and raise _Responded."""
+        ip = _client_ip(client)
+        result = self._auth.verify(message, ip, now, now + self._unix_offset)
+        if isinstance(result, AuthRefusal):
+            if result.counter is not None:
+                self.counters[result.counter] += 1
+            challenge = self._auth.challenge(ip, now) if result.code != 400 else []
+            self._error(client, message, result.code, None, challenge)
+        assert not isinstance(result, AuthRefusal)
+        return result
 
     def _allocate(
         self,
@@ -355,7 +328,7 @@ class TurnServer:
         ip = _client_ip(client)
         if len(self._allocations) >= s.max_allocations:
             self._limit(client, message, key, 508, "allocations_total")
-        if self._per_user[username] >= s.max_allocations_per_user:
+        if self._per_user[_user(username)] >= s.max_allocations_per_user:
             self._limit(client, message, key, 486, "allocations_per_user")
         if self._per_ip[ip] >= s.max_allocations_per_ip:
             self._limit(client, message, key, 486, "allocations_per_ip")
@@ -372,7 +345,7 @@ class TurnServer:
         self._next_id += 1
         self._allocations[allocation.allocation_id] = allocation
         self._by_client[client] = allocation
-        self._per_user[username] += 1
+        self._per_user[_user(username)] += 1
         self._per_ip[ip] += 1
         self.counters["allocations_created"] += 1
         self._events.append(
@@ -395,16 +368,12 @@ class TurnServer:
         if not peers:
             self._error(allocation.client, message, 400, allocation.key)
         ips = {self._check_peer(allocation, message, ip) for ip, _ in peers}
+        allocation.expire(now)
         new = ips - allocation.permissions.keys()
         if len(allocation.permissions) + len(new) > self.settings.max_permissions_per_allocation:
-            allocation.expire(now)
-            if (
-                len(allocation.permissions) + len(new)
-                > self.settings.max_permissions_per_allocation
-            ):
-                self._limit(
-                    allocation.client, message, allocation.key, 508, "permissions_per_allocation"
-                )
+            self._limit(
+                allocation.client, message, allocation.key, 508, "permissions_per_allocation"
+            )
         for ip in ips:
             allocation.permissions[ip] = now + self.settings.permission_lifetime
         self._schedule(allocation)
@@ -421,23 +390,24 @@ class TurnServer:
             self._error(allocation.client, message, 400, allocation.key)
         ip = self._check_peer(allocation, message, peers[0][0])
         peer = (ip, peers[0][1])
+        allocation.expire(now)
         try:
-            refresh = allocation.check_channel(number, peer, now)
+            allocation.check_channel(number, peer, now)
         except ChannelRefusal as exc:
             self._error(allocation.client, message, 400, allocation.key, reason=str(exc))
         s = self.settings
-        if not refresh and number not in allocation.channels:
-            if len(allocation.channels) >= s.max_channels_per_allocation:
-                allocation.expire(now)
-                if len(allocation.channels) >= s.max_channels_per_allocation:
-                    self._limit(
-                        allocation.client, message, allocation.key, 508, "channels_per_allocation"
-                    )
-        if ip not in allocation.permissions:
-            if len(allocation.permissions) >= s.max_permissions_per_allocation:
-                self._limit(
-                    allocation.client, message, allocation.key, 508, "permissions_per_allocation"
-                )
+        if (
+            number not in allocation.channels
+            and len(allocation.channels) >= s.max_channels_per_allocation
+        ):
+            self._limit(allocation.client, message, allocation.key, 508, "channels_per_allocation")
+        if (
+            ip not in allocation.permissions
+            and len(allocation.permissions) >= s.max_permissions_per_allocation
+        ):
+            self._limit(
+                allocation.client, message, allocation.key, 508, "permissions_per_allocation"
+            )
         allocation.bind_channel(number, peer, now + s.channel_lifetime)
         allocation.permissions[ip] = now + s.permission_lifetime
         self._schedule(allocation)
@@ -577,12 +547,17 @@ class TurnServer:
         if self._by_client.get(allocation.client) is allocation:
             del self._by_client[allocation.client]
         for table, key in (
-            (self._per_user, allocation.username),
+            (self._per_user, _user(allocation.username)),
             (self._per_ip, _client_ip(allocation.client)),
         ):
             table[key] -= 1
             if table[key] <= 0:
                 del table[key]
+
+
+def _user(username: str) -> str:
+    """Whose allocation it is for the per-user quota: the peer id, whatever the expiry."""
+    return username.partition(":")[2]
 
 
 def _client_ip(client: ClientKey) -> str:
