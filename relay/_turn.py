@@ -212,15 +212,19 @@ class TurnService:
     # -- tasks ----------------------------------------------------------------------
 
     async def run_timers(self) -> None:
+        """Call ``core.handle_timeout`` at ``core.poll_timeout()``; woken early by
+        :meth:`flush` when an input brought the next deadline forward."""
         while True:
+            self.core.handle_timeout(trio.current_time())
+            await self.flush()
+            # No checkpoint from here to wait(): no other task can move the deadline
+            # between reading it and sleeping on a fresh event.
+            self._wake = trio.Event()
             deadline = self.core.poll_timeout()
             self._sleeping_until = math.inf if deadline is None else deadline
             with trio.move_on_at(self._sleeping_until):
                 await self._wake.wait()
-            self._wake = trio.Event()
             self._sleeping_until = math.inf
-            self.core.handle_timeout(trio.current_time())
-            await self.flush()
 
     async def run_udp(self) -> None:
         sock = self._udp

@@ -104,3 +104,40 @@ async def echo_peer(prefix: bytes = b"echo:", *, task_status=trio.TASK_STATUS_IG
         while True:
             data, source = await sock.recvfrom(65536)
             await sock.sendto(prefix + data, source)
+
+
+async def raw_allocate(sock: Any, port: int, username: str, password: str) -> dict[str, Any]:
+    """Allocate over a trio UDP socket with a hand-built exchange (401, then signed);
+    returns the success response's attributes."""
+    import os
+
+    from aioice import stun
+
+    from darkswap_trio.proto.turn.codec import (
+        ALLOCATE,
+        REQUEST,
+        Attr,
+        encode_message,
+        long_term_key,
+        uint32_attr,
+    )
+
+    transport = uint32_attr(Attr.REQUESTED_TRANSPORT, 17 << 24)
+
+    async def ask(attrs: list[tuple[int, bytes]], key: bytes | None) -> stun.Message:
+        data = encode_message(ALLOCATE, REQUEST, os.urandom(12), attrs, integrity_key=key)
+        await sock.sendto(data, ("127.0.0.1", port))
+        reply, _ = await sock.recvfrom(2048)
+        return stun.parse_message(reply)
+
+    challenge = await ask([transport], None)
+    key = long_term_key(username, REALM, password)
+    signed = [
+        transport,
+        (Attr.USERNAME, username.encode()),
+        (Attr.REALM, REALM.encode()),
+        (Attr.NONCE, challenge.attributes["NONCE"]),
+    ]
+    response = await ask(signed, key)
+    assert response.message_class == stun.Class.RESPONSE, response
+    return response.attributes

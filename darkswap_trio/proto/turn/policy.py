@@ -45,15 +45,19 @@ class PeerPolicy:
     def __init__(self, own_addresses: Iterable[str] = (), *, allow_loopback: bool = False) -> None:
         self._own = {canonical_peer_ip(a) for a in own_addresses}
         self.allow_loopback = allow_loopback
-        self._cache: dict[str, IPAddress | None] = {}
+        self._cache: dict[str, str | None] = {}
 
-    def check(self, text: str) -> IPAddress | None:
-        """The canonical address if ``text`` may be reached, else None."""
+    def check(self, text: str) -> str | None:
+        """The canonical address (text) if ``text`` may be reached, else None.
+
+        Cached (bounded): it runs on every relayed datagram.
+        """
         try:
             return self._cache[text]
         except KeyError:
             pass
-        result = self._decide(text)
+        address = self._decide(text)
+        result = None if address is None else str(address)
         if len(self._cache) >= 4096:
             self._cache.clear()
         self._cache[text] = result

@@ -448,11 +448,10 @@ class TurnServer:
     def _relay_to_peer(
         self, allocation: Allocation, peer: tuple[str, int], data: bytes, now: float
     ) -> None:
-        address = self._policy.check(peer[0])  # again on every send, not only at permission
-        if address is None or address.version != 4:
+        ip = self._policy.check(peer[0])  # again on every send, not only at permission
+        if ip is None or ":" in ip:
             self.counters["drop_peer_denied"] += 1
             return
-        ip = str(address)
         if not allocation.permitted(ip, now):
             self.counters["drop_no_permission"] += 1
             return
@@ -471,9 +470,9 @@ class TurnServer:
             self.counters["peer_denied"] += 1
             self._error(allocation.client, message, 403, allocation.key)
         assert address is not None
-        if address.version != 4:  # relayed addresses are IPv4 only
+        if ":" in address:  # relayed addresses are IPv4 only
             self._error(allocation.client, message, 443, allocation.key)
-        return str(address)
+        return address
 
     def _lifetime(self, message: TurnMessage) -> int:
         s = self.settings

@@ -1,0 +1,43 @@
+"""The TURN driver's own behaviour: idle when nothing is due, expiry closes sockets."""
+
+from __future__ import annotations
+
+import socket
+
+import trio
+import trio.testing
+from turn_helpers import credentials, raw_allocate, running_turn
+
+
+async def test_timer_task_sleeps_while_allocations_exist() -> None:
+    with trio.fail_after(10):
+        async with running_turn() as (service, _):
+            sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            with sock:
+                await sock.bind(("127.0.0.1", 0))
+                await raw_allocate(sock, service.port, *credentials())
+                assert service.core.poll_timeout() is not None
+                # A timer task that spins (a regression seen once) never lets every
+                # task block: this would then hit fail_after.
+                with trio.fail_after(2):
+                    await trio.testing.wait_all_tasks_blocked()
+
+
+async def test_expired_allocation_closes_its_relayed_socket(autojump_clock) -> None:
+    # Real loopback sockets with the autojump clock: lifetimes pass instantly.
+    with trio.fail_after(4000):
+        async with running_turn() as (service, _):
+            sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            with sock:
+                await sock.bind(("127.0.0.1", 0))
+                attributes = await raw_allocate(sock, service.port, *credentials(ttl=10**6))
+                relayed = attributes["XOR-RELAYED-ADDRESS"]
+                assert service.core.statistics().allocations == 1
+                await trio.sleep(601)
+                assert service.core.statistics().allocations == 0
+                assert service._relayed == {}
+                await trio.testing.wait_all_tasks_blocked()
+                # The port is free again: the socket was closed.
+                probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                probe.bind(relayed)
+                probe.close()
