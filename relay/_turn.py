@@ -56,7 +56,8 @@ logger = logging.getLogger("relay.turn")
 MAX_DATAGRAM = 65536
 TCP_QUEUE = 256  # messages queued per TCP client before further ones are dropped
 TCP_ALLOCATE_TIMEOUT = 30.0
-EVEN_PORT_TRIES = 32  # a TCP connection without an allocation after this is closed
+EVEN_PORT_TRIES = 32
+PORT_TRIES = 16  # a TCP connection without an allocation after this is closed
 _BINDING = 0x0001
 
 
@@ -215,7 +216,7 @@ class TurnService:
         """Call ``core.handle_timeout`` at ``core.poll_timeout()``; woken early by
         :meth:`flush` when an input brought the next deadline forward."""
         while True:
-            self.core.handle_timeout(trio.current_time())
+            self._feed(self.core.handle_timeout, trio.current_time())
             await self.flush()
             # No checkpoint from here to wait(): no other task can move the deadline
             # between reading it and sleeping on a fresh event.
@@ -242,7 +243,7 @@ class TurnService:
                 if reply is not None:
                     await self._sendto(sock, reply, source)
                 continue
-            self.core.receive(("udp", source), data, now)
+            self._feed(self.core.receive, ("udp", source), data, now)
             await self.flush()
 
     async def _peer_reader(self, allocation_id: int, relayed: _Relayed) -> None:
@@ -254,15 +255,34 @@ class TurnService:
                     if exc.errno == errno.EBADF:
                         return
                     continue
-                self.core.receive_from_peer(
-                    allocation_id, (source[0], source[1]), data, trio.current_time()
+                peer = (source[0], source[1])
+                self._feed(
+                    self.core.receive_from_peer, allocation_id, peer, data, trio.current_time()
                 )
                 await self.flush()
 
+    def _feed(self, method: Any, *args: Any) -> None:
+        """Call a core input; a bug on one input is logged, never stops the service."""
+        try:
+            method(*args)
+        except Exception:
+            logger.exception("TURN input handling failed")
+            self.core.counters["drop_internal_error"] += 1
+
     async def handle_tcp(self, stream: trio.SocketStream) -> None:
-        """One TCP client: STUN/ChannelData framing (RFC 8656 section 12.5) both ways."""
+        """One TCP client: STUN/ChannelData framing (RFC 8656 section 12.5) both ways.
+        Contained: whatever goes wrong ends this connection only."""
+        try:
+            await self._serve_tcp(stream)
+        except Exception:
+            logger.exception("TURN TCP connection handling failed")
+
+    async def _serve_tcp(self, stream: trio.SocketStream) -> None:
         async with stream:
-            peer = stream.socket.getpeername()
+            try:
+                peer = stream.socket.getpeername()
+            except OSError:  # already reset
+                return
             client: ClientKey = ("tcp", (peer[0], peer[1]))
             if len(self._tcp_out) >= self._max_tcp:
                 self._metrics.limit_hit("turn_tcp_connections")
@@ -277,7 +297,7 @@ class TurnService:
             finally:
                 del self._tcp_out[client]
                 send.close()
-                self.core.client_closed(client, trio.current_time())
+                self._feed(self.core.client_closed, client, trio.current_time())
                 with trio.CancelScope(shield=True):
                     await self.flush()
 
@@ -308,7 +328,7 @@ class TurnService:
                     if reply is not None:
                         self._queue_tcp(ToClient(client, reply))
                     continue
-                self.core.receive(client, message, now)
+                self._feed(self.core.receive, client, message, now)
                 await self.flush()
 
     async def _tcp_writer(
@@ -369,6 +389,22 @@ class _TurnCollector(Collector):
         yield dropped
 
 
+async def _open_both(host: str, port: int) -> tuple[Any, list[trio.SocketListener]]:
+    """The UDP socket and TCP listeners on one port number; with ``port`` 0, a few
+    tries (the free UDP port may be in use on TCP)."""
+    # trio's IPv6 listeners are IPv6-only: for "::" listen on both families.
+    tcp_host = None if host in ("", "::") else host
+    for attempt in range(PORT_TRIES if port == 0 else 1):
+        udp = await _open_socket(host, port)
+        try:
+            return udp, await trio.open_tcp_listeners(udp.getsockname()[1], host=tcp_host)
+        except OSError as exc:
+            udp.close()
+            if exc.errno != errno.EADDRINUSE or attempt == PORT_TRIES - 1 or port != 0:
+                raise
+    raise AssertionError("unreachable")
+
+
 async def serve_turn(
     host: str,
     port: int,
@@ -386,10 +422,9 @@ async def serve_turn(
     same number on UDP and TCP; ``port=0`` picks a free UDP port, then TCP takes it).
     ``rate_limiter`` / ``total_limiter`` apply to Binding requests as in ``serve_stun``.
     """
-    udp = await _open_socket(host, port)
+    udp, listeners = await _open_both(host, port)
     with udp:
         bound = udp.getsockname()[1]
-        listeners = await trio.open_tcp_listeners(bound, host=host or None)
         core = TurnServer(settings, unix_offset=time.time() - trio.current_time())
         collector = _TurnCollector(core)
         metrics.registry.register(collector)

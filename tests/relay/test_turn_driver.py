@@ -41,3 +41,25 @@ async def test_expired_allocation_closes_its_relayed_socket(autojump_clock) -> N
                 probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
                 probe.bind(relayed)
                 probe.close()
+
+
+async def test_garbage_closes_one_tcp_connection_and_the_service_goes_on() -> None:
+    with trio.fail_after(10):
+        async with running_turn() as (service, _):
+            sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            with sock:
+                await sock.bind(("127.0.0.1", 0))
+                for junk in (
+                    b"",
+                    b"\x00",
+                    b"\x40\x00\xff\xff",
+                    b"\x01\x01" + bytes(30),
+                    b"\xff" * 64,
+                ):
+                    await sock.sendto(junk, ("127.0.0.1", service.port))
+                stream = await trio.open_tcp_stream("127.0.0.1", service.port)
+                async with stream:
+                    await stream.send_all(b"\x80\x00\x00\x04abcd")  # neither STUN nor a channel
+                    assert await stream.receive_some(100) == b""  # closed by the server
+                await raw_allocate(sock, service.port, *credentials())
+                assert service.core.statistics().allocations == 1
