@@ -45,7 +45,7 @@ from darkswap_trio.proto.turn import (
 )
 
 from ._config import ConfigError, RelayConfig
-from ._limits import KeyedRateLimiter, TokenBucket
+from ._limits import KeyedRateLimiter, TokenBucket, canonical_ip
 from ._metrics import RelayMetrics
 from ._stun import _open_socket, answer_binding
 
@@ -150,12 +150,23 @@ class TurnService:
                 if relayed is not None:
                     await self._sendto(relayed.sock, transmit.data, transmit.peer)
             elif transmit.client[0] == "udp":
+                if transmit.unauthenticated and not self._may_answer(transmit.client[1][0]):
+                    continue
                 await self._sendto(self._udp, transmit.data, transmit.client[1])
             else:
                 self._queue_tcp(transmit)
         deadline = core.poll_timeout()
         if deadline is not None and deadline < self._sleeping_until:
             self._wake.set()
+
+    def _may_answer(self, ip: str) -> bool:
+        """Unauthenticated UDP answers share the STUN per-IP budget (reflection)."""
+        limiter = self._stun_limits[0]
+        if limiter is None or limiter.try_take(canonical_ip(ip), 1, trio.current_time()):
+            return True
+        self.core.counters["drop_rate_limited"] += 1
+        self._metrics.limit_hit("turn_unauthenticated_per_ip")
+        return False
 
     async def _sendto(self, sock: Any, data: bytes, addr: tuple[str, int]) -> None:
         try:

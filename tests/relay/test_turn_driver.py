@@ -63,3 +63,24 @@ async def test_garbage_closes_one_tcp_connection_and_the_service_goes_on() -> No
                     assert await stream.receive_some(100) == b""  # closed by the server
                 await raw_allocate(sock, service.port, *credentials())
                 assert service.core.statistics().allocations == 1
+
+
+async def test_unauthenticated_answers_share_the_per_ip_budget() -> None:
+    import os
+
+    from darkswap_trio.proto.turn.codec import ALLOCATE, REQUEST, encode_message
+    from relay._limits import KeyedRateLimiter
+
+    with trio.fail_after(10):
+        async with running_turn(rate_limiter=KeyedRateLimiter(0.001, 2, 100)) as (service, metrics):
+            sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            with sock:
+                await sock.bind(("127.0.0.1", 0))
+                for _ in range(5):  # each would get a 401 with REALM and NONCE
+                    request = encode_message(ALLOCATE, REQUEST, os.urandom(12), [])
+                    await sock.sendto(request, ("127.0.0.1", service.port))
+                await trio.testing.wait_all_tasks_blocked()
+                assert service.core.counters["response_401"] == 5
+                assert service.core.counters["drop_rate_limited"] == 3
+                limit = {"limit": "turn_unauthenticated_per_ip"}
+                assert metrics.value("darkswap_relay_limit_hits_total", limit) == 3

@@ -36,11 +36,18 @@ def credentials(peer_id: str = "peerA", ttl: float = 3600.0) -> tuple[str, str]:
 
 
 @asynccontextmanager
-async def running_turn(**overrides: Any):
+async def running_turn(rate_limiter: Any = None, **overrides: Any):
     metrics = RelayMetrics()
     async with trio.open_nursery() as nursery:
         service: TurnService = await nursery.start(
-            partial(serve_turn, "127.0.0.1", 0, settings(**overrides), metrics)
+            partial(
+                serve_turn,
+                "127.0.0.1",
+                0,
+                settings(**overrides),
+                metrics,
+                rate_limiter=rate_limiter,
+            )
         )
         try:
             yield service, metrics

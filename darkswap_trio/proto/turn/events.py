@@ -51,6 +51,10 @@ class ToClient:
     client: ClientKey
     data: bytes
     payload: int = 0  # relayed payload bytes it carries (0 for control messages)
+    # An answer to a request that proved nothing (401, 438, 420, 400 before
+    # authentication): its source may be spoofed, so the driver rate-limits these
+    # per source IP to keep the server from being a reflector.
+    unauthenticated: bool = False
 
 
 @dataclass(frozen=True)

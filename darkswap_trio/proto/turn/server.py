@@ -523,7 +523,7 @@ class TurnServer:
             message.method, ERROR, message.transaction_id, attrs, integrity_key=key
         )
         self._count_response(code)
-        self._transmits.append(ToClient(client, data))
+        self._transmits.append(ToClient(client, data, unauthenticated=key is None))
         raise _Responded
 
     def _count_response(self, code: int) -> None:
