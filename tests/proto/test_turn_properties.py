@@ -14,11 +14,14 @@ from turn_client import Client, drain, make_server
 from darkswap_trio.proto.errors import ParseError
 from darkswap_trio.proto.turn import (
     AllocationClosed,
+    NonceIssuer,
+    PeerPolicy,
     StreamDeframer,
     parse_channel_data_untrusted,
     parse_turn_untrusted,
 )
-from darkswap_trio.proto.turn.codec import MAGIC_COOKIE, encode_channel_data
+from darkswap_trio.proto.turn.auth import username_expiry
+from darkswap_trio.proto.turn.codec import MAGIC_COOKIE, encode_channel_data, xor_address
 
 # Bytes that look like STUN (valid header, cookie and length) reach deeper code.
 stun_like = st.builds(
@@ -115,6 +118,24 @@ def test_stream_deframer_splits_any_chunking(payloads: list[tuple[bytes, bool]])
     assert [parse_channel_data_untrusted(m, stream=True)[1] for m in out] == [
         p for p, _ in payloads
     ]
+
+
+@given(st.binary(max_size=24), st.binary(min_size=12, max_size=12))
+def test_xor_address_raises_only_parse_error(value: bytes, transaction_id: bytes) -> None:
+    try:
+        ip, port = xor_address(value, transaction_id)
+    except ParseError:
+        return
+    assert 0 <= port <= 0xFFFF
+    PeerPolicy(allow_loopback=True).check(ip)  # any decoded address: a verdict, no error
+
+
+@given(st.text(max_size=80))
+def test_untrusted_strings_never_raise(text: str) -> None:
+    # USERNAME and NONCE values reach these after UTF-8 decoding.
+    assert username_expiry(text) is None or username_expiry(text) >= 0
+    assert NonceIssuer(b"k" * 32, 600).check(text, "203.0.113.1", 0.0) in ("ok", "stale", "invalid")
+    assert PeerPolicy().check(text) is None or ":" in text or "." in text
 
 
 @given(any_bytes, st.sampled_from(["udp", "tcp"]))
