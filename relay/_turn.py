@@ -13,6 +13,12 @@ serve_turn                          one nursery, owns everything below
  ├─ timer task                      core.handle_timeout at core.poll_timeout()
  └─ one reader per allocation       relayed socket -> core.receive_from_peer
 ```
+
+The core is synchronous and every task runs in one thread, so each task that receives
+calls the core itself and then :meth:`TurnService.flush` (no hop through a channel per
+datagram: the data path is the hot path); the timer task is woken when an input brings
+the next deadline forward. Memory is bounded by the core's quotas, the kernel socket
+buffers and one bounded queue per TCP client (overflow is dropped and counted).
 """
 
 from __future__ import annotations
@@ -135,7 +141,6 @@ class TurnService:
         self._tcp_out: dict[ClientKey, trio.MemorySendChannel[bytes]] = {}
         self._wake = trio.Event()
         self._sleeping_until = math.inf
-        self.tcp_dropped = 0
 
     # -- core output --------------------------------------------------------------
 
