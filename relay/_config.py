@@ -123,6 +123,7 @@ class TurnConfig:
     bandwidth_per_allocation: int = 4 * 1024 * 1024  # bytes/s, both directions; 0 = unlimited
     bandwidth_burst: int = 1024 * 1024
     max_tcp_connections: int = 1000
+    max_tcp_connections_per_ip: int = 16
     # Also accept channel numbers 0x5000-0x7FFF (RFC 5766's range; RFC 8656 narrowed it
     # to 0x4000-0x4FFF): for older clients such as coturn's turnutils_uclient.
     rfc5766_channels: bool = False

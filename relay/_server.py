@@ -203,6 +203,7 @@ def _turn_service(config: RelayConfig, metrics: RelayMetrics) -> Any:
         ),
         total_limiter=TokenBucket(lim.stun_total_rate, lim.stun_total_burst),
         max_tcp_connections=config.turn.max_tcp_connections,
+        max_tcp_connections_per_ip=config.turn.max_tcp_connections_per_ip,
     )
 
 

@@ -23,6 +23,7 @@ buffers and one bounded queue per TCP client (overflow is dropped and counted).
 
 from __future__ import annotations
 
+import collections
 import errno
 import logging
 import math
@@ -128,7 +129,7 @@ class TurnService:
         udp: Any,
         nursery: trio.Nursery,
         stun_limits: tuple[KeyedRateLimiter | None, TokenBucket | None],
-        max_tcp_connections: int,
+        max_tcp_connections: tuple[int, int],
     ) -> None:
         self.core = core
         self.port: int = udp.getsockname()[1]
@@ -136,7 +137,8 @@ class TurnService:
         self._udp = udp
         self._nursery = nursery
         self._stun_limits = stun_limits
-        self._max_tcp = max_tcp_connections
+        self._max_tcp, self._max_tcp_per_ip = max_tcp_connections
+        self._tcp_per_ip: collections.Counter[str] = collections.Counter()
         self._relayed: dict[int, _Relayed] = {}
         self._tcp_out: dict[ClientKey, trio.MemorySendChannel[bytes]] = {}
         self._wake = trio.Event()
@@ -300,11 +302,16 @@ class TurnService:
             except OSError:  # already reset
                 return
             client: ClientKey = ("tcp", (peer[0], peer[1]))
+            ip = canonical_ip(peer[0])
             if len(self._tcp_out) >= self._max_tcp:
                 self._metrics.limit_hit("turn_tcp_connections")
                 return
+            if self._tcp_per_ip[ip] >= self._max_tcp_per_ip:
+                self._metrics.limit_hit("turn_tcp_connections_per_ip")
+                return
             send, receive = trio.open_memory_channel[bytes](TCP_QUEUE)
             self._tcp_out[client] = send
+            self._tcp_per_ip[ip] += 1
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._tcp_writer, stream, receive)
@@ -312,6 +319,9 @@ class TurnService:
                     nursery.cancel_scope.cancel()
             finally:
                 del self._tcp_out[client]
+                self._tcp_per_ip[ip] -= 1
+                if not self._tcp_per_ip[ip]:
+                    del self._tcp_per_ip[ip]
                 send.close()
                 self._feed(self.core.client_closed, client, trio.current_time())
                 with trio.CancelScope(shield=True):
@@ -430,6 +440,7 @@ async def serve_turn(
     rate_limiter: KeyedRateLimiter | None = None,
     total_limiter: TokenBucket | None = None,
     max_tcp_connections: int = 1000,
+    max_tcp_connections_per_ip: int = 16,
     task_status: trio.TaskStatus[TurnService] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve STUN Binding and TURN on UDP and TCP ``host:port`` until cancelled.
@@ -447,7 +458,12 @@ async def serve_turn(
         try:
             async with trio.open_nursery() as nursery:
                 service = TurnService(
-                    core, metrics, udp, nursery, (rate_limiter, total_limiter), max_tcp_connections
+                    core,
+                    metrics,
+                    udp,
+                    nursery,
+                    (rate_limiter, total_limiter),
+                    (max_tcp_connections, max_tcp_connections_per_ip),
                 )
                 nursery.start_soon(service.run_udp)
                 nursery.start_soon(service.run_timers)

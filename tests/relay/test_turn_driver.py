@@ -84,3 +84,29 @@ async def test_unauthenticated_answers_share_the_per_ip_budget() -> None:
                 assert service.core.counters["drop_rate_limited"] == 3
                 limit = {"limit": "turn_unauthenticated_per_ip"}
                 assert metrics.value("darkswap_relay_limit_hits_total", limit) == 3
+
+
+async def test_tcp_connections_per_ip_are_capped() -> None:
+    from functools import partial
+
+    from turn_helpers import settings
+
+    from relay._metrics import RelayMetrics
+    from relay._turn import serve_turn
+
+    metrics = RelayMetrics()
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            service = await nursery.start(
+                partial(
+                    serve_turn, "127.0.0.1", 0, settings(), metrics, max_tcp_connections_per_ip=2
+                )
+            )
+            kept = [await trio.open_tcp_stream("127.0.0.1", service.port) for _ in range(2)]
+            refused = await trio.open_tcp_stream("127.0.0.1", service.port)
+            assert await refused.receive_some(10) == b""  # closed at once
+            limit = {"limit": "turn_tcp_connections_per_ip"}
+            assert metrics.value("darkswap_relay_limit_hits_total", limit) == 1
+            for stream in [*kept, refused]:
+                await stream.aclose()
+            nursery.cancel_scope.cancel()
