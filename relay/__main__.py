@@ -37,7 +37,7 @@ from darkswap_trio import (
 
 from ._admission import raise_fd_limit
 from ._auth import JwtValidator
-from ._commands import keygen_main, peer_id_main, token_main
+from ._commands import keygen_main, peer_id_main, token_main, turn_credentials_main
 from ._config import (
     AUTH_MODES,
     JWT_ALGORITHMS,
@@ -48,6 +48,7 @@ from ._config import (
     load_config,
 )
 from ._logging import configure_logging
+from ._turn import read_turn_secret
 
 __all__ = ["build_parser", "main"]
 
@@ -173,6 +174,39 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="On SIGINT/SIGTERM, how long to let sessions and circuits drain (default 5).",
     )
+    turn = parser.add_argument_group(
+        'TURN (RFC 8656, on the STUN port over UDP and TCP; see README "TURN")'
+    )
+    turn.add_argument(
+        "--turn",
+        action="store_true",
+        default=None,
+        help="Serve TURN on the STUN port (UDP and TCP); needs --turn-secret-file.",
+    )
+    turn.add_argument(
+        "--turn-realm",
+        metavar="REALM",
+        help="TURN realm of the long-term credentials (default darkswap).",
+    )
+    turn.add_argument(
+        "--turn-secret-file",
+        metavar="PATH",
+        help="Shared secret of the TURN REST API credentials (username '<unix-expiry>:<peer-id>', "
+        "password base64(HMAC-SHA1(secret, username))); see 'turn-credentials'.",
+    )
+    turn.add_argument(
+        "--turn-relay-address",
+        metavar="IPV4",
+        help="Address relayed sockets are bound on and announced with "
+        "(default: --host; required when --host is a wildcard).",
+    )
+    turn.add_argument(
+        "--turn-allow-loopback-peers",
+        action="store_true",
+        default=None,
+        help="Let TURN clients reach peers on 127.0.0.0/8 and ::1. Tests and labs only: "
+        "it exposes the relay host's loopback services.",
+    )
     add("--log-format", choices=("text", "json"), help="Log format on stderr (default text).")
     add(
         "--log-level",
@@ -182,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = parser.add_subparsers(
         dest="command",
-        metavar="{token,keygen,peer-id}",
+        metavar="{token,keygen,peer-id,turn-credentials}",
         help="Other commands (none: run the server).",
     )
     peer_id = sub.add_parser(
@@ -243,6 +277,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="Directory to write the key files into (created if missing).",
     )
     keygen.add_argument("--force", action="store_true", help="Overwrite existing key files.")
+
+    creds = sub.add_parser(
+        "turn-credentials",
+        help="Print TURN credentials (TURN REST API form) for a peer.",
+        description="Print a TURN username ('<unix-expiry>:<peer-id>') and password "
+        "(base64(HMAC-SHA1(secret, username))) as two lines, username=... and password=..., "
+        "for any TURN client (browsers, aiortc, coturn's tools).",
+    )
+    creds.add_argument(
+        "--secret-file", required=True, metavar="PATH", help="The relay's turn.secret_file."
+    )
+    creds.add_argument("--peer-id", required=True, help="Who the credentials are for.")
+    creds.add_argument(
+        "--ttl",
+        type=float,
+        default=86400.0,
+        metavar="SECONDS",
+        help="How long the credentials are valid (default 86400).",
+    )
     return parser
 
 
@@ -265,6 +318,11 @@ def _config_from_args(args: argparse.Namespace) -> RelayConfig:
         "auth_jwt_key_file": args.jwt_key_file,
         "auth_jwt_audience": args.jwt_audience,
         "auth_jwt_issuer": args.jwt_issuer,
+        "turn_enabled": args.turn,
+        "turn_realm": args.turn_realm,
+        "turn_secret_file": args.turn_secret_file,
+        "turn_relay_address": args.turn_relay_address,
+        "turn_allow_loopback_peers": args.turn_allow_loopback_peers,
     }
     disable = [name for name in ("stun_port", "metrics_port") if overrides[name] == _DISABLED]
     for name in disable:
@@ -286,6 +344,8 @@ def _config_from_args(args: argparse.Namespace) -> RelayConfig:
     if config.auth.mode == "jwt":
         # Fail now, with exit 2, rather than on the first Register.
         JwtValidator.from_config(config)
+    if config.turn.enabled and config.turn.secret_file is not None:
+        read_turn_secret(config.turn.secret_file)  # exit 2 now, not at bind time
     if not isinstance(logging.getLevelName(config.log_level.upper()), int):
         raise ConfigError(f"log_level: unknown level {config.log_level!r}")
     return config
@@ -446,6 +506,8 @@ def main(argv: list[str] | None = None) -> int:
         return keygen_main(args)
     if args.command == "peer-id":
         return peer_id_main(args)
+    if args.command == "turn-credentials":
+        return turn_credentials_main(args)
     return _serve_main(args)
 
 

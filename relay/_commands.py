@@ -1,4 +1,5 @@
-"""``darkswap-relay`` subcommands other than serving: ``token``, ``keygen``, ``peer-id``.
+"""``darkswap-relay`` subcommands other than serving: ``token``, ``keygen``, ``peer-id``,
+``turn-credentials``.
 
 Each takes the parsed arguments and returns the exit code (2 for bad input, with one
 line on stderr).
@@ -77,4 +78,20 @@ def keygen_main(args: argparse.Namespace) -> int:
         return 2
     for path in written:
         print(path)
+    return 0
+
+
+def turn_credentials_main(args: argparse.Namespace) -> int:
+    from darkswap_trio.proto.turn import rest_api_credentials
+
+    from ._turn import read_turn_secret
+
+    try:
+        secret = read_turn_secret(args.secret_file)
+        username, password = rest_api_credentials(secret, args.peer_id, args.ttl, time.time())
+    except (ConfigError, ValueError) as exc:
+        print(f"{PROG} turn-credentials: {exc}", file=sys.stderr)
+        return 2
+    print(f"username={username}")
+    print(f"password={password}")
     return 0

@@ -112,6 +112,68 @@ class AuthConfig:
 
 
 @dataclass
+class TurnConfig:
+    """TURN (RFC 8656) on the STUN port, UDP and TCP; see docs/PROTOCOL.md "TURN"."""
+
+    enabled: bool = False
+    realm: str = "darkswap"
+    # The TURN REST API shared secret (credentials: ``darkswap-relay turn-credentials``).
+    secret_file: str | None = None
+    # Address relayed sockets are bound on and announced with (XOR-RELAYED-ADDRESS).
+    # None: ``host`` when it is a specific address (required for a wildcard host).
+    relay_address: str | None = None
+    # Lets peers on 127.0.0.0/8 and ::1 be reached: tests and labs only, never in production.
+    allow_loopback_peers: bool = False
+    default_lifetime: int = 600
+    max_lifetime: int = 3600
+    max_allocations: int = 1000
+    max_allocations_per_user: int = 10
+    max_allocations_per_ip: int = 20
+    max_permissions_per_allocation: int = 64
+    max_channels_per_allocation: int = 64
+    bandwidth_per_allocation: int = 4 * 1024 * 1024  # bytes/s, both directions; 0 = unlimited
+    bandwidth_burst: int = 1024 * 1024
+    max_tcp_connections: int = 1000
+    max_tcp_connections_per_ip: int = 16
+    # Also accept channel numbers 0x5000-0x7FFF (RFC 5766's range; RFC 8656 narrowed it
+    # to 0x4000-0x4FFF): for older clients such as coturn's turnutils_uclient.
+    rfc5766_channels: bool = False
+
+    def validate(self, host: str, stun_port: int | None) -> None:
+        if not self.enabled:
+            return
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, int) and not isinstance(value, bool) and value < 0:
+                raise ConfigError(f"turn.{f.name} must not be negative, got {value}")
+        if stun_port is None:
+            raise ConfigError("turn.enabled needs the STUN port (TURN shares it): set stun_port")
+        if not self.secret_file:
+            raise ConfigError("turn.enabled needs turn.secret_file (the TURN REST API secret)")
+        if not self.realm or '"' in self.realm or len(self.realm) > 127:
+            raise ConfigError(
+                f"turn.realm must be 1..127 characters without quotes: {self.realm!r}"
+            )
+        if not 0 < self.default_lifetime <= self.max_lifetime:
+            raise ConfigError("turn.default_lifetime must be positive and <= turn.max_lifetime")
+        address = self.relay_address if self.relay_address is not None else host
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            raise ConfigError(
+                f"turn.relay_address must be an IPv4 address, got {address!r}"
+            ) from None
+        if ip.version != 4 or ip.is_unspecified:
+            raise ConfigError(
+                "turn.relay_address must be a specific IPv4 address (set it when host is a "
+                f"wildcard or IPv6), got {address!r}"
+            )
+
+    def relay_ip(self, host: str) -> str:
+        return self.relay_address if self.relay_address is not None else host
+
+
+@dataclass
 class RelayConfig:
     host: str = "0.0.0.0"
     port: int = 9002
@@ -131,6 +193,7 @@ class RelayConfig:
     log_level: str = "INFO"
     auth: AuthConfig = field(default_factory=AuthConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    turn: TurnConfig = field(default_factory=TurnConfig)
 
     def validate(self) -> RelayConfig:
         """Check every setting; raise ConfigError naming the first bad one."""
@@ -164,6 +227,7 @@ class RelayConfig:
             raise ConfigError(
                 "limits.circuit_window must be at least limits.circuit_max_data_frame"
             )
+        self.turn.validate(self.host, self.stun_port)
         return self
 
     def jwt_key_material(self) -> str:
@@ -193,6 +257,8 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> RelayConfig
             continue
         if key.startswith("auth_"):
             setattr(config.auth, key[len("auth_") :], value)
+        elif key.startswith("turn_"):
+            setattr(config.turn, key[len("turn_") :], value)
         else:
             setattr(config, key, value)
     return config.validate()

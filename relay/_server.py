@@ -6,7 +6,9 @@ serve_relay(config)                 root nursery; started(RelayServer)
  │   └─ session nursery            one SignalingSession per connection (reader + writer)
  ├─ circuit nursery                 RelayRouter.run_circuit_timer (duration / stall deadlines)
  ├─ load watcher                    event-loop lag -> relay-wide budgets (relay._abuse)
- ├─ STUN UDP service                (stun_port is not None)
+ ├─ STUN UDP service                (stun_port is not None); with turn.enabled, the
+ │                                  TURN service (relay._turn) on UDP and TCP instead,
+ │                                  answering STUN Binding on the same port
  └─ HTTP /metrics, /healthz         (metrics_port is not None; on metrics_host, loopback
                                      by default)
 ```
@@ -75,6 +77,7 @@ class RelayServer:
         self.signaling_port: int = 0
         self.stun_port: int | None = None
         self.metrics_port: int | None = None
+        self.turn: Any = None  # relay._turn.TurnService when TURN is enabled
         self.host: str = config.host
         self.tls = config.tls_cert is not None
         self._root: trio.CancelScope | None = None
@@ -179,6 +182,26 @@ class RelayServer:
         await self._stopped.wait()
 
 
+def _turn_service(config: RelayConfig, metrics: RelayMetrics) -> Any:
+    """``serve_turn`` with its arguments: STUN Binding keeps its limits on the shared port."""
+    from ._turn import serve_turn, turn_settings
+
+    lim = config.limits
+    return partial(
+        serve_turn,
+        config.host,
+        config.stun_port,
+        turn_settings(config),
+        metrics,
+        rate_limiter=KeyedRateLimiter(
+            lim.stun_per_ip_rate, lim.stun_per_ip_burst, lim.limiter_table_size
+        ),
+        total_limiter=TokenBucket(lim.stun_total_rate, lim.stun_total_burst),
+        max_tcp_connections=config.turn.max_tcp_connections,
+        max_tcp_connections_per_ip=config.turn.max_tcp_connections_per_ip,
+    )
+
+
 def _ssl_context(config: RelayConfig) -> ssl.SSLContext | None:
     if config.tls_cert is None or config.tls_key is None:
         return None
@@ -281,7 +304,15 @@ async def serve_relay(
                 ),
             )
             server.signaling_port = _bound_port(listeners)
-            if config.stun_port is not None:
+            if config.stun_port is not None and config.turn.enabled:
+                server.turn = await _bind_named(
+                    "STUN/TURN (UDP and TCP)",
+                    config.host,
+                    config.stun_port,
+                    partial(root.start, _turn_service(config, metrics)),
+                )
+                server.stun_port = server.turn.port
+            elif config.stun_port is not None:
                 from ._stun import serve_stun
 
                 server.stun_port = await _bind_named(

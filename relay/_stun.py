@@ -45,7 +45,7 @@ from darkswap_trio.proto.stun import (
 from ._limits import KeyedRateLimiter, TokenBucket, canonical_ip
 from ._metrics import RelayMetrics
 
-__all__ = ["binding_reply", "serve_stun"]
+__all__ = ["answer_binding", "binding_reply", "serve_stun"]
 
 logger = logging.getLogger("relay.stun")
 
@@ -138,6 +138,41 @@ def _unknown_attribute_response(request: Message, unknown: list[int], fingerprin
     return data[:2] + struct.pack("!H", len(data) - _HEADER_LENGTH) + data[4:]
 
 
+def answer_binding(
+    data: bytes,
+    source: tuple[str, int],
+    metrics: RelayMetrics,
+    rate_limiter: KeyedRateLimiter | None,
+    total_limiter: TokenBucket | None,
+    now: float,
+) -> bytes | None:
+    """The reply to send for one datagram (or TCP-framed message), after the rate
+    limits, or None; counts it. Shared by :func:`serve_stun` and the TURN service,
+    which routes Binding requests here (STUN and TURN share the port)."""
+    try:
+        response, reason = binding_reply(data, source)
+    except Exception:  # never let one datagram stop the service
+        logger.exception("STUN request handling failed")
+        response, reason = None, "malformed"
+    if response is None:
+        metrics.stun_dropped.labels(reason=reason).inc()
+        return None
+    if rate_limiter is not None and not rate_limiter.try_take(canonical_ip(source[0]), 1, now):
+        metrics.stun_dropped.labels(reason="rate_limited").inc()
+        metrics.limit_hit("stun_per_ip")
+        return None
+    if total_limiter is not None and not total_limiter.try_take(1, now):
+        metrics.stun_dropped.labels(reason="rate_limited").inc()
+        metrics.limit_hit("stun_total")
+        return None
+    # Counted before sending: once the client has its answer, the count is visible.
+    if reason == "ok":
+        metrics.stun_requests.inc()
+    else:
+        metrics.stun_error_responses.inc()
+    return response
+
+
 async def _open_socket(host: str, port: int) -> trio.socket.SocketType:
     infos = await trio.socket.getaddrinfo(
         host, port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE
@@ -189,30 +224,11 @@ async def serve_stun(
                     raise
                 metrics.stun_dropped.labels(reason="socket_error").inc()
                 continue
-            try:
-                response, reason = binding_reply(data, source)
-            except Exception:  # never let one datagram stop the service
-                logger.exception("STUN request handling failed")
-                response, reason = None, "malformed"
+            response = answer_binding(
+                data, source, metrics, rate_limiter, total_limiter, trio.current_time()
+            )
             if response is None:
-                metrics.stun_dropped.labels(reason=reason).inc()
                 continue
-            now = trio.current_time()
-            if rate_limiter is not None and not rate_limiter.try_take(
-                canonical_ip(source[0]), 1, now
-            ):
-                metrics.stun_dropped.labels(reason="rate_limited").inc()
-                metrics.limit_hit("stun_per_ip")
-                continue
-            if total_limiter is not None and not total_limiter.try_take(1, now):
-                metrics.stun_dropped.labels(reason="rate_limited").inc()
-                metrics.limit_hit("stun_total")
-                continue
-            # Counted before sending: once the client has its answer, the count is visible.
-            if reason == "ok":
-                metrics.stun_requests.inc()
-            else:
-                metrics.stun_error_responses.inc()
             try:
                 await sock.sendto(response, source)
             except OSError:  # e.g. unreachable source; the reply is lost, the service lives

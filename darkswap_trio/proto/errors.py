@@ -47,3 +47,7 @@ class SdpParseError(ParseError):
 
 class WebSocketParseError(ParseError):
     """A WebSocket handshake or frame is malformed."""
+
+
+class TurnParseError(ParseError):
+    """A TURN message (STUN-framed request or indication, ChannelData, TCP framing) is malformed."""

@@ -20,6 +20,7 @@ from relay._config import (
     AuthConfig,
     ConfigError,
     LimitsConfig,
+    TurnConfig,
     announce_multiaddr,
     config_changes,
     load_config,
@@ -150,7 +151,12 @@ def test_example_relay_toml_lists_every_key_with_its_default() -> None:
     assert load_config(EXAMPLE) == RelayConfig()
     # ...and every setting appears, set (to its default) or commented out (unset).
     lines = _example_lines()
-    sections = {"": RelayConfig(), "auth.": AuthConfig(), "limits.": LimitsConfig()}
+    sections = {
+        "": RelayConfig(),
+        "auth.": AuthConfig(),
+        "limits.": LimitsConfig(),
+        "turn.": TurnConfig(),
+    }
     missing = []
     for prefix, defaults in sections.items():
         for field in dataclasses.fields(defaults):
