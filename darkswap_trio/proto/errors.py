@@ -47,3 +47,7 @@ class SdpParseError(ParseError):
 
 class WebSocketParseError(ParseError):
     """A WebSocket handshake or frame is malformed."""
+
+
+class GossipParseError(ParseError):
+    """A topic (gossip) frame is malformed."""
