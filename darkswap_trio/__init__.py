@@ -70,6 +70,9 @@ from ._relay_session import open_relay_session as open_relay_session
 from ._tcp_signaling import SignalMessage as SignalMessage
 from ._tcp_signaling import TcpSignaling as TcpSignaling
 from ._tcp_signaling import open_tcp_signaling as open_tcp_signaling
+from ._topics import NoTopicPeers as NoTopicPeers
+from ._topics import TopicMessage as TopicMessage
+from ._topics import TopicSubscription as TopicSubscription
 from ._webrtc_transport import DirectConnection as DirectConnection
 from ._webrtc_transport import WebRtcSignalingClient as WebRtcSignalingClient
 from ._webrtc_transport import WebRtcTransport as WebRtcTransport
@@ -80,6 +83,7 @@ from ._websocket import open_websocket as open_websocket
 from ._websocket import serve_websocket as serve_websocket
 from .proto.dtls_certificate import DtlsCertificate as DtlsCertificate
 from .proto.errors import DtlsParseError as DtlsParseError
+from .proto.errors import GossipParseError as GossipParseError
 from .proto.errors import ParseError as ParseError
 from .proto.errors import PeerIdError as PeerIdError
 from .proto.errors import SdpParseError as SdpParseError
