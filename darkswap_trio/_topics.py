@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from ._peer_link import RESERVED_PREFIX, PeerLink
+from ._peer_link import RESERVED_PREFIX, MessageTooLarge, PeerLink
 from .proto.gossip import (
     ACCEPT,
     IGNORE,
@@ -47,6 +47,9 @@ __all__ = [
 log = logging.getLogger("darkswap_trio.topics")
 
 TOPIC_CHANNEL = RESERVED_PREFIX + b"topic/1\x00"
+# prefix 18, version 1, record header 5, publisher 1+38, seqno 8, topic 1+255, length 4,
+# signature 64: 395 bytes, rounded up.
+_RECORD_OVERHEAD = 512
 _OUTBOX_BYTES = 8 << 20  # per peer, frames the link has not taken yet
 _BOOTSTRAP_RETRY = (1.0, 30.0)  # first and largest wait between dials of a missing bootstrap peer
 
@@ -124,7 +127,16 @@ class Topics:
 
     def __init__(self, network: P2PNetwork, config: GossipConfig | None = None) -> None:
         self._network = network
-        self.config = config or GossipConfig()
+        if config is None:
+            # A topic frame must fit in one link message: the largest record (1 message)
+            # plus framing is below max_data_size + _RECORD_OVERHEAD.
+            link_max = network.config.p2p.link_max_message_size
+            data_max = max(link_max - _RECORD_OVERHEAD, 1)
+            config = GossipConfig(
+                max_data_size=min(data_max, GossipConfig.max_data_size),
+                max_frame_size=min(link_max - len(TOPIC_CHANNEL), GossipConfig.max_frame_size),
+            )
+        self.config = config
         self._core: GossipCore | None = None
         self._subscriptions: dict[str, list[TopicSubscription]] = {}
         self._links: dict[str, PeerLink] = {}
@@ -276,6 +288,8 @@ class Topics:
                 await link.send_channel(TOPIC_CHANNEL + frame)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return  # the link is over; the pool takes it out
+            except MessageTooLarge:  # a frame of many records on a small-message link
+                self.dropped_frames += 1
 
     async def _keep_linked(self, peer_id: str) -> None:
         wait = _BOOTSTRAP_RETRY[0]

@@ -229,3 +229,24 @@ async def test_many_peers_exactly_once_with_churn_forgery_and_validation(relay_s
             assert sum(s.rejected for s in stats) >= 1
             assert sum(s.invalid_signature for s in stats) >= 1
             outer.cancel_scope.cancel()
+
+
+async def test_largest_message_fits_a_link_message(relay_server):
+    with trio.fail_after(20):
+        async with (
+            peer(relay_server, enable_direct=False, link_max_message_size=64 * 1024) as a,
+            peer(relay_server, enable_direct=False, link_max_message_size=64 * 1024) as b,
+        ):
+            await a.connect_to_peer(b.local_peer_id)
+            async with b.subscribe("t" * 255) as subscription:
+                await until(knows(a, "t" * 255, 1))
+                largest = a.topic_layer.config.max_data_size
+                try:
+                    await a.publish("t" * 255, bytes(largest + 1))
+                except ValueError:
+                    pass
+                else:
+                    raise AssertionError("a message above max_data_size must be refused")
+                await a.publish("t" * 255, bytes(largest))
+                assert len((await subscription.receive()).data) == largest
+            assert a.topic_layer.dropped_frames == 0
