@@ -8,6 +8,7 @@ topic traffic shares links with application messages; bootstrap peers are dialed
 
 import random
 
+import pytest
 import trio
 from sdk_peers import peer
 
@@ -65,6 +66,10 @@ async def test_publish_subscribe_on_three_peers_with_app_messages(relay_server):
                 await until(knows(c, "orders/BTC-USDT", 1))
                 # Application messages and topic traffic share the link, both ways.
                 await ab.send(b"app message")
+                with pytest.raises(ValueError, match="reserved"):
+                    await ab.send(
+                        TOPIC_CHANNEL + b"\x01"
+                    )  # the application cannot forge topic frames
                 message_id = await a.publish("orders/BTC-USDT", b"bid 1", require_peers=True)
                 assert await ba.receive() == b"app message"
                 await until(lambda: got_b and got_c)
