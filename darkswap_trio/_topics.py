@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from ._peer_link import RESERVED_PREFIX, MessageTooLarge, PeerLink
+from ._relay_session import RelayError
 from .proto.gossip import (
     ACCEPT,
     IGNORE,
@@ -50,7 +51,11 @@ TOPIC_CHANNEL = RESERVED_PREFIX + b"topic/1\x00"
 # prefix 18, version 1, record header 5, publisher 1+38, seqno 8, topic 1+255, length 4,
 # signature 64: 395 bytes, rounded up.
 _RECORD_OVERHEAD = 512
-_OUTBOX_BYTES = 8 << 20  # per peer, frames the link has not taken yet
+_OUTBOX_BYTES = 8 << 20
+_RENDEZVOUS_RENEW = 60.0  # seconds between registrations of a topic (the relay keeps 300)
+_RENDEZVOUS_MAX_DIALS = (
+    8  # concurrent dials to peers a rendezvous named  # per peer, frames the link has not taken yet
+)
 _BOOTSTRAP_RETRY = (1.0, 30.0)  # first and largest wait between dials of a missing bootstrap peer
 
 
@@ -145,6 +150,8 @@ class Topics:
         self._outbox_ready: dict[str, trio.Event] = {}
         self._nursery: trio.Nursery | None = None
         self.dropped_frames = 0  # outbox full: the link could not keep up
+        self._discovery: dict[str, trio.CancelScope] = {}  # topic -> its rendezvous task
+        self._dialing: set[str] = set()  # peers the rendezvous is dialing
         self.validator_errors = 0
 
     @property
@@ -164,6 +171,9 @@ class Topics:
                 nursery.start_soon(self._write, link)
             for peer_id in self._network.config.p2p.bootstrap_peer_ids():
                 nursery.start_soon(self._keep_linked, peer_id)
+            for topic in self._subscriptions:  # subscribed before the network ran
+                self._discovery[topic] = scope = trio.CancelScope()
+                nursery.start_soon(self._discover, topic, scope)
             task_status.started()
             while True:
                 await trio.sleep_until(self.core.poll_timeout())
@@ -182,6 +192,9 @@ class Topics:
         maxlen = queue_size or self._network.config.p2p.topic_queue_size
         subscription = TopicSubscription(self, topic, maxlen, validator)
         self.core.subscribe(topic, validator=lambda message: self._validate(topic, message))
+        if topic not in self._subscriptions and self._nursery is not None:
+            self._discovery[topic] = scope = trio.CancelScope()
+            self._nursery.start_soon(self._discover, topic, scope)
         self._subscriptions.setdefault(topic, []).append(subscription)
         self._flush()
         return subscription
@@ -206,6 +219,10 @@ class Topics:
             self._subscriptions[subscription.topic] = remaining
             return
         self._subscriptions.pop(subscription.topic, None)
+        scope = self._discovery.pop(subscription.topic, None)
+        if scope is not None and self._nursery is not None:
+            scope.cancel()
+            self._nursery.start_soon(self._leave, subscription.topic)
         if self._core is not None:
             self._core.unsubscribe(subscription.topic)
             self._flush()
@@ -290,6 +307,49 @@ class Topics:
                 return  # the link is over; the pool takes it out
             except MessageTooLarge:  # a frame of many records on a small-message link
                 self.dropped_frames += 1
+
+    # -- relay rendezvous (docs/PROTOCOL.md 13.6) ------------------------------------------
+
+    async def _discover(self, topic: str, scope: trio.CancelScope) -> None:
+        # Register with every connected relay and link to some of the peers it names,
+        # until the topic has D known subscribers; renew well within the relay's TTL.
+        with scope:
+            while True:
+                servers = self._network.relay_manager.connected_servers()
+                for server in servers:
+                    if server.session is None:
+                        continue
+                    try:
+                        peers = await server.session.register_topic(topic)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError, RelayError):
+                        continue
+                    missing = self.config.d - len(self.core.topic_peers(topic))
+                    for peer_id in peers:
+                        if missing <= 0 or len(self._dialing) >= _RENDEZVOUS_MAX_DIALS:
+                            break
+                        if peer_id not in self._dialing and self._network.pool.get(peer_id) is None:
+                            missing -= 1
+                            self._dialing.add(peer_id)
+                            assert self._nursery is not None
+                            self._nursery.start_soon(self._dial, peer_id)
+                await trio.sleep((_RENDEZVOUS_RENEW if servers else 1.0) * random.uniform(0.8, 1.2))
+
+    async def _dial(self, peer_id: str) -> None:
+        try:
+            await self._network.connect_to_peer(peer_id)
+        except (RelayError, trio.BrokenResourceError, trio.ClosedResourceError, ValueError) as exc:
+            log.debug("topic peer %s not reached: %s", peer_id, exc)
+        finally:
+            self._dialing.discard(peer_id)
+
+    async def _leave(self, topic: str) -> None:
+        for server in self._network.relay_manager.connected_servers():
+            if server.session is not None:
+                with trio.move_on_after(5):
+                    try:
+                        await server.session.register_topic(topic, leave=True)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError, RelayError):
+                        pass
 
     async def _keep_linked(self, peer_id: str) -> None:
         wait = _BOOTSTRAP_RETRY[0]

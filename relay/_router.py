@@ -39,6 +39,7 @@ from ._config import RelayConfig
 from ._legacy import INCOMPATIBLE_PEER, circuit_announcement, incompatible, incompatible_reason
 from ._logging import session_context
 from ._metrics import RelayMetrics
+from ._rendezvous import TopicRendezvous
 
 if TYPE_CHECKING:
     from ._session import SignalingSession
@@ -82,6 +83,7 @@ class RelayRouter:
         lim = config.limits
         self.circuit_limits = circuit_limits(config)
         self.abuse = AbuseGuard(lim)  # per-IP and relay-wide message budgets
+        self.rendezvous = TopicRendezvous()  # docs/PROTOCOL.md 13.6
         self.table = CircuitTable(
             limits=self.circuit_limits,
             max_circuits=lim.max_circuits,
@@ -151,6 +153,7 @@ class RelayRouter:
         peer_id = session.peer_id
         if peer_id is not None and self.registered.get(peer_id) is session:
             del self.registered[peer_id]
+            self.rendezvous.drop_peer(peer_id)
             self.table.disconnect(peer_id, reason)
             self.dispatch()
 

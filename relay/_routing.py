@@ -31,11 +31,14 @@ from darkswap_trio.proto.signaling import (
     Register,
     RelayData,
     RelayRequest,
+    TopicPeers,
+    TopicRegister,
     decode_binary_untrusted,
     message_type,
 )
 
 from . import _legacy
+from ._rendezvous import TopicLimit
 from ._router import parse_relay_id, relay_id_text
 
 if TYPE_CHECKING:
@@ -84,6 +87,8 @@ def route_message(session: SignalingSession, msg: Message, now: float) -> Blocki
         router.dispatch()
     elif isinstance(msg, RefreshToken):
         session.refresh_token(msg.token)
+    elif isinstance(msg, TopicRegister):
+        _topic_register(session, msg, now)
     elif isinstance(msg, DataChannel) and not session.extended:
         _legacy.data_channel(session, router.table, parse_relay_id(msg.relay_id), msg)
     elif isinstance(msg, (Register, Authenticate)):
@@ -145,3 +150,19 @@ def circuit_data(
     if not router.deliver(me, relay_id, payload, now, frame):
         session.send_error("unknown_circuit", "no such circuit", relay_id_text(relay_id))
     return None
+
+
+def _topic_register(session: SignalingSession, msg: TopicRegister, now: float) -> None:
+    """Topic rendezvous (docs/PROTOCOL.md 13.6): register, answer with a sample of peers."""
+    me = session.peer_id
+    assert me is not None
+    rendezvous = session.router.rendezvous
+    if msg.leave:
+        rendezvous.unregister(me, msg.topic)
+        return
+    try:
+        peers = rendezvous.register(me, msg.topic, now, live=lambda p: session.router.lookup(p) is not None)
+    except TopicLimit as exc:
+        session.send_error(exc.code, str(exc), msg.topic[:128])
+        return
+    session.send_control(TopicPeers(msg.topic, tuple(peers)))

@@ -255,3 +255,36 @@ async def test_largest_message_fits_a_link_message(relay_server):
                 await a.publish("t" * 255, bytes(largest))
                 assert len((await subscription.receive()).data) == largest
             assert a.topic_layer.dropped_frames == 0
+
+
+async def test_relay_rendezvous_links_subscribers(relay_server):
+    # Nobody connects to anybody: the relay's topic rendezvous introduces the subscribers.
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            networks = []
+
+            async def run_peer(task_status):
+                async with peer(relay_server, enable_direct=False) as net:
+                    task_status.started(net)
+                    await trio.sleep_forever()
+
+            for _ in range(5):
+                networks.append(await nursery.start(run_peer))
+            subscriptions = [net.subscribe("orders/ETH-USDT") for net in networks]
+            outsider = await nursery.start(run_peer)
+            async with outsider.subscribe("orders/other"):
+                for net in networks:
+                    await until(knows(net, "orders/ETH-USDT", 1))
+                for i, net in enumerate(networks):
+                    await net.publish("orders/ETH-USDT", b"%d" % i, require_peers=True)
+                for i, subscription in enumerate(subscriptions):
+                    got = sorted([(await subscription.receive()).data for _ in range(4)])
+                    assert got == sorted(b"%d" % j for j in range(5) if j != i)
+                assert not any(net.local_peer_id in outsider.pool for net in networks)
+            for subscription in subscriptions:
+                subscription.close()
+            rendezvous = relay_server.router.rendezvous
+            await until(
+                lambda: not rendezvous.topics_of(networks[0].local_peer_id)
+            )  # TopicRegister leave
+            nursery.cancel_scope.cancel()
