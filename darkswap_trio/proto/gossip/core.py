@@ -82,6 +82,7 @@ class GossipConfig:
     max_pending_bytes: int = 8 << 20  # per peer, not yet taken by poll_transmit
     max_events: int = 10_000
     graylist_threshold: int = 10
+    max_peer_topics: int = 512  # subscriptions remembered per peer
     flood_publish: bool = True
 
     def validate(self) -> GossipConfig:
@@ -113,6 +114,7 @@ class GossipStatistics:
     dropped_outgoing: int = 0
     dropped_events: int = 0
     seen_evicted: int = 0
+    ignored_subscriptions: int = 0  # a peer announced more than max_peer_topics
 
 
 @dataclass
@@ -304,6 +306,9 @@ class GossipCore:
     def _receive_control(self, peer: str, state: _Peer, control: Control, now: float) -> None:
         kind, topic = control.kind, control.topic
         if kind == SUBSCRIBE:
+            if topic not in state.topics and len(state.topics) >= self.config.max_peer_topics:
+                self.statistics.ignored_subscriptions += 1  # bounded memory per peer
+                return
             state.topics.add(topic)
             if topic in self.subscriptions and len(self.mesh[topic]) < self.config.d_lo:
                 self._fill_mesh(topic, self.config.d)
@@ -311,19 +316,20 @@ class GossipCore:
             state.topics.discard(topic)
             self.mesh.get(topic, set()).discard(peer)
         elif kind == GRAFT:
-            state.topics.add(topic)
             mesh = self.mesh.get(topic)
             if mesh is None or peer in mesh:
                 if mesh is None:
                     self._queue_control(peer, Control(PRUNE, topic, backoff=0))
                 return
+            state.topics.add(topic)  # a GRAFT implies the subscription (ours: bounded)
             if self._backed_off(peer, topic, now) or len(mesh) >= self.config.d_hi:
                 self._prune(peer, topic)
             else:
                 mesh.add(peer)
         elif kind == PRUNE:
-            if topic in self.mesh:
-                self.mesh[topic].discard(peer)
+            if topic not in self.mesh:
+                return  # backoffs only for our topics: the table stays bounded
+            self.mesh[topic].discard(peer)
             backoff = max(float(control.backoff), 1.0)
             self._backoff[(peer, topic)] = max(self._backoff.get((peer, topic), 0.0), now + backoff)
         elif kind == IHAVE:

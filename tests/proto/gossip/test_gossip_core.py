@@ -11,6 +11,7 @@ from darkswap_trio.proto.gossip.wire import (
     GRAFT,
     IHAVE,
     PRUNE,
+    SUBSCRIBE,
     Control,
     encode_control,
     encode_frame,
@@ -231,3 +232,16 @@ def test_frames_packed_up_to_max_frame_size():
     for frame in frames:
         b.handle_message(a.local_peer, frame, 0.0)
     assert len(events(b)) == 10
+
+
+def test_peer_state_is_bounded():
+    a, b = make(0, max_peer_topics=3), make(1)
+    link(a, b)
+    frame = encode_frame(
+        [encode_control(Control(SUBSCRIBE, f"t{i}")) for i in range(10)]
+        + [encode_control(Control(PRUNE, f"u{i}", backoff=65535)) for i in range(10)]
+    )
+    a.handle_message(b.local_peer, frame, 0.0)
+    assert len(a.peers[b.local_peer].topics) == 3
+    assert a.statistics.ignored_subscriptions == 7
+    assert a._backoff == {}  # PRUNEs for topics we do not subscribe to leave no state
