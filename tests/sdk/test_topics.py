@@ -316,3 +316,22 @@ async def test_relay_rendezvous_links_subscribers(relay_server):
                 lambda: not rendezvous.topics_of(networks[0].local_peer_id)
             )  # TopicRegister leave
             nursery.cancel_scope.cancel()
+
+
+def test_bootstrap_peer_config(tmp_path):
+    from darkswap_trio import Config, ConfigError, P2PConfig
+
+    peer_id = "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA"
+    path = tmp_path / "peer.toml"
+    path.write_text(
+        f'[p2p]\nbootstrap_peers = ["{peer_id}", "/ip4/10.0.0.1/tcp/9000/p2p/{peer_id}"]\n'
+        "topic_queue_size = 10\n"
+    )
+    config = Config.from_toml(path)
+    assert config.p2p.bootstrap_peer_ids() == [peer_id, peer_id]
+    assert config.p2p.topic_queue_size == 10
+    for bad in (["nope"], ["/ip4/10.0.0.1/tcp/9000"], [7]):
+        with pytest.raises(ConfigError):
+            P2PConfig(bootstrap_peers=bad).validate()
+    with pytest.raises(ConfigError):
+        P2PConfig(topic_queue_size=0).validate()
