@@ -43,4 +43,4 @@ def test_complete_snippets_run(relay_process, tmp_path):
         path = tmp_path / f"snippet{n}.py"
         path.write_text(snippet)
         out = run([str(path), relay_process.multiaddr], timeout=60)
-        assert re.search(r"b'(hello bob|hi|ping|direct|datagram from b)'|hello on chat", out), out
+        assert re.search(r"b'(hello bob|hi|ping|direct|datagram from b|bid 0.1 @ 64000)'|hello on chat", out), out
