@@ -335,3 +335,19 @@ def test_bootstrap_peer_config(tmp_path):
             P2PConfig(bootstrap_peers=bad).validate()
     with pytest.raises(ConfigError):
         P2PConfig(topic_queue_size=0).validate()
+
+
+async def test_topics_over_a_direct_link(relay_server):
+    with trio.fail_after(30):
+        async with peer(relay_server) as a, peer(relay_server) as b:
+            link = await a.connect_to_peer(b.local_peer_id)
+            async with b.subscribe("t") as subscription:
+                await until(knows(a, "t", 1))
+                await a.publish("t", b"maybe relayed")
+                assert (await subscription.receive()).data == b"maybe relayed"
+                await until(lambda: link.connection_type == "direct")
+                for i in range(20):
+                    await a.publish("t", b"direct %d" % i)
+                got = [(await subscription.receive()).data for _ in range(20)]
+                assert got == [b"direct %d" % i for i in range(20)]
+                assert link.direct_bytes_sent > 0
