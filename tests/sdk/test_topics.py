@@ -351,3 +351,34 @@ async def test_topics_over_a_direct_link(relay_server):
                 got = [(await subscription.receive()).data for _ in range(20)]
                 assert got == [b"direct %d" % i for i in range(20)]
                 assert link.direct_bytes_sent > 0
+
+
+async def test_validator_errors_ignore_and_close_ends_iteration(relay_server):
+    with trio.fail_after(20):
+        async with (
+            peer(relay_server, enable_direct=False) as a,
+            peer(relay_server, enable_direct=False) as b,
+        ):
+            await a.connect_to_peer(b.local_peer_id)
+
+            def validator(message):
+                if message.data == b"boom":
+                    raise RuntimeError("validator bug")
+                return "ignore" if message.data == b"skip" else "accept"
+
+            subscription = b.subscribe("t", validator=validator)
+            seen = []
+
+            async def read():
+                async for message in subscription:  # ends when the subscription closes
+                    seen.append(message.data)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read)
+                await until(knows(a, "t", 1))
+                for data in (b"boom", b"skip", b"ok"):
+                    await a.publish("t", data)
+                await until(lambda: seen == [b"ok"])
+                subscription.close()
+            assert b.topic_layer.validator_errors == 1 and b.topic_layer.statistics.ignored == 2
+            assert b.topics == [] and b.topic_layer.core.peers[a.local_peer_id].penalty == 0
