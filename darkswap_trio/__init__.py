@@ -41,6 +41,9 @@ from ._p2p._peer_link import PeerLink as PeerLink
 from ._p2p._peer_link import PeerLinkStatistics as PeerLinkStatistics
 from ._p2p._pool import ConnectionPool as ConnectionPool
 from ._p2p._pool import PoolStatistics as PoolStatistics
+from ._p2p._topics import NoTopicPeers as NoTopicPeers
+from ._p2p._topics import TopicMessage as TopicMessage
+from ._p2p._topics import TopicSubscription as TopicSubscription
 from ._relay_client._circuit import CircuitClosedError as CircuitClosedError
 from ._relay_client._circuit import CircuitStatistics as CircuitStatistics
 from ._relay_client._circuit import RelayCircuit as RelayCircuit

@@ -49,6 +49,17 @@ class RelayAddress:
         return self.multiaddr
 
 
+def bootstrap_peer_id(text: str) -> str:
+    """The peer id of a bootstrap peer given as a PeerId or a multiaddr ending in /p2p/<id>."""
+    if not isinstance(text, str):
+        raise ConfigError(f"bootstrap peer must be a string, got {text!r}")
+    candidate = text.rsplit("/p2p/", 1)[1] if text.startswith("/") and "/p2p/" in text else text
+    try:
+        return str(PeerId.from_string(candidate))
+    except PeerIdError as exc:
+        raise ConfigError(f"bootstrap peer {text!r} is not a peer id or a /p2p/ multiaddr: {exc}") from None
+
+
 def parse_relay_address(text: str) -> RelayAddress:
     """Map a relay multiaddr to a :class:`RelayAddress`; ConfigError names a bad one."""
     if not isinstance(text, str):
@@ -147,9 +158,17 @@ class P2PConfig:
     accept_relay_circuits: bool | Callable[[str], bool] = True
     relay_circuit_idle_timeout: float = 120.0
     max_unclaimed_relay_circuits: int = 4
+    # Topics (README, "Topics: publish/subscribe"): peers dialed at start and kept
+    # linked (PeerIds, or multiaddrs ending in /p2p/<peer id>), and the bound on each
+    # subscription's unread messages (the oldest are dropped, and counted, beyond it).
+    bootstrap_peers: list[str] = field(default_factory=list)
+    topic_queue_size: int = 1024
 
     def relay_addresses(self) -> list[RelayAddress]:
         return [parse_relay_address(a) for a in self.relay_servers]
+
+    def bootstrap_peer_ids(self) -> list[str]:
+        return [bootstrap_peer_id(text) for text in self.bootstrap_peers]
 
     def validate(self) -> P2PConfig:
         self.relay_addresses()
@@ -177,6 +196,9 @@ class P2PConfig:
         if not self.relay_circuit_idle_timeout > 0 or self.max_unclaimed_relay_circuits < 1:
             raise ConfigError("p2p.relay_circuit_idle_timeout must be positive and "
                               "p2p.max_unclaimed_relay_circuits at least 1")
+        self.bootstrap_peer_ids()
+        if self.topic_queue_size < 1:
+            raise ConfigError("p2p.topic_queue_size must be at least 1")
         return self
 
 

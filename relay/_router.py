@@ -46,6 +46,7 @@ from ._legacy import INCOMPATIBLE_PEER, circuit_announcement, incompatible, inco
 from ._logging import session_context
 from ._metrics import RelayMetrics
 from ._outbox import ByteCount
+from ._rendezvous import TopicRendezvous
 from ._session_handle import CLOSE_GOING_AWAY, CLOSE_NORMAL
 
 if TYPE_CHECKING:
@@ -99,6 +100,7 @@ class RelayRouter:
         lim = config.limits
         self.abuse = AbuseGuard(lim)
         self.buffered = ByteCount()
+        self._rendezvous = TopicRendezvous()  # docs/PROTOCOL.md 14.6
         self._circuit_limits = limits_from_config(config)
         self._table = CircuitTable(
             limits=self._circuit_limits,
@@ -214,6 +216,7 @@ class RelayRouter:
         peer_id = session.peer_id
         if peer_id is not None and self._registered.get(peer_id) is session:
             del self._registered[peer_id]
+            self._rendezvous.drop_peer(peer_id)
             self._table.disconnect(peer_id, reason)
             self.dispatch()
 
@@ -260,6 +263,20 @@ class RelayRouter:
 
     def has_circuit(self, relay_id: bytes, peer_id: str) -> bool:
         return relay_id in self._table.circuits_of(peer_id)
+
+    @property
+    def registered_count(self) -> int:
+        return len(self._registered)
+
+    def register_topic(self, peer_id: str, topic: str, now: float) -> list[str]:
+        """Record ``peer_id``'s interest in ``topic``; a sample of other live subscribers
+        (raises TopicLimit when a rendezvous bound is hit)."""
+        return self._rendezvous.register(
+            peer_id, topic, now, live=lambda p: p in self._registered
+        )
+
+    def unregister_topic(self, peer_id: str, topic: str) -> None:
+        self._rendezvous.unregister(peer_id, topic)
 
     def carries_circuits(self, peer_id: str) -> bool:
         """Whether ``peer_id`` is an end of any open circuit."""

@@ -33,11 +33,14 @@ from darkswap_trio.proto.signaling import (
     Register,
     RelayData,
     RelayRequest,
+    TopicPeers,
+    TopicRegister,
     decode_binary_untrusted,
     message_type,
 )
 
 from . import _legacy
+from ._rendezvous import TopicLimit
 from ._router import RelayRouter, parse_relay_id, relay_id_text
 from ._session_handle import SessionHandle
 
@@ -101,6 +104,8 @@ def route_message(
             return None
     elif isinstance(msg, RefreshToken):
         session.refresh_token(msg.token)
+    elif isinstance(msg, TopicRegister):
+        _topic_register(router, session, msg, now)
     elif isinstance(msg, DataChannel) and not session.extended:
         relay_id = parse_relay_id(msg.relay_id)
         ends = router.circuit_ends(relay_id) if relay_id is not None else None
@@ -198,3 +203,20 @@ async def _deliver_later(
         buffered.value -= size
     if not router.deliver(me, relay_id, payload, now, frame):
         session.send_error("unknown_circuit", "no such circuit", relay_id_text(relay_id))
+
+
+def _topic_register(
+    router: RelayRouter, session: RoutedSession, msg: TopicRegister, now: float
+) -> None:
+    """Topic rendezvous (docs/PROTOCOL.md 14.6): register, answer with a sample of peers."""
+    me = session.peer_id
+    assert me is not None
+    if msg.leave:
+        router.unregister_topic(me, msg.topic)
+        return
+    try:
+        peers = router.register_topic(me, msg.topic, now)
+    except TopicLimit as exc:
+        session.send_error(exc.code, str(exc), msg.topic[:128])
+        return
+    session.send_control(TopicPeers(msg.topic, tuple(peers)))

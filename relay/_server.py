@@ -240,7 +240,7 @@ async def serve_relay(
     # Per-IP and total caps apply from TCP accept (admission.admit/release, in the listener).
     admission = ConnectionAdmission(lim, metrics, router.abuse)
     server.admission = admission
-    router.abuse.active_sessions = lambda: len(router.registered)
+    router.abuse.active_sessions = lambda: router.registered_count
     metrics.load_factor.set_function(lambda: router.abuse.load)
 
     async def handle_request(request: WebSocketRequest) -> None:

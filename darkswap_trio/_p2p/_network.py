@@ -44,6 +44,7 @@ from ._link_recovery import ConnectionDowngraded, LinkInterrupted, LinkRecovery,
 from ._metrics import ConnectionMetrics
 from ._peer_link import LinkSettings, PeerLink
 from ._pool import ConnectionPool
+from ._topics import TopicsMixin
 
 log = logging.getLogger("darkswap_trio.network")
 LINK_RESET = bytes([RESET])
@@ -73,7 +74,7 @@ NetworkEvent = (PeerConnected | PeerDisconnected | ConnectionUpgraded | Connecti
                 | LinkInterrupted | LinkRestored | DataReceived | RelayEvent)
 
 
-class P2PNetwork(TaskOwner):
+class P2PNetwork(TopicsMixin, TaskOwner):
     """A peer on the DarkSwap network.
 
     ``async with P2PNetwork(config) as network:`` (or ``await nursery.start(network.run)``)
@@ -123,7 +124,7 @@ class P2PNetwork(TaskOwner):
         self._running = False
         self._scope: trio.CancelScope | None = None
         self._nursery: trio.Nursery | None = None
-        self.pool = ConnectionPool(p2p.max_connections, p2p.connection_idle_timeout)
+        self.pool = ConnectionPool(p2p.max_connections, p2p.connection_idle_timeout, self.topic_layer)
         self._dialing: dict[str, PeerLink] = {}  # links not yet ready (not pooled yet)
         self._transports: dict[str, tuple[WebRtcTransport, trio.CancelScope]] = {}
         self._transports_changed = trio.Event()
@@ -151,6 +152,7 @@ class P2PNetwork(TaskOwner):
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 await nursery.start(self.relay_manager.run)
+                await nursery.start(self.topic_layer.run)
                 nursery.start_soon(self._translate_events)
                 nursery.start_soon(self._accept_circuits)
                 nursery.start_soon(self._prune_idle)

@@ -45,6 +45,9 @@ __all__ = ["LINK_HELLO", "LinkOwner", "LinkSettings", "MessageTooLarge", "PeerLi
 
 log = logging.getLogger("darkswap_trio.peer_link")
 
+# Messages starting with this belong to the link's internal channels (topics: see
+# _topics.py), never to the application: ``send`` refuses them.
+RESERVED_PREFIX = b"\x00darkswap-"
 _CLOSE_LINGER = 2.0  # seconds aclose() waits for the far side to acknowledge our last bytes
 
 
@@ -85,6 +88,7 @@ class PeerLink(trio.abc.Channel[bytes]):
         self._path_ready = trio.Event()
         self._run_scope = trio.CancelScope()
         self._sending = self._receiving = False
+        self._channel: tuple[bytes, Callable[[PeerLink, bytes], None]] | None = None
         self._closed = False  # aclose() was called
         self._ended = False  # the link is over (either side)
         self._end_reason: str | None = None
@@ -186,26 +190,55 @@ class PeerLink(trio.abc.Channel[bytes]):
         if self._sending:
             raise trio.BusyResourceError("another task is already sending on this link")
         data = bytes(value)
-        self._core.check_size(len(data))
+        if data.startswith(RESERVED_PREFIX):
+            raise ValueError(f"messages starting with {RESERVED_PREFIX!r} are reserved for the link's channels")
         self._sending = True
         try:
-            while True:
-                self._check_sendable()
-                if self._core.can_queue(len(data)):
-                    break
-                await self._wait_change()
-            self._core.queue_message(data)
-            if self.connection_type == "direct":
-                self.direct_bytes_sent += len(data)
-            else:
-                self.relay_bytes_sent += len(data)
-            self.bytes_sent += len(data)
-            self.messages_sent += 1
-            self.last_activity = trio.current_time()
-            self._kick()
-            await trio.lowlevel.checkpoint()
+            await self._send(data)
         finally:
             self._sending = False
+
+    async def send_channel(self, data: bytes) -> None:
+        """Send one message of an internal channel (its prefix included) beside the
+        application's: no BusyResourceError with a concurrent ``send``."""
+        await self._send(data)
+
+    def set_channel(self, prefix: bytes, deliver: Callable[[PeerLink, bytes], None]) -> None:
+        """Hand every received message that starts with ``prefix`` (a reserved one) to
+        ``deliver(link, rest)`` as it arrives, instead of to ``receive``."""
+        assert prefix.startswith(RESERVED_PREFIX)
+        self._channel = (prefix, deliver)
+        self._take_channel()
+
+    def _take_channel(self) -> None:
+        if self._channel is None:
+            return
+        prefix, deliver = self._channel
+        messages = self._core.take_prefixed(prefix, trio.current_time())
+        if messages:
+            self._kick()  # the ACK timer starts
+            self.bytes_received += sum(map(len, messages))
+            self.last_activity = trio.current_time()
+            for message in messages:
+                deliver(self, message[len(prefix):])
+
+    async def _send(self, data: bytes) -> None:
+        self._core.check_size(len(data))
+        while True:
+            self._check_sendable()
+            if self._core.can_queue(len(data)):
+                break
+            await self._wait_change()
+        self._core.queue_message(data)
+        if self.connection_type == "direct":
+            self.direct_bytes_sent += len(data)
+        else:
+            self.relay_bytes_sent += len(data)
+        self.bytes_sent += len(data)
+        self.messages_sent += 1
+        self.last_activity = trio.current_time()
+        self._kick()
+        await trio.lowlevel.checkpoint()
 
     def _check_sendable(self) -> None:
         if self._closed:
@@ -465,6 +498,7 @@ class PeerLink(trio.abc.Channel[bytes]):
                 self._receive_hello(frame)
                 continue
             core.receive_frame(run.name, frame, trio.current_time())
+            self._take_channel()
             if not run.heard:
                 run.heard = True
                 self._maybe_retire_relay()

@@ -10,6 +10,7 @@ activity is older than ``idle_timeout``; the network calls it periodically.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import trio
 
@@ -27,12 +28,18 @@ class PoolStatistics:
     replaced: int  # closed because a better link to the same peer was added
 
 
+class PoolWatcher(Protocol):
+    def link_added(self, link: PeerLink) -> None: ...
+    def link_removed(self, link: PeerLink) -> None: ...
+
+
 class ConnectionPool:
     """The network's live links, by peer id."""
 
-    def __init__(self, max_connections: int, idle_timeout: float) -> None:
+    def __init__(self, max_connections: int, idle_timeout: float, watcher: PoolWatcher | None = None) -> None:
         if max_connections < 1:
             raise ValueError("max_connections must be at least 1")
+        self.watcher = watcher  # told when a link becomes, or stops being, a peer's pooled link
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
         self._links: dict[str, PeerLink] = {}
@@ -47,7 +54,7 @@ class ConnectionPool:
     def get(self, peer_id: str) -> PeerLink | None:
         link = self._links.get(peer_id)
         if link is not None and link.closed:
-            del self._links[peer_id]
+            self._remove(peer_id)
             return None
         return link
 
@@ -65,21 +72,32 @@ class ConnectionPool:
                 self.replaced += 1
                 await link.aclose()
                 return current
-            self._links[link.peer_id] = link
+            self._remove(link.peer_id)
+            self._set(link)
             self.replaced += 1
             await current.aclose()
             return link
         while len(self._links) >= self.max_connections:
             victim = min(self._links.values(), key=lambda lnk: lnk.last_activity)
-            del self._links[victim.peer_id]
+            self._remove(victim.peer_id)
             self.evicted += 1
             await victim.aclose()
-        self._links[link.peer_id] = link
+        self._set(link)
         return link
 
     def discard(self, link: PeerLink) -> None:
         if self._links.get(link.peer_id) is link:
-            del self._links[link.peer_id]
+            self._remove(link.peer_id)
+
+    def _set(self, link: PeerLink) -> None:
+        self._links[link.peer_id] = link
+        if self.watcher is not None:
+            self.watcher.link_added(link)
+
+    def _remove(self, peer_id: str) -> None:
+        link = self._links.pop(peer_id)
+        if self.watcher is not None:
+            self.watcher.link_removed(link)
 
     async def prune_idle(self, now: float | None = None) -> list[PeerLink]:
         """Close links idle for longer than ``idle_timeout`` (at trio time ``now``)."""
@@ -94,7 +112,7 @@ class ConnectionPool:
 
     def _drop_closed(self) -> None:
         for peer in [p for p, lnk in self._links.items() if lnk.closed]:
-            del self._links[peer]
+            self._remove(peer)
 
     def statistics(self) -> PoolStatistics:
         live = self.links()

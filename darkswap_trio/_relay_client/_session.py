@@ -89,6 +89,7 @@ class RelaySession:
         self._ws = ws
         self._circuits: dict[bytes, RelayCircuit] = {}
         self._pending_requests: dict[str, deque[trio.MemorySendChannel[sig.RelayResponse]]] = {}
+        self._pending_topics: dict[str, deque[trio.MemorySendChannel[sig.TopicPeers]]] = {}  # register_topic
         # Ping nonce -> its waiter, oldest first (a Pong without a nonce, from a relay
         # that predates them, answers the oldest). A ping() that ends removes its entry.
         self._pending_pings: dict[str, trio.Event] = {}
@@ -185,6 +186,27 @@ class RelaySession:
         if circuit is None:  # closed before we got to look at it
             raise CircuitRefused("circuit closed immediately", "closed")
         return circuit
+
+    async def register_topic(self, topic: str, *, leave: bool = False, timeout: float = 10.0) -> list[str]:
+        """Topic rendezvous (docs/PROTOCOL.md 14.6): register interest in ``topic`` (or
+        withdraw it with ``leave``). Returns the relay's random sample of other peers
+        registered for it; [] after ``leave``, when the relay refuses, or after ``timeout``."""
+        if leave:
+            await self.send_message(sig.TopicRegister(topic, leave=True))
+            return []
+        send, receive = trio.open_memory_channel[list[str]](1)
+        waiters = self._pending_topics.setdefault(topic, deque())
+        waiters.append(send)
+        try:
+            await self.send_message(sig.TopicRegister(topic))
+            with trio.move_on_after(timeout):
+                return await receive.receive()
+            return []
+        finally:
+            if send in waiters:
+                waiters.remove(send)
+            if not waiters:
+                self._pending_topics.pop(topic, None)
 
     async def accept_circuit(self) -> RelayCircuit:
         """Wait for a circuit another peer opened to us."""
@@ -338,8 +360,13 @@ class RelaySession:
         elif isinstance(msg, sig.TokenRefreshed):
             if self._refresh_waiters:
                 self._refresh_waiters.popleft().send_nowait(msg)
+        elif isinstance(msg, sig.TopicPeers):
+            if self._pending_topics.get(msg.topic):
+                self._pending_topics[msg.topic].popleft().send_nowait(list(msg.peers))
         elif isinstance(msg, sig.Error):
             self.errors_received += 1
+            if msg.code == "topic_limit" and msg.ref is not None and self._pending_topics.get(msg.ref):
+                self._pending_topics[msg.ref].popleft().send_nowait([])
             if msg.code in ("invalid_token", "token_expired", "token_peer_mismatch") and self._refresh_waiters:
                 self._refresh_waiters.popleft().send_nowait(msg)
                 return

@@ -51,3 +51,7 @@ class WebSocketParseError(ParseError):
 
 class TurnParseError(ParseError):
     """A TURN message (STUN-framed request or indication, ChannelData, TCP framing) is malformed."""
+
+
+class GossipParseError(ParseError):
+    """A topic (gossip) frame is malformed."""

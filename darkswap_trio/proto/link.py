@@ -355,6 +355,22 @@ class LinkCore:
             self._ack_deadline = now + self.ack_delay
         return message
 
+    def take_prefixed(self, prefix: bytes, now: float) -> list[bytes]:
+        """Take every ready message that starts with ``prefix``, wherever it is queued.
+
+        A second channel on the link (topics) is read this way, so it never waits behind
+        application messages nobody reads; the ACK counts its bytes as consumed, which
+        keeps the receive window bounded exactly as ``next_message`` does.
+        """
+        if not any(message.startswith(prefix) for message in self._ready):
+            return []
+        taken = [m for m in self._ready if m.startswith(prefix)]
+        self._ready = deque(m for m in self._ready if not m.startswith(prefix))
+        self._consumed += sum(_LENGTH_PREFIX + len(m) for m in taken)
+        if self._ack_deadline is None:
+            self._ack_deadline = now + self.ack_delay
+        return taken
+
     @property
     def has_message(self) -> bool:
         return bool(self._ready)

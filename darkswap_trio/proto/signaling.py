@@ -193,11 +193,29 @@ class Pong:
     nonce: str | None = None  # the answered Ping's nonce; None from relays that predate it
 
 
+@dataclass(frozen=True, slots=True)
+class TopicRegister:
+    """Register interest in ``topic`` with the relay (topic rendezvous), or withdraw it."""
+
+    topic: str
+    leave: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TopicPeers:
+    """The relay's answer to TopicRegister: a random sample of other registered peers."""
+
+    topic: str
+    peers: tuple[str, ...] = ()
+
+
 Message = (
     Register | Challenge | Authenticate | Registered | RefreshToken | TokenRefreshed | Offer
     | Answer | IceCandidate | RelayRequest | RelayResponse | DataChannel | RelayData | CloseRelay
-    | Error | Ping | Pong
+    | Error | Ping | Pong | TopicRegister | TopicPeers
 )
+TOPIC_MAX_BYTES = 255  # UTF-8 bytes of a topic name (as on the topic wire, PROTOCOL.md 14.2)
+TOPIC_PEERS_MAX = 64  # peer ids in one TopicPeers
 
 # -- field table ------------------------------------------------------------------------
 # (json key, attribute, kind, required, always emitted)
@@ -238,6 +256,8 @@ _FIELDS: dict[type, tuple[_Spec, ...]] = {
             ("ref", "ref", "str", False, False)),
     Ping: (("nonce", "nonce", "ping_nonce", False, False),),
     Pong: (("nonce", "nonce", "ping_nonce", False, False),),
+    TopicRegister: (("topic", "topic", "topic", True, True), ("leave", "leave", "bool", False, False)),
+    TopicPeers: (("topic", "topic", "topic", True, True), ("peers", "peers", "ids", True, True)),
 }
 _BY_NAME: dict[str, type] = {cls.__name__: cls for cls in _FIELDS}
 _LIMIT_FIELDS = ("duration", "data", "bandwidth", "window", "max_data_frame")
@@ -260,6 +280,21 @@ def _decode_value(kind: str, key: str, value: Any) -> Any:
         if not isinstance(value, str) or len(value) > PING_NONCE_MAX:
             raise SignalingParseError(f"field {key!r} must be a string of at most {PING_NONCE_MAX} characters")
         return value
+    if kind == "topic":
+        try:
+            size = len(value.encode("utf-8")) if isinstance(value, str) else 0
+        except UnicodeEncodeError:  # a lone surrogate from a JSON escape
+            size = 0
+        if not 0 < size <= TOPIC_MAX_BYTES:
+            raise SignalingParseError(f"field {key!r} must be a topic of 1..{TOPIC_MAX_BYTES} UTF-8 bytes")
+        return value
+    if kind == "ids":
+        if not isinstance(value, list) or len(value) > TOPIC_PEERS_MAX:
+            raise SignalingParseError(f"field {key!r} must be a list of at most {TOPIC_PEERS_MAX} peer ids")
+        for item in value:
+            if not isinstance(item, str) or (problem := id_problem(item)):
+                raise SignalingParseError(f"field {key!r}: every entry must be a peer id")
+        return tuple(value)
     if kind in ("str", "id", "rid"):
         if not isinstance(value, str):
             raise SignalingParseError(f"field {key!r} must be a string")
@@ -363,6 +398,8 @@ def _encode_value(kind: str, value: Any) -> Any:
         return {name: getattr(value, name) for name in _LIMIT_FIELDS}
     if kind == "numbers":
         return dict(value)
+    if kind == "ids":
+        return list(value)
     return value
 
 

@@ -1,0 +1,92 @@
+"""The relay as a topic rendezvous (docs/PROTOCOL.md 14.6): who wants which topic.
+
+A registered peer registers interest in a topic (TopicRegister) and is answered with a
+random sample of the other live peers registered for it (TopicPeers); the SDK links to
+some of them, and topic traffic then flows between the peers. Registrations expire
+after ``ttl`` unless renewed, and go when the peer's session ends. Every table is
+bounded: topics per peer, peers per topic, topics in all; requests are paced by the
+session's message budget like every other frame.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+
+class TopicLimit(Exception):
+    """A registration would exceed a rendezvous bound; ``code`` is the error code."""
+
+    code = "topic_limit"
+
+
+class TopicRendezvous:
+    def __init__(
+        self,
+        *,
+        ttl: float = 300.0,
+        sample: int = 16,
+        max_topics_per_peer: int = 32,
+        max_peers_per_topic: int = 10_000,
+        max_topics: int = 100_000,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.ttl = ttl
+        self.sample = sample
+        self.max_topics_per_peer = max_topics_per_peer
+        self.max_peers_per_topic = max_peers_per_topic
+        self.max_topics = max_topics
+        self._rng = rng or random.Random()
+        self._topics: dict[str, dict[str, float]] = {}  # topic -> peer -> expiry
+        self._peers: dict[str, set[str]] = {}  # peer -> its topics
+        self.refused = 0
+
+    def __len__(self) -> int:
+        return len(self._topics)
+
+    def register(
+        self, peer: str, topic: str, now: float, live: Callable[[str], bool] = lambda p: True
+    ) -> list[str]:
+        """Register (or renew) ``peer`` for ``topic``; a sample of the other live members."""
+        members = self._topics.get(topic)
+        mine = self._peers.get(peer, set())
+        if topic not in mine:
+            if len(mine) >= self.max_topics_per_peer:
+                self.refused += 1
+                raise TopicLimit(f"at most {self.max_topics_per_peer} topics per peer")
+            if members is None and len(self._topics) >= self.max_topics:
+                self.refused += 1
+                raise TopicLimit("the relay's topic table is full")
+            if members is not None and len(members) >= self.max_peers_per_topic:
+                self._expire(topic, now)
+                if len(members) >= self.max_peers_per_topic:
+                    self.refused += 1
+                    raise TopicLimit(f"topic has {self.max_peers_per_topic} registered peers")
+        members = self._topics.setdefault(topic, {})
+        members[peer] = now + self.ttl
+        self._peers.setdefault(peer, set()).add(topic)
+        others = [p for p, until in members.items() if p != peer and until > now and live(p)]
+        return self._rng.sample(others, min(self.sample, len(others)))
+
+    def unregister(self, peer: str, topic: str) -> None:
+        members = self._topics.get(topic)
+        if members is not None and members.pop(peer, None) is not None and not members:
+            del self._topics[topic]
+        mine = self._peers.get(peer)
+        if mine is not None:
+            mine.discard(topic)
+            if not mine:
+                del self._peers[peer]
+
+    def drop_peer(self, peer: str) -> None:
+        """The peer's session ended: forget all its registrations."""
+        for topic in list(self._peers.get(peer, ())):
+            self.unregister(peer, topic)
+
+    def _expire(self, topic: str, now: float) -> None:
+        for peer, until in list(self._topics.get(topic, {}).items()):
+            if until <= now:
+                self.unregister(peer, topic)
+
+    def topics_of(self, peer: str) -> set[str]:
+        return set(self._peers.get(peer, ()))
