@@ -120,7 +120,7 @@ async def test_consent_lost_breaks_the_channels(autojump_clock):
             channel = await a.create_data_channel("x")
             await b.accept_data_channel()
             await trio.sleep(1)  # the nomination reached b: consent runs on both ends
-            net.loss = 1.0  # the path goes silent
+            net.link.loss = 1.0  # the path goes silent
             started = trio.current_time()
             with pytest.raises(trio.BrokenResourceError) as info:
                 await channel.receive()

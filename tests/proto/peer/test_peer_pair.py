@@ -144,7 +144,7 @@ def test_consent_lost_when_the_path_dies():
         await pair.run_until(
             lambda: all(s.core.ice.state is IceState.CONNECTED for s in pair.sides)
         )
-        net.loss = 1.0  # the path goes silent both ways
+        net.link.loss = 1.0  # the path goes silent both ways
         started = trio.current_time()
         await pair.run_until(pair.ended, max_time=started + 40)
         assert all(side.states[-1] == "failed" for side in pair.sides)
@@ -160,7 +160,7 @@ def test_consent_lost_when_the_path_dies():
 
 def test_an_unreachable_peer_fails_and_goes_quiet():
     async def scenario(net: VirtualNet) -> None:
-        net.loss = 1.0
+        net.link.loss = 1.0
         pair = await PeerPair.create(net)
         await pair.run_until(pair.ended, max_time=120)
         assert all(state in ENDED for state in (pair.a.core.state, pair.b.core.state))
