@@ -51,8 +51,14 @@ from darkswap_trio.proto import signaling as sig  # noqa: E402
 # Same client settings for our relay and the websockets baseline relay.
 # proxy=None: otherwise every connect scans os.environ for proxy settings (measured: the
 # largest client cost of a registration).
-WS_OPTIONS = dict(compression=None, max_size=1 << 20, ping_interval=None, open_timeout=60,
-                  close_timeout=2, proxy=None)
+WS_OPTIONS = dict(
+    compression=None,
+    max_size=1 << 20,
+    ping_interval=None,
+    open_timeout=60,
+    close_timeout=2,
+    proxy=None,
+)
 HEADER = sig.DATA_HEADER_LENGTH
 _CREDIT = struct.Struct("!B16sI")
 
@@ -121,8 +127,9 @@ class CountingReceiver(asyncio.Protocol):
         if circuit is not None:
             owed = self.payload_received - self.credited
             if owed >= circuit.window >> 1:
-                self.transport.write(premasked_binary_frame(
-                    _CREDIT.pack(sig.FRAME_CREDIT, circuit.key, owed)))
+                self.transport.write(
+                    premasked_binary_frame(_CREDIT.pack(sig.FRAME_CREDIT, circuit.key, owed))
+                )
                 self.credited += owed
         if self.done is not None and self.wire >= self.target and not self.done.done():
             self.done.set_result(time.perf_counter())
@@ -155,20 +162,23 @@ async def receive_message(ws) -> sig.Message:
                 return msg
 
 
-async def register(url: str, relay_peer: PeerId, keypair: Keypair, peer_id: str = "",
-                   **options):
+async def register(url: str, relay_peer: PeerId, keypair: Keypair, peer_id: str = "", **options):
     """Open a session and run the signature handshake; returns the websocket."""
     ws = await connect(url, **WS_OPTIONS, **options)
     peer_id = peer_id or str(keypair.peer_id)
     nonce = os.urandom(sig.NONCE_LENGTH)
-    await ws.send(sig.encode_message(
-        sig.Register(peer_id=peer_id, protocol=sig.PROTOCOL_VERSION, nonce=nonce)))
+    await ws.send(
+        sig.encode_message(
+            sig.Register(peer_id=peer_id, protocol=sig.PROTOCOL_VERSION, nonce=nonce)
+        )
+    )
     challenge = await receive_message(ws)
     if not isinstance(challenge, sig.Challenge) or challenge.signature is None:
         raise ProtocolFailure(f"expected Challenge, got {challenge!r}")
     relay_id = str(relay_peer)
     if challenge.relay_peer_id != relay_id or not relay_peer.verify(
-            sig.relay_auth_message(nonce, relay_id, peer_id), challenge.signature):
+        sig.relay_auth_message(nonce, relay_id, peer_id), challenge.signature
+    ):
         raise ProtocolFailure("the relay's proof of identity did not verify")
     proof = keypair.sign(sig.peer_auth_message(challenge.nonce, relay_id, peer_id))
     await ws.send(sig.encode_message(sig.Authenticate(signature=proof)))
@@ -185,7 +195,7 @@ class CircuitEnd:
         self.ws = ws
         self.relay_id = relay_id
         self.key = uuid.UUID(relay_id).bytes
-        self.window = (limits.window if limits and limits.window else 256 * 1024)
+        self.window = limits.window if limits and limits.window else 256 * 1024
         self.credit = self.window  # what we may still send
         self.unreturned = 0  # received bytes not yet given back as credit
 
@@ -234,8 +244,9 @@ async def open_circuit(a, b, b_peer_id: str, a_peer_id: str) -> tuple[CircuitEnd
     notice = await receive_message(b)
     if not isinstance(notice, sig.DataChannel) or notice.relay_id != response.relay_id:
         raise ProtocolFailure(f"expected DataChannel, got {notice!r}")
-    return CircuitEnd(a, response.relay_id, response.limits), CircuitEnd(b, notice.relay_id,
-                                                                          notice.limits)
+    return CircuitEnd(a, response.relay_id, response.limits), CircuitEnd(
+        b, notice.relay_id, notice.limits
+    )
 
 
 class OurPair:
@@ -305,8 +316,11 @@ async def cmd_throughput(cmd: dict) -> dict:
     targets, total, size = cmd["targets"], cmd["bytes"], cmd["size"]
     out: dict = {name: {"mb_per_s": [], "server_cpu": [], "client_cpu": []} for name in targets}
     # Every target whose name starts with "ours" is our relay (possibly another config).
-    pairs = {name: await OurPair.create(target) for name, target in targets.items()
-             if name.startswith("ours")}
+    pairs = {
+        name: await OurPair.create(target)
+        for name, target in targets.items()
+        if name.startswith("ours")
+    }
     for run in range(-1, cmd["runs"]):  # run -1 warms up every path and is not counted
         for name, target in targets.items():  # interleaved: drift hits every target alike
             if run < 0:
@@ -446,8 +460,14 @@ async def cmd_register(cmd: dict) -> None:
                 await one(i)
 
         await asyncio.gather(*(worker(queue) for _ in range(cmd["concurrency"])))
-        emit({"opened": n, "held": len(held), "seconds": time.perf_counter() - start,
-              "cpu": time.process_time() - cpu})
+        emit(
+            {
+                "opened": n,
+                "held": len(held),
+                "seconds": time.perf_counter() - start,
+                "cpu": time.process_time() - cpu,
+            }
+        )
     for ws in held:  # let the kernel close them: a graceful close of 10k sessions is slow
         ws.transport.abort()
 
@@ -477,7 +497,6 @@ async def cmd_circuits(cmd: dict) -> dict:
         while True:
             await end.send_prebuilt(wire, size)
 
-
     tasks = [asyncio.ensure_future(send(a)) for a, _ in circuits]
     await asyncio.sleep(min(1.0, seconds / 4))  # warm-up: every circuit is flowing
     server0 = cpu_seconds(target["pid"])
@@ -493,12 +512,21 @@ async def cmd_circuits(cmd: dict) -> dict:
     for a, b in circuits:
         a.ws.transport.abort()
         b.ws.transport.abort()
-    return {"bytes": received, "seconds": elapsed, "setup_seconds": setup_seconds,
-            "server_cpu": server_cpu}
+    return {
+        "bytes": received,
+        "seconds": elapsed,
+        "setup_seconds": setup_seconds,
+        "server_cpu": server_cpu,
+    }
 
 
-COMMANDS = {"throughput": cmd_throughput, "rtt": cmd_rtt, "open": cmd_open,
-            "register": cmd_register, "circuits": cmd_circuits}
+COMMANDS = {
+    "throughput": cmd_throughput,
+    "rtt": cmd_rtt,
+    "open": cmd_open,
+    "register": cmd_register,
+    "circuits": cmd_circuits,
+}
 
 
 def main() -> None:

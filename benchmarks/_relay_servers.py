@@ -84,8 +84,7 @@ def benchmark_relay_config(window: int | None = None):  # -> RelayConfig
     """
     from relay import RelayConfig
 
-    config = RelayConfig(host=HOST, port=0, stun_port=None, metrics_port=None,
-                         log_level="WARNING")
+    config = RelayConfig(host=HOST, port=0, stun_port=None, metrics_port=None, log_level="WARNING")
     lim = config.limits
     lim.max_sessions = 1_000_000
     lim.max_sessions_per_ip = 1_000_000
@@ -242,8 +241,9 @@ async def run_wsrelay() -> None:
             waiting[path] = (ws, paired)
             await forward(ws, await paired)
 
-    async with serve(handle, HOST, 0, compression=None, max_size=1 << 20,
-                     ping_interval=None) as server:
+    async with serve(
+        handle, HOST, 0, compression=None, max_size=1 << 20, ping_interval=None
+    ) as server:
         announce(port=server.sockets[0].getsockname()[1])
         await asyncio.get_running_loop().create_future()
 
@@ -253,8 +253,11 @@ def main() -> None:
     parser.add_argument("kind", choices=("ours", "splice", "wsrelay", "bare", "echo"))
     parser.add_argument("--cpu", type=int, default=None, help="pin to this CPU")
     parser.add_argument("--window", type=int, default=None, help="ours: circuit window, bytes")
-    parser.add_argument("--profile", metavar="FILE",
-                        help="ours: run under cProfile for --lifetime s, write pstats to FILE")
+    parser.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="ours: run under cProfile for --lifetime s, write pstats to FILE",
+    )
     parser.add_argument("--lifetime", type=float, default=None, help="ours: stop after N s")
     args = parser.parse_args()
     # Never outlive the orchestrator: die with the parent, and in any case after 20 min.
@@ -274,8 +277,12 @@ def main() -> None:
         if args.profile:
             import cProfile
 
-            cProfile.runctx("trio.run(run_ours, args.window, args.lifetime)", globals(),
-                            {"trio": trio, "args": args}, args.profile)
+            cProfile.runctx(
+                "trio.run(run_ours, args.window, args.lifetime)",
+                globals(),
+                {"trio": trio, "args": args},
+                args.profile,
+            )
         else:
             trio.run(run_ours, args.window, args.lifetime)
     else:

@@ -53,7 +53,8 @@ async def throughput_splice(target: dict, total: int, size: int) -> float:
     _, wa = await asyncio.open_connection("127.0.0.1", target["port"])
     counter = ByteCounter()
     tb, _ = await asyncio.get_running_loop().create_connection(
-        lambda: counter, "127.0.0.1", target["port"])
+        lambda: counter, "127.0.0.1", target["port"]
+    )
     tb.write(token)
     wa.write(token + b"x")
     await counter.expect(1)  # paired

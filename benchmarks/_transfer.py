@@ -9,8 +9,9 @@ import time
 import trio
 
 
-async def aiortc_transfer(channel, remote, total: int, seconds: float, message: int,
-                          high_water: int) -> tuple[int, float]:
+async def aiortc_transfer(
+    channel, remote, total: int, seconds: float, message: int, high_water: int
+) -> tuple[int, float]:
     """Send ``total`` bytes in ``message``-byte messages on ``channel`` (at most
     ``high_water`` buffered) and count them arriving on ``remote``; (bytes, seconds),
     capped at ``seconds``."""
@@ -45,8 +46,9 @@ async def aiortc_transfer(channel, remote, total: int, seconds: float, message: 
     return received, time.perf_counter() - start
 
 
-async def our_transfer(channel, accepted, total: int, seconds: float,
-                       message: int) -> tuple[int, float]:
+async def our_transfer(
+    channel, accepted, total: int, seconds: float, message: int
+) -> tuple[int, float]:
     """Send ``total`` bytes in ``message``-byte messages on our ``channel`` and count them
     arriving on ``accepted``; (bytes, seconds), capped at ``seconds``."""
     payload = bytes(message)

@@ -57,12 +57,18 @@ DEFAULT_SACK_EVERY = PeerConnectionConfig.max_packets_per_sack
 
 
 def our_config(
-    pacing: float, certificate: DtlsCertificate, sack_every: int | None = DEFAULT_SACK_EVERY,
+    pacing: float,
+    certificate: DtlsCertificate,
+    sack_every: int | None = DEFAULT_SACK_EVERY,
     offload: bool = True,
 ) -> PeerConnectionConfig:
     return PeerConnectionConfig(
-        host_addresses=[LOOPBACK], ice_pacing=pacing, certificate=certificate,
-        high_water_mark=HIGH_WATER, max_packets_per_sack=sack_every, udp_offload=offload,
+        host_addresses=[LOOPBACK],
+        ice_pacing=pacing,
+        certificate=certificate,
+        high_water_mark=HIGH_WATER,
+        max_packets_per_sack=sack_every,
+        udp_offload=offload,
     )
 
 
@@ -164,7 +170,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="3 runs, 8 MiB, 10 s")
     parser.add_argument("--profile", action="store_true", help="cProfile our transfer")
     parser.add_argument(
-        "--sack-every", type=lambda v: None if v == "batch" else int(v),
+        "--sack-every",
+        type=lambda v: None if v == "batch" else int(v),
         default=DEFAULT_SACK_EVERY,
         help=f"max_packets_per_sack for --profile: a number or 'batch' ({DEFAULT_SACK_EVERY})",
     )
@@ -217,8 +224,11 @@ def main() -> None:
     ours = [
         (bounded_trio(ours_throughput, total, seconds, certificates, sack, offload), label)
         for sack, offload, label in (
-            (DEFAULT_SACK_EVERY, True, f"defaults: SACK per batch, >= 1 per {DEFAULT_SACK_EVERY}"
-             " packets, UDP GSO/GRO"),
+            (
+                DEFAULT_SACK_EVERY,
+                True,
+                f"defaults: SACK per batch, >= 1 per {DEFAULT_SACK_EVERY} packets, UDP GSO/GRO",
+            ),
             (2, True, "SACK every 2 packets (RFC 9260)"),
             (None, True, "SACK per batch, unbounded"),
             (DEFAULT_SACK_EVERY, False, "defaults without UDP offload"),

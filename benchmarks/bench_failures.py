@@ -44,8 +44,12 @@ DIRECT_TIMEOUT = P2PConfig().direct_connect_timeout
 UNLIMITED = {"connections_per_ip_rate": 0.0}
 
 
-def network(relays: list[str], manager: RelayManagerConfig | None = None, **p2p: object) -> P2PNetwork:
-    config = Config(p2p=P2PConfig(relay_servers=relays, **p2p), relay_manager=manager or RelayManagerConfig())
+def network(
+    relays: list[str], manager: RelayManagerConfig | None = None, **p2p: object
+) -> P2PNetwork:
+    config = Config(
+        p2p=P2PConfig(relay_servers=relays, **p2p), relay_manager=manager or RelayManagerConfig()
+    )
     return P2PNetwork(config, peer_connection_config=LOOPBACK)
 
 
@@ -64,11 +68,15 @@ async def unknown_peer(relay: object, runs: int, **paths: object) -> list[float]
         await net.wait_relay_connected()
         for _ in range(runs):
             stranger = Keypair.generate().peer_id
-            samples.append(await timed(lambda peer=stranger: net.connect_to_peer(peer), PeerUnreachable))
+            samples.append(
+                await timed(lambda peer=stranger: net.connect_to_peer(peer), PeerUnreachable)
+            )
     return samples
 
 
-async def relay_fails(address: str, runs: int, manager: RelayManagerConfig | None = None) -> list[float]:
+async def relay_fails(
+    address: str, runs: int, manager: RelayManagerConfig | None = None
+) -> list[float]:
     samples = []
     for _ in range(runs):
         async with network([address], manager) as net:
@@ -85,37 +93,68 @@ async def main(runs: int) -> None:
     with trio.fail_after(600):
         async with running_relay(**UNLIMITED) as relay:
             rows.append(("connect_to_peer(unknown), both paths", await unknown_peer(relay, runs)))
-            rows.append(("connect_to_peer(unknown), relay only",
-                         await unknown_peer(relay, runs, enable_direct=False)))
-            rows.append(("connect_to_peer(unknown), direct only",
-                         await unknown_peer(relay, runs, enable_relay=False)))
+            rows.append(
+                (
+                    "connect_to_peer(unknown), relay only",
+                    await unknown_peer(relay, runs, enable_direct=False),
+                )
+            )
+            rows.append(
+                (
+                    "connect_to_peer(unknown), direct only",
+                    await unknown_peer(relay, runs, enable_relay=False),
+                )
+            )
             impostor = relay.multiaddr.rsplit("/p2p/", 1)[0] + f"/p2p/{Keypair.generate().peer_id}"
             rows.append(("wait_relay_connected: wrong /p2p/ id", await relay_fails(impostor, runs)))
         _, public_pem = generate_jwt_keypair("EdDSA")
         async with running_relay(auth="jwt", jwt_key=public_pem, **UNLIMITED) as relay:
-            rows.append(("wait_relay_connected: JWT required", await relay_fails(relay.multiaddr, runs)))
+            rows.append(
+                ("wait_relay_connected: JWT required", await relay_fails(relay.multiaddr, runs))
+            )
         with tempfile.TemporaryDirectory() as directory:
             cert, key = SelfSignedCertificate.generate().write(directory)
-            config = RelayConfig(host="127.0.0.1", port=0, stun_port=None, metrics_port=None,
-                                 auth=AuthConfig(mode="signature"), tls_cert=cert, tls_key=key,
-                                 limits=LimitsConfig(**UNLIMITED))
+            config = RelayConfig(
+                host="127.0.0.1",
+                port=0,
+                stun_port=None,
+                metrics_port=None,
+                auth=AuthConfig(mode="signature"),
+                tls_cert=cert,
+                tls_key=key,
+                limits=LimitsConfig(**UNLIMITED),
+            )
             async with trio.open_nursery() as nursery:
                 server = await nursery.start(serve_relay, config)
-                rows.append(("wait_relay_connected: untrusted TLS cert",
-                             await relay_fails(server.multiaddr, runs)))
+                rows.append(
+                    (
+                        "wait_relay_connected: untrusted TLS cert",
+                        await relay_fails(server.multiaddr, runs),
+                    )
+                )
                 await server.shutdown(0.5)
         with socket.socket() as unused:
             unused.bind(("127.0.0.1", 0))
-            down = f"/ip4/127.0.0.1/tcp/{unused.getsockname()[1]}/ws/p2p/{Keypair.generate().peer_id}"
-            rows.append(("wait_relay_connected: closed port, 0 retries",
-                         await relay_fails(down, runs, RelayManagerConfig(max_reconnect_attempts=0))))
-    print(f"{runs} runs each, loopback; the direct timeout these would otherwise wait for: "
-          f"{DIRECT_TIMEOUT:g} s (connect_to_peer) / forever (wait_relay_connected)\n")
+            down = (
+                f"/ip4/127.0.0.1/tcp/{unused.getsockname()[1]}/ws/p2p/{Keypair.generate().peer_id}"
+            )
+            rows.append(
+                (
+                    "wait_relay_connected: closed port, 0 retries",
+                    await relay_fails(down, runs, RelayManagerConfig(max_reconnect_attempts=0)),
+                )
+            )
+    print(
+        f"{runs} runs each, loopback; the direct timeout these would otherwise wait for: "
+        f"{DIRECT_TIMEOUT:g} s (connect_to_peer) / forever (wait_relay_connected)\n"
+    )
     print("| Failure | median ms | max ms | median / direct timeout |")
     print("|---|---:|---:|---:|")
     for name, samples in rows:
         median = statistics.median(samples)
-        print(f"| {name} | {median * 1000:.1f} | {max(samples) * 1000:.1f} | {median / DIRECT_TIMEOUT:.5f} |")
+        print(
+            f"| {name} | {median * 1000:.1f} | {max(samples) * 1000:.1f} | {median / DIRECT_TIMEOUT:.5f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -42,9 +42,12 @@ HIGH_WATER = 1 << 20
 async def ours(total: int, seconds: float, proxy: ImpairedProxy, ports, certificates):
     configs = [
         PeerConnectionConfig(
-            host_addresses=[LOOPBACK], ice_pacing=0.005, certificate=c,
+            host_addresses=[LOOPBACK],
+            ice_pacing=0.005,
+            certificate=c,
             high_water_mark=HIGH_WATER,
-        ) for c in certificates
+        )
+        for c in certificates
     ]
     async with open_peer_connection(configs[0]) as a, open_peer_connection(configs[1]) as b:
         offer = await a.create_offer()
@@ -82,7 +85,9 @@ async def theirs(total: int, seconds: float, proxy: ImpairedProxy, ports):
         await opened
         remote = await accepted
         proxy.impairment.enabled = True
-        received, elapsed = await aiortc_transfer(channel, remote, total, seconds, MESSAGE, HIGH_WATER)
+        received, elapsed = await aiortc_transfer(
+            channel, remote, total, seconds, MESSAGE, HIGH_WATER
+        )
         return received, elapsed, None
     finally:
         await a.close()
@@ -130,10 +135,14 @@ def main() -> None:
     now = datetime.datetime.now(datetime.UTC)
     certificates = (DtlsCertificate.generate(now), DtlsCertificate.generate(now))
     conditions = [] if args.no_clean else [("clean", 0.0, 0.0, 0.0)]
-    conditions.append((
-        f"{args.loss:.0%} loss, {args.duplicate:.0%} dup, {args.reorder:.0%} reorder",
-        args.loss, args.duplicate, args.reorder,
-    ))
+    conditions.append(
+        (
+            f"{args.loss:.0%} loss, {args.duplicate:.0%} dup, {args.reorder:.0%} reorder",
+            args.loss,
+            args.duplicate,
+            args.reorder,
+        )
+    )
     results = {}
     for label, loss, dup, reorder in conditions:
         for stack in ("ours", "aiortc"):
@@ -168,13 +177,17 @@ def main() -> None:
             f"{sum(r[0] >= total for r in results[label, s])}/{args.runs}"
             for s in ("ours", "aiortc")
         ]
-        print(f"| {label} | {cells[0]} | {cells[1]} | {rates[0] / rates[1]:.2f}x "
-              f"| {', '.join(complete)} |")
+        print(
+            f"| {label} | {cells[0]} | {cells[1]} | {rates[0] / rates[1]:.2f}x "
+            f"| {', '.join(complete)} |"
+        )
     print()
     print("Our sender's SCTP statistics (median per run):")
     print()
-    print("| Link | retransmissions | fast retransmits | T3 timeouts | final cwnd | final rto "
-          "| srtt | proxy: lost / duplicated / held |")
+    print(
+        "| Link | retransmissions | fast retransmits | T3 timeouts | final cwnd | final rto "
+        "| srtt | proxy: lost / duplicated / held |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for label, *_ in conditions:
         runs = results[label, "ours"]

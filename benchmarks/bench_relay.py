@@ -49,12 +49,36 @@ MiB = 1024 * 1024
 from _relay_servers import cpu_seconds, rss_kib  # noqa: E402  (this directory is sys.path[0])
 
 MODES = {
-    "smoke": dict(tp_bytes=4 * MiB, runs=2, rtt_samples=50, open_samples=20,
-                  peers=(20, 50), reg_procs=1, circuits=10, circuit_seconds=1.0),
-    "quick": dict(tp_bytes=64 * MiB, runs=5, rtt_samples=300, open_samples=100,
-                  peers=(500, 2000), reg_procs=1, circuits=200, circuit_seconds=2.0),
-    "full": dict(tp_bytes=256 * MiB, runs=7, rtt_samples=1000, open_samples=500,
-                 peers=(5000, 20000), reg_procs=2, circuits=2000, circuit_seconds=8.0),
+    "smoke": dict(
+        tp_bytes=4 * MiB,
+        runs=2,
+        rtt_samples=50,
+        open_samples=20,
+        peers=(20, 50),
+        reg_procs=1,
+        circuits=10,
+        circuit_seconds=1.0,
+    ),
+    "quick": dict(
+        tp_bytes=64 * MiB,
+        runs=5,
+        rtt_samples=300,
+        open_samples=100,
+        peers=(500, 2000),
+        reg_procs=1,
+        circuits=200,
+        circuit_seconds=2.0,
+    ),
+    "full": dict(
+        tp_bytes=256 * MiB,
+        runs=7,
+        rtt_samples=1000,
+        open_samples=500,
+        peers=(5000, 20000),
+        reg_procs=2,
+        circuits=2000,
+        circuit_seconds=8.0,
+    ),
 }
 MESSAGE = 64 * 1024  # throughput write size
 CIRCUIT_MESSAGE = 16 * 1024  # many-circuits write size: enough frames per circuit to rank them
@@ -63,8 +87,11 @@ REGISTER_CONCURRENCY = 32  # handshakes in flight per load process
 WINDOW_EXPERIMENT = 1024 * 1024  # circuit_window of the "ours_window" throughput run
 FD_MARGIN = 100  # descriptors a server needs besides its peers' sockets
 SERVER_CPU, LOAD_CPU = 0, 1
-LABELS = {"splice": "raw trio TCP splice", "wsrelay": "websockets+uvloop relay",
-          "echo": "raw trio TCP echo, no relay hop"}
+LABELS = {
+    "splice": "raw trio TCP splice",
+    "wsrelay": "websockets+uvloop relay",
+    "echo": "raw trio TCP echo, no relay hop",
+}
 
 
 # -- processes ---------------------------------------------------------------------------
@@ -125,11 +152,13 @@ class Server:
 
 
 def loadgen(command: dict, timeout: float) -> dict:
-    proc = subprocess.run([sys.executable, LOADGEN, json.dumps(command)], capture_output=True,
-                          timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, LOADGEN, json.dumps(command)], capture_output=True, timeout=timeout
+    )
     if proc.returncode != 0:
-        raise RuntimeError(f"load generator {command['command']} failed:\n"
-                           f"{proc.stderr.decode()[-3000:]}")
+        raise RuntimeError(
+            f"load generator {command['command']} failed:\n{proc.stderr.decode()[-3000:]}"
+        )
     return json.loads(proc.stdout.decode().strip().splitlines()[-1])
 
 
@@ -149,16 +178,34 @@ def bench_throughput_and_latency(mode: dict) -> dict:
     try:
         targets = {k: s.info for k, s in servers.items() if k != "echo"}
         budget = 60 + mode["runs"] * 4 * mode["tp_bytes"] / (20 * MiB)
-        throughput = loadgen(dict(command="throughput", targets=targets, bytes=mode["tp_bytes"],
-                                  size=MESSAGE, runs=mode["runs"], cpu=load_cpu), budget)
+        throughput = loadgen(
+            dict(
+                command="throughput",
+                targets=targets,
+                bytes=mode["tp_bytes"],
+                size=MESSAGE,
+                runs=mode["runs"],
+                cpu=load_cpu,
+            ),
+            budget,
+        )
         for server in servers.values():
             server.unpin()
         rtt_targets = {k: s.info for k, s in servers.items() if k != "ours_window"}
-        rtt = loadgen(dict(command="rtt", targets=rtt_targets,
-                           samples=mode["rtt_samples"], size=RTT_SIZE, runs=mode["runs"]),
-                      60 + mode["runs"] * mode["rtt_samples"] * 4 * 0.005)
-        opened = loadgen(dict(command="open", target=servers["ours"].info,
-                              samples=mode["open_samples"]), 60 + mode["open_samples"] * 0.02)
+        rtt = loadgen(
+            dict(
+                command="rtt",
+                targets=rtt_targets,
+                samples=mode["rtt_samples"],
+                size=RTT_SIZE,
+                runs=mode["runs"],
+            ),
+            60 + mode["runs"] * mode["rtt_samples"] * 4 * 0.005,
+        )
+        opened = loadgen(
+            dict(command="open", target=servers["ours"].info, samples=mode["open_samples"]),
+            60 + mode["open_samples"] * 0.02,
+        )
     finally:
         for server in servers.values():
             server.stop()
@@ -177,11 +224,21 @@ def bench_idle_peers(kind: str, mode: dict, first_ip: int) -> dict:
         for i in range(nprocs):
             # One loopback source address per load process: 10k+ connections each
             # without running out of ephemeral ports.
-            command = dict(command="register", kind=kind, target=server.info,
-                           local_ip=f"127.0.0.{first_ip + i}",
-                           concurrency=REGISTER_CONCURRENCY, max_peers=count // nprocs + 1)
-            procs.append(subprocess.Popen([sys.executable, LOADGEN, json.dumps(command)],
-                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE))
+            command = dict(
+                command="register",
+                kind=kind,
+                target=server.info,
+                local_ip=f"127.0.0.{first_ip + i}",
+                concurrency=REGISTER_CONCURRENCY,
+                max_peers=count // nprocs + 1,
+            )
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, LOADGEN, json.dumps(command)],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                )
+            )
         readers = [JsonLines(p) for p in procs]
         for reader in readers:
             reader.read(120)  # keys generated, ready
@@ -200,10 +257,16 @@ def bench_idle_peers(kind: str, mode: dict, first_ip: int) -> dict:
             held = target
             time.sleep(0.5)  # let the last handshakes' garbage settle
             rss = server.rss_kib()
-            stages.append(dict(peers=target, per_second=step / seconds,
-                               server_cpu_ms_per_peer=server_cpu / step * 1e3,
-                               load_cpu_ms_per_peer=load_cpu / step * 1e3,
-                               rss_kib=rss, kib_per_peer=(rss - rss0) / target))
+            stages.append(
+                dict(
+                    peers=target,
+                    per_second=step / seconds,
+                    server_cpu_ms_per_peer=server_cpu / step * 1e3,
+                    load_cpu_ms_per_peer=load_cpu / step * 1e3,
+                    rss_kib=rss,
+                    kib_per_peer=(rss - rss0) / target,
+                )
+            )
         for proc in procs:
             proc.stdin.write(b"quit\n")
             proc.stdin.flush()
@@ -223,9 +286,17 @@ def bench_circuits(mode: dict) -> dict:
     server = Server("ours", server_cpu)
     try:
         count = mode["circuits"]
-        return loadgen(dict(command="circuits", target=server.info, count=count,
-                            size=CIRCUIT_MESSAGE, seconds=mode["circuit_seconds"],
-                            cpu=load_cpu), 120 + count * 0.05 + mode["circuit_seconds"])
+        return loadgen(
+            dict(
+                command="circuits",
+                target=server.info,
+                count=count,
+                size=CIRCUIT_MESSAGE,
+                seconds=mode["circuit_seconds"],
+                cpu=load_cpu,
+            ),
+            120 + count * 0.05 + mode["circuit_seconds"],
+        )
     finally:
         server.stop()
 
@@ -239,14 +310,18 @@ def loadavg() -> str:
 
 
 def spread(values: list[float], fmt: str = "{:.0f}") -> str:
-    return (f"{fmt.format(statistics.median(values))} "
-            f"[{fmt.format(min(values))}-{fmt.format(max(values))}]")
+    return (
+        f"{fmt.format(statistics.median(values))} "
+        f"[{fmt.format(min(values))}-{fmt.format(max(values))}]"
+    )
 
 
 def mean_spread(values: list[float], fmt: str) -> str:
     """Mean (= the aggregate over equal runs: CPU ticks are coarse) [min-max]."""
-    return (f"{fmt.format(statistics.fmean(values))} "
-            f"[{fmt.format(min(values))}-{fmt.format(max(values))}]")
+    return (
+        f"{fmt.format(statistics.fmean(values))} "
+        f"[{fmt.format(min(values))}-{fmt.format(max(values))}]"
+    )
 
 
 def ratio(value: float, base: float) -> str:
@@ -262,32 +337,46 @@ def report(results: dict, mode_name: str, mode: dict) -> str:
     rows: list[tuple[str, str, str, str, str, str]] = []
 
     def row(name, ours, base, ratio, target="", met=None):
-        rows.append((name, ours, base, ratio, target,
-                     "" if met is None else ("yes" if met else "**NO**")))
+        rows.append(
+            (name, ours, base, ratio, target, "" if met is None else ("yes" if met else "**NO**"))
+        )
 
     tp = results["throughput"]
     ours_mb = statistics.median(tp["ours"]["mb_per_s"])
     for base in ("splice", "wsrelay"):
         label = LABELS[base]
         base_mb = statistics.median(tp[base]["mb_per_s"])
-        row(f"circuit throughput, 64 KiB writes, MB/s (vs {label})",
-            spread(tp["ours"]["mb_per_s"]), spread(tp[base]["mb_per_s"]),
-            ratio(ours_mb, base_mb), ">= 1.0 vs websockets relay" if base == "wsrelay" else "",
-            ours_mb >= base_mb if base == "wsrelay" else None)
+        row(
+            f"circuit throughput, 64 KiB writes, MB/s (vs {label})",
+            spread(tp["ours"]["mb_per_s"]),
+            spread(tp[base]["mb_per_s"]),
+            ratio(ours_mb, base_mb),
+            ">= 1.0 vs websockets relay" if base == "wsrelay" else "",
+            ours_mb >= base_mb if base == "wsrelay" else None,
+        )
 
     if "ours_window" in tp:
         wide = tp["ours_window"]["mb_per_s"]
-        row(f"experiment: ours with circuit_window {WINDOW_EXPERIMENT // 1024} KiB, MB/s "
-            "(vs websockets+uvloop relay)", spread(wide), spread(tp["wsrelay"]["mb_per_s"]),
-            ratio(statistics.median(wide), statistics.median(tp["wsrelay"]["mb_per_s"])))
-    cpu_per_gb = {k: [c / m * 1e3 for c, m in zip(v["server_cpu"], v["mb_per_s"], strict=True)]
-                  for k, v in tp.items()}  # CPU-s/s over MB/s: CPU seconds per GB relayed
+        row(
+            f"experiment: ours with circuit_window {WINDOW_EXPERIMENT // 1024} KiB, MB/s "
+            "(vs websockets+uvloop relay)",
+            spread(wide),
+            spread(tp["wsrelay"]["mb_per_s"]),
+            ratio(statistics.median(wide), statistics.median(tp["wsrelay"]["mb_per_s"])),
+        )
+    cpu_per_gb = {
+        k: [c / m * 1e3 for c, m in zip(v["server_cpu"], v["mb_per_s"], strict=True)]
+        for k, v in tp.items()
+    }  # CPU-s/s over MB/s: CPU seconds per GB relayed
     ours_cpu = statistics.fmean(cpu_per_gb["ours"])
     for base in ("wsrelay", "splice"):
         base_cpu = statistics.fmean(cpu_per_gb[base])
-        row(f"server CPU per GB relayed (64 KiB writes), s, mean (vs {LABELS[base]})",
-            mean_spread(cpu_per_gb["ours"], "{:.2f}"), mean_spread(cpu_per_gb[base], "{:.2f}"),
-            ratio(ours_cpu, base_cpu))
+        row(
+            f"server CPU per GB relayed (64 KiB writes), s, mean (vs {LABELS[base]})",
+            mean_spread(cpu_per_gb["ours"], "{:.2f}"),
+            mean_spread(cpu_per_gb[base], "{:.2f}"),
+            ratio(ours_cpu, base_cpu),
+        )
 
     rtt = results["rtt"]["samples"]
     rtt_cpu = results["rtt"]["server_cpu_us_per_message"]
@@ -298,63 +387,113 @@ def report(results: dict, mode_name: str, mode: dict) -> str:
         label = LABELS[base]
         base50 = statistics.median(p50[base])
         target = "<= 1.0 vs websockets relay" if base == "wsrelay" else ""
-        row(f"RTT 100 B p50, us (vs {label})", spread(p50["ours"]), spread(p50[base]),
-            ratio(ours50, base50), target, ours50 <= base50 if base == "wsrelay" else None)
+        row(
+            f"RTT 100 B p50, us (vs {label})",
+            spread(p50["ours"]),
+            spread(p50[base]),
+            ratio(ours50, base50),
+            target,
+            ours50 <= base50 if base == "wsrelay" else None,
+        )
     ours99, ws99 = statistics.median(p99["ours"]), statistics.median(p99["wsrelay"])
-    row("RTT 100 B p99, us (vs websockets+uvloop relay)", spread(p99["ours"]),
-        spread(p99["wsrelay"]), ratio(ours99, ws99))
+    row(
+        "RTT 100 B p99, us (vs websockets+uvloop relay)",
+        spread(p99["ours"]),
+        spread(p99["wsrelay"]),
+        ratio(ours99, ws99),
+    )
     ours_msg = statistics.fmean(rtt_cpu["ours"])
     for base in ("wsrelay", "splice"):
         base_msg = statistics.fmean(rtt_cpu[base])
-        row(f"server CPU per relayed 100 B message, us, mean (vs {LABELS[base]})",
-            mean_spread(rtt_cpu["ours"], "{:.0f}"), mean_spread(rtt_cpu[base], "{:.0f}"),
-            ratio(ours_msg, base_msg))
+        row(
+            f"server CPU per relayed 100 B message, us, mean (vs {LABELS[base]})",
+            mean_spread(rtt_cpu["ours"], "{:.0f}"),
+            mean_spread(rtt_cpu[base], "{:.0f}"),
+            ratio(ours_msg, base_msg),
+        )
 
     opened = results["open"]
-    row("circuit open (RelayRequest -> RelayResponse), us p50 / p99",
-        f"{percentile(opened, 0.5):.0f} / {percentile(opened, 0.99):.0f}", "-", "-")
+    row(
+        "circuit open (RelayRequest -> RelayResponse), us p50 / p99",
+        f"{percentile(opened, 0.5):.0f} / {percentile(opened, 0.99):.0f}",
+        "-",
+        "-",
+    )
 
     ours_idle, bare_idle = results["idle"]["ours"], results["idle"]["bare"]
     first = ours_idle["stages"][0]["peers"]
     o_rate, b_rate = ours_idle["stages"][0]["per_second"], bare_idle["stages"][0]["per_second"]
-    row(f"registrations/s, first {first} (vs bare trio-websocket connections/s)",
-        f"{o_rate:.0f}", f"{b_rate:.0f}", ratio(o_rate, b_rate), ">= 1.0", o_rate >= b_rate)
+    row(
+        f"registrations/s, first {first} (vs bare trio-websocket connections/s)",
+        f"{o_rate:.0f}",
+        f"{b_rate:.0f}",
+        ratio(o_rate, b_rate),
+        ">= 1.0",
+        o_rate >= b_rate,
+    )
     o_ms = ours_idle["stages"][0]["server_cpu_ms_per_peer"]
     b_ms = bare_idle["stages"][0]["server_cpu_ms_per_peer"]
-    row("server CPU per registration, ms (vs bare trio-websocket connection)",
-        f"{o_ms:.2f}", f"{b_ms:.2f}", ratio(o_ms, b_ms), "<= 1.0 (capacity)", o_ms <= b_ms)
+    row(
+        "server CPU per registration, ms (vs bare trio-websocket connection)",
+        f"{o_ms:.2f}",
+        f"{b_ms:.2f}",
+        ratio(o_ms, b_ms),
+        "<= 1.0 (capacity)",
+        o_ms <= b_ms,
+    )
     for o_stage, b_stage in zip(ours_idle["stages"], bare_idle["stages"], strict=True):
         o, b = o_stage["kib_per_peer"], b_stage["kib_per_peer"]
-        row(f"server RSS per idle peer at {o_stage['peers']}, KiB (vs bare trio-websocket)",
-            f"{o:.1f}", f"{b:.1f}", ratio(o, b), "<= 1.0", o <= b)
+        row(
+            f"server RSS per idle peer at {o_stage['peers']}, KiB (vs bare trio-websocket)",
+            f"{o:.1f}",
+            f"{b:.1f}",
+            ratio(o, b),
+            "<= 1.0",
+            o <= b,
+        )
 
     circuits = results["circuits"]
     per_circuit = circuits["bytes"]
     median_bytes = statistics.median(per_circuit)
-    row(f"{len(per_circuit)} concurrent circuits, 16 KiB writes: aggregate MB/s",
-        f"{sum(per_circuit) / circuits['seconds'] / 1e6:.0f}", "-", "-")
-    row(f"{len(per_circuit)} circuits fairness: slowest / median circuit (fastest / median)",
+    row(
+        f"{len(per_circuit)} concurrent circuits, 16 KiB writes: aggregate MB/s",
+        f"{sum(per_circuit) / circuits['seconds'] / 1e6:.0f}",
+        "-",
+        "-",
+    )
+    row(
+        f"{len(per_circuit)} circuits fairness: slowest / median circuit (fastest / median)",
         f"{min(per_circuit) / median_bytes:.2f} ({max(per_circuit) / median_bytes:.2f})"
-        if median_bytes else "0 (no data)", "-", "-")
+        if median_bytes
+        else "0 (no data)",
+        "-",
+        "-",
+    )
 
-    header = ("| Benchmark | ours | baseline | ours / baseline | target | met |\n"
-              "| --- | --- | --- | --- | --- | --- |\n")
+    header = (
+        "| Benchmark | ours | baseline | ours / baseline | target | met |\n"
+        "| --- | --- | --- | --- | --- | --- |\n"
+    )
     lines = [header + "\n".join("| " + " | ".join(r) + " |" for r in rows)]
-    cpu = {k: (statistics.median(v["server_cpu"]), statistics.median(v["client_cpu"]))
-           for k, v in tp.items()}
+    cpu = {
+        k: (statistics.median(v["server_cpu"]), statistics.median(v["client_cpu"]))
+        for k, v in tp.items()
+    }
     lines.append(
         "\nThroughput CPU use (median, fraction of one core), server / load generator: "
         + ", ".join(f"{k} {s:.2f} / {c:.2f}" for k, (s, c) in cpu.items())
         + f". Many circuits: server {circuits['server_cpu']:.2f}, setup "
-          f"{circuits['setup_seconds']:.1f}s."
+        f"{circuits['setup_seconds']:.1f}s."
         + "\nRegistration CPU per peer, ms, server / load generator: "
-        + ", ".join(f"{k} {v['stages'][0]['server_cpu_ms_per_peer']:.2f} / "
-                    f"{v['stages'][0]['load_cpu_ms_per_peer']:.2f}"
-                    for k, v in results["idle"].items())
+        + ", ".join(
+            f"{k} {v['stages'][0]['server_cpu_ms_per_peer']:.2f} / "
+            f"{v['stages'][0]['load_cpu_ms_per_peer']:.2f}"
+            for k, v in results["idle"].items()
+        )
         + f".\nMode {mode_name}: throughput {mode['tp_bytes'] // MiB} MiB x {mode['runs']} runs, "
-          f"RTT {mode['rtt_samples']} samples x {mode['runs']} runs, medians [min-max]; "
-          f"load average (1 min) at start {results['loadavg']}, at end {loadavg()}; "
-          f"{os.cpu_count()} CPUs shared with whatever else runs."
+        f"RTT {mode['rtt_samples']} samples x {mode['runs']} runs, medians [min-max]; "
+        f"load average (1 min) at start {results['loadavg']}, at end {loadavg()}; "
+        f"{os.cpu_count()} CPUs shared with whatever else runs."
     )
     return "\n".join(lines)
 
@@ -376,8 +515,10 @@ def main() -> None:
     started = time.perf_counter()
     results: dict = {"loadavg": loadavg()}
     results.update(bench_throughput_and_latency(mode))
-    results["idle"] = {"ours": bench_idle_peers("ours", mode, first_ip=2),
-                       "bare": bench_idle_peers("bare", mode, first_ip=2 + mode["reg_procs"])}
+    results["idle"] = {
+        "ours": bench_idle_peers("ours", mode, first_ip=2),
+        "bare": bench_idle_peers("bare", mode, first_ip=2 + mode["reg_procs"]),
+    }
     results["circuits"] = bench_circuits(mode)
     if args.json:
         with open(args.json, "w") as f:

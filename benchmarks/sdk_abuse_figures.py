@@ -31,14 +31,19 @@ from darkswap_trio.testing import running_relay  # noqa: E402
 async def starve(mode: str, run: float) -> None:
     t0 = trio.current_time()
     cfg = RelayManagerConfig(ping_interval=5.0)
-    async with running_relay(**BIG_WINDOW) as relay, throttled_uplink(relay, 2_000_000) as slow, \
-            open_relay_session(relay.multiaddr, Keypair.generate()) as friend:
+    async with (
+        running_relay(**BIG_WINDOW) as relay,
+        throttled_uplink(relay, 2_000_000) as slow,
+        open_relay_session(relay.multiaddr, Keypair.generate()) as friend,
+    ):
         if mode == "manager":
             owner = RelayManager(Keypair.generate(), [slow], cfg)
             manager = owner
         else:
-            owner = P2PNetwork(Config(p2p=P2PConfig(relay_servers=[slow], enable_direct=False),
-                                      relay_manager=cfg), peer_connection_config=LOOPBACK)
+            owner = P2PNetwork(
+                Config(p2p=P2PConfig(relay_servers=[slow], enable_direct=False), relay_manager=cfg),
+                peer_connection_config=LOOPBACK,
+            )
             manager = owner.relay_manager
         try:
             async with owner, trio.open_nursery() as nursery:
@@ -54,9 +59,11 @@ async def starve(mode: str, run: float) -> None:
                         current = manager.servers[0].session
                         if current is not None and current.last_pong != last:
                             pongs, last = pongs + 1, current.last_pong
-                print(f"{mode}: alive after {run:.0f}s, same session={manager.servers[0].session is session}, "
-                      f"status={manager.servers[0].status.value}, pongs={pongs}, "
-                      f"sent {circuit.bytes_sent / 1e6:.1f} MB ({circuit.bytes_sent / 1e6 / run:.2f} MB/s)")
+                print(
+                    f"{mode}: alive after {run:.0f}s, same session={manager.servers[0].session is session}, "
+                    f"status={manager.servers[0].status.value}, pongs={pongs}, "
+                    f"sent {circuit.bytes_sent / 1e6:.1f} MB ({circuit.bytes_sent / 1e6 / run:.2f} MB/s)"
+                )
                 nursery.cancel_scope.cancel()
         except Exception as exc:
             print(f"{mode}: raised at {trio.current_time() - t0:.1f}s: {exc!r}")
@@ -64,11 +71,18 @@ async def starve(mode: str, run: float) -> None:
 
 async def unsolicited() -> None:
     has_policy = "accept_relay_circuits" in P2PConfig.__dataclass_fields__
-    extra = dict(relay_circuit_idle_timeout=2.0, max_unclaimed_relay_circuits=2) if has_policy else {}
+    extra = (
+        dict(relay_circuit_idle_timeout=2.0, max_unclaimed_relay_circuits=2) if has_policy else {}
+    )
     async with running_relay() as relay:
-        cfg = Config(p2p=P2PConfig(relay_servers=[relay.multiaddr], enable_direct=False, **extra),
-                     relay_manager=RelayManagerConfig(ping_interval=1))
-        async with P2PNetwork(cfg) as victim, open_relay_session(relay.multiaddr, Keypair.generate()) as attacker:
+        cfg = Config(
+            p2p=P2PConfig(relay_servers=[relay.multiaddr], enable_direct=False, **extra),
+            relay_manager=RelayManagerConfig(ping_interval=1),
+        )
+        async with (
+            P2PNetwork(cfg) as victim,
+            open_relay_session(relay.multiaddr, Keypair.generate()) as attacker,
+        ):
             await victim.wait_relay_connected()
             t0 = trio.current_time()
             results: list = []

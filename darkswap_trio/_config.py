@@ -57,7 +57,9 @@ def bootstrap_peer_id(text: str) -> str:
     try:
         return str(PeerId.from_string(candidate))
     except PeerIdError as exc:
-        raise ConfigError(f"bootstrap peer {text!r} is not a peer id or a /p2p/ multiaddr: {exc}") from None
+        raise ConfigError(
+            f"bootstrap peer {text!r} is not a peer id or a /p2p/ multiaddr: {exc}"
+        ) from None
 
 
 def parse_relay_address(text: str) -> RelayAddress:
@@ -70,7 +72,9 @@ def parse_relay_address(text: str) -> RelayAddress:
         raise ConfigError(f"invalid relay multiaddr {text!r}: {exc}") from None
     names = [name for name, _ in parts]
     if not parts or names[0] not in _HOST_PROTOCOLS:
-        raise ConfigError(f"relay multiaddr {text!r} must start with /ip4, /ip6, /dns, /dns4 or /dns6")
+        raise ConfigError(
+            f"relay multiaddr {text!r} must start with /ip4, /ip6, /dns, /dns4 or /dns6"
+        )
     host = str(parts[0][1])
     port = DEFAULT_RELAY_PORT
     rest = parts[1:]
@@ -113,9 +117,16 @@ class RelayManagerConfig:
     token_refresh_margin: float = 60.0  # refresh a JWT this long before it expires
 
     def validate(self) -> RelayManagerConfig:
-        for name in ("connection_timeout", "ping_interval", "reconnect_interval", "max_reconnect_interval"):
+        for name in (
+            "connection_timeout",
+            "ping_interval",
+            "reconnect_interval",
+            "max_reconnect_interval",
+        ):
             if getattr(self, name) <= 0:
-                raise ConfigError(f"relay_manager.{name} must be positive, got {getattr(self, name)}")
+                raise ConfigError(
+                    f"relay_manager.{name} must be positive, got {getattr(self, name)}"
+                )
         if self.max_reconnect_attempts < 0:
             raise ConfigError("relay_manager.max_reconnect_attempts must not be negative")
         if self.token_refresh_margin < 0:
@@ -179,23 +190,39 @@ class P2PConfig:
         if self.direct_connect_timeout <= 0 or self.direct_delay < 0:
             raise ConfigError("p2p.direct_connect_timeout must be positive, direct_delay >= 0")
         if self.direct_answer_timeout <= 0 or self.direct_max_half_open < 1:
-            raise ConfigError("p2p.direct_answer_timeout must be positive, direct_max_half_open >= 1")
+            raise ConfigError(
+                "p2p.direct_answer_timeout must be positive, direct_max_half_open >= 1"
+            )
         if self.connection_idle_timeout <= 0:
             raise ConfigError("p2p.connection_idle_timeout must be positive")
-        if self.link_max_message_size < 1 or self.link_window < 2 * (self.link_max_message_size + 4):
-            raise ConfigError("p2p.link_max_message_size must be positive and p2p.link_window "
-                              "at least twice that (plus 8 bytes)")
+        if self.link_max_message_size < 1 or self.link_window < 2 * (
+            self.link_max_message_size + 4
+        ):
+            raise ConfigError(
+                "p2p.link_max_message_size must be positive and p2p.link_window "
+                "at least twice that (plus 8 bytes)"
+            )
         if not 0 < self.link_ping_interval < self.link_path_timeout:
-            raise ConfigError("p2p.link_ping_interval must be positive and below p2p.link_path_timeout")
+            raise ConfigError(
+                "p2p.link_ping_interval must be positive and below p2p.link_path_timeout"
+            )
         if self.link_recovery_timeout <= 0:
             raise ConfigError("p2p.link_recovery_timeout must be positive")
         if not 0 < self.direct_retry_interval <= self.direct_retry_max_interval:
-            raise ConfigError("p2p.direct_retry_interval must be positive and <= direct_retry_max_interval")
-        if not isinstance(self.accept_relay_circuits, bool) and not callable(self.accept_relay_circuits):
-            raise ConfigError("p2p.accept_relay_circuits must be a bool or a callable(peer_id) -> bool")
+            raise ConfigError(
+                "p2p.direct_retry_interval must be positive and <= direct_retry_max_interval"
+            )
+        if not isinstance(self.accept_relay_circuits, bool) and not callable(
+            self.accept_relay_circuits
+        ):
+            raise ConfigError(
+                "p2p.accept_relay_circuits must be a bool or a callable(peer_id) -> bool"
+            )
         if not self.relay_circuit_idle_timeout > 0 or self.max_unclaimed_relay_circuits < 1:
-            raise ConfigError("p2p.relay_circuit_idle_timeout must be positive and "
-                              "p2p.max_unclaimed_relay_circuits at least 1")
+            raise ConfigError(
+                "p2p.relay_circuit_idle_timeout must be positive and "
+                "p2p.max_unclaimed_relay_circuits at least 1"
+            )
         self.bootstrap_peer_ids()
         if self.topic_queue_size < 1:
             raise ConfigError("p2p.topic_queue_size must be at least 1")

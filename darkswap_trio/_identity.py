@@ -163,7 +163,9 @@ class PeerId:
     @classmethod
     def _from_cid(cls, text: str) -> PeerId:
         if not _BASE32_LOWER.fullmatch(text):
-            raise PeerIdError(f"invalid peer id {text!r}: not base32 lower after the 'b' multibase prefix")
+            raise PeerIdError(
+                f"invalid peer id {text!r}: not base32 lower after the 'b' multibase prefix"
+            )
         body = text[1:]
         try:
             raw = base64.b32decode(body.upper() + "=" * (-len(body) % 8))
@@ -174,7 +176,9 @@ class PeerId:
         if version != CID_VERSION_1:
             raise PeerIdError(f"invalid peer id {text!r}: CID version {version}, expected 1")
         if codec != MULTICODEC_LIBP2P_KEY:
-            raise PeerIdError(f"invalid peer id {text!r}: CID codec 0x{codec:x} is not libp2p-key (0x72)")
+            raise PeerIdError(
+                f"invalid peer id {text!r}: CID codec 0x{codec:x} is not libp2p-key (0x72)"
+            )
         peer = cls._from_multihash(raw[pos:], text)
         if peer.to_cid() != text:
             raise PeerIdError(f"invalid peer id {text!r}: non-canonical encoding")

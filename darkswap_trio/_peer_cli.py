@@ -44,7 +44,9 @@ def say(text: str) -> None:
     print(text, flush=True)
 
 
-async def stun_binding(sock: trio.socket.SocketType, server: tuple[str, int]) -> tuple[tuple[str, int], float, tuple[str, int] | None]:
+async def stun_binding(
+    sock: trio.socket.SocketType, server: tuple[str, int]
+) -> tuple[tuple[str, int], float, tuple[str, int] | None]:
     """One Binding transaction from ``sock``: (mapped address, RTT ms, OTHER-ADDRESS)."""
     request = binding_request()
     for timeout in STUN_ATTEMPT_TIMEOUTS:
@@ -64,12 +66,14 @@ async def stun_binding(sock: trio.socket.SocketType, server: tuple[str, int]) ->
                 if mapped is None:
                     raise OSError(f"STUN server {server} answered without a mapped address")
                 return mapped, (trio.current_time() - started) * 1000, other
-    raise TimeoutError(f"no STUN answer from {server[0]}:{server[1]} after "
-                       f"{len(STUN_ATTEMPT_TIMEOUTS)} requests")
+    raise TimeoutError(
+        f"no STUN answer from {server[0]}:{server[1]} after {len(STUN_ATTEMPT_TIMEOUTS)} requests"
+    )
 
 
-def mapping_verdict(first: tuple[str, int], second: tuple[str, int] | None,
-                    third: tuple[str, int] | None) -> str:
+def mapping_verdict(
+    first: tuple[str, int], second: tuple[str, int] | None, third: tuple[str, int] | None
+) -> str:
     """RFC 5780 section 4.3: mapped addresses seen by the primary address (test I), the
     alternate IP with the primary port (II) and the alternate IP and port (III)."""
     if second is None or third is None:
@@ -86,17 +90,22 @@ async def probe(args: argparse.Namespace) -> int:
     say(f"relay      {address.multiaddr}")
     say(f"           {address.url}")
     started = trio.current_time()
-    async with open_relay_session(address, Keypair.generate(), connect_timeout=args.timeout,
-                                  ping_interval=3600) as session:
+    async with open_relay_session(
+        address, Keypair.generate(), connect_timeout=args.timeout, ping_interval=3600
+    ) as session:
         handshake_ms = (trio.current_time() - started) * 1000
-        say(f"identity   proven: relay is {session.relay_peer_id} "
-            f"(auth {session.auth_mode}, handshake {handshake_ms:.1f} ms)")
+        say(
+            f"identity   proven: relay is {session.relay_peer_id} "
+            f"(auth {session.auth_mode}, handshake {handshake_ms:.1f} ms)"
+        )
         rtts = []
         for _ in range(args.count):
             with trio.fail_after(args.timeout):
                 rtts.append(await session.ping())
-        say(f"rtt        {len(rtts)} pings: min {min(rtts):.2f} ms, "
-            f"median {statistics.median(rtts):.2f} ms, max {max(rtts):.2f} ms")
+        say(
+            f"rtt        {len(rtts)} pings: min {min(rtts):.2f} ms, "
+            f"median {statistics.median(rtts):.2f} ms, max {max(rtts):.2f} ms"
+        )
     if args.stun_port is None:
         say("stun       skipped (--stun-port none)")
         return 0
@@ -111,8 +120,10 @@ async def probe(args: argparse.Namespace) -> int:
         await probe_sock.connect(server)  # only to learn which local address routes there
         local = (probe_sock.getsockname()[0], sock.getsockname()[1])
         probe_sock.close()
-        say(f"stun       {server[0]}:{server[1]} mapped us to {first[0]}:{first[1]} "
-            f"(rtt {rtt:.2f} ms)")
+        say(
+            f"stun       {server[0]}:{server[1]} mapped us to {first[0]}:{first[1]} "
+            f"(rtt {rtt:.2f} ms)"
+        )
         if first == local:
             say("nat        none: the mapped address is our own")
         else:
@@ -130,11 +141,17 @@ def peer_network(args: argparse.Namespace) -> P2PNetwork:
     hosts = args.host_address
     if not hosts and _is_loopback(address.host):
         hosts = ["127.0.0.1"]
-    pc_config = PeerConnectionConfig(host_addresses=hosts or None,
-                                     include_loopback=any(_is_loopback(h) for h in hosts))
-    config = Config(p2p=P2PConfig(relay_servers=[address.multiaddr], key_file=args.key_file,
-                                  enable_direct=not args.relay_only),
-                    relay_manager=RelayManagerConfig(connection_timeout=args.timeout))
+    pc_config = PeerConnectionConfig(
+        host_addresses=hosts or None, include_loopback=any(_is_loopback(h) for h in hosts)
+    )
+    config = Config(
+        p2p=P2PConfig(
+            relay_servers=[address.multiaddr],
+            key_file=args.key_file,
+            enable_direct=not args.relay_only,
+        ),
+        relay_manager=RelayManagerConfig(connection_timeout=args.timeout),
+    )
     return P2PNetwork(config, peer_connection_config=pc_config)
 
 
@@ -188,8 +205,10 @@ async def _open_link(network: P2PNetwork, args: argparse.Namespace) -> tuple[Pee
     started = trio.current_time()
     with trio.fail_after(args.timeout):
         link = await network.connect_to_peer(args.peer)
-    say(f"link       to {link.peer_id} via {link.connection_type} "
-        f"in {(trio.current_time() - started) * 1000:.1f} ms")
+    say(
+        f"link       to {link.peer_id} via {link.connection_type} "
+        f"in {(trio.current_time() - started) * 1000:.1f} ms"
+    )
     return link, started
 
 
@@ -203,8 +222,10 @@ async def ping(args: argparse.Namespace) -> int:
             say(f"seq={seq} path={link.connection_type} rtt={rtt:.2f} ms")
             if seq < args.count:
                 await trio.sleep(args.interval)
-        say(f"summary    {len(rtts)} echoes: min {min(rtts):.2f} ms, "
-            f"median {statistics.median(rtts):.2f} ms, max {max(rtts):.2f} ms")
+        say(
+            f"summary    {len(rtts)} echoes: min {min(rtts):.2f} ms, "
+            f"median {statistics.median(rtts):.2f} ms, max {max(rtts):.2f} ms"
+        )
         await link.aclose()
     return 0
 
@@ -221,38 +242,54 @@ async def connect(args: argparse.Namespace) -> int:
             if waited.cancelled_caught:
                 say(f"upgrade    none within {args.upgrade_timeout:g} s: staying on relay")
             else:
-                say(f"upgrade    to direct {(trio.current_time() - started) * 1000:.1f} ms "
-                    "after the dial")
-        rtts = [await _echo_rtt(link, b"darkswap-peer connect %d" % i, args.timeout)
-                for i in range(args.count)]
+                say(
+                    f"upgrade    to direct {(trio.current_time() - started) * 1000:.1f} ms "
+                    "after the dial"
+                )
+        rtts = [
+            await _echo_rtt(link, b"darkswap-peer connect %d" % i, args.timeout)
+            for i in range(args.count)
+        ]
         metrics = link.metrics()
-        say(f"path       {link.connection_type}: rtt median {statistics.median(rtts):.2f} ms "
-            f"over {len(rtts)} echoes")
-        say(f"bytes      sent {metrics.bytes_sent} (relay {metrics.relay_bytes_sent}, direct "
-            f"{metrics.direct_bytes_sent}), received {metrics.bytes_received}")
+        say(
+            f"path       {link.connection_type}: rtt median {statistics.median(rtts):.2f} ms "
+            f"over {len(rtts)} echoes"
+        )
+        say(
+            f"bytes      sent {metrics.bytes_sent} (relay {metrics.relay_bytes_sent}, direct "
+            f"{metrics.direct_bytes_sent}), received {metrics.bytes_received}"
+        )
         await link.aclose()
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="darkswap-peer", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="darkswap-peer",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     def common(sub: argparse.ArgumentParser, *, relay_option: bool) -> None:
         if relay_option:
             sub.add_argument("--relay", required=True, help="relay multiaddr (…/p2p/RELAY_ID)")
             sub.add_argument("--key-file", help="identity key file (created if missing)")
-            sub.add_argument("--host-address", action="append", default=[],
-                             help="IP to announce as host candidate (repeatable; default: all "
-                                  "interfaces, or 127.0.0.1 for a loopback relay)")
+            sub.add_argument(
+                "--host-address",
+                action="append",
+                default=[],
+                help="IP to announce as host candidate (repeatable; default: all "
+                "interfaces, or 127.0.0.1 for a loopback relay)",
+            )
             sub.add_argument("--relay-only", action="store_true", help="never try direct")
         sub.add_argument("--timeout", type=float, default=10.0, help="seconds per step (10)")
 
     sub = commands.add_parser("probe", help="reach a relay: PeerId, RTT, STUN mapping, NAT")
     sub.add_argument("relay", help="relay multiaddr (…/p2p/RELAY_ID)")
-    sub.add_argument("--stun-port", default="3478",
-                     help="the relay's STUN port (3478; 'none' skips STUN)")
+    sub.add_argument(
+        "--stun-port", default="3478", help="the relay's STUN port (3478; 'none' skips STUN)"
+    )
     sub.add_argument("--count", type=int, default=3, help="pings (3)")
     common(sub, relay_option=False)
     sub = commands.add_parser("listen", help="print our PeerId and echo every link")
@@ -266,8 +303,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = commands.add_parser("connect", help="open a link: path, upgrade, RTT")
     sub.add_argument("peer")
     sub.add_argument("--count", type=int, default=5, help="echoes on the final path (5)")
-    sub.add_argument("--upgrade-timeout", type=float, default=10.0,
-                     help="seconds to wait for the upgrade to direct (10)")
+    sub.add_argument(
+        "--upgrade-timeout",
+        type=float,
+        default=10.0,
+        help="seconds to wait for the upgrade to direct (10)",
+    )
     common(sub, relay_option=True)
     return parser
 
@@ -287,13 +328,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except (ConfigError, OSError, trio.TooSlowError, TimeoutError, ValueError) as exc:
-        print(f"darkswap-peer {args.command}: failed: {type(exc).__name__}: {exc}",
-              file=sys.stderr)
+        print(f"darkswap-peer {args.command}: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     except Exception as exc:  # noqa: BLE001 - a CLI reports, it does not dump a trace
         cause = exc.__cause__ or exc
-        print(f"darkswap-peer {args.command}: failed: {type(exc).__name__}: {exc} "
-              f"({type(cause).__name__})", file=sys.stderr)
+        print(
+            f"darkswap-peer {args.command}: failed: {type(exc).__name__}: {exc} "
+            f"({type(cause).__name__})",
+            file=sys.stderr,
+        )
         return 1
 
 

@@ -6,7 +6,9 @@ import dataclasses
 from typing import Any
 
 
-def apply_settings(obj: Any, table: dict[str, Any], error: type[Exception], where: str = "") -> None:
+def apply_settings(
+    obj: Any, table: dict[str, Any], error: type[Exception], where: str = ""
+) -> None:
     """Set ``obj``'s fields from ``table``; unknown keys and wrong types raise ``error``."""
     known = {f.name for f in dataclasses.fields(obj)}
     for key, value in table.items():

@@ -42,26 +42,37 @@ class Timeline:
         print(f"+{self.ms():8.1f} ms  {who:<6} {what}", flush=True)
 
 
-async def run_demo(messages: int = 20, size: int = 1024, upgrade_timeout: float = 10.0) -> dict[str, Any]:
+async def run_demo(
+    messages: int = 20, size: int = 1024, upgrade_timeout: float = 10.0
+) -> dict[str, Any]:
     """Run the demo; returns the summary figures (also printed)."""
     from relay import AuthConfig, RelayConfig, serve_relay
 
-    relay_config = RelayConfig(host="127.0.0.1", port=0, stun_port=0, metrics_port=0,
-                               auth=AuthConfig(mode="signature"))
+    relay_config = RelayConfig(
+        host="127.0.0.1", port=0, stun_port=0, metrics_port=0, auth=AuthConfig(mode="signature")
+    )
     async with trio.open_nursery() as nursery:
         clock = Timeline()
         server = await nursery.start(serve_relay, relay_config)
         clock.say("relay", f"up: {server.multiaddr}")
-        clock.say("relay", f"STUN udp/{server.stun_port}, metrics "
-                           f"http://127.0.0.1:{server.metrics_port}/metrics")
+        clock.say(
+            "relay",
+            f"STUN udp/{server.stun_port}, metrics http://127.0.0.1:{server.metrics_port}/metrics",
+        )
         # direct_delay gives the relay circuit a head start, so the link visibly opens
         # on the relay and then upgrades (on loopback direct would often win outright).
         peer_config = Config(
-            p2p=P2PConfig(relay_servers=[server.multiaddr], direct_delay=0.2,
-                          stun_servers=[f"127.0.0.1:{server.stun_port}"]),
-            relay_manager=RelayManagerConfig(ping_interval=5))
-        async with P2PNetwork(peer_config, peer_connection_config=LOOPBACK) as alice, \
-                P2PNetwork(peer_config, peer_connection_config=LOOPBACK) as bob:
+            p2p=P2PConfig(
+                relay_servers=[server.multiaddr],
+                direct_delay=0.2,
+                stun_servers=[f"127.0.0.1:{server.stun_port}"],
+            ),
+            relay_manager=RelayManagerConfig(ping_interval=5),
+        )
+        async with (
+            P2PNetwork(peer_config, peer_connection_config=LOOPBACK) as alice,
+            P2PNetwork(peer_config, peer_connection_config=LOOPBACK) as bob,
+        ):
             await alice.wait_relay_connected(timeout=10)
             clock.say("alice", f"registered as {alice.local_peer_id}")
             await bob.wait_relay_connected(timeout=10)
@@ -69,8 +80,11 @@ async def run_demo(messages: int = 20, size: int = 1024, upgrade_timeout: float 
             dialled = clock.ms()
             link = await alice.connect_to_peer(bob.local_peer_id)
             link_open_ms = clock.ms() - dialled
-            clock.say("alice", f"link to bob open via {link.connection_type} "
-                               f"({link_open_ms:.1f} ms after the dial)")
+            clock.say(
+                "alice",
+                f"link to bob open via {link.connection_type} "
+                f"({link_open_ms:.1f} ms after the dial)",
+            )
             incoming = await bob.accept_peer()
             clock.say("bob", f"accepted alice's link via {incoming.connection_type}")
             upgrade_ms: float | None = None
@@ -80,8 +94,11 @@ async def run_demo(messages: int = 20, size: int = 1024, upgrade_timeout: float 
                 async for event in alice.events:
                     if isinstance(event, ConnectionUpgraded):
                         upgrade_ms = clock.ms() - dialled
-                        clock.say("alice", f"ConnectionUpgraded: direct data channel "
-                                           f"({upgrade_ms:.1f} ms after the dial)")
+                        clock.say(
+                            "alice",
+                            f"ConnectionUpgraded: direct data channel "
+                            f"({upgrade_ms:.1f} ms after the dial)",
+                        )
                         return
 
             async def bob_echoes() -> None:
@@ -107,8 +124,9 @@ async def run_demo(messages: int = 20, size: int = 1024, upgrade_timeout: float 
                     assert reply == payload
                     rtt = (trio.current_time() - sent) * 1000
                     rtts[path].append(rtt)
-                    clock.say("alice", f"message {n + 1:>2}: {size} B echoed via {path}, "
-                                       f"rtt {rtt:.2f} ms")
+                    clock.say(
+                        "alice", f"message {n + 1:>2}: {size} B echoed via {path}, rtt {rtt:.2f} ms"
+                    )
                 watch.cancel_scope.cancel()
             metrics = link.metrics()
             relay_latency = alice.relay_manager.servers[0].latency_ms or 0.0
@@ -140,24 +158,34 @@ def _ms(value: float | None) -> str:
 
 
 def print_summary(r: dict[str, Any]) -> None:
-    upgrade = ("no upgrade (direct path not ready)" if r["upgrade_ms"] is None
-               else f"{r['upgrade_ms']:.1f} ms after the dial")
+    upgrade = (
+        "no upgrade (direct path not ready)"
+        if r["upgrade_ms"] is None
+        else f"{r['upgrade_ms']:.1f} ms after the dial"
+    )
     print()
     print("summary")
     print(f"  relay ping latency     {_ms(r['relay_latency_ms'])}")
     print(f"  link open (relay)      {r['link_open_ms']:.1f} ms after the dial")
     print(f"  upgrade to direct      {upgrade}")
     print(f"  final path             {r['path']}")
-    print(f"  messages via relay     {r['messages_relay']:>4}   echo rtt p50 {_ms(r['rtt_relay_p50_ms'])}")
-    print(f"  messages via direct    {r['messages_direct']:>4}   echo rtt p50 {_ms(r['rtt_direct_p50_ms'])}")
-    print(f"  bytes alice sent       {r['bytes_sent']:>8}   (relay {r['relay_bytes_sent']}, "
-          f"direct {r['direct_bytes_sent']})")
+    print(
+        f"  messages via relay     {r['messages_relay']:>4}   echo rtt p50 {_ms(r['rtt_relay_p50_ms'])}"
+    )
+    print(
+        f"  messages via direct    {r['messages_direct']:>4}   echo rtt p50 {_ms(r['rtt_direct_p50_ms'])}"
+    )
+    print(
+        f"  bytes alice sent       {r['bytes_sent']:>8}   (relay {r['relay_bytes_sent']}, "
+        f"direct {r['direct_bytes_sent']})"
+    )
     print(f"  bytes alice received   {r['bytes_received']:>8}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--messages", type=int, default=20, help="echo round trips (default 20)")
     parser.add_argument("--size", type=int, default=1024, help="bytes per message (default 1024)")
     args = parser.parse_args(argv)

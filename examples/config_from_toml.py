@@ -17,9 +17,11 @@ from darkswap_trio import Config, ConfigError, P2PNetwork
 async def main(relay: str, path: Path) -> None:
     config = Config.from_toml(path)
     config.p2p.relay_servers.append(relay)
-    print(f"loaded {path.name}: key_file={config.p2p.key_file} "
-          f"enable_direct={config.p2p.enable_direct} "
-          f"connection_timeout={config.relay_manager.connection_timeout}")
+    print(
+        f"loaded {path.name}: key_file={config.p2p.key_file} "
+        f"enable_direct={config.p2p.enable_direct} "
+        f"connection_timeout={config.relay_manager.connection_timeout}"
+    )
     try:
         Config.from_toml("[p2p]\nmax_conections = 5\n")
     except ConfigError as exc:

@@ -58,8 +58,10 @@ async def answer(host: str, port: int) -> None:
     def listening(port: int) -> None:
         print(f"answerer listening on {port}", flush=True)
 
-    async with open_peer_connection(LOOPBACK) as pc, \
-            open_tcp_signaling(host, port, listen=True, on_listening=listening) as signaling:
+    async with (
+        open_peer_connection(LOOPBACK) as pc,
+        open_tcp_signaling(host, port, listen=True, on_listening=listening) as signaling,
+    ):
         offer = await signaling.receive()
         assert offer.type == "offer"
         await pc.set_remote_description(offer.sdp, "offer")

@@ -21,15 +21,19 @@ LOOPBACK = PeerConnectionConfig(host_addresses=["127.0.0.1"], include_loopback=T
 
 async def main(relay: str) -> None:
     config = P2PConfig(relay_servers=[relay], direct_delay=0.2)
-    async with P2PNetwork(config, peer_connection_config=LOOPBACK) as alice, \
-            P2PNetwork(config, peer_connection_config=LOOPBACK) as bob:
+    async with (
+        P2PNetwork(config, peer_connection_config=LOOPBACK) as alice,
+        P2PNetwork(config, peer_connection_config=LOOPBACK) as bob,
+    ):
         await alice.wait_relay_connected(timeout=10)
         await bob.wait_relay_connected(timeout=10)
         started = trio.current_time()
         link = await alice.connect_to_peer(bob.local_peer_id)
         incoming = await bob.accept_peer()
-        print(f"link opened via {link.connection_type} "
-              f"in {(trio.current_time() - started) * 1000:.1f} ms")
+        print(
+            f"link opened via {link.connection_type} "
+            f"in {(trio.current_time() - started) * 1000:.1f} ms"
+        )
 
         async def send_until_direct() -> None:
             n = 0
@@ -48,10 +52,14 @@ async def main(relay: str) -> None:
                         print(f"ConnectionUpgraded after {elapsed:.1f} ms")
                         break
         metrics = link.metrics()
-        print(f"now {link.connection_type}: {metrics.messages_sent} messages, "
-              f"{metrics.relay_bytes_sent} bytes by relay, {metrics.direct_bytes_sent} direct")
+        print(
+            f"now {link.connection_type}: {metrics.messages_sent} messages, "
+            f"{metrics.relay_bytes_sent} bytes by relay, {metrics.direct_bytes_sent} direct"
+        )
         await link.send(b"on the direct path")
-        print(f"bob received {(await incoming.receive()).decode()!r} via {incoming.connection_type}")
+        print(
+            f"bob received {(await incoming.receive()).decode()!r} via {incoming.connection_type}"
+        )
 
 
 if __name__ == "__main__":

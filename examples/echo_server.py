@@ -25,8 +25,9 @@ async def echo(link: PeerLink) -> None:
 
 
 async def main(relay: str, seconds: float) -> None:
-    async with P2PNetwork(P2PConfig(relay_servers=[relay]),
-                          peer_connection_config=LOOPBACK) as network:
+    async with P2PNetwork(
+        P2PConfig(relay_servers=[relay]), peer_connection_config=LOOPBACK
+    ) as network:
         await network.wait_relay_connected(timeout=10)
         print(f"echo server {network.local_peer_id}", flush=True)
         with trio.move_on_after(seconds):

@@ -24,8 +24,11 @@ def token_provider_from(private_key_pem: str, ttl: float = 300.0):
     async def token_provider(peer_id: PeerId) -> str:
         now = int(time.time())
         print(f"issuing a token for {peer_id}", flush=True)
-        return jwt.encode({"sub": str(peer_id), "iat": now, "exp": now + int(ttl)},
-                          private_key_pem, algorithm="EdDSA")
+        return jwt.encode(
+            {"sub": str(peer_id), "iat": now, "exp": now + int(ttl)},
+            private_key_pem,
+            algorithm="EdDSA",
+        )
 
     return token_provider
 
@@ -35,8 +38,11 @@ async def main(relay: str, key_path: str) -> None:
     async with P2PNetwork(P2PConfig(relay_servers=[relay]), token_provider=provider) as network:
         await network.wait_relay_connected(timeout=10)
         server = network.relay_manager.servers[0]
-        print(f"authenticated with a JWT: {server.status.name}, "
-              f"latency {server.latency_ms or 0:.2f} ms", flush=True)
+        print(
+            f"authenticated with a JWT: {server.status.name}, "
+            f"latency {server.latency_ms or 0:.2f} ms",
+            flush=True,
+        )
     async with P2PNetwork(P2PConfig(relay_servers=[relay])) as anonymous:
         try:
             await anonymous.wait_relay_connected(timeout=10)

@@ -106,8 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--config", metavar="PATH", help="TOML configuration file (see deploy/relay.toml).")
     add(
         "--host",
-        help="Address to listen on for signaling and STUN (default 0.0.0.0; "
-        "'::' for dual-stack).",
+        help="Address to listen on for signaling and STUN (default 0.0.0.0; '::' for dual-stack).",
     )
     add(
         "--announce",
@@ -464,9 +463,7 @@ def _serve_main(args: argparse.Namespace) -> int:
         except ConfigError as exc:
             print(f"{PROG}: configuration error: {exc}", file=sys.stderr)
             return 2
-    logger.info(
-        "starting %s %s", PROG, __version__, extra={"config": describe_config(config)}
-    )
+    logger.info("starting %s %s", PROG, __version__, extra={"config": describe_config(config)})
     try:
         # Everything loaded so far (modules, config, keys) lives as long as the process:
         # move it out of the collector's sight, so full collections, whose cost grows

@@ -43,9 +43,15 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Protocol
 
 from ._config import LimitsConfig
 from ._limits import KeyedRateLimiter, TokenBucket
+
+
+class _Settable(Protocol):
+    def set(self) -> None: ...
+
 
 __all__ = ["OVERLOAD_PAUSE", "PAUSE_AFTER", "AbuseGuard", "SessionShare"]
 
@@ -88,6 +94,7 @@ class AbuseGuard:
         self._total_rates = (self.total.rate, self.total.burst)
         self._handshake_rates = (self.handshakes_total.rate, self.handshakes_total.burst)
         self.overload_lag = float(limits.overload_lag)
+        self._traffic_waiter: _Settable | None = None
         self._overloaded_until = -math.inf  # fair shares apply until then
         self.load = 1.0  # fraction of the configured relay-wide rates in force (AIMD)
         # Registered sessions, for the fair share (the server points it at its router).
@@ -110,6 +117,9 @@ class AbuseGuard:
 
     def message_allowed(self, ip: str, now: float, share: SessionShare | None = None) -> str | None:
         """Charge one message of a registered session from ``ip``: None, or the limit hit."""
+        if self._traffic_waiter is not None:
+            self._traffic_waiter.set()  # the load watcher sleeps while the relay is idle
+            self._traffic_waiter = None
         if not self.messages.try_take(ip, 1, now):
             return "messages_per_ip"
         total = self.total
@@ -140,6 +150,15 @@ class AbuseGuard:
         share.streak = 0
         share.pauses += 1
         return OVERLOAD_PAUSE * (1 << min(share.pauses - 1, MAX_BACKOFF))
+
+    def idle_until_traffic(self, waiter: _Settable) -> bool:
+        """Whether the load watcher may stop sampling: nothing to recover (full rates) and
+        then ``waiter.set()`` is called on the next message. An idle relay runs no timer
+        at all (and simulated clocks can jump freely); traffic resumes the sampling."""
+        if self.load < 1.0:
+            return False
+        self._traffic_waiter = waiter
+        return True
 
     def observe_lag(self, lag: float) -> None:
         """The event loop ran ``lag`` seconds late: adjust the relay-wide rates (AIMD)."""

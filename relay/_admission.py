@@ -179,9 +179,19 @@ class ConnectionAdmission:
         if self.guard is not None and self.guard.penalized(ip, now):
             return 429, "rate_limited", "your address is penalized for abuse", PENALIZED
         if not self.rate.try_take(ip, 1, now):
-            return 429, "rate_limited", "too many connections from your address", "connections_per_ip"
+            return (
+                429,
+                "rate_limited",
+                "too many connections from your address",
+                "connections_per_ip",
+            )
         if lim.max_sessions_per_ip and self.slots.count(ip) >= lim.max_sessions_per_ip:
-            return 503, "too_many_sessions", "too many sessions from your address", "sessions_per_ip"
+            return (
+                503,
+                "too_many_sessions",
+                "too many sessions from your address",
+                "sessions_per_ip",
+            )
         if lim.max_pending_per_ip and self.pending(ip) >= lim.max_pending_per_ip:
             return (
                 503, "too_many_sessions", "too many unregistered connections from your address",
@@ -274,4 +284,3 @@ def raise_fd_limit(limits: LimitsConfig) -> tuple[int, int]:
         )  # fmt: skip
         limits.max_sessions = budget
     return soft, hard
-

@@ -52,6 +52,7 @@ class _SessionFields(logging.Filter):
             record.remote = context.remote
         return True
 
+
 # Attributes every LogRecord has; anything else came from `extra=`.
 _STANDARD_ATTRS = frozenset(
     vars(logging.LogRecord("x", logging.INFO, "x", 0, "x", None, None)).keys()

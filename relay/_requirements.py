@@ -11,5 +11,7 @@ RELAY_REQUIREMENTS = (("h11", "h11"), ("prometheus-client", "prometheus_client")
 
 missing = [name for name, module in RELAY_REQUIREMENTS if importlib.util.find_spec(module) is None]
 if missing:
-    raise ImportError(f"the darkswap relay needs {', '.join(missing)}: install the relay extra "
-                      "with pip install 'darkswap-trio[relay]'")
+    raise ImportError(
+        f"the darkswap relay needs {', '.join(missing)}: install the relay extra "
+        "with pip install 'darkswap-trio[relay]'"
+    )

@@ -271,12 +271,14 @@ class RelayRouter:
     def register_topic(self, peer_id: str, topic: str, now: float) -> list[str]:
         """Record ``peer_id``'s interest in ``topic``; a sample of other live subscribers
         (raises TopicLimit when a rendezvous bound is hit)."""
-        return self._rendezvous.register(
-            peer_id, topic, now, live=lambda p: p in self._registered
-        )
+        return self._rendezvous.register(peer_id, topic, now, live=lambda p: p in self._registered)
 
     def unregister_topic(self, peer_id: str, topic: str) -> None:
         self._rendezvous.unregister(peer_id, topic)
+
+    def topics_of(self, peer_id: str) -> list[str]:
+        """The topics ``peer_id`` is registered for (for operators and tests)."""
+        return list(self._rendezvous.topics_of(peer_id))
 
     def carries_circuits(self, peer_id: str) -> bool:
         """Whether ``peer_id`` is an end of any open circuit."""

@@ -424,6 +424,9 @@ LOAD_SAMPLE_INTERVAL = 0.05
 async def _watch_load(guard: Any) -> None:
     """Tell the abuse guard how late the event loop runs (a timer's lateness)."""
     while True:
+        waiter = trio.Event()
+        if guard.idle_until_traffic(waiter):
+            await waiter.wait()
         start = trio.current_time()
         await trio.sleep(LOAD_SAMPLE_INTERVAL)
         guard.observe_lag(trio.current_time() - start - LOAD_SAMPLE_INTERVAL)

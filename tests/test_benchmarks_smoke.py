@@ -12,12 +12,20 @@ def test_bench_relay_smoke(tmp_path):
     raw = tmp_path / "results.json"
     proc = subprocess.run(
         [sys.executable, str(BENCH), "--smoke", "--json", str(raw)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| Benchmark | ours | baseline | ours / baseline | target | met |" in proc.stdout
-    for row in ("circuit throughput", "RTT 100 B p50", "circuit open", "registrations/s",
-                "server RSS per idle peer", "concurrent circuits"):
+    for row in (
+        "circuit throughput",
+        "RTT 100 B p50",
+        "circuit open",
+        "registrations/s",
+        "server RSS per idle peer",
+        "concurrent circuits",
+    ):
         assert row in proc.stdout, row
 
     results = json.loads(raw.read_text())
@@ -41,7 +49,9 @@ def test_bench_lossy_datachannel_smoke():
     # Both stacks through the impairing proxy, clean and impaired, each moving it all.
     proc = subprocess.run(
         [sys.executable, str(LOSSY), "--runs", "1", "--megabytes", "0.25", "--seconds", "30"],
-        capture_output=True, text=True, timeout=180,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| ")]

@@ -33,8 +33,14 @@ def test_sha256_peer_id_parses_but_has_no_key():
 
 @pytest.mark.parametrize(
     "bad",
-    ["", "peer1", "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXT", "0OIl", "x" * 500,
-     "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTNN"],
+    [
+        "",
+        "peer1",
+        "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXT",
+        "0OIl",
+        "x" * 500,
+        "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTNN",
+    ],
 )
 def test_invalid_ids_are_clear_errors(bad):
     with pytest.raises(PeerIdError) as info:
@@ -44,7 +50,7 @@ def test_invalid_ids_are_clear_errors(bad):
 
 def test_non_string_refused():
     with pytest.raises(PeerIdError):
-        PeerId.from_string(b"12D3" )  # type: ignore[arg-type]
+        PeerId.from_string(b"12D3")  # type: ignore[arg-type]
 
 
 def test_sign_verify_and_roundtrip():
@@ -117,8 +123,14 @@ def test_ed25519_peer_id_round_trips_through_its_cid():
 
 @pytest.mark.parametrize(
     "bad",
-    [SPEC_CID.upper(), "b", SPEC_CID[:-1], SPEC_CID + "a", "bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi",
-     "b" + "1" * 10],
+    [
+        SPEC_CID.upper(),
+        "b",
+        SPEC_CID[:-1],
+        SPEC_CID + "a",
+        "bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi",
+        "b" + "1" * 10,
+    ],
 )
 def test_bad_cid_peer_ids_are_parse_errors(bad):
     # Upper case, truncated, trailing garbage, a dag-pb CID (codec 0x70), bad alphabet.
@@ -147,12 +159,15 @@ def test_any_base32_text_raises_only_parse_error(body):
 
 # -- the old 96-byte Ed25519 private key encoding (go-libp2p still reads it) ---------
 
+
 def _old_96_byte_key(pair, redundant=None):
     from darkswap_trio._identity import KEY_TYPE_ED25519, _encode_key_protobuf
 
     seed_and_public = pair.to_protobuf()[4:]
     assert len(seed_and_public) == 64
-    return _encode_key_protobuf(KEY_TYPE_ED25519, seed_and_public + (redundant or seed_and_public[32:]))
+    return _encode_key_protobuf(
+        KEY_TYPE_ED25519, seed_and_public + (redundant or seed_and_public[32:])
+    )
 
 
 def test_old_96_byte_private_key_is_read(tmp_path):
@@ -164,6 +179,6 @@ def test_old_96_byte_private_key_is_read(tmp_path):
 
 def test_old_96_byte_private_key_with_a_wrong_redundant_copy_is_refused():
     pair = Keypair.generate()
-    other = Keypair.generate().to_protobuf()[4 + 32:]
+    other = Keypair.generate().to_protobuf()[4 + 32 :]
     with pytest.raises(PeerIdError, match="does not match"):
         Keypair.from_protobuf(_old_96_byte_key(pair, redundant=other))

@@ -57,6 +57,7 @@ EXPORTS = {
         "MessageTooLarge",
         "NetworkEvent",
         "NoRelayAvailable",
+        "NoTopicPeers",
         "NotStarted",
         "P2PConfig",
         "P2PNetwork",
@@ -84,6 +85,8 @@ EXPORTS = {
         "ServerConnected",
         "ServerDisconnected",
         "ServerFailed",
+        "TopicMessage",
+        "TopicSubscription",
         "UnknownCircuit",
         "WebRtcSignalingClient",
         "WebRtcTransport",
@@ -218,6 +221,8 @@ def test_no_code_sets_aioice_private_attributes():
         if "._network_host" in path.read_text()
     ]
     assert offenders == []
+
+
 # -- import cycles ----------------------------------------------------------------------
 
 
@@ -322,22 +327,25 @@ PACKAGE_DIRS = {"relay": ROOT.parent / "relay", "darkswap_trio": ROOT}
 
 # "runtime": a cycle that can break an import. "annotations": modules that also name each
 # other's types (under TYPE_CHECKING) still depend both ways; relay/ avoids that too.
-@pytest.mark.parametrize("type_checking", [False, True], ids=["runtime", "annotations"])
 @pytest.mark.parametrize(
-    "package",
+    ("package", "type_checking"),
     [
-        "relay",
+        pytest.param("relay", False, id="relay-runtime"),
+        pytest.param("relay", True, id="relay-annotations"),
+        pytest.param("darkswap_trio", False, id="darkswap_trio-runtime"),
         pytest.param(
             "darkswap_trio",
+            True,
+            id="darkswap_trio-annotations",
             marks=pytest.mark.xfail(
-                reason="darkswap_trio's import cycles are being untangled: drop this mark "
-                "once they are gone (on d3286df: none at runtime, 4 with TYPE_CHECKING)",
-                strict=False,
+                reason="darkswap_trio still has cycles through TYPE_CHECKING-only imports "
+                "(issue #11): drop this mark once they are gone",
+                strict=True,
             ),
         ),
     ],
 )
-def test_no_import_cycles_in_relay(package, type_checking):
+def test_no_import_cycles(package, type_checking):
     graph = import_graph(PACKAGE_DIRS[package], type_checking=type_checking)
     assert import_cycles(graph) == []
 

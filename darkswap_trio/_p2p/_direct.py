@@ -135,9 +135,15 @@ class WebRtcSignalingClient:
 
     async def send_candidate(self, peer_id: str, candidate: str | None) -> None:
         """Trickle one candidate; None sends the W3C end-of-candidates (empty string)."""
-        await self.session.send_signal(sig.IceCandidate(
-            from_=self.local_peer_id, to=peer_id, candidate=candidate or "",
-            sdp_mid="0", sdp_mline_index=0))
+        await self.session.send_signal(
+            sig.IceCandidate(
+                from_=self.local_peer_id,
+                to=peer_id,
+                candidate=candidate or "",
+                sdp_mid="0",
+                sdp_mline_index=0,
+            )
+        )
 
     async def receive(self) -> sig.Offer | sig.Answer | sig.IceCandidate:
         """The next signal another peer sent us; EndOfChannel when the session ends."""
@@ -167,15 +173,26 @@ class WebRtcTransport(TaskOwner):
     not connect in time. See :meth:`statistics`.
     """
 
-    def __init__(self, session: RelaySession | WebRtcSignalingClient,
-                 config: PeerConnectionConfig | None = None, *, max_connections: int = 64,
-                 max_half_open: int = 16, answer_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        session: RelaySession | WebRtcSignalingClient,
+        config: PeerConnectionConfig | None = None,
+        *,
+        max_connections: int = 64,
+        max_half_open: int = 16,
+        answer_timeout: float = 10.0,
+    ) -> None:
         if max_connections < 1 or max_half_open < 1:
             raise ValueError("max_connections and max_half_open must be at least 1")
         if not 0 < answer_timeout < math.inf:
-            raise ValueError(f"answer_timeout must be a positive number of seconds, not {answer_timeout!r}")
-        self.signaling = (session if isinstance(session, WebRtcSignalingClient)
-                          else WebRtcSignalingClient(session))
+            raise ValueError(
+                f"answer_timeout must be a positive number of seconds, not {answer_timeout!r}"
+            )
+        self.signaling = (
+            session
+            if isinstance(session, WebRtcSignalingClient)
+            else WebRtcSignalingClient(session)
+        )
         self.config = config or PeerConnectionConfig()
         self.local_peer_id = self.signaling.local_peer_id
         self.max_connections = max_connections
@@ -190,14 +207,18 @@ class WebRtcTransport(TaskOwner):
         self._cooling: OrderedDict[str, float] = OrderedDict()  # peer -> refused until
         self._inboxes: dict[str, trio.MemorySendChannel[Signal]] = {}
         self._attempts: dict[str, _Attempt] = {}
-        self._accepted_send, self._accepted = trio.open_memory_channel[DirectConnection](max_connections)
+        self._accepted_send, self._accepted = trio.open_memory_channel[DirectConnection](
+            max_connections
+        )
         self._nursery: trio.Nursery | None = None
         self._idle = trio.Event()  # set whenever no connection task is running
         self._idle.set()
         self._early: OrderedDict[str, deque[tuple[float, sig.IceCandidate]]] = OrderedDict()
         self.dropped_signals = 0
 
-    async def run(self, *, task_status: trio.TaskStatus[WebRtcTransport] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, *, task_status: trio.TaskStatus[WebRtcTransport] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._dispatch_signals)
@@ -243,8 +264,12 @@ class WebRtcTransport(TaskOwner):
             if self._attempts.get(peer_id) is attempt:
                 del self._attempts[peer_id]
         if isinstance(outcome, BaseException):
-            log.info("direct attempt to %s ended after %.3f s: %r", peer_id,
-                     trio.current_time() - started, outcome)
+            log.info(
+                "direct attempt to %s ended after %.3f s: %r",
+                peer_id,
+                trio.current_time() - started,
+                outcome,
+            )
             raise trio.BrokenResourceError(f"direct connection to {peer_id} failed") from outcome
         return outcome
 
@@ -260,10 +285,14 @@ class WebRtcTransport(TaskOwner):
     def statistics(self) -> WebRtcTransportStatistics:
         """A snapshot of connection counts and of what the offer bounds refused."""
         return WebRtcTransportStatistics(
-            connections=self._connected, half_open_answers=len(self._half_open),
-            offers_refused=self.offers_refused, offers_evicted=self.offers_evicted,
-            answers_timed_out=self.answers_timed_out, early_candidates=self.early_candidates,
-            dropped_signals=self.dropped_signals)
+            connections=self._connected,
+            half_open_answers=len(self._half_open),
+            offers_refused=self.offers_refused,
+            offers_evicted=self.offers_evicted,
+            answers_timed_out=self.answers_timed_out,
+            early_candidates=self.early_candidates,
+            dropped_signals=self.dropped_signals,
+        )
 
     # -- signaling -----------------------------------------------------------------------
 
@@ -357,10 +386,15 @@ class WebRtcTransport(TaskOwner):
         now = trio.current_time()
         if now - self._last_flood_warning >= _FLOOD_WARNING_INTERVAL:
             self._last_flood_warning = now
-            log.warning("offers beyond the direct-path bounds (%s): %d refused, %d evicted, "
-                        "%d timed out so far; next report in %.0f s at the earliest", reason,
-                        self.offers_refused, self.offers_evicted, self.answers_timed_out,
-                        _FLOOD_WARNING_INTERVAL)
+            log.warning(
+                "offers beyond the direct-path bounds (%s): %d refused, %d evicted, "
+                "%d timed out so far; next report in %.0f s at the earliest",
+                reason,
+                self.offers_refused,
+                self.offers_evicted,
+                self.answers_timed_out,
+                _FLOOD_WARNING_INTERVAL,
+            )
 
     def _open_inbox(self, peer: str) -> _Inbox:
         # Registered before the connection task starts, so no signal that follows an
@@ -377,8 +411,9 @@ class WebRtcTransport(TaskOwner):
                 self.dropped_signals += 1
         return send, receive
 
-    async def _run_connection(self, attempt: _Attempt, offer: sig.Offer | None,
-                              inbox_pair: _Inbox) -> None:
+    async def _run_connection(
+        self, attempt: _Attempt, offer: sig.Offer | None, inbox_pair: _Inbox
+    ) -> None:
         peer = attempt.peer_id
         inbox_send, inbox = inbox_pair
         connection: DirectConnection | None = None
@@ -425,11 +460,18 @@ class WebRtcTransport(TaskOwner):
                 del self._inboxes[peer]
             if not self._inboxes:
                 self._idle.set()
-        if connection is None and attempt.scope.cancelled_caught and not attempt.evicted \
-                and not attempt.offering and trio.current_time() >= attempt.scope.deadline:
+        if (
+            connection is None
+            and attempt.scope.cancelled_caught
+            and not attempt.evicted
+            and not attempt.offering
+            and trio.current_time() >= attempt.scope.deadline
+        ):
             self.answers_timed_out += 1
             self._cool_down(peer)
-            log.info("answer to %s abandoned: not connected within %.1f s", peer, self.answer_timeout)
+            log.info(
+                "answer to %s abandoned: not connected within %.1f s", peer, self.answer_timeout
+            )
         if failure is not None:
             log.info("direct connection with %s failed: %r", peer, failure)
             if connection is None:
@@ -442,7 +484,9 @@ class WebRtcTransport(TaskOwner):
         async for candidate in pc.local_candidates():
             await self.signaling.send_candidate(peer, candidate)
 
-    async def _apply_signals(self, pc: PeerConnection, inbox: trio.MemoryReceiveChannel[Signal]) -> None:
+    async def _apply_signals(
+        self, pc: PeerConnection, inbox: trio.MemoryReceiveChannel[Signal]
+    ) -> None:
         async for msg in inbox:
             try:
                 if isinstance(msg, sig.Answer):

@@ -61,8 +61,14 @@ class LinkOwner(Protocol):
 class LinkPath:
     """One attached path: its channel, its tasks' cancel scope, its name in the core."""
 
-    def __init__(self, name: str, kind: str, channel: RelayCircuit | DirectConnection, *,
-                 accepted: bool = False) -> None:
+    def __init__(
+        self,
+        name: str,
+        kind: str,
+        channel: RelayCircuit | DirectConnection,
+        *,
+        accepted: bool = False,
+    ) -> None:
         self.accepted = accepted  # the far side opened it: our HELLO answers its HELLO
         self.name = name
         self.kind = kind

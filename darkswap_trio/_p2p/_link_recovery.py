@@ -91,8 +91,11 @@ class LinkRecovery:
 
     def link_wants_direct(self, link: PeerLink) -> None:
         p2p = self.network.config.p2p
-        if (link in self._direct_wanted or not p2p.enable_direct
-                or self.network.local_peer_id > link.peer_id):
+        if (
+            link in self._direct_wanted
+            or not p2p.enable_direct
+            or self.network.local_peer_id > link.peer_id
+        ):
             return
         self._direct_wanted.add(link)
         self._start(self._restore_direct, link)
@@ -147,8 +150,12 @@ class LinkRecovery:
                     await circuit.send(link.hello)
                 except NotStarted:
                     return  # the network is shutting down: nothing to reopen for
-                except (RelayError, NoRelayAvailable, trio.BrokenResourceError,
-                        trio.ClosedResourceError) as exc:
+                except (
+                    RelayError,
+                    NoRelayAvailable,
+                    trio.BrokenResourceError,
+                    trio.ClosedResourceError,
+                ) as exc:
                     log.info("reopening a circuit to %s failed: %r", link.peer_id, exc)
                     await trio.sleep(delay)
                     delay = min(2 * delay, _RELAY_RETRY_MAX)
@@ -172,8 +179,15 @@ class LinkRecovery:
                 if transport is None:
                     continue
                 try:
-                    connection = await transport.connect(link.peer_id, timeout=p2p.direct_connect_timeout)
-                except (trio.BrokenResourceError, trio.BusyResourceError, RuntimeError, RelayError) as exc:
+                    connection = await transport.connect(
+                        link.peer_id, timeout=p2p.direct_connect_timeout
+                    )
+                except (
+                    trio.BrokenResourceError,
+                    trio.BusyResourceError,
+                    RuntimeError,
+                    RelayError,
+                ) as exc:
                     log.info("direct retry to %s failed: %r", link.peer_id, exc)
                     continue
                 try:

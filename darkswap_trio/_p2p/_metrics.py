@@ -35,7 +35,9 @@ class ConnectionMetrics:
     upgraded: bool  # switched from relay to direct
 
 
-def direct_path_quality(pc: PeerConnection) -> tuple[float | None, str | None, int | None, float | None]:
+def direct_path_quality(
+    pc: PeerConnection,
+) -> tuple[float | None, str | None, int | None, float | None]:
     """(rtt_ms, rtt_source, retransmissions, loss_rate) of a direct path's SCTP association."""
     sctp = pc.statistics().sctp
     if sctp is None:
@@ -58,11 +60,19 @@ def link_metrics(link: PeerLink) -> ConnectionMetrics:
         rtt, retrans, loss = link.relay_rtt_ms(), None, None
         source = "relay-ping" if rtt is not None else None
     return ConnectionMetrics(
-        peer_id=link.peer_id, connection_type=link.connection_type, rtt_ms=rtt,
-        rtt_source=source, retransmissions=retrans, loss_rate=loss,
-        bytes_sent=link.bytes_sent, bytes_received=link.bytes_received,
-        messages_sent=link.messages_sent, messages_received=link.messages_received,
-        relay_bytes_sent=link.relay_bytes_sent, direct_bytes_sent=link.direct_bytes_sent,
-        established_at=link.established_at, last_activity=link.last_activity,
+        peer_id=link.peer_id,
+        connection_type=link.connection_type,
+        rtt_ms=rtt,
+        rtt_source=source,
+        retransmissions=retrans,
+        loss_rate=loss,
+        bytes_sent=link.bytes_sent,
+        bytes_received=link.bytes_received,
+        messages_sent=link.messages_sent,
+        messages_received=link.messages_received,
+        relay_bytes_sent=link.relay_bytes_sent,
+        direct_bytes_sent=link.direct_bytes_sent,
+        established_at=link.established_at,
+        last_activity=link.last_activity,
         upgraded=link.upgraded,
     )

@@ -36,7 +36,9 @@ class PoolWatcher(Protocol):
 class ConnectionPool:
     """The network's live links, by peer id."""
 
-    def __init__(self, max_connections: int, idle_timeout: float, watcher: PoolWatcher | None = None) -> None:
+    def __init__(
+        self, max_connections: int, idle_timeout: float, watcher: PoolWatcher | None = None
+    ) -> None:
         if max_connections < 1:
             raise ValueError("max_connections must be at least 1")
         self.watcher = watcher  # told when a link becomes, or stops being, a peer's pooled link
@@ -118,7 +120,11 @@ class ConnectionPool:
         live = self.links()
         direct = sum(1 for lnk in live if lnk.connection_type == "direct")
         return PoolStatistics(
-            connections=len(live), direct=direct, relay=len(live) - direct,
-            max_connections=self.max_connections, evicted=self.evicted,
-            pruned_idle=self.pruned_idle, replaced=self.replaced,
+            connections=len(live),
+            direct=direct,
+            relay=len(live) - direct,
+            max_connections=self.max_connections,
+            evicted=self.evicted,
+            pruned_idle=self.pruned_idle,
+            replaced=self.replaced,
         )

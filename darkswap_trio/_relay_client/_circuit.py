@@ -125,7 +125,11 @@ class RelayCircuit(trio.abc.Channel[bytes]):
 
     @property
     def close_reason(self) -> str | None:
-        return self._remote_reason if self._remote_reason else (self._local_reason if self._local_closed else None)
+        return (
+            self._remote_reason
+            if self._remote_reason
+            else (self._local_reason if self._local_closed else None)
+        )
 
     async def send(self, value: bytes) -> None:
         if self._sending:

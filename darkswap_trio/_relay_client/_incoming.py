@@ -35,7 +35,9 @@ class IncomingCircuitStatistics:
 
 
 class IncomingCircuitPolicy:
-    def __init__(self, accept: bool | CircuitFilter, idle_timeout: float, max_unclaimed: int) -> None:
+    def __init__(
+        self, accept: bool | CircuitFilter, idle_timeout: float, max_unclaimed: int
+    ) -> None:
         self._accept = accept
         self.idle_timeout = idle_timeout
         self.max_unclaimed = max_unclaimed
@@ -48,8 +50,12 @@ class IncomingCircuitPolicy:
         peer = circuit.peer_id
         if self._unclaimed.get(peer, 0) >= self.max_unclaimed:
             self.over_limit += 1
-            log.info("closing circuit %s from %s: %d unclaimed circuits from it already",
-                     circuit.relay_id, peer, self.max_unclaimed)
+            log.info(
+                "closing circuit %s from %s: %d unclaimed circuits from it already",
+                circuit.relay_id,
+                peer,
+                self.max_unclaimed,
+            )
             await circuit.aclose(reason="too_many_circuits")
             return None
         self._unclaimed[peer] = self._unclaimed.get(peer, 0) + 1
@@ -71,7 +77,11 @@ class IncomingCircuitPolicy:
 
     @classmethod
     def from_config(cls, p2p: P2PConfig) -> IncomingCircuitPolicy:
-        return cls(p2p.accept_relay_circuits, p2p.relay_circuit_idle_timeout, p2p.max_unclaimed_relay_circuits)
+        return cls(
+            p2p.accept_relay_circuits,
+            p2p.relay_circuit_idle_timeout,
+            p2p.max_unclaimed_relay_circuits,
+        )
 
     async def admit_plain(self, circuit: RelayCircuit, first: bytes | None) -> bytes | None:
         """``first`` if this plain circuit is accepted; else it is closed (``refused``), None."""
@@ -92,8 +102,9 @@ class IncomingCircuitPolicy:
             return False
 
     def statistics(self) -> IncomingCircuitStatistics:
-        return IncomingCircuitStatistics(sum(self._unclaimed.values()), self.refused, self.over_limit,
-                                         self.idle_closed)
+        return IncomingCircuitStatistics(
+            sum(self._unclaimed.values()), self.refused, self.over_limit, self.idle_closed
+        )
 
 
 async def receive_or_idle(circuit: RelayCircuit, idle_timeout: float | None) -> bytes:

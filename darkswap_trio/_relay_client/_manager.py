@@ -40,9 +40,15 @@ log = logging.getLogger("darkswap_trio.relay_manager")
 # Refusals that a retry cannot change: the relay is not who its multiaddr says, or the
 # credentials we have are not accepted (token_expired is left out: a provider may well
 # hand out a fresh token on the next attempt).
-PERMANENT_REFUSALS = frozenset({
-    "relay_id_mismatch", "relay_auth_failed", "token_required", "invalid_token", "token_peer_mismatch",
-})
+PERMANENT_REFUSALS = frozenset(
+    {
+        "relay_id_mismatch",
+        "relay_auth_failed",
+        "token_required",
+        "invalid_token",
+        "token_peer_mismatch",
+    }
+)
 
 
 class RelayServerStatus(enum.Enum):
@@ -126,7 +132,12 @@ class DataReceived:
 
 
 RelayEvent = (
-    ServerConnected | ServerDisconnected | ServerFailed | CircuitCreated | CircuitEnded | DataReceived
+    ServerConnected
+    | ServerDisconnected
+    | ServerFailed
+    | CircuitCreated
+    | CircuitEnded
+    | DataReceived
 )
 
 # -- errors -------------------------------------------------------------------------------
@@ -139,8 +150,12 @@ class NoRelayAvailable(RelayError):
     ``__cause__`` is the first of them, e.g. the ssl.SSLCertVerificationError.
     """
 
-    def __init__(self, message: str, code: str | None = "no_relay",
-                 causes: dict[str, BaseException | None] | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        code: str | None = "no_relay",
+        causes: dict[str, BaseException | None] | None = None,
+    ) -> None:
         super().__init__(message, code)
         self.causes = dict(causes or {})
 
@@ -199,7 +214,9 @@ class RelayManager(TaskOwner):
 
     # -- lifecycle ----------------------------------------------------------------------
 
-    async def run(self, *, task_status: trio.TaskStatus[RelayManager] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, *, task_status: trio.TaskStatus[RelayManager] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             for server in self._servers.values():
@@ -222,7 +239,9 @@ class RelayManager(TaskOwner):
 
     def _require_running(self) -> trio.Nursery:
         if self._nursery is None:
-            raise NotStarted("RelayManager is not running; use 'async with' or nursery.start(manager.run)")
+            raise NotStarted(
+                "RelayManager is not running; use 'async with' or nursery.start(manager.run)"
+            )
         return self._nursery
 
     # -- status -------------------------------------------------------------------------
@@ -236,8 +255,14 @@ class RelayManager(TaskOwner):
 
     def connected_servers(self) -> list[RelayServerState]:
         """Connected relays, lowest latency first (unknown latency last)."""
-        live = [s for s in self._servers.values() if s.status is RelayServerStatus.CONNECTED and s.session]
-        return sorted(live, key=lambda s: s.latency_ms if s.latency_ms is not None else float("inf"))
+        live = [
+            s
+            for s in self._servers.values()
+            if s.status is RelayServerStatus.CONNECTED and s.session
+        ]
+        return sorted(
+            live, key=lambda s: s.latency_ms if s.latency_ms is not None else float("inf")
+        )
 
     async def wait_connected(self, count: int = 1, *, timeout: float | None = None) -> None:
         """Wait until at least ``count`` relays are connected.
@@ -256,9 +281,15 @@ class RelayManager(TaskOwner):
                 changed = self._connected_changed
                 if len(self.connected_servers()) >= count:
                     return
-                hopeful = [s for s in self._servers.values() if s.status is not RelayServerStatus.FAILED]
+                hopeful = [
+                    s for s in self._servers.values() if s.status is not RelayServerStatus.FAILED
+                ]
                 if len(hopeful) < count:
-                    wanted = "no configured relay" if count == 1 else f"fewer than {count} configured relays"
+                    wanted = (
+                        "no configured relay"
+                        if count == 1
+                        else f"fewer than {count} configured relays"
+                    )
                     raise self._unavailable(f"{wanted} can still connect")
                 await changed.wait()
         wanted = "no relay" if count == 1 else f"fewer than {count} relays"
@@ -266,9 +297,13 @@ class RelayManager(TaskOwner):
 
     def _unavailable(self, summary: str, code: str = "no_relay") -> NoRelayAvailable:
         causes = {str(s.address): s.last_exception for s in self._servers.values()}
-        details = "; ".join(
-            f"{s.address} {s.status.value}" + (f" ({s.last_error})" if s.last_error else "")
-            for s in self._servers.values()) or "no relay is configured"
+        details = (
+            "; ".join(
+                f"{s.address} {s.status.value}" + (f" ({s.last_error})" if s.last_error else "")
+                for s in self._servers.values()
+            )
+            or "no relay is configured"
+        )
         error = NoRelayAvailable(f"{summary}: {details}", code, causes)
         error.__cause__ = next((exc for exc in causes.values() if exc is not None), None)
         return error
@@ -311,9 +346,13 @@ class RelayManager(TaskOwner):
             self._set_status(server, RelayServerStatus.CONNECTING)
             try:
                 async with open_relay_session(
-                    server.address, self.keypair, token_provider=self._token_provider,
-                    connect_timeout=cfg.connection_timeout, ping_interval=cfg.ping_interval,
-                    token_refresh_margin=cfg.token_refresh_margin, ssl_context=self._ssl_context,
+                    server.address,
+                    self.keypair,
+                    token_provider=self._token_provider,
+                    connect_timeout=cfg.connection_timeout,
+                    ping_interval=cfg.ping_interval,
+                    token_refresh_margin=cfg.token_refresh_margin,
+                    ssl_context=self._ssl_context,
                 ) as session:
                     await self._serve_session(server, session)
                 error: BaseException | None = session.close_cause
@@ -335,7 +374,9 @@ class RelayManager(TaskOwner):
                 self._emit_status(ServerDisconnected(server.id, cause))
             if fatal or server.failures > cfg.max_reconnect_attempts:
                 why = "refused for good" if fatal else f"failed {server.failures} times in a row"
-                log.warning("relay %s %s, not retrying until retry(): %s", server.address, why, cause)
+                log.warning(
+                    "relay %s %s, not retrying until retry(): %s", server.address, why, cause
+                )
                 self._set_status(server, RelayServerStatus.FAILED)
                 self._emit_status(ServerFailed(server.id, cause))
                 self._retry_events[server.id] = trio.Event()
@@ -345,7 +386,9 @@ class RelayManager(TaskOwner):
             log.info("relay %s: %s (attempt %d, retrying)", server.address, cause, server.failures)
             self._set_status(server, RelayServerStatus.DISCONNECTED)
             # Jittered exponential backoff, so a relay restart isn't met by a stampede.
-            base = min(cfg.reconnect_interval * 2 ** (server.failures - 1), cfg.max_reconnect_interval)
+            base = min(
+                cfg.reconnect_interval * 2 ** (server.failures - 1), cfg.max_reconnect_interval
+            )
             await trio.sleep(base * self._rng.uniform(0.5, 1.0))
 
     async def _serve_session(self, server: RelayServerState, session: RelaySession) -> None:
@@ -402,7 +445,9 @@ class RelayManager(TaskOwner):
         except (trio.ClosedResourceError, trio.BrokenResourceError, trio.EndOfChannel):
             pass
         self._circuits.pop(circuit.relay_id, None)
-        await self._emit_data(CircuitEnded(circuit.relay_id, circuit.peer_id, circuit.close_reason or "closed"))
+        await self._emit_data(
+            CircuitEnded(circuit.relay_id, circuit.peer_id, circuit.close_reason or "closed")
+        )
 
     # -- circuits -----------------------------------------------------------------------
 
@@ -424,7 +469,9 @@ class RelayManager(TaskOwner):
             if session is None:
                 continue
             try:
-                circuit = await session.request_circuit(peer_id, timeout=self.config.connection_timeout)
+                circuit = await session.request_circuit(
+                    peer_id, timeout=self.config.connection_timeout
+                )
             except CircuitRefused as exc:
                 errors.append(f"{server.id}: {exc}")
                 if exc.code != "unknown_peer" and refusal is None:
@@ -440,7 +487,9 @@ class RelayManager(TaskOwner):
             return circuit
         if refusal is not None:
             raise CircuitRefused(f"circuit to {peer_id} refused: {'; '.join(errors)}", refusal.code)
-        raise PeerNotFound(f"peer {peer_id} is not connected to any relay ({'; '.join(errors)})", "unknown_peer")
+        raise PeerNotFound(
+            f"peer {peer_id} is not connected to any relay ({'; '.join(errors)})", "unknown_peer"
+        )
 
     async def accept_circuit(self) -> RelayCircuit:
         """The next incoming circuit (only with ``deliver_incoming=False``)."""
@@ -451,8 +500,13 @@ class RelayManager(TaskOwner):
         circuit = await self.open_circuit(peer_id, deliver=True)
         return circuit.relay_id
 
-    async def deliver_as_events(self, circuit: RelayCircuit, first: bytes | None = None, *,
-                                idle_timeout: float | None = None) -> None:
+    async def deliver_as_events(
+        self,
+        circuit: RelayCircuit,
+        first: bytes | None = None,
+        *,
+        idle_timeout: float | None = None,
+    ) -> None:
         """Read ``circuit`` into DataReceived events (``first``: a message already taken
         from it), then emit its CircuitEnded. For circuits taken with accept_circuit().
         ``idle_timeout``: close it (reason ``idle``) after that long with no message."""

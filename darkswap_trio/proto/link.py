@@ -34,9 +34,26 @@ from .datachannel import MessageTooLarge
 from .errors import ParseError
 
 __all__ = [
-    "ACK", "CLOSE", "CLOSE_ACK", "DATA", "RESET", "DIRECT_LOST", "LINK_HELLO", "PING",
-    "LINK_ID_SIZE", "LinkCore", "LinkFrameError", "encode_hello", "parse_hello_untrusted", "LinkStatistics", "MessageTooLarge",
-    "PathDead", "RemoteClosed", "RemoteLostDirect", "RemoteReset", "parse_frame_untrusted",
+    "ACK",
+    "CLOSE",
+    "CLOSE_ACK",
+    "DATA",
+    "RESET",
+    "DIRECT_LOST",
+    "LINK_HELLO",
+    "PING",
+    "LINK_ID_SIZE",
+    "LinkCore",
+    "LinkFrameError",
+    "encode_hello",
+    "parse_hello_untrusted",
+    "LinkStatistics",
+    "MessageTooLarge",
+    "PathDead",
+    "RemoteClosed",
+    "RemoteLostDirect",
+    "RemoteReset",
+    "parse_frame_untrusted",
 ]
 
 LINK_HELLO = b"\x00darkswap-link/1\x00"  # first message of every path of a link, + link id
@@ -91,10 +108,14 @@ def encode_hello(sender_id: bytes, receiver_id: bytes | None = None) -> bytes:
 
 def parse_hello_untrusted(message: bytes | str | None) -> tuple[bytes, bytes | None] | None:
     """(sender id, receiver id or None) of a HELLO, or None if ``message`` is not one."""
-    if not isinstance(message, bytes) or len(message) != HELLO_SIZE or not message.startswith(LINK_HELLO):
+    if (
+        not isinstance(message, bytes)
+        or len(message) != HELLO_SIZE
+        or not message.startswith(LINK_HELLO)
+    ):
         return None
-    sender = message[len(LINK_HELLO):len(LINK_HELLO) + LINK_ID_SIZE]
-    receiver = message[len(LINK_HELLO) + LINK_ID_SIZE:]
+    sender = message[len(LINK_HELLO) : len(LINK_HELLO) + LINK_ID_SIZE]
+    receiver = message[len(LINK_HELLO) + LINK_ID_SIZE :]
     if sender == _NO_ID:
         return None
     return sender, (None if receiver == _NO_ID else receiver)
@@ -173,9 +194,15 @@ class LinkCore:
     (unacknowledged bytes) is full: the driver waits for ACKs (backpressure).
     """
 
-    def __init__(self, *, max_message_size: int = 1 << 20, window: int = 4 << 20,
-                 ack_delay: float = 0.02, ping_interval: float = 1.0,
-                 path_timeout: float = 3.0) -> None:
+    def __init__(
+        self,
+        *,
+        max_message_size: int = 1 << 20,
+        window: int = 4 << 20,
+        ack_delay: float = 0.02,
+        ping_interval: float = 1.0,
+        path_timeout: float = 3.0,
+    ) -> None:
         if max_message_size < 1 or window < 2 * (max_message_size + _LENGTH_PREFIX):
             raise ValueError("window must hold two messages of max_message_size")
         if not 0 < ping_interval < path_timeout:
@@ -248,7 +275,8 @@ class LinkCore:
     def check_size(self, size: int) -> None:
         if size > self.max_message_size:
             raise MessageTooLarge(
-                f"message of {size} bytes exceeds the link's max_message_size ({self.max_message_size})")
+                f"message of {size} bytes exceeds the link's max_message_size ({self.max_message_size})"
+            )
 
     def can_queue(self, size: int) -> bool:
         needed = self._written + _LENGTH_PREFIX + size - self._acked
@@ -316,23 +344,27 @@ class LinkCore:
             self._duplicates += 1
             return
         if offset > self._received:
-            raise LinkFrameError(f"gap in link stream: expected offset {self._received}, got {offset}")
+            raise LinkFrameError(
+                f"gap in link stream: expected offset {self._received}, got {offset}"
+            )
         if self._remote_close is not None and end > self._remote_close:
             raise LinkFrameError("data beyond the far side's close")
         if end - self._consumed > self.window + self.max_message_size:
             raise LinkFrameError("far side exceeded the link window")
-        self._rx += payload[self._received - offset:]
+        self._rx += payload[self._received - offset :]
         self._received = end
         rx = self._rx
         start = 0
         while len(rx) - start >= _LENGTH_PREFIX:
             size = _U32.unpack_from(rx, start)[0]
             if size > self.max_message_size:
-                raise LinkFrameError(f"far side sent a {size}-byte message (max {self.max_message_size})")
+                raise LinkFrameError(
+                    f"far side sent a {size}-byte message (max {self.max_message_size})"
+                )
             if len(rx) - start - _LENGTH_PREFIX < size:
                 break
             begin = start + _LENGTH_PREFIX
-            self._ready.append(bytes(rx[begin:begin + size]))
+            self._ready.append(bytes(rx[begin : begin + size]))
             start = begin + size
         if start:
             del rx[:start]
@@ -341,7 +373,7 @@ class LinkCore:
         if consumed > self._written:
             raise LinkFrameError(f"ACK for offset {consumed} beyond what we sent ({self._written})")
         if consumed > self._acked:
-            del self._unacked[:consumed - self._acked]
+            del self._unacked[: consumed - self._acked]
             self._acked = consumed
             self._cursor = max(self._cursor, consumed)
 
@@ -382,7 +414,11 @@ class LinkCore:
     @property
     def remote_finished(self) -> bool:
         """The far side closed and we consumed all it sent: receive() hits EndOfChannel."""
-        return self._remote_close is not None and not self._ready and self._consumed >= self._remote_close
+        return (
+            self._remote_close is not None
+            and not self._ready
+            and self._consumed >= self._remote_close
+        )
 
     # -- output -----------------------------------------------------------------------
 
@@ -420,7 +456,7 @@ class LinkCore:
         if self._cursor < self._written:
             offset = self._cursor
             begin = offset - self._acked
-            payload = bytes(self._unacked[begin:begin + path.payload_limit])
+            payload = bytes(self._unacked[begin : begin + path.payload_limit])
             self._cursor = offset + len(payload)
             self._fragments += 1
             if offset < self._high:
@@ -438,7 +474,9 @@ class LinkCore:
             return False
         if self._consumed - self._ack_sent >= self._ack_threshold or self._remote_close is not None:
             return True
-        return self._ack_timer_fired or (self._ack_deadline is not None and now >= self._ack_deadline)
+        return self._ack_timer_fired or (
+            self._ack_deadline is not None and now >= self._ack_deadline
+        )
 
     def wants_transmit(self, name: str, now: float) -> bool:
         """Whether poll_transmit(name) would return a frame (without taking it)."""
@@ -485,8 +523,13 @@ class LinkCore:
 
     def statistics(self) -> LinkStatistics:
         return LinkStatistics(
-            bytes_queued=self._written, bytes_acked=self._acked, bytes_consumed=self._consumed,
-            unacked_bytes=self._written - self._acked, fragments_sent=self._fragments,
-            fragments_retransmitted=self._retransmitted, bytes_retransmitted=self._retransmitted_bytes,
-            duplicates_dropped=self._duplicates, pings_sent=self._pings,
+            bytes_queued=self._written,
+            bytes_acked=self._acked,
+            bytes_consumed=self._consumed,
+            unacked_bytes=self._written - self._acked,
+            fragments_sent=self._fragments,
+            fragments_retransmitted=self._retransmitted,
+            bytes_retransmitted=self._retransmitted_bytes,
+            duplicates_dropped=self._duplicates,
+            pings_sent=self._pings,
         )

@@ -210,9 +210,25 @@ class TopicPeers:
 
 
 Message = (
-    Register | Challenge | Authenticate | Registered | RefreshToken | TokenRefreshed | Offer
-    | Answer | IceCandidate | RelayRequest | RelayResponse | DataChannel | RelayData | CloseRelay
-    | Error | Ping | Pong | TopicRegister | TopicPeers
+    Register
+    | Challenge
+    | Authenticate
+    | Registered
+    | RefreshToken
+    | TokenRefreshed
+    | Offer
+    | Answer
+    | IceCandidate
+    | RelayRequest
+    | RelayResponse
+    | DataChannel
+    | RelayData
+    | CloseRelay
+    | Error
+    | Ping
+    | Pong
+    | TopicRegister
+    | TopicPeers
 )
 TOPIC_MAX_BYTES = 255  # UTF-8 bytes of a topic name (as on the topic wire, PROTOCOL.md 14.2)
 TOPIC_PEERS_MAX = 64  # peer ids in one TopicPeers
@@ -226,37 +242,83 @@ TOPIC_PEERS_MAX = 64  # peer ids in one TopicPeers
 _Spec = tuple[str, str, str, bool, bool]
 
 _FIELDS: dict[type, tuple[_Spec, ...]] = {
-    Register: (("peer_id", "peer_id", "id", True, True), ("protocol", "protocol", "str", False, False),
-               ("nonce", "nonce", "nonce", False, False)),
-    Challenge: (("nonce", "nonce", "nonce", True, True), ("relay_peer_id", "relay_peer_id", "id", True, True),
-                ("signature", "signature", "b64", False, False)),
-    Authenticate: (("signature", "signature", "b64", True, True), ("token", "token", "str", False, False)),
-    Registered: (("peer_id", "peer_id", "id", True, True), ("relay_peer_id", "relay_peer_id", "id", True, True),
-                 ("auth", "auth", "str", True, True), ("protocol", "protocol", "str", False, False),
-                 ("signature", "signature", "b64", False, False),
-                 ("token_expires_at", "token_expires_at", "number", False, False),
-                 ("limits", "limits", "numbers", False, False)),
+    Register: (
+        ("peer_id", "peer_id", "id", True, True),
+        ("protocol", "protocol", "str", False, False),
+        ("nonce", "nonce", "nonce", False, False),
+    ),
+    Challenge: (
+        ("nonce", "nonce", "nonce", True, True),
+        ("relay_peer_id", "relay_peer_id", "id", True, True),
+        ("signature", "signature", "b64", False, False),
+    ),
+    Authenticate: (
+        ("signature", "signature", "b64", True, True),
+        ("token", "token", "str", False, False),
+    ),
+    Registered: (
+        ("peer_id", "peer_id", "id", True, True),
+        ("relay_peer_id", "relay_peer_id", "id", True, True),
+        ("auth", "auth", "str", True, True),
+        ("protocol", "protocol", "str", False, False),
+        ("signature", "signature", "b64", False, False),
+        ("token_expires_at", "token_expires_at", "number", False, False),
+        ("limits", "limits", "numbers", False, False),
+    ),
     RefreshToken: (("token", "token", "str", True, True),),
     TokenRefreshed: (("expires_at", "expires_at", "number", True, True),),
-    Offer: (("from", "from_", "id", True, True), ("to", "to", "id", True, True), ("sdp", "sdp", "str", True, True)),
-    Answer: (("from", "from_", "id", True, True), ("to", "to", "id", True, True), ("sdp", "sdp", "str", True, True)),
-    IceCandidate: (("from", "from_", "id", True, True), ("to", "to", "id", True, True),
-                   ("candidate", "candidate", "str", True, True), ("sdp_mid", "sdp_mid", "str", False, True),
-                   ("sdp_mline_index", "sdp_mline_index", "int", False, True)),
+    Offer: (
+        ("from", "from_", "id", True, True),
+        ("to", "to", "id", True, True),
+        ("sdp", "sdp", "str", True, True),
+    ),
+    Answer: (
+        ("from", "from_", "id", True, True),
+        ("to", "to", "id", True, True),
+        ("sdp", "sdp", "str", True, True),
+    ),
+    IceCandidate: (
+        ("from", "from_", "id", True, True),
+        ("to", "to", "id", True, True),
+        ("candidate", "candidate", "str", True, True),
+        ("sdp_mid", "sdp_mid", "str", False, True),
+        ("sdp_mline_index", "sdp_mline_index", "int", False, True),
+    ),
     RelayRequest: (("from", "from_", "id", True, True), ("to", "to", "id", True, True)),
-    RelayResponse: (("relay_id", "relay_id", "rid", True, True), ("accepted", "accepted", "bool", True, True),
-                    ("error", "error", "str", False, True), ("code", "code", "str", False, False),
-                    ("to", "to", "id", False, False), ("limits", "limits", "limits", False, False)),
-    DataChannel: (("peer_id", "peer_id", "id", True, True), ("relay_id", "relay_id", "rid", True, True),
-                  ("channel", "channel", "str", True, True), ("limits", "limits", "limits", False, False)),
-    RelayData: (("from", "from_", "id", True, True), ("relay_id", "relay_id", "rid", True, True),
-                ("data", "data", "b64", True, True)),
-    CloseRelay: (("relay_id", "relay_id", "rid", True, True), ("reason", "reason", "str", False, False)),
-    Error: (("message", "message", "str", True, True), ("code", "code", "str", False, False),
-            ("ref", "ref", "str", False, False)),
+    RelayResponse: (
+        ("relay_id", "relay_id", "rid", True, True),
+        ("accepted", "accepted", "bool", True, True),
+        ("error", "error", "str", False, True),
+        ("code", "code", "str", False, False),
+        ("to", "to", "id", False, False),
+        ("limits", "limits", "limits", False, False),
+    ),
+    DataChannel: (
+        ("peer_id", "peer_id", "id", True, True),
+        ("relay_id", "relay_id", "rid", True, True),
+        ("channel", "channel", "str", True, True),
+        ("limits", "limits", "limits", False, False),
+    ),
+    RelayData: (
+        ("from", "from_", "id", True, True),
+        ("relay_id", "relay_id", "rid", True, True),
+        ("data", "data", "b64", True, True),
+    ),
+    CloseRelay: (
+        ("relay_id", "relay_id", "rid", True, True),
+        ("reason", "reason", "str", False, False),
+    ),
+    Error: (
+        ("message", "message", "str", True, True),
+        ("code", "code", "str", False, False),
+        ("ref", "ref", "str", False, False),
+    ),
     Ping: (("nonce", "nonce", "ping_nonce", False, False),),
     Pong: (("nonce", "nonce", "ping_nonce", False, False),),
-    TopicRegister: (("topic", "topic", "topic", True, True), ("leave", "leave", "bool", False, False)),
+    TopicRegister: (
+        ("topic", "topic", "topic", True, True),
+        ("leave", "leave", "bool", False, False),
+    ),
     TopicPeers: (("topic", "topic", "topic", True, True), ("peers", "peers", "ids", True, True)),
 }
 _BY_NAME: dict[str, type] = {cls.__name__: cls for cls in _FIELDS}
@@ -278,7 +340,9 @@ def _reject_constant(name: str) -> Any:
 def _decode_value(kind: str, key: str, value: Any) -> Any:
     if kind == "ping_nonce":
         if not isinstance(value, str) or len(value) > PING_NONCE_MAX:
-            raise SignalingParseError(f"field {key!r} must be a string of at most {PING_NONCE_MAX} characters")
+            raise SignalingParseError(
+                f"field {key!r} must be a string of at most {PING_NONCE_MAX} characters"
+            )
         return value
     if kind == "topic":
         try:
@@ -286,11 +350,15 @@ def _decode_value(kind: str, key: str, value: Any) -> Any:
         except UnicodeEncodeError:  # a lone surrogate from a JSON escape
             size = 0
         if not 0 < size <= TOPIC_MAX_BYTES:
-            raise SignalingParseError(f"field {key!r} must be a topic of 1..{TOPIC_MAX_BYTES} UTF-8 bytes")
+            raise SignalingParseError(
+                f"field {key!r} must be a topic of 1..{TOPIC_MAX_BYTES} UTF-8 bytes"
+            )
         return value
     if kind == "ids":
         if not isinstance(value, list) or len(value) > TOPIC_PEERS_MAX:
-            raise SignalingParseError(f"field {key!r} must be a list of at most {TOPIC_PEERS_MAX} peer ids")
+            raise SignalingParseError(
+                f"field {key!r} must be a list of at most {TOPIC_PEERS_MAX} peer ids"
+            )
         for item in value:
             if not isinstance(item, str) or (problem := id_problem(item)):
                 raise SignalingParseError(f"field {key!r}: every entry must be a peer id")
@@ -474,11 +542,23 @@ def decode_binary_untrusted(frame: bytes) -> CircuitData | CircuitCredit:
 
 def peer_auth_message(server_nonce: bytes, relay_peer_id: str, peer_id: str) -> bytes:
     """What a peer signs to prove it owns ``peer_id`` to relay ``relay_peer_id``."""
-    return (b"darkswap-relay/1 peer-auth\0" + relay_peer_id.encode() + b"\0"
-            + peer_id.encode() + b"\0" + server_nonce)
+    return (
+        b"darkswap-relay/1 peer-auth\0"
+        + relay_peer_id.encode()
+        + b"\0"
+        + peer_id.encode()
+        + b"\0"
+        + server_nonce
+    )
 
 
 def relay_auth_message(client_nonce: bytes, relay_peer_id: str, peer_id: str) -> bytes:
     """What a relay signs to prove it owns ``relay_peer_id`` to peer ``peer_id``."""
-    return (b"darkswap-relay/1 relay-auth\0" + relay_peer_id.encode() + b"\0"
-            + peer_id.encode() + b"\0" + client_nonce)
+    return (
+        b"darkswap-relay/1 relay-auth\0"
+        + relay_peer_id.encode()
+        + b"\0"
+        + peer_id.encode()
+        + b"\0"
+        + client_nonce
+    )

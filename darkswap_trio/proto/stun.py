@@ -176,14 +176,16 @@ def other_address_untrusted(data: bytes) -> tuple[str, int] | None:
     pos = HEADER_LENGTH
     while pos + 4 <= len(data):
         attr_type, attr_len = struct.unpack_from("!HH", data, pos)
-        value = data[pos + 4:pos + 4 + attr_len]
+        value = data[pos + 4 : pos + 4 + attr_len]
         if len(value) != attr_len:
             raise StunParseError("STUN attribute value truncated")
         if attr_type == OTHER_ADDRESS:
             if attr_len == 8 and value[1] == 1:
                 return str(ipaddress.IPv4Address(value[4:8])), struct.unpack_from("!H", value, 2)[0]
             if attr_len == 20 and value[1] == 2:
-                return str(ipaddress.IPv6Address(value[4:20])), struct.unpack_from("!H", value, 2)[0]
+                return str(ipaddress.IPv6Address(value[4:20])), struct.unpack_from("!H", value, 2)[
+                    0
+                ]
             raise StunParseError("OTHER-ADDRESS has an invalid family or length")
         pos += 4 + attr_len + (-attr_len % 4)
     return None

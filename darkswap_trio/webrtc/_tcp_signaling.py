@@ -79,7 +79,7 @@ class TcpSignaling:
             end = self._buffer.find(b"\n")
             if end >= 0:
                 line = bytes(self._buffer[:end])
-                del self._buffer[:end + 1]
+                del self._buffer[: end + 1]
                 return parse_signal_line_untrusted(line)
             if len(self._buffer) > MAX_LINE:
                 raise SignalingParseError(f"signaling line longer than {MAX_LINE} bytes")
@@ -93,9 +93,13 @@ class TcpSignaling:
 
 
 @asynccontextmanager
-async def open_tcp_signaling(host: str, port: int, *, listen: bool = False,
-                             on_listening: Callable[[int], None] | None = None,
-                             ) -> AsyncIterator[TcpSignaling]:
+async def open_tcp_signaling(
+    host: str,
+    port: int,
+    *,
+    listen: bool = False,
+    on_listening: Callable[[int], None] | None = None,
+) -> AsyncIterator[TcpSignaling]:
     """Connect to ``host:port``, or with ``listen=True`` wait there for one peer to connect
     (port 0 picks a free port; ``on_listening(port)`` is called once listening)."""
     if listen:

@@ -24,8 +24,13 @@ def child_env() -> dict[str, str]:
 
 
 def start(args: list[str], **kwargs) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, env=child_env(), **kwargs)
+    proc = subprocess.Popen(
+        [sys.executable, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=child_env(),
+        **kwargs,
+    )
     proc.pending = b""  # read but not yet returned by read_until
     return proc
 
@@ -71,8 +76,14 @@ def stop(proc: subprocess.Popen) -> str:
 
 def run(args: list[str], timeout: float = 60, cwd: Path | None = None) -> str:
     """Run to completion; assert exit status 0 and return stdout + stderr."""
-    done = subprocess.run([sys.executable, *args], capture_output=True, text=True,
-                          env=child_env(), timeout=timeout, cwd=cwd)
+    done = subprocess.run(
+        [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=timeout,
+        cwd=cwd,
+    )
     output = done.stdout + done.stderr
     assert done.returncode == 0, f"{args} exited {done.returncode}:\n{output}"
     return output
@@ -86,8 +97,21 @@ class RelayProcess:
 
 
 def start_relay(*extra: str) -> RelayProcess:
-    proc = start(["-m", "relay", "--host", "127.0.0.1", "--port", "0", "--stun-port", "0",
-                  "--metrics-port", "none", *extra])
+    proc = start(
+        [
+            "-m",
+            "relay",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--stun-port",
+            "0",
+            "--metrics-port",
+            "none",
+            *extra,
+        ]
+    )
     try:
         ready = read_until(proc, "READY", 30)
     except BaseException:

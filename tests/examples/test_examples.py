@@ -12,8 +12,15 @@ def test_chat_through_relay_between_two_processes(relay_process):
     bob = start([str(EXAMPLES / "chat_through_relay.py"), relay_process.multiaddr])
     try:
         bob_id = read_until(bob, "bob is", 30).split()[-1]
-        out = run([str(EXAMPLES / "chat_through_relay.py"), relay_process.multiaddr, bob_id,
-                   "hi", "there"])
+        out = run(
+            [
+                str(EXAMPLES / "chat_through_relay.py"),
+                relay_process.multiaddr,
+                bob_id,
+                "hi",
+                "there",
+            ]
+        )
         assert "alice got 'bob got: hi' via relay" in out
         assert "alice got 'bob got: there' via relay" in out
         assert "bob received 'there' via relay" in read_until(bob, "'there'", 10)
@@ -33,8 +40,20 @@ def test_echo_server_answers_darkswap_peer_ping(relay_process):
     server = start([str(EXAMPLES / "echo_server.py"), relay_process.multiaddr, "60"])
     try:
         peer_id = read_until(server, "echo server", 30).split()[-1]
-        out = run(["-m", "darkswap_trio._peer_cli", "ping", peer_id, "--relay",
-                   relay_process.multiaddr, "--count", "3", "--interval", "0.05"])
+        out = run(
+            [
+                "-m",
+                "darkswap_trio._peer_cli",
+                "ping",
+                peer_id,
+                "--relay",
+                relay_process.multiaddr,
+                "--count",
+                "3",
+                "--interval",
+                "0.05",
+            ]
+        )
         assert out.count("seq=") == 3 and "summary    3 echoes" in out
         assert "link from" in read_until(server, "link from", 10)
     finally:
@@ -51,11 +70,18 @@ def test_config_from_toml(relay_process, tmp_path):
 
 def test_jwt_auth_with_a_token_provider(tmp_path):
     run(["-m", "relay", "keygen", "--jwt-algorithm", "EdDSA", "--out", str(tmp_path)])
-    relay = start_relay("--auth", "jwt", "--jwt-algorithm", "EdDSA",
-                        "--jwt-key-file", str(tmp_path / "jwt_public.pem"))
+    relay = start_relay(
+        "--auth",
+        "jwt",
+        "--jwt-algorithm",
+        "EdDSA",
+        "--jwt-key-file",
+        str(tmp_path / "jwt_public.pem"),
+    )
     try:
-        out = run([str(EXAMPLES / "jwt_auth.py"), relay.multiaddr,
-                   str(tmp_path / "jwt_private.pem")])
+        out = run(
+            [str(EXAMPLES / "jwt_auth.py"), relay.multiaddr, str(tmp_path / "jwt_private.pem")]
+        )
     finally:
         stop(relay.process)
     assert "issuing a token for 12D3KooW" in out
@@ -69,8 +95,9 @@ def test_data_channel_between_two_processes_both_sides():
         port = read_until(answerer, "answerer listening on", 30).split()[-1]
         out = run([str(EXAMPLES / "data_channel.py"), "offer", "127.0.0.1", port])
         assert "offerer received 'echo: hello from the offerer'" in out
-        assert "answerer received 'hello from the offerer' on channel 'chat'" in \
-            read_until(answerer, "answerer received", 10)
+        assert "answerer received 'hello from the offerer' on channel 'chat'" in read_until(
+            answerer, "answerer received", 10
+        )
         assert answerer.wait(timeout=15) == 0
     finally:
         stop(answerer)

@@ -14,21 +14,26 @@ HIDE = f"import sys\nfor name in {RELAY_ONLY!r}: sys.modules[name] = None  # as 
 
 
 def python(code: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env=child_env(), timeout=60)
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=child_env(), timeout=60
+    )
 
 
 def test_sdk_and_cli_import_without_the_relay_extra():
-    done = python(HIDE + "import darkswap_trio, darkswap_trio._peer_cli, darkswap_trio.demo\n"
-                         "from darkswap_trio import P2PNetwork\nfrom darkswap_trio.webrtc import open_tcp_signaling\nprint('ok')")
+    done = python(
+        HIDE + "import darkswap_trio, darkswap_trio._peer_cli, darkswap_trio.demo\n"
+        "from darkswap_trio import P2PNetwork\nfrom darkswap_trio.webrtc import open_tcp_signaling\nprint('ok')"
+    )
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
 
 
 def test_relay_without_its_extra_names_it():
     done = python(HIDE + "import relay")
     assert done.returncode == 1
-    assert ("ImportError: the darkswap relay needs h11, prometheus-client, PyJWT: install the "
-            "relay extra with pip install 'darkswap-trio[relay]'") in done.stderr
+    assert (
+        "ImportError: the darkswap relay needs h11, prometheus-client, PyJWT: install the "
+        "relay extra with pip install 'darkswap-trio[relay]'"
+    ) in done.stderr
 
 
 def test_metadata_license_and_extras():

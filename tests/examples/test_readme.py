@@ -46,5 +46,6 @@ def test_complete_snippets_run(relay_process, tmp_path):
         path.write_text(snippet)
         out = run([str(path), relay_process.multiaddr], timeout=60)
         assert re.search(
-            r"b'(hello bob|hi|ping|direct|datagram from b|through a NAT|bid 0.1 @ 64000)'|hello on chat", out
+            r"b'(hello bob|hi|ping|direct|datagram from b|through a NAT|bid 0.1 @ 64000)'|hello on chat",
+            out,
         ), out

@@ -20,8 +20,14 @@ Item = tuple[Any, ...]
 class AsyncioPeerThread:
     """``peer(to_trio=..., **peer_args)`` under ``asyncio.run`` on a worker thread."""
 
-    def __init__(self, nursery: trio.Nursery, peer: Callable[..., Coroutine[Any, Any, None]],
-                 *, buffer: int = 256, **peer_args: Any) -> None:
+    def __init__(
+        self,
+        nursery: trio.Nursery,
+        peer: Callable[..., Coroutine[Any, Any, None]],
+        *,
+        buffer: int = 256,
+        **peer_args: Any,
+    ) -> None:
         self._send, self._receive = trio.open_memory_channel[Item](buffer)
         token = trio.lowlevel.current_trio_token()
 

@@ -416,9 +416,7 @@ def same_messages(got: list[str | bytes], ordered: bool) -> bool:
     return keys == want if ordered else sorted(map(repr, keys)) == sorted(map(repr, want))
 
 
-async def exchange(
-    page: Page, channel: DataChannel, *, ordered: bool = True
-) -> None:
+async def exchange(page: Page, channel: DataChannel, *, ordered: bool = True) -> None:
     """Both ways: the page's MESSAGES reach us, ours reach the page, types intact.
     The page sends its MESSAGES when asked (see the page's ``opened``)."""
     await page.command(type="send", label=channel.label)
@@ -447,7 +445,10 @@ async def bulk_both_ways(page: Page, channel: DataChannel, count: int, size: int
             message = await channel.receive()
             assert message == bytes([i % 256]) * size, (i, len(message))
     assert await page.expect("bulk") == {
-        "type": "bulk", "label": channel.label, "count": count, "ok": True
+        "type": "bulk",
+        "label": channel.label,
+        "count": count,
+        "ok": True,
     }
 
 
@@ -491,7 +492,9 @@ async def test_chromium_offers_we_answer():
             channel = await pc.accept_data_channel()
             opened = await page.expect("open")
             assert (channel.label, channel.protocol, channel.id) == (
-                "from-browser", "chat", opened["id"]
+                "from-browser",
+                "chat",
+                opened["id"],
             )
             await exchange(page, channel)
             await check_loopback_pair(page, pc, {"host", "prflx"})
@@ -500,7 +503,9 @@ async def test_chromium_offers_we_answer():
             ours = await pc.create_data_channel("from-python", ordered=False, protocol="x")
             opened = await page.expect("open")
             assert (opened["label"], opened["id"], opened["ordered"]) == (
-                "from-python", ours.id, False
+                "from-python",
+                ours.id,
+                False,
             )
             assert ours.id % 2 != channel.id % 2  # DTLS client and server pick apart
             await exchange(page, ours, ordered=False)
@@ -528,19 +533,21 @@ async def test_we_offer_chromium_answers():
             channel = await pc.create_data_channel("from-python", protocol="chat")
             opened = await page.expect("open")
             assert (opened["label"], opened["protocol"], opened["id"]) == (
-                "from-python", "chat", channel.id
+                "from-python",
+                "chat",
+                channel.id,
             )
             await exchange(page, channel)
             # Chromium had our offer before any check of ours could reach it.
             await check_loopback_pair(page, pc, {"host"})
             # Chromium opens one too, partially reliable.
-            await page.command(
-                type="create", label="from-browser", options={"maxRetransmits": 3}
-            )
+            await page.command(type="create", label="from-browser", options={"maxRetransmits": 3})
             theirs = await pc.accept_data_channel()
             opened = await page.expect("open")
             assert (theirs.label, theirs.id, theirs.max_retransmits) == (
-                "from-browser", opened["id"], 3
+                "from-browser",
+                opened["id"],
+                3,
             )
             await exchange(page, theirs)
             # A negotiated channel: ours first (it sends nothing until spoken to).

@@ -70,10 +70,17 @@ async def aiortc_peer(offer: bool, labels: list[tuple[str, dict]], to_trio: Call
         channel.on("close", lambda: to_trio(("closed", channel.label)))
 
     def announce(channel) -> None:
-        to_trio((
-            "channel", channel.label, channel.id, channel.ordered, channel.maxRetransmits,
-            channel.maxPacketLifeTime, channel.protocol,
-        ))
+        to_trio(
+            (
+                "channel",
+                channel.label,
+                channel.id,
+                channel.ordered,
+                channel.maxRetransmits,
+                channel.maxPacketLifeTime,
+                channel.protocol,
+            )
+        )
 
     pc.on("datachannel", lambda channel: (serve(channel), announce(channel)))
     try:
@@ -174,8 +181,13 @@ async def echo_lossy(channel) -> tuple[list, list]:
 
 def expected_report(label: str, channel_id: int, options: dict, protocol: str) -> tuple:
     return (
-        "channel", label, channel_id, options.get("ordered", True),
-        options.get("max_retransmits"), options.get("max_packet_life_time"), protocol,
+        "channel",
+        label,
+        channel_id,
+        options.get("ordered", True),
+        options.get("max_retransmits"),
+        options.get("max_packet_life_time"),
+        protocol,
     )
 
 

@@ -29,13 +29,16 @@ def pytest_terminal_summary(terminalreporter):
     write("")
     write("NAT lab measurements (ms; ttfb = connect_to_peer call to first message at B)")
     write(f"{'A':<26}{'B':<22}{'outcome':<10}{'ttfb':>8}{'direct':>9}{'linger':>9}")
+
     def ms(row, key):
         value = row.get(key)
         return "-" if value is None else f"{value * 1000:.0f}"
 
     for row in RESULTS:
-        write(f"{row['a']:<26}{row['b']:<22}{row['outcome']:<10}{ms(row, 'ttfb'):>8}"
-              f"{ms(row, 'direct'):>9}{ms(row, 'linger'):>9}")
+        write(
+            f"{row['a']:<26}{row['b']:<22}{row['outcome']:<10}{ms(row, 'ttfb'):>8}"
+            f"{ms(row, 'direct'):>9}{ms(row, 'linger'):>9}"
+        )
         for key, value in row.items():
             if key not in ("a", "b", "outcome", "ttfb", "direct", "linger"):
                 write(f"    {key}: {value}")

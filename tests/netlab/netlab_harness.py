@@ -53,11 +53,29 @@ class RelayProcess:
         """Start the relay and wait for its READY line; returns that line."""
         with open(self.log, "ab") as stderr:
             self.process = subprocess.Popen(
-                netns_argv(self.lab.inet_ns, sys.executable, "-m", "relay", "--host", RELAY_IP,
-                           "--port", str(SIGNALING_PORT), "--stun-port", str(STUN_PORT),
-                           "--metrics-port", "none", "--log-level", "WARNING",
-                           "--key-file", str(self.key_file)),
-                stdout=subprocess.PIPE, stderr=stderr, env=subprocess_env(), cwd=REPO)
+                netns_argv(
+                    self.lab.inet_ns,
+                    sys.executable,
+                    "-m",
+                    "relay",
+                    "--host",
+                    RELAY_IP,
+                    "--port",
+                    str(SIGNALING_PORT),
+                    "--stun-port",
+                    str(STUN_PORT),
+                    "--metrics-port",
+                    "none",
+                    "--log-level",
+                    "WARNING",
+                    "--key-file",
+                    str(self.key_file),
+                ),
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                env=subprocess_env(),
+                cwd=REPO,
+            )
         ready = read_line(self.process.stdout, timeout=30)
         if not ready.startswith("READY"):
             raise RuntimeError(f"relay did not start: {ready!r}; {self.log.read_text()[-2000:]}")
@@ -163,7 +181,8 @@ class LabPeer:
         except trio.TooSlowError:
             raise AssertionError(
                 f"{self.site.name}: no {ev!r} {match or ''} within {timeout} s; last lines: "
-                f"{self.lines[-8:]}; stderr: {self.stderr_tail()}") from None
+                f"{self.lines[-8:]}; stderr: {self.stderr_tail()}"
+            ) from None
         return found
 
     async def stats(self) -> dict:
@@ -180,8 +199,9 @@ class LabPeer:
 
 def print_trace(peers: list[LabPeer]) -> None:
     """Every peer's lines merged by time (NETLAB_TRACE=1 pytest -s ...)."""
-    merged = sorted((line["t"], index, line) for index, peer in enumerate(peers)
-                    for line in peer.lines)
+    merged = sorted(
+        (line["t"], index, line) for index, peer in enumerate(peers) for line in peer.lines
+    )
     start = merged[0][0] if merged else 0.0
     for t, index, line in merged:
         fields = {k: v for k, v in line.items() if k not in ("t", "ev")}
@@ -191,8 +211,13 @@ def print_trace(peers: list[LabPeer]) -> None:
 
 
 @asynccontextmanager
-async def lab_peers(internet: Internet, sites: list[Site], tmp_path: Path,
-                    per_peer: list[dict] | None = None, **options):
+async def lab_peers(
+    internet: Internet,
+    sites: list[Site],
+    tmp_path: Path,
+    per_peer: list[dict] | None = None,
+    **options,
+):
     """One peer process per site, ready (registered with the relay); killed on exit.
 
     ``options`` go to every peer's netlab_peer.py, ``per_peer[i]`` to the i-th only
@@ -203,9 +228,17 @@ async def lab_peers(internet: Internet, sites: list[Site], tmp_path: Path,
         try:
             for index, site in enumerate(sites):
                 stderr_path = tmp_path / f"{site.host_ns}.stderr"
-                argv = netns_argv(site.host_ns, sys.executable, str(PEER_SCRIPT),
-                                  "--relay", internet.relay_multiaddr, "--stun", internet.stun,
-                                  "--host", site.host_ip)
+                argv = netns_argv(
+                    site.host_ns,
+                    sys.executable,
+                    str(PEER_SCRIPT),
+                    "--relay",
+                    internet.relay_multiaddr,
+                    "--stun",
+                    internet.stun,
+                    "--host",
+                    site.host_ip,
+                )
                 if os.environ.get("NETLAB_TRACE"):
                     argv.append("--trace")
                 mine = {**options, **(per_peer[index] if per_peer else {})}
@@ -214,8 +247,13 @@ async def lab_peers(internet: Internet, sites: list[Site], tmp_path: Path,
                     argv += [flag] if value is True else [flag, str(value)]
                 with open(stderr_path, "wb") as stderr:
                     process = await trio.lowlevel.open_process(
-                        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
-                        env=subprocess_env(), cwd=REPO)
+                        argv,
+                        stdin=subprocess.PIPE,
+                        stdout=subprocess.PIPE,
+                        stderr=stderr,
+                        env=subprocess_env(),
+                        cwd=REPO,
+                    )
                 peer = LabPeer(site, process, stderr_path)
                 peers.append(peer)
                 nursery.start_soon(peer.read_lines)

@@ -22,8 +22,13 @@ from dataclasses import dataclass, field
 INTERNET_PREFIX = "203.0.113."
 RELAY_IP = "203.0.113.1"
 LAN_PREFIX = "198.51.100."
-NAT_TYPES = ("full-cone", "address-restricted", "port-restricted", "symmetric",
-             "port-restricted-racy")
+NAT_TYPES = (
+    "full-cone",
+    "address-restricted",
+    "port-restricted",
+    "symmetric",
+    "port-restricted-racy",
+)
 
 
 def lab_unavailable() -> str | None:
@@ -121,20 +126,57 @@ class Site:
 
     def block_udp(self) -> None:
         """Drop all UDP through the router and forget its NAT state (TCP keeps working)."""
-        run("ip", "netns", "exec", self.router_ns, "nft", "add", "element", "ip", "lab",
-            "blocked", "{ udp }")
-        subprocess.run(["ip", "netns", "exec", self.router_ns, "conntrack", "-F"],
-                       capture_output=True, check=False, timeout=20)
+        run(
+            "ip",
+            "netns",
+            "exec",
+            self.router_ns,
+            "nft",
+            "add",
+            "element",
+            "ip",
+            "lab",
+            "blocked",
+            "{ udp }",
+        )
+        subprocess.run(
+            ["ip", "netns", "exec", self.router_ns, "conntrack", "-F"],
+            capture_output=True,
+            check=False,
+            timeout=20,
+        )
 
     def unblock_udp(self) -> None:
-        run("ip", "netns", "exec", self.router_ns, "nft", "delete", "element", "ip", "lab",
-            "blocked", "{ udp }")
+        run(
+            "ip",
+            "netns",
+            "exec",
+            self.router_ns,
+            "nft",
+            "delete",
+            "element",
+            "ip",
+            "lab",
+            "blocked",
+            "{ udp }",
+        )
 
     def set_loss(self, percent: int) -> None:
         """Drop ``percent``% of forwarded UDP at random (nftables numgen; no netem here)."""
         rule = f"meta l4proto udp numgen random mod 100 < {int(percent)} drop"
-        run("ip", "netns", "exec", self.router_ns, "nft", "insert", "rule", "ip", "lab",
-            "forward", rule)
+        run(
+            "ip",
+            "netns",
+            "exec",
+            self.router_ns,
+            "nft",
+            "insert",
+            "rule",
+            "ip",
+            "lab",
+            "forward",
+            rule,
+        )
 
 
 @dataclass
@@ -177,12 +219,36 @@ class Lab:
         router_lan, host_ip = f"{LAN_PREFIX}{base + 1}", f"{LAN_PREFIX}{base + 2}"
         # Both veth ends are created inside lab namespaces (never in the root one).
         port = f"p{index}"
-        self._exec(router, "ip", "link", "add", "wan", "type", "veth", "peer", "name", port,
-                   "netns", self.inet_ns)
+        self._exec(
+            router,
+            "ip",
+            "link",
+            "add",
+            "wan",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            port,
+            "netns",
+            self.inet_ns,
+        )
         self._exec(self.inet_ns, "ip", "link", "set", port, "master", "br0")
         self._exec(self.inet_ns, "ip", "link", "set", port, "up")
-        self._exec(router, "ip", "link", "add", "lan", "type", "veth", "peer", "name", "eth0",
-                   "netns", host)
+        self._exec(
+            router,
+            "ip",
+            "link",
+            "add",
+            "lan",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            host,
+        )
         self._exec(router, "ip", "addr", "add", f"{wan_ip}/24", "dev", "wan")
         self._exec(router, "ip", "addr", "add", f"{router_lan}/30", "dev", "lan")
         self._exec(router, "ip", "link", "set", "wan", "up")
@@ -199,8 +265,9 @@ class Lab:
     def close(self) -> None:
         """Kill whatever still runs in the lab's namespaces, then delete them."""
         for ns in reversed(self.namespaces):
-            pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True,
-                                  check=False, timeout=20).stdout.split()
+            pids = subprocess.run(
+                ["ip", "netns", "pids", ns], capture_output=True, text=True, check=False, timeout=20
+            ).stdout.split()
             for pid in pids:
                 try:
                     os.kill(int(pid), 9)

@@ -45,11 +45,18 @@ async def test_direct_path_dies_and_returns(internet, tmp_path):
             mark = len(a.lines)
             broken_at = time.monotonic()  # the clock of the peers' "t" fields
             sites[0].block_udp()
-            downgraded = await a.wait("net", FALLBACK_BOUND, since=mark, kind="ConnectionDowngraded")
+            downgraded = await a.wait(
+                "net", FALLBACK_BOUND, since=mark, kind="ConnectionDowngraded"
+            )
             sent = await a.wait("sent", FALLBACK_BOUND + 30, count=STREAM)
             stats = await wait_received(b, STREAM, 30)
-            assert stats == {**stats, "count": STREAM, "in_order": True, "duplicates": 0,
-                             "sha": sent["sha"]}
+            assert stats == {
+                **stats,
+                "count": STREAM,
+                "in_order": True,
+                "duplicates": 0,
+                "sha": sent["sha"],
+            }
             assert stats["ended"] is None  # the link is still up
             mark, mark_b = len(a.lines), len(b.lines)
             restored = time.monotonic()
@@ -62,13 +69,17 @@ async def test_direct_path_dies_and_returns(internet, tmp_path):
             stats = await wait_received(b, STREAM + 20, 10)
             assert stats["sha"] == sent["sha"] and stats["duplicates"] == 0
             assert stats["type"] == "direct"
-    RESULTS.append({
-        "a": "port-restricted (break)", "b": "port-restricted", "outcome": "survived",
-        # The longest gap between two messages at B: detection plus the circuit open.
-        "stall_ms": round(stats["max_gap"] * 1000),
-        # From the break to ConnectionDowngraded at A (the path declared dead).
-        "downgrade_after_break_ms": round((downgraded["t"] - broken_at) * 1000),
-        # From UDP allowed again to ConnectionUpgraded at A (the lower PeerId's retry
-        # backoff, 2 s doubling, plus a fresh ICE and DTLS handshake).
-        "reupgrade_after_restore_ms": round(reupgrade * 1000),
-    })
+    RESULTS.append(
+        {
+            "a": "port-restricted (break)",
+            "b": "port-restricted",
+            "outcome": "survived",
+            # The longest gap between two messages at B: detection plus the circuit open.
+            "stall_ms": round(stats["max_gap"] * 1000),
+            # From the break to ConnectionDowngraded at A (the path declared dead).
+            "downgrade_after_break_ms": round((downgraded["t"] - broken_at) * 1000),
+            # From UDP allowed again to ConnectionUpgraded at A (the lower PeerId's retry
+            # backoff, 2 s doubling, plus a fresh ICE and DTLS handshake).
+            "reupgrade_after_restore_ms": round(reupgrade * 1000),
+        }
+    )

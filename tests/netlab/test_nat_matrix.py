@@ -39,8 +39,16 @@ MATRIX = [
 ]
 
 
-async def run_cell(internet, tmp_path, nat_a: str, nat_b: str, expected: str,
-                   loss: int = 0, linger_bound: float = LINGER_BOUND, **b_options) -> dict:
+async def run_cell(
+    internet,
+    tmp_path,
+    nat_a: str,
+    nat_b: str,
+    expected: str,
+    loss: int = 0,
+    linger_bound: float = LINGER_BOUND,
+    **b_options,
+) -> dict:
     sites = [internet.lab.add_site(nat_a), internet.lab.add_site(nat_b)]
     row: dict = {"a": nat_a, "b": nat_b}
     if loss:
@@ -72,15 +80,21 @@ async def run_cell(internet, tmp_path, nat_a: str, nat_b: str, expected: str,
             while (stats := await b.stats())["count"] < 40:
                 await trio.sleep(0.05)
         row["outcome"] = stats["type"]
-        assert stats == {**stats, "count": 40, "in_order": True, "duplicates": 0,
-                         "sha": sent["sha"]}
+        assert stats == {
+            **stats,
+            "count": 40,
+            "in_order": True,
+            "duplicates": 0,
+            "sha": sent["sha"],
+        }
         assert stats["type"] == expected
     RESULTS.append(row)
     return row
 
 
-@pytest.mark.parametrize(("nat_a", "nat_b", "expected"), MATRIX,
-                         ids=[f"{a}--{b}" for a, b, _ in MATRIX])
+@pytest.mark.parametrize(
+    ("nat_a", "nat_b", "expected"), MATRIX, ids=[f"{a}--{b}" for a, b, _ in MATRIX]
+)
 async def test_nat_pair(internet, tmp_path, nat_a, nat_b, expected):
     with trio.fail_after(60):
         row = await run_cell(internet, tmp_path, nat_a, nat_b, expected)
@@ -95,8 +109,9 @@ async def test_lossy_port_restricted_pair_still_goes_direct(internet, tmp_path):
     """5% of UDP dropped at each router (nftables numgen; no netem here): ICE, DTLS
     and SCTP retransmit, and the stream still arrives intact, once and in order."""
     with trio.fail_after(60):
-        row = await run_cell(internet, tmp_path, "port-restricted", "port-restricted", "direct",
-                             loss=5)
+        row = await run_cell(
+            internet, tmp_path, "port-restricted", "port-restricted", "direct", loss=5
+        )
     assert row["ttfb"] < FIRST_BYTE_BOUND  # the relay path is TCP: no loss there
     assert row["direct"] < LOSSY_DIRECT_BOUND
 
@@ -107,7 +122,14 @@ async def test_unanswered_offer_lingers_direct_connect_timeout(internet, tmp_pat
     The link works over the relay all along; the linger is that default."""
     timeout = P2PConfig().direct_connect_timeout
     with trio.fail_after(timeout + 40):
-        row = await run_cell(internet, tmp_path, "full-cone", "full-cone", "relay",
-                             linger_bound=timeout, no_direct=True)
+        row = await run_cell(
+            internet,
+            tmp_path,
+            "full-cone",
+            "full-cone",
+            "relay",
+            linger_bound=timeout,
+            no_direct=True,
+        )
     assert row["ttfb"] < FIRST_BYTE_BOUND
     assert timeout - 0.5 < row["linger"] < timeout + 2

@@ -24,8 +24,9 @@ HOST_PORT = 41000
 
 
 def start(ns: str, *args: str) -> subprocess.Popen:
-    return subprocess.Popen(netns_argv(ns, sys.executable, PROBE, *args), stdout=subprocess.PIPE,
-                            env=subprocess_env())
+    return subprocess.Popen(
+        netns_argv(ns, sys.executable, PROBE, *args), stdout=subprocess.PIPE, env=subprocess_env()
+    )
 
 
 def lines_of(process: subprocess.Popen, timeout: float = 10) -> list[dict]:
@@ -41,8 +42,10 @@ def next_datagram(process: subprocess.Popen) -> dict:
 
 @pytest.fixture
 def reflectors(internet):
-    processes = [start(internet.lab.inet_ns, "--bind", str(port), "--listen", "20", "--reflect")
-                 for port in (7000, 7002)]
+    processes = [
+        start(internet.lab.inet_ns, "--bind", str(port), "--listen", "20", "--reflect")
+        for port in (7000, 7002)
+    ]
     for process in processes:
         read_line(process.stdout, timeout=10)  # {"sent": true}: bound and listening
     try:
@@ -65,8 +68,17 @@ EXPECTED = {
 @pytest.mark.parametrize("nat_type", list(EXPECTED))
 def test_mapping_and_filtering(internet, reflectors, nat_type):
     site, other = internet.lab.add_site(nat_type), internet.lab.add_site("full-cone")
-    host = start(site.host_ns, "--bind", str(HOST_PORT), "--listen", "2",
-                 "--send", f"{RELAY_IP}:7000:reflect", "--send", f"{RELAY_IP}:7002:reflect")
+    host = start(
+        site.host_ns,
+        "--bind",
+        str(HOST_PORT),
+        "--listen",
+        "2",
+        "--send",
+        f"{RELAY_IP}:7000:reflect",
+        "--send",
+        f"{RELAY_IP}:7002:reflect",
+    )
     try:
         first, second = next_datagram(host), next_datagram(host)
         mappings = {tuple(json.loads(first["data"])), tuple(json.loads(second["data"]))}
@@ -85,22 +97,44 @@ def test_mapping_and_filtering(internet, reflectors, nat_type):
     assert ("other-ip" in received) is other_ip
 
 
-@pytest.mark.parametrize(("nat_type", "remapped"),
-                         [("port-restricted", False), ("port-restricted-racy", True)])
+@pytest.mark.parametrize(
+    ("nat_type", "remapped"), [("port-restricted", False), ("port-restricted-racy", True)]
+)
 def test_conntrack_race(internet, reflectors, nat_type, remapped):
     """B's early packet to A's mapping; then A's first packet to B: which port does B see?"""
     site_a, site_b = internet.lab.add_site(nat_type), internet.lab.add_site("full-cone")
-    learn = start(site_a.host_ns, "--bind", str(HOST_PORT), "--listen", "0.5",
-                  "--send", f"{RELAY_IP}:7000:reflect")
+    learn = start(
+        site_a.host_ns,
+        "--bind",
+        str(HOST_PORT),
+        "--listen",
+        "0.5",
+        "--send",
+        f"{RELAY_IP}:7000:reflect",
+    )
     mapping = tuple(json.loads(next_datagram(learn)["data"]))
     lines_of(learn)
     # B (full cone, port kept) sends to A's mapping before A ever sent anything to B.
-    b = start(site_b.host_ns, "--bind", str(HOST_PORT), "--listen", "2",
-              "--send", f"{mapping[0]}:{mapping[1]}:early")
+    b = start(
+        site_b.host_ns,
+        "--bind",
+        str(HOST_PORT),
+        "--listen",
+        "2",
+        "--send",
+        f"{mapping[0]}:{mapping[1]}:early",
+    )
     try:
         read_line(b.stdout, timeout=10)  # the early packet is out
-        lines_of(start(site_a.host_ns, "--bind", str(HOST_PORT),
-                       "--send", f"{site_b.wan_ip}:{HOST_PORT}:hello"))
+        lines_of(
+            start(
+                site_a.host_ns,
+                "--bind",
+                str(HOST_PORT),
+                "--send",
+                f"{site_b.wan_ip}:{HOST_PORT}:hello",
+            )
+        )
         seen = [line["from"] for line in lines_of(b) if line.get("data") == "hello"]
     finally:
         b.kill()

@@ -35,14 +35,24 @@ async def wait_received(peer, count: int, timeout: float) -> dict:
 
 
 def assert_intact(stats: dict, sent: dict) -> None:
-    assert stats == {**stats, "count": STREAM, "in_order": True, "duplicates": 0,
-                     "sha": sent["sha"], "ended": None}
+    assert stats == {
+        **stats,
+        "count": STREAM,
+        "in_order": True,
+        "duplicates": 0,
+        "sha": sent["sha"],
+        "ended": None,
+    }
 
 
 async def test_relay_killed_while_links_direct_and_relayed(internet, tmp_path):
     lab = internet.lab
-    sites = [lab.add_site("full-cone"), lab.add_site("full-cone"),
-             lab.add_site("symmetric"), lab.add_site("symmetric")]
+    sites = [
+        lab.add_site("full-cone"),
+        lab.add_site("full-cone"),
+        lab.add_site("symmetric"),
+        lab.add_site("symmetric"),
+    ]
     with trio.fail_after(120):
         async with lab_peers(internet, sites, tmp_path) as peers:
             direct_a, direct_b, relayed_a, relayed_b = peers
@@ -61,9 +71,10 @@ async def test_relay_killed_while_links_direct_and_relayed(internet, tmp_path):
             marks = [len(peer.lines) for peer in peers]
             killed = time.monotonic()
             await trio.to_thread.run_sync(internet.relay.kill)
-            interrupted = [await peer.wait("net", INTERRUPT_BOUND, since=mark,
-                                           kind="LinkInterrupted")
-                           for peer, mark in zip(peers[2:], marks[2:], strict=True)]
+            interrupted = [
+                await peer.wait("net", INTERRUPT_BOUND, since=mark, kind="LinkInterrupted")
+                for peer, mark in zip(peers[2:], marks[2:], strict=True)
+            ]
             assert all(e["reason"] == "relay connection lost" for e in interrupted), interrupted
             # The direct link does not need the relay: its whole stream arrives meanwhile.
             direct_sent = await direct_a.wait("sent", 30, count=STREAM)
@@ -76,31 +87,43 @@ async def test_relay_killed_while_links_direct_and_relayed(internet, tmp_path):
             await trio.to_thread.run_sync(internet.relay.start)
             ready = time.monotonic()  # READY printed: listening again
             outage = ready - killed
-            registered = [await peer.wait("net", RECOVERY_BOUND, since=mark,
-                                          kind="ServerConnected")
-                          for peer, mark in zip(peers, marks, strict=True)]
-            restored = await relayed_a.wait("net", RECOVERY_BOUND, since=marks[2],
-                                            kind="LinkRestored")
+            registered = [
+                await peer.wait("net", RECOVERY_BOUND, since=mark, kind="ServerConnected")
+                for peer, mark in zip(peers, marks, strict=True)
+            ]
+            restored = await relayed_a.wait(
+                "net", RECOVERY_BOUND, since=marks[2], kind="LinkRestored"
+            )
             relayed_sent = await relayed_a.wait("sent", RECOVERY_BOUND, count=STREAM)
             relayed_stats = await wait_received(relayed_b, STREAM, RECOVERY_BOUND)
             assert_intact(relayed_stats, relayed_sent)
-            reopened = max(restored["t"], relayed_b.find("net", since=marks[3],
-                                                         kind="LinkRestored")["t"]) - ready
+            reopened = (
+                max(restored["t"], relayed_b.find("net", since=marks[3], kind="LinkRestored")["t"])
+                - ready
+            )
             assert reopened < RECOVERY_BOUND
             for peer, mark in zip(peers, marks, strict=True):
                 assert peer.find("net", since=mark, kind="PeerDisconnected") is None
             for peer, mark in zip(peers[:2], marks[:2], strict=True):
                 assert peer.find("net", since=mark, kind="LinkInterrupted") is None
-    RESULTS.append({
-        "a": "full-cone (relay killed)", "b": "full-cone", "outcome": "direct",
-        "stall_ms": round(direct_stats["max_gap"] * 1000),
-    })
-    RESULTS.append({
-        "a": "symmetric (relay killed)", "b": "symmetric", "outcome": "relay",
-        "relay_down_ms": round(outage * 1000),
-        "interrupted_after_kill_ms": [round((e["t"] - killed) * 1000) for e in interrupted],
-        "reregistered_after_restart_ms": [round((e["t"] - ready) * 1000) for e in registered],
-        "link_reopened_after_restart_ms": round(reopened * 1000),
-        "messages_waiting_at_restart": STREAM - held,
-        "interrupted_reason": interrupted[0]["reason"],
-    })
+    RESULTS.append(
+        {
+            "a": "full-cone (relay killed)",
+            "b": "full-cone",
+            "outcome": "direct",
+            "stall_ms": round(direct_stats["max_gap"] * 1000),
+        }
+    )
+    RESULTS.append(
+        {
+            "a": "symmetric (relay killed)",
+            "b": "symmetric",
+            "outcome": "relay",
+            "relay_down_ms": round(outage * 1000),
+            "interrupted_after_kill_ms": [round((e["t"] - killed) * 1000) for e in interrupted],
+            "reregistered_after_restart_ms": [round((e["t"] - ready) * 1000) for e in registered],
+            "link_reopened_after_restart_ms": round(reopened * 1000),
+            "messages_waiting_at_restart": STREAM - held,
+            "interrupted_reason": interrupted[0]["reason"],
+        }
+    )

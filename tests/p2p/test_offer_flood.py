@@ -21,8 +21,12 @@ from darkswap_trio.webrtc import PeerConnectionConfig, open_peer_connection
 LOOPBACK = PeerConnectionConfig(host_addresses=["127.0.0.1"], include_loopback=True)
 # Every throwaway identity comes from 127.0.0.1 here; the per-address relay limits
 # (which would stop this flood at the relay) are lifted to reach the SDK's bounds.
-OPEN_LIMITS = dict(max_sessions_per_ip=0, max_pending_per_ip=0,
-                   connections_per_ip_rate=1000.0, connections_per_ip_burst=1000)
+OPEN_LIMITS = dict(
+    max_sessions_per_ip=0,
+    max_pending_per_ip=0,
+    connections_per_ip_rate=1000.0,
+    connections_per_ip_burst=1000,
+)
 
 
 def open_fds() -> int:
@@ -33,8 +37,11 @@ async def flood_offer_sdp(blackhole_port: int) -> str:
     """A real offer, its candidates replaced by one that never answers, no end-of-candidates."""
     async with open_peer_connection(LOOPBACK) as pc:
         sdp = await pc.create_offer()
-    lines = [line for line in sdp.split("\r\n")
-             if line and not line.startswith(("a=candidate", "a=end-of-candidates"))]
+    lines = [
+        line
+        for line in sdp.split("\r\n")
+        if line and not line.startswith(("a=candidate", "a=end-of-candidates"))
+    ]
     lines.append(f"a=candidate:1 1 udp 2130706431 127.0.0.1 {blackhole_port} typ host")
     return "\r\n".join(lines) + "\r\n"
 
@@ -50,14 +57,24 @@ async def test_an_offer_flood_is_bounded_and_an_honest_peer_still_goes_direct(ca
     with trio.fail_after(60):
         async with running_relay(**OPEN_LIMITS) as relay, AsyncExitStack() as stack:
             victim_session = await stack.enter_async_context(
-                open_relay_session(relay.multiaddr, Keypair.generate()))
-            victim = await stack.enter_async_context(WebRtcTransport(
-                victim_session, LOOPBACK, max_half_open=half_open, answer_timeout=answer_timeout))
+                open_relay_session(relay.multiaddr, Keypair.generate())
+            )
+            victim = await stack.enter_async_context(
+                WebRtcTransport(
+                    victim_session, LOOPBACK, max_half_open=half_open, answer_timeout=answer_timeout
+                )
+            )
             blackhole = stack.enter_context(trio.socket.socket(type=trio.socket.SOCK_DGRAM))
             await blackhole.bind(("127.0.0.1", 0))
             sdp = await flood_offer_sdp(blackhole.getsockname()[1])
-            flooders = [WebRtcSignalingClient(await stack.enter_async_context(
-                open_relay_session(relay.multiaddr, Keypair.generate()))) for _ in range(flood)]
+            flooders = [
+                WebRtcSignalingClient(
+                    await stack.enter_async_context(
+                        open_relay_session(relay.multiaddr, Keypair.generate())
+                    )
+                )
+                for _ in range(flood)
+            ]
             fds_before = open_fds()
 
             for flooder in flooders:
@@ -73,7 +90,8 @@ async def test_an_offer_flood_is_bounded_and_an_honest_peer_still_goes_direct(ca
 
             # While the flood holds the table, an honest peer connects directly.
             honest_session = await stack.enter_async_context(
-                open_relay_session(relay.multiaddr, Keypair.generate()))
+                open_relay_session(relay.multiaddr, Keypair.generate())
+            )
             honest = await stack.enter_async_context(WebRtcTransport(honest_session, LOOPBACK))
             started = trio.current_time()
             to_victim = await honest.connect(victim.local_peer_id, timeout=10)
@@ -102,10 +120,12 @@ async def test_an_offer_flood_is_bounded_and_an_honest_peer_still_goes_direct(ca
 
 async def test_an_unanswered_answer_ends_at_the_deadline(autojump_clock):
     """The deadline alone (no eviction): an answer that never connects ends after 10 s."""
-    async with running_relay() as relay, \
-            open_relay_session(relay.multiaddr, Keypair.generate()) as victim_session, \
-            open_relay_session(relay.multiaddr, Keypair.generate()) as flooder_session, \
-            WebRtcTransport(victim_session, LOOPBACK) as victim:
+    async with (
+        running_relay() as relay,
+        open_relay_session(relay.multiaddr, Keypair.generate()) as victim_session,
+        open_relay_session(relay.multiaddr, Keypair.generate()) as flooder_session,
+        WebRtcTransport(victim_session, LOOPBACK) as victim,
+    ):
         assert victim.answer_timeout == 10.0
         flooder = WebRtcSignalingClient(flooder_session)
         with trio.socket.socket(type=trio.socket.SOCK_DGRAM) as blackhole:
@@ -119,7 +139,11 @@ async def test_an_unanswered_answer_ends_at_the_deadline(autojump_clock):
                 ended = trio.current_time()
                 assert 9.9 <= ended - seen <= 10.05
                 stats = victim.statistics()
-                assert (stats.answers_timed_out, stats.offers_evicted, stats.connections) == (1, 0, 0)
+                assert (stats.answers_timed_out, stats.offers_evicted, stats.connections) == (
+                    1,
+                    0,
+                    0,
+                )
                 await victim.wait_idle()
                 # The same identity is not answered again for answer_timeout, then it is.
                 await flooder.send_offer(victim.local_peer_id, sdp)
@@ -130,11 +154,20 @@ async def test_an_unanswered_answer_ends_at_the_deadline(autojump_clock):
                 await wait_until(lambda: victim.statistics().half_open_answers == 1)
 
 
-@pytest.mark.parametrize("kwargs", [dict(max_half_open=0), dict(answer_timeout=0),
-                                    dict(answer_timeout=float("inf")), dict(max_connections=0)])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(max_half_open=0),
+        dict(answer_timeout=0),
+        dict(answer_timeout=float("inf")),
+        dict(max_connections=0),
+    ],
+)
 async def test_bounds_are_validated(kwargs):
-    async with running_relay() as relay, \
-            open_relay_session(relay.multiaddr, Keypair.generate()) as session:
+    async with (
+        running_relay() as relay,
+        open_relay_session(relay.multiaddr, Keypair.generate()) as session,
+    ):
         with pytest.raises(ValueError):
             WebRtcTransport(session, **kwargs)
     with pytest.raises(ConfigError):

@@ -18,11 +18,13 @@ LOOPBACK = PeerConnectionConfig(host_addresses=["127.0.0.1"], include_loopback=T
 
 async def test_direct_connection_by_peer_id_through_relay_signaling():
     with trio.fail_after(20):
-        async with running_relay() as relay, \
-                open_relay_session(relay.multiaddr, Keypair.generate()) as alice_session, \
-                open_relay_session(relay.multiaddr, Keypair.generate()) as bob_session, \
-                WebRtcTransport(alice_session, LOOPBACK) as alice, \
-                WebRtcTransport(bob_session, LOOPBACK) as bob:
+        async with (
+            running_relay() as relay,
+            open_relay_session(relay.multiaddr, Keypair.generate()) as alice_session,
+            open_relay_session(relay.multiaddr, Keypair.generate()) as bob_session,
+            WebRtcTransport(alice_session, LOOPBACK) as alice,
+            WebRtcTransport(bob_session, LOOPBACK) as bob,
+        ):
             to_bob = await alice.connect(bob.local_peer_id)
             from_alice = await bob.accept()
             assert from_alice.peer_id == alice.local_peer_id
@@ -44,10 +46,13 @@ async def test_direct_connection_by_peer_id_through_relay_signaling():
 
 async def test_simultaneous_offers_settle_on_one_connection():
     with trio.fail_after(20):
-        async with running_relay() as relay, \
-                open_relay_session(relay.multiaddr, Keypair.generate()) as s1, \
-                open_relay_session(relay.multiaddr, Keypair.generate()) as s2, \
-                WebRtcTransport(s1, LOOPBACK) as t1, WebRtcTransport(s2, LOOPBACK) as t2:
+        async with (
+            running_relay() as relay,
+            open_relay_session(relay.multiaddr, Keypair.generate()) as s1,
+            open_relay_session(relay.multiaddr, Keypair.generate()) as s2,
+            WebRtcTransport(s1, LOOPBACK) as t1,
+            WebRtcTransport(s2, LOOPBACK) as t2,
+        ):
             results = {}
 
             async def dial(transport, peer, key):
@@ -64,9 +69,11 @@ async def test_simultaneous_offers_settle_on_one_connection():
 
 async def test_signaling_client_exchanges_offer_answer_and_candidates():
     with trio.fail_after(10):
-        async with running_relay() as relay, \
-                open_relay_session(relay.multiaddr, Keypair.generate()) as s1, \
-                open_relay_session(relay.multiaddr, Keypair.generate()) as s2:
+        async with (
+            running_relay() as relay,
+            open_relay_session(relay.multiaddr, Keypair.generate()) as s1,
+            open_relay_session(relay.multiaddr, Keypair.generate()) as s2,
+        ):
             a, b = WebRtcSignalingClient(s1), WebRtcSignalingClient(s2)
             await a.send_offer(b.local_peer_id, "v=0 offer")
             await a.send_candidate(b.local_peer_id, "candidate:1 1 udp 1 127.0.0.1 9 typ host")
@@ -83,8 +90,9 @@ async def test_signaling_client_exchanges_offer_answer_and_candidates():
 
 def _without_candidates(sdp: str) -> str:
     lines = sdp.split("\r\n")
-    return "\r\n".join(line for line in lines
-                       if not line.startswith(("a=candidate", "a=end-of-candidates")))
+    return "\r\n".join(
+        line for line in lines if not line.startswith(("a=candidate", "a=end-of-candidates"))
+    )
 
 
 async def test_candidates_that_arrive_before_the_offer_are_kept_for_it():
@@ -95,11 +103,13 @@ async def test_candidates_that_arrive_before_the_offer_are_kept_for_it():
     the candidate he was sent early, as a browser would.
     """
     with trio.fail_after(20):
-        async with running_relay() as relay, \
-                open_relay_session(relay.multiaddr, Keypair.generate()) as alice_session, \
-                open_relay_session(relay.multiaddr, Keypair.generate()) as bob_session, \
-                WebRtcTransport(bob_session, LOOPBACK) as bob, \
-                open_peer_connection(LOOPBACK) as pc:
+        async with (
+            running_relay() as relay,
+            open_relay_session(relay.multiaddr, Keypair.generate()) as alice_session,
+            open_relay_session(relay.multiaddr, Keypair.generate()) as bob_session,
+            WebRtcTransport(bob_session, LOOPBACK) as bob,
+            open_peer_connection(LOOPBACK) as pc,
+        ):
             alice = WebRtcSignalingClient(alice_session)
             offer = _without_candidates(await pc.create_offer())
             sent = 0
@@ -129,10 +139,13 @@ async def test_a_failed_attempt_leaves_the_transport_running():
     """
     ipv6_only = PeerConnectionConfig(host_addresses=["::1"], include_loopback=True)
     with trio.fail_after(20):
-        async with running_relay() as relay, \
-                open_relay_session(relay.multiaddr, Keypair.generate()) as s1, \
-                open_relay_session(relay.multiaddr, Keypair.generate()) as s2, \
-                WebRtcTransport(s1, LOOPBACK) as alice, WebRtcTransport(s2, ipv6_only) as bob:
+        async with (
+            running_relay() as relay,
+            open_relay_session(relay.multiaddr, Keypair.generate()) as s1,
+            open_relay_session(relay.multiaddr, Keypair.generate()) as s2,
+            WebRtcTransport(s1, LOOPBACK) as alice,
+            WebRtcTransport(s2, ipv6_only) as bob,
+        ):
             for _ in range(2):  # the second attempt proves both transports survived
                 with pytest.raises(trio.BrokenResourceError) as failed:
                     await alice.connect(bob.local_peer_id)

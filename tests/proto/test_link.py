@@ -33,8 +33,13 @@ PATHS = ("relay", "direct")
 
 
 def make_core():
-    return LinkCore(max_message_size=MAX, window=2 * (MAX + 4) + 100, ack_delay=0.05,
-                    ping_interval=1.0, path_timeout=3.0)
+    return LinkCore(
+        max_message_size=MAX,
+        window=2 * (MAX + 4) + 100,
+        ack_delay=0.05,
+        ping_interval=1.0,
+        path_timeout=3.0,
+    )
 
 
 class TwoPathLink(RuleBasedStateMachine):
@@ -55,8 +60,12 @@ class TwoPathLink(RuleBasedStateMachine):
 
     # -- paths --------------------------------------------------------------------------
 
-    @rule(path=st.sampled_from(PATHS), limit=st.integers(10, 400),
-          use_a=st.booleans(), use_b=st.booleans())
+    @rule(
+        path=st.sampled_from(PATHS),
+        limit=st.integers(10, 400),
+        use_a=st.booleans(),
+        use_b=st.booleans(),
+    )
     def path_up(self, path, limit, use_a, use_b):
         if path in self.up:
             return
@@ -91,7 +100,7 @@ class TwoPathLink(RuleBasedStateMachine):
     @rule(side=st.sampled_from("ab"), size=st.integers(0, MAX), fill=st.integers(0, 255))
     def send(self, side, size, fill):
         self.counter += 1
-        data = self.counter.to_bytes(4, "big")[-min(size, 4):] + bytes([fill]) * max(size - 4, 0)
+        data = self.counter.to_bytes(4, "big")[-min(size, 4) :] + bytes([fill]) * max(size - 4, 0)
         data = data[:size]
         if self.cores[side].queue_message(data):
             self.sent[side].append(data)
@@ -140,7 +149,7 @@ class TwoPathLink(RuleBasedStateMachine):
     def received_is_a_prefix_of_sent(self):
         for side in "ab":
             got, sent = self.got[side], self.sent[self.other(side)]
-            assert got == sent[:len(got)]
+            assert got == sent[: len(got)]
 
     @invariant()
     def window_bounds_memory(self):
@@ -310,5 +319,8 @@ def test_receiver_that_does_not_consume_still_answers_while_data_arrives():
         a.handle_timeout(now)
         b.handle_timeout(now)
         assert a.poll_event() is None  # never declared dead
-    assert heard and max(later - earlier for earlier, later in zip(heard, heard[1:], strict=False)) <= 1.0
+    assert (
+        heard
+        and max(later - earlier for earlier, later in zip(heard, heard[1:], strict=False)) <= 1.0
+    )
     assert a.statistics().pings_sent == 0  # b spoke up on its own: no PING was needed

@@ -11,7 +11,9 @@ from hypothesis import strategies as st
 from darkswap_trio.proto import signaling as sig
 from darkswap_trio.proto.errors import ParseError, SignalingParseError
 
-ids = st.text(alphabet="123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz", min_size=1, max_size=60)
+ids = st.text(
+    alphabet="123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz", min_size=1, max_size=60
+)
 texts = st.text(max_size=200)
 opt_texts = st.none() | texts
 nonces = st.binary(min_size=32, max_size=32)
@@ -30,19 +32,38 @@ messages = st.one_of(
     st.builds(sig.Register, peer_id=ids, protocol=opt_texts, nonce=st.none() | nonces),
     st.builds(sig.Challenge, nonce=nonces, relay_peer_id=ids, signature=st.none() | blobs),
     st.builds(sig.Authenticate, signature=blobs, token=opt_texts),
-    st.builds(sig.Registered, peer_id=ids, relay_peer_id=ids, auth=texts, protocol=opt_texts,
-              signature=st.none() | blobs,
-              token_expires_at=st.none() | st.floats(0, 1e10, allow_nan=False),
-              limits=st.none() | st.dictionaries(st.text(max_size=10), st.integers(0, 2**40), max_size=4)),
+    st.builds(
+        sig.Registered,
+        peer_id=ids,
+        relay_peer_id=ids,
+        auth=texts,
+        protocol=opt_texts,
+        signature=st.none() | blobs,
+        token_expires_at=st.none() | st.floats(0, 1e10, allow_nan=False),
+        limits=st.none() | st.dictionaries(st.text(max_size=10), st.integers(0, 2**40), max_size=4),
+    ),
     st.builds(sig.RefreshToken, token=texts),
     st.builds(sig.TokenRefreshed, expires_at=st.floats(0, 1e10, allow_nan=False)),
     st.builds(sig.Offer, from_=ids, to=ids, sdp=texts),
     st.builds(sig.Answer, from_=ids, to=ids, sdp=texts),
-    st.builds(sig.IceCandidate, from_=ids, to=ids, candidate=texts, sdp_mid=opt_texts,
-              sdp_mline_index=st.none() | st.integers(0, 65535)),
+    st.builds(
+        sig.IceCandidate,
+        from_=ids,
+        to=ids,
+        candidate=texts,
+        sdp_mid=opt_texts,
+        sdp_mline_index=st.none() | st.integers(0, 65535),
+    ),
     st.builds(sig.RelayRequest, from_=ids, to=ids),
-    st.builds(sig.RelayResponse, relay_id=ids, accepted=st.booleans(), error=opt_texts,
-              code=opt_texts, to=st.none() | ids, limits=st.none() | limits),
+    st.builds(
+        sig.RelayResponse,
+        relay_id=ids,
+        accepted=st.booleans(),
+        error=opt_texts,
+        code=opt_texts,
+        to=st.none() | ids,
+        limits=st.none() | limits,
+    ),
     st.builds(sig.DataChannel, peer_id=ids, relay_id=ids, channel=texts, limits=st.none() | limits),
     st.builds(sig.RelayData, from_=ids, relay_id=ids, data=blobs),
     st.builds(sig.CloseRelay, relay_id=ids, reason=opt_texts),
@@ -61,10 +82,21 @@ def test_original_wire_format_is_kept():
     # The original DarkSwap relay's frames, byte for byte in structure.
     assert json.loads(sig.encode_message(sig.Ping())) == {"type": "Ping"}
     frame = json.loads(sig.encode_message(sig.RelayResponse(relay_id="r", accepted=True)))
-    assert frame == {"type": "RelayResponse", "payload": {"relay_id": "r", "accepted": True, "error": None}}
+    assert frame == {
+        "type": "RelayResponse",
+        "payload": {"relay_id": "r", "accepted": True, "error": None},
+    }
     frame = json.loads(sig.encode_message(sig.IceCandidate(from_="a", to="b", candidate="c")))
-    assert frame["payload"] == {"from": "a", "to": "b", "candidate": "c", "sdp_mid": None, "sdp_mline_index": None}
-    msg = sig.decode_message_untrusted('{"type":"RelayData","payload":{"from":"a","relay_id":"r","data":"aGVsbG8="}}')
+    assert frame["payload"] == {
+        "from": "a",
+        "to": "b",
+        "candidate": "c",
+        "sdp_mid": None,
+        "sdp_mline_index": None,
+    }
+    msg = sig.decode_message_untrusted(
+        '{"type":"RelayData","payload":{"from":"a","relay_id":"r","data":"aGVsbG8="}}'
+    )
     assert msg == sig.RelayData(from_="a", relay_id="r", data=b"hello")
     # A unit message with a null or empty payload is tolerated.
     assert sig.decode_message_untrusted('{"type":"Pong","payload":null}') == sig.Pong()
@@ -72,8 +104,13 @@ def test_original_wire_format_is_kept():
 
 def test_ping_nonce_is_echoed_and_optional():
     # Our extension: Ping may carry a nonce the Pong echoes; without one, the original form.
-    assert json.loads(sig.encode_message(sig.Ping(nonce="1f"))) == {"type": "Ping", "payload": {"nonce": "1f"}}
-    assert sig.decode_message_untrusted('{"type":"Pong","payload":{"nonce":"1f"}}') == sig.Pong(nonce="1f")
+    assert json.loads(sig.encode_message(sig.Ping(nonce="1f"))) == {
+        "type": "Ping",
+        "payload": {"nonce": "1f"},
+    }
+    assert sig.decode_message_untrusted('{"type":"Pong","payload":{"nonce":"1f"}}') == sig.Pong(
+        nonce="1f"
+    )
     assert sig.decode_message_untrusted('{"type":"Pong"}') == sig.Pong(nonce=None)
 
 
@@ -96,7 +133,10 @@ def test_unknown_fields_are_ignored():
         ('{"type":"Register","payload":{"peer_id":"p","nonce":"aGVsbG8="}}', "bad_frame"),
         ('{"type":"Ping","payload":{"nonce":1}}', "bad_frame"),
         ('{"type":"Pong","payload":{"nonce":"' + "n" * 65 + '"}}', "bad_frame"),
-        ('{"type":"IceCandidate","payload":{"from":"a","to":"b","candidate":"c","sdp_mline_index":true}}', "bad_frame"),
+        (
+            '{"type":"IceCandidate","payload":{"from":"a","to":"b","candidate":"c","sdp_mline_index":true}}',
+            "bad_frame",
+        ),
         ('{"type":"TokenRefreshed","payload":{"expires_at":NaN}}', "bad_frame"),
         ("[" * 100000, "bad_frame"),
     ],
@@ -109,7 +149,9 @@ def test_bad_frames_have_codes(frame, code):
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
     max_leaves=20,
 )
 
@@ -192,9 +234,12 @@ def test_any_relay_id_text_is_accepted_or_raises_parse_error(text):
 
 @given(printable_ids, printable_ids)
 def test_printable_ids_round_trip(a, b):
-    for msg in (sig.Register(peer_id=a), sig.RelayRequest(from_=a, to=b),
-                sig.IceCandidate(from_=b, to=a, candidate="c"),
-                sig.DataChannel(peer_id=a, relay_id=b, channel="relay")):
+    for msg in (
+        sig.Register(peer_id=a),
+        sig.RelayRequest(from_=a, to=b),
+        sig.IceCandidate(from_=b, to=a, candidate="c"),
+        sig.DataChannel(peer_id=a, relay_id=b, channel="relay"),
+    ):
         assert sig.decode_message_untrusted(sig.encode_message(msg)) == msg
 
 
@@ -228,7 +273,13 @@ def test_any_binary_raises_only_parse_error(frame):
 
 def test_bad_binary_frames():
     rid = uuid.uuid4().bytes
-    for frame in [b"", b"\x01" + rid[:5], b"\x03" + rid, b"\x02" + rid + b"\0\0\0\0", b"\x02" + rid + b"\0\0\1"]:
+    for frame in [
+        b"",
+        b"\x01" + rid[:5],
+        b"\x03" + rid,
+        b"\x02" + rid + b"\0\0\0\0",
+        b"\x02" + rid + b"\0\0\1",
+    ]:
         with pytest.raises(SignalingParseError):
             sig.decode_binary_untrusted(frame)
     with pytest.raises(ValueError):

@@ -182,22 +182,49 @@ def test_well_framed_garbage_raises_only_stun_parse_error(tid, attrs, message_ty
 
 
 def _response_with(attrs: bytes) -> bytes:
-    return (0x0101).to_bytes(2, "big") + len(attrs).to_bytes(2, "big") + bytes.fromhex("2112A442") + bytes(12) + attrs
+    return (
+        (0x0101).to_bytes(2, "big")
+        + len(attrs).to_bytes(2, "big")
+        + bytes.fromhex("2112A442")
+        + bytes(12)
+        + attrs
+    )
 
 
 def test_other_address_rfc5780():
-    v4 = OTHER_ADDRESS.to_bytes(2, "big") + (8).to_bytes(2, "big") + bytes([0, 1]) + (3479).to_bytes(2, "big") + bytes([198, 51, 100, 9])
+    v4 = (
+        OTHER_ADDRESS.to_bytes(2, "big")
+        + (8).to_bytes(2, "big")
+        + bytes([0, 1])
+        + (3479).to_bytes(2, "big")
+        + bytes([198, 51, 100, 9])
+    )
     assert other_address_untrusted(_response_with(v4)) == ("198.51.100.9", 3479)
-    v6 = OTHER_ADDRESS.to_bytes(2, "big") + (20).to_bytes(2, "big") + bytes([0, 2]) + (1).to_bytes(2, "big") + bytes(15) + b"\x01"
+    v6 = (
+        OTHER_ADDRESS.to_bytes(2, "big")
+        + (20).to_bytes(2, "big")
+        + bytes([0, 2])
+        + (1).to_bytes(2, "big")
+        + bytes(15)
+        + b"\x01"
+    )
     assert other_address_untrusted(_response_with(v6)) == ("::1", 1)
     assert other_address_untrusted(bytes(binding_request())) is None
     with pytest.raises(StunParseError):
         other_address_untrusted(_response_with(v4[:4] + bytes([0, 3]) + v4[6:]))
 
 
-@given(st.binary(max_size=120), st.lists(st.tuples(st.sampled_from([OTHER_ADDRESS, 0x0020, 0x8028]), st.binary(max_size=24)), max_size=4))
+@given(
+    st.binary(max_size=120),
+    st.lists(
+        st.tuples(st.sampled_from([OTHER_ADDRESS, 0x0020, 0x8028]), st.binary(max_size=24)),
+        max_size=4,
+    ),
+)
 def test_other_address_raises_only_stun_parse_error(tail, attrs):
-    body = b"".join(t.to_bytes(2, "big") + len(v).to_bytes(2, "big") + v + bytes(-len(v) % 4) for t, v in attrs)
+    body = b"".join(
+        t.to_bytes(2, "big") + len(v).to_bytes(2, "big") + v + bytes(-len(v) % 4) for t, v in attrs
+    )
     for data in (tail, _response_with(body), _response_with(body) + tail):
         try:
             result = other_address_untrusted(data)

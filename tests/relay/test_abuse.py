@@ -134,7 +134,9 @@ async def test_pending_flood_from_many_ips_gives_way_to_an_honest_client(nursery
         config = make_config(max_pending_connections=6, max_pending_per_ip=3)
         server = await nursery.start(serve_relay, config)
         port = server.signaling_port
-        flood = {ip: [await tcp_from(ip, port) for _ in range(3)] for ip in ("127.0.0.2", "127.0.0.3")}
+        flood = {
+            ip: [await tcp_from(ip, port) for _ in range(3)] for ip in ("127.0.0.2", "127.0.0.3")
+        }
         await trio.testing.wait_all_tasks_blocked()
         assert server.admission.pending_total == 6
         # The pending table is full: the honest newcomer displaces the oldest idle
@@ -318,7 +320,9 @@ def test_oversize_frame_rounds_keep_relay_rss_bounded():
     """The issue's attack on a `python -m relay` process (benchmarks/oversize_frames_rss.py)
     at a small scale: 4 rounds of 16 sessions x 8 frames of 300 KiB, then 1.1 MiB.
     Measured before the fix: +27 MiB; after: +7 MiB."""
-    script = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "oversize_frames_rss.py")
+    script = os.path.join(
+        os.path.dirname(__file__), "..", "..", "benchmarks", "oversize_frames_rss.py"
+    )
     out = subprocess.run(
         [sys.executable, script, "--rounds", "4", "--connections", "16", "--frames", "8"],
         capture_output=True, text=True, timeout=120, check=True,
@@ -417,7 +421,10 @@ async def test_stun_replies_do_not_amplify_beyond_what_the_rfc_requires(nursery)
             assert set(stun.parse_message(reply).attributes) == {"XOR-MAPPED-ADDRESS"}
             reply = await reply_to(client, binding(fingerprint=True), port)
             assert len(reply) == 40
-            assert set(stun.parse_message(reply).attributes) == {"XOR-MAPPED-ADDRESS", "FINGERPRINT"}
+            assert set(stun.parse_message(reply).attributes) == {
+                "XOR-MAPPED-ADDRESS",
+                "FINGERPRINT",
+            }
             # A short request with an unknown comprehension-required attribute would be
             # answered by a larger 420: dropped instead.
             client.sendto(with_unknown_attribute(binding(), b""), ("127.0.0.1", port))
@@ -429,4 +436,3 @@ async def test_stun_replies_do_not_amplify_beyond_what_the_rfc_requires(nursery)
             assert pending_replies(client) == []
         assert stun_dropped(server, "amplification") == 1
         await server.shutdown(1)
-

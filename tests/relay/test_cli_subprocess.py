@@ -164,9 +164,15 @@ async def test_original_flows_against_the_darkswap_relay_script() -> None:
     stderr = bytearray()
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
-            process = await nursery.start(partial(
-                trio.run_process, command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                check=False))
+            process = await nursery.start(
+                partial(
+                    trio.run_process,
+                    command,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    check=False,
+                )
+            )
             nursery.start_soon(drain, process.stderr, stderr)
             line = (await read_line(process.stdout, bytearray())).decode()
             assert line.startswith("READY "), (line, stderr)
@@ -183,8 +189,13 @@ async def test_original_flows_against_the_darkswap_relay_script() -> None:
                 answer = Answer(from_=bob_id, to=alice_id, sdp="v=0\r\n")
                 await bob.send(answer)
                 assert await alice.expect(Answer) == answer
-                candidate = IceCandidate(from_=alice_id, to=bob_id, sdp_mid="0", sdp_mline_index=0,
-                                         candidate="candidate:1 1 UDP 1 127.0.0.1 9 typ host")
+                candidate = IceCandidate(
+                    from_=alice_id,
+                    to=bob_id,
+                    sdp_mid="0",
+                    sdp_mline_index=0,
+                    candidate="candidate:1 1 UDP 1 127.0.0.1 9 typ host",
+                )
                 await alice.send(candidate)
                 assert await bob.expect(IceCandidate) == candidate
                 # Circuit: request, accepted response, announced to the target.
@@ -194,10 +205,14 @@ async def test_original_flows_against_the_darkswap_relay_script() -> None:
                 # Told as the original told it: RelayRequest, then RelayResponse.
                 assert await bob.expect_circuit_announcement(alice_id) == response.relay_id
                 # RelayData both ways (base64 JSON, as the original).
-                await alice.send(RelayData(from_=alice_id, relay_id=response.relay_id, data=b"to bob"))
+                await alice.send(
+                    RelayData(from_=alice_id, relay_id=response.relay_id, data=b"to bob")
+                )
                 got = await bob.expect(RelayData)
                 assert (got.from_, got.data) == (alice_id, b"to bob")
-                await bob.send(RelayData(from_=bob_id, relay_id=response.relay_id, data=b"to alice"))
+                await bob.send(
+                    RelayData(from_=bob_id, relay_id=response.relay_id, data=b"to alice")
+                )
                 assert (await alice.expect(RelayData)).data == b"to alice"
                 # CloseRelay reaches the other end.
                 await alice.send(CloseRelay(relay_id=response.relay_id))

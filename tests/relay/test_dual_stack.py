@@ -28,8 +28,14 @@ def ipv6_available() -> bool:
 @pytest.mark.skipif(not ipv6_available(), reason="no IPv6 loopback")
 async def test_dual_stack_host_serves_both_families_on_one_port():
     # One session per IP: a mapped IPv4 address must count as the plain IPv4 one.
-    config = RelayConfig(host="::", port=0, stun_port=None, metrics_port=None,
-                         auth=AuthConfig(mode="open"), limits=LimitsConfig(max_sessions_per_ip=1))
+    config = RelayConfig(
+        host="::",
+        port=0,
+        stun_port=None,
+        metrics_port=None,
+        auth=AuthConfig(mode="open"),
+        limits=LimitsConfig(max_sessions_per_ip=1),
+    )
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             server = await nursery.start(serve_relay, config)
@@ -47,6 +53,10 @@ async def test_dual_stack_host_serves_both_families_on_one_port():
                 assert info.value.status == 503
                 refusal = decode_message_untrusted(info.value.body)
                 assert isinstance(refusal, Error) and refusal.code == "too_many_sessions"
-                assert server.metrics.value(
-                    "darkswap_relay_limit_hits_total", {"limit": "sessions_per_ip"}) == 1
+                assert (
+                    server.metrics.value(
+                        "darkswap_relay_limit_hits_total", {"limit": "sessions_per_ip"}
+                    )
+                    == 1
+                )
             await server.shutdown(0.5)

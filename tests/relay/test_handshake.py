@@ -70,7 +70,9 @@ def test_signature_mode_branches():
     bad = RegistrationHandshake("signature", RELAY).handle(Register("QmNope"), 0)
     assert bad.code == "invalid_peer_id"
     # The CIDv1 form names the same peer, but one peer has one name on the wire.
-    cid = RegistrationHandshake("signature", RELAY).handle(Register(peer.peer_id.to_cid(), PROTOCOL_VERSION), 0)
+    cid = RegistrationHandshake("signature", RELAY).handle(
+        Register(peer.peer_id.to_cid(), PROTOCOL_VERSION), 0
+    )
     assert isinstance(cid, HandshakeRefusal) and cid.code == "invalid_peer_id"
 
 

@@ -73,7 +73,9 @@ def test_check_config_does_not_create_a_missing_key_file(capsys, tmp_path) -> No
 
 def test_check_config_hides_an_inline_jwt_key(capsys, tmp_path) -> None:
     config = tmp_path / "relay.toml"
-    config.write_text('[auth]\nmode = "jwt"\njwt_algorithm = "HS256"\njwt_key = "s3cret-s3cret-s3cret-s3cret-s3cret"\n')
+    config.write_text(
+        '[auth]\nmode = "jwt"\njwt_algorithm = "HS256"\njwt_key = "s3cret-s3cret-s3cret-s3cret-s3cret"\n'
+    )
     code, out, _ = run(capsys, "--config", str(config), "--check-config")
     assert code == 0 and "s3cret" not in out
     assert json.loads(out)["auth.jwt_key"] == "<set>"
@@ -175,7 +177,11 @@ def test_example_relay_toml_lists_every_key_with_its_default() -> None:
 
 def test_example_relay_toml_marks_exactly_the_live_limits() -> None:
     lines = _example_lines()
-    marked = {k.split(".", 1)[1] for k, line in lines.items() if k.startswith("limits.") and "[live]" in line}
+    marked = {
+        k.split(".", 1)[1]
+        for k, line in lines.items()
+        if k.startswith("limits.") and "[live]" in line
+    }
     assert marked == LIVE_LIMITS
 
 

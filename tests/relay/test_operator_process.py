@@ -127,8 +127,9 @@ async def test_announce_startup_line_and_operator_logs(tmp_path) -> None:
             # Both sessions: opened and closed, with peer id, address and duration.
             for key in (a, b):
                 await relay.wait_for(
-                    lambda r, key=key: r["msg"] == "session closed"
-                    and r["peer_id"] == str(key.peer_id)
+                    lambda r, key=key: (
+                        r["msg"] == "session closed" and r["peer_id"] == str(key.peer_id)
+                    )
                 )
             closes = [r for r in relay.records if r["msg"] == "session closed"]
             for record in closes:
@@ -196,8 +197,12 @@ async def test_sighup_reloads_limits_and_jwt_key_and_keeps_serving(tmp_path) -> 
                 async with connect(relay.signaling) as third:
                     await authenticate(relay, third, stale, old_secret)
                     await third.expect_error("invalid_token")
-                refused = await relay.wait_for(lambda r: r["msg"].startswith("registration refused"))
-                assert refused["code"] == "invalid_token" and refused["remote"].startswith("127.0.0.1:")
+                refused = await relay.wait_for(
+                    lambda r: r["msg"].startswith("registration refused")
+                )
+                assert refused["code"] == "invalid_token" and refused["remote"].startswith(
+                    "127.0.0.1:"
+                )
 
             # A reload with a broken configuration changes nothing and keeps the relay up.
             config.write_text("port = 'x'\n")

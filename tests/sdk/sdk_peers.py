@@ -8,8 +8,13 @@ from darkswap_trio.webrtc import PeerConnectionConfig
 LOOPBACK = PeerConnectionConfig(host_addresses=["127.0.0.1"], include_loopback=True)
 # Fast relay retries, but the default direct timeout: a failure that waits for it
 # would show.
-FAST = RelayManagerConfig(connection_timeout=5, ping_interval=1, reconnect_interval=0.05,
-                          max_reconnect_attempts=3, max_reconnect_interval=0.2)
+FAST = RelayManagerConfig(
+    connection_timeout=5,
+    ping_interval=1,
+    reconnect_interval=0.05,
+    max_reconnect_attempts=3,
+    max_reconnect_interval=0.2,
+)
 
 
 def network(relays, *, relay_manager=FAST, **p2p) -> P2PNetwork:

@@ -21,7 +21,12 @@ PEER = "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN"
 
 def test_guide_defaults():
     cfg = RelayManagerConfig()
-    assert (cfg.connection_timeout, cfg.ping_interval, cfg.reconnect_interval, cfg.max_reconnect_attempts) == (30, 30, 5, 5)
+    assert (
+        cfg.connection_timeout,
+        cfg.ping_interval,
+        cfg.reconnect_interval,
+        cfg.max_reconnect_attempts,
+    ) == (30, 30, 5, 5)
 
 
 def test_toml_loading(tmp_path):
@@ -46,10 +51,19 @@ max_reconnect_attempts = 2
     "toml, needle",
     [
         ("[p2p]\nrelay_servers = ['/ip4/127.0.0.1/tcp/9002/ws']", "lacks a trailing /p2p/"),
-        ("[p2p]\nrelay_servers = ['/ip4/127.0.0.1/tcp/9002/p2p/QmNotAPeer']", "/ip4/127.0.0.1/tcp/9002/p2p/QmNotAPeer"),
-        ("[p2p]\nrelay_servers = ['/ip4/127.0.0.1/udp/9002/p2p/" + PEER + "']", "unsupported component /udp"),
+        (
+            "[p2p]\nrelay_servers = ['/ip4/127.0.0.1/tcp/9002/p2p/QmNotAPeer']",
+            "/ip4/127.0.0.1/tcp/9002/p2p/QmNotAPeer",
+        ),
+        (
+            "[p2p]\nrelay_servers = ['/ip4/127.0.0.1/udp/9002/p2p/" + PEER + "']",
+            "unsupported component /udp",
+        ),
         ("[p2p]\nmax_connection = 3", "unknown setting p2p.max_connection"),
-        ("[relay_manager]\nping_interval = 'soon'", "relay_manager.ping_interval has the wrong type"),
+        (
+            "[relay_manager]\nping_interval = 'soon'",
+            "relay_manager.ping_interval has the wrong type",
+        ),
         ("[relay_manager]\nping_interval = 0", "relay_manager.ping_interval must be positive"),
         ("[p2p\n", "config text is not valid TOML"),
     ],
@@ -67,7 +81,9 @@ def test_p2p_config_validates_addresses():
 
 def test_relay_id_must_be_a_peer_id():
     with pytest.raises(ConfigError) as info:
-        parse_relay_address("/ip4/10.0.0.1/tcp/9002/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXT")
+        parse_relay_address(
+            "/ip4/10.0.0.1/tcp/9002/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXT"
+        )
     assert "invalid" in str(info.value)
 
 
@@ -76,8 +92,12 @@ def test_relay_id_must_be_a_peer_id():
 hosts = st.one_of(
     st.tuples(st.just("ip4"), st.ip_addresses(v=4).map(str)),
     st.tuples(st.just("ip6"), st.ip_addresses(v=6).map(lambda a: str(ipaddress.IPv6Address(a)))),
-    st.tuples(st.sampled_from(["dns", "dns4", "dns6"]),
-              st.from_regex(r"\A[a-z]([a-z0-9-]{0,18}[a-z0-9])?(\.[a-z]([a-z0-9-]{0,8}[a-z0-9])?){0,3}\Z")),
+    st.tuples(
+        st.sampled_from(["dns", "dns4", "dns6"]),
+        st.from_regex(
+            r"\A[a-z]([a-z0-9-]{0,18}[a-z0-9])?(\.[a-z]([a-z0-9-]{0,8}[a-z0-9])?){0,3}\Z"
+        ),
+    ),
 )
 ports = st.none() | st.integers(1, 65535)
 transports = st.sampled_from(["", "/ws", "/wss", "/tls", "/tls/ws"])
@@ -96,7 +116,9 @@ def same_url(actual, expected):
     if (a.scheme, a.port, a.path) != (e.scheme, e.port, e.path):
         return False
     if e.netloc.startswith("["):
-        return a.netloc.startswith("[") and ipaddress.ip_address(a.hostname) == ipaddress.ip_address(e.hostname)
+        return a.netloc.startswith("[") and ipaddress.ip_address(
+            a.hostname
+        ) == ipaddress.ip_address(e.hostname)
     return a.hostname == e.hostname
 
 

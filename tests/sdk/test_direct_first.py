@@ -4,7 +4,6 @@ Peers use loopback-only ICE candidates. Each test is bounded with fail_after; ti
 is never asserted (the upgrade test loops until the switch is seen, whatever it takes).
 """
 
-
 import pytest
 import trio
 from sdk_peers import peer

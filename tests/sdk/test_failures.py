@@ -33,11 +33,15 @@ def unused_port():
 
 
 def relay_warnings(caplog):
-    return [r.getMessage() for r in caplog.records
-            if r.name == "darkswap_trio.relay_manager" and r.levelno == logging.WARNING]
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "darkswap_trio.relay_manager" and r.levelno == logging.WARNING
+    ]
 
 
 # -- wait_relay_connected: raises as soon as no relay can still connect ---------------
+
 
 async def test_relay_with_a_wrong_peer_id_fails_at_once_with_its_cause(relay_server, caplog):
     impostor = relay_server.multiaddr.rsplit("/p2p/", 1)[0] + f"/p2p/{Keypair.generate().peer_id}"
@@ -76,8 +80,15 @@ async def test_untrusted_tls_certificate_surfaces_the_ssl_error(tmp_path, nurser
     from relay import AuthConfig, RelayConfig, serve_relay
 
     cert, key = SelfSignedCertificate.generate().write(tmp_path)
-    config = RelayConfig(host="127.0.0.1", port=0, stun_port=None, metrics_port=None,
-                         auth=AuthConfig(mode="signature"), tls_cert=cert, tls_key=key)
+    config = RelayConfig(
+        host="127.0.0.1",
+        port=0,
+        stun_port=None,
+        metrics_port=None,
+        auth=AuthConfig(mode="signature"),
+        tls_cert=cert,
+        tls_key=key,
+    )
     with trio.fail_after(10):
         server = await nursery.start(serve_relay, config)
         assert "/tls/" in server.multiaddr
@@ -107,8 +118,9 @@ async def test_relay_down_fails_once_its_retries_are_spent(unused_port):
 
 async def test_wait_relay_connected_timeout_names_the_relay_and_cause(unused_port):
     down = f"/ip4/127.0.0.1/tcp/{unused_port}/ws/p2p/{Keypair.generate().peer_id}"
-    patient = RelayManagerConfig(reconnect_interval=0.05, max_reconnect_interval=0.1,
-                                 max_reconnect_attempts=10**6)  # never gives up by itself
+    patient = RelayManagerConfig(
+        reconnect_interval=0.05, max_reconnect_interval=0.1, max_reconnect_attempts=10**6
+    )  # never gives up by itself
     with trio.fail_after(10):
         async with network([down], relay_manager=patient) as net:
             started = trio.current_time()
@@ -142,6 +154,7 @@ async def test_wait_connected_wakes_every_waiter(relay_server):
 
 # -- connect_to_peer: an unknown peer is known at once --------------------------------
 
+
 @pytest.mark.parametrize("paths", [{}, {"enable_direct": False}, {"enable_relay": False}])
 async def test_unknown_peer_is_unreachable_at_once(relay_server, paths):
     stranger = Keypair.generate().peer_id
@@ -159,6 +172,7 @@ async def test_unknown_peer_is_unreachable_at_once(relay_server, paths):
 
 
 # -- arguments: PeerId | str, anything else a TypeError, never a crash ---------------
+
 
 async def test_peer_id_objects_are_accepted_and_bad_arguments_refused(relay_server):
     with trio.fail_after(20):
@@ -193,8 +207,11 @@ async def test_peer_id_objects_are_accepted_and_bad_arguments_refused(relay_serv
 
 # -- unread events never cost an accept ----------------------------------------------
 
+
 @pytest.mark.parametrize("enable_direct", [False, True])
-async def test_eight_dialers_all_accepted_by_a_peer_that_never_reads_events(relay_server, enable_direct):
+async def test_eight_dialers_all_accepted_by_a_peer_that_never_reads_events(
+    relay_server, enable_direct
+):
     dialers = 8
     with trio.fail_after(60):
         async with peer(relay_server, event_buffer=4, enable_direct=enable_direct) as acceptor:
@@ -237,8 +254,11 @@ async def test_unread_data_events_hold_back_only_event_delivery(relay_server):
     # new and old, and b's accepts go on regardless.
     with trio.fail_after(30):
         # Relay only at b: the direct path never touches events, the relay path did.
-        async with peer(relay_server, event_buffer=2, enable_direct=False) as b, peer(relay_server) as a, \
-                peer(relay_server) as c:
+        async with (
+            peer(relay_server, event_buffer=2, enable_direct=False) as b,
+            peer(relay_server) as a,
+            peer(relay_server) as c,
+        ):
             first = await c.connect_to_peer(b.local_peer_id)
             first_in = await b.accept_peer()
             relay_id = await a.connect_via_relay(b.local_peer_id)

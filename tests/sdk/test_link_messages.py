@@ -19,16 +19,16 @@ KIB = 1024
 MIB = 1024 * KIB
 
 
-
 def payload(size, seed):
     """Distinct, non-repeating content, so a misplaced fragment cannot go unnoticed."""
     block = hashlib.sha256(b"%d" % seed).digest()
     tag = seed.to_bytes(4, "big")
-    return ((block * (size // len(block) + 1))[:max(size - 4, 0)] + tag)[-size:] if size else b""
+    return ((block * (size // len(block) + 1))[: max(size - 4, 0)] + tag)[-size:] if size else b""
 
 
 async def both_ways(link_a, link_b, sizes):
     """Send messages of ``sizes`` a->b and b->a at the same time; check each one intact."""
+
     async def send_all(link, base):
         for i, size in enumerate(sizes):
             await link.send(payload(size, base + i))
@@ -92,7 +92,10 @@ async def test_large_messages_across_the_switch_to_direct(relay_server):
 @pytest.mark.parametrize("path", ["relay", "direct"])
 async def test_oversize_message_refused_alike_on_both_paths(relay_server, path):
     with trio.fail_after(20):
-        async with peer(relay_server) as a, peer(relay_server, enable_direct=(path == "direct")) as b:
+        async with (
+            peer(relay_server) as a,
+            peer(relay_server, enable_direct=(path == "direct")) as b,
+        ):
             link = await a.connect_to_peer(b.local_peer_id)
             incoming = await b.accept_peer()
             if path == "direct":
@@ -113,9 +116,15 @@ async def test_oversize_message_refused_alike_on_both_paths(relay_server, path):
 
 async def test_max_message_size_is_configurable(relay_server):
     with trio.fail_after(20):
-        async with (peer(relay_server, link_max_message_size=3 * MIB, link_window=8 * MIB) as a,
-                    peer(relay_server, link_max_message_size=3 * MIB, link_window=8 * MIB,
-                         enable_direct=False) as b):
+        async with (
+            peer(relay_server, link_max_message_size=3 * MIB, link_window=8 * MIB) as a,
+            peer(
+                relay_server,
+                link_max_message_size=3 * MIB,
+                link_window=8 * MIB,
+                enable_direct=False,
+            ) as b,
+        ):
             link = await a.connect_to_peer(b.local_peer_id)
             incoming = await b.accept_peer()
             await both_ways(link, incoming, [3 * MIB])
@@ -126,8 +135,10 @@ async def test_max_message_size_is_configurable(relay_server):
 @pytest.mark.parametrize("enable_direct", [True, False])
 async def test_peers_dialing_each_other_at_once_share_one_link(relay_server, enable_direct):
     with trio.fail_after(20):
-        async with (peer(relay_server, enable_direct=enable_direct) as a,
-                    peer(relay_server, enable_direct=enable_direct) as b):
+        async with (
+            peer(relay_server, enable_direct=enable_direct) as a,
+            peer(relay_server, enable_direct=enable_direct) as b,
+        ):
             links = {}
 
             async def dial(name, network, other):

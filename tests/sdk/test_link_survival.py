@@ -153,14 +153,20 @@ async def test_direct_path_dies_mid_stream_then_comes_back(relay_server, kill):
             ba.check_exactly_once_in_order()
             detection = downgraded_at - killed_at
             stall = max(ab.stall_after(killed_at), ba.stall_after(killed_at))
-            print(f"\n[{kill}] detection {detection:.2f} s, stall {stall:.2f} s, "
-                  f"re-upgrade after {upgraded_at - downgraded_at:.2f} s, "
-                  f"{ab.sent}+{ba.sent} messages, stats {link.statistics()}")
+            print(
+                f"\n[{kill}] detection {detection:.2f} s, stall {stall:.2f} s, "
+                f"re-upgrade after {upgraded_at - downgraded_at:.2f} s, "
+                f"{ab.sent}+{ba.sent} messages, stats {link.statistics()}"
+            )
             assert stall < 5.0
             for side in (link, incoming):
                 stats = side.statistics()
                 assert stats.downgrades == 1 and stats.upgrades >= 1
-            assert link.statistics().fragments_retransmitted + incoming.statistics().fragments_retransmitted > 0
+            assert (
+                link.statistics().fragments_retransmitted
+                + incoming.statistics().fragments_retransmitted
+                > 0
+            )
             for rec in (rec_a, rec_b):
                 assert not rec.of(PeerDisconnected) and not rec.of(LinkInterrupted)
 
@@ -212,7 +218,7 @@ async def test_relay_killed_while_relayed_link_recovers_after_restart():
     with trio.fail_after(40):
         async with running_relay(keypair=keypair) as server:
             port = server.signaling_port
-            async with (peer(server) as a, peer(server, enable_direct=False) as b):
+            async with peer(server) as a, peer(server, enable_direct=False) as b:
                 link = await a.connect_to_peer(b.local_peer_id)
                 incoming = await b.accept_peer()
                 assert link.connection_type == "relay"
@@ -242,8 +248,10 @@ async def test_relay_killed_while_relayed_link_recovers_after_restart():
                         await rec_b.wait_for(LinkRestored)
                         await incoming.send(b"after")
                         assert await link.receive() == b"after"
-                        print(f"\n[relay restart] link re-opened {reopened_at - restarted_at:.2f} s "
-                              "after the relay came back")
+                        print(
+                            f"\n[relay restart] link re-opened {reopened_at - restarted_at:.2f} s "
+                            "after the relay came back"
+                        )
                         assert reopened_at - restarted_at < 10
                         assert not link.closed and not incoming.closed
                         for rec in (rec_a, rec_b):
@@ -255,8 +263,10 @@ async def test_link_without_a_path_ends_after_the_recovery_timeout():
     keypair = Keypair.generate()
     with trio.fail_after(30):
         async with running_relay(keypair=keypair) as server:
-            async with (peer(server, link_recovery_timeout=2) as a,
-                        peer(server, enable_direct=False) as b):
+            async with (
+                peer(server, link_recovery_timeout=2) as a,
+                peer(server, enable_direct=False) as b,
+            ):
                 link = await a.connect_to_peer(b.local_peer_id)
                 await b.accept_peer()
                 rec_a = Recorder(a)
@@ -302,8 +312,12 @@ async def test_circuits_opened_by_both_sides_at_once_converge_on_one(relay_serve
             winner = results[lower].relay_id
             loser = results["b" if lower == "a" else "a"]
             # The paths a link drops are closed by a task of their own: wait for that too.
-            while (link.circuit.relay_id != winner or incoming.circuit.relay_id != winner
-                   or not first.closed or not loser.closed):
+            while (
+                link.circuit.relay_id != winner
+                or incoming.circuit.relay_id != winner
+                or not first.closed
+                or not loser.closed
+            ):
                 await trio.sleep(0.01)
             for i in range(20):
                 await link.send(b"%d" % i)
@@ -342,8 +356,10 @@ async def test_direct_retries_with_backoff_until_the_path_is_back(relay_server):
                 upgraded_at, _ = await rec.wait_for(ConnectionUpgraded, after=killed_at)
                 await link.wait_direct()
                 await incoming.wait_direct()
-                print(f"\n[retry] downgrade at +{rec.of(ConnectionDowngraded)[0][0] - killed_at:.2f} s, "
-                      f"upgraded {upgraded_at - restored_at:.2f} s after the path was back")
+                print(
+                    f"\n[retry] downgrade at +{rec.of(ConnectionDowngraded)[0][0] - killed_at:.2f} s, "
+                    f"upgraded {upgraded_at - restored_at:.2f} s after the path was back"
+                )
                 await link.send(b"direct again")
                 assert await incoming.receive() == b"direct again"
                 nursery.cancel_scope.cancel()

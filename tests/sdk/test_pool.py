@@ -27,10 +27,13 @@ async def linked(a, b):
 async def test_cap_evicts_least_recently_used(relay_server):
     with trio.fail_after(15):
         async with AsyncExitStack() as stack:
-            a = await stack.enter_async_context(peer(relay_server, enable_direct=False,
-                                                     max_connections=2))
-            b, c, d = [await stack.enter_async_context(peer(relay_server, enable_direct=False))
-                       for _ in range(3)]
+            a = await stack.enter_async_context(
+                peer(relay_server, enable_direct=False, max_connections=2)
+            )
+            b, c, d = [
+                await stack.enter_async_context(peer(relay_server, enable_direct=False))
+                for _ in range(3)
+            ]
             link_b, far_b = await linked(a, b)
             link_c, far_c = await linked(a, c)
             assert len(a.pool) == 2
@@ -51,8 +54,11 @@ async def test_cap_evicts_least_recently_used(relay_server):
 
 async def test_direct_link_replaces_relay_link(relay_server):
     with trio.fail_after(15):
-        async with (peer(relay_server, enable_direct=False) as relayed,
-                    peer(relay_server) as direct, peer(relay_server) as target):
+        async with (
+            peer(relay_server, enable_direct=False) as relayed,
+            peer(relay_server) as direct,
+            peer(relay_server) as target,
+        ):
             relay_link, _ = await linked(relayed, target)
             direct_link, _ = await linked(direct, target)
             await direct_link.wait_direct()
@@ -70,8 +76,10 @@ async def test_direct_link_replaces_relay_link(relay_server):
 
 async def test_idle_links_are_pruned(relay_server):
     with trio.fail_after(15):
-        async with (peer(relay_server, enable_direct=False, connection_idle_timeout=60) as a,
-                    peer(relay_server, enable_direct=False) as b):
+        async with (
+            peer(relay_server, enable_direct=False, connection_idle_timeout=60) as a,
+            peer(relay_server, enable_direct=False) as b,
+        ):
             link, far = await linked(a, b)
             # Not idle yet: nothing goes.
             assert await a.pool.prune_idle(link.last_activity + 59) == []
@@ -90,8 +98,10 @@ async def test_background_pruner_with_mock_clock(relay_server, autojump_clock):
     # that no other timer (a Pong awaited while the clock jumps) can end the link.
     quiet = RelayManagerConfig(connection_timeout=500, ping_interval=1000)
     with trio.fail_after(300):  # virtual seconds
-        async with (peer(relay_server, quiet, enable_direct=False, connection_idle_timeout=40) as a,
-                    peer(relay_server, quiet, enable_direct=False) as b):
+        async with (
+            peer(relay_server, quiet, enable_direct=False, connection_idle_timeout=40) as a,
+            peer(relay_server, quiet, enable_direct=False) as b,
+        ):
             link, far = await linked(a, b)
             with pytest.raises(trio.EndOfChannel):
                 await far.receive()  # returns once a's pruner closed the idle link

@@ -41,8 +41,9 @@ async def test_token_is_refreshed_before_expiry_without_dropping_the_session(jwt
     with trio.fail_after(600):
         async with running_relay(auth="jwt", jwt_key=public_pem) as server:
             config = RelayManagerConfig(ping_interval=20, token_refresh_margin=20)
-            async with RelayManager(Keypair.generate(), [server.multiaddr], config,
-                                    token_provider=provider) as manager:
+            async with RelayManager(
+                Keypair.generate(), [server.multiaddr], config, token_provider=provider
+            ) as manager:
                 await manager.wait_connected()
                 session = manager.servers[0].session
                 # Several token lifetimes pass; the session refreshes and stays up.
@@ -67,8 +68,9 @@ async def test_missing_or_bad_token_is_refused_with_its_code(jwt_keys):
                 return issue_token(str(peer_id), other_private, "EdDSA", TTL, now=time.time())
 
             with pytest.raises(RelayAuthenticationError) as info:
-                async with open_relay_session(server.multiaddr, Keypair.generate(),
-                                              token_provider=forged):
+                async with open_relay_session(
+                    server.multiaddr, Keypair.generate(), token_provider=forged
+                ):
                     pass
             assert info.value.code == "invalid_token"
 
@@ -88,10 +90,12 @@ async def test_expired_session_reconnects_with_a_fresh_token(jwt_keys, mock_cloc
 
     with trio.fail_after(600):
         async with running_relay(auth="jwt", jwt_key=public_pem) as server:
-            config = RelayManagerConfig(ping_interval=20, token_refresh_margin=20,
-                                        reconnect_interval=1)
-            async with RelayManager(Keypair.generate(), [server.multiaddr], config,
-                                    token_provider=provider) as manager:
+            config = RelayManagerConfig(
+                ping_interval=20, token_refresh_margin=20, reconnect_interval=1
+            )
+            async with RelayManager(
+                Keypair.generate(), [server.multiaddr], config, token_provider=provider
+            ) as manager:
                 await manager.wait_connected()
                 async for event in manager.events:
                     if isinstance(event, ServerDisconnected):

@@ -33,8 +33,13 @@ from darkswap_trio import (
 )
 from darkswap_trio.testing import running_relay
 
-FAST = RelayManagerConfig(connection_timeout=5, ping_interval=1, reconnect_interval=0.05,
-                          max_reconnect_attempts=3, max_reconnect_interval=0.2)
+FAST = RelayManagerConfig(
+    connection_timeout=5,
+    ping_interval=1,
+    reconnect_interval=0.05,
+    max_reconnect_attempts=3,
+    max_reconnect_interval=0.2,
+)
 
 
 async def next_event(events, kind, predicate=lambda e: True):
@@ -69,8 +74,10 @@ async def test_relay_manager_creation(relay_server):
 
 async def test_connect_to_peer(relay_server):
     with trio.fail_after(10):
-        async with RelayManager(Keypair.generate(), [relay_server.multiaddr], FAST) as a, \
-                RelayManager(Keypair.generate(), [relay_server.multiaddr], FAST) as b:
+        async with (
+            RelayManager(Keypair.generate(), [relay_server.multiaddr], FAST) as a,
+            RelayManager(Keypair.generate(), [relay_server.multiaddr], FAST) as b,
+        ):
             await a.wait_connected()
             await b.wait_connected()
             relay_id = await a.connect_to_peer(b.local_peer_id)
@@ -83,8 +90,10 @@ async def test_connect_to_peer(relay_server):
 
 async def test_send_data(relay_server):
     with trio.fail_after(10):
-        async with RelayManager(Keypair.generate(), [relay_server.multiaddr], FAST) as a, \
-                RelayManager(Keypair.generate(), [relay_server.multiaddr], FAST) as b:
+        async with (
+            RelayManager(Keypair.generate(), [relay_server.multiaddr], FAST) as a,
+            RelayManager(Keypair.generate(), [relay_server.multiaddr], FAST) as b,
+        ):
             await a.wait_connected()
             await b.wait_connected()
             relay_id = await a.connect_to_peer(b.local_peer_id)
@@ -92,7 +101,11 @@ async def test_send_data(relay_server):
                 await a.send_data(b.local_peer_id, relay_id, b"to b %d" % i)
             for i in range(50):
                 event = await next_event(b.events, DataReceived)
-                assert (event.from_, event.relay_id, event.data) == (a.local_peer_id, relay_id, b"to b %d" % i)
+                assert (event.from_, event.relay_id, event.data) == (
+                    a.local_peer_id,
+                    relay_id,
+                    b"to b %d" % i,
+                )
             await b.send_data(a.local_peer_id, relay_id, b"back to a")
             event = await next_event(a.events, DataReceived)
             assert event.data == b"back to a" and event.from_ == b.local_peer_id
@@ -100,8 +113,10 @@ async def test_send_data(relay_server):
 
 async def test_close_relay(relay_server):
     with trio.fail_after(10):
-        async with RelayManager(Keypair.generate(), [relay_server.multiaddr], FAST) as a, \
-                RelayManager(Keypair.generate(), [relay_server.multiaddr], FAST) as b:
+        async with (
+            RelayManager(Keypair.generate(), [relay_server.multiaddr], FAST) as a,
+            RelayManager(Keypair.generate(), [relay_server.multiaddr], FAST) as b,
+        ):
             await a.wait_connected()
             await b.wait_connected()
             relay_id = await a.connect_to_peer(b.local_peer_id)
@@ -139,9 +154,12 @@ async def test_p2p_network_with_relay(relay_server):
 
 async def test_circuit_is_a_trio_channel_with_backpressure(relay_server):
     with trio.fail_after(10):
-        async with RelayManager(Keypair.generate(), [relay_server.multiaddr], FAST) as a, \
-                RelayManager(Keypair.generate(), [relay_server.multiaddr], FAST,
-                             deliver_incoming=False) as b:
+        async with (
+            RelayManager(Keypair.generate(), [relay_server.multiaddr], FAST) as a,
+            RelayManager(
+                Keypair.generate(), [relay_server.multiaddr], FAST, deliver_incoming=False
+            ) as b,
+        ):
             await a.wait_connected()
             await b.wait_connected()
             sender = await a.open_circuit(b.local_peer_id)
@@ -185,7 +203,10 @@ async def test_reconnects_after_relay_restart():
                 await server.shutdown(0.5)
                 disconnected = await next_event(a.events, ServerDisconnected)
                 assert disconnected.server_id == str(keypair.peer_id)
-                assert a.servers[0].status in (RelayServerStatus.DISCONNECTED, RelayServerStatus.CONNECTING)
+                assert a.servers[0].status in (
+                    RelayServerStatus.DISCONNECTED,
+                    RelayServerStatus.CONNECTING,
+                )
                 async with running_relay(port=port, keypair=keypair):
                     await next_event(a.events, ServerConnected)
                     await b.wait_connected()
@@ -208,8 +229,10 @@ async def test_relay_that_lies_about_its_peer_id_is_refused(relay_server):
 async def test_one_relay_down_circuits_use_the_other(relay_server):
     down = f"/ip4/127.0.0.1/tcp/{closed_port()}/ws/p2p/{Keypair.generate().peer_id}"
     with trio.fail_after(10):
-        async with RelayManager(Keypair.generate(), [down, relay_server.multiaddr], FAST) as a, \
-                RelayManager(Keypair.generate(), [relay_server.multiaddr], FAST) as b:
+        async with (
+            RelayManager(Keypair.generate(), [down, relay_server.multiaddr], FAST) as a,
+            RelayManager(Keypair.generate(), [relay_server.multiaddr], FAST) as b,
+        ):
             await a.wait_connected()
             await b.wait_connected()
             relay_id = await a.connect_to_peer(b.local_peer_id)
@@ -241,8 +264,10 @@ async def test_errors_carry_meaning():
     with trio.fail_after(10):
         # Circuit refused by a limit: the error names the limit's code.
         async with running_relay(max_circuits_per_peer=1) as server:
-            async with RelayManager(Keypair.generate(), [server.multiaddr], FAST) as a, \
-                    RelayManager(Keypair.generate(), [server.multiaddr], FAST) as b:
+            async with (
+                RelayManager(Keypair.generate(), [server.multiaddr], FAST) as a,
+                RelayManager(Keypair.generate(), [server.multiaddr], FAST) as b,
+            ):
                 await a.wait_connected()
                 await b.wait_connected()
                 await a.connect_to_peer(b.local_peer_id)
@@ -268,7 +293,9 @@ async def test_unread_events_never_stall_reconnection():
                 await server.shutdown(0.5)
                 async with running_relay(port=port, keypair=keypair):
                     # Nobody has read an event, yet the manager reconnected.
-                    while manager.servers[0].status is not RelayServerStatus.CONNECTED or \
-                            manager.servers[0].failures:
+                    while (
+                        manager.servers[0].status is not RelayServerStatus.CONNECTED
+                        or manager.servers[0].failures
+                    ):
                         await trio.sleep(0.01)
                     assert manager.dropped_status_events >= 1

@@ -9,13 +9,16 @@ from darkswap_trio.testing import running_relay
 
 async def test_offer_flood_to_a_session_nobody_reads_signals_from_cannot_stall_it():
     with trio.fail_after(10):
-        async with running_relay(messages_per_peer_rate=10_000, messages_per_peer_burst=10_000) as relay, \
-                open_relay_session(relay.multiaddr, Keypair.generate(), signal_buffer=8) as victim, \
-                open_relay_session(relay.multiaddr, Keypair.generate()) as flooder, \
-                open_relay_session(relay.multiaddr, Keypair.generate()) as friend:
+        async with (
+            running_relay(messages_per_peer_rate=10_000, messages_per_peer_burst=10_000) as relay,
+            open_relay_session(relay.multiaddr, Keypair.generate(), signal_buffer=8) as victim,
+            open_relay_session(relay.multiaddr, Keypair.generate()) as flooder,
+            open_relay_session(relay.multiaddr, Keypair.generate()) as friend,
+        ):
             for i in range(200):
-                await flooder.send_signal(Offer(from_=flooder.local_peer_id, to=victim.local_peer_id,
-                                                sdp=f"v=0 #{i}"))
+                await flooder.send_signal(
+                    Offer(from_=flooder.local_peer_id, to=victim.local_peer_id, sdp=f"v=0 #{i}")
+                )
             # Circuits still flow through the victim's session while its signals overflow.
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(friend.request_circuit, victim.local_peer_id)

@@ -31,7 +31,9 @@ from darkswap_trio.webrtc import PeerConnectionConfig
 LOOPBACK = PeerConnectionConfig(host_addresses=["127.0.0.1"], include_loopback=True)
 # A circuit window (16 MB) larger than the socket buffers: a sender that always has
 # credit blocks in the socket, never on credit.
-BIG_WINDOW = dict(circuit_window=16 << 20, messages_per_peer_rate=100_000, messages_per_peer_burst=100_000)
+BIG_WINDOW = dict(
+    circuit_window=16 << 20, messages_per_peer_rate=100_000, messages_per_peer_burst=100_000
+)
 
 
 @asynccontextmanager
@@ -83,6 +85,7 @@ async def drain_incoming(session, nursery):
         async def drain(circuit=circuit):
             async for _ in circuit:
                 pass
+
         nursery.start_soon(drain)
 
 
@@ -97,12 +100,16 @@ async def hammer(circuit):
 
 # -- item 1: control frames never wait behind bulk data --------------------------------
 
+
 async def test_pings_are_answered_while_a_circuit_sender_with_unlimited_credit_saturates_the_uplink():
     interval = 0.5
     with trio.fail_after(20):
-        async with running_relay(**BIG_WINDOW) as relay, throttled_uplink(relay, 2_000_000) as slow, \
-                open_relay_session(relay.multiaddr, Keypair.generate()) as friend, \
-                open_relay_session(slow, Keypair.generate(), ping_interval=interval) as sender:
+        async with (
+            running_relay(**BIG_WINDOW) as relay,
+            throttled_uplink(relay, 2_000_000) as slow,
+            open_relay_session(relay.multiaddr, Keypair.generate()) as friend,
+            open_relay_session(slow, Keypair.generate(), ping_interval=interval) as sender,
+        ):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(drain_incoming, friend, nursery)
                 circuit = await sender.request_circuit(friend.local_peer_id)
@@ -121,17 +128,25 @@ async def test_pings_are_answered_while_a_circuit_sender_with_unlimited_credit_s
                 nursery.cancel_scope.cancel()
 
 
-async def test_a_session_that_fails_never_takes_the_manager_down_and_the_manager_reconnects(monkeypatch):
+async def test_a_session_that_fails_never_takes_the_manager_down_and_the_manager_reconnects(
+    monkeypatch,
+):
     # The uplink dies in the middle of a bulk send: the session fails with errors in the
     # sender, the pinger (waiting to write its Ping) and the writer at once.
     monkeypatch.setattr(_relay_session, "SEND_TIMEOUT", 1.0)
-    config = RelayManagerConfig(ping_interval=0.1, reconnect_interval=0.05, max_reconnect_interval=0.2)
+    config = RelayManagerConfig(
+        ping_interval=0.1, reconnect_interval=0.05, max_reconnect_interval=0.2
+    )
     with trio.fail_after(30):
-        async with running_relay(**BIG_WINDOW) as relay, \
-                throttled_uplink(relay, 0, first_stalls_after=1_000_000) as slow, \
-                open_relay_session(relay.multiaddr, Keypair.generate()) as friend:
-            async with RelayManager(Keypair.generate(), [slow], config) as manager, \
-                    trio.open_nursery() as nursery:
+        async with (
+            running_relay(**BIG_WINDOW) as relay,
+            throttled_uplink(relay, 0, first_stalls_after=1_000_000) as slow,
+            open_relay_session(relay.multiaddr, Keypair.generate()) as friend,
+        ):
+            async with (
+                RelayManager(Keypair.generate(), [slow], config) as manager,
+                trio.open_nursery() as nursery,
+            ):
                 nursery.start_soon(drain_incoming, friend, nursery)
                 await manager.wait_connected(timeout=5)
                 first_session = manager.servers[0].session
@@ -147,7 +162,9 @@ async def test_a_session_that_fails_never_takes_the_manager_down_and_the_manager
                 nursery.cancel_scope.cancel()
 
 
-async def test_the_write_turn_goes_to_control_frames_first_then_data_in_arrival_order(autojump_clock):
+async def test_the_write_turn_goes_to_control_frames_first_then_data_in_arrival_order(
+    autojump_clock,
+):
     from darkswap_trio._relay_client._control_first_lock import (
         ControlFirstLock,  # here: benchmarks import this module
     )
@@ -171,9 +188,11 @@ async def test_the_write_turn_goes_to_control_frames_first_then_data_in_arrival_
 
 async def test_a_circuit_send_cancelled_before_its_write_costs_no_credit():
     with trio.fail_after(10):
-        async with running_relay() as relay, \
-                open_relay_session(relay.multiaddr, Keypair.generate()) as a, \
-                open_relay_session(relay.multiaddr, Keypair.generate()) as b:
+        async with (
+            running_relay() as relay,
+            open_relay_session(relay.multiaddr, Keypair.generate()) as a,
+            open_relay_session(relay.multiaddr, Keypair.generate()) as b,
+        ):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(a.request_circuit, b.local_peer_id)
                 incoming = await b.accept_circuit()
@@ -188,11 +207,16 @@ async def test_a_circuit_send_cancelled_before_its_write_costs_no_credit():
 
 # -- item 2: an abandoned ping never answers (or blocks) a later one --------------------
 
+
 async def test_a_ping_cancelled_before_it_was_sent_leaves_the_session_healthy():
     interval = 0.3
     with trio.fail_after(10):
-        async with running_relay() as relay, \
-                open_relay_session(relay.multiaddr, Keypair.generate(), ping_interval=interval) as session:
+        async with (
+            running_relay() as relay,
+            open_relay_session(
+                relay.multiaddr, Keypair.generate(), ping_interval=interval
+            ) as session,
+        ):
             with trio.move_on_after(0):
                 await session.ping()
             await trio.sleep(4 * interval)  # the pinger's pings must each get their own Pong
@@ -202,8 +226,10 @@ async def test_a_ping_cancelled_before_it_was_sent_leaves_the_session_healthy():
 
 async def test_a_ping_cancelled_while_waiting_for_its_pong_does_not_take_a_later_pong():
     with trio.fail_after(10):
-        async with running_relay() as relay, \
-                open_relay_session(relay.multiaddr, Keypair.generate(), ping_interval=60) as session:
+        async with (
+            running_relay() as relay,
+            open_relay_session(relay.multiaddr, Keypair.generate(), ping_interval=60) as session,
+        ):
             for _ in range(20):
                 with trio.move_on_after(0.0001):
                     await session.ping()  # sent; often cancelled before its Pong
@@ -217,17 +243,24 @@ async def test_a_ping_cancelled_while_waiting_for_its_pong_does_not_take_a_later
 
 # -- item 5: unsolicited circuits are idle-closed or refused; honest ones unaffected ---
 
+
 def victim_network(relay, **p2p):
-    config = Config(p2p=P2PConfig(relay_servers=[relay.multiaddr], enable_direct=False, **p2p),
-                    relay_manager=RelayManagerConfig(ping_interval=1))
+    config = Config(
+        p2p=P2PConfig(relay_servers=[relay.multiaddr], enable_direct=False, **p2p),
+        relay_manager=RelayManagerConfig(ping_interval=1),
+    )
     return P2PNetwork(config, peer_connection_config=LOOPBACK)
 
 
 async def test_silent_unsolicited_circuits_are_capped_per_peer_and_idle_closed():
     with trio.fail_after(20):
-        async with running_relay() as relay, \
-                victim_network(relay, relay_circuit_idle_timeout=1.0, max_unclaimed_relay_circuits=2) as victim, \
-                open_relay_session(relay.multiaddr, Keypair.generate()) as attacker:
+        async with (
+            running_relay() as relay,
+            victim_network(
+                relay, relay_circuit_idle_timeout=1.0, max_unclaimed_relay_circuits=2
+            ) as victim,
+            open_relay_session(relay.multiaddr, Keypair.generate()) as attacker,
+        ):
             await victim.wait_relay_connected()
             opened = trio.current_time()
             silent = [await attacker.request_circuit(victim.local_peer_id) for _ in range(3)]
@@ -254,8 +287,11 @@ async def test_silent_unsolicited_circuits_are_capped_per_peer_and_idle_closed()
 
 async def test_a_plain_circuit_goes_quiet_and_is_closed_idle_after_it_was_used():
     with trio.fail_after(20):
-        async with running_relay() as relay, victim_network(relay, relay_circuit_idle_timeout=0.5) as victim, \
-                open_relay_session(relay.multiaddr, Keypair.generate()) as sender:
+        async with (
+            running_relay() as relay,
+            victim_network(relay, relay_circuit_idle_timeout=0.5) as victim,
+            open_relay_session(relay.multiaddr, Keypair.generate()) as sender,
+        ):
             await victim.wait_relay_connected()
             circuit = await sender.request_circuit(victim.local_peer_id)
             for i in range(4):  # activity every 0.3 s keeps it open past the timeout
@@ -277,10 +313,12 @@ async def test_plain_circuits_are_refused_by_config_or_filter_but_links_still_op
     friend_key = Keypair.generate()
     friend_id = str(friend_key.peer_id)
     with trio.fail_after(20):
-        async with running_relay() as relay, \
-                victim_network(relay, accept_relay_circuits=lambda peer: peer == friend_id) as victim, \
-                open_relay_session(relay.multiaddr, Keypair.generate()) as stranger, \
-                open_relay_session(relay.multiaddr, friend_key) as friend:
+        async with (
+            running_relay() as relay,
+            victim_network(relay, accept_relay_circuits=lambda peer: peer == friend_id) as victim,
+            open_relay_session(relay.multiaddr, Keypair.generate()) as stranger,
+            open_relay_session(relay.multiaddr, friend_key) as friend,
+        ):
             await victim.wait_relay_connected()
             unwanted = await stranger.request_circuit(victim.local_peer_id)
             await unwanted.send(b"buy my stuff")
@@ -294,8 +332,11 @@ async def test_plain_circuits_are_refused_by_config_or_filter_but_links_still_op
                     assert (event.peer_id, event.data) == (friend_id, b"hello friend")
                     break
             # Links are not plain circuits: a peer refusing them all still accepts links.
-        async with running_relay() as relay, victim_network(relay, accept_relay_circuits=False) as victim, \
-                victim_network(relay) as dialer:
+        async with (
+            running_relay() as relay,
+            victim_network(relay, accept_relay_circuits=False) as victim,
+            victim_network(relay) as dialer,
+        ):
             await victim.wait_relay_connected()
             await dialer.wait_relay_connected()
             link = await dialer.connect_to_peer(victim.local_peer_id)

@@ -311,9 +311,9 @@ async def test_relay_rendezvous_links_subscribers(relay_server):
                 assert not any(net.local_peer_id in outsider.pool for net in networks)
             for subscription in subscriptions:
                 subscription.close()
-            rendezvous = relay_server.router.rendezvous
+            router = relay_server.router
             await until(
-                lambda: not rendezvous.topics_of(networks[0].local_peer_id)
+                lambda: not router.topics_of(networks[0].local_peer_id)
             )  # TopicRegister leave
             nursery.cancel_scope.cancel()
 

@@ -228,8 +228,10 @@ async def test_close_is_seen_by_the_other_side(pair, closer):
 
 async def test_backpressure_blocks_the_sender_not_memory():
     config = PeerConnectionConfig(
-        host_addresses=["127.0.0.1"], ice_pacing=0.005,
-        high_water_mark=64 * 1024, receive_buffer_size=64 * 1024,
+        host_addresses=["127.0.0.1"],
+        ice_pacing=0.005,
+        high_water_mark=64 * 1024,
+        receive_buffer_size=64 * 1024,
     )
     message = b"m" * 16384
     total = 400  # 6.5 MiB: far more than every buffer on the way together
@@ -362,8 +364,11 @@ async def test_a_wrong_fingerprint_fails_the_connection():
             await b.set_remote_description(offer, "offer")
             answer = await b.create_answer()
             # Swap in the impostor's certificate fingerprint: b's real one won't match.
-            fake = [ln for ln in (await impostor.create_offer()).split("\r\n")
-                    if ln.startswith("a=fingerprint:")][0]
+            fake = [
+                ln
+                for ln in (await impostor.create_offer()).split("\r\n")
+                if ln.startswith("a=fingerprint:")
+            ][0]
             lines = [fake if ln.startswith("a=fingerprint:") else ln for ln in answer.split("\r\n")]
             await a.set_remote_description("\r\n".join(lines), "answer")
             with pytest.raises(trio.BrokenResourceError) as info:

@@ -26,7 +26,9 @@ def test_split_coalesced_uses_the_segment_size_from_the_control_message():
     data = b"a" * 1200 + b"b" * 1200 + b"c" * 10
     size = (1200).to_bytes(4, sys.byteorder)
     assert split_coalesced(data, [(socket.IPPROTO_UDP, UDP_GRO, size)]) == [
-        b"a" * 1200, b"b" * 1200, b"c" * 10,
+        b"a" * 1200,
+        b"b" * 1200,
+        b"c" * 10,
     ]
     assert split_coalesced(data, []) is None
     assert split_coalesced(b"x" * 100, [(socket.IPPROTO_UDP, UDP_GRO, size)]) is None

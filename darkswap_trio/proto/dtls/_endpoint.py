@@ -77,6 +77,7 @@ _READ_SIZE = 65536  # larger than any record, so a record is never read in piece
 
 _HANDSHAKE_TYPES = (ContentType.HANDSHAKE, ContentType.CHANGE_CIPHER_SPEC)
 
+
 class DtlsEndpoint:
     """One end of a DTLS 1.2 association, driven entirely by its caller.
 
@@ -239,8 +240,11 @@ class DtlsEndpoint:
         cipher = self._cipher  # set exactly while connected
         size = len(datagram)
         if (
-            cipher is not None and 13 < size <= _MAX_DATAGRAM and datagram[0] == 23
-            and int.from_bytes(datagram[11:13], "big") + 13 == size and type(datagram) is bytes
+            cipher is not None
+            and 13 < size <= _MAX_DATAGRAM
+            and datagram[0] == 23
+            and int.from_bytes(datagram[11:13], "big") + 13 == size
+            and type(datagram) is bytes
         ):  # _decrypt(), inlined: this is the per-datagram path of a transfer
             self._datagrams_received += 1
             self._bytes_received += size
@@ -533,7 +537,8 @@ class DtlsEndpoint:
 def _is_one_application_record(datagram: bytes) -> bool:
     size = len(datagram)
     return (
-        13 < size <= _MAX_DATAGRAM and datagram[0] == 23
+        13 < size <= _MAX_DATAGRAM
+        and datagram[0] == 23
         and int.from_bytes(datagram[11:13], "big") + 13 == size
     )
 

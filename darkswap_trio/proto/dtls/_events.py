@@ -7,8 +7,15 @@ from dataclasses import dataclass
 from typing import Literal
 
 __all__ = [
-    "Closed", "DataReceived", "DtlsEvent", "DtlsState", "DtlsStateError", "DtlsStatistics",
-    "Failed", "HandshakeComplete", "Role",
+    "Closed",
+    "DataReceived",
+    "DtlsEvent",
+    "DtlsState",
+    "DtlsStateError",
+    "DtlsStatistics",
+    "Failed",
+    "HandshakeComplete",
+    "Role",
 ]
 
 Role = Literal["client", "server"]

@@ -32,8 +32,13 @@ class StateCookie:
 
 def make_cookie(secret: bytes, now: float, local_tag: int, init: InitChunk) -> bytes:
     body = _BODY.pack(
-        now, local_tag, init.initiate_tag, init.initial_tsn, init.a_rwnd,
-        init.inbound_streams, int(init.forward_tsn_supported) | int(init.zero_checksum_dtls) << 1,
+        now,
+        local_tag,
+        init.initiate_tag,
+        init.initial_tsn,
+        init.a_rwnd,
+        init.inbound_streams,
+        int(init.forward_tsn_supported) | int(init.zero_checksum_dtls) << 1,
     )
     return body + hmac.new(secret, body, hashlib.sha256).digest()
 

@@ -119,7 +119,14 @@ class ProtocolFailed:
     reason: str
 
 
-WebSocketEvent = MessageReceived | MessageDiscarded | PingReceived | PongReceived | CloseReceived | ProtocolFailed
+WebSocketEvent = (
+    MessageReceived
+    | MessageDiscarded
+    | PingReceived
+    | PongReceived
+    | CloseReceived
+    | ProtocolFailed
+)
 
 
 class ConnectionState(enum.Enum):
@@ -270,7 +277,9 @@ class WebSocketCore:
             if event is not None:
                 return event
 
-    def _discard(self, buf: bytes | bytearray, start: int, end: int, length: int) -> MessageDiscarded:
+    def _discard(
+        self, buf: bytes | bytearray, start: int, end: int, length: int
+    ) -> MessageDiscarded:
         """Drop an oversize frame's payload: what is buffered now, the rest on arrival."""
         if end >= len(buf):
             self._skip = end - len(buf)

@@ -202,9 +202,7 @@ def _render_headers(headers: list[tuple[str, str]] | tuple[tuple[str, str], ...]
     return b"".join(out)
 
 
-def build_accept_response(
-    key: str, extra_headers: Sequence[tuple[str, str]] = ()
-) -> bytes:
+def build_accept_response(key: str, extra_headers: Sequence[tuple[str, str]] = ()) -> bytes:
     """The 101 Switching Protocols response that completes the server handshake."""
     headers = [
         ("Upgrade", "websocket"),

@@ -481,7 +481,9 @@ def test_fingerprints_supplied_after_completion_are_still_enforced():
 def connected_pair(request, monkeypatch):
     """A connected pair; the second variant runs without RecordCipher (pyOpenSSL's API)."""
     if request.param == "pyopenssl-only":
-        monkeypatch.setattr("darkswap_trio.proto.dtls._endpoint.record_cipher", lambda connection: None)
+        monkeypatch.setattr(
+            "darkswap_trio.proto.dtls._endpoint.record_cipher", lambda connection: None
+        )
     client, server = make_pair()
     now, _, _ = handshake(client, server)
     assert (client._cipher is None) is (request.param == "pyopenssl-only")

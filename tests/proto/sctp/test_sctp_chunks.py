@@ -231,25 +231,43 @@ u16 = st.integers(0, 0xFFFF)
 u32 = st.integers(0, 0xFFFFFFFF)
 params = st.lists(st.tuples(u16, st.binary(max_size=20)), max_size=4)
 chunks = st.one_of(
-    st.builds(DataChunk, u32, u16, u16, u32, st.binary(min_size=1, max_size=50),
-              st.integers(0, 15)),
-    st.builds(InitChunk, st.integers(1, 0xFFFFFFFF), u32, st.integers(1, 0xFFFF),
-              st.integers(1, 0xFFFF), u32, params),
-    st.builds(SackChunk, u32, u32,
-              st.lists(st.tuples(st.integers(1, 100), st.integers(100, 200)), max_size=5),
-              st.lists(u32, max_size=5)),
+    st.builds(
+        DataChunk, u32, u16, u16, u32, st.binary(min_size=1, max_size=50), st.integers(0, 15)
+    ),
+    st.builds(
+        InitChunk,
+        st.integers(1, 0xFFFFFFFF),
+        u32,
+        st.integers(1, 0xFFFF),
+        st.integers(1, 0xFFFF),
+        u32,
+        params,
+    ),
+    st.builds(
+        SackChunk,
+        u32,
+        u32,
+        st.lists(st.tuples(st.integers(1, 100), st.integers(100, 200)), max_size=5),
+        st.lists(u32, max_size=5),
+    ),
     st.builds(HeartbeatChunk, st.binary(max_size=40)),
     st.builds(AbortChunk, params, st.booleans()),
     st.builds(ShutdownChunk, u32),
     st.builds(CookieEchoChunk, st.binary(max_size=80)),
     st.builds(ForwardTsnChunk, u32, st.lists(st.tuples(u16, u16), max_size=5)),
-    st.builds(ReconfigChunk, st.lists(
-        st.one_of(
-            st.builds(OutgoingResetRequest, u32, u32, u32, st.lists(u16, max_size=5).map(tuple)),
-            st.builds(ReconfigResponse, u32, u32),
+    st.builds(
+        ReconfigChunk,
+        st.lists(
+            st.one_of(
+                st.builds(
+                    OutgoingResetRequest, u32, u32, u32, st.lists(u16, max_size=5).map(tuple)
+                ),
+                st.builds(ReconfigResponse, u32, u32),
+            ),
+            min_size=1,
+            max_size=2,
         ),
-        min_size=1, max_size=2,
-    )),
+    ),
 )
 
 
@@ -270,8 +288,11 @@ def _check_shortcuts(packet: bytes, header: CommonHeader = HEADER) -> None:
         general = parse_packet_untrusted(packet)
     except SctpParseError:
         general = None
-    only = general[1][0] if general is not None and general[0] == header and len(
-        general[1]) == 1 else None
+    only = (
+        general[1][0]
+        if general is not None and general[0] == header and len(general[1]) == 1
+        else None
+    )
     lone = parse_lone_data_untrusted(packet, fast_header)
     if lone is not None:  # only ever a packet the general parser reads the same way
         assert only == lone
@@ -318,12 +339,14 @@ def test_zero_checksum_is_accepted_only_when_announced_and_never_on_init():
     # An INIT goes out before the peer knows what we accept: always a real CRC32c.
     init = encode_packet(CommonHeader(5000, 5000, 0), [InitChunk(1, 2, 3, 4, 5, EXTENSIONS)])
     with pytest.raises(SctpParseError, match="CRC"):
-        parse_packet_untrusted(init[:8] + b"\x00\x00\x00\x00" + init[12:],
-                               accept_zero_checksum=True)
+        parse_packet_untrusted(
+            init[:8] + b"\x00\x00\x00\x00" + init[12:], accept_zero_checksum=True
+        )
     # A wrong non-zero checksum stays wrong.
     with pytest.raises(SctpParseError, match="CRC"):
-        parse_packet_untrusted(data[:8] + b"\x00\x00\x00\x01" + data[12:],
-                               accept_zero_checksum=True)
+        parse_packet_untrusted(
+            data[:8] + b"\x00\x00\x00\x01" + data[12:], accept_zero_checksum=True
+        )
 
 
 def test_zero_checksum_acceptable_parameter():

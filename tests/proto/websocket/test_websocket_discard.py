@@ -87,7 +87,9 @@ def test_discarded_payload_may_arrive_in_a_reused_buffer():
     chunk=st.integers(1, 700),
 )
 def test_any_chunking_gives_the_same_events_and_a_bounded_buffer(sizes, chunk):
-    stream = b"".join(client_frame(Opcode.BINARY, bytes([i % 251]) * n) for i, n in enumerate(sizes))
+    stream = b"".join(
+        client_frame(Opcode.BINARY, bytes([i % 251]) * n) for i, n in enumerate(sizes)
+    )
     expected = [
         MessageDiscarded(n) if n > LIMIT else MessageReceived(bytes([i % 251]) * n)
         for i, n in enumerate(sizes)
