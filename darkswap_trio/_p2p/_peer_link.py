@@ -482,7 +482,10 @@ class PeerLink(trio.abc.Channel[bytes]):
         except CircuitClosedError:
             run.reason = _ended_reason(run)  # reader and writer agree on why (the reason)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            run.reason = f"path broken: {exc}"
+            # A circuit's writer can meet the dead relay connection before its reader
+            # sees the end: the same event, so the same reason (LinkInterrupted).
+            relayed = isinstance(run.channel, RelayCircuit)
+            run.reason = "relay connection lost" if relayed else f"path broken: {exc}"
         except LinkFrameError as exc:
             log.warning("link %s->%s (%s) broken by the far side on %s: %s", self.local_peer_id[-6:],
                         self.peer_id[-6:], self.link_id.hex()[:8], run.name, exc)
