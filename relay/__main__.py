@@ -206,6 +206,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="Let TURN clients reach peers on 127.0.0.0/8 and ::1. Tests and labs only: "
         "it exposes the relay host's loopback services.",
     )
+    cluster = parser.add_argument_group(
+        'Relay cluster (nodes sharing one Redis for presence and signaling; see README "Relay cluster")'
+    )
+    cluster.add_argument(
+        "--cluster-redis",
+        metavar="URL",
+        help="Join a cluster through this Redis: redis://HOST:PORT[/DB], rediss://... or "
+        "unix:///PATH. Default: no cluster (a single relay, no Redis).",
+    )
+    cluster.add_argument(
+        "--node-id",
+        metavar="ID",
+        help="This node's unique id in the cluster (A-Z a-z 0-9 . _ -; default: the relay's PeerId).",
+    )
+    cluster.add_argument(
+        "--advertise",
+        metavar="HOST:PORT",
+        help="Where the other nodes reach this one (mesh links). Default: --host and the bound port.",
+    )
     add("--log-format", choices=("text", "json"), help="Log format on stderr (default text).")
     add(
         "--log-level",
@@ -322,6 +341,9 @@ def _config_from_args(args: argparse.Namespace) -> RelayConfig:
         "turn_secret_file": args.turn_secret_file,
         "turn_relay_address": args.turn_relay_address,
         "turn_allow_loopback_peers": args.turn_allow_loopback_peers,
+        "cluster_redis_url": args.cluster_redis,
+        "cluster_node_id": args.node_id,
+        "cluster_advertise": args.advertise,
     }
     disable = [name for name in ("stun_port", "metrics_port") if overrides[name] == _DISABLED]
     for name in disable:

@@ -19,6 +19,7 @@ import darkswap_trio
 from darkswap_trio import parse_relay_address
 
 from ._settings import apply_settings
+from .cluster._config import ClusterConfig
 
 AuthMode = Literal["signature", "jwt", "open"]
 AUTH_MODES: tuple[str, ...] = ("signature", "jwt", "open")
@@ -194,6 +195,7 @@ class RelayConfig:
     auth: AuthConfig = field(default_factory=AuthConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     turn: TurnConfig = field(default_factory=TurnConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)  # README "Relay cluster"
 
     def validate(self) -> RelayConfig:
         """Check every setting; raise ConfigError naming the first bad one."""
@@ -228,6 +230,7 @@ class RelayConfig:
                 "limits.circuit_window must be at least limits.circuit_max_data_frame"
             )
         self.turn.validate(self.host, self.stun_port)
+        self.cluster.validate(ConfigError)
         return self
 
     def jwt_key_material(self) -> str:
@@ -259,6 +262,8 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> RelayConfig
             setattr(config.auth, key[len("auth_") :], value)
         elif key.startswith("turn_"):
             setattr(config.turn, key[len("turn_") :], value)
+        elif key.startswith("cluster_"):
+            setattr(config.cluster, key[len("cluster_") :], value)
         else:
             setattr(config, key, value)
     return config.validate()

@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from collections.abc import Set
 
     from ._session_handle import SessionHandle
+    from .cluster._node import ClusterNode
 
 logger = logging.getLogger("relay.router")
 circuit_logger = logging.getLogger("relay.circuits")
@@ -111,6 +112,8 @@ class RelayRouter:
             idle_timeout=lim.circuit_idle_timeout,
         )
         self._registered: dict[str, SessionHandle] = {}
+        # This relay as a node of a cluster (relay.cluster); None: a single relay.
+        self.cluster: ClusterNode | None = None
         self._sessions: set[SessionHandle] = set()
         self._shutting_down = False
         self._timer_wakeup = trio.Event()
@@ -216,12 +219,18 @@ class RelayRouter:
         peer_id = session.peer_id
         if peer_id is not None and self._registered.get(peer_id) is session:
             del self._registered[peer_id]
+            if self.cluster is not None:
+                self.cluster.peer_released(peer_id)
             self._rendezvous.drop_peer(peer_id)
             self._table.disconnect(peer_id, reason)
             self.dispatch()
 
     def lookup(self, peer_id: str) -> SessionHandle | None:
         return self._registered.get(peer_id)
+
+    def registered_peer_ids(self) -> Set[str]:
+        """The peer ids registered here (a live read-only view)."""
+        return self._registered.keys()
 
     async def register_contended(self, session: SessionHandle, peer_id: str) -> str | None:
         """:meth:`register` refused ``peer_id``: None if ``session`` now holds it after

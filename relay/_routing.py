@@ -74,6 +74,8 @@ def route_message(
         return None
     if isinstance(msg, _FORWARDED):
         target = router.lookup(msg.to)
+        if target is None and router.cluster is not None:
+            return router.cluster.forward(session, msg)  # a peer of another node, or nobody's
         if target is None:
             session.send_error("unknown_peer", f"peer {msg.to} is not connected", msg.to)
         elif _legacy.incompatible(session, target):
@@ -83,6 +85,8 @@ def route_message(
         else:
             target.send_control(msg)
     elif isinstance(msg, RelayRequest):
+        if router.cluster is not None and msg.to != me and router.lookup(msg.to) is None:
+            return router.cluster.request_circuit(session, msg.to)
         router.request_circuit(me, msg.to)
     elif isinstance(msg, RelayData):
         relay_id = parse_relay_id(msg.relay_id)
