@@ -143,7 +143,7 @@ class ClusterNode:
     def health(self) -> dict[str, Any]:
         return {
             "node_id": self.node_id,
-            "state": "joined" if self.redis_up and self.presence.joined else "redis_unreachable",
+            "state": "joined" if self._link.up and self.presence.joined else "redis_unreachable",
             "inbox": "subscribed" if self.inbox.subscribed else "down",
             "redis_round_trip": self._link.round_trip,
             "last_error": self.last_error or None,
