@@ -119,7 +119,7 @@ def decode_inbox_untrusted(data: bytes | str) -> InboxMessage:
         raise ClusterParseError(f"inbox message is not JSON: {exc}") from None
     if not isinstance(body, dict):
         raise ClusterParseError("inbox message is not a JSON object")
-    if body.get("v") != INBOX_VERSION:
+    if type(body.get("v")) is not int or body["v"] != INBOX_VERSION:
         raise ClusterParseError(f"inbox message version {body.get('v')!r} is not {INBOX_VERSION}")
     kind = _field(body, "kind", str)
     if kind == "signal":
