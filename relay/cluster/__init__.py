@@ -16,6 +16,7 @@ from ._types import NodeAddress as NodeAddress
 
 if TYPE_CHECKING:
     from ._directory import ClusterDirectory as ClusterDirectory
+    from ._directory import NodeDirectory as NodeDirectory
     from ._node import ClusterNode as ClusterNode
     from ._node import run_cluster_node as run_cluster_node
     from ._redis import ClusterUnavailable as ClusterUnavailable
@@ -27,11 +28,13 @@ __all__ = [
     "ClusterSession",
     "ClusterUnavailable",
     "NodeAddress",
+    "NodeDirectory",
     "run_cluster_node",
 ]
 
 _LAZY = {
     "ClusterDirectory": "._directory",
+    "NodeDirectory": "._directory",
     "ClusterNode": "._node",
     "run_cluster_node": "._node",
     "ClusterUnavailable": "._redis",

@@ -55,7 +55,10 @@ class NodePresence:
         self.liveness_ttl = liveness_ttl
         self.presence_ttl = presence_ttl
         self.value = _wire.presence_value(node_id, epoch)
-        self._node_key = _wire.node_key(prefix, node_id)
+        self._node_keys = [
+            _wire.node_key(prefix, node_id),
+            _wire.node_peer_key(prefix, node_peer_id),
+        ]
         self._local_peers = local_peers  # peer ids registered on this node now
         self._on_lost = on_lost  # (peer id, holder) a live other node holds it now
         self._pending: set[str] = set()  # released locally, not yet in Redis
@@ -118,8 +121,8 @@ class NodePresence:
         comes back or lost it. Raises ClusterUnavailable."""
         status = await self._link.script(
             _wire.HEARTBEAT,
-            [self._node_key],
-            [self.epoch, self._advertise, self._node_peer_id, self._liveness_ms],
+            self._node_keys,
+            [self.epoch, self._advertise, self._node_peer_id, self._liveness_ms, self.node_id],
         )
         if status == 2:
             logger.error(
@@ -174,7 +177,7 @@ class NodePresence:
 
     async def leave(self) -> None:
         """Delete the liveness key: every presence of this incarnation ends at once."""
-        await self._link.script(_wire.LEAVE, [self._node_key], [self.epoch])
+        await self._link.script(_wire.LEAVE, self._node_keys, [self.epoch])
         self.joined = False
 
     def _peer_key(self, peer_id: str) -> str:

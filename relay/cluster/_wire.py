@@ -25,6 +25,10 @@ def node_key(prefix: str, node_id: str) -> str:
     return f"{prefix}node:{node_id}"
 
 
+def node_peer_key(prefix: str, node_peer_id: str) -> str:
+    return f"{prefix}nodepeer:{node_peer_id}"
+
+
 def peer_key(prefix: str, peer_id: str) -> str:
     return f"{prefix}peer:{peer_id}"
 
@@ -147,13 +151,15 @@ def decode_inbox_untrusted(data: bytes | str) -> InboxMessage:
 # -- Lua (atomic on the Redis server; ARGV[1] is the key prefix where other keys are
 # derived, so the cluster needs a standalone Redis or a single shard) ------------------
 
-# The liveness heartbeat. KEYS[1] node key; ARGV: epoch, advertise, peer id, ttl ms.
-# Returns 0 (refreshed), 1 (created: first beat, or Redis lost it) or 2 (it held
-# another epoch: a second process uses this node id).
+# The liveness heartbeat. KEYS: node key, node-peer key (its PeerId -> node id, for
+# NodeAuthority); ARGV: epoch, advertise, peer id, ttl ms, node id. Returns 0
+# (refreshed), 1 (created: first beat, or Redis lost it) or 2 (it held another epoch: a
+# second process uses this node id).
 HEARTBEAT = """
 local current = redis.call('HGET', KEYS[1], 'epoch')
 redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'advertise', ARGV[2], 'peer_id', ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('SET', KEYS[2], ARGV[5], 'PX', ARGV[4])
 if current == ARGV[1] then return 0 elseif current then return 2 else return 1 end
 """
 
@@ -241,9 +247,21 @@ return {redis.call('PUBLISH', ARGV[1] .. 'inbox:' .. node, ARGV[2]), node}
 """
 )
 
-# Leave the cluster. KEYS[1] node key; ARGV[1] our epoch. Deleting the node key ends
-# every presence of this incarnation at once.
+# Leave the cluster. KEYS: node key, node-peer key; ARGV[1] our epoch. Deleting the
+# node key ends every presence of this incarnation at once.
 LEAVE = """
-if redis.call('HGET', KEYS[1], 'epoch') == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+if redis.call('HGET', KEYS[1], 'epoch') == ARGV[1] then
+  redis.call('DEL', KEYS[2])
+  return redis.call('DEL', KEYS[1])
+end
 return 0
+"""
+
+# Whether a PeerId is a live node's. KEYS[1] node-peer key; ARGV: prefix, the PeerId.
+# Returns the node id or "".
+NODE_OF_PEER = """
+local node = redis.call('GET', KEYS[1])
+if not node then return '' end
+if redis.call('HGET', ARGV[1] .. 'node:' .. node, 'peer_id') == ARGV[2] then return node end
+return ''
 """

@@ -29,7 +29,7 @@ from darkswap_trio.proto.signaling import (
     peer_auth_message,
 )
 from relay import serve_relay
-from relay.cluster import _wire
+from relay.cluster import NodeAddress, NodeDirectory, _wire
 from relay.cluster._redis import open_redis_link
 
 PREFIX = "t:"
@@ -116,6 +116,11 @@ async def test_one_holder_per_peer_id_and_unknown_peers() -> None:
                 assert (found.node_id, found.node_peer_id) == ("n2", n2.peer_id)
                 assert found.advertise == f"127.0.0.1:{n2.signaling_port}"
                 assert await n1.router.cluster.directory.locate(nobody) is None
+                # What the mesh half uses: the same, bound to the router.
+                assert await NodeDirectory(n2.router).locate(a.peer_id) == NodeAddress(
+                    "n1", f"127.0.0.1:{n1.signaling_port}", n1.peer_id
+                )
+                assert await NodeDirectory(n2.router).is_cluster_node(n1.peer_id)
 
 
 async def test_presence_released_on_unregister_and_on_graceful_leave() -> None:

@@ -13,7 +13,7 @@ from redis_helpers import running_redis
 
 from darkswap_trio.proto.errors import ParseError
 from relay import ConfigError, load_config
-from relay.cluster import ClusterConfig, _wire
+from relay.cluster import ClusterConfig, ClusterDirectory, NodeAddress, _wire
 from relay.cluster._redis import open_redis_link
 
 SIGNAL = _wire.SignalEnvelope(
@@ -124,8 +124,13 @@ async def test_scripts_claim_refresh_release_locate() -> None:
         async with running_redis() as redis, open_redis_link(redis.url, 2.0) as link:
 
             async def beat(node: str, epoch: str) -> int:
-                key = _wire.node_key(prefix, node)
-                return await link.script(_wire.HEARTBEAT, [key], [epoch, f"{node}:1", "pid", ttl])
+                keys = [_wire.node_key(prefix, node), _wire.node_peer_key(prefix, f"pid-{node}")]
+                return await link.script(
+                    _wire.HEARTBEAT, keys, [epoch, f"{node}:1", f"pid-{node}", ttl, node]
+                )
+
+            def node_keys(node: str) -> list[str]:
+                return [_wire.node_key(prefix, node), _wire.node_peer_key(prefix, f"pid-{node}")]
 
             async def claim(peer: str, node: str, epoch: str) -> str:
                 value = _wire.presence_value(node, epoch)
@@ -140,7 +145,11 @@ async def test_scripts_claim_refresh_release_locate() -> None:
             assert await claim("p", "a", "e1") == ""  # ours already: refreshed
             assert await claim("p", "b", "e1") == "a|e1"  # a lives: refused
             located = await link.script(_wire.LOCATE, [_wire.peer_key(prefix, "p")], [prefix])
-            assert located == ["a", "a:1", "pid"]
+            assert located == ["a", "a:1", "pid-a"]
+            directory = ClusterDirectory(link, prefix)
+            assert await directory.is_cluster_node("pid-a")
+            assert not await directory.is_cluster_node("pid-z")
+            assert await directory.node("b") == NodeAddress("b", "b:1", "pid-b")
             # a restarts (new epoch): its old presences no longer count.
             assert await beat("a", "e2") == 2
             assert await link.script(_wire.LOCATE, [_wire.peer_key(prefix, "p")], [prefix]) == []
@@ -151,6 +160,8 @@ async def test_scripts_claim_refresh_release_locate() -> None:
             assert lost == [1]  # p is b's now; q (missing) was claimed for a
             assert await link.script(_wire.RELEASE, keys, ["a|e2"]) == 1
             assert await claim("q", "b", "e1") == ""
-            assert await link.script(_wire.LEAVE, [_wire.node_key(prefix, "b")], ["e0"]) == 0
-            assert await link.script(_wire.LEAVE, [_wire.node_key(prefix, "b")], ["e1"]) == 1
+            assert await link.script(_wire.LEAVE, node_keys("b"), ["e0"]) == 0
+            assert await link.script(_wire.LEAVE, node_keys("b"), ["e1"]) == 1
             assert await claim("q", "a", "e2") == ""  # b left: its peers are free
+            assert not await directory.is_cluster_node("pid-b")
+            assert await directory.node("b") is None
