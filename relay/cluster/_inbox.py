@@ -1,4 +1,4 @@
-"""Signaling between nodes: each node's inbox is a Redis pub/sub channel (PROTOCOL 15.2).
+"""Signaling between nodes: each node's inbox is a Redis pub/sub channel (PROTOCOL.md 16.2).
 
 Sending (:meth:`NodeInbox.forward`): one Lua script finds the live node holding the
 addressee and publishes the envelope to its inbox, in one round trip. The sending

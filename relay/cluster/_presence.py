@@ -1,4 +1,4 @@
-"""Node liveness and peer presence in Redis (docs/PROTOCOL.md 15.1).
+"""Node liveness and peer presence in Redis (docs/PROTOCOL.md 16.1).
 
 A node keeps ``node:<id>`` (its epoch, advertise address and PeerId) alive with a short
 TTL; each peer registered on it has ``peer:<peer id>`` = ``<node id>|<epoch>``, claimed

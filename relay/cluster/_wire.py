@@ -1,4 +1,4 @@
-"""What the cluster keeps in Redis and sends through it (docs/PROTOCOL.md section 15).
+"""What the cluster keeps in Redis and sends through it (docs/PROTOCOL.md section 16).
 
 Pure and synchronous: key and channel names, the inbox message codec and the Lua
 scripts. Inbox messages come from Redis, that is from other nodes: they are parsed as

@@ -1,4 +1,4 @@
-"""Relay nodes in one process sharing a real Redis (docs/PROTOCOL.md 15): presence,
+"""Relay nodes in one process sharing a real Redis (docs/PROTOCOL.md 16): presence,
 cross-node signaling, the inbox's rules, Redis lost and back. The same with real
 processes and SDK peers: test_cluster_processes.py."""
 

@@ -1,5 +1,5 @@
 """The cluster's inbox codec (untrusted: only ClusterParseError), its config, and the
-Lua scripts against a real Redis (docs/PROTOCOL.md 15)."""
+Lua scripts against a real Redis (docs/PROTOCOL.md 16)."""
 
 from __future__ import annotations
 
