@@ -105,10 +105,10 @@ def encode_inbox(msg: SignalEnvelope | Undeliverable) -> str:
 
 
 def _field(body: dict[str, Any], name: str, kind: type) -> Any:
-    value = body.get(name)
-    if type(value) is not kind and not (kind is float and type(value) is int):
+    value: Any = body.get(name)
+    if not (type(value) is kind or (kind is float and type(value) is int)):
         raise ClusterParseError(f"inbox message: {name!r} must be {kind.__name__}")
-    if kind is str and not 0 < len(value) <= MAX_INBOX_MESSAGE:
+    if isinstance(value, str) and not 0 < len(value) <= MAX_INBOX_MESSAGE:
         raise ClusterParseError(f"inbox message: {name!r} is empty or too long")
     return value
 
