@@ -62,6 +62,9 @@ class ClusterConfig:
                 raise error(f"cluster.{name} must be a positive number of seconds, got {value}")
         if self.liveness_ttl < 0.3:
             raise error("cluster.liveness_ttl must be at least 0.3 seconds")
+        if self.redis_timeout >= self.liveness_ttl:
+            # A heartbeat that may take longer than the TTL lets a live node look dead.
+            raise error("cluster.redis_timeout must be below cluster.liveness_ttl")
         if self.presence_ttl < self.liveness_ttl:
             raise error("cluster.presence_ttl must be at least cluster.liveness_ttl")
 

@@ -66,6 +66,7 @@ class NodePresence:
         self._wakeup = trio.Event()
         self._refresh_now = trio.Event()
         self.joined = False  # our liveness key is in Redis (last heartbeat succeeded)
+        self._beats = 0  # heartbeats that succeeded
 
     # -- claims and releases ------------------------------------------------------------
 
@@ -124,11 +125,14 @@ class NodePresence:
             self._node_keys,
             [self.epoch, self._advertise, self._node_peer_id, self._liveness_ms, self.node_id],
         )
-        if status == 2:
+        if status == 2 and self._beats:
             logger.error(
                 "another relay process uses cluster node id %s: node ids must be unique",
                 self.node_id,
             )
+        elif status == 2:  # our previous incarnation's key: its presences end now
+            logger.info("cluster node %s restarted: previous epoch replaced", self.node_id)
+        self._beats += 1
         if status != 0 or not self.joined:
             self._refresh_now.set()
         self.joined = True

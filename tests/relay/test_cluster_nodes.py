@@ -83,6 +83,15 @@ async def test_signaling_across_nodes_keeps_each_senders_order() -> None:
                 await b.send(answer)
                 assert await a.expect(Answer) == answer
                 assert n1.health()[1]["cluster"]["state"] == "joined"
+                sent = n1.metrics.registry.get_sample_value(
+                    "darkswap_relay_cluster_messages_sent_total", {"result": "delivered"}
+                )
+                received = n2.metrics.registry.get_sample_value(
+                    "darkswap_relay_cluster_messages_received_total", {"result": "delivered"}
+                )
+                assert (sent, received) == (51, 51)
+                assert n1.metrics.registry.get_sample_value("darkswap_relay_cluster_redis_up") == 1
+                assert n1.metrics.registry.get_sample_value("darkswap_relay_cluster_peers") == 1
 
 
 async def test_one_holder_per_peer_id_and_unknown_peers() -> None:

@@ -100,6 +100,7 @@ def test_cluster_config_from_toml_and_flags(tmp_path) -> None:
         ({"liveness_ttl": 0.0}, "liveness_ttl"),
         ({"presence_ttl": 1.0}, "presence_ttl"),
         ({"key_prefix": "a b"}, "key_prefix"),
+        ({"liveness_ttl": 2.0}, "redis_timeout"),
     ],
 )
 def test_cluster_config_rejects(changes: dict, match: str) -> None:
