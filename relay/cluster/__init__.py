@@ -3,7 +3,7 @@
 Redis half (presence, per-node inbox, directory): ``_redis``, ``_presence``, ``_inbox``,
 ``_directory``, ``_node``. Node-to-node mesh links and cross-node circuits: ``_mesh*``.
 Importing this package needs no Redis client; :func:`run_cluster_node` (imported only
-when ``cluster.redis_url`` is set) needs the ``cluster`` extra (coredis).
+when ``cluster.redis_url`` is set) needs the ``cluster`` extra (hiredis).
 """
 
 from __future__ import annotations

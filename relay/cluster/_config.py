@@ -5,6 +5,7 @@ Without ``redis_url`` the relay runs alone, exactly as before: nothing here is u
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -49,6 +50,11 @@ class ClusterConfig:
                 raise error(
                     f"cluster.redis_url must start with redis://, rediss:// or unix://, "
                     f"got {self.redis_url!r}"
+                )
+            if importlib.util.find_spec("hiredis") is None:
+                raise error(
+                    "cluster.redis_url needs the cluster extra (hiredis): "
+                    "pip install 'darkswap-trio[cluster]'"
                 )
         if self.node_id is not None and not _NODE_ID.fullmatch(self.node_id):
             raise error(f"cluster.node_id must be 1..64 of A-Z a-z 0-9 . _ -, got {self.node_id!r}")

@@ -27,7 +27,7 @@ from ._directory import ClusterDirectory
 from ._inbox import NodeInbox
 from ._metrics import ClusterMetrics
 from ._presence import NodePresence
-from ._redis import ClusterUnavailable, RedisLink, open_redis_link, quiet_coredis_logs
+from ._redis import ClusterUnavailable, RedisLink, open_redis_link
 from ._types import ClusterSession, NodeAddress
 
 if TYPE_CHECKING:
@@ -203,7 +203,6 @@ async def run_cluster_node(
     """
     cfg = router.config.cluster
     assert cfg.redis_url is not None
-    quiet_coredis_logs()
     async with open_redis_link(cfg.redis_url, cfg.redis_timeout) as link:
         node = ClusterNode(router, link, advertise)
         async with trio.open_nursery() as nursery:

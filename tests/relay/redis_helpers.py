@@ -29,8 +29,9 @@ def require_redis() -> None:
 class RedisServer:
     """One redis-server process on a unix socket; :meth:`kill` and :meth:`start` again."""
 
-    def __init__(self, nursery: trio.Nursery, directory: Path) -> None:
+    def __init__(self, nursery: trio.Nursery, directory: Path, *args: str) -> None:
         self._nursery = nursery
+        self._args = list(args)  # more redis-server options, e.g. "--requirepass", "x"
         self.socket = directory / "redis.sock"
         self.url = f"unix://{self.socket}"
         self.process: trio.Process | None = None
@@ -39,7 +40,7 @@ class RedisServer:
         command = [
             REDIS_SERVER, "--port", "0", "--unixsocket", str(self.socket),
             "--unixsocketperm", "700", "--save", "", "--appendonly", "no",
-            "--logfile", "", "--loglevel", "notice",
+            "--logfile", "", "--loglevel", "notice", *self._args,
         ]  # fmt: skip
         self.process = await self._nursery.start(
             partial(trio.run_process, command, stdout=subprocess.PIPE, check=False)
@@ -69,13 +70,13 @@ async def _drain(stream: trio.abc.ReceiveStream) -> None:
 
 
 @asynccontextmanager
-async def running_redis() -> AsyncIterator[RedisServer]:
-    """A started redis-server, killed when the block exits."""
+async def running_redis(*args: str) -> AsyncIterator[RedisServer]:
+    """A started redis-server (``args``: more options), killed when the block exits."""
     require_redis()
     directory = Path(tempfile.mkdtemp(prefix="redis-", dir="/tmp"))  # unix paths are short
     try:
         async with trio.open_nursery() as nursery:
-            server = RedisServer(nursery, directory)
+            server = RedisServer(nursery, directory, *args)
             await server.start()
             try:
                 yield server
