@@ -9,12 +9,10 @@ import importlib.util
 import ipaddress
 import re
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 # Node ids name Redis keys and channels and are split on "|" in presence values.
 _NODE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _KEY_PREFIX = re.compile(r"[A-Za-z0-9._:-]{0,64}")
-REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
 @dataclass
@@ -45,12 +43,12 @@ class ClusterConfig:
     def validate(self, error: type[Exception]) -> None:
         """Raise ``error`` naming the first bad ``cluster.*`` setting."""
         if self.redis_url is not None:
-            scheme = urlsplit(self.redis_url).scheme
-            if scheme not in REDIS_SCHEMES:
-                raise error(
-                    f"cluster.redis_url must start with redis://, rediss:// or unix://, "
-                    f"got {self.redis_url!r}"
-                )
+            from ._resp import parse_redis_url
+
+            try:
+                parse_redis_url(self.redis_url)
+            except ValueError as exc:
+                raise error(f"cluster.redis_url: {exc}") from None
             if importlib.util.find_spec("hiredis") is None:
                 raise error(
                     "cluster.redis_url needs the cluster extra (hiredis): "
