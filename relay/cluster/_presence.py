@@ -25,6 +25,7 @@ from ._redis import ClusterUnavailable, RedisLink
 logger = logging.getLogger("relay.cluster")
 
 BATCH = 256  # keys per refresh / release script call
+RELEASE_RETRY = 0.5  # seconds between release attempts while Redis does not answer
 
 
 class NodePresence:
@@ -102,16 +103,21 @@ class NodePresence:
             done = trio.Event()
             for peer_id in batch:
                 self._in_flight[peer_id] = done
+            failed = False
             try:
                 keys = [self._peer_key(p) for p in batch]
                 await self._link.script(_wire.RELEASE, keys, [self.value])
             except ClusterUnavailable:
-                # Redis will drop them: they expire, and a dead epoch frees them anyway.
-                pass
+                # Kept for later: a presence left behind would refuse the peer on every
+                # other node until presence_ttl.
+                failed = True
+                self._pending.update(batch)
             finally:
                 for peer_id in batch:
                     self._in_flight.pop(peer_id, None)
                 done.set()
+            if failed:
+                await trio.sleep(RELEASE_RETRY)
             if self._pending:
                 self._wakeup.set()
 

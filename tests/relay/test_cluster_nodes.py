@@ -257,3 +257,28 @@ async def _first_replaced(*clients: RelayClient) -> RelayClient:
         for client in clients:
             nursery.start_soon(watch, client)
     return winner[0]
+
+
+async def test_a_release_that_failed_is_retried() -> None:
+    """A peer that leaves while Redis takes no writes is released once it does, not left
+    to refuse the peer on other nodes until presence_ttl (60 s)."""
+    with trio.fail_after(20):
+        async with (
+            running_redis() as redis,
+            cluster(redis, 1, liveness_ttl=3.0, redis_timeout=0.3) as (n1,),
+            open_redis_link(redis.url, 2.0) as admin,
+        ):
+            alice = new_peer()
+            key = _wire.peer_key(PREFIX, str(alice.peer_id))
+            async with connect(n1) as a:
+                assert await register(a, alice, n1) is None
+                assert await admin.command("GET", key) == "n1|" + n1.router.cluster.epoch
+                await admin.command("CLIENT", "PAUSE", "20000", "WRITE")
+            errors = n1.metrics.registry.get_sample_value
+            while not errors("darkswap_relay_cluster_redis_errors_total"):
+                await trio.sleep(0.05)  # the release timed out
+            assert await admin.command("GET", key) is not None
+            await admin.command("CLIENT", "UNPAUSE")
+            with trio.fail_after(3):
+                while await admin.command("GET", key) is not None:
+                    await trio.sleep(0.05)
