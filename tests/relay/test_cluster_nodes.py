@@ -36,13 +36,15 @@ PREFIX = "t:"
 
 
 @asynccontextmanager
-async def cluster(redis: RedisServer, count: int, **settings: Any) -> AsyncIterator[list[Any]]:
+async def cluster(
+    redis: RedisServer, count: int, auth: str = "signature", **settings: Any
+) -> AsyncIterator[list[Any]]:
     """``count`` relays (nodes n1, n2, ...) in this process, sharing ``redis``."""
     async with trio.open_nursery() as nursery:
         servers = []
         for index in range(1, count + 1):
             config = make_config()
-            config.auth.mode = "signature"
+            config.auth.mode = auth
             config.cluster.redis_url = redis.url
             config.cluster.node_id = f"n{index}"
             config.cluster.key_prefix = PREFIX
@@ -225,6 +227,9 @@ async def test_redis_lost_and_back_and_a_peer_registered_twice_meanwhile() -> No
                 assert (await c.expect(Offer)).sdp == "local"
                 await a.send(Offer(from_=a.peer_id, to=b.peer_id, sdp="lost"))
                 assert (await a.expect_error("cluster_unavailable")).ref == b.peer_id
+                await a.send(RelayRequest(from_=a.peer_id, to=b.peer_id))
+                refused = await a.expect(RelayResponse)
+                assert (refused.accepted, refused.code) == (False, "cluster_unavailable")
                 assert await register(t2, twin, n2) is None  # n2 cannot ask Redis
                 assert n1.health()[1]["cluster"]["state"] == "redis_unreachable"
 
@@ -282,3 +287,19 @@ async def test_a_release_that_failed_is_retried() -> None:
             with trio.fail_after(3):
                 while await admin.command("GET", key) is not None:
                     await trio.sleep(0.05)
+
+
+async def test_legacy_and_extended_peers_are_kept_apart_across_nodes() -> None:
+    """PROTOCOL 10.3 holds across nodes: the holder's node answers incompatible_peer."""
+    with trio.fail_after(20):
+        async with running_redis() as redis, cluster(redis, 2, auth="open") as (n1, n2):
+            async with connect(n1) as legacy, connect(n2) as modern, connect(n1) as legacy2:
+                await legacy.register_legacy("peer1")
+                await legacy2.register_legacy("peer2")
+                await modern.register_extended(new_peer(), n2.peer_id, open_mode=True)
+                await modern.send(Offer(from_=modern.peer_id, to="peer1", sdp="x"))
+                assert (await modern.expect_error("incompatible_peer")).ref == "peer1"
+                await legacy.send(Offer(from_="peer1", to=modern.peer_id, sdp="x"))
+                assert (await legacy.expect_error("incompatible_peer")).ref == modern.peer_id
+                await legacy2.send(Offer(from_="peer2", to="peer1", sdp="same node"))
+                assert (await legacy.expect(Offer)).sdp == "same node"
