@@ -19,7 +19,7 @@ import itertools
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -76,6 +76,9 @@ class NodeInbox:
         self._seen: OrderedDict[str, None] = OrderedDict()
         # Envelopes of kinds the Redis half does not handle (the mesh half registers here).
         self.handlers: dict[str, Callable[[_wire.OtherEnvelope], None]] = {}
+        # Answers a ReleaseRequest: (peer, holder) -> whether this node released it.
+        self.release_if_silent: Callable[[str, str], Awaitable[bool]] | None = None
+        self._asked: dict[str, list[Any]] = {}  # ReleaseRequest id -> [Event, answer]
         self.subscribed = False
         self.ready = trio.Event()  # set once first subscribed
         self._replying = 0  # undeliverable notices being published
@@ -132,6 +135,41 @@ class NodeInbox:
         self._error_sent(code)
         session.send_control(Error(text, code, ref))
 
+    async def ask_release(self, holder: str, peer_id: str, timeout: float) -> bool:
+        """Ask the node holding ``peer_id`` (as ``holder``, "<node>|<epoch>") to release
+        it if its session there is silent; True once it did. False when it did not, did
+        not answer within ``timeout``, or Redis failed."""
+        node_id = holder.split("|", 1)[0]
+        request = _wire.ReleaseRequest(
+            f"{self._id_prefix}{next(self._sequence)}", self.node_id, peer_id, holder
+        )
+        waiter: list[Any] = [trio.Event(), False]
+        self._asked[request.id] = waiter
+        try:
+            with trio.move_on_after(timeout):
+                channel = _wire.inbox_channel(self._prefix, node_id)
+                if await self._link.publish(channel, _wire.encode_inbox(request)) == 0:
+                    return False
+                await waiter[0].wait()
+            return bool(waiter[1])
+        except ClusterUnavailable:
+            return False
+        finally:
+            del self._asked[request.id]
+
+    async def _answer_release(self, request: _wire.ReleaseRequest) -> None:
+        try:
+            released = False
+            if self.release_if_silent is not None:
+                released = await self.release_if_silent(request.peer, request.holder)
+            answer = _wire.ReleaseAnswer(request.id, request.peer, released)
+            channel = _wire.inbox_channel(self._prefix, request.reply_to)
+            await self._link.publish(channel, _wire.encode_inbox(answer))
+        except ClusterUnavailable:
+            pass  # the asking node times out and refuses the newcomer
+        finally:
+            self._replying -= 1
+
     async def _reply(self, node_id: str, msg: _wire.Undeliverable) -> None:
         channel = _wire.inbox_channel(self._prefix, node_id)
         try:
@@ -178,6 +216,16 @@ class NodeInbox:
             return
         if isinstance(msg, _wire.SignalEnvelope):
             self._deliver(msg, replies)
+        elif isinstance(msg, _wire.ReleaseRequest):
+            self._received("release")
+            if self._replying < MAX_REPLYING:
+                self._replying += 1
+                replies.start_soon(self._answer_release, msg)
+        elif isinstance(msg, _wire.ReleaseAnswer):
+            waiter = self._asked.get(msg.id)
+            if waiter is not None:
+                waiter[1] = msg.released
+                waiter[0].set()
         elif isinstance(msg, _wire.Undeliverable):
             self._received("undeliverable")
             session = self._lookup(msg.sender)

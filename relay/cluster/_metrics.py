@@ -40,7 +40,7 @@ class ClusterMetrics:
         self.messages_received = Counter(
             _PREFIX + "messages_received",
             "Inbox messages from other nodes, by result (delivered, unknown_peer, "
-            "incompatible_peer, duplicate, expired, undeliverable, bad).",
+            "incompatible_peer, duplicate, expired, undeliverable, release, bad).",
             ("result",),
             registry=r,
         )

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from darkswap_trio.proto.circuits import CloseReason
 from darkswap_trio.proto.signaling import Answer, Error, IceCandidate, Offer, RelayResponse
 
 from ._directory import ClusterDirectory
@@ -75,6 +76,7 @@ class ClusterNode:
             metrics=self.metrics,
             error_sent=router.metrics.error_sent,
         )
+        self.inbox.release_if_silent = self._release_if_silent
         # Set by the mesh half: opens circuits to peers of other nodes.
         self.open_remote_circuit: RemoteCircuitOpener | None = None
         self.redis_up = False
@@ -91,6 +93,12 @@ class ClusterNode:
         holds it by then)."""
         try:
             holder = await self.presence.claim(peer_id)
+            if holder is not None and self._router.config.auth.mode != "open":
+                # A proven owner may replace a silent holder, on another node too (in
+                # open mode there is no proof: replacing would be a hijack).
+                probe = self._router.config.limits.duplicate_probe_timeout
+                if await self.inbox.ask_release(holder, peer_id, probe + 2 * self._link.timeout):
+                    holder = await self.presence.claim(peer_id)
         except ClusterUnavailable as exc:
             logger.warning("registering %s locally only: %s", peer_id, exc)
             return None
@@ -139,6 +147,27 @@ class ClusterNode:
         session.send_control(
             RelayResponse(relay_id="", accepted=False, error=text, code=code, to=target)
         )
+
+    async def _release_if_silent(self, peer_id: str, holder: str) -> bool:
+        """Another node's newcomer proved it owns ``peer_id``, which we hold as
+        ``holder``: release it if its session here is silent (or gone)."""
+        if holder != self.presence.value:
+            return False  # not this incarnation's presence
+        session = self._router.lookup(peer_id)
+        if session is not None:
+            if await session.probe_alive(self._router.config.limits.duplicate_probe_timeout):
+                return False
+            logger.info(
+                "peer %s re-registered on another node; closing its silent session", peer_id
+            )
+            self._router.metrics.limit_hit("session_replaced")
+            session.close(
+                CLOSE_NORMAL,
+                Error("a new session of this peer replaced this one", "session_replaced"),
+            )
+            self._router.release_peer(session, CloseReason.PEER_DISCONNECTED)
+        await self.presence.release_now(peer_id)
+        return True
 
     def health(self) -> dict[str, Any]:
         return {

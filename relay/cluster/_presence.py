@@ -83,6 +83,11 @@ class NodePresence:
         )
         return holder or None
 
+    async def release_now(self, peer_id: str) -> None:
+        """Delete our presence of ``peer_id`` now. Raises ClusterUnavailable."""
+        self._pending.discard(peer_id)
+        await self._link.script(_wire.RELEASE, [self._peer_key(peer_id)], [self.value])
+
     def released(self, peer_id: str) -> None:
         """``peer_id`` left this node (never blocks; Redis is told by :meth:`run_releases`)."""
         self._pending.add(peer_id)

@@ -67,6 +67,27 @@ class Undeliverable:
 
 
 @dataclass(frozen=True, slots=True)
+class ReleaseRequest:
+    """A proven owner of ``peer`` registers on node ``reply_to``; the receiving node holds
+    it as ``holder``: it probes its session and releases the peer if the session is silent
+    (the single-node rule of ``duplicate_probe_timeout``, across nodes)."""
+
+    id: str
+    reply_to: str
+    peer: str
+    holder: str  # the presence value the claimant saw ("<node>|<epoch>")
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseAnswer:
+    """The answer to ReleaseRequest ``id``: whether ``peer`` was released."""
+
+    id: str
+    peer: str
+    released: bool
+
+
+@dataclass(frozen=True, slots=True)
 class OtherEnvelope:
     """A kind this node does not handle itself (for the mesh half, or a later version)."""
 
@@ -74,33 +95,30 @@ class OtherEnvelope:
     body: dict[str, Any]
 
 
-InboxMessage = SignalEnvelope | Undeliverable | OtherEnvelope
+KnownMessage = SignalEnvelope | Undeliverable | ReleaseRequest | ReleaseAnswer
+InboxMessage = KnownMessage | OtherEnvelope
+
+# kind -> (class, its fields and their JSON types)
+_KINDS: dict[str, tuple[type, dict[str, type]]] = {
+    "signal": (
+        SignalEnvelope,
+        {"id": str, "reply_to": str, "expires": float, "sender": str, "extended": bool,
+         "libp2p": bool, "to": str, "frame": str},
+    ),
+    "undeliverable": (
+        Undeliverable, {"id": str, "sender": str, "to": str, "code": str, "message": str}
+    ),
+    "release": (ReleaseRequest, {"id": str, "reply_to": str, "peer": str, "holder": str}),
+    "released": (ReleaseAnswer, {"id": str, "peer": str, "released": bool}),
+}  # fmt: skip
+_KIND_OF = {cls: kind for kind, (cls, _) in _KINDS.items()}
 
 
-def encode_inbox(msg: SignalEnvelope | Undeliverable) -> str:
-    if isinstance(msg, SignalEnvelope):
-        body: dict[str, Any] = {
-            "v": INBOX_VERSION,
-            "kind": "signal",
-            "id": msg.id,
-            "reply_to": msg.reply_to,
-            "expires": msg.expires,
-            "sender": msg.sender,
-            "extended": msg.extended,
-            "libp2p": msg.libp2p,
-            "to": msg.to,
-            "frame": msg.frame,
-        }
-    else:
-        body = {
-            "v": INBOX_VERSION,
-            "kind": "undeliverable",
-            "id": msg.id,
-            "sender": msg.sender,
-            "to": msg.to,
-            "code": msg.code,
-            "message": msg.message,
-        }
+def encode_inbox(msg: KnownMessage) -> str:
+    kind = _KIND_OF[type(msg)]
+    body: dict[str, Any] = {"v": INBOX_VERSION, "kind": kind}
+    for name in _KINDS[kind][1]:
+        body[name] = getattr(msg, name)
     return json.dumps(body, separators=(",", ":"))
 
 
@@ -110,7 +128,8 @@ def _field(body: dict[str, Any], name: str, kind: type) -> Any:
         raise ClusterParseError(f"inbox message: {name!r} must be {kind.__name__}")
     if isinstance(value, str) and not 0 < len(value) <= MAX_INBOX_MESSAGE:
         raise ClusterParseError(f"inbox message: {name!r} is empty or too long")
-    return value
+    result: Any = value
+    return float(result) if kind is float else result
 
 
 def decode_inbox_untrusted(data: bytes | str) -> InboxMessage:
@@ -126,26 +145,12 @@ def decode_inbox_untrusted(data: bytes | str) -> InboxMessage:
     if type(body.get("v")) is not int or body["v"] != INBOX_VERSION:
         raise ClusterParseError(f"inbox message version {body.get('v')!r} is not {INBOX_VERSION}")
     kind = _field(body, "kind", str)
-    if kind == "signal":
-        return SignalEnvelope(
-            id=_field(body, "id", str),
-            reply_to=_field(body, "reply_to", str),
-            expires=float(_field(body, "expires", float)),
-            sender=_field(body, "sender", str),
-            extended=_field(body, "extended", bool),
-            libp2p=_field(body, "libp2p", bool),
-            to=_field(body, "to", str),
-            frame=_field(body, "frame", str),
-        )
-    if kind == "undeliverable":
-        return Undeliverable(
-            id=_field(body, "id", str),
-            sender=_field(body, "sender", str),
-            to=_field(body, "to", str),
-            code=_field(body, "code", str),
-            message=_field(body, "message", str),
-        )
-    return OtherEnvelope(kind, body)
+    known = _KINDS.get(kind)
+    if known is None:
+        return OtherEnvelope(kind, body)
+    cls, fields = known
+    message: KnownMessage = cls(**{name: _field(body, name, t) for name, t in fields.items()})
+    return message
 
 
 # -- Lua (atomic on the Redis server; ARGV[1] is the key prefix where other keys are

@@ -22,6 +22,8 @@ from darkswap_trio.proto.signaling import (
     Error,
     IceCandidate,
     Offer,
+    Ping,
+    Pong,
     Register,
     RelayRequest,
     RelayResponse,
@@ -102,7 +104,9 @@ async def test_one_holder_per_peer_id_and_unknown_peers() -> None:
             alice, bob = new_peer(), new_peer()
             async with connect(n1) as a, connect(n2) as a_again, connect(n2) as b:
                 assert await register(a, alice, n1) is None
-                refused = await register(a_again, alice, n2)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(answer_one_ping, a)  # a live holder keeps its id
+                    refused = await register(a_again, alice, n2)
                 assert refused is not None and refused.code == "peer_id_in_use", refused
                 assert await register(b, bob, n2) is None
 
@@ -149,6 +153,12 @@ async def test_presence_released_on_unregister_and_on_graceful_leave() -> None:
                 await n2.shutdown(grace=0.5)
                 async with connect(n3) as a3:
                     assert await register(a3, alice, n3) is None
+
+
+async def answer_one_ping(client: RelayClient) -> None:
+    frame = await client.recv()
+    assert isinstance(frame, Ping), frame
+    await client.send(Pong(nonce=frame.nonce))
 
 
 async def _registers_soon(server: Any, keypair: Keypair) -> bool:
@@ -303,3 +313,26 @@ async def test_legacy_and_extended_peers_are_kept_apart_across_nodes() -> None:
                 assert (await legacy.expect_error("incompatible_peer")).ref == modern.peer_id
                 await legacy2.send(Offer(from_="peer2", to="peer1", sdp="same node"))
                 assert (await legacy.expect(Offer)).sdp == "same node"
+
+
+async def test_a_proven_owner_replaces_a_silent_holder_on_another_node() -> None:
+    """The single-node rule (duplicate_probe_timeout) across nodes: the holder's node pings
+    its session; a silent one is closed session_replaced and the newcomer registers, a
+    live one keeps the peer id and the newcomer is refused."""
+    with trio.fail_after(20):
+        async with running_redis() as redis, cluster(redis, 2) as (n1, n2):
+            for server in (n1, n2):
+                server.config.limits.duplicate_probe_timeout = 0.3
+            alice, bob = new_peer(), new_peer()
+            async with connect(n1) as silent, connect(n2) as newcomer:
+                assert await register(silent, alice, n1) is None
+                assert await register(newcomer, alice, n2) is None  # after the probe
+                assert isinstance(await silent.recv(), Ping)  # the probe it did not answer
+                await silent.expect_error("session_replaced")
+                located = await n1.router.cluster.directory.locate(newcomer.peer_id)
+                assert located is not None and located.node_id == "n2"
+            async with connect(n1) as live, connect(n2) as second, trio.open_nursery() as nursery:
+                assert await register(live, bob, n1) is None
+                nursery.start_soon(answer_one_ping, live)
+                refused = await register(second, bob, n2)
+                assert refused is not None and refused.code == "peer_id_in_use"

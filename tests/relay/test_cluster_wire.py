@@ -26,6 +26,10 @@ NOTICE = _wire.Undeliverable(id="n1:ab:1", sender="p1", to="p2", code="unknown_p
 def test_round_trip() -> None:
     assert _wire.decode_inbox_untrusted(_wire.encode_inbox(SIGNAL)) == SIGNAL
     assert _wire.decode_inbox_untrusted(_wire.encode_inbox(NOTICE).encode()) == NOTICE
+    release = _wire.ReleaseRequest("n2:e:7", "n2", "peer", "n1|e1")
+    assert _wire.decode_inbox_untrusted(_wire.encode_inbox(release)) == release
+    answer = _wire.ReleaseAnswer("n2:e:7", "peer", True)
+    assert _wire.decode_inbox_untrusted(_wire.encode_inbox(answer)) == answer
     other = _wire.decode_inbox_untrusted('{"v":1,"kind":"mesh_hello","x":2}')
     assert other == _wire.OtherEnvelope("mesh_hello", {"v": 1, "kind": "mesh_hello", "x": 2})
 
@@ -64,11 +68,14 @@ def test_any_input_raises_only_parse_errors(data: bytes | str) -> None:
 
 @given(
     st.fixed_dictionaries(
-        {"v": st.just(1), "kind": st.sampled_from(["signal", "undeliverable", "other"])},
+        {
+            "v": st.just(1),
+            "kind": st.sampled_from(["signal", "undeliverable", "release", "released", "x"]),
+        },
         optional={
             name: json_values
             for name in ("id", "reply_to", "expires", "sender", "extended", "libp2p", "to",
-                         "frame", "code", "message")
+                         "frame", "code", "message", "peer", "holder", "released")
         },
     )
 )  # fmt: skip
