@@ -19,7 +19,7 @@ import darkswap_trio
 from darkswap_trio import parse_relay_address
 
 from ._settings import apply_settings
-from .cluster._config import ClusterConfig
+from .cluster._config import ClusterConfig, redact_url_password
 
 AuthMode = Literal["signature", "jwt", "open"]
 AUTH_MODES: tuple[str, ...] = ("signature", "jwt", "open")
@@ -363,6 +363,8 @@ def describe_config(config: RelayConfig) -> dict[str, Any]:
     for key in _SECRET_KEYS:
         if flat.get(key) is not None:
             flat[key] = "<set>"
+    if flat.get("cluster.redis_url"):
+        flat["cluster.redis_url"] = redact_url_password(flat["cluster.redis_url"])
     return flat
 
 

@@ -90,3 +90,13 @@ def split_advertise(advertise: str, error: type[Exception]) -> tuple[str, int]:
     if not host or not port_text.isdigit() or not 0 < int(port_text) <= 65535:
         raise error(f"cluster.advertise must be HOST:PORT (IPv6 in brackets), got {advertise!r}")
     return host, int(port_text)
+
+
+def redact_url_password(url: str) -> str:
+    """``url`` with its password (if any) shown as ``<set>``, for logs and --check-config."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return url
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}://{user}:<set>@{host}"

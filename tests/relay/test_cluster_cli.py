@@ -52,3 +52,11 @@ def test_bad_cluster_flags_exit_2(capsys, argv: list[str], message: str) -> None
     code, _, err = run(capsys, *argv, "--check-config")
     assert code == 2
     assert message in err
+
+
+def test_check_config_hides_the_redis_password(capsys) -> None:
+    url = "redis://relay:pa55word@10.0.0.5:6379/0"
+    code, out, err = run(capsys, "--check-config", "--cluster-redis", url)
+    assert code == 0, err
+    assert json.loads(out)["cluster.redis_url"] == "redis://relay:<set>@10.0.0.5:6379/0"
+    assert "pa55word" not in out
