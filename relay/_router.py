@@ -52,8 +52,8 @@ from ._session_handle import CLOSE_GOING_AWAY, CLOSE_NORMAL
 if TYPE_CHECKING:
     from collections.abc import Set
 
+    from ._cluster_port import ClusterPort
     from ._session_handle import SessionHandle
-    from .cluster._node import ClusterNode
 
 logger = logging.getLogger("relay.router")
 circuit_logger = logging.getLogger("relay.circuits")
@@ -113,7 +113,7 @@ class RelayRouter:
         )
         self._registered: dict[str, SessionHandle] = {}
         # This relay as a node of a cluster (relay.cluster); None: a single relay.
-        self.cluster: ClusterNode | None = None
+        self.cluster: ClusterPort | None = None
         self._sessions: set[SessionHandle] = set()
         self._shutting_down = False
         self._timer_wakeup = trio.Event()

@@ -10,6 +10,7 @@ from ._redis import ClusterUnavailable, RedisLink
 from ._types import NodeAddress
 
 if TYPE_CHECKING:
+    from .._cluster_port import PeerDirectory
     from .._router import RelayRouter
 
 
@@ -62,7 +63,7 @@ class NodeDirectory:
     def __init__(self, router: RelayRouter) -> None:
         self._router = router
 
-    def _directory(self) -> ClusterDirectory:
+    def _directory(self) -> PeerDirectory:
         cluster = self._router.cluster
         if cluster is None:
             raise ClusterUnavailable("this relay is not (yet) a node of the cluster")
