@@ -38,6 +38,7 @@ from ._resp import (
 )
 
 RECEIVE_SIZE = 65536
+RECONNECT_PAUSE = 0.25  # after a failed connect, commands fail at once for this long
 
 
 class ClusterUnavailable(Exception):
@@ -145,6 +146,7 @@ class RedisLink:
         self.timeout = timeout
         self._connection: RedisConnection | None = None
         self._connecting = trio.Lock()
+        self._down_since: float | None = None  # the last connection attempt failed then
         self._shas: dict[str, str] = {}
         self.round_trip: float | None = None  # seconds, of the last command that succeeded
         self.errors = 0
@@ -162,12 +164,26 @@ class RedisLink:
         return stream
 
     async def _current(self) -> RedisConnection:
+        connection = self._connection
+        if connection is not None and connection.broken is None:
+            return connection
+        # Known down: fail at once rather than make every caller (a registration, a
+        # signaling message) wait out its own attempt, e.g. while Redis' host drops SYNs.
+        if self._down_since is not None and (
+            self._connecting.locked() or trio.current_time() < self._down_since + RECONNECT_PAUSE
+        ):
+            raise ClusterUnavailable("Redis is unreachable (reconnecting)")
         async with self._connecting:
             connection = self._connection
             if connection is None or connection.broken is not None:
-                connection = RedisConnection(await self._connect())
+                try:
+                    connection = RedisConnection(await self._connect())
+                except BaseException:
+                    self._down_since = trio.current_time()
+                    raise
                 await self._nursery.start(connection.run_reader)
                 self._connection = connection
+                self._down_since = None
             return connection
 
     async def command(self, name: str, *args: Arg) -> Any:
