@@ -154,6 +154,8 @@ class ClusterNode:
         if holder != self.presence.value:
             return False  # not this incarnation's presence
         session = self._router.lookup(peer_id)
+        if session is not None and self._router.config.auth.mode == "open":
+            return False  # no proof of ownership here: replacing would be a hijack
         if session is not None:
             if await session.probe_alive(self._router.config.limits.duplicate_probe_timeout):
                 return False
