@@ -236,27 +236,29 @@ async def run_cluster_node(
     assert cfg.redis_url is not None
     async with open_redis_link(cfg.redis_url, cfg.redis_timeout) as link:
         node = ClusterNode(router, link, advertise)
-        async with trio.open_nursery() as nursery:
-            await nursery.start(node.inbox.run)
-            nursery.start_soon(node.presence.run_releases)
-            joined = trio.Event()
+        router.cluster = node  # registrations from now on are claimed (the listener is up)
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(node.inbox.run)
+                nursery.start_soon(node.presence.run_releases)
+                joined = trio.Event()
 
-            def state_changed(up: bool, why: str) -> None:
-                node._state_changed(up, why)
-                joined.set()
+                def state_changed(up: bool, why: str) -> None:
+                    node._state_changed(up, why)
+                    joined.set()
 
-            nursery.start_soon(node.presence.run_liveness, state_changed)
-            with trio.move_on_after(cfg.redis_timeout):
-                await joined.wait()
-                await node.inbox.ready.wait()
-            router.cluster = node
-            task_status.started(node)
-            try:
-                await trio.sleep_forever()
-            finally:
-                router.cluster = None
-                with trio.CancelScope(shield=True), trio.move_on_after(cfg.redis_timeout):
-                    try:
-                        await node.presence.leave()
-                    except ClusterUnavailable:
-                        pass  # the liveness key expires by itself
+                nursery.start_soon(node.presence.run_liveness, state_changed)
+                with trio.move_on_after(cfg.redis_timeout):
+                    await joined.wait()
+                    await node.inbox.ready.wait()
+                task_status.started(node)
+                try:
+                    await trio.sleep_forever()
+                finally:
+                    with trio.CancelScope(shield=True), trio.move_on_after(cfg.redis_timeout):
+                        try:
+                            await node.presence.leave()
+                        except ClusterUnavailable:
+                            pass  # the liveness key expires by itself
+        finally:
+            router.cluster = None
