@@ -138,6 +138,8 @@ class TurnConfig:
     # Also accept channel numbers 0x5000-0x7FFF (RFC 5766's range; RFC 8656 narrowed it
     # to 0x4000-0x4FFF): for older clients such as coturn's turnutils_uclient.
     rfc5766_channels: bool = False
+    # TURN over TLS (turns:) on this TCP port, with the relay's tls_cert/tls_key; None: off.
+    tls_port: int | None = None
 
     def validate(self, host: str, stun_port: int | None) -> None:
         if not self.enabled:
@@ -150,6 +152,10 @@ class TurnConfig:
             raise ConfigError("turn.enabled needs the STUN port (TURN shares it): set stun_port")
         if not self.secret_file:
             raise ConfigError("turn.enabled needs turn.secret_file (the TURN REST API secret)")
+        if self.tls_port is not None and (
+            not isinstance(self.tls_port, int) or not 0 <= self.tls_port <= 65535
+        ):
+            raise ConfigError(f"turn.tls_port must be 0..65535, got {self.tls_port}")
         if not self.realm or '"' in self.realm or len(self.realm) > 127:
             raise ConfigError(
                 f"turn.realm must be 1..127 characters without quotes: {self.realm!r}"
@@ -228,6 +234,8 @@ class RelayConfig:
                 "limits.circuit_window must be at least limits.circuit_max_data_frame"
             )
         self.turn.validate(self.host, self.stun_port)
+        if self.turn.enabled and self.turn.tls_port is not None and self.tls_cert is None:
+            raise ConfigError("turn.tls_port needs tls_cert and tls_key (TURN over TLS uses them)")
         return self
 
     def jwt_key_material(self) -> str:

@@ -10,6 +10,8 @@ serve_turn                          one nursery, owns everything below
  ├─ UDP reader (client port)        STUN Binding -> relay._stun; the rest -> core
  ├─ TCP listener (same port)        one task per connection: deframer -> core,
  │                                  plus a writer draining a bounded queue
+ ├─ TLS listener (tls_port)         the same per connection, over TLS (RFC 8656
+ │                                  section 3.1: TURN over TLS on its own port)
  ├─ timer task                      core.handle_timeout at core.poll_timeout()
  └─ one reader per allocation       relayed socket -> core.receive_from_peer
 ```
@@ -28,6 +30,7 @@ import errno
 import logging
 import math
 import socket
+import ssl
 import struct
 import time
 from dataclasses import dataclass
@@ -133,6 +136,7 @@ class TurnService:
     ) -> None:
         self.core = core
         self.port: int = udp.getsockname()[1]
+        self.tls_port: int | None = None  # set by serve_turn when TURN over TLS is served
         self._metrics = metrics
         self._udp = udp
         self._nursery = nursery
@@ -287,21 +291,23 @@ class TurnService:
             logger.exception("TURN input handling failed")
             self.core.counters["drop_internal_error"] += 1
 
-    async def handle_tcp(self, stream: trio.SocketStream) -> None:
-        """One TCP client: STUN/ChannelData framing (RFC 8656 section 12.5) both ways.
-        Contained: whatever goes wrong ends this connection only."""
+    async def handle_tcp(self, stream: trio.abc.Stream) -> None:
+        """One TCP or TLS client: STUN/ChannelData framing (RFC 8656 section 12.5) both
+        ways. Contained: whatever goes wrong ends this connection only."""
         try:
             await self._serve_tcp(stream)
         except Exception:
             logger.exception("TURN TCP connection handling failed")
 
-    async def _serve_tcp(self, stream: trio.SocketStream) -> None:
+    async def _serve_tcp(self, stream: trio.abc.Stream) -> None:
         async with stream:
+            kind = "tls" if isinstance(stream, trio.SSLStream) else "tcp"
+            transport = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
             try:
-                peer = stream.socket.getpeername()
+                peer = transport.socket.getpeername()  # type: ignore[attr-defined]
             except OSError:  # already reset
                 return
-            client: ClientKey = ("tcp", (peer[0], peer[1]))
+            client: ClientKey = (kind, (peer[0], peer[1]))
             ip = canonical_ip(peer[0])
             if len(self._tcp_out) >= self._max_tcp:
                 self._metrics.limit_hit("turn_tcp_connections")
@@ -327,7 +333,7 @@ class TurnService:
                 with trio.CancelScope(shield=True):
                     await self.flush()
 
-    async def _tcp_reader(self, stream: trio.SocketStream, client: ClientKey) -> None:
+    async def _tcp_reader(self, stream: trio.abc.Stream, client: ClientKey) -> None:
         deframer = StreamDeframer(0x7FFF if self.core.settings.rfc5766_channels else 0x4FFF)
         deadline = trio.current_time() + TCP_ALLOCATE_TIMEOUT
         while True:
@@ -358,7 +364,7 @@ class TurnService:
                 await self.flush()
 
     async def _tcp_writer(
-        self, stream: trio.SocketStream, receive: trio.MemoryReceiveChannel[bytes]
+        self, stream: trio.abc.Stream, receive: trio.MemoryReceiveChannel[bytes]
     ) -> None:
         async with receive:
             async for data in receive:
@@ -441,15 +447,33 @@ async def serve_turn(
     total_limiter: TokenBucket | None = None,
     max_tcp_connections: int = 1000,
     max_tcp_connections_per_ip: int = 16,
+    tls_port: int | None = None,
+    ssl_context: ssl.SSLContext | None = None,
     task_status: trio.TaskStatus[TurnService] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve STUN Binding and TURN on UDP and TCP ``host:port`` until cancelled.
+    """Serve STUN Binding and TURN on UDP and TCP ``host:port`` until cancelled, and
+    over TLS on ``host:tls_port`` when ``tls_port`` is not None (needs ``ssl_context``).
 
     Calls ``task_status.started(service)``; ``service.port`` is the bound port (the
-    same number on UDP and TCP; ``port=0`` picks a free UDP port, then TCP takes it).
+    same number on UDP and TCP; ``port=0`` picks a free UDP port, then TCP takes it),
+    ``service.tls_port`` the TLS one. TCP and TLS connections share the TCP quotas.
     ``rate_limiter`` / ``total_limiter`` apply to Binding requests as in ``serve_stun``.
     """
+    if tls_port is not None and ssl_context is None:
+        raise ValueError("TURN over TLS needs an ssl_context")
     udp, listeners = await _open_both(host, port)
+    tls_listeners: list[trio.SSLListener[trio.SocketStream]] = []
+    if tls_port is not None:
+        assert ssl_context is not None
+        tcp_host = None if host in ("", "::") else host
+        try:
+            raw = await trio.open_tcp_listeners(tls_port, host=tcp_host)
+        except OSError:
+            udp.close()
+            for listener in listeners:
+                await listener.aclose()
+            raise
+        tls_listeners = [trio.SSLListener(lst, ssl_context, https_compatible=False) for lst in raw]
     with udp:
         bound = udp.getsockname()[1]
         core = TurnServer(settings, unix_offset=time.time() - trio.current_time())
@@ -475,9 +499,25 @@ async def serve_turn(
                         handler_nursery=nursery,
                     )
                 )
+                if tls_listeners:
+                    await nursery.start(
+                        partial(
+                            trio.serve_listeners,
+                            service.handle_tcp,
+                            tls_listeners,
+                            handler_nursery=nursery,
+                        )
+                    )
+                    sock = tls_listeners[0].transport_listener.socket
+                    service.tls_port = sock.getsockname()[1]
                 logger.info(
                     "STUN/TURN listening (UDP and TCP)",
-                    extra={"host": host, "port": bound, "realm": settings.realm},
+                    extra={
+                        "host": host,
+                        "port": bound,
+                        "tls_port": service.tls_port,
+                        "realm": settings.realm,
+                    },
                 )
                 task_status.started(service)
         finally:

@@ -229,7 +229,7 @@ class TurnServer:
             self._bandwidth_exceeded()
             return
         client = allocation.client
-        stream = client[0] == "tcp"
+        stream = client[0] != "udp"
         number = allocation.peer_channel(peer, now)
         if number is not None:
             frame = encode_channel_data(number, data, stream=stream)
@@ -433,7 +433,7 @@ class TurnServer:
     def _channel_data(self, client: ClientKey, data: bytes, now: float) -> None:
         try:
             number, payload = parse_channel_data_untrusted(
-                data, stream=client[0] == "tcp", max_channel=self._max_channel
+                data, stream=client[0] != "udp", max_channel=self._max_channel
             )
         except TurnParseError:
             self.counters["drop_malformed"] += 1
