@@ -140,6 +140,8 @@ class TurnConfig:
     rfc5766_channels: bool = False
     # TURN over TLS (turns:) on this TCP port, with the relay's tls_cert/tls_key; None: off.
     tls_port: int | None = None
+    # Lifetime of the credentials handed out over signaling (TurnCredentials.ttl).
+    credentials_ttl: int = 86400
 
     def validate(self, host: str, stun_port: int | None) -> None:
         if not self.enabled:
@@ -160,6 +162,8 @@ class TurnConfig:
             raise ConfigError(
                 f"turn.realm must be 1..127 characters without quotes: {self.realm!r}"
             )
+        if not 0 < self.credentials_ttl < 10 * 365 * 86400:
+            raise ConfigError("turn.credentials_ttl must be a positive number of seconds")
         if not 0 < self.default_lifetime <= self.max_lifetime:
             raise ConfigError("turn.default_lifetime must be positive and <= turn.max_lifetime")
         address = self.relay_address if self.relay_address is not None else host

@@ -50,6 +50,7 @@ from ._logging import SessionContext, session_context
 from ._metrics import RelayMetrics, serve_metrics_http
 from ._router import RelayRouter
 from ._session import SignalingSession
+from ._turn_credentials import TurnCredentialIssuer, turn_uris
 
 logger = logging.getLogger("relay.server")
 
@@ -317,6 +318,11 @@ async def serve_relay(
                 )
                 server.stun_port = server.turn.port
                 server.turn_tls_port = server.turn.tls_port
+                router.turn_issuer = TurnCredentialIssuer(
+                    server.turn.core.settings.secret,
+                    config.turn.credentials_ttl,
+                    turn_uris(server.multiaddr, server.turn.port, server.turn_tls_port),
+                )
             elif config.stun_port is not None:
                 from ._stun import serve_stun
 
