@@ -88,10 +88,20 @@ async def two_relay_peers(server: dict[str, Any], timeout: float) -> dict[str, A
         await answerer.close()
 
 
-@pytest.mark.parametrize("scheme", ["udp", "tcp", "tls"])
-async def test_aiortc_relay_policy_through_our_turn_server(tmp_path, monkeypatch, scheme) -> None:
+@pytest.mark.parametrize(
+    ("scheme", "allow_loopback"),
+    [("udp", True), ("tcp", True), ("tls", True), ("udp", False)],
+    ids=["udp", "tcp", "tls", "udp-no-loopback-peers"],
+)
+async def test_aiortc_relay_policy_through_our_turn_server(
+    tmp_path, monkeypatch, scheme, allow_loopback
+) -> None:
+    """Without ``allow_loopback_peers`` too: relay candidates of one server reach each
+    other (in process, the hairpin counter says so), as in production."""
     with trio.fail_after(60):
-        async with relay_with_turn(tmp_path, tls=scheme == "tls") as (server, creds, cert):
+        async with relay_with_turn(
+            tmp_path, tls=scheme == "tls", allow_loopback=allow_loopback
+        ) as (server, creds, cert):
             if cert is not None:  # aioice's turns: uses the default verify paths
                 monkeypatch.setenv("SSL_CERT_FILE", cert)
             entry = ice_server(creds, scheme)
@@ -110,3 +120,4 @@ async def test_aiortc_relay_policy_through_our_turn_server(tmp_path, monkeypatch
     assert counters["bytes_to_peer"] > 2 * payload
     assert counters["bytes_to_client"] > 2 * payload
     assert counters["allocations_created"] == 2
+    assert counters["hairpin_datagrams"] > 4  # allocation to allocation, no kernel hop

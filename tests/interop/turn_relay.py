@@ -19,14 +19,16 @@ SECRET = b"interop-turn-secret-0123456789"
 
 
 @asynccontextmanager
-async def relay_with_turn(directory: Path, *, tls: bool = False):
+async def relay_with_turn(directory: Path, *, tls: bool = False, allow_loopback: bool = True):
     """``(server, credentials, cert_file)``: a relay serving TURN on 127.0.0.1 (UDP, TCP,
-    and TLS with ``tls``), and credentials one registered peer got from it."""
+    and TLS with ``tls``), and credentials one registered peer got from it. Without
+    ``allow_loopback`` its allocations still reach each other (127.0.0.1 is its relay
+    address), and nothing else on loopback."""
     secret = directory / "turn-secret"
     secret.write_bytes(SECRET)
     config = RelayConfig(host="127.0.0.1", port=0, stun_port=0, metrics_port=None)
     config.turn.enabled, config.turn.secret_file = True, str(secret)
-    config.turn.allow_loopback_peers = True
+    config.turn.allow_loopback_peers = allow_loopback
     config.turn.bandwidth_per_allocation = 0  # the benchmark measures the relay, not the cap
     config.turn.rfc5766_channels = True
     cert_file = None

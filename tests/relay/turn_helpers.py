@@ -107,11 +107,13 @@ def aioice_exchange(
     return asyncio.run(main())
 
 
-async def echo_peer(prefix: bytes = b"echo:", *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-    """A plain UDP peer on 127.0.0.1 that echoes every datagram, prefixed ``prefix``."""
+async def echo_peer(
+    prefix: bytes = b"echo:", host: str = "127.0.0.1", *, task_status=trio.TASK_STATUS_IGNORED
+) -> None:
+    """A plain UDP peer on ``host`` that echoes every datagram, prefixed ``prefix``."""
     sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
     with sock:
-        await sock.bind(("127.0.0.1", 0))
+        await sock.bind((host, 0))
         task_status.started(sock.getsockname())
         while True:
             data, source = await sock.recvfrom(65536)
