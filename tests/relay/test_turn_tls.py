@@ -163,3 +163,30 @@ async def test_relay_serves_turn_over_tls(certificate, tmp_path) -> None:
             )
             assert got == [b"echo:ping"]
             nursery.cancel_scope.cancel()
+
+
+def test_tls_port_flag_and_toml(certificate, tmp_path, capsys) -> None:
+    from relay.__main__ import _config_from_args, build_parser, main
+    from relay._config import load_config
+
+    secret = tmp_path / "secret"
+    secret.write_bytes(SECRET)
+    cert, key = certificate
+    args = build_parser().parse_args(
+        ["--host", "127.0.0.1", "--turn", "--turn-secret-file", str(secret),
+         "--tls-cert", cert, "--tls-key", key, "--turn-tls-port", "5349"]
+    )  # fmt: skip
+    assert _config_from_args(args).turn.tls_port == 5349
+    toml = tmp_path / "relay.toml"
+    toml.write_text(
+        f'host = "127.0.0.1"\ntls_cert = "{cert}"\ntls_key = "{key}"\n[turn]\nenabled = true\n'
+        f'secret_file = "{secret}"\ntls_port = 0\ncredentials_ttl = 600\n'
+    )
+    config = load_config(toml)
+    assert config.turn.tls_port == 0 and config.turn.credentials_ttl == 600
+    toml.write_text(f'host = "127.0.0.1"\n[turn]\nenabled = true\nsecret_file = "{secret}"\n'
+                    'tls_port = "x"\n')  # fmt: skip
+    with pytest.raises(ConfigError, match="tls_port"):
+        load_config(toml)
+    assert main(["--help"]) == 0
+    assert "--turn-tls-port" in capsys.readouterr().out
