@@ -119,7 +119,7 @@ def _is_binding(data: bytes) -> bool:
         return True
     if data[0] > 3:
         return False
-    return struct.unpack_from("!H", data)[0] & 0x3EEF == _BINDING
+    return bool(struct.unpack_from("!H", data)[0] & 0x3EEF == _BINDING)
 
 
 @dataclass
@@ -238,9 +238,9 @@ class TurnService:
             self._relayed[event.allocation_id] = relayed
             self._nursery.start_soon(self._peer_reader, event.allocation_id, relayed)
         elif isinstance(event, AllocationClosed):
-            relayed = self._relayed.pop(event.allocation_id, None)
-            if relayed is not None:
-                relayed.scope.cancel()
+            closed = self._relayed.pop(event.allocation_id, None)
+            if closed is not None:
+                closed.scope.cancel()
         elif isinstance(event, LimitHit):
             self._metrics.limit_hit("turn_" + event.limit)
 
@@ -345,8 +345,9 @@ class TurnService:
         async with stream:
             kind = "tls" if isinstance(stream, trio.SSLStream) else "tcp"
             transport = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+            assert isinstance(transport, trio.SocketStream)
             try:
-                peer = transport.socket.getpeername()  # type: ignore[attr-defined]
+                peer = transport.socket.getpeername()
             except OSError:  # already reset
                 return
             client: ClientKey = (kind, (peer[0], peer[1]))
@@ -389,7 +390,7 @@ class TurnService:
             if scope.cancelled_caught or not data:
                 return
             try:
-                messages = deframer.feed(data)
+                messages = deframer.feed(bytes(data))  # bytes already: no copy
             except TurnParseError:
                 self.core.counters["drop_bad_tcp_framing"] += 1
                 return
@@ -505,6 +506,7 @@ async def serve_turn(
         raise ValueError("TURN over TLS needs an ssl_context")
     udp, listeners = await _open_both(host, port)
     tls_listeners: list[trio.SSLListener[trio.SocketStream]] = []
+    raw: list[trio.SocketListener] = []
     if tls_port is not None:
         assert ssl_context is not None
         tcp_host = None if host in ("", "::") else host
@@ -551,8 +553,7 @@ async def serve_turn(
                             handler_nursery=nursery,
                         )
                     )
-                    sock = tls_listeners[0].transport_listener.socket
-                    service.tls_port = sock.getsockname()[1]
+                    service.tls_port = raw[0].socket.getsockname()[1]
                 logger.info(
                     "STUN/TURN listening (UDP and TCP)",
                     extra={
