@@ -142,6 +142,9 @@ class TurnConfig:
     tls_port: int | None = None
     # Lifetime of the credentials handed out over signaling (TurnCredentials.ttl).
     credentials_ttl: int = 86400
+    # The URIs TurnCredentials names (behind NAT or port mapping); []: derived from the
+    # announced host and the bound ports (docs/PROTOCOL.md 13.6).
+    uris: list[str] = field(default_factory=list)
 
     def validate(self, host: str, stun_port: int | None) -> None:
         if not self.enabled:
@@ -162,6 +165,15 @@ class TurnConfig:
             raise ConfigError(
                 f"turn.realm must be 1..127 characters without quotes: {self.realm!r}"
             )
+        if len(self.uris) > 8 or not all(
+            u.startswith(("turn:", "turns:"))
+            and u.isascii()
+            and u.isprintable()
+            and " " not in u
+            and len(u) <= 255
+            for u in self.uris
+        ):
+            raise ConfigError("turn.uris: at most 8 turn:/turns: URIs, printable ASCII")
         if not 0 < self.credentials_ttl < 10 * 365 * 86400:
             raise ConfigError("turn.credentials_ttl must be a positive number of seconds")
         if not 0 < self.default_lifetime <= self.max_lifetime:

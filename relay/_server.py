@@ -321,7 +321,8 @@ async def serve_relay(
                 router.turn_issuer = TurnCredentialIssuer(
                     server.turn.core.settings.secret,
                     config.turn.credentials_ttl,
-                    turn_uris(server.multiaddr, server.turn.port, server.turn_tls_port),
+                    tuple(config.turn.uris)
+                    or turn_uris(server.multiaddr, server.turn.port, server.turn_tls_port),
                 )
             elif config.stun_port is not None:
                 from ._stun import serve_stun

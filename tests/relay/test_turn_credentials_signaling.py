@@ -126,3 +126,25 @@ async def test_turns_uri_with_the_tls_port(nursery, tmp_path):
             creds = await client.expect(TurnCredentials)
         assert creds.uris[-1] == f"turns:relay.example:{server.turn_tls_port}?transport=tcp"
         assert creds.uris[0] == f"turn:relay.example:{server.stun_port}?transport=udp"
+
+
+async def test_configured_uris_replace_the_derived_ones(nursery, tmp_path):
+    config = turn_config(tmp_path)
+    config.turn.uris = ["turn:turn.example:3478?transport=udp", "turns:turn.example:443"]
+    with trio.fail_after(20):
+        server = await nursery.start(serve_relay, config)
+        async with connect(server) as client:
+            await client.register_extended(new_peer(), server.peer_id)
+            await client.send(TurnCredentialsRequest())
+            creds = await client.expect(TurnCredentials)
+    assert creds.uris == tuple(config.turn.uris)
+
+
+def test_bad_configured_uris_are_refused(tmp_path):
+    from relay._config import ConfigError
+
+    config = turn_config(tmp_path)
+    for uris in (["stun:x"], ["turn:a b"], ["turn:x"] * 9):
+        config.turn.uris = uris
+        with pytest.raises(ConfigError, match="turn.uris"):
+            config.validate()
