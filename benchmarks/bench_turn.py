@@ -1,6 +1,6 @@
 """TURN relaying cost: our TURN server against coturn's ``turnserver``, same machine, same run.
 
-Run: python benchmarks/bench_turn.py [--seconds S] [--payload BYTES] [--window N]
+Run: python benchmarks/bench_turn.py [--seconds S] [--payload BYTES] [--window N] [--rounds R]
                                     [--no-datachannel]
 
 Each server runs in its own process (ours: ``python -m relay --turn``; coturn when
@@ -24,6 +24,7 @@ import argparse
 import os
 import shutil
 import socket
+import statistics
 import struct
 import subprocess
 import sys
@@ -226,33 +227,48 @@ def main() -> None:
     parser.add_argument("--payload", type=int, default=1000)
     parser.add_argument("--window", type=int, default=32)
     parser.add_argument("--no-datachannel", action="store_true", help="skip the aiortc table")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure each server this many times, alternating which goes first; "
+        "print medians (a loaded machine drifts)",
+    )
     args = parser.parse_args()
     servers = [("darkswap-relay (trio)", start_ours)]
     if shutil.which("turnserver"):
         servers.append(("coturn turnserver", lambda tmp: start_coturn()))
-    results = {}
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name, _ in servers}
+    load = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name, start in servers:
-            process, port = start(Path(tmp))
-            try:
-                results[name] = trio.run(
-                    measure, port, process.pid, args.seconds, args.payload, args.window
-                )
-                if not args.no_datachannel:
-                    cpu = partial(cpu_seconds, process.pid)
-                    results[name].update(measure_datachannel(port, SECRET, cpu, args.seconds))
-            finally:
-                process.terminate()
-                process.wait(5)
+        for round_ in range(args.rounds):
+            load.append(os.getloadavg()[0])
+            for name, start in servers if round_ % 2 == 0 else servers[::-1]:
+                process, port = start(Path(tmp))
+                try:
+                    result = trio.run(
+                        measure, port, process.pid, args.seconds, args.payload, args.window
+                    )
+                    if not args.no_datachannel:
+                        cpu = partial(cpu_seconds, process.pid)
+                        result.update(measure_datachannel(port, SECRET, cpu, args.seconds))
+                    runs[name].append(result)
+                finally:
+                    process.terminate()
+                    process.wait(5)
+    results = {
+        name: {key: statistics.median(r[key] for r in rs) for key in rs[0]}
+        for name, rs in runs.items()
+    }
     print(f"TURN over UDP, {args.payload}-byte payloads, window {args.window}, {args.seconds:.0f} s, "
-          f"load average {os.getloadavg()[0]:.2f}")  # fmt: skip
+          f"median of {args.rounds} round(s), load average {min(load):.2f}..{os.getloadavg()[0]:.2f}")  # fmt: skip
     print(
         f"{'server':24} {'round trips/s':>14} {'MB/s':>8} {'CPU us/datagram':>16} {'server CPU':>10} {'50 ms stalls':>12}"
     )
     for name, r in results.items():
         print(
             f"{name:24} {r['round_trips_per_s']:14.0f} {r['mb_per_s']:8.2f} "
-            f"{r['cpu_us_per_datagram']:16.1f} {r['server_cpu_share']:10.0%} {r['timeouts']:12d}"
+            f"{r['cpu_us_per_datagram']:16.1f} {r['server_cpu_share']:10.0%} {r['timeouts']:12.0f}"
         )
     if len(results) == 2:
         ours, theirs = results.values()
@@ -266,7 +282,7 @@ def main() -> None:
     for name, r in results.items():
         print(
             f"{name:24} {r['dc_mb_per_s']:8.2f} {r['dc_rtt_ms']:13.2f} "
-            f"{r['dc_cpu_us_per_packet']:14.1f} {r['dc_packets']:8d}"
+            f"{r['dc_cpu_us_per_packet']:14.1f} {r['dc_packets']:8.0f}"
         )
     if len(results) == 2:
         ours, theirs = results.values()
