@@ -200,6 +200,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: --host; required when --host is a wildcard).",
     )
     turn.add_argument(
+        "--turn-tls-port",
+        type=int,
+        metavar="PORT",
+        help="Also serve TURN over TLS (turns:) on this TCP port with --tls-cert/--tls-key "
+        "(0 = any free port; default off).",
+    )
+    turn.add_argument(
         "--turn-allow-loopback-peers",
         action="store_true",
         default=None,
@@ -322,6 +329,7 @@ def _config_from_args(args: argparse.Namespace) -> RelayConfig:
         "turn_secret_file": args.turn_secret_file,
         "turn_relay_address": args.turn_relay_address,
         "turn_allow_loopback_peers": args.turn_allow_loopback_peers,
+        "turn_tls_port": args.turn_tls_port,
     }
     disable = [name for name in ("stun_port", "metrics_port") if overrides[name] == _DISABLED]
     for name in disable:

@@ -138,6 +138,13 @@ class TurnConfig:
     # Also accept channel numbers 0x5000-0x7FFF (RFC 5766's range; RFC 8656 narrowed it
     # to 0x4000-0x4FFF): for older clients such as coturn's turnutils_uclient.
     rfc5766_channels: bool = False
+    # TURN over TLS (turns:) on this TCP port, with the relay's tls_cert/tls_key; None: off.
+    tls_port: int | None = None
+    # Lifetime of the credentials handed out over signaling (TurnCredentials.ttl).
+    credentials_ttl: int = 86400
+    # The URIs TurnCredentials names (behind NAT or port mapping); []: derived from the
+    # announced host and the bound ports (docs/PROTOCOL.md 13.6).
+    uris: list[str] = field(default_factory=list)
 
     def validate(self, host: str, stun_port: int | None) -> None:
         if not self.enabled:
@@ -150,10 +157,25 @@ class TurnConfig:
             raise ConfigError("turn.enabled needs the STUN port (TURN shares it): set stun_port")
         if not self.secret_file:
             raise ConfigError("turn.enabled needs turn.secret_file (the TURN REST API secret)")
+        if self.tls_port is not None and (
+            not isinstance(self.tls_port, int) or not 0 <= self.tls_port <= 65535
+        ):
+            raise ConfigError(f"turn.tls_port must be 0..65535, got {self.tls_port}")
         if not self.realm or '"' in self.realm or len(self.realm) > 127:
             raise ConfigError(
                 f"turn.realm must be 1..127 characters without quotes: {self.realm!r}"
             )
+        if len(self.uris) > 8 or not all(
+            u.startswith(("turn:", "turns:"))
+            and u.isascii()
+            and u.isprintable()
+            and " " not in u
+            and len(u) <= 255
+            for u in self.uris
+        ):
+            raise ConfigError("turn.uris: at most 8 turn:/turns: URIs, printable ASCII")
+        if not 0 < self.credentials_ttl < 10 * 365 * 86400:
+            raise ConfigError("turn.credentials_ttl must be a positive number of seconds")
         if not 0 < self.default_lifetime <= self.max_lifetime:
             raise ConfigError("turn.default_lifetime must be positive and <= turn.max_lifetime")
         address = self.relay_address if self.relay_address is not None else host
@@ -228,6 +250,8 @@ class RelayConfig:
                 "limits.circuit_window must be at least limits.circuit_max_data_frame"
             )
         self.turn.validate(self.host, self.stun_port)
+        if self.turn.enabled and self.turn.tls_port is not None and self.tls_cert is None:
+            raise ConfigError("turn.tls_port needs tls_cert and tls_key (TURN over TLS uses them)")
         return self
 
     def jwt_key_material(self) -> str:

@@ -48,6 +48,7 @@ from ._metrics import RelayMetrics
 from ._outbox import ByteCount
 from ._rendezvous import TopicRendezvous
 from ._session_handle import CLOSE_GOING_AWAY, CLOSE_NORMAL
+from ._turn_credentials import TurnCredentialIssuer
 
 if TYPE_CHECKING:
     from collections.abc import Set
@@ -101,6 +102,8 @@ class RelayRouter:
         self.abuse = AbuseGuard(lim)
         self.buffered = ByteCount()
         self._rendezvous = TopicRendezvous()  # docs/PROTOCOL.md 14.6
+        # Set by serve_relay once TURN is bound (its URIs name the bound ports).
+        self.turn_issuer: TurnCredentialIssuer | None = None
         self._circuit_limits = limits_from_config(config)
         self._table = CircuitTable(
             limits=self._circuit_limits,

@@ -8,7 +8,8 @@ serve_relay(config)                 root nursery; started(RelayServer)
  ├─ load watcher                    event-loop lag -> relay-wide budgets (relay._abuse)
  ├─ STUN UDP service                (stun_port is not None); with turn.enabled, the
  │                                  TURN service (relay._turn) on UDP and TCP instead,
- │                                  answering STUN Binding on the same port
+ │                                  answering STUN Binding on the same port (and over
+ │                                  TLS on turn.tls_port when set)
  └─ HTTP /metrics, /healthz         (metrics_port is not None; on metrics_host, loopback
                                      by default)
 ```
@@ -49,6 +50,7 @@ from ._logging import SessionContext, session_context
 from ._metrics import RelayMetrics, serve_metrics_http
 from ._router import RelayRouter
 from ._session import SignalingSession
+from ._turn_credentials import TurnCredentialIssuer, turn_uris
 
 logger = logging.getLogger("relay.server")
 
@@ -76,6 +78,7 @@ class RelayServer:
         self.peer_id: str = router.relay_peer_id
         self.signaling_port: int = 0
         self.stun_port: int | None = None
+        self.turn_tls_port: int | None = None
         self.metrics_port: int | None = None
         self.turn: Any = None  # relay._turn.TurnService when TURN is enabled
         self.host: str = config.host
@@ -199,6 +202,8 @@ def _turn_service(config: RelayConfig, metrics: RelayMetrics) -> Any:
         total_limiter=TokenBucket(lim.stun_total_rate, lim.stun_total_burst),
         max_tcp_connections=config.turn.max_tcp_connections,
         max_tcp_connections_per_ip=config.turn.max_tcp_connections_per_ip,
+        tls_port=config.turn.tls_port,
+        ssl_context=_ssl_context(config) if config.turn.tls_port is not None else None,
     )
 
 
@@ -312,6 +317,13 @@ async def serve_relay(
                     partial(root.start, _turn_service(config, metrics)),
                 )
                 server.stun_port = server.turn.port
+                server.turn_tls_port = server.turn.tls_port
+                router.turn_issuer = TurnCredentialIssuer(
+                    server.turn.core.settings.secret,
+                    config.turn.credentials_ttl,
+                    tuple(config.turn.uris)
+                    or turn_uris(server.multiaddr, server.turn.port, server.turn_tls_port),
+                )
             elif config.stun_port is not None:
                 from ._stun import serve_stun
 
