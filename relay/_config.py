@@ -97,6 +97,13 @@ class LimitsConfig:
     stun_total_burst: int = 10000
     # Bound on how many distinct IPs / peers the rate limiters remember (LRU).
     limiter_table_size: int = 100_000
+    # Topic rendezvous (docs/PROTOCOL.md 14.6): registrations live topic_ttl seconds
+    # unless renewed; a TopicPeers answer names at most topic_sample peers.
+    max_topics: int = 100_000
+    max_topics_per_peer: int = 32
+    max_peers_per_topic: int = 10_000
+    topic_ttl: float = 300.0
+    topic_sample: int = 16
 
 
 @dataclass
@@ -249,6 +256,12 @@ class RelayConfig:
             raise ConfigError(
                 "limits.circuit_window must be at least limits.circuit_max_data_frame"
             )
+        if self.limits.topic_ttl <= 0:
+            raise ConfigError(f"limits.topic_ttl must be positive, got {self.limits.topic_ttl}")
+        if self.limits.topic_sample > 64:  # TopicPeers carries at most 64 ids (PROTOCOL 14.6)
+            raise ConfigError(
+                f"limits.topic_sample must be at most 64, got {self.limits.topic_sample}"
+            )
         self.turn.validate(self.host, self.stun_port)
         if self.turn.enabled and self.turn.tls_port is not None and self.tls_cert is None:
             raise ConfigError("turn.tls_port needs tls_cert and tls_key (TURN over TLS uses them)")
@@ -354,6 +367,11 @@ LIVE_LIMITS = frozenset(
         "circuit_duration",
         "circuit_bytes",
         "circuit_stall_timeout",
+        "max_topics",
+        "max_topics_per_peer",
+        "max_peers_per_topic",
+        "topic_ttl",
+        "topic_sample",
     }
 )
 # Auth settings a reload applies (to registrations from then on); the mode is fixed.

@@ -46,7 +46,7 @@ from ._legacy import INCOMPATIBLE_PEER, circuit_announcement, incompatible, inco
 from ._logging import session_context
 from ._metrics import RelayMetrics
 from ._outbox import ByteCount
-from ._rendezvous import TopicRendezvous
+from ._rendezvous import TopicLimit, TopicRendezvous
 from ._session_handle import CLOSE_GOING_AWAY, CLOSE_NORMAL
 from ._turn_credentials import TurnCredentialIssuer
 
@@ -101,7 +101,13 @@ class RelayRouter:
         lim = config.limits
         self.abuse = AbuseGuard(lim)
         self.buffered = ByteCount()
-        self._rendezvous = TopicRendezvous()  # docs/PROTOCOL.md 14.6
+        self._rendezvous = TopicRendezvous(  # docs/PROTOCOL.md 14.6
+            ttl=lim.topic_ttl,
+            sample=lim.topic_sample,
+            max_topics_per_peer=lim.max_topics_per_peer,
+            max_peers_per_topic=lim.max_peers_per_topic,
+            max_topics=lim.max_topics,
+        )
         # Set by serve_relay once TURN is bound (its URIs name the bound ports).
         self.turn_issuer: TurnCredentialIssuer | None = None
         self._circuit_limits = limits_from_config(config)
@@ -204,6 +210,12 @@ class RelayRouter:
         table.max_circuits_per_pair = lim.max_circuits_per_pair
         table.stall_timeout = lim.circuit_stall_timeout
         table.idle_timeout = lim.circuit_idle_timeout
+        rendezvous = self._rendezvous
+        rendezvous.ttl = lim.topic_ttl
+        rendezvous.sample = lim.topic_sample
+        rendezvous.max_topics_per_peer = lim.max_topics_per_peer
+        rendezvous.max_peers_per_topic = lim.max_peers_per_topic
+        rendezvous.max_topics = lim.max_topics
         self._announced_limits.update(
             max_circuits_per_peer=lim.max_circuits_per_peer,
             max_circuits_per_pair=lim.max_circuits_per_pair,
@@ -220,6 +232,7 @@ class RelayRouter:
         if peer_id is not None and self._registered.get(peer_id) is session:
             del self._registered[peer_id]
             self._rendezvous.drop_peer(peer_id)
+            self._count_topics()
             self._table.disconnect(peer_id, reason)
             self.dispatch()
 
@@ -273,11 +286,24 @@ class RelayRouter:
 
     def register_topic(self, peer_id: str, topic: str, now: float) -> list[str]:
         """Record ``peer_id``'s interest in ``topic``; a sample of other live subscribers
-        (raises TopicLimit when a rendezvous bound is hit)."""
-        return self._rendezvous.register(peer_id, topic, now, live=lambda p: p in self._registered)
+        (raises TopicLimit when a rendezvous bound is hit, counted on ``limit_hits``)."""
+        try:
+            return self._rendezvous.register(
+                peer_id, topic, now, live=lambda p: p in self._registered
+            )
+        except TopicLimit as exc:
+            self.metrics.limit_hit(exc.limit)
+            raise
+        finally:
+            self._count_topics()
 
     def unregister_topic(self, peer_id: str, topic: str) -> None:
         self._rendezvous.unregister(peer_id, topic)
+        self._count_topics()
+
+    def _count_topics(self) -> None:
+        self.metrics.topics.set(len(self._rendezvous))
+        self.metrics.topic_registrations.set(self._rendezvous.registrations)
 
     def topics_of(self, peer_id: str) -> list[str]:
         """The topics ``peer_id`` is registered for (for operators and tests)."""
