@@ -1,0 +1,116 @@
+"""A relay node's mesh service: links to the other nodes and cross-node circuits.
+
+``serve_mesh`` owns the mesh nursery (a child of the relay's root nursery): the links
+this node dials live there, as do the tasks opening cross-node circuits. Links other
+nodes dial are served by the signaling listener (path ``/mesh``) in the session
+nursery, through :meth:`MeshService.accept`. With a mesh, a RelayRequest for a peer
+not registered here is located in the cluster directory and opened through the link
+to its node (docs/PROTOCOL.md section 15).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from darkswap_trio import Keypair
+
+from ._mesh_circuits import CrossNodeCircuits
+from ._mesh_links import MeshLinks
+from ._mesh_locator import PeerLocator, StaticPeerLocator
+
+if TYPE_CHECKING:
+    from darkswap_trio.websocket import WebSocketRequest
+    from relay._config import RelayConfig
+    from relay._router import RelayRouter
+
+
+@dataclass(frozen=True)
+class MeshStatistics:
+    links: int  # live links to other nodes
+    cross_node_circuits: int  # circuits of this node whose other end is on another node
+    opening: int  # cross-node circuit requests waiting for a locate, a link or an answer
+    dials: int
+    dial_failures: int
+    refused_links: int  # links other nodes dialed that failed the handshake
+
+
+class MeshService:
+    def __init__(self, router: RelayRouter, links: MeshLinks, circuits: CrossNodeCircuits) -> None:
+        self._router = router
+        self.links = links
+        self.circuits = circuits
+
+    async def accept(self, request: WebSocketRequest, ticket: Any = None) -> None:
+        await self.links.accept(request, ticket)
+
+    def statistics(self) -> MeshStatistics:
+        return MeshStatistics(
+            links=len(self.links.links()),
+            cross_node_circuits=len(self._router.remote_ends),
+            opening=self.circuits.pending,
+            dials=self.links.dials,
+            dial_failures=self.links.dial_failures,
+            refused_links=self.links.refused,
+        )
+
+
+def read_mesh_secret(path: str | None) -> bytes:
+    """The cluster secret (the file's bytes, surrounding whitespace stripped); b"" for none."""
+    return b"" if not path else Path(path).read_bytes().strip()
+
+
+def mesh_locator(config: RelayConfig, locator: PeerLocator | None) -> PeerLocator | None:
+    """The locator a relay's mesh uses: the one given, else ``[mesh] static_directory``."""
+    if locator is not None:
+        return locator
+    if config.mesh.static_directory:
+        return StaticPeerLocator.from_file(config.mesh.static_directory)
+    return None
+
+
+async def serve_mesh(
+    router: RelayRouter,
+    keypair: Keypair,
+    config: RelayConfig,
+    locator: PeerLocator,
+    *,
+    task_status: trio.TaskStatus[MeshService] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the mesh until cancelled. Raises ValueError without a way to authenticate
+    nodes (a cluster secret, or a locator that knows the cluster's node PeerIds)."""
+    mesh = config.mesh
+    secret = read_mesh_secret(mesh.secret_file)
+    authority = locator if callable(getattr(locator, "is_cluster_node", None)) else None
+    if not secret and authority is None:
+        raise ValueError("mesh links need mesh.secret_file or a directory of cluster nodes")
+    async with trio.open_nursery() as nursery:
+        links = MeshLinks(
+            router,
+            keypair,
+            nursery,
+            secret=secret,
+            authority=authority,  # type: ignore[arg-type]
+            link_timeout=mesh.link_timeout,
+            max_backoff=mesh.max_backoff,
+            max_message_size=config.limits.max_frame_size * 4,
+        )
+        circuits = CrossNodeCircuits(
+            router,
+            links,
+            locator,
+            nursery,
+            open_timeout=mesh.open_timeout,
+            max_pending=mesh.max_pending_opens,
+        )
+        links.cross = circuits
+        router.cross_node = circuits
+        task_status.started(MeshService(router, links, circuits))
+        try:
+            await trio.sleep_forever()
+        finally:
+            router.cross_node = None
+            links.close_all()
