@@ -49,13 +49,12 @@ from ._outbox import ByteCount
 from ._rendezvous import TopicLimit, TopicRendezvous
 from ._session_handle import CLOSE_GOING_AWAY, CLOSE_NORMAL
 from ._turn_credentials import TurnCredentialIssuer
-from .cluster._mesh_ends import CrossNodeEnds
+from .cluster._mesh_ends import CrossNodeEnds, CrossNodeOpener, RemoteEnd
 
 if TYPE_CHECKING:
     from collections.abc import Set
 
     from ._session_handle import SessionHandle
-    from .cluster._mesh_circuits import CrossNodeCircuits
 
 logger = logging.getLogger("relay.router")
 circuit_logger = logging.getLogger("relay.circuits")
@@ -131,8 +130,8 @@ class RelayRouter:
         # Relay cluster (relay.cluster): the far ends of cross-node circuits, by relay id,
         # and who opens circuits to peers registered on other nodes (None: single node).
         self.mesh_ends = CrossNodeEnds(self, self._table, self._registered)
-        self.remote_ends = self.mesh_ends.by_id
-        self.cross_node: CrossNodeCircuits | None = None
+        self.remote_ends: dict[bytes, RemoteEnd] = self.mesh_ends.by_id
+        self.cross_node: CrossNodeOpener | None = None
         # The limits every Registered message announces (built once, not per peer).
         self._announced_limits = {
             "max_frame_size": lim.max_frame_size,

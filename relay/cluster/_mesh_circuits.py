@@ -26,6 +26,7 @@ import trio
 from darkswap_trio.proto.circuits import CircuitOpened
 from darkswap_trio.proto.signaling import encode_circuit_credit, encode_circuit_data
 
+from ._mesh_links import MeshUnreachable
 from ._mesh_wire import MeshClose, MeshOpen, MeshOpened, MeshRefused
 
 if TYPE_CHECKING:
@@ -36,10 +37,6 @@ if TYPE_CHECKING:
     from ._mesh_locator import PeerLocator
 
 logger = logging.getLogger("relay.cluster.mesh")
-
-
-class MeshUnreachable(Exception):
-    """No mesh link to a node could be established (the message says why)."""
 
 
 class RemoteEnd:

@@ -12,19 +12,54 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
-from darkswap_trio.proto.circuits import CircuitTable, CloseReason
+from darkswap_trio.proto.circuits import CircuitOpened, CircuitTable, CloseReason
 from darkswap_trio.proto.signaling import CircuitLimits, RelayResponse
 
 if TYPE_CHECKING:
-    from relay._router import RelayRouter
     from relay._session_handle import SessionHandle
 
-    from ._mesh_circuits import RemoteEnd
-    from ._mesh_link import MeshLink
+# This module depends on no other relay module at all (the router imports it): the
+# router and the far ends are seen through these protocols.
+MeshLink = Any  # relay.cluster._mesh_link.MeshLink, compared by identity only
+
+
+class RemoteEnd(Protocol):
+    """The far end of a cross-node circuit (relay.cluster._mesh_circuits.RemoteEnd)."""
+
+    peer_id: str
+    link: MeshLink
+    pending: bool
+    refusal: tuple[str, str] | None
+    silent: bool
+    answered: trio.Event
+
+    def attach(self) -> None: ...
+    def ended(self) -> None: ...
+    def circuit_opened(self, event: CircuitOpened) -> None: ...
+    def send_circuit_data(
+        self, relay_id: bytes, sender: str, payload: bytes, frame: bytes | None = None
+    ) -> None: ...
+    def credit_granted(self, relay_id: bytes, increment: int) -> None: ...
+    def circuit_closed(self, relay_id: bytes, text: str, reason: str) -> None: ...
+
+
+class CrossNodeOpener(Protocol):
+    """Opens circuits to peers on other nodes (relay.cluster._mesh_circuits)."""
+
+    def request(self, requester: str, target: str) -> None: ...
+
+
+class _Router(Protocol):
+    @property
+    def shutting_down(self) -> bool: ...
+    @property
+    def metrics(self) -> Any: ...
+    def circuit_limits(self) -> CircuitLimits: ...
+    def dispatch(self) -> None: ...
 
 
 def relay_id_text(relay_id: bytes) -> str:
@@ -54,7 +89,7 @@ class CrossNodeEnds:
     """The far ends of this node's cross-node circuits (see the module docstring)."""
 
     def __init__(
-        self, router: RelayRouter, table: CircuitTable, registered: Mapping[str, SessionHandle]
+        self, router: _Router, table: CircuitTable, registered: Mapping[str, SessionHandle]
     ) -> None:
         self._router = router
         self._table = table

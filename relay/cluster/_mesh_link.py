@@ -16,7 +16,7 @@ closed with reason ``node_lost`` on this node (:meth:`CrossNodeEnds.link_lost`).
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 
@@ -48,13 +48,17 @@ from ._mesh_wire import (
 if TYPE_CHECKING:
     from relay._router import RelayRouter
 
-    from ._mesh_circuits import CrossNodeCircuits
-
 logger = logging.getLogger("relay.cluster.mesh")
 
 MAX_CONTROL_FRAMES = 4096  # control frames waiting on a link (opens and closes of circuits)
 MAX_CONTROL_BYTES = 4 << 20
 _GONE = (trio.EndOfChannel, trio.BrokenResourceError, trio.ClosedResourceError)
+
+
+class OpenHandler(Protocol):
+    """Who opens the target's end of a circuit a far node asks for (CrossNodeCircuits)."""
+
+    def on_open(self, link: MeshLink, msg: MeshOpen) -> None: ...
 
 
 def _no_legacy(relay_id: bytes, size: int) -> None:  # links carry binary frames only
@@ -72,7 +76,7 @@ class MeshLink:
         node: str,
         dialer: str,
         router: RelayRouter,
-        circuits: CrossNodeCircuits,
+        circuits: OpenHandler,
         *,
         link_timeout: float,
     ) -> None:
@@ -96,6 +100,7 @@ class MeshLink:
             on_legacy_written=_no_legacy,
         )
         self._why = "closed"
+        self._done = False  # run() returned: nothing may be queued any more
 
     def __repr__(self) -> str:
         return f"<MeshLink to {self.node[-8:]} dialed by {self.dialer[-8:]}>"
@@ -121,7 +126,7 @@ class MeshLink:
 
     def close(self, code: int = CLOSE_GOING_AWAY, why: str = "closed") -> None:
         """End the link (its circuits close with node_lost on both nodes). Idempotent."""
-        if self._writer.close_code is None:
+        if self._writer.close_code is None and not self._done:
             self._why = why
             self._writer.close(code, None, why[:120])
         self._stop()
@@ -150,7 +155,8 @@ class MeshLink:
                 await self._writer.finish()
                 nursery.cancel_scope.cancel()
         finally:
-            self.broken = True
+            self.broken = self._done = True
+            self._writer.close_code = self._writer.close_code or CLOSE_NORMAL
             self._writer.out.clear()
 
     async def _keepalive(self) -> None:

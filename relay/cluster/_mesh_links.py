@@ -29,9 +29,8 @@ from darkswap_trio.websocket import (
 )
 from relay._session_handle import CLOSE_NORMAL, CLOSE_POLICY
 
-from ._mesh_circuits import MeshUnreachable
 from ._mesh_handshake import MeshAcceptor, MeshDialer
-from ._mesh_link import MeshLink
+from ._mesh_link import MeshLink, OpenHandler
 from ._mesh_wire import (
     MESH_PATH,
     MeshAuth,
@@ -48,7 +47,6 @@ from ._mesh_wire import (
 if TYPE_CHECKING:
     from relay._router import RelayRouter
 
-    from ._mesh_circuits import CrossNodeCircuits
     from ._mesh_locator import NodeAuthority
     from ._types import NodeAddress
 
@@ -65,6 +63,10 @@ _DIAL_ERRORS = (
     trio.ClosedResourceError,
     trio.EndOfChannel,
 )
+
+
+class MeshUnreachable(Exception):
+    """No mesh link to a node could be established (the message says why)."""
 
 
 class _Refused(Exception):
@@ -102,7 +104,7 @@ class MeshLinks:
         self.link_timeout = link_timeout
         self.max_backoff = max_backoff
         self._max_message_size = max_message_size
-        self.cross: CrossNodeCircuits | None = None  # set once both exist
+        self.cross: OpenHandler | None = None  # CrossNodeCircuits, set once both exist
         self._links: dict[str, MeshLink] = {}  # node PeerId -> the pair's link
         self._all: set[MeshLink] = set()
         self._dialing: dict[str, trio.Event] = {}
