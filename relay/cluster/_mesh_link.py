@@ -141,22 +141,26 @@ class MeshLink:
         """Serve the link until it ends; never raises for the other node's misbehaviour."""
         try:
             async with trio.open_nursery() as nursery:
-                self._writer.open(nursery)
-                nursery.start_soon(self._keepalive)
                 try:
-                    await self._read_loop()
-                except Exception:
-                    logger.exception("mesh link to %s crashed", self.node)
-                    self._why = "internal error"
+                    self._writer.open(nursery)
+                    nursery.start_soon(self._keepalive)
+                    try:
+                        await self._read_loop()
+                    except Exception:
+                        logger.exception("mesh link to %s crashed", self.node)
+                        self._why = "internal error"
+                    finally:
+                        self.broken = True
+                        self._router.mesh_ends.link_lost(self)
+                    logger.info("mesh link to %s ended: %s", self.node, self._why)
+                    await self._writer.finish()
                 finally:
-                    self.broken = True
-                    self._router.mesh_ends.link_lost(self)
-                logger.info("mesh link to %s ended: %s", self.node, self._why)
-                await self._writer.finish()
-                nursery.cancel_scope.cancel()
+                    # The nursery takes no new task from here: nothing may be queued.
+                    self._done = True
+                    self._writer.close_code = self._writer.close_code or CLOSE_NORMAL
+                    nursery.cancel_scope.cancel()
         finally:
             self.broken = self._done = True
-            self._writer.close_code = self._writer.close_code or CLOSE_NORMAL
             self._writer.out.clear()
 
     async def _keepalive(self) -> None:
