@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import trio
 from relayclient import make_config
 
-from relay import serve_relay
+from relay import RelayConfig, serve_relay
 from relay.cluster._mesh_locator import StaticPeerLocator
 from relay.cluster._types import NodeAddress
 
@@ -22,29 +21,66 @@ def node_address(server: Any, node_id: str) -> NodeAddress:
     return NodeAddress(node_id, f"127.0.0.1:{server.signaling_port}", server.peer_id)
 
 
+async def _node(
+    config: RelayConfig,
+    locator: StaticPeerLocator,
+    *,
+    task_status: trio.TaskStatus[tuple[Any, trio.CancelScope]],
+) -> None:
+    with trio.CancelScope() as scope:
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(_serve, config, locator)
+            task_status.started((server, scope))
+
+
+async def _serve(config: RelayConfig, locator: StaticPeerLocator, *, task_status: Any) -> None:
+    await serve_relay(config, locator=locator, task_status=task_status)
+
+
+class Cluster:
+    def __init__(self, locator: StaticPeerLocator) -> None:
+        self.locator = locator
+        self.servers: list[Any] = []
+        self._scopes: list[trio.CancelScope] = []
+
+    def crash(self, index: int) -> None:
+        """Stop node ``index`` at once: no shutdown, its sockets just close."""
+        self._scopes[index].cancel()
+
+
 @asynccontextmanager
 async def running_cluster(
-    tmp_path: Path, count: int, *, secret: bytes = SECRET, **limits: Any
+    tmp_path: Path, count: int, *, secret: bytes = SECRET, auth: str = "open", **limits: Any
 ) -> AsyncIterator[tuple[list[Any], StaticPeerLocator]]:
-    """``count`` relays (open auth, loopback) sharing one StaticPeerLocator; place
-    peers with ``locator.place(peer_id, "node0")``."""
-    secret_file = tmp_path / "mesh.secret"
+    """``count`` relays (loopback) sharing one StaticPeerLocator; place peers with
+    ``locator.place(peer_id, "node0")``."""
+    async with running_cluster_handle(tmp_path, count, secret=secret, auth=auth, **limits) as c:
+        yield c.servers, c.locator
+
+
+@asynccontextmanager
+async def running_cluster_handle(
+    tmp_path: Path, count: int, *, secret: bytes = SECRET, auth: str = "open", **limits: Any
+) -> AsyncIterator[Cluster]:
+    secret_file = tmp_path / f"mesh-{len(secret)}.secret"
     secret_file.write_bytes(secret)
-    locator = StaticPeerLocator()
+    cluster = Cluster(StaticPeerLocator())
     async with trio.open_nursery() as nursery:
-        servers = []
         for i in range(count):
             config = make_config(**limits)
+            config.auth.mode = auth
             config.mesh.secret_file = str(secret_file)
             config.mesh.link_timeout = 3.0
             config.mesh.open_timeout = 5.0
-            server = await nursery.start(partial(serve_relay, config, locator=locator))
-            locator.add_node(node_address(server, f"node{i}"))
-            servers.append(server)
+            server, scope = await nursery.start(_node, config, cluster.locator)
+            cluster.locator.add_node(node_address(server, f"node{i}"))
+            cluster.servers.append(server)
+            cluster._scopes.append(scope)
         try:
-            yield servers, locator
+            yield cluster
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(3):
-                for server in servers:
-                    await server.shutdown(0.2)
+                for i, server in enumerate(cluster.servers):
+                    if not cluster._scopes[i].cancel_called:
+                        await server.shutdown(0.2)
             nursery.cancel_scope.cancel()
