@@ -213,6 +213,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="Let TURN clients reach peers on 127.0.0.0/8 and ::1. Tests and labs only: "
         "it exposes the relay host's loopback services.",
     )
+    mesh = parser.add_argument_group(
+        'Relay cluster mesh links (docs/PROTOCOL.md section 15; README "Cross-node circuits")'
+    )
+    mesh.add_argument(
+        "--mesh-secret-file",
+        metavar="PATH",
+        help="Cluster secret every node holds: mesh links from nodes without it are refused.",
+    )
+    mesh.add_argument(
+        "--mesh-static-directory",
+        metavar="PATH",
+        help="JSON table of the cluster's nodes and of the node each peer is on "
+        "(a cluster without the Redis directory: tests, small fixed setups).",
+    )
     add("--log-format", choices=("text", "json"), help="Log format on stderr (default text).")
     add(
         "--log-level",
@@ -330,6 +344,8 @@ def _config_from_args(args: argparse.Namespace) -> RelayConfig:
         "turn_relay_address": args.turn_relay_address,
         "turn_allow_loopback_peers": args.turn_allow_loopback_peers,
         "turn_tls_port": args.turn_tls_port,
+        "mesh_secret_file": args.mesh_secret_file,
+        "mesh_static_directory": args.mesh_static_directory,
     }
     disable = [name for name in ("stun_port", "metrics_port") if overrides[name] == _DISABLED]
     for name in disable:
