@@ -380,7 +380,7 @@ class CircuitTable:
         self._by_peer.setdefault(requester, set()).add(relay_id)
         self._by_peer.setdefault(target, set()).add(relay_id)
         self._opened += 1
-        self._events.append(CircuitOpened(relay_id, requester, target, self.limits))
+        self._events.append(CircuitOpened(relay_id, requester, target, c.limits))
         return True
 
     def narrow(self, relay_id: bytes, limits: CircuitLimits, now: float) -> Outcome:

@@ -111,3 +111,87 @@ async def test_slow_reader_on_far_node_does_not_grow_entry_node(tmp_path):
                     balance -= frame
                     peaks[0] = max(peaks[0], servers[0].statistics().buffered_bytes)
             assert peaks[0] <= window + 4096, peaks
+
+
+async def test_refusals_reach_the_requester(tmp_path):
+    from contextlib import AsyncExitStack
+
+    from relay.cluster._types import NodeAddress
+
+    with trio.fail_after(30):
+        async with (
+            running_cluster(tmp_path, 2, max_circuits_per_peer=1) as (servers, locator),
+            AsyncExitStack() as st,
+        ):
+            a = await registered(st, servers[0], locator, "node0")
+            b = await registered(st, servers[1], locator, "node1")
+            a2 = await registered(st, servers[0], locator, "node0")
+
+            async def refused(client, to, code):
+                await client.send(RelayRequest(from_=client.peer_id, to=to))
+                resp = await client.expect(RelayResponse)
+                assert (resp.accepted, resp.code, resp.to) == (False, code, to), resp
+
+            await refused(a, str(new_peer().peer_id), "unknown_peer")  # nobody holds it
+            ghost = str(new_peer().peer_id)
+            locator.place(ghost, "node1")  # the directory is stale: node1 does not hold it
+            await refused(a, ghost, "unknown_peer")
+            await open_cross(a, b)
+            await refused(a2, b.peer_id, "too_many_circuits")  # b's cap, checked on node1
+            # A node that does not answer: its address is a closed port.
+            with __import__("socket").socket() as s:
+                s.bind(("127.0.0.1", 0))
+                dead_port = s.getsockname()[1]
+            locator.add_node(NodeAddress("dead", f"127.0.0.1:{dead_port}", str(new_peer().peer_id)))
+            locator.place(ghost, "dead")
+            await refused(a2, ghost, "node_unreachable")
+            stats = servers[0].mesh.statistics()
+            assert stats.dial_failures == 1 and stats.opening == 0
+
+
+async def test_close_reasons_cross_both_ways(tmp_path):
+    from contextlib import AsyncExitStack
+
+    with trio.fail_after(30):
+        async with running_cluster(tmp_path, 2) as (servers, locator), AsyncExitStack() as st:
+            a = await registered(st, servers[0], locator, "node0")
+            b = await registered(st, servers[1], locator, "node1")
+            # The target closes: the requester is told closed_by_peer.
+            rid, resp = await open_cross(a, b)
+            await b.send(CloseRelay(relay_id=resp.relay_id))
+            assert await b.expect(CloseRelay) == CloseRelay(resp.relay_id, "closed")
+            assert await a.expect(CloseRelay) == CloseRelay(resp.relay_id, "closed_by_peer")
+            # The target's session ends: the requester is told peer_disconnected.
+            rid, resp = await open_cross(a, b)
+            await b.ws.aclose()
+            assert await a.expect(CloseRelay) == CloseRelay(resp.relay_id, "peer_disconnected")
+            with trio.fail_after(5):
+                while servers[1].statistics().circuits or servers[0].statistics().circuits:
+                    await trio.sleep(0.01)
+            assert servers[0].mesh.statistics().cross_node_circuits == 0
+            assert servers[1].mesh.statistics().cross_node_circuits == 0
+
+
+async def test_sender_beyond_its_credit_closes_on_both_nodes(tmp_path):
+    from contextlib import AsyncExitStack
+
+    window = 128 * 1024
+    with trio.fail_after(30):
+        async with (
+            running_cluster(tmp_path, 2, circuit_window=window) as (servers, locator),
+            AsyncExitStack() as st,
+        ):
+            a = await registered(st, servers[0], locator, "node0")
+            b = await registered(st, servers[1], locator, "node1")
+            rid, resp = await open_cross(a, b)
+            for _ in range(3):
+                await a.send_data(rid, b"x" * (64 * 1024))
+            got = 0
+            while True:
+                msg = await b.recv()
+                if isinstance(msg, CloseRelay):
+                    break
+                got += len(msg.payload)
+            assert msg == CloseRelay(resp.relay_id, "credit_exceeded")
+            assert got == window  # nothing beyond the credit crossed the mesh
+            assert await a.expect(CloseRelay) == CloseRelay(resp.relay_id, "credit_exceeded")
