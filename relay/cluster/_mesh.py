@@ -10,11 +10,13 @@ to its node (docs/PROTOCOL.md section 15).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from darkswap_trio import Keypair
 
@@ -55,6 +57,35 @@ class MeshService:
             dials=self.links.dials,
             dial_failures=self.links.dial_failures,
             refused_links=self.links.refused,
+        )
+
+
+class _MeshCollector:
+    """/metrics of the mesh, read from :meth:`MeshService.statistics` at scrape time."""
+
+    def __init__(self, service: MeshService) -> None:
+        self._service = service
+
+    def collect(self) -> Iterator[Any]:
+        s = self._service.statistics()
+        p = "darkswap_relay_mesh_"
+        yield GaugeMetricFamily(p + "links", "Live mesh links to other relay nodes.", s.links)
+        yield GaugeMetricFamily(
+            p + "cross_node_circuits",
+            "Open circuits whose other end is on another relay node.",
+            s.cross_node_circuits,
+        )
+        yield GaugeMetricFamily(
+            p + "opening", "Cross-node circuit requests being opened.", s.opening
+        )
+        yield CounterMetricFamily(p + "dials", "Mesh links this node dialed.", s.dials)
+        yield CounterMetricFamily(
+            p + "dial_failures", "Mesh link dials that failed.", s.dial_failures
+        )
+        yield CounterMetricFamily(
+            p + "refused_links",
+            "Mesh links from other nodes refused in the handshake.",
+            s.refused_links,
         )
 
 
@@ -108,9 +139,13 @@ async def serve_mesh(
         )
         links.cross = circuits
         router.cross_node = circuits
-        task_status.started(MeshService(router, links, circuits))
+        service = MeshService(router, links, circuits)
+        collector = _MeshCollector(service)
+        router.metrics.registry.register(collector)  # type: ignore[arg-type]
+        task_status.started(service)
         try:
             await trio.sleep_forever()
         finally:
             router.cross_node = None
+            router.metrics.registry.unregister(collector)  # type: ignore[arg-type]
             links.close_all()

@@ -195,3 +195,19 @@ async def test_sender_beyond_its_credit_closes_on_both_nodes(tmp_path):
             assert msg == CloseRelay(resp.relay_id, "credit_exceeded")
             assert got == window  # nothing beyond the credit crossed the mesh
             assert await a.expect(CloseRelay) == CloseRelay(resp.relay_id, "credit_exceeded")
+
+
+async def test_mesh_metrics(tmp_path):
+    from contextlib import AsyncExitStack
+
+    with trio.fail_after(20):
+        async with running_cluster(tmp_path, 2) as (servers, locator), AsyncExitStack() as st:
+            a = await registered(st, servers[0], locator, "node0")
+            b = await registered(st, servers[1], locator, "node1")
+            await open_cross(a, b)
+            metrics = servers[0].metrics
+            assert metrics.value("darkswap_relay_mesh_links") == 1
+            assert metrics.value("darkswap_relay_mesh_cross_node_circuits") == 1
+            assert metrics.value("darkswap_relay_mesh_dials_total") == 1
+            body, _ = metrics.render()
+            assert b"darkswap_relay_mesh_dial_failures_total 0.0" in body
