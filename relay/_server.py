@@ -309,7 +309,7 @@ async def serve_relay(
             if lim.overload_lag > 0:
                 root.start_soon(_watch_load, router.abuse)
             session_nursery = await root.start(_run_session_nursery)
-            locator = mesh_locator(config, locator)
+            locator = mesh_locator(config, locator, router)
             if locator is not None:
                 server.mesh = await root.start(serve_mesh, router, keypair, config, locator)
             listeners = await _bind_named(

@@ -94,12 +94,21 @@ def read_mesh_secret(path: str | None) -> bytes:
     return b"" if not path else Path(path).read_bytes().strip()
 
 
-def mesh_locator(config: RelayConfig, locator: PeerLocator | None) -> PeerLocator | None:
-    """The locator a relay's mesh uses: the one given, else ``[mesh] static_directory``."""
+def mesh_locator(
+    config: RelayConfig, locator: PeerLocator | None, router: RelayRouter | None = None
+) -> PeerLocator | None:
+    """The locator a relay's mesh uses: the one given, else ``[mesh] static_directory``,
+    else the cluster's Redis directory when ``[cluster]`` is enabled; None: no mesh."""
     if locator is not None:
         return locator
     if config.mesh.static_directory:
         return StaticPeerLocator.from_file(config.mesh.static_directory)
+    cluster = getattr(config, "cluster", None)  # the Redis half's [cluster] (#15)
+    if cluster is not None and getattr(cluster, "enabled", False) and router is not None:
+        # The Redis directory of router.cluster, usable once the node has joined.
+        from ._directory import NodeDirectory  # type: ignore[import-not-found]
+
+        return NodeDirectory(router)  # type: ignore[no-any-return]
     return None
 
 

@@ -225,8 +225,14 @@ class MeshLinks:
         )
         node = acceptor.node
         if isinstance(step, MeshReady) and node is not None and self._authority is not None:
-            if not await self._authority.is_cluster_node(node):
-                step = MeshError("not_in_cluster", "this node is not in the cluster directory")
+            try:
+                known = await self._authority.is_cluster_node(node)
+            except Exception as exc:  # the directory is down: no new links meanwhile
+                logger.warning("cannot check mesh node %s: %r", node, exc)
+                step = MeshError("cluster_unavailable", "the cluster directory is unavailable")
+            else:
+                if not known:
+                    step = MeshError("not_in_cluster", "this node is not in the cluster directory")
         await ws.send(encode_mesh(step))
         if isinstance(step, MeshError):
             logger.warning("mesh link refused: %s: %s", step.code, step.message)

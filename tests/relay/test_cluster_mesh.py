@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 
 import trio
-from cluster_nodes import running_cluster
+from mesh_nodes import running_cluster
 from relayclient import connect, new_peer
 
 from darkswap_trio.proto.signaling import (

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import trio
-from cluster_nodes import SECRET, running_cluster
 from hypothesis import given
 from hypothesis import strategies as st
+from mesh_nodes import SECRET, running_cluster
 
 from darkswap_trio import Keypair
 from darkswap_trio.proto.signaling import CircuitLimits

@@ -7,7 +7,7 @@ import uuid
 from contextlib import AsyncExitStack
 
 import trio
-from cluster_nodes import SECRET, running_cluster
+from mesh_nodes import SECRET, running_cluster
 from relayclient import connect, new_peer
 
 from darkswap_trio.proto.signaling import CircuitLimits, CloseRelay, DataChannel

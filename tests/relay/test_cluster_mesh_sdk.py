@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import trio
-from cluster_nodes import running_cluster_handle
+from mesh_nodes import running_cluster_handle
 
 from darkswap_trio import Keypair, RelayManager, RelayManagerConfig
 

@@ -13,7 +13,7 @@ from contextlib import AsyncExitStack
 from functools import partial
 
 import trio
-from test_cluster_sdk import FAST, drain, exchange, open_pair
+from test_cluster_mesh_sdk import FAST, drain, exchange, open_pair
 
 from darkswap_trio import Keypair, RelayManager, load_or_create_keypair
 
