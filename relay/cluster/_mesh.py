@@ -150,11 +150,11 @@ async def serve_mesh(
         router.cross_node = circuits
         service = MeshService(router, links, circuits)
         collector = _MeshCollector(service)
-        router.metrics.registry.register(collector)  # type: ignore[arg-type]
+        router.metrics.registry.register(collector)
         task_status.started(service)
         try:
             await trio.sleep_forever()
         finally:
             router.cross_node = None
-            router.metrics.registry.unregister(collector)  # type: ignore[arg-type]
+            router.metrics.registry.unregister(collector)
             links.close_all()

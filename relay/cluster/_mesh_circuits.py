@@ -69,7 +69,7 @@ class RemoteEnd:
             self.link.send_control(MeshOpened(event.relay_id, event.limits))
 
     def send_circuit_data(
-        self, relay_id: bytes, sender: str, payload: bytes, frame: bytes | None = None
+        self, relay_id: bytes, sender: str, payload: bytes | memoryview, frame: bytes | None = None
     ) -> None:
         self.link.send_data(
             relay_id, encode_circuit_data(relay_id, bytes(payload)) if frame is None else frame

@@ -24,6 +24,7 @@ class PeerLocator(Protocol):
 class NodeAuthority(Protocol):
     async def is_cluster_node(self, node_peer_id: str) -> bool:
         """Whether ``node_peer_id`` is a node of this cluster (may refuse mesh links)."""
+        ...
 
 
 class StaticPeerLocator:

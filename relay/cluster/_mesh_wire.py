@@ -174,7 +174,7 @@ _KINDS: dict[str, tuple[str, str]] = {
 
 def encode_mesh(msg: MeshMessage) -> str:
     payload: dict[str, Any] = {}
-    for f in fields(msg):  # type: ignore[arg-type]
+    for f in fields(msg):
         key, kind = _KINDS[f.name]
         value = getattr(msg, f.name)
         if kind in ("b64", "nonce"):
