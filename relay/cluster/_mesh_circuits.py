@@ -80,7 +80,9 @@ class RemoteEnd:
 
     def circuit_closed(self, relay_id: bytes, text: str, reason: str) -> None:
         if not self.silent:
-            self.link.send_control(MeshClose(relay_id, reason))
+            # Our shutdown is, for the far peer, the loss of the node holding its circuit.
+            far = "node_lost" if reason == "server_shutdown" else reason
+            self.link.send_control(MeshClose(relay_id, far))
 
     def ended(self) -> None:
         """The circuit is gone from the table (called once)."""
@@ -110,15 +112,20 @@ class CrossNodeCircuits:
         self.open_timeout = open_timeout
         self.max_pending = max_pending
         self.pending = 0
+        self._pending_of: dict[str, int] = {}  # requester -> its requests being opened
 
     def request(self, requester: str, target: str) -> None:
         """RelayRequest for a peer not registered here (never blocks)."""
-        if self.pending >= self.max_pending:
+        # One peer cannot hold every slot: at most its circuit cap of opens at once.
+        per_peer = self._router.config.limits.max_circuits_per_peer or self.max_pending
+        mine = self._pending_of.get(requester, 0)
+        if self.pending >= self.max_pending or mine >= per_peer:
             self._router.refuse_circuit(
-                requester, target, "too_many_circuits", "the relay is opening too many circuits"
+                requester, target, "too_many_circuits", "too many circuits being opened"
             )
             return
         self.pending += 1
+        self._pending_of[requester] = mine + 1
         self._nursery.start_soon(self._open, requester, target)
 
     async def _open(self, requester: str, target: str) -> None:
@@ -169,6 +176,11 @@ class CrossNodeCircuits:
                 )
         finally:
             self.pending -= 1
+            left = self._pending_of[requester] - 1
+            if left:
+                self._pending_of[requester] = left
+            else:
+                del self._pending_of[requester]
 
     def on_open(self, link: MeshLink, msg: MeshOpen) -> None:
         """The far node asks us to open the target's end of a circuit."""

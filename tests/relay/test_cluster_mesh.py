@@ -211,3 +211,30 @@ async def test_mesh_metrics(tmp_path):
             assert metrics.value("darkswap_relay_mesh_dials_total") == 1
             body, _ = metrics.render()
             assert b"darkswap_relay_mesh_dial_failures_total 0.0" in body
+
+
+async def test_legacy_clients_across_nodes(tmp_path):
+    """--auth open: original-relay clients (any peer id, RelayData in base64) on two
+    nodes open a circuit through the mesh, data both ways (credit granted by the relays)."""
+    from contextlib import AsyncExitStack
+
+    from darkswap_trio.proto.signaling import RelayData
+
+    with trio.fail_after(20):
+        async with running_cluster(tmp_path, 2) as (servers, locator), AsyncExitStack() as st:
+            a = await st.enter_async_context(connect(servers[0]))
+            b = await st.enter_async_context(connect(servers[1]))
+            await a.register_legacy("peer1")
+            await b.register_legacy("peer2")
+            locator.place("peer1", "node0")
+            locator.place("peer2", "node1")
+            await a.send(RelayRequest(from_="peer1", to="peer2"))
+            resp = await a.expect(RelayResponse)
+            assert resp.accepted
+            assert await b.expect_circuit_announcement("peer1") == resp.relay_id
+            for i in range(20):  # well past a window of 256 KiB each way
+                chunk = bytes([i]) * 32768
+                await a.send(RelayData(from_="peer1", relay_id=resp.relay_id, data=chunk))
+                assert await b.expect(RelayData) == RelayData("peer1", resp.relay_id, chunk)
+                await b.send(RelayData(from_="peer2", relay_id=resp.relay_id, data=chunk))
+                assert await a.expect(RelayData) == RelayData("peer2", resp.relay_id, chunk)
