@@ -10,10 +10,10 @@ client of bench_relay (benchmarks/_relay_loadgen.py). In the same run, interleav
               vs cross-node (peer on node0 -> peer on node1), median MB/s [min-max];
               target: cross-node >= 0.5x same-node.
   latency     100-byte round trip A -> B -> A, p50/p99 of each run's samples, median
-              over runs; target: cross-node <= same-node + one mesh hop. A round trip
-              crosses the relay twice on one node and four times across two, so the
-              "mesh hop" budget is read here as half the same-node round trip (one
-              extra relay traversal each way costs about that much).
+              over runs; target: cross-node <= same-node + one mesh hop. Across two
+              nodes a round trip adds node0 -> node1 -> node0: one round trip between
+              two processes, whose floor is measured alongside (a raw trio TCP echo in
+              its own process, 100 bytes, p50) and used as the "one hop" budget.
   cpu         relay CPU per GB relayed (both nodes for cross-node), from /proc.
 
 No process is pinned (two cores shared with other work; the load average is printed);
@@ -46,6 +46,7 @@ import asyncio, json, os, sys, time
 sys.path[:0] = [sys.argv[2], sys.argv[3]]
 import uvloop
 from _relay_loadgen import CountingReceiver, open_circuit, register, throughput_ours
+from _tcp_baseline import rtt_tcp
 from _relay_servers import cpu_seconds
 from darkswap_trio import Keypair, PeerId
 from darkswap_trio.proto import signaling as sig
@@ -78,6 +79,7 @@ async def main(cmd):
     pids = [n["pid"] for n in nodes]
     out = {k: {"mb_per_s": [], "cpu_s_per_gb": [], "rtt_p50": [], "rtt_p99": []}
            for k in ("same", "cross")}
+    out["echo"] = {"rtt_p50": []}
     # RTT pairs first (their sessions read frames), then throughput pairs (their
     # receivers are taken over by a byte counter).
     rtt_pairs = {"same": await make_pair(nodes[0], nodes[0], keys[0], keys[1]),
@@ -89,7 +91,7 @@ async def main(cmd):
         for name in ("same", "cross"):
             if run < 0:
                 await throughput_ours(tp_pairs[name], total // 8, size)
-                await rtt(rtt_pairs[name], 20)
+                await rtt(rtt_pairs[name], max(50, cmd["rtt_samples"] // 2))
                 continue
             cpu0 = sum(cpu_seconds(p) for p in pids)
             seconds = await throughput_ours(tp_pairs[name], total, size)
@@ -99,6 +101,9 @@ async def main(cmd):
             samples = sorted(await rtt(rtt_pairs[name], cmd["rtt_samples"]))
             out[name]["rtt_p50"].append(samples[len(samples) // 2])
             out[name]["rtt_p99"].append(samples[min(len(samples) - 1, len(samples) * 99 // 100)])
+        if run >= 0:  # one process-to-process round trip: the floor of a mesh hop
+            echo = sorted(await rtt_tcp(cmd["echo"], cmd["rtt_samples"], 100, echo=True))
+            out["echo"]["rtt_p50"].append(echo[len(echo) // 2])
     print(json.dumps(out), flush=True)
     os._exit(0)  # the byte counters own their transports: no orderly close needed
 
@@ -188,7 +193,16 @@ def run(mode: str) -> dict:
                         "pid": process.pid,
                     }
                 )
+            echo = subprocess.Popen(
+                [sys.executable, os.path.join(HERE, "_relay_servers.py"), "echo"],
+                stdout=subprocess.PIPE,
+                env=env,
+            )
+            processes.append(echo)
+            assert echo.stdout is not None
+            echo_target = json.loads(echo.stdout.readline())
             cmd = dict(
+                echo=echo_target,
                 nodes=targets,
                 keys=[k.to_protobuf().hex() for k in peers],
                 bytes=settings["tp_bytes"],
@@ -215,7 +229,7 @@ def report(out: dict, mode: str) -> None:
     same, cross = out["same"], out["cross"]
     tp_ratio = med(cross["mb_per_s"]) / med(same["mb_per_s"])
     rtt_same, rtt_cross = med(same["rtt_p50"]), med(cross["rtt_p50"])
-    hop = rtt_same / 2
+    hop = med(out["echo"]["rtt_p50"])
     print(f"bench_cluster ({mode}); load average {os.getloadavg()[0]:.2f} (2 cores)")
     print(f"{'':28} {'same-node':>22} {'cross-node':>22}   ratio / target")
     print(
@@ -230,6 +244,10 @@ def report(out: dict, mode: str) -> None:
         f"{'100 B round trip p50, us':28} {spread(same['rtt_p50'], '{:.0f}'):>22} "
         f"{spread(cross['rtt_p50'], '{:.0f}'):>22}   +{rtt_cross - rtt_same:.0f} us "
         f"(<= +{hop:.0f}: one hop)"
+    )
+    print(
+        f"{'one hop: TCP echo p50, us':28} {spread(out['echo']['rtt_p50'], '{:.0f}'):>22}"
+        f"{'':>23}   (a round trip to another process)"
     )
     print(
         f"{'100 B round trip p99, us':28} {spread(same['rtt_p99'], '{:.0f}'):>22} "
