@@ -9,7 +9,8 @@ count and a byte budget (a link that lets it fill is closed). The reader never b
 on a peer: every frame becomes a synchronous router call that queues on a session.
 
 Liveness: every frame resets a deadline of ``link_timeout``; a MeshPing goes out every
-third of it. When the link ends (closed, broken, silent), every circuit through it is
+third of it. A link silent for ``link_timeout`` gets one more third of it (frames that
+waited while this node's event loop was stalled arrive then) before it is dead. When the link ends (closed, broken, silent), every circuit through it is
 closed with reason ``node_lost`` on this node (:meth:`CrossNodeEnds.link_lost`).
 """
 
@@ -133,7 +134,7 @@ class MeshLink:
 
     def _stop(self) -> None:
         self.broken = True
-        self._scope.cancel()
+        self._scope.cancel()  # the read loop's current scope
 
     # -- the link's life -----------------------------------------------------------------
 
@@ -171,21 +172,33 @@ class MeshLink:
     async def _read_loop(self) -> None:
         ws = self.ws
         router = self._router
-        with self._scope:
-            while not self.broken:
-                self._scope.deadline = trio.current_time() + self._timeout
-                try:
-                    frame = await ws.receive()
-                except _GONE:
-                    self._why = "connection lost"
-                    return
-                if type(frame) is bytes:
-                    self._on_binary(frame, router)
-                else:
-                    assert isinstance(frame, str)
-                    self._on_text(frame)
-        if not self.broken:
-            self._why = f"silent for {self._timeout} s"
+        last_chance = False
+        while not self.broken:
+            # One scope per idle period (its deadline moves with each frame). When it
+            # passes, one more third of the timeout: if this loop itself was stalled,
+            # the other node's frames are waiting in the socket and arrive at once.
+            wait = self._timeout / 3 if last_chance else self._timeout
+            self._scope = scope = trio.CancelScope(deadline=trio.current_time() + wait)
+            with scope:
+                while True:
+                    try:
+                        frame = await ws.receive()
+                    except _GONE:
+                        self._why = "connection lost"
+                        return
+                    last_chance = False
+                    scope.deadline = trio.current_time() + self._timeout
+                    if type(frame) is bytes:
+                        self._on_binary(frame, router)
+                    else:
+                        assert isinstance(frame, str)
+                        self._on_text(frame)
+            if self.broken:
+                return
+            if last_chance:
+                self._why = f"silent for {self._timeout * 4 / 3:.1f} s"
+                return
+            last_chance = True
 
     def _on_binary(self, frame: bytes, router: RelayRouter) -> None:
         ends = router.remote_ends

@@ -60,14 +60,21 @@ async def running_cluster(
 
 @asynccontextmanager
 async def running_cluster_handle(
-    tmp_path: Path, count: int, *, secret: bytes = SECRET, auth: str = "open", **limits: Any
+    tmp_path: Path,
+    count: int,
+    *,
+    secret: bytes = SECRET,
+    auth: str = "open",
+    node_limits: list[dict[str, Any]] | None = None,
+    **limits: Any,
 ) -> AsyncIterator[Cluster]:
+    """As running_cluster; ``node_limits[i]`` adds limits of node ``i`` only."""
     secret_file = tmp_path / f"mesh-{len(secret)}.secret"
     secret_file.write_bytes(secret)
     cluster = Cluster(StaticPeerLocator())
     async with trio.open_nursery() as nursery:
         for i in range(count):
-            config = make_config(**limits)
+            config = make_config(**{**limits, **(node_limits[i] if node_limits else {})})
             config.auth.mode = auth
             config.mesh.secret_file = str(secret_file)
             config.mesh.link_timeout = 3.0

@@ -73,7 +73,7 @@ async def test_slow_reader_on_far_node_does_not_grow_entry_node(tmp_path):
             b = await registered(st, servers[1], locator, "node1")
             rid, resp = await open_cross(a, b)
             assert resp.limits.window == window
-            data = bytes(i % 251 for i in range(total))
+            data = bytes(range(251)) * (total // 251) + bytes(total % 251)
             peaks = [0, 0]
             sent = 0
             balance = window
@@ -238,3 +238,37 @@ async def test_legacy_clients_across_nodes(tmp_path):
                 assert await b.expect(RelayData) == RelayData("peer1", resp.relay_id, chunk)
                 await b.send(RelayData(from_="peer2", relay_id=resp.relay_id, data=chunk))
                 assert await a.expect(RelayData) == RelayData("peer2", resp.relay_id, chunk)
+
+
+async def test_nodes_with_different_windows_agree_on_the_smaller(tmp_path):
+    from contextlib import AsyncExitStack
+
+    from mesh_nodes import running_cluster_handle
+
+    small, frame = 128 * 1024, 32 * 1024
+    node_limits = [
+        {"circuit_window": 512 * 1024},
+        {"circuit_window": small, "circuit_max_data_frame": frame},
+    ]
+    with trio.fail_after(20):
+        async with (
+            running_cluster_handle(tmp_path, 2, node_limits=node_limits) as cluster,
+            AsyncExitStack() as st,
+        ):
+            servers, locator = cluster.servers, cluster.locator
+            for requester, target in ((0, 1), (1, 0)):
+                a = await registered(st, servers[requester], locator, f"node{requester}")
+                b = await registered(st, servers[target], locator, f"node{target}")
+                await a.send(RelayRequest(from_=a.peer_id, to=b.peer_id))
+                resp = await a.expect(RelayResponse)
+                announced = await b.expect(DataChannel)
+                assert resp.limits == announced.limits
+                assert (resp.limits.window, resp.limits.max_data_frame) == (small, frame)
+                rid = uuid.UUID(resp.relay_id).bytes
+                for _ in range(small // frame):  # exactly the agreed window: accepted
+                    await a.send_data(rid, b"w" * frame)
+                got = 0
+                while got < small:
+                    got += len((await b.expect(CircuitData)).payload)
+                await b.send_credit(rid, small)
+                assert await a.expect(CircuitCredit) == CircuitCredit(rid, small)
