@@ -49,6 +49,7 @@ from ._config import (
 )
 from ._logging import configure_logging
 from ._turn import read_turn_secret
+from .cluster._mesh import check_mesh_files
 
 __all__ = ["build_parser", "main"]
 
@@ -369,6 +370,7 @@ def _config_from_args(args: argparse.Namespace) -> RelayConfig:
         JwtValidator.from_config(config)
     if config.turn.enabled and config.turn.secret_file is not None:
         read_turn_secret(config.turn.secret_file)  # exit 2 now, not at bind time
+    check_mesh_files(config)  # the same for the mesh's secret and static directory
     if not isinstance(logging.getLevelName(config.log_level.upper()), int):
         raise ConfigError(f"log_level: unknown level {config.log_level!r}")
     return config

@@ -19,6 +19,7 @@ import trio
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from darkswap_trio import Keypair
+from relay._config import ConfigError
 
 from ._mesh_circuits import CrossNodeCircuits
 from ._mesh_links import MeshLinks
@@ -92,6 +93,18 @@ class _MeshCollector:
 def read_mesh_secret(path: str | None) -> bytes:
     """The cluster secret (the file's bytes, surrounding whitespace stripped); b"" for none."""
     return b"" if not path else Path(path).read_bytes().strip()
+
+
+def check_mesh_files(config: RelayConfig) -> None:
+    """Read ``[mesh]``'s files now; raises the relay's ConfigError naming the bad one."""
+    mesh = config.mesh
+    try:
+        if mesh.secret_file:
+            read_mesh_secret(mesh.secret_file)
+        if mesh.static_directory:
+            StaticPeerLocator.from_file(mesh.static_directory)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"mesh: {exc}") from exc
 
 
 def mesh_locator(
