@@ -10,7 +10,13 @@ import trio
 from mesh_nodes import SECRET, running_cluster
 from relayclient import connect, new_peer
 
-from darkswap_trio.proto.signaling import CircuitLimits, CloseRelay, DataChannel
+from darkswap_trio.proto.signaling import (
+    CircuitLimits,
+    CloseRelay,
+    DataChannel,
+    RelayRequest,
+    RelayResponse,
+)
 from darkswap_trio.websocket import open_websocket
 from relay.cluster._mesh_handshake import MeshDialer
 from relay.cluster._mesh_wire import (
@@ -96,3 +102,89 @@ async def test_silent_node_times_out_and_its_circuits_end(tmp_path):
                 assert await peer.expect(CloseRelay) == CloseRelay(text, "node_lost")
                 assert 2.5 <= trio.current_time() - start < 6
                 assert node.statistics().circuits == 0
+
+
+async def test_a_restarted_node_is_linked_again(tmp_path):
+    """node1 crashes (the link breaks, its circuit ends node_lost) and comes back with
+    the same key and port: the next RelayRequest dials it again and works."""
+    from mesh_nodes import running_cluster_handle
+
+    with trio.fail_after(20):
+        async with running_cluster_handle(tmp_path, 2) as cluster, AsyncExitStack() as st:
+            node0 = cluster.servers[0]
+            a = await st.enter_async_context(connect(node0))
+            await a.register_extended(new_peer(), node0.peer_id, open_mode=True)
+            cluster.locator.place(a.peer_id, "node0")
+
+            async def peer_on_node1():
+                b = await st.enter_async_context(connect(cluster.servers[1]))
+                await b.register_extended(new_peer(), cluster.servers[1].peer_id, open_mode=True)
+                cluster.locator.place(b.peer_id, "node1")
+                return b
+
+            b = await peer_on_node1()
+            await a.send(RelayRequest(from_=a.peer_id, to=b.peer_id))
+            first = await a.expect(RelayResponse)
+            assert first.accepted
+            cluster.crash(1)
+            assert await a.expect(CloseRelay) == CloseRelay(first.relay_id, "node_lost")
+            await cluster.restart(1)
+            b = await peer_on_node1()
+            await a.send(RelayRequest(from_=a.peer_id, to=b.peer_id))
+            second = await a.expect(RelayResponse)
+            assert second.accepted, second
+            assert (await b.expect(DataChannel)).relay_id == second.relay_id
+            assert node0.mesh.statistics().dials == 2
+
+
+async def test_a_node_that_never_answers_is_refused_in_time(tmp_path):
+    """A fake node accepts the link but never answers MeshOpen: the requester is refused
+    node_unreachable after open_timeout, and the fake node is told to close."""
+
+    from darkswap_trio.websocket import serve_websocket
+    from relay.cluster._mesh_handshake import MeshAcceptor
+    from relay.cluster._mesh_wire import MeshAuth, MeshClose, MeshHello
+
+    fake_key = new_peer()
+    received: list[object] = []
+
+    async def fake_node(request):
+        ws = await request.accept()
+        acceptor = MeshAcceptor(fake_key, SECRET)
+        hello = decode_mesh_untrusted(await ws.receive())
+        assert isinstance(hello, MeshHello)
+        await ws.send(encode_mesh(acceptor.hello(hello)))
+        auth = decode_mesh_untrusted(await ws.receive())
+        assert isinstance(auth, MeshAuth)
+        await ws.send(encode_mesh(acceptor.auth(auth)))
+        while True:
+            frame = await ws.receive()
+            if isinstance(frame, str):
+                received.append(decode_mesh_untrusted(frame))
+
+    with trio.fail_after(20):
+        async with (
+            running_cluster(tmp_path, 1, open_timeout=1.0) as (servers, locator),
+            AsyncExitStack() as st,
+            trio.open_nursery() as nursery,
+        ):
+            (listener,) = await nursery.start(serve_websocket, fake_node, "127.0.0.1", 0)
+            port = listener.socket.getsockname()[1]
+            locator.add_node(NodeAddress("fake", f"127.0.0.1:{port}", str(fake_key.peer_id)))
+            a = await st.enter_async_context(connect(servers[0]))
+            await a.register_extended(new_peer(), servers[0].peer_id, open_mode=True)
+            target = str(new_peer().peer_id)
+            locator.place(target, "fake")
+            start = trio.current_time()
+            await a.send(RelayRequest(from_=a.peer_id, to=target))
+            resp = await a.expect(RelayResponse)
+            assert (resp.accepted, resp.code) == (False, "node_unreachable")
+            assert 0.9 <= trio.current_time() - start < 3
+            with trio.fail_after(2):
+                while not any(isinstance(m, MeshClose) for m in received):
+                    await trio.sleep(0.01)
+            opened = [m for m in received if isinstance(m, MeshOpen)]
+            closed = [m for m in received if isinstance(m, MeshClose)]
+            assert len(opened) == 1 and closed[0].relay_id == opened[0].relay_id
+            assert servers[0].statistics().circuits == 0
+            nursery.cancel_scope.cancel()
