@@ -62,6 +62,25 @@ class _Router(Protocol):
     def dispatch(self) -> None: ...
 
 
+# What a far node may give as a refusal code: it becomes a RelayResponse code and a
+# metric label, so it comes from this fixed set (anything else: "refused").
+REFUSAL_CODES = frozenset(
+    {
+        "unknown_peer",
+        "too_many_circuits",
+        "too_many_circuits_to_peer",
+        "self_circuit",
+        "server_shutdown",
+        "bad_frame",
+        "node_unreachable",
+        "cluster_unavailable",
+        "incompatible_peer",
+        "refused",
+        *(reason.value for reason in CloseReason),
+    }
+)
+
+
 def relay_id_text(relay_id: bytes) -> str:
     return str(uuid.UUID(bytes=relay_id))
 
@@ -167,7 +186,7 @@ class CrossNodeEnds:
         end = self.by_id.get(relay_id)
         if end is None or end.link is not link or not end.pending:
             return
-        end.refusal = (code, message)
+        end.refusal = (code if code in REFUSAL_CODES else "refused", message)
         end.silent = not tell_far
         self._table.close_circuit(relay_id, CloseReason.CLOSED)
         self._router.dispatch()
@@ -178,12 +197,12 @@ class CrossNodeEnds:
         if end is None or end.link is not link:
             return  # closed here meanwhile
         end.silent = True
-        if end.pending:
-            end.refusal = (reason, f"the circuit closed: {reason}")
         try:
             why = CloseReason(reason)
         except ValueError:
             why = CloseReason.PROTOCOL_ERROR
+        if end.pending:
+            end.refusal = (why.value, f"the circuit closed: {why.value}")
         self._table.close_circuit(relay_id, why)
         self._router.dispatch()
 
