@@ -51,8 +51,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("relay.cluster.mesh")
 
-MAX_CONTROL_FRAMES = 4096  # control frames waiting on a link (opens and closes of circuits)
-MAX_CONTROL_BYTES = 4 << 20
+# Control frames waiting on a link: a circuit has at most two outstanding (its open or
+# its answer, and its close), so the bound follows the relay's circuit cap.
+MIN_CONTROL_FRAMES = 4096
+MAX_CONTROL_BYTES = 8 << 20
 _GONE = (trio.EndOfChannel, trio.BrokenResourceError, trio.ClosedResourceError)
 
 
@@ -95,7 +97,7 @@ class MeshLink:
             ws,
             router.buffered,
             router.metrics,
-            max_control_frames=MAX_CONTROL_FRAMES,
+            max_control_frames=max(MIN_CONTROL_FRAMES, 2 * router.config.limits.max_circuits + 64),
             max_control_bytes=MAX_CONTROL_BYTES,
             on_broken=self._stop,
             on_legacy_written=_no_legacy,
