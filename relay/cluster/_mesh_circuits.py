@@ -145,7 +145,13 @@ class CrossNodeCircuits:
                         "the cluster directory is unavailable",
                     )
                     return
-                if address is None or address.node_peer_id == self._me:
+                if address is not None and address.node_peer_id == self._me:
+                    if router.lookup(target) is not None:  # it registered here meanwhile
+                        if router.lookup(requester) is not None:
+                            router.request_circuit(requester, target)
+                        return
+                    address = None  # the directory is behind: it left this node
+                if address is None:
                     router.refuse_circuit(
                         requester, target, "unknown_peer", f"peer {target} is not connected"
                     )
