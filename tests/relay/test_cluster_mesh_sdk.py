@@ -91,3 +91,34 @@ async def test_sdk_circuits_across_three_nodes_and_a_crash(tmp_path):
             await exchange(ab, ba, 256 * 1024)
             stats = cluster.servers[0].mesh.statistics()
             assert (stats.links, stats.cross_node_circuits) == (1, 1)
+
+
+async def test_p2p_networks_on_two_nodes_link_over_the_mesh(tmp_path):
+    """P2PNetwork peers (direct disabled) on different nodes: a PeerLink over a
+    cross-node relay circuit carries messages both ways."""
+    from darkswap_trio import Config, P2PConfig, P2PNetwork
+
+    def network(server) -> P2PNetwork:
+        config = Config(
+            p2p=P2PConfig(relay_servers=[server.multiaddr], enable_direct=False),
+            relay_manager=FAST,
+        )
+        return P2PNetwork(config)
+
+    with trio.fail_after(30):
+        async with running_cluster_handle(tmp_path, 2, auth="signature") as cluster:
+            async with network(cluster.servers[0]) as a, network(cluster.servers[1]) as b:
+                cluster.locator.place(a.local_peer_id, "node0")
+                cluster.locator.place(b.local_peer_id, "node1")
+                await a.wait_relay_connected()
+                await b.wait_relay_connected()
+                link = await a.connect_to_peer(b.local_peer_id)
+                incoming = await b.accept_peer()
+                assert incoming.peer_id == a.local_peer_id
+                for i in range(50):
+                    message = bytes([i]) * 20_000
+                    await link.send(message)
+                    assert await incoming.receive() == message
+                    await incoming.send(message[::-1])
+                    assert await link.receive() == message[::-1]
+                assert cluster.servers[0].mesh.statistics().cross_node_circuits >= 1
