@@ -260,7 +260,12 @@ async def serve_relay(
         ticket = admission.take_ticket(tuple(request.remote_address))
         ip = ticket.ip if ticket is not None else str(request.remote_address[0])
         path = request.path.split("?", 1)[0]
-        if path == MESH_PATH and server.mesh is not None and not router.shutting_down:
+        if path == MESH_PATH and server.mesh is not None:
+            if router.shutting_down:
+                await request.reject(
+                    503, encode_message(Error("the server is stopping", "server_shutdown")).encode()
+                )
+                return
             try:
                 await server.mesh.accept(request, ticket)
             except (trio.BrokenResourceError, trio.ClosedResourceError, trio.EndOfChannel):
