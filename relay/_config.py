@@ -203,6 +203,27 @@ class TurnConfig:
 
 
 @dataclass
+class MeshConfig:
+    """Node-to-node mesh links of a relay cluster (docs/PROTOCOL.md section 15)."""
+
+    # The cluster secret every node holds (a file; its bytes, whitespace stripped). Links
+    # from nodes without it are refused. Optional when the directory knows the nodes.
+    secret_file: str | None = None
+    # A JSON table of nodes and of the node each peer is on (relay.cluster._mesh_locator):
+    # a cluster without the Redis directory (tests, small fixed setups).
+    static_directory: str | None = None
+    open_timeout: float = 10.0  # locate + link + the far node's answer, per RelayRequest
+    link_timeout: float = 15.0  # a link silent this long is dead (pings every third)
+    max_backoff: float = 5.0  # cap of the wait between dials of an unreachable node
+    max_pending_opens: int = 1024  # cross-node RelayRequests being opened at once
+
+    def validate(self) -> None:
+        for name in ("open_timeout", "link_timeout", "max_backoff", "max_pending_opens"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"mesh.{name} must be positive")
+
+
+@dataclass
 class RelayConfig:
     host: str = "0.0.0.0"
     port: int = 9002
@@ -223,6 +244,7 @@ class RelayConfig:
     auth: AuthConfig = field(default_factory=AuthConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     turn: TurnConfig = field(default_factory=TurnConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
 
     def validate(self) -> RelayConfig:
         """Check every setting; raise ConfigError naming the first bad one."""
@@ -265,6 +287,7 @@ class RelayConfig:
         self.turn.validate(self.host, self.stun_port)
         if self.turn.enabled and self.turn.tls_port is not None and self.tls_cert is None:
             raise ConfigError("turn.tls_port needs tls_cert and tls_key (TURN over TLS uses them)")
+        self.mesh.validate()
         return self
 
     def jwt_key_material(self) -> str:
@@ -296,6 +319,8 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> RelayConfig
             setattr(config.auth, key[len("auth_") :], value)
         elif key.startswith("turn_"):
             setattr(config.turn, key[len("turn_") :], value)
+        elif key.startswith("mesh_"):
+            setattr(config.mesh, key[len("mesh_") :], value)
         else:
             setattr(config, key, value)
     return config.validate()

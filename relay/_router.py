@@ -49,6 +49,7 @@ from ._outbox import ByteCount
 from ._rendezvous import TopicLimit, TopicRendezvous
 from ._session_handle import CLOSE_GOING_AWAY, CLOSE_NORMAL
 from ._turn_credentials import TurnCredentialIssuer
+from .cluster._mesh_ends import CrossNodeEnds, CrossNodeOpener, RemoteEnd
 
 if TYPE_CHECKING:
     from collections.abc import Set
@@ -126,6 +127,11 @@ class RelayRouter:
         self._timer_deadline = math.inf
         self._sessions_closed = trio.Event()
         self._opened_at: dict[bytes, float] = {}  # relay id -> trio time (histogram, log)
+        # Relay cluster (relay.cluster): the far ends of cross-node circuits, by relay id,
+        # and who opens circuits to peers registered on other nodes (None: single node).
+        self.mesh_ends = CrossNodeEnds(self, self._table, self._registered)
+        self.remote_ends: dict[bytes, RemoteEnd] = self.mesh_ends.by_id
+        self.cross_node: CrossNodeOpener | None = None
         # The limits every Registered message announces (built once, not per peer).
         self._announced_limits = {
             "max_frame_size": lim.max_frame_size,
@@ -332,7 +338,10 @@ class RelayRouter:
         target_session = self._registered.get(target)
         requester_session = self._registered.get(requester)
         if target != requester and target_session is None:
-            self._refuse_circuit(
+            if self.cross_node is not None and requester_session is not None:
+                self.cross_node.request(requester, target)  # maybe on another node
+                return
+            self.refuse_circuit(
                 requester, target, "unknown_peer", f"peer {target} is not connected"
             )
         elif (
@@ -340,12 +349,12 @@ class RelayRouter:
             and requester_session is not None
             and incompatible(requester_session, target_session)
         ):
-            self._refuse_circuit(requester, target, INCOMPATIBLE_PEER, incompatible_reason(target))
+            self.refuse_circuit(requester, target, INCOMPATIBLE_PEER, incompatible_reason(target))
         else:
             self._table.request(requester, target, uuid.uuid4().bytes, trio.current_time())
             self.dispatch()
 
-    def _refuse_circuit(self, requester: str, target: str, code: str, message: str) -> None:
+    def refuse_circuit(self, requester: str, target: str, code: str, message: str) -> None:
         """A refusal decided before the circuit table (which refuses the rest)."""
         self.metrics.circuits_refused.labels(reason=code).inc()
         session = self._registered.get(requester)
@@ -391,24 +400,40 @@ class RelayRouter:
         table = self._table
         while (event := table.poll_event()) is not None:
             if isinstance(event, DeliverData):
-                receiver = self._registered.get(event.receiver)
+                remote = self.remote_ends.get(event.relay_id) if self.remote_ends else None
+                receiver = (
+                    remote
+                    if remote is not None and remote.peer_id == event.receiver
+                    else self._registered.get(event.receiver)
+                )
                 if receiver is not None:
                     receiver.send_circuit_data(
                         event.relay_id, event.sender, event.payload, event.frame
                     )
                 self.metrics.add_relayed_bytes(len(event.payload))
             elif isinstance(event, DeliverCredit):
-                sender = self._registered.get(event.to)
+                remote = self.remote_ends.get(event.relay_id) if self.remote_ends else None
+                sender = (
+                    remote
+                    if remote is not None and remote.peer_id == event.to
+                    else self._registered.get(event.to)
+                )
                 if sender is not None:
                     sender.credit_granted(event.relay_id, event.increment)
             elif isinstance(event, CircuitOpened):
                 self._opened(event)
             elif isinstance(event, CircuitClosed):
                 text = relay_id_text(event.relay_id)
+                remote = self.remote_ends.pop(event.relay_id, None) if self.remote_ends else None
                 for peer, reason in event.notify:
-                    session = self._registered.get(peer)
-                    if session is not None:
+                    if remote is not None and peer == remote.peer_id:
+                        remote.circuit_closed(event.relay_id, text, reason)
+                    elif remote is not None and remote.pending:
+                        self.mesh_ends.refuse_pending(peer, remote, reason)
+                    elif (session := self._registered.get(peer)) is not None:
                         session.circuit_closed(event.relay_id, text, reason)
+                if remote is not None:
+                    remote.ended()
                 self.metrics.circuits_closed.labels(reason=event.reason.value).inc()
                 self.metrics.circuits_active.set(len(table))
                 self._log_closed(event, text)
@@ -421,6 +446,7 @@ class RelayRouter:
                 ):
                     self.metrics.limit_hit(f"circuit_{event.reason.value}")
             elif isinstance(event, CircuitRefused):
+                self.mesh_ends.last_refusal = (event.code, event.message)
                 self.metrics.circuits_refused.labels(reason=event.code).inc()
                 if event.code == "too_many_circuits":
                     self.metrics.limit_hit("circuits")
@@ -468,8 +494,16 @@ class RelayRouter:
         )
         self.metrics.circuits_opened.inc()
         self.metrics.circuits_active.set(len(self._table))
-        requester = self._registered.get(event.requester)
-        target = self._registered.get(event.target)
+        remote = self.remote_ends.get(event.relay_id) if self.remote_ends else None
+        requester = target = None
+        if remote is None:
+            requester = self._registered.get(event.requester)
+            target = self._registered.get(event.target)
+        else:  # cross-node: the far node gets MeshOpen (we hold the requester), else
+            # MeshOpened (we hold the target); our requester is answered on MeshOpened
+            remote.circuit_opened(event)
+            if remote.peer_id == event.requester:
+                target = self._registered.get(event.target)
         if requester is not None:
             requester.send_control(
                 RelayResponse(

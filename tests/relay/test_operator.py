@@ -20,6 +20,7 @@ from relay._config import (
     AuthConfig,
     ConfigError,
     LimitsConfig,
+    MeshConfig,
     TurnConfig,
     announce_multiaddr,
     config_changes,
@@ -158,6 +159,7 @@ def test_example_relay_toml_lists_every_key_with_its_default() -> None:
         "auth.": AuthConfig(),
         "limits.": LimitsConfig(),
         "turn.": TurnConfig(),
+        "mesh.": MeshConfig(),
     }
     missing = []
     for prefix, defaults in sections.items():
