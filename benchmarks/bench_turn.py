@@ -1,6 +1,7 @@
 """TURN relaying cost: our TURN server against coturn's ``turnserver``, same machine, same run.
 
-Run: python benchmarks/bench_turn.py [--seconds S] [--payload BYTES] [--window N]
+Run: python benchmarks/bench_turn.py [--seconds S] [--payload BYTES] [--window N] [--rounds R]
+                                    [--no-datachannel]
 
 Each server runs in its own process (ours: ``python -m relay --turn``; coturn when
 ``turnserver`` is on PATH, see scripts/install-coturn.sh). One client in this process
@@ -10,6 +11,11 @@ datagrams in flight: client -> server -> peer -> server -> client. Printed per s
 round trips/s, relayed payload MB/s (both directions through the server), and server
 CPU microseconds per relayed datagram from /proc/PID/stat (the figure that does not depend
 on the client, which is Python in both cases and may be the bottleneck for coturn).
+
+A second table (unless ``--no-datachannel``): two aiortc peers with
+``iceTransportPolicy="relay"`` open a data channel through each server (see
+benchmarks/_turn_datachannel.py): bulk MB/s, median 100-byte round trip, and server CPU
+per end-to-end relayed packet.
 """
 
 from __future__ import annotations
@@ -18,11 +24,13 @@ import argparse
 import os
 import shutil
 import socket
+import statistics
 import struct
 import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -30,6 +38,8 @@ from aioice import stun
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from _turn_datachannel import ROUND_TRIPS, measure_datachannel  # noqa: E402  (this directory is sys.path[0])
 
 from darkswap_trio.proto.turn import rest_api_credentials  # noqa: E402
 from darkswap_trio.proto.turn.codec import (  # noqa: E402
@@ -216,35 +226,69 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--payload", type=int, default=1000)
     parser.add_argument("--window", type=int, default=32)
+    parser.add_argument("--no-datachannel", action="store_true", help="skip the aiortc table")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure each server this many times, alternating which goes first; "
+        "print medians (a loaded machine drifts)",
+    )
     args = parser.parse_args()
     servers = [("darkswap-relay (trio)", start_ours)]
     if shutil.which("turnserver"):
         servers.append(("coturn turnserver", lambda tmp: start_coturn()))
-    results = {}
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name, _ in servers}
+    load = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name, start in servers:
-            process, port = start(Path(tmp))
-            try:
-                results[name] = trio.run(
-                    measure, port, process.pid, args.seconds, args.payload, args.window
-                )
-            finally:
-                process.terminate()
-                process.wait(5)
+        for round_ in range(args.rounds):
+            load.append(os.getloadavg()[0])
+            for name, start in servers if round_ % 2 == 0 else servers[::-1]:
+                process, port = start(Path(tmp))
+                try:
+                    result = trio.run(
+                        measure, port, process.pid, args.seconds, args.payload, args.window
+                    )
+                    if not args.no_datachannel:
+                        cpu = partial(cpu_seconds, process.pid)
+                        result.update(measure_datachannel(port, SECRET, cpu, args.seconds))
+                    runs[name].append(result)
+                finally:
+                    process.terminate()
+                    process.wait(5)
+    results = {
+        name: {key: statistics.median(r[key] for r in rs) for key in rs[0]}
+        for name, rs in runs.items()
+    }
     print(f"TURN over UDP, {args.payload}-byte payloads, window {args.window}, {args.seconds:.0f} s, "
-          f"load average {os.getloadavg()[0]:.2f}")  # fmt: skip
+          f"median of {args.rounds} round(s), load average {min(load):.2f}..{os.getloadavg()[0]:.2f}")  # fmt: skip
     print(
         f"{'server':24} {'round trips/s':>14} {'MB/s':>8} {'CPU us/datagram':>16} {'server CPU':>10} {'50 ms stalls':>12}"
     )
     for name, r in results.items():
         print(
             f"{name:24} {r['round_trips_per_s']:14.0f} {r['mb_per_s']:8.2f} "
-            f"{r['cpu_us_per_datagram']:16.1f} {r['server_cpu_share']:10.0%} {r['timeouts']:12d}"
+            f"{r['cpu_us_per_datagram']:16.1f} {r['server_cpu_share']:10.0%} {r['timeouts']:12.0f}"
         )
     if len(results) == 2:
         ours, theirs = results.values()
         print(f"ours / coturn: throughput {ours['mb_per_s'] / theirs['mb_per_s']:.2f}x, "
               f"CPU per datagram {ours['cpu_us_per_datagram'] / theirs['cpu_us_per_datagram']:.1f}x")  # fmt: skip
+    if args.no_datachannel:
+        return
+    print(f"\naiortc data channel, both peers iceTransportPolicy=relay, TURN over UDP, "
+          f"{args.seconds:.0f} s bulk + {ROUND_TRIPS} round trips of 100 B")  # fmt: skip
+    print(f"{'server':24} {'DC MB/s':>8} {'RTT 100 B ms':>13} {'CPU us/packet':>14} {'packets':>8}")
+    for name, r in results.items():
+        print(
+            f"{name:24} {r['dc_mb_per_s']:8.2f} {r['dc_rtt_ms']:13.2f} "
+            f"{r['dc_cpu_us_per_packet']:14.1f} {r['dc_packets']:8.0f}"
+        )
+    if len(results) == 2:
+        ours, theirs = results.values()
+        print(f"ours / coturn: DC throughput {ours['dc_mb_per_s'] / theirs['dc_mb_per_s']:.2f}x, "
+              f"RTT {ours['dc_rtt_ms'] / theirs['dc_rtt_ms']:.2f}x, CPU per packet "
+              f"{ours['dc_cpu_us_per_packet'] / theirs['dc_cpu_us_per_packet']:.1f}x")  # fmt: skip
 
 
 if __name__ == "__main__":

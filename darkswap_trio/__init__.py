@@ -66,6 +66,8 @@ from ._relay_client._session import RelayError as RelayError
 from ._relay_client._session import RelaySession as RelaySession
 from ._relay_client._session import RelaySessionStatistics as RelaySessionStatistics
 from ._relay_client._session import open_relay_session as open_relay_session
+from ._relay_client._turn_credentials import TurnCredentials as TurnCredentials
+from ._relay_client._turn_credentials import TurnUnavailable as TurnUnavailable
 from ._service import NotStarted as NotStarted
 from .proto.errors import ParseError as ParseError
 from .proto.errors import PeerIdError as PeerIdError
@@ -122,6 +124,8 @@ __all__ = [
     "ServerFailed",
     "TopicMessage",
     "TopicSubscription",
+    "TurnCredentials",
+    "TurnUnavailable",
     "UnknownCircuit",
     "WebRtcSignalingClient",
     "WebRtcTransport",

@@ -49,6 +49,7 @@ from ._config import (
 )
 from ._logging import configure_logging
 from ._turn import read_turn_secret
+from .cluster._mesh import check_mesh_files
 
 __all__ = ["build_parser", "main"]
 
@@ -200,11 +201,32 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: --host; required when --host is a wildcard).",
     )
     turn.add_argument(
+        "--turn-tls-port",
+        type=int,
+        metavar="PORT",
+        help="Also serve TURN over TLS (turns:) on this TCP port with --tls-cert/--tls-key "
+        "(0 = any free port; default off).",
+    )
+    turn.add_argument(
         "--turn-allow-loopback-peers",
         action="store_true",
         default=None,
         help="Let TURN clients reach peers on 127.0.0.0/8 and ::1. Tests and labs only: "
         "it exposes the relay host's loopback services.",
+    )
+    mesh = parser.add_argument_group(
+        'Relay cluster mesh links (docs/PROTOCOL.md section 15; README "Cross-node circuits")'
+    )
+    mesh.add_argument(
+        "--mesh-secret-file",
+        metavar="PATH",
+        help="Cluster secret every node holds: mesh links from nodes without it are refused.",
+    )
+    mesh.add_argument(
+        "--mesh-static-directory",
+        metavar="PATH",
+        help="JSON table of the cluster's nodes and of the node each peer is on "
+        "(a cluster without the Redis directory: tests, small fixed setups).",
     )
     cluster = parser.add_argument_group(
         'Relay cluster (nodes sharing one Redis for presence and signaling; see README "Relay cluster")'
@@ -341,6 +363,9 @@ def _config_from_args(args: argparse.Namespace) -> RelayConfig:
         "turn_secret_file": args.turn_secret_file,
         "turn_relay_address": args.turn_relay_address,
         "turn_allow_loopback_peers": args.turn_allow_loopback_peers,
+        "turn_tls_port": args.turn_tls_port,
+        "mesh_secret_file": args.mesh_secret_file,
+        "mesh_static_directory": args.mesh_static_directory,
         "cluster_redis_url": args.cluster_redis,
         "cluster_node_id": args.node_id,
         "cluster_advertise": args.advertise,
@@ -367,6 +392,7 @@ def _config_from_args(args: argparse.Namespace) -> RelayConfig:
         JwtValidator.from_config(config)
     if config.turn.enabled and config.turn.secret_file is not None:
         read_turn_secret(config.turn.secret_file)  # exit 2 now, not at bind time
+    check_mesh_files(config)  # the same for the mesh's secret and static directory
     if not isinstance(logging.getLevelName(config.log_level.upper()), int):
         raise ConfigError(f"log_level: unknown level {config.log_level!r}")
     return config

@@ -98,6 +98,13 @@ class LimitsConfig:
     stun_total_burst: int = 10000
     # Bound on how many distinct IPs / peers the rate limiters remember (LRU).
     limiter_table_size: int = 100_000
+    # Topic rendezvous (docs/PROTOCOL.md 14.6): registrations live topic_ttl seconds
+    # unless renewed; a TopicPeers answer names at most topic_sample peers.
+    max_topics: int = 100_000
+    max_topics_per_peer: int = 32
+    max_peers_per_topic: int = 10_000
+    topic_ttl: float = 300.0
+    topic_sample: int = 16
 
 
 @dataclass
@@ -139,6 +146,13 @@ class TurnConfig:
     # Also accept channel numbers 0x5000-0x7FFF (RFC 5766's range; RFC 8656 narrowed it
     # to 0x4000-0x4FFF): for older clients such as coturn's turnutils_uclient.
     rfc5766_channels: bool = False
+    # TURN over TLS (turns:) on this TCP port, with the relay's tls_cert/tls_key; None: off.
+    tls_port: int | None = None
+    # Lifetime of the credentials handed out over signaling (TurnCredentials.ttl).
+    credentials_ttl: int = 86400
+    # The URIs TurnCredentials names (behind NAT or port mapping); []: derived from the
+    # announced host and the bound ports (docs/PROTOCOL.md 13.6).
+    uris: list[str] = field(default_factory=list)
 
     def validate(self, host: str, stun_port: int | None) -> None:
         if not self.enabled:
@@ -151,10 +165,25 @@ class TurnConfig:
             raise ConfigError("turn.enabled needs the STUN port (TURN shares it): set stun_port")
         if not self.secret_file:
             raise ConfigError("turn.enabled needs turn.secret_file (the TURN REST API secret)")
+        if self.tls_port is not None and (
+            not isinstance(self.tls_port, int) or not 0 <= self.tls_port <= 65535
+        ):
+            raise ConfigError(f"turn.tls_port must be 0..65535, got {self.tls_port}")
         if not self.realm or '"' in self.realm or len(self.realm) > 127:
             raise ConfigError(
                 f"turn.realm must be 1..127 characters without quotes: {self.realm!r}"
             )
+        if len(self.uris) > 8 or not all(
+            u.startswith(("turn:", "turns:"))
+            and u.isascii()
+            and u.isprintable()
+            and " " not in u
+            and len(u) <= 255
+            for u in self.uris
+        ):
+            raise ConfigError("turn.uris: at most 8 turn:/turns: URIs, printable ASCII")
+        if not 0 < self.credentials_ttl < 10 * 365 * 86400:
+            raise ConfigError("turn.credentials_ttl must be a positive number of seconds")
         if not 0 < self.default_lifetime <= self.max_lifetime:
             raise ConfigError("turn.default_lifetime must be positive and <= turn.max_lifetime")
         address = self.relay_address if self.relay_address is not None else host
@@ -172,6 +201,27 @@ class TurnConfig:
 
     def relay_ip(self, host: str) -> str:
         return self.relay_address if self.relay_address is not None else host
+
+
+@dataclass
+class MeshConfig:
+    """Node-to-node mesh links of a relay cluster (docs/PROTOCOL.md section 15)."""
+
+    # The cluster secret every node holds (a file; its bytes, whitespace stripped). Links
+    # from nodes without it are refused. Optional when the directory knows the nodes.
+    secret_file: str | None = None
+    # A JSON table of nodes and of the node each peer is on (relay.cluster._mesh_locator):
+    # a cluster without the Redis directory (tests, small fixed setups).
+    static_directory: str | None = None
+    open_timeout: float = 10.0  # locate + link + the far node's answer, per RelayRequest
+    link_timeout: float = 15.0  # a link silent this long is dead (pings every third)
+    max_backoff: float = 5.0  # cap of the wait between dials of an unreachable node
+    max_pending_opens: int = 1024  # cross-node RelayRequests being opened at once
+
+    def validate(self) -> None:
+        for name in ("open_timeout", "link_timeout", "max_backoff", "max_pending_opens"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"mesh.{name} must be positive")
 
 
 @dataclass
@@ -196,6 +246,7 @@ class RelayConfig:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     turn: TurnConfig = field(default_factory=TurnConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)  # README "Relay cluster"
+    mesh: MeshConfig = field(default_factory=MeshConfig)
 
     def validate(self) -> RelayConfig:
         """Check every setting; raise ConfigError naming the first bad one."""
@@ -229,8 +280,17 @@ class RelayConfig:
             raise ConfigError(
                 "limits.circuit_window must be at least limits.circuit_max_data_frame"
             )
+        if self.limits.topic_ttl <= 0:
+            raise ConfigError(f"limits.topic_ttl must be positive, got {self.limits.topic_ttl}")
+        if self.limits.topic_sample > 64:  # TopicPeers carries at most 64 ids (PROTOCOL 14.6)
+            raise ConfigError(
+                f"limits.topic_sample must be at most 64, got {self.limits.topic_sample}"
+            )
         self.turn.validate(self.host, self.stun_port)
         self.cluster.validate(ConfigError)
+        if self.turn.enabled and self.turn.tls_port is not None and self.tls_cert is None:
+            raise ConfigError("turn.tls_port needs tls_cert and tls_key (TURN over TLS uses them)")
+        self.mesh.validate()
         return self
 
     def jwt_key_material(self) -> str:
@@ -264,6 +324,8 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> RelayConfig
             setattr(config.turn, key[len("turn_") :], value)
         elif key.startswith("cluster_"):
             setattr(config.cluster, key[len("cluster_") :], value)
+        elif key.startswith("mesh_"):
+            setattr(config.mesh, key[len("mesh_") :], value)
         else:
             setattr(config, key, value)
     return config.validate()
@@ -335,6 +397,11 @@ LIVE_LIMITS = frozenset(
         "circuit_duration",
         "circuit_bytes",
         "circuit_stall_timeout",
+        "max_topics",
+        "max_topics_per_peer",
+        "max_peers_per_topic",
+        "topic_ttl",
+        "topic_sample",
     }
 )
 # Auth settings a reload applies (to registrations from then on); the mode is fixed.

@@ -146,6 +146,11 @@ class RelayMetrics:
             "Fraction of the relay-wide message and registration budgets in force "
             "(below 1 while the event loop lags: relay overloaded).",
         )
+        # Topic rendezvous (docs/PROTOCOL.md 14.6)
+        self.topics = gauge("topics", "Topics with at least one registered peer.")
+        self.topic_registrations = gauge(
+            "topic_registrations", "(peer, topic) rendezvous registrations held."
+        )
         # Abuse control
         self.limit_hits = counter(
             "limit_hits", "Requests refused or connections closed by a limit.", ("limit",)

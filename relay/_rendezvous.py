@@ -15,9 +15,14 @@ from collections.abc import Callable
 
 
 class TopicLimit(Exception):
-    """A registration would exceed a rendezvous bound; ``code`` is the error code."""
+    """A registration would exceed a rendezvous bound; ``code`` is the error code and
+    ``limit`` the bound's name on the relay's ``limit_hits`` metric."""
 
     code = "topic_limit"
+
+    def __init__(self, message: str, limit: str) -> None:
+        super().__init__(message)
+        self.limit = limit
 
 
 class TopicRendezvous:
@@ -40,6 +45,7 @@ class TopicRendezvous:
         self._topics: dict[str, dict[str, float]] = {}  # topic -> peer -> expiry
         self._peers: dict[str, set[str]] = {}  # peer -> its topics
         self.refused = 0
+        self.registrations = 0  # (peer, topic) entries held, expired ones until swept
 
     def __len__(self) -> int:
         return len(self._topics)
@@ -48,30 +54,41 @@ class TopicRendezvous:
         self, peer: str, topic: str, now: float, live: Callable[[str], bool] = lambda p: True
     ) -> list[str]:
         """Register (or renew) ``peer`` for ``topic``; a sample of the other live members."""
+        # Stale entries of this topic go first: a topic's own traffic sweeps it, so
+        # peers that left without saying so neither fill it nor appear in samples.
+        self._expire(topic, now)
         members = self._topics.get(topic)
         mine = self._peers.get(peer, set())
         if topic not in mine:
             if len(mine) >= self.max_topics_per_peer:
                 self.refused += 1
-                raise TopicLimit(f"at most {self.max_topics_per_peer} topics per peer")
+                raise TopicLimit(
+                    f"at most {self.max_topics_per_peer} topics per peer", "topics_per_peer"
+                )
             if members is None and len(self._topics) >= self.max_topics:
-                self.refused += 1
-                raise TopicLimit("the relay's topic table is full")
-            if members is not None and len(members) >= self.max_peers_per_topic:
-                self._expire(topic, now)
-                if len(members) >= self.max_peers_per_topic:
+                self.sweep(now)  # rare: only when the table is full
+                if len(self._topics) >= self.max_topics:
                     self.refused += 1
-                    raise TopicLimit(f"topic has {self.max_peers_per_topic} registered peers")
+                    raise TopicLimit("the relay's topic table is full", "topics")
+            if members is not None and len(members) >= self.max_peers_per_topic:
+                self.refused += 1
+                raise TopicLimit(
+                    f"topic has {self.max_peers_per_topic} registered peers", "peers_per_topic"
+                )
         members = self._topics.setdefault(topic, {})
+        if peer not in members:
+            self.registrations += 1
         members[peer] = now + self.ttl
         self._peers.setdefault(peer, set()).add(topic)
-        others = [p for p, until in members.items() if p != peer and until > now and live(p)]
+        others = [p for p in members if p != peer and live(p)]
         return self._rng.sample(others, min(self.sample, len(others)))
 
     def unregister(self, peer: str, topic: str) -> None:
         members = self._topics.get(topic)
-        if members is not None and members.pop(peer, None) is not None and not members:
-            del self._topics[topic]
+        if members is not None and members.pop(peer, None) is not None:
+            self.registrations -= 1
+            if not members:
+                del self._topics[topic]
         mine = self._peers.get(peer)
         if mine is not None:
             mine.discard(topic)
@@ -84,9 +101,16 @@ class TopicRendezvous:
             self.unregister(peer, topic)
 
     def _expire(self, topic: str, now: float) -> None:
-        for peer, until in list(self._topics.get(topic, {}).items()):
-            if until <= now:
-                self.unregister(peer, topic)
+        members = self._topics.get(topic)
+        if members is None:
+            return
+        for peer in [p for p, until in members.items() if until <= now]:
+            self.unregister(peer, topic)
+
+    def sweep(self, now: float) -> None:
+        """Drop every expired registration (called when the topic table is full)."""
+        for topic in list(self._topics):
+            self._expire(topic, now)
 
     def topics_of(self, peer: str) -> set[str]:
         return set(self._peers.get(peer, ()))

@@ -46,8 +46,10 @@ from ._legacy import INCOMPATIBLE_PEER, circuit_announcement, incompatible, inco
 from ._logging import session_context
 from ._metrics import RelayMetrics
 from ._outbox import ByteCount
-from ._rendezvous import TopicRendezvous
+from ._rendezvous import TopicLimit, TopicRendezvous
 from ._session_handle import CLOSE_GOING_AWAY, CLOSE_NORMAL
+from ._turn_credentials import TurnCredentialIssuer
+from .cluster._mesh_ends import CrossNodeEnds, CrossNodeOpener, RemoteEnd
 
 if TYPE_CHECKING:
     from collections.abc import Set
@@ -101,7 +103,15 @@ class RelayRouter:
         lim = config.limits
         self.abuse = AbuseGuard(lim)
         self.buffered = ByteCount()
-        self._rendezvous = TopicRendezvous()  # docs/PROTOCOL.md 14.6
+        self._rendezvous = TopicRendezvous(  # docs/PROTOCOL.md 14.6
+            ttl=lim.topic_ttl,
+            sample=lim.topic_sample,
+            max_topics_per_peer=lim.max_topics_per_peer,
+            max_peers_per_topic=lim.max_peers_per_topic,
+            max_topics=lim.max_topics,
+        )
+        # Set by serve_relay once TURN is bound (its URIs name the bound ports).
+        self.turn_issuer: TurnCredentialIssuer | None = None
         self._circuit_limits = limits_from_config(config)
         self._table = CircuitTable(
             limits=self._circuit_limits,
@@ -120,6 +130,11 @@ class RelayRouter:
         self._timer_deadline = math.inf
         self._sessions_closed = trio.Event()
         self._opened_at: dict[bytes, float] = {}  # relay id -> trio time (histogram, log)
+        # Relay cluster (relay.cluster): the far ends of cross-node circuits, by relay id,
+        # and who opens circuits to peers registered on other nodes (None: single node).
+        self.mesh_ends = CrossNodeEnds(self, self._table, self._registered)
+        self.remote_ends: dict[bytes, RemoteEnd] = self.mesh_ends.by_id
+        self.cross_node: CrossNodeOpener | None = None
         # The limits every Registered message announces (built once, not per peer).
         self._announced_limits = {
             "max_frame_size": lim.max_frame_size,
@@ -204,6 +219,12 @@ class RelayRouter:
         table.max_circuits_per_pair = lim.max_circuits_per_pair
         table.stall_timeout = lim.circuit_stall_timeout
         table.idle_timeout = lim.circuit_idle_timeout
+        rendezvous = self._rendezvous
+        rendezvous.ttl = lim.topic_ttl
+        rendezvous.sample = lim.topic_sample
+        rendezvous.max_topics_per_peer = lim.max_topics_per_peer
+        rendezvous.max_peers_per_topic = lim.max_peers_per_topic
+        rendezvous.max_topics = lim.max_topics
         self._announced_limits.update(
             max_circuits_per_peer=lim.max_circuits_per_peer,
             max_circuits_per_pair=lim.max_circuits_per_pair,
@@ -222,6 +243,7 @@ class RelayRouter:
             if self.cluster is not None:
                 self.cluster.peer_released(peer_id)
             self._rendezvous.drop_peer(peer_id)
+            self._count_topics()
             self._table.disconnect(peer_id, reason)
             self.dispatch()
 
@@ -279,11 +301,24 @@ class RelayRouter:
 
     def register_topic(self, peer_id: str, topic: str, now: float) -> list[str]:
         """Record ``peer_id``'s interest in ``topic``; a sample of other live subscribers
-        (raises TopicLimit when a rendezvous bound is hit)."""
-        return self._rendezvous.register(peer_id, topic, now, live=lambda p: p in self._registered)
+        (raises TopicLimit when a rendezvous bound is hit, counted on ``limit_hits``)."""
+        try:
+            return self._rendezvous.register(
+                peer_id, topic, now, live=lambda p: p in self._registered
+            )
+        except TopicLimit as exc:
+            self.metrics.limit_hit(exc.limit)
+            raise
+        finally:
+            self._count_topics()
 
     def unregister_topic(self, peer_id: str, topic: str) -> None:
         self._rendezvous.unregister(peer_id, topic)
+        self._count_topics()
+
+    def _count_topics(self) -> None:
+        self.metrics.topics.set(len(self._rendezvous))
+        self.metrics.topic_registrations.set(self._rendezvous.registrations)
 
     def topics_of(self, peer_id: str) -> list[str]:
         """The topics ``peer_id`` is registered for (for operators and tests)."""
@@ -312,7 +347,10 @@ class RelayRouter:
         target_session = self._registered.get(target)
         requester_session = self._registered.get(requester)
         if target != requester and target_session is None:
-            self._refuse_circuit(
+            if self.cross_node is not None and requester_session is not None:
+                self.cross_node.request(requester, target)  # maybe on another node
+                return
+            self.refuse_circuit(
                 requester, target, "unknown_peer", f"peer {target} is not connected"
             )
         elif (
@@ -320,12 +358,12 @@ class RelayRouter:
             and requester_session is not None
             and incompatible(requester_session, target_session)
         ):
-            self._refuse_circuit(requester, target, INCOMPATIBLE_PEER, incompatible_reason(target))
+            self.refuse_circuit(requester, target, INCOMPATIBLE_PEER, incompatible_reason(target))
         else:
             self._table.request(requester, target, uuid.uuid4().bytes, trio.current_time())
             self.dispatch()
 
-    def _refuse_circuit(self, requester: str, target: str, code: str, message: str) -> None:
+    def refuse_circuit(self, requester: str, target: str, code: str, message: str) -> None:
         """A refusal decided before the circuit table (which refuses the rest)."""
         self.metrics.circuits_refused.labels(reason=code).inc()
         session = self._registered.get(requester)
@@ -371,24 +409,40 @@ class RelayRouter:
         table = self._table
         while (event := table.poll_event()) is not None:
             if isinstance(event, DeliverData):
-                receiver = self._registered.get(event.receiver)
+                remote = self.remote_ends.get(event.relay_id) if self.remote_ends else None
+                receiver = (
+                    remote
+                    if remote is not None and remote.peer_id == event.receiver
+                    else self._registered.get(event.receiver)
+                )
                 if receiver is not None:
                     receiver.send_circuit_data(
                         event.relay_id, event.sender, event.payload, event.frame
                     )
                 self.metrics.add_relayed_bytes(len(event.payload))
             elif isinstance(event, DeliverCredit):
-                sender = self._registered.get(event.to)
+                remote = self.remote_ends.get(event.relay_id) if self.remote_ends else None
+                sender = (
+                    remote
+                    if remote is not None and remote.peer_id == event.to
+                    else self._registered.get(event.to)
+                )
                 if sender is not None:
                     sender.credit_granted(event.relay_id, event.increment)
             elif isinstance(event, CircuitOpened):
                 self._opened(event)
             elif isinstance(event, CircuitClosed):
                 text = relay_id_text(event.relay_id)
+                remote = self.remote_ends.pop(event.relay_id, None) if self.remote_ends else None
                 for peer, reason in event.notify:
-                    session = self._registered.get(peer)
-                    if session is not None:
+                    if remote is not None and peer == remote.peer_id:
+                        remote.circuit_closed(event.relay_id, text, reason)
+                    elif remote is not None and remote.pending:
+                        self.mesh_ends.refuse_pending(peer, remote, reason)
+                    elif (session := self._registered.get(peer)) is not None:
                         session.circuit_closed(event.relay_id, text, reason)
+                if remote is not None:
+                    remote.ended()
                 self.metrics.circuits_closed.labels(reason=event.reason.value).inc()
                 self.metrics.circuits_active.set(len(table))
                 self._log_closed(event, text)
@@ -401,6 +455,7 @@ class RelayRouter:
                 ):
                     self.metrics.limit_hit(f"circuit_{event.reason.value}")
             elif isinstance(event, CircuitRefused):
+                self.mesh_ends.last_refusal = (event.code, event.message)
                 self.metrics.circuits_refused.labels(reason=event.code).inc()
                 if event.code == "too_many_circuits":
                     self.metrics.limit_hit("circuits")
@@ -448,8 +503,16 @@ class RelayRouter:
         )
         self.metrics.circuits_opened.inc()
         self.metrics.circuits_active.set(len(self._table))
-        requester = self._registered.get(event.requester)
-        target = self._registered.get(event.target)
+        remote = self.remote_ends.get(event.relay_id) if self.remote_ends else None
+        requester = target = None
+        if remote is None:
+            requester = self._registered.get(event.requester)
+            target = self._registered.get(event.target)
+        else:  # cross-node: the far node gets MeshOpen (we hold the requester), else
+            # MeshOpened (we hold the target); our requester is answered on MeshOpened
+            remote.circuit_opened(event)
+            if remote.peer_id == event.requester:
+                target = self._registered.get(event.target)
         if requester is not None:
             requester.send_control(
                 RelayResponse(

@@ -35,6 +35,7 @@ from darkswap_trio.proto.signaling import (
     RelayRequest,
     TopicPeers,
     TopicRegister,
+    TurnCredentialsRequest,
     decode_binary_untrusted,
     message_type,
 )
@@ -117,6 +118,8 @@ def route_message(
         session.refresh_token(msg.token)
     elif isinstance(msg, TopicRegister):
         _topic_register(router, session, msg, now)
+    elif isinstance(msg, TurnCredentialsRequest):
+        _turn_credentials(router, session, me)
     elif isinstance(msg, DataChannel) and not session.extended:
         relay_id = parse_relay_id(msg.relay_id)
         ends = router.circuit_ends(relay_id) if relay_id is not None else None
@@ -231,3 +234,19 @@ def _topic_register(
         session.send_error(exc.code, str(exc), msg.topic[:128])
         return
     session.send_control(TopicPeers(msg.topic, tuple(peers)))
+
+
+def _turn_credentials(router: RelayRouter, session: RoutedSession, me: str) -> None:
+    """TurnCredentialsRequest (PROTOCOL.md 13.6): only to peers that proved their id."""
+    issuer = router.turn_issuer
+    if issuer is None:
+        session.send_error("turn_disabled", "this relay does not serve TURN")
+        return
+    if not session.extended or router.config.auth.mode == "open":
+        session.send_error("turn_refused", "TURN credentials need a proven peer id")
+        return
+    credentials = issuer.issue(me)
+    if credentials is None:
+        session.send_error("turn_refused", "this peer id cannot name TURN credentials")
+        return
+    session.send_control(credentials)

@@ -8,7 +8,8 @@ serve_relay(config)                 root nursery; started(RelayServer)
  ├─ load watcher                    event-loop lag -> relay-wide budgets (relay._abuse)
  ├─ STUN UDP service                (stun_port is not None); with turn.enabled, the
  │                                  TURN service (relay._turn) on UDP and TCP instead,
- │                                  answering STUN Binding on the same port
+ │                                  answering STUN Binding on the same port (and over
+ │                                  TLS on turn.tls_port when set)
  └─ HTTP /metrics, /healthz         (metrics_port is not None; on metrics_host, loopback
                                      by default)
 ```
@@ -49,6 +50,9 @@ from ._logging import SessionContext, session_context
 from ._metrics import RelayMetrics, serve_metrics_http
 from ._router import RelayRouter
 from ._session import SignalingSession
+from ._turn_credentials import TurnCredentialIssuer, turn_uris
+from .cluster._mesh import mesh_locator, serve_mesh
+from .cluster._mesh_wire import MESH_PATH
 
 logger = logging.getLogger("relay.server")
 
@@ -76,8 +80,10 @@ class RelayServer:
         self.peer_id: str = router.relay_peer_id
         self.signaling_port: int = 0
         self.stun_port: int | None = None
+        self.turn_tls_port: int | None = None
         self.metrics_port: int | None = None
         self.turn: Any = None  # relay._turn.TurnService when TURN is enabled
+        self.mesh: Any = None  # relay.cluster._mesh.MeshService in a cluster
         self.host: str = config.host
         self.tls = config.tls_cert is not None
         self._root: trio.CancelScope | None = None
@@ -207,6 +213,8 @@ def _turn_service(config: RelayConfig, metrics: RelayMetrics) -> Any:
         total_limiter=TokenBucket(lim.stun_total_rate, lim.stun_total_burst),
         max_tcp_connections=config.turn.max_tcp_connections,
         max_tcp_connections_per_ip=config.turn.max_tcp_connections_per_ip,
+        tls_port=config.turn.tls_port,
+        ssl_context=_ssl_context(config) if config.turn.tls_port is not None else None,
     )
 
 
@@ -223,9 +231,14 @@ async def serve_relay(
     config: RelayConfig,
     *,
     keypair: Keypair | None = None,
+    locator: Any = None,
     task_status: trio.TaskStatus[RelayServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the relay server until cancelled or :meth:`RelayServer.shutdown` completes.
+
+    ``locator`` (a :class:`relay.cluster._mesh_locator.PeerLocator`, or
+    ``config.mesh.static_directory``) makes this relay a cluster node: circuits to peers
+    registered on other nodes go through mesh links (docs/PROTOCOL.md section 15).
 
     Calls ``task_status.started(server)`` once every listener is bound (ports of 0 are
     resolved in ``server.signaling_port`` / ``stun_port`` / ``metrics_port``).
@@ -254,7 +267,21 @@ async def serve_relay(
     async def handle_request(request: WebSocketRequest) -> None:
         ticket = admission.take_ticket(tuple(request.remote_address))
         ip = ticket.ip if ticket is not None else str(request.remote_address[0])
-        if request.path.split("?", 1)[0] != SIGNALING_PATH:
+        path = request.path.split("?", 1)[0]
+        if path == MESH_PATH and server.mesh is not None:
+            if router.shutting_down:
+                await request.reject(
+                    503, encode_message(Error("the server is stopping", "server_shutdown")).encode()
+                )
+                return
+            try:
+                await server.mesh.accept(request, ticket)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.EndOfChannel):
+                pass  # the other node left during the handshake or the close
+            except Exception:  # contained, like a session
+                logger.exception("mesh link from %s crashed", ip)
+            return
+        if path != SIGNALING_PATH:
             await request.reject(404, b"not found\n")
             return
         if router.shutting_down:
@@ -295,6 +322,9 @@ async def serve_relay(
             if lim.overload_lag > 0:
                 root.start_soon(_watch_load, router.abuse)
             session_nursery = await root.start(_run_session_nursery)
+            locator = mesh_locator(config, locator, router)
+            if locator is not None:
+                server.mesh = await root.start(serve_mesh, router, keypair, config, locator)
             listeners = await _bind_named(
                 "signaling",
                 config.host,
@@ -324,6 +354,13 @@ async def serve_relay(
                     partial(root.start, _turn_service(config, metrics)),
                 )
                 server.stun_port = server.turn.port
+                server.turn_tls_port = server.turn.tls_port
+                router.turn_issuer = TurnCredentialIssuer(
+                    server.turn.core.settings.secret,
+                    config.turn.credentials_ttl,
+                    tuple(config.turn.uris)
+                    or turn_uris(server.multiaddr, server.turn.port, server.turn_tls_port),
+                )
             elif config.stun_port is not None:
                 from ._stun import serve_stun
 

@@ -87,6 +87,8 @@ EXPORTS = {
         "ServerFailed",
         "TopicMessage",
         "TopicSubscription",
+        "TurnCredentials",
+        "TurnUnavailable",
         "UnknownCircuit",
         "WebRtcSignalingClient",
         "WebRtcTransport",

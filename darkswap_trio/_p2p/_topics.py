@@ -365,7 +365,7 @@ class Topics:
 
 
 class TopicsMixin:
-    """P2PNetwork's topic API: ``subscribe``, ``publish``, ``topics``."""
+    """P2PNetwork's topic API: ``subscribe``, ``publish``, ``topics``, ``topic_peers``."""
 
     @cached_property
     def topic_layer(self) -> Topics:
@@ -400,3 +400,10 @@ class TopicsMixin:
     def topics(self) -> list[str]:
         """The topics this network subscribes to."""
         return self.topic_layer.topics
+
+    def topic_peers(self, topic: str) -> list[str]:
+        """The linked peers known to subscribe to ``topic`` (sorted PeerId strings): the
+        peers :meth:`publish` sends to first."""
+        if not isinstance(topic, str):
+            raise TypeError(f"topic must be a str, not {type(topic).__name__}")
+        return sorted(self.topic_layer.core.topic_peers(topic))

@@ -34,6 +34,7 @@ from ._session import (
     TokenProvider,
     open_relay_session,
 )
+from ._turn_credentials import TurnCredentials, TurnUnavailable
 
 log = logging.getLogger("darkswap_trio.relay_manager")
 
@@ -490,6 +491,25 @@ class RelayManager(TaskOwner):
         raise PeerNotFound(
             f"peer {peer_id} is not connected to any relay ({'; '.join(errors)})", "unknown_peer"
         )
+
+    async def turn_credentials(self, relay: str | None = None) -> TurnCredentials:
+        """TURN credentials from relay ``relay`` (a server id), or from the first connected
+        relay that has some, lowest latency first. Raises NoRelayAvailable or
+        TurnUnavailable (the first relay's refusal)."""
+        servers = [self.server(relay)] if relay is not None else self.connected_servers()
+        refusal: TurnUnavailable | None = None
+        for server in servers:
+            if server.session is None or server.status is not RelayServerStatus.CONNECTED:
+                continue
+            try:
+                return await server.session.turn_credentials(timeout=self.config.connection_timeout)
+            except TurnUnavailable as exc:
+                refusal = refusal or exc
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                continue
+        if refusal is not None:
+            raise refusal
+        raise NoRelayAvailable("no relay is connected", "no_relay")
 
     async def accept_circuit(self) -> RelayCircuit:
         """The next incoming circuit (only with ``deliver_incoming=False``)."""

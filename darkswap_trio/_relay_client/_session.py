@@ -30,6 +30,7 @@ from ..proto.errors import ParseError, WebSocketParseError
 from ..websocket._endpoints import WebSocketConnection, WebSocketRejected, open_websocket
 from ._circuit import RelayCircuit
 from ._control_first_lock import ControlFirstLock
+from ._turn_credentials import TurnCredentials, TurnCredentialWaiters
 
 log = logging.getLogger("darkswap_trio.relay")
 
@@ -94,6 +95,7 @@ class RelaySession:
         # that predates them, answers the oldest). A ping() that ends removes its entry.
         self._pending_pings: dict[str, trio.Event] = {}
         self._ping_numbers = itertools.count(1)
+        self._turn_waiters = TurnCredentialWaiters()
         # Control frames (Ping/Pong, credit, CloseRelay, signaling) never wait behind bulk data.
         self._write_turn = ControlFirstLock()
         self._refresh_waiters: deque[trio.MemorySendChannel[sig.TokenRefreshed | sig.Error]] = (
@@ -207,6 +209,11 @@ class RelaySession:
                 waiters.remove(send)
             if not waiters:
                 self._pending_topics.pop(topic, None)
+
+    async def turn_credentials(self, *, timeout: float = 10.0) -> TurnCredentials:
+        """TURN credentials for our peer id from this relay (PROTOCOL.md 13.6); raises
+        TurnUnavailable (``.code``) when it has none for us or does not answer in time."""
+        return await self._turn_waiters.request(self.send_message, timeout)
 
     async def accept_circuit(self) -> RelayCircuit:
         """Wait for a circuit another peer opened to us."""
@@ -363,8 +370,12 @@ class RelaySession:
         elif isinstance(msg, sig.TopicPeers):
             if self._pending_topics.get(msg.topic):
                 self._pending_topics[msg.topic].popleft().send_nowait(list(msg.peers))
+        elif isinstance(msg, sig.TurnCredentials):
+            self._turn_waiters.deliver(msg)
         elif isinstance(msg, sig.Error):
             self.errors_received += 1
+            if self._turn_waiters.answers(msg):
+                return
             if msg.code == "topic_limit" and msg.ref is not None and self._pending_topics.get(msg.ref):
                 self._pending_topics[msg.ref].popleft().send_nowait([])
             if msg.code in ("invalid_token", "token_expired", "token_peer_mismatch") and self._refresh_waiters:
@@ -405,6 +416,7 @@ class RelaySession:
                 send.close()
         for waiter in self._refresh_waiters:
             waiter.close()
+        self._turn_waiters.close()
         self._signal_send.close()
         self._incoming_send.close()
         self._errors_send.close()

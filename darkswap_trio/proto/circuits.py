@@ -67,6 +67,9 @@ class CloseReason(enum.StrEnum):
     SERVER_SHUTDOWN = "server_shutdown"
     TOKEN_EXPIRED = "token_expired"
     PROTOCOL_ERROR = "protocol_error"
+    # The relay node holding the other end became unreachable (relay cluster: its mesh
+    # link broke), docs/PROTOCOL.md section 15.
+    NODE_LOST = "node_lost"
 
 
 class Outcome(enum.Enum):
@@ -236,8 +239,6 @@ class CircuitTable:
         self._by_pair: dict[tuple[str, str], int] = {}  # (requester, target) -> circuits
         self._events: deque[CircuitEvent] = deque()
         self._opened = self._refused = self._closed = self._bytes = 0
-        # Below this balance a direction counts as blocked (see the module docstring).
-        self._blocked_below = min(limits.max_data_frame, limits.window)
         self._new_deadline: float | None = None
 
     # -- queries --------------------------------------------------------------------
@@ -329,10 +330,20 @@ class CircuitTable:
 
     # -- peer actions ---------------------------------------------------------------
 
-    def request(self, requester: str, target: str, relay_id: bytes, now: float) -> bool:
+    def request(
+        self,
+        requester: str,
+        target: str,
+        relay_id: bytes,
+        now: float,
+        *,
+        limits: CircuitLimits | None = None,
+    ) -> bool:
         """``requester`` asks for a circuit to ``target`` (which the caller knows is connected).
 
-        Emits CircuitOpened or CircuitRefused; returns whether it opened.
+        ``limits`` (default: the table's) lets a circuit whose other end is on another
+        relay node take the limits both nodes agreed on. Emits CircuitOpened or
+        CircuitRefused; returns whether it opened.
         """
         if relay_id in self._circuits:
             raise ValueError("relay_id already in use")
@@ -358,7 +369,7 @@ class CircuitTable:
             self._refused += 1
             self._events.append(CircuitRefused(requester, target, *refusal))
             return False
-        c = _Circuit(relay_id, requester, target, self.limits, now)
+        c = _Circuit(relay_id, requester, target, limits or self.limits, now)
         self._circuits[relay_id] = c
         if c.deadline is not None:
             self._note_deadline(c.deadline)
@@ -369,8 +380,30 @@ class CircuitTable:
         self._by_peer.setdefault(requester, set()).add(relay_id)
         self._by_peer.setdefault(target, set()).add(relay_id)
         self._opened += 1
-        self._events.append(CircuitOpened(relay_id, requester, target, self.limits))
+        self._events.append(CircuitOpened(relay_id, requester, target, c.limits))
         return True
+
+    def narrow(self, relay_id: bytes, limits: CircuitLimits, now: float) -> Outcome:
+        """Replace the limits of a circuit that has carried nothing yet (both balances
+        full): the other relay node of a cross-node circuit answered with tighter ones."""
+        c = self._circuits.get(relay_id)
+        if c is None:
+            return Outcome.UNKNOWN_CIRCUIT
+        if (
+            limits.window <= 0
+            or limits.max_data_frame <= 0
+            or limits.window < limits.max_data_frame
+        ):
+            raise ValueError("window and max_data_frame must be positive, window >= frame")
+        window = c.limits.window
+        if c.carried or c.forward.balance != window or c.backward.balance != window:
+            raise ValueError("cannot narrow a circuit that carried data")
+        c.limits = limits
+        c.forward.balance = c.backward.balance = limits.window
+        c.deadline = now + limits.duration if limits.duration > 0 else None
+        if c.deadline is not None:
+            self._note_deadline(c.deadline)
+        return Outcome.OK
 
     def send_delay(self, relay_id: bytes, sender: str, size: int, now: float) -> float:
         """Seconds ``sender`` should wait before sending ``size`` bytes (bandwidth limit).
@@ -428,7 +461,7 @@ class CircuitTable:
             if c.limits.bandwidth:
                 d.refill(c.limits.bandwidth, self._rate_burst(c), now)
                 d.rate_tokens -= n
-            if d.balance < self._blocked_below and d.blocked_since is None:
+            if d.balance < c.limits.max_data_frame and d.blocked_since is None:
                 d.blocked_since = now
                 if self.stall_timeout > 0:
                     self._note_deadline(now + self.stall_timeout)
@@ -453,7 +486,7 @@ class CircuitTable:
         if granted > 0:
             d.balance += granted
             # Progress: the receiver consumed data; restart (or stop) the stall timer.
-            d.blocked_since = now if d.balance < self._blocked_below else None
+            d.blocked_since = now if d.balance < c.limits.max_data_frame else None
             if d.blocked_since is not None and self.stall_timeout > 0:
                 self._note_deadline(now + self.stall_timeout)
             self._events.append(DeliverCredit(relay_id, d.sender, granted))

@@ -209,6 +209,21 @@ class TopicPeers:
     peers: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class TurnCredentialsRequest:
+    """Ask the relay for TURN credentials (PROTOCOL.md 13.9); no fields."""
+
+
+@dataclass(frozen=True, slots=True)
+class TurnCredentials:
+    """TURN REST API credentials for the session's peer id, and where to use them."""
+
+    username: str
+    password: str
+    ttl: float  # seconds from now the credentials stay valid
+    uris: tuple[str, ...]  # turn: / turns: URIs (RFC 7065) of the relay's TURN service
+
+
 Message = (
     Register
     | Challenge
@@ -229,9 +244,13 @@ Message = (
     | Pong
     | TopicRegister
     | TopicPeers
+    | TurnCredentialsRequest
+    | TurnCredentials
 )
 TOPIC_MAX_BYTES = 255  # UTF-8 bytes of a topic name (as on the topic wire, PROTOCOL.md 14.2)
 TOPIC_PEERS_MAX = 64  # peer ids in one TopicPeers
+TURN_URIS_MAX = 8  # URIs in one TurnCredentials, each at most 255 ASCII characters
+_TURN_URI = re.compile(r"turns?:[\x21-\x7e]{1,249}")
 
 # -- field table ------------------------------------------------------------------------
 # (json key, attribute, kind, required, always emitted)
@@ -320,6 +339,13 @@ _FIELDS: dict[type, tuple[_Spec, ...]] = {
         ("leave", "leave", "bool", False, False),
     ),
     TopicPeers: (("topic", "topic", "topic", True, True), ("peers", "peers", "ids", True, True)),
+    TurnCredentialsRequest: (),
+    TurnCredentials: (
+        ("username", "username", "str", True, True),
+        ("password", "password", "str", True, True),
+        ("ttl", "ttl", "seconds", True, True),
+        ("uris", "uris", "uris", True, True),
+    ),
 }
 _BY_NAME: dict[str, type] = {cls.__name__: cls for cls in _FIELDS}
 _LIMIT_FIELDS = ("duration", "data", "bandwidth", "window", "max_data_frame")
@@ -363,6 +389,15 @@ def _decode_value(kind: str, key: str, value: Any) -> Any:
             if not isinstance(item, str) or (problem := id_problem(item)):
                 raise SignalingParseError(f"field {key!r}: every entry must be a peer id")
         return tuple(value)
+    if kind == "uris":
+        ok = isinstance(value, list) and 0 < len(value) <= TURN_URIS_MAX
+        if not ok or not all(isinstance(v, str) and _TURN_URI.fullmatch(v) for v in value):
+            raise SignalingParseError(f"field {key!r} must list 1..{TURN_URIS_MAX} turn(s): URIs")
+        return tuple(value)
+    if kind == "seconds":  # positive and finite: a JSON 1e400 decodes to inf
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e9:
+            raise SignalingParseError(f"field {key!r} must be a positive number of seconds")
+        return float(value)
     if kind in ("str", "id", "rid"):
         if not isinstance(value, str):
             raise SignalingParseError(f"field {key!r} must be a string")
@@ -466,7 +501,7 @@ def _encode_value(kind: str, value: Any) -> Any:
         return {name: getattr(value, name) for name in _LIMIT_FIELDS}
     if kind == "numbers":
         return dict(value)
-    if kind == "ids":
+    if kind in ("ids", "uris"):
         return list(value)
     return value
 

@@ -147,6 +147,10 @@ class LabPeer:
                 self._changed = trio.Event()
         self._changed.set()
 
+    async def wait_changed(self) -> None:
+        """Until the peer prints another line (or its output ends)."""
+        await self._changed.wait()
+
     async def command(self, cmd: str, **fields) -> None:
         await self.process.stdin.send_all(json.dumps({"cmd": cmd, **fields}).encode() + b"\n")
 

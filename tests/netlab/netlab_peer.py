@@ -10,6 +10,11 @@ subtract times taken in different peers). Commands (one JSON object per line):
 * ``{"cmd": "send", "count": N, "interval": S, "size": B}``: N more numbered messages
   on the link (one every S seconds); reports ``sent`` with the hash of all sent so far.
 * ``{"cmd": "stats"}``: what arrived so far (count, order, duplicates, hash, gaps).
+* ``{"cmd": "subscribe", "topic": T}``: ``network.subscribe``; every message reports
+  ``topic_msg`` (topic, publisher, data as text).
+* ``{"cmd": "topic_peers", "topic": T}``: reports ``topic_peers`` (``network.topic_peers``).
+* ``{"cmd": "publish", "topic": T, "count": N}``: N messages ``"<own id> <i>"``; reports
+  ``published``.
 * ``{"cmd": "quit"}``.
 
 Options: ``--direct-timeout S`` (``direct_connect_timeout``), ``--no-direct``
@@ -119,6 +124,22 @@ class Peer:
             "sent", count=self.sent, sha=self.sent_hash.hexdigest(), type=self.link.connection_type
         )
 
+    async def subscribe(self, topic: str) -> None:
+        async with self.network.subscribe(topic) as subscription:
+            emit("subscribed", topic=topic)
+            async for message in subscription:
+                emit(
+                    "topic_msg",
+                    topic=message.topic,
+                    publisher=str(message.from_),
+                    data=message.data.decode(),
+                )
+
+    async def publish(self, topic: str, count: int) -> None:
+        for i in range(count):
+            await self.network.publish(topic, f"{self.network.local_peer_id} {i}".encode())
+        emit("published", topic=topic, count=count)
+
     def stats(self) -> None:
         seqs = self.received
         gaps = [b - a for a, b in zip(self.receive_times, self.receive_times[1:], strict=False)]
@@ -158,6 +179,13 @@ class Peer:
                     )
                 elif name == "stats":
                     self.stats()
+                elif name == "subscribe":
+                    nursery.start_soon(self.subscribe, command["topic"])
+                elif name == "topic_peers":
+                    peers = self.network.topic_peers(command["topic"])
+                    emit("topic_peers", topic=command["topic"], peers=peers)
+                elif name == "publish":
+                    nursery.start_soon(self.publish, command["topic"], command["count"])
 
     async def connect(self, peer_id: str, nursery: trio.Nursery) -> None:
         start = time.monotonic()

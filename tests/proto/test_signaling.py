@@ -70,6 +70,16 @@ messages = st.one_of(
     st.builds(sig.Error, message=texts, code=opt_texts, ref=opt_texts),
     st.builds(sig.Ping, nonce=st.none() | st.text(max_size=sig.PING_NONCE_MAX)),
     st.builds(sig.Pong, nonce=st.none() | st.text(max_size=sig.PING_NONCE_MAX)),
+    st.builds(sig.TurnCredentialsRequest),
+    st.builds(
+        sig.TurnCredentials,
+        username=texts,
+        password=texts,
+        ttl=st.floats(1e-3, 1e8),
+        uris=st.lists(
+            st.from_regex(r"turns?:[\x21-\x7e]{1,60}", fullmatch=True), min_size=1, max_size=8
+        ).map(tuple),
+    ),
 )
 
 

@@ -5,6 +5,7 @@ processes and SDK peers: test_cluster_processes.py."""
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -19,6 +20,7 @@ from darkswap_trio.proto.signaling import (
     Answer,
     Authenticate,
     Challenge,
+    CircuitData,
     Error,
     IceCandidate,
     Offer,
@@ -121,10 +123,14 @@ async def test_one_holder_per_peer_id_and_unknown_peers() -> None:
                     "unknown_peer",
                     nobody,
                 )
-                # A peer of another node: its circuit is the mesh's (refused without it).
+                # A peer of another node: the mesh opens the circuit, finding n2 through
+                # this Redis directory.
                 await a.send(RelayRequest(from_=a.peer_id, to=b.peer_id))
                 response = await a.expect(RelayResponse)
-                assert (response.accepted, response.code) == (False, "cross_node_circuit")
+                assert response.accepted, response
+                assert await b.expect_circuit_announcement(a.peer_id) == response.relay_id
+                await a.send_data(uuid.UUID(response.relay_id).bytes, b"across the mesh")
+                assert (await b.expect(CircuitData)).payload == b"across the mesh"
                 assert n1.router.cluster is not None
                 found = await n1.router.cluster.directory.locate(b.peer_id)
                 assert found is not None

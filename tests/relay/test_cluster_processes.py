@@ -186,6 +186,14 @@ async def test_sdk_peers_on_three_nodes_signal_each_other(tmp_path: Path) -> Non
                 assert (error.code, error.ref) == ("unknown_peer", nobody)
                 assert trio.current_time() - start < 1.0
 
+                # A circuit between them: the mesh finds bob's node in the Redis directory.
+                circuit = await a.request_circuit(b_id)
+                incoming = await b.accept_circuit()
+                await circuit.send(b"a to b")
+                assert await incoming.receive() == b"a to b"
+                await incoming.send(b"b to a")
+                assert await circuit.receive() == b"b to a"
+
                 health = await n1.health()
                 assert health["cluster"]["state"] == "joined", health
                 assert health["cluster"]["node_id"] == "n1"

@@ -20,6 +20,7 @@ from relay._config import (
     AuthConfig,
     ConfigError,
     LimitsConfig,
+    MeshConfig,
     TurnConfig,
     announce_multiaddr,
     config_changes,
@@ -160,6 +161,7 @@ def test_example_relay_toml_lists_every_key_with_its_default() -> None:
         "limits.": LimitsConfig(),
         "turn.": TurnConfig(),
         "cluster.": ClusterConfig(),
+        "mesh.": MeshConfig(),
     }
     missing = []
     for prefix, defaults in sections.items():

@@ -1,10 +1,13 @@
 """The relay's topic rendezvous table: samples, expiry, bounds, and the wire messages."""
 
+import copy
 import random
 
 import pytest
+import trio
 from hypothesis import given
 from hypothesis import strategies as st
+from relayclient import connect, make_config, new_peer
 
 from darkswap_trio.proto.errors import SignalingParseError
 from darkswap_trio.proto.signaling import (
@@ -13,6 +16,7 @@ from darkswap_trio.proto.signaling import (
     decode_message_untrusted,
     encode_message,
 )
+from relay import serve_relay
 from relay._rendezvous import TopicLimit, TopicRendezvous
 
 PEERS = [f"12D3KooWpeer{i:03d}" for i in range(40)]
@@ -97,3 +101,72 @@ def test_any_payload_only_parse_error(value, kind):
             decode_message_untrusted(json.dumps({"type": kind, "payload": payload}))
         except SignalingParseError:
             pass
+
+
+def test_stale_registrations_are_swept_and_counted():
+    table = TopicRendezvous(ttl=10, max_topics=2)
+    table.register(PEERS[0], "a", 0.0)
+    table.register(PEERS[1], "a", 0.0)
+    table.register(PEERS[1], "a", 5.0)  # a renewal is not a second registration
+    assert table.registrations == 2
+    # A topic's own traffic sweeps it: PEERS[0] stopped renewing and is gone.
+    assert table.register(PEERS[2], "a", 12.0) == [PEERS[1]]
+    assert table.registrations == 2 and "a" not in table.topics_of(PEERS[0])
+    table.register(PEERS[3], "b", 12.0)
+    # The table is full, but every entry of "a" and "b" expired by 30: a full sweep runs.
+    assert table.register(PEERS[4], "c", 30.0) == []
+    assert len(table) == 1 and table.registrations == 1 and table.refused == 0
+
+
+async def test_limits_from_config_errors_metrics_and_reload(nursery):
+    """A real relay: the bounds come from LimitsConfig, a refusal is a topic_limit error and a
+    limit_hits sample, the gauges follow the table, and a reload applies new bounds."""
+
+    def value(server, name, labels=None):
+        return server.metrics.value(name, labels) or 0.0
+
+    with trio.fail_after(10):
+        config = make_config(max_topics_per_peer=1, max_peers_per_topic=2, topic_sample=1)
+        server = await nursery.start(serve_relay, config)
+        relay_id = server.peer_id
+        async with connect(server) as a, connect(server) as b, connect(server) as c:
+            for client in (a, b, c):
+                await client.register_extended(new_peer(), relay_id, open_mode=True)
+            await a.send(TopicRegister("t"))
+            assert (await a.expect(TopicPeers)).peers == ()
+            await b.send(TopicRegister("t"))
+            assert (await b.expect(TopicPeers)).peers == (a.peer_id,)
+            await a.send(TopicRegister("u"))
+            err = await a.expect_error("topic_limit")
+            assert "1 topics per peer" in err.message
+            await c.send(TopicRegister("t"))
+            await c.expect_error("topic_limit")
+            hits = "darkswap_relay_limit_hits_total"
+            assert value(server, hits, {"limit": "topics_per_peer"}) == 1
+            assert value(server, hits, {"limit": "peers_per_topic"}) == 1
+            assert value(server, "darkswap_relay_topics") == 1
+            assert value(server, "darkswap_relay_topic_registrations") == 2
+            new = copy.deepcopy(config)
+            new.limits.max_peers_per_topic = 3
+            applied, _ = server.reload(new)  # what SIGHUP does after reading the file
+            assert applied == ["limits.max_peers_per_topic"]
+            await c.send(TopicRegister("t"))
+            assert len((await c.expect(TopicPeers)).peers) == 1  # topic_sample
+            assert value(server, "darkswap_relay_topic_registrations") == 3
+        # Sessions ended: their registrations went with them.
+        with trio.fail_after(5):
+            while value(server, "darkswap_relay_topic_registrations"):
+                await trio.sleep(0.01)
+        assert value(server, "darkswap_relay_topics") == 0
+        await server.shutdown(1)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "says"),
+    [("topic_ttl", 0.0, "topic_ttl must be positive"), ("topic_sample", 65, "at most 64")],
+)
+def test_bad_rendezvous_limits_are_config_errors(key, value, says):
+    from relay._config import ConfigError
+
+    with pytest.raises(ConfigError, match=says):
+        make_config(**{key: value}).validate()

@@ -41,7 +41,9 @@ async def test_loopback_peer_refused_without_the_switch() -> None:
             running_turn(allow_loopback_peers=False) as (service, _),
             trio.open_nursery() as nursery,
         ):
-            peer = await nursery.start(echo_peer)
+            # 127.0.0.2: the relay's own address 127.0.0.1 is a permitted peer (its
+            # allocations reach each other), though only its allocations' ports.
+            peer = await nursery.start(echo_peer, b"echo:", "127.0.0.2")
             username, password = credentials()
             relayed, got = await trio.to_thread.run_sync(
                 partial(aioice_exchange, service.port, peer, username, password, "udp", [b"hi"])

@@ -36,7 +36,8 @@ def credentials(peer_id: str = "peerA", ttl: float = 3600.0) -> tuple[str, str]:
 
 
 @asynccontextmanager
-async def running_turn(rate_limiter: Any = None, **overrides: Any):
+async def running_turn(rate_limiter: Any = None, ssl_context: Any = None, **overrides: Any):
+    """A TURN service on 127.0.0.1 (UDP and TCP), and over TLS when given ``ssl_context``."""
     metrics = RelayMetrics()
     async with trio.open_nursery() as nursery:
         service: TurnService = await nursery.start(
@@ -47,6 +48,8 @@ async def running_turn(rate_limiter: Any = None, **overrides: Any):
                 settings(**overrides),
                 metrics,
                 rate_limiter=rate_limiter,
+                tls_port=0 if ssl_context is not None else None,
+                ssl_context=ssl_context,
             )
         )
         try:
@@ -63,6 +66,7 @@ def aioice_exchange(
     transport: str,
     payloads: list[bytes],
     timeout: float = 5.0,
+    ssl_context: Any = None,
 ) -> tuple[tuple[str, int], list[bytes]]:
     """In a fresh asyncio loop (run it in a thread): allocate with aioice's TURN client,
     send each payload to ``peer`` and collect what comes back. Returns the relayed
@@ -85,6 +89,7 @@ def aioice_exchange(
                 username,
                 password,
                 transport=transport,
+                ssl=ssl_context,
             ),
             timeout,
         )
@@ -102,11 +107,13 @@ def aioice_exchange(
     return asyncio.run(main())
 
 
-async def echo_peer(prefix: bytes = b"echo:", *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-    """A plain UDP peer on 127.0.0.1 that echoes every datagram, prefixed ``prefix``."""
+async def echo_peer(
+    prefix: bytes = b"echo:", host: str = "127.0.0.1", *, task_status=trio.TASK_STATUS_IGNORED
+) -> None:
+    """A plain UDP peer on ``host`` that echoes every datagram, prefixed ``prefix``."""
     sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
     with sock:
-        await sock.bind(("127.0.0.1", 0))
+        await sock.bind((host, 0))
         task_status.started(sock.getsockname())
         while True:
             data, source = await sock.recvfrom(65536)

@@ -24,7 +24,7 @@ async def until(condition, interval=0.02):
 
 
 def knows(network, topic, count):
-    return lambda: len(network.topic_layer.core.topic_peers(topic)) >= count
+    return lambda: len(network.topic_peers(topic)) >= count
 
 
 async def collect(subscription, into):
@@ -65,6 +65,10 @@ async def test_publish_subscribe_on_three_peers_with_app_messages(relay_server):
                     nursery.start_soon(collect, sub, into)
                 await until(knows(a, "orders/BTC-USDT", 1))
                 await until(knows(c, "orders/BTC-USDT", 1))
+                assert a.topic_peers("orders/BTC-USDT") == sorted(a.topic_peers("orders/BTC-USDT"))
+                assert str(d.local_peer_id) not in a.topic_peers("orders/BTC-USDT")
+                with pytest.raises(TypeError, match="topic must be a str"):
+                    a.topic_peers(b"orders/BTC-USDT")
                 # Application messages and topic traffic share the link, both ways.
                 await ab.send(b"app message")
                 with pytest.raises(ValueError, match="reserved"):

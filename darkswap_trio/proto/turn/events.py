@@ -15,8 +15,9 @@ __all__ = [
     "TurnStatistics",
 ]
 
-# ("udp" | "tcp", client address as the server socket sees it). A TCP client's
-# address is unique per connection, so it names the connection too.
+# ("udp" | "tcp" | "tls", client address as the server socket sees it). A TCP or TLS
+# client's address is unique per connection on its port, so it names the connection
+# too; "tcp" and "tls" differ because one source port may reach both server ports.
 ClientKey = tuple[str, tuple[str, int]]
 
 

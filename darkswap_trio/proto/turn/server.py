@@ -10,7 +10,9 @@ Output: :meth:`poll_transmit` (:class:`ToClient` / :class:`ToPeer`),
 
 Authentication is the long-term mechanism (RFC 8489 section 9.2) with TURN REST API
 credentials (:mod:`.auth`). Every peer address is checked by :class:`PeerPolicy` when
-a permission or channel is installed and again on every relayed datagram.
+a permission or channel is installed and again on every relayed datagram, except the
+relayed addresses of this server's own allocations: two relay-only peers of one server
+reach each other, in process (no :class:`ToPeer`), and nothing else on ``relay_ip``.
 """
 
 from __future__ import annotations
@@ -96,6 +98,7 @@ class TurnServer:
         self._max_channel = MAX_CHANNEL_RFC5766 if settings.rfc5766_channels else MAX_CHANNEL
         self._allocations: dict[int, Allocation] = {}
         self._by_client: dict[ClientKey, Allocation] = {}
+        self._by_relayed: dict[tuple[str, int], Allocation] = {}
         self._per_user: Counter[str] = Counter()
         self._per_ip: Counter[str] = Counter()
         self._timers: list[tuple[float, int]] = []
@@ -175,6 +178,7 @@ class TurnServer:
         if allocation is None or allocation.relayed is not None:
             return False
         allocation.relayed = relayed
+        self._by_relayed[relayed] = allocation
         client = allocation.client
         tid = allocation.allocate_transaction
         lifetime = max(0, math.ceil(allocation.expires_at - now))
@@ -229,7 +233,7 @@ class TurnServer:
             self._bandwidth_exceeded()
             return
         client = allocation.client
-        stream = client[0] == "tcp"
+        stream = client[0] != "udp"
         number = allocation.peer_channel(peer, now)
         if number is not None:
             frame = encode_channel_data(number, data, stream=stream)
@@ -433,7 +437,7 @@ class TurnServer:
     def _channel_data(self, client: ClientKey, data: bytes, now: float) -> None:
         try:
             number, payload = parse_channel_data_untrusted(
-                data, stream=client[0] == "tcp", max_channel=self._max_channel
+                data, stream=client[0] != "udp", max_channel=self._max_channel
             )
         except TurnParseError:
             self.counters["drop_malformed"] += 1
@@ -448,7 +452,9 @@ class TurnServer:
     def _relay_to_peer(
         self, allocation: Allocation, peer: tuple[str, int], data: bytes, now: float
     ) -> None:
-        ip = self._policy.check(peer[0])  # again on every send, not only at permission
+        target = self._by_relayed.get(peer)
+        # Again on every send, not only at permission; another allocation of ours passes.
+        ip = peer[0] if target is not None else self._policy.check(peer[0])
         if ip is None or ":" in ip:
             self.counters["drop_peer_denied"] += 1
             return
@@ -459,6 +465,11 @@ class TurnServer:
             self._bandwidth_exceeded()
             return
         self.counters["bytes_to_peer"] += len(data)
+        if target is not None and allocation.relayed is not None:
+            # What the kernel would do (from A's relayed socket to B's), without it.
+            self.counters["hairpin_datagrams"] += 1
+            self.receive_from_peer(target.allocation_id, allocation.relayed, data, now)
+            return
         self._transmits.append(ToPeer(allocation.allocation_id, (ip, peer[1]), data))
 
     # -- helpers ------------------------------------------------------------------------
@@ -466,6 +477,8 @@ class TurnServer:
     def _check_peer(self, allocation: Allocation, message: TurnMessage, text: str) -> str:
         """The canonical peer IP, or a 403 (denied) / 443 (family mismatch) answer."""
         address = self._policy.check(text)
+        if address is None and _same_ip(text, self.settings.relay_ip):
+            address = self.settings.relay_ip  # sends reach only our allocations (above)
         if address is None:
             self.counters["peer_denied"] += 1
             self._error(allocation.client, message, 403, allocation.key)
@@ -545,6 +558,11 @@ class TurnServer:
         self._timer_at.pop(allocation.allocation_id, None)
         if self._by_client.get(allocation.client) is allocation:
             del self._by_client[allocation.client]
+        if (
+            allocation.relayed is not None
+            and self._by_relayed.get(allocation.relayed) is allocation
+        ):
+            del self._by_relayed[allocation.relayed]
         for table, key in (
             (self._per_user, _user(allocation.username)),
             (self._per_ip, _client_ip(allocation.client)),
@@ -561,3 +579,10 @@ def _user(username: str) -> str:
 
 def _client_ip(client: ClientKey) -> str:
     return str(canonical_peer_ip(client[1][0]))
+
+
+def _same_ip(text: str, ip: str) -> bool:
+    try:
+        return str(canonical_peer_ip(text)) == ip
+    except ValueError:
+        return False

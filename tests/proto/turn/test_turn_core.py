@@ -172,7 +172,7 @@ def test_create_permission_installs_every_peer_address() -> None:
         "169.254.169.254",
         "224.0.0.1",
         "100.64.0.1",
-        "198.51.100.1",  # the relay's own relayed address (and not global anyway)
+        "198.51.100.2",  # a neighbour of the relay's address, not global
         "::1",
         "fe80::1",
     ],
@@ -181,6 +181,38 @@ def test_non_global_peers_are_forbidden(address: str) -> None:
     client, server = allocated()
     assert client.permit([(address, 1)], 1.0).error_code == 403
     assert client.bind(0x4000, (address, 1), 1.0).error_code == 403
+
+
+def test_two_allocations_reach_each_other_in_process() -> None:
+    """Relay-only peers of one server: A's relayed address is a permitted peer of B
+    (relay_ip is not global here, and it is the relay's own), data goes A -> B without
+    a ToPeer, and nothing else on relay_ip is reachable."""
+    server = make_server()
+    a = Client(server, addr=("203.0.113.7", 40000), peer_id="peerA")
+    b = Client(server, addr=("203.0.113.8", 40001), peer_id="peerB")
+    relayed_a = a.allocate(0.0).attributes["XOR-RELAYED-ADDRESS"]
+    relayed_b = b.allocate(0.0).attributes["XOR-RELAYED-ADDRESS"]
+    assert relayed_a[0] == relayed_b[0] == "198.51.100.1"
+    assert a.bind(0x4000, relayed_b, 1.0).message_class == stun.Class.RESPONSE
+    assert b.permit([relayed_a], 1.0).message_class == stun.Class.RESPONSE
+    server.receive(a.key_tuple, encode_channel_data(0x4000, b"to b"), 2.0)
+    out = drain(server)
+    assert [type(t) for t in out] == [ToClient] and out[0].client == b.key_tuple
+    data = stun.parse_message(out[0].data)
+    assert data.attributes["XOR-PEER-ADDRESS"] == relayed_a
+    assert data.attributes["DATA"] == b"to b"
+    assert server.counters["hairpin_datagrams"] == 1
+    # Another port of relay_ip is no allocation: dropped, never sent by the kernel.
+    assert a.bind(0x4001, ("198.51.100.1", 9), 3.0).message_class == stun.Class.RESPONSE
+    server.receive(a.key_tuple, encode_channel_data(0x4001, b"ssrf"), 4.0)
+    assert drain(server) == []
+    assert server.counters["drop_peer_denied"] == 1
+    # Without B's permission for A, B gets nothing.
+    c = Client(server, addr=("203.0.113.9", 40002), peer_id="peerC")
+    relayed_c = c.allocate(5.0).attributes["XOR-RELAYED-ADDRESS"]
+    assert a.bind(0x4002, relayed_c, 5.0).message_class == stun.Class.RESPONSE
+    server.receive(a.key_tuple, encode_channel_data(0x4002, b"unasked"), 6.0)
+    assert drain(server) == []
 
 
 def test_own_global_address_is_forbidden() -> None:
