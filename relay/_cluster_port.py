@@ -41,8 +41,5 @@ class ClusterPort(Protocol):
     ) -> Coroutine[Any, Any, None]:
         """Send a signaling message to a peer not registered here (awaited by the session)."""
 
-    def request_circuit(self, session: ClusterSession, target: str) -> Coroutine[Any, Any, None]:
-        """RelayRequest for a peer not registered here (awaited by the session)."""
-
     def health(self) -> dict[str, Any]:
         """The ``cluster`` part of /healthz."""

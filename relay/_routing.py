@@ -86,15 +86,6 @@ def route_message(
         else:
             target.send_control(msg)
     elif isinstance(msg, RelayRequest):
-        # A cluster node without the mesh half (``router.cross_node``, which opens
-        # cross-node circuits itself) still answers the lookup: unknown_peer or why not.
-        if (
-            router.cluster is not None
-            and getattr(router, "cross_node", None) is None
-            and msg.to != me
-            and router.lookup(msg.to) is None
-        ):
-            return router.cluster.request_circuit(session, msg.to)
         router.request_circuit(me, msg.to)
     elif isinstance(msg, RelayData):
         relay_id = parse_relay_id(msg.relay_id)

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from darkswap_trio.proto.circuits import CloseReason
-from darkswap_trio.proto.signaling import Answer, Error, IceCandidate, Offer, RelayResponse
+from darkswap_trio.proto.signaling import Answer, Error, IceCandidate, Offer
 
 from ._directory import ClusterDirectory
 from ._inbox import NodeInbox
@@ -37,8 +37,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("relay.cluster")
 
 CLOSE_NORMAL = 1000
-# Opens a circuit to ``target`` on another node: (requesting session, target, its node).
-RemoteCircuitOpener = Callable[[ClusterSession, str, NodeAddress], Awaitable[None]]
 
 
 class ClusterNode:
@@ -77,8 +75,6 @@ class ClusterNode:
             error_sent=router.metrics.error_sent,
         )
         self.inbox.release_if_silent = self._release_if_silent
-        # Set by the mesh half: opens circuits to peers of other nodes.
-        self.open_remote_circuit: RemoteCircuitOpener | None = None
         self.redis_up = False
         self.last_error = ""
         link.on_result = self._redis_result
@@ -118,35 +114,6 @@ class ClusterNode:
         """Send a signaling message to a peer not registered here (the session awaits it
         before its next frame: order per sender)."""
         return self.inbox.forward(session, msg)
-
-    def request_circuit(self, session: ClusterSession, target: str) -> Coroutine[Any, Any, None]:
-        """RelayRequest for a peer not registered here."""
-        return self._request_circuit(session, target)
-
-    async def _request_circuit(self, session: ClusterSession, target: str) -> None:
-        try:
-            address = await self.directory.locate(target)
-        except ClusterUnavailable as exc:
-            self._refuse_circuit(session, target, "cluster_unavailable", f"cluster lookup: {exc}")
-            return
-        if address is None:
-            self._refuse_circuit(session, target, "unknown_peer", f"peer {target} is not connected")
-        elif self.open_remote_circuit is not None:
-            await self.open_remote_circuit(session, target, address)
-        else:
-            self._refuse_circuit(
-                session,
-                target,
-                "cross_node_circuit",
-                f"peer {target} is on relay node {address.node_id}: "
-                "this relay cannot open circuits to other nodes",
-            )
-
-    def _refuse_circuit(self, session: ClusterSession, target: str, code: str, text: str) -> None:
-        self._router.metrics.circuits_refused.labels(reason=code).inc()
-        session.send_control(
-            RelayResponse(relay_id="", accepted=False, error=text, code=code, to=target)
-        )
 
     async def _release_if_silent(self, peer_id: str, holder: str) -> bool:
         """Another node's newcomer proved it owns ``peer_id``, which we hold as
