@@ -69,26 +69,35 @@ async def _open_stream(address: RedisAddress) -> trio.abc.Stream:
 class RedisConnection:
     """One pipelined command connection (see the module docstring)."""
 
-    def __init__(self, stream: trio.abc.Stream) -> None:
+    def __init__(self, stream: trio.abc.Stream, send_timeout: float) -> None:
         self._stream = stream
         self._parser = RespParser()
         self._slots: deque[_Slot] = deque()
         self._send_lock = trio.Lock()
+        self._send_timeout = send_timeout
         self.broken: str | None = None  # why it can no longer be used
 
     async def command(self, *args: Arg) -> Any:
         """Send a command, return its reply (a ReplyError is returned, not raised).
         Raises ClusterUnavailable if the connection fails."""
-        if self.broken is not None:
-            raise ClusterUnavailable(self.broken)
         slot = _Slot()
         async with self._send_lock:
+            if self.broken is not None:
+                raise ClusterUnavailable(self.broken)
             self._slots.append(slot)
-            with trio.CancelScope(shield=True):  # never half a command on the wire
-                try:
-                    await self._stream.send_all(encode_command(*args))
-                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                    self._fail(f"Redis connection lost: {exc}")
+            # Never half a command on the wire: the write is shielded from the caller's
+            # cancellation, and bounded on its own (a Redis that stops reading).
+            with trio.CancelScope(shield=True):
+                failure: str | None = f"Redis did not read a command for {self._send_timeout} s"
+                with trio.move_on_after(self._send_timeout):
+                    try:
+                        await self._stream.send_all(encode_command(*args))
+                        failure = None
+                    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                        failure = f"Redis connection lost: {exc}"
+                if failure is not None:
+                    self._fail(failure)
+                    await self._stream.aclose()  # ends the reader too
         try:
             await slot.done.wait()
         except BaseException:
@@ -177,7 +186,7 @@ class RedisLink:
             connection = self._connection
             if connection is None or connection.broken is not None:
                 try:
-                    connection = RedisConnection(await self._connect())
+                    connection = RedisConnection(await self._connect(), self.timeout)
                 except BaseException:
                     self._down_since = trio.current_time()
                     raise
