@@ -3,7 +3,9 @@ bench_datachannel.py, which starts two of them and relays their descriptions.
 
     python _dc_peer.py ours|aiortc offer|answer  [--rtt N] [--bytes B] [--seconds S]
 
-Lines on stdin/stdout are JSON. The offerer prints {"sdp": offer}, reads {"sdp": answer},
+Lines on stdin/stdout are JSON. Both print {"ready": true} once imported; the offerer
+then waits for {"go": true} (so neither stack's start-up counts), prints {"sdp": offer},
+reads {"sdp": answer},
 opens a channel, and then measures, printing one result line per measurement:
 
 * {"open": s}: from just before the offer was made to the channel open and one 1-byte
@@ -68,6 +70,7 @@ async def ours(role: str, args: argparse.Namespace) -> None:
     from darkswap_trio.webrtc import PeerConnectionConfig, open_peer_connection
 
     config = PeerConnectionConfig(host_addresses=[LOOPBACK], high_water_mark=HIGH_WATER)
+    emit({"ready": True})
 
     async def read() -> dict:
         return await trio.to_thread.run_sync(read_item, abandon_on_cancel=True)
@@ -94,6 +97,7 @@ async def ours(role: str, args: argparse.Namespace) -> None:
             except (trio.BrokenResourceError, trio.EndOfChannel, trio.ClosedResourceError):
                 pass  # the offerer is done and gone
         return
+    await read()  # {"go": ...}: both peers are ready
     start = time.perf_counter()
     async with open_peer_connection(config) as pc:
         emit({"sdp": await pc.create_offer()})
@@ -151,11 +155,14 @@ async def theirs(role: str, args: argparse.Namespace) -> None:
 
     # aioice skips 127.0.0.1 and would check every interface: loopback only, like ours.
     aioice.ice.get_host_addresses = lambda **_: [LOOPBACK]
+    emit({"ready": True})
     loop = asyncio.get_running_loop()
 
     async def read() -> dict:
         return await loop.run_in_executor(None, read_item)
 
+    if role == "offer":
+        await read()  # {"go": ...}: both peers are ready
     start = time.perf_counter()
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))  # never Google's STUN server
     inbox: asyncio.Queue = asyncio.Queue()

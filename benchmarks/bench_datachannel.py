@@ -49,6 +49,10 @@ def run_pair(offerer: str, answerer: str, rtt: int, total: int, seconds: float) 
     answer_proc = subprocess.Popen([*python, answerer, "answer"], **pipes)
     offer_proc = subprocess.Popen([*python, offerer, "offer", *extra], **pipes)
     try:
+        for proc in (answer_proc, offer_proc):
+            assert json.loads(proc.stdout.readline()) == {"ready": True}
+        offer_proc.stdin.write('{"go": true}\n')
+        offer_proc.stdin.flush()
         offer = offer_proc.stdout.readline()
         answer_proc.stdin.write(offer)
         answer_proc.stdin.flush()
