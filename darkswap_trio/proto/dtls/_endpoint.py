@@ -32,7 +32,6 @@ from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
 
 from ..errors import DtlsParseError
-from ._aead_records import AeadRecords, aead_records
 from ._certificate import DtlsCertificate, certificate_fingerprint, fingerprint_matches
 from ._events import (
     Closed,
@@ -77,7 +76,6 @@ _MAX_DATAGRAM = 16384  # well above any path MTU, below OpenSSL's DTLS read buff
 _READ_SIZE = 65536  # larger than any record, so a record is never read in pieces
 
 _HANDSHAKE_TYPES = (ContentType.HANDSHAKE, ContentType.CHANGE_CIPHER_SPEC)
-_CLOSE_NOTIFY = b"\x01\x00"  # alert level warning, description close_notify
 
 
 class DtlsEndpoint:
@@ -158,8 +156,6 @@ class DtlsEndpoint:
         self._app_bytes_received = 0
         self._cleartext_mtu: int | None = None
         self._cipher: RecordCipher | None = None  # the data path, once connected
-        self._aead: AeadRecords | None = None  # instead of it, for AES-GCM suites
-        self._last_written = (0, -1)  # (epoch, sequence) of OpenSSL's latest record
 
     # ----------------------------------------------------------------- inputs
 
@@ -189,16 +185,9 @@ class DtlsEndpoint:
         records becomes a :class:`Failed` event instead.
         """
         if self.state is DtlsState.CONNECTED and _is_one_application_record(datagram):
-            data = self.receive_application_data(datagram, now)
+            data = self._decrypt(datagram)
             if data is not None:
                 self._events.append(DataReceived(data))
-            return
-        if self._aead is not None:
-            try:
-                self._receive_protected(datagram)
-            except DtlsParseError:
-                self._datagrams_dropped += 1
-                raise
             return
         if self.state in (DtlsState.CLOSED, DtlsState.FAILED):
             self._datagrams_dropped += 1
@@ -246,36 +235,46 @@ class DtlsEndpoint:
         exactly one application-data record instead of queuing a :class:`DataReceived`.
 
         Returns None for every other datagram (handled by :meth:`receive`) and for a
-        record that is dropped (replayed, not authentic): poll events then. Raises like
-        :meth:`receive`. Such a record never makes OpenSSL write anything (WebRTC never
-        renegotiates), so no output is collected.
+        record OpenSSL discards: poll events then. Raises like :meth:`receive`.
         """
+        cipher = self._cipher  # set exactly while connected
         size = len(datagram)
-        if not (
-            self.state is DtlsState.CONNECTED
+        if (
+            cipher is not None
             and 13 < size <= _MAX_DATAGRAM
             and datagram[0] == 23
             and int.from_bytes(datagram[11:13], "big") + 13 == size
-        ):
-            self.receive(datagram, now)
-            return None
-        datagram = datagram if type(datagram) is bytes else bytes(datagram)
-        self._datagrams_received += 1
-        self._bytes_received += size
-        if (aead := self._aead) is not None:  # AES-GCM: one C call
-            opened = aead.open_untrusted(datagram)
-            data = b"" if opened is None else opened[1]
-        elif (cipher := self._cipher) is not None:  # OpenSSL's C API: four
+            and type(datagram) is bytes
+        ):  # _decrypt(), inlined: this is the per-datagram path of a transfer
+            self._datagrams_received += 1
+            self._bytes_received += size
             data = cipher.decrypt(datagram)
-        else:  # pyOpenSSL only
+            if data:
+                self._app_bytes_received += len(data)
+                return data
+            if data is None:
+                self._read_application_data()  # events: what went wrong
+            return None  # or a replayed or unauthentic record: OpenSSL dropped it
+        self.receive(datagram, now)
+        return None
+
+    def _decrypt(self, datagram: bytes) -> bytes | None:
+        """One application-data record: no record parsing and no output collection (such
+        a record never makes OpenSSL write anything: WebRTC never renegotiates)."""
+        self._datagrams_received += 1
+        self._bytes_received += len(datagram)
+        datagram = datagram if type(datagram) is bytes else bytes(datagram)
+        if self._cipher is not None:
+            data = self._cipher.decrypt(datagram)
+            if data:
+                self._app_bytes_received += len(data)
+                return data
+            if data is not None:
+                return None  # a replayed or unauthentic record: OpenSSL dropped it
+        else:
             self._ssl.bio_write(datagram)
-            data = None
-        if data:
-            self._app_bytes_received += len(data)
-            return data
-        if data is None:
-            self._read_application_data()  # events: the data, or what went wrong
-        return None  # b"": dropped, or an empty record
+        self._read_application_data()  # events: the data, or what went wrong
+        return None
 
     def send(self, data: bytes) -> None:
         """Encrypt ``data`` as one application-data record.
@@ -294,6 +293,17 @@ class DtlsEndpoint:
         Returns None when there is nothing to send (empty ``data``; a failure, which
         queues a :class:`Failed` event). Raises like :meth:`send`.
         """
+        cipher = self._cipher  # set exactly while connected
+        size = len(data)
+        if cipher is not None and 0 < size <= (self._cleartext_mtu or 0) and type(data) is bytes:
+            datagram = cipher.encrypt(data)  # _encrypt(), inlined for the data path
+            if datagram is not None:
+                if not datagram:
+                    return None  # unreachable: OpenSSL wrote the record somewhere
+                self._app_bytes_sent += size
+                self._datagrams_sent += 1
+                self._bytes_sent += len(datagram)
+                return datagram
         datagram = self._encrypt(data)
         if datagram is not None:
             self._datagrams_sent += 1
@@ -301,13 +311,9 @@ class DtlsEndpoint:
         return datagram
 
     def _encrypt(self, data: bytes) -> bytes | None:
-        size = len(data)
-        aead = self._aead  # set exactly while connected, for AES-GCM suites
-        if aead is not None and 0 < size <= (self._cleartext_mtu or 0):
-            self._app_bytes_sent += size  # the data path: one C call
-            return aead.seal(23, data)
         if self.state is not DtlsState.CONNECTED:
             raise DtlsStateError(f"cannot send in state {self.state.value}")
+        size = len(data)
         if size > self.max_application_data():
             raise ValueError(
                 f"{size} bytes exceed one record within the {self.mtu}-byte MTU "
@@ -339,10 +345,14 @@ class DtlsEndpoint:
     def close(self) -> None:
         """Send close_notify (if connected) and stop. Idempotent; emits no event."""
         if self.state is DtlsState.CONNECTED:
-            self._send_close_notify()
+            try:
+                self._ssl.shutdown()
+            except SSL.Error:
+                pass  # nothing more we can tell the peer
+            self._collect_output()
         if self.state not in (DtlsState.FAILED,):
             self.state = DtlsState.CLOSED
-        self._cipher = self._aead = None
+        self._cipher = None
         self._stop_timers()
 
     def handle_timeout(self, now: float) -> None:
@@ -438,9 +448,7 @@ class DtlsEndpoint:
         self.srtp_profile = profile.decode("ascii") if profile else None
         self.state = DtlsState.CONNECTED
         self._cleartext_mtu = self._ssl.get_cleartext_mtu()
-        epoch, sequence = self._last_written  # our Finished: OpenSSL's last record
-        self._aead = aead_records(self._ssl, self.role, epoch, sequence + 1) if epoch else None
-        self._cipher = None if self._aead is not None else record_cipher(self._ssl)
+        self._cipher = record_cipher(self._ssl)
         self._events.append(HandshakeComplete(self.srtp_profile, self.remote_fingerprint))
         return True
 
@@ -450,7 +458,12 @@ class DtlsEndpoint:
         if expected is None or fingerprint_matches(der, expected):
             return True
         wanted = ", ".join(f"{algorithm} {value}" for algorithm, value in expected)
-        self._send_close_notify()  # so the peer learns now rather than at its own timeout
+        # close_notify so the peer learns now rather than at its own timeout.
+        try:
+            self._ssl.shutdown()
+        except SSL.Error:
+            pass
+        self._collect_output()
         self._fail(
             f"DTLS peer certificate fingerprint mismatch: "
             f"got {self.remote_fingerprint}, expected {wanted or '(none)'}"
@@ -464,7 +477,12 @@ class DtlsEndpoint:
             except SSL.WantReadError:
                 break
             except SSL.ZeroReturnError:
-                self._send_close_notify()  # our own in answer, as TLS 1.2 §7.2.1 asks
+                # Answer close_notify with our own, as TLS 1.2 §7.2.1 asks.
+                try:
+                    self._ssl.shutdown()
+                except SSL.Error:
+                    pass
+                self._collect_output()
                 self.state = DtlsState.CLOSED
                 self._cipher = None
                 self._events.append(Closed("peer sent close_notify"))
@@ -495,11 +513,7 @@ class DtlsEndpoint:
         if not chunks:
             return []
         # OpenSSL's own output: a parse failure here is a bug, not hostile input.
-        records = parse_records_untrusted(b"".join(chunks))
-        self._last_written = max(
-            self._last_written, *((r.epoch, r.sequence_number) for r in records)
-        )
-        datagrams = pack_records(records, self.mtu)
+        datagrams = pack_records(parse_records_untrusted(b"".join(chunks)), self.mtu)
         self._transmits.extend(datagrams)
         return datagrams
 
@@ -511,53 +525,10 @@ class DtlsEndpoint:
         self._retransmit_at = None
         self._handshake_deadline = None
 
-    def _send_close_notify(self) -> None:
-        if self._aead is not None:  # OpenSSL's record numbers are behind ours
-            self._transmits.append(self._aead.seal(ContentType.ALERT, _CLOSE_NOTIFY))
-            return
-        try:
-            self._ssl.shutdown()
-        except SSL.Error:
-            pass  # nothing more we can tell the peer
-        self._collect_output()
-
-    def _receive_protected(self, datagram: bytes) -> None:
-        """A connected datagram other than one application-data record, with the records
-        ours to open (:mod:`._aead_records`): OpenSSL sees nothing after the handshake."""
-        if len(datagram) > _MAX_DATAGRAM:  # as receive() treats it before the handshake
-            raise DtlsParseError(f"datagram of {len(datagram)} bytes is too large")
-        records = parse_records_untrusted(bytes(datagram))  # DtlsParseError: the caller's
-        self._datagrams_received += 1
-        self._bytes_received += len(datagram)
-        handshake = False
-        for record in records:
-            if record.content_type in _HANDSHAKE_TYPES:
-                handshake = True  # the peer lost our final flight
-                continue
-            aead = self._aead
-            opened = None if aead is None else aead.open_untrusted(record.to_bytes())
-            if opened is None:
-                continue
-            content_type, plaintext = opened
-            if content_type == ContentType.APPLICATION_DATA and plaintext:
-                self._app_bytes_received += len(plaintext)
-                self._events.append(DataReceived(plaintext))
-            elif content_type == ContentType.ALERT and plaintext[1:] == b"\x00":
-                self._send_close_notify()  # close_notify: ours in answer (TLS 1.2 7.2.1)
-                self.state = DtlsState.CLOSED
-                self._aead = None
-                self._events.append(Closed("peer sent close_notify"))
-                return
-            elif content_type == ContentType.ALERT and plaintext[:1] == b"\x02":
-                self._fail(f"DTLS peer sent fatal alert {plaintext[1:2].hex()}")
-                return
-        if handshake and self._flight:
-            self._retransmit_flight()
-
     def _fail(self, error: str) -> None:
         self._collect_output()  # a fatal alert OpenSSL queued still goes out
         self.state = DtlsState.FAILED
-        self._cipher = self._aead = None
+        self._cipher = None
         self._flight = []
         self._stop_timers()
         self._events.append(Failed(error))

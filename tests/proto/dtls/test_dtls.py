@@ -22,7 +22,6 @@ from darkswap_trio.proto.dtls._endpoint import (
     Failed,
     HandshakeComplete,
 )
-from darkswap_trio.proto.dtls._record_cipher import record_cipher
 from darkswap_trio.proto.dtls._records import (
     ContentType,
     DtlsRecord,
@@ -478,27 +477,16 @@ def test_fingerprints_supplied_after_completion_are_still_enforced():
 # --- the data path: encrypt() / receive_application_data(), with and without the C path --
 
 
-@pytest.fixture(params=["aes-gcm", "openssl-c-api", "pyopenssl-only", "aes-gcm-to-openssl"])
+@pytest.fixture(params=["openssl-c-api", "pyopenssl-only"])
 def connected_pair(request, monkeypatch):
-    """A connected pair: AES-GCM records of our own (the default for AES-GCM suites), or
-    OpenSSL's record layer through its C API (RecordCipher) or pyOpenSSL's API only, or
-    an AES-GCM client with a server on OpenSSL's record layer."""
-    if request.param != "aes-gcm":
-        monkeypatch.setattr("darkswap_trio.proto.dtls._endpoint.aead_records", lambda *a: None)
+    """A connected pair; the second variant runs without RecordCipher (pyOpenSSL's API)."""
     if request.param == "pyopenssl-only":
         monkeypatch.setattr(
             "darkswap_trio.proto.dtls._endpoint.record_cipher", lambda connection: None
         )
-    if request.param == "aes-gcm-to-openssl":
-        monkeypatch.undo()
     client, server = make_pair()
     now, _, _ = handshake(client, server)
-    if request.param == "aes-gcm-to-openssl":  # the server back on OpenSSL's records
-        server._aead, server._cipher = None, record_cipher(server._ssl)
-    uses_aead = request.param in ("aes-gcm", "aes-gcm-to-openssl")
-    assert (client._aead is not None) is uses_aead
-    assert (server._aead is not None) is (request.param == "aes-gcm")
-    assert (client._cipher is not None) is (request.param == "openssl-c-api")
+    assert (client._cipher is None) is (request.param == "pyopenssl-only")
     return client, server, now
 
 
