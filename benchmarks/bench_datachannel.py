@@ -21,6 +21,8 @@ peer that does not announce it.
 * CPU per packet: each side's process CPU time over the transfer divided by the
   transfer's 1,200-byte packets (payload bytes / 1200, the same count for both stacks).
 
+--baseline DIR adds our stack imported from another checkout (say, the main branch)
+to the same interleaved runs and prints a before/after table.
 --profile runs one transfer of ours in this process (both peers) under cProfile.
 """
 
@@ -41,13 +43,24 @@ THROUGHPUT_TARGET = 8.0  # ours / aiortc, at least
 OPEN_TARGET = 1.0  # ours with a foreign peer / aiortc with the same peer, at most
 
 
-def run_pair(offerer: str, answerer: str, rtt: int, total: int, seconds: float) -> dict:
-    """One offerer and one answerer process; the offerer's result lines, merged."""
-    python = [sys.executable, "-u", PEER]
+def run_pair(
+    offerer: str, answerer: str, rtt: int, total: int, seconds: float, baseline: str = ""
+) -> dict:
+    """One offerer and one answerer process; the offerer's result lines, merged. A stack
+    "base" is ours imported from ``baseline`` (a checkout's root) instead."""
     extra = ["--rtt", str(rtt), "--bytes", str(total), "--seconds", str(seconds)]
-    pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "text": True}
-    answer_proc = subprocess.Popen([*python, answerer, "answer"], **pipes)
-    offer_proc = subprocess.Popen([*python, offerer, "offer", *extra], **pipes)
+
+    def start(stack: str, role: str, *more: str) -> subprocess.Popen:
+        env = dict(os.environ)
+        if stack == "base":
+            stack, env["PYTHONPATH"] = "ours", baseline
+        return subprocess.Popen(
+            [sys.executable, "-u", PEER, stack, role, *more],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+        )  # fmt: skip
+
+    answer_proc = start(answerer, "answer")
+    offer_proc = start(offerer, "offer", *extra)
     try:
         for proc in (answer_proc, offer_proc):
             assert json.loads(proc.stdout.readline()) == {"ready": True}
@@ -91,6 +104,9 @@ def main() -> None:
     parser.add_argument("--megabytes", type=int, default=256, help="cap per transfer")
     parser.add_argument("--quick", action="store_true", help="3 runs, 300 round trips, 1 s")
     parser.add_argument("--profile", action="store_true", help="cProfile ours in one process")
+    parser.add_argument(
+        "--baseline", default="", help="also run ours from this checkout (e.g. /work/main)"
+    )
     args = parser.parse_args()
     if args.profile:
         from _profile_datachannel import profile  # this directory is sys.path[0]
@@ -101,29 +117,23 @@ def main() -> None:
         args.runs, args.rtt, args.seconds = 3, 300, 1.0
     total = args.megabytes << 20
     pairs = [("ours", "ours"), ("aiortc", "aiortc"), ("ours", "aiortc"), ("aiortc", "ours")]
+    if args.baseline:
+        pairs += [("base", "base"), ("base", "aiortc"), ("aiortc", "base")]
     results: dict[tuple[str, str], list[dict]] = {pair: [] for pair in pairs}
     load = [os.getloadavg()[0]]
     for _ in range(args.runs):
         for pair in pairs:
             data = pair[0] == pair[1]
             results[pair].append(
-                run_pair(*pair, args.rtt if data else 0, total if data else 0, args.seconds)
+                run_pair(
+                    *pair,
+                    args.rtt if data else 0,
+                    total if data else 0,
+                    args.seconds,
+                    args.baseline,
+                )
             )
         load.append(os.getloadavg()[0])
-
-    def rtts(pair, q):  # the median over runs of each run's percentile
-        return statistics.median(percentile(r["rtt"], q) for r in results[pair])
-
-    def rate(pair):
-        return statistics.median(r["bytes"] / r["seconds"] for r in results[pair])
-
-    def cpu_per_packet(pair, side):
-        return statistics.median(r["cpu"][side] / (r["bytes"] / PACKET) for r in results[pair])
-
-    def opens(pair):
-        return [r["open"] for r in results[pair]]
-
-    ours, theirs = ("ours", "ours"), ("aiortc", "aiortc")
     print(
         f"Data channels on loopback, two processes per pair, median of {args.runs} interleaved "
         f"runs, Python {sys.version.split()[0]}, load average "
@@ -132,39 +142,74 @@ def main() -> None:
     print()
     print("| Benchmark | ours | aiortc | ours / aiortc | target | met |")
     print("|---|---|---|---|---|---|")
-    for q, label in ((0.5, "p50"), (0.99, "p99")):
-        ratio = rtts(ours, q) / rtts(theirs, q)
-        target = f"<= {RTT_TARGET}x" if q == 0.5 else "-"
-        met = ("yes" if ratio <= RTT_TARGET else "no") if q == 0.5 else "-"
-        print(
-            f"| 100 B round trip {label} | {rtts(ours, q) * 1e6:.0f} µs "
-            f"| {rtts(theirs, q) * 1e6:.0f} µs | {ratio:.2f}x | {target} | {met} |"
+    for label, mine, other, target, lower in rows(results, "ours", "aiortc"):
+        ratio = mine[0] / other[0]
+        met = "-" if target is None else ("yes" if (ratio <= target) == lower else "no")
+        shown = "-" if target is None else f"{'<=' if lower else '>='} {target}x"
+        print(f"| {label} | {mine[1]} | {other[1]} | {ratio:.2f}x | {shown} | {met} |")
+    if args.baseline:
+        print()
+        print(f"Before ({args.baseline}) and after, same runs:")
+        print()
+        print("| Benchmark | after | before | after / before |")
+        print("|---|---|---|---|")
+        for label, after, before, _, _ in rows(results, "ours", "base"):
+            print(f"| {label} | {after[1]} | {before[1]} | {after[0] / before[0]:.2f}x |")
+
+
+def rows(results: dict, mine: str, other: str) -> list:
+    """(label, (value, shown) of ``mine``, the same of ``other``, target, lower is
+    better) per row; open times against aiortc compare with aiortc-aiortc."""
+
+    def rtt(stack: str, q: float) -> tuple[float, str]:  # median over runs of a percentile
+        value = statistics.median(percentile(r["rtt"], q) for r in results[(stack, stack)])
+        return value, f"{value * 1e6:.0f} µs"
+
+    def rtt_cpu(stack: str, side: int) -> tuple[float, str]:
+        pair = results[(stack, stack)]
+        value = statistics.median(r["rtt_cpu"][side] / len(r["rtt"]) for r in pair)
+        return value, f"{value * 1e6:.0f} µs"
+
+    def rate(stack: str) -> tuple[float, str]:
+        value = statistics.median(r["bytes"] / r["seconds"] for r in results[(stack, stack)])
+        return value, f"{value / 1e6:.1f} MB/s"
+
+    def cpu(stack: str, side: int) -> tuple[float, str]:
+        pair = results[(stack, stack)]
+        value = statistics.median(r["cpu"][side] / (r["bytes"] / PACKET) for r in pair)
+        return value, f"{value * 1e6:.1f} µs"
+
+    def opened(pair: tuple[str, str]) -> tuple[float, str]:
+        times = [r["open"] for r in results[pair]]
+        return statistics.median(times), ms(times)
+
+    out = [
+        ("100 B round trip p50", rtt(mine, 0.5), rtt(other, 0.5), RTT_TARGET, True),
+        ("100 B round trip p99", rtt(mine, 0.99), rtt(other, 0.99), None, True),
+        ("CPU per round trip, offerer", rtt_cpu(mine, 0), rtt_cpu(other, 0), None, True),
+        ("CPU per round trip, echoing side", rtt_cpu(mine, 1), rtt_cpu(other, 1), None, True),
+        ("16 KiB messages, throughput", rate(mine), rate(other), THROUGHPUT_TARGET, False),
+        ("CPU per 1,200 B packet, sender", cpu(mine, 0), cpu(other, 0), None, True),
+        ("CPU per 1,200 B packet, receiver", cpu(mine, 1), cpu(other, 1), None, True),
+    ]
+    theirs = opened(("aiortc", "aiortc"))
+    if other == "aiortc":
+        out.append(
+            ("open time, two of ours / two aiortc", opened((mine, mine)), theirs, None, True)
         )
-    ratio = rate(ours) / rate(theirs)
-    print(
-        f"| 16 KiB messages, throughput | {rate(ours) / 1e6:.1f} MB/s "
-        f"| {rate(theirs) / 1e6:.1f} MB/s | {ratio:.2f}x | >= {THROUGHPUT_TARGET}x "
-        f"| {'yes' if ratio >= THROUGHPUT_TARGET else 'no'} |"
-    )
-    for side, label in ((0, "sender"), (1, "receiver")):
-        mine, other = cpu_per_packet(ours, side), cpu_per_packet(theirs, side)
-        print(
-            f"| CPU per 1,200 B packet, {label} | {mine * 1e6:.1f} µs | {other * 1e6:.1f} µs "
-            f"| {mine / other:.2f}x | - | - |"
+        for pair, label in (((mine, "aiortc"), "we offer"), (("aiortc", mine), "aiortc offers")):
+            out.append(
+                (f"open time, {label} / aiortc-aiortc", opened(pair), theirs, OPEN_TARGET, True)
+            )
+    else:
+        out.append(
+            ("open time, two of ours", opened((mine, mine)), opened((other, other)), None, True)
         )
-    base = statistics.median(opens(theirs))
-    rows = (
-        (ours, theirs, "between two of ours / two aiortc", None),
-        (("ours", "aiortc"), theirs, "we offer, aiortc answers / aiortc with aiortc", OPEN_TARGET),
-        (("aiortc", "ours"), theirs, "aiortc offers, we answer / aiortc with aiortc", OPEN_TARGET),
-    )
-    for pair, baseline, label, target in rows:
-        ratio = statistics.median(opens(pair)) / base
-        met = "-" if target is None else ("yes" if ratio <= target else "no")
-        print(
-            f"| open time, {label} | {ms(opens(pair))} | {ms(opens(baseline))} | {ratio:.2f}x "
-            f"| {'-' if target is None else f'<= {target}x'} | {met} |"
-        )
+        for role in ("we offer to aiortc", "aiortc offers to us"):
+            first = role.startswith("we")
+            pairs = [(s, "aiortc") if first else ("aiortc", s) for s in (mine, other)]
+            out.append((f"open time, {role}", opened(pairs[0]), opened(pairs[1]), None, True))
+    return out
 
 
 if __name__ == "__main__":
