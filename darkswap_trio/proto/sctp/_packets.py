@@ -14,6 +14,7 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from google_crc32c import extend as _crc32c_extend
 from google_crc32c import value as _crc32c
 
 from ..errors import SctpParseError
@@ -293,7 +294,7 @@ def seal_packet(
     head = _HEADER.pack(source_port, destination_port, verification_tag)
     if zero_checksum:
         return head + _ZERO + body
-    crc = _crc32c(head + _ZERO + body)
+    crc = _crc32c_extend(_crc32c(head + _ZERO), body)  # no copy of the body for the CRC
     return head + crc.to_bytes(4, "little") + body
 
 
