@@ -1,7 +1,8 @@
 """Data channels on loopback, two processes per pair: our PeerConnection vs aiortc.
 
     python benchmarks/bench_datachannel.py [--runs 5] [--rtt 1000] [--seconds 3]
-                                           [--megabytes 256] [--quick] [--profile]
+                                           [--megabytes 256] [--quick] [--smoke]
+                                           [--baseline DIR] [--profile]
 
 Every pair is two peer processes (``_dc_peer.py``: one offers, one answers and echoes),
 so each stack's CPU is its own and neither waits on the other's event loop. Runs are
@@ -103,6 +104,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="per transfer")
     parser.add_argument("--megabytes", type=int, default=256, help="cap per transfer")
     parser.add_argument("--quick", action="store_true", help="3 runs, 300 round trips, 1 s")
+    parser.add_argument("--smoke", action="store_true", help="1 run, 20 round trips, 1 MiB")
     parser.add_argument("--profile", action="store_true", help="cProfile ours in one process")
     parser.add_argument(
         "--baseline", default="", help="also run ours from this checkout (e.g. /work/main)"
@@ -115,6 +117,8 @@ def main() -> None:
         return
     if args.quick:
         args.runs, args.rtt, args.seconds = 3, 300, 1.0
+    if args.smoke:
+        args.runs, args.rtt, args.seconds, args.megabytes = 1, 20, 1.0, 1
     total = args.megabytes << 20
     pairs = [("ours", "ours"), ("aiortc", "aiortc"), ("ours", "aiortc"), ("aiortc", "ours")]
     if args.baseline:
