@@ -71,7 +71,10 @@ class PeerDriver:
         if self._flushing or self._unsent:
             return  # the flush under way takes it, or the core task once writable
         self.flush()
-        self._set_deadline()
+        if self._unsent and self._timers is not None:
+            self._timers.cancel()  # the socket is full: the core task waits until writable
+        else:
+            self._set_deadline()
 
     def _set_deadline(self) -> None:
         # Only ever earlier: most changes move a timer later (SCTP restarts T3 with every
