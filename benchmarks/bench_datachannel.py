@@ -1,262 +1,219 @@
-"""Data channels on loopback: open time and throughput, our PeerConnection vs aiortc.
+"""Data channels on loopback, two processes per pair: our PeerConnection vs aiortc.
 
-    python benchmarks/bench_datachannel.py [--runs 10] [--megabytes 64] [--seconds 30]
-                                           [--quick] [--profile]
+    python benchmarks/bench_datachannel.py [--runs 5] [--rtt 1000] [--seconds 3]
+                                           [--megabytes 256] [--quick] [--smoke]
+                                           [--baseline DIR] [--profile]
 
-Prints a Markdown table. Both stacks run two peers in one process, on 127.0.0.1 only:
-ours get ``host_addresses=["127.0.0.1"]``; aiortc's RTCPeerConnections get
-``RTCConfiguration(iceServers=[])`` and aioice's interface enumeration is pointed at
-127.0.0.1 (each stack then checks one candidate pair). Runs alternate between the
-stacks so background load hits both alike.
+Every pair is two peer processes (``_dc_peer.py``: one offers, one answers and echoes),
+so each stack's CPU is its own and neither waits on the other's event loop. Runs are
+interleaved (ours-ours, aiortc-aiortc, ours-aiortc, aiortc-ours, then again), so
+drifting background load hits all alike; the table shows the median over ``--runs``
+runs (``[min-max]`` where it helps). Loopback only: ours get
+``host_addresses=["127.0.0.1"]``, aiortc ``RTCConfiguration(iceServers=[])`` with
+aioice's interfaces pointed at 127.0.0.1. Both use their default ICE pacing: ours
+agree on Ta 5 ms between themselves (a=ice-pacing) and use the RFC's 50 ms with a
+peer that does not announce it.
 
-(a) Open time: from the offer to a data channel open at both ends (signaling in
-    process: offer, answer, then the channel's DCEP OPEN / ACK). aiortc creates its
-    channel before the offer (it needs one to put an m=application line in the offer)
-    and gathers before returning its descriptions. Ours runs with Ta 5 ms (both peers
-    announce a=ice-pacing:5) and with the RFC default Ta 50 ms.
-(b) Throughput: 16 KiB binary messages on one reliable ordered channel, until
-    --megabytes are received or --seconds pass, whichever first. Senders keep at most
-    1 MiB buffered (ours: DataChannel.send's backpressure; aiortc: bufferedAmount with
-    the bufferedamountlow event). Timed from the first send to the last byte received.
-    Ours four times: the defaults (one SACK per batch of datagrams read, at least every
-    16 packets; Linux UDP GSO/GRO), acknowledging every second SCTP packet (RFC 9260's
-    SHOULD), one SACK per batch without bound (``max_packets_per_sack=None``), and the
-    defaults with one syscall per datagram (``udp_offload=False``).
+* open: from just before the offer to the channel open at the offerer and one 1-byte
+  message echoed (both ends open); descriptions relayed through this process;
+* 100 B round trip: --rtt messages echoed one at a time, p50 and p99;
+* 16 KiB throughput: one reliable ordered channel, at most 1 MiB buffered by the
+  sender, for --seconds (or --megabytes), until the echo of a final small message;
+* CPU per packet: each side's process CPU time over the transfer divided by the
+  transfer's 1,200-byte packets (payload bytes / 1200, the same count for both stacks).
 
---profile runs one throughput transfer of ours under cProfile and prints the top costs.
+--baseline DIR adds our stack imported from another checkout (say, the main branch)
+to the same interleaved runs and prints a before/after table.
+--profile runs one transfer of ours in this process (both peers) under cProfile.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import cProfile
-import io
-import pstats
+import json
+import os
 import statistics
+import subprocess
 import sys
-import time
 
-import trio
-from _transfer import aiortc_transfer, our_transfer  # this directory is sys.path[0]
-
-from darkswap_trio.proto.dtls._certificate import DtlsCertificate
-from darkswap_trio.webrtc import PeerConnectionConfig, open_peer_connection
-
-LOOPBACK = "127.0.0.1"
-MESSAGE = 16384
-HIGH_WATER = 1 << 20
-OPEN_TARGET = 0.5  # ours / aiortc, at most
-THROUGHPUT_TARGET = 5.0  # ours / aiortc, at least
+HERE = os.path.dirname(os.path.abspath(__file__))
+PEER = os.path.join(HERE, "_dc_peer.py")
+PACKET = 1200
+RTT_TARGET = 0.5  # ours / aiortc p50, at most
+THROUGHPUT_TARGET = 8.0  # ours / aiortc, at least
+OPEN_TARGET = 1.0  # ours with a foreign peer / aiortc with the same peer, at most
 
 
-# ---------------------------------------------------------------- ours (trio)
+def run_pair(
+    offerer: str, answerer: str, rtt: int, total: int, seconds: float, baseline: str = ""
+) -> dict:
+    """One offerer and one answerer process; the offerer's result lines, merged. A stack
+    "base" is ours imported from ``baseline`` (a checkout's root) instead."""
+    extra = ["--rtt", str(rtt), "--bytes", str(total), "--seconds", str(seconds)]
 
+    def start(stack: str, role: str, *more: str) -> subprocess.Popen:
+        env = dict(os.environ)
+        if stack == "base":
+            stack, env["PYTHONPATH"] = "ours", baseline
+        return subprocess.Popen(
+            [sys.executable, "-u", PEER, stack, role, *more],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+        )  # fmt: skip
 
-DEFAULT_SACK_EVERY = PeerConnectionConfig.max_packets_per_sack
-
-
-def our_config(
-    pacing: float,
-    certificate: DtlsCertificate,
-    sack_every: int | None = DEFAULT_SACK_EVERY,
-    offload: bool = True,
-) -> PeerConnectionConfig:
-    return PeerConnectionConfig(
-        host_addresses=[LOOPBACK],
-        ice_pacing=pacing,
-        certificate=certificate,
-        high_water_mark=HIGH_WATER,
-        max_packets_per_sack=sack_every,
-        udp_offload=offload,
-    )
-
-
-async def ours_open(pacing: float, certificates) -> float:
-    async with (
-        open_peer_connection(our_config(pacing, certificates[0])) as a,
-        open_peer_connection(our_config(pacing, certificates[1])) as b,
-    ):
-        start = time.perf_counter()
-        await b.set_remote_description(await a.create_offer(), "offer")
-        await a.set_remote_description(await b.create_answer(), "answer")
-        channel = await a.create_data_channel("bench")
-        accepted = await b.accept_data_channel()
-        elapsed = time.perf_counter() - start
-        assert channel.id == accepted.id
-        return elapsed
-
-
-async def ours_throughput(
-    total: int, seconds: float, certificates, sack_every: int | None, offload: bool = True
-) -> tuple[int, float]:
-    async with (
-        open_peer_connection(our_config(0.005, certificates[0], sack_every, offload)) as a,
-        open_peer_connection(our_config(0.005, certificates[1], sack_every, offload)) as b,
-    ):
-        await b.set_remote_description(await a.create_offer(), "offer")
-        await a.set_remote_description(await b.create_answer(), "answer")
-        channel = await a.create_data_channel("bench")
-        accepted = await b.accept_data_channel()
-        return await our_transfer(channel, accepted, total, seconds, MESSAGE)
-
-
-# ---------------------------------------------------------------- aiortc (asyncio)
-
-
-async def _aiortc_pair():
-    from aiortc import RTCConfiguration, RTCPeerConnection
-
-    return (
-        RTCPeerConnection(RTCConfiguration(iceServers=[])),  # never Google's STUN server
-        RTCPeerConnection(RTCConfiguration(iceServers=[])),
-    )
-
-
-async def _aiortc_connect(a, b, label: str):
-    loop = asyncio.get_running_loop()
-    opened = loop.create_future()
-    accepted = loop.create_future()
-    channel = a.createDataChannel(label)
-    channel.on("open", lambda: opened.done() or opened.set_result(None))
-    b.on("datachannel", lambda ch: accepted.done() or accepted.set_result(ch))
-    await a.setLocalDescription(await a.createOffer())
-    await b.setRemoteDescription(a.localDescription)
-    await b.setLocalDescription(await b.createAnswer())
-    await a.setRemoteDescription(b.localDescription)
-    await opened
-    remote = await accepted
-    return channel, remote
-
-
-async def aiortc_open() -> float:
-    a, b = await _aiortc_pair()
+    answer_proc = start(answerer, "answer")
+    offer_proc = start(offerer, "offer", *extra)
     try:
-        start = time.perf_counter()
-        await _aiortc_connect(a, b, "bench")
-        return time.perf_counter() - start
+        for proc in (answer_proc, offer_proc):
+            assert json.loads(proc.stdout.readline()) == {"ready": True}
+        offer_proc.stdin.write('{"go": true}\n')
+        offer_proc.stdin.flush()
+        offer = offer_proc.stdout.readline()
+        answer_proc.stdin.write(offer)
+        answer_proc.stdin.flush()
+        offer_proc.stdin.write(answer_proc.stdout.readline())
+        offer_proc.stdin.flush()
+        result: dict = {}
+        for line in offer_proc.stdout:
+            result.update(json.loads(line))
+        if offer_proc.wait(timeout=seconds + 60) != 0 or "open" not in result:
+            raise RuntimeError(f"{offerer} -> {answerer} failed: {result}")
+        return result
     finally:
-        await a.close()
-        await b.close()
+        answer_proc.stdin.close()
+        for proc in (offer_proc, answer_proc):
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
-async def aiortc_throughput(total: int, seconds: float) -> tuple[int, float]:
-    a, b = await _aiortc_pair()
-    try:
-        channel, remote = await _aiortc_connect(a, b, "bench")
-        return await aiortc_transfer(channel, remote, total, seconds, MESSAGE, HIGH_WATER)
-    finally:
-        await a.close()
-        await b.close()
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-# ---------------------------------------------------------------- report
-
-
-def summary(values: list[float]) -> str:
-    ms = sorted(v * 1000 for v in values)
-    return f"{statistics.median(ms):.1f} [{ms[0]:.1f}-{ms[-1]:.1f}] ms"
-
-
-def rate(received: int, elapsed: float) -> str:
-    return f"{received / elapsed / 1e6:.1f} MB/s ({received >> 20} MiB in {elapsed:.2f} s)"
+def ms(values: list[float]) -> str:
+    v = sorted(x * 1000 for x in values)
+    return f"{statistics.median(v):.1f} [{v[0]:.1f}-{v[-1]:.1f}] ms"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=10, help="open-time runs per stack")
-    parser.add_argument("--megabytes", type=int, default=64, help="MiB per throughput run")
-    parser.add_argument("--seconds", type=float, default=30.0, help="cap per throughput run")
-    parser.add_argument("--quick", action="store_true", help="3 runs, 8 MiB, 10 s")
-    parser.add_argument("--profile", action="store_true", help="cProfile our transfer")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--rtt", type=int, default=1000, help="round trips per run")
+    parser.add_argument("--seconds", type=float, default=3.0, help="per transfer")
+    parser.add_argument("--megabytes", type=int, default=256, help="cap per transfer")
+    parser.add_argument("--quick", action="store_true", help="3 runs, 300 round trips, 1 s")
+    parser.add_argument("--smoke", action="store_true", help="1 run, 20 round trips, 1 MiB")
+    parser.add_argument("--profile", action="store_true", help="cProfile ours in one process")
     parser.add_argument(
-        "--sack-every",
-        type=lambda v: None if v == "batch" else int(v),
-        default=DEFAULT_SACK_EVERY,
-        help=f"max_packets_per_sack for --profile: a number or 'batch' ({DEFAULT_SACK_EVERY})",
+        "--baseline", default="", help="also run ours from this checkout (e.g. /work/main)"
     )
     args = parser.parse_args()
-    runs, megabytes, seconds = (
-        (3, 8, 10.0) if args.quick else (args.runs, args.megabytes, args.seconds)
-    )
-    total = megabytes << 20
-
-    import aioice.ice
-
-    # aioice skips 127.0.0.1 and would check every interface: loopback only, like ours.
-    aioice.ice.get_host_addresses = lambda **_: [LOOPBACK]
-    import datetime
-
-    now = datetime.datetime.now(datetime.UTC)
-    certificates = (DtlsCertificate.generate(now), DtlsCertificate.generate(now))
-
-    def bounded_trio(fn, *fn_args):
-        async def run():
-            with trio.fail_after(seconds + 30):
-                return await fn(*fn_args)
-
-        return trio.run(run)
-
-    def bounded_asyncio(coroutine):
-        async def run():
-            async with asyncio.timeout(seconds + 30):
-                return await coroutine
-
-        return asyncio.run(run())
-
     if args.profile:
-        profiler = cProfile.Profile()
-        profiler.enable()
-        moved = bounded_trio(ours_throughput, total, seconds, certificates, args.sack_every)
-        profiler.disable()
-        print(f"ours: {rate(*moved)} under cProfile")
-        out = io.StringIO()
-        pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(60)
-        print(out.getvalue())
+        from _profile_datachannel import profile  # this directory is sys.path[0]
+
+        profile(args.megabytes << 20, args.seconds)
         return
-
-    opens: dict[str, list[float]] = {"aiortc": [], "ta5": [], "ta50": []}
-    for _ in range(runs):  # interleaved, so drifting background load hits all alike
-        opens["aiortc"].append(bounded_asyncio(aiortc_open()))
-        opens["ta5"].append(bounded_trio(ours_open, 0.005, certificates))
-        opens["ta50"].append(bounded_trio(ours_open, 0.05, certificates))
-    theirs = bounded_asyncio(aiortc_throughput(total, seconds))
-    ours = [
-        (bounded_trio(ours_throughput, total, seconds, certificates, sack, offload), label)
-        for sack, offload, label in (
-            (
-                DEFAULT_SACK_EVERY,
-                True,
-                f"defaults: SACK per batch, >= 1 per {DEFAULT_SACK_EVERY} packets, UDP GSO/GRO",
-            ),
-            (2, True, "SACK every 2 packets (RFC 9260)"),
-            (None, True, "SACK per batch, unbounded"),
-            (DEFAULT_SACK_EVERY, False, "defaults without UDP offload"),
-        )
-    ]
-
+    if args.quick:
+        args.runs, args.rtt, args.seconds = 3, 300, 1.0
+    if args.smoke:
+        args.runs, args.rtt, args.seconds, args.megabytes = 1, 20, 1.0, 1
+    total = args.megabytes << 20
+    pairs = [("ours", "ours"), ("aiortc", "aiortc"), ("ours", "aiortc"), ("aiortc", "ours")]
+    if args.baseline:
+        pairs += [("base", "base"), ("base", "aiortc"), ("aiortc", "base")]
+    results: dict[tuple[str, str], list[dict]] = {pair: [] for pair in pairs}
+    load = [os.getloadavg()[0]]
+    for _ in range(args.runs):
+        for pair in pairs:
+            data = pair[0] == pair[1]
+            results[pair].append(
+                run_pair(
+                    *pair,
+                    args.rtt if data else 0,
+                    total if data else 0,
+                    args.seconds,
+                    args.baseline,
+                )
+            )
+        load.append(os.getloadavg()[0])
     print(
-        f"Data channels on loopback, {runs} opens per stack, {MESSAGE // 1024} KiB messages, "
-        f"Python {sys.version.split()[0]}"
+        f"Data channels on loopback, two processes per pair, median of {args.runs} interleaved "
+        f"runs, Python {sys.version.split()[0]}, load average "
+        f"{min(load):.2f}-{max(load):.2f} (1 min)"
     )
     print()
     print("| Benchmark | ours | aiortc | ours / aiortc | target | met |")
     print("|---|---|---|---|---|---|")
-    aiortc_median = statistics.median(opens["aiortc"])
-    for key, label in (("ta5", "Ta 5 ms, agreed"), ("ta50", "Ta 50 ms, default")):
-        ratio = statistics.median(opens[key]) / aiortc_median
-        met = "yes" if ratio <= OPEN_TARGET else "no"
-        print(
-            f"| open time, offer to channel open ({label}) | {summary(opens[key])} "
-            f"| {summary(opens['aiortc'])} | {ratio:.2f}x | <= {OPEN_TARGET}x | {met} |"
+    for label, mine, other, target, lower in rows(results, "ours", "aiortc"):
+        ratio = mine[0] / other[0]
+        met = "-" if target is None else ("yes" if (ratio <= target) == lower else "no")
+        shown = "-" if target is None else f"{'<=' if lower else '>='} {target}x"
+        print(f"| {label} | {mine[1]} | {other[1]} | {ratio:.2f}x | {shown} | {met} |")
+    if args.baseline:
+        print()
+        print(f"Before ({args.baseline}) and after, same runs:")
+        print()
+        print("| Benchmark | after | before | after / before |")
+        print("|---|---|---|---|")
+        for label, after, before, _, _ in rows(results, "ours", "base"):
+            print(f"| {label} | {after[1]} | {before[1]} | {after[0] / before[0]:.2f}x |")
+
+
+def rows(results: dict, mine: str, other: str) -> list:
+    """(label, (value, shown) of ``mine``, the same of ``other``, target, lower is
+    better) per row; open times against aiortc compare with aiortc-aiortc."""
+
+    def rtt(stack: str, q: float) -> tuple[float, str]:  # median over runs of a percentile
+        value = statistics.median(percentile(r["rtt"], q) for r in results[(stack, stack)])
+        return value, f"{value * 1e6:.0f} µs"
+
+    def rtt_cpu(stack: str, side: int) -> tuple[float, str]:
+        pair = results[(stack, stack)]
+        value = statistics.median(r["rtt_cpu"][side] / len(r["rtt"]) for r in pair)
+        return value, f"{value * 1e6:.0f} µs"
+
+    def rate(stack: str) -> tuple[float, str]:
+        value = statistics.median(r["bytes"] / r["seconds"] for r in results[(stack, stack)])
+        return value, f"{value / 1e6:.1f} MB/s"
+
+    def cpu(stack: str, side: int) -> tuple[float, str]:
+        pair = results[(stack, stack)]
+        value = statistics.median(r["cpu"][side] / (r["bytes"] / PACKET) for r in pair)
+        return value, f"{value * 1e6:.1f} µs"
+
+    def opened(pair: tuple[str, str]) -> tuple[float, str]:
+        times = [r["open"] for r in results[pair]]
+        return statistics.median(times), ms(times)
+
+    out = [
+        ("100 B round trip p50", rtt(mine, 0.5), rtt(other, 0.5), RTT_TARGET, True),
+        ("100 B round trip p99", rtt(mine, 0.99), rtt(other, 0.99), None, True),
+        ("CPU per round trip, offerer", rtt_cpu(mine, 0), rtt_cpu(other, 0), None, True),
+        ("CPU per round trip, echoing side", rtt_cpu(mine, 1), rtt_cpu(other, 1), None, True),
+        ("16 KiB messages, throughput", rate(mine), rate(other), THROUGHPUT_TARGET, False),
+        ("CPU per 1,200 B packet, sender", cpu(mine, 0), cpu(other, 0), None, True),
+        ("CPU per 1,200 B packet, receiver", cpu(mine, 1), cpu(other, 1), None, True),
+    ]
+    theirs = opened(("aiortc", "aiortc"))
+    if other == "aiortc":
+        out.append(
+            ("open time, two of ours / two aiortc", opened((mine, mine)), theirs, None, True)
         )
-    for result, label in ours:
-        ratio = (result[0] / result[1]) / (theirs[0] / theirs[1])
-        met = "yes" if ratio >= THROUGHPUT_TARGET else "no"
-        print(
-            f"| throughput, 16 KiB messages, one channel ({label}) | {rate(*result)} "
-            f"| {rate(*theirs)} | {ratio:.2f}x | >= {THROUGHPUT_TARGET}x | {met} |"
+        for pair, label in (((mine, "aiortc"), "we offer"), (("aiortc", mine), "aiortc offers")):
+            out.append(
+                (f"open time, {label} / aiortc-aiortc", opened(pair), theirs, OPEN_TARGET, True)
+            )
+    else:
+        out.append(
+            ("open time, two of ours", opened((mine, mine)), opened((other, other)), None, True)
         )
+        for role in ("we offer to aiortc", "aiortc offers to us"):
+            first = role.startswith("we")
+            pairs = [(s, "aiortc") if first else ("aiortc", s) for s in (mine, other)]
+            out.append((f"open time, {role}", opened(pairs[0]), opened(pairs[1]), None, True))
+    return out
 
 
 if __name__ == "__main__":

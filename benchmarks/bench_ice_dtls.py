@@ -18,7 +18,8 @@ peer connection (``bench_datachannel.py`` measures that whole path).
     Ta = 5 ms, which both peers may agree on (a=ice-pacing). aioice paces its checks
     every 20 ms and nominates aggressively (USE-CANDIDATE on the first check), so it
     needs no second check; our agent uses regular nomination, whose USE-CANDIDATE check
-    waits one Ta after the first one.
+    follows the first one's success after MIN_TA (5 ms), whatever Ta (Ta paces only
+    ordinary checks, see proto/ice/_connectivity.py).
 (b) Throughput: 1000-byte datagrams for --seconds per path, in 4 interleaved slices,
     with at most 64 in flight (a semaphore both ends share, so nothing overflows a
     socket buffer and nothing is lost): DTLS records over ICE, DTLS records on a

@@ -158,6 +158,7 @@ class DataChannel(trio.abc.Channel["bytes | str"]):
         if self._receiving:
             raise trio.BusyResourceError("another task is receiving on this data channel")
         self._receiving = True
+        parked = False
         try:
             while True:
                 if self._locally_closed:
@@ -165,13 +166,15 @@ class DataChannel(trio.abc.Channel["bytes | str"]):
                 if self._messages:
                     message, size = self._messages.popleft()
                     self._owner.channel_drained(self.id, size)
-                    await trio.lowlevel.checkpoint()
+                    if not parked:  # parking was this call's checkpoint (as trio's channels)
+                        await trio.lowlevel.checkpoint()
                     return message
                 if self._remote_closed:
                     raise trio.EndOfChannel
                 if self._broken is not None:
                     raise trio.BrokenResourceError("the peer connection is gone") from self._broken
                 await self._receivers.park()
+                parked = True
         finally:
             self._receiving = False
 

@@ -1,18 +1,19 @@
-"""The trio driver of a :class:`~darkswap_trio.proto.peer.PeerCore`: one socket, two tasks.
+"""The trio driver of a :class:`~darkswap_trio.proto.peer.PeerCore`: one socket, one task.
 
-* :meth:`PeerDriver.read_datagrams` waits until the socket is readable, takes every
-  datagram the kernel holds (coalesced runs with UDP GRO, see :mod:`._udp_offload`)
-  and hands the batch to the core task through a bounded memory channel (full: the
-  reader waits and the kernel drops, as UDP does);
-* :meth:`PeerDriver.run` is the only task that feeds the core: per wake-up it takes
-  every batch already queued (so SCTP bundles and delays its SACKs), fires due
-  timers, hands the events to :class:`~._peer_channels.PeerChannels` and sends the
-  core's datagrams in runs (one syscall for a run of equal sizes, UDP GSO). A full
-  socket keeps the rest in the core until it drains.
-
-Application calls (send on a channel, open/close a channel, trickled candidates) are
-synchronous calls into the core from the caller's task -- trio switches tasks only
-at ``await``, so each call is atomic -- then :meth:`PeerDriver.wake`.
+* :meth:`PeerDriver.run` is the task that owns the core and reads the socket: it waits
+  until the socket is readable (or the next timer is due), takes every datagram the
+  kernel holds (coalesced runs with UDP GRO, see :mod:`._udp_offload`) and feeds them
+  to the core as one batch (so SCTP bundles and delays its SACKs), fires due timers,
+  hands the events to :class:`~._peer_channels.PeerChannels` and sends the core's
+  datagrams in runs (one syscall for a run of equal sizes, UDP GSO). A full socket
+  keeps the rest in the core until it drains; then the task waits until it is writable.
+* Application calls (send on a channel, open/close a channel, trickled candidates) are
+  synchronous calls into the core from the caller's task -- trio switches tasks only
+  at ``await``, so each call is atomic and the core task is always parked between
+  batches -- then :meth:`PeerDriver.wake`, which flushes right there: the datagrams
+  leave from the caller's task, with no hop to the core task (that hop and the one
+  from a separate reader task were most of a small message's round trip). Only when
+  the socket is full does the caller leave the flush to the core task.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from ._peer_channels import PeerChannels
 
 __all__ = ["DatagramSocket", "PeerDriver"]
 
-_BATCH = 64  # datagrams per hand-over and per send
+_BATCH = 64  # datagrams per read and per send
+_MAX_READS = 4  # batches read before the core's output goes out
 Address = tuple[str, int]
 
 
@@ -52,78 +54,80 @@ class DatagramSocket(Protocol):
 class PeerDriver:
     """See the module docstring. :attr:`app` is where the core's events go."""
 
-    def __init__(self, core: peer.PeerCore, sock: DatagramSocket, *, inbox_size: int = 16):
+    def __init__(self, core: peer.PeerCore, sock: DatagramSocket):
         self.core = core
         self.sock = sock
         self.app = PeerChannels(core, self.wake)
         self.datagrams_sent = 0
         self.send_errors = 0
-        self._inbox_send, self._inbox_receive = trio.open_memory_channel[
-            list[tuple[bytes, Address]] | None
-        ](inbox_size)
-        self._wake_pending = False
+        self._timers: trio.CancelScope | None = None  # the core task's, while it waits
+        self._flushing = False
         self._unsent: deque[tuple[bytes, Address]] = deque()  # the socket was full
 
     def wake(self) -> None:
-        """Make the core task flush: called after any application call into the core."""
-        if not self._wake_pending:
-            self._wake_pending = True
-            try:
-                self._inbox_send.send_nowait(None)
-            except (trio.WouldBlock, trio.ClosedResourceError):
-                pass  # batches are queued: the core task runs and flushes anyway
+        """After any application call into the core: its output goes out now (events
+        to the application, datagrams to the socket) and its next deadline is the core
+        task's."""
+        if self._flushing or self._unsent:
+            return  # the flush under way takes it, or the core task once writable
+        self.flush()
+        if self._unsent and self._timers is not None:
+            self._timers.cancel()  # the socket is full: the core task waits until writable
+        else:
+            self._set_deadline()
 
-    async def read_datagrams(self) -> None:
-        """The reader task: batches of (data, addr) into the core task's inbox."""
-        sock, send = self.sock, self._inbox_send
-        while True:
-            await sock.wait_readable()
-            batch: list[tuple[bytes, Address]] = []
-            try:
-                sock.receive_into(batch, _BATCH)
-            except OSError:
-                self.send_errors += 1  # an ICMP error reported on the socket
-            if batch:
-                await send.send(batch)
+    def _set_deadline(self) -> None:
+        # Only ever earlier: most changes move a timer later (SCTP restarts T3 with every
+        # DATA it sends), and a deadline that passes for nothing costs one wake-up of the
+        # core task, far less than moving the deadline twice per message.
+        timers = self._timers
+        if timers is not None:
+            deadline = self.core.poll_timeout()
+            if deadline is not None and deadline < timers.deadline:
+                timers.deadline = deadline
 
     async def run(self) -> None:
         """The core task: see the module docstring."""
-        core, receive = self.core, self._inbox_receive
-        item: list[tuple[bytes, Address]] | None = None
+        core, sock = self.core, self.sock
         while True:
             # One cancel scope until a timer's deadline passes: moving its deadline costs
             # less than a scope per wait, and the data path waits once per batch.
             with trio.CancelScope() as timers:
+                self._timers = timers
+                # Timers only here: a due one has already cancelled the scope (its
+                # deadline is only ever moved earlier), so the batches below need none.
+                core.handle_timeout(trio.current_time())
                 while True:
-                    now = trio.current_time()
-                    self._wake_pending = False
-                    if item:
-                        core.receive_batch(item, now)
-                    while True:  # everything already queued, before any flush
-                        try:
-                            item = receive.receive_nowait()
-                        except trio.WouldBlock:
-                            break
-                        if item:
-                            core.receive_batch(item, now)
-                    item = None
-                    core.handle_timeout(now)
                     self.flush()
-                    deadline = core.poll_timeout()
-                    timers.deadline = float("inf") if deadline is None else deadline
+                    self._set_deadline()
                     if self._unsent:
-                        await self.sock.wait_writable()
+                        await sock.wait_writable()
                         self._send_unsent()
                         continue
-                    item = await receive.receive()
+                    await sock.wait_readable()
+                    for _ in range(_MAX_READS):
+                        batch: list[tuple[bytes, Address]] = []
+                        try:
+                            sock.receive_into(batch, _BATCH)
+                        except OSError:
+                            self.send_errors += 1  # an ICMP error reported on the socket
+                        if batch:
+                            core.receive_batch(batch, trio.current_time())
+                        if len(batch) < _BATCH:
+                            break  # the kernel has no more
+            self._timers = None
 
     def flush(self) -> None:
         """Events to the application, then the core's datagrams (unless the socket is
         full), then the events that sending made."""
-        self.app.dispatch()
-        if not self._unsent:
-            self._transmit()
+        self._flushing = True
+        try:
             self.app.dispatch()
+            if not self._unsent:
+                self._transmit()
+                self.app.dispatch()
+        finally:
+            self._flushing = False
 
     def _transmit(self) -> None:
         sock, poll = self.sock, self.core.poll_datagrams

@@ -1,7 +1,7 @@
 """A W3C-shaped WebRTC peer connection for data channels, in trio.
 
 ``async with open_peer_connection(config) as pc:`` binds one UDP socket and starts the
-two tasks of :class:`~darkswap_trio.webrtc._driver.PeerDriver`, which drives the
+task of :class:`~darkswap_trio.webrtc._driver.PeerDriver`, which drives the
 sans-IO :class:`~darkswap_trio.proto.peer.PeerCore`. Signaling is the
 W3C dance: ``create_offer`` / ``set_remote_description`` / ``create_answer`` with SDP
 strings, plus trickled candidates (:meth:`PeerConnection.local_candidates`,
@@ -461,7 +461,6 @@ async def open_peer_connection(
         for server in config.stun_servers:
             pc._stun_servers.extend(await _resolve(server))
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(pc._driver.read_datagrams, name="peer connection reader")
             nursery.start_soon(pc._driver.run, name="peer connection core")
             try:
                 yield pc

@@ -138,7 +138,6 @@ async def our_side(controlling: bool) -> AsyncIterator[PeerDriver]:
     agent.add_local_candidate(sock.getsockname())
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(driver.read_datagrams)
             nursery.start_soon(driver.run)
             core.start(agent, trio.current_time())
             driver.flush()

@@ -128,6 +128,10 @@ class IceAgent:
         # Calls without ``now`` (credentials, trickle) use the latest time seen.
         self._last_now = 0.0
         self._canonical_addrs: dict[tuple[str, int], tuple[str, int]] = {}
+        # poll_timeout() is asked after every batch of a transfer that never reaches ICE:
+        # its answer is kept until a call that can move a timer (they all clear this).
+        self._timeout_known = False
+        self._timeout: float | None = None
 
     # -- public surface ----------------------------------------------------------------
 
@@ -168,6 +172,7 @@ class IceAgent:
         """Change Ta, e.g. to the value both peers agreed once the remote description
         arrives (RFC 8839 section 5.5); checks scheduled from now on use it. Raises
         ValueError below 5 ms (RFC 8445 section 14.2)."""
+        self._timeout_known = False
         if not seconds >= MIN_TA:
             raise ValueError(f"ICE pacing (Ta) must be at least {MIN_TA} s")
         self._checks.pacing = seconds
@@ -186,6 +191,7 @@ class IceAgent:
 
     def add_local_candidate(self, addr: tuple[str, int]) -> Candidate:
         """Add a host candidate for a bound local socket address and announce it."""
+        self._timeout_known = False
         addr = canonical_addr(addr)
         known = self._checks.checklist.find_local(addr)
         if known is not None:
@@ -198,15 +204,18 @@ class IceAgent:
 
     def add_stun_server(self, addr: tuple[str, int]) -> None:
         """Add a STUN server (IP literal: resolving names is the driver's job) before gather."""
+        self._timeout_known = False
         self._gathering.add_server(addr)
 
     def gather(self, now: float) -> None:
         """Start server-reflexive gathering; :class:`GatheringComplete` follows."""
+        self._timeout_known = False
         self._last_now = now
         self._gathering.start(self._checks.checklist.local, now)
 
     def set_remote_credentials(self, ufrag: str, pwd: str, now: float | None = None) -> None:
         """Set the peer's ice-ufrag/ice-pwd; checks start once pairs exist."""
+        self._timeout_known = False
         if not ufrag or not pwd:
             raise ValueError("remote ice-ufrag and ice-pwd must not be empty")
         self._credentials.remote_ufrag = ufrag
@@ -224,6 +233,7 @@ class IceAgent:
 
     def add_remote_candidate(self, candidate: Candidate | None, now: float | None = None) -> None:
         """Trickle a remote candidate in; ``None`` means end-of-candidates."""
+        self._timeout_known = False
         if candidate is None:
             self._checks.remote_end = True
             self._maybe_fail()
@@ -238,6 +248,7 @@ class IceAgent:
 
         The selected pair keeps carrying data until a new one is nominated.
         """
+        self._timeout_known = False
         self._credentials.restart(ufrag, pwd)
         locals_ = list(self._checks.checklist.local)
         self._checks.restart()
@@ -255,6 +266,7 @@ class IceAgent:
 
     def close(self) -> None:
         """Stop everything: no more transmits, timers or events after CLOSED."""
+        self._timeout_known = False
         self._pending.clear()
         self._checks.stop()
         self._out.transmits.clear()
@@ -270,6 +282,7 @@ class IceAgent:
         local: tuple[str, int] | None = None,
     ) -> None:
         """Feed one datagram received on ``local`` (the socket address) from ``addr``."""
+        self._timeout_known = False
         if self._state is IceState.CLOSED:
             return
         self._last_now = now
@@ -319,6 +332,7 @@ class IceAgent:
         that sent us an authenticated check counts as validated, as it does for the
         data we accept from it -- else the best valid pair, if any.
         """
+        self._timeout_known = False
         if self._state in (IceState.FAILED, IceState.CLOSED):
             return None
         pair = self._selected or self._previous_selected
@@ -357,16 +371,21 @@ class IceAgent:
         return events.popleft() if events else None
 
     def poll_timeout(self) -> float | None:
-        if self._state is IceState.CLOSED:
-            return None
-        deadlines = (
-            self._pending.poll_timeout(),
-            self._consent.poll_timeout(),
-            self._checks.poll_timeout(),
-        )
-        return min((d for d in deadlines if d is not None), default=None)
+        if self._timeout_known:
+            return self._timeout
+        deadline = None
+        if self._state is not IceState.CLOSED:
+            deadlines = (
+                self._pending.poll_timeout(),
+                self._consent.poll_timeout(),
+                self._checks.poll_timeout(),
+            )
+            deadline = min((d for d in deadlines if d is not None), default=None)
+        self._timeout, self._timeout_known = deadline, True
+        return deadline
 
     def handle_timeout(self, now: float) -> None:
+        self._timeout_known = False
         if self._state is IceState.CLOSED:
             return
         self._last_now = now

@@ -85,6 +85,7 @@ class ConnectivityChecks:
         self.next_check_at: float | None = None
         self._first_valid_at: float | None = None
         self._first_valid_rtt = 0.0
+        self._last_check_at: float | None = None
         self._nominations_seen: deque[bytes] = deque(maxlen=32)
 
     @property
@@ -132,6 +133,7 @@ class ConnectivityChecks:
             pair.state = PairState.WAITING
             if pair not in self.triggered:
                 self.triggered.append(pair)
+                self._expedite(now)
         if (
             "USE-CANDIDATE" in message.attributes
             and not self.controlling
@@ -214,6 +216,26 @@ class ConnectivityChecks:
         if self.next_check_at is None and self.has_checks_to_start():
             self.next_check_at = now
 
+    def _expedite(self, now: float) -> None:
+        """A triggered check goes out once MIN_TA has passed since our last check, not
+        at the next Ta slot.
+
+        Ta paces ordinary checks, which probe new pairs. A triggered check answers a
+        check the peer sent (at its own pace) and a nominating check repeats one that
+        succeeded, so their number is bounded by the peer's checks and our valid pairs;
+        RFC 8445 14.2's floor -- no new transaction more often than every 5 ms -- still
+        holds for every check. (Strictly, RFC 8445 6.1.4.2 serves the triggered queue
+        from the Ta timer: with a peer that proposes no a=ice-pacing that is 50 ms, paid
+        once for the triggered check and again for the nomination, and it made opening
+        a channel with aiortc or a browser 2-2.5x slower than aiortc, whose aioice starts
+        triggered checks at once.)
+        """
+        if not self.has_checks_to_start():
+            return
+        at = now if self._last_check_at is None else max(now, self._last_check_at + MIN_TA)
+        if self.next_check_at is None or at < self.next_check_at:
+            self.next_check_at = at
+
     def start_next_check(self, now: float) -> None:
         if not self.has_checks_to_start():
             self.next_check_at = None
@@ -237,6 +259,7 @@ class ConnectivityChecks:
             pair.state = PairState.IN_PROGRESS
         pair.check_transaction = request.transaction_id
         pair.check_started_at = now
+        self._last_check_at = now
         self._stats["checks_sent"] += 1
         transaction = StunTransaction(
             bytes(request),
@@ -285,7 +308,7 @@ class ConnectivityChecks:
             return
         best.nominating = True
         self.triggered.appendleft(best)
-        self.schedule(now)
+        self._expedite(now)  # a valid pair: its nominating check need not wait for Ta
 
     def _nomination_hold(self, best: CandidatePair) -> float | None:
         """Until when a better pair than ``best`` may still succeed (None: nominate now).

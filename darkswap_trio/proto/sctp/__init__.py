@@ -4,9 +4,7 @@ Drivers use only the names below; the underscored modules are the association's 
 
 from ._association import SctpAssociation as SctpAssociation
 from ._chunks import Chunk as Chunk
-from ._chunks import CommonHeader as CommonHeader
 from ._chunks import DataChunk as DataChunk
-from ._chunks import parse_packet_untrusted as parse_packet_untrusted
 from ._events import BufferedAmountLow as BufferedAmountLow
 from ._events import Closed as Closed
 from ._events import Connected as Connected
@@ -16,3 +14,5 @@ from ._events import SctpEvent as SctpEvent
 from ._events import SctpState as SctpState
 from ._events import SctpStatistics as SctpStatistics
 from ._events import StreamsReset as StreamsReset
+from ._packets import CommonHeader as CommonHeader
+from ._packets import parse_packet_untrusted as parse_packet_untrusted

@@ -54,14 +54,16 @@ from ._chunks import (
     ShutdownChunk,
     ShutdownCompleteChunk,
     UnknownChunk,
+)
+from ._events import Closed, Connected, MessageReceived, SctpEvent, SctpState, SctpStatistics
+from ._handshake import STREAMS, AssociationSetup, PeerParams
+from ._heartbeat import PathHeartbeat
+from ._packets import (
     parse_lone_data_untrusted,
     parse_packet_untrusted,
     parse_plain_sack_untrusted,
     seal_packet,
 )
-from ._events import Closed, Connected, MessageReceived, SctpEvent, SctpState, SctpStatistics
-from ._handshake import STREAMS, AssociationSetup, PeerParams
-from ._heartbeat import PathHeartbeat
 from ._reconfig import StreamResetter
 from ._sender import OutboundMessage, SctpSender
 from ._state import (

@@ -12,6 +12,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from darkswap_trio.proto.errors import SdpParseError
 from darkswap_trio.proto.ice._agent import IceAgent
 from darkswap_trio.proto.ice._checklist import PairState, parse_candidate_untrusted
+from darkswap_trio.proto.ice._connectivity import MIN_TA
 from darkswap_trio.proto.ice._events import (
     CandidateGathered,
     ConsentLost,
@@ -493,14 +494,38 @@ def test_end_of_candidates_before_credentials_with_nothing_to_pair():
 
 
 @pytest.mark.parametrize("pacing", [0.05, 0.005])
-def test_pacing_sets_when_the_controlling_side_nominates(pacing):
-    """Ta (RFC 8445 section 14.2) spaces new checks: the nomination follows the first
-    check one Ta later, so on a fast path Ta is most of ICE's connect time."""
+def test_nomination_and_triggered_checks_do_not_wait_for_ta(pacing):
+    """The controlled side's triggered check and the controlling side's nominating check
+    go out MIN_TA (RFC 8445 14.2's 5 ms floor) after their previous check, not at the
+    next Ta slot: with a peer that proposes no a=ice-pacing (Ta 50 ms) two Ta slots
+    were most of the time to open a channel."""
     sim, a, b = make_pair(link=LinkModel(delay=0.0005), pacing=pacing)
     sim.run_until(both_connected(a, b), max_time=5)
-    # First check at 0 (answered at 1 ms), USE-CANDIDATE at Ta, answered 1 ms later.
-    assert sim.now == pytest.approx(pacing + 0.001)
+    # First check at 0 (answered at 1 ms), USE-CANDIDATE at 5 ms, answered 1 ms later.
+    assert sim.now == pytest.approx(MIN_TA + 0.001)
     assert a.statistics().checks_sent == 2
+
+
+@pytest.mark.parametrize("pacing", [0.05, 0.005])
+def test_ta_still_paces_ordinary_checks(pacing):
+    """New pairs are probed one per Ta (RFC 8445 6.1.4.2), however fast answers come."""
+    agent = IceAgent(True, pacing=pacing, rng=random.Random(7))
+    assert unanswered_check_times(agent, 2.5 * pacing) == pytest.approx([0.0, pacing, 2 * pacing])
+
+
+def unanswered_check_times(agent: IceAgent, until: float) -> list[float]:
+    """When ``agent`` sends checks to three remote hosts that never answer."""
+    agent.add_local_candidate(A_ADDR)
+    agent.set_remote_credentials("abcd", "x" * 22, 0.0)
+    for host in ("192.0.2.10", "192.0.2.11", "192.0.2.12"):
+        agent.add_remote_candidate(parse_candidate_untrusted(f"1 1 udp 1 {host} 9 typ host"), 0.0)
+    now, sent = 0.0, []
+    while now < until:
+        while agent.poll_transmit() is not None:
+            sent.append(now)
+        now = agent.poll_timeout()
+        agent.handle_timeout(now)
+    return sent
 
 
 def test_pacing_below_five_ms_is_refused():
@@ -526,4 +551,7 @@ def test_set_pacing_before_the_checks_start():
         assert agent.pacing == 0.02
     sim.exchange_credentials()
     sim.run_until(both_connected(a, b), max_time=5)
-    assert sim.now == pytest.approx(0.02 + 0.001)  # nomination one (new) Ta after the first
+    assert sim.now == pytest.approx(MIN_TA + 0.001)  # the nomination waits for no Ta
+    agent = IceAgent(True, rng=random.Random(3))
+    agent.set_pacing(0.02)
+    assert unanswered_check_times(agent, 0.05) == pytest.approx([0.0, 0.02, 0.04])

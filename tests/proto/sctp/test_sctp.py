@@ -26,8 +26,8 @@ from darkswap_trio.proto.sctp._chunks import (
     InitChunk,
     SackChunk,
     UnknownChunk,
-    encode_packet,
 )
+from darkswap_trio.proto.sctp._packets import encode_packet
 from darkswap_trio.testing._sctp_pair import SctpPair, data_chunks, numbered_payload, parse_ours
 
 # --- association setup ------------------------------------------------------------------

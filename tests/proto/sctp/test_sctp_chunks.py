@@ -21,7 +21,6 @@ from darkswap_trio.proto.sctp._chunks import (
     PARAM_ZERO_CHECKSUM_ACCEPTABLE,
     ZERO_CHECKSUM_DTLS,
     AbortChunk,
-    CommonHeader,
     CookieAckChunk,
     CookieEchoChunk,
     DataChunk,
@@ -40,6 +39,9 @@ from darkswap_trio.proto.sctp._chunks import (
     ShutdownCompleteChunk,
     UnknownChunk,
     UnknownReconfigParam,
+)
+from darkswap_trio.proto.sctp._packets import (
+    CommonHeader,
     encode_packet,
     parse_lone_data_untrusted,
     parse_packet_untrusted,

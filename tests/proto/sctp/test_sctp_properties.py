@@ -17,7 +17,7 @@ from hypothesis.stateful import (
 
 from darkswap_trio.proto.sctp import OutgoingStreamsReset, SctpState
 from darkswap_trio.proto.sctp import _chunks as c
-from darkswap_trio.proto.sctp._chunks import encode_packet
+from darkswap_trio.proto.sctp._packets import encode_packet
 from darkswap_trio.testing._sctp_pair import MAX_STEPS, SctpPair, numbered_payload, parse_ours
 
 # --- hostile peer -----------------------------------------------------------------------
