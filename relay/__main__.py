@@ -228,6 +228,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="JSON table of the cluster's nodes and of the node each peer is on "
         "(a cluster without the Redis directory: tests, small fixed setups).",
     )
+    cluster = parser.add_argument_group(
+        'Relay cluster (nodes sharing one Redis for presence and signaling; see README "Relay cluster")'
+    )
+    cluster.add_argument(
+        "--cluster-redis",
+        metavar="URL",
+        help="Join a cluster through this Redis: redis://HOST:PORT[/DB], rediss://... or "
+        "unix:///PATH. Default: no cluster (a single relay, no Redis).",
+    )
+    cluster.add_argument(
+        "--node-id",
+        metavar="ID",
+        help="This node's unique id in the cluster (A-Z a-z 0-9 . _ -; default: the relay's PeerId).",
+    )
+    cluster.add_argument(
+        "--advertise",
+        metavar="HOST:PORT",
+        help="Where the other nodes reach this one (mesh links). Default: --host and the bound port.",
+    )
     add("--log-format", choices=("text", "json"), help="Log format on stderr (default text).")
     add(
         "--log-level",
@@ -347,6 +366,9 @@ def _config_from_args(args: argparse.Namespace) -> RelayConfig:
         "turn_tls_port": args.turn_tls_port,
         "mesh_secret_file": args.mesh_secret_file,
         "mesh_static_directory": args.mesh_static_directory,
+        "cluster_redis_url": args.cluster_redis,
+        "cluster_node_id": args.node_id,
+        "cluster_advertise": args.advertise,
     }
     disable = [name for name in ("stun_port", "metrics_port") if overrides[name] == _DISABLED]
     for name in disable:

@@ -19,6 +19,7 @@ import darkswap_trio
 from darkswap_trio import parse_relay_address
 
 from ._settings import apply_settings
+from .cluster._config import ClusterConfig, redact_url_password
 
 AuthMode = Literal["signature", "jwt", "open"]
 AUTH_MODES: tuple[str, ...] = ("signature", "jwt", "open")
@@ -244,6 +245,7 @@ class RelayConfig:
     auth: AuthConfig = field(default_factory=AuthConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     turn: TurnConfig = field(default_factory=TurnConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)  # README "Relay cluster"
     mesh: MeshConfig = field(default_factory=MeshConfig)
 
     def validate(self) -> RelayConfig:
@@ -285,6 +287,7 @@ class RelayConfig:
                 f"limits.topic_sample must be at most 64, got {self.limits.topic_sample}"
             )
         self.turn.validate(self.host, self.stun_port)
+        self.cluster.validate(ConfigError)
         if self.turn.enabled and self.turn.tls_port is not None and self.tls_cert is None:
             raise ConfigError("turn.tls_port needs tls_cert and tls_key (TURN over TLS uses them)")
         self.mesh.validate()
@@ -319,6 +322,8 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> RelayConfig
             setattr(config.auth, key[len("auth_") :], value)
         elif key.startswith("turn_"):
             setattr(config.turn, key[len("turn_") :], value)
+        elif key.startswith("cluster_"):
+            setattr(config.cluster, key[len("cluster_") :], value)
         elif key.startswith("mesh_"):
             setattr(config.mesh, key[len("mesh_") :], value)
         else:
@@ -425,6 +430,8 @@ def describe_config(config: RelayConfig) -> dict[str, Any]:
     for key in _SECRET_KEYS:
         if flat.get(key) is not None:
             flat[key] = "<set>"
+    if flat.get("cluster.redis_url"):
+        flat["cluster.redis_url"] = redact_url_password(flat["cluster.redis_url"])
     return flat
 
 

@@ -54,6 +54,7 @@ from .cluster._mesh_ends import CrossNodeEnds, CrossNodeOpener, RemoteEnd
 if TYPE_CHECKING:
     from collections.abc import Set
 
+    from ._cluster_port import ClusterPort
     from ._session_handle import SessionHandle
 
 logger = logging.getLogger("relay.router")
@@ -121,6 +122,8 @@ class RelayRouter:
             idle_timeout=lim.circuit_idle_timeout,
         )
         self._registered: dict[str, SessionHandle] = {}
+        # This relay as a node of a cluster (relay.cluster); None: a single relay.
+        self.cluster: ClusterPort | None = None
         self._sessions: set[SessionHandle] = set()
         self._shutting_down = False
         self._timer_wakeup = trio.Event()
@@ -237,6 +240,8 @@ class RelayRouter:
         peer_id = session.peer_id
         if peer_id is not None and self._registered.get(peer_id) is session:
             del self._registered[peer_id]
+            if self.cluster is not None:
+                self.cluster.peer_released(peer_id)
             self._rendezvous.drop_peer(peer_id)
             self._count_topics()
             self._table.disconnect(peer_id, reason)
@@ -244,6 +249,10 @@ class RelayRouter:
 
     def lookup(self, peer_id: str) -> SessionHandle | None:
         return self._registered.get(peer_id)
+
+    def registered_peer_ids(self) -> Set[str]:
+        """The peer ids registered here (a live read-only view)."""
+        return self._registered.keys()
 
     async def register_contended(self, session: SessionHandle, peer_id: str) -> str | None:
         """:meth:`register` refused ``peer_id``: None if ``session`` now holds it after

@@ -113,6 +113,13 @@ class RelayServer:
         return f"/{proto}/{host}/tcp/{self.signaling_port}/{ws}/p2p/{self.peer_id}"
 
     @property
+    def advertise(self) -> str:
+        """``host:port`` other cluster nodes dial (``cluster.advertise`` or the bound one)."""
+        if self.config.cluster.advertise is not None:
+            return self.config.cluster.advertise
+        return self.url.split("//", 1)[1].split("/", 1)[0]
+
+    @property
     def url(self) -> str:
         host = self.host if self.host not in ("0.0.0.0", "", "::") else "127.0.0.1"
         if ":" in host:
@@ -138,6 +145,7 @@ class RelayServer:
                 "peer_id": self.peer_id,
                 "sessions": stats.sessions,
                 "circuits": stats.circuits,
+                **({"cluster": self.router.cluster.health()} if self.router.cluster else {}),
             },
         )
 
@@ -334,6 +342,10 @@ async def serve_relay(
                 ),
             )
             server.signaling_port = _bound_port(listeners)
+            if config.cluster.enabled:
+                from .cluster import run_cluster_node
+
+                await root.start(run_cluster_node, router, server.advertise)
             if config.stun_port is not None and config.turn.enabled:
                 server.turn = await _bind_named(
                     "STUN/TURN (UDP and TCP)",

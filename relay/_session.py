@@ -412,6 +412,8 @@ class SignalingSession:
             self.send_control(step.message)
         elif isinstance(step, HandshakeRefusal):
             self._refuse(step.code, step.message, step.close_code)
+        elif self.router.cluster is not None:
+            return self._register_in_cluster(step)
         elif self.router.register(self, step.peer_id):
             self._complete(step)
         else:
@@ -453,6 +455,24 @@ class SignalingSession:
             if code == "peer_id_in_use"
             else "the server is stopping",
         )
+
+    async def _register_in_cluster(self, accepted: HandshakeAccepted) -> None:
+        """Claim the peer id across the cluster (relay.cluster), then register it here."""
+        cluster = self.router.cluster
+        assert cluster is not None
+        try:
+            code = await cluster.claim(accepted.peer_id)
+            if code is not None:
+                self._refuse(
+                    code, f"peer id {accepted.peer_id} is registered on another relay node"
+                )
+            elif self.router.register(self, accepted.peer_id):
+                self._complete(accepted)
+            else:
+                await self._register_contended(accepted)
+        finally:
+            if not self.registered:  # a claim that landed must not outlive this attempt
+                cluster.peer_released(accepted.peer_id)
 
     def _complete(self, accepted: HandshakeAccepted) -> None:
         """The peer id is registered to this session: answer Registered."""

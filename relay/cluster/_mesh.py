@@ -116,12 +116,11 @@ def mesh_locator(
         return locator
     if config.mesh.static_directory:
         return StaticPeerLocator.from_file(config.mesh.static_directory)
-    cluster = getattr(config, "cluster", None)  # the Redis half's [cluster] (#15)
-    if cluster is not None and getattr(cluster, "enabled", False) and router is not None:
+    if config.cluster.enabled and router is not None:
         # The Redis directory of router.cluster, usable once the node has joined.
-        from ._directory import NodeDirectory  # type: ignore[import-not-found]
+        from ._directory import NodeDirectory
 
-        return NodeDirectory(router)  # type: ignore[no-any-return]
+        return NodeDirectory(router)
     return None
 
 

@@ -28,6 +28,7 @@ from relay._config import (
 )
 from relay._logging import configure_logging
 from relay._metrics import RelayMetrics
+from relay.cluster import ClusterConfig
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "relay.toml"
 
@@ -159,6 +160,7 @@ def test_example_relay_toml_lists_every_key_with_its_default() -> None:
         "auth.": AuthConfig(),
         "limits.": LimitsConfig(),
         "turn.": TurnConfig(),
+        "cluster.": ClusterConfig(),
         "mesh.": MeshConfig(),
     }
     missing = []

@@ -1,0 +1,284 @@
+"""Signaling between nodes: each node's inbox is a Redis pub/sub channel (PROTOCOL.md 16.2).
+
+Sending (:meth:`NodeInbox.forward`): one Lua script finds the live node holding the
+addressee and publishes the envelope to its inbox, in one round trip. The sending
+session awaits it before reading its next frame, so one sender's messages reach Redis,
+hence the addressee, in order (an Offer is never overtaken by its candidates). A failed
+attempt is repeated once with the same id (the receiver drops repeats) within
+``message_timeout``; then the sender gets ``cluster_unavailable``.
+
+Receiving (:meth:`NodeInbox.run`): one task reads the inbox and hands each frame to the
+local session (never blocking: the session's bounded control queue), in arrival order.
+A frame whose addressee is not here (it left meanwhile) goes back to the sending node
+as ``undeliverable``, and the sender gets the usual ``unknown_peer``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from darkswap_trio.proto.errors import SignalingParseError
+from darkswap_trio.proto.signaling import (
+    Answer,
+    Error,
+    IceCandidate,
+    Offer,
+    decode_message_untrusted,
+    encode_message,
+)
+
+from . import _wire
+from ._metrics import ClusterMetrics
+from ._redis import ClusterUnavailable, RedisLink
+from ._types import ClusterSession
+
+logger = logging.getLogger("relay.cluster")
+
+SEEN_IDS = 8192  # ids of recent inbox messages remembered to drop repeats
+RECONNECT_DELAYS = (0.05, 0.1, 0.25, 0.5, 1.0)  # seconds between subscription attempts
+MAX_REPLYING = 256  # undeliverable notices in flight; beyond, senders time out instead
+INCOMPATIBLE_PEER = "incompatible_peer"
+_FORWARDED = (Offer, Answer, IceCandidate)
+
+
+class NodeInbox:
+    """This node's inbox (receiving) and the way to other nodes' inboxes (sending)."""
+
+    def __init__(
+        self,
+        link: RedisLink,
+        *,
+        prefix: str,
+        node_id: str,
+        epoch: str,
+        message_timeout: float,
+        lookup: Callable[[str], ClusterSession | None],
+        metrics: ClusterMetrics,
+        error_sent: Callable[[str], None],
+    ) -> None:
+        self._link = link
+        self._prefix = prefix
+        self.node_id = node_id
+        self.channel = _wire.inbox_channel(prefix, node_id)
+        self._id_prefix = f"{node_id}:{epoch}:"
+        self._sequence = itertools.count(1)
+        self._timeout = message_timeout
+        self._lookup = lookup
+        self._metrics = metrics
+        self._error_sent = error_sent  # counts an Error frame sent to a peer, by code
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        # Envelopes of kinds the Redis half does not handle (the mesh half registers here).
+        self.handlers: dict[str, Callable[[_wire.OtherEnvelope], None]] = {}
+        # Answers a ReleaseRequest: (peer, holder) -> whether this node released it.
+        self.release_if_silent: Callable[[str, str], Awaitable[bool]] | None = None
+        self._asked: dict[str, list[Any]] = {}  # ReleaseRequest id -> [Event, answer]
+        self.subscribed = False
+        self.ready = trio.Event()  # set once first subscribed
+        self._replying = 0  # undeliverable notices being published
+
+    # -- sending ----------------------------------------------------------------------
+
+    async def forward(self, session: ClusterSession, msg: Offer | Answer | IceCandidate) -> None:
+        """Send ``msg`` from local ``session`` to its addressee on another node; the
+        session is told (an Error frame) when that fails."""
+        envelope = _wire.SignalEnvelope(
+            id=f"{self._id_prefix}{next(self._sequence)}",
+            reply_to=self.node_id,
+            expires=time.time() + self._timeout,
+            sender=msg.from_,
+            extended=session.extended,
+            libp2p=session.has_libp2p_id,
+            to=msg.to,
+            frame=encode_message(msg),
+        )
+        payload = _wire.encode_inbox(envelope)
+        key = _wire.peer_key(self._prefix, msg.to)
+        result: Any = None
+        with trio.move_on_after(self._timeout):
+            for attempt in range(2):
+                try:
+                    result = await self._link.script(_wire.ROUTE, [key], [self._prefix, payload])
+                    break
+                except ClusterUnavailable as exc:
+                    if attempt:
+                        self._unavailable(session, msg.to, str(exc))
+                        return
+        if result is None:
+            self._unavailable(session, msg.to, "Redis did not answer in time")
+            return
+        receivers, node = int(result[0]), str(result[1])
+        if receivers < 0:
+            self._metrics.messages_sent.labels(result="unknown_peer").inc()
+            self._error(session, "unknown_peer", f"peer {msg.to} is not connected", msg.to)
+        elif receivers == 0:
+            self._unavailable(session, msg.to, f"relay node {node} is not listening")
+        else:
+            self._metrics.messages_sent.labels(result="delivered").inc()
+
+    def _unavailable(self, session: ClusterSession, to: str, why: str) -> None:
+        self._metrics.messages_sent.labels(result="unavailable").inc()
+        self._error(
+            session,
+            "cluster_unavailable",
+            f"peer {to} cannot be reached through the cluster: {why}",
+            to,
+        )
+
+    def _error(self, session: ClusterSession, code: str, text: str, ref: str) -> None:
+        self._error_sent(code)
+        session.send_control(Error(text, code, ref))
+
+    async def ask_release(self, holder: str, peer_id: str, timeout: float) -> bool:
+        """Ask the node holding ``peer_id`` (as ``holder``, "<node>|<epoch>") to release
+        it if its session there is silent; True once it did. False when it did not, did
+        not answer within ``timeout``, or Redis failed."""
+        node_id = holder.split("|", 1)[0]
+        request = _wire.ReleaseRequest(
+            f"{self._id_prefix}{next(self._sequence)}", self.node_id, peer_id, holder
+        )
+        waiter: list[Any] = [trio.Event(), False]
+        self._asked[request.id] = waiter
+        try:
+            with trio.move_on_after(timeout):
+                channel = _wire.inbox_channel(self._prefix, node_id)
+                if await self._link.publish(channel, _wire.encode_inbox(request)) == 0:
+                    return False
+                await waiter[0].wait()
+            return bool(waiter[1])
+        except ClusterUnavailable:
+            return False
+        finally:
+            del self._asked[request.id]
+
+    async def _answer_release(self, request: _wire.ReleaseRequest) -> None:
+        try:
+            released = False
+            if self.release_if_silent is not None:
+                released = await self.release_if_silent(request.peer, request.holder)
+            answer = _wire.ReleaseAnswer(request.id, request.peer, released)
+            channel = _wire.inbox_channel(self._prefix, request.reply_to)
+            await self._link.publish(channel, _wire.encode_inbox(answer))
+        except ClusterUnavailable:
+            pass  # the asking node times out and refuses the newcomer
+        finally:
+            self._replying -= 1
+
+    async def _reply(self, node_id: str, msg: _wire.Undeliverable) -> None:
+        channel = _wire.inbox_channel(self._prefix, node_id)
+        try:
+            await self._link.publish(channel, _wire.encode_inbox(msg))
+        except ClusterUnavailable:
+            pass  # the sender's node does not hear why; its peer gets no answer
+        finally:
+            self._replying -= 1
+
+    # -- receiving --------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Read the inbox until cancelled, subscribing again whenever Redis comes back.
+
+        Started at once (Redis may be down); ``subscribed`` says whether it listens.
+        """
+        task_status.started()
+        failures = 0
+        async with trio.open_nursery() as replies:  # undeliverable notices, never blocking us
+            while True:
+                try:
+                    async with self._link.subscription(self.channel) as payloads:
+                        self.subscribed = True
+                        self.ready.set()
+                        if failures:
+                            logger.info("cluster inbox %s subscribed again", self.channel)
+                        failures = 0
+                        async for payload in payloads:
+                            self._dispatch(payload, replies)
+                except ClusterUnavailable as exc:
+                    if self.subscribed or failures == 0:
+                        logger.warning("cluster inbox %s not subscribed: %s", self.channel, exc)
+                finally:
+                    self.subscribed = False
+                await trio.sleep(RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS) - 1)])
+                failures += 1
+
+    def _dispatch(self, payload: str, replies: trio.Nursery) -> None:
+        try:
+            msg = _wire.decode_inbox_untrusted(payload)
+        except _wire.ClusterParseError as exc:
+            self._received("bad")
+            logger.warning("bad inbox message dropped: %s", exc)
+            return
+        if isinstance(msg, _wire.SignalEnvelope):
+            self._deliver(msg, replies)
+        elif isinstance(msg, _wire.ReleaseRequest):
+            self._received("release")
+            if self._replying < MAX_REPLYING:
+                self._replying += 1
+                replies.start_soon(self._answer_release, msg)
+        elif isinstance(msg, _wire.ReleaseAnswer):
+            waiter = self._asked.get(msg.id)
+            if waiter is not None:
+                waiter[1] = msg.released
+                waiter[0].set()
+        elif isinstance(msg, _wire.Undeliverable):
+            self._received("undeliverable")
+            session = self._lookup(msg.sender)
+            if session is not None:
+                self._error(session, msg.code, msg.message, msg.to)
+        else:
+            handler = self.handlers.get(msg.kind)
+            if handler is None:
+                self._received("bad")
+                logger.warning("inbox message of unknown kind %r dropped", msg.kind[:64])
+            else:
+                handler(msg)
+
+    def _deliver(self, envelope: _wire.SignalEnvelope, replies: trio.Nursery) -> None:
+        if envelope.id in self._seen:
+            self._received("duplicate")
+            return
+        self._seen[envelope.id] = None
+        if len(self._seen) > SEEN_IDS:
+            self._seen.popitem(last=False)
+        if time.time() > envelope.expires:
+            self._received("expired")
+            return
+        try:
+            msg = decode_message_untrusted(envelope.frame)
+        except SignalingParseError as exc:
+            self._received("bad")
+            logger.warning("bad frame in inbox message dropped: %s", exc)
+            return
+        if not isinstance(msg, _FORWARDED) or msg.from_ != envelope.sender or msg.to != envelope.to:
+            self._received("bad")
+            logger.warning("inbox frame does not match its envelope: dropped")
+            return
+        target = self._lookup(envelope.to)
+        if target is None:
+            code, text = "unknown_peer", f"peer {envelope.to} is not connected"
+        elif (envelope.extended and not target.has_libp2p_id) or (
+            target.extended and not envelope.libp2p
+        ):
+            code = INCOMPATIBLE_PEER
+            text = (
+                f"peer {envelope.to} cannot be reached: darkswap-relay/1 peers and legacy "
+                "peers whose id is not a libp2p PeerId are kept apart"
+            )
+        else:
+            self._received("delivered")
+            target.send_control(msg)
+            return
+        self._received(code)
+        if self._replying < MAX_REPLYING:
+            self._replying += 1
+            notice = _wire.Undeliverable(envelope.id, envelope.sender, envelope.to, code, text)
+            replies.start_soon(self._reply, envelope.reply_to, notice)
+
+    def _received(self, result: str) -> None:
+        self._metrics.messages_received.labels(result=result).inc()
