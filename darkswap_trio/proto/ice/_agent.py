@@ -5,11 +5,8 @@ enumerate interfaces), server-reflexive gathering against STUN servers, peer-ref
 learning, paced connectivity checks with retransmission, regular nomination, role
 conflict repair, trickle, consent freshness (RFC 7675) and ICE restart.
 
-Relay candidates come from TURN servers (:mod:`._relay`: UDP allocations reached
-from the host socket); with ``relay_only`` (``ice_transport_policy="relay"``) they are
-the only candidates offered and paired.
-
-Scope cuts: one component, UDP only, no mDNS names, no ICE-lite peers, aggressive
+Relay candidates come from TURN servers (:mod:`._relay`); with ``relay_only`` they
+are the only candidates offered and paired. Scope cuts: one component, UDP only, no mDNS names, no ICE-lite peers, aggressive
 nomination by a remote controlling agent is accepted (aioice does that) but never used.
 
 Driving it: feed every datagram of the socket to :meth:`IceAgent.receive` (STUN is
@@ -570,6 +567,8 @@ class IceAgent:
             return
         self._checks.checklist.add_local(candidate)
         self._out.emit(CandidateGathered(candidate))
+        for remote in self._checks.checklist.remote:
+            self._relay.permit((remote.host, remote.port), now)  # type: ignore[union-attr]
         self._checks.schedule(now)
 
     def _relay_settled(self) -> None:

@@ -148,7 +148,8 @@ class RelayCandidates:
         return Transmit(frame, allocation.client.server, allocation.base)
 
     def permit(self, remote: Address, now: float) -> None:
-        """Let ``remote`` reach every relayed address (a new remote candidate)."""
+        """Let ``remote`` reach every relayed address (a new remote candidate): the
+        permission is then in place before the first check, not set up by it."""
         for allocation in self.allocations:
             if allocation.candidate is not None and ip_family(remote[0]) == ip_family(
                 allocation.candidate.host

@@ -449,6 +449,8 @@ class TurnClient:
 
     def _start_bind(self, peer: tuple[str, int], channel: _Channel, now: float) -> None:
         channel.binding = True
+        # The server may use the channel before its answer reaches us (or if it is lost).
+        self._channel_peers[channel.number] = peer
 
         def attrs(tid: bytes) -> list[tuple[int, bytes]]:
             return [
