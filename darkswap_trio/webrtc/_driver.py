@@ -86,6 +86,10 @@ class PeerDriver:
             if deadline is not None and deadline < timers.deadline:
                 timers.deadline = deadline
 
+    async def deliver(self, batch: list[tuple[bytes, Address]]) -> None:
+        """Hand datagrams read elsewhere (a TURN server's TCP connection) to the core task."""
+        await self._inbox_send.send(batch)
+
     async def run(self) -> None:
         """The core task: see the module docstring."""
         core, sock = self.core, self.sock

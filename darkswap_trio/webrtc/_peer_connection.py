@@ -53,6 +53,7 @@ from ._driver import DatagramSocket, PeerDriver
 from ._interfaces import host_addresses as interface_addresses
 from ._peer_channels import ConnectionFailed
 from ._turn_servers import TurnServerConfig
+from ._turn_streams import TurnStreamSocket
 from ._udp_offload import UdpBatchSocket
 
 __all__ = [
@@ -124,9 +125,14 @@ class PeerConnectionConfig:
             raise ValueError(
                 f"ice_transport_policy must be 'all' or 'relay', not {self.ice_transport_policy!r}"
             )
+        seen = set()
         for server in self.turn_servers:
             if not isinstance(server, TurnServerConfig):
                 raise ValueError(f"turn_servers takes TurnServerConfig entries, not {server!r}")
+            where = (server.parsed.host, server.parsed.port)
+            if where in seen:  # its datagrams would not know which transport to take
+                raise ValueError(f"TURN server {where[0]}:{where[1]} is listed twice")
+            seen.add(where)
         if self.ice_transport_policy == "relay" and not self.turn_servers:
             raise ValueError("ice_transport_policy='relay' needs at least one TURN server")
 
@@ -458,12 +464,18 @@ async def _resolve(server: tuple[str, int]) -> list[tuple[str, int]]:
     return [(ipaddress.ip_address(info[4][0]).compressed, int(info[4][1])) for info in infos]
 
 
-async def _resolve_turn(server: TurnServerConfig, family: int) -> list[TurnClientSettings]:
-    """The server's first address of our socket's family (a socket reaches no other)."""
+async def _resolve_turn(
+    server: TurnServerConfig, family: int, streams: TurnStreamSocket
+) -> list[TurnClientSettings]:
+    """The server's first address of our socket's family (a socket reaches no other);
+    over TCP, connected (none if it cannot be)."""
     url = server.parsed
     for addr in await _resolve((url.host, url.port)):
         if ipaddress.ip_address(addr[0]).version == family:
-            return [TurnClientSettings(addr, server.username, server.credential)]
+            stream = url.transport == "tcp"
+            if stream and not await streams.connect(addr):
+                return []
+            return [TurnClientSettings(addr, server.username, server.credential, stream=stream)]
     return []
 
 
@@ -488,20 +500,24 @@ async def open_peer_connection(
     else:
         bound = datagram_socket.getsockname()[:2]
         hosts = list(config.host_addresses or [bound[0]])
+    streams = TurnStreamSocket(datagram_socket)
     try:
-        pc = PeerConnection(config, datagram_socket, bound, hosts)
+        pc = PeerConnection(config, streams, bound, hosts)
         for server in config.stun_servers:
             pc._stun_servers.extend(await _resolve(server))
         family = 6 if ":" in hosts[0] else 4
         for turn in config.turn_servers:
-            pc._turn_servers.extend(await _resolve_turn(turn, family))
+            pc._turn_servers.extend(await _resolve_turn(turn, family, streams))
         async with trio.open_nursery() as nursery:
             nursery.start_soon(pc._driver.run, name="peer connection core")
+            streams.start(nursery, pc._driver.deliver)
             try:
                 yield pc
             finally:
                 pc._driver.close()
                 nursery.cancel_scope.cancel()
     finally:
+        with trio.CancelScope(shield=True):
+            await streams.aclose()
         if sock is not None:
             sock.close()

@@ -75,7 +75,7 @@ class TurnServerConfig:
     """A TURN server for relay candidates, as W3C ``RTCIceServer`` has it.
 
     ``url``: ``turn:host[:port][?transport=udp|tcp]`` (port 3478 by default; the
-    client reaches the server over UDP today, so ``transport=tcp`` is refused).
+    transport is how we reach the server, what it relays is UDP either way).
     ``username``/``credential``: long-term credentials, e.g. the TURN REST API pair
     ``darkswap-relay turn-credentials`` prints. Raises ValueError for a bad URL or
     empty credentials.
@@ -88,8 +88,6 @@ class TurnServerConfig:
 
     def __post_init__(self) -> None:
         parsed = parse_turn_url(self.url)
-        if parsed.transport != "udp":
-            raise ValueError(f"TURN URL {self.url!r}: only transport=udp is supported yet")
         if not isinstance(self.username, str) or not self.username:
             raise ValueError(f"TURN server {self.url!r} needs a username")
         if not isinstance(self.credential, str) or not self.credential:

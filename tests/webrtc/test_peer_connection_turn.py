@@ -18,10 +18,10 @@ from darkswap_trio.webrtc import (
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
-def relay_only(port: int, peer_id: str) -> PeerConnectionConfig:
+def relay_only(port: int, peer_id: str, transport: str = "udp") -> PeerConnectionConfig:
     return PeerConnectionConfig(
         host_addresses=["127.0.0.1"],
-        turn_servers=[turn_config(port, peer_id)],
+        turn_servers=[turn_config(port, peer_id, transport)],
         ice_transport_policy="relay",
     )
 
@@ -60,17 +60,22 @@ async def connect_and_exchange(a: PeerConnection, b: PeerConnection) -> None:
         assert ice.selected_local is not None and ice.selected_local[1] != pc.local_address[1]
 
 
-async def test_two_peer_connections_through_our_turn_server(tmp_path) -> None:
+@pytest.mark.parametrize(
+    "transports", [("udp", "udp"), ("tcp", "tcp"), ("udp", "tcp")], ids=["udp", "tcp", "udp-tcp"]
+)
+async def test_two_peer_connections_through_our_turn_server(tmp_path, transports) -> None:
     with trio.fail_after(30):
         async with running_our_turn(tmp_path) as server:
             port = server.stun_port
             async with (
-                open_peer_connection(relay_only(port, "alice")) as a,
-                open_peer_connection(relay_only(port, "bob")) as b,
+                open_peer_connection(relay_only(port, "alice", transports[0])) as a,
+                open_peer_connection(relay_only(port, "bob", transports[1])) as b,
             ):
                 await connect_and_exchange(a, b)
                 stats = server.turn.core.statistics()
                 assert stats.allocations == 2 and stats.channels >= 2
+                clients = sorted(a.client[0] for a in server.turn.core._allocations.values())
+                assert clients == sorted(transports)
                 assert server.turn.core.counters["bytes_to_peer"] > 51200
             # Closing freed both allocations (Refresh with LIFETIME 0).
             with trio.fail_after(5):
@@ -79,12 +84,13 @@ async def test_two_peer_connections_through_our_turn_server(tmp_path) -> None:
 
 
 @pytest.mark.skipif(TURNSERVER is None, reason="coturn's turnserver not installed")
-async def test_two_peer_connections_through_coturn(tmp_path) -> None:
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+async def test_two_peer_connections_through_coturn(tmp_path, transport) -> None:
     with trio.fail_after(30):
         async with running_coturn(tmp_path) as port:
             async with (
-                open_peer_connection(relay_only(port, "alice")) as a,
-                open_peer_connection(relay_only(port, "bob")) as b,
+                open_peer_connection(relay_only(port, "alice", transport)) as a,
+                open_peer_connection(relay_only(port, "bob", transport)) as b,
             ):
                 await connect_and_exchange(a, b)
 
@@ -99,7 +105,6 @@ async def test_two_peer_connections_through_coturn(tmp_path) -> None:
         ("turn:::1:3478", "brackets"),
         ("turn:[::1", "bracketed"),
         ("turn:127.0.0.1?transport=sctp", "transport=udp or tcp"),
-        ("turn:127.0.0.1?transport=tcp", "only transport=udp"),
         ("turns:127.0.0.1", "not supported yet"),
     ],
 )
@@ -118,5 +123,8 @@ def test_turn_config_is_checked() -> None:
         PeerConnectionConfig(ice_transport_policy="relay")
     with pytest.raises(ValueError, match="ice_transport_policy"):
         PeerConnectionConfig(ice_transport_policy="none")  # type: ignore[arg-type]
+    twice = [TurnServerConfig(f"turn:127.0.0.1?transport={t}", "u", "p") for t in ("udp", "tcp")]
+    with pytest.raises(ValueError, match="listed twice"):
+        PeerConnectionConfig(turn_servers=twice)
     with pytest.raises(ValueError, match="TurnServerConfig"):
         PeerConnectionConfig(turn_servers=["turn:127.0.0.1"])  # type: ignore[list-item]

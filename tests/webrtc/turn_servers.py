@@ -23,9 +23,9 @@ REALM = "darkswap.test"
 TURNSERVER = shutil.which("turnserver")
 
 
-def turn_config(port: int, peer_id: str = "alice") -> TurnServerConfig:
+def turn_config(port: int, peer_id: str = "alice", transport: str = "udp") -> TurnServerConfig:
     username, password = rest_api_credentials(SECRET, peer_id, 3600, time.time())
-    return TurnServerConfig(f"turn:127.0.0.1:{port}?transport=udp", username, password)
+    return TurnServerConfig(f"turn:127.0.0.1:{port}?transport={transport}", username, password)
 
 
 @asynccontextmanager
@@ -83,7 +83,7 @@ async def running_coturn(tmp_path: Any) -> AsyncIterator[int]:
         TURNSERVER, "-n",
         "--listening-ip", "127.0.0.1", "-p", str(port), "--relay-ip", "127.0.0.1",
         "--use-auth-secret", "--static-auth-secret", SECRET.decode(), "--realm", REALM,
-        "--allow-loopback-peers", "--no-tls", "--no-dtls", "--no-tcp", "--no-cli",
+        "--allow-loopback-peers", "--no-tls", "--no-dtls", "--no-cli",
         "--no-stdout-log", "--log-file", str(tmp_path / "coturn.log"),
         "--min-port", "41000", "--max-port", "41999",
         "--pidfile", str(tmp_path / "coturn.pid"),
