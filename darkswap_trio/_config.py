@@ -146,8 +146,8 @@ class P2PConfig:
     # same long-term credentials (e.g. `darkswap-relay turn-credentials`); "relay"
     # makes direct attempts use relay candidates only (README, "TURN relay candidates").
     turn_servers: list[str] = field(default_factory=list)
-    turn_username: str | None = None
-    turn_credential: str | None = None
+    turn_username: str = ""
+    turn_credential: str = ""
     ice_transport_policy: str = "all"
     enable_direct: bool = True
     enable_relay: bool = True
