@@ -20,6 +20,7 @@ import datetime
 import ipaddress
 import random
 import socket
+import ssl
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -473,7 +474,8 @@ async def _resolve_turn(
     for addr in await _resolve((url.host, url.port)):
         if ipaddress.ip_address(addr[0]).version == family:
             stream = url.transport == "tcp"
-            if stream and not await streams.connect(addr):
+            tls = (server.ssl_context or ssl.create_default_context()) if url.tls else None
+            if stream and not await streams.connect(addr, tls, url.host):
                 return []
             return [TurnClientSettings(addr, server.username, server.credential, stream=stream)]
     return []

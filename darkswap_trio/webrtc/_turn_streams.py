@@ -1,4 +1,5 @@
-"""TURN servers reached over TCP (``turn:...?transport=tcp``): one connection each.
+"""TURN servers reached over TCP (``turn:...?transport=tcp``) or TLS (``turns:``): one
+connection each.
 
 The peer core addresses what is for a TURN server to the server's address, whatever
 the transport; :class:`TurnStreamSocket` stands in for the peer connection's UDP
@@ -12,6 +13,7 @@ server. A connection that breaks ends its allocation: nothing reconnects it.
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 
 import trio
@@ -34,9 +36,7 @@ class TurnStreamSocket:
     def __init__(self, sock: DatagramSocket) -> None:
         self._sock = sock
         self._streams: dict[Address, trio.MemorySendChannel[bytes]] = {}
-        self._pending: list[
-            tuple[Address, trio.SocketStream, trio.MemoryReceiveChannel[bytes]]
-        ] = []
+        self._pending: list[tuple[Address, trio.abc.Stream, trio.MemoryReceiveChannel[bytes]]] = []
         self.dropped = 0
 
     @property
@@ -70,15 +70,22 @@ class TurnStreamSocket:
                 self.dropped += 1
         return len(datagrams)
 
-    async def connect(self, server: Address) -> bool:
-        """Open the TCP connection to ``server`` (False, logged, if it cannot be)."""
+    async def connect(
+        self, server: Address, tls: ssl.SSLContext | None = None, hostname: str = ""
+    ) -> bool:
+        """Open the TCP connection to ``server``, with TLS (certificate checked for
+        ``hostname``) if ``tls`` is given; False, logged, if it cannot be."""
         if server in self._streams:
             return True
+        stream: trio.abc.Stream
         try:
             with trio.fail_after(CONNECT_TIMEOUT):
                 stream = await trio.open_tcp_stream(*server)
-        except (OSError, trio.TooSlowError) as exc:
-            logger.warning("TURN server %s:%d over TCP unreachable: %r", *server, exc)
+                if tls is not None:
+                    stream = trio.SSLStream(stream, tls, server_hostname=hostname)
+                    await stream.do_handshake()
+        except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
+            logger.warning("TURN server %s:%d over TCP/TLS unreachable: %r", *server, exc)
             return False
         send, receive = trio.open_memory_channel[bytes](_QUEUE)
         self._streams[server] = send
@@ -105,7 +112,7 @@ class TurnStreamSocket:
             send.close()
 
     async def _write(
-        self, stream: trio.SocketStream, receive: trio.MemoryReceiveChannel[bytes]
+        self, stream: trio.abc.Stream, receive: trio.MemoryReceiveChannel[bytes]
     ) -> None:
         async with stream, receive:
             try:
@@ -117,7 +124,7 @@ class TurnStreamSocket:
     async def _read(
         self,
         server: Address,
-        stream: trio.SocketStream,
+        stream: trio.abc.Stream,
         deliver: Callable[[list[tuple[bytes, Address]]], Awaitable[None]],
     ) -> None:
         deframer = StreamDeframer()

@@ -4,9 +4,17 @@ through coturn; the TURN configuration checked where it is made."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import trio
-from turn_servers import TURNSERVER, running_coturn, running_our_turn, turn_config
+from turn_servers import (
+    TURNSERVER,
+    running_coturn,
+    running_our_turn,
+    self_signed_certificate,
+    turn_config,
+)
 
 from darkswap_trio.webrtc import (
     PeerConnection,
@@ -95,6 +103,41 @@ async def test_two_peer_connections_through_coturn(tmp_path, transport) -> None:
                 await connect_and_exchange(a, b)
 
 
+@pytest.mark.skipif(TURNSERVER is None, reason="coturn's turnserver not installed")
+async def test_two_peer_connections_through_coturn_over_tls(tmp_path) -> None:
+    cert, key, trusted = self_signed_certificate(tmp_path)
+    with trio.fail_after(30):
+        async with running_coturn(tmp_path, tls=(cert, key)) as port:
+            configs = [
+                PeerConnectionConfig(
+                    host_addresses=["127.0.0.1"],
+                    turn_servers=[turn_config(port + 1, name, tls=trusted)],
+                    ice_transport_policy="relay",
+                )
+                for name in ("alice", "bob")
+            ]
+            async with open_peer_connection(configs[0]) as a, open_peer_connection(configs[1]) as b:
+                await connect_and_exchange(a, b)
+
+
+@pytest.mark.skipif(TURNSERVER is None, reason="coturn's turnserver not installed")
+async def test_an_untrusted_tls_certificate_gives_no_relay_candidate(tmp_path) -> None:
+    cert, key, _ = self_signed_certificate(tmp_path)
+    with trio.fail_after(30):
+        async with running_coturn(tmp_path, tls=(cert, key)) as port:
+            config = PeerConnectionConfig(
+                host_addresses=["127.0.0.1"],
+                turn_servers=[
+                    replace(turn_config(port, "alice"), url=f"turns:127.0.0.1:{port + 1}")
+                ],
+            )
+            async with open_peer_connection(config) as pc:
+                await pc.create_offer()
+                candidates = [c async for c in pc.local_candidates()]
+                assert candidates[-1] is None
+                assert all(" typ host" in c for c in candidates[:-1])
+
+
 @pytest.mark.parametrize(
     ("url", "message"),
     [
@@ -105,7 +148,7 @@ async def test_two_peer_connections_through_coturn(tmp_path, transport) -> None:
         ("turn:::1:3478", "brackets"),
         ("turn:[::1", "bracketed"),
         ("turn:127.0.0.1?transport=sctp", "transport=udp or tcp"),
-        ("turns:127.0.0.1", "not supported yet"),
+        ("turns:127.0.0.1?transport=udp", "DTLS"),
     ],
 )
 def test_bad_turn_urls_are_refused_where_configured(url: str, message: str) -> None:
@@ -117,6 +160,8 @@ def test_turn_config_is_checked() -> None:
     good = TurnServerConfig("turn:[::1]:3479?transport=UDP", "u", "p")
     assert (good.parsed.host, good.parsed.port, good.parsed.transport) == ("::1", 3479, "udp")
     assert TurnServerConfig("turn:relay.example", "u", "p").parsed.port == 3478
+    tls = TurnServerConfig("turns:relay.example", "u", "p").parsed
+    assert (tls.port, tls.transport, tls.tls) == (5349, "tcp", True)
     with pytest.raises(ValueError, match="username"):
         TurnServerConfig("turn:127.0.0.1", "", "p")
     with pytest.raises(ValueError, match="relay"):
