@@ -8,6 +8,8 @@ from dataclasses import replace
 
 import pytest
 import trio
+from hypothesis import given
+from hypothesis import strategies as st
 from turn_servers import (
     TURNSERVER,
     running_coturn,
@@ -22,6 +24,7 @@ from darkswap_trio.webrtc import (
     TurnServerConfig,
     open_peer_connection,
 )
+from darkswap_trio.webrtc._turn_servers import parse_turn_url
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -173,3 +176,12 @@ def test_turn_config_is_checked() -> None:
         PeerConnectionConfig(turn_servers=twice)
     with pytest.raises(ValueError, match="TurnServerConfig"):
         PeerConnectionConfig(turn_servers=["turn:127.0.0.1"])  # type: ignore[list-item]
+
+
+@given(st.text(max_size=80) | st.from_regex(r"turns?:[\[\]0-9a-f:.]{0,40}(\?transport=\w{0,5})?"))
+def test_any_turn_url_parses_or_raises_value_error(text: str) -> None:
+    try:
+        url = parse_turn_url(text)
+    except ValueError:
+        return
+    assert url.host and 0 < url.port < 65536 and url.transport in ("udp", "tcp")

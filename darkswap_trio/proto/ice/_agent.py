@@ -245,9 +245,9 @@ class IceAgent:
         """Start server-reflexive gathering; :class:`GatheringComplete` follows."""
         self._timeout_known = False
         self._last_now = now
-        hosts = self._checks.checklist.local
+        hosts = [c for c in self._checks.checklist.local if c.type == "host"]
         if self._relay is not None:
-            self._relay.start(self._relay.bases or [c for c in hosts if c.type == "host"], now)
+            self._relay.start(self._relay.bases or hosts, now)
         self._gathering.start(hosts, now)
 
     def set_remote_credentials(self, ufrag: str, pwd: str, now: float | None = None) -> None:

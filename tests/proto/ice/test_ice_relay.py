@@ -168,3 +168,17 @@ def test_close_frees_the_allocations_and_relay_only_ignores_direct_checks():
 def test_a_relay_only_agent_needs_a_turn_server():
     with pytest.raises(ValueError, match="TURN"):
         IceAgent(True, relay_only=True)
+
+
+def test_an_ice_restart_keeps_the_relay_candidate_and_gathers_from_hosts_only():
+    sim, turn, a, b = make_pair(relay_only=False, nat=True)
+    sim.run_until(connected(a, b), max_time=60)
+    a.restart(sim.now)
+    b.restart(sim.now)
+    sim.exchange_credentials()
+    sim.run_until(connected(a, b), max_time=sim.now + 60)
+    assert "relay" in {a.selected_pair.local.type, a.selected_pair.remote.type}
+    assert turn.server.statistics().allocations == 2  # the same allocations, not new ones
+    relayed = set(turn.relayed.values())
+    via_turn = [t for t in sim.wire.sent if t[0] == TURN_ADDR and t[1] in relayed]
+    assert via_turn == []  # server-reflexive queries go from the hosts, never via TURN
