@@ -38,14 +38,7 @@ class TurnStreamSocket:
         self._streams: dict[Address, trio.MemorySendChannel[bytes]] = {}
         self._pending: list[tuple[Address, trio.abc.Stream, trio.MemoryReceiveChannel[bytes]]] = []
         self.dropped = 0
-
-    @property
-    def send_errors(self) -> int:
-        return self._sock.send_errors
-
-    @send_errors.setter
-    def send_errors(self, value: int) -> None:
-        self._sock.send_errors = value
+        self.send_errors = 0  # the UDP socket's, as the driver counts them
 
     def getsockname(self) -> Address:
         return self._sock.getsockname()
@@ -62,7 +55,11 @@ class TurnStreamSocket:
     def send(self, datagrams: list[bytes], addr: Address) -> int:
         stream = self._streams.get(addr)
         if stream is None:
-            return self._sock.send(datagrams, addr)
+            sock = self._sock
+            errors = sock.send_errors
+            taken = sock.send(datagrams, addr)
+            self.send_errors += sock.send_errors - errors
+            return taken
         for datagram in datagrams:
             try:
                 stream.send_nowait(datagram)
@@ -138,7 +135,7 @@ class TurnStreamSocket:
                 self._streams.pop(server, None)
                 return
             try:
-                messages = deframer.feed(data)
+                messages = deframer.feed(bytes(data))
             except TurnParseError as exc:
                 logger.warning("TURN server %s:%d sent bad framing: %s", *server, exc)
                 self._streams.pop(server, None)
