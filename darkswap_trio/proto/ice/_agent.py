@@ -6,8 +6,9 @@ learning, paced connectivity checks with retransmission, regular nomination, rol
 conflict repair, trickle, consent freshness (RFC 7675) and ICE restart.
 
 Relay candidates come from TURN servers (:mod:`._relay`); with ``relay_only`` they
-are the only candidates offered and paired. Scope cuts: one component, UDP only, no mDNS names, no ICE-lite peers, aggressive
-nomination by a remote controlling agent is accepted (aioice does that) but never used.
+are the only candidates offered and paired. Scope cuts: one component, UDP only, no
+mDNS names, no ICE-lite peers, aggressive nomination by a remote controlling agent is
+accepted (aioice does that) but never used.
 
 Driving it: feed every datagram of the socket to :meth:`IceAgent.receive` (STUN is
 handled, DTLS from validated addresses comes back as :class:`DataReceived`), call
@@ -60,7 +61,7 @@ from ._events import (
     Transmit,
 )
 from ._gathering import Gathering
-from ._relay import RelayCandidates
+from ._relay import relay_candidates_for
 from ._stun import IceCredentials, RoleDecision, copy_candidate, ip_family, resolve_role_conflict
 from ._timers import ConsentFreshness, PendingTransaction, TransactionTable
 
@@ -128,19 +129,7 @@ class IceAgent:
             self._stats,
         )
         self._relay_only = relay_only
-        if relay_only and not turn_servers:
-            raise ValueError("a relay-only agent needs a TURN server")
-        self._relay: RelayCandidates | None = None
-        if turn_servers:
-            self._relay = RelayCandidates(
-                list(turn_servers),
-                self._out,
-                rng,
-                self._relay_candidate,
-                lambda data, peer, relayed, now: self.receive(data, peer, now, relayed),
-                self._relay_settled,
-            )
-        relay = self._relay
+        self._relay = relay = relay_candidates_for(self, turn_servers, relay_only, self._out, rng)
         self._gathering = Gathering(
             [] if relay_only else servers,
             self._credentials,

@@ -18,8 +18,9 @@ family: more would only add candidates with the same relayed role.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from aioice.candidate import Candidate, candidate_foundation, candidate_priority
 
@@ -29,7 +30,7 @@ from ._checklist import COMPONENT, canonical_addr
 from ._events import IceOutbox, Transmit
 from ._stun import ip_family
 
-__all__ = ["RelayCandidates", "relay_candidate"]
+__all__ = ["RelayCandidates", "relay_candidate", "relay_candidates_for"]
 
 Address = tuple[str, int]
 
@@ -50,6 +51,38 @@ def relay_candidate(
         type="relay",
         related_address=mapped[0] if mapped else None,
         related_port=mapped[1] if mapped else None,
+    )
+
+
+class RelayOwner(Protocol):
+    """What :class:`RelayCandidates` calls back into (the agent)."""
+
+    def receive(
+        self, data: bytes, addr: Address, now: float, local: Address | None = None
+    ) -> None: ...
+    def _relay_candidate(self, candidate: Candidate, now: float) -> None: ...
+    def _relay_settled(self) -> None: ...
+
+
+def relay_candidates_for(
+    owner: RelayOwner,
+    servers: Sequence[TurnClientSettings],
+    relay_only: bool,
+    outbox: IceOutbox,
+    rng: random.Random,
+) -> RelayCandidates | None:
+    """The agent's relay candidates (None without TURN servers)."""
+    if relay_only and not servers:
+        raise ValueError("a relay-only agent needs a TURN server")
+    if not servers:
+        return None
+    return RelayCandidates(
+        list(servers),
+        outbox,
+        rng,
+        owner._relay_candidate,
+        lambda data, peer, relayed, now: owner.receive(data, peer, now, relayed),
+        owner._relay_settled,
     )
 
 
