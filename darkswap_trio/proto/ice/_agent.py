@@ -537,6 +537,8 @@ class IceAgent:
         self._previous_selected = None
         self._consent.start(now)
         self._checks.abandon_others(pair)
+        if self._relay is not None:  # allocations no pair uses only cost the server
+            self._relay.release_except(pair.local_addr, now)
         self._out.emit(SelectedPairChanged(pair.local, pair.remote))
         if self._state is not IceState.CONNECTED:
             self._set_state(IceState.CONNECTED)

@@ -8,8 +8,9 @@ allocation (Send indication or ChannelData from the host socket to the TURN
 server; the :class:`~darkswap_trio.proto.turn.TurnClient` installs the permission
 and binds a channel first), and what the TURN server delivers comes back to the
 agent as a datagram from the peer received on the relayed address. The clients
-refresh allocations, permissions and channels while they are used and free the
-allocations when the agent closes.
+refresh allocations, permissions and channels while they are used, and free the
+allocations the selected pair does not use once it is selected, and all of them when
+the agent closes.
 
 One allocation per server, from the first host base of the server's address
 family: more would only add candidates with the same relayed role.
@@ -199,6 +200,16 @@ class RelayCandidates:
             deadline = allocation.client.poll_timeout()
             if deadline is not None and deadline <= now:
                 allocation.client.handle_timeout(now)
+                self._flush(allocation, now)
+
+    def release_except(self, local: Address, now: float) -> None:
+        """A pair is selected: free every allocation but the one at ``local`` (if the
+        selected pair is relayed), as browsers prune unused TURN ports. Each allocation
+        counts against the server's per-user quota for as long as it is refreshed."""
+        for allocation in self.allocations:
+            candidate = allocation.candidate
+            if candidate is None or (candidate.host, candidate.port) != local:
+                allocation.client.close(now)
                 self._flush(allocation, now)
 
     def close(self, now: float) -> None:

@@ -107,7 +107,9 @@ def exchange_data(sim: IcePairSimulator, sender: IceAgent, receiver_index: int) 
     sim._send(sim.peers[1 - receiver_index], transmit.data, transmit.addr, transmit.local)
     events = sim.peers[receiver_index].events
     before = len(events)
-    sim.run_until(lambda: any(isinstance(e, DataReceived) for e in events[before:]), max_time=60)
+    sim.run_until(
+        lambda: any(isinstance(e, DataReceived) for e in events[before:]), max_time=sim.now + 60
+    )
     received = [e for e in events[before:] if isinstance(e, DataReceived)]
     assert received[0].data == b"\x17\xfe\xfd through turn"
 
@@ -182,3 +184,25 @@ def test_an_ice_restart_keeps_the_relay_candidate_and_gathers_from_hosts_only():
     relayed = set(turn.relayed.values())
     via_turn = [t for t in sim.wire.sent if t[0] == TURN_ADDR and t[1] in relayed]
     assert via_turn == []  # server-reflexive queries go from the hosts, never via TURN
+
+
+def test_allocations_the_selected_pair_does_not_use_are_freed():
+    sim, turn, a, b = make_pair(relay_only=False)  # no NATs: a host pair wins
+    sim.run_until(connected(a, b), max_time=30)
+    sim.run_until(lambda: turn.server.statistics().allocations == 0, max_time=sim.now + 5)
+    exchange = a.send_data(b"\x17\xfe\xfd direct")
+    assert exchange is not None and exchange.addr == B_ADDR  # not wrapped for TURN
+
+
+def test_a_relayed_selected_pair_keeps_its_allocation():
+    sim, turn, a, b = make_pair(relay_only=False, nat=True)
+    sim.run_until(connected(a, b), max_time=60)
+    for end in range(10, 710, 10):  # beyond the allocation's 600 s lifetime
+        sim.run_until(lambda end=end: sim.now >= end, max_time=end + 10)
+        turn.server.handle_timeout(sim.now)  # the server's expiries (not the simulator's)
+        turn.flush()
+    relayed_ends = [x for x in (a, b) if x.selected_pair.local.type == "relay"]
+    assert relayed_ends and turn.server.statistics().allocations == len(relayed_ends)
+    assert a.state is IceState.CONNECTED and b.state is IceState.CONNECTED
+    exchange_data(sim, a, 1)
+    exchange_data(sim, b, 0)
