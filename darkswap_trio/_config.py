@@ -148,6 +148,9 @@ class P2PConfig:
     turn_servers: list[str] = field(default_factory=list)
     turn_username: str = ""
     turn_credential: str = ""
+    # Ask the relay that signals a direct attempt for TURN credentials and URIs
+    # (docs/PROTOCOL.md 13.6), added to turn_servers.
+    turn_from_relay: bool = False
     ice_transport_policy: str = "all"
     enable_direct: bool = True
     enable_relay: bool = True
@@ -203,8 +206,10 @@ class P2PConfig:
                 )
             except ValueError as exc:
                 raise ConfigError(f"p2p.turn_servers: {exc}") from None
-        if self.ice_transport_policy == "relay" and not configs:
-            raise ConfigError("p2p.ice_transport_policy = 'relay' needs p2p.turn_servers")
+        if self.ice_transport_policy == "relay" and not (configs or self.turn_from_relay):
+            raise ConfigError(
+                "p2p.ice_transport_policy = 'relay' needs p2p.turn_servers or p2p.turn_from_relay"
+            )
         return configs
 
     def bootstrap_peer_ids(self) -> list[str]:

@@ -265,7 +265,8 @@ class P2PNetwork(TopicsMixin, TaskOwner):
         self._stop_transport(server_id)
         transport = WebRtcTransport(
             session, self.peer_connection_config, max_connections=p2p.max_connections,
-            max_half_open=p2p.direct_max_half_open, answer_timeout=p2p.direct_answer_timeout)
+            max_half_open=p2p.direct_max_half_open, answer_timeout=p2p.direct_answer_timeout,
+            turn_from_relay=p2p.turn_from_relay, relay_only=p2p.ice_transport_policy == "relay")
         self._nursery.start_soon(self._run_transport, server_id, session, transport, trio.CancelScope())
 
     def _stop_transport(self, server_id: str) -> None:

@@ -79,7 +79,7 @@ async def test_a_link_goes_direct_through_turn_and_reports_it(tmp_path) -> None:
             {"turn_servers": ["stun:x"], "turn_username": "u", "turn_credential": "p"},
             "must start with 'turn:'",
         ),
-        ({"ice_transport_policy": "relay"}, "needs p2p.turn_servers"),
+        ({"ice_transport_policy": "relay"}, "needs p2p.turn_servers or p2p.turn_from_relay"),
         ({"ice_transport_policy": "direct"}, "'all' or 'relay'"),
     ],
 )
@@ -97,3 +97,60 @@ def test_turn_settings_from_toml() -> None:
     (server,) = config.p2p.turn_server_configs()
     assert (server.parsed.host, server.parsed.port) == ("198.51.100.9", 3478)
     assert server.username == "1700000000:me"
+
+
+async def test_turn_servers_asked_from_the_relay(tmp_path) -> None:
+    """``turn_from_relay``: no TURN server configured, the relay hands out credentials
+    and URIs over signaling, and the relay-only link goes direct through them."""
+
+    def network(server) -> P2PNetwork:
+        p2p = P2PConfig(
+            relay_servers=[server.multiaddr], turn_from_relay=True, ice_transport_policy="relay"
+        )
+        loopback = PeerConnectionConfig(host_addresses=["127.0.0.1"])
+        return P2PNetwork(Config(p2p=p2p, relay_manager=FAST), peer_connection_config=loopback)
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(serve_relay_with_turn, tmp_path)
+            async with network(server) as a, network(server) as b:
+                await a.wait_relay_connected()
+                await b.wait_relay_connected()
+                link = await a.connect_to_peer(b.local_peer_id)
+                incoming = await b.accept_peer()
+                await link.wait_direct()
+                await link.send(b"through the relay's TURN")
+                assert await incoming.receive() == b"through the relay's TURN"
+                metrics = link.metrics()
+                assert (metrics.local_candidate_type, metrics.remote_candidate_type) == (
+                    "relay",
+                    "relay",
+                )
+            nursery.cancel_scope.cancel()
+
+
+async def test_relay_only_without_turn_from_the_relay_stays_on_the_circuit(tmp_path) -> None:
+    """The relay serves no TURN: the relay-only direct attempt fails at once, and the
+    link keeps working over the relay circuit."""
+    from darkswap_trio.testing import running_relay
+
+    p2p = {"turn_from_relay": True, "ice_transport_policy": "relay"}
+    loopback = PeerConnectionConfig(host_addresses=["127.0.0.1"])
+    with trio.fail_after(30):
+        async with running_relay() as server:
+            configs = [
+                Config(p2p=P2PConfig(relay_servers=[server.multiaddr], **p2p), relay_manager=FAST)
+                for _ in range(2)
+            ]
+            async with (
+                P2PNetwork(configs[0], peer_connection_config=loopback) as a,
+                P2PNetwork(configs[1], peer_connection_config=loopback) as b,
+            ):
+                await a.wait_relay_connected()
+                await b.wait_relay_connected()
+                link = await a.connect_to_peer(b.local_peer_id)
+                incoming = await b.accept_peer()
+                await link.send(b"over the circuit")
+                assert await incoming.receive() == b"over the circuit"
+                assert link.connection_type == "relay"
+                assert link.metrics().local_candidate_type is None
