@@ -106,6 +106,24 @@ async def test_two_peer_connections_through_coturn(tmp_path, transport) -> None:
                 await connect_and_exchange(a, b)
 
 
+async def test_two_peer_connections_through_our_turn_server_over_tls(tmp_path) -> None:
+    cert, key, trusted = self_signed_certificate(tmp_path)
+    with trio.fail_after(30):
+        async with running_our_turn(tmp_path, tls=(cert, key)) as server:
+            configs = [
+                PeerConnectionConfig(
+                    host_addresses=["127.0.0.1"],
+                    turn_servers=[turn_config(server.turn_tls_port, name, tls=trusted)],
+                    ice_transport_policy="relay",
+                )
+                for name in ("alice", "bob")
+            ]
+            async with open_peer_connection(configs[0]) as a, open_peer_connection(configs[1]) as b:
+                await connect_and_exchange(a, b)
+                clients = {a.client[0] for a in server.turn.core._allocations.values()}
+                assert clients == {"tls"}
+
+
 @pytest.mark.skipif(TURNSERVER is None, reason="coturn's turnserver not installed")
 async def test_two_peer_connections_through_coturn_over_tls(tmp_path) -> None:
     cert, key, trusted = self_signed_certificate(tmp_path)

@@ -74,8 +74,9 @@ def self_signed_certificate(tmp_path: Any) -> tuple[Any, Any, ssl.SSLContext]:
 
 
 @asynccontextmanager
-async def running_our_turn(tmp_path: Any) -> AsyncIterator[Any]:
-    """``serve_relay`` with TURN on its STUN port; yields the server handle."""
+async def running_our_turn(tmp_path: Any, tls: tuple[Any, Any] | None = None) -> AsyncIterator[Any]:
+    """``serve_relay`` with TURN on its STUN port; yields the server handle. With
+    ``tls`` (cert file, key file), TURN over TLS too, on ``server.turn_tls_port``."""
     from relay import RelayConfig, serve_relay
 
     secret_file = tmp_path / "turn_secret"
@@ -87,6 +88,9 @@ async def running_our_turn(tmp_path: Any) -> AsyncIterator[Any]:
     config.turn.secret_file = str(secret_file)
     config.turn.allow_loopback_peers = True
     config.turn.bandwidth_per_allocation = 0
+    if tls is not None:
+        config.tls_cert, config.tls_key = str(tls[0]), str(tls[1])
+        config.turn.tls_port = 0
     async with trio.open_nursery() as nursery:
         server = await nursery.start(serve_relay, config.validate())
         try:
