@@ -48,7 +48,12 @@ async def coturn_on_the_internet(internet, tmp_path):
         # The internet namespace has no default route, so coturn's relayed socket gets
         # ENETUNREACH for a peer's private host candidate, and coturn then ends the
         # whole allocation. On the real internet such a datagram is silently lost: a
-        # default route to a gateway nobody answers ARP for does the same here.
+        # default route to a gateway that does not exist does the same here (a static
+        # neighbour entry: a failed ARP lookup would report EHOSTUNREACH again).
+        lab._exec(
+            lab.inet_ns, "ip", "neigh", "replace", "203.0.113.254",
+            "lladdr", "02:00:00:00:00:fe", "dev", "br0", "nud", "permanent",
+        )  # fmt: skip
         lab._exec(lab.inet_ns, "ip", "route", "add", "default", "via", "203.0.113.254")
     process = await trio.lowlevel.open_process(argv)
     try:
@@ -136,7 +141,7 @@ async def run_pair(internet, tmp_path, url, nat_a, nat_b, through_turn, server, 
         stats_a = await a.stats()
         types = {stats["local_type"], stats["remote_type"]}
         types |= {stats_a["local_type"], stats_a["remote_type"]}
-        assert ("relay" in types) is through_turn, (stats, stats_a)
+        assert ("relay" in types) is through_turn, (types, stats, stats_a)
         RESULTS.append(
             {
                 "a": nat_a,
