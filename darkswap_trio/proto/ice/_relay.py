@@ -91,6 +91,7 @@ def relay_candidates_for(
 class _Allocation:
     client: TurnClient
     base: Address  # the host socket address the allocation is reached from
+    server: Address  # canonical (parsing addresses is a per-datagram cost)
     candidate: Candidate | None = None
 
 
@@ -144,7 +145,8 @@ class RelayCandidates:
             base = next((b for b in bases if ip_family(b.host) == family), None)
             if base is None:
                 continue
-            allocation = _Allocation(TurnClient(settings, rng=self._rng), (base.host, base.port))
+            client = TurnClient(settings, rng=self._rng)
+            allocation = _Allocation(client, (base.host, base.port), server)
             self.allocations.append(allocation)
             self._by_server.setdefault(server, []).append(allocation)
             allocation.client.allocate(now)
@@ -179,7 +181,7 @@ class RelayCandidates:
         self._flush(allocation, now)
         if frame is None:
             return None
-        return Transmit(frame, allocation.client.server, allocation.base)
+        return Transmit(frame, allocation.server, allocation.base)
 
     def permit(self, remote: Address, now: float) -> None:
         """Let ``remote`` reach every relayed address (a new remote candidate): the
@@ -223,8 +225,7 @@ class RelayCandidates:
         return None if allocation is None else "relay"
 
     def _flush(self, allocation: _Allocation, now: float) -> None:
-        client = allocation.client
-        server = canonical_addr(client.server)
+        client, server = allocation.client, allocation.server
         while (data := client.poll_transmit()) is not None:
             self._outbox.send(data, server, allocation.base)
         while (event := client.poll_event()) is not None:
