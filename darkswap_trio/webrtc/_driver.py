@@ -86,9 +86,11 @@ class PeerDriver:
             if deadline is not None and deadline < timers.deadline:
                 timers.deadline = deadline
 
-    async def deliver(self, batch: list[tuple[bytes, Address]]) -> None:
-        """Hand datagrams read elsewhere (a TURN server's TCP connection) to the core task."""
-        await self._inbox_send.send(batch)
+    def deliver(self, batch: list[tuple[bytes, Address]]) -> None:
+        """Datagrams read elsewhere (a TURN server's TCP connection): fed to the core
+        from the caller's task and flushed, as after an application call."""
+        self.core.receive_batch(batch, trio.current_time())
+        self.wake()
 
     async def run(self) -> None:
         """The core task: see the module docstring."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 import trio
 
@@ -92,7 +92,7 @@ class TurnStreamSocket:
     def start(
         self,
         nursery: trio.Nursery,
-        deliver: Callable[[list[tuple[bytes, Address]]], Awaitable[None]],
+        deliver: Callable[[list[tuple[bytes, Address]]], None],
     ) -> None:
         """Start the reader and writer of every connection in ``nursery``."""
         for server, stream, receive in self._pending:
@@ -122,7 +122,7 @@ class TurnStreamSocket:
         self,
         server: Address,
         stream: trio.abc.Stream,
-        deliver: Callable[[list[tuple[bytes, Address]]], Awaitable[None]],
+        deliver: Callable[[list[tuple[bytes, Address]]], None],
     ) -> None:
         deframer = StreamDeframer()
         while True:
@@ -142,4 +142,4 @@ class TurnStreamSocket:
                 await stream.aclose()
                 return
             if messages:
-                await deliver([(message, server) for message in messages])
+                deliver([(message, server) for message in messages])

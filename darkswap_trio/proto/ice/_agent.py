@@ -217,9 +217,8 @@ class IceAgent:
             return known
         local_pref = 65535 - len(self._checks.checklist.local)
         candidate = host_candidate(addr, local_pref)
-        if self._relay_only:
-            assert self._relay is not None
-            self._relay.bases.append(candidate)  # the socket TURN is reached from, no more
+        if self._relay_only:  # the socket TURN is reached from, not a candidate
+            self._relay.bases.append(candidate)  # type: ignore[union-attr]
             return candidate
         self._checks.checklist.add_local(candidate)
         self._out.emit(CandidateGathered(candidate))
@@ -406,14 +405,10 @@ class IceAgent:
 
     def poll_transmit(self) -> Transmit | None:
         transmits = self._out.transmits
-        relay = self._relay
-        if relay is None:
-            return transmits.popleft() if transmits else None
-        while transmits:
-            transmit = transmits.popleft()
-            if not relay.route(transmit, self._last_now):  # else it is queued, wrapped
-                return transmit
-        return None
+        if self._relay is not None:
+            self._timeout_known = False  # routing through TURN may start a transaction
+            return self._relay.poll(transmits, self._last_now)
+        return transmits.popleft() if transmits else None
 
     def poll_event(self) -> IceEvent | None:
         events = self._out.events
@@ -558,8 +553,6 @@ class IceAgent:
             return
         self._checks.checklist.add_local(candidate)
         self._out.emit(CandidateGathered(candidate))
-        for remote in self._checks.checklist.remote:
-            self._relay.permit((remote.host, remote.port), now)  # type: ignore[union-attr]
         self._checks.schedule(now)
 
     def _relay_settled(self) -> None:

@@ -19,6 +19,7 @@ family: more would only add candidates with the same relayed role.
 from __future__ import annotations
 
 import random
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -63,6 +64,8 @@ class RelayOwner(Protocol):
     ) -> None: ...
     def _relay_candidate(self, candidate: Candidate, now: float) -> None: ...
     def _relay_settled(self) -> None: ...
+    @property
+    def remote_candidates(self) -> list[Candidate]: ...
 
 
 def relay_candidates_for(
@@ -84,6 +87,7 @@ def relay_candidates_for(
         owner._relay_candidate,
         lambda data, peer, relayed, now: owner.receive(data, peer, now, relayed),
         owner._relay_settled,
+        lambda: [(c.host, c.port) for c in owner.remote_candidates],
     )
 
 
@@ -112,6 +116,7 @@ class RelayCandidates:
         on_candidate: Callable[[Candidate, float], None],
         on_data: Callable[[bytes, Address, Address, float], None],
         on_settled: Callable[[], None],
+        remotes: Callable[[], list[Address]] = list,
     ) -> None:
         self._settings = [s for s in servers]
         self._outbox = outbox
@@ -119,6 +124,7 @@ class RelayCandidates:
         self._on_candidate = on_candidate
         self._on_data = on_data
         self._on_settled = on_settled
+        self._remotes = remotes  # the remote candidates' addresses so far
         self.bases: list[Candidate] = []  # host bases not paired (relay-only policy)
         self.allocations: list[_Allocation] = []
         self._by_server: dict[Address, list[_Allocation]] = {}
@@ -160,6 +166,15 @@ class RelayCandidates:
                 self._flush(allocation, now)
                 return True
         return False
+
+    def poll(self, transmits: deque[Transmit], now: float) -> Transmit | None:
+        """The agent's next transmit; those from a relayed address go through their
+        allocation instead (wrapped, they come back on ``transmits``)."""
+        while transmits:
+            transmit = transmits.popleft()
+            if not self.route(transmit, now):
+                return transmit
+        return None
 
     def route(self, transmit: Transmit, now: float) -> bool:
         """Send ``transmit`` through its allocation if it leaves from a relayed address
@@ -239,8 +254,12 @@ class RelayCandidates:
                 allocation.candidate = candidate
                 self._by_relayed[(candidate.host, candidate.port)] = allocation
                 self._on_candidate(candidate, now)
+                for remote in self._remotes():  # permissions before the first checks
+                    client.permit(remote[0], now)
                 self._on_settled()
             elif isinstance(event, AllocationFailed):
                 self._on_settled()
+        while (data := client.poll_transmit()) is not None:  # what the events started
+            self._outbox.send(data, server, allocation.base)
             # AllocationEnded / PermissionFailed: the pairs through it fail their checks
             # (or consent), which is how the agent learns a path is gone.

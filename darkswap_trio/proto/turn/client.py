@@ -273,12 +273,19 @@ class TurnClient:
         self._maintain(now)
 
     def close(self, now: float) -> None:
-        """Free the allocation (Refresh with LIFETIME 0, sent once, not awaited)."""
-        if self.state == "allocated" and self._key is not None:
+        """Free the allocation (Refresh with LIFETIME 0, sent once, not awaited). One
+        still being made is freed as soon as the server grants it."""
+        allocating = self.state == "allocating"
+        if self.state == "allocated":
+            self._free()
+        self.state = "closed"
+        if not allocating:
+            self._requests.clear()
+
+    def _free(self) -> None:
+        if self._key is not None:
             tid = self._close_transaction = self._transaction_id()
             self._transmits.append(self._encode(REFRESH, tid, [uint32_attr(Attr.LIFETIME, 0)]))
-        self.state = "closed"
-        self._requests.clear()
 
     # -- requests -----------------------------------------------------------------------
 
@@ -360,6 +367,9 @@ class TurnClient:
         mapped = message.first(Attr.XOR_MAPPED_ADDRESS)
         if relayed is None:
             raise TurnParseError("Allocate success without XOR-RELAYED-ADDRESS")
+        if self.state == "closed":  # closed while the Allocate was on its way
+            self._free()
+            return
         self.relayed = xor_address(relayed, message.transaction_id)
         self.mapped = None if mapped is None else xor_address(mapped, message.transaction_id)
         self._set_lifetime(message, now)

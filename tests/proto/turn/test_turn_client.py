@@ -315,3 +315,18 @@ def test_realm_is_learned_from_the_server() -> None:
     pair = Pair()
     pair.allocate()
     assert pair.client._realm == REALM
+
+
+def test_closed_while_allocating_frees_what_the_server_grants() -> None:
+    pair = Pair()
+    pair.client.allocate(0.0)
+    unsigned = pair.client.poll_transmit()
+    assert unsigned is not None
+    pair.server.receive(pair.key, unsigned, 0.0)  # the 401 comes back...
+    pair.client.close(0.0)  # ...after the client gave up on the allocation
+    while (out := pair.server.poll_transmit()) is not None:
+        pair.client.receive(out.data, 0.0)
+    pair.pump()  # the signed Allocate, granted, then freed
+    assert pair.server.counters["allocations_created"] == 1
+    assert pair.server.statistics().allocations == 0
+    assert pair.client.state == "closed" and not pair.events
