@@ -19,6 +19,7 @@ from multiaddr.exceptions import Error as MultiaddrError
 from ._identity import PeerId
 from ._settings import apply_settings
 from .proto.errors import PeerIdError
+from .webrtc._turn_servers import TurnServerConfig
 
 DEFAULT_RELAY_PORT = 9002
 SIGNALING_PATH = "/signaling"
@@ -141,6 +142,16 @@ class P2PConfig:
     relay_servers: list[str] = field(default_factory=list)
     key_file: str | None = None  # identity key; None = ephemeral
     stun_servers: list[str] = field(default_factory=list)  # "host:port"
+    # TURN servers for relay candidates ("turn:host:port?transport=udp"), all with the
+    # same long-term credentials (e.g. `darkswap-relay turn-credentials`); "relay"
+    # makes direct attempts use relay candidates only (README, "TURN relay candidates").
+    turn_servers: list[str] = field(default_factory=list)
+    turn_username: str = ""
+    turn_credential: str = ""
+    # Ask the relay that signals a direct attempt for TURN credentials and URIs
+    # (docs/PROTOCOL.md 13.6), added to turn_servers.
+    turn_from_relay: bool = False
+    ice_transport_policy: str = "all"
     enable_direct: bool = True
     enable_relay: bool = True
     max_connections: int = 100
@@ -177,6 +188,29 @@ class P2PConfig:
 
     def relay_addresses(self) -> list[RelayAddress]:
         return [parse_relay_address(a) for a in self.relay_servers]
+
+    def turn_server_configs(self) -> list[TurnServerConfig]:
+        """``turn_servers`` with the credentials; ConfigError for bad ones."""
+        if self.ice_transport_policy not in ("all", "relay"):
+            raise ConfigError(
+                f"p2p.ice_transport_policy must be 'all' or 'relay', not "
+                f"{self.ice_transport_policy!r}"
+            )
+        if self.turn_servers and not (self.turn_username and self.turn_credential):
+            raise ConfigError("p2p.turn_servers need p2p.turn_username and p2p.turn_credential")
+        configs = []
+        for url in self.turn_servers:
+            try:
+                configs.append(
+                    TurnServerConfig(url, str(self.turn_username), str(self.turn_credential))
+                )
+            except ValueError as exc:
+                raise ConfigError(f"p2p.turn_servers: {exc}") from None
+        if self.ice_transport_policy == "relay" and not (configs or self.turn_from_relay):
+            raise ConfigError(
+                "p2p.ice_transport_policy = 'relay' needs p2p.turn_servers or p2p.turn_from_relay"
+            )
+        return configs
 
     def bootstrap_peer_ids(self) -> list[str]:
         return [bootstrap_peer_id(text) for text in self.bootstrap_peers]
@@ -223,6 +257,7 @@ class P2PConfig:
                 "p2p.relay_circuit_idle_timeout must be positive and "
                 "p2p.max_unclaimed_relay_circuits at least 1"
             )
+        self.turn_server_configs()
         self.bootstrap_peer_ids()
         if self.topic_queue_size < 1:
             raise ConfigError("p2p.topic_queue_size must be at least 1")

@@ -109,6 +109,7 @@ EXPORTS = {
         "SignalMessage",
         "SignalingStateError",
         "TcpSignaling",
+        "TurnServerConfig",
         "open_peer_connection",
         "open_tcp_signaling",
     ],

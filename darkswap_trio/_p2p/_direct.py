@@ -37,6 +37,7 @@ from ..proto import signaling as sig
 from ..proto.errors import ParseError
 from ..webrtc._datachannel import DataChannel
 from ..webrtc._peer_connection import PeerConnection, PeerConnectionConfig, open_peer_connection
+from ._relay_turn import RelayTurnServers
 
 log = logging.getLogger("darkswap_trio.webrtc")
 
@@ -181,6 +182,8 @@ class WebRtcTransport(TaskOwner):
         max_connections: int = 64,
         max_half_open: int = 16,
         answer_timeout: float = 10.0,
+        turn_from_relay: bool = False,
+        relay_only: bool = False,
     ) -> None:
         if max_connections < 1 or max_half_open < 1:
             raise ValueError("max_connections and max_half_open must be at least 1")
@@ -194,6 +197,10 @@ class WebRtcTransport(TaskOwner):
             else WebRtcSignalingClient(session)
         )
         self.config = config or PeerConnectionConfig()
+        # The relay's TURN servers, asked for per attempt (P2PConfig.turn_from_relay).
+        self._relay_turn = (
+            RelayTurnServers(self.signaling.session, relay_only) if turn_from_relay else None
+        )
         self.local_peer_id = self.signaling.local_peer_id
         self.max_connections = max_connections
         self.max_half_open = max_half_open
@@ -420,7 +427,10 @@ class WebRtcTransport(TaskOwner):
         failure: BaseException | None = None
         try:
             with attempt.scope:
-                async with open_peer_connection(self.config) as pc, trio.open_nursery() as nursery:
+                config = self.config
+                if self._relay_turn is not None:
+                    config = await self._relay_turn.config(config)
+                async with open_peer_connection(config) as pc, trio.open_nursery() as nursery:
                     nursery.start_soon(self._apply_signals, pc, inbox)
                     if offer is None:
                         await self.signaling.send_offer(peer, await pc.create_offer())

@@ -33,6 +33,10 @@ class ConnectionMetrics:
     established_at: float  # trio time
     last_activity: float  # trio time of the last send or receive
     upgraded: bool  # switched from relay to direct
+    # The direct path's selected ICE candidates ("host", "srflx", "prflx", "relay"):
+    # "relay" means the data channel runs through a TURN server. None on a relay circuit.
+    local_candidate_type: str | None = None
+    remote_candidate_type: str | None = None
 
 
 def direct_path_quality(
@@ -54,8 +58,12 @@ def direct_path_quality(
 def link_metrics(link: PeerLink) -> ConnectionMetrics:
     """The metrics of ``link``: RTT and loss of the path it sends on, its counters."""
     direct = link.direct
+    local_type = remote_type = None
     if link.connection_type == "direct" and direct is not None:
         rtt, source, retrans, loss = direct_path_quality(direct.peer_connection)
+        ice = direct.peer_connection.statistics().ice
+        if ice is not None:
+            local_type, remote_type = ice.selected_local_type, ice.selected_remote_type
     else:
         rtt, retrans, loss = link.relay_rtt_ms(), None, None
         source = "relay-ping" if rtt is not None else None
@@ -75,4 +83,6 @@ def link_metrics(link: PeerLink) -> ConnectionMetrics:
         established_at=link.established_at,
         last_activity=link.last_activity,
         upgraded=link.upgraded,
+        local_candidate_type=local_type,
+        remote_candidate_type=remote_type,
     )

@@ -14,11 +14,11 @@ from __future__ import annotations
 import logging
 import math
 import ssl
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import trio
 
-from .._config import Config, P2PConfig, stun_host_port
+from .._config import Config, P2PConfig
 from .._identity import Keypair, PeerId, load_or_create_keypair, peer_id_text
 from .._relay_client._circuit import RelayCircuit
 from .._relay_client._incoming import IncomingCircuitPolicy
@@ -40,6 +40,7 @@ from ..proto.link import RESET, parse_hello_untrusted
 from ..webrtc._peer_connection import PeerConnectionConfig
 from ._dial_race import DialRace, PeerUnreachable
 from ._direct import DirectConnection, WebRtcTransport
+from ._direct_config import direct_path_config
 from ._link_recovery import ConnectionDowngraded, LinkInterrupted, LinkRecovery, LinkRestored
 from ._metrics import ConnectionMetrics
 from ._peer_link import LinkSettings, PeerLink
@@ -107,13 +108,7 @@ class P2PNetwork(TopicsMixin, TaskOwner):
             event_buffer=self.config.p2p.event_buffer, deliver_incoming=False,
             on_status=self._on_relay_status,
         )
-        # p2p.stun_servers apply unless the peer connection config names its own.
-        stun_servers = [stun_host_port(s) for s in self.config.p2p.stun_servers]
-        if peer_connection_config is None:
-            peer_connection_config = PeerConnectionConfig(stun_servers=stun_servers)
-        elif not peer_connection_config.stun_servers and stun_servers:
-            peer_connection_config = replace(peer_connection_config, stun_servers=stun_servers)
-        self.peer_connection_config = peer_connection_config
+        self.peer_connection_config = direct_path_config(self.config.p2p, peer_connection_config)
         p2p = self.config.p2p
         self._event_send, self.events = trio.open_memory_channel[NetworkEvent](p2p.event_buffer)
         self._peer_circuits: dict[str, set[str]] = {}
@@ -270,7 +265,8 @@ class P2PNetwork(TopicsMixin, TaskOwner):
         self._stop_transport(server_id)
         transport = WebRtcTransport(
             session, self.peer_connection_config, max_connections=p2p.max_connections,
-            max_half_open=p2p.direct_max_half_open, answer_timeout=p2p.direct_answer_timeout)
+            max_half_open=p2p.direct_max_half_open, answer_timeout=p2p.direct_answer_timeout,
+            turn_from_relay=p2p.turn_from_relay, relay_only=p2p.ice_transport_policy == "relay")
         self._nursery.start_soon(self._run_transport, server_id, session, transport, trio.CancelScope())
 
     def _stop_transport(self, server_id: str) -> None:

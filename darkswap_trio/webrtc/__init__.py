@@ -13,6 +13,7 @@ from ._peer_connection import PeerConnection as PeerConnection
 from ._peer_connection import PeerConnectionConfig as PeerConnectionConfig
 from ._peer_connection import PeerConnectionStatistics as PeerConnectionStatistics
 from ._peer_connection import SignalingStateError as SignalingStateError
+from ._peer_connection import TurnServerConfig as TurnServerConfig
 from ._peer_connection import open_peer_connection as open_peer_connection
 from ._tcp_signaling import SignalMessage as SignalMessage
 from ._tcp_signaling import TcpSignaling as TcpSignaling
@@ -29,6 +30,7 @@ __all__ = [
     "SignalMessage",
     "SignalingStateError",
     "TcpSignaling",
+    "TurnServerConfig",
     "open_peer_connection",
     "open_tcp_signaling",
 ]

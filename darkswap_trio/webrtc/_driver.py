@@ -86,6 +86,12 @@ class PeerDriver:
             if deadline is not None and deadline < timers.deadline:
                 timers.deadline = deadline
 
+    def deliver(self, batch: list[tuple[bytes, Address]]) -> None:
+        """Datagrams read elsewhere (a TURN server's TCP connection): fed to the core
+        from the caller's task and flushed, as after an application call."""
+        self.core.receive_batch(batch, trio.current_time())
+        self.wake()
+
     async def run(self) -> None:
         """The core task: see the module docstring."""
         core, sock = self.core, self.sock

@@ -20,6 +20,7 @@ import datetime
 import ipaddress
 import random
 import socket
+import ssl
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -47,10 +48,13 @@ from ..proto.sdp import (
     render_candidate,
     render_offer,
 )
+from ..proto.turn import TurnClientSettings
 from ._datachannel import DataChannel
 from ._driver import DatagramSocket, PeerDriver
 from ._interfaces import host_addresses as interface_addresses
 from ._peer_channels import ConnectionFailed
+from ._turn_servers import TurnServerConfig
+from ._turn_streams import TurnStreamSocket
 from ._udp_offload import UdpBatchSocket
 
 __all__ = [
@@ -60,6 +64,7 @@ __all__ = [
     "PeerConnectionConfig",
     "PeerConnectionStatistics",
     "SignalingStateError",
+    "TurnServerConfig",
     "open_peer_connection",
 ]
 
@@ -94,6 +99,10 @@ class PeerConnectionConfig:
     QUIC's ACK decimation does with 10. ``udp_offload``: send runs of equal-sized
     datagrams with one syscall (Linux UDP GSO) and read coalesced runs (UDP GRO) where
     the kernel supports it; False keeps to one syscall per datagram.
+    ``turn_servers``: :class:`TurnServerConfig` entries to gather relay candidates
+    from (a UDP allocation on each). ``ice_transport_policy``: ``"all"``, or
+    ``"relay"`` to offer and use relay candidates only (W3C ``iceTransportPolicy``;
+    needs a TURN server).
     """
 
     stun_servers: Sequence[tuple[str, int]] = ()
@@ -109,6 +118,24 @@ class PeerConnectionConfig:
     receive_buffer_size: int = 1 << 20
     max_packets_per_sack: int | None = 16
     udp_offload: bool = True
+    turn_servers: Sequence[TurnServerConfig] = ()
+    ice_transport_policy: Literal["all", "relay"] = "all"
+
+    def __post_init__(self) -> None:
+        if self.ice_transport_policy not in ("all", "relay"):
+            raise ValueError(
+                f"ice_transport_policy must be 'all' or 'relay', not {self.ice_transport_policy!r}"
+            )
+        seen = set()
+        for server in self.turn_servers:
+            if not isinstance(server, TurnServerConfig):
+                raise ValueError(f"turn_servers takes TurnServerConfig entries, not {server!r}")
+            where = (server.parsed.host, server.parsed.port)
+            if where in seen:  # its datagrams would not know which transport to take
+                raise ValueError(f"TURN server {where[0]}:{where[1]} is listed twice")
+            seen.add(where)
+        if self.ice_transport_policy == "relay" and not self.turn_servers:
+            raise ValueError("ice_transport_policy='relay' needs at least one TURN server")
 
 
 @dataclass(frozen=True)
@@ -158,6 +185,7 @@ class PeerConnection:
         self._fingerprint = DtlsFingerprint.of_certificate(self._certificate.der)
         self._ufrag, self._pwd = generate_ice_credentials()
         self._stun_servers: list[tuple[str, int]] = []
+        self._turn_servers: list[TurnClientSettings] = []
         self._session_id = random.SystemRandom().randrange(1, 2**62)
         self._session_version = 1
         self._role: Literal["offerer", "answerer"] | None = None
@@ -367,6 +395,8 @@ class PeerConnection:
             local_pwd=self._pwd,
             stun_servers=self._stun_servers,
             pacing=pacing,
+            turn_servers=self._turn_servers,
+            relay_only=self.config.ice_transport_policy == "relay",
         )
         for host in self._hosts:
             ice.add_local_candidate((host, self._port))
@@ -435,6 +465,22 @@ async def _resolve(server: tuple[str, int]) -> list[tuple[str, int]]:
     return [(ipaddress.ip_address(info[4][0]).compressed, int(info[4][1])) for info in infos]
 
 
+async def _resolve_turn(
+    server: TurnServerConfig, family: int, streams: TurnStreamSocket
+) -> list[TurnClientSettings]:
+    """The server's first address of our socket's family (a socket reaches no other);
+    over TCP, connected (none if it cannot be)."""
+    url = server.parsed
+    for addr in await _resolve((url.host, url.port)):
+        if ipaddress.ip_address(addr[0]).version == family:
+            stream = url.transport == "tcp"
+            tls = (server.ssl_context or ssl.create_default_context()) if url.tls else None
+            if stream and not await streams.connect(addr, tls, url.host):
+                return []
+            return [TurnClientSettings(addr, server.username, server.credential, stream=stream)]
+    return []
+
+
 @asynccontextmanager
 async def open_peer_connection(
     config: PeerConnectionConfig | None = None,
@@ -456,17 +502,24 @@ async def open_peer_connection(
     else:
         bound = datagram_socket.getsockname()[:2]
         hosts = list(config.host_addresses or [bound[0]])
+    streams = TurnStreamSocket(datagram_socket)
     try:
-        pc = PeerConnection(config, datagram_socket, bound, hosts)
+        pc = PeerConnection(config, streams, bound, hosts)
         for server in config.stun_servers:
             pc._stun_servers.extend(await _resolve(server))
+        family = 6 if ":" in hosts[0] else 4
+        for turn in config.turn_servers:
+            pc._turn_servers.extend(await _resolve_turn(turn, family, streams))
         async with trio.open_nursery() as nursery:
             nursery.start_soon(pc._driver.run, name="peer connection core")
+            streams.start(nursery, pc._driver.deliver)
             try:
                 yield pc
             finally:
                 pc._driver.close()
                 nursery.cancel_scope.cancel()
     finally:
+        with trio.CancelScope(shield=True):
+            await streams.aclose()
         if sock is not None:
             sock.close()

@@ -18,7 +18,10 @@ subtract times taken in different peers). Commands (one JSON object per line):
 * ``{"cmd": "quit"}``.
 
 Options: ``--direct-timeout S`` (``direct_connect_timeout``), ``--no-direct``
-(``enable_direct=False``: such a peer never answers an Offer).
+(``enable_direct=False``: such a peer never answers an Offer), ``--turn URL
+--turn-username U --turn-credential P`` (``P2PConfig.turn_servers``: relay candidates),
+``--relay-only`` (``ice_transport_policy="relay"``). The selected direct path's
+candidate types (``local_type``/``remote_type``: "relay" is through TURN) in ``stats``.
 
 Incoming links (``accept_peer``) are reported as ``accepted``. Network events are
 reported as ``net`` (by class name) and the SDK's INFO logs as ``log``, so the test can
@@ -143,6 +146,7 @@ class Peer:
     def stats(self) -> None:
         seqs = self.received
         gaps = [b - a for a, b in zip(self.receive_times, self.receive_times[1:], strict=False)]
+        metrics = self.link.metrics() if self.link is not None else None
         emit(
             "stats",
             count=len(seqs),
@@ -152,6 +156,8 @@ class Peer:
             max_gap=max(gaps, default=0.0),
             ended=self.receive_ended,
             type=self.link.connection_type if self.link is not None else None,
+            local_type=metrics.local_candidate_type if metrics else None,
+            remote_type=metrics.remote_candidate_type if metrics else None,
         )
 
     async def commands(self, nursery: trio.Nursery) -> None:
@@ -266,6 +272,10 @@ async def main() -> None:
         help="P2PConfig.direct_connect_timeout (default: the SDK's)",
     )
     parser.add_argument("--no-direct", action="store_true", help="enable_direct=False")
+    parser.add_argument("--turn", action="append", default=[], help="a turn: URL")
+    parser.add_argument("--turn-username")
+    parser.add_argument("--turn-credential")
+    parser.add_argument("--relay-only", action="store_true", help='ice_transport_policy="relay"')
     parser.add_argument("--trace", action="store_true")
     args = parser.parse_args()
     if args.trace:
@@ -276,6 +286,13 @@ async def main() -> None:
     sdk_log.addHandler(handler)
     sdk_log.setLevel(logging.INFO)
     p2p = {} if args.direct_timeout is None else {"direct_connect_timeout": args.direct_timeout}
+    if args.turn:
+        p2p.update(
+            turn_servers=args.turn,
+            turn_username=args.turn_username,
+            turn_credential=args.turn_credential,
+            ice_transport_policy="relay" if args.relay_only else "all",
+        )
     config = Config(
         p2p=P2PConfig(
             relay_servers=[args.relay],

@@ -5,8 +5,9 @@ enumerate interfaces), server-reflexive gathering against STUN servers, peer-ref
 learning, paced connectivity checks with retransmission, regular nomination, role
 conflict repair, trickle, consent freshness (RFC 7675) and ICE restart.
 
-Scope cuts: one component, UDP only, no TURN relay candidates of our own, no mDNS
-names, no ICE-lite peers, aggressive nomination by a remote controlling agent is
+Relay candidates come from TURN servers (:mod:`._relay`); with ``relay_only`` they
+are the only candidates offered and paired. Scope cuts: one component, UDP only, no
+mDNS names, no ICE-lite peers, aggressive nomination by a remote controlling agent is
 accepted (aioice does that) but never used.
 
 Driving it: feed every datagram of the socket to :meth:`IceAgent.receive` (STUN is
@@ -26,6 +27,8 @@ from __future__ import annotations
 
 import random
 from collections import deque
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from ..demux import DatagramKind, classify
 from ..errors import StunParseError
@@ -58,8 +61,12 @@ from ._events import (
     Transmit,
 )
 from ._gathering import Gathering
+from ._relay import relay_candidates_for
 from ._stun import IceCredentials, RoleDecision, copy_candidate, ip_family, resolve_role_conflict
 from ._timers import ConsentFreshness, PendingTransaction, TransactionTable
+
+if TYPE_CHECKING:
+    from ..turn.client import TurnClientSettings
 
 __all__ = ["IceAgent", "Transmit"]
 
@@ -75,6 +82,8 @@ class IceAgent:
     by default, or the higher of the values both peers proposed (``a=ice-pacing``),
     5 ms at least. Regular nomination needs a second check, so it comes one Ta after
     the first check; that is most of the connect time on a fast path.
+    ``turn_servers``: relay candidates are gathered from these (IP literals);
+    ``relay_only``: host and server-reflexive candidates are neither offered nor paired.
     """
 
     def __init__(
@@ -86,6 +95,8 @@ class IceAgent:
         tie_breaker: int | None = None,
         rng: random.Random | None = None,
         pacing: float = TA,
+        turn_servers: Sequence[TurnClientSettings] = (),
+        relay_only: bool = False,
     ) -> None:
         if not pacing >= MIN_TA:
             raise ValueError(f"ICE pacing (Ta) must be at least {MIN_TA} s")
@@ -117,7 +128,15 @@ class IceAgent:
             self._data_addrs,
             self._stats,
         )
-        self._gathering = Gathering(servers, self._credentials, self._pending, self._out)
+        self._relay_only = relay_only
+        self._relay = relay = relay_candidates_for(self, turn_servers, relay_only, self._out, rng)
+        self._gathering = Gathering(
+            [] if relay_only else servers,
+            self._credentials,
+            self._pending,
+            self._out,
+            busy=relay.pending if relay is not None else None,
+        )
         self._consent = ConsentFreshness(rng)
         self._early_checks: deque[tuple[Message, tuple[str, int], tuple[str, int]]] = deque(
             maxlen=16
@@ -198,6 +217,9 @@ class IceAgent:
             return known
         local_pref = 65535 - len(self._checks.checklist.local)
         candidate = host_candidate(addr, local_pref)
+        if self._relay_only:  # the socket TURN is reached from, not a candidate
+            self._relay.bases.append(candidate)  # type: ignore[union-attr]
+            return candidate
         self._checks.checklist.add_local(candidate)
         self._out.emit(CandidateGathered(candidate))
         return candidate
@@ -211,7 +233,10 @@ class IceAgent:
         """Start server-reflexive gathering; :class:`GatheringComplete` follows."""
         self._timeout_known = False
         self._last_now = now
-        self._gathering.start(self._checks.checklist.local, now)
+        hosts = [c for c in self._checks.checklist.local if c.type == "host"]
+        if self._relay is not None:
+            self._relay.start(self._relay.bases or hosts, now)
+        self._gathering.start(hosts, now)
 
     def set_remote_credentials(self, ufrag: str, pwd: str, now: float | None = None) -> None:
         """Set the peer's ice-ufrag/ice-pwd; checks start once pairs exist."""
@@ -241,6 +266,8 @@ class IceAgent:
         now = self._last_now = self._last_now if now is None else now
         candidate = copy_candidate(candidate)
         self._checks.checklist.add_remote(candidate)
+        if self._relay is not None:
+            self._relay.permit((candidate.host, candidate.port), now)
         self._checks.schedule(now)
 
     def restart(self, now: float, ufrag: str | None = None, pwd: str | None = None) -> None:
@@ -273,6 +300,8 @@ class IceAgent:
         self._selected = None
         self._consent.stop()
         self._set_state(IceState.CLOSED)
+        if self._relay is not None:
+            self._relay.close(self._last_now)  # the Refresh(0)s wait in poll_transmit
 
     def receive(
         self,
@@ -297,6 +326,14 @@ class IceAgent:
             if len(self._canonical_addrs) < 64:
                 self._canonical_addrs[addr] = canonical
         addr = canonical
+        relay = self._relay
+        if relay is not None:
+            if relay.is_server(addr) and relay.receive(data, addr, now):
+                self._checks.schedule(now)
+                return
+            if self._relay_only and not relay.is_relayed(local):
+                self._stats["datagrams_dropped"] += 1  # the policy: nothing direct
+                return
         kind = classify(data)
         if kind is DatagramKind.DTLS:
             if addr in self._data_addrs:
@@ -337,13 +374,13 @@ class IceAgent:
             return None
         pair = self._selected or self._previous_selected
         if pair is not None:
-            return Transmit(bytes(data), pair.remote_addr, pair.local_addr)
+            return self._through_relay(Transmit(bytes(data), pair.remote_addr, pair.local_addr))
         if reply_to is None or reply_to not in self._data_addrs:
             valid = self.first_valid_pair()  # we speak first (a DTLS client): the best one
             return (
                 None
                 if valid is None
-                else Transmit(bytes(data), valid.remote_addr, valid.local_addr)
+                else self._through_relay(Transmit(bytes(data), valid.remote_addr, valid.local_addr))
             )
         local = None
         for candidate_pair in self._checks.checklist.pairs:
@@ -351,7 +388,11 @@ class IceAgent:
                 local = candidate_pair.local_addr
                 if candidate_pair.state is PairState.SUCCEEDED:
                     break
-        return Transmit(bytes(data), reply_to, local)
+        return self._through_relay(Transmit(bytes(data), reply_to, local))
+
+    def _through_relay(self, transmit: Transmit) -> Transmit | None:
+        relay = self._relay
+        return transmit if relay is None else relay.wrap(transmit, self._last_now)
 
     def first_valid_pair(self) -> CandidatePair | None:
         """The selected pair, else the best pair whose check succeeded, else None."""
@@ -364,6 +405,9 @@ class IceAgent:
 
     def poll_transmit(self) -> Transmit | None:
         transmits = self._out.transmits
+        if self._relay is not None:
+            self._timeout_known = False  # routing through TURN may start a transaction
+            return self._relay.poll(transmits, self._last_now)
         return transmits.popleft() if transmits else None
 
     def poll_event(self) -> IceEvent | None:
@@ -379,6 +423,7 @@ class IceAgent:
                 self._pending.poll_timeout(),
                 self._consent.poll_timeout(),
                 self._checks.poll_timeout(),
+                self._relay.poll_timeout() if self._relay is not None else None,
             )
             deadline = min((d for d in deadlines if d is not None), default=None)
         self._timeout, self._timeout_known = deadline, True
@@ -400,6 +445,8 @@ class IceAgent:
             # A lost consent check only matters through the consent expiry.
         self._run_consent(now)
         self._checks.handle_timeout(now)
+        if self._relay is not None:
+            self._relay.handle_timeout(now)
 
     def statistics(self) -> IceStatistics:
         selected = self._selected
@@ -412,6 +459,8 @@ class IceAgent:
             succeeded_pairs=len(self._checks.checklist.valid_pairs()),
             selected_local=selected.local_addr if selected else None,
             selected_remote=selected.remote_addr if selected else None,
+            selected_local_type=selected.local.type if selected else None,
+            selected_remote_type=selected.remote.type if selected else None,
             **self._stats,
         )
 
@@ -483,6 +532,8 @@ class IceAgent:
         self._previous_selected = None
         self._consent.start(now)
         self._checks.abandon_others(pair)
+        if self._relay is not None:  # allocations no pair uses only cost the server
+            self._relay.release_except(pair.local_addr, now)
         self._out.emit(SelectedPairChanged(pair.local, pair.remote))
         if self._state is not IceState.CONNECTED:
             self._set_state(IceState.CONNECTED)
@@ -490,8 +541,23 @@ class IceAgent:
     def _maybe_fail(self) -> None:
         if self._state is not IceState.CHECKING or self._selected is not None:
             return
+        if self._relay is not None and self._relay.pending():
+            return  # a relay candidate may still come
         if self._checks.exhausted():
             self._set_state(IceState.FAILED)
+
+    # -- relay candidates (RelayCandidates' callbacks) ----------------------------------
+
+    def _relay_candidate(self, candidate: Candidate, now: float) -> None:
+        if self._state is IceState.CLOSED:
+            return
+        self._checks.checklist.add_local(candidate)
+        self._out.emit(CandidateGathered(candidate))
+        self._checks.schedule(now)
+
+    def _relay_settled(self) -> None:
+        self._gathering.maybe_complete()
+        self._maybe_fail()
 
     # -- consent freshness (RFC 7675) ----------------------------------------------------
 

@@ -117,6 +117,9 @@ class IceStatistics:
     datagrams_dropped: int
     selected_local: tuple[str, int] | None
     selected_remote: tuple[str, int] | None
+    # "host", "srflx", "prflx" or "relay": a relay one means the data goes through TURN.
+    selected_local_type: str | None = None
+    selected_remote_type: str | None = None
 
 
 # The queues are drained after every call; the bounds only stop a driver that forgot

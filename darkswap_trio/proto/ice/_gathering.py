@@ -8,6 +8,8 @@ candidates on the agent's :class:`~._events.IceOutbox`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from ..stun import Class, Message, StunTransaction, binding_request, mapped_address
 from ._checklist import Candidate, canonical_addr, server_reflexive_candidate
 from ._events import CandidateGathered, GatheringComplete, IceOutbox
@@ -26,6 +28,7 @@ class Gathering:
         credentials: IceCredentials,
         pending: TransactionTable,
         outbox: IceOutbox,
+        busy: Callable[[], bool] | None = None,
     ) -> None:
         self.servers = [canonical_addr(s) for s in stun_servers]
         self.srflx: list[Candidate] = []
@@ -34,6 +37,7 @@ class Gathering:
         self._credentials = credentials
         self._pending = pending
         self._outbox = outbox
+        self._busy = busy  # other gathering (relay allocations) still going on
 
     def add_server(self, addr: tuple[str, int]) -> None:
         server = canonical_addr(addr)
@@ -83,6 +87,8 @@ class Gathering:
 
     def maybe_complete(self) -> None:
         if self._done or not self.started or self._pending.has_kind("gather"):
+            return
+        if self._busy is not None and self._busy():
             return
         self._done = True
         self._outbox.emit(GatheringComplete())

@@ -341,7 +341,9 @@ class PeerCore:
             elif kind is CandidateGathered or kind is GatheringComplete:
                 self._events.append(event)
             elif kind is SelectedPairChanged:
-                self._data_addr = (event.remote.host, event.remote.port)
+                # Through a TURN allocation ICE wraps every datagram: no direct data path.
+                relayed = event.local.type == "relay"
+                self._data_addr = None if relayed else (event.remote.host, event.remote.port)
                 self._start_dtls_if_ready(now)
             elif kind is IceStateChanged:
                 if event.state in (IceState.FAILED, IceState.CLOSED):

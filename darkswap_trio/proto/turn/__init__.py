@@ -1,12 +1,21 @@
-"""TURN server core (RFC 8656): allocations relaying UDP for clients over UDP or TCP.
+"""TURN (RFC 8656): the server core (allocations relaying UDP for clients over UDP or
+TCP) and the client core (one allocation, used by the ICE agent for relay candidates).
 
 Sans-IO like every core in :mod:`darkswap_trio.proto`: the relay's trio driver
-(``relay/_turn.py``) owns the sockets and the clock.
+(``relay/_turn.py``) and the peer connection's driver own the sockets and the clock.
 """
 
 from .auth import NonceIssuer as NonceIssuer
 from .auth import rest_api_credentials as rest_api_credentials
 from .auth import rest_api_password as rest_api_password
+from .client import TurnClient as TurnClient
+from .client import TurnClientSettings as TurnClientSettings
+from .client_events import Allocated as Allocated
+from .client_events import AllocationEnded as AllocationEnded
+from .client_events import AllocationFailed as AllocationFailed
+from .client_events import PeerData as PeerData
+from .client_events import PermissionFailed as PermissionFailed
+from .client_events import TurnClientEvent as TurnClientEvent
 from .codec import StreamDeframer as StreamDeframer
 from .codec import TurnMessage as TurnMessage
 from .codec import parse_channel_data_untrusted as parse_channel_data_untrusted
