@@ -80,6 +80,8 @@ class Register:
     peer_id: str
     protocol: str | None = None
     nonce: bytes | None = None
+    signature: bytes | None = None  # 1-RTT registration (PROTOCOL.md 2.1.1)
+    token: str | None = None  # ... in jwt mode
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,6 +267,8 @@ _FIELDS: dict[type, tuple[_Spec, ...]] = {
         ("peer_id", "peer_id", "id", True, True),
         ("protocol", "protocol", "str", False, False),
         ("nonce", "nonce", "nonce", False, False),
+        ("signature", "signature", "b64", False, False),
+        ("token", "token", "str", False, False),
     ),
     Challenge: (
         ("nonce", "nonce", "nonce", True, True),
