@@ -48,7 +48,7 @@ from _relay_servers import cpu_seconds  # noqa: E402  (this directory is sys.pat
 from bench_relay import JsonLines, loadavg  # noqa: E402
 
 MODES = {
-    "smoke": dict(cpu_peers=100, runs=1, restart_peers=200, procs=1),
+    "smoke": dict(cpu_peers=50, runs=1, restart_peers=100, procs=1),
     "quick": dict(cpu_peers=1000, runs=3, restart_peers=2000, procs=2),
     "full": dict(cpu_peers=2000, runs=5, restart_peers=10_000, procs=2),
 }
@@ -104,8 +104,10 @@ class Relay:
         started = time.perf_counter()
         args = ["-m", "relay", "--config", self.config_file, "--host", "127.0.0.1"]
         args += ["--port", str(self.port), "--stun-port", "none", "--metrics-port", "none"]
-        args += ["--key-file", self.key_file, "--log-level", "WARNING"]
-        self.proc = popen(args, self.tree, stderr=subprocess.DEVNULL)
+        log = os.environ.get("BENCH_RELAY_LOG")  # a file for the relay's INFO log
+        args += ["--key-file", self.key_file, "--log-level", "INFO" if log else "WARNING"]
+        stderr = open(log, "a") if log else subprocess.DEVNULL  # noqa: SIM115
+        self.proc = popen(args, self.tree, stderr=stderr)
         line = self.proc.stdout.readline().decode()
         if not line.startswith("READY"):
             raise RuntimeError(f"relay did not start: {line!r}")
