@@ -5,6 +5,12 @@ what to do: :class:`HandshakeReply` (send a frame, go on), :class:`HandshakeRefu
 the error, close the session) or :class:`HandshakeAccepted` (the peer proved its id; the
 session registers it and answers ``Registered``). No I/O, no clock: the wall-clock time
 for JWT checks is passed in, so every branch is easy to see and to test.
+
+In signature and jwt modes the server nonce exists before the first frame: it rides in
+the upgrade response (:func:`upgrade_nonce`, PROTOCOL.md 2.1.1), so a client that read
+it sends a signed ``Register`` and is answered ``Registered`` at once (one round trip);
+a ``Register`` without a signature gets the ``Challenge`` with the same nonce (two).
+Either way the nonce is good for one proof.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from typing import TYPE_CHECKING
 from darkswap_trio import Keypair, PeerId
 from darkswap_trio.proto.errors import PeerIdError
 from darkswap_trio.proto.signaling import (
+    NONCE_LENGTH,
     PROTOCOL_VERSION,
     Authenticate,
     Challenge,
@@ -35,6 +42,11 @@ CLOSE_PROTOCOL_ERROR = 1002
 CLOSE_POLICY = 1008
 
 
+def upgrade_nonce(mode: str) -> bytes | None:
+    """A fresh server nonce for the upgrade response, or None in open mode (no proof)."""
+    return None if mode == "open" else secrets.token_bytes(NONCE_LENGTH)
+
+
 @dataclass(frozen=True)
 class HandshakeReply:
     message: Message
@@ -50,7 +62,7 @@ class HandshakeRefusal:
 @dataclass(frozen=True)
 class HandshakeAccepted:
     peer_id: str
-    proof: bytes | None  # Registered.signature (open mode, extended client with a nonce)
+    proof: bytes | None  # Registered.signature (open mode or 1-RTT, a client nonce sent)
     expires_at: float | None  # the JWT's exp (jwt mode)
 
 
@@ -68,6 +80,7 @@ class RegistrationHandshake:
         "extended",
         "_claimed",
         "_server_nonce",
+        "_challenged",
     )
 
     def __init__(
@@ -75,6 +88,7 @@ class RegistrationHandshake:
         mode: str,
         keypair: Keypair,
         jwt_validator: JwtValidator | None = None,
+        server_nonce: bytes | None = None,  # announced in the upgrade response
     ) -> None:
         self.mode = mode
         self.keypair = keypair
@@ -82,7 +96,8 @@ class RegistrationHandshake:
         self.jwt_validator = jwt_validator
         self.extended = False  # the client speaks darkswap-relay/1
         self._claimed: PeerId | None = None
-        self._server_nonce: bytes | None = None
+        self._server_nonce = server_nonce  # None once used (one proof per nonce)
+        self._challenged = False
 
     def registered(self, accepted: HandshakeAccepted, limits: dict[str, float]) -> Registered:
         """The Registered message answering ``accepted`` (``limits`` as announced)."""
@@ -100,14 +115,14 @@ class RegistrationHandshake:
         if isinstance(msg, Register):
             if self._claimed is not None:
                 return HandshakeReply(Error("Register was already sent", "already_registered"))
-            return self._register(msg)
+            return self._register(msg, wall_now)
         if isinstance(msg, Authenticate):
-            if self._server_nonce is None:
+            if not self._challenged or self._server_nonce is None:
                 return HandshakeReply(Error("Authenticate before Register", "not_registered"))
-            return self._authenticate(msg, wall_now)
+            return self._prove(msg.signature, msg.token, None, wall_now)
         return HandshakeReply(Error(f"{message_type(msg)} before registration", "not_registered"))
 
-    def _register(self, msg: Register) -> HandshakeStep:
+    def _register(self, msg: Register, wall_now: float) -> HandshakeStep:
         self.extended = msg.protocol is not None
         if not self.extended and self.mode == "open":
             # Legacy mode (PROTOCOL.md 2.2): any id the codec accepts, as the original
@@ -139,27 +154,36 @@ class RegistrationHandshake:
             return HandshakeAccepted(msg.peer_id, proof, None)
         if not claimed.is_ed25519:
             return HandshakeRefusal("auth_failed", "only Ed25519 peer ids can authenticate")
-        self._server_nonce = secrets.token_bytes(32)
+        if msg.signature is not None and self._server_nonce is not None:
+            # 1-RTT: signed over the nonce of the upgrade response; the relay's own
+            # proof rides on Registered, as in open mode.
+            return self._prove(msg.signature, msg.token, proof, wall_now)
+        if self._server_nonce is None:  # no upgrade nonce (a session built without one)
+            self._server_nonce = secrets.token_bytes(NONCE_LENGTH)
+        self._challenged = True
         return HandshakeReply(
             Challenge(nonce=self._server_nonce, relay_peer_id=self.relay_peer_id, signature=proof)
         )
 
-    def _authenticate(self, msg: Authenticate, wall_now: float) -> HandshakeStep:
+    def _prove(
+        self, signature: bytes, token: str | None, proof: bytes | None, wall_now: float
+    ) -> HandshakeStep:
+        """Check the peer's signature over the server nonce (and its token in jwt mode)."""
         assert self._claimed is not None and self._server_nonce is not None
         peer_id = str(self._claimed)
         signed = peer_auth_message(self._server_nonce, self.relay_peer_id, peer_id)
-        # One attempt per challenge: a failure closes the session anyway.
+        # One attempt per nonce: a failure closes the session anyway.
         self._server_nonce = None
-        if not self._claimed.verify(signed, msg.signature):
+        if not self._claimed.verify(signed, signature):
             return HandshakeRefusal("auth_failed", "signature does not match the peer id")
         if self.mode != "jwt":
-            return HandshakeAccepted(peer_id, None, None)
-        if msg.token is None:
+            return HandshakeAccepted(peer_id, proof, None)
+        if token is None:
             return HandshakeRefusal("token_required", "this relay requires a token")
-        result = self.validate_token(msg.token, peer_id, wall_now)
+        result = self.validate_token(token, peer_id, wall_now)
         if isinstance(result, HandshakeRefusal):
             return result
-        return HandshakeAccepted(peer_id, None, result)
+        return HandshakeAccepted(peer_id, proof, result)
 
     def validate_token(self, token: str, peer_id: str, wall_now: float) -> float | HandshakeRefusal:
         """The token's ``exp``, or the refusal to send (also used for RefreshToken)."""

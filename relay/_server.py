@@ -34,6 +34,7 @@ import trio
 
 from darkswap_trio import Keypair, __version__, load_or_create_keypair
 from darkswap_trio.proto.signaling import Error, encode_message
+from darkswap_trio.proto.upgrade_challenge import challenge_header
 from darkswap_trio.websocket import WebSocketRequest, serve_websocket
 
 from ._admission import ConnectionAdmission
@@ -45,6 +46,7 @@ from ._config import (
     announce_multiaddr,
     config_changes,
 )
+from ._handshake import upgrade_nonce
 from ._limits import KeyedRateLimiter, TokenBucket
 from ._logging import SessionContext, session_context
 from ._metrics import RelayMetrics, serve_metrics_http
@@ -299,9 +301,12 @@ async def serve_relay(
         session: SignalingSession | None = None
         opened = trio.current_time()
         try:
-            ws = await request.accept()
+            # The nonce the peer signs, announced in the 101 (1-RTT registration).
+            nonce = upgrade_nonce(router.config.auth.mode)
+            headers = () if nonce is None else (challenge_header(nonce, router.relay_peer_id),)
+            ws = await request.accept(extra_headers=headers)
             session = SignalingSession(
-                router, ws, ip, server.jwt_validator, accepted_at=accepted_at
+                router, ws, ip, server.jwt_validator, accepted_at=accepted_at, server_nonce=nonce
             )
             if ticket is not None:
                 ticket.session = session  # pending until it registers

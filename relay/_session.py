@@ -100,6 +100,7 @@ class SignalingSession:
         jwt_validator: JwtValidator | None = None,
         *,
         accepted_at: float | None = None,  # TCP accept: the handshake deadline runs from it
+        server_nonce: bytes | None = None,  # announced in the upgrade response (1-RTT)
     ) -> None:
         self.router = router
         self.ws = ws
@@ -118,7 +119,9 @@ class SignalingSession:
         self._last_activity = now
         self._activity: trio.Event | None = None  # set by inbound frames; see probe_alive()
         self._token_deadline = math.inf
-        self._handshake = RegistrationHandshake(self._mode, router.keypair, jwt_validator)
+        self._handshake = RegistrationHandshake(
+            self._mode, router.keypair, jwt_validator, server_nonce
+        )
         self._messages = TokenBucket(
             self._limits.messages_per_peer_rate, self._limits.messages_per_peer_burst
         )

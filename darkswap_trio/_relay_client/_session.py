@@ -11,14 +11,13 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import os
 import socket
 import ssl
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import trio
@@ -26,15 +25,18 @@ import trio
 from .._config import RelayAddress, parse_relay_address
 from .._identity import Keypair, PeerId, peer_id_text
 from ..proto import signaling as sig
-from ..proto.errors import ParseError, WebSocketParseError
-from ..websocket._endpoints import WebSocketConnection, WebSocketRejected, open_websocket
+from ..proto.errors import ParseError
+from ..websocket._endpoints import WebSocketConnection
 from ._circuit import RelayCircuit
 from ._control_first_lock import ControlFirstLock
+from ._errors import RelayAuthenticationError as RelayAuthenticationError
+from ._errors import RelayError as RelayError
+from ._handshake import TokenProvider as TokenProvider
+from ._handshake import open_connection, register
 from ._turn_credentials import TurnCredentials, TurnCredentialWaiters
 
 log = logging.getLogger("darkswap_trio.relay")
 
-TokenProvider = Callable[[PeerId], Awaitable[str]]
 # How long one frame may take to write before the relay is considered gone.
 SEND_TIMEOUT = 30.0
 # Unsent bytes the kernel may hold for a session (TCP_NOTSENT_LOWAT, where available).
@@ -42,19 +44,6 @@ SEND_TIMEOUT = 30.0
 # bulk data waits behind megabytes of socket buffer (seconds on a slow uplink).
 UNSENT_BYTES = 128 * 1024
 Signal = sig.Offer | sig.Answer | sig.IceCandidate
-
-
-class RelayError(Exception):
-    """A relay refused something; ``code`` is the protocol's machine-readable error code."""
-
-    def __init__(self, message: str, code: str | None = None) -> None:
-        super().__init__(message if code is None else f"{message} [{code}]")
-        self.code = code
-        self.message = message
-
-
-class RelayAuthenticationError(RelayError):
-    """The relay could not prove the PeerId we expected, or refused our proof."""
 
 
 class CircuitRefused(RelayError):
@@ -455,78 +444,6 @@ class RelaySession:
                 await trio.sleep(min(margin / 2, 5.0) or 1.0)
 
 
-async def _handshake(ws: WebSocketConnection, address: RelayAddress, keypair: Keypair,
-                     token_provider: TokenProvider | None) -> sig.Registered:
-    peer_id = str(keypair.peer_id)
-    client_nonce = os.urandom(sig.NONCE_LENGTH)
-    await ws.send(sig.encode_message(
-        sig.Register(peer_id=peer_id, protocol=sig.PROTOCOL_VERSION, nonce=client_nonce)))
-    expected = str(address.peer_id)
-
-    def check_relay_proof(relay_peer_id: str, signature: bytes | None) -> None:
-        if relay_peer_id != expected:
-            raise RelayAuthenticationError(
-                f"relay at {address.url} is {relay_peer_id}, but its multiaddr names {expected}",
-                "relay_id_mismatch")
-        message = sig.relay_auth_message(client_nonce, relay_peer_id, peer_id)
-        if signature is None or not address.peer_id.verify(message, signature):
-            raise RelayAuthenticationError(
-                f"relay at {address.url} could not prove it owns {expected}", "relay_auth_failed")
-
-    msg = await _receive_message(ws)
-    if isinstance(msg, sig.Challenge):
-        check_relay_proof(msg.relay_peer_id, msg.signature)
-        token = await token_provider(keypair.peer_id) if token_provider is not None else None
-        proof = keypair.sign(sig.peer_auth_message(msg.nonce, msg.relay_peer_id, peer_id))
-        await ws.send(sig.encode_message(sig.Authenticate(signature=proof, token=token)))
-        msg = await _receive_message(ws)
-        if isinstance(msg, sig.Registered):
-            return msg
-    elif isinstance(msg, sig.Registered):  # open mode: the relay's proof rides on Registered
-        check_relay_proof(msg.relay_peer_id, msg.signature)
-        return msg
-    if isinstance(msg, sig.Error):
-        raise RelayAuthenticationError(f"relay refused registration: {msg.message}", msg.code)
-    raise RelayAuthenticationError(f"unexpected {sig.message_type(msg)} during the handshake", "bad_handshake")
-
-
-async def _receive_message(ws: WebSocketConnection) -> sig.Message:
-    while True:
-        frame = await ws.receive()
-        if isinstance(frame, str):
-            try:
-                msg = sig.decode_message_untrusted(frame)
-            except ParseError as exc:
-                raise RelayError(f"relay sent a bad frame during the handshake: {exc}", "bad_frame") from None
-            if not isinstance(msg, (sig.Ping, sig.Pong)):
-                return msg
-            if isinstance(msg, sig.Ping):
-                await ws.send(sig.encode_message(sig.Pong(nonce=msg.nonce)))
-
-
-@asynccontextmanager
-async def _connect(address: RelayAddress, ssl_context: ssl.SSLContext | None,
-                   timeout: float) -> AsyncIterator[WebSocketConnection]:
-    """open_websocket, with a refused upgrade turned into a RelayError with its code."""
-    async with AsyncExitStack() as stack:
-        try:
-            ws = await stack.enter_async_context(
-                open_websocket(address.url, ssl_context=ssl_context, connect_timeout=timeout))
-        except WebSocketRejected as exc:
-            code, message = f"http_{exc.status}", str(exc)
-            try:
-                refusal = sig.decode_message_untrusted(exc.body)
-                if isinstance(refusal, sig.Error):
-                    code, message = refusal.code or code, refusal.message
-            except ParseError:
-                pass
-            raise RelayError(f"relay at {address.url} refused the connection: {message}", code) from None
-        except WebSocketParseError as exc:
-            raise RelayError(f"relay at {address.url} broke the WebSocket handshake: {exc}",
-                             "bad_handshake") from None
-        yield ws
-
-
 @asynccontextmanager
 async def open_relay_session(
     address: RelayAddress | str,
@@ -548,9 +465,9 @@ async def open_relay_session(
         address = parse_relay_address(address)
     if address.secure and ssl_context is None:
         ssl_context = ssl.create_default_context()
-    async with _connect(address, ssl_context, connect_timeout) as ws:
+    async with open_connection(address, ssl_context, connect_timeout) as ws:
         with trio.fail_after(connect_timeout):
-            registered = await _handshake(ws, address, keypair, token_provider)
+            registered = await register(ws, address, keypair, token_provider)
         _bound_unsent_bytes(ws)
         session = RelaySession(ws, address, keypair, registered, signal_buffer=signal_buffer)
         async with trio.open_nursery() as nursery:

@@ -80,6 +80,8 @@ class Register:
     peer_id: str
     protocol: str | None = None
     nonce: bytes | None = None
+    signature: bytes | None = None  # 1-RTT registration (PROTOCOL.md 2.1.1)
+    token: str | None = None  # ... in jwt mode
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,6 +267,8 @@ _FIELDS: dict[type, tuple[_Spec, ...]] = {
         ("peer_id", "peer_id", "id", True, True),
         ("protocol", "protocol", "str", False, False),
         ("nonce", "nonce", "nonce", False, False),
+        ("signature", "signature", "b64", False, False),
+        ("token", "token", "str", False, False),
     ),
     Challenge: (
         ("nonce", "nonce", "nonce", True, True),
@@ -575,25 +579,20 @@ def decode_binary_untrusted(frame: bytes) -> CircuitData | CircuitCredit:
 # -- signed handshake messages (PROTOCOL.md 2.3) ----------------------------------------
 
 
+def _signed(kind: bytes, nonce: bytes, relay_peer_id: str, peer_id: str) -> bytes:
+    return b"darkswap-relay/1 %s\0%s\0%s\0%s" % (
+        kind,
+        relay_peer_id.encode(),
+        peer_id.encode(),
+        nonce,
+    )
+
+
 def peer_auth_message(server_nonce: bytes, relay_peer_id: str, peer_id: str) -> bytes:
     """What a peer signs to prove it owns ``peer_id`` to relay ``relay_peer_id``."""
-    return (
-        b"darkswap-relay/1 peer-auth\0"
-        + relay_peer_id.encode()
-        + b"\0"
-        + peer_id.encode()
-        + b"\0"
-        + server_nonce
-    )
+    return _signed(b"peer-auth", server_nonce, relay_peer_id, peer_id)
 
 
 def relay_auth_message(client_nonce: bytes, relay_peer_id: str, peer_id: str) -> bytes:
     """What a relay signs to prove it owns ``relay_peer_id`` to peer ``peer_id``."""
-    return (
-        b"darkswap-relay/1 relay-auth\0"
-        + relay_peer_id.encode()
-        + b"\0"
-        + peer_id.encode()
-        + b"\0"
-        + client_nonce
-    )
+    return _signed(b"relay-auth", client_nonce, relay_peer_id, peer_id)

@@ -137,6 +137,11 @@ class WebSocketConnection:
         self._messages_sent = 0
 
     @property
+    def handshake_head(self) -> bytes:
+        """The raw HTTP head of the opening handshake (the response on a client)."""
+        return self._head
+
+    @property
     def headers(self) -> list[tuple[str, str]]:
         """Handshake header fields (the request on a server, the response on a client).
 

@@ -1,0 +1,208 @@
+"""Load generator and bare servers for bench_registration.py, one process each.
+
+Run: python benchmarks/_registration_peers.py JSON-COMMAND
+
+Commands (JSON on the command line; one JSON line on stdout per stage):
+  peers      {multiaddr, count, concurrency, manager}: ``count`` SDK peers, each a RelayManager
+             (the SDK's own client: 1-RTT or 2-RTT handshake, first Ping, reconnect
+             backoff), started ``concurrency`` at a time. Prints
+             {"registered", "seconds", "cpu"} once all are connected, then
+             {"back", "first_back", "last_back", "cpu", "down", "failed"} once every
+             peer has been disconnected and connected again (a relay restart; times
+             are time.time()), or after "deadline" seconds (default 120), then exits on stdin EOF. With "manager": false each peer
+             is one open_relay_session instead (registration only: no Ping, no
+             reconnection), and the process waits for stdin EOF after the first line.
+  bare       {url, count, concurrency}: ``count`` plain WebSocket connections with the
+             SDK's WebSocket client (darkswap_trio.websocket), held open. Prints
+             {"registered", "seconds", "cpu"}, exits on stdin EOF.
+  serve-bare {}: a bare server on darkswap_trio.websocket (accept, read until closed);
+             prints {"pid", "port"}.
+
+Which darkswap_trio is imported is PYTHONPATH's choice: bench_registration.py points
+it at the tree under test (this checkout, or another one for a before/after run).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import trio
+
+
+def emit(obj: object) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+async def wait_stdin_eof() -> None:
+    stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
+    while await stdin.receive_some(1024):
+        pass
+
+
+async def cmd_peers(cmd: dict) -> None:
+    from darkswap_trio import (
+        Keypair,
+        RelayManager,
+        ServerConnected,
+        ServerDisconnected,
+        ServerFailed,
+    )
+
+    count, limit = cmd["count"], trio.Semaphore(cmd["concurrency"])
+    # Keys and peer ids before the clock starts: not registration work.
+    keys = [Keypair.generate() for _ in range(count)]
+    for key in keys:
+        str(key.peer_id)
+    connected = [trio.Event() for _ in range(count)]
+    state = {"down": 0, "back": 0, "first_back": None, "last_back": None, "failed": 0}
+    everyone_back = trio.Event()
+
+    def on_status(index: int, event: object, _queued: bool) -> None:
+        if isinstance(event, ServerConnected):
+            if not connected[index].is_set():
+                connected[index].set()
+                return
+            state["back"] += 1
+            now = time.time()
+            state["first_back"] = state["first_back"] or now
+            state["last_back"] = now
+            if state["back"] == count:
+                everyone_back.set()
+        elif isinstance(event, ServerDisconnected):
+            state["down"] += 1
+        elif isinstance(event, ServerFailed):  # gave up: max_reconnect_attempts failures
+            state["failed"] += 1
+
+    async def session(index: int) -> None:
+        from darkswap_trio import open_relay_session
+
+        await limit.acquire()  # released once registered: a limit on handshakes in flight
+        held = False
+        try:
+            async with open_relay_session(cmd["multiaddr"], keys[index], ping_interval=3600):
+                held = True
+                limit.release()
+                connected[index].set()
+                await trio.sleep_forever()
+        finally:
+            if not held:
+                limit.release()
+
+    async def peer(index: int, nursery: trio.Nursery) -> None:
+        if not cmd.get("manager", True):
+            nursery.start_soon(session, index)
+            await connected[index].wait()
+            return
+        async with limit:
+            manager = RelayManager(
+                keys[index],
+                [cmd["multiaddr"]],
+                on_status=lambda event, queued: on_status(index, event, queued),
+            )
+            await nursery.start(manager.run)
+            await connected[index].wait()
+
+    async with trio.open_nursery() as nursery:
+        start, cpu = time.perf_counter(), time.process_time()
+        async with trio.open_nursery() as starters:
+            for index in range(count):
+                starters.start_soon(peer, index, nursery)
+        emit(
+            {
+                "registered": count,
+                "seconds": time.perf_counter() - start,
+                "cpu": time.process_time() - cpu,
+            }
+        )
+        if not cmd.get("manager", True):
+            await wait_stdin_eof()
+            nursery.cancel_scope.cancel()
+            return
+        cpu = time.process_time()
+        with trio.move_on_after(cmd.get("deadline", 120)):  # Failed peers never come back
+            await everyone_back.wait()
+        emit(
+            {
+                "back": state["back"],
+                "first_back": state["first_back"],
+                "last_back": state["last_back"],
+                "cpu": time.process_time() - cpu,
+                "down": state["down"],
+                "failed": state["failed"],
+            }
+        )
+        await wait_stdin_eof()
+        nursery.cancel_scope.cancel()
+
+
+async def cmd_bare(cmd: dict) -> None:
+    from darkswap_trio.websocket import open_websocket
+
+    count, limit = cmd["count"], trio.Semaphore(cmd["concurrency"])
+    opened = trio.Event()
+    done = 0
+
+    async def connection() -> None:
+        nonlocal done
+        await limit.acquire()
+        held = False
+        try:
+            async with open_websocket(cmd["url"]):
+                held = True
+                limit.release()
+                done += 1
+                if done == count:
+                    opened.set()
+                await trio.sleep_forever()
+        finally:
+            if not held:
+                limit.release()
+
+    async with trio.open_nursery() as nursery:
+        start, cpu = time.perf_counter(), time.process_time()
+        for _ in range(count):
+            nursery.start_soon(connection)
+        await opened.wait()
+        emit(
+            {
+                "registered": count,
+                "seconds": time.perf_counter() - start,
+                "cpu": time.process_time() - cpu,
+            }
+        )
+        await wait_stdin_eof()
+        nursery.cancel_scope.cancel()
+
+
+async def cmd_serve_bare(cmd: dict) -> None:
+    from darkswap_trio.websocket import serve_websocket
+
+    async def handle(request) -> None:
+        ws = await request.accept()
+        try:
+            while True:
+                await ws.receive()
+        except (trio.EndOfChannel, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(serve_websocket, handle, "127.0.0.1", 0)
+        emit({"pid": os.getpid(), "port": listeners[0].socket.getsockname()[1]})
+
+
+def main() -> None:
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    cmd = json.loads(sys.argv[1])
+    runner = {"peers": cmd_peers, "bare": cmd_bare, "serve-bare": cmd_serve_bare}
+    trio.run(runner[cmd["command"]], cmd)
+
+
+if __name__ == "__main__":
+    main()

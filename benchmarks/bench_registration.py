@@ -1,0 +1,311 @@
+"""Registration benchmarks: relay and SDK CPU per registration, re-registration after a restart.
+
+Run: python benchmarks/bench_registration.py [--smoke | --quick] [--baseline TREE]
+
+Every server runs in its own process: the relay as ``python -m relay`` (auth
+``signature``), the baselines as bare WebSocket servers that accept and hold idle
+connections (trio-websocket, as in bench_relay.py, and one on darkswap_trio.websocket).
+The load runs in other processes (benchmarks/_registration_peers.py) with the SDK's own
+client code; CPU comes from /proc/PID/stat (server) and process_time (load).
+
+  cpu       N peers register, 32 at a time, with open_relay_session (the handshake
+            only); the bare servers get N plain WebSocket connections from the SDK's
+            WebSocket client. Relay CPU per registration vs per bare accept, SDK CPU
+            per registration. Kinds interleaved, ``runs`` rounds, medians [min-max].
+  restart   N peers, each a RelayManager (the SDK's reconnect backoff and jitter), in
+            two load processes; once all are connected the relay is killed (SIGKILL)
+            and started again on the same port with the same key; the row is the time
+            from the kill until every peer is registered again.
+
+``--baseline TREE`` also runs relay and SDK from another checkout (e.g. /work/main
+before this change) in the same rounds: the "before" columns.
+
+The relay's per-address limits are raised (every peer comes from 127.0.0.1, standing
+for 10,000 addresses); its relay-wide limits (max_pending_connections 512,
+handshakes_total, messages_total) stay at their defaults. Loopback only; every child
+dies with this process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+PEERS = os.path.join(HERE, "_registration_peers.py")
+SERVERS = os.path.join(HERE, "_relay_servers.py")
+
+from _relay_servers import cpu_seconds  # noqa: E402  (this directory is sys.path[0])
+from bench_relay import JsonLines, loadavg  # noqa: E402
+
+MODES = {
+    "smoke": dict(cpu_peers=50, runs=1, restart_peers=100, procs=1),
+    "quick": dict(cpu_peers=1000, runs=3, restart_peers=2000, procs=2),
+    "full": dict(cpu_peers=2000, runs=5, restart_peers=10_000, procs=2),
+}
+CONCURRENCY = 32
+RELAY_CONFIG = """
+[limits]
+max_sessions = 100000
+max_sessions_per_ip = 0
+max_pending_per_ip = 0
+connections_per_ip_rate = 1e9
+connections_per_ip_burst = 1000000000
+messages_per_ip_rate = 1e9
+messages_per_ip_burst = 1000000000
+handshakes_per_ip_rate = 1e9
+handshakes_per_ip_burst = 1000000000
+messages_per_peer_rate = 1e9
+messages_per_peer_burst = 1000000000
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def child_env(tree: str) -> dict:
+    return {**os.environ, "PYTHONPATH": tree}
+
+
+def popen(args: list[str], tree: str, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, *args],
+        env=child_env(tree),
+        cwd=tree,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        preexec_fn=lambda: __import__("ctypes").CDLL(None).prctl(1, signal.SIGKILL),
+        **kwargs,
+    )
+
+
+class Relay:
+    """``python -m relay`` from ``tree`` on ``port``, identity in ``key_file``."""
+
+    def __init__(self, tree: str, port: int, key_file: str, config_file: str) -> None:
+        self.tree, self.port, self.key_file, self.config_file = tree, port, key_file, config_file
+        self.proc: subprocess.Popen | None = None
+        self.multiaddr = ""
+
+    def start(self) -> float:
+        """Start and wait for READY; returns the seconds that took."""
+        started = time.perf_counter()
+        args = ["-m", "relay", "--config", self.config_file, "--host", "127.0.0.1"]
+        args += ["--port", str(self.port), "--stun-port", "none", "--metrics-port", "none"]
+        log = os.environ.get("BENCH_RELAY_LOG")  # a file for the relay's INFO log
+        args += ["--key-file", self.key_file, "--log-level", "INFO" if log else "WARNING"]
+        stderr = open(log, "a") if log else subprocess.DEVNULL  # noqa: SIM115
+        self.proc = popen(args, self.tree, stderr=stderr)
+        line = self.proc.stdout.readline().decode()
+        if not line.startswith("READY"):
+            raise RuntimeError(f"relay did not start: {line!r}")
+        fields = dict(part.split("=", 1) for part in line.split()[1:])
+        self.multiaddr = fields["multiaddr"]
+        return time.perf_counter() - started
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def load(command: dict, tree: str) -> tuple[subprocess.Popen, JsonLines]:
+    proc = popen([PEERS, json.dumps(command)], tree)
+    return proc, JsonLines(proc)
+
+
+def finish(proc: subprocess.Popen) -> None:
+    try:
+        proc.stdin.close()
+        proc.wait(timeout=30)
+    except (subprocess.TimeoutExpired, BrokenPipeError):
+        proc.kill()
+        proc.wait()
+
+
+def cpu_round(kind: str, tree: str, peers: int, workdir: str) -> dict:
+    """One server of ``kind``, ``peers`` registrations: server and load CPU (ms each)."""
+    server: subprocess.Popen | None = None
+    relay: Relay | None = None
+    try:
+        if kind == "relay":
+            relay = Relay(tree, free_port(), os.path.join(workdir, "cpu.key"), config_path(workdir))
+            relay.start()
+            pid = relay.pid
+            command = dict(command="peers", multiaddr=relay.multiaddr, manager=False)
+        else:
+            script = (
+                [SERVERS, "bare"] if kind == "bare-tws" else [PEERS, '{"command":"serve-bare"}']
+            )
+            server = popen(script, ROOT)
+            info = JsonLines(server).read(30)
+            pid = info["pid"]
+            command = dict(command="bare", url=f"ws://127.0.0.1:{info['port']}/")
+        command.update(count=peers, concurrency=CONCURRENCY)
+        time.sleep(0.3)
+        cpu0 = cpu_seconds(pid)
+        proc, reader = load(command, tree if kind == "relay" else ROOT)
+        reply = reader.read(120 + peers / 20)
+        server_cpu = cpu_seconds(pid) - cpu0
+        finish(proc)
+        return {
+            "server_ms": server_cpu / peers * 1000,
+            "client_ms": reply["cpu"] / peers * 1000,
+            "seconds": reply["seconds"],
+        }
+    finally:
+        if relay is not None:
+            relay.kill()
+        if server is not None:
+            server.kill()
+            server.wait()
+
+
+def config_path(workdir: str) -> str:
+    path = os.path.join(workdir, "relay.toml")
+    if not os.path.exists(path):
+        with open(path, "w") as f:
+            f.write(RELAY_CONFIG)
+    return path
+
+
+def restart_run(tree: str, peers: int, procs: int, workdir: str) -> dict:
+    """N RelayManager peers; kill the relay, start it again; seconds until all are back."""
+    relay = Relay(tree, free_port(), os.path.join(workdir, "restart.key"), config_path(workdir))
+    relay.start()
+    loads = []
+    try:
+        shares = [peers // procs + (1 if i < peers % procs else 0) for i in range(procs)]
+        for share in shares:
+            command = dict(
+                command="peers", multiaddr=relay.multiaddr, count=share, concurrency=CONCURRENCY
+            )
+            loads.append(load(command, tree))
+        first = [reader.read(300 + peers / 10) for _, reader in loads]
+        time.sleep(1.0)  # let the first Pings settle
+        killed = time.time()
+        relay.kill()
+        ready_seconds = relay.start()
+        cpu0 = cpu_seconds(relay.pid)
+        back = [reader.read(300 + peers / 10) for _, reader in loads]
+        relay_cpu = cpu_seconds(relay.pid) - cpu0
+        back_count = sum(b["back"] for b in back)
+        return {
+            "back": back_count,
+            "failed": sum(b["failed"] for b in back),
+            "first_registration_s": max(r["seconds"] for r in first),
+            "first_registration_cpu_ms": sum(r["cpu"] for r in first) / peers * 1000,
+            "restart_ready_s": ready_seconds,
+            "first_back_s": min(b["first_back"] for b in back) - killed,
+            "all_back_s": max(b["last_back"] for b in back) - killed,
+            "client_cpu_ms": sum(b["cpu"] for b in back) / max(back_count, 1) * 1000,
+            "relay_cpu_ms": relay_cpu / max(back_count, 1) * 1000,
+        }
+    finally:
+        for proc, _ in loads:
+            finish(proc)
+        relay.kill()
+
+
+def spread(values: list[float], fmt: str = "{:.2f}") -> str:
+    return f"{fmt.format(statistics.median(values))} [{fmt.format(min(values))}-{fmt.format(max(values))}]"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--smoke", action="store_true")
+    group.add_argument("--quick", action="store_true")
+    parser.add_argument("--baseline", metavar="TREE", help="also run this checkout (before)")
+    parser.add_argument("--no-restart", action="store_true", help="skip the restart rows")
+    parser.add_argument("--no-cpu", action="store_true", help="skip the CPU rows")
+    parser.add_argument("--restart-peers", type=int, help="peers of the restart rows")
+    args = parser.parse_args()
+    mode_name = "smoke" if args.smoke else "quick" if args.quick else "full"
+    mode = dict(MODES[mode_name])
+    if args.restart_peers:
+        mode["restart_peers"] = args.restart_peers
+    trees = {"after": ROOT}
+    if args.baseline:
+        trees["before"] = os.path.abspath(args.baseline)
+    load_start = loadavg()
+    cpu: dict[str, list[dict]] = {}
+    restart: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as workdir:
+        kinds = [(f"relay {name}", "relay", tree) for name, tree in trees.items()]
+        kinds += [("bare darkswap_trio.websocket", "bare-own", ROOT)]
+        kinds += [("bare trio-websocket", "bare-tws", ROOT)]
+        for round_ in range(0 if args.no_cpu else mode["runs"]):
+            order = kinds[round_ % len(kinds) :] + kinds[: round_ % len(kinds)]
+            for label, kind, tree in order:
+                cpu.setdefault(label, []).append(cpu_round(kind, tree, mode["cpu_peers"], workdir))
+        if not args.no_restart:
+            for name, tree in trees.items():
+                restart[name] = restart_run(tree, mode["restart_peers"], mode["procs"], workdir)
+    print(table(cpu, restart, mode, mode_name, load_start))
+
+
+def table(cpu: dict, restart: dict, mode: dict, mode_name: str, load_start: str) -> str:
+    rows = [
+        "| benchmark | value | baseline (same run) | ratio | target |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    med = {label: statistics.median(r["server_ms"] for r in runs) for label, runs in cpu.items()}
+    for label in [k for k in cpu if k.startswith("relay")]:
+        for bare in ("bare trio-websocket", "bare darkswap_trio.websocket"):
+            rows.append(
+                f"| {label}: server CPU per registration, ms | "
+                f"{spread([r['server_ms'] for r in cpu[label]])} | {bare} accept "
+                f"{spread([r['server_ms'] for r in cpu[bare]])} | "
+                f"{med[label] / med[bare]:.2f}x | <= 1.0x (trio-websocket) |"
+            )
+    for label in [k for k in cpu if k.startswith("relay")]:
+        rows.append(
+            f"| {label}: SDK client CPU per registration (open_relay_session), ms | "
+            f"{spread([r['client_ms'] for r in cpu[label]])} | SDK WebSocket client alone "
+            f"{spread([r['client_ms'] for r in cpu['bare darkswap_trio.websocket']])} | | <= 1 ms |"
+        )
+    for name, r in restart.items():
+        peers = mode["restart_peers"]
+        everyone = (
+            "all" if r["back"] == peers else f"{r['back']:,} of {peers:,} ({r['failed']} Failed)"
+        )
+        rows.append(
+            f"| relay {name}: {peers:,} RelayManager peers, kill -9 + restart: {everyone} "
+            f"registered again, s | {r['all_back_s']:.1f} (first {r['first_back_s']:.1f}; relay "
+            f"READY after {r['restart_ready_s']:.1f}; first registration of all took "
+            f"{r['first_registration_s']:.1f}) | | | <= 10 s |"
+        )
+        rows.append(
+            f"| relay {name}: re-registration CPU per peer, ms, relay / SDK (RelayManager, incl. first Ping) | "
+            f"{r['relay_cpu_ms']:.2f} / {r['client_cpu_ms']:.2f} (first registration SDK "
+            f"{r['first_registration_cpu_ms']:.2f}) | | | |"
+        )
+    rows.append(
+        f"\nMode {mode_name}: {mode['cpu_peers']} registrations x {mode['runs']} rounds per kind "
+        f"(32 in flight), medians [min-max]; restart with {mode['restart_peers']:,} peers in "
+        f"{mode['procs']} load processes. Load average (1 min) at start {load_start}, at end "
+        f"{loadavg()}; {os.cpu_count()} CPUs shared with whatever else runs."
+    )
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,16 @@
+"""Errors of a relay session (shared by the handshake and the session)."""
+
+from __future__ import annotations
+
+
+class RelayError(Exception):
+    """A relay refused something; ``code`` is the protocol's machine-readable error code."""
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message if code is None else f"{message} [{code}]")
+        self.code = code
+        self.message = message
+
+
+class RelayAuthenticationError(RelayError):
+    """The relay could not prove the PeerId we expected, or refused our proof."""
