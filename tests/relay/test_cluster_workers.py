@@ -202,3 +202,29 @@ async def test_two_workers_share_the_port_restart_and_stop(tmp_path: Path) -> No
                 await relay.process.wait()
             assert relay.process.returncode == 0, relay.stderr.decode(errors="replace")
             assert relay.worker_pid(0) is None and relay.worker_pid(1) is None
+
+
+def test_worker_command_lines(tmp_path: Path) -> None:
+    """Each worker: its node id, a private mesh port next to --advertise, its own
+    /metrics port; the key and the mesh secret are shared files."""
+    from relay._config import RelayConfig
+    from relay._workers import apply_worker_slot, worker_commands
+
+    config = RelayConfig(port=9002, metrics_port=9100)
+    config.cluster.redis_url = "redis://127.0.0.1:6379"
+    config.cluster.workers = 3
+    config.cluster.node_id = "relay-a"
+    config.cluster.advertise = "10.0.0.7:7000"
+    commands = worker_commands(config, ["--workers", "3"], tmp_path)
+    assert len(commands) == 3
+    for i, command in enumerate(commands):
+        assert command[-1] != "--workers" and "--workers=1" in command  # the last one wins
+        assert f"--worker-index={i}" in command and f"--node-id=relay-a-w{i}" in command
+        assert f"--advertise=10.0.0.7:{7000 + i}" in command
+        assert f"--worker-mesh-port={7000 + i}" in command
+        assert f"--metrics-port={9100 + i}" in command
+        assert f"--key-file={tmp_path / 'relay.key'}" in command
+        assert f"--mesh-secret-file={tmp_path / 'mesh.secret'}" in command
+    assert (tmp_path / "mesh.secret").stat().st_mode & 0o077 == 0
+    apply_worker_slot(config, 1)
+    assert config.stun_port is None and not config.turn.enabled and config.cluster.workers == 1
