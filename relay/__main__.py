@@ -50,7 +50,7 @@ from ._config import (
 from ._logging import configure_logging
 from ._turn import read_turn_secret
 from ._worker_slot import WorkerSlot
-from ._workers import apply_worker_slot, run_workers
+from ._workers import apply_worker_slot, exit_with_parent, run_workers
 from .cluster._mesh import check_mesh_files
 
 __all__ = ["build_parser", "main"]
@@ -470,6 +470,8 @@ async def _serve(
                 nursery.cancel_scope.deadline = trio.current_time() + SHUTDOWN_MARGIN
 
             server = await nursery.start(run_server)
+            if worker is not None:
+                nursery.start_soon(exit_with_parent)
             sys.stdout.write(_ready_line(server) + "\n")
             sys.stdout.flush()
             logger.info("relay ready", extra={"peer_id": str(server.peer_id)})

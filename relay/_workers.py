@@ -20,6 +20,7 @@ runs on every worker, on ``metrics_port + i`` (each its own free port for 0).
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import shutil
 import signal
@@ -102,8 +103,10 @@ class WorkerProcess:
             self.restarts += 1
 
     async def _run_once(self) -> int:
+        # stdin: a pipe the parent never writes to; its end tells the worker the
+        # parent is gone (exit_with_parent), even after a SIGKILL.
         process = await trio.lowlevel.open_process(
-            self.command, stdout=subprocess.PIPE, start_new_session=True
+            self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True
         )
         self.process = process
         assert process.stdout is not None
@@ -116,6 +119,8 @@ class WorkerProcess:
                 process.kill()
                 with trio.CancelScope(shield=True):
                     await process.wait()
+            if process.stdin is not None:
+                await process.stdin.aclose()
         return process.returncode
 
     async def _read_stdout(self, stream: trio.abc.ReceiveStream) -> None:
@@ -276,3 +281,13 @@ def apply_worker_slot(config: RelayConfig, index: int) -> None:
     if index > 0:
         config.stun_port = None
         config.turn.enabled = False
+
+
+async def exit_with_parent() -> None:
+    """In a worker: stop gracefully (SIGTERM to itself) once stdin, the parent's pipe,
+    ends: a parent killed with SIGKILL leaves no workers behind."""
+    async with trio.lowlevel.FdStream(os.dup(0)) as stream:
+        while await stream.receive_some(4096):
+            pass
+    logger.warning("the --workers parent is gone: stopping")
+    os.kill(os.getpid(), signal.SIGTERM)

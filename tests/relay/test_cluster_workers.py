@@ -163,14 +163,20 @@ async def test_two_workers_share_the_port_restart_and_stop(tmp_path: Path) -> No
         async with running_redis() as redis, workers_relay(redis, tmp_path) as relay:
             assert relay.fields["workers"] == "2"
             peers = [Keypair.generate() for _ in range(12)]
-            ids = [str(k.peer_id) for k in peers]
             async with trio.open_nursery() as nursery:
                 sessions = [await _register(relay, k, nursery) for k in peers]
-                # The kernel spread the connections over both workers (P(all on one) ~ 1/2048).
-                counts = [await relay.metric(i, "darkswap_relay_cluster_peers") for i in (0, 1)]
-                assert sum(counts) == 12 and min(counts) >= 1, counts
+                ids = [str(k.peer_id) for k in peers]
                 nodes = [await relay.node_of(peer_id) for peer_id in ids]
+                # The kernel spreads connections by hash: 12 all on one worker is a 1/2048
+                # chance, then a few more settle it.
+                while len(set(nodes)) < 2 and len(peers) < 40:
+                    peers.append(Keypair.generate())
+                    sessions.append(await _register(relay, peers[-1], nursery))
+                    ids.append(str(peers[-1].peer_id))
+                    nodes.append(await relay.node_of(ids[-1]))
                 assert set(nodes) == {"relay-w0", "relay-w1"}, nodes
+                counts = [await relay.metric(i, "darkswap_relay_cluster_peers") for i in (0, 1)]
+                assert counts == [nodes.count("relay-w0"), nodes.count("relay-w1")], counts
                 a = nodes.index("relay-w0")
                 b = nodes.index("relay-w1")
                 await _signal_and_circuit(sessions[a], sessions[b], ids[a], ids[b])
@@ -195,6 +201,15 @@ async def test_two_workers_share_the_port_restart_and_stop(tmp_path: Path) -> No
                             break
                         except OSError:
                             await trio.sleep(0.2)
+                # ... and takes peers again, reachable from worker 0 through its new mesh port.
+                for _ in range(40):
+                    newcomer = Keypair.generate()
+                    session = await _register(relay, newcomer, nursery)
+                    if await relay.node_of(str(newcomer.peer_id)) == "relay-w1":
+                        break
+                else:
+                    raise AssertionError("no registration reached the restarted worker 1")
+                await _signal_and_circuit(sessions[kept], session, ids[kept], str(newcomer.peer_id))
                 nursery.cancel_scope.cancel()
 
             relay.process.send_signal(signal.SIGTERM)
@@ -228,3 +243,23 @@ def test_worker_command_lines(tmp_path: Path) -> None:
     assert (tmp_path / "mesh.secret").stat().st_mode & 0o077 == 0
     apply_worker_slot(config, 1)
     assert config.stun_port is None and not config.turn.enabled and config.cluster.workers == 1
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+async def test_workers_stop_when_the_parent_is_killed(tmp_path: Path) -> None:
+    with trio.fail_after(60):
+        async with running_redis() as redis, workers_relay(redis, tmp_path) as relay:
+            pids = [relay.worker_pid(0), relay.worker_pid(1)]
+            assert None not in pids
+            relay.process.send_signal(signal.SIGKILL)
+            await relay.process.wait()
+            with trio.fail_after(20):
+                while any(_alive(pid) for pid in pids if pid is not None):
+                    await trio.sleep(0.1)
