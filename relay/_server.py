@@ -387,7 +387,9 @@ async def serve_relay(
                 from .cluster import run_cluster_node
 
                 await root.start(run_cluster_node, router, server.advertise)
-            if config.stun_port is not None and config.turn.enabled:
+            # With --workers, worker 0 alone serves STUN/TURN (README "Workers").
+            udp = config.stun_port if worker is None or worker.index == 0 else None
+            if udp is not None and config.turn.enabled:
                 server.turn = await _bind_named(
                     "STUN/TURN (UDP and TCP)",
                     config.host,
@@ -402,7 +404,9 @@ async def serve_relay(
                     tuple(config.turn.uris)
                     or turn_uris(server.multiaddr, server.turn.port, server.turn_tls_port),
                 )
-            elif config.stun_port is not None:
+            elif worker is not None and config.turn.enabled:
+                router.turn_issuer = worker.turn_issuer(config, server.multiaddr)
+            elif udp is not None:
                 from ._stun import serve_stun
 
                 server.stun_port = await _bind_named(

@@ -152,6 +152,21 @@ def _metrics_port(config: RelayConfig, index: int) -> int:
         return int(sock.getsockname()[1])
 
 
+def _free_udp_and_tcp_port(host: str) -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for _ in range(20):
+        with socket.socket(family, socket.SOCK_DGRAM) as udp:
+            udp.bind((host or "0.0.0.0", 0))
+            port = int(udp.getsockname()[1])
+            with socket.socket(family, socket.SOCK_STREAM) as tcp:
+                try:
+                    tcp.bind((host or "0.0.0.0", port))
+                except OSError:
+                    continue
+                return port
+    raise OSError("no port free for both UDP and TCP")
+
+
 def worker_commands(config: RelayConfig, argv: list[str], private: Path) -> list[list[str]]:
     """The command line of each worker: the parent's, plus what makes each one a slot."""
     key_file = config.key_file or str(private / "relay.key")
@@ -166,6 +181,9 @@ def worker_commands(config: RelayConfig, argv: list[str], private: Path) -> list
     advertise = None
     if config.cluster.advertise is not None:
         advertise = split_advertise(config.cluster.advertise, ValueError)
+    stun_port = config.stun_port
+    if stun_port == 0:  # picked now: workers other than 0 name it in TURN credentials
+        stun_port = _free_udp_and_tcp_port(config.host)
     commands = []
     for i in range(config.cluster.workers):
         extra = [
@@ -178,6 +196,8 @@ def worker_commands(config: RelayConfig, argv: list[str], private: Path) -> list
         ]
         if config.metrics_port is not None:
             extra.append(f"--metrics-port={_metrics_port(config, i)}")
+        if stun_port is not None:
+            extra.append(f"--stun-port={stun_port}")
         if advertise is not None:
             host, port = advertise
             host = f"[{host}]" if ":" in host else host
@@ -275,12 +295,10 @@ async def _announce_when_ready(workers: list[WorkerProcess], failed: trio.Event)
 
 
 def apply_worker_slot(config: RelayConfig, index: int) -> None:
-    """What differs in worker ``index``: STUN/TURN only on worker 0 (TURN allocations
-    live in one process). The parent gives each its own --metrics-port."""
+    """A worker's configuration: its parent's, as one process. (Its ports are on its
+    command line; serve_relay runs STUN/TURN on worker 0 only.)"""
+    del index
     config.cluster.workers = 1
-    if index > 0:
-        config.stun_port = None
-        config.turn.enabled = False
 
 
 async def exit_with_parent() -> None:

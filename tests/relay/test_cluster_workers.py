@@ -84,7 +84,9 @@ class WorkersRelay:
 
 
 @asynccontextmanager
-async def workers_relay(redis: RedisServer, tmp_path: Path) -> AsyncIterator[WorkersRelay]:
+async def workers_relay(
+    redis: RedisServer, tmp_path: Path, *extra: str
+) -> AsyncIterator[WorkersRelay]:
     config = tmp_path / "relay.toml"
     config.write_text(
         f'[cluster]\nkey_prefix = "{PREFIX}"\nliveness_ttl = 3.0\nredis_timeout = 1.0\n'
@@ -92,7 +94,7 @@ async def workers_relay(redis: RedisServer, tmp_path: Path) -> AsyncIterator[Wor
     argv = [
         sys.executable, "-m", "relay", "--config", str(config), "--workers", "2",
         "--host", "127.0.0.1", "--port", "0", "--stun-port", "0", "--metrics-port", "0",
-        "--cluster-redis", redis.url, "--node-id", "relay", "--shutdown-grace", "1",
+        "--cluster-redis", redis.url, "--node-id", "relay", "--shutdown-grace", "1", *extra,
     ]  # fmt: skip
     async with trio.open_nursery() as nursery:
         process = await nursery.start(
@@ -240,9 +242,29 @@ def test_worker_command_lines(tmp_path: Path) -> None:
         assert f"--metrics-port={9100 + i}" in command
         assert f"--key-file={tmp_path / 'relay.key'}" in command
         assert f"--mesh-secret-file={tmp_path / 'mesh.secret'}" in command
+        assert "--stun-port=3478" in command  # served by worker 0, named by all in TURN URIs
     assert (tmp_path / "mesh.secret").stat().st_mode & 0o077 == 0
     apply_worker_slot(config, 1)
-    assert config.stun_port is None and not config.turn.enabled and config.cluster.workers == 1
+    assert config.cluster.workers == 1
+
+
+def test_workers_other_than_0_issue_turn_credentials_for_worker_0(tmp_path: Path) -> None:
+    from relay._config import RelayConfig
+    from relay._worker_slot import WorkerSlot
+
+    secret = tmp_path / "turn.secret"
+    secret.write_text("a turn secret of the cluster")
+    config = RelayConfig(host="127.0.0.1", stun_port=3478)
+    config.turn.enabled, config.turn.secret_file = True, str(secret)
+    multiaddr = f"/ip4/127.0.0.1/tcp/9002/ws/p2p/{Keypair.generate().peer_id}"
+    issuer = WorkerSlot(1, 0).turn_issuer(config, multiaddr)
+    assert issuer is not None and issuer.secret == b"a turn secret of the cluster"
+    assert issuer.uris == (
+        "turn:127.0.0.1:3478?transport=udp",
+        "turn:127.0.0.1:3478?transport=tcp",
+    )
+    config.stun_port = 0  # only worker 0 would know the port: no credentials rather than wrong ones
+    assert WorkerSlot(1, 0).turn_issuer(config, multiaddr) is None
 
 
 def _alive(pid: int) -> bool:
@@ -263,3 +285,26 @@ async def test_workers_stop_when_the_parent_is_killed(tmp_path: Path) -> None:
             with trio.fail_after(20):
                 while any(_alive(pid) for pid in pids if pid is not None):
                     await trio.sleep(0.1)
+
+
+async def test_every_worker_hands_out_turn_credentials_for_worker_0(tmp_path: Path) -> None:
+    secret = tmp_path / "turn.secret"
+    secret.write_text("a turn secret of the cluster")
+    with trio.fail_after(60):
+        async with (
+            running_redis() as redis,
+            workers_relay(redis, tmp_path, "--turn", "--turn-secret-file", str(secret)) as relay,
+        ):
+            port = relay.fields["stun"]
+            nodes = set()
+            async with trio.open_nursery() as nursery:
+                for _ in range(40):
+                    keypair = Keypair.generate()
+                    session = await _register(relay, keypair, nursery)
+                    nodes.add(await relay.node_of(str(keypair.peer_id)))
+                    credentials = await session.turn_credentials(timeout=5)
+                    assert f"turn:127.0.0.1:{port}?transport=udp" in credentials.uris
+                    if len(nodes) == 2:
+                        break
+                assert nodes == {"relay-w0", "relay-w1"}
+                nursery.cancel_scope.cancel()
