@@ -5,8 +5,9 @@ Serving prints exactly one line on stdout once every listener is bound::
     READY signaling=9002 stun=3478 metrics=9090 peer_id=12D3KooW... multiaddr=/ip4/...
 
 (``none`` for a disabled service; ``multiaddr`` is the announce address when one is
-configured); logs go to stderr, starting with one line carrying the effective
-configuration. The first SIGINT/SIGTERM starts a graceful shutdown (stop accepting, tell
+configured; with ``--workers N`` the parent prints it once every worker is up, adding
+``workers=N worker_metrics=P0,P1,...``); logs go to stderr, starting with one line
+carrying the effective configuration. The first SIGINT/SIGTERM starts a graceful shutdown (stop accepting, tell
 peers, drain within ``shutdown_grace``) and the process exits 0; a second signal aborts
 at once (exit 1). SIGHUP re-reads ``--config`` (flags still override it) and applies
 what can change live (limits, JWT keys), logging what changed and what was ignored.
