@@ -5,8 +5,9 @@ Serving prints exactly one line on stdout once every listener is bound::
     READY signaling=9002 stun=3478 metrics=9090 peer_id=12D3KooW... multiaddr=/ip4/...
 
 (``none`` for a disabled service; ``multiaddr`` is the announce address when one is
-configured); logs go to stderr, starting with one line carrying the effective
-configuration. The first SIGINT/SIGTERM starts a graceful shutdown (stop accepting, tell
+configured; with ``--workers N`` the parent prints it once every worker is up, adding
+``workers=N worker_metrics=P0,P1,...``); logs go to stderr, starting with one line
+carrying the effective configuration. The first SIGINT/SIGTERM starts a graceful shutdown (stop accepting, tell
 peers, drain within ``shutdown_grace``) and the process exits 0; a second signal aborts
 at once (exit 1). SIGHUP re-reads ``--config`` (flags still override it) and applies
 what can change live (limits, JWT keys), logging what changed and what was ignored.
@@ -49,6 +50,8 @@ from ._config import (
 )
 from ._logging import configure_logging
 from ._turn import read_turn_secret
+from ._worker_slot import WorkerSlot
+from ._workers import apply_worker_slot, exit_with_parent, run_workers
 from .cluster._mesh import check_mesh_files
 
 __all__ = ["build_parser", "main"]
@@ -247,6 +250,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="Where the other nodes reach this one (mesh links). Default: --host and the bound port.",
     )
+    cluster.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="Run N relay processes sharing the signaling port (SO_REUSEPORT), each a node "
+        "of the cluster, to use N cores (needs --cluster-redis). Worker i is node "
+        "<node-id>-w<i>, serves mesh links on the --advertise port + i (any free port "
+        "without --advertise) and /metrics on --metrics-port + i; STUN/TURN run on "
+        'worker 0 only. Default 1 (README "Workers").',
+    )
+    # Set by the --workers parent on each worker's command line (relay._workers).
+    cluster.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    cluster.add_argument("--worker-mesh-port", type=int, default=0, help=argparse.SUPPRESS)
     add("--log-format", choices=("text", "json"), help="Log format on stderr (default text).")
     add(
         "--log-level",
@@ -369,6 +385,7 @@ def _config_from_args(args: argparse.Namespace) -> RelayConfig:
         "cluster_redis_url": args.cluster_redis,
         "cluster_node_id": args.node_id,
         "cluster_advertise": args.advertise,
+        "cluster_workers": args.workers,
     }
     disable = [name for name in ("stun_port", "metrics_port") if overrides[name] == _DISABLED]
     for name in disable:
@@ -376,6 +393,8 @@ def _config_from_args(args: argparse.Namespace) -> RelayConfig:
     config = load_config(args.config, **overrides)
     for name in disable:
         setattr(config, name, None)
+    if args.worker_index is not None:
+        apply_worker_slot(config, args.worker_index)
     config.validate()
     if config.tls_cert is not None and config.tls_key is not None:
         # Fail now, with exit 2 and the file named, rather than deep inside serve_relay.
@@ -431,7 +450,10 @@ def _reload(server: Any, args: argparse.Namespace) -> None:
 
 
 async def _serve(
-    config: RelayConfig, keypair: Keypair | None, args: argparse.Namespace | None = None
+    config: RelayConfig,
+    keypair: Keypair | None,
+    args: argparse.Namespace | None = None,
+    worker: WorkerSlot | None = None,
 ) -> int:
     from ._server import serve_relay  # imported late: the CLI's other commands don't need it
 
@@ -440,7 +462,7 @@ async def _serve(
         async with trio.open_nursery() as nursery:
 
             async def run_server(task_status: trio.TaskStatus[Any]) -> None:
-                await serve_relay(config, keypair=keypair, task_status=task_status)
+                await serve_relay(config, keypair=keypair, worker=worker, task_status=task_status)
                 nursery.cancel_scope.cancel()  # the server is done: stop watching signals
 
             async def shut_down(server: Any) -> None:
@@ -449,6 +471,8 @@ async def _serve(
                 nursery.cancel_scope.deadline = trio.current_time() + SHUTDOWN_MARGIN
 
             server = await nursery.start(run_server)
+            if worker is not None:
+                nursery.start_soon(exit_with_parent)
             sys.stdout.write(_ready_line(server) + "\n")
             sys.stdout.flush()
             logger.info("relay ready", extra={"peer_id": str(server.peer_id)})
@@ -479,7 +503,7 @@ async def _serve(
     return 1 if forced else 0
 
 
-def _serve_main(args: argparse.Namespace) -> int:
+def _serve_main(args: argparse.Namespace, argv: list[str]) -> int:
     try:
         config = _config_from_args(args)
     except ConfigError as exc:
@@ -497,6 +521,13 @@ def _serve_main(args: argparse.Namespace) -> int:
         print(json.dumps(effective, indent=2, sort_keys=True))
         return 0
     configure_logging(config.log_format, config.log_level)
+    if config.cluster.workers > 1:
+        logger.info("starting %s %s with %d workers", PROG, __version__, config.cluster.workers)
+        try:
+            return trio.run(run_workers, config, argv)
+        except OSError as exc:
+            logger.error("relay failed: %s", exc)
+            return 1
     # A relay past its fd limit fails every accept, honest peers and /metrics alike:
     # raise the soft limit to the hard one, and keep max_sessions below it.
     raise_fd_limit(config.limits)
@@ -520,7 +551,10 @@ def _serve_main(args: argparse.Namespace) -> int:
         # would change collection for the caller's whole process.
         gc.collect()
         gc.freeze()
-        return trio.run(_serve, config, keypair, args)
+        worker = None
+        if args.worker_index is not None:
+            worker = WorkerSlot(args.worker_index, args.worker_mesh_port)
+        return trio.run(_serve, config, keypair, args, worker)
     except Exception as exc:  # incl. ExceptionGroup from the nursery, e.g. port in use
         leaves = _leaf_exceptions(exc)
         if all(isinstance(leaf, OSError) for leaf in leaves):
@@ -541,6 +575,7 @@ def _leaf_exceptions(exc: BaseException) -> list[BaseException]:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``darkswap-relay``; returns the process exit code."""
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help (0) or a usage error (2)
@@ -553,7 +588,7 @@ def main(argv: list[str] | None = None) -> int:
         return peer_id_main(args)
     if args.command == "turn-credentials":
         return turn_credentials_main(args)
-    return _serve_main(args)
+    return _serve_main(args, argv)
 
 
 if __name__ == "__main__":

@@ -291,6 +291,10 @@ class RelayConfig:
         if self.turn.enabled and self.turn.tls_port is not None and self.tls_cert is None:
             raise ConfigError("turn.tls_port needs tls_cert and tls_key (TURN over TLS uses them)")
         self.mesh.validate()
+        if self.cluster.workers > 1 and self.mesh.static_directory:
+            raise ConfigError(
+                "cluster.workers > 1 needs the Redis directory, not mesh.static_directory"
+            )
         return self
 
     def jwt_key_material(self) -> str:

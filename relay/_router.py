@@ -99,6 +99,9 @@ class RelayRouter:
         self.config = config
         self.keypair = keypair
         self.relay_peer_id = str(keypair.peer_id)
+        # The PeerId this node proves on mesh links: the relay's, except for a worker
+        # of ``--workers`` (workers share the relay key; relay._worker_slot).
+        self.node_peer_id = self.relay_peer_id
         self.metrics = metrics
         lim = config.limits
         self.abuse = AbuseGuard(lim)

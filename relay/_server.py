@@ -53,6 +53,7 @@ from ._metrics import RelayMetrics, serve_metrics_http
 from ._router import RelayRouter
 from ._session import SignalingSession
 from ._turn_credentials import TurnCredentialIssuer, turn_uris
+from ._worker_slot import WorkerSlot
 from .cluster._mesh import mesh_locator, serve_mesh
 from .cluster._mesh_wire import MESH_PATH
 
@@ -84,12 +85,13 @@ class RelayServer:
         self.stun_port: int | None = None
         self.turn_tls_port: int | None = None
         self.metrics_port: int | None = None
+        self.mesh_port: int | None = None  # a worker's private listener for mesh links
         self.turn: Any = None  # relay._turn.TurnService when TURN is enabled
         self.mesh: Any = None  # relay.cluster._mesh.MeshService in a cluster
         self.host: str = config.host
         self.tls = config.tls_cert is not None
         self._root: trio.CancelScope | None = None
-        self._listener_scope = trio.CancelScope()
+        self._listener_scopes: list[trio.CancelScope] = []  # signaling (+ a worker's mesh)
         self._stopped = trio.Event()
         self.admission: ConnectionAdmission | None = None
         self.jwt_validator: Any = None  # JwtValidator in jwt mode; replaced by reload()
@@ -119,7 +121,10 @@ class RelayServer:
         """``host:port`` other cluster nodes dial (``cluster.advertise`` or the bound one)."""
         if self.config.cluster.advertise is not None:
             return self.config.cluster.advertise
-        return self.url.split("//", 1)[1].split("/", 1)[0]
+        host_port = self.url.split("//", 1)[1].split("/", 1)[0]
+        if self.mesh_port is None:
+            return host_port
+        return f"{host_port.rsplit(':', 1)[0]}:{self.mesh_port}"
 
     @property
     def url(self) -> str:
@@ -189,7 +194,8 @@ class RelayServer:
         grace = self.config.shutdown_grace if grace is None else grace
         router = self.router
         if not router.shutting_down:
-            self._listener_scope.cancel()
+            for scope in self._listener_scopes:
+                scope.cancel()
             router.begin_shutdown()
             with trio.move_on_after(grace):
                 await router.wait_sessions_closed()
@@ -234,6 +240,7 @@ async def serve_relay(
     *,
     keypair: Keypair | None = None,
     locator: Any = None,
+    worker: WorkerSlot | None = None,
     task_status: trio.TaskStatus[RelayServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the relay server until cancelled or :meth:`RelayServer.shutdown` completes.
@@ -244,6 +251,11 @@ async def serve_relay(
 
     Calls ``task_status.started(server)`` once every listener is bound (ports of 0 are
     resolved in ``server.signaling_port`` / ``stun_port`` / ``metrics_port``).
+
+    ``worker``: this process is one worker of ``darkswap-relay --workers N`` (README
+    "Workers"): the signaling port is bound with SO_REUSEPORT, mesh links are served on
+    a private port (``server.mesh_port``, advertised to the cluster) and proven with a
+    key of this worker's own (``router.node_peer_id``).
     """
     config.validate()
     if keypair is None:
@@ -251,6 +263,8 @@ async def serve_relay(
     metrics = RelayMetrics(version=__version__)
     router = RelayRouter(config, keypair, metrics)
     server = RelayServer(config, router, metrics)
+    node_keypair = keypair if worker is None else Keypair.generate()
+    router.node_peer_id = str(node_keypair.peer_id)
     if config.announce is not None:
         announce_multiaddr(config.announce, server.peer_id, config.port, server.tls)  # early error
     metrics.buffered_bytes.set_function(lambda: router.queued_bytes)
@@ -329,7 +343,7 @@ async def serve_relay(
             session_nursery = await root.start(_run_session_nursery)
             locator = mesh_locator(config, locator, router)
             if locator is not None:
-                server.mesh = await root.start(serve_mesh, router, keypair, config, locator)
+                server.mesh = await root.start(serve_mesh, router, node_keypair, config, locator)
             listeners = await _bind_named(
                 "signaling",
                 config.host,
@@ -344,14 +358,38 @@ async def serve_relay(
                     lim.handshake_timeout,
                     session_nursery,
                     admission,
+                    config.port,
+                    worker is not None,
                 ),
             )
             server.signaling_port = _bound_port(listeners)
+            if worker is not None:  # a dial to the shared port would reach any worker
+                mesh_listeners = await _bind_named(
+                    "mesh (worker)",
+                    config.host,
+                    worker.mesh_port,
+                    partial(
+                        root.start,
+                        _run_listener,
+                        server,
+                        handle_request,
+                        None,
+                        lim.max_frame_size * _WS_SIZE_FACTOR,
+                        lim.handshake_timeout,
+                        session_nursery,
+                        admission,
+                        worker.mesh_port,
+                        False,
+                    ),
+                )
+                server.mesh_port = _bound_port(mesh_listeners)
             if config.cluster.enabled:
                 from .cluster import run_cluster_node
 
                 await root.start(run_cluster_node, router, server.advertise)
-            if config.stun_port is not None and config.turn.enabled:
+            # With --workers, worker 0 alone serves STUN/TURN (README "Workers").
+            udp = config.stun_port if worker is None or worker.index == 0 else None
+            if udp is not None and config.turn.enabled:
                 server.turn = await _bind_named(
                     "STUN/TURN (UDP and TCP)",
                     config.host,
@@ -366,7 +404,9 @@ async def serve_relay(
                     tuple(config.turn.uris)
                     or turn_uris(server.multiaddr, server.turn.port, server.turn_tls_port),
                 )
-            elif config.stun_port is not None:
+            elif worker is not None and config.turn.enabled:
+                router.turn_issuer = worker.turn_issuer(config, server.multiaddr)
+            elif udp is not None:
                 from ._stun import serve_stun
 
                 server.stun_port = await _bind_named(
@@ -503,14 +543,17 @@ async def _run_listener(
     handshake_timeout: float,
     handler_nursery: trio.Nursery,
     admission: ConnectionAdmission,
+    port: int,
+    reuse_port: bool,
     *,
     task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    with server._listener_scope:
+    with trio.CancelScope() as scope:
+        server._listener_scopes.append(scope)
         await serve_websocket(
             handler,
             server.host,
-            server.config.port,
+            port,
             ssl_context=ssl_context,
             max_message_size=max_message_size,
             handshake_timeout=handshake_timeout if handshake_timeout > 0 else math.inf,
@@ -522,6 +565,7 @@ async def _run_listener(
             discard_above=server.config.limits.max_frame_size,
             # A paused flood (relay._abuse) waits in this buffer, not in autotuned MiBs.
             receive_buffer=server.config.limits.socket_receive_buffer,
+            reuse_port=reuse_port,
             task_status=task_status,
         )
 

@@ -301,7 +301,7 @@ async def _serve_one(
         await trio.aclose_forcefully(stream)
 
 
-async def _dual_stack_listener(port: int) -> trio.SocketListener:
+async def _dual_stack_listener(port: int, reuse_port: bool = False) -> trio.SocketListener:
     """One IPv6 socket that also accepts IPv4 (as ::ffff:a.b.c.d).
 
     trio.open_tcp_listeners(host=None) binds one socket per family, which with port 0
@@ -310,6 +310,8 @@ async def _dual_stack_listener(port: int) -> trio.SocketListener:
     sock = trio.socket.socket(trio.socket.AF_INET6, trio.socket.SOCK_STREAM)
     try:
         sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEPORT, 1)
         sock.setsockopt(trio.socket.IPPROTO_IPV6, trio.socket.IPV6_V6ONLY, 0)
         await sock.bind(("::", port))
         sock.listen(1024)
@@ -317,6 +319,34 @@ async def _dual_stack_listener(port: int) -> trio.SocketListener:
         sock.close()
         raise
     return trio.SocketListener(sock)
+
+
+async def _reuse_port_listeners(host: str | None, port: int) -> list[trio.SocketListener]:
+    """Like trio.open_tcp_listeners, with SO_REUSEPORT: processes binding the same port
+    share its connections, spread by the kernel (relay workers)."""
+    infos = await trio.socket.getaddrinfo(
+        host, port, type=trio.socket.SOCK_STREAM, flags=trio.socket.AI_PASSIVE
+    )
+    listeners: list[trio.SocketListener] = []
+    try:
+        for family, kind, proto, _, address in infos:
+            sock = trio.socket.socket(family, kind, proto)
+            try:
+                sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
+                sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEPORT, 1)
+                if family == trio.socket.AF_INET6:
+                    sock.setsockopt(trio.socket.IPPROTO_IPV6, trio.socket.IPV6_V6ONLY, 1)
+                await sock.bind(address)
+                sock.listen(1024)
+            except BaseException:
+                sock.close()
+                raise
+            listeners.append(trio.SocketListener(sock))
+    except BaseException:
+        for listener in listeners:
+            listener.socket.close()
+        raise
+    return listeners
 
 
 async def serve_websocket(
@@ -332,6 +362,7 @@ async def serve_websocket(
     release: Callable[[object], object] | None = None,
     discard_above: int | None = None,
     receive_buffer: int = 0,
+    reuse_port: bool = False,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Listen on ``host``:``port`` and await ``handler(request)`` for every connection.
@@ -355,9 +386,14 @@ async def serve_websocket(
     ``receive_buffer``: if not 0, the kernel receive buffer (SO_RCVBUF) of every accepted
     socket, inherited from the listeners (no autotuning): what a peer that is not being
     read can make the kernel hold for it.
+
+    ``reuse_port``: bind with SO_REUSEPORT (Linux), so that several processes serving
+    the same port share its connections.
     """
     if host == "::":
-        listeners = [await _dual_stack_listener(port)]
+        listeners = [await _dual_stack_listener(port, reuse_port)]
+    elif reuse_port:
+        listeners = await _reuse_port_listeners(host, port)
     else:
         listeners = await trio.open_tcp_listeners(port, host=host)
     if receive_buffer:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 # Node ids name Redis keys and channels and are split on "|" in presence values.
 _NODE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _KEY_PREFIX = re.compile(r"[A-Za-z0-9._:-]{0,64}")
+MAX_WORKERS = 64
 
 
 @dataclass
@@ -35,6 +36,9 @@ class ClusterConfig:
     redis_timeout: float = 2.0
     # A cross-node signaling message not delivered within this is dropped (sender told).
     message_timeout: float = 5.0
+    # Processes serving this node's port together (SO_REUSEPORT), each a node of the
+    # cluster (README "Workers"); more than 1 needs redis_url.
+    workers: int = 1
 
     @property
     def enabled(self) -> bool:
@@ -54,6 +58,17 @@ class ClusterConfig:
                     "cluster.redis_url needs the cluster extra (hiredis): "
                     "pip install 'darkswap-trio[cluster]'"
                 )
+        if not 1 <= self.workers <= MAX_WORKERS:
+            raise error(f"cluster.workers must be 1..{MAX_WORKERS}, got {self.workers}")
+        if self.workers > 1 and self.redis_url is None:
+            raise error(
+                f"cluster.workers = {self.workers} needs a cluster: set cluster.redis_url "
+                "(--cluster-redis URL); workers find each other through Redis"
+            )
+        if self.workers > 1 and self.node_id is not None and len(self.node_id) > 58:
+            raise error(
+                "cluster.node_id must be at most 58 characters with workers (-w<i> is added)"
+            )
         if self.node_id is not None and not _NODE_ID.fullmatch(self.node_id):
             raise error(f"cluster.node_id must be 1..64 of A-Z a-z 0-9 . _ -, got {self.node_id!r}")
         if not _KEY_PREFIX.fullmatch(self.key_prefix):

@@ -108,7 +108,7 @@ class CrossNodeCircuits:
         self._links = links
         self._locator = locator
         self._nursery = nursery
-        self._me = router.relay_peer_id
+        self._me = router.node_peer_id
         self.open_timeout = open_timeout
         self.max_pending = max_pending
         self.pending = 0

@@ -48,7 +48,7 @@ class ClusterNode:
         self._link = link
         self.node_id = cfg.node_id or router.relay_peer_id
         self.epoch = secrets.token_hex(8)  # this incarnation: a restart is a new epoch
-        self.address = NodeAddress(self.node_id, advertise, router.relay_peer_id)
+        self.address = NodeAddress(self.node_id, advertise, router.node_peer_id)
         self.metrics = ClusterMetrics(router.metrics.registry)
         prefix = cfg.key_prefix
         self.directory = ClusterDirectory(link, prefix)
@@ -58,7 +58,7 @@ class ClusterNode:
             node_id=self.node_id,
             epoch=self.epoch,
             advertise=advertise,
-            node_peer_id=router.relay_peer_id,
+            node_peer_id=router.node_peer_id,
             liveness_ttl=cfg.liveness_ttl,
             presence_ttl=cfg.presence_ttl,
             local_peers=router.registered_peer_ids,

@@ -1,0 +1,272 @@
+"""Issue #15: ``darkswap-relay --workers 2`` against one relay process, same run.
+
+Run: python benchmarks/bench_workers.py [--rounds 3] [--peers 2000] [--loaders 2]
+
+Starts a private ``redis-server`` (unix socket). Each round runs, one after the other,
+``python -m relay --workers 1`` and ``--workers 2`` (both cluster nodes on that Redis,
+signature auth, benchmark limits raised) and registers ``--peers`` idle peers through
+the signaling port with ``--loaders`` load processes (benchmarks/_relay_loadgen.py:
+asyncio + uvloop + ``websockets``, 32 handshakes in flight each). Figures:
+
+  registrations/s   authenticated registrations (Register, Challenge, Authenticate,
+                    Registered; the cluster claim in Redis) per second of wall clock
+  server CPU        ms per registration, all relay processes together (/proc)
+  KiB per idle peer RSS growth of all relay processes / peers held
+
+The load processes share the machine's cores with the workers: on 2 cores, 2 workers
+compete with their own load, so the ratio is a floor of what 2 cores of relay give.
+The load average is printed next to every figure (other jobs may share the machine).
+Loopback only; everything is bounded and dies with this process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import select
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+LOADGEN = os.path.join(HERE, "_relay_loadgen.py")
+sys.path.insert(0, HERE)
+
+from _relay_servers import cpu_seconds, rss_kib  # noqa: E402
+from bench_relay import JsonLines, loadavg  # noqa: E402
+
+LIMITS = """
+[limits]
+max_sessions = 19000
+max_sessions_per_ip = 1000000
+max_pending_per_ip = 0
+max_pending_connections = 0
+handshake_timeout = 120.0
+idle_timeout = 0.0
+connections_per_ip_rate = 1e9
+connections_per_ip_burst = 1000000000
+messages_per_peer_rate = 1e9
+messages_per_peer_burst = 1000000000
+messages_per_ip_rate = 0.0
+handshakes_per_ip_rate = 0.0
+messages_total_rate = 0.0
+handshakes_total_rate = 0.0
+abuse_penalty = 0.0
+overload_lag = 0.0
+limiter_table_size = 1000000
+"""
+CONCURRENCY = 32
+
+
+def start_redis(directory: Path) -> tuple[subprocess.Popen, str]:
+    sock = directory / "redis.sock"
+    redis = subprocess.Popen(
+        [
+            shutil.which("redis-server") or "/usr/bin/redis-server",
+            "--port",
+            "0",
+            "--unixsocket",
+            str(sock),
+            "--unixsocketperm",
+            "700",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--logfile",
+            "",
+        ],  # fmt: skip
+        stdout=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while not sock.exists():
+        if time.monotonic() > deadline or redis.poll() is not None:
+            raise RuntimeError("redis-server did not start")
+        time.sleep(0.05)
+    return redis, f"unix://{sock}"
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def ready_line(proc: subprocess.Popen, timeout: float) -> dict[str, str]:
+    deadline, buffer = time.monotonic() + timeout, b""
+    fd = proc.stdout.fileno()
+    while b"\n" not in buffer:
+        left = deadline - time.monotonic()
+        if left <= 0 or proc.poll() is not None:
+            raise RuntimeError("the relay did not print READY")
+        if select.select([fd], [], [], left)[0]:
+            buffer += os.read(fd, 65536)
+    line = buffer.split(b"\n", 1)[0].decode()
+    return dict(item.split("=", 1) for item in line.split()[1:])
+
+
+def run(
+    workers: int, config: Path, redis: tuple[int, str], peers: int, loaders: int, ip: int
+) -> dict:
+    redis_pid, redis_url = redis
+    relay = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "relay",
+            "--config",
+            str(config),
+            "--workers",
+            str(workers),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--stun-port",
+            "none",
+            "--metrics-port",
+            "none",
+            "--cluster-redis",
+            redis_url,
+            "--log-level",
+            "WARNING",
+            "--node-id",
+            f"bench{ip}",
+        ],  # fmt: skip
+        stdout=subprocess.PIPE,
+        cwd=ROOT,
+    )
+    loads: list[subprocess.Popen] = []
+    try:
+        ready = ready_line(relay, 60)
+        pids = children(relay.pid) if workers > 1 else [relay.pid]
+        assert len(pids) == workers, pids
+        target = {
+            "peer_id": ready["peer_id"],
+            "url": f"ws://127.0.0.1:{ready['signaling']}/signaling",
+        }
+        for i in range(loaders):
+            command = dict(
+                command="register",
+                kind="ours",
+                target=target,
+                local_ip=f"127.0.{ip}.{i + 1}",
+                concurrency=CONCURRENCY,
+                max_peers=peers // loaders + 1,
+            )
+            loads.append(
+                subprocess.Popen(
+                    [sys.executable, LOADGEN, json.dumps(command)],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                )
+            )
+        readers = [JsonLines(p) for p in loads]
+        for reader in readers:
+            reader.read(120)  # keys generated
+        time.sleep(0.5)
+        rss0 = sum(rss_kib(pid) for pid in pids)
+        redis0 = cpu_seconds(redis_pid)
+        cpu0, start = sum(cpu_seconds(pid) for pid in pids), time.perf_counter()
+        shares = [peers // loaders + (1 if i < peers % loaders else 0) for i in range(loaders)]
+        for proc, share in zip(loads, shares, strict=True):
+            proc.stdin.write(f"open {share}\n".encode())
+            proc.stdin.flush()
+        replies = [reader.read(120 + peers / 20) for reader in readers]
+        seconds = time.perf_counter() - start
+        load = loadavg()
+        cpu = sum(cpu_seconds(pid) for pid in pids) - cpu0
+        redis_cpu = cpu_seconds(redis_pid) - redis0
+        time.sleep(0.5)
+        rss = [rss_kib(pid) for pid in pids]
+        for proc in loads:
+            proc.stdin.write(b"quit\n")
+            proc.stdin.flush()
+        for proc in loads:
+            proc.wait(60)
+        return dict(
+            per_second=peers / seconds,
+            cpu_ms=cpu / peers * 1e3,
+            load_cpu_ms=sum(reply["cpu"] for reply in replies) / peers * 1e3,
+            redis_cpu_ms=redis_cpu / peers * 1e3,
+            kib_per_peer=(sum(rss) - rss0) / peers,
+            load=load,
+        )
+    finally:
+        for proc in loads:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        if relay.poll() is None:
+            relay.send_signal(signal.SIGTERM)
+            try:
+                relay.wait(20)
+            except subprocess.TimeoutExpired:
+                relay.kill()
+                relay.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--peers", type=int, default=2000)
+    parser.add_argument("--loaders", type=int, default=2)
+    args = parser.parse_args()
+    directory = Path(tempfile.mkdtemp(prefix="bw-", dir="/tmp"))
+    redis, url = start_redis(directory)
+    config = directory / "relay.toml"
+    config.write_text(LIMITS)
+    results: dict[int, list[dict]] = {1: [], 2: []}
+    try:
+        ip = 2
+        for r in range(args.rounds):
+            for workers in (1, 2):  # interleaved: the machine's load hits both alike
+                result = run(workers, config, (redis.pid, url), args.peers, args.loaders, ip)
+                ip += 1
+                results[workers].append(result)
+                print(
+                    f"round {r + 1} workers={workers}: {result['per_second']:.0f} reg/s, "
+                    f"{result['cpu_ms']:.2f} ms CPU/reg, {result['kib_per_peer']:.1f} KiB/peer, "
+                    f"load {result['load']}",
+                    flush=True,
+                )
+    finally:
+        redis.terminate()
+        redis.wait(10)
+        shutil.rmtree(directory, ignore_errors=True)
+    print()
+    print(f"{args.peers} idle peers, {args.loaders} load processes, {os.cpu_count()} cores")
+    print(f"{'':34}{'1 worker':>12}{'2 workers':>12}{'ratio':>8}")
+    for key, label, fmt in (
+        ("per_second", "registrations/s (median)", "{:.0f}"),
+        ("cpu_ms", "relay CPU ms per registration", "{:.2f}"),
+        ("load_cpu_ms", "load generator CPU ms per reg.", "{:.2f}"),
+        ("redis_cpu_ms", "redis-server CPU ms per reg.", "{:.2f}"),
+        ("kib_per_peer", "relay KiB per idle peer", "{:.1f}"),
+    ):
+        one = statistics.median(r[key] for r in results[1])
+        two = statistics.median(r[key] for r in results[2])
+        print(f"{label:34}{fmt.format(one):>12}{fmt.format(two):>12}{two / one:>8.2f}")
+    paired = [
+        f"{two['per_second'] / one['per_second']:.2f} (load {one['load']}/{two['load']})"
+        for one, two in zip(results[1], results[2], strict=True)
+    ]
+    print(f"registrations/s ratio per round (1-min load average): {', '.join(paired)}")
+
+
+if __name__ == "__main__":
+    main()
