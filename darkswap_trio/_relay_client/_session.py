@@ -44,6 +44,7 @@ SEND_TIMEOUT = 30.0
 # bulk data waits behind megabytes of socket buffer (seconds on a slow uplink).
 UNSENT_BYTES = 128 * 1024
 Signal = sig.Offer | sig.Answer | sig.IceCandidate
+_DATA_KIND = bytes((sig.FRAME_DATA,))  # a DATA frame is this, the relay_id, the payload
 
 
 class CircuitRefused(RelayError):
@@ -104,28 +105,58 @@ class RelaySession:
 
     # -- outbound ----------------------------------------------------------------------
 
-    async def _send_frame(self, frame: str | bytes, *, control: bool) -> None:
-        """Write one frame; a cancellation lands before or after it, never inside it.
+    async def _send_frame(
+        self, frame: str | bytes, *, control: bool, payload: bytes | None = None
+    ) -> None:
+        """Write one frame (with ``payload``: the binary message ``frame + payload``,
+        never joined); a cancellation lands before or after it, never inside it.
 
-        Many tasks share this connection (circuits, signals, pings). Waiting for the
-        write turn is cancellable; control frames get it before data frames (see
-        ControlFirstLock). A frame cut short by a cancelled sender would corrupt the
-        stream and break every user, so the write itself is shielded, bounded by
+        Many tasks share this connection (circuits, signals, pings). When nobody holds
+        or waits for the write turn and the socket has room, the frame is written at
+        once from this task: no lock, no cancel scope, one checkpoint. Otherwise waiting
+        for the write turn is cancellable, control frames get it before data frames
+        (see ControlFirstLock), and the write itself is shielded (a frame cut short by a
+        cancelled sender would corrupt the stream and break every user), bounded by
         SEND_TIMEOUT (the write alone, not the wait for the turn), after which the
         session is closed.
         """
+        ws = self._ws
+        if self._write_turn.is_free(control=control):
+            await trio.lowlevel.checkpoint_if_cancelled()  # yields only when cancelled
+            try:
+                if payload is None:
+                    sent = ws.try_send_nowait(frame)
+                else:
+                    sent = ws.try_send_binary_nowait(frame, payload)  # type: ignore[arg-type]
+            except trio.ClosedResourceError as exc:
+                raise self._closed_by_us() from exc
+            if sent:
+                if ws.unsent_bytes:  # the kernel took part of it: finish it now
+                    await self._write_shielded(ws.flush)
+                else:
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                return
         async with self._write_turn.hold(control=control):
-            with trio.CancelScope(shield=True):
-                with trio.move_on_after(SEND_TIMEOUT) as scope:
-                    try:
-                        await self._ws.send(frame)
-                    except trio.ClosedResourceError as exc:
-                        # The session closed its connection, not the caller: for a circuit
-                        # or signal sender that is a broken resource.
-                        raise trio.BrokenResourceError(f"relay session {self.address} closed") from exc
-                if scope.cancelled_caught:
-                    await self._ws.aclose(1001, "send timed out")
-                    raise trio.BrokenResourceError(f"relay {self.address} stopped reading for {SEND_TIMEOUT}s")
+            if payload is None:
+                await self._write_shielded(lambda: ws.send(frame))
+            else:
+                await self._write_shielded(lambda: ws.send_binary(frame, payload))  # type: ignore[arg-type]
+
+    async def _write_shielded(self, write: Callable[[], Awaitable[None]]) -> None:
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(SEND_TIMEOUT) as scope:
+                try:
+                    await write()
+                except trio.ClosedResourceError as exc:
+                    raise self._closed_by_us() from exc
+            if scope.cancelled_caught:
+                await self._ws.aclose(1001, "send timed out")
+                raise trio.BrokenResourceError(f"relay {self.address} stopped reading for {SEND_TIMEOUT}s")
+
+    def _closed_by_us(self) -> trio.BrokenResourceError:
+        # The session closed its connection, not the caller: for a circuit or signal
+        # sender that is a broken resource.
+        return trio.BrokenResourceError(f"relay session {self.address} closed")
 
     async def send_message(self, msg: sig.Message) -> None:
         await self._send_frame(sig.encode_message(msg), control=True)
@@ -261,7 +292,7 @@ class RelaySession:
         return circuit
 
     async def _send_circuit_data(self, key: bytes, payload: bytes) -> None:
-        await self._send_frame(sig.encode_circuit_data(key, payload), control=False)
+        await self._send_frame(_DATA_KIND + key, control=False, payload=payload)
 
     async def _send_circuit_credit(self, key: bytes, increment: int) -> None:
         await self._send_frame(sig.encode_circuit_credit(key, increment), control=True)

@@ -195,8 +195,10 @@ class WebSocketConnection:
                 self._mark_broken(trio.BrokenResourceError("a send was cancelled mid-frame"))
         self._bytes_sent += len(data)
 
-    async def _send_locked(self, data: bytes, *, check: bool = True) -> None:
-        """Write ``data`` holding the send lock (whole frames never interleave).
+    async def _send_locked(
+        self, data: bytes, more: bytes | bytearray | memoryview = b"", *, check: bool = True
+    ) -> None:
+        """Write ``data`` (then ``more``) holding the send lock (whole frames never interleave).
 
         A tail left by :meth:`try_send_nowait` is written first.
         """
@@ -213,6 +215,8 @@ class WebSocketConnection:
                 await self._send_raw(tail)
             if data:
                 await self._send_raw(data)
+            if more:
+                await self._send_raw(more)
         finally:
             self._sending = False
             if self._send_waiters:
@@ -235,11 +239,36 @@ class WebSocketConnection:
         Never blocks and is not a checkpoint: a relay forwards a frame from the task
         that received it, without waking a writer task.
         """
-        sock = self._socket
-        if sock is None or self._sending or self._unsent is not None:
+        if self._socket is None or self._sending or self._unsent is not None:
             return False
         self._check_sendable()
-        header, payload = self._core.send_message_parts(message)
+        return self._write_nowait(*self._core.send_message_parts(message))
+
+    def try_send_binary_nowait(
+        self, prefix: bytes, payload: bytes | bytearray | memoryview
+    ) -> bool:
+        """:meth:`try_send_nowait` of the binary message ``prefix + payload``, written
+        with one vectored write and without joining the two (see :meth:`send_binary`)."""
+        if self._socket is None or self._sending or self._unsent is not None:
+            return False
+        self._check_sendable()
+        return self._write_nowait(*self._core.send_binary_parts(prefix, payload))
+
+    async def send_binary(self, prefix: bytes, payload: bytes | bytearray | memoryview) -> None:
+        """Send the binary message ``prefix + payload`` (a protocol header in front of
+        application data) without a joined copy of the payload."""
+        self._check_sendable()
+        header, rest = self._core.send_binary_parts(prefix, payload)
+        if len(header) + len(rest) <= _JOIN_LIMIT:
+            await self._send_locked(header + rest)
+        else:
+            await self._send_locked(header, rest)
+        self._messages_sent += 1
+
+    def _write_nowait(self, header: bytes, payload: bytes | bytearray | memoryview) -> bool:
+        """Write one encoded frame now; False (nothing written) if the socket is full."""
+        sock = self._socket
+        assert sock is not None
         size = len(header) + len(payload)
         try:
             # fileno() is -1 once trio closed the socket: never write to a reused number.
