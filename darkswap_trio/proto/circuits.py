@@ -28,11 +28,19 @@ carries no data in either direction for ``idle_timeout`` seconds closes with rea
 ``idle``, both ends told, so unsolicited circuits do not hold slots for the whole
 ``duration``.
 
+Adaptive windows under a memory budget: with ``window_budget`` set, each circuit's window
+is chosen when it opens (and announced in its limits): ``limits.window`` while at most an
+eighth of the budget's free part is asked for, less as the budget fills (never below
+``min_window``), so the circuits together hold at most the budget (unless so many are open
+that even the floor exceeds it). A lone busy circuit gets a window that covers a
+loopback or LAN bandwidth-delay product; thousands share what the relay can hold.
+
 Time is passed in (``now``); the table never reads a clock.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections import deque
 from dataclasses import dataclass, field
@@ -140,6 +148,7 @@ class CircuitTableStatistics:
     closed: int
     bytes_relayed: int
     in_flight_bytes: int  # payload sent and not yet credited back, across all directions
+    window_bytes: int = 0  # the windows of open circuits, both directions: what they may hold
 
 
 # -- state ------------------------------------------------------------------------------
@@ -212,6 +221,9 @@ class CircuitTable:
     unlimited; ``stall_timeout`` of 0 disables stall detection. ``max_circuits_per_pair``
     caps the circuits one requester holds to one target and ``idle_timeout`` closes
     circuits that carry no data for that long (0: no cap / no idle close).
+    ``window_budget`` (bytes, 0: every circuit gets ``limits.window``) bounds the windows
+    of all open circuits together, see the module docstring; ``min_window`` is the
+    smallest window a circuit gets (at least ``max_data_frame``, at most ``limits.window``).
     """
 
     def __init__(
@@ -223,6 +235,8 @@ class CircuitTable:
         stall_timeout: float,
         max_circuits_per_pair: int = 0,
         idle_timeout: float = 0.0,
+        window_budget: int = 0,
+        min_window: int = 0,
     ) -> None:
         if limits.window <= 0 or limits.max_data_frame <= 0:
             raise ValueError("window and max_data_frame must be positive")
@@ -234,6 +248,9 @@ class CircuitTable:
         self.stall_timeout = stall_timeout
         self.max_circuits_per_pair = max_circuits_per_pair
         self.idle_timeout = idle_timeout
+        self.window_budget = window_budget
+        self.min_window = min_window
+        self._window_bytes = 0  # 2 x window of every open circuit
         self._circuits: dict[bytes, _Circuit] = {}
         self._by_peer: dict[str, set[bytes]] = {}
         self._by_pair: dict[tuple[str, str], int] = {}  # (requester, target) -> circuits
@@ -275,7 +292,19 @@ class CircuitTable:
             closed=self._closed,
             bytes_relayed=self._bytes,
             in_flight_bytes=in_flight,
+            window_bytes=self._window_bytes,
         )
+
+    def next_window(self) -> int:
+        """The window a circuit opened now would get."""
+        limits = self.limits
+        if not self.window_budget:
+            return limits.window
+        free = max(0, self.window_budget - self._window_bytes)
+        # An eighth of what is free, in 4 KiB steps: later circuits still find room.
+        window = min(limits.window, free // 8 & ~4095)
+        floor = max(limits.max_data_frame, min(self.min_window, limits.window))
+        return max(window, floor)
 
     # -- events and time ------------------------------------------------------------
 
@@ -369,7 +398,13 @@ class CircuitTable:
             self._refused += 1
             self._events.append(CircuitRefused(requester, target, *refusal))
             return False
-        c = _Circuit(relay_id, requester, target, limits or self.limits, now)
+        if limits is None:  # not given by the other node of a cross-node circuit
+            limits = self.limits
+            window = self.next_window()
+            if window != limits.window:
+                limits = dataclasses.replace(limits, window=window)
+        c = _Circuit(relay_id, requester, target, limits, now)
+        self._window_bytes += 2 * limits.window
         self._circuits[relay_id] = c
         if c.deadline is not None:
             self._note_deadline(c.deadline)
@@ -398,6 +433,7 @@ class CircuitTable:
         window = c.limits.window
         if c.carried or c.forward.balance != window or c.backward.balance != window:
             raise ValueError("cannot narrow a circuit that carried data")
+        self._window_bytes += 2 * (limits.window - window)
         c.limits = limits
         c.forward.balance = c.backward.balance = limits.window
         c.deadline = now + limits.duration if limits.duration > 0 else None
@@ -533,6 +569,7 @@ class CircuitTable:
         gone: str | None = None,
     ) -> None:
         del self._circuits[c.relay_id]
+        self._window_bytes -= 2 * c.limits.window
         pair = (c.requester, c.target)
         left = self._by_pair[pair] - 1
         if left:

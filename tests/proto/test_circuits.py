@@ -323,3 +323,34 @@ def test_bandwidth_pacing():
     assert t.send_delay(rid(1), "a", 40, 0.6) == pytest.approx(0.0)
     assert t.send_delay(rid(1), "b", 40, 0.6) == 0.0  # per direction
     assert t.send_delay(rid(9), "a", 40, 0.6) == 0.0  # unknown circuit: data() decides
+
+
+def test_adaptive_windows_share_a_budget():
+    # An eighth of the free budget, in 4 KiB steps, between the floor and limits.window.
+    limits = CircuitLimits(window=1 << 20, max_data_frame=64 << 10)
+    t = CircuitTable(limits=limits, max_circuits=0, max_circuits_per_peer=0, stall_timeout=0,
+                     window_budget=16 << 20, min_window=64 << 10)  # fmt: skip
+    windows = []
+    for n in range(30):
+        assert t.request(f"a{n}", f"b{n}", rid(n), 0.0)
+        opened = drain(t)[0]
+        assert isinstance(opened, CircuitOpened)
+        windows.append(opened.limits.window)
+        assert t.balance(rid(n), f"a{n}") == t.balance(rid(n), f"b{n}") == windows[-1]
+    assert windows[:2] == [1 << 20, 1 << 20]  # free 16 MiB, then 14 MiB
+    assert windows == sorted(windows, reverse=True) and windows[-1] == 64 << 10
+    assert all(w % 4096 == 0 for w in windows)
+    assert t.statistics().window_bytes == 2 * sum(windows)
+    assert 2 * sum(w for w in windows if w > 64 << 10) <= 16 << 20  # only the floor overshoots
+    # Closing gives the budget back to the next circuit.
+    for n in range(30):
+        t.close(rid(n), f"a{n}")
+    assert t.statistics().window_bytes == 0 and t.next_window() == 1 << 20
+
+
+def test_without_a_budget_every_circuit_gets_the_window():
+    t = make_table()
+    assert t.next_window() == LIMITS.window
+    t.request("a", "b", rid(1), 0.0)
+    assert drain(t)[0].limits == LIMITS
+    assert t.statistics().window_bytes == 2 * LIMITS.window
