@@ -43,6 +43,8 @@ SEND_TIMEOUT = 30.0
 # The lock orders frames only up to the socket: without this bound a Ping written after
 # bulk data waits behind megabytes of socket buffer (seconds on a slow uplink).
 UNSENT_BYTES = 128 * 1024
+# Frames a task may write at once (socket ready, write turn free) without a schedule point.
+QUICK_WRITES_PER_YIELD = 8
 Signal = sig.Offer | sig.Answer | sig.IceCandidate
 _DATA_KIND = bytes((sig.FRAME_DATA,))  # a DATA frame is this, the relay_id, the payload
 
@@ -88,6 +90,7 @@ class RelaySession:
         self._turn_waiters = TurnCredentialWaiters()
         # Control frames (Ping/Pong, credit, CloseRelay, signaling) never wait behind bulk data.
         self._write_turn = ControlFirstLock()
+        self._quick_writes = 0  # frames written at once since this session last yielded
         self._refresh_waiters: deque[trio.MemorySendChannel[sig.TokenRefreshed | sig.Error]] = (
             deque()
         )
@@ -133,8 +136,13 @@ class RelaySession:
             if sent:
                 if ws.unsent_bytes:  # the kernel took part of it: finish it now
                     await self._write_shielded(ws.flush)
-                else:
+                elif self._quick_writes >= QUICK_WRITES_PER_YIELD:
+                    # A schedule point every few frames, not after each: a sender that
+                    # then waits for an answer (or credit) yields anyway.
+                    self._quick_writes = 0
                     await trio.lowlevel.cancel_shielded_checkpoint()
+                else:
+                    self._quick_writes += 1
                 return
         async with self._write_turn.hold(control=control):
             if payload is None:
