@@ -78,7 +78,7 @@ class RelaySession:
         self._circuits: dict[bytes, RelayCircuit] = {}
         self._pending_requests: dict[str, deque[trio.MemorySendChannel[sig.RelayResponse]]] = {}
         self._pending_topics: dict[
-            str, deque[trio.MemorySendChannel[sig.TopicPeers]]
+            str, deque[trio.MemorySendChannel[list[str]]]
         ] = {}  # register_topic
         # Ping nonce -> its waiter, oldest first (a Pong without a nonce, from a relay
         # that predates them, answers the oldest). A ping() that ends removes its entry.
