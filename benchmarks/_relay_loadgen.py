@@ -386,10 +386,11 @@ async def cmd_rtt(cmd: dict) -> dict:
     samples, size = cmd["samples"], cmd["size"]
     out: dict = {name: [] for name in cmd["targets"]}
     cpu: dict = {name: [] for name in cmd["targets"]}
+    client_cpu: dict = {name: [] for name in cmd["targets"]}
     for run in range(cmd["runs"]):
         for name, target in cmd["targets"].items():
             n = samples + (max(samples // 10, 10) if run == 0 else 0)  # first: warm-up
-            server0 = cpu_seconds(target["pid"])
+            server0, client0 = cpu_seconds(target["pid"]), time.process_time()
             if name == "ours":
                 rtts = await rtt_ours(target, n, size)
             elif name == "wsrelay":
@@ -400,7 +401,12 @@ async def cmd_rtt(cmd: dict) -> dict:
             # Server CPU per relayed message (two per round trip; the echo server: one).
             hops = n * (1 if name == "echo" else 2)
             cpu[name].append((cpu_seconds(target["pid"]) - server0) / hops * 1e6)
-    return {"samples": out, "server_cpu_us_per_message": cpu}
+            client_cpu[name].append((time.process_time() - client0) / hops * 1e6)
+    return {
+        "samples": out,
+        "server_cpu_us_per_message": cpu,
+        "client_cpu_us_per_message": client_cpu,
+    }
 
 
 async def cmd_open(cmd: dict) -> dict:
@@ -410,6 +416,7 @@ async def cmd_open(cmd: dict) -> dict:
     a = await register(target["url"], relay, ka)
     b = await register(target["url"], relay, kb)
     out = []
+    cpu0 = time.process_time()
     for _ in range(cmd["samples"]):
         start = time.perf_counter()
         end_a, _ = await open_circuit(a, b, str(kb.peer_id), str(ka.peer_id))
@@ -419,8 +426,9 @@ async def cmd_open(cmd: dict) -> dict:
             closed = await receive_message(ws)
             if not isinstance(closed, sig.CloseRelay):
                 raise ProtocolFailure(f"expected CloseRelay, got {closed!r}")
+    cpu_us = (time.process_time() - cpu0) / cmd["samples"] * 1e6
     await asyncio.gather(a.close(), b.close())
-    return {"open_us": out}
+    return {"open_us": out, "client_cpu_us": cpu_us}
 
 
 # -- registration / idle peers -----------------------------------------------------------
@@ -499,13 +507,14 @@ async def cmd_circuits(cmd: dict) -> dict:
 
     tasks = [asyncio.ensure_future(send(a)) for a, _ in circuits]
     await asyncio.sleep(min(1.0, seconds / 4))  # warm-up: every circuit is flowing
-    server0 = cpu_seconds(target["pid"])
+    server0, client0 = cpu_seconds(target["pid"]), time.process_time()
     before = [c.payload_received for c in counters]
     start = time.perf_counter()
     await asyncio.sleep(seconds)
     received = [c.payload_received - b for c, b in zip(counters, before, strict=True)]
     elapsed = time.perf_counter() - start
     server_cpu = (cpu_seconds(target["pid"]) - server0) / elapsed
+    client_cpu = (time.process_time() - client0) / elapsed
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
@@ -517,6 +526,7 @@ async def cmd_circuits(cmd: dict) -> dict:
         "seconds": elapsed,
         "setup_seconds": setup_seconds,
         "server_cpu": server_cpu,
+        "client_cpu": client_cpu,
     }
 
 
