@@ -28,12 +28,16 @@ carries no data in either direction for ``idle_timeout`` seconds closes with rea
 ``idle``, both ends told, so unsolicited circuits do not hold slots for the whole
 ``duration``.
 
-Adaptive windows under a memory budget: with ``window_budget`` set, each circuit's window
-is chosen when it opens (and announced in its limits): ``limits.window`` while at most an
+Adaptive windows under a memory budget (``window_budget``): each circuit's window is
+chosen when it opens and announced in its limits: ``limits.window`` while at most an
 eighth of the budget's free part is asked for, less as the budget fills (never below
-``min_window``), so the circuits together hold at most the budget (unless so many are open
-that even the floor exceeds it). A lone busy circuit gets a window that covers a
-loopback or LAN bandwidth-delay product; thousands share what the relay can hold.
+``min_window``). That bounds what the open circuits may hold together. Then, while it
+lives, a direction's *effective* window is its fair share of the budget among the
+circuits open now (between the floor and its announced window): credit the receiver
+returns beyond it is held back by the relay (``withheld``) and passed on as soon as the
+share grows again. A lone busy circuit gets a window that covers a loopback or LAN
+bandwidth-delay product; two thousand get equal small ones, whatever order they opened
+in. Nothing changes on the wire: a sender only ever sees less credit, sooner or later.
 
 Time is passed in (``now``); the table never reads a clock.
 """
@@ -157,12 +161,21 @@ class CircuitTableStatistics:
 class _Direction:
     """One direction of a circuit: ``sender`` -> ``receiver``."""
 
-    __slots__ = ("sender", "receiver", "balance", "blocked_since", "rate_tokens", "rate_last")
+    __slots__ = (
+        "sender",
+        "receiver",
+        "balance",
+        "withheld",
+        "blocked_since",
+        "rate_tokens",
+        "rate_last",
+    )
 
     def __init__(self, sender: str, receiver: str, window: int) -> None:
         self.sender = sender
         self.receiver = receiver
         self.balance = window  # bytes the sender may still send
+        self.withheld = 0  # credit returned by the receiver, not yet passed on (budget)
         self.blocked_since: float | None = None
         # Bandwidth token bucket (used when limits.bandwidth > 0); may go negative.
         self.rate_tokens = 0.0
@@ -282,7 +295,11 @@ class CircuitTable:
 
     def statistics(self) -> CircuitTableStatistics:
         in_flight = sum(
-            2 * c.limits.window - c.forward.balance - c.backward.balance
+            2 * c.limits.window
+            - c.forward.balance
+            - c.backward.balance
+            - c.forward.withheld
+            - c.backward.withheld
             for c in self._circuits.values()
         )
         return CircuitTableStatistics(
@@ -296,15 +313,28 @@ class CircuitTable:
         )
 
     def next_window(self) -> int:
-        """The window a circuit opened now would get."""
+        """The window a circuit opened now would get (announced in its limits)."""
         limits = self.limits
         if not self.window_budget:
             return limits.window
         free = max(0, self.window_budget - self._window_bytes)
         # An eighth of what is free, in 4 KiB steps: later circuits still find room.
-        window = min(limits.window, free // 8 & ~4095)
-        floor = max(limits.max_data_frame, min(self.min_window, limits.window))
-        return max(window, floor)
+        return max(min(limits.window, free // 8 & ~4095), self._floor(limits))
+
+    def effective_window(self, relay_id: bytes) -> int | None:
+        """The credit a direction of the circuit may hold now (see the module docstring)."""
+        c = self._circuits.get(relay_id)
+        return None if c is None else self._effective(c)
+
+    def _floor(self, limits: CircuitLimits) -> int:
+        return max(limits.max_data_frame, min(self.min_window, limits.window))
+
+    def _effective(self, c: _Circuit) -> int:
+        window = c.limits.window
+        if not self.window_budget:
+            return window
+        share = self.window_budget // (2 * len(self._circuits)) & ~4095
+        return min(window, max(share, self._floor(c.limits)))
 
     # -- events and time ------------------------------------------------------------
 
@@ -508,8 +538,9 @@ class CircuitTable:
         """``receiver`` (or the relay on its behalf) lets the other end send ``increment`` more.
 
         The balance never exceeds ``window``: over-granting is clamped, so the relay never
-        has to hold more than a window per direction. Only the effective increment is
-        forwarded (nothing when it is 0).
+        has to hold more than a window per direction. With a window budget, credit above
+        the effective window is withheld and passed on with a later credit. Only the
+        effective increment is forwarded (nothing when it is 0).
         """
         if increment <= 0:
             raise ValueError("credit increment must be positive")
@@ -518,7 +549,10 @@ class CircuitTable:
             return Outcome.UNKNOWN_CIRCUIT
         d = c.direction_from(c.other(receiver))
         assert d is not None
-        granted = min(increment, c.limits.window - d.balance)
+        available = increment + d.withheld
+        granted = max(0, min(available, self._effective(c) - d.balance))
+        # Kept for later, but never so much that the balance could pass the window.
+        d.withheld = max(0, min(available - granted, c.limits.window - d.balance - granted))
         if granted > 0:
             d.balance += granted
             # Progress: the receiver consumed data; restart (or stop) the stall timer.
