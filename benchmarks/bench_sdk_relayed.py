@@ -185,7 +185,7 @@ def run(mode: dict, hog: bool) -> dict:
             for kind in KINDS:
                 pairs[kind] = start_pair(kind, ws_url if kind == "ws" else multiaddr)
                 started.extend(pairs[kind])
-            tp = {k: {"mb_per_s": [], "cpu": []} for k in KINDS}
+            tp = {k: {"mb_per_s": [], "cpu": [], "cpu_s_per_gb": []} for k in KINDS}
             rtt = {k: {"samples": [], "cpu_us": []} for k in KINDS}
             total = mode["tp_bytes"]
             for i in range(-1, mode["runs"]):  # run -1 warms every path up, not counted
@@ -200,6 +200,9 @@ def run(mode: dict, hog: bool) -> dict:
                     if i >= 0:
                         tp[kind]["mb_per_s"].append(nbytes / answer["seconds"] / 1e6)
                         tp[kind]["cpu"].append({k: v / wall for k, v in cpu.items()})
+                        tp[kind]["cpu_s_per_gb"].append(
+                            {k: v / nbytes * 1e9 for k, v in cpu.items()}
+                        )
                 for kind in KINDS:
                     driver, responder = pairs[kind]
                     procs = {"driver": driver.pid, "responder": responder.pid,
@@ -262,6 +265,9 @@ def report(results: dict, mode_name: str, mode: dict) -> str:
         rows.append((f"{LABELS[kind]}: CPU during throughput, cores, driver / responder / relay",
                      cpu_cell(tp[kind]["cpu"], "{:.2f}"), cpu_cell(tp["ws"]["cpu"], "{:.2f}"),
                      "", "", ""))  # fmt: skip
+        rows.append((f"{LABELS[kind]}: CPU per GB moved, s, driver / responder / relay",
+                     cpu_cell(tp[kind]["cpu_s_per_gb"], "{:.2f}"),
+                     cpu_cell(tp["ws"]["cpu_s_per_gb"], "{:.2f}"), "", "", ""))  # fmt: skip
         rows.append((f"{LABELS[kind]}: CPU per round trip, us, driver / responder / relay",
                      cpu_cell(rtt[kind]["cpu_us"], "{:.0f}"), cpu_cell(rtt["ws"]["cpu_us"], "{:.0f}"),
                      "", "", ""))  # fmt: skip
