@@ -140,6 +140,9 @@ class CountingReceiver(asyncio.Protocol):
 
 
 def emit(obj: object) -> None:
+    # The event loop may have left the pipe non-blocking: a long line (RTT samples) would
+    # then be cut at the pipe's 64 KiB when the orchestrator reads late (a loaded machine).
+    os.set_blocking(sys.stdout.fileno(), True)
     sys.stdout.write(json.dumps(obj) + "\n")
     sys.stdout.flush()
 
