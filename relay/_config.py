@@ -91,7 +91,7 @@ class LimitsConfig:
     # Flow-control credit per direction (bytes), chosen per circuit at open: the largest,
     # while the windows of all open circuits fit circuit_window_budget; less as it fills,
     # never below circuit_window_min (proto/circuits.py, "Adaptive windows").
-    circuit_window: int = 1024 * 1024
+    circuit_window: int = 4 * 1024 * 1024
     circuit_window_min: int = 64 * 1024
     circuit_window_budget: int = 256 * 1024 * 1024  # 0 = every circuit gets circuit_window
     circuit_max_data_frame: int = 64 * 1024  # largest payload of one circuit data frame
