@@ -563,7 +563,10 @@ def main() -> None:
     if cmd.get("cpu") is not None:
         os.sched_setaffinity(0, {cmd["cpu"]})
     result = uvloop.run(COMMANDS[cmd["command"]](cmd))
-    if result is not None:
+    if result is not None and cmd.get("result_file"):
+        with open(cmd["result_file"], "w") as f:  # long results (RTT samples) never via a pipe
+            json.dump(result, f)
+    elif result is not None:
         emit(result)
 
 

@@ -45,6 +45,7 @@ import select
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -158,14 +159,20 @@ class Server:
 
 
 def loadgen(command: dict, timeout: float) -> dict:
-    proc = subprocess.run(
-        [sys.executable, LOADGEN, json.dumps(command)], capture_output=True, timeout=timeout
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(
-            f"load generator {command['command']} failed:\n{proc.stderr.decode()[-3000:]}"
+    # The result comes back in a file: a line of 100+ KB through the stdout pipe was seen
+    # cut at 64 KiB on a loaded machine.
+    with tempfile.TemporaryDirectory() as tmp:
+        result_file = os.path.join(tmp, "result.json")
+        command = {**command, "result_file": result_file}
+        proc = subprocess.run(
+            [sys.executable, LOADGEN, json.dumps(command)], capture_output=True, timeout=timeout
         )
-    return json.loads(proc.stdout.decode().strip().splitlines()[-1])
+        if proc.returncode != 0:
+            raise RuntimeError(
+                f"load generator {command['command']} failed:\n{proc.stderr.decode()[-3000:]}"
+            )
+        with open(result_file) as f:
+            return json.load(f)
 
 
 def pinning() -> tuple[int | None, int | None]:
