@@ -41,7 +41,6 @@ import argparse
 import json
 import os
 import resource
-import select
 import statistics
 import subprocess
 import sys
@@ -53,7 +52,16 @@ SERVERS = os.path.join(HERE, "_relay_servers.py")
 LOADGEN = os.path.join(HERE, "_relay_loadgen.py")
 MiB = 1024 * 1024
 
-from _relay_servers import cpu_seconds, rss_kib  # noqa: E402  (this directory is sys.path[0])
+from _bench_util import (  # noqa: E402  (this directory is sys.path[0])
+    JsonLines,
+    loadavg,
+    mean_spread,
+    percentile,
+    ratio,
+    spread,
+    start_hog,
+)
+from _relay_servers import cpu_seconds, rss_kib  # noqa: E402
 
 MODES = {
     "smoke": dict(
@@ -102,30 +110,6 @@ LABELS = {
 
 
 # -- processes ---------------------------------------------------------------------------
-
-
-class JsonLines:
-    """Read JSON lines from a child's stdout with a deadline (no thread, no busy wait)."""
-
-    def __init__(self, proc: subprocess.Popen) -> None:
-        self.proc = proc
-        self.buffer = b""
-
-    def read(self, timeout: float) -> dict:
-        deadline = time.monotonic() + timeout
-        fd = self.proc.stdout.fileno()
-        while b"\n" not in self.buffer:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"no answer from {self.proc.args[1:3]} in {timeout}s")
-            ready, _, _ = select.select([fd], [], [], left)
-            if ready:
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    raise RuntimeError(f"{self.proc.args[1:3]} exited ({self.proc.wait()})")
-                self.buffer += chunk
-        line, self.buffer = self.buffer.split(b"\n", 1)
-        return json.loads(line)
 
 
 class Server:
@@ -320,35 +304,6 @@ def bench_circuits(mode: dict) -> dict:
 
 
 # -- report ------------------------------------------------------------------------------
-
-
-def loadavg() -> str:
-    with open("/proc/loadavg") as f:
-        return f.read().split()[0]
-
-
-def spread(values: list[float], fmt: str = "{:.0f}") -> str:
-    return (
-        f"{fmt.format(statistics.median(values))} "
-        f"[{fmt.format(min(values))}-{fmt.format(max(values))}]"
-    )
-
-
-def mean_spread(values: list[float], fmt: str) -> str:
-    """Mean (= the aggregate over equal runs: CPU ticks are coarse) [min-max]."""
-    return (
-        f"{fmt.format(statistics.fmean(values))} "
-        f"[{fmt.format(min(values))}-{fmt.format(max(values))}]"
-    )
-
-
-def ratio(value: float, base: float) -> str:
-    return f"{value / base:.2f}" if base else "n/a"
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def report(results: dict, mode_name: str, mode: dict) -> str:
@@ -555,11 +510,6 @@ def limits_in_force() -> str:
              "circuit_bytes", "circuit_bandwidth")  # fmt: skip
     shown = ", ".join(f"{name}={getattr(lim, name):g}" for name in names)
     return f"{shown} (0 = unlimited; all other abuse limits lifted)"
-
-
-def start_hog(cpu: int) -> subprocess.Popen:
-    code = f"import os; os.sched_setaffinity(0, {{{cpu}}})\nwhile True: pass"
-    return subprocess.Popen([sys.executable, "-c", code])
 
 
 def main() -> None:

@@ -56,8 +56,8 @@ MODES = {
 LIFTED_LIMITS = {"bytes_per_peer_rate": 0.0, "circuit_bytes": 0}
 
 sys.path.insert(0, HERE)
+from _bench_util import JsonLines, loadavg, percentile, ratio, spread, start_hog  # noqa: E402
 from _relay_servers import cpu_seconds  # noqa: E402
-from bench_relay import JsonLines, loadavg, percentile, spread  # noqa: E402
 
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
@@ -153,12 +153,6 @@ def start_pair(kind: str, target: str) -> tuple[Process, Process]:
     return driver, responder
 
 
-def start_hog() -> subprocess.Popen:
-    cpu = (os.cpu_count() or 1) - 1
-    code = f"import os; os.sched_setaffinity(0, {{{cpu}}})\nwhile True: pass"
-    return subprocess.Popen([sys.executable, "-c", code])
-
-
 def measure(
     procs: dict[str, int], driver: Process, line: str, timeout: float
 ) -> tuple[dict, float, dict[str, float]]:
@@ -172,7 +166,7 @@ def measure(
 
 def run(mode: dict, hog: bool) -> dict:
     results: dict = {"loadavg_start": loadavg(), "limits": relay_limits(), "hog": hog}
-    hog_proc = start_hog() if hog else None
+    hog_proc = start_hog((os.cpu_count() or 1) - 1) if hog else None
     started: list[Process] = []
     try:
         with tempfile.TemporaryDirectory() as config_dir:
@@ -229,10 +223,6 @@ def run(mode: dict, hog: bool) -> dict:
             hog_proc.wait()
     results["loadavg_end"] = loadavg()
     return results
-
-
-def ratio(value: float, base: float) -> str:
-    return f"{value / base:.2f}" if base else "n/a"
 
 
 def cpu_cell(runs: list[dict], fmt: str) -> str:

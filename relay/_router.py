@@ -218,8 +218,8 @@ class RelayRouter:
         table.limits = self._circuit_limits
         table.max_circuits = lim.max_circuits
         table.max_circuits_per_peer = lim.max_circuits_per_peer
-        table.window_budget = lim.circuit_window_budget
-        table.min_window = lim.circuit_window_min
+        table.windows.budget = lim.circuit_window_budget
+        table.windows.min_window = lim.circuit_window_min
         table.max_circuits_per_pair = lim.max_circuits_per_pair
         table.stall_timeout = lim.circuit_stall_timeout
         table.idle_timeout = lim.circuit_idle_timeout

@@ -28,16 +28,7 @@ carries no data in either direction for ``idle_timeout`` seconds closes with rea
 ``idle``, both ends told, so unsolicited circuits do not hold slots for the whole
 ``duration``.
 
-Adaptive windows under a memory budget (``window_budget``): each circuit's window is
-chosen when it opens and announced in its limits: ``limits.window`` while at most an
-eighth of the budget's free part is asked for, less as the budget fills (never below
-``min_window``). That bounds what the open circuits may hold together. Then, while it
-lives, a direction's *effective* window is its fair share of the budget among the
-circuits open now (between the floor and its announced window): credit the receiver
-returns beyond it is held back by the relay (``withheld``) and passed on as soon as the
-share grows again. A lone busy circuit gets a window that covers a loopback or LAN
-bandwidth-delay product; two thousand get equal small ones, whatever order they opened
-in. Nothing changes on the wire: a sender only ever sees less credit, sooner or later.
+Adaptive windows under a memory budget: :mod:`darkswap_trio.proto.circuit_windows`.
 
 Time is passed in (``now``); the table never reads a clock.
 """
@@ -49,6 +40,7 @@ import enum
 from collections import deque
 from dataclasses import dataclass, field
 
+from .circuit_windows import WindowBudget
 from .signaling import CircuitLimits
 
 __all__ = [
@@ -181,6 +173,10 @@ class _Direction:
         self.rate_tokens = 0.0
         self.rate_last: float | None = None
 
+    def in_flight(self, limits: CircuitLimits) -> int:
+        """Payload sent and not yet credited back (nor withheld by the relay)."""
+        return limits.window - self.balance - self.withheld
+
     def refill(self, bandwidth: int, burst: float, now: float) -> None:
         if self.rate_last is None:
             self.rate_tokens = burst
@@ -234,9 +230,7 @@ class CircuitTable:
     unlimited; ``stall_timeout`` of 0 disables stall detection. ``max_circuits_per_pair``
     caps the circuits one requester holds to one target and ``idle_timeout`` closes
     circuits that carry no data for that long (0: no cap / no idle close).
-    ``window_budget`` (bytes, 0: every circuit gets ``limits.window``) bounds the windows
-    of all open circuits together, see the module docstring; ``min_window`` is the
-    smallest window a circuit gets (at least ``max_data_frame``, at most ``limits.window``).
+    ``window_budget``/``min_window``: adaptive windows (:class:`WindowBudget`; 0: none).
     """
 
     def __init__(
@@ -261,9 +255,7 @@ class CircuitTable:
         self.stall_timeout = stall_timeout
         self.max_circuits_per_pair = max_circuits_per_pair
         self.idle_timeout = idle_timeout
-        self.window_budget = window_budget
-        self.min_window = min_window
-        self._window_bytes = 0  # 2 x window of every open circuit
+        self.windows = WindowBudget(window_budget, min_window)
         self._circuits: dict[bytes, _Circuit] = {}
         self._by_peer: dict[str, set[bytes]] = {}
         self._by_pair: dict[tuple[str, str], int] = {}  # (requester, target) -> circuits
@@ -294,14 +286,8 @@ class CircuitTable:
         return None if d is None else d.balance
 
     def statistics(self) -> CircuitTableStatistics:
-        in_flight = sum(
-            2 * c.limits.window
-            - c.forward.balance
-            - c.backward.balance
-            - c.forward.withheld
-            - c.backward.withheld
-            for c in self._circuits.values()
-        )
+        in_flight = sum(c.forward.in_flight(c.limits) + c.backward.in_flight(c.limits)
+                        for c in self._circuits.values())  # fmt: skip
         return CircuitTableStatistics(
             circuits=len(self._circuits),
             opened=self._opened,
@@ -309,32 +295,17 @@ class CircuitTable:
             closed=self._closed,
             bytes_relayed=self._bytes,
             in_flight_bytes=in_flight,
-            window_bytes=self._window_bytes,
+            window_bytes=self.windows.committed,
         )
 
     def next_window(self) -> int:
         """The window a circuit opened now would get (announced in its limits)."""
-        limits = self.limits
-        if not self.window_budget:
-            return limits.window
-        free = max(0, self.window_budget - self._window_bytes)
-        # An eighth of what is free, in 4 KiB steps: later circuits still find room.
-        return max(min(limits.window, free // 8 & ~4095), self._floor(limits))
+        return self.windows.next_window(self.limits)
 
     def effective_window(self, relay_id: bytes) -> int | None:
-        """The credit a direction of the circuit may hold now (see the module docstring)."""
+        """The credit a direction of the circuit may hold now (circuit_windows)."""
         c = self._circuits.get(relay_id)
-        return None if c is None else self._effective(c)
-
-    def _floor(self, limits: CircuitLimits) -> int:
-        return max(limits.max_data_frame, min(self.min_window, limits.window))
-
-    def _effective(self, c: _Circuit) -> int:
-        window = c.limits.window
-        if not self.window_budget:
-            return window
-        share = self.window_budget // (2 * len(self._circuits)) & ~4095
-        return min(window, max(share, self._floor(c.limits)))
+        return None if c is None else self.windows.effective(c.limits, len(self._circuits))
 
     # -- events and time ------------------------------------------------------------
 
@@ -434,7 +405,7 @@ class CircuitTable:
             if window != limits.window:
                 limits = dataclasses.replace(limits, window=window)
         c = _Circuit(relay_id, requester, target, limits, now)
-        self._window_bytes += 2 * limits.window
+        self.windows.committed += 2 * limits.window
         self._circuits[relay_id] = c
         if c.deadline is not None:
             self._note_deadline(c.deadline)
@@ -463,7 +434,7 @@ class CircuitTable:
         window = c.limits.window
         if c.carried or c.forward.balance != window or c.backward.balance != window:
             raise ValueError("cannot narrow a circuit that carried data")
-        self._window_bytes += 2 * (limits.window - window)
+        self.windows.committed += 2 * (limits.window - window)
         c.limits = limits
         c.forward.balance = c.backward.balance = limits.window
         c.deadline = now + limits.duration if limits.duration > 0 else None
@@ -537,11 +508,9 @@ class CircuitTable:
     def credit(self, relay_id: bytes, receiver: str, increment: int, now: float) -> Outcome:
         """``receiver`` (or the relay on its behalf) lets the other end send ``increment`` more.
 
-        The balance never exceeds ``window``: over-granting is clamped, so the relay never
-        has to hold more than a window per direction. With a window budget, credit above
-        the effective window is withheld and passed on with a later credit. Only the
-        effective increment is forwarded (nothing when it is 0).
-        """
+        The balance never exceeds ``window`` (over-granting is clamped) nor, with a budget,
+        the effective window (the rest is withheld, see circuit_windows). Only the
+        effective increment is forwarded (nothing when it is 0)."""
         if increment <= 0:
             raise ValueError("credit increment must be positive")
         c = self._circuits.get(relay_id)
@@ -549,10 +518,10 @@ class CircuitTable:
             return Outcome.UNKNOWN_CIRCUIT
         d = c.direction_from(c.other(receiver))
         assert d is not None
-        available = increment + d.withheld
-        granted = max(0, min(available, self._effective(c) - d.balance))
-        # Kept for later, but never so much that the balance could pass the window.
-        d.withheld = max(0, min(available - granted, c.limits.window - d.balance - granted))
+        effective = self.windows.effective(c.limits, len(self._circuits))
+        granted, d.withheld = self.windows.grant(
+            increment + d.withheld, d.balance, c.limits.window, effective
+        )
         if granted > 0:
             d.balance += granted
             # Progress: the receiver consumed data; restart (or stop) the stall timer.
@@ -603,7 +572,7 @@ class CircuitTable:
         gone: str | None = None,
     ) -> None:
         del self._circuits[c.relay_id]
-        self._window_bytes -= 2 * c.limits.window
+        self.windows.committed -= 2 * c.limits.window
         pair = (c.requester, c.target)
         left = self._by_pair[pair] - 1
         if left:
