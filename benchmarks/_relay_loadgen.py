@@ -140,6 +140,9 @@ class CountingReceiver(asyncio.Protocol):
 
 
 def emit(obj: object) -> None:
+    # The event loop may have left the pipe non-blocking: a long line (RTT samples) would
+    # then be cut at the pipe's 64 KiB when the orchestrator reads late (a loaded machine).
+    os.set_blocking(sys.stdout.fileno(), True)
     sys.stdout.write(json.dumps(obj) + "\n")
     sys.stdout.flush()
 
@@ -386,10 +389,11 @@ async def cmd_rtt(cmd: dict) -> dict:
     samples, size = cmd["samples"], cmd["size"]
     out: dict = {name: [] for name in cmd["targets"]}
     cpu: dict = {name: [] for name in cmd["targets"]}
+    client_cpu: dict = {name: [] for name in cmd["targets"]}
     for run in range(cmd["runs"]):
         for name, target in cmd["targets"].items():
             n = samples + (max(samples // 10, 10) if run == 0 else 0)  # first: warm-up
-            server0 = cpu_seconds(target["pid"])
+            server0, client0 = cpu_seconds(target["pid"]), time.process_time()
             if name == "ours":
                 rtts = await rtt_ours(target, n, size)
             elif name == "wsrelay":
@@ -400,7 +404,12 @@ async def cmd_rtt(cmd: dict) -> dict:
             # Server CPU per relayed message (two per round trip; the echo server: one).
             hops = n * (1 if name == "echo" else 2)
             cpu[name].append((cpu_seconds(target["pid"]) - server0) / hops * 1e6)
-    return {"samples": out, "server_cpu_us_per_message": cpu}
+            client_cpu[name].append((time.process_time() - client0) / hops * 1e6)
+    return {
+        "samples": out,
+        "server_cpu_us_per_message": cpu,
+        "client_cpu_us_per_message": client_cpu,
+    }
 
 
 async def cmd_open(cmd: dict) -> dict:
@@ -410,6 +419,7 @@ async def cmd_open(cmd: dict) -> dict:
     a = await register(target["url"], relay, ka)
     b = await register(target["url"], relay, kb)
     out = []
+    cpu0 = time.process_time()
     for _ in range(cmd["samples"]):
         start = time.perf_counter()
         end_a, _ = await open_circuit(a, b, str(kb.peer_id), str(ka.peer_id))
@@ -419,8 +429,9 @@ async def cmd_open(cmd: dict) -> dict:
             closed = await receive_message(ws)
             if not isinstance(closed, sig.CloseRelay):
                 raise ProtocolFailure(f"expected CloseRelay, got {closed!r}")
+    cpu_us = (time.process_time() - cpu0) / cmd["samples"] * 1e6
     await asyncio.gather(a.close(), b.close())
-    return {"open_us": out}
+    return {"open_us": out, "client_cpu_us": cpu_us}
 
 
 # -- registration / idle peers -----------------------------------------------------------
@@ -498,14 +509,20 @@ async def cmd_circuits(cmd: dict) -> dict:
             await end.send_prebuilt(wire, size)
 
     tasks = [asyncio.ensure_future(send(a)) for a, _ in circuits]
-    await asyncio.sleep(min(1.0, seconds / 4))  # warm-up: every circuit is flowing
-    server0 = cpu_seconds(target["pid"])
+    # Warm-up: every circuit is flowing, and the first windows' bursts are spent (a circuit
+    # starts with its whole announced window; the relay's fair share applies from then on).
+    await asyncio.sleep(min(1.0, seconds / 4))
+    deadline = time.perf_counter() + 10.0
+    while time.perf_counter() < deadline and min(c.payload_received for c in counters) < 4 * size:
+        await asyncio.sleep(0.1)
+    server0, client0 = cpu_seconds(target["pid"]), time.process_time()
     before = [c.payload_received for c in counters]
     start = time.perf_counter()
     await asyncio.sleep(seconds)
     received = [c.payload_received - b for c, b in zip(counters, before, strict=True)]
     elapsed = time.perf_counter() - start
     server_cpu = (cpu_seconds(target["pid"]) - server0) / elapsed
+    client_cpu = (time.process_time() - client0) / elapsed
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
@@ -517,6 +534,7 @@ async def cmd_circuits(cmd: dict) -> dict:
         "seconds": elapsed,
         "setup_seconds": setup_seconds,
         "server_cpu": server_cpu,
+        "client_cpu": client_cpu,
     }
 
 
@@ -545,7 +563,10 @@ def main() -> None:
     if cmd.get("cpu") is not None:
         os.sched_setaffinity(0, {cmd["cpu"]})
     result = uvloop.run(COMMANDS[cmd["command"]](cmd))
-    if result is not None:
+    if result is not None and cmd.get("result_file"):
+        with open(cmd["result_file"], "w") as f:  # long results (RTT samples) never via a pipe
+            json.dump(result, f)
+    elif result is not None:
         emit(result)
 
 

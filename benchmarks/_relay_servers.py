@@ -79,7 +79,7 @@ def announce(**info: object) -> None:
 def benchmark_relay_config(window: int | None = None):  # -> RelayConfig
     """The relay's defaults with every abuse limit raised out of the benchmark's way.
 
-    Flow control (window 256 KiB, data frame 64 KiB) and frame size stay at their
+    Flow control (adaptive windows up to 4 MiB, data frame 64 KiB) and frame size stay at their
     defaults: they are part of what is measured, not a limit on abuse.
     """
     from relay import RelayConfig

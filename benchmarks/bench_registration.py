@@ -44,8 +44,8 @@ ROOT = os.path.dirname(HERE)
 PEERS = os.path.join(HERE, "_registration_peers.py")
 SERVERS = os.path.join(HERE, "_relay_servers.py")
 
+from _bench_util import JsonLines, loadavg  # noqa: E402
 from _relay_servers import cpu_seconds  # noqa: E402  (this directory is sys.path[0])
-from bench_relay import JsonLines, loadavg  # noqa: E402
 
 MODES = {
     "smoke": dict(cpu_peers=50, runs=1, restart_peers=100, procs=1),

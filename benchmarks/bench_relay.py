@@ -1,6 +1,6 @@
 """Relay benchmarks: our relay against baselines run in the same process tree, on loopback.
 
-Run: python benchmarks/bench_relay.py [--smoke | --quick] [--json FILE]
+Run: python benchmarks/bench_relay.py [--smoke | --quick] [--hog] [--json FILE]
 
 Every server under test runs in its own process (benchmarks/_relay_servers.py), the
 load runs in other processes (benchmarks/_relay_loadgen.py: asyncio + uvloop +
@@ -25,6 +25,12 @@ the table gives server CPU per GB, per message and per registration, from
 benchmark is capped by the hard RLIMIT_NOFILE (one descriptor per peer; raising it needs
 CAP_SYS_RESOURCE): on a 20,000 limit the "20,000 peers" point is 19,900.
 
+Every row names the load generator's CPU too (it must stay faster than what it measures).
+``--hog`` runs a busy loop on the load generator's core for the whole run (a loaded
+machine: the load's round trips, and so credit, come back later). The limits in force are
+printed: every abuse limit is lifted (benchmarks/_relay_servers.py), flow control is the
+shipped default.
+
 Everything is bounded in size and time; servers die with this process. Modes: --smoke
 (seconds, for CI), --quick (well under a minute), default full (about 2 minutes).
 """
@@ -35,10 +41,10 @@ import argparse
 import json
 import os
 import resource
-import select
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -46,7 +52,16 @@ SERVERS = os.path.join(HERE, "_relay_servers.py")
 LOADGEN = os.path.join(HERE, "_relay_loadgen.py")
 MiB = 1024 * 1024
 
-from _relay_servers import cpu_seconds, rss_kib  # noqa: E402  (this directory is sys.path[0])
+from _bench_util import (  # noqa: E402  (this directory is sys.path[0])
+    JsonLines,
+    loadavg,
+    mean_spread,
+    percentile,
+    ratio,
+    spread,
+    start_hog,
+)
+from _relay_servers import cpu_seconds, rss_kib  # noqa: E402
 
 MODES = {
     "smoke": dict(
@@ -84,7 +99,7 @@ MESSAGE = 64 * 1024  # throughput write size
 CIRCUIT_MESSAGE = 16 * 1024  # many-circuits write size: enough frames per circuit to rank them
 RTT_SIZE = 100
 REGISTER_CONCURRENCY = 32  # handshakes in flight per load process
-WINDOW_EXPERIMENT = 1024 * 1024  # circuit_window of the "ours_window" throughput run
+WINDOW_EXPERIMENT = 256 * 1024  # "ours_window": the fixed window shipped before adaptive ones
 FD_MARGIN = 100  # descriptors a server needs besides its peers' sockets
 SERVER_CPU, LOAD_CPU = 0, 1
 LABELS = {
@@ -95,30 +110,6 @@ LABELS = {
 
 
 # -- processes ---------------------------------------------------------------------------
-
-
-class JsonLines:
-    """Read JSON lines from a child's stdout with a deadline (no thread, no busy wait)."""
-
-    def __init__(self, proc: subprocess.Popen) -> None:
-        self.proc = proc
-        self.buffer = b""
-
-    def read(self, timeout: float) -> dict:
-        deadline = time.monotonic() + timeout
-        fd = self.proc.stdout.fileno()
-        while b"\n" not in self.buffer:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"no answer from {self.proc.args[1:3]} in {timeout}s")
-            ready, _, _ = select.select([fd], [], [], left)
-            if ready:
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    raise RuntimeError(f"{self.proc.args[1:3]} exited ({self.proc.wait()})")
-                self.buffer += chunk
-        line, self.buffer = self.buffer.split(b"\n", 1)
-        return json.loads(line)
 
 
 class Server:
@@ -152,14 +143,20 @@ class Server:
 
 
 def loadgen(command: dict, timeout: float) -> dict:
-    proc = subprocess.run(
-        [sys.executable, LOADGEN, json.dumps(command)], capture_output=True, timeout=timeout
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(
-            f"load generator {command['command']} failed:\n{proc.stderr.decode()[-3000:]}"
+    # The result comes back in a file: a line of 100+ KB through the stdout pipe was seen
+    # cut at 64 KiB on a loaded machine.
+    with tempfile.TemporaryDirectory() as tmp:
+        result_file = os.path.join(tmp, "result.json")
+        command = {**command, "result_file": result_file}
+        proc = subprocess.run(
+            [sys.executable, LOADGEN, json.dumps(command)], capture_output=True, timeout=timeout
         )
-    return json.loads(proc.stdout.decode().strip().splitlines()[-1])
+        if proc.returncode != 0:
+            raise RuntimeError(
+                f"load generator {command['command']} failed:\n{proc.stderr.decode()[-3000:]}"
+            )
+        with open(result_file) as f:
+            return json.load(f)
 
 
 def pinning() -> tuple[int | None, int | None]:
@@ -209,7 +206,12 @@ def bench_throughput_and_latency(mode: dict) -> dict:
     finally:
         for server in servers.values():
             server.stop()
-    return {"throughput": throughput, "rtt": rtt, "open": opened["open_us"]}
+    return {
+        "throughput": throughput,
+        "rtt": rtt,
+        "open": opened["open_us"],
+        "open_client_cpu_us": opened["client_cpu_us"],
+    }
 
 
 def bench_idle_peers(kind: str, mode: dict, first_ip: int) -> dict:
@@ -304,44 +306,18 @@ def bench_circuits(mode: dict) -> dict:
 # -- report ------------------------------------------------------------------------------
 
 
-def loadavg() -> str:
-    with open("/proc/loadavg") as f:
-        return f.read().split()[0]
-
-
-def spread(values: list[float], fmt: str = "{:.0f}") -> str:
-    return (
-        f"{fmt.format(statistics.median(values))} "
-        f"[{fmt.format(min(values))}-{fmt.format(max(values))}]"
-    )
-
-
-def mean_spread(values: list[float], fmt: str) -> str:
-    """Mean (= the aggregate over equal runs: CPU ticks are coarse) [min-max]."""
-    return (
-        f"{fmt.format(statistics.fmean(values))} "
-        f"[{fmt.format(min(values))}-{fmt.format(max(values))}]"
-    )
-
-
-def ratio(value: float, base: float) -> str:
-    return f"{value / base:.2f}" if base else "n/a"
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 def report(results: dict, mode_name: str, mode: dict) -> str:
-    rows: list[tuple[str, str, str, str, str, str]] = []
+    rows: list[tuple[str, ...]] = []
 
-    def row(name, ours, base, ratio, target="", met=None):
-        rows.append(
-            (name, ours, base, ratio, target, "" if met is None else ("yes" if met else "**NO**"))
-        )
+    def row(name, ours, base, ratio, target="", met=None, load="-"):
+        met_text = "" if met is None else ("yes" if met else "**NO**")
+        rows.append((name, ours, base, ratio, target, met_text, load))
+
+    def med(values: list[float], fmt: str) -> str:
+        return fmt.format(statistics.median(values))
 
     tp = results["throughput"]
+    tp_load = {k: med(v["client_cpu"], "{:.2f}") for k, v in tp.items()}
     ours_mb = statistics.median(tp["ours"]["mb_per_s"])
     for base in ("splice", "wsrelay"):
         label = LABELS[base]
@@ -353,16 +329,18 @@ def report(results: dict, mode_name: str, mode: dict) -> str:
             ratio(ours_mb, base_mb),
             ">= 1.0 vs websockets relay" if base == "wsrelay" else "",
             ours_mb >= base_mb if base == "wsrelay" else None,
+            f"{tp_load['ours']} / {tp_load[base]} cores",
         )
 
     if "ours_window" in tp:
-        wide = tp["ours_window"]["mb_per_s"]
+        fixed = tp["ours_window"]["mb_per_s"]
         row(
-            f"experiment: ours with circuit_window {WINDOW_EXPERIMENT // 1024} KiB, MB/s "
+            f"before: ours with a fixed {WINDOW_EXPERIMENT // 1024} KiB circuit window, MB/s "
             "(vs websockets+uvloop relay)",
-            spread(wide),
+            spread(fixed),
             spread(tp["wsrelay"]["mb_per_s"]),
-            ratio(statistics.median(wide), statistics.median(tp["wsrelay"]["mb_per_s"])),
+            ratio(statistics.median(fixed), statistics.median(tp["wsrelay"]["mb_per_s"])),
+            load=f"{tp_load['ours_window']} / {tp_load['wsrelay']} cores",
         )
     cpu_per_gb = {
         k: [c / m * 1e3 for c, m in zip(v["server_cpu"], v["mb_per_s"], strict=True)]
@@ -376,10 +354,12 @@ def report(results: dict, mode_name: str, mode: dict) -> str:
             mean_spread(cpu_per_gb["ours"], "{:.2f}"),
             mean_spread(cpu_per_gb[base], "{:.2f}"),
             ratio(ours_cpu, base_cpu),
+            load=f"{tp_load['ours']} / {tp_load[base]} cores",
         )
 
     rtt = results["rtt"]["samples"]
     rtt_cpu = results["rtt"]["server_cpu_us_per_message"]
+    rtt_load = {k: med(v, "{:.0f}") for k, v in results["rtt"]["client_cpu_us_per_message"].items()}
     p50 = {k: [percentile(run, 0.5) for run in runs] for k, runs in rtt.items()}
     p99 = {k: [percentile(run, 0.99) for run in runs] for k, runs in rtt.items()}
     ours50 = statistics.median(p50["ours"])
@@ -394,6 +374,7 @@ def report(results: dict, mode_name: str, mode: dict) -> str:
             ratio(ours50, base50),
             target,
             ours50 <= base50 if base == "wsrelay" else None,
+            f"{rtt_load['ours']} / {rtt_load[base]} us/msg",
         )
     ours99, ws99 = statistics.median(p99["ours"]), statistics.median(p99["wsrelay"])
     row(
@@ -401,6 +382,7 @@ def report(results: dict, mode_name: str, mode: dict) -> str:
         spread(p99["ours"]),
         spread(p99["wsrelay"]),
         ratio(ours99, ws99),
+        load=f"{rtt_load['ours']} / {rtt_load['wsrelay']} us/msg",
     )
     ours_msg = statistics.fmean(rtt_cpu["ours"])
     for base in ("wsrelay", "splice"):
@@ -410,6 +392,7 @@ def report(results: dict, mode_name: str, mode: dict) -> str:
             mean_spread(rtt_cpu["ours"], "{:.0f}"),
             mean_spread(rtt_cpu[base], "{:.0f}"),
             ratio(ours_msg, base_msg),
+            load=f"{rtt_load['ours']} / {rtt_load[base]} us/msg",
         )
 
     opened = results["open"]
@@ -418,11 +401,16 @@ def report(results: dict, mode_name: str, mode: dict) -> str:
         f"{percentile(opened, 0.5):.0f} / {percentile(opened, 0.99):.0f}",
         "-",
         "-",
+        load=f"{results.get('open_client_cpu_us', 0):.0f} us/open",
     )
 
     ours_idle, bare_idle = results["idle"]["ours"], results["idle"]["bare"]
     first = ours_idle["stages"][0]["peers"]
     o_rate, b_rate = ours_idle["stages"][0]["per_second"], bare_idle["stages"][0]["per_second"]
+    reg_load = (
+        f"{ours_idle['stages'][0]['load_cpu_ms_per_peer']:.2f} / "
+        f"{bare_idle['stages'][0]['load_cpu_ms_per_peer']:.2f} ms/peer"
+    )
     row(
         f"registrations/s, first {first} (vs bare trio-websocket connections/s)",
         f"{o_rate:.0f}",
@@ -430,6 +418,7 @@ def report(results: dict, mode_name: str, mode: dict) -> str:
         ratio(o_rate, b_rate),
         ">= 1.0",
         o_rate >= b_rate,
+        reg_load,
     )
     o_ms = ours_idle["stages"][0]["server_cpu_ms_per_peer"]
     b_ms = bare_idle["stages"][0]["server_cpu_ms_per_peer"]
@@ -440,6 +429,7 @@ def report(results: dict, mode_name: str, mode: dict) -> str:
         ratio(o_ms, b_ms),
         "<= 1.0 (capacity)",
         o_ms <= b_ms,
+        reg_load,
     )
     for o_stage, b_stage in zip(ours_idle["stages"], bare_idle["stages"], strict=True):
         o, b = o_stage["kib_per_peer"], b_stage["kib_per_peer"]
@@ -450,29 +440,39 @@ def report(results: dict, mode_name: str, mode: dict) -> str:
             ratio(o, b),
             "<= 1.0",
             o <= b,
+            f"{o_stage['load_cpu_ms_per_peer']:.2f} / {b_stage['load_cpu_ms_per_peer']:.2f} "
+            "ms/peer",
         )
 
     circuits = results["circuits"]
     per_circuit = circuits["bytes"]
     median_bytes = statistics.median(per_circuit)
+    circuits_load = (
+        f"{circuits.get('client_cpu', 0):.2f} cores (server {circuits['server_cpu']:.2f})"
+    )
     row(
         f"{len(per_circuit)} concurrent circuits, 16 KiB writes: aggregate MB/s",
         f"{sum(per_circuit) / circuits['seconds'] / 1e6:.0f}",
         "-",
         "-",
+        load=circuits_load,
     )
+    fairness = min(per_circuit) / median_bytes if median_bytes else 0.0
     row(
         f"{len(per_circuit)} circuits fairness: slowest / median circuit (fastest / median)",
-        f"{min(per_circuit) / median_bytes:.2f} ({max(per_circuit) / median_bytes:.2f})"
+        f"{fairness:.2f} ({max(per_circuit) / median_bytes:.2f})"
         if median_bytes
         else "0 (no data)",
         "-",
         "-",
+        ">= 0.7",
+        fairness >= 0.7,
+        circuits_load,
     )
 
     header = (
-        "| Benchmark | ours | baseline | ours / baseline | target | met |\n"
-        "| --- | --- | --- | --- | --- | --- |\n"
+        "| Benchmark | ours | baseline | ours / baseline | target | met | load generator CPU "
+        "(ours / baseline) |\n| --- | --- | --- | --- | --- | --- | --- |\n"
     )
     lines = [header + "\n".join("| " + " | ".join(r) + " |" for r in rows)]
     cpu = {
@@ -493,9 +493,23 @@ def report(results: dict, mode_name: str, mode: dict) -> str:
         + f".\nMode {mode_name}: throughput {mode['tp_bytes'] // MiB} MiB x {mode['runs']} runs, "
         f"RTT {mode['rtt_samples']} samples x {mode['runs']} runs, medians [min-max]; "
         f"load average (1 min) at start {results['loadavg']}, at end {loadavg()}; "
-        f"{os.cpu_count()} CPUs shared with whatever else runs."
+        f"{os.cpu_count()} CPUs shared with whatever else runs; CPU hog on the load "
+        f"generator's core: {'yes' if results.get('hog') else 'no'}."
+        + f"\nLimits in force: {limits_in_force()}."
     )
     return "\n".join(lines)
+
+
+def limits_in_force() -> str:
+    """The flow-control limits of the relay under test (every abuse limit is lifted)."""
+    from _relay_servers import benchmark_relay_config
+
+    lim = benchmark_relay_config().limits
+    names = ("circuit_window", "circuit_window_min", "circuit_window_budget",
+             "circuit_max_data_frame", "socket_receive_buffer", "bytes_per_peer_rate",
+             "circuit_bytes", "circuit_bandwidth")  # fmt: skip
+    shown = ", ".join(f"{name}={getattr(lim, name):g}" for name in names)
+    return f"{shown} (0 = unlimited; all other abuse limits lifted)"
 
 
 def main() -> None:
@@ -504,22 +518,34 @@ def main() -> None:
     group.add_argument("--smoke", action="store_true", help="tiny run, a few seconds (CI)")
     group.add_argument("--quick", action="store_true", help="short run, well under a minute")
     parser.add_argument("--json", help="also write the raw results to this file")
+    parser.add_argument(
+        "--hog", action="store_true", help="a busy loop on the load generator's core"
+    )
+    parser.add_argument("--circuits", type=int, help="concurrent circuits (default: the mode's)")
     args = parser.parse_args()
     mode_name = "smoke" if args.smoke else "quick" if args.quick else "full"
     mode = dict(MODES[mode_name])
+    if args.circuits:
+        mode["circuits"] = args.circuits
     # A server holds one descriptor per peer; its hard RLIMIT_NOFILE (which only
     # CAP_SYS_RESOURCE may raise) caps the peer count. Keep a margin for the rest.
     fd_cap = resource.getrlimit(resource.RLIMIT_NOFILE)[1] - FD_MARGIN
     if fd_cap > 0 and max(mode["peers"]) > fd_cap:
         mode["peers"] = tuple(min(count, fd_cap) for count in mode["peers"])
     started = time.perf_counter()
-    results: dict = {"loadavg": loadavg()}
-    results.update(bench_throughput_and_latency(mode))
-    results["idle"] = {
-        "ours": bench_idle_peers("ours", mode, first_ip=2),
-        "bare": bench_idle_peers("bare", mode, first_ip=2 + mode["reg_procs"]),
-    }
-    results["circuits"] = bench_circuits(mode)
+    results: dict = {"loadavg": loadavg(), "hog": args.hog}
+    hog = start_hog(pinning()[1] or 0) if args.hog else None
+    try:
+        results.update(bench_throughput_and_latency(mode))
+        results["idle"] = {
+            "ours": bench_idle_peers("ours", mode, first_ip=2),
+            "bare": bench_idle_peers("bare", mode, first_ip=2 + mode["reg_procs"]),
+        }
+        results["circuits"] = bench_circuits(mode)
+    finally:
+        if hog is not None:
+            hog.kill()
+            hog.wait()
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f)

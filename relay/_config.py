@@ -72,7 +72,9 @@ class LimitsConfig:
     overload_lag: float = 0.05
     # SO_RCVBUF of accepted sockets (bytes; 0 = kernel autotuning, up to tcp_rmem's max).
     socket_receive_buffer: int = 256 * 1024
-    bytes_per_peer_rate: float = 64.0 * 1024 * 1024  # all inbound bytes of one session, per second
+    # All inbound bytes of one session, per second (paced, never closed): 16 MiB/s is far
+    # beyond a trading peer's order flow and keeps one session from taking a relay's uplink.
+    bytes_per_peer_rate: float = 16.0 * 1024 * 1024
     bytes_per_peer_burst: int = 16 * 1024 * 1024
     # Circuits
     max_circuits: int = 4096
@@ -86,7 +88,12 @@ class LimitsConfig:
     circuit_duration: float = 3600.0  # seconds; 0 = unlimited
     circuit_bytes: int = 1 << 30  # per circuit, both directions together; 0 = unlimited
     circuit_bandwidth: int = 0  # bytes/s per direction; 0 = unlimited
-    circuit_window: int = 256 * 1024  # initial flow-control credit per direction (bytes)
+    # Flow-control credit per direction (bytes), chosen per circuit at open: the largest,
+    # while the windows of all open circuits fit circuit_window_budget; less as it fills,
+    # never below circuit_window_min (proto/circuits.py, "Adaptive windows").
+    circuit_window: int = 4 * 1024 * 1024
+    circuit_window_min: int = 64 * 1024
+    circuit_window_budget: int = 256 * 1024 * 1024  # 0 = every circuit gets circuit_window
     circuit_max_data_frame: int = 64 * 1024  # largest payload of one circuit data frame
     circuit_stall_timeout: float = (
         30.0  # a direction with queued data and no progress for this long closes the circuit
@@ -406,6 +413,8 @@ LIVE_LIMITS = frozenset(
         "max_peers_per_topic",
         "topic_ttl",
         "topic_sample",
+        "circuit_window_min",
+        "circuit_window_budget",
     }
 )
 # Auth settings a reload applies (to registrations from then on); the mode is fixed.

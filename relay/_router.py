@@ -123,6 +123,8 @@ class RelayRouter:
             stall_timeout=lim.circuit_stall_timeout,
             max_circuits_per_pair=lim.max_circuits_per_pair,
             idle_timeout=lim.circuit_idle_timeout,
+            window_budget=lim.circuit_window_budget,
+            min_window=lim.circuit_window_min,
         )
         self._registered: dict[str, SessionHandle] = {}
         # This relay as a node of a cluster (relay.cluster); None: a single relay.
@@ -219,6 +221,8 @@ class RelayRouter:
         table.limits = self._circuit_limits
         table.max_circuits = lim.max_circuits
         table.max_circuits_per_peer = lim.max_circuits_per_peer
+        table.windows.budget = lim.circuit_window_budget
+        table.windows.min_window = lim.circuit_window_min
         table.max_circuits_per_pair = lim.max_circuits_per_pair
         table.stall_timeout = lim.circuit_stall_timeout
         table.idle_timeout = lim.circuit_idle_timeout

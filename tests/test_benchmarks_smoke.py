@@ -77,3 +77,25 @@ def test_bench_abuse_smoke():
     assert len(rows) == 2, proc.stdout
     phases = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
     assert phases[0]["delivered_per_s"] > 0 and phases[1]["abusers"]["churns"] > 0
+
+
+SDK_RELAYED = BENCH.parent / "bench_sdk_relayed.py"
+
+
+def test_bench_sdk_relayed_smoke(tmp_path):
+    # SDK ends (RelayCircuit, PeerLink) and websockets clients each moved data and echoed.
+    raw = tmp_path / "results.json"
+    proc = subprocess.run(
+        [sys.executable, str(SDK_RELAYED), "--quick", "--json", str(raw)],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for row in ("RelayCircuit (RelayManager): 64 KiB throughput", "PeerLink (P2PNetwork",
+                "100 B round trip p50", "CPU during throughput", "Relay limits in force"):  # fmt: skip
+        assert row in proc.stdout, row
+    results = json.loads(raw.read_text())
+    for kind in ("circuit", "link", "ws"):
+        assert all(mb > 0 for mb in results["throughput"][kind]["mb_per_s"])
+        assert all(len(run) == 50 for run in results["rtt"][kind]["samples"])

@@ -26,6 +26,12 @@ class ControlFirstLock:
         self._control = trio.lowlevel.ParkingLot()
         self._data = trio.lowlevel.ParkingLot()
 
+    def is_free(self, *, control: bool) -> bool:
+        """Whether a sender of this class would get the turn at once (nobody holds it,
+        nobody it must yield to waits): a write that never waits may then go ahead
+        without taking the turn."""
+        return not self._held and not self._control and (control or not self._data)
+
     @asynccontextmanager
     async def hold(self, *, control: bool) -> AsyncIterator[None]:
         """Hold the write turn; waiting for it is cancellable, holding it is not ended early."""
@@ -36,8 +42,7 @@ class ControlFirstLock:
             self._release()
 
     async def _acquire(self, control: bool) -> None:
-        free = not self._held and not self._control and (control or not self._data)
-        if free:
+        if self.is_free(control=control):
             await trio.lowlevel.checkpoint_if_cancelled()
             self._held = True
             await trio.lowlevel.cancel_shielded_checkpoint()

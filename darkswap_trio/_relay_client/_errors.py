@@ -14,3 +14,7 @@ class RelayError(Exception):
 
 class RelayAuthenticationError(RelayError):
     """The relay could not prove the PeerId we expected, or refused our proof."""
+
+
+class CircuitRefused(RelayError):
+    """The relay refused a circuit; ``code`` names the reason (e.g. ``too_many_circuits``)."""

@@ -1,19 +1,17 @@
 """RelaySession: one authenticated signaling session with one relay (SDK side).
 
 ``open_relay_session`` connects, runs the handshake of docs/PROTOCOL.md section 2 (the
-relay proves its PeerId, we prove ours, optional JWT) and keeps three tasks in its
-own nursery: the reader (dispatches every frame), the pinger (latency, liveness) and
-the token refresher. Circuits are :class:`RelayCircuit` channels.
+relay proves its PeerId, we prove ours, optional JWT; ``_handshake``) and keeps its tasks
+in its own nursery: the reader (dispatches every frame, here) and the keepalive (pinger
+and token refresher, ``_keepalive``). Every frame goes out through one ``SessionWriter``
+(``_session_writer``). Circuits are :class:`RelayCircuit` channels.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-import math
-import socket
 import ssl
-import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator
@@ -28,26 +26,19 @@ from ..proto import signaling as sig
 from ..proto.errors import ParseError
 from ..websocket._endpoints import WebSocketConnection
 from ._circuit import RelayCircuit
-from ._control_first_lock import ControlFirstLock
+from ._errors import CircuitRefused as CircuitRefused
 from ._errors import RelayAuthenticationError as RelayAuthenticationError
 from ._errors import RelayError as RelayError
 from ._handshake import TokenProvider as TokenProvider
 from ._handshake import open_connection, register
+from ._keepalive import run_keepalive
+from ._session_writer import SessionWriter, bound_unsent_bytes
 from ._turn_credentials import TurnCredentials, TurnCredentialWaiters
 
 log = logging.getLogger("darkswap_trio.relay")
 
-# How long one frame may take to write before the relay is considered gone.
-SEND_TIMEOUT = 30.0
-# Unsent bytes the kernel may hold for a session (TCP_NOTSENT_LOWAT, where available).
-# The lock orders frames only up to the socket: without this bound a Ping written after
-# bulk data waits behind megabytes of socket buffer (seconds on a slow uplink).
-UNSENT_BYTES = 128 * 1024
 Signal = sig.Offer | sig.Answer | sig.IceCandidate
-
-
-class CircuitRefused(RelayError):
-    """The relay refused a circuit; ``code`` names the reason (e.g. ``too_many_circuits``)."""
+_DATA_KIND = bytes((sig.FRAME_DATA,))  # a DATA frame is this, the relay_id, the payload
 
 
 @dataclass(frozen=True)
@@ -65,8 +56,15 @@ class RelaySessionStatistics:
 class RelaySession:
     """A registered session; create with :func:`open_relay_session`."""
 
-    def __init__(self, ws: WebSocketConnection, address: RelayAddress, keypair: Keypair,
-                 registered: sig.Registered, *, signal_buffer: int) -> None:
+    def __init__(
+        self,
+        ws: WebSocketConnection,
+        address: RelayAddress,
+        keypair: Keypair,
+        registered: sig.Registered,
+        *,
+        signal_buffer: int,
+    ) -> None:
         self.address = address
         self.keypair = keypair
         self.local_peer_id = str(keypair.peer_id)
@@ -79,14 +77,15 @@ class RelaySession:
         self._ws = ws
         self._circuits: dict[bytes, RelayCircuit] = {}
         self._pending_requests: dict[str, deque[trio.MemorySendChannel[sig.RelayResponse]]] = {}
-        self._pending_topics: dict[str, deque[trio.MemorySendChannel[sig.TopicPeers]]] = {}  # register_topic
+        self._pending_topics: dict[
+            str, deque[trio.MemorySendChannel[list[str]]]
+        ] = {}  # register_topic
         # Ping nonce -> its waiter, oldest first (a Pong without a nonce, from a relay
         # that predates them, answers the oldest). A ping() that ends removes its entry.
         self._pending_pings: dict[str, trio.Event] = {}
         self._ping_numbers = itertools.count(1)
         self._turn_waiters = TurnCredentialWaiters()
-        # Control frames (Ping/Pong, credit, CloseRelay, signaling) never wait behind bulk data.
-        self._write_turn = ControlFirstLock()
+        self._send_frame = SessionWriter(ws, address).send
         self._refresh_waiters: deque[trio.MemorySendChannel[sig.TokenRefreshed | sig.Error]] = (
             deque()
         )
@@ -104,28 +103,9 @@ class RelaySession:
 
     # -- outbound ----------------------------------------------------------------------
 
-    async def _send_frame(self, frame: str | bytes, *, control: bool) -> None:
-        """Write one frame; a cancellation lands before or after it, never inside it.
-
-        Many tasks share this connection (circuits, signals, pings). Waiting for the
-        write turn is cancellable; control frames get it before data frames (see
-        ControlFirstLock). A frame cut short by a cancelled sender would corrupt the
-        stream and break every user, so the write itself is shielded, bounded by
-        SEND_TIMEOUT (the write alone, not the wait for the turn), after which the
-        session is closed.
-        """
-        async with self._write_turn.hold(control=control):
-            with trio.CancelScope(shield=True):
-                with trio.move_on_after(SEND_TIMEOUT) as scope:
-                    try:
-                        await self._ws.send(frame)
-                    except trio.ClosedResourceError as exc:
-                        # The session closed its connection, not the caller: for a circuit
-                        # or signal sender that is a broken resource.
-                        raise trio.BrokenResourceError(f"relay session {self.address} closed") from exc
-                if scope.cancelled_caught:
-                    await self._ws.aclose(1001, "send timed out")
-                    raise trio.BrokenResourceError(f"relay {self.address} stopped reading for {SEND_TIMEOUT}s")
+    async def _abort(self, reason: str) -> None:
+        """Close the connection (going away): the reader then ends the session."""
+        await self._ws.aclose(1001, reason)
 
     async def send_message(self, msg: sig.Message) -> None:
         await self._send_frame(sig.encode_message(msg), control=True)
@@ -150,13 +130,17 @@ class RelaySession:
         finally:
             self._pending_pings.pop(nonce, None)
         if not answered:
-            raise trio.BrokenResourceError("relay session closed during a ping") from self.close_cause
+            raise trio.BrokenResourceError(
+                "relay session closed during a ping"
+            ) from self.close_cause
         rtt = (trio.current_time() - started) * 1000
         # Smoothed like TCP's SRTT so one slow Pong doesn't flip relay selection.
         self.latency_ms = rtt if self.latency_ms is None else 0.875 * self.latency_ms + 0.125 * rtt
         return rtt
 
-    async def request_circuit(self, peer_id: PeerId | str, *, timeout: float = 30.0) -> RelayCircuit:
+    async def request_circuit(
+        self, peer_id: PeerId | str, *, timeout: float = 30.0
+    ) -> RelayCircuit:
         """Ask the relay for a circuit to ``peer_id``; raises :class:`CircuitRefused`."""
         peer_id = peer_id_text(peer_id)
         send, receive = trio.open_memory_channel[sig.RelayResponse](1)
@@ -166,7 +150,9 @@ class RelaySession:
             with trio.fail_after(timeout):
                 response = await receive.receive()
         except trio.EndOfChannel:
-            raise trio.BrokenResourceError("relay session closed during the circuit request") from self.close_cause
+            raise trio.BrokenResourceError(
+                "relay session closed during the circuit request"
+            ) from self.close_cause
         finally:
             waiting = self._pending_requests.get(peer_id)
             if waiting is not None and send in waiting:
@@ -178,7 +164,9 @@ class RelaySession:
             raise CircuitRefused("circuit closed immediately", "closed")
         return circuit
 
-    async def register_topic(self, topic: str, *, leave: bool = False, timeout: float = 10.0) -> list[str]:
+    async def register_topic(
+        self, topic: str, *, leave: bool = False, timeout: float = 10.0
+    ) -> list[str]:
         """Topic rendezvous (docs/PROTOCOL.md 14.6): register interest in ``topic`` (or
         withdraw it with ``leave``). Returns the relay's random sample of other peers
         registered for it; [] after ``leave``, when the relay refuses, or after ``timeout``."""
@@ -234,23 +222,31 @@ class RelaySession:
 
     def statistics(self) -> RelaySessionStatistics:
         return RelaySessionStatistics(
-            relay=str(self.address), relay_peer_id=self.relay_peer_id, latency_ms=self.latency_ms,
-            circuits=len(self._circuits), frames_received=self.frames_received,
-            errors_received=self.errors_received, dropped_signals=self.dropped_signals,
+            relay=str(self.address),
+            relay_peer_id=self.relay_peer_id,
+            latency_ms=self.latency_ms,
+            circuits=len(self._circuits),
+            frames_received=self.frames_received,
+            errors_received=self.errors_received,
+            dropped_signals=self.dropped_signals,
             refused_circuits=self.refused_circuits,
         )
 
     # -- circuits --------------------------------------------------------------------
 
-    def _new_circuit(self, relay_id: str, peer_id: str, limits: sig.CircuitLimits | None,
-                     initiator: bool) -> RelayCircuit | None:
+    def _new_circuit(
+        self, relay_id: str, peer_id: str, limits: sig.CircuitLimits | None, initiator: bool
+    ) -> RelayCircuit | None:
         try:
             key = uuid.UUID(relay_id).bytes
         except ValueError:
             log.warning("relay sent a malformed relay_id %r", relay_id)
             return None
         circuit = RelayCircuit(
-            relay_id, key, peer_id, limits or sig.CircuitLimits(window=256 * 1024, max_data_frame=64 * 1024),
+            relay_id,
+            key,
+            peer_id,
+            limits or sig.CircuitLimits(window=256 * 1024, max_data_frame=64 * 1024),
             initiator=initiator,
             send_data=self._send_circuit_data,
             send_credit=self._send_circuit_credit,
@@ -261,7 +257,7 @@ class RelaySession:
         return circuit
 
     async def _send_circuit_data(self, key: bytes, payload: bytes) -> None:
-        await self._send_frame(sig.encode_circuit_data(key, payload), control=False)
+        await self._send_frame(_DATA_KIND + key, control=False, payload=payload)
 
     async def _send_circuit_credit(self, key: bytes, increment: int) -> None:
         await self._send_frame(sig.encode_circuit_credit(key, increment), control=True)
@@ -326,8 +322,12 @@ class RelaySession:
                 self._signal_send.send_nowait(msg)
             except trio.WouldBlock:
                 self.dropped_signals += 1
-                log.warning("relay %s: signal queue full, dropped %s from %s",
-                            self.address, sig.message_type(msg), msg.from_)
+                log.warning(
+                    "relay %s: signal queue full, dropped %s from %s",
+                    self.address,
+                    sig.message_type(msg),
+                    msg.from_,
+                )
         elif isinstance(msg, sig.RelayResponse):
             self._on_relay_response(msg)
         elif isinstance(msg, sig.DataChannel):
@@ -365,9 +365,16 @@ class RelaySession:
             self.errors_received += 1
             if self._turn_waiters.answers(msg):
                 return
-            if msg.code == "topic_limit" and msg.ref is not None and self._pending_topics.get(msg.ref):
+            if (
+                msg.code == "topic_limit"
+                and msg.ref is not None
+                and self._pending_topics.get(msg.ref)
+            ):
                 self._pending_topics[msg.ref].popleft().send_nowait([])
-            if msg.code in ("invalid_token", "token_expired", "token_peer_mismatch") and self._refresh_waiters:
+            if (
+                msg.code in ("invalid_token", "token_expired", "token_peer_mismatch")
+                and self._refresh_waiters
+            ):
                 self._refresh_waiters.popleft().send_nowait(msg)
                 return
             log.info("relay %s: error %s: %s", self.address, msg.code, msg.message)
@@ -410,39 +417,6 @@ class RelaySession:
         self._incoming_send.close()
         self._errors_send.close()
 
-    async def _pinger(self, interval: float) -> None:
-        # Never raises: a session that failed is ended by its reader, and an error
-        # escaping here would take the caller's nursery (a RelayManager) with it.
-        while True:
-            await trio.sleep(interval)
-            frames_before = self.frames_received
-            with trio.move_on_after(interval) as scope:
-                try:
-                    await self.ping()
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    return
-            if scope.cancelled_caught:
-                if self.frames_received > frames_before:
-                    # The relay is sending (e.g. credit for our bulk data): it is alive,
-                    # our Ping is queued behind our own bytes in the socket buffers.
-                    log.info("relay %s: Pong late, but frames arrive; keeping the session", self.address)
-                    continue
-                log.warning("relay %s did not answer a Ping within %.1fs", self.address, interval)
-                await self._ws.aclose(1001, "ping timeout")
-                return
-
-    async def _refresher(self, provider: TokenProvider, margin: float) -> None:
-        while self.token_expires_at is not None and math.isfinite(self.token_expires_at):
-            wait = self.token_expires_at - time.time() - margin
-            await trio.sleep(max(wait, 0.0))
-            try:
-                await self.refresh_token(await provider(self.keypair.peer_id))
-            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.EndOfChannel):
-                return  # the session is ending; its reader reports why
-            except Exception as exc:  # a RelayError, or a token provider that failed
-                log.warning("token refresh at %s failed: %r", self.address, exc)
-                await trio.sleep(min(margin / 2, 5.0) or 1.0)
-
 
 @asynccontextmanager
 async def open_relay_session(
@@ -468,35 +442,20 @@ async def open_relay_session(
     async with open_connection(address, ssl_context, connect_timeout) as ws:
         with trio.fail_after(connect_timeout):
             registered = await register(ws, address, keypair, token_provider)
-        _bound_unsent_bytes(ws)
+        bound_unsent_bytes(ws)
         session = RelaySession(ws, address, keypair, registered, signal_buffer=signal_buffer)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(session._reader)
-            nursery.start_soon(_run_background, session, ping_interval, token_provider,
-                               token_refresh_margin)
+            nursery.start_soon(
+                run_keepalive,
+                session,
+                session._background_scope,
+                ping_interval,
+                token_provider,
+                token_refresh_margin,
+            )
             try:
                 yield session
             finally:
                 nursery.cancel_scope.cancel()
                 session._shut_down("session_closed")
-
-
-def _bound_unsent_bytes(ws: WebSocketConnection) -> None:
-    stream = getattr(ws, "_stream", None)
-    sock = getattr(getattr(stream, "transport_stream", stream), "socket", None)  # TLS or plain
-    option = getattr(socket, "TCP_NOTSENT_LOWAT", None)
-    if sock is None or option is None:
-        return
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, option, UNSENT_BYTES)
-    except OSError:  # not TCP, or a kernel without it: frames still go out in order
-        pass
-
-
-async def _run_background(session: RelaySession, ping_interval: float,
-                          token_provider: TokenProvider | None, margin: float) -> None:
-    with session._background_scope:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(session._pinger, ping_interval)
-            if token_provider is not None and session.token_expires_at is not None:
-                nursery.start_soon(session._refresher, token_provider, margin)

@@ -28,15 +28,19 @@ carries no data in either direction for ``idle_timeout`` seconds closes with rea
 ``idle``, both ends told, so unsolicited circuits do not hold slots for the whole
 ``duration``.
 
+Adaptive windows under a memory budget: :mod:`darkswap_trio.proto.circuit_windows`.
+
 Time is passed in (``now``); the table never reads a clock.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections import deque
 from dataclasses import dataclass, field
 
+from .circuit_windows import WindowBudget
 from .signaling import CircuitLimits
 
 __all__ = [
@@ -140,6 +144,7 @@ class CircuitTableStatistics:
     closed: int
     bytes_relayed: int
     in_flight_bytes: int  # payload sent and not yet credited back, across all directions
+    window_bytes: int = 0  # the windows of open circuits, both directions: what they may hold
 
 
 # -- state ------------------------------------------------------------------------------
@@ -148,16 +153,29 @@ class CircuitTableStatistics:
 class _Direction:
     """One direction of a circuit: ``sender`` -> ``receiver``."""
 
-    __slots__ = ("sender", "receiver", "balance", "blocked_since", "rate_tokens", "rate_last")
+    __slots__ = (
+        "sender",
+        "receiver",
+        "balance",
+        "withheld",
+        "blocked_since",
+        "rate_tokens",
+        "rate_last",
+    )
 
     def __init__(self, sender: str, receiver: str, window: int) -> None:
         self.sender = sender
         self.receiver = receiver
         self.balance = window  # bytes the sender may still send
+        self.withheld = 0  # credit returned by the receiver, not yet passed on (budget)
         self.blocked_since: float | None = None
         # Bandwidth token bucket (used when limits.bandwidth > 0); may go negative.
         self.rate_tokens = 0.0
         self.rate_last: float | None = None
+
+    def in_flight(self, limits: CircuitLimits) -> int:
+        """Payload sent and not yet credited back (nor withheld by the relay)."""
+        return limits.window - self.balance - self.withheld
 
     def refill(self, bandwidth: int, burst: float, now: float) -> None:
         if self.rate_last is None:
@@ -212,6 +230,7 @@ class CircuitTable:
     unlimited; ``stall_timeout`` of 0 disables stall detection. ``max_circuits_per_pair``
     caps the circuits one requester holds to one target and ``idle_timeout`` closes
     circuits that carry no data for that long (0: no cap / no idle close).
+    ``window_budget``/``min_window``: adaptive windows (:class:`WindowBudget`; 0: none).
     """
 
     def __init__(
@@ -223,6 +242,8 @@ class CircuitTable:
         stall_timeout: float,
         max_circuits_per_pair: int = 0,
         idle_timeout: float = 0.0,
+        window_budget: int = 0,
+        min_window: int = 0,
     ) -> None:
         if limits.window <= 0 or limits.max_data_frame <= 0:
             raise ValueError("window and max_data_frame must be positive")
@@ -234,6 +255,7 @@ class CircuitTable:
         self.stall_timeout = stall_timeout
         self.max_circuits_per_pair = max_circuits_per_pair
         self.idle_timeout = idle_timeout
+        self.windows = WindowBudget(window_budget, min_window)
         self._circuits: dict[bytes, _Circuit] = {}
         self._by_peer: dict[str, set[bytes]] = {}
         self._by_pair: dict[tuple[str, str], int] = {}  # (requester, target) -> circuits
@@ -264,10 +286,8 @@ class CircuitTable:
         return None if d is None else d.balance
 
     def statistics(self) -> CircuitTableStatistics:
-        in_flight = sum(
-            2 * c.limits.window - c.forward.balance - c.backward.balance
-            for c in self._circuits.values()
-        )
+        in_flight = sum(c.forward.in_flight(c.limits) + c.backward.in_flight(c.limits)
+                        for c in self._circuits.values())  # fmt: skip
         return CircuitTableStatistics(
             circuits=len(self._circuits),
             opened=self._opened,
@@ -275,7 +295,17 @@ class CircuitTable:
             closed=self._closed,
             bytes_relayed=self._bytes,
             in_flight_bytes=in_flight,
+            window_bytes=self.windows.committed,
         )
+
+    def next_window(self) -> int:
+        """The window a circuit opened now would get (announced in its limits)."""
+        return self.windows.next_window(self.limits)
+
+    def effective_window(self, relay_id: bytes) -> int | None:
+        """The credit a direction of the circuit may hold now (circuit_windows)."""
+        c = self._circuits.get(relay_id)
+        return None if c is None else self.windows.effective(c.limits, len(self._circuits))
 
     # -- events and time ------------------------------------------------------------
 
@@ -369,7 +399,13 @@ class CircuitTable:
             self._refused += 1
             self._events.append(CircuitRefused(requester, target, *refusal))
             return False
-        c = _Circuit(relay_id, requester, target, limits or self.limits, now)
+        if limits is None:  # not given by the other node of a cross-node circuit
+            limits = self.limits
+            window = self.next_window()
+            if window != limits.window:
+                limits = dataclasses.replace(limits, window=window)
+        c = _Circuit(relay_id, requester, target, limits, now)
+        self.windows.committed += 2 * limits.window
         self._circuits[relay_id] = c
         if c.deadline is not None:
             self._note_deadline(c.deadline)
@@ -398,6 +434,7 @@ class CircuitTable:
         window = c.limits.window
         if c.carried or c.forward.balance != window or c.backward.balance != window:
             raise ValueError("cannot narrow a circuit that carried data")
+        self.windows.committed += 2 * (limits.window - window)
         c.limits = limits
         c.forward.balance = c.backward.balance = limits.window
         c.deadline = now + limits.duration if limits.duration > 0 else None
@@ -471,10 +508,9 @@ class CircuitTable:
     def credit(self, relay_id: bytes, receiver: str, increment: int, now: float) -> Outcome:
         """``receiver`` (or the relay on its behalf) lets the other end send ``increment`` more.
 
-        The balance never exceeds ``window``: over-granting is clamped, so the relay never
-        has to hold more than a window per direction. Only the effective increment is
-        forwarded (nothing when it is 0).
-        """
+        The balance never exceeds ``window`` (over-granting is clamped) nor, with a budget,
+        the effective window (the rest is withheld, see circuit_windows). Only the
+        effective increment is forwarded (nothing when it is 0)."""
         if increment <= 0:
             raise ValueError("credit increment must be positive")
         c = self._circuits.get(relay_id)
@@ -482,7 +518,10 @@ class CircuitTable:
             return Outcome.UNKNOWN_CIRCUIT
         d = c.direction_from(c.other(receiver))
         assert d is not None
-        granted = min(increment, c.limits.window - d.balance)
+        effective = self.windows.effective(c.limits, len(self._circuits))
+        granted, d.withheld = self.windows.grant(
+            increment + d.withheld, d.balance, c.limits.window, effective
+        )
         if granted > 0:
             d.balance += granted
             # Progress: the receiver consumed data; restart (or stop) the stall timer.
@@ -533,6 +572,7 @@ class CircuitTable:
         gone: str | None = None,
     ) -> None:
         del self._circuits[c.relay_id]
+        self.windows.committed -= 2 * c.limits.window
         pair = (c.requester, c.target)
         left = self._by_pair[pair] - 1
         if left:

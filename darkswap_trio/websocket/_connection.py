@@ -81,6 +81,7 @@ class WebSocketConnection:
         "_sending",
         "_send_waiters",
         "_unsent",
+        "_unsent_more",
         "_drained",
         "_receive_size",
         "_receiving",
@@ -121,6 +122,7 @@ class WebSocketConnection:
         self._send_waiters: trio.lowlevel.ParkingLot | None = None
         # The tail of a frame try_send_nowait() could not write; goes out before anything.
         self._unsent: bytes | memoryview | None = None
+        self._unsent_more: bytes | bytearray | memoryview = b""  # a payload behind _unsent
         # The last read returned less than asked: the socket is probably empty, so the
         # next read waits for readiness first instead of failing with EAGAIN once.
         self._drained = False
@@ -195,8 +197,10 @@ class WebSocketConnection:
                 self._mark_broken(trio.BrokenResourceError("a send was cancelled mid-frame"))
         self._bytes_sent += len(data)
 
-    async def _send_locked(self, data: bytes, *, check: bool = True) -> None:
-        """Write ``data`` holding the send lock (whole frames never interleave).
+    async def _send_locked(
+        self, data: bytes, more: bytes | bytearray | memoryview = b"", *, check: bool = True
+    ) -> None:
+        """Write ``data`` (then ``more``) holding the send lock (whole frames never interleave).
 
         A tail left by :meth:`try_send_nowait` is written first.
         """
@@ -210,9 +214,14 @@ class WebSocketConnection:
                 self._check_sendable()
             if self._unsent is not None:
                 tail, self._unsent = self._unsent, None
+                rest, self._unsent_more = self._unsent_more, b""
                 await self._send_raw(tail)
+                if rest:
+                    await self._send_raw(rest)
             if data:
                 await self._send_raw(data)
+            if more:
+                await self._send_raw(more)
         finally:
             self._sending = False
             if self._send_waiters:
@@ -235,11 +244,44 @@ class WebSocketConnection:
         Never blocks and is not a checkpoint: a relay forwards a frame from the task
         that received it, without waking a writer task.
         """
-        sock = self._socket
-        if sock is None or self._sending or self._unsent is not None:
+        if self._socket is None or self._sending or self._unsent is not None:
             return False
         self._check_sendable()
-        header, payload = self._core.send_message_parts(message)
+        return self._write_nowait(*self._core.send_message_parts(message))
+
+    def try_send_binary_nowait(
+        self, prefix: bytes, payload: bytes | bytearray | memoryview
+    ) -> bool:
+        """:meth:`try_send_nowait` of the binary message ``prefix + payload``, written
+        with one vectored write and without joining the two (see :meth:`send_binary`).
+
+        Unlike :meth:`try_send_nowait`, a full socket buffer is no reason to refuse once
+        the frame is encoded: it is kept whole as the tail (:attr:`unsent_bytes`) and True
+        is returned, so a client never masks a payload twice."""
+        if self._socket is None or self._sending or self._unsent is not None:
+            return False
+        self._check_sendable()
+        header, rest = self._core.send_binary_parts(prefix, payload)
+        if not self._write_nowait(header, rest):
+            self._unsent, self._unsent_more = header, rest
+            self._messages_sent += 1
+        return True
+
+    async def send_binary(self, prefix: bytes, payload: bytes | bytearray | memoryview) -> None:
+        """Send the binary message ``prefix + payload`` (a protocol header in front of
+        application data) without a joined copy of the payload."""
+        self._check_sendable()
+        header, rest = self._core.send_binary_parts(prefix, payload)
+        if len(header) + len(rest) <= _JOIN_LIMIT:
+            await self._send_locked(header + rest)
+        else:
+            await self._send_locked(header, rest)
+        self._messages_sent += 1
+
+    def _write_nowait(self, header: bytes, payload: bytes | bytearray | memoryview) -> bool:
+        """Write one encoded frame now; False (nothing written) if the socket is full."""
+        sock = self._socket
+        assert sock is not None
         size = len(header) + len(payload)
         try:
             # fileno() is -1 once trio closed the socket: never write to a reused number.
@@ -265,7 +307,7 @@ class WebSocketConnection:
     @property
     def unsent_bytes(self) -> int:
         """Bytes of a frame accepted by :meth:`try_send_nowait` and not yet written."""
-        return 0 if self._unsent is None else len(self._unsent)
+        return 0 if self._unsent is None else len(self._unsent) + len(self._unsent_more)
 
     async def flush(self) -> None:
         """Write the tail left by :meth:`try_send_nowait`, if any."""

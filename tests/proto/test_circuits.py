@@ -323,3 +323,66 @@ def test_bandwidth_pacing():
     assert t.send_delay(rid(1), "a", 40, 0.6) == pytest.approx(0.0)
     assert t.send_delay(rid(1), "b", 40, 0.6) == 0.0  # per direction
     assert t.send_delay(rid(9), "a", 40, 0.6) == 0.0  # unknown circuit: data() decides
+
+
+def test_adaptive_windows_share_a_budget():
+    # An eighth of the free budget, in 4 KiB steps, between the floor and limits.window.
+    limits = CircuitLimits(window=1 << 20, max_data_frame=64 << 10)
+    t = CircuitTable(limits=limits, max_circuits=0, max_circuits_per_peer=0, stall_timeout=0,
+                     window_budget=16 << 20, min_window=64 << 10)  # fmt: skip
+    windows = []
+    for n in range(30):
+        assert t.request(f"a{n}", f"b{n}", rid(n), 0.0)
+        opened = drain(t)[0]
+        assert isinstance(opened, CircuitOpened)
+        windows.append(opened.limits.window)
+        assert t.balance(rid(n), f"a{n}") == t.balance(rid(n), f"b{n}") == windows[-1]
+    assert windows[:2] == [1 << 20, 1 << 20]  # free 16 MiB, then 14 MiB
+    assert windows == sorted(windows, reverse=True) and windows[-1] == 64 << 10
+    assert all(w % 4096 == 0 for w in windows)
+    assert t.statistics().window_bytes == 2 * sum(windows)
+    assert 2 * sum(w for w in windows if w > 64 << 10) <= 16 << 20  # only the floor overshoots
+    # Closing gives the budget back to the next circuit.
+    for n in range(30):
+        t.close(rid(n), f"a{n}")
+    assert t.statistics().window_bytes == 0 and t.next_window() == 1 << 20
+
+
+def test_without_a_budget_every_circuit_gets_the_window():
+    t = make_table()
+    assert t.next_window() == LIMITS.window
+    t.request("a", "b", rid(1), 0.0)
+    assert drain(t)[0].limits == LIMITS
+    assert t.statistics().window_bytes == 2 * LIMITS.window
+
+
+def test_effective_window_is_a_fair_share_and_withheld_credit_returns():
+    # Budget 1 MiB: one circuit may hold its whole 256 KiB window (each way), four only
+    # 128 KiB each; credit beyond that waits in the relay until the share grows back.
+    limits = CircuitLimits(window=256 << 10, max_data_frame=16 << 10)
+    t = CircuitTable(limits=limits, max_circuits=0, max_circuits_per_peer=0, stall_timeout=0,
+                     window_budget=1 << 20, min_window=16 << 10)  # fmt: skip
+    t.request("a", "b", rid(0), 0.0)
+    announced = drain(t)[0].limits.window
+    assert announced == 128 << 10 and t.effective_window(rid(0)) == announced
+    for n in range(1, 4):
+        t.request(f"x{n}", f"y{n}", rid(n), 0.0)
+    assert t.effective_window(rid(0)) == 128 << 10  # 1 MiB / 8 directions
+    drain(t)
+    frame = b"d" * (16 << 10)
+    for _ in range(8):
+        assert t.data(rid(0), "a", frame, 1.0) is Outcome.OK
+    assert t.balance(rid(0), "a") == 0
+    t.request("x4", "y4", rid(4), 1.0)  # five circuits: 1 MiB / 10 in 4 KiB steps
+    assert t.effective_window(rid(0)) == 100 << 10
+    share = t.effective_window(rid(0))
+    drain(t)
+    t.credit(rid(0), "b", 128 << 10, 2.0)  # b consumed everything
+    assert drain(t) == [DeliverCredit(rid(0), "a", share)]
+    assert t.balance(rid(0), "a") == share
+    for n in range(1, 5):
+        t.close(rid(n), f"x{n}")
+    drain(t)
+    t.credit(rid(0), "b", 1, 3.0)  # the next credit carries what was withheld
+    assert drain(t) == [DeliverCredit(rid(0), "a", (128 << 10) - share)]
+    assert t.balance(rid(0), "a") == 128 << 10  # never above the announced window

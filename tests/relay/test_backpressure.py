@@ -36,7 +36,9 @@ async def watch_buffer(server, stop: trio.Event, samples: list[int]) -> None:
 
 async def test_silent_extended_receiver_stalls_legacy_sender(nursery, autojump_clock):
     with trio.fail_after(1000):
-        server = await nursery.start(serve_relay, make_config(circuit_stall_timeout=STALL))
+        server = await nursery.start(
+            serve_relay, make_config(circuit_stall_timeout=STALL, circuit_window=WINDOW)
+        )
         async with connect(server) as sender, connect(server) as silent:
             await sender.register_legacy(str(new_peer().peer_id))
             await silent.register_extended(new_peer(), server.peer_id, open_mode=True)

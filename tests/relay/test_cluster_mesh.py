@@ -42,7 +42,7 @@ async def test_circuit_between_two_nodes(tmp_path):
             a = await registered(st, servers[0], locator, "node0")
             b = await registered(st, servers[1], locator, "node1")
             rid, resp = await open_cross(a, b)
-            assert resp.limits.window == 256 * 1024
+            assert resp.limits.window == 4 << 20  # the shipped circuit_window
             await a.send_data(rid, b"hello from a")
             assert await b.expect(CircuitData) == CircuitData(rid, b"hello from a")
             await b.send_data(rid, b"hello from b")
@@ -221,7 +221,10 @@ async def test_legacy_clients_across_nodes(tmp_path):
     from darkswap_trio.proto.signaling import RelayData
 
     with trio.fail_after(20):
-        async with running_cluster(tmp_path, 2) as (servers, locator), AsyncExitStack() as st:
+        async with (
+            running_cluster(tmp_path, 2, circuit_window=256 * 1024) as (servers, locator),
+            AsyncExitStack() as st,
+        ):
             a = await st.enter_async_context(connect(servers[0]))
             b = await st.enter_async_context(connect(servers[1]))
             await a.register_legacy("peer1")

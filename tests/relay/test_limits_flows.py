@@ -174,13 +174,13 @@ async def test_circuit_data_limit_and_credit_exceeded(nursery):
             assert await b.expect(CloseRelay) == CloseRelay(text, "data_limit")
         await still_serving(server)
         await server.shutdown(1)
-        server = await nursery.start(serve_relay, make_config())
+        window = 256 * 1024
+        server = await nursery.start(serve_relay, make_config(circuit_window=window))
         kx, ky = new_peer(), new_peer()
         async with connect(server) as x, connect(server) as y:
             await x.register_extended(kx, server.peer_id, open_mode=True)
             await y.register_extended(ky, server.peer_id, open_mode=True)
             text, rid = await open_circuit(x, y)
-            window = 256 * 1024
             frame = b"f" * (64 * 1024)
             for _ in range(window // len(frame)):
                 await x.send_data(rid, frame)

@@ -24,7 +24,7 @@ from darkswap_trio import (
     ServerDisconnected,
     open_relay_session,
 )
-from darkswap_trio._relay_client import _session as _relay_session
+from darkswap_trio._relay_client import _session_writer
 from darkswap_trio.testing import running_relay
 from darkswap_trio.webrtc import PeerConnectionConfig
 
@@ -133,7 +133,7 @@ async def test_a_session_that_fails_never_takes_the_manager_down_and_the_manager
 ):
     # The uplink dies in the middle of a bulk send: the session fails with errors in the
     # sender, the pinger (waiting to write its Ping) and the writer at once.
-    monkeypatch.setattr(_relay_session, "SEND_TIMEOUT", 1.0)
+    monkeypatch.setattr(_session_writer, "SEND_TIMEOUT", 1.0)
     config = RelayManagerConfig(
         ping_interval=0.1, reconnect_interval=0.05, max_reconnect_interval=0.2
     )

@@ -93,3 +93,31 @@ async def test_try_send_nowait_refuses_while_a_send_is_in_progress(nursery):
             # broken for every sender, the direct path included.
             with pytest.raises(trio.BrokenResourceError):
                 server.try_send_nowait(b"direct")
+
+
+async def test_binary_parts_on_a_full_socket_are_kept_whole_and_go_out_in_order(nursery):
+    # The client side masks: a frame it encoded is kept (not refused) when the socket is
+    # full, and goes out whole before anything else.
+    with trio.fail_after(10):
+        async with connection_pair(nursery) as (server, client):
+            sent = []
+            for i in range(256):
+                message = (b"H" * 17, bytes([i]) * (64 * 1024))
+                assert client.try_send_binary_nowait(*message)
+                sent.append(message[0] + message[1])
+                if client.unsent_bytes:
+                    break
+            assert client.unsent_bytes
+            assert not client.try_send_binary_nowait(b"H", b"x")  # a tail is pending
+            received = []
+
+            async def read_all() -> None:
+                for _ in range(len(sent) + 1):
+                    received.append(await server.receive())
+
+            async with trio.open_nursery() as readers:
+                readers.start_soon(read_all)
+                await client.flush()
+                await client.send_binary(b"H", b"after")
+            assert received == [*sent, b"Hafter"]
+            assert client.statistics().messages_sent == len(sent) + 1

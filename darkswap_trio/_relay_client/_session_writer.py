@@ -1,0 +1,109 @@
+"""SessionWriter: the one write path of a relay session, shared by every task that sends.
+
+Circuits, signals, pings and credit all write to one WebSocket. A frame is written at
+once from the sending task when it can be (nobody holds or waits for the write turn,
+the socket has room): no lock, no cancel scope, no task switch, and DATA frames go out
+as header + payload in one vectored write, never joined. Otherwise the sender waits for
+its turn (control frames before data, :class:`ControlFirstLock`) and writes shielded,
+bounded by :data:`SEND_TIMEOUT`.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from .._config import RelayAddress
+from ..websocket._endpoints import WebSocketConnection
+from ._control_first_lock import ControlFirstLock
+
+# How long one frame may take to write before the relay is considered gone.
+SEND_TIMEOUT = 30.0
+# Unsent bytes the kernel may hold for a session (TCP_NOTSENT_LOWAT, where available).
+# The lock orders frames only up to the socket: without this bound a Ping written after
+# bulk data waits behind megabytes of socket buffer (seconds on a slow uplink).
+UNSENT_BYTES = 128 * 1024
+# Frames a task may write at once (socket ready, write turn free) without a schedule point.
+QUICK_WRITES_PER_YIELD = 8
+
+
+class SessionWriter:
+    """Writes whole frames to one relay connection for many tasks; see the module docstring."""
+
+    def __init__(self, ws: WebSocketConnection, address: RelayAddress) -> None:
+        self._ws = ws
+        self._address = address
+        # Control frames (Ping/Pong, credit, CloseRelay, signaling) never wait behind bulk data.
+        self._turn = ControlFirstLock()
+        self._quick_writes = 0  # frames written at once since a writer last yielded
+
+    async def send(
+        self, frame: str | bytes, *, control: bool, payload: bytes | None = None
+    ) -> None:
+        """Write one frame (with ``payload``: the binary message ``frame + payload``,
+        never joined); a cancellation lands before or after it, never inside it.
+
+        Waiting for the write turn is cancellable. A frame cut short by a cancelled
+        sender would corrupt the stream and break every user, so the write itself is
+        shielded, bounded by SEND_TIMEOUT (the write alone, not the wait for the turn),
+        after which the session is closed.
+        """
+        ws = self._ws
+        if self._turn.is_free(control=control):
+            await trio.lowlevel.checkpoint_if_cancelled()  # yields only when cancelled
+            try:
+                if payload is None:
+                    sent = ws.try_send_nowait(frame)
+                else:
+                    sent = ws.try_send_binary_nowait(frame, payload)  # type: ignore[arg-type]
+            except trio.ClosedResourceError as exc:
+                raise self._closed_by_us() from exc
+            if sent:
+                if ws.unsent_bytes:  # the kernel took part of it: finish it now
+                    await self._write_shielded(ws.flush)
+                elif self._quick_writes >= QUICK_WRITES_PER_YIELD:
+                    # A schedule point every few frames, not after each: a sender that
+                    # then waits for an answer (or credit) yields anyway.
+                    self._quick_writes = 0
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                else:
+                    self._quick_writes += 1
+                return
+        async with self._turn.hold(control=control):
+            if payload is None:
+                await self._write_shielded(lambda: ws.send(frame))
+            else:
+                await self._write_shielded(lambda: ws.send_binary(frame, payload))  # type: ignore[arg-type]
+
+    async def _write_shielded(self, write: Callable[[], Awaitable[None]]) -> None:
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(SEND_TIMEOUT) as scope:
+                try:
+                    await write()
+                except trio.ClosedResourceError as exc:
+                    raise self._closed_by_us() from exc
+            if scope.cancelled_caught:
+                await self._ws.aclose(1001, "send timed out")
+                raise trio.BrokenResourceError(
+                    f"relay {self._address} stopped reading for {SEND_TIMEOUT}s"
+                )
+
+    def _closed_by_us(self) -> trio.BrokenResourceError:
+        # The session closed its connection, not the caller: for a circuit or signal
+        # sender that is a broken resource.
+        return trio.BrokenResourceError(f"relay session {self._address} closed")
+
+
+def bound_unsent_bytes(ws: WebSocketConnection) -> None:
+    """Set TCP_NOTSENT_LOWAT to :data:`UNSENT_BYTES` on the connection's socket, if possible."""
+    stream = getattr(ws, "_stream", None)
+    sock = getattr(getattr(stream, "transport_stream", stream), "socket", None)  # TLS or plain
+    option = getattr(socket, "TCP_NOTSENT_LOWAT", None)
+    if sock is None or option is None:
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, option, UNSENT_BYTES)
+    except OSError:  # not TCP, or a kernel without it: frames still go out in order
+        pass
