@@ -22,4 +22,6 @@ def blackhole_direct_path(link: PeerLink) -> None:
     direct = link.direct
     if direct is None:
         raise RuntimeError(f"{link!r} has no direct path to blackhole")
-    direct.peer_connection._driver.sock.sock.connect(_NOWHERE)
+    sock = direct.peer_connection._driver.sock
+    udp = getattr(sock, "datagram_socket", sock)  # under TurnStreamSocket, if any
+    udp.sock.connect(_NOWHERE)

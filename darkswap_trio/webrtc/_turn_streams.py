@@ -40,6 +40,11 @@ class TurnStreamSocket:
         self.dropped = 0
         self.send_errors = 0  # the UDP socket's, as the driver counts them
 
+    @property
+    def datagram_socket(self) -> DatagramSocket:
+        """The UDP socket under the TURN streams (host, srflx and TURN-over-UDP traffic)."""
+        return self._sock
+
     def getsockname(self) -> Address:
         return self._sock.getsockname()
 
