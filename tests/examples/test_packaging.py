@@ -43,5 +43,7 @@ def test_metadata_license_and_extras():
     assert not any(name in dependencies for name in ("h11", "prometheus", "PyJWT"))
     relay = " ".join(project["optional-dependencies"]["relay"])
     assert all(name in relay for name in ("h11", "prometheus-client", "PyJWT"))
-    assert "darkswap-trio[relay]" in project["optional-dependencies"]["test"]
+    # The test extra pulls the relay (and its cluster extra: the cluster tests run too).
+    assert "darkswap-trio[relay,cluster]" in project["optional-dependencies"]["test"]
+    assert "hiredis" in " ".join(project["optional-dependencies"]["cluster"])
     assert project["scripts"]["darkswap-peer"] == "darkswap_trio._peer_cli:main"
