@@ -306,12 +306,16 @@ class RelayRouter:
     def registered_count(self) -> int:
         return len(self._registered)
 
-    def register_topic(self, peer_id: str, topic: str, now: float) -> list[str]:
+    def register_topic(
+        self, peer_id: str, topic: str, now: float, *, bounded: bool = True
+    ) -> list[str]:
         """Record ``peer_id``'s interest in ``topic``; a sample of other live subscribers
-        (raises TopicLimit when a rendezvous bound is hit, counted on ``limit_hits``)."""
+        here (raises TopicLimit when a rendezvous bound is hit, counted on ``limit_hits``).
+        In a cluster the shared store checks the bounds and this keeps a local copy
+        (``bounded=False``): the gauges, and the answer while Redis is unreachable."""
         try:
             return self._rendezvous.register(
-                peer_id, topic, now, live=lambda p: p in self._registered
+                peer_id, topic, now, live=lambda p: p in self._registered, bounded=bounded
             )
         except TopicLimit as exc:
             self.metrics.limit_hit(exc.limit)
