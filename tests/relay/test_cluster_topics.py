@@ -217,3 +217,55 @@ def test_register_replies():
         except ClusterParseError:
             continue
         raise AssertionError(bad)
+
+
+async def test_p2p_networks_on_three_nodes_meet_through_the_rendezvous() -> None:
+    """SDK peers (direct disabled, no bootstrap peers) on three nodes subscribe to one
+    topic: the cluster's rendezvous names them to each other, they link across the mesh,
+    and each receives the others' messages exactly once."""
+    from contextlib import AsyncExitStack
+
+    from darkswap_trio import Config, P2PConfig, P2PNetwork, RelayManagerConfig
+
+    fast = RelayManagerConfig(
+        connection_timeout=5, ping_interval=1, reconnect_interval=0.05,
+        max_reconnect_attempts=3, max_reconnect_interval=0.2,
+    )  # fmt: skip
+    topic = "orders/BTC-USDT"
+    with trio.fail_after(60):
+        async with running_redis() as redis, cluster(redis, 3) as servers:
+            async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
+                nets = []
+                for server in servers:
+                    config = Config(
+                        p2p=P2PConfig(relay_servers=[server.multiaddr], enable_direct=False),
+                        relay_manager=fast,
+                    )
+                    net = await stack.enter_async_context(P2PNetwork(config))
+                    await net.wait_relay_connected()
+                    nets.append(net)
+                got: list[list[Any]] = [[] for _ in nets]
+
+                async def collect(subscription: Any, into: list[Any]) -> None:
+                    async for message in subscription:
+                        into.append(message)
+
+                for net, into in zip(nets, got, strict=True):
+                    subscription = await stack.enter_async_context(net.subscribe(topic))
+                    nursery.start_soon(collect, subscription, into)
+                for net in nets:  # discovery only through the rendezvous
+                    while len(net.topic_peers(topic)) < 2:
+                        await trio.sleep(0.05)
+                ids = [net.local_peer_id for net in nets]
+                for i, net in enumerate(nets):
+                    await net.publish(topic, f"from {i}".encode())
+                while sum(map(len, got)) < 6:
+                    await trio.sleep(0.05)
+                await trio.sleep(0.3)  # a repeat would arrive by now
+                for i, into in enumerate(got):
+                    assert sorted((m.from_, m.data) for m in into) == sorted(
+                        (ids[j], f"from {j}".encode()) for j in range(3) if j != i
+                    )
+                crossing = sum(s.mesh.statistics().cross_node_circuits for s in servers)
+                assert crossing >= 3
+                stack.callback(nursery.cancel_scope.cancel)  # the collectors, first
