@@ -26,7 +26,7 @@ class PeerDirectory(Protocol):
 
 
 class SharedRendezvous(Protocol):
-    """The topic rendezvous of the cluster (docs/PROTOCOL.md 14.6, 16.3)."""
+    """The topic rendezvous of the cluster (docs/PROTOCOL.md 14.6, 16.5)."""
 
     async def register(self, peer_id: str, topic: str) -> list[str] | None:
         """A sample of the other live members, or None when the store cannot answer

@@ -235,7 +235,7 @@ def _topic_register(
 async def _topic_register_shared(
     router: RelayRouter, shared: SharedRendezvous, session: RoutedSession, msg: TopicRegister
 ) -> None:
-    """The same in a cluster (PROTOCOL.md 14.6, 16.3): the registration lives in Redis,
+    """The same in a cluster (PROTOCOL.md 14.6, 16.5): the registration lives in Redis,
     so the sample names peers of every node. A local copy answers while Redis cannot:
     then the sample names only this node's peers, and the bounds are this node's."""
     me = session.peer_id

@@ -66,7 +66,7 @@ class ClusterNode:
             local_peers=router.registered_peer_ids,
             on_lost=self._lost,
         )
-        # The topic rendezvous of the whole cluster (docs/PROTOCOL.md 16.3).
+        # The topic rendezvous of the whole cluster (docs/PROTOCOL.md 16.5).
         self.topics = ClusterRendezvous(
             link,
             prefix=prefix,

@@ -1,4 +1,4 @@
-"""The topic rendezvous in Redis (docs/PROTOCOL.md 16.3): keys, Lua scripts, replies.
+"""The topic rendezvous in Redis (docs/PROTOCOL.md 16.5): keys, Lua scripts, replies.
 
 Pure and synchronous, like :mod:`relay.cluster._wire`. Per topic a sorted set
 ``topic:<topic>`` (member: peer id, score: expiry in Redis server milliseconds), per peer

@@ -1,4 +1,4 @@
-"""The cluster's topic rendezvous: registrations in Redis, shared by every node (16.3).
+"""The cluster's topic rendezvous in Redis, shared by every node (PROTOCOL.md 16.5).
 
 :class:`ClusterRendezvous` is what the routing of a TopicRegister awaits in cluster
 mode (``router.cluster.topics``); the session awaits it before reading its next frame,

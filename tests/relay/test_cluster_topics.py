@@ -1,4 +1,4 @@
-"""The topic rendezvous of a relay cluster lives in Redis (docs/PROTOCOL.md 14.6, 16.3):
+"""The topic rendezvous of a relay cluster lives in Redis (docs/PROTOCOL.md 14.6, 16.5):
 peers registered on different nodes find each other, the bounds hold cluster-wide,
 registrations expire and go with their session, a killed node's peers are not named,
 and with Redis down a node answers from its own peers. Real redis-server, relays in
