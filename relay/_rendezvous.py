@@ -119,5 +119,9 @@ class TopicRendezvous:
         for topic in list(self._topics):
             self._expire(topic, now)
 
+    def entries(self) -> list[tuple[str, str]]:
+        """Every (peer, topic) registration held, expired ones until swept."""
+        return [(peer, topic) for peer, topics in self._peers.items() for topic in topics]
+
     def topics_of(self, peer: str) -> set[str]:
         return set(self._peers.get(peer, ()))

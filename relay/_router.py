@@ -331,6 +331,10 @@ class RelayRouter:
         self.metrics.topics.set(len(self._rendezvous))
         self.metrics.topic_registrations.set(self._rendezvous.registrations)
 
+    def topic_registrations(self) -> list[tuple[str, str]]:
+        """(peer id, topic) of every registration of this node's peers."""
+        return self._rendezvous.entries()
+
     def topics_of(self, peer_id: str) -> list[str]:
         """The topics ``peer_id`` is registered for (for operators and tests)."""
         return list(self._rendezvous.topics_of(peer_id))

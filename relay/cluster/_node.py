@@ -5,7 +5,8 @@ run_cluster_node(router, advertise)     the cluster nursery (a task of the serve
  ├─ NodeInbox.run                       this node's inbox channel -> local sessions
  ├─ NodePresence.run_liveness           liveness heartbeat, presence refresh, rejoin
  ├─ NodePresence.run_releases           presences of peers that left, deleted in batches
- └─ ClusterRendezvous.run_drops         topic registrations of peers that left, likewise
+ ├─ ClusterRendezvous.run_drops         topic registrations of peers that left, likewise
+ └─ ClusterRendezvous.run_restore       this node's registrations, again when Redis returns
 ```
 
 The router and sessions use the :class:`ClusterNode` set on ``router.cluster`` (None in
@@ -74,6 +75,7 @@ class ClusterNode:
             limits=lambda: router.config.limits,
             local_peers=router.registered_peer_ids,
         )
+        self.presence.on_rejoin = self.topics.rejoined  # Redis may have lost them
         self.inbox = NodeInbox(
             link,
             prefix=prefix,
@@ -220,6 +222,7 @@ async def run_cluster_node(
                 await nursery.start(node.inbox.run)
                 nursery.start_soon(node.presence.run_releases)
                 nursery.start_soon(node.topics.run_drops)
+                nursery.start_soon(node.topics.run_restore, router.topic_registrations)
                 joined = trio.Event()
 
                 def state_changed(up: bool, why: str) -> None:

@@ -61,6 +61,7 @@ class ClusterRendezvous:
         self._registrants: set[str] = set()  # local peers that may have registrations
         self._pending: set[str] = set()  # sessions ended, registrations not yet dropped
         self._wakeup = trio.Event()
+        self._restore = trio.Event()
 
     async def register(self, peer_id: str, topic: str) -> list[str] | None:
         """Register (or renew) ``peer_id`` for ``topic`` cluster-wide; a random sample of
@@ -114,6 +115,28 @@ class ClusterRendezvous:
             ],
             [peer_id, topic],
         )
+
+    def rejoined(self) -> None:
+        """Redis answers again (it may have lost everything): see :meth:`run_restore`."""
+        self._restore.set()
+
+    async def run_restore(self, local: Callable[[], list[tuple[str, str]]]) -> None:
+        """Register this node's peers' registrations (``local``: (peer, topic) pairs) in
+        Redis again whenever it comes back, so peers of other nodes find them before the
+        SDK renews them (a task of the cluster nursery)."""
+        while True:
+            await self._restore.wait()
+            self._restore = trio.Event()
+            registered = self._local_peers()
+            try:
+                for peer_id, topic in local():
+                    if peer_id in registered:
+                        try:
+                            await self._register(peer_id, topic)
+                        except TopicLimit:
+                            pass  # the cluster filled up meanwhile: it stays local
+            except ClusterUnavailable as exc:
+                logger.debug("topic registrations not restored yet: %s", exc)
 
     def dropped(self, peer_id: str) -> None:
         """``peer_id``'s session here ended (never blocks; see :meth:`run_drops`)."""
