@@ -250,11 +250,11 @@ async def _topic_register_shared(
         router.metrics.limit_hit(exc.limit)
         session.send_error(exc.code, str(exc), msg.topic[:128])
         return
+    if router.lookup(me) is not session:
+        return  # the session ended meanwhile: its drop follows the registration in Redis
     if peers is None:  # Redis did not answer in time
         _topic_register(router, session, msg, trio.current_time())
         return
-    if router.lookup(me) is not session:
-        return  # the session ended meanwhile: its drop follows the registration in Redis
     router.register_topic(me, msg.topic, trio.current_time(), bounded=False)
     session.send_control(TopicPeers(msg.topic, tuple(peers)))
 
