@@ -127,7 +127,7 @@ async def test_registrations_expire_and_a_topic_frees_its_place() -> None:
                 await trio.sleep(0.3)
                 assert await sample(b) == {a.peer_id}  # b renews; a does not
                 await sample_until(b, set())
-                assert trio.current_time() - start >= 0.5  # not before a's TTL
+                assert trio.current_time() - start >= 0.49  # not before a's TTL (ms clock)
                 await trio.sleep(0.6)  # b's registration expires too: "t" is gone
                 assert await sample(b, "other") == set()
 
