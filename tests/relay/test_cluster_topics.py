@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 from hypothesis import given
 from hypothesis import strategies as st
@@ -153,6 +154,7 @@ async def test_with_redis_down_a_node_answers_from_its_own_peers() -> None:
                 await sample_until(c, {a.peer_id, b.peer_id})
 
 
+@pytest.mark.slow  # a relay process
 async def test_a_killed_nodes_peers_are_not_named(tmp_path: Path) -> None:
     toml = tmp_path / "node.toml"
     toml.write_text('[cluster]\nkey_prefix = "t:"\nliveness_ttl = 1.0\nredis_timeout = 0.5\n')
