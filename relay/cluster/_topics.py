@@ -69,7 +69,7 @@ class ClusterRendezvous:
         try:
             return await self._register(peer_id, topic)
         except ClusterUnavailable as exc:
-            logger.info("topic %r answered from this node only: %s", topic[:64], exc)
+            logger.debug("topic %r answered from this node only: %s", topic[:64], exc)
             return None
 
     async def _register(self, peer_id: str, topic: str) -> list[str]:
