@@ -269,3 +269,31 @@ async def test_p2p_networks_on_three_nodes_meet_through_the_rendezvous() -> None
                 crossing = sum(s.mesh.statistics().cross_node_circuits for s in servers)
                 assert crossing >= 3
                 stack.callback(nursery.cancel_scope.cancel)  # the collectors, first
+
+
+@pytest.mark.slow  # relay processes
+async def test_peers_on_two_workers_of_one_port_share_topics(tmp_path: Path) -> None:
+    """``--workers 2``: the workers are nodes of one cluster, so one rendezvous."""
+    from test_cluster_workers import _register, workers_relay
+
+    from darkswap_trio import Keypair
+
+    with trio.fail_after(90):
+        async with (
+            running_redis() as redis,
+            workers_relay(redis, tmp_path) as relay,
+            trio.open_nursery() as nursery,
+        ):
+            ids: list[str] = []
+            sessions: list[Any] = []
+            nodes: list[str] = []
+            while len(set(nodes)) < 2 and len(ids) < 40:  # the kernel spreads them by hash
+                keypair = Keypair.generate()
+                sessions.append(await _register(relay, keypair, nursery))
+                ids.append(str(keypair.peer_id))
+                nodes.append(await relay.node_of(ids[-1]))
+            a, b = nodes.index("relay-w0"), nodes.index("relay-w1")
+            assert await sessions[a].register_topic("orders/X") == []
+            assert await sessions[b].register_topic("orders/X") == [ids[a]]
+            assert await sessions[a].register_topic("orders/X") == [ids[b]]
+            nursery.cancel_scope.cancel()
