@@ -25,9 +25,23 @@ class PeerDirectory(Protocol):
     async def node(self, node_id: str) -> NodeAddress | None: ...
 
 
+class SharedRendezvous(Protocol):
+    """The topic rendezvous of the cluster (docs/PROTOCOL.md 14.6, 16.5)."""
+
+    async def register(self, peer_id: str, topic: str) -> list[str] | None:
+        """A sample of the other live members, or None when the store cannot answer
+        (within its timeout). Raises TopicLimit (a bound, cluster-wide)."""
+
+    async def unregister(self, peer_id: str, topic: str) -> None:
+        """Leave ``topic`` (if the store cannot answer, the entry expires there)."""
+
+
 class ClusterPort(Protocol):
     @property
     def directory(self) -> PeerDirectory: ...
+
+    @property
+    def topics(self) -> SharedRendezvous: ...
 
     async def claim(self, peer_id: str) -> str | None:
         """Claim ``peer_id`` cluster-wide before it registers here: None, or the error

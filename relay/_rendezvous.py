@@ -51,15 +51,22 @@ class TopicRendezvous:
         return len(self._topics)
 
     def register(
-        self, peer: str, topic: str, now: float, live: Callable[[str], bool] = lambda p: True
+        self,
+        peer: str,
+        topic: str,
+        now: float,
+        live: Callable[[str], bool] = lambda p: True,
+        *,
+        bounded: bool = True,
     ) -> list[str]:
-        """Register (or renew) ``peer`` for ``topic``; a sample of the other live members."""
+        """Register (or renew) ``peer`` for ``topic``; a sample of the other live members.
+        ``bounded=False``: the bounds were checked elsewhere (the cluster's store)."""
         # Stale entries of this topic go first: a topic's own traffic sweeps it, so
         # peers that left without saying so neither fill it nor appear in samples.
         self._expire(topic, now)
         members = self._topics.get(topic)
         mine = self._peers.get(peer, set())
-        if topic not in mine:
+        if bounded and topic not in mine:
             if len(mine) >= self.max_topics_per_peer:
                 self.refused += 1
                 raise TopicLimit(
@@ -111,6 +118,10 @@ class TopicRendezvous:
         """Drop every expired registration (called when the topic table is full)."""
         for topic in list(self._topics):
             self._expire(topic, now)
+
+    def entries(self) -> list[tuple[str, str]]:
+        """Every (peer, topic) registration held, expired ones until swept."""
+        return [(peer, topic) for peer, topics in self._peers.items() for topic in topics]
 
     def topics_of(self, peer: str) -> set[str]:
         return set(self._peers.get(peer, ()))

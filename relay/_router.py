@@ -306,12 +306,16 @@ class RelayRouter:
     def registered_count(self) -> int:
         return len(self._registered)
 
-    def register_topic(self, peer_id: str, topic: str, now: float) -> list[str]:
+    def register_topic(
+        self, peer_id: str, topic: str, now: float, *, bounded: bool = True
+    ) -> list[str]:
         """Record ``peer_id``'s interest in ``topic``; a sample of other live subscribers
-        (raises TopicLimit when a rendezvous bound is hit, counted on ``limit_hits``)."""
+        here (raises TopicLimit when a rendezvous bound is hit, counted on ``limit_hits``).
+        In a cluster the shared store checks the bounds and this keeps a local copy
+        (``bounded=False``): the gauges, and the answer while Redis is unreachable."""
         try:
             return self._rendezvous.register(
-                peer_id, topic, now, live=lambda p: p in self._registered
+                peer_id, topic, now, live=lambda p: p in self._registered, bounded=bounded
             )
         except TopicLimit as exc:
             self.metrics.limit_hit(exc.limit)
@@ -326,6 +330,10 @@ class RelayRouter:
     def _count_topics(self) -> None:
         self.metrics.topics.set(len(self._rendezvous))
         self.metrics.topic_registrations.set(self._rendezvous.registrations)
+
+    def topic_registrations(self) -> list[tuple[str, str]]:
+        """(peer id, topic) of every registration of this node's peers."""
+        return self._rendezvous.entries()
 
     def topics_of(self, peer_id: str) -> list[str]:
         """The topics ``peer_id`` is registered for (for operators and tests)."""

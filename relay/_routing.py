@@ -13,7 +13,7 @@ its read deadline.
 from __future__ import annotations
 
 from collections.abc import Coroutine
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
@@ -44,6 +44,9 @@ from . import _legacy
 from ._rendezvous import TopicLimit
 from ._router import RelayRouter, parse_relay_id, relay_id_text
 from ._session_handle import SessionHandle
+
+if TYPE_CHECKING:
+    from ._cluster_port import SharedRendezvous
 
 Blocking = Coroutine[Any, Any, None] | None
 _FORWARDED = (Offer, Answer, IceCandidate)
@@ -108,6 +111,8 @@ def route_message(
     elif isinstance(msg, RefreshToken):
         session.refresh_token(msg.token)
     elif isinstance(msg, TopicRegister):
+        if router.cluster is not None:  # the rendezvous is the cluster's (Redis)
+            return _topic_register_shared(router, router.cluster.topics, session, msg)
         _topic_register(router, session, msg, now)
     elif isinstance(msg, TurnCredentialsRequest):
         _turn_credentials(router, session, me)
@@ -224,6 +229,33 @@ def _topic_register(
     except TopicLimit as exc:
         session.send_error(exc.code, str(exc), msg.topic[:128])
         return
+    session.send_control(TopicPeers(msg.topic, tuple(peers)))
+
+
+async def _topic_register_shared(
+    router: RelayRouter, shared: SharedRendezvous, session: RoutedSession, msg: TopicRegister
+) -> None:
+    """The same in a cluster (PROTOCOL.md 14.6, 16.5): the registration lives in Redis,
+    so the sample names peers of every node. A local copy answers while Redis cannot:
+    then the sample names only this node's peers, and the bounds are this node's."""
+    me = session.peer_id
+    assert me is not None
+    if msg.leave:
+        router.unregister_topic(me, msg.topic)
+        await shared.unregister(me, msg.topic)
+        return
+    try:
+        peers = await shared.register(me, msg.topic)
+    except TopicLimit as exc:
+        router.metrics.limit_hit(exc.limit)
+        session.send_error(exc.code, str(exc), msg.topic[:128])
+        return
+    if router.lookup(me) is not session:
+        return  # the session ended meanwhile: its drop follows the registration in Redis
+    if peers is None:  # Redis did not answer in time
+        _topic_register(router, session, msg, trio.current_time())
+        return
+    router.register_topic(me, msg.topic, trio.current_time(), bounded=False)
     session.send_control(TopicPeers(msg.topic, tuple(peers)))
 
 

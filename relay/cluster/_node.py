@@ -4,7 +4,9 @@
 run_cluster_node(router, advertise)     the cluster nursery (a task of the server's root)
  ├─ NodeInbox.run                       this node's inbox channel -> local sessions
  ├─ NodePresence.run_liveness           liveness heartbeat, presence refresh, rejoin
- └─ NodePresence.run_releases           presences of peers that left, deleted in batches
+ ├─ NodePresence.run_releases           presences of peers that left, deleted in batches
+ ├─ ClusterRendezvous.run_drops         topic registrations of peers that left, likewise
+ └─ ClusterRendezvous.run_restore       this node's registrations, again when Redis returns
 ```
 
 The router and sessions use the :class:`ClusterNode` set on ``router.cluster`` (None in
@@ -29,6 +31,7 @@ from ._inbox import NodeInbox
 from ._metrics import ClusterMetrics
 from ._presence import NodePresence
 from ._redis import ClusterUnavailable, RedisLink, open_redis_link
+from ._topics import ClusterRendezvous
 from ._types import ClusterSession, NodeAddress
 
 if TYPE_CHECKING:
@@ -64,6 +67,15 @@ class ClusterNode:
             local_peers=router.registered_peer_ids,
             on_lost=self._lost,
         )
+        # The topic rendezvous of the whole cluster (docs/PROTOCOL.md 16.5).
+        self.topics = ClusterRendezvous(
+            link,
+            prefix=prefix,
+            presence_value=self.presence.value,
+            limits=lambda: router.config.limits,
+            local_peers=router.registered_peer_ids,
+        )
+        self.presence.on_rejoin = self.topics.rejoined  # Redis may have lost them
         self.inbox = NodeInbox(
             link,
             prefix=prefix,
@@ -107,6 +119,7 @@ class ClusterNode:
     def peer_released(self, peer_id: str) -> None:
         """``peer_id`` left this node (never blocks)."""
         self.presence.released(peer_id)
+        self.topics.dropped(peer_id)
 
     def forward(
         self, session: ClusterSession, msg: Offer | Answer | IceCandidate
@@ -208,6 +221,8 @@ async def run_cluster_node(
             async with trio.open_nursery() as nursery:
                 await nursery.start(node.inbox.run)
                 nursery.start_soon(node.presence.run_releases)
+                nursery.start_soon(node.topics.run_drops)
+                nursery.start_soon(node.topics.run_restore, router.topic_registrations)
                 joined = trio.Event()
 
                 def state_changed(up: bool, why: str) -> None:

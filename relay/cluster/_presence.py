@@ -67,6 +67,9 @@ class NodePresence:
         self._wakeup = trio.Event()
         self._refresh_now = trio.Event()
         self.joined = False  # our liveness key is in Redis (last heartbeat succeeded)
+        # Called once the presences are claimed again after the node (re)created its
+        # liveness key or reached Redis again.
+        self.on_rejoin: Callable[[], None] | None = None
         self._beats = 0  # heartbeats that succeeded
 
     # -- claims and releases ------------------------------------------------------------
@@ -177,9 +180,12 @@ class NodePresence:
                 await self.heartbeat()
                 now = trio.current_time()
                 if self._refresh_now.is_set() or now >= next_refresh:
+                    rejoined = self._refresh_now.is_set()
                     self._refresh_now = trio.Event()
                     await self.refresh()
                     next_refresh = now + refresh_every
+                    if rejoined and self.on_rejoin is not None:
+                        self.on_rejoin()  # after the refresh: our presences are back
                 if up is not True:
                     up = True
                     on_state(True, "")

@@ -56,6 +56,17 @@ def test_bounds():
     assert table.refused == 3
 
 
+def test_unbounded_copy_of_a_cluster_registration():
+    """In a cluster Redis checks the bounds; the node's copy takes what Redis accepted."""
+    table = TopicRendezvous(max_topics_per_peer=1, max_peers_per_topic=1, max_topics=1)
+    table.register(PEERS[0], "a", 0.0)
+    table.register(PEERS[0], "b", 0.0, bounded=False)
+    assert table.register(PEERS[1], "a", 0.0, bounded=False) == [PEERS[0]]
+    assert sorted(table.entries()) == [(PEERS[0], "a"), (PEERS[0], "b"), (PEERS[1], "a")]
+    with pytest.raises(TopicLimit):
+        table.register(PEERS[2], "a", 0.0)
+
+
 def test_wire_round_trip():
     for msg in (
         TopicRegister("orders/BTC-USDT"),
