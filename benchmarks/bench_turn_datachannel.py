@@ -153,9 +153,15 @@ def main() -> None:
         for transport in ("udp", "tcp"):
             ours, theirs = medians[(names[0], transport)], medians[(names[1], transport)]
             print(f"ours / coturn over {transport}: throughput "
-                  f"{ours['mb_per_s'] / theirs['mb_per_s']:.2f}x, RTT "
-                  f"{ours['rtt_ms'] / theirs['rtt_ms']:.2f}x, CPU per datagram "
-                  f"{ours['cpu_us_per_datagram'] / theirs['cpu_us_per_datagram']:.1f}x")  # fmt: skip
+                  f"{ratio(ours['mb_per_s'], theirs['mb_per_s'], '.2f')}, RTT "
+                  f"{ratio(ours['rtt_ms'], theirs['rtt_ms'], '.2f')}, CPU per datagram "
+                  f"{ratio(ours['cpu_us_per_datagram'], theirs['cpu_us_per_datagram'], '.1f')}")  # fmt: skip
+
+
+def ratio(ours: float, theirs: float, spec: str) -> str:
+    """``ours / theirs`` as "1.23x"; CPU is read in 10 ms ticks, so a short run can
+    measure 0 for the baseline: then there is no ratio to print."""
+    return f"{ours / theirs:{spec}}x" if theirs > 0 else "n/a (baseline measured 0)"
 
 
 if __name__ == "__main__":
