@@ -168,7 +168,8 @@ class _Reader:
         return self.take(1)[0]
 
     def unpack(self, fmt: struct.Struct) -> int:
-        return fmt.unpack(self.take(fmt.size))[0]
+        value: int = fmt.unpack(self.take(fmt.size))[0]
+        return value
 
     def topic(self) -> str:
         raw = self.take(self.u8())
