@@ -329,23 +329,14 @@ PACKAGE_DIRS = {"relay": ROOT.parent / "relay", "darkswap_trio": ROOT}
 
 
 # "runtime": a cycle that can break an import. "annotations": modules that also name each
-# other's types (under TYPE_CHECKING) still depend both ways; relay/ avoids that too.
+# other's types (under TYPE_CHECKING) still depend both ways; neither package has one.
 @pytest.mark.parametrize(
     ("package", "type_checking"),
     [
         pytest.param("relay", False, id="relay-runtime"),
         pytest.param("relay", True, id="relay-annotations"),
         pytest.param("darkswap_trio", False, id="darkswap_trio-runtime"),
-        pytest.param(
-            "darkswap_trio",
-            True,
-            id="darkswap_trio-annotations",
-            marks=pytest.mark.xfail(
-                reason="darkswap_trio still has cycles through TYPE_CHECKING-only imports "
-                "(issue #11): drop this mark once they are gone",
-                strict=True,
-            ),
-        ),
+        pytest.param("darkswap_trio", True, id="darkswap_trio-annotations"),
     ],
 )
 def test_no_import_cycles(package, type_checking):
