@@ -69,6 +69,7 @@ from ._relay_client._session import open_relay_session as open_relay_session
 from ._relay_client._turn_credentials import TurnCredentials as TurnCredentials
 from ._relay_client._turn_credentials import TurnUnavailable as TurnUnavailable
 from ._service import NotStarted as NotStarted
+from ._settings import apply_settings as apply_settings
 from .proto.errors import ParseError as ParseError
 from .proto.errors import PeerIdError as PeerIdError
 
@@ -130,6 +131,7 @@ __all__ = [
     "WebRtcSignalingClient",
     "WebRtcTransport",
     "WebRtcTransportStatistics",
+    "apply_settings",
     "load_or_create_keypair",
     "open_relay_session",
     "parse_peer_id",

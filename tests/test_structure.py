@@ -93,6 +93,7 @@ EXPORTS = {
         "WebRtcSignalingClient",
         "WebRtcTransport",
         "WebRtcTransportStatistics",
+        "apply_settings",
         "load_or_create_keypair",
         "open_relay_session",
         "parse_peer_id",
