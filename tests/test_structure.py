@@ -227,6 +227,21 @@ def test_no_code_sets_aioice_private_attributes():
     assert offenders == []
 
 
+# -- module size ------------------------------------------------------------------------
+
+MAX_MODULE_LINES = 600  # issue #11: a module is split by concept before it grows past this
+
+
+def test_no_module_over_600_lines():
+    offenders = [
+        f"{path.relative_to(ROOT.parent)}: {lines}"
+        for top in ("darkswap_trio", "relay", "tests", "benchmarks", "examples")
+        for path in sorted((ROOT.parent / top).rglob("*.py"))
+        if (lines := len(path.read_text().splitlines())) > MAX_MODULE_LINES
+    ]
+    assert offenders == []
+
+
 # -- import cycles ----------------------------------------------------------------------
 
 
