@@ -326,19 +326,21 @@ class P2PNetwork(TopicsMixin, TaskOwner):
         stale and is replaced.
         """
         link = self.pool.get(peer_id) or self._dialing.get(peer_id)
-        known = link is not None and not link.closed and link.remote_link_id in (None, sender_id)
-        if receiver_id is not None:
-            if not known or link.link_id != receiver_id:  # type: ignore[union-attr]
-                return None
-        if known:
-            link.remote_link_id = sender_id  # type: ignore[union-attr]
-            return link
+        known: PeerLink | None = None
+        if link is not None and not link.closed and link.remote_link_id in (None, sender_id):
+            known = link
+        if receiver_id is not None and (known is None or known.link_id != receiver_id):
+            return None
+        if known is not None:
+            known.remote_link_id = sender_id
+            return known
         if link is not None and not link.closed:
             # The far side opened a new link: ours is a stale incarnation.
             self.pool.discard(link)
             if self._dialing.get(peer_id) is link:
                 del self._dialing[peer_id]
-            self._nursery.start_soon(link.aclose)  # type: ignore[union-attr]
+            assert self._nursery is not None  # a live link runs in it
+            self._nursery.start_soon(link.aclose)
             link = None
         if link is None and self._running:
             link = self._new_link(peer_id)
