@@ -13,8 +13,8 @@ import hashlib
 import struct
 from dataclasses import dataclass
 
-from ..._identity import PeerId
 from ..errors import GossipParseError, PeerIdError
+from ..identity import PeerId
 
 __all__ = [
     "GRAFT",
