@@ -20,7 +20,8 @@ from collections import deque
 from ._chunks import DATA_BEGINNING, DATA_END, DATA_HEADER, DATA_UNORDERED, ForwardTsnChunk
 from ._events import BufferedAmountLow, SctpEvent
 from ._loss import RttEstimator, count_missing, detect_lost_by_time
-from ._outbound import OutboundMessage, SentChunk
+from ._outbound import OutboundMessage as OutboundMessage  # the association builds them
+from ._outbound import SentChunk
 from ._streams import MASK32, unwrap32
 
 _PADDING = (b"", b"\x00\x00\x00", b"\x00\x00", b"\x00")
