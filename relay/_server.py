@@ -394,7 +394,7 @@ async def serve_relay(
                 server.turn = await _bind_named(
                     "STUN/TURN (UDP and TCP)",
                     config.host,
-                    config.stun_port,
+                    udp,
                     partial(root.start, _turn_service(config, metrics)),
                 )
                 server.stun_port = server.turn.port
@@ -413,13 +413,13 @@ async def serve_relay(
                 server.stun_port = await _bind_named(
                     "STUN (UDP)",
                     config.host,
-                    config.stun_port,
+                    udp,
                     partial(
                         root.start,
                         partial(
                             serve_stun,
                             config.host,
-                            config.stun_port,
+                            udp,
                             metrics,
                             rate_limiter=KeyedRateLimiter(
                                 lim.stun_per_ip_rate, lim.stun_per_ip_burst, lim.limiter_table_size
