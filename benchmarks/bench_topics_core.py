@@ -28,8 +28,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from darkswap_trio._identity import Keypair  # noqa: E402
 from darkswap_trio.proto.gossip import GossipConfig, GossipCore  # noqa: E402
+from darkswap_trio.proto.identity import Keypair  # noqa: E402
 
 DELAY, JITTER, RATE = 0.020, 0.010, 100_000.0  # s, s, bytes/s per link direction
 

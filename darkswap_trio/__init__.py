@@ -27,15 +27,15 @@ from ._p2p._direct import DirectConnection as DirectConnection
 from ._p2p._direct import WebRtcSignalingClient as WebRtcSignalingClient
 from ._p2p._direct import WebRtcTransport as WebRtcTransport
 from ._p2p._direct import WebRtcTransportStatistics as WebRtcTransportStatistics
-from ._p2p._link_recovery import ConnectionDowngraded as ConnectionDowngraded
-from ._p2p._link_recovery import LinkInterrupted as LinkInterrupted
-from ._p2p._link_recovery import LinkRestored as LinkRestored
 from ._p2p._metrics import ConnectionMetrics as ConnectionMetrics
-from ._p2p._network import ConnectionUpgraded as ConnectionUpgraded
-from ._p2p._network import NetworkEvent as NetworkEvent
 from ._p2p._network import P2PNetwork as P2PNetwork
-from ._p2p._network import PeerConnected as PeerConnected
-from ._p2p._network import PeerDisconnected as PeerDisconnected
+from ._p2p._network_events import ConnectionDowngraded as ConnectionDowngraded
+from ._p2p._network_events import ConnectionUpgraded as ConnectionUpgraded
+from ._p2p._network_events import LinkInterrupted as LinkInterrupted
+from ._p2p._network_events import LinkRestored as LinkRestored
+from ._p2p._network_events import NetworkEvent as NetworkEvent
+from ._p2p._network_events import PeerConnected as PeerConnected
+from ._p2p._network_events import PeerDisconnected as PeerDisconnected
 from ._p2p._peer_link import MessageTooLarge as MessageTooLarge
 from ._p2p._peer_link import PeerLink as PeerLink
 from ._p2p._peer_link import PeerLinkStatistics as PeerLinkStatistics
@@ -69,6 +69,7 @@ from ._relay_client._session import open_relay_session as open_relay_session
 from ._relay_client._turn_credentials import TurnCredentials as TurnCredentials
 from ._relay_client._turn_credentials import TurnUnavailable as TurnUnavailable
 from ._service import NotStarted as NotStarted
+from ._settings import apply_settings as apply_settings
 from .proto.errors import ParseError as ParseError
 from .proto.errors import PeerIdError as PeerIdError
 
@@ -130,6 +131,7 @@ __all__ = [
     "WebRtcSignalingClient",
     "WebRtcTransport",
     "WebRtcTransportStatistics",
+    "apply_settings",
     "load_or_create_keypair",
     "open_relay_session",
     "parse_peer_id",

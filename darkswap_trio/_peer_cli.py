@@ -25,7 +25,8 @@ import trio
 
 from ._config import Config, ConfigError, P2PConfig, RelayManagerConfig, parse_relay_address
 from ._identity import Keypair
-from ._p2p._network import ConnectionUpgraded, P2PNetwork
+from ._p2p._network import P2PNetwork
+from ._p2p._network_events import ConnectionUpgraded
 from ._p2p._peer_link import PeerLink
 from ._relay_client._session import open_relay_session
 from .proto.errors import StunParseError

@@ -1,4 +1,7 @@
-"""Apply a parsed TOML table onto nested config dataclasses, with errors naming the key."""
+"""Apply a parsed TOML table onto nested config dataclasses, with errors naming the key.
+
+Public (``darkswap_trio.apply_settings``): the relay loads its own config with it.
+"""
 
 from __future__ import annotations
 

@@ -54,6 +54,8 @@ class ClusterPort(Protocol):
         self, session: ClusterSession, msg: Offer | Answer | IceCandidate
     ) -> Coroutine[Any, Any, None]:
         """Send a signaling message to a peer not registered here (awaited by the session)."""
+        ...
 
     def health(self) -> dict[str, Any]:
         """The ``cluster`` part of /healthz."""
+        ...

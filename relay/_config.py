@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import darkswap_trio
-from darkswap_trio import parse_relay_address
+from darkswap_trio import apply_settings, parse_relay_address
 
-from ._settings import apply_settings
 from .cluster._config import ClusterConfig, redact_url_password
 
 AuthMode = Literal["signature", "jwt", "open"]

@@ -209,6 +209,7 @@ def _turn_service(config: RelayConfig, metrics: RelayMetrics) -> Any:
     from ._turn import serve_turn, turn_settings
 
     lim = config.limits
+    assert config.stun_port is not None, "TURN answers on the STUN port"
     return partial(
         serve_turn,
         config.host,
@@ -281,7 +282,7 @@ async def serve_relay(
     metrics.load_factor.set_function(lambda: router.abuse.load)
 
     async def handle_request(request: WebSocketRequest) -> None:
-        ticket = admission.take_ticket(tuple(request.remote_address))
+        ticket = admission.take_ticket(request.remote_address)
         ip = ticket.ip if ticket is not None else str(request.remote_address[0])
         path = request.path.split("?", 1)[0]
         if path == MESH_PATH and server.mesh is not None:
@@ -393,7 +394,7 @@ async def serve_relay(
                 server.turn = await _bind_named(
                     "STUN/TURN (UDP and TCP)",
                     config.host,
-                    config.stun_port,
+                    udp,
                     partial(root.start, _turn_service(config, metrics)),
                 )
                 server.stun_port = server.turn.port
@@ -412,13 +413,13 @@ async def serve_relay(
                 server.stun_port = await _bind_named(
                     "STUN (UDP)",
                     config.host,
-                    config.stun_port,
+                    udp,
                     partial(
                         root.start,
                         partial(
                             serve_stun,
                             config.host,
-                            config.stun_port,
+                            udp,
                             metrics,
                             rate_limiter=KeyedRateLimiter(
                                 lim.stun_per_ip_rate, lim.stun_per_ip_burst, lim.limiter_table_size
@@ -460,8 +461,8 @@ def _address_text(address: Any) -> str:
 def _log_session_closed(
     session: SignalingSession, context: SessionContext, duration: float
 ) -> None:
-    code, reason = session.close_state
-    reason = reason or context.last_error
+    code, close_reason = session.close_state
+    reason = close_reason or context.last_error
     logger.info(
         "session closed",
         extra={

@@ -212,7 +212,7 @@ class SignalingSession:
         self.send_control(Error(message, code, ref))
 
     def send_circuit_data(
-        self, relay_id: bytes, sender: str, payload: bytes, frame: bytes | None = None
+        self, relay_id: bytes, sender: str, payload: bytes | memoryview, frame: bytes | None = None
     ) -> None:
         """Queue (or write at once) circuit data; ``frame``: the sender's DATA frame of
         ``payload``, forwarded as is (the same bytes on both sides of the relay)."""
@@ -317,7 +317,7 @@ class SignalingSession:
             return self._throttled(frame, amount, now)
         return self._handle_frame(frame, now)
 
-    async def _throttled(self, frame: str | bytes, amount: int, now: float) -> None:
+    async def _throttled(self, frame: str | bytes, amount: float, now: float) -> None:
         await trio.sleep(self._bytes.time_until(amount, now))
         now = trio.current_time()
         self._bytes.try_take(amount, now)

@@ -34,17 +34,19 @@ class SessionHandle(Protocol):
     @property
     def extended(self) -> bool:
         """Whether the peer speaks darkswap-relay/1 (False: a legacy client)."""
+        ...
 
     @property
     def has_libp2p_id(self) -> bool:
         """Whether its peer id is a libp2p PeerId (see :func:`relay._legacy.incompatible`)."""
+        ...
 
     def send_control(self, msg: Message) -> None:
         """Queue (or write at once) a JSON message; a peer that lets its control queue
         fill is closed as stalled."""
 
     def send_circuit_data(
-        self, relay_id: bytes, sender: str, payload: bytes, frame: bytes | None = None
+        self, relay_id: bytes, sender: str, payload: bytes | memoryview, frame: bytes | None = None
     ) -> None:
         """Circuit data from ``sender`` (``frame``: the sender's DATA frame of
         ``payload``, forwarded as is); bounded by the circuit's credit window."""
@@ -57,6 +59,7 @@ class SessionHandle(Protocol):
 
     async def probe_alive(self, timeout: float) -> bool:
         """True if the peer sends any frame within ``timeout`` of a Ping."""
+        ...
 
     def close(self, code: int, error: Error | None = None, reason: str = "") -> None:
         """Send ``error`` (if any), then close with WebSocket ``code``. Idempotent."""

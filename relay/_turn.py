@@ -375,6 +375,7 @@ class TurnService:
         while True:
             if self.core.has_allocation(client):
                 deadline = math.inf
+            data: bytes | bytearray = b""  # stays empty when the deadline passes
             with trio.move_on_at(deadline) as scope:
                 try:
                     data = await stream.receive_some(MAX_DATAGRAM)

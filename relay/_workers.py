@@ -121,7 +121,9 @@ class WorkerProcess:
                     await process.wait()
             if process.stdin is not None:
                 await process.stdin.aclose()
-        return process.returncode
+        returncode = process.returncode
+        assert returncode is not None  # waited for above
+        return returncode
 
     async def _read_stdout(self, stream: trio.abc.ReceiveStream) -> None:
         buffer = b""

@@ -16,7 +16,6 @@ python3 -m venv .venv
 .venv/bin/python -m pip uninstall -q -y trio-typing
 .venv/bin/ruff check darkswap_trio relay tests benchmarks examples
 .venv/bin/ruff format --check darkswap_trio relay tests benchmarks examples
-# mypy (strict) and pyright read their settings from pyproject.toml; they are not a gate yet
-# (issue #11: 169 mypy errors left, mostly in the new peer core). Run them with
-# scripts/typecheck.sh.
+# mypy (strict) and pyright, settings in pyproject.toml: a type error fails the run before the tests.
+scripts/typecheck.sh
 exec .venv/bin/python -m pytest "$@"

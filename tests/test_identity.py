@@ -11,7 +11,7 @@ from darkswap_trio import (
     load_or_create_keypair,
     parse_peer_id,
 )
-from darkswap_trio._identity import b58decode, b58encode
+from darkswap_trio.proto.identity import b58decode, b58encode
 
 GUIDE_PEER = "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN"
 
@@ -161,7 +161,7 @@ def test_any_base32_text_raises_only_parse_error(body):
 
 
 def _old_96_byte_key(pair, redundant=None):
-    from darkswap_trio._identity import KEY_TYPE_ED25519, _encode_key_protobuf
+    from darkswap_trio.proto.identity import KEY_TYPE_ED25519, _encode_key_protobuf
 
     seed_and_public = pair.to_protobuf()[4:]
     assert len(seed_and_public) == 64

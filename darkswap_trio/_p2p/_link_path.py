@@ -1,17 +1,16 @@
-"""The parts of a PeerLink: its settings, statistics, owner interface and paths."""
+"""The parts of a PeerLink: its settings, statistics and paths (each with its reader
+and writer tasks)."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
 
 import trio
 
-from .._relay_client._circuit import RelayCircuit
+from .._relay_client._circuit import CircuitClosedError, RelayCircuit
+from ..proto.link import LinkFrameError
 from ._direct import DirectConnection
-
-if TYPE_CHECKING:
-    from ._peer_link import PeerLink
 
 _DIRECT_FRAME_CAP = 256 * 1024  # larger DATA frames only add SCTP reassembly latency
 _RELAY_FRAME_FALLBACK = 16 * 1024  # a relay that announces no max_data_frame
@@ -45,17 +44,16 @@ class PeerLinkStatistics:
     interruptions: int  # times the link had no path at all
 
 
-class LinkOwner(Protocol):
-    """What a link needs from its owner (the network): path restoration and events."""
+@dataclass(frozen=True, slots=True)
+class PathHooks:
+    """What a path's reader and writer tasks need of their link."""
 
-    def link_upgraded(self, link: PeerLink) -> None: ...
-    def link_downgraded(self, link: PeerLink, reason: str) -> None: ...
-    def link_interrupted(self, link: PeerLink, reason: str) -> None: ...
-    def link_restored(self, link: PeerLink) -> None: ...
-    def link_circuit_closed(self, link: PeerLink, circuit: RelayCircuit) -> None: ...
-    def link_closed(self, link: PeerLink, reason: str) -> None: ...
-    def link_needs_relay(self, link: PeerLink) -> None: ...
-    def link_wants_direct(self, link: PeerLink) -> None: ...
+    hello: Callable[[], bytes]  # our HELLO, sent first on a path the far side opened
+    # the next frame to send on the named path, or the event to wait for first
+    poll_frame: Callable[[str], bytes | trio.Event]
+    frame_received: Callable[[LinkPath, bytes], None]
+    hello_received: Callable[[bytes], None]  # raises LinkFrameError for a foreign one
+    violated: Callable[[LinkPath, LinkFrameError], None]  # the far side broke the protocol
 
 
 class LinkPath:
@@ -94,9 +92,118 @@ class LinkPath:
         peer's a=max-message-size on the data channel (capped)."""
         if isinstance(self.channel, RelayCircuit):
             return self.channel.limits.max_data_frame or _RELAY_FRAME_FALLBACK
-        remote = self.channel.peer_connection._core.remote_max_message_size or 65536
+        remote = self.channel.peer_connection.remote_max_message_size or 65536
         return min(remote, _DIRECT_FRAME_CAP)
 
     async def aclose(self) -> None:
         with trio.CancelScope(shield=True), trio.move_on_after(2):
             await self.channel.aclose()
+
+    # -- tasks -------------------------------------------------------------------------
+
+    async def run(self, hooks: PathHooks) -> None:
+        """Read and write until either side of the path ends; why is in :attr:`reason`."""
+        with self.scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._guard, hooks, self._write, nursery.cancel_scope)
+                await self._guard(hooks, self._read, nursery.cancel_scope)
+
+    async def _guard(
+        self,
+        hooks: PathHooks,
+        task: Callable[[PathHooks], Awaitable[None]],
+        scope: trio.CancelScope,
+    ) -> None:
+        """Run the reader or the writer; whatever ends it ends the path (not the link)."""
+        try:
+            await task(hooks)
+        except trio.EndOfChannel:
+            self.reason = self._ended_reason()
+        except CircuitClosedError:
+            self.reason = self._ended_reason()  # reader and writer agree on why (the reason)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            # A circuit's writer can meet the dead relay connection before its reader
+            # sees the end: the same event, so the same reason (LinkInterrupted).
+            relayed = isinstance(self.channel, RelayCircuit)
+            self.reason = "relay connection lost" if relayed else f"path broken: {exc}"
+        except LinkFrameError as exc:
+            hooks.violated(self, exc)
+        scope.cancel()
+
+    async def _read(self, hooks: PathHooks) -> None:
+        frame_received, hello_received = hooks.frame_received, hooks.hello_received
+        while True:
+            frame = await self.receive()
+            if frame[:1] == b"\x00":
+                hello_received(frame)
+            else:
+                frame_received(self, frame)
+
+    async def _write(self, hooks: PathHooks) -> None:
+        if self.accepted:
+            await self.send(hooks.hello())
+        poll_frame, name = hooks.poll_frame, self.name
+        while True:
+            frame = poll_frame(name)
+            if isinstance(frame, trio.Event):
+                await frame.wait()
+            else:
+                await self.send(frame)
+
+    def _ended_reason(self) -> str:
+        """Why the channel ended cleanly. A circuit also ends when the relay session dies
+        (the relay crashed or restarted): say so, not "the far side" (LinkInterrupted)."""
+        if not isinstance(self.channel, RelayCircuit):
+            return "path ended by the far side"
+        why = self.channel.close_reason or "closed"
+        if why == "session_closed":
+            return "relay connection lost"
+        return f"relay circuit closed: {why}"
+
+
+class LinkPaths:
+    """A link's paths: at most one relay circuit and one direct connection, each named
+    (``relay-1``, ``direct-2``, ...) as the link core knows it."""
+
+    def __init__(self) -> None:
+        self.relay: LinkPath | None = None
+        self.direct: LinkPath | None = None
+        self.last_circuit: RelayCircuit | None = None  # the relay path's, kept once closed
+        self._count = 0
+
+    @property
+    def direct_connection(self) -> DirectConnection | None:
+        channel = self.direct.channel if self.direct is not None else None
+        return channel if isinstance(channel, DirectConnection) else None
+
+    def add_relay(self, circuit: RelayCircuit) -> LinkPath:
+        """The relay path is now ``circuit`` (the caller dropped the old one)."""
+        self.last_circuit = circuit
+        self.relay = self._new("relay", circuit, accepted=not circuit.initiator)
+        return self.relay
+
+    def add_direct(self, connection: DirectConnection, *, accepted: bool) -> LinkPath:
+        self.direct = self._new("direct", connection, accepted=accepted)
+        return self.direct
+
+    def remove(self, run: LinkPath) -> bool:
+        """Forget ``run``; False if it is not one of the paths (already replaced)."""
+        if run is self.relay:
+            self.relay = None
+        elif run is self.direct:
+            self.direct = None
+        else:
+            return False
+        return True
+
+    def named(self, name: str) -> LinkPath | None:
+        for run in (self.relay, self.direct):
+            if run is not None and run.name == name:
+                return run
+        return None
+
+    def _new(
+        self, kind: str, channel: RelayCircuit | DirectConnection, *, accepted: bool
+    ) -> LinkPath:
+        self._count += 1
+        return LinkPath(f"{kind}-{self._count}", kind, channel, accepted=accepted)

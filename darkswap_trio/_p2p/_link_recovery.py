@@ -20,21 +20,20 @@ Every task runs in the network's nursery and ends when the link ends.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import trio
 
+from .._config import Config
 from .._relay_client._circuit import RelayCircuit
-from .._relay_client._manager import NoRelayAvailable
+from .._relay_client._manager import NoRelayAvailable, RelayManager
 from .._relay_client._session import RelayError
 from .._service import NotStarted
 from ..proto.link import RESET, parse_hello_untrusted
-from ._direct import DirectConnection
+from ._direct import DirectConnection, WebRtcTransport
+from ._network_events import ConnectionDowngraded, LinkInterrupted, LinkRestored, NetworkEvent
 from ._peer_link import PeerLink
-
-if TYPE_CHECKING:
-    from ._network import P2PNetwork
 
 log = logging.getLogger("darkswap_trio.link_recovery")
 
@@ -44,39 +43,41 @@ _RELAY_WAIT_STEP = 2.0  # how often a waiting link re-checks for Failed relays
 _HIGHER_ID_HEAD_START = 1.0  # the lower PeerId opens at once; the higher one waits this long
 
 
-@dataclass(frozen=True)
-class ConnectionDowngraded:
-    """The link to ``peer_id`` lost its direct path and continues over a relay circuit."""
+class LinkNetwork(Protocol):
+    """What :class:`LinkRecovery` needs of its network (a P2PNetwork): its settings,
+    relays and nursery, and the bookkeeping of links and their circuits."""
 
-    peer_id: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class LinkInterrupted:
-    """The link to ``peer_id`` has no path at the moment (sends wait, up to the recovery timeout)."""
-
-    peer_id: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class LinkRestored:
-    """The link to ``peer_id`` has a path again after a :class:`LinkInterrupted`."""
-
-    peer_id: str
-    connection_type: str
+    @property
+    def config(self) -> Config: ...
+    @property
+    def local_peer_id(self) -> str: ...
+    @property
+    def relay_manager(self) -> RelayManager: ...
+    @property
+    def _nursery(self) -> trio.Nursery | None: ...
+    @property
+    def _running(self) -> bool: ...
+    def _best_transport(self) -> WebRtcTransport | None: ...
+    def _link_for_incoming(
+        self, peer_id: str, sender_id: bytes, receiver_id: bytes | None
+    ) -> PeerLink | None: ...
+    async def _pool_incoming(self, link: PeerLink, kind: str, relay_id: str | None) -> None: ...
+    def _bind_relay(self, link: PeerLink, circuit: RelayCircuit) -> bool: ...
+    def _link_circuit_closed(self, link: PeerLink, circuit: RelayCircuit) -> None: ...
+    def _link_upgraded(self, link: PeerLink) -> None: ...
+    def _link_closed(self, link: PeerLink, reason: str) -> None: ...
+    def _emit_nowait(self, event: NetworkEvent) -> None: ...
 
 
 class LinkRecovery:
     """Restores the paths of ``network``'s links (see the module docstring)."""
 
-    def __init__(self, network: P2PNetwork) -> None:
+    def __init__(self, network: LinkNetwork) -> None:
         self.network = network
         self._relay_wanted: set[PeerLink] = set()
         self._direct_wanted: set[PeerLink] = set()
 
-    def _start(self, fn, link: PeerLink) -> None:  # type: ignore[no-untyped-def]
+    def _start(self, fn: Callable[[PeerLink], Awaitable[None]], link: PeerLink) -> None:
         nursery = self.network._nursery
         if nursery is not None and self.network._running:
             nursery.start_soon(fn, link)

@@ -8,12 +8,13 @@ path runs over TCP, whose retransmissions we cannot see, so it reports None.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from ..webrtc._peer_connection import PeerConnection
-    from ._peer_link import PeerLink
+    from ._direct import DirectConnection
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,29 @@ def direct_path_quality(
     return rtt, source, retrans, (retrans / sctp.packets_sent if sctp.packets_sent else 0.0)
 
 
-def link_metrics(link: PeerLink) -> ConnectionMetrics:
+class MeteredLink(Protocol):
+    """What :func:`link_metrics` reads of a link (a PeerLink)."""
+
+    peer_id: str
+    bytes_sent: int
+    bytes_received: int
+    messages_sent: int
+    messages_received: int
+    relay_bytes_sent: int
+    direct_bytes_sent: int
+    established_at: float
+    last_activity: float
+    upgraded: bool
+    relay_rtt_ms: Callable[[], float | None]
+
+    @property
+    def connection_type(self) -> str: ...
+
+    @property
+    def direct(self) -> DirectConnection | None: ...
+
+
+def link_metrics(link: MeteredLink) -> ConnectionMetrics:
     """The metrics of ``link``: RTT and loss of the path it sends on, its counters."""
     direct = link.direct
     local_type = remote_type = None

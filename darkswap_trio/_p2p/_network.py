@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import math
 import ssl
-from dataclasses import dataclass
 
 import trio
 
@@ -34,45 +33,24 @@ from .._relay_client._manager import (
     ServerDisconnected,
     _check_data,
 )
-from .._relay_client._session import RelayError, RelaySession, TokenProvider
+from .._relay_client._session import RelayError, TokenProvider
 from .._service import NotStarted, TaskOwner
+from ..proto import signaling as sig
 from ..proto.link import RESET, parse_hello_untrusted
 from ..webrtc._peer_connection import PeerConnectionConfig
 from ._dial_race import DialRace, PeerUnreachable
 from ._direct import DirectConnection, WebRtcTransport
 from ._direct_config import direct_path_config
-from ._link_recovery import ConnectionDowngraded, LinkInterrupted, LinkRecovery, LinkRestored
+from ._direct_transports import DirectTransports
+from ._link_recovery import LinkRecovery
 from ._metrics import ConnectionMetrics
+from ._network_events import ConnectionUpgraded, NetworkEvent, PeerConnected, PeerDisconnected
 from ._peer_link import LinkSettings, PeerLink
 from ._pool import ConnectionPool
 from ._topics import TopicsMixin
 
 log = logging.getLogger("darkswap_trio.network")
 LINK_RESET = bytes([RESET])
-
-
-@dataclass(frozen=True)
-class PeerConnected:
-    peer_id: str
-    connection_type: str  # "relay" (or "direct")
-    relay_id: str | None = None
-
-
-@dataclass(frozen=True)
-class PeerDisconnected:
-    peer_id: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class ConnectionUpgraded:
-    """The link to ``peer_id`` now sends on the direct path (it started relayed)."""
-
-    peer_id: str
-
-
-NetworkEvent = (PeerConnected | PeerDisconnected | ConnectionUpgraded | ConnectionDowngraded
-                | LinkInterrupted | LinkRestored | DataReceived | RelayEvent)
 
 
 class P2PNetwork(TopicsMixin, TaskOwner):
@@ -103,9 +81,13 @@ class P2PNetwork(TopicsMixin, TaskOwner):
         self.keypair = keypair
         self.local_peer_id = str(keypair.peer_id)
         self.relay_manager = RelayManager(
-            keypair, self.config.p2p.relay_addresses(), self.config.relay_manager,
-            token_provider=token_provider, ssl_context=ssl_context,
-            event_buffer=self.config.p2p.event_buffer, deliver_incoming=False,
+            keypair,
+            self.config.p2p.relay_addresses(),
+            self.config.relay_manager,
+            token_provider=token_provider,
+            ssl_context=ssl_context,
+            event_buffer=self.config.p2p.event_buffer,
+            deliver_incoming=False,
             on_status=self._on_relay_status,
         )
         self.peer_connection_config = direct_path_config(self.config.p2p, peer_connection_config)
@@ -119,21 +101,33 @@ class P2PNetwork(TopicsMixin, TaskOwner):
         self._running = False
         self._scope: trio.CancelScope | None = None
         self._nursery: trio.Nursery | None = None
-        self.pool = ConnectionPool(p2p.max_connections, p2p.connection_idle_timeout, self.topic_layer)
+        self.pool = ConnectionPool(
+            p2p.max_connections, p2p.connection_idle_timeout, self.topic_layer
+        )
         self._dialing: dict[str, PeerLink] = {}  # links not yet ready (not pooled yet)
-        self._transports: dict[str, tuple[WebRtcTransport, trio.CancelScope]] = {}
-        self._transports_changed = trio.Event()
+        self._transports = DirectTransports(
+            self.relay_manager,
+            p2p,
+            self.peer_connection_config,
+            on_connection=self._accept_direct,
+            on_relay_error=self._direct_relay_error,
+        )
         # Independent of the event queue (and as deep as the pool), so unread events
         # never cost an accept and a reader of accept_peer() never loses a link.
-        self._incoming_send, self._incoming = trio.open_memory_channel[PeerLink](p2p.max_connections)
+        self._incoming_send, self._incoming = trio.open_memory_channel[PeerLink](
+            p2p.max_connections
+        )
         self.dropped_incoming_links = 0
         self.dropped_events = 0  # events dropped because nobody read network.events
         self._link_recovery = LinkRecovery(self)
         self.incoming_circuits = IncomingCircuitPolicy.from_config(p2p)  # README, "Unsolicited..."
         self._link_settings = LinkSettings(
-            max_message_size=p2p.link_max_message_size, window=p2p.link_window,
-            ping_interval=p2p.link_ping_interval, path_timeout=p2p.link_path_timeout,
-            recovery_timeout=p2p.link_recovery_timeout)
+            max_message_size=p2p.link_max_message_size,
+            window=p2p.link_window,
+            ping_interval=p2p.link_ping_interval,
+            path_timeout=p2p.link_path_timeout,
+            recovery_timeout=p2p.link_recovery_timeout,
+        )
 
     @property
     def dropped_link_events(self) -> int:
@@ -142,7 +136,9 @@ class P2PNetwork(TopicsMixin, TaskOwner):
 
     # -- lifecycle ----------------------------------------------------------------------
 
-    async def run(self, *, task_status: trio.TaskStatus[P2PNetwork] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, *, task_status: trio.TaskStatus[P2PNetwork] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         with trio.CancelScope() as self._scope:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -171,7 +167,9 @@ class P2PNetwork(TopicsMixin, TaskOwner):
 
     def _require_running(self) -> None:
         if not self._running:
-            raise NotStarted("P2PNetwork is not running; use 'async with' or nursery.start(network.run)")
+            raise NotStarted(
+                "P2PNetwork is not running; use 'async with' or nursery.start(network.run)"
+            )
 
     # -- relay API ------------------------------------------------------------------------
 
@@ -194,10 +192,13 @@ class P2PNetwork(TopicsMixin, TaskOwner):
             if not self.config.p2p.enable_direct or len(self._transports) >= count:
                 return
             if trio.current_time() >= deadline:
-                raise NoRelayAvailable(f"relays connected, but the direct path's signaling did not "
-                                       f"start within {timeout}s", "relay_timeout")
+                raise NoRelayAvailable(
+                    f"relays connected, but the direct path's signaling did not "
+                    f"start within {timeout}s",
+                    "relay_timeout",
+                )
             with trio.move_on_at(deadline):
-                await self._transports_changed.wait()
+                await self._transports.wait_changed()
 
     async def connect_via_relay(self, peer_id: PeerId | str) -> str:
         """Open a relay circuit to ``peer_id``; its data arrives as DataReceived events."""
@@ -234,9 +235,10 @@ class P2PNetwork(TopicsMixin, TaskOwner):
                 if self.pool.get(event.peer_id) is None and event.peer_id not in self._dialing:
                     follow_up = PeerDisconnected(event.peer_id, event.reason)
         elif isinstance(event, ServerConnected):
-            self._start_transport(event.server_id)
+            if self._nursery is not None:
+                self._transports.start(event.server_id, self._nursery)
         elif isinstance(event, ServerDisconnected):
-            self._stop_transport(event.server_id)
+            self._transports.stop(event.server_id)
         if follow_up is not None:
             if queued:
                 self._follow_ups[event] = follow_up
@@ -255,65 +257,22 @@ class P2PNetwork(TopicsMixin, TaskOwner):
             if follow_up is not None:
                 self._emit_nowait(follow_up)
 
-    # -- direct path: one WebRtcTransport per connected relay session ------------------
+    # -- direct path (DirectTransports: one WebRtcTransport per relay session) ----------
 
-    def _start_transport(self, server_id: str) -> None:
-        session = self.relay_manager.server(server_id).session
-        p2p = self.config.p2p
-        if not p2p.enable_direct or session is None or self._nursery is None:
-            return
-        self._stop_transport(server_id)
-        transport = WebRtcTransport(
-            session, self.peer_connection_config, max_connections=p2p.max_connections,
-            max_half_open=p2p.direct_max_half_open, answer_timeout=p2p.direct_answer_timeout,
-            turn_from_relay=p2p.turn_from_relay, relay_only=p2p.ice_transport_policy == "relay")
-        self._nursery.start_soon(self._run_transport, server_id, session, transport, trio.CancelScope())
-
-    def _stop_transport(self, server_id: str) -> None:
-        # Only forgotten: its direct connections outlive the relay session that
-        # signaled them (a relay restart must not break direct links); _run_transport
-        # ends the transport once the session is gone and they are all closed.
-        self._transports.pop(server_id, None)
-
-    async def _run_transport(self, server_id: str, session: RelaySession,
-                             transport: WebRtcTransport, scope: trio.CancelScope) -> None:
-        with scope:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(transport.run)
-                self._transports[server_id] = (transport, scope)
-                self._transports_changed.set()
-                self._transports_changed = trio.Event()
-                nursery.start_soon(self._accept_direct, transport)
-                nursery.start_soon(self._watch_unknown_peers, session)
-                await session.wait_closed()
-                if self._transports.get(server_id, (None,))[0] is transport:
-                    del self._transports[server_id]
-                await transport.wait_idle()
-                nursery.cancel_scope.cancel()
-        if self._transports.get(server_id, (None,))[0] is transport:
-            del self._transports[server_id]
-
-    async def _watch_unknown_peers(self, session: RelaySession) -> None:
+    def _direct_relay_error(self, error: sig.Error) -> None:
         """End a direct attempt whose Offer the relay could not deliver (``unknown_peer``):
         without this it would wait for its full timeout."""
-        async for error in session.errors:
-            dial = self._dials.get(error.ref or "") if error.code == "unknown_peer" else None
-            if dial is not None:
-                # Only that relay does not know the peer: the relay attempt may still win.
-                dial.failed("direct", PeerNotFound(error.message, error.code), unknown_peer=True)
+        dial = self._dials.get(error.ref or "") if error.code == "unknown_peer" else None
+        if dial is not None:
+            # Only that relay does not know the peer: the relay attempt may still win.
+            dial.failed("direct", PeerNotFound(error.message, error.code), unknown_peer=True)
 
-    async def _accept_direct(self, transport: WebRtcTransport) -> None:
+    def _accept_direct(self, connection: DirectConnection) -> None:
         assert self._nursery is not None
-        while True:
-            connection = await transport.accept()
-            self._nursery.start_soon(self._link_recovery.accept_direct, connection)
+        self._nursery.start_soon(self._link_recovery.accept_direct, connection)
 
     def _best_transport(self) -> WebRtcTransport | None:
-        for server in self.relay_manager.connected_servers():
-            entry = self._transports.get(server.id)
-            if entry is not None:
-                return entry[0]
-        return None
+        return self._transports.best()
 
     # -- incoming relay circuits: link circuits or plain DataReceived ones ---------------
 
@@ -348,10 +307,17 @@ class P2PNetwork(TopicsMixin, TaskOwner):
 
     def _new_link(self, peer_id: str) -> PeerLink:
         assert self._nursery is not None
-        return PeerLink(peer_id, self._nursery, self._link_recovery, local_peer_id=self.local_peer_id,
-                        settings=self._link_settings)
+        return PeerLink(
+            peer_id,
+            self._nursery,
+            self._link_recovery,
+            local_peer_id=self.local_peer_id,
+            settings=self._link_settings,
+        )
 
-    def _link_for_incoming(self, peer_id: str, sender_id: bytes, receiver_id: bytes | None) -> PeerLink | None:
+    def _link_for_incoming(
+        self, peer_id: str, sender_id: bytes, receiver_id: bytes | None
+    ) -> PeerLink | None:
         """The link an incoming path belongs to, by its HELLO (docs/PROTOCOL.md 11.1).
 
         A HELLO naming our link (``receiver_id``) joins only that live link. One that
@@ -360,19 +326,21 @@ class P2PNetwork(TopicsMixin, TaskOwner):
         stale and is replaced.
         """
         link = self.pool.get(peer_id) or self._dialing.get(peer_id)
-        known = link is not None and not link.closed and link.remote_link_id in (None, sender_id)
-        if receiver_id is not None:
-            if not known or link.link_id != receiver_id:  # type: ignore[union-attr]
-                return None
-        if known:
-            link.remote_link_id = sender_id  # type: ignore[union-attr]
-            return link
+        known: PeerLink | None = None
+        if link is not None and not link.closed and link.remote_link_id in (None, sender_id):
+            known = link
+        if receiver_id is not None and (known is None or known.link_id != receiver_id):
+            return None
+        if known is not None:
+            known.remote_link_id = sender_id
+            return known
         if link is not None and not link.closed:
             # The far side opened a new link: ours is a stale incarnation.
             self.pool.discard(link)
             if self._dialing.get(peer_id) is link:
                 del self._dialing[peer_id]
-            self._nursery.start_soon(link.aclose)  # type: ignore[union-attr]
+            assert self._nursery is not None  # a live link runs in it
+            self._nursery.start_soon(link.aclose)
             link = None
         if link is None and self._running:
             link = self._new_link(peer_id)
@@ -419,7 +387,9 @@ class P2PNetwork(TopicsMixin, TaskOwner):
         circuits.discard(circuit.relay_id)
         if not circuits:
             self._peer_circuits.pop(circuit.peer_id, None)
-        self._emit_nowait(CircuitEnded(circuit.relay_id, circuit.peer_id, circuit.close_reason or "closed"))
+        self._emit_nowait(
+            CircuitEnded(circuit.relay_id, circuit.peer_id, circuit.close_reason or "closed")
+        )
 
     def _link_closed(self, link: PeerLink, reason: str = "link closed") -> None:
         self.pool.discard(link)
@@ -469,7 +439,9 @@ class P2PNetwork(TopicsMixin, TaskOwner):
         use_direct = p2p.enable_direct and self._best_transport() is not None
         use_relay = p2p.enable_relay
         if not use_direct and not use_relay:
-            raise PeerUnreachable(f"no path to {peer_id}: direct and relay are unavailable", "no_path")
+            raise PeerUnreachable(
+                f"no path to {peer_id}: direct and relay are unavailable", "no_path"
+            )
         link = self._new_link(peer_id)
         self._dialing[peer_id] = link
         dial = DialRace(*["direct"] * use_direct, *["relay"] * use_relay)
@@ -481,6 +453,7 @@ class P2PNetwork(TopicsMixin, TaskOwner):
             self._nursery.start_soon(self._dial_relay, link, dial)
         try:
             async with trio.open_nursery() as waiters:
+
                 async def ready() -> None:
                     await link.wait_ready()
                     waiters.cancel_scope.cancel()
@@ -536,7 +509,8 @@ class P2PNetwork(TopicsMixin, TaskOwner):
             if transport is None:
                 raise NoRelayAvailable("no relay session to signal through", "no_relay")
             connection: DirectConnection = await transport.connect(
-                link.peer_id, timeout=p2p.direct_connect_timeout)
+                link.peer_id, timeout=p2p.direct_connect_timeout
+            )
         except (trio.BrokenResourceError, trio.BusyResourceError, RuntimeError, RelayError) as exc:
             dial.failed("direct", exc)
             return
@@ -558,8 +532,13 @@ class P2PNetwork(TopicsMixin, TaskOwner):
             except PeerNotFound as exc:
                 dial.peer_unknown(exc)
                 return
-            except (RelayError, ValueError, RuntimeError, trio.BrokenResourceError,
-                    trio.ClosedResourceError) as exc:
+            except (
+                RelayError,
+                ValueError,
+                RuntimeError,
+                trio.BrokenResourceError,
+                trio.ClosedResourceError,
+            ) as exc:
                 dial.failed("relay", exc)
                 return
         if circuit is None:
@@ -592,4 +571,3 @@ class P2PNetwork(TopicsMixin, TaskOwner):
 
     def metrics(self, peer_id: PeerId | str) -> ConnectionMetrics:
         return self.link(peer_id).metrics()
-

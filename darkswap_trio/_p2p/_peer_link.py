@@ -20,10 +20,11 @@ import logging
 import math
 import secrets
 from collections.abc import Callable
+from typing import Protocol
 
 import trio
 
-from .._relay_client._circuit import CircuitClosedError, RelayCircuit
+from .._relay_client._circuit import RelayCircuit
 from ..proto.link import (
     LINK_HELLO,
     LINK_ID_SIZE,
@@ -38,10 +39,17 @@ from ..proto.link import (
     parse_hello_untrusted,
 )
 from ._direct import DirectConnection
-from ._link_path import LinkOwner, LinkPath, LinkSettings, PeerLinkStatistics
+from ._link_path import LinkPath, LinkPaths, LinkSettings, PathHooks, PeerLinkStatistics
 from ._metrics import ConnectionMetrics, link_metrics
 
-__all__ = ["LINK_HELLO", "LinkOwner", "LinkSettings", "MessageTooLarge", "PeerLink", "PeerLinkStatistics"]
+__all__ = [
+    "LINK_HELLO",
+    "LinkOwner",
+    "LinkSettings",
+    "MessageTooLarge",
+    "PeerLink",
+    "PeerLinkStatistics",
+]
 
 log = logging.getLogger("darkswap_trio.peer_link")
 
@@ -49,6 +57,19 @@ log = logging.getLogger("darkswap_trio.peer_link")
 # _topics.py), never to the application: ``send`` refuses them.
 RESERVED_PREFIX = b"\x00darkswap-"
 _CLOSE_LINGER = 2.0  # seconds aclose() waits for the far side to acknowledge our last bytes
+
+
+class LinkOwner(Protocol):
+    """What a link needs from its owner (the network): path restoration and events."""
+
+    def link_upgraded(self, link: PeerLink) -> None: ...
+    def link_downgraded(self, link: PeerLink, reason: str) -> None: ...
+    def link_interrupted(self, link: PeerLink, reason: str) -> None: ...
+    def link_restored(self, link: PeerLink) -> None: ...
+    def link_circuit_closed(self, link: PeerLink, circuit: RelayCircuit) -> None: ...
+    def link_closed(self, link: PeerLink, reason: str) -> None: ...
+    def link_needs_relay(self, link: PeerLink) -> None: ...
+    def link_wants_direct(self, link: PeerLink) -> None: ...
 
 
 class PeerLink(trio.abc.Channel[bytes]):
@@ -64,9 +85,16 @@ class PeerLink(trio.abc.Channel[bytes]):
     ``receive`` raises EndOfChannel when the far end closed the link.
     """
 
-    def __init__(self, peer_id: str, nursery: trio.Nursery, owner: LinkOwner, *,
-                 local_peer_id: str = "", settings: LinkSettings | None = None,
-                 link_id: bytes | None = None) -> None:
+    def __init__(
+        self,
+        peer_id: str,
+        nursery: trio.Nursery,
+        owner: LinkOwner,
+        *,
+        local_peer_id: str = "",
+        settings: LinkSettings | None = None,
+        link_id: bytes | None = None,
+    ) -> None:
         self.peer_id = peer_id
         # Names this link on both sides (in the HELLO of each path), so a path of a
         # new link to the same peer is never taken for one of an old link.
@@ -76,15 +104,24 @@ class PeerLink(trio.abc.Channel[bytes]):
         self.settings = settings or LinkSettings()
         s = self.settings
         self._owner = owner
-        self._core = LinkCore(max_message_size=s.max_message_size, window=s.window,
-                              ping_interval=s.ping_interval, path_timeout=s.path_timeout)
+        self._core = LinkCore(
+            max_message_size=s.max_message_size,
+            window=s.window,
+            ping_interval=s.ping_interval,
+            path_timeout=s.path_timeout,
+        )
         self.max_message_size = s.max_message_size
-        self._relay: LinkPath | None = None
-        self._direct: LinkPath | None = None
-        self._last_circuit: RelayCircuit | None = None
+        self._paths = LinkPaths()
         self._pending: list[LinkPath] = []  # attached before the link's nursery ran
         self._nursery: trio.Nursery | None = None
         self._wake = trio.Event()
+        self._hooks = PathHooks(
+            lambda: self.hello,
+            self._poll_frame,
+            self._frame_received,
+            self._receive_hello,
+            self._path_violated,
+        )
         self._path_ready = trio.Event()
         self._run_scope = trio.CancelScope()
         self._sending = self._receiving = False
@@ -95,7 +132,6 @@ class PeerLink(trio.abc.Channel[bytes]):
         self._pathless_since: float | None = None
         self._lost_direct_pending = False  # tell the far side on the next relay circuit
         self._interrupted = False  # LinkInterrupted was reported, LinkRestored is due
-        self._path_counter = 0
         self.relay_rtt_ms: Callable[[], float | None] = lambda: None
         self.upgraded = False
         self.upgrades = self.downgrades = self.interruptions = 0
@@ -111,19 +147,19 @@ class PeerLink(trio.abc.Channel[bytes]):
     @property
     def circuit(self) -> RelayCircuit | None:
         """The relay circuit in use, else the last one the link had (closed), else None."""
-        return self._last_circuit
+        return self._paths.last_circuit
 
     @property
     def direct(self) -> DirectConnection | None:
-        return self._direct.channel if self._direct is not None else None  # type: ignore[return-value]
+        return self._paths.direct_connection
 
     @property
     def has_direct(self) -> bool:
-        return self._direct is not None
+        return self._paths.direct is not None
 
     @property
     def has_relay(self) -> bool:
-        return self._relay is not None
+        return self._paths.relay is not None
 
     @property
     def interrupted(self) -> bool:
@@ -144,13 +180,13 @@ class PeerLink(trio.abc.Channel[bytes]):
         """
         if self._ended or circuit.closed:
             return False
-        old = self._relay
+        old = self._paths.relay
         # (a relay path's channel is always a RelayCircuit)
         if old is not None and isinstance(old.channel, RelayCircuit) and not old.channel.closed:
             if self._opener(circuit) > self._opener(old.channel):
                 return False
             self._drop_path(old)
-        self._add_path(LinkPath(self._next_name("relay"), "relay", circuit, accepted=not circuit.initiator))
+        self._add_path(self._paths.add_relay(circuit))
         return True
 
     def attach_direct(self, connection: DirectConnection, *, accepted: bool = False) -> bool:
@@ -158,9 +194,9 @@ class PeerLink(trio.abc.Channel[bytes]):
 
         ``accepted``: the far side opened it (we answer its HELLO with ours).
         """
-        if self._ended or self._direct is not None:
+        if self._ended or self._paths.direct is not None:
             return False
-        self._add_path(LinkPath(self._next_name("direct"), "direct", connection, accepted=accepted))
+        self._add_path(self._paths.add_direct(connection, accepted=accepted))
         return True
 
     async def wait_ready(self) -> None:
@@ -179,7 +215,8 @@ class PeerLink(trio.abc.Channel[bytes]):
 
     @property
     def connection_type(self) -> str:
-        return "direct" if self._direct is not None and self._core.active == self._direct.name else "relay"
+        direct = self._paths.direct
+        return "direct" if direct is not None and self._core.active == direct.name else "relay"
 
     @property
     def closed(self) -> bool:
@@ -191,7 +228,9 @@ class PeerLink(trio.abc.Channel[bytes]):
             raise trio.BusyResourceError("another task is already sending on this link")
         data = bytes(value)
         if data.startswith(RESERVED_PREFIX):
-            raise ValueError(f"messages starting with {RESERVED_PREFIX!r} are reserved for the link's channels")
+            raise ValueError(
+                f"messages starting with {RESERVED_PREFIX!r} are reserved for the link's channels"
+            )
         self._sending = True
         try:
             await self._send(data)
@@ -220,7 +259,7 @@ class PeerLink(trio.abc.Channel[bytes]):
             self.bytes_received += sum(map(len, messages))
             self.last_activity = trio.current_time()
             for message in messages:
-                deliver(self, message[len(prefix):])
+                deliver(self, message[len(prefix) :])
 
     async def _send(self, data: bytes) -> None:
         self._core.check_size(len(data))
@@ -265,7 +304,9 @@ class PeerLink(trio.abc.Channel[bytes]):
                 if self._core.remote_finished:
                     raise trio.EndOfChannel
                 if self._ended:
-                    raise trio.BrokenResourceError(f"link to {self.peer_id} is over: {self._end_reason}")
+                    raise trio.BrokenResourceError(
+                        f"link to {self.peer_id} is over: {self._end_reason}"
+                    )
                 await self._wait_change()
         finally:
             self._receiving = False
@@ -283,7 +324,11 @@ class PeerLink(trio.abc.Channel[bytes]):
             self._core.close()
             self._kick()
             with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_LINGER):
-                while not self._ended and self._core.active is not None and not self._core.close_confirmed:
+                while (
+                    not self._ended
+                    and self._core.active is not None
+                    and not self._core.close_confirmed
+                ):
                     await self._wait_change()
         self._end("closed locally")
         await self._close_paths()
@@ -300,11 +345,16 @@ class PeerLink(trio.abc.Channel[bytes]):
         """Protocol counters: resent fragments, dropped duplicates, path changes."""
         core = self._core.statistics()
         return PeerLinkStatistics(
-            peer_id=self.peer_id, connection_type=self.connection_type,
-            unacked_bytes=core.unacked_bytes, fragments_sent=core.fragments_sent,
+            peer_id=self.peer_id,
+            connection_type=self.connection_type,
+            unacked_bytes=core.unacked_bytes,
+            fragments_sent=core.fragments_sent,
             fragments_retransmitted=core.fragments_retransmitted,
-            bytes_retransmitted=core.bytes_retransmitted, duplicates_dropped=core.duplicates_dropped,
-            pings_sent=core.pings_sent, upgrades=self.upgrades, downgrades=self.downgrades,
+            bytes_retransmitted=core.bytes_retransmitted,
+            duplicates_dropped=core.duplicates_dropped,
+            pings_sent=core.pings_sent,
+            upgrades=self.upgrades,
+            downgrades=self.downgrades,
             interruptions=self.interruptions,
         )
 
@@ -323,17 +373,10 @@ class PeerLink(trio.abc.Channel[bytes]):
     def _opener(self, circuit: RelayCircuit) -> str:
         return self.local_peer_id if circuit.initiator else self.peer_id
 
-    def _next_name(self, kind: str) -> str:
-        self._path_counter += 1
-        return f"{kind}-{self._path_counter}"
-
     def _add_path(self, run: LinkPath) -> None:
-        if run.kind == "relay":
-            self._relay = run
-            self._last_circuit = run.channel  # type: ignore[assignment]
-        else:
-            self._direct = run
-        self._core.add_path(run.name, run.frame_limit(), trio.current_time(), watched=run.kind == "direct")
+        self._core.add_path(
+            run.name, run.frame_limit(), trio.current_time(), watched=run.kind == "direct"
+        )
         if run.kind == "relay" and self._lost_direct_pending:
             self._lost_direct_pending = False
             self._core.report_direct_lost(run.name)
@@ -345,7 +388,7 @@ class PeerLink(trio.abc.Channel[bytes]):
 
     def _choose_active(self) -> None:
         """Send on direct if we have it, else relay; a change resends what is unacked."""
-        best = self._direct or self._relay
+        best = self._paths.direct or self._paths.relay
         if best is None:
             if self._pathless_since is None and not self._ended:
                 self._pathless_since = trio.current_time()
@@ -360,7 +403,7 @@ class PeerLink(trio.abc.Channel[bytes]):
             self._interrupted = False
             self._owner.link_restored(self)
         if best.kind == "direct":
-            if previous is not None or self._relay is not None:
+            if previous is not None or self._paths.relay is not None:
                 self.upgraded = True
                 self.upgrades += 1
                 self._owner.link_upgraded(self)
@@ -369,21 +412,18 @@ class PeerLink(trio.abc.Channel[bytes]):
 
     def _drop_path(self, run: LinkPath, *, close: bool = True) -> None:
         """Forget ``run`` (its tasks stop; the channel is closed in the background)."""
-        if run is self._relay:
-            self._relay = None
-        elif run is self._direct:
-            self._direct = None
-        else:
+        if not self._paths.remove(run):
             return
         self._core.remove_path(run.name)
         run.scope.cancel()
         if close and self._nursery is not None:
             self._nursery.start_soon(run.aclose)
-        if run.kind == "relay":
-            self._owner.link_circuit_closed(self, run.channel)  # type: ignore[arg-type]
+        if isinstance(run.channel, RelayCircuit):
+            self._owner.link_circuit_closed(self, run.channel)
 
     def _path_failed(self, run: LinkPath, reason: str) -> None:
-        if run is not self._relay and run is not self._direct:
+        paths = self._paths
+        if run is not paths.relay and run is not paths.direct:
             return  # already replaced or retired
         self._drop_path(run)
         if self._ended or self._closed:
@@ -397,17 +437,17 @@ class PeerLink(trio.abc.Channel[bytes]):
             log.info("link to %s lost its direct path: %s", self.peer_id, reason)
             self._owner.link_downgraded(self, reason)
             self._owner.link_wants_direct(self)
-            if self._relay is not None:
-                self._core.report_direct_lost(self._relay.name)
+            if paths.relay is not None:
+                self._core.report_direct_lost(paths.relay.name)
             else:
                 self._lost_direct_pending = True
-        elif self._direct is None:
+        elif paths.direct is None:
             # The relay path died and there is no direct one: the link is interrupted
             # (a lost direct path is a downgrade, even while its circuit is reopened).
             self.interruptions += 1
             self._interrupted = True
             self._owner.link_interrupted(self, reason)
-        if self._relay is None and self._direct is None:
+        if paths.relay is None and paths.direct is None:
             self._owner.link_needs_relay(self)
         self._choose_active()
         self._kick()
@@ -439,7 +479,10 @@ class PeerLink(trio.abc.Channel[bytes]):
             now = trio.current_time()
             core.handle_timeout(now)
             self._handle_events()
-            if self._pathless_since is not None and now >= self._pathless_since + self.settings.recovery_timeout:
+            if (
+                self._pathless_since is not None
+                and now >= self._pathless_since + self.settings.recovery_timeout
+            ):
                 self._end(f"no path for {self.settings.recovery_timeout:g} s")
                 self._run_scope.cancel()
                 return
@@ -448,65 +491,35 @@ class PeerLink(trio.abc.Channel[bytes]):
     def _handle_events(self) -> None:
         while (event := self._core.poll_event()) is not None:
             if isinstance(event, PathDead):
-                run = self._run_named(event.path)
+                run = self._paths.named(event.path)
                 if run is not None:
                     self._path_failed(run, event.reason)
             elif isinstance(event, RemoteLostDirect):
-                if self._direct is not None:
-                    self._path_failed(self._direct, "the far side lost the direct path")
+                if self._paths.direct is not None:
+                    self._path_failed(self._paths.direct, "the far side lost the direct path")
             elif isinstance(event, RemoteClosed):
                 self._kick()
             elif isinstance(event, RemoteReset):
                 self._end("the far side no longer has this link")
                 self._run_scope.cancel()
 
-    def _run_named(self, name: str) -> LinkPath | None:
-        for run in (self._relay, self._direct):
-            if run is not None and run.name == name:
-                return run
-        return None
-
     async def _run_path(self, run: LinkPath) -> None:
-        with run.scope:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._guard, run, self._write_path, nursery.cancel_scope)
-                await self._guard(run, self._read_path, nursery.cancel_scope)
+        await run.run(self._hooks)
         self._path_failed(run, run.reason)
 
-    async def _guard(self, run: LinkPath, task, scope: trio.CancelScope) -> None:  # type: ignore[no-untyped-def]
-        """Run a path's reader or writer; whatever ends it ends the path (not the link)."""
-        try:
-            await task(run)
-        except trio.EndOfChannel:
-            run.reason = _ended_reason(run)
-        except CircuitClosedError:
-            run.reason = _ended_reason(run)  # reader and writer agree on why (the reason)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            # A circuit's writer can meet the dead relay connection before its reader
-            # sees the end: the same event, so the same reason (LinkInterrupted).
-            relayed = isinstance(run.channel, RelayCircuit)
-            run.reason = "relay connection lost" if relayed else f"path broken: {exc}"
-        except LinkFrameError as exc:
-            log.warning("link %s->%s (%s) broken by the far side on %s: %s", self.local_peer_id[-6:],
-                        self.peer_id[-6:], self.link_id.hex()[:8], run.name, exc)
-            self._end(f"protocol violation: {exc}")
-            self._run_scope.cancel()
-        scope.cancel()
+    def _poll_frame(self, path: str) -> bytes | trio.Event:
+        wake = self._wake  # before polling: a kick in between is not missed
+        frame = self._core.poll_transmit(path, trio.current_time())
+        return wake if frame is None else frame
 
-    async def _read_path(self, run: LinkPath) -> None:
-        core = self._core
-        while True:
-            frame = await run.receive()
-            if frame[:1] == b"\x00":
-                self._receive_hello(frame)
-                continue
-            core.receive_frame(run.name, frame, trio.current_time())
-            self._take_channel()
-            if not run.heard:
-                run.heard = True
-                self._maybe_retire_relay()
-            self._handle_events()
-            self._kick()
+    def _frame_received(self, run: LinkPath, frame: bytes) -> None:
+        self._core.receive_frame(run.name, frame, trio.current_time())
+        self._take_channel()
+        if not run.heard:
+            run.heard = True
+            self._maybe_retire_relay()
+        self._handle_events()
+        self._kick()
 
     def _receive_hello(self, frame: bytes) -> None:
         hello = parse_hello_untrusted(frame)
@@ -517,17 +530,17 @@ class PeerLink(trio.abc.Channel[bytes]):
             raise LinkFrameError("HELLO of another link")
         self.remote_link_id = sender
 
-    async def _write_path(self, run: LinkPath) -> None:
-        core = self._core
-        if run.accepted:
-            await run.send(self.hello)
-        while True:
-            wake = self._wake
-            frame = core.poll_transmit(run.name, trio.current_time())
-            if frame is None:
-                await wake.wait()
-                continue
-            await run.send(frame)
+    def _path_violated(self, run: LinkPath, exc: LinkFrameError) -> None:
+        log.warning(
+            "link %s->%s (%s) broken by the far side on %s: %s",
+            self.local_peer_id[-6:],
+            self.peer_id[-6:],
+            self.link_id.hex()[:8],
+            run.name,
+            exc,
+        )
+        self._end(f"protocol violation: {exc}")
+        self._run_scope.cancel()
 
     def _maybe_retire_relay(self) -> None:
         """Close the relay circuit once both sides send direct (it only costs the relay).
@@ -535,7 +548,7 @@ class PeerLink(trio.abc.Channel[bytes]):
         Safe at any time: whatever was in flight on it is unacknowledged and is resent
         on the direct path by its sender.
         """
-        relay, direct = self._relay, self._direct
+        relay, direct = self._paths.relay, self._paths.direct
         if relay is None or direct is None or not direct.heard or self._core.active != direct.name:
             return
         self._drop_path(relay)
@@ -551,18 +564,7 @@ class PeerLink(trio.abc.Channel[bytes]):
 
     async def _close_paths(self) -> None:
         self._run_scope.cancel()
-        for run in (self._relay, self._direct):
+        for run in (self._paths.relay, self._paths.direct):
             if run is not None:
                 self._drop_path(run, close=False)
                 await run.aclose()
-
-
-def _ended_reason(run: LinkPath) -> str:
-    """Why a path's channel ended cleanly. A circuit also ends when the relay session
-    dies (the relay crashed or restarted): say so, not "the far side" (LinkInterrupted)."""
-    if not isinstance(run.channel, RelayCircuit):
-        return "path ended by the far side"
-    why = run.channel.close_reason or "closed"
-    if why == "session_closed":
-        return "relay connection lost"
-    return f"relay circuit closed: {why}"

@@ -17,10 +17,13 @@ import random
 from collections import deque
 from collections.abc import Callable
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import trio
 
+from .._config import Config
+from .._identity import Keypair
+from .._relay_client._manager import RelayManager
 from .._relay_client._session import RelayError
 from ..proto.gossip import (
     ACCEPT,
@@ -32,9 +35,7 @@ from ..proto.gossip import (
     TopicMessage,
 )
 from ._peer_link import RESERVED_PREFIX, MessageTooLarge, PeerLink
-
-if TYPE_CHECKING:
-    from ._network import P2PNetwork
+from ._pool import ConnectionPool
 
 __all__ = [
     "NoTopicPeers",
@@ -127,10 +128,24 @@ class TopicSubscription:
         self.close()
 
 
+class TopicsNetwork(Protocol):
+    """What the topic layer needs of its network (a P2PNetwork)."""
+
+    @property
+    def config(self) -> Config: ...
+    @property
+    def keypair(self) -> Keypair: ...
+    @property
+    def relay_manager(self) -> RelayManager: ...
+    @property
+    def pool(self) -> ConnectionPool: ...
+    async def connect_to_peer(self, peer_id: str) -> PeerLink: ...
+
+
 class Topics:
     """The network's topic layer; reached through :class:`TopicsMixin` on P2PNetwork."""
 
-    def __init__(self, network: P2PNetwork, config: GossipConfig | None = None) -> None:
+    def __init__(self, network: TopicsNetwork, config: GossipConfig | None = None) -> None:
         self._network = network
         if config is None:
             # A topic frame must fit in one link message: the largest record (1 message)

@@ -549,7 +549,7 @@ class CircuitCredit:
     MAX_INCREMENT: ClassVar[int] = 0xFFFFFFFF
 
 
-def encode_circuit_data(relay_id: bytes, payload: bytes) -> bytes:
+def encode_circuit_data(relay_id: bytes, payload: bytes | memoryview) -> bytes:
     return b"\x01" + relay_id + payload
 
 

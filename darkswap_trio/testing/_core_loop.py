@@ -83,10 +83,10 @@ class CoreLoop:
                 self.sock.sendto(transmit.data, transmit.addr)
         dtls = self.dtls
         if dtls is not None:
-            while (event := dtls.poll_event()) is not None:
-                self.events.append(event)
-                if type(event) is dtls_mod.DataReceived:
-                    self.received.append(event.data)
+            while (dtls_event := dtls.poll_event()) is not None:
+                self.events.append(dtls_event)
+                if type(dtls_event) is dtls_mod.DataReceived:
+                    self.received.append(dtls_event.data)
             while (datagram := dtls.poll_transmit()) is not None:
                 if ice is None:
                     assert self.peer is not None

@@ -134,7 +134,9 @@ class IcePairSimulator:
         self._drain()
         return True
 
-    def run_until(self, predicate, max_time: float = 120.0, max_steps: int = 100_000) -> None:
+    def run_until(
+        self, predicate: Callable[[], bool], max_time: float = 120.0, max_steps: int = 100_000
+    ) -> None:
         start_steps = self.steps
         while not predicate():
             assert self.now <= max_time, f"simulated time ran out at {self.now}"

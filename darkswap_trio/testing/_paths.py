@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from .._p2p._peer_link import PeerLink
+from ..webrtc._turn_streams import TurnStreamSocket
+from ..webrtc._udp_offload import UdpBatchSocket
 
 # The discard port on loopback: a connected UDP socket only accepts datagrams from its
 # peer address, so connecting it here makes the kernel drop everything else.
@@ -23,5 +25,7 @@ def blackhole_direct_path(link: PeerLink) -> None:
     if direct is None:
         raise RuntimeError(f"{link!r} has no direct path to blackhole")
     sock = direct.peer_connection._driver.sock
-    udp = getattr(sock, "datagram_socket", sock)  # under TurnStreamSocket, if any
+    udp = sock.datagram_socket if isinstance(sock, TurnStreamSocket) else sock
+    if not isinstance(udp, UdpBatchSocket):
+        raise RuntimeError(f"{link!r} runs on a simulated socket: nothing to blackhole")
     udp.sock.connect(_NOWHERE)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Literal
 
 import trio
 
@@ -16,7 +16,7 @@ async def running_relay(
     *,
     port: int = 0,
     keypair: Keypair | None = None,
-    auth: str = "signature",
+    auth: Literal["signature", "jwt", "open"] = "signature",  # relay.AuthMode
     stun: bool = False,
     metrics: bool = False,
     jwt_key: str | None = None,

@@ -13,6 +13,7 @@ from collections import deque
 from collections.abc import Callable
 
 import trio
+from aioice import Candidate
 
 from ..proto import datachannel as dc
 from ..proto import peer
@@ -36,7 +37,7 @@ class PeerChannels:
         self.accept_queue: deque[DataChannel] = deque()
         self.acceptors = trio.lowlevel.ParkingLot()
         self.state_changed = trio.lowlevel.ParkingLot()
-        self.candidates: list[object] = []  # aioice Candidates, then None at the end
+        self.candidates: list[Candidate | None] = []  # then None at the end
         self.candidates_changed = trio.lowlevel.ParkingLot()
 
     # ------------------------------------------------------------------ ChannelOwner
@@ -75,28 +76,27 @@ class PeerChannels:
         """Every event the core has, to the channels and waiters."""
         channels = self.channels
         while (event := self.core.poll_event()) is not None:
-            kind = type(event)
-            if kind is peer.ChannelMessage:
+            if type(event) is peer.ChannelMessage:
                 channel = channels.get(event.stream_id)
                 if channel is not None:
                     channel.on_message(event.message, event.size)
                 else:
                     self.core.channel_drained(event.stream_id, event.size)
-            elif kind is peer.BufferedAmountLow:
+            elif type(event) is peer.BufferedAmountLow:
                 if (channel := channels.get(event.stream_id)) is not None:
                     channel.on_buffered_amount_low()
-            elif kind is peer.ChannelOpened:
+            elif type(event) is peer.ChannelOpened:
                 channel = channels[event.info.stream_id] = DataChannel(self, event.info)
                 self.accept_queue.append(channel)
                 self.acceptors.unpark_all()
-            elif kind is peer.ChannelClosed:
+            elif type(event) is peer.ChannelClosed:
                 if (channel := channels.pop(event.stream_id, None)) is not None:
                     channel.on_closed()
-            elif kind is peer.StateChanged:
+            elif type(event) is peer.StateChanged:
                 self._state_changed(event)
-            elif kind is peer.CandidateGathered or kind is peer.GatheringComplete:
-                gathered = kind is peer.CandidateGathered
-                self.candidates.append(event.candidate if gathered else None)
+            elif type(event) is peer.CandidateGathered or type(event) is peer.GatheringComplete:
+                candidate = event.candidate if type(event) is peer.CandidateGathered else None
+                self.candidates.append(candidate)
                 self.candidates_changed.unpark_all()
 
     def _state_changed(self, event: peer.StateChanged) -> None:

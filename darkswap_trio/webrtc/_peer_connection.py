@@ -323,6 +323,12 @@ class PeerConnection:
     def connection_state(self) -> ConnectionState:
         return self._core.state  # type: ignore[return-value]
 
+    @property
+    def remote_max_message_size(self) -> int:
+        """The largest message the peer accepts (its SDP a=max-message-size; 0: no
+        limit); 65536 until its description is set."""
+        return self._core.remote_max_message_size
+
     async def wait_connected(self) -> None:
         """Wait until ICE, DTLS and SCTP are up; BrokenResourceError if that fails."""
         app = self._app

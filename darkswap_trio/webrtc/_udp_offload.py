@@ -76,8 +76,9 @@ class UdpBatchSocket:
         self.send_errors = 0
         self.segmented_sends = 0  # sendmsg calls that carried several datagrams
 
-    def getsockname(self) -> tuple:
-        return self.sock.getsockname()
+    def getsockname(self) -> tuple[str, int]:
+        address: tuple[str, int] = self.sock.getsockname()[:2]
+        return address
 
     async def wait_readable(self) -> None:
         await trio.lowlevel.wait_readable(self.sock)
@@ -85,7 +86,7 @@ class UdpBatchSocket:
     async def wait_writable(self) -> None:
         await trio.lowlevel.wait_writable(self.sock)
 
-    def receive_into(self, batch: list[tuple[bytes, tuple]], limit: int) -> None:
+    def receive_into(self, batch: list[tuple[bytes, tuple[str, int]]], limit: int) -> None:
         """Append (datagram, address) pairs the kernel holds until it has none or
         ``batch`` reaches ``limit``. Raises OSError (other than blocking) from the socket."""
         sock = self.sock

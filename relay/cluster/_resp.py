@@ -99,7 +99,7 @@ def parse_redis_url(url: str) -> RedisAddress:
     """``redis://[user:password@]host[:port][/db]``, ``rediss://...`` (TLS) or
     ``unix:///path[?db=N]``. Raises ValueError naming what is wrong."""
     parts = urlsplit(url)
-    query = dict(item.partition("=")[::2] for item in parts.query.split("&") if item)
+    query = {k: v for k, _, v in (item.partition("=") for item in parts.query.split("&") if item)}
     username = unquote(parts.username) if parts.username else None
     password = unquote(parts.password) if parts.password is not None else None
     if parts.scheme == "unix":

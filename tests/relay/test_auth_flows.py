@@ -11,7 +11,7 @@ import trio
 from relayclient import connect, make_config, new_peer
 
 from darkswap_trio import Keypair, PeerId
-from darkswap_trio._identity import b58encode
+from darkswap_trio.proto.identity import b58encode
 from darkswap_trio.proto.signaling import (
     PROTOCOL_VERSION,
     Authenticate,

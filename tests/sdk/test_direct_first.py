@@ -9,7 +9,8 @@ import trio
 from sdk_peers import peer
 
 from darkswap_trio import DataReceived
-from darkswap_trio._p2p._network import ConnectionUpgraded, PeerUnreachable
+from darkswap_trio._p2p._network import PeerUnreachable
+from darkswap_trio._p2p._network_events import ConnectionUpgraded
 
 
 async def next_event(events, kind):

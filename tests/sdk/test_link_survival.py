@@ -334,7 +334,7 @@ async def test_direct_retries_with_backoff_until_the_path_is_back(relay_server):
         async with linked_direct(relay_server, direct_connect_timeout=1) as (a, b, link, incoming):
             lower, higher = (a, b) if a.local_peer_id < b.local_peer_id else (b, a)
             rec = Recorder(lower)
-            full = [t for t, _ in higher._transports.values()]
+            full = list(higher._transports)
             for transport in full:
                 transport.max_connections = 0  # answers no offer: the direct path is "down"
             async with trio.open_nursery() as nursery:

@@ -26,8 +26,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..._identity import Keypair, PeerId
 from ..errors import GossipParseError
+from ..identity import Keypair, PeerId
 from .cache import MessageCache, SeenCache
 from .wire import (
     GRAFT,

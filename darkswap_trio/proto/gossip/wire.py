@@ -13,8 +13,8 @@ import hashlib
 import struct
 from dataclasses import dataclass
 
-from ..._identity import PeerId
 from ..errors import GossipParseError, PeerIdError
+from ..identity import PeerId
 
 __all__ = [
     "GRAFT",
@@ -168,7 +168,8 @@ class _Reader:
         return self.take(1)[0]
 
     def unpack(self, fmt: struct.Struct) -> int:
-        return fmt.unpack(self.take(fmt.size))[0]
+        value: int = fmt.unpack(self.take(fmt.size))[0]
+        return value
 
     def topic(self) -> str:
         raw = self.take(self.u8())

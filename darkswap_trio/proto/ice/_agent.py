@@ -106,7 +106,7 @@ class IceAgent:
         self._state = IceState.NEW
         self._out = IceOutbox()
         self._pending = TransactionTable(self._out)
-        self._stats = dict.fromkeys(
+        self._stats: dict[str, int] = dict.fromkeys(
             (
                 "checks_sent",
                 "retransmissions",

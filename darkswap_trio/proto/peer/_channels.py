@@ -97,34 +97,33 @@ class ChannelMux:
         """SCTP events -> registry -> channel events; False once the association closed."""
         sctp, registry = self.sctp, self.registry
         while True:
-            event = self._stalled
+            event: sctp_mod.SctpEvent | None = self._stalled
             if event is not None:
                 self._stalled = None
             else:
                 event = sctp.poll_event()
                 if event is None:
                     break
-            kind = type(event)
-            if kind is sctp_mod.MessageReceived:
+            if type(event) is sctp_mod.MessageReceived:
                 if not self._room_for(event.stream_id):
                     self._stalled = event  # backpressure: SCTP keeps the rest in its window
                     break
                 registry.receive_message(event.stream_id, event.ppid, event.data)
                 self._drain_registry()
-            elif kind is sctp_mod.BufferedAmountLow:
+            elif type(event) is sctp_mod.BufferedAmountLow:
                 self._events.append(BufferedAmountLow(event.stream_id))
-            elif kind is sctp_mod.StreamsReset:
+            elif type(event) is sctp_mod.StreamsReset:
                 for stream_id in event.stream_ids:
                     registry.receive_stream_reset(stream_id)
                 self._drain_registry()
-            elif kind is sctp_mod.OutgoingStreamsReset:
+            elif type(event) is sctp_mod.OutgoingStreamsReset:
                 for stream_id in event.stream_ids:
                     for message in self._resetting.pop(stream_id, ()):
                         self._send(message, now)
-            elif kind is sctp_mod.Connected:
+            elif type(event) is sctp_mod.Connected:
                 registry.limit_streams(sctp.outbound_streams)
                 self._set_state("connected", "")
-            elif kind is sctp_mod.Closed:
+            elif type(event) is sctp_mod.Closed:
                 self._set_state("disconnected", f"SCTP association closed: {event.reason}")
                 return False
         self.pump(now)
@@ -154,8 +153,7 @@ class ChannelMux:
     def _drain_registry(self) -> None:
         events = self._events
         while (event := self.registry.poll_event()) is not None:
-            kind = type(event)
-            if kind is dc.MessageReceived:
+            if type(event) is dc.MessageReceived:
                 stream_id = event.stream_id
                 if stream_id in self._closed_locally:
                     continue  # we closed: nobody reads any more
@@ -166,14 +164,14 @@ class ChannelMux:
                     unread[0] += 1
                     unread[1] += size
                 events.append(ChannelMessage(stream_id, message, size))
-            elif kind is dc.ChannelOpenedByPeer:
+            elif type(event) is dc.ChannelOpenedByPeer:
                 self._track(event.channel)
                 events.append(ChannelOpened(event.channel))
-            elif kind is dc.ChannelClosed:
+            elif type(event) is dc.ChannelClosed:
                 self._unread.pop(event.stream_id, None)
                 self._closed_locally.discard(event.stream_id)
                 events.append(ChannelClosed(event.stream_id))
-            elif kind is dc.ProtocolViolation:
+            elif type(event) is dc.ProtocolViolation:
                 self._counts.protocol_violations += 1
 
     def _track(self, info: dc.ChannelInfo) -> None:

@@ -267,7 +267,7 @@ class PeerCore:
                 # The selected pair is fixed until ICE says otherwise (an event, handled
                 # before this): send straight to it, as IceAgent.send_data would.
                 encrypt, poll_transmit = dtls.encrypt, sctp.poll_transmit
-                datagrams = []
+                datagrams: list[bytes] = []
                 while len(datagrams) < limit and (packet := poll_transmit()) is not None:
                     datagram = encrypt(packet)
                     if datagram is not None:
@@ -325,8 +325,7 @@ class PeerCore:
         ice = self.ice
         assert ice is not None
         while (event := ice.poll_event()) is not None:
-            kind = type(event)
-            if kind is DataReceived:
+            if type(event) is DataReceived:
                 dtls = self.dtls
                 self._early.peer_addr = event.addr
                 if dtls is None:
@@ -338,21 +337,21 @@ class PeerCore:
                     self.counts.datagrams_dropped += 1
                     continue
                 self._drain_dtls(now)
-            elif kind is CandidateGathered or kind is GatheringComplete:
+            elif type(event) is CandidateGathered or type(event) is GatheringComplete:
                 self._events.append(event)
-            elif kind is SelectedPairChanged:
+            elif type(event) is SelectedPairChanged:
                 # Through a TURN allocation ICE wraps every datagram: no direct data path.
                 relayed = event.local.type == "relay"
                 self._data_addr = None if relayed else (event.remote.host, event.remote.port)
                 self._start_dtls_if_ready(now)
-            elif kind is IceStateChanged:
+            elif type(event) is IceStateChanged:
                 if event.state in (IceState.FAILED, IceState.CLOSED):
                     self._data_addr = None
                 if event.state is IceState.FAILED:
                     self._fail("ICE failed: no candidate pair works")
                 elif event.state is IceState.CHECKING and self.state == "new":
                     self._set_state("connecting")
-            elif kind is ConsentLost:
+            elif type(event) is ConsentLost:
                 self._data_addr = None
                 self._fail("ICE consent lost: the peer stopped answering")
 
@@ -371,17 +370,16 @@ class PeerCore:
         dtls = self.dtls
         assert dtls is not None
         while (event := dtls.poll_event()) is not None:
-            kind = type(event)
-            if kind is dtls_mod.DataReceived:
+            if type(event) is dtls_mod.DataReceived:
                 sctp = self.sctp
                 if sctp is not None:
                     sctp.receive(event.data, now)
                     self._dirty = True
-            elif kind is dtls_mod.HandshakeComplete:
+            elif type(event) is dtls_mod.HandshakeComplete:
                 self._start_sctp(now)
-            elif kind is dtls_mod.Failed:
+            elif type(event) is dtls_mod.Failed:
                 self._fail(f"DTLS failed: {event.error}")
-            elif kind is dtls_mod.Closed:
+            elif type(event) is dtls_mod.Closed:
                 self._fail(f"the peer closed DTLS: {event.reason}", state="disconnected")
 
     def _start_sctp(self, now: float) -> None:

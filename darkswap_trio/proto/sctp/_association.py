@@ -33,12 +33,14 @@ from __future__ import annotations
 import random
 import struct
 from collections import deque
+from collections.abc import Callable
 
 from ..errors import SctpParseError
 from ._acks import SackScheduler
 from ._chunks import (
     DATA_IMMEDIATE,
     AbortChunk,
+    Chunk,
     CookieAckChunk,
     CookieEchoChunk,
     DataChunk,
@@ -279,9 +281,9 @@ class SctpAssociation:
             parts.append(sack)
             room -= len(sack)
         if sender.forward_tsn_due and self._state in LIVE_STATES:
-            chunk = sender.forward_tsn_chunk(self._now)
-            if chunk is not None:
-                encoded = chunk.encode()
+            forward_tsn = sender.forward_tsn_chunk(self._now)
+            if forward_tsn is not None:
+                encoded = forward_tsn.encode()
                 if len(encoded) <= room:
                     parts.append(encoded)
                     room -= len(encoded)
@@ -334,18 +336,18 @@ class SctpAssociation:
         self._now = now
         if self._state is SctpState.ESTABLISHED:
             # The bulk of a transfer, decoded cheaply: what the loop below does for them.
-            chunk = parse_lone_data_untrusted(packet, self._inbound_header, self._zero_checksum)
-            if chunk is not None:
+            lone = parse_lone_data_untrusted(packet, self._inbound_header, self._zero_checksum)
+            if lone is not None:
                 self._packets_received += 1
                 self._bytes_received += len(packet)
                 receiver = self._receiver
                 acks = self._acks
                 if acks.due and acks.unacked >= acks.max_packets:
                     self._solo.append((self._peer_tag, acks.build(receiver, self._mtu - 12)))  # type: ignore[arg-type]
-                verdict = receiver.receive_data(chunk)  # type: ignore[union-attr]
+                verdict = receiver.receive_data(lone)  # type: ignore[union-attr]
                 unacked = acks.unacked = acks.unacked + 1  # acks.after_data(), inlined
                 self._resetter.after_data()
-                if unacked >= 2 or verdict != IN_ORDER or chunk.flags & DATA_IMMEDIATE:
+                if unacked >= 2 or verdict != IN_ORDER or lone.flags & DATA_IMMEDIATE:
                     acks.due = True
                 elif acks.deadline is None:
                     acks.deadline = now + acks.delayed_ack
@@ -376,8 +378,7 @@ class SctpAssociation:
         receiver = self._receiver
         got_data = urgent = False
         for chunk in chunks:
-            kind = type(chunk)
-            if kind is DataChunk:
+            if type(chunk) is DataChunk:
                 if receiver is None or self._state not in RECEIVE_STATES:
                     continue
                 acks = self._acks
@@ -388,16 +389,16 @@ class SctpAssociation:
                 # Gaps, duplicates and drops are reported at once, as the peer asks to be.
                 if receiver.receive_data(chunk) != IN_ORDER or chunk.flags & DATA_IMMEDIATE:
                     urgent = True
-            elif kind is SackChunk:
+            elif type(chunk) is SackChunk:
                 self._on_sack(chunk)
             else:
-                handler = _HANDLERS.get(kind)
+                handler = _HANDLERS.get(type(chunk))
                 if handler is not None:
                     handler(self, chunk)
-                elif kind is UnknownChunk:
+                elif type(chunk) is UnknownChunk:
                     if not self._on_unknown(chunk):
                         break
-                if self._state is SctpState.TERMINATED:
+                if self.state is SctpState.TERMINATED:  # the property: a handler may end it
                     return
                 receiver = self._receiver
         if got_data:
@@ -582,7 +583,7 @@ class SctpAssociation:
         )
 
 
-_HANDLERS = {
+_HANDLERS: dict[type[Chunk], Callable[..., None]] = {  # each takes the chunk type it is keyed by
     InitChunk: SctpAssociation._on_init,
     InitAckChunk: SctpAssociation._on_init_ack,
     CookieEchoChunk: SctpAssociation._on_cookie_echo,
@@ -595,6 +596,5 @@ _HANDLERS = {
     ShutdownAckChunk: SctpAssociation._on_shutdown_ack,
     ShutdownCompleteChunk: SctpAssociation._on_shutdown_complete,
     AbortChunk: SctpAssociation._on_abort,
-    # Operation errors (unrecognized chunk/parameter, stale cookie) are not fatal.
-    ErrorChunk: lambda self, chunk: None,
+    ErrorChunk: lambda self, chunk: None,  # operation errors (stale cookie...) are not fatal
 }

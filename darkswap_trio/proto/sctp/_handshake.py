@@ -26,6 +26,7 @@ from ._chunks import (
     PARAM_ZERO_CHECKSUM_ACCEPTABLE,
     ZERO_CHECKSUM_DTLS,
     AbortChunk,
+    Chunk,
     CookieAckChunk,
     CookieEchoChunk,
     InitAckChunk,
@@ -167,12 +168,12 @@ class AssociationSetup:
             )
         )
 
-    def tag_ok(self, vtag: int, chunks: list, peer_tag: int) -> bool:
+    def tag_ok(self, vtag: int, chunks: list[Chunk], peer_tag: int) -> bool:
         """RFC 9260 8.5: whether a packet with these chunks may carry ``vtag``."""
-        first = type(chunks[0])
-        if first is InitChunk:
+        first = chunks[0]
+        if type(first) is InitChunk:
             return vtag == 0 and len(chunks) == 1
-        if first in (AbortChunk, ShutdownCompleteChunk) and chunks[0].t_bit:
+        if isinstance(first, (AbortChunk, ShutdownCompleteChunk)) and first.t_bit:
             return vtag == peer_tag and vtag != 0
         return vtag == self.local_tag
 

@@ -11,11 +11,12 @@ with the common header and the CRC32c.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
-from google_crc32c import extend as _crc32c_extend
-from google_crc32c import value as _crc32c
+from google_crc32c import extend as _crc32c_extend_untyped
+from google_crc32c import value as _crc32c_untyped
 
 from ..errors import SctpParseError
 from ._chunks import (
@@ -50,6 +51,10 @@ from ._chunks import (
     UnknownChunk,
     UnknownReconfigParam,
 )
+
+# google_crc32c does not annotate these: the CRC32c of a bytes-like (extended by more), an int.
+_crc32c: Callable[[bytes], int] = _crc32c_untyped
+_crc32c_extend: Callable[[int, bytes], int] = _crc32c_extend_untyped
 
 __all__ = [
     "CommonHeader",
@@ -129,10 +134,14 @@ def _dec_heartbeat(cls: type[HeartbeatChunk], data: bytes, pos: int, end: int) -
 def _dec_u32(data: bytes, pos: int, end: int) -> int:
     if end - pos != 4:
         raise SctpParseError("bad chunk length")
-    return _U32.unpack_from(data, pos)[0]
+    value: int = _U32.unpack_from(data, pos)[0]
+    return value
 
 
-def _dec_empty(chunk: object, pos: int, end: int) -> object:
+_EmptyChunk = TypeVar("_EmptyChunk")
+
+
+def _dec_empty(chunk: _EmptyChunk, pos: int, end: int) -> _EmptyChunk:
     if end != pos:
         raise SctpParseError("unexpected chunk value")
     return chunk
@@ -168,7 +177,7 @@ def _dec_reconfig(flags: int, data: bytes, pos: int, end: int) -> ReconfigChunk:
     return ReconfigChunk(params)
 
 
-_DECODERS = {
+_DECODERS: dict[int, Callable[[int, bytes, int, int], Chunk]] = {
     0: _dec_data,
     1: lambda f, d, p, e: _dec_init_common(InitChunk, d, p, e),
     2: lambda f, d, p, e: _dec_init_common(InitAckChunk, d, p, e),

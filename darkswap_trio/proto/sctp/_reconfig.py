@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import deque
 
 from ._chunks import OutgoingResetRequest, ReconfigChunk, ReconfigResponse, UnknownReconfigParam
-from ._events import OutgoingStreamsReset, StreamsReset
+from ._events import OutgoingStreamsReset, SctpEvent, StreamsReset
 from ._sender import SctpSender
 from ._streams import MASK32, SctpReceiver, unwrap32
 
@@ -27,7 +27,7 @@ RESULT_IN_PROGRESS = 6
 class StreamResetter:
     """Both directions of stream reset; writes RE-CONFIG chunks into ``control``."""
 
-    def __init__(self, sender: SctpSender, events: deque, control: list[bytes]) -> None:
+    def __init__(self, sender: SctpSender, events: deque[SctpEvent], control: list[bytes]) -> None:
         self._sender = sender
         self._events = events
         self._control = control

@@ -18,9 +18,10 @@ import heapq
 from collections import deque
 
 from ._chunks import DATA_BEGINNING, DATA_END, DATA_HEADER, DATA_UNORDERED, ForwardTsnChunk
-from ._events import BufferedAmountLow
+from ._events import BufferedAmountLow, SctpEvent
 from ._loss import RttEstimator, count_missing, detect_lost_by_time
-from ._outbound import OutboundMessage, SentChunk
+from ._outbound import OutboundMessage as OutboundMessage  # the association builds them
+from ._outbound import SentChunk
 from ._streams import MASK32, unwrap32
 
 _PADDING = (b"", b"\x00\x00\x00", b"\x00\x00", b"\x00")
@@ -43,7 +44,7 @@ class SctpSender:
         self,
         initial_tsn: int,
         max_packet_size: int,
-        events: deque,
+        events: deque[SctpEvent],
         rto_initial: float,
         rto_min: float,
         rto_max: float,
@@ -302,6 +303,7 @@ class SctpSender:
         sent = self.sent
         flight_before = self.flight
         newly = 0
+        chunk: SentChunk | None
         advanced = cum > self.cum_acked
         if advanced:
             # One SACK may acknowledge a whole window: per-stream sums, released once.

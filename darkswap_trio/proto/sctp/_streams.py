@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import deque
 
 from ._chunks import DATA_BEGINNING, DATA_END, DATA_UNORDERED, DataChunk
-from ._events import MessageReceived
+from ._events import MessageReceived, SctpEvent
 
 MASK32 = 0xFFFFFFFF
 # Gap ack offsets are 16 bits; data further ahead of the cumulative TSN is dropped.
@@ -55,7 +55,7 @@ class SctpReceiver:
     window shrinks to 0 when the application stops polling (backpressure).
     """
 
-    def __init__(self, peer_initial_tsn: int, capacity: int, events: deque) -> None:
+    def __init__(self, peer_initial_tsn: int, capacity: int, events: deque[SctpEvent]) -> None:
         self.cum_tsn = peer_initial_tsn - 1
         self.highest_tsn = self.cum_tsn
         self.capacity = capacity
@@ -134,6 +134,7 @@ class SctpReceiver:
     def _try_reassemble(self, tsn: int) -> None:
         fragments = self._fragments
         start = tsn
+        chunk: DataChunk | None
         chunk = fragments[start]
         while not chunk.flags & DATA_BEGINNING:
             chunk = fragments.get(start - 1)

@@ -5,7 +5,6 @@ from dataclasses import replace
 
 import pytest
 
-from darkswap_trio._identity import Keypair
 from darkswap_trio.proto.gossip import GossipConfig, GossipCore
 from darkswap_trio.proto.gossip.wire import (
     GRAFT,
@@ -17,6 +16,7 @@ from darkswap_trio.proto.gossip.wire import (
     encode_frame,
     parse_frame_untrusted,
 )
+from darkswap_trio.proto.identity import Keypair
 
 KEYS = [Keypair.from_seed(bytes([i + 1]) * 32) for i in range(20)]
 

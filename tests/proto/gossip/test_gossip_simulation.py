@@ -26,7 +26,6 @@ from hypothesis import event as note_event
 from hypothesis import given, settings, target
 from hypothesis import strategies as st
 
-from darkswap_trio._identity import Keypair
 from darkswap_trio.proto.gossip import GossipConfig, GossipCore
 from darkswap_trio.proto.gossip.wire import (
     PUBLISH,
@@ -35,6 +34,7 @@ from darkswap_trio.proto.gossip.wire import (
     encode_record,
     signed_bytes,
 )
+from darkswap_trio.proto.identity import Keypair
 
 TOPICS = ("a", "b")
 SETTLE = 1.0  # a new subscription is known to every neighbour after this

@@ -6,7 +6,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from darkswap_trio._identity import Keypair
 from darkswap_trio.proto.errors import GossipParseError, ParseError
 from darkswap_trio.proto.gossip.wire import (
     GRAFT,
@@ -25,6 +24,7 @@ from darkswap_trio.proto.gossip.wire import (
     parse_frame_untrusted,
     signed_bytes,
 )
+from darkswap_trio.proto.identity import Keypair
 
 KEY = Keypair.from_seed(bytes(range(32)))
 FROM = KEY.peer_id.multihash
