@@ -1,0 +1,335 @@
+"""Headless Chromium with ``iceTransportPolicy: "relay"`` and OUR PeerConnection with
+``ice_transport_policy="relay"``: a data channel through OUR TURN server, data both ways.
+
+Both ends are relay-only, so every datagram goes Chromium -> its allocation -> our
+allocation -> us (and back) on the relay, over UDP or TCP to the server. Chromium offers
+and we answer (our answer carries our relay candidate), and we offer and Chromium answers
+(we trickle ours). The harness is test_turn_chromium.py's (the loopback-only namespace,
+the relay with TURN, the credentials from the relay's signaling); the page is this
+file's own, since it must answer as well as offer. Chromium's ``iceServers`` has one
+entry, our TURN URI; ours has one TurnServerConfig, the same URI and credentials. The
+test checks that both sides gathered relay candidates on 127.0.0.1 only, that both
+selected pairs are relay/relay (Chromium's getStats, our IceStatistics), and that the
+server's counters carried the messages.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from test_browser_chromium import (  # noqa: F401 (the fixture is used by name)
+    CHROMIUM_FLAGS,
+    find_chromium,
+    loopback_only_namespace,
+)
+from turn_relay import ice_server, relay_with_turn
+
+from darkswap_trio.webrtc import (
+    DataChannel,
+    PeerConnection,
+    PeerConnectionConfig,
+    TurnServerConfig,
+    open_peer_connection,
+)
+from darkswap_trio.websocket import WebSocketConnection, WebSocketRequest, serve_websocket
+
+LOOPBACK = "127.0.0.1"
+TIME_LIMIT = 60  # Chromium's cold start on a loaded 2-core machine is the slow part
+BIG = bytes(i * 7 % 256 for i in range(20000))
+# What each side sends (the page's list in PAGE is the same, with "chromium" for "trio").
+OURS: list[str | bytes] = ["hello from trio", b"\x00\x01\xfe\xff", BIG]
+THEIRS: list[str | bytes] = ["hello from chromium", b"\x00\x01\xfe\xff", BIG]
+
+PAGE = r"""<!doctype html>
+<meta charset="utf-8">
+<title>darkswap-trio TURN interop with our SDK</title>
+<script>
+"use strict";
+const ws = new WebSocket(`ws://${location.host}/signal`);
+let pc = null;
+const channels = new Map();
+function report(message) { ws.send(JSON.stringify(message)); }
+window.onerror = (message, source, line) => report({type: "error", message: `${message} @${line}`});
+window.onunhandledrejection = (event) => report({type: "error", message: String(event.reason)});
+const toHex = (buffer) =>
+  Array.from(new Uint8Array(buffer), (b) => b.toString(16).padStart(2, "0")).join("");
+
+function serve(channel) {
+  channels.set(channel.label, channel);
+  channel.binaryType = "arraybuffer";
+  const opened = () => report({type: "open", label: channel.label, id: channel.id});
+  if (channel.readyState === "open") opened(); else channel.onopen = opened;
+  channel.onmessage = ({data}) => report({type: "message", label: channel.label,
+    ...(typeof data === "string" ? {kind: "string", data} : {kind: "binary", hex: toHex(data)})});
+}
+async function gatheredDescription() {  // no trickle from the page: every candidate inside
+  if (pc.iceGatheringState !== "complete") {
+    await new Promise((resolve) => pc.addEventListener("icegatheringstatechange", () => {
+      if (pc.iceGatheringState === "complete") resolve();
+    }));
+  }
+  return pc.localDescription.sdp;
+}
+
+const commands = {
+  async start(m) {
+    // Media permission lets Chromium enumerate interfaces (see test_browser_chromium).
+    const stream = await navigator.mediaDevices.getUserMedia({audio: true});
+    for (const track of stream.getTracks()) track.stop();
+    pc = new RTCPeerConnection({iceServers: [m.server], iceTransportPolicy: "relay"});
+    pc.onicecandidate = ({candidate}) => {
+      if (candidate && candidate.candidate) report({type: "gathered", candidate: candidate.candidate});
+    };
+    pc.onicecandidateerror = (e) => report({type: "candidate-error", url: e.url,
+      code: e.errorCode, text: e.errorText, address: e.address, port: e.port});
+    pc.ondatachannel = ({channel}) => serve(channel);
+    if (!m.offer) return report({type: "started"});
+    serve(pc.createDataChannel("from-chromium"));
+    await pc.setLocalDescription(await pc.createOffer());
+    report({type: "offer", sdp: await gatheredDescription()});
+  },
+  async offer(m) {
+    await pc.setRemoteDescription({type: "offer", sdp: m.sdp});
+    await pc.setLocalDescription(await pc.createAnswer());
+    report({type: "answer", sdp: await gatheredDescription()});
+  },
+  async answer(m) { await pc.setRemoteDescription({type: "answer", sdp: m.sdp}); },
+  async candidate(m) {
+    await pc.addIceCandidate(m.candidate === null ? undefined
+                             : {candidate: m.candidate, sdpMLineIndex: 0});
+  },
+  async send(m) {
+    const channel = channels.get(m.label);
+    if (channel.readyState === "connecting") {  // see test_browser_chromium's "send"
+      await new Promise((resolve) => channel.addEventListener("open", resolve, {once: true}));
+    }
+    const big = new Uint8Array(20000);
+    for (let i = 0; i < big.length; i++) big[i] = (i * 7) % 256;
+    for (const message of ["hello from chromium", new Uint8Array([0, 1, 254, 255]).buffer,
+                           big.buffer]) channel.send(message);
+  },
+  async stats() {
+    const stats = await pc.getStats();
+    for (const transport of stats.values()) {
+      if (transport.type !== "transport" || !transport.selectedCandidatePairId) continue;
+      const pair = stats.get(transport.selectedCandidatePairId);
+      const local = stats.get(pair.localCandidateId), remote = stats.get(pair.remoteCandidateId);
+      return report({type: "stats", local: local.address, localPort: local.port,
+        localType: local.candidateType, relayProtocol: local.relayProtocol, url: local.url,
+        remote: remote.address, remotePort: remote.port, remoteType: remote.candidateType,
+        dtls: transport.dtlsState, bytesSent: pair.bytesSent, bytesReceived: pair.bytesReceived});
+    }
+    report({type: "stats", local: null});
+  },
+};
+let queue = Promise.resolve();
+ws.onmessage = ({data}) => {
+  const m = JSON.parse(data);
+  queue = queue.then(() => commands[m.type](m))
+    .catch((e) => report({type: "error", message: `${m.type}: ${e}`}));
+};
+ws.onopen = () => report({type: "hello", agent: navigator.userAgent});
+</script>
+"""
+
+
+class Page:
+    """The page's signaling WebSocket: commands out, reports in (all logged)."""
+
+    def __init__(self, connection: WebSocketConnection) -> None:
+        self.connection = connection
+        self.log: list[dict[str, Any]] = []
+
+    async def command(self, **message: Any) -> None:
+        await self.connection.send(json.dumps(message))
+
+    async def expect(self, kind: str) -> dict[str, Any]:
+        """The next report of ``kind``; the others in between are only logged."""
+        while True:
+            report = json.loads(await self.connection.receive())
+            self.log.append(report)
+            assert report["type"] != "error", (report, self.log)
+            if report["type"] == kind:
+                return report
+
+    def of_type(self, kind: str) -> list[dict[str, Any]]:
+        return [r for r in self.log if r["type"] == kind]
+
+
+@asynccontextmanager
+async def chromium_page() -> AsyncIterator[Page]:
+    """Serve PAGE, start Chromium on it (from this thread, so in its namespace), kill
+    it at exit; as test_turn_chromium.chromium_page, with this file's page."""
+    binary = find_chromium()
+    assert binary is not None
+    connections, incoming = trio.open_memory_channel[WebSocketConnection](1)
+    finished = trio.Event()
+
+    async def handler(request: WebSocketRequest) -> None:
+        if not request.is_websocket:
+            body = PAGE.encode() if request.path.startswith("/?") else b"not found\n"
+            await request.reject(200, body, content_type="text/html; charset=utf-8")
+            return
+        await connections.send(await request.accept())
+        await finished.wait()
+
+    with tempfile.TemporaryDirectory(prefix="chromium-") as profile:
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(serve_websocket, handler, LOOPBACK, 0)
+            port = listeners[0].socket.getsockname()[1]
+            output_path = os.path.join(profile, "output.txt")
+            with open(output_path, "wb") as output:
+                process = subprocess.Popen(
+                    [binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}/profile",
+                     f"http://{LOOPBACK}:{port}/?turn-sdk"],
+                    stdin=subprocess.DEVNULL, stdout=output, stderr=output,
+                    start_new_session=True,
+                )  # fmt: skip
+            try:
+                with trio.move_on_after(TIME_LIMIT / 2) as waited:
+                    connection = await incoming.receive()
+                if waited.cancelled_caught:
+                    tail = Path(output_path).read_bytes()[-3000:].decode(errors="replace")
+                    raise AssertionError(f"Chromium never opened the page:\n{tail}")
+                yield Page(connection)
+            finally:
+                nursery.cancel_scope.cancel()
+                finished.set()
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=5)
+
+
+def our_config(entry: dict[str, Any]) -> PeerConnectionConfig:
+    """Relay-only through the same TURN URI and credentials as Chromium's entry."""
+    turn = TurnServerConfig(entry["urls"], entry["username"], entry["credential"])
+    return PeerConnectionConfig(
+        host_addresses=[LOOPBACK], turn_servers=[turn], ice_transport_policy="relay"
+    )
+
+
+def relay_candidates(sdp_or_lines: str | list[str]) -> list[str]:
+    lines = sdp_or_lines.split("\r\n") if isinstance(sdp_or_lines, str) else sdp_or_lines
+    return [line for line in lines if "candidate:" in line]
+
+
+async def exchange(page: Page, channel: DataChannel) -> None:
+    """THEIRS reach us, OURS reach the page, in order and with their types."""
+    await page.command(type="send", label=channel.label)
+    assert [await channel.receive() for _ in THEIRS] == THEIRS
+    for message in OURS:
+        await channel.send(message)
+    reports = [await page.expect("message") for _ in OURS]
+    got = [r["data"] if r["kind"] == "string" else bytes.fromhex(r["hex"]) for r in reports]
+    assert got == OURS, reports
+    assert {r["label"] for r in reports} == {channel.label}
+
+
+async def check_relay_pairs(page: Page, pc: PeerConnection, scheme: str) -> None:
+    """Both ends selected relay/relay on 127.0.0.1, each the other's relayed address."""
+    await page.command(type="stats")
+    stats = await page.expect("stats")
+    assert (stats["localType"], stats["remoteType"]) == ("relay", "relay"), stats
+    assert (stats["local"], stats["remote"]) == (LOOPBACK, LOOPBACK), stats
+    assert stats["relayProtocol"] == scheme and stats["dtls"] == "connected", stats
+    # Data may flow before the controlled side learns of the nomination (RFC 8445 12.1).
+    while (ice := pc.statistics().ice) is not None and ice.selected_remote is None:
+        await trio.sleep(0.01)  # bounded by the test's fail_after
+    assert ice is not None
+    assert (ice.selected_local_type, ice.selected_remote_type) == ("relay", "relay"), ice
+    assert ice.selected_local == (LOOPBACK, stats["remotePort"]), (ice, stats)
+    assert ice.selected_remote == (LOOPBACK, stats["localPort"]), (ice, stats)
+
+
+def check_server_relayed(server: Any) -> None:
+    """Two allocations (one per side); the messages both ways crossed both of them, so
+    each counter saw at least twice the big message (once per direction)."""
+    counters = server.turn.core.counters
+    assert counters["allocations_created"] >= 2, counters
+    assert counters["bytes_to_peer"] > 2 * len(BIG), counters
+    assert counters["bytes_to_client"] > 2 * len(BIG), counters
+
+
+def check_chromium_gathered(page: Page) -> None:
+    gathered = [r["candidate"] for r in page.of_type("gathered")]
+    assert gathered, ("Chromium gathered no relay candidate", page.log)
+    assert all(" typ relay " in c and f" {LOOPBACK} " in c for c in gathered), gathered
+
+
+needs_chromium = pytest.mark.skipif(find_chromium() is None, reason="no chromium binary on PATH")
+
+
+@needs_chromium
+@pytest.mark.usefixtures("loopback_only_namespace")
+@pytest.mark.parametrize("scheme", ["udp", "tcp"])
+async def test_chromium_offers_our_sdk_answers_through_our_turn(tmp_path, scheme) -> None:
+    with trio.fail_after(TIME_LIMIT):
+        async with (
+            relay_with_turn(tmp_path) as (server, creds, _),
+            chromium_page() as page,
+        ):
+            entry = ice_server(creds, scheme)
+            await page.expect("hello")
+            await page.command(type="start", server=entry, offer=True)
+            offer = (await page.expect("offer"))["sdp"]
+            check_chromium_gathered(page)
+            assert relay_candidates(offer), offer
+            async with open_peer_connection(our_config(entry)) as pc:
+                await pc.set_remote_description(offer, "offer")
+                ours = [c async for c in pc.local_candidates() if c is not None]
+                answer = await pc.create_answer()
+                assert len(ours) == 1 and " typ relay " in ours[0], ours
+                assert relay_candidates(answer) == [f"a={ours[0]}"], answer
+                assert f" {LOOPBACK} " in ours[0], ours
+                await page.command(type="answer", sdp=answer)
+                await pc.wait_connected()
+                channel = await pc.accept_data_channel()
+                assert channel.label == "from-chromium"
+                assert (await page.expect("open"))["id"] == channel.id
+                await exchange(page, channel)
+                await check_relay_pairs(page, pc, scheme)
+                check_server_relayed(server)
+
+
+@needs_chromium
+@pytest.mark.usefixtures("loopback_only_namespace")
+@pytest.mark.parametrize("scheme", ["udp", "tcp"])
+async def test_our_sdk_offers_chromium_answers_through_our_turn(tmp_path, scheme) -> None:
+    with trio.fail_after(TIME_LIMIT):
+        async with (
+            relay_with_turn(tmp_path) as (server, creds, _),
+            chromium_page() as page,
+        ):
+            entry = ice_server(creds, scheme)
+            await page.expect("hello")
+            await page.command(type="start", server=entry, offer=False)
+            await page.expect("started")
+            async with open_peer_connection(our_config(entry)) as pc:
+                offer = await pc.create_offer()
+                assert not relay_candidates(offer), offer  # the allocation comes later
+                await page.command(type="offer", sdp=offer)
+                answer = (await page.expect("answer"))["sdp"]
+                check_chromium_gathered(page)
+                assert relay_candidates(answer), answer
+                await pc.set_remote_description(answer, "answer")
+                ours = []
+                async for candidate in pc.local_candidates():  # trickle, then the end
+                    ours.append(candidate)
+                    await page.command(type="candidate", candidate=candidate)
+                assert len(ours) == 2 and " typ relay " in ours[0], ours
+                assert f" {LOOPBACK} " in ours[0], ours
+                await pc.wait_connected()
+                channel = await pc.create_data_channel("from-trio")
+                assert (await page.expect("open"))["id"] == channel.id
+                await exchange(page, channel)
+                await check_relay_pairs(page, pc, scheme)
+                check_server_relayed(server)
