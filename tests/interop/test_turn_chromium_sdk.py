@@ -2,7 +2,8 @@
 ``ice_transport_policy="relay"``: a data channel through OUR TURN server, data both ways.
 
 Both ends are relay-only, so every datagram goes Chromium -> its allocation -> our
-allocation -> us (and back) on the relay, over UDP or TCP to the server. Chromium offers
+allocation -> us (and back) on the relay, over UDP, TCP or TLS to the server (for TLS
+Chromium runs with ``--ignore-certificate-errors`` and we trust the test's certificate). Chromium offers
 and we answer (our answer carries our relay candidate), and we offer and Chromium answers
 (we trickle ours). The harness is test_turn_chromium.py's (the loopback-only namespace,
 the relay with TURN, the credentials from the relay's signaling); the page is this
@@ -18,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import ssl
 import subprocess
 import tempfile
 from collections.abc import AsyncIterator
@@ -45,6 +47,9 @@ from darkswap_trio.websocket import WebSocketConnection, WebSocketRequest, serve
 
 LOOPBACK = "127.0.0.1"
 TIME_LIMIT = 60  # Chromium's cold start on a loaded 2-core machine is the slow part
+# Chromium verifies a turns: server's certificate (the test's self-signed one): as in
+# test_turn_chromium.py.
+TLS_FLAGS = ("--ignore-certificate-errors",)
 BIG = bytes(i * 7 % 256 for i in range(20000))
 # What each side sends (the page's list in PAGE is the same, with "chromium" for "trio").
 OURS: list[str | bytes] = ["hello from trio", b"\x00\x01\xfe\xff", BIG]
@@ -167,7 +172,7 @@ class Page:
 
 
 @asynccontextmanager
-async def chromium_page() -> AsyncIterator[Page]:
+async def chromium_page(*extra_flags: str) -> AsyncIterator[Page]:
     """Serve PAGE, start Chromium on it (from this thread, so in its namespace), kill
     it at exit; as test_turn_chromium.chromium_page, with this file's page."""
     binary = find_chromium()
@@ -190,7 +195,7 @@ async def chromium_page() -> AsyncIterator[Page]:
             output_path = os.path.join(profile, "output.txt")
             with open(output_path, "wb") as output:
                 process = subprocess.Popen(
-                    [binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}/profile",
+                    [binary, *CHROMIUM_FLAGS, *extra_flags, f"--user-data-dir={profile}/profile",
                      f"http://{LOOPBACK}:{port}/?turn-sdk"],
                     stdin=subprocess.DEVNULL, stdout=output, stderr=output,
                     start_new_session=True,
@@ -209,9 +214,11 @@ async def chromium_page() -> AsyncIterator[Page]:
                 process.wait(timeout=5)
 
 
-def our_config(entry: dict[str, Any]) -> PeerConnectionConfig:
-    """Relay-only through the same TURN URI and credentials as Chromium's entry."""
-    turn = TurnServerConfig(entry["urls"], entry["username"], entry["credential"])
+def our_config(entry: dict[str, Any], cert: str | None) -> PeerConnectionConfig:
+    """Relay-only through the same TURN URI and credentials as Chromium's entry; a
+    turns: server's certificate is checked against ``cert``."""
+    context = ssl.create_default_context(cafile=cert) if cert is not None else None
+    turn = TurnServerConfig(entry["urls"], entry["username"], entry["credential"], context)
     return PeerConnectionConfig(
         host_addresses=[LOOPBACK], turn_servers=[turn], ice_transport_policy="relay"
     )
@@ -270,12 +277,12 @@ needs_chromium = pytest.mark.skipif(find_chromium() is None, reason="no chromium
 
 @needs_chromium
 @pytest.mark.usefixtures("loopback_only_namespace")
-@pytest.mark.parametrize("scheme", ["udp", "tcp"])
+@pytest.mark.parametrize("scheme", ["udp", "tcp", "tls"])
 async def test_chromium_offers_our_sdk_answers_through_our_turn(tmp_path, scheme) -> None:
     with trio.fail_after(TIME_LIMIT):
         async with (
-            relay_with_turn(tmp_path) as (server, creds, _),
-            chromium_page() as page,
+            relay_with_turn(tmp_path, tls=scheme == "tls") as (server, creds, cert),
+            chromium_page(*TLS_FLAGS if scheme == "tls" else ()) as page,
         ):
             entry = ice_server(creds, scheme)
             await page.expect("hello")
@@ -283,7 +290,7 @@ async def test_chromium_offers_our_sdk_answers_through_our_turn(tmp_path, scheme
             offer = (await page.expect("offer"))["sdp"]
             check_chromium_gathered(page)
             assert relay_candidates(offer), offer
-            async with open_peer_connection(our_config(entry)) as pc:
+            async with open_peer_connection(our_config(entry, cert)) as pc:
                 await pc.set_remote_description(offer, "offer")
                 ours = [c async for c in pc.local_candidates() if c is not None]
                 answer = await pc.create_answer()
@@ -302,18 +309,18 @@ async def test_chromium_offers_our_sdk_answers_through_our_turn(tmp_path, scheme
 
 @needs_chromium
 @pytest.mark.usefixtures("loopback_only_namespace")
-@pytest.mark.parametrize("scheme", ["udp", "tcp"])
+@pytest.mark.parametrize("scheme", ["udp", "tcp", "tls"])
 async def test_our_sdk_offers_chromium_answers_through_our_turn(tmp_path, scheme) -> None:
     with trio.fail_after(TIME_LIMIT):
         async with (
-            relay_with_turn(tmp_path) as (server, creds, _),
-            chromium_page() as page,
+            relay_with_turn(tmp_path, tls=scheme == "tls") as (server, creds, cert),
+            chromium_page(*TLS_FLAGS if scheme == "tls" else ()) as page,
         ):
             entry = ice_server(creds, scheme)
             await page.expect("hello")
             await page.command(type="start", server=entry, offer=False)
             await page.expect("started")
-            async with open_peer_connection(our_config(entry)) as pc:
+            async with open_peer_connection(our_config(entry, cert)) as pc:
                 offer = await pc.create_offer()
                 assert not relay_candidates(offer), offer  # the allocation comes later
                 await page.command(type="offer", sdp=offer)
