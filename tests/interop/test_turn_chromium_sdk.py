@@ -11,7 +11,9 @@ file's own, since it must answer as well as offer. Chromium's ``iceServers`` has
 entry, our TURN URI; ours has one TurnServerConfig, the same URI and credentials. The
 test checks that both sides gathered relay candidates on 127.0.0.1 only, that both
 selected pairs are relay/relay (Chromium's getStats, our IceStatistics), and that the
-server's counters carried the messages.
+server's counters carried the messages from one allocation to the other. The relay keeps
+its default-deny peer policy (``allow_loopback_peers`` off): its own allocations are the
+only peers on loopback it lets through, so there is no path around the TURN server.
 """
 
 from __future__ import annotations
@@ -259,9 +261,12 @@ async def check_relay_pairs(page: Page, pc: PeerConnection, scheme: str) -> None
 
 def check_server_relayed(server: Any) -> None:
     """Two allocations (one per side); the messages both ways crossed both of them, so
-    each counter saw at least twice the big message (once per direction)."""
+    each counter saw at least twice the big message (once per direction), handed from
+    one allocation to the other inside the server (hairpin: the relay runs with the
+    default-deny peer policy, ``allow_loopback_peers`` off, so no other path exists)."""
     counters = server.turn.core.counters
     assert counters["allocations_created"] >= 2, counters
+    assert counters["hairpin_datagrams"] > 0, counters
     assert counters["bytes_to_peer"] > 2 * len(BIG), counters
     assert counters["bytes_to_client"] > 2 * len(BIG), counters
 
@@ -281,7 +286,11 @@ needs_chromium = pytest.mark.skipif(find_chromium() is None, reason="no chromium
 async def test_chromium_offers_our_sdk_answers_through_our_turn(tmp_path, scheme) -> None:
     with trio.fail_after(TIME_LIMIT):
         async with (
-            relay_with_turn(tmp_path, tls=scheme == "tls") as (server, creds, cert),
+            relay_with_turn(tmp_path, tls=scheme == "tls", allow_loopback=False) as (
+                server,
+                creds,
+                cert,
+            ),
             chromium_page(*TLS_FLAGS if scheme == "tls" else ()) as page,
         ):
             entry = ice_server(creds, scheme)
@@ -313,7 +322,11 @@ async def test_chromium_offers_our_sdk_answers_through_our_turn(tmp_path, scheme
 async def test_our_sdk_offers_chromium_answers_through_our_turn(tmp_path, scheme) -> None:
     with trio.fail_after(TIME_LIMIT):
         async with (
-            relay_with_turn(tmp_path, tls=scheme == "tls") as (server, creds, cert),
+            relay_with_turn(tmp_path, tls=scheme == "tls", allow_loopback=False) as (
+                server,
+                creds,
+                cert,
+            ),
             chromium_page(*TLS_FLAGS if scheme == "tls" else ()) as page,
         ):
             entry = ice_server(creds, scheme)
