@@ -52,6 +52,8 @@ TIME_LIMIT = 60  # Chromium's cold start on a loaded 2-core machine is the slow 
 # Chromium verifies a turns: server's certificate (the test's self-signed one): as in
 # test_turn_chromium.py.
 TLS_FLAGS = ("--ignore-certificate-errors",)
+BULK_COUNT, BULK_SIZE = 16, 65536  # 1 MiB each way through both allocations
+BULK_BYTES = BULK_COUNT * BULK_SIZE
 BIG = bytes(i * 7 % 256 for i in range(20000))
 # What each side sends (the page's list in PAGE is the same, with "chromium" for "trio").
 OURS: list[str | bytes] = ["hello from trio", b"\x00\x01\xfe\xff", BIG]
@@ -76,8 +78,22 @@ function serve(channel) {
   channel.binaryType = "arraybuffer";
   const opened = () => report({type: "open", label: channel.label, id: channel.id});
   if (channel.readyState === "open") opened(); else channel.onopen = opened;
-  channel.onmessage = ({data}) => report({type: "message", label: channel.label,
-    ...(typeof data === "string" ? {kind: "string", data} : {kind: "binary", hex: toHex(data)})});
+  channel.onmessage = ({data}) => {
+    const bulk = bulks.get(channel.label);
+    if (bulk && typeof data !== "string") return receiveBulk(channel.label, bulk, data);
+    report({type: "message", label: channel.label,
+      ...(typeof data === "string" ? {kind: "string", data} : {kind: "binary", hex: toHex(data)})});
+  };
+}
+const bulks = new Map();  // label -> the bulk transfer the page expects from us
+function receiveBulk(label, bulk, data) {
+  const bytes = new Uint8Array(data), value = bulk.received % 256;
+  bulk.ok = bulk.ok && bytes.length === bulk.size && bytes.every((b) => b === value);
+  bulk.received += 1;
+  if (bulk.received === bulk.count) {
+    bulks.delete(label);
+    report({type: "bulk", label, count: bulk.received, ok: bulk.ok});
+  }
 }
 async function gatheredDescription() {  // no trickle from the page: every candidate inside
   if (pc.iceGatheringState !== "complete") {
@@ -124,6 +140,19 @@ const commands = {
     for (let i = 0; i < big.length; i++) big[i] = (i * 7) % 256;
     for (const message of ["hello from chromium", new Uint8Array([0, 1, 254, 255]).buffer,
                            big.buffer]) channel.send(message);
+  },
+  async bulk(m) {  // as test_browser_chromium's: m.count messages of m.size bytes each way
+    bulks.set(m.label, {count: m.count, size: m.size, received: 0, ok: true});
+    report({type: "bulk-ready", label: m.label});
+    const channel = channels.get(m.label);
+    channel.bufferedAmountLowThreshold = 256 * 1024;
+    for (let i = 0; i < m.count; i++) {
+      if (channel.bufferedAmount > 1024 * 1024) {
+        await new Promise((resolve) =>
+          channel.addEventListener("bufferedamountlow", resolve, {once: true}));
+      }
+      channel.send(new Uint8Array(m.size).fill(i % 256));
+    }
   },
   async stats() {
     const stats = await pc.getStats();
@@ -243,6 +272,24 @@ async def exchange(page: Page, channel: DataChannel) -> None:
     assert {r["label"] for r in reports} == {channel.label}
 
 
+async def bulk_both_ways(page: Page, channel: DataChannel, count: int, size: int) -> None:
+    """``count`` messages of ``size`` bytes each way at once, contents and order checked."""
+    await page.command(type="bulk", label=channel.label, count=count, size=size)
+    await page.expect("bulk-ready")
+
+    async def send_ours() -> None:
+        for i in range(count):
+            await channel.send(bytes([i % 256]) * size)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(send_ours)
+        for i in range(count):
+            message = await channel.receive()
+            assert message == bytes([i % 256]) * size, (i, len(message))
+    report = await page.expect("bulk")
+    assert (report["count"], report["ok"]) == (count, True), report
+
+
 async def check_relay_pairs(page: Page, pc: PeerConnection, scheme: str) -> None:
     """Both ends selected relay/relay on 127.0.0.1, each the other's relayed address."""
     await page.command(type="stats")
@@ -261,14 +308,14 @@ async def check_relay_pairs(page: Page, pc: PeerConnection, scheme: str) -> None
 
 def check_server_relayed(server: Any) -> None:
     """Two allocations (one per side); the messages both ways crossed both of them, so
-    each counter saw at least twice the big message (once per direction), handed from
+    each counter saw at least the bulk transfers both ways, handed from
     one allocation to the other inside the server (hairpin: the relay runs with the
     default-deny peer policy, ``allow_loopback_peers`` off, so no other path exists)."""
     counters = server.turn.core.counters
     assert counters["allocations_created"] >= 2, counters
     assert counters["hairpin_datagrams"] > 0, counters
-    assert counters["bytes_to_peer"] > 2 * len(BIG), counters
-    assert counters["bytes_to_client"] > 2 * len(BIG), counters
+    assert counters["bytes_to_peer"] > 2 * BULK_BYTES, counters
+    assert counters["bytes_to_client"] > 2 * BULK_BYTES, counters
 
 
 def check_chromium_gathered(page: Page) -> None:
@@ -312,6 +359,7 @@ async def test_chromium_offers_our_sdk_answers_through_our_turn(tmp_path, scheme
                 assert channel.label == "from-chromium"
                 assert (await page.expect("open"))["id"] == channel.id
                 await exchange(page, channel)
+                await bulk_both_ways(page, channel, BULK_COUNT, BULK_SIZE)
                 await check_relay_pairs(page, pc, scheme)
                 check_server_relayed(server)
 
@@ -351,5 +399,6 @@ async def test_our_sdk_offers_chromium_answers_through_our_turn(tmp_path, scheme
                 channel = await pc.create_data_channel("from-trio")
                 assert (await page.expect("open"))["id"] == channel.id
                 await exchange(page, channel)
+                await bulk_both_ways(page, channel, BULK_COUNT, BULK_SIZE)
                 await check_relay_pairs(page, pc, scheme)
                 check_server_relayed(server)
