@@ -259,7 +259,7 @@ def our_config(entry: dict[str, Any], cert: str | None) -> PeerConnectionConfig:
     )
 
 
-def relay_candidates(sdp_or_lines: str | list[str]) -> list[str]:
+def candidate_lines(sdp_or_lines: str | list[str]) -> list[str]:
     lines = sdp_or_lines.split("\r\n") if isinstance(sdp_or_lines, str) else sdp_or_lines
     return [line for line in lines if "candidate:" in line]
 
@@ -349,13 +349,13 @@ async def test_chromium_offers_our_sdk_answers_through_our_turn(tmp_path, scheme
             await page.command(type="start", server=entry, offer=True)
             offer = (await page.expect("offer"))["sdp"]
             check_chromium_gathered(page)
-            assert relay_candidates(offer), offer
+            assert candidate_lines(offer), offer
             async with open_peer_connection(our_config(entry, cert)) as pc:
                 await pc.set_remote_description(offer, "offer")
                 ours = [c async for c in pc.local_candidates() if c is not None]
                 answer = await pc.create_answer()
                 assert len(ours) == 1 and " typ relay " in ours[0], ours
-                assert relay_candidates(answer) == [f"a={ours[0]}"], answer
+                assert candidate_lines(answer) == [f"a={ours[0]}"], answer
                 assert f" {LOOPBACK} " in ours[0], ours
                 await page.command(type="answer", sdp=answer)
                 await pc.wait_connected()
@@ -387,11 +387,11 @@ async def test_our_sdk_offers_chromium_answers_through_our_turn(tmp_path, scheme
             await page.expect("started")
             async with open_peer_connection(our_config(entry, cert)) as pc:
                 offer = await pc.create_offer()
-                assert not relay_candidates(offer), offer  # the allocation comes later
+                assert not candidate_lines(offer), offer  # the allocation comes later
                 await page.command(type="offer", sdp=offer)
                 answer = (await page.expect("answer"))["sdp"]
                 check_chromium_gathered(page)
-                assert relay_candidates(answer), answer
+                assert candidate_lines(answer), answer
                 await pc.set_remote_description(answer, "answer")
                 ours = []
                 async for candidate in pc.local_candidates():  # trickle, then the end
