@@ -3,9 +3,9 @@
 
 Both ends are relay-only, so every datagram goes Chromium -> its allocation -> our
 allocation -> us (and back) on the relay, over UDP, TCP or TLS to the server (for TLS
-Chromium runs with ``--ignore-certificate-errors`` and we trust the test's certificate). Chromium offers
-and we answer (our answer carries our relay candidate), and we offer and Chromium answers
-(we trickle ours). The harness is test_turn_chromium.py's (the loopback-only namespace,
+Chromium runs with ``--ignore-certificate-errors`` and we trust the test's certificate).
+Chromium offers and we answer (our answer carries our relay candidate), and we offer and
+Chromium answers (we trickle ours). The harness is test_turn_chromium.py's (the loopback-only namespace,
 the relay with TURN, the credentials from the relay's signaling); the page is this
 file's own, since it must answer as well as offer. Chromium's ``iceServers`` has one
 entry, our TURN URI; ours has one TurnServerConfig, the same URI and credentials. The
