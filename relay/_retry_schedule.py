@@ -3,10 +3,13 @@
 After a restart every peer comes back at once; the pending table fills and the rest are
 refused as busy. Telling them all "retry in 1 s" only moves the stampede one second on,
 and each wasted attempt costs CPU on both ends. Instead the schedule queues them in
-time: the k-th peer refused is sent ``(pending + k) / rate`` seconds into the future,
-where ``rate`` is how fast connections leave the pending table (measured, smoothed), so
-the crowd returns at about the pace the relay registers. The client adds up to one
-second of jitter (``Retry-After`` is whole seconds).
+time: the k-th peer refused (counted while the relay stays busy) is sent ``k / rate``
+seconds into the future, where ``rate`` is how fast connections leave the pending table
+(measured, smoothed): each pending connection that registers frees a slot for the next
+in line, so the crowd returns at about the pace the relay registers. The rate is taken
+a little optimistically (x ``OPTIMISM``): a peer that comes back too early costs one
+cheap refusal, a slot nobody comes for costs registration capacity. ``Retry-After`` is
+whole seconds, rounded down; the client adds up to one second of jitter.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from __future__ import annotations
 import math
 
 __all__ = ["RetrySchedule"]
+
+OPTIMISM = 1.25
 
 
 class RetrySchedule:
@@ -49,10 +54,15 @@ class RetrySchedule:
         self._mark = (now, self.exits)
 
     def refused(self, pending: int, now: float) -> int:
-        """Seconds a peer refused now should wait: the ``Retry-After`` value (>= 1)."""
+        """Seconds a peer refused now should wait: the ``Retry-After`` value (>= 1).
+
+        ``pending`` is the number of connections in the full pending table.
+        """
         self._measure(now)
-        slot = max(self._next_slot, now + pending / self.rate)
+        if pending <= 0:
+            return 1  # room already (a refusal raced a registration)
+        slot = max(self._next_slot, now) + 1.0 / (self.rate * OPTIMISM)
         wait = slot - now
         if wait < self.max_wait:
-            self._next_slot = slot + 1.0 / self.rate
-        return max(1, min(self.max_wait, math.ceil(wait)))
+            self._next_slot = slot
+        return max(1, min(self.max_wait, math.floor(wait)))
