@@ -12,6 +12,7 @@ import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from multiaddr import Multiaddr
 from multiaddr.exceptions import Error as MultiaddrError
@@ -19,7 +20,9 @@ from multiaddr.exceptions import Error as MultiaddrError
 from ._identity import PeerId
 from ._settings import apply_settings
 from .proto.errors import PeerIdError
-from .webrtc._turn_servers import TurnServerConfig
+
+if TYPE_CHECKING:  # imported where TURN URLs are parsed: the WebRTC stack is heavy to import
+    from .webrtc._turn_servers import TurnServerConfig
 
 DEFAULT_RELAY_PORT = 9002
 SIGNALING_PATH = "/signaling"
@@ -198,6 +201,8 @@ class P2PConfig:
             )
         if self.turn_servers and not (self.turn_username and self.turn_credential):
             raise ConfigError("p2p.turn_servers need p2p.turn_username and p2p.turn_credential")
+        from .webrtc._turn_servers import TurnServerConfig
+
         configs = []
         for url in self.turn_servers:
             try:

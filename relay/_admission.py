@@ -18,6 +18,11 @@ its socket, which wakes whatever task waits on it. A refused connection gets a s
 request is read first, within :data:`REFUSAL_TIMEOUT`, so the answer is not lost to a
 TCP reset) and holds no slot meanwhile; at most :data:`MAX_REFUSING` are answered at
 once, the rest are closed at once.
+
+A relay that is *busy* (its pending table is full: a restart storm) is told apart from one
+that is *full* (``max_sessions``): the busy answer is ``relay_busy`` with a ``Retry-After``
+that gives each refused peer its own later slot, so a crowd is queued in time instead of
+coming back all at once (:class:`RetrySchedule`).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from ._abuse import AbuseGuard
 from ._config import LimitsConfig
 from ._limits import ConcurrencyCounter, KeyedRateLimiter, canonical_ip
 from ._metrics import RelayMetrics
+from ._retry_schedule import RetrySchedule
 
 __all__ = ["ConnectionAdmission", "ConnectionTicket", "raise_fd_limit"]
 
@@ -101,6 +107,7 @@ class ConnectionAdmission:
         self._pending: dict[str, OrderedDict[ConnectionTicket, None]] = {}
         self._pending_total = 0
         self._refusing = 0
+        self.retry = RetrySchedule()  # Retry-After of the busy answers
         # Admitted connections by raw remote address, until the request handler takes
         # its ticket (take_ticket).
         self.tickets: dict[tuple[str, int], ConnectionTicket] = {}
@@ -125,6 +132,7 @@ class ConnectionAdmission:
         for ticket in [t for t in tickets if t.registered]:
             del tickets[ticket]
             self._pending_total -= 1
+            self.retry.exits += 1
         if not tickets:
             del self._pending[ip]
 
@@ -133,6 +141,7 @@ class ConnectionAdmission:
         if tickets is not None and ticket in tickets:
             del tickets[ticket]
             self._pending_total -= 1
+            self.retry.exits += 1
             if not tickets:
                 del self._pending[ticket.ip]
 
@@ -202,7 +211,7 @@ class ConnectionAdmission:
         # the exact count, a scan, is taken only when the bound says "full".
         if cap and self._pending_total >= cap and self.pending_total >= cap:
             if not self._evict_for(ip):
-                return 503, "too_many_sessions", "the relay is busy", "max_pending"
+                return 503, "relay_busy", "the relay is busy", "max_pending"
         if lim.max_sessions and self.slots.total >= lim.max_sessions:
             if not self._evict_for(ip):
                 return 503, "too_many_sessions", "the relay is full", "max_sessions"
@@ -234,10 +243,21 @@ class ConnectionAdmission:
             await trio.lowlevel.checkpoint()
             return None  # closed unread: the cheapest answer to an address that abused us
         self.metrics.error_sent(code)
-        await self._refuse(stream, status, code, message)
+        headers: tuple[tuple[str, str], ...] = ()
+        if code == "relay_busy" and self._refusing < MAX_REFUSING:
+            wait = self.retry.refused(self.pending_total, trio.current_time())
+            headers = (("Retry-After", str(wait)),)
+        await self._refuse(stream, status, code, message, headers)
         return None
 
-    async def _refuse(self, stream: trio.abc.Stream, status: int, code: str, message: str) -> None:
+    async def _refuse(
+        self,
+        stream: trio.abc.Stream,
+        status: int,
+        code: str,
+        message: str,
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> None:
         if self._refusing >= MAX_REFUSING:
             return  # a flood: close without an answer (the caller closes the stream)
         self._refusing += 1
@@ -251,7 +271,9 @@ class ConnectionAdmission:
                     head += data
                 body = encode_message(Error(message, code)).encode()
                 await stream.send_all(
-                    build_http_response(status, body, content_type="application/json")
+                    build_http_response(
+                        status, body, content_type="application/json", extra_headers=headers
+                    )
                 )
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass

@@ -124,6 +124,17 @@ async def _receive_message(ws: WebSocketConnection) -> sig.Message:
                 await ws.send(sig.encode_message(sig.Pong(nonce=msg.nonce)))
 
 
+MAX_RETRY_AFTER = 300  # seconds; a longer Retry-After is taken as this
+
+
+def retry_after_untrusted(headers: tuple[tuple[str, str], ...]) -> float | None:
+    """A refusal's ``Retry-After`` in seconds (delay-seconds form only), or None."""
+    values = [value.strip() for name, value in headers if name.lower() == "retry-after"]
+    if len(values) != 1 or not values[0].isascii() or not values[0].isdigit():
+        return None
+    return float(min(int(values[0][:6]), MAX_RETRY_AFTER))
+
+
 @asynccontextmanager
 async def open_connection(
     address: RelayAddress, ssl_context: ssl.SSLContext | None, timeout: float
@@ -143,7 +154,9 @@ async def open_connection(
             except ParseError:
                 pass
             raise RelayError(
-                f"relay at {address.url} refused the connection: {message}", code
+                f"relay at {address.url} refused the connection: {message}",
+                code,
+                retry_after=retry_after_untrusted(exc.headers),
             ) from None
         except WebSocketParseError as exc:
             raise RelayError(

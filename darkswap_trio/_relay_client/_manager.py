@@ -4,7 +4,10 @@ One task per relay runs connect -> register -> serve -> backoff in a loop: statu
 Unknown -> Connecting -> Connected -> Disconnected, and to Failed after
 ``max_reconnect_attempts`` consecutive failures, or at once on a permanent refusal
 (the relay cannot prove the PeerId in its multiaddr, refuses our token or lack of one,
-or its TLS certificate is not trusted): retrying those with backoff cannot help.
+or its TLS certificate is not trusted): retrying those with backoff cannot help. A relay
+that answers ``relay_busy`` (a restart storm) is waited for as its ``Retry-After`` asks,
+plus up to 1 s of jitter, and that attempt is not a failure; a *full* relay
+(``too_many_sessions``) is.
 ``retry()`` starts a Failed relay again. ``wait_connected`` raises NoRelayAvailable as
 soon as no configured relay can still connect. Circuits go through the connected relay
 with the lowest smoothed latency and fail over to the next when refused or down.
@@ -27,6 +30,7 @@ from .._identity import Keypair, PeerId, peer_id_text
 from .._service import NotStarted, TaskOwner
 from ._circuit import RelayCircuit
 from ._incoming import receive_or_idle
+from ._refusals import busy_wait, describe, is_permanent, real_cause, sole_leaf
 from ._session import (
     CircuitRefused,
     RelayError,
@@ -37,19 +41,6 @@ from ._session import (
 from ._turn_credentials import TurnCredentials, TurnUnavailable
 
 log = logging.getLogger("darkswap_trio.relay_manager")
-
-# Refusals that a retry cannot change: the relay is not who its multiaddr says, or the
-# credentials we have are not accepted (token_expired is left out: a provider may well
-# hand out a fresh token on the next attempt).
-PERMANENT_REFUSALS = frozenset(
-    {
-        "relay_id_mismatch",
-        "relay_auth_failed",
-        "token_required",
-        "invalid_token",
-        "token_peer_mismatch",
-    }
-)
 
 
 class RelayServerStatus(enum.Enum):
@@ -359,17 +350,24 @@ class RelayManager(TaskOwner):
                 error: BaseException | None = session.close_cause
                 cause, fatal = f"session ended: {session.close_cause!r}", False
             except (OSError, trio.TooSlowError, trio.BrokenResourceError, RelayError) as exc:
-                error = _real_cause(exc)
-                cause, fatal = _describe(error), _is_permanent(error)
+                error = real_cause(exc)
+                cause, fatal = describe(error), is_permanent(error)
             except Exception as exc:  # noqa: BLE001 - one session's failure never ends the manager
-                error = _real_cause(_sole_leaf(exc))
-                cause, fatal = _describe(error), _is_permanent(error)
+                error = real_cause(sole_leaf(exc))
+                cause, fatal = describe(error), is_permanent(error)
                 log.warning("relay %s session failed: %s", server.address, cause, exc_info=exc)
             server.session = None
-            server.failures += 1
             server.last_error = cause
             server.last_exception = error
             was_connected = server.status is RelayServerStatus.CONNECTED
+            busy = None if error is None else busy_wait(error)
+            if busy is not None and not was_connected:
+                # Alive but swamped: wait our turn, and this attempt is no failure.
+                log.info("relay %s is busy, retrying in %.0f s", server.address, busy)
+                self._set_status(server, RelayServerStatus.DISCONNECTED)
+                await trio.sleep(busy + self._rng.uniform(0.0, 1.0))
+                continue
+            server.failures += 1
             if was_connected:
                 server.failures = 1
                 self._emit_status(ServerDisconnected(server.id, cause))
@@ -571,29 +569,3 @@ class RelayManager(TaskOwner):
 def _check_data(data: object) -> None:
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"data must be bytes-like, not {type(data).__name__}")
-
-
-def _sole_leaf(exc: BaseException) -> BaseException:
-    """The one exception inside (nested) single-member groups, e.g. from a session's nursery."""
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
-
-
-def _real_cause(exc: BaseException) -> BaseException:
-    """The exception that says what went wrong: trio wraps a failed TLS handshake in an
-    empty BrokenResourceError whose __cause__ is the ssl error."""
-    while isinstance(exc, trio.BrokenResourceError) and exc.__cause__ is not None:
-        exc = exc.__cause__
-    return exc
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _is_permanent(exc: BaseException) -> bool:
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return True  # an untrusted certificate stays untrusted
-    return isinstance(exc, RelayError) and exc.code in PERMANENT_REFUSALS

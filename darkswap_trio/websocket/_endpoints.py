@@ -188,13 +188,20 @@ class WebSocketRejected(WebSocketHandshakeError):
     """The server answered the upgrade with an HTTP status other than 101.
 
     ``status`` and ``body`` (at most 64 KiB) say why, e.g. a relay's 503 with its
-    Error JSON.
+    Error JSON; ``headers`` are the response's (names lower-case), e.g. ``retry-after``.
     """
 
-    def __init__(self, status: int, reason: str, body: bytes) -> None:
+    def __init__(
+        self,
+        status: int,
+        reason: str,
+        body: bytes,
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> None:
         super().__init__(f"server answered {status} {reason}", status)
         self.reason = reason
         self.body = body
+        self.headers = headers
 
 
 async def _read_rejection_body(stream: trio.abc.Stream, response: Any, already: bytes) -> bytes:
@@ -477,7 +484,7 @@ async def open_websocket(
             response = parse_response_untrusted(head[0])
             if response.status != 101:
                 body = await _read_rejection_body(stream, response, head[1])
-                raise WebSocketRejected(response.status, response.reason, body)
+                raise WebSocketRejected(response.status, response.reason, body, response.headers)
             validate_upgrade_response(response, key)
         except BaseException:
             await trio.aclose_forcefully(stream)
