@@ -403,10 +403,19 @@ class TurnService:
     async def _tcp_writer(
         self, stream: trio.abc.Stream, receive: trio.MemoryReceiveChannel[bytes]
     ) -> None:
+        # One write for everything queued: a send_all per frame (two checkpoints each)
+        # fell behind a peer reader that queues up to DRAIN frames per wake, and the
+        # queue overflowed (drop_tcp_backpressure) however fast the client read.
         async with receive:
             async for data in receive:
+                parts = [data]
+                while len(parts) < TCP_QUEUE:
+                    try:
+                        parts.append(receive.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
                 try:
-                    await stream.send_all(data)
+                    await stream.send_all(b"".join(parts))
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     return
 

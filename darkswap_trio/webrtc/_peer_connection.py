@@ -151,6 +151,8 @@ class PeerConnectionStatistics:
     datagrams_dropped_no_pair: int  # ours, sent while ICE had no path (see proto.peer)
     send_errors: int
     protocol_violations: int
+    # Ours to TURN servers over TCP/TLS, dropped because the connection's queue was full.
+    turn_stream_dropped: int
     ice: IceStatistics | None
     dtls: DtlsStatistics | None
     sctp: SctpStatistics | None
@@ -374,7 +376,7 @@ class PeerConnection:
 
     def statistics(self) -> PeerConnectionStatistics:
         core, driver = self._core, self._driver
-        counts = core.counts
+        counts, sock = core.counts, driver.sock
         return PeerConnectionStatistics(
             connection_state=core.state,
             local_address=self.local_address,
@@ -385,6 +387,7 @@ class PeerConnection:
             datagrams_dropped_no_pair=counts.datagrams_dropped_no_pair,
             send_errors=counts.send_errors + driver.send_errors,
             protocol_violations=counts.protocol_violations,
+            turn_stream_dropped=sock.dropped if isinstance(sock, TurnStreamSocket) else 0,
             ice=core.ice.statistics() if core.ice else None,
             dtls=core.dtls.statistics() if core.dtls else None,
             sctp=core.sctp.statistics() if core.sctp else None,
