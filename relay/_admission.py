@@ -13,10 +13,11 @@ to honest clients, never the other way round.
 (``serve_websocket(admit=..., release=...)``): :meth:`~ConnectionAdmission.admit` runs
 once per accepted connection and :meth:`~ConnectionAdmission.release` when it is done.
 No task, scope or generator is kept per connection (a ticket is a few slots), since an
-idle relay peer costs about 10 KiB in all. A displaced connection is closed by closing
-its socket, which wakes whatever task waits on it. A refused connection gets a short HTTP answer (its
-request is read first, within :data:`REFUSAL_TIMEOUT`, so the answer is not lost to a
-TCP reset) and holds no slot meanwhile; at most :data:`MAX_REFUSING` are answered at
+idle relay peer costs about 10 KiB in all. A displaced connection's session (if it has
+one yet) is closed, then its socket, through trio, which wakes whatever task waits on it.
+A refused connection gets a short HTTP answer (its request is read first, within
+:data:`REFUSAL_TIMEOUT`, so the answer is not lost to a TCP reset) and holds no slot
+meanwhile; at most :data:`MAX_REFUSING` are answered at
 once, the rest are closed at once.
 
 A relay that is *busy* (its pending table is full: a restart storm) is told apart from one
@@ -173,8 +174,12 @@ class ConnectionAdmission:
             return False
         victim = next(iter(self._pending[heaviest]))
         victim.evicted = True
-        stream = victim.stream
+        stream, session = victim.stream, victim.session
         self.release(victim)
+        if session is not None:
+            # Its own close path (reason, metrics, task exit) rather than a read that
+            # fails later: its reader may be busy elsewhere (a throttle) when we close.
+            session.abort("evicted: the pending-connection table is full")
         _close_socket(stream)
         self.metrics.limit_hit("pending_evicted")
         logger.debug("evicted a pending connection from %s for one from %s", heaviest, ip)

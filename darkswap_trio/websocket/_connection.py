@@ -458,6 +458,11 @@ class WebSocketConnection:
         one read, one write and one epoll registration). A checkpoint either way.
         """
         if self._drained:
+            # Another task may have closed the socket while this one was not waiting on
+            # it (trio's close wakes waiters only): never wait on fd -1.
+            if sock.fileno() < 0:
+                await trio.lowlevel.checkpoint()
+                raise trio.ClosedResourceError("socket was closed")
             await trio.lowlevel.wait_readable(sock)
         else:
             fd = sock.fileno()
