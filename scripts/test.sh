@@ -6,6 +6,9 @@ cd "$(dirname "$0")/.."
 scripts/install-browser.sh || echo "WARNING: Chromium install failed; browser interop tests will skip" >&2
 # iproute2, nftables and conntrack for the NAT lab (tests/netlab; a no-op when present or not root).
 scripts/install-netlab.sh || echo "WARNING: NAT lab tools install failed; tests/netlab will skip" >&2
+# Debian's coturn: turnserver and turnutils_uclient, the third-party TURN server and client the
+# TURN tests run against ours (a no-op when present or not root).
+scripts/install-coturn.sh || echo "WARNING: coturn install failed; coturn interop tests will skip" >&2
 # Debian's redis-server for the relay cluster tests (a no-op when present or not root).
 scripts/install-redis.sh || echo "WARNING: redis-server install failed; relay cluster tests will skip" >&2
 python3 -m venv .venv
