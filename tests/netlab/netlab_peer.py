@@ -64,6 +64,9 @@ class Peer:
         self.network = network
         self.link = None
         self.link_ready = trio.Event()
+        # Send commands run one after another: a link takes one sender at a time
+        # (BusyResourceError), and a second batch may arrive while the first is sending.
+        self.send_lock = trio.Lock()
         self.sent = 0
         self.sent_hash = hashlib.sha256()
         self.received: list[int] = []
@@ -116,6 +119,10 @@ class Peer:
 
     async def send(self, count: int, interval: float, size: int) -> None:
         await self.link_ready.wait()
+        async with self.send_lock:
+            await self._send(count, interval, size)
+
+    async def _send(self, count: int, interval: float, size: int) -> None:
         for _ in range(count):
             message = payload(self.sent, size)
             await self.link.send(message)
