@@ -115,6 +115,10 @@ class PeerLink(trio.abc.Channel[bytes]):
         self._pending: list[LinkPath] = []  # attached before the link's nursery ran
         self._nursery: trio.Nursery | None = None
         self._wake = trio.Event()
+        # The timer task sleeps until _timer_at and is woken early only when a deadline
+        # moves before it (not on every message): a later deadline is found on waking.
+        self._timer_wake = trio.Event()
+        self._timer_at = -math.inf  # not sleeping yet
         self._hooks = PathHooks(
             lambda: self.hello,
             self._poll_frame,
@@ -366,6 +370,16 @@ class PeerLink(trio.abc.Channel[bytes]):
     def _kick(self) -> None:
         self._wake.set()
         self._wake = trio.Event()
+        if self._timer_at > -math.inf and self._next_deadline() < self._timer_at:
+            self._timer_at = -math.inf
+            self._timer_wake.set()
+
+    def _next_deadline(self) -> float:
+        deadline = self._core.poll_timeout()
+        if self._pathless_since is not None:
+            recovery = self._pathless_since + self.settings.recovery_timeout
+            deadline = recovery if deadline is None else min(deadline, recovery)
+        return math.inf if deadline is None else deadline
 
     async def _wait_change(self) -> None:
         await self._wake.wait()
@@ -470,13 +484,15 @@ class PeerLink(trio.abc.Channel[bytes]):
     async def _run_timers(self) -> None:
         core = self._core
         while True:
-            deadline = core.poll_timeout()
-            if self._pathless_since is not None:
-                recovery = self._pathless_since + self.settings.recovery_timeout
-                deadline = recovery if deadline is None else min(deadline, recovery)
-            with trio.move_on_at(math.inf if deadline is None else deadline):
-                await self._wait_change()
+            deadline = self._next_deadline()
+            self._timer_wake = trio.Event()
+            self._timer_at = deadline
+            with trio.move_on_at(deadline):
+                await self._timer_wake.wait()
+            self._timer_at = -math.inf
             now = trio.current_time()
+            if now < self._next_deadline():
+                continue  # woken for an earlier deadline, or one moved later: sleep again
             core.handle_timeout(now)
             self._handle_events()
             if (
