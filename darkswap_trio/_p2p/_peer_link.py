@@ -114,7 +114,12 @@ class PeerLink(trio.abc.Channel[bytes]):
         self._paths = LinkPaths()
         self._pending: list[LinkPath] = []  # attached before the link's nursery ran
         self._nursery: trio.Nursery | None = None
-        self._wake = trio.Event()
+        self._wake = trio.Event()  # state changed: for send/receive/close waiters
+        self._tx_wake = trio.Event()  # a path has a frame to send: for the writers
+        # The timer task sleeps until _timer_at and is woken early only when a deadline
+        # moves before it (not on every message): a later deadline is found on waking.
+        self._timer_wake = trio.Event()
+        self._timer_at = -math.inf  # not sleeping yet
         self._hooks = PathHooks(
             lambda: self.hello,
             self._poll_frame,
@@ -366,6 +371,23 @@ class PeerLink(trio.abc.Channel[bytes]):
     def _kick(self) -> None:
         self._wake.set()
         self._wake = trio.Event()
+        # Writers wake only when one of them has a frame (not on every received message)
+        now = trio.current_time()
+        for run in (self._paths.relay, self._paths.direct):
+            if run is not None and self._core.wants_transmit(run.name, now):
+                self._tx_wake.set()
+                self._tx_wake = trio.Event()
+                break
+        if self._timer_at > -math.inf and self._next_deadline() < self._timer_at:
+            self._timer_at = -math.inf
+            self._timer_wake.set()
+
+    def _next_deadline(self) -> float:
+        deadline = self._core.poll_timeout()
+        if self._pathless_since is not None:
+            recovery = self._pathless_since + self.settings.recovery_timeout
+            deadline = recovery if deadline is None else min(deadline, recovery)
+        return math.inf if deadline is None else deadline
 
     async def _wait_change(self) -> None:
         await self._wake.wait()
@@ -470,13 +492,15 @@ class PeerLink(trio.abc.Channel[bytes]):
     async def _run_timers(self) -> None:
         core = self._core
         while True:
-            deadline = core.poll_timeout()
-            if self._pathless_since is not None:
-                recovery = self._pathless_since + self.settings.recovery_timeout
-                deadline = recovery if deadline is None else min(deadline, recovery)
-            with trio.move_on_at(math.inf if deadline is None else deadline):
-                await self._wait_change()
+            deadline = self._next_deadline()
+            self._timer_wake = trio.Event()
+            self._timer_at = deadline
+            with trio.move_on_at(deadline):
+                await self._timer_wake.wait()
+            self._timer_at = -math.inf
             now = trio.current_time()
+            if now < self._next_deadline():
+                continue  # woken for an earlier deadline, or one moved later: sleep again
             core.handle_timeout(now)
             self._handle_events()
             if (
@@ -508,7 +532,7 @@ class PeerLink(trio.abc.Channel[bytes]):
         self._path_failed(run, run.reason)
 
     def _poll_frame(self, path: str) -> bytes | trio.Event:
-        wake = self._wake  # before polling: a kick in between is not missed
+        wake = self._tx_wake  # before polling: a kick in between is not missed
         frame = self._core.poll_transmit(path, trio.current_time())
         return wake if frame is None else frame
 

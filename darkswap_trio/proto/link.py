@@ -456,7 +456,7 @@ class LinkCore:
         if self._cursor < self._written:
             offset = self._cursor
             begin = offset - self._acked
-            payload = bytes(self._unacked[begin : begin + path.payload_limit])
+            payload = bytes(memoryview(self._unacked)[begin : begin + path.payload_limit])
             self._cursor = offset + len(payload)
             self._fragments += 1
             if offset < self._high:
