@@ -34,7 +34,8 @@ class ConnectionMetrics:
     established_at: float  # trio time
     last_activity: float  # trio time of the last send or receive
     upgraded: bool  # switched from relay to direct
-    # The direct path's selected ICE candidates ("host", "srflx", "prflx", "relay"):
+    # The ICE candidates the direct path's data goes on ("host", "srflx", "prflx",
+    # "relay"; the selected pair, or before nomination ends the best valid one):
     # "relay" means the data channel runs through a TURN server. None on a relay circuit.
     local_candidate_type: str | None = None
     remote_candidate_type: str | None = None
@@ -86,7 +87,7 @@ def link_metrics(link: MeteredLink) -> ConnectionMetrics:
         rtt, source, retrans, loss = direct_path_quality(direct.peer_connection)
         ice = direct.peer_connection.statistics().ice
         if ice is not None:
-            local_type, remote_type = ice.selected_local_type, ice.selected_remote_type
+            local_type, remote_type = ice.active_local_type, ice.active_remote_type
     else:
         rtt, retrans, loss = link.relay_rtt_ms(), None, None
         source = "relay-ping" if rtt is not None else None

@@ -7,8 +7,7 @@ conflict repair, trickle, consent freshness (RFC 7675) and ICE restart.
 
 Relay candidates come from TURN servers (:mod:`._relay`); with ``relay_only`` they
 are the only candidates offered and paired. Scope cuts: one component, UDP only, no
-mDNS names, no ICE-lite peers, aggressive nomination by a remote controlling agent is
-accepted (aioice does that) but never used.
+mDNS names or ICE-lite peers; a remote agent's aggressive nomination is accepted.
 
 Driving it: feed every datagram of the socket to :meth:`IceAgent.receive` (STUN is
 handled, DTLS from validated addresses comes back as :class:`DataReceived`), call
@@ -49,6 +48,7 @@ from ._checklist import (
 )
 from ._connectivity import MIN_TA, TA, ConnectivityChecks
 from ._events import (
+    COUNTERS,
     CandidateGathered,
     ConsentLost,
     DataReceived,
@@ -106,17 +106,7 @@ class IceAgent:
         self._state = IceState.NEW
         self._out = IceOutbox()
         self._pending = TransactionTable(self._out)
-        self._stats: dict[str, int] = dict.fromkeys(
-            (
-                "checks_sent",
-                "retransmissions",
-                "requests_received",
-                "responses_received",
-                "role_conflicts",
-                "datagrams_dropped",
-            ),
-            0,
-        )
+        self._stats: dict[str, int] = dict.fromkeys(COUNTERS, 0)
         self._data_addrs: set[tuple[str, int]] = set()
         self._checks = ConnectivityChecks(
             self,
@@ -188,9 +178,8 @@ class IceAgent:
         return self._checks.pacing
 
     def set_pacing(self, seconds: float) -> None:
-        """Change Ta, e.g. to the value both peers agreed once the remote description
-        arrives (RFC 8839 section 5.5); checks scheduled from now on use it. Raises
-        ValueError below 5 ms (RFC 8445 section 14.2)."""
+        """Change Ta for checks scheduled from now on (e.g. to the value both peers
+        agreed, RFC 8839 section 5.5); ValueError below 5 ms (RFC 8445 section 14.2)."""
         self._timeout_known = False
         if not seconds >= MIN_TA:
             raise ValueError(f"ICE pacing (Ta) must be at least {MIN_TA} s")
@@ -450,6 +439,7 @@ class IceAgent:
 
     def statistics(self) -> IceStatistics:
         selected = self._selected
+        active = selected or self._previous_selected or self.first_valid_pair()
         return IceStatistics(
             state=self._state,
             controlling=self.controlling,
@@ -461,6 +451,8 @@ class IceAgent:
             selected_remote=selected.remote_addr if selected else None,
             selected_local_type=selected.local.type if selected else None,
             selected_remote_type=selected.remote.type if selected else None,
+            active_local_type=active.local.type if active else None,
+            active_remote_type=active.remote.type if active else None,
             **self._stats,
         )
 

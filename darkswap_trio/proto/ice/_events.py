@@ -120,6 +120,21 @@ class IceStatistics:
     # "host", "srflx", "prflx" or "relay": a relay one means the data goes through TURN.
     selected_local_type: str | None = None
     selected_remote_type: str | None = None
+    # The pair data goes on: the selected one, else (RFC 8445 section 12.1, data may
+    # flow before nomination ends) the best valid pair. Its candidate types.
+    active_local_type: str | None = None
+    active_remote_type: str | None = None
+
+
+# The agent's counters, fields of IceStatistics.
+COUNTERS = (
+    "checks_sent",
+    "retransmissions",
+    "requests_received",
+    "responses_received",
+    "role_conflicts",
+    "datagrams_dropped",
+)
 
 
 # The queues are drained after every call; the bounds only stop a driver that forgot

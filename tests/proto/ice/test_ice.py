@@ -320,7 +320,11 @@ def test_data_before_selection_goes_back_to_a_validated_address_only():
     b.add_remote_candidate(a.local_candidates[0], 0.0)
     sim.run_until(lambda: b.pairs and b.pairs[0].state is PairState.SUCCEEDED, max_time=2)
     assert a.selected_pair is None and b.selected_pair is None
-    # B, which speaks first (a DTLS client), may use its best valid pair already.
+    # B, which speaks first (a DTLS client), may use its best valid pair already; its
+    # statistics name that pair as the active one, none as selected.
+    stats = b.statistics()
+    assert (stats.selected_local_type, stats.active_local_type) == (None, "host")
+    assert stats.active_remote_type == "host"
     transmit = b.send_data(b"\x16\xfe\xfd early hello")
     assert transmit is not None and transmit.addr == A_ADDR
     a.receive(b"\x16\xfe\xfd early hello", B_ADDR, sim.now, A_ADDR)
@@ -334,6 +338,8 @@ def test_data_before_selection_goes_back_to_a_validated_address_only():
     sim.run_until(both_connected(a, b), max_time=5)
     transmit = a.send_data(b"\x16 data", reply_to=("10.9.9.9", 9))
     assert transmit is not None and transmit.addr == B_ADDR
+    stats = a.statistics()
+    assert (stats.selected_local_type, stats.active_local_type) == ("host", "host")
     a.close()
     assert a.send_data(b"\x16 data", reply_to=B_ADDR) is None
 
