@@ -10,6 +10,7 @@ import time
 
 import pytest
 import trio
+import trio.testing
 from sdk_peers import FAST, network, peer
 
 from darkswap_trio import (
@@ -264,6 +265,15 @@ async def test_unread_data_events_hold_back_only_event_delivery(relay_server):
             relay_id = await a.connect_via_relay(b.local_peer_id)
             for index in range(20):
                 await a.send_via_relay(b.local_peer_id, relay_id, b"unread %d" % index)
+            # All 20 at b and its pump blocked on the full queue before the next circuit
+            # arrives: otherwise, on a busy machine, that circuit's CircuitCreated could
+            # be queued before the pump ran and nothing would be dropped.
+            while not (
+                b.relay_manager.circuit_server(relay_id) is not None
+                and b.relay_manager.circuit(relay_id).statistics().messages_received == 20
+            ):
+                await trio.sleep(0.01)
+            await trio.testing.wait_all_tasks_blocked()
             link = await a.connect_to_peer(b.local_peer_id)
             incoming = await b.accept_peer()
             assert incoming.peer_id == a.local_peer_id
