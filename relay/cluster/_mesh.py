@@ -39,6 +39,9 @@ class MeshStatistics:
     dials: int
     dial_failures: int
     refused_links: int  # links other nodes dialed that failed the handshake
+    # MeshOpens refused because the directory did not place their requester on the
+    # sending node (requester_not_on_node) or could not be asked (cluster_unavailable).
+    requesters_refused: dict[str, int]
 
 
 class MeshService:
@@ -58,6 +61,7 @@ class MeshService:
             dials=self.links.dials,
             dial_failures=self.links.dial_failures,
             refused_links=self.links.refused,
+            requesters_refused=dict(self.circuits.requesters.refused),
         )
 
 
@@ -88,6 +92,15 @@ class _MeshCollector:
             "Mesh links from other nodes refused in the handshake.",
             s.refused_links,
         )
+        refused = CounterMetricFamily(
+            p + "requesters_refused",
+            "Circuit opens from other nodes refused: the requester is not registered on the "
+            "sending node, or the directory could not say.",
+            labels=["code"],
+        )
+        for code, count in sorted(s.requesters_refused.items()):
+            refused.add_metric([code], count)
+        yield refused
 
 
 def read_mesh_secret(path: str | None) -> bytes:
