@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.x509.oid import NameOID
@@ -86,7 +87,7 @@ def certificate_is_node(der: bytes | None, node_peer_id: str) -> bool:
     try:
         key = x509.load_der_x509_certificate(der).public_key()
         expected = PeerId.from_string(node_peer_id).ed25519_public_key()
-    except (ValueError, PeerIdError):
+    except (ValueError, PeerIdError, UnsupportedAlgorithm):  # whatever it is, not that key
         return False
     return isinstance(key, Ed25519PublicKey) and key.public_bytes(*_RAW) == expected.public_bytes(
         *_RAW

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import trio
+from hypothesis import given, settings, strategies
 from mesh_nodes import running_cluster_handle
 from redis_helpers import running_redis
 from relayclient import connect, make_config, new_peer
@@ -25,6 +26,7 @@ from relay import serve_relay
 from relay.cluster._types import NodeAddress
 
 MARKER = b"confidential order book entry 7f3a"
+PEER = "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA"
 
 
 @asynccontextmanager
@@ -155,3 +157,29 @@ async def test_nodes_on_redis_link_over_tls(tmp_path: Path) -> None:
                 link = a.mesh.links.link(b.router.node_peer_id)
                 assert link is not None and link.ws.peer_certificate() is not None
             nursery.cancel_scope.cancel()
+
+
+def test_node_certificate_check() -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from darkswap_trio import Keypair
+    from darkswap_trio.testing._tls import SelfSignedCertificate
+    from relay.cluster._mesh_tls import certificate_is_node, node_certificate
+
+    key = Keypair.generate()
+    der = x509.load_pem_x509_certificate(node_certificate(key)[0]).public_bytes(Encoding.DER)
+    assert certificate_is_node(der, str(key.peer_id))
+    assert not certificate_is_node(der, str(Keypair.generate().peer_id))
+    assert not certificate_is_node(der, "not a peer id")
+    assert not certificate_is_node(None, str(key.peer_id))
+    ecdsa = x509.load_pem_x509_certificate(SelfSignedCertificate.generate().cert_pem)
+    assert not certificate_is_node(ecdsa.public_bytes(Encoding.DER), str(key.peer_id))
+
+
+@settings(max_examples=200, deadline=None)
+@given(strategies.binary(max_size=600))
+def test_any_bytes_as_a_certificate_are_just_not_the_node(der: bytes) -> None:
+    from relay.cluster._mesh_tls import certificate_is_node
+
+    assert certificate_is_node(der, PEER) is False
