@@ -143,7 +143,7 @@ def spread(values: list[float], fmt: str = "{:.1f}") -> str:
     return f"{fmt.format(med(values))} [{fmt.format(min(values))}-{fmt.format(max(values))}]"
 
 
-def run(mode: str, mesh_tls: bool = False) -> dict:
+def run(mode: str, mesh_tls: bool = False, relay_config: str | None = None) -> dict:
     from darkswap_trio import Keypair, load_or_create_keypair
 
     settings = MODES[mode]
@@ -179,6 +179,8 @@ def run(mode: str, mesh_tls: bool = False) -> dict:
             targets = []
             for _, port, key_file, peer_id, mesh_port in nodes:
                 tls = ["--mesh-tls", f"--advertise=127.0.0.1:{mesh_port}"] if mesh_port else []
+                if relay_config:
+                    tls.append(f"--config={relay_config}")
                 process, ready = start_node(
                     [
                         "--host", "127.0.0.1", "--port", str(port), "--stun-port", "none",
@@ -267,10 +269,14 @@ def main() -> None:
     group.add_argument("--quick", action="store_true")
     parser.add_argument("--json", metavar="FILE")
     parser.add_argument("--mesh-tls", action="store_true", help="mesh links over TLS")
+    parser.add_argument("--relay-config", metavar="TOML", help="--config for both nodes")
     args = parser.parse_args()
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     start = time.monotonic()
-    out = {**run(mode, args.mesh_tls), "mesh": "tls" if args.mesh_tls else "plain"}
+    out = {
+        **run(mode, args.mesh_tls, args.relay_config),
+        "mesh": "tls" if args.mesh_tls else "plain",
+    }
     report(out, mode)
     print(f"({time.monotonic() - start:.0f} s)")
     if args.json:
