@@ -178,15 +178,15 @@ def run(mode: str, mesh_tls: bool = False, relay_config: str | None = None) -> d
         try:
             targets = []
             for _, port, key_file, peer_id, mesh_port in nodes:
-                tls = ["--mesh-tls", f"--advertise=127.0.0.1:{mesh_port}"] if mesh_port else []
+                extra = ["--mesh-tls", f"--advertise=127.0.0.1:{mesh_port}"] if mesh_port else []
                 if relay_config:
-                    tls.append(f"--config={relay_config}")
+                    extra.append(f"--config={relay_config}")
                 process, ready = start_node(
                     [
                         "--host", "127.0.0.1", "--port", str(port), "--stun-port", "none",
                         "--metrics-port", "none", "--key-file", key_file, "--log-level",
                         "WARNING", "--mesh-secret-file", secret,
-                        "--mesh-static-directory", directory, *tls,
+                        "--mesh-static-directory", directory, *extra,
                     ],
                     env,
                 )  # fmt: skip
@@ -235,9 +235,7 @@ def report(out: dict, mode: str) -> None:
     tp_ratio = med(cross["mb_per_s"]) / med(same["mb_per_s"])
     rtt_same, rtt_cross = med(same["rtt_p50"]), med(cross["rtt_p50"])
     hop = med(out["echo"]["rtt_p50"])
-    print(
-        f"bench_cluster ({mode}, mesh {out.get('mesh', 'plain')}); load average {os.getloadavg()[0]:.2f} (2 cores)"
-    )
+    print(f"bench_cluster ({mode}); load average {os.getloadavg()[0]:.2f} (2 cores)")
     print(f"{'':28} {'same-node':>22} {'cross-node':>22}   ratio / target")
     print(
         f"{'throughput MB/s, 64 KiB':28} {spread(same['mb_per_s']):>22} "
@@ -278,7 +276,7 @@ def main() -> None:
         "mesh": "tls" if args.mesh_tls else "plain",
     }
     report(out, mode)
-    print(f"({time.monotonic() - start:.0f} s)")
+    print(f"({time.monotonic() - start:.0f} s; mesh links {out['mesh']})")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"mode": mode, **out}, f, indent=1)
