@@ -1,6 +1,6 @@
 """Relay cluster benchmark: a circuit across two relay nodes vs one through a single node.
 
-Run: python benchmarks/bench_cluster.py [--smoke | --quick] [--json FILE]
+Run: python benchmarks/bench_cluster.py [--smoke | --quick] [--mesh-tls] [--json FILE]
 
 Two ``python -m relay`` processes (node0, node1) meshed through a static directory
 (docs/PROTOCOL.md section 15). The load is one asyncio + uvloop process with the fast
@@ -143,7 +143,7 @@ def spread(values: list[float], fmt: str = "{:.1f}") -> str:
     return f"{fmt.format(med(values))} [{fmt.format(min(values))}-{fmt.format(max(values))}]"
 
 
-def run(mode: str) -> dict:
+def run(mode: str, mesh_tls: bool = False, relay_config: str | None = None) -> dict:
     from darkswap_trio import Keypair, load_or_create_keypair
 
     settings = MODES[mode]
@@ -160,14 +160,16 @@ def run(mode: str) -> dict:
         for i in range(2):
             key_file = os.path.join(tmp, f"node{i}.key")
             node_key = load_or_create_keypair(key_file)
-            nodes.append((f"node{i}", free_port(), key_file, str(node_key.peer_id)))
+            # With --mesh-tls, mesh links go to a TLS listener of their own (README).
+            mesh_port = free_port() if mesh_tls else None
+            nodes.append((f"node{i}", free_port(), key_file, str(node_key.peer_id), mesh_port))
         directory = os.path.join(tmp, "directory.json")
         with open(directory, "w") as f:
             json.dump(
                 {
                     "nodes": [
-                        {"node_id": n, "advertise": f"127.0.0.1:{p}", "node_peer_id": pid}
-                        for n, p, _, pid in nodes
+                        {"node_id": n, "advertise": f"127.0.0.1:{m or p}", "node_peer_id": pid}
+                        for n, p, _, pid, m in nodes
                     ],
                     "peers": {str(k.peer_id): h for k, h in zip(peers, homes, strict=True)},
                 },
@@ -175,13 +177,16 @@ def run(mode: str) -> dict:
             )
         try:
             targets = []
-            for _, port, key_file, peer_id in nodes:
+            for _, port, key_file, peer_id, mesh_port in nodes:
+                extra = ["--mesh-tls", f"--advertise=127.0.0.1:{mesh_port}"] if mesh_port else []
+                if relay_config:
+                    extra.append(f"--config={relay_config}")
                 process, ready = start_node(
                     [
                         "--host", "127.0.0.1", "--port", str(port), "--stun-port", "none",
                         "--metrics-port", "none", "--key-file", key_file, "--log-level",
                         "WARNING", "--mesh-secret-file", secret,
-                        "--mesh-static-directory", directory,
+                        "--mesh-static-directory", directory, *extra,
                     ],
                     env,
                 )  # fmt: skip
@@ -261,12 +266,17 @@ def main() -> None:
     group.add_argument("--smoke", action="store_true")
     group.add_argument("--quick", action="store_true")
     parser.add_argument("--json", metavar="FILE")
+    parser.add_argument("--mesh-tls", action="store_true", help="mesh links over TLS")
+    parser.add_argument("--relay-config", metavar="TOML", help="--config for both nodes")
     args = parser.parse_args()
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     start = time.monotonic()
-    out = run(mode)
+    out = {
+        **run(mode, args.mesh_tls, args.relay_config),
+        "mesh": "tls" if args.mesh_tls else "plain",
+    }
     report(out, mode)
-    print(f"({time.monotonic() - start:.0f} s)")
+    print(f"({time.monotonic() - start:.0f} s; mesh links {out['mesh']})")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"mode": mode, **out}, f, indent=1)

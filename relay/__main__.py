@@ -52,7 +52,7 @@ from ._logging import configure_logging
 from ._turn import read_turn_secret
 from ._worker_slot import WorkerSlot
 from ._workers import apply_worker_slot, exit_with_parent, run_workers
-from .cluster._mesh import check_mesh_files
+from .cluster._mesh import MESH_TLS_HELP, check_mesh_files
 
 __all__ = ["build_parser", "main"]
 
@@ -231,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="JSON table of the cluster's nodes and of the node each peer is on "
         "(a cluster without the Redis directory: tests, small fixed setups).",
     )
+    mesh.add_argument("--mesh-tls", action="store_true", default=None, help=MESH_TLS_HELP)
     cluster = parser.add_argument_group(
         'Relay cluster (nodes sharing one Redis for presence and signaling; see README "Relay cluster")'
     )
@@ -382,6 +383,7 @@ def _config_from_args(args: argparse.Namespace) -> RelayConfig:
         "turn_tls_port": args.turn_tls_port,
         "mesh_secret_file": args.mesh_secret_file,
         "mesh_static_directory": args.mesh_static_directory,
+        "mesh_tls": args.mesh_tls,
         "cluster_redis_url": args.cluster_redis,
         "cluster_node_id": args.node_id,
         "cluster_advertise": args.advertise,

@@ -223,6 +223,10 @@ class MeshConfig:
     link_timeout: float = 15.0  # a link silent this long is dead (pings every third)
     max_backoff: float = 5.0  # cap of the wait between dials of an unreachable node
     max_pending_opens: int = 1024  # cross-node RelayRequests being opened at once
+    # Mesh links over TLS 1.3 (relay.cluster._mesh_tls): each node serves them on a
+    # listener of their own (the --advertise port; else any free port) with a certificate
+    # of its node key. The same on every node; False (plain) only on a private network.
+    tls: bool = False
 
     def validate(self) -> None:
         for name in ("open_timeout", "link_timeout", "max_backoff", "max_pending_opens"):
@@ -297,6 +301,12 @@ class RelayConfig:
         if self.turn.enabled and self.turn.tls_port is not None and self.tls_cert is None:
             raise ConfigError("turn.tls_port needs tls_cert and tls_key (TURN over TLS uses them)")
         self.mesh.validate()
+        if self.mesh.tls and self.cluster.advertise and self.cluster.workers <= 1:
+            if self.cluster.advertise.rsplit(":", 1)[-1] == str(self.port):
+                raise ConfigError(
+                    "mesh.tls serves mesh links on the --advertise port: it cannot be "
+                    "the signaling port"
+                )
         if self.cluster.workers > 1 and self.mesh.static_directory:
             raise ConfigError(
                 "cluster.workers > 1 needs the Redis directory, not mesh.static_directory"

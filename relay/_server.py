@@ -54,7 +54,7 @@ from ._router import RelayRouter
 from ._session import SignalingSession
 from ._turn_credentials import TurnCredentialIssuer, turn_uris
 from ._worker_slot import WorkerSlot
-from .cluster._mesh import mesh_locator, serve_mesh
+from .cluster._mesh import mesh_listen_port, mesh_locator, serve_mesh
 from .cluster._mesh_wire import MESH_PATH
 
 logger = logging.getLogger("relay.server")
@@ -281,11 +281,13 @@ async def serve_relay(
     router.abuse.active_sessions = lambda: router.registered_count
     metrics.load_factor.set_function(lambda: router.abuse.load)
 
-    async def handle_request(request: WebSocketRequest) -> None:
+    async def handle_request(request: WebSocketRequest, mesh_listener: bool = False) -> None:
         ticket = admission.take_ticket(request.remote_address)
         ip = ticket.ip if ticket is not None else str(request.remote_address[0])
         path = request.path.split("?", 1)[0]
-        if path == MESH_PATH and server.mesh is not None:
+        # With [mesh] tls, links come only through the TLS mesh listener.
+        mesh_here = mesh_listener or not config.mesh.tls
+        if path == MESH_PATH and server.mesh is not None and mesh_here:
             if router.shutting_down:
                 await request.reject(
                     503, encode_message(Error("the server is stopping", "server_shutdown")).encode()
@@ -345,44 +347,24 @@ async def serve_relay(
             locator = mesh_locator(config, locator, router)
             if locator is not None:
                 server.mesh = await root.start(serve_mesh, router, node_keypair, config, locator)
-            listeners = await _bind_named(
-                "signaling",
-                config.host,
-                config.port,
-                partial(
-                    root.start,
-                    _run_listener,
-                    server,
-                    handle_request,
-                    _ssl_context(config),
-                    lim.max_frame_size * _WS_SIZE_FACTOR,
-                    lim.handshake_timeout,
-                    session_nursery,
-                    admission,
-                    config.port,
-                    worker is not None,
-                ),
+
+            def listen(what: str, port: int, handler: Any, tls: Any, reuse_port: bool) -> Any:
+                size = lim.max_frame_size * _WS_SIZE_FACTOR
+                args = (handler, tls, size, lim.handshake_timeout, session_nursery, admission)
+                start = partial(root.start, _run_listener, server, *args, port, reuse_port)
+                return _bind_named(what, config.host, port, start)
+
+            listeners = await listen(
+                "signaling", config.port, handle_request, _ssl_context(config), worker is not None
             )
             server.signaling_port = _bound_port(listeners)
-            if worker is not None:  # a dial to the shared port would reach any worker
-                mesh_listeners = await _bind_named(
-                    "mesh (worker)",
-                    config.host,
-                    worker.mesh_port,
-                    partial(
-                        root.start,
-                        _run_listener,
-                        server,
-                        handle_request,
-                        None,
-                        lim.max_frame_size * _WS_SIZE_FACTOR,
-                        lim.handshake_timeout,
-                        session_nursery,
-                        admission,
-                        worker.mesh_port,
-                        False,
-                    ),
-                )
+            mesh_tls = server.mesh.server_tls if server.mesh is not None else None
+            # Mesh links on a listener of their own: a worker's (a dial to the shared port
+            # would reach any worker), or TLS with the node's certificate ([mesh] tls).
+            if worker is not None or mesh_tls is not None:
+                port = worker.mesh_port if worker is not None else mesh_listen_port(config)
+                handler = partial(handle_request, mesh_listener=True)
+                mesh_listeners = await listen("mesh", port, handler, mesh_tls, False)
                 server.mesh_port = _bound_port(mesh_listeners)
             if config.cluster.enabled:
                 from .cluster import run_cluster_node

@@ -153,6 +153,12 @@ class WebSocketConnection:
         parse = parse_response_untrusted if self._core.is_client else parse_request_untrusted
         return list(parse(self._head).headers)
 
+    def peer_certificate(self) -> bytes | None:
+        """The TLS peer's certificate (DER) as it presented it, whether or not it was
+        validated (the caller may check it its own way); None without TLS or certificate."""
+        stream = self._stream
+        return stream.getpeercert(binary_form=True) if isinstance(stream, trio.SSLStream) else None
+
     def statistics(self) -> WebSocketStatistics:
         return WebSocketStatistics(
             bytes_received=self._bytes_received,

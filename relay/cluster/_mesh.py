@@ -10,6 +10,7 @@ to its node (docs/PROTOCOL.md section 15).
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +22,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from darkswap_trio import Keypair
 from relay._config import ConfigError
 
+from ._config import split_advertise
 from ._mesh_circuits import CrossNodeCircuits
 from ._mesh_links import MeshLinks
 from ._mesh_locator import PeerLocator, StaticPeerLocator
+from ._mesh_tls import mesh_client_context, mesh_server_context
 
 if TYPE_CHECKING:
     from darkswap_trio.websocket import WebSocketRequest
@@ -39,13 +42,25 @@ class MeshStatistics:
     dials: int
     dial_failures: int
     refused_links: int  # links other nodes dialed that failed the handshake
+    wrong_certificates: int  # dials refused: the node's TLS certificate was not its key
+    # MeshOpens refused because the directory did not place their requester on the
+    # sending node (requester_not_on_node) or could not be asked (cluster_unavailable).
+    requesters_refused: dict[str, int]
 
 
 class MeshService:
-    def __init__(self, router: RelayRouter, links: MeshLinks, circuits: CrossNodeCircuits) -> None:
+    def __init__(
+        self,
+        router: RelayRouter,
+        links: MeshLinks,
+        circuits: CrossNodeCircuits,
+        server_tls: ssl.SSLContext | None,
+    ) -> None:
         self._router = router
         self.links = links
         self.circuits = circuits
+        # [mesh] tls: the context of this node's own mesh listener (its node certificate).
+        self.server_tls = server_tls
 
     async def accept(self, request: WebSocketRequest, ticket: Any = None) -> None:
         await self.links.accept(request, ticket)
@@ -58,6 +73,8 @@ class MeshService:
             dials=self.links.dials,
             dial_failures=self.links.dial_failures,
             refused_links=self.links.refused,
+            wrong_certificates=self.links.wrong_certificates,
+            requesters_refused=dict(self.circuits.requesters.refused),
         )
 
 
@@ -84,10 +101,31 @@ class _MeshCollector:
             p + "dial_failures", "Mesh link dials that failed.", s.dial_failures
         )
         yield CounterMetricFamily(
+            p + "wrong_certificates",
+            "Mesh dials refused: the node's TLS certificate did not carry its PeerId's key.",
+            s.wrong_certificates,
+        )
+        yield CounterMetricFamily(
             p + "refused_links",
             "Mesh links from other nodes refused in the handshake.",
             s.refused_links,
         )
+        refused = CounterMetricFamily(
+            p + "requesters_refused",
+            "Circuit opens from other nodes refused: the requester is not registered on the "
+            "sending node, or the directory could not say.",
+            labels=["code"],
+        )
+        for code, count in sorted(s.requesters_refused.items()):
+            refused.add_metric([code], count)
+        yield refused
+
+
+MESH_TLS_HELP = (
+    "Mesh links over TLS 1.3, each node's certificate made from its node key and checked "
+    "against its PeerId; served on the --advertise port (any free port without it). Give "
+    "every node the same setting."
+)
 
 
 def read_mesh_secret(path: str | None) -> bytes:
@@ -105,6 +143,14 @@ def check_mesh_files(config: RelayConfig) -> None:
             StaticPeerLocator.from_file(mesh.static_directory)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"mesh: {exc}") from exc
+
+
+def mesh_listen_port(config: RelayConfig) -> int:
+    """The port of a node's own (TLS) mesh listener: the ``advertise`` port, which other
+    nodes dial, else 0 (any free port, advertised as bound)."""
+    if config.cluster.advertise is None:
+        return 0
+    return split_advertise(config.cluster.advertise, ConfigError)[1]
 
 
 def mesh_locator(
@@ -139,6 +185,7 @@ async def serve_mesh(
     authority = locator if callable(getattr(locator, "is_cluster_node", None)) else None
     if not secret and authority is None:
         raise ValueError("mesh links need mesh.secret_file or a directory of cluster nodes")
+    server_tls = mesh_server_context(keypair) if mesh.tls else None
     async with trio.open_nursery() as nursery:
         links = MeshLinks(
             router,
@@ -149,6 +196,7 @@ async def serve_mesh(
             link_timeout=mesh.link_timeout,
             max_backoff=mesh.max_backoff,
             max_message_size=config.limits.max_frame_size * 4,
+            client_tls=mesh_client_context() if mesh.tls else None,
         )
         circuits = CrossNodeCircuits(
             router,
@@ -160,7 +208,7 @@ async def serve_mesh(
         )
         links.cross = circuits
         router.cross_node = circuits
-        service = MeshService(router, links, circuits)
+        service = MeshService(router, links, circuits, server_tls)
         collector = _MeshCollector(service)
         router.metrics.registry.register(collector)
         task_status.started(service)

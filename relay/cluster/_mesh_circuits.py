@@ -13,7 +13,9 @@ Opening (docs/PROTOCOL.md 15.4), on the requester's node A: locate the target's 
 circuit in A's table (A's caps for the requester), send ``MeshOpen``; the requester's
 ``RelayResponse`` waits for B's ``MeshOpened`` (B's caps for the target, B told the
 target ``DataChannel``) or ``MeshRefused``. :class:`CrossNodeCircuits` runs that as one
-task per request in the mesh nursery, bounded in number and in time.
+task per request in the mesh nursery, bounded in number and in time. On B, a MeshOpen is
+taken only once the directory confirms its requester is registered on A
+(:class:`~relay.cluster._mesh_requesters.RequesterCheck`), also one bounded task each.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from darkswap_trio.proto.circuits import CircuitOpened
 from darkswap_trio.proto.signaling import encode_circuit_credit, encode_circuit_data
 
 from ._mesh_links import MeshUnreachable
+from ._mesh_requesters import RequesterCheck
 from ._mesh_wire import MeshClose, MeshOpen, MeshOpened, MeshRefused
 
 if TYPE_CHECKING:
@@ -113,6 +116,9 @@ class CrossNodeCircuits:
         self.max_pending = max_pending
         self.pending = 0
         self._pending_of: dict[str, int] = {}  # requester -> its requests being opened
+        # The far node's side: MeshOpens whose requester the directory is checking.
+        self.requesters = RequesterCheck(locator, timeout=open_timeout)
+        self._checking: dict[bytes, MeshLink] = {}
 
     def request(self, requester: str, target: str) -> None:
         """RelayRequest for a peer not registered here (never blocks)."""
@@ -189,10 +195,39 @@ class CrossNodeCircuits:
                 del self._pending_of[requester]
 
     def on_open(self, link: MeshLink, msg: MeshOpen) -> None:
-        """The far node asks us to open the target's end of a circuit."""
-        end = RemoteEnd(msg.from_, link)
-        refusal = self._router.mesh_ends.accept_cross_node(
-            msg.relay_id, msg.from_, msg.to, msg.limits, end
-        )
+        """The far node asks us to open the target's end of a circuit: once the
+        directory confirms the requester is registered on that node (never blocks)."""
+        if msg.relay_id in self._checking:
+            link.send_control(MeshRefused(msg.relay_id, "bad_frame", "relay id already in use"))
+            return
+        if len(self._checking) >= self.max_pending:
+            link.send_control(
+                MeshRefused(msg.relay_id, "too_many_circuits", "too many circuits being opened")
+            )
+            return
+        self._checking[msg.relay_id] = link
+        self._nursery.start_soon(self._accept, link, msg)
+
+    def on_close(self, link: MeshLink, msg: MeshClose) -> None:
+        """MeshClose: for a circuit still being checked, it is not opened at all."""
+        if self._checking.get(msg.relay_id) is link:
+            del self._checking[msg.relay_id]
+        else:
+            self._router.mesh_ends.cross_node_closed(msg.relay_id, msg.reason, link)
+
+    async def _accept(self, link: MeshLink, msg: MeshOpen) -> None:
+        try:
+            refusal = await self.requesters.refusal(link.node, msg.from_)
+        finally:
+            closed = self._checking.get(msg.relay_id) is not link
+            if not closed:
+                del self._checking[msg.relay_id]
+        if closed or link.broken:
+            return
+        if refusal is None:
+            end = RemoteEnd(msg.from_, link)
+            refusal = self._router.mesh_ends.accept_cross_node(
+                msg.relay_id, msg.from_, msg.to, msg.limits, end
+            )
         if refusal is not None:
             link.send_control(MeshRefused(msg.relay_id, *refusal))

@@ -75,6 +75,7 @@ REFUSAL_CODES = frozenset(
         "node_unreachable",
         "cluster_unavailable",
         "incompatible_peer",
+        "requester_not_on_node",
         "refused",
         *(reason.value for reason in CloseReason),
     }

@@ -62,6 +62,7 @@ class OpenHandler(Protocol):
     """Who opens the target's end of a circuit a far node asks for (CrossNodeCircuits)."""
 
     def on_open(self, link: MeshLink, msg: MeshOpen) -> None: ...
+    def on_close(self, link: MeshLink, msg: MeshClose) -> None: ...
 
 
 def _no_legacy(relay_id: bytes, size: int) -> None:  # links carry binary frames only
@@ -236,7 +237,7 @@ class MeshLink:
         elif isinstance(msg, MeshRefused):
             ends.cross_node_refused(msg.relay_id, msg.code, msg.message, self)
         elif isinstance(msg, MeshClose):
-            ends.cross_node_closed(msg.relay_id, msg.reason, self)
+            self._cross.on_close(self, msg)
         elif isinstance(msg, MeshPing):
             self.send_control(MeshPong())
         elif isinstance(msg, MeshError):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import ssl
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -31,6 +32,7 @@ from relay._session_handle import CLOSE_NORMAL, CLOSE_POLICY
 
 from ._mesh_handshake import MeshAcceptor, MeshDialer
 from ._mesh_link import MeshLink, OpenHandler
+from ._mesh_tls import certificate_is_node
 from ._mesh_wire import (
     MESH_PATH,
     MeshAuth,
@@ -94,6 +96,7 @@ class MeshLinks:
         link_timeout: float,
         max_backoff: float,
         max_message_size: int,
+        client_tls: ssl.SSLContext | None = None,
     ) -> None:
         self._router = router
         self._keypair = keypair
@@ -104,13 +107,14 @@ class MeshLinks:
         self.link_timeout = link_timeout
         self.max_backoff = max_backoff
         self._max_message_size = max_message_size
+        self._client_tls = client_tls  # [mesh] tls: dial wss://, check the node's certificate
         self.cross: OpenHandler | None = None  # CrossNodeCircuits, set once both exist
         self._links: dict[str, MeshLink] = {}  # node PeerId -> the pair's link
         self._all: set[MeshLink] = set()
         self._dialing: dict[str, trio.Event] = {}
         self._backoff: dict[str, tuple[float, float]] = {}  # node -> (not before, delay)
         self._rng = random.Random()
-        self.dials = self.dial_failures = self.refused = 0
+        self.dials = self.dial_failures = self.refused = self.wrong_certificates = 0
 
     def links(self) -> list[MeshLink]:
         """Every live link (the pair's links and retired ones still carrying circuits)."""
@@ -155,11 +159,27 @@ class MeshLinks:
 
     async def _dial(self, address: NodeAddress, *, task_status: trio.TaskStatus[MeshLink]) -> None:
         """Dial, authenticate, then serve the link until it ends (in the mesh nursery)."""
-        url = f"ws://{address.advertise}{MESH_PATH}"
+        tls = self._client_tls
+        url = f"{'ws' if tls is None else 'wss'}://{address.advertise}{MESH_PATH}"
         dialer = MeshDialer(self._keypair, self._secret, address.node_peer_id)
         async with open_websocket(
-            url, connect_timeout=HANDSHAKE_TIMEOUT, max_message_size=self._max_message_size
+            url,
+            ssl_context=tls,
+            connect_timeout=HANDSHAKE_TIMEOUT,
+            max_message_size=self._max_message_size,
         ) as ws:
+            # Before a word of the handshake: TLS must have reached the node's own key.
+            if tls is not None and not certificate_is_node(
+                ws.peer_certificate(), address.node_peer_id
+            ):
+                self.wrong_certificates += 1
+                logger.warning(
+                    "mesh node %s (%s) presented a certificate without its key %s: refused",
+                    address.node_id,
+                    address.advertise,
+                    address.node_peer_id,
+                )
+                raise _Refused("wrong_certificate: the TLS certificate is not the node's key")
             with trio.fail_after(HANDSHAKE_TIMEOUT):
                 await ws.send(encode_mesh(dialer.hello()))
                 msg = await _receive(ws)

@@ -20,6 +20,7 @@ from collections.abc import Callable, Collection
 import trio
 
 from . import _wire
+from ._left_peers import LeftPeers
 from ._redis import ClusterUnavailable, RedisLink
 
 logger = logging.getLogger("relay.cluster")
@@ -62,9 +63,11 @@ class NodePresence:
         ]
         self._local_peers = local_peers  # peer ids registered on this node now
         self._on_lost = on_lost  # (peer id, holder) a live other node holds it now
-        self._pending: set[str] = set()  # released locally, not yet in Redis
+        # Released locally, not yet in Redis.
+        self._left = LeftPeers(
+            "presences", batch=BATCH, retry=RELEASE_RETRY, local_peers=local_peers
+        )
         self._in_flight: dict[str, trio.Event] = {}  # being released in Redis now
-        self._wakeup = trio.Event()
         self._refresh_now = trio.Event()
         self.joined = False  # our liveness key is in Redis (last heartbeat succeeded)
         # Called once the presences are claimed again after the node (re)created its
@@ -77,7 +80,7 @@ class NodePresence:
     async def claim(self, peer_id: str) -> str | None:
         """Claim ``peer_id`` for this node: None if it is ours now, else the live holder
         (``"<node>|<epoch>"``). Raises ClusterUnavailable."""
-        self._pending.discard(peer_id)  # registered again before its release went out
+        self._left.discard(peer_id)  # registered again before its release went out
         releasing = self._in_flight.get(peer_id)
         if releasing is not None:  # a delete in flight must not land after our claim
             await releasing.wait()
@@ -88,46 +91,29 @@ class NodePresence:
 
     async def release_now(self, peer_id: str) -> None:
         """Delete our presence of ``peer_id`` now. Raises ClusterUnavailable."""
-        self._pending.discard(peer_id)
+        self._left.discard(peer_id)
         await self._link.script(_wire.RELEASE, [self._peer_key(peer_id)], [self.value])
 
     def released(self, peer_id: str) -> None:
         """``peer_id`` left this node (never blocks; Redis is told by :meth:`run_releases`)."""
-        self._pending.add(peer_id)
-        self._wakeup.set()
+        self._left.add(peer_id)
 
     async def run_releases(self) -> None:
-        """Delete released presences in batches (a task of the cluster nursery)."""
-        while True:
-            await self._wakeup.wait()
-            self._wakeup = trio.Event()
-            local = self._local_peers()
-            # A peer registered here again keeps its presence: its claim refreshed it.
-            self._pending = {p for p in self._pending if p not in local}
-            batch = list(self._pending)[:BATCH]
-            if not batch:
-                continue
-            self._pending.difference_update(batch)
-            done = trio.Event()
+        """Delete released presences in batches (a task of the cluster nursery). A peer
+        registered here again keeps its presence: its claim refreshed it."""
+        await self._left.run(self._release_batch)
+
+    async def _release_batch(self, batch: list[str]) -> None:
+        done = trio.Event()
+        for peer_id in batch:
+            self._in_flight[peer_id] = done
+        try:
+            keys = [self._peer_key(p) for p in batch]
+            await self._link.script(_wire.RELEASE, keys, [self.value])
+        finally:
             for peer_id in batch:
-                self._in_flight[peer_id] = done
-            failed = False
-            try:
-                keys = [self._peer_key(p) for p in batch]
-                await self._link.script(_wire.RELEASE, keys, [self.value])
-            except ClusterUnavailable:
-                # Kept for later: a presence left behind would refuse the peer on every
-                # other node until presence_ttl.
-                failed = True
-                self._pending.update(batch)
-            finally:
-                for peer_id in batch:
-                    self._in_flight.pop(peer_id, None)
-                done.set()
-            if failed:
-                await trio.sleep(RELEASE_RETRY)
-            if self._pending:
-                self._wakeup.set()
+                self._in_flight.pop(peer_id, None)
+            done.set()
 
     # -- liveness and refresh -----------------------------------------------------------
 

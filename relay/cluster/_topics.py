@@ -24,6 +24,7 @@ import trio
 from .._config import LimitsConfig
 from .._rendezvous import TopicLimit
 from . import _topic_store as store
+from ._left_peers import LeftPeers
 from ._redis import ClusterUnavailable, RedisLink
 from ._wire import ClusterParseError
 
@@ -59,8 +60,10 @@ class ClusterRendezvous:
         self._local_peers = local_peers
         self._rng = rng or random.Random()
         self._registrants: set[str] = set()  # local peers that may have registrations
-        self._pending: set[str] = set()  # sessions ended, registrations not yet dropped
-        self._wakeup = trio.Event()
+        # Sessions ended, registrations not yet dropped.
+        self._left = LeftPeers(
+            "topic registrations", batch=BATCH, retry=DROP_RETRY, local_peers=local_peers
+        )
         self._restore = trio.Event()
 
     async def register(self, peer_id: str, topic: str) -> list[str] | None:
@@ -75,7 +78,7 @@ class ClusterRendezvous:
     async def _register(self, peer_id: str, topic: str) -> list[str]:
         limits = self._limits()
         self._registrants.add(peer_id)
-        self._pending.discard(peer_id)  # registered here again before its drop went out
+        self._left.discard(peer_id)  # registered here again before its drop went out
         reply = await self._link.script(
             store.REGISTER,
             [
@@ -142,31 +145,15 @@ class ClusterRendezvous:
         """``peer_id``'s session here ended (never blocks; see :meth:`run_drops`)."""
         if peer_id in self._registrants:
             self._registrants.discard(peer_id)
-            self._pending.add(peer_id)
-            self._wakeup.set()
+            self._left.add(peer_id)
 
     async def run_drops(self) -> None:
-        """Drop ended sessions' registrations in batches (a task of the cluster nursery)."""
-        while True:
-            await self._wakeup.wait()
-            self._wakeup = trio.Event()
-            local = self._local_peers()
-            # A peer registered here again keeps its registrations (it renews them).
-            self._pending = {p for p in self._pending if p not in local}
-            batch = list(self._pending)[:BATCH]
-            if not batch:
-                continue
-            self._pending.difference_update(batch)
-            keys = [store.topic_index_key(self._prefix)]
-            keys += [store.peer_topics_key(self._prefix, p) for p in batch]
-            try:
-                await self._link.script(
-                    store.DROP, keys, [self._prefix, self._presence_value, *batch]
-                )
-            except ClusterUnavailable as exc:
-                # Kept for later: others would be given these peers until topic_ttl.
-                logger.debug("topic registrations not dropped yet: %s", exc)
-                self._pending.update(p for p in batch if p not in self._registrants)
-                await trio.sleep(DROP_RETRY)
-            if self._pending:
-                self._wakeup.set()
+        """Drop ended sessions' registrations in batches (a task of the cluster nursery).
+        A peer registered here again keeps its registrations (it renews them); one that
+        registered a topic again meanwhile is not dropped on a retry."""
+        await self._left.run(self._drop_batch, keep=lambda p: p not in self._registrants)
+
+    async def _drop_batch(self, batch: list[str]) -> None:
+        keys = [store.topic_index_key(self._prefix)]
+        keys += [store.peer_topics_key(self._prefix, p) for p in batch]
+        await self._link.script(store.DROP, keys, [self._prefix, self._presence_value, *batch])

@@ -19,7 +19,8 @@ SECRET = b"cluster secret for tests"
 
 
 def node_address(server: Any, node_id: str) -> NodeAddress:
-    return NodeAddress(node_id, f"127.0.0.1:{server.signaling_port}", server.peer_id)
+    port = server.mesh_port or server.signaling_port  # its own listener with [mesh] tls
+    return NodeAddress(node_id, f"127.0.0.1:{port}", server.peer_id)
 
 
 async def _node(
@@ -89,6 +90,7 @@ async def running_cluster_handle(
     auth: str = "open",
     node_limits: list[dict[str, Any]] | None = None,
     open_timeout: float = 5.0,
+    mesh_tls: bool = False,
     **limits: Any,
 ) -> AsyncIterator[Cluster]:
     """As running_cluster; ``node_limits[i]`` adds limits of node ``i`` only."""
@@ -102,6 +104,7 @@ async def running_cluster_handle(
             config.mesh.secret_file = str(secret_file)
             config.mesh.link_timeout = 3.0
             config.mesh.open_timeout = open_timeout
+            config.mesh.tls = mesh_tls
             await cluster.start(config, Keypair.generate())
         try:
             yield cluster

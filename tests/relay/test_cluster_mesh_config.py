@@ -28,3 +28,18 @@ def test_unreadable_mesh_files_exit_2(tmp_path, capsys):
     ):
         assert main(["--check-config", "--port", "0", flag, value]) == 2
         assert "mesh:" in capsys.readouterr().err
+
+
+def test_mesh_tls_from_toml_and_flag(tmp_path, capsys):
+    path = tmp_path / "relay.toml"
+    path.write_text("[mesh]\ntls = true\n")
+    assert load_config(path).mesh.tls is True
+    assert load_config(None).mesh.tls is False  # plain unless asked
+    path.write_text('[mesh]\ntls = "yes"\n')
+    with pytest.raises(ConfigError, match="tls"):
+        load_config(path)
+    # The TLS mesh listener is the --advertise port: never the signaling port.
+    argv = ["--check-config", "--port", "9002", "--mesh-tls", "--cluster-redis", "redis://x:1"]
+    assert main([*argv, "--advertise", "10.0.0.1:9002"]) == 2
+    assert "mesh.tls" in capsys.readouterr().err
+    assert main([*argv, "--advertise", "10.0.0.1:9003"]) == 0

@@ -88,6 +88,7 @@ async def test_silent_node_times_out_and_its_circuits_end(tmp_path):
                 answer = await handshake_as(ws, MeshDialer(fake_key, SECRET, node.peer_id))
                 assert answer == MeshReady()
                 remote_peer = str(new_peer().peer_id)
+                locator.place(remote_peer, "fake")  # node0 checks the requester is the fake's
                 relay_id = uuid.uuid4().bytes
                 limits = CircuitLimits(0.0, 0, 0, 65536, 16384)
                 await ws.send(encode_mesh(MeshOpen(relay_id, remote_peer, peer.peer_id, limits)))

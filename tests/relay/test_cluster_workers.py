@@ -85,11 +85,11 @@ class WorkersRelay:
 
 @asynccontextmanager
 async def workers_relay(
-    redis: RedisServer, tmp_path: Path, *extra: str
+    redis: RedisServer, tmp_path: Path, *extra: str, toml: str = ""
 ) -> AsyncIterator[WorkersRelay]:
     config = tmp_path / "relay.toml"
     config.write_text(
-        f'[cluster]\nkey_prefix = "{PREFIX}"\nliveness_ttl = 3.0\nredis_timeout = 1.0\n'
+        f'[cluster]\nkey_prefix = "{PREFIX}"\nliveness_ttl = 3.0\nredis_timeout = 1.0\n' + toml
     )
     argv = [
         sys.executable, "-m", "relay", "--config", str(config), "--workers", "2",
@@ -219,6 +219,59 @@ async def test_two_workers_share_the_port_restart_and_stop(tmp_path: Path) -> No
                 await relay.process.wait()
             assert relay.process.returncode == 0, relay.stderr.decode(errors="replace")
             assert relay.worker_pid(0) is None and relay.worker_pid(1) is None
+
+
+async def _peers_on_both_workers(
+    relay: WorkersRelay, nursery: trio.Nursery
+) -> dict[str, tuple[RelaySession, str]]:
+    """A registered SDK session on each worker: node id -> (session, its peer id)."""
+    found: dict[str, tuple[RelaySession, str]] = {}
+    for _ in range(40):  # the kernel spreads connections by hash
+        keypair = Keypair.generate()
+        session = await _register(relay, keypair, nursery)
+        found.setdefault(await relay.node_of(str(keypair.peer_id)), (session, str(keypair.peer_id)))
+        if len(found) == 2:
+            return found
+    raise AssertionError(f"40 registrations all reached {set(found)}")
+
+
+async def test_sighup_to_the_parent_reloads_every_worker(tmp_path: Path) -> None:
+    """SIGHUP to the parent reaches both workers, and each does what a single relay does
+    on SIGHUP: re-read --config and apply the live settings (here a limit peers are
+    told on registration), keeping its sessions, circuits and mesh links (over TLS)."""
+    with trio.fail_after(120):
+        async with (
+            running_redis() as redis,
+            workers_relay(
+                redis, tmp_path, "--mesh-tls", toml="[limits]\nmax_circuits_per_peer = 16\n"
+            ) as relay,
+        ):
+            pids = [relay.worker_pid(0), relay.worker_pid(1)]
+            async with trio.open_nursery() as nursery:
+                before = await _peers_on_both_workers(relay, nursery)
+                assert set(before) == {"relay-w0", "relay-w1"}
+                for session, _ in before.values():
+                    assert session.server_limits["max_circuits_per_peer"] == 16
+                (a, a_id), (b, b_id) = before["relay-w0"], before["relay-w1"]
+                await _signal_and_circuit(a, b, a_id, b_id)  # across the TLS mesh
+
+                config = tmp_path / "relay.toml"
+                config.write_text(config.read_text().replace("= 16", "= 3"))
+                relay.process.send_signal(signal.SIGHUP)
+                with trio.fail_after(20):
+                    while relay.stderr.count(b"reload applied: limits.max_circuits_per_peer") < 2:
+                        await trio.sleep(0.05)
+                assert b"reload ignored" not in relay.stderr  # a worker's settings are its own
+                assert [relay.worker_pid(0), relay.worker_pid(1)] == pids  # reloaded, not restarted
+
+                after = await _peers_on_both_workers(relay, nursery)
+                for session, _ in after.values():
+                    assert session.server_limits["max_circuits_per_peer"] == 3
+                await _signal_and_circuit(a, b, a_id, b_id)  # the old sessions go on
+                (c, c_id), (d, d_id) = after["relay-w0"], after["relay-w1"]
+                await _signal_and_circuit(d, c, d_id, c_id)
+                nursery.cancel_scope.cancel()
+            assert relay.process.returncode is None
 
 
 def test_worker_command_lines(tmp_path: Path) -> None:
