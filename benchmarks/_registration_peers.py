@@ -43,6 +43,24 @@ async def wait_stdin_eof() -> None:
         pass
 
 
+def start_profile() -> object:
+    """cProfile of the registrations when REGISTRATION_PROFILE names an output file
+    (benchmarks/_profile_registration.py)."""
+    if not os.environ.get("REGISTRATION_PROFILE"):
+        return None
+    import cProfile
+
+    profile = cProfile.Profile()
+    profile.enable()
+    return profile
+
+
+def stop_profile(profile: object) -> None:
+    if profile is not None:
+        profile.disable()  # type: ignore[attr-defined]
+        profile.dump_stats(os.environ["REGISTRATION_PROFILE"])  # type: ignore[attr-defined]
+
+
 async def cmd_peers(cmd: dict) -> None:
     from darkswap_trio import (
         Keypair,
@@ -106,11 +124,17 @@ async def cmd_peers(cmd: dict) -> None:
             await nursery.start(manager.run)
             await connected[index].wait()
 
+    if cmd.get("wait_go"):  # a profiler attaches now (benchmarks/_profile_registration.py)
+        emit({"keys": count})
+        stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
+        await stdin.receive_some(16)
+    profile = start_profile()
     async with trio.open_nursery() as nursery:
         start, cpu = time.perf_counter(), time.process_time()
         async with trio.open_nursery() as starters:
             for index in range(count):
                 starters.start_soon(peer, index, nursery)
+        stop_profile(profile)
         emit(
             {
                 "registered": count,

@@ -224,6 +224,17 @@ def restart_run(tree: str, peers: int, procs: int, workdir: str) -> dict:
         relay.kill()
 
 
+def start_round(tree: str, workdir: str) -> dict:
+    """Start a relay (no STUN, no metrics, as in every row here): seconds and CPU seconds
+    from exec to its READY line (imports, key, bind)."""
+    relay = Relay(tree, free_port(), os.path.join(workdir, "start.key"), config_path(workdir))
+    try:
+        seconds = relay.start()
+        return {"seconds": seconds, "cpu": cpu_seconds(relay.pid)}
+    finally:
+        relay.kill()
+
+
 def spread(values: list[float], fmt: str = "{:.2f}") -> str:
     return f"{fmt.format(statistics.median(values))} [{fmt.format(min(values))}-{fmt.format(max(values))}]"
 
@@ -248,7 +259,11 @@ def main() -> None:
     load_start = loadavg()
     cpu: dict[str, list[dict]] = {}
     restart: dict[str, dict] = {}
+    start: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory() as workdir:
+        for _ in range(mode["runs"]):
+            for name, tree in trees.items():
+                start.setdefault(name, []).append(start_round(tree, workdir))
         kinds = [(f"relay {name}", "relay", tree) for name, tree in trees.items()]
         kinds += [("bare darkswap_trio.websocket", "bare-own", ROOT)]
         kinds += [("bare trio-websocket", "bare-tws", ROOT)]
@@ -259,14 +274,22 @@ def main() -> None:
         if not args.no_restart:
             for name, tree in trees.items():
                 restart[name] = restart_run(tree, mode["restart_peers"], mode["procs"], workdir)
-    print(table(cpu, restart, mode, mode_name, load_start))
+    print(table(cpu, restart, start, mode, mode_name, load_start))
 
 
-def table(cpu: dict, restart: dict, mode: dict, mode_name: str, load_start: str) -> str:
+def table(
+    cpu: dict, restart: dict, start: dict, mode: dict, mode_name: str, load_start: str
+) -> str:
     rows = [
         "| benchmark | value | baseline (same run) | ratio | target |",
         "| --- | --- | --- | --- | --- |",
     ]
+    for name, runs in start.items():
+        rows.append(
+            f"| relay {name}: start to READY (python -m relay, no STUN/metrics), s / CPU s | "
+            f"{spread([r['seconds'] for r in runs])} / {spread([r['cpu'] for r in runs])} "
+            f"| | | |"
+        )
     med = {label: statistics.median(r["server_ms"] for r in runs) for label, runs in cpu.items()}
     for label in [k for k in cpu if k.startswith("relay")]:
         for bare in ("bare trio-websocket", "bare darkswap_trio.websocket"):
