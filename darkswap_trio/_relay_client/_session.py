@@ -9,13 +9,14 @@ and token refresher, ``_keepalive``). Every frame goes out through one ``Session
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import ssl
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
 import trio
@@ -418,6 +419,13 @@ class RelaySession:
         self._errors_send.close()
 
 
+@functools.cache
+def _default_ssl_context() -> ssl.SSLContext:
+    # Once per process: building one loads the system's CA certificates (milliseconds),
+    # and a peer reconnecting to a wss:// relay would pay that on every attempt.
+    return ssl.create_default_context()
+
+
 @asynccontextmanager
 async def open_relay_session(
     address: RelayAddress | str,
@@ -438,9 +446,10 @@ async def open_relay_session(
     if isinstance(address, str):
         address = parse_relay_address(address)
     if address.secure and ssl_context is None:
-        ssl_context = ssl.create_default_context()
-    async with open_connection(address, ssl_context, connect_timeout) as ws:
-        with trio.fail_after(connect_timeout):
+        ssl_context = _default_ssl_context()
+    async with AsyncExitStack() as stack:
+        with trio.fail_after(connect_timeout):  # one deadline: connect and handshake
+            ws = await open_connection(stack, address, ssl_context)
             registered = await register(ws, address, keypair, token_provider)
         bound_unsent_bytes(ws)
         session = RelaySession(ws, address, keypair, registered, signal_buffer=signal_buffer)

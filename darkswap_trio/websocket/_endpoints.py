@@ -23,7 +23,7 @@ import os
 import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 from functools import partial
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
@@ -446,7 +446,7 @@ async def open_websocket(
     url: str,
     *,
     ssl_context: ssl.SSLContext | None = None,
-    connect_timeout: float = 10.0,
+    connect_timeout: float | None = 10.0,
     max_message_size: int = 1 << 20,
     extra_headers: Headers = (),
 ) -> AsyncIterator[WebSocketConnection]:
@@ -454,6 +454,8 @@ async def open_websocket(
 
     Raises OSError if the TCP connection fails, trio.TooSlowError after
     ``connect_timeout``, WebSocketHandshakeError if the server refuses the upgrade.
+    ``connect_timeout=None``: no deadline of its own (a caller's cancel scope bounds the
+    connect, e.g. one deadline for the connect and what follows it).
     The connection is closed (1000) when the block exits.
     """
     parts = urlsplit(url)
@@ -467,7 +469,8 @@ async def open_websocket(
         host_header += f":{port}"
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     key = base64.b64encode(os.urandom(16)).decode("ascii")
-    with trio.fail_after(connect_timeout):
+    deadline = nullcontext() if connect_timeout is None else trio.fail_after(connect_timeout)
+    with deadline:
         stream: trio.abc.Stream = await _open_tcp(host, port)
         try:
             remote_address = stream_remote_address(stream)
