@@ -68,17 +68,21 @@ async def register(
         check_relay_id(challenge.relay_peer_id)
         token = await token_provider(keypair.peer_id) if token_provider is not None else None
         signature = keypair.sign(sig.peer_auth_message(challenge.nonce, expected, peer_id))
-    await ws.send(
-        sig.encode_message(
-            sig.Register(
-                peer_id=peer_id,
-                protocol=sig.PROTOCOL_VERSION,
-                nonce=client_nonce,
-                signature=signature,
-                token=token,
-            )
+    register_frame = sig.encode_message(
+        sig.Register(
+            peer_id=peer_id,
+            protocol=sig.PROTOCOL_VERSION,
+            nonce=client_nonce,
+            signature=signature,
+            token=token,
         )
     )
+    # Nothing else writes yet: straight to the socket when it has room (no lock, no
+    # task switch), which on a fresh connection it has; the receive below is the checkpoint.
+    if not ws.try_send_nowait(register_frame):
+        await ws.send(register_frame)
+    elif ws.unsent_bytes:
+        await ws.flush()
 
     def check_relay_proof(relay_peer_id: str, proof: bytes | None) -> None:
         check_relay_id(relay_peer_id)

@@ -33,6 +33,7 @@ from ._errors import RelayError as RelayError
 from ._handshake import TokenProvider as TokenProvider
 from ._handshake import open_connection, register
 from ._keepalive import run_keepalive
+from ._lazy_channel import LazyChannel
 from ._session_writer import SessionWriter, bound_unsent_bytes
 from ._turn_credentials import TurnCredentials, TurnCredentialWaiters
 
@@ -90,9 +91,9 @@ class RelaySession:
         self._refresh_waiters: deque[trio.MemorySendChannel[sig.TokenRefreshed | sig.Error]] = (
             deque()
         )
-        self._signal_send, self.signals = trio.open_memory_channel[Signal](signal_buffer)
-        self._incoming_send, self._incoming = trio.open_memory_channel[RelayCircuit](signal_buffer)
-        self._errors_send, self.errors = trio.open_memory_channel[sig.Error](signal_buffer)
+        self._signals = LazyChannel[Signal](signal_buffer)
+        self._incoming = LazyChannel[RelayCircuit](signal_buffer)
+        self._errors = LazyChannel[sig.Error](signal_buffer)
         self._closed = trio.Event()
         # Cancels the pinger and refresher when the connection ends, not the user's code.
         self._background_scope = trio.CancelScope()
@@ -196,7 +197,7 @@ class RelaySession:
     async def accept_circuit(self) -> RelayCircuit:
         """Wait for a circuit another peer opened to us."""
         try:
-            return await self._incoming.receive()
+            return await self._incoming.receiver.receive()
         except trio.EndOfChannel:
             raise trio.BrokenResourceError("relay session closed") from self.close_cause
 
@@ -209,6 +210,16 @@ class RelaySession:
             raise RelayError(result.message, result.code)
         self.token_expires_at = result.expires_at
         return result.expires_at
+
+    @property
+    def signals(self) -> trio.MemoryReceiveChannel[Signal]:
+        """Offers, answers and ICE candidates other peers sent us (dropped when full)."""
+        return self._signals.receiver
+
+    @property
+    def errors(self) -> trio.MemoryReceiveChannel[sig.Error]:
+        """Error frames the relay sent outside a request (dropped when full)."""
+        return self._errors.receiver
 
     @property
     def circuits(self) -> list[RelayCircuit]:
@@ -320,7 +331,7 @@ class RelaySession:
             # Never block the reader on a slow (or absent) signal consumer: any peer
             # could otherwise stall this session, circuits included, with a few Offers.
             try:
-                self._signal_send.send_nowait(msg)
+                self._signals.send_nowait(msg)
             except trio.WouldBlock:
                 self.dropped_signals += 1
                 log.warning(
@@ -335,7 +346,7 @@ class RelaySession:
             circuit = self._new_circuit(msg.relay_id, msg.peer_id, msg.limits, initiator=False)
             if circuit is not None:
                 try:
-                    self._incoming_send.send_nowait(circuit)
+                    self._incoming.send_nowait(circuit)
                 except trio.WouldBlock:  # nobody accepts: refuse rather than stall
                     self.refused_circuits += 1
                     circuit._remote_close("refused")
@@ -380,7 +391,7 @@ class RelaySession:
                 return
             log.info("relay %s: error %s: %s", self.address, msg.code, msg.message)
             try:
-                self._errors_send.send_nowait(msg)
+                self._errors.send_nowait(msg)
             except trio.WouldBlock:
                 pass  # nobody is reading errors; they are also logged
         else:
@@ -414,9 +425,9 @@ class RelaySession:
         for waiter in self._refresh_waiters:
             waiter.close()
         self._turn_waiters.close()
-        self._signal_send.close()
-        self._incoming_send.close()
-        self._errors_send.close()
+        self._signals.close()
+        self._incoming.close()
+        self._errors.close()
 
 
 @functools.cache
