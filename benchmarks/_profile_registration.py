@@ -23,6 +23,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 
 from _bench_util import JsonLines  # this directory is sys.path[0]
 from bench_registration import CONCURRENCY, PEERS, config_path, free_port
@@ -84,14 +85,50 @@ def print_samples(name: str, path: str, top: int) -> None:
         print(f"  {count / total:6.1%}  {frame}")
 
 
+def restart_profile(peers: int, tree: str, top: int) -> None:
+    """py-spy on one load process of ``peers`` RelayManagers and on the relay, from the
+    relay's kill -9 until every peer is registered again (bench_registration's restart)."""
+    from bench_registration import Relay, load
+
+    with tempfile.TemporaryDirectory() as workdir:
+        relay = Relay(tree, free_port(), os.path.join(workdir, "k"), config_path(workdir))
+        relay.start()
+        command = dict(command="peers", multiaddr=relay.multiaddr, count=peers)
+        proc, reader = load({**command, "concurrency": CONCURRENCY}, tree)
+        try:
+            reader.read(600)
+            time.sleep(1.0)
+            spies = [spy(proc.pid, "/tmp/restart-sdk.spy")]
+            time.sleep(1.0)
+            relay.kill()
+            relay.start()
+            spies.append(spy(relay.pid, "/tmp/restart-relay.spy"))
+            back = reader.read(600)
+            for each in spies:
+                stop_spy(each)
+        finally:
+            proc.kill()
+            relay.kill()
+    print(
+        f"{back['back']} of {peers} back in {back['last_back'] - back['first_back']:.1f} s "
+        f"after the first; SDK CPU {back['cpu'] / max(back['back'], 1) * 1000:.2f} ms each"
+    )
+    print_samples("SDK (restart)", "/tmp/restart-sdk.spy", top)
+    print_samples("relay (restart)", "/tmp/restart-relay.spy", top)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("peers", type=int, nargs="?", default=2000)
     parser.add_argument("--tree", default=os.path.dirname(os.path.dirname(__file__)))
     parser.add_argument("--top", type=int, default=35)
     parser.add_argument("--sample", action="store_true", help="py-spy instead of cProfile")
+    parser.add_argument("--restart", action="store_true", help="py-spy of a relay restart")
     args = parser.parse_args()
     tree = os.path.abspath(args.tree)
+    if args.restart:
+        restart_profile(args.peers, tree, args.top)
+        return
     env = {**os.environ, "PYTHONPATH": tree}
     relay_args = ["--host", "127.0.0.1", "--stun-port", "none", "--metrics-port", "none"]
     relay_args += ["--log-level", "WARNING"]
@@ -124,8 +161,6 @@ def main() -> None:
                 lines.read(120)  # keys made: sample from here
                 spies = [spy(relay.pid, "/tmp/registration-relay.spy")]
                 spies.append(spy(load.pid, "/tmp/registration-sdk.spy"))
-                import time
-
                 time.sleep(1.0)  # py-spy attached
                 load.stdin.write(b"go\n")
                 load.stdin.flush()
