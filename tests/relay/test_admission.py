@@ -52,6 +52,21 @@ def test_caps_count_from_accept_and_registration_ends_pending():
     assert a.slots.count("10.0.0.1") == 2
 
 
+def test_a_registration_told_at_once_leaves_the_pending_count_without_a_scan():
+    a = admission(max_pending_per_ip=0, max_pending_connections=2)
+    first, second = admit(a, "10.0.0.1", 1), admit(a, "10.0.0.1", 2)
+    first.session = FakeSession()
+    first.session.registered = True
+    a.registered(first)  # what the relay's session does when it registers
+    assert a._pending_total == 1  # the running count itself, not only after a prune
+    assert isinstance(admit(a, "10.0.0.1", 3), ConnectionTicket)
+    a.registered(first)  # idempotent, and release does not count it twice
+    a.release(first)
+    assert a._pending_total == 2 and a.pending_total == 2
+    a.release(second)
+    assert a.pending_total == 1
+
+
 def test_full_pending_table_evicts_the_heaviest_address_only_when_fair():
     a = admission(max_pending_per_ip=0, max_pending_connections=4)
     flood = [admit(a, "10.0.0.9", i) for i in range(3)]
