@@ -34,7 +34,9 @@ import trio
 
 
 class GcClock:
-    """Seconds the cyclic collector ran in this process (gc.callbacks), since the last take."""
+    """CPU seconds the cyclic collector took in this process (gc.callbacks), since the
+    last take (process time: on a loaded machine a collection's wall time includes the
+    time the process was not running)."""
 
     def __init__(self) -> None:
         self.total = 0.0
@@ -43,9 +45,9 @@ class GcClock:
 
     def _on_gc(self, phase: str, _info: dict) -> None:
         if phase == "start":
-            self._started = time.perf_counter()
+            self._started = time.process_time()
         else:
-            self.total += time.perf_counter() - self._started
+            self.total += time.process_time() - self._started
 
     def take(self) -> float:
         total, self.total = self.total, 0.0
