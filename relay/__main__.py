@@ -406,8 +406,7 @@ def _config_from_args(args: argparse.Namespace) -> RelayConfig:
                 f"cannot load tls_cert {config.tls_cert!r} / tls_key {config.tls_key!r}: {exc}"
             ) from exc
     if config.auth.mode == "jwt":
-        # Fail now, with exit 2, rather than on the first Register. (PyJWT and the
-        # other commands' modules load only when used: a relay's start is shorter.)
+        # Fail now, with exit 2, rather than on the first Register (PyJWT loads only here).
         from ._auth import JwtValidator
 
         JwtValidator.from_config(config)
@@ -584,16 +583,11 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help (0) or a usage error (2)
         return exc.code if isinstance(exc.code, int) else 2
-    if args.command is not None:
+    if args.command is not None:  # loaded only when used: a relay starts sooner
         from . import _commands
 
-        commands = {
-            "token": _commands.token_main,
-            "keygen": _commands.keygen_main,
-            "peer-id": _commands.peer_id_main,
-            "turn-credentials": _commands.turn_credentials_main,
-        }
-        return commands[args.command](args)
+        command = getattr(_commands, args.command.replace("-", "_") + "_main")  # peer_id_main...
+        return int(command(args))
     return _serve_main(args, argv)
 
 
