@@ -24,12 +24,37 @@ it at the tree under test (this checkout, or another one for a before/after run)
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
 import time
 
 import trio
+
+
+class GcClock:
+    """CPU seconds the cyclic collector took in this process (gc.callbacks), since the
+    last take (process time: on a loaded machine a collection's wall time includes the
+    time the process was not running)."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self._started = 0.0
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, _info: dict) -> None:
+        if phase == "start":
+            self._started = time.process_time()
+        else:
+            self.total += time.process_time() - self._started
+
+    def take(self) -> float:
+        total, self.total = self.total, 0.0
+        return total
+
+
+GC_CLOCK = GcClock()
 
 
 def emit(obj: object) -> None:
@@ -41,6 +66,24 @@ async def wait_stdin_eof() -> None:
     stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
     while await stdin.receive_some(1024):
         pass
+
+
+def start_profile() -> object:
+    """cProfile of the registrations when REGISTRATION_PROFILE names an output file
+    (benchmarks/_profile_registration.py)."""
+    if not os.environ.get("REGISTRATION_PROFILE"):
+        return None
+    import cProfile
+
+    profile = cProfile.Profile()
+    profile.enable()
+    return profile
+
+
+def stop_profile(profile: object) -> None:
+    if profile is not None:
+        profile.disable()  # type: ignore[attr-defined]
+        profile.dump_stats(os.environ["REGISTRATION_PROFILE"])  # type: ignore[attr-defined]
 
 
 async def cmd_peers(cmd: dict) -> None:
@@ -106,22 +149,38 @@ async def cmd_peers(cmd: dict) -> None:
             await nursery.start(manager.run)
             await connected[index].wait()
 
+    if cmd.get("wait_go"):  # a profiler attaches now (benchmarks/_profile_registration.py)
+        emit({"keys": count})
+        stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
+        await stdin.receive_some(16)
+    profile = start_profile()
     async with trio.open_nursery() as nursery:
         start, cpu = time.perf_counter(), time.process_time()
+        GC_CLOCK.take()
         async with trio.open_nursery() as starters:
             for index in range(count):
                 starters.start_soon(peer, index, nursery)
+        stop_profile(profile)
         emit(
             {
                 "registered": count,
                 "seconds": time.perf_counter() - start,
                 "cpu": time.process_time() - cpu,
+                "gc": GC_CLOCK.take(),
             }
         )
         if not cmd.get("manager", True):
             await wait_stdin_eof()
             nursery.cancel_scope.cancel()
             return
+        # The connected peers are this benchmark's fixture: out of the collector's sight
+        # (as the relay does with its own start-up state). One process stands for
+        # thousands of peers, and a collector walking all of their objects at every
+        # full collection is a cost no real peer pays (it was ~40% of this process's
+        # CPU in a 4,000-peer restart): it would take the two cores from the relay.
+        gc.collect()
+        gc.freeze()
+        GC_CLOCK.take()
         cpu = time.process_time()
         with trio.move_on_after(cmd.get("deadline", 120)):  # Failed peers never come back
             await everyone_back.wait()
@@ -131,6 +190,7 @@ async def cmd_peers(cmd: dict) -> None:
                 "first_back": state["first_back"],
                 "last_back": state["last_back"],
                 "cpu": time.process_time() - cpu,
+                "gc": GC_CLOCK.take(),
                 "down": state["down"],
                 "failed": state["failed"],
             }

@@ -8,6 +8,7 @@ part is mandatory: it is the identity the relay must prove during the handshake.
 
 from __future__ import annotations
 
+import functools
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -70,6 +71,14 @@ def parse_relay_address(text: str) -> RelayAddress:
     """Map a relay multiaddr to a :class:`RelayAddress`; ConfigError names a bad one."""
     if not isinstance(text, str):
         raise ConfigError(f"relay address must be a string, got {text!r}")
+    return _parse_relay_address(text)
+
+
+# Cached: parsing a multiaddr costs ~0.1-0.2 ms (the multiaddr package), a tenth of a
+# registration, and a peer dials the same few relays again and again. RelayAddress
+# and its PeerId are immutable, so sharing one is safe; errors are not cached.
+@functools.lru_cache(maxsize=256)
+def _parse_relay_address(text: str) -> RelayAddress:
     try:
         parts = [(proto.name, value) for proto, value in Multiaddr(text).items()]
     except (MultiaddrError, ValueError, TypeError) as exc:

@@ -37,8 +37,6 @@ from darkswap_trio import (
 )
 
 from ._admission import raise_fd_limit
-from ._auth import JwtValidator
-from ._commands import keygen_main, peer_id_main, token_main, turn_credentials_main
 from ._config import (
     AUTH_MODES,
     JWT_ALGORITHMS,
@@ -49,7 +47,6 @@ from ._config import (
     load_config,
 )
 from ._logging import configure_logging
-from ._turn import read_turn_secret
 from ._worker_slot import WorkerSlot
 from ._workers import apply_worker_slot, exit_with_parent, run_workers
 from .cluster._mesh import MESH_TLS_HELP, check_mesh_files
@@ -409,9 +406,13 @@ def _config_from_args(args: argparse.Namespace) -> RelayConfig:
                 f"cannot load tls_cert {config.tls_cert!r} / tls_key {config.tls_key!r}: {exc}"
             ) from exc
     if config.auth.mode == "jwt":
-        # Fail now, with exit 2, rather than on the first Register.
+        # Fail now, with exit 2, rather than on the first Register (PyJWT loads only here).
+        from ._auth import JwtValidator
+
         JwtValidator.from_config(config)
     if config.turn.enabled and config.turn.secret_file is not None:
+        from ._turn import read_turn_secret  # the TURN service's modules load only with TURN
+
         read_turn_secret(config.turn.secret_file)  # exit 2 now, not at bind time
     check_mesh_files(config)  # the same for the mesh's secret and static directory
     if not isinstance(logging.getLevelName(config.log_level.upper()), int):
@@ -582,14 +583,11 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help (0) or a usage error (2)
         return exc.code if isinstance(exc.code, int) else 2
-    if args.command == "token":
-        return token_main(args)
-    if args.command == "keygen":
-        return keygen_main(args)
-    if args.command == "peer-id":
-        return peer_id_main(args)
-    if args.command == "turn-credentials":
-        return turn_credentials_main(args)
+    if args.command is not None:  # loaded only when used: a relay starts sooner
+        from . import _commands
+
+        command = getattr(_commands, args.command.replace("-", "_") + "_main")  # peer_id_main...
+        return int(command(args))
     return _serve_main(args, argv)
 
 

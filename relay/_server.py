@@ -323,8 +323,9 @@ async def serve_relay(
             headers = () if nonce is None else (challenge_header(nonce, router.relay_peer_id),)
             ws = await request.accept(extra_headers=headers)
             session = SignalingSession(
-                router, ws, ip, server.jwt_validator, accepted_at=accepted_at, server_nonce=nonce
-            )
+                router, ws, ip, server.jwt_validator, accepted_at=accepted_at, server_nonce=nonce,
+                on_registered=None if ticket is None else partial(admission.registered, ticket),
+            )  # fmt: skip
             if ticket is not None:
                 ticket.session = session  # pending until it registers
             logger.info("session open", extra={"remote": remote})

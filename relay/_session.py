@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -89,7 +89,7 @@ class SignalingSession:
         "router", "ws", "remote_ip", "peer_id", "registered", "has_libp2p_id", "_jwt",
         "_limits", "_mode", "_handshake_deadline", "_last_activity", "_activity", "_token_deadline", "_handshake",
         "_messages", "_bytes", "_strikes", "_handshake_frames", "_guard", "_share", "_writer",
-        "_credit_wakeup", "_read_scope", "_stopped",
+        "_credit_wakeup", "_read_scope", "_stopped", "_on_registered",
     )  # fmt: skip
 
     def __init__(
@@ -101,6 +101,7 @@ class SignalingSession:
         *,
         accepted_at: float | None = None,  # TCP accept: the handshake deadline runs from it
         server_nonce: bytes | None = None,  # announced in the upgrade response (1-RTT)
+        on_registered: Callable[[], object] | None = None,  # admission: no longer pending
     ) -> None:
         self.router = router
         self.ws = ws
@@ -144,6 +145,7 @@ class SignalingSession:
         self._credit_wakeup: trio.Event | None = None  # a legacy sender waits for credit
         self._read_scope = trio.CancelScope()  # the one the reader is in (see _read_loop)
         self._stopped = False
+        self._on_registered = on_registered
 
     @property
     def extended(self) -> bool:
@@ -481,6 +483,8 @@ class SignalingSession:
         """The peer id is registered to this session: answer Registered."""
         self.peer_id = accepted.peer_id
         self.registered = True
+        if self._on_registered is not None:
+            self._on_registered()
         self.has_libp2p_id = self.extended or _legacy.is_libp2p_peer_id(accepted.peer_id)
         if accepted.expires_at is not None:
             self._set_token_deadline(accepted.expires_at)

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 
 from darkswap_trio import parse_relay_address
 from darkswap_trio.proto.signaling import TurnCredentials
-from darkswap_trio.proto.turn import rest_api_credentials
 
 __all__ = ["TurnCredentialIssuer", "turn_uris"]
 
@@ -34,6 +33,10 @@ class TurnCredentialIssuer:
     def issue(self, peer_id: str, unix_now: float | None = None) -> TurnCredentials | None:
         """Credentials for ``peer_id``, or None when it cannot be a REST API username
         (a ``:`` or a space in an id some JWT issuer chose)."""
+        # Imported here: the TURN codec (and aioice under it) loads only on relays that
+        # issue credentials, not at every relay's start.
+        from darkswap_trio.proto.turn import rest_api_credentials
+
         now = time.time() if unix_now is None else unix_now
         try:
             username, password = rest_api_credentials(self.secret, peer_id, self.ttl, now)

@@ -154,10 +154,11 @@ EXPORTS = {
 
 
 def public_names(module: types.ModuleType) -> list[str]:
+    # dir(), not vars(): darkswap_trio loads most of its names on first use (PEP 562).
     return sorted(
         name
-        for name, value in vars(module).items()
-        if not name.startswith("_") and not isinstance(value, types.ModuleType)
+        for name in dir(module)
+        if not name.startswith("_") and not isinstance(getattr(module, name), types.ModuleType)
     )
 
 

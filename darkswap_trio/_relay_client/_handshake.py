@@ -15,8 +15,8 @@ from __future__ import annotations
 import logging
 import os
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 
 from .._config import RelayAddress
 from .._identity import Keypair, PeerId
@@ -68,17 +68,21 @@ async def register(
         check_relay_id(challenge.relay_peer_id)
         token = await token_provider(keypair.peer_id) if token_provider is not None else None
         signature = keypair.sign(sig.peer_auth_message(challenge.nonce, expected, peer_id))
-    await ws.send(
-        sig.encode_message(
-            sig.Register(
-                peer_id=peer_id,
-                protocol=sig.PROTOCOL_VERSION,
-                nonce=client_nonce,
-                signature=signature,
-                token=token,
-            )
+    register_frame = sig.encode_message(
+        sig.Register(
+            peer_id=peer_id,
+            protocol=sig.PROTOCOL_VERSION,
+            nonce=client_nonce,
+            signature=signature,
+            token=token,
         )
     )
+    # Nothing else writes yet: straight to the socket when it has room (no lock, no
+    # task switch), which on a fresh connection it has; the receive below is the checkpoint.
+    if not ws.try_send_nowait(register_frame):
+        await ws.send(register_frame)
+    elif ws.unsent_bytes:
+        await ws.flush()
 
     def check_relay_proof(relay_peer_id: str, proof: bytes | None) -> None:
         check_relay_id(relay_peer_id)
@@ -135,31 +139,29 @@ def retry_after_untrusted(headers: tuple[tuple[str, str], ...]) -> float | None:
     return float(min(int(values[0][:6]), MAX_RETRY_AFTER))
 
 
-@asynccontextmanager
 async def open_connection(
-    address: RelayAddress, ssl_context: ssl.SSLContext | None, timeout: float
-) -> AsyncIterator[WebSocketConnection]:
-    """open_websocket, with a refused upgrade turned into a RelayError with its code."""
-    async with AsyncExitStack() as stack:
+    stack: AsyncExitStack, address: RelayAddress, ssl_context: ssl.SSLContext | None
+) -> WebSocketConnection:
+    """open_websocket in ``stack``, a refused upgrade turned into a RelayError with its
+    code. No deadline of its own: the caller's covers the connect and the handshake."""
+    try:
+        return await stack.enter_async_context(
+            open_websocket(address.url, ssl_context=ssl_context, connect_timeout=None)
+        )
+    except WebSocketRejected as exc:
+        code, message = f"http_{exc.status}", str(exc)
         try:
-            ws = await stack.enter_async_context(
-                open_websocket(address.url, ssl_context=ssl_context, connect_timeout=timeout)
-            )
-        except WebSocketRejected as exc:
-            code, message = f"http_{exc.status}", str(exc)
-            try:
-                refusal = sig.decode_message_untrusted(exc.body)
-                if isinstance(refusal, sig.Error):
-                    code, message = refusal.code or code, refusal.message
-            except ParseError:
-                pass
-            raise RelayError(
-                f"relay at {address.url} refused the connection: {message}",
-                code,
-                retry_after=retry_after_untrusted(exc.headers),
-            ) from None
-        except WebSocketParseError as exc:
-            raise RelayError(
-                f"relay at {address.url} broke the WebSocket handshake: {exc}", "bad_handshake"
-            ) from None
-        yield ws
+            refusal = sig.decode_message_untrusted(exc.body)
+            if isinstance(refusal, sig.Error):
+                code, message = refusal.code or code, refusal.message
+        except ParseError:
+            pass
+        raise RelayError(
+            f"relay at {address.url} refused the connection: {message}",
+            code,
+            retry_after=retry_after_untrusted(exc.headers),
+        ) from None
+    except WebSocketParseError as exc:
+        raise RelayError(
+            f"relay at {address.url} broke the WebSocket handshake: {exc}", "bad_handshake"
+        ) from None

@@ -9,13 +9,14 @@ and token refresher, ``_keepalive``). Every frame goes out through one ``Session
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import ssl
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
 import trio
@@ -32,6 +33,7 @@ from ._errors import RelayError as RelayError
 from ._handshake import TokenProvider as TokenProvider
 from ._handshake import open_connection, register
 from ._keepalive import run_keepalive
+from ._lazy_channel import LazyChannel
 from ._session_writer import SessionWriter, bound_unsent_bytes
 from ._turn_credentials import TurnCredentials, TurnCredentialWaiters
 
@@ -89,9 +91,9 @@ class RelaySession:
         self._refresh_waiters: deque[trio.MemorySendChannel[sig.TokenRefreshed | sig.Error]] = (
             deque()
         )
-        self._signal_send, self.signals = trio.open_memory_channel[Signal](signal_buffer)
-        self._incoming_send, self._incoming = trio.open_memory_channel[RelayCircuit](signal_buffer)
-        self._errors_send, self.errors = trio.open_memory_channel[sig.Error](signal_buffer)
+        self._signals = LazyChannel[Signal](signal_buffer)
+        self._incoming = LazyChannel[RelayCircuit](signal_buffer)
+        self._errors = LazyChannel[sig.Error](signal_buffer)
         self._closed = trio.Event()
         # Cancels the pinger and refresher when the connection ends, not the user's code.
         self._background_scope = trio.CancelScope()
@@ -195,7 +197,7 @@ class RelaySession:
     async def accept_circuit(self) -> RelayCircuit:
         """Wait for a circuit another peer opened to us."""
         try:
-            return await self._incoming.receive()
+            return await self._incoming.receiver.receive()
         except trio.EndOfChannel:
             raise trio.BrokenResourceError("relay session closed") from self.close_cause
 
@@ -208,6 +210,16 @@ class RelaySession:
             raise RelayError(result.message, result.code)
         self.token_expires_at = result.expires_at
         return result.expires_at
+
+    @property
+    def signals(self) -> trio.MemoryReceiveChannel[Signal]:
+        """Offers, answers and ICE candidates other peers sent us (dropped when full)."""
+        return self._signals.receiver
+
+    @property
+    def errors(self) -> trio.MemoryReceiveChannel[sig.Error]:
+        """Error frames the relay sent outside a request (dropped when full)."""
+        return self._errors.receiver
 
     @property
     def circuits(self) -> list[RelayCircuit]:
@@ -319,7 +331,7 @@ class RelaySession:
             # Never block the reader on a slow (or absent) signal consumer: any peer
             # could otherwise stall this session, circuits included, with a few Offers.
             try:
-                self._signal_send.send_nowait(msg)
+                self._signals.send_nowait(msg)
             except trio.WouldBlock:
                 self.dropped_signals += 1
                 log.warning(
@@ -334,7 +346,7 @@ class RelaySession:
             circuit = self._new_circuit(msg.relay_id, msg.peer_id, msg.limits, initiator=False)
             if circuit is not None:
                 try:
-                    self._incoming_send.send_nowait(circuit)
+                    self._incoming.send_nowait(circuit)
                 except trio.WouldBlock:  # nobody accepts: refuse rather than stall
                     self.refused_circuits += 1
                     circuit._remote_close("refused")
@@ -379,7 +391,7 @@ class RelaySession:
                 return
             log.info("relay %s: error %s: %s", self.address, msg.code, msg.message)
             try:
-                self._errors_send.send_nowait(msg)
+                self._errors.send_nowait(msg)
             except trio.WouldBlock:
                 pass  # nobody is reading errors; they are also logged
         else:
@@ -413,9 +425,16 @@ class RelaySession:
         for waiter in self._refresh_waiters:
             waiter.close()
         self._turn_waiters.close()
-        self._signal_send.close()
-        self._incoming_send.close()
-        self._errors_send.close()
+        self._signals.close()
+        self._incoming.close()
+        self._errors.close()
+
+
+@functools.cache
+def _default_ssl_context() -> ssl.SSLContext:
+    # Once per process: building one loads the system's CA certificates (milliseconds),
+    # and a peer reconnecting to a wss:// relay would pay that on every attempt.
+    return ssl.create_default_context()
 
 
 @asynccontextmanager
@@ -438,9 +457,10 @@ async def open_relay_session(
     if isinstance(address, str):
         address = parse_relay_address(address)
     if address.secure and ssl_context is None:
-        ssl_context = ssl.create_default_context()
-    async with open_connection(address, ssl_context, connect_timeout) as ws:
-        with trio.fail_after(connect_timeout):
+        ssl_context = _default_ssl_context()
+    async with AsyncExitStack() as stack:
+        with trio.fail_after(connect_timeout):  # one deadline: connect and handshake
+            ws = await open_connection(stack, address, ssl_context)
             registered = await register(ws, address, keypair, token_provider)
         bound_unsent_bytes(ws)
         session = RelaySession(ws, address, keypair, registered, signal_buffer=signal_buffer)

@@ -364,6 +364,10 @@ class WebSocketConnection:
         :meth:`aclose`, BusyResourceError if another task is receiving.
         """
         if self._receiving:
+            if self._local_closed:
+                # aclose() reads the close echo itself (no task was receiving): to a
+                # task that comes to receive meanwhile the connection is closed.
+                raise trio.ClosedResourceError("WebSocket was closed locally")
             raise trio.BusyResourceError("another task is already receiving")
         self._receiving = True
         try:

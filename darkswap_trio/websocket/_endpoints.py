@@ -23,7 +23,7 @@ import os
 import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 from functools import partial
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
@@ -145,8 +145,13 @@ class WebSocketRequest:
             head=self._head,
         )  # fmt: skip
         self._connection = connection
+        response = build_accept_response(self._key, extra_headers)
         try:
-            await self._stream.send_all(build_accept_response(self._key, extra_headers))
+            rest = _write_nowait(self._stream, response)
+            if rest:
+                await self._stream.send_all(rest)
+            else:  # the receive that follows an accept waits anyway
+                await trio.lowlevel.checkpoint_if_cancelled()
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             connection._mark_broken(exc)
             connection._local_closed = True
@@ -224,9 +229,58 @@ async def _read_rejection_body(stream: trio.abc.Stream, response: Any, already: 
     return bytes(body)
 
 
-async def _read_head(stream: trio.abc.Stream) -> tuple[bytes, bytes] | None:
-    """Read an HTTP head; returns (head, bytes after it) or None on EOF before any byte."""
-    buffer = bytearray()
+def _write_nowait(stream: trio.abc.Stream, data: bytes) -> bytes:
+    """Write what the socket takes now (plain TCP only); returns the rest to send_all.
+
+    Saves trio's send_all machinery (~10 us) on the 101 of every connection: the
+    socket buffer of a fresh connection always has room for it.
+    """
+    if type(stream) is not trio.SocketStream:
+        return data
+    fd = stream.socket.fileno()
+    if fd < 0:
+        raise trio.ClosedResourceError("socket was closed")
+    try:
+        sent = os.write(fd, data)
+    except BlockingIOError:
+        return data
+    except OSError as exc:
+        raise trio.BrokenResourceError(f"socket write failed: {exc}") from exc
+    return data[sent:]
+
+
+def _read_head_nowait(stream: trio.abc.Stream, buffer: bytearray) -> bool | None:
+    """Read what the kernel already holds of the HTTP head into ``buffer`` (plain TCP),
+    without waiting. True: the head is complete; None: EOF before any byte.
+
+    Under load a connection is accepted late and its request is already there: then no
+    deadline scope and no wait for readability are needed (~20 us per connection).
+    """
+    if type(stream) is not trio.SocketStream:
+        return False
+    fd = stream.socket.fileno()
+    try:
+        data = os.read(fd, MIN_RECEIVE_SIZE) if fd >= 0 else b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return None  # reset before the request: nothing to answer
+    if not data:
+        return None
+    buffer += data
+    return find_head_end_untrusted(buffer, MAX_HEADER_BYTES) is not None
+
+
+async def _read_head(
+    stream: trio.abc.Stream, buffer: bytearray | None = None
+) -> tuple[bytes, bytes] | None:
+    """Read an HTTP head; returns (head, bytes after it) or None on EOF before any byte.
+
+    ``buffer``: bytes of it read already (see _read_head_nowait)."""
+    buffer = bytearray() if buffer is None else buffer
+    end = find_head_end_untrusted(buffer, MAX_HEADER_BYTES) if buffer else None
+    if end is not None:
+        return bytes(buffer[:end]), bytes(buffer[end:])
     while True:
         data = await stream.receive_some(MIN_RECEIVE_SIZE)
         if not data:
@@ -262,10 +316,18 @@ async def _serve_one(
     if ssl_context is not None:
         stream = trio.SSLStream(stream, ssl_context, server_side=True, https_compatible=True)
     request: WebSocketRequest | None = None
+    buffer = bytearray()
     try:
-        with trio.move_on_after(handshake_timeout):
+        try:
+            complete = _read_head_nowait(stream, buffer)
+        except WebSocketHandshakeError:
+            complete = False  # too large: _read_head raises it again, answered below
+        if complete is None:
+            return
+        # The deadline scope only when the head has to be waited for.
+        with nullcontext() if complete else trio.move_on_after(handshake_timeout):
             try:
-                received = await _read_head(stream)
+                received = await _read_head(stream, buffer)
                 if received is not None:
                     head, leftover = received
                     http_request = parse_request_untrusted(head)
@@ -446,7 +508,7 @@ async def open_websocket(
     url: str,
     *,
     ssl_context: ssl.SSLContext | None = None,
-    connect_timeout: float = 10.0,
+    connect_timeout: float | None = 10.0,
     max_message_size: int = 1 << 20,
     extra_headers: Headers = (),
 ) -> AsyncIterator[WebSocketConnection]:
@@ -454,6 +516,8 @@ async def open_websocket(
 
     Raises OSError if the TCP connection fails, trio.TooSlowError after
     ``connect_timeout``, WebSocketHandshakeError if the server refuses the upgrade.
+    ``connect_timeout=None``: no deadline of its own (a caller's cancel scope bounds the
+    connect, e.g. one deadline for the connect and what follows it).
     The connection is closed (1000) when the block exits.
     """
     parts = urlsplit(url)
@@ -467,7 +531,8 @@ async def open_websocket(
         host_header += f":{port}"
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     key = base64.b64encode(os.urandom(16)).decode("ascii")
-    with trio.fail_after(connect_timeout):
+    deadline = nullcontext() if connect_timeout is None else trio.fail_after(connect_timeout)
+    with deadline:
         stream: trio.abc.Stream = await _open_tcp(host, port)
         try:
             remote_address = stream_remote_address(stream)

@@ -43,13 +43,34 @@ def test_caps_count_from_accept_and_registration_ends_pending():
     assert isinstance(first, ConnectionTicket) and isinstance(second, ConnectionTicket)
     assert admit(a, "10.0.0.1", 3)[3] == "pending_per_ip"
     first.session = FakeSession()
-    first.session.registered = True  # registered: no longer pending, still a session
+    first.session.registered = True
+    a.registered(first)  # what a relay session does: no longer pending, still a session
     assert a.pending("10.0.0.1") == 1
     assert isinstance(admit(a, "10.0.0.1", 4), ConnectionTicket)
     assert admit(a, "10.0.0.1", 5)[3] == "sessions_per_ip"
     a.release(first)
     a.release(first)  # idempotent
     assert a.slots.count("10.0.0.1") == 2
+
+
+def test_registration_is_told_not_polled():
+    """A session registering later tells admission; one registered already (a mesh link)
+    ends pending when assigned. Either way the counts are exact without a scan."""
+    a = admission(max_pending_per_ip=0, max_pending_connections=2)
+    first, second = admit(a, "10.0.0.1", 1), admit(a, "10.0.0.1", 2)
+    first.session = FakeSession()  # not registered yet: still pending
+    assert a.pending_total == 2
+    first.session.registered = True
+    a.registered(first)
+    assert a.pending_total == 1
+    assert isinstance(admit(a, "10.0.0.1", 3), ConnectionTicket)
+    a.registered(first)  # idempotent, and release does not count it twice
+    a.release(first)
+    assert a.pending_total == 2
+    link = FakeSession()
+    link.registered = True
+    second.session = link  # assigned registered: pending ends at once
+    assert a.pending_total == 1 and a.pending("10.0.0.1") == 1
 
 
 def test_full_pending_table_evicts_the_heaviest_address_only_when_fair():
@@ -89,6 +110,7 @@ def test_counts_never_exceed_the_caps(ops):
             if not ticket.released:
                 ticket.session = FakeSession()
                 ticket.session.registered = True
+                a.registered(ticket)
         live = [t for t in live if not t.released]
         assert a.slots.total == len(live) <= 6
         assert all(a.slots.count(f"10.0.0.{i}") <= 4 for i in range(4))

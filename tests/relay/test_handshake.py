@@ -201,6 +201,9 @@ async def test_one_round_trip_registration(nursery):
             client_nonce = await signed_register(c, peer, challenge.nonce, server.peer_id)
             reg = await c.expect(Registered)  # no Challenge in between
             assert reg.peer_id == str(peer.peer_id) and reg.auth == "signature"
+            # Admission was told at once: the running count of pending connections
+            # dropped without a scan (relay._admission.ConnectionAdmission.registered).
+            assert server.admission._pending_total == 0
             signed = relay_auth_message(client_nonce, server.peer_id, str(peer.peer_id))
             assert PeerId.from_string(server.peer_id).verify(signed, reg.signature)
         await server.shutdown(1)

@@ -39,3 +39,30 @@ async def test_an_outside_close_wakes_a_waiting_receive(nursery):
                 await trio.testing.wait_all_tasks_blocked()
                 server._stream.socket.close()  # trio's close: notify_closing wakes it
             assert len(failed) == 1
+
+
+async def test_receive_while_aclose_reads_the_echo_is_closed_not_busy(nursery):
+    """aclose() from one task reads the close echo itself when nobody is receiving; a
+    task that calls receive() meanwhile (a session's reader between two frames, while
+    its pinger gives up on the connection) is told the connection is closed, not that
+    another task is receiving (seen as an unexplained BusyResourceError in a
+    10,000-peer relay restart)."""
+    with trio.fail_after(10):
+        async with connection_pair(nursery) as (server, client):
+            outcome: list[type[BaseException]] = []
+
+            async def late_reader() -> None:
+                try:
+                    await server.receive()
+                except Exception as exc:  # noqa: BLE001 - the type is what is tested
+                    outcome.append(type(exc))
+
+            async with trio.open_nursery() as inner:
+                inner.start_soon(server.aclose, 1001, "ping timeout")
+                await trio.testing.wait_all_tasks_blocked()  # aclose waits for the echo
+                assert server._receiving  # ... reading it itself
+                await late_reader()
+                with pytest.raises(trio.EndOfChannel):
+                    await client.receive()  # reads the close frame and echoes it
+            assert outcome == [trio.ClosedResourceError]
+            assert server.closed and server.close_code == 1001
