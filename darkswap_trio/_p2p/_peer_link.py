@@ -36,10 +36,16 @@ from ..proto.link import (
     RemoteLostDirect,
     RemoteReset,
     encode_hello,
-    parse_hello_untrusted,
 )
 from ._direct import DirectConnection
-from ._link_path import LinkPath, LinkPaths, LinkSettings, PathHooks, PeerLinkStatistics
+from ._link_path import (
+    LinkPath,
+    LinkPaths,
+    LinkSettings,
+    PathHooks,
+    PeerLinkStatistics,
+    check_hello,
+)
 from ._metrics import ConnectionMetrics, link_metrics
 
 __all__ = [
@@ -56,6 +62,7 @@ log = logging.getLogger("darkswap_trio.peer_link")
 # Messages starting with this belong to the link's internal channels (topics: see
 # _topics.py), never to the application: ``send`` refuses them.
 RESERVED_PREFIX = b"\x00darkswap-"
+_QUICK_SENDS_PER_YIELD = 8
 _CLOSE_LINGER = 2.0  # seconds aclose() waits for the far side to acknowledge our last bytes
 
 
@@ -114,7 +121,8 @@ class PeerLink(trio.abc.Channel[bytes]):
         self._paths = LinkPaths()
         self._pending: list[LinkPath] = []  # attached before the link's nursery ran
         self._nursery: trio.Nursery | None = None
-        self._wake = trio.Event()  # state changed: for send/receive/close waiters
+        # state changed: for send/receive/close waiters (a lot, not an Event per change)
+        self._waiters = trio.lowlevel.ParkingLot()
         self._tx_wake = trio.Event()  # a path has a frame to send: for the writers
         # The timer task sleeps until _timer_at and is woken early only when a deadline
         # moves before it (not on every message): a later deadline is found on waking.
@@ -130,6 +138,7 @@ class PeerLink(trio.abc.Channel[bytes]):
         self._path_ready = trio.Event()
         self._run_scope = trio.CancelScope()
         self._sending = self._receiving = False
+        self._quick_sends = 0  # sends since the last schedule point
         self._channel: tuple[bytes, Callable[[PeerLink, bytes], None]] | None = None
         self._closed = False  # aclose() was called
         self._ended = False  # the link is over (either side)
@@ -268,11 +277,13 @@ class PeerLink(trio.abc.Channel[bytes]):
 
     async def _send(self, data: bytes) -> None:
         self._core.check_size(len(data))
-        while True:
-            self._check_sendable()
-            if self._core.can_queue(len(data)):
-                break
+        self._check_sendable()
+        quick = self._core.can_queue(len(data))
+        if quick:
+            await trio.lowlevel.checkpoint_if_cancelled()  # yields only when cancelled
+        while not self._core.can_queue(len(data)):
             await self._wait_change()
+            self._check_sendable()
         self._core.queue_message(data)
         if self.connection_type == "direct":
             self.direct_bytes_sent += len(data)
@@ -280,9 +291,16 @@ class PeerLink(trio.abc.Channel[bytes]):
             self.relay_bytes_sent += len(data)
         self.bytes_sent += len(data)
         self.messages_sent += 1
-        self.last_activity = trio.current_time()
+        now = self.last_activity = trio.current_time()
+        self._paths.write_now(self._core, now, self._wake_writers)
         self._kick()
-        await trio.lowlevel.checkpoint()
+        if not quick:
+            return  # it waited: that was its schedule point
+        # A schedule point every few messages (as the relay session's writer does)
+        self._quick_sends += 1
+        if self._quick_sends >= _QUICK_SENDS_PER_YIELD:
+            self._quick_sends = 0
+            await trio.lowlevel.cancel_shielded_checkpoint()
 
     def _check_sendable(self) -> None:
         if self._closed:
@@ -294,17 +312,20 @@ class PeerLink(trio.abc.Channel[bytes]):
         if self._receiving:
             raise trio.BusyResourceError("another task is already receiving on this link")
         self._receiving = True
+        waited = False
         try:
             while True:
                 if self._closed:
                     raise trio.ClosedResourceError("link was closed locally")
-                message = self._core.next_message(trio.current_time())
+                now = trio.current_time()
+                message = self._core.next_message(now)
                 if message is not None:
                     self._kick()  # the ACK timer starts
                     self.bytes_received += len(message)
                     self.messages_received += 1
-                    self.last_activity = trio.current_time()
-                    await trio.lowlevel.checkpoint()
+                    self.last_activity = now
+                    if not waited:  # (a wait was its schedule point)
+                        await trio.lowlevel.checkpoint()
                     return message
                 if self._core.remote_finished:
                     raise trio.EndOfChannel
@@ -313,6 +334,7 @@ class PeerLink(trio.abc.Channel[bytes]):
                         f"link to {self.peer_id} is over: {self._end_reason}"
                     )
                 await self._wait_change()
+                waited = True
         finally:
             self._receiving = False
 
@@ -348,20 +370,7 @@ class PeerLink(trio.abc.Channel[bytes]):
 
     def statistics(self) -> PeerLinkStatistics:
         """Protocol counters: resent fragments, dropped duplicates, path changes."""
-        core = self._core.statistics()
-        return PeerLinkStatistics(
-            peer_id=self.peer_id,
-            connection_type=self.connection_type,
-            unacked_bytes=core.unacked_bytes,
-            fragments_sent=core.fragments_sent,
-            fragments_retransmitted=core.fragments_retransmitted,
-            bytes_retransmitted=core.bytes_retransmitted,
-            duplicates_dropped=core.duplicates_dropped,
-            pings_sent=core.pings_sent,
-            upgrades=self.upgrades,
-            downgrades=self.downgrades,
-            interruptions=self.interruptions,
-        )
+        return PeerLinkStatistics.of(self, self._core.statistics())
 
     def __repr__(self) -> str:
         return f"<PeerLink to {self.peer_id} {self.connection_type} closed={self.closed}>"
@@ -369,18 +378,21 @@ class PeerLink(trio.abc.Channel[bytes]):
     # -- internals ---------------------------------------------------------------------
 
     def _kick(self) -> None:
-        self._wake.set()
-        self._wake = trio.Event()
+        if self._waiters:
+            self._waiters.unpark_all()
         # Writers wake only when one of them has a frame (not on every received message)
         now = trio.current_time()
         for run in (self._paths.relay, self._paths.direct):
             if run is not None and self._core.wants_transmit(run.name, now):
-                self._tx_wake.set()
-                self._tx_wake = trio.Event()
+                self._wake_writers()
                 break
         if self._timer_at > -math.inf and self._next_deadline() < self._timer_at:
             self._timer_at = -math.inf
             self._timer_wake.set()
+
+    def _wake_writers(self) -> None:
+        self._tx_wake.set()
+        self._tx_wake = trio.Event()
 
     def _next_deadline(self) -> float:
         deadline = self._core.poll_timeout()
@@ -390,7 +402,7 @@ class PeerLink(trio.abc.Channel[bytes]):
         return math.inf if deadline is None else deadline
 
     async def _wait_change(self) -> None:
-        await self._wake.wait()
+        await self._waiters.park()
 
     def _opener(self, circuit: RelayCircuit) -> str:
         return self.local_peer_id if circuit.initiator else self.peer_id
@@ -546,13 +558,7 @@ class PeerLink(trio.abc.Channel[bytes]):
         self._kick()
 
     def _receive_hello(self, frame: bytes) -> None:
-        hello = parse_hello_untrusted(frame)
-        if hello is None:
-            raise LinkFrameError("malformed HELLO")
-        sender, receiver = hello
-        if receiver not in (None, self.link_id) or self.remote_link_id not in (None, sender):
-            raise LinkFrameError("HELLO of another link")
-        self.remote_link_id = sender
+        self.remote_link_id = check_hello(frame, self.link_id, self.remote_link_id)
 
     def _path_violated(self, run: LinkPath, exc: LinkFrameError) -> None:
         log.warning(

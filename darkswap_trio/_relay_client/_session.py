@@ -87,7 +87,8 @@ class RelaySession:
         self._pending_pings: dict[str, trio.Event] = {}
         self._ping_numbers = itertools.count(1)
         self._turn_waiters = TurnCredentialWaiters()
-        self._send_frame = SessionWriter(ws, address).send
+        self._writer = SessionWriter(ws, address)
+        self._send_frame = self._writer.send
         self._refresh_waiters: deque[trio.MemorySendChannel[sig.TokenRefreshed | sig.Error]] = (
             deque()
         )
@@ -261,6 +262,9 @@ class RelaySession:
             limits or sig.CircuitLimits(window=256 * 1024, max_data_frame=64 * 1024),
             initiator=initiator,
             send_data=self._send_circuit_data,
+            try_send_data=self._try_send_circuit_data,
+            flush=self._writer.flush,
+            flush_needed=lambda: self._writer.unsent_bytes > 0,
             send_credit=self._send_circuit_credit,
             send_close=self._send_close,
             on_closed=self._forget_circuit,
@@ -270,6 +274,9 @@ class RelaySession:
 
     async def _send_circuit_data(self, key: bytes, payload: bytes) -> None:
         await self._send_frame(_DATA_KIND + key, control=False, payload=payload)
+
+    def _try_send_circuit_data(self, key: bytes, payload: bytes) -> bool:
+        return self._writer.try_send_nowait(_DATA_KIND + key, control=False, payload=payload)
 
     async def _send_circuit_credit(self, key: bytes, increment: int) -> None:
         await self._send_frame(sig.encode_circuit_credit(key, increment), control=True)
