@@ -2,10 +2,11 @@
 
 The trio driver around :class:`darkswap_trio.proto.link.LinkCore` (the wire protocol
 and the resumption rule live there and in docs/PROTOCOL.md, "PeerLink protocol").
-A link has at most one relay circuit and one direct data channel at a time, each
-run by a reader and a writer task in the link's own nursery. Our DATA goes on the
-preferred path (direct when there is one); whenever that choice changes, the core
-resends everything the far side has not acknowledged on the new path, so a path can
+A link has at most one relay circuit and one direct data channel at a time, each with
+a reader and a writer task in the link's own nursery (a circuit's frames are handled in
+the relay session's reader and written by the sender while the writer is idle: see
+_link_path.py). Our DATA goes on the preferred path (direct when there is one); when that
+choice changes, the core resends everything unacknowledged on the new path, so a path can
 die at any moment without losing, duplicating or reordering a message.
 
 What the network (the link's owner) does for it, through :class:`LinkOwner`: open a
@@ -261,17 +262,17 @@ class PeerLink(trio.abc.Channel[bytes]):
         ``deliver(link, rest)`` as it arrives, instead of to ``receive``."""
         assert prefix.startswith(RESERVED_PREFIX)
         self._channel = (prefix, deliver)
-        self._take_channel()
+        self._take_channel(trio.current_time())
 
-    def _take_channel(self) -> None:
+    def _take_channel(self, now: float) -> None:
         if self._channel is None:
             return
         prefix, deliver = self._channel
-        messages = self._core.take_prefixed(prefix, trio.current_time())
+        messages = self._core.take_prefixed(prefix, now)
         if messages:
-            self._kick()  # the ACK timer starts
+            self._kick(now)  # the ACK timer starts
             self.bytes_received += sum(map(len, messages))
-            self.last_activity = trio.current_time()
+            self.last_activity = now
             for message in messages:
                 deliver(self, message[len(prefix) :])
 
@@ -293,11 +294,9 @@ class PeerLink(trio.abc.Channel[bytes]):
         self.messages_sent += 1
         now = self.last_activity = trio.current_time()
         self._paths.write_now(self._core, now, self._wake_writers)
-        self._kick()
-        if not quick:
-            return  # it waited: that was its schedule point
-        # A schedule point every few messages (as the relay session's writer does)
-        self._quick_sends += 1
+        self._kick(now)
+        # A wait was its schedule point; else one every few sends (as the session writer's)
+        self._quick_sends = self._quick_sends + 1 if quick else 0
         if self._quick_sends >= _QUICK_SENDS_PER_YIELD:
             self._quick_sends = 0
             await trio.lowlevel.cancel_shielded_checkpoint()
@@ -320,7 +319,7 @@ class PeerLink(trio.abc.Channel[bytes]):
                 now = trio.current_time()
                 message = self._core.next_message(now)
                 if message is not None:
-                    self._kick()  # the ACK timer starts
+                    self._kick(now)  # the ACK timer starts
                     self.bytes_received += len(message)
                     self.messages_received += 1
                     self.last_activity = now
@@ -377,13 +376,13 @@ class PeerLink(trio.abc.Channel[bytes]):
 
     # -- internals ---------------------------------------------------------------------
 
-    def _kick(self) -> None:
+    def _kick(self, now: float | None = None) -> None:
         if self._waiters:
             self._waiters.unpark_all()
-        # Writers wake only when one of them has a frame (not on every received message)
-        now = trio.current_time()
+        # Only an idle writer with a frame is woken (a busy one polls again anyway)
+        now = trio.current_time() if now is None else now
         for run in (self._paths.relay, self._paths.direct):
-            if run is not None and self._core.wants_transmit(run.name, now):
+            if run is not None and run.writer_idle and self._core.wants_transmit(run.name, now):
                 self._wake_writers()
                 break
         if self._timer_at > -math.inf and self._next_deadline() < self._timer_at:
@@ -549,13 +548,14 @@ class PeerLink(trio.abc.Channel[bytes]):
         return wake if frame is None else frame
 
     def _frame_received(self, run: LinkPath, frame: bytes) -> None:
-        self._core.receive_frame(run.name, frame, trio.current_time())
-        self._take_channel()
+        now = trio.current_time()
+        self._core.receive_frame(run.name, frame, now)
+        self._take_channel(now)
         if not run.heard:
             run.heard = True
             self._maybe_retire_relay()
         self._handle_events()
-        self._kick()
+        self._kick(now)
 
     def _receive_hello(self, frame: bytes) -> None:
         self.remote_link_id = check_hello(frame, self.link_id, self.remote_link_id)

@@ -499,16 +499,15 @@ class LinkCore:
         return self._events.popleft() if self._events else None
 
     def poll_timeout(self) -> float | None:
-        deadlines = []
-        if self._ack_deadline is not None and self._consumed > self._ack_sent:
-            deadlines.append(self._ack_deadline)
+        deadline = self._ack_deadline if self._consumed > self._ack_sent else None
         for path in self._paths.values():
             if path.watched:
                 heard = path.last_heard
-                deadlines.append(heard + self.path_timeout)
+                due = heard + self.path_timeout
                 if not path.ping_due:
-                    deadlines.append(max(heard, path.last_ping) + self.ping_interval)
-        return min(deadlines) if deadlines else None
+                    due = min(due, max(heard, path.last_ping) + self.ping_interval)
+                deadline = due if deadline is None else min(deadline, due)
+        return deadline
 
     def handle_timeout(self, now: float) -> None:
         if self._ack_deadline is not None and now >= self._ack_deadline:
