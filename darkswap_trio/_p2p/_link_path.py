@@ -191,9 +191,9 @@ class LinkPath:
         if isinstance(self.channel, RelayCircuit):
             # Frames are handled in the session's reader task as they arrive (no switch
             # to this task); this task only returns credit and meets the circuit's end.
-            def deliver(frame: bytes) -> None:
+            def deliver(frame: bytes | memoryview) -> None:
                 if frame[:1] == b"\x00":
-                    hello_received(frame)
+                    hello_received(bytes(frame))
                 else:
                     frame_received(self, frame)
 

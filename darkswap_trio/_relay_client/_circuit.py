@@ -85,7 +85,7 @@ class RelayCircuit(trio.abc.Channel[bytes]):
         self._buffered = 0
         self._data_arrived = trio.Event()
         # deliver_to(): each payload goes to this callable as it arrives, not to _buffer
-        self._sink: Callable[[bytes], None] | None = None
+        self._sink: Callable[[bytes | memoryview], None] | None = None
         self._sink_error: Exception | None = None
         self._unreturned = 0
         self._credit_batch = max(1, min(limits.window // 2, limits.window))
@@ -101,8 +101,9 @@ class RelayCircuit(trio.abc.Channel[bytes]):
 
     # -- called by the session's reader (never block) ------------------------------
 
-    def _deliver(self, payload: bytes) -> bool:
-        """Queue received payload; False means the far end broke flow control."""
+    def _deliver(self, payload: bytes | memoryview) -> bool:
+        """Queue received payload (a view is copied, unless it goes to a sink); False
+        means the far end broke flow control."""
         if self._remote_reason is not None or self._local_closed:
             return True  # late data after close is dropped, as the protocol says
         sink = self._sink
@@ -110,7 +111,7 @@ class RelayCircuit(trio.abc.Channel[bytes]):
             return self._deliver_to_sink(sink, payload)
         if self._buffered + len(payload) > self.limits.window:
             return False
-        self._buffer.append(payload)
+        self._buffer.append(bytes(payload))
         self._buffered += len(payload)
         self.last_activity = trio.current_time()
         self.bytes_received += len(payload)
@@ -118,7 +119,9 @@ class RelayCircuit(trio.abc.Channel[bytes]):
         self._data_arrived.set()
         return True
 
-    def _deliver_to_sink(self, sink: Callable[[bytes], None], payload: bytes) -> bool:
+    def _deliver_to_sink(
+        self, sink: Callable[[bytes | memoryview], None], payload: bytes | memoryview
+    ) -> bool:
         # Unreturned bytes are what the far end may still have in flight: never above
         # the window it was granted (it is credit we owe, not a buffer).
         if self._unreturned + len(payload) > self.limits.window:
@@ -251,10 +254,11 @@ class RelayCircuit(trio.abc.Channel[bytes]):
         finally:
             self._receiving = False
 
-    async def deliver_to(self, sink: Callable[[bytes], None]) -> None:
+    async def deliver_to(self, sink: Callable[[bytes | memoryview], None]) -> None:
         """Hand every received message to ``sink`` as it arrives, instead of to
         :meth:`receive`: called by the session's reader task, so a message costs no task
-        switch and is never buffered here (``sink`` keeps what it needs; the far end's
+        switch and is never buffered here (``sink`` copies what it keeps: a message may
+        be a memoryview of the relay's frame; the far end's
         window then bounds only what is in flight). Messages already buffered go first.
 
         Runs until the circuit ends, returning credit meanwhile, and raises what

@@ -309,17 +309,24 @@ class RelaySession:
             self._shut_down("session_closed")
 
     async def _on_binary(self, frame: bytes) -> None:
-        try:
-            item = sig.decode_binary_untrusted(frame)
-        except ParseError as exc:
-            log.warning("relay %s sent a bad binary frame: %s", self.address, exc)
-            return
-        circuit = self._circuits.get(item.relay_id)
+        if frame[:1] == _DATA_KIND and len(frame) >= sig.DATA_HEADER_LENGTH:
+            # DATA, parsed here: the payload stays a view of the frame (no copy)
+            circuit = self._circuits.get(frame[1 : sig.DATA_HEADER_LENGTH])
+            payload: bytes | memoryview = memoryview(frame)[sig.DATA_HEADER_LENGTH :]
+        else:
+            try:
+                item = sig.decode_binary_untrusted(frame)
+            except ParseError as exc:
+                log.warning("relay %s sent a bad binary frame: %s", self.address, exc)
+                return
+            circuit = self._circuits.get(item.relay_id)
+            if circuit is not None and isinstance(item, sig.CircuitCredit):
+                circuit._add_credit(item.increment)
+                return
+            payload = getattr(item, "payload", b"")
         if circuit is None:
             return  # data racing a close; the protocol says it is dropped
-        if isinstance(item, sig.CircuitCredit):
-            circuit._add_credit(item.increment)
-        elif not circuit._deliver(item.payload):
+        if not circuit._deliver(payload):
             log.warning("relay %s overran circuit %s's window", self.address, circuit.relay_id)
             circuit._remote_close("protocol_error")
             await self._send_close(circuit.relay_id)

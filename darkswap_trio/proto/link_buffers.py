@@ -113,7 +113,7 @@ class MessageCutter:
         self.max_message_size = max_message_size
         self._header = b""  # a length prefix cut by a frame boundary
         self._need = -1  # the size of the message being received; -1: reading a prefix
-        self._parts: list[bytes] = []
+        self._parts: list[bytes | memoryview] = []
         self._have = 0
 
     @property
@@ -125,6 +125,7 @@ class MessageCutter:
         """Take the next stream bytes; ``emit`` each message completed. Raises
         ValueError for a length above ``max_message_size`` (the caller's ParseError)."""
         view = memoryview(data)
+        keep_views = isinstance(view.obj, bytes)  # immutable: a view of it stays valid
         start, end = 0, len(view)
         while start < end:
             need = self._need
@@ -151,7 +152,10 @@ class MessageCutter:
             take = min(need - self._have, end - start)
             if not take:
                 return
-            self._parts.append(bytes(view[start : start + take]))
+            # a view of immutable bytes (a frame) while the message is incomplete: the
+            # join below is then the only copy
+            part = view[start : start + take]
+            self._parts.append(part if keep_views else bytes(part))
             self._have += take
             start += take
             if self._have == need:

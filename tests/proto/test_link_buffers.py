@@ -63,3 +63,14 @@ def test_cutter_yields_the_messages_whatever_the_cuts(items, cuts):
     cutter.feed(stream[pos:], out.append)
     assert out == items
     assert cutter.buffered == 0
+
+
+def test_cutter_copies_what_the_caller_may_change():
+    out = []
+    cutter = MessageCutter(1 << 20)
+    stream = stream_of([b"a" * 100])
+    chunk = bytearray(stream[:50])
+    cutter.feed(chunk, out.append)
+    chunk[:] = b"z" * 50  # the caller reuses its buffer
+    cutter.feed(bytearray(stream[50:]), out.append)
+    assert out == [b"a" * 100]
