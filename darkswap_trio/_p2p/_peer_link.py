@@ -294,7 +294,7 @@ class PeerLink(trio.abc.Channel[bytes]):
         self.messages_sent += 1
         now = self.last_activity = trio.current_time()
         self._paths.write_now(self._core, now, self._wake_writers)
-        self._kick(now)
+        self._kick(now, sent=True)
         # A wait was its schedule point; else one every few sends (as the session writer's)
         self._quick_sends = self._quick_sends + 1 if quick else 0
         if self._quick_sends >= _QUICK_SENDS_PER_YIELD:
@@ -376,8 +376,9 @@ class PeerLink(trio.abc.Channel[bytes]):
 
     # -- internals ---------------------------------------------------------------------
 
-    def _kick(self, now: float | None = None) -> None:
-        if self._waiters:
+    def _kick(self, now: float | None = None, *, sent: bool = False) -> None:
+        # sent: only a message was queued (that wakes no waiter and moves no deadline)
+        if self._waiters and not sent:
             self._waiters.unpark_all()
         # Only an idle writer with a frame is woken (a busy one polls again anyway)
         now = trio.current_time() if now is None else now
@@ -385,6 +386,8 @@ class PeerLink(trio.abc.Channel[bytes]):
             if run is not None and run.writer_idle and self._core.wants_transmit(run.name, now):
                 self._wake_writers()
                 break
+        if sent:
+            return
         if self._timer_at > -math.inf and self._next_deadline() < self._timer_at:
             self._timer_at = -math.inf
             self._timer_wake.set()
@@ -573,11 +576,8 @@ class PeerLink(trio.abc.Channel[bytes]):
         self._run_scope.cancel()
 
     def _maybe_retire_relay(self) -> None:
-        """Close the relay circuit once both sides send direct (it only costs the relay).
-
-        Safe at any time: whatever was in flight on it is unacknowledged and is resent
-        on the direct path by its sender.
-        """
+        """Close the relay circuit once both sides send direct (it only costs the relay);
+        safe at any time: what was in flight on it is unacknowledged, so resent direct."""
         relay, direct = self._paths.relay, self._paths.direct
         if relay is None or direct is None or not direct.heard or self._core.active != direct.name:
             return
