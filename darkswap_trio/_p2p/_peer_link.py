@@ -279,12 +279,17 @@ class PeerLink(trio.abc.Channel[bytes]):
     async def _send(self, data: bytes) -> None:
         self._core.check_size(len(data))
         self._check_sendable()
-        quick = self._core.can_queue(len(data))
-        if quick:
+        # A schedule point every few sends (as the session writer's), before queueing
+        self._quick_sends = (self._quick_sends + 1) % _QUICK_SENDS_PER_YIELD
+        if self._quick_sends == 0:
+            await trio.lowlevel.checkpoint()
+        else:
             await trio.lowlevel.checkpoint_if_cancelled()  # yields only when cancelled
-        while not self._core.can_queue(len(data)):
-            await self._wait_change()
+        while True:
             self._check_sendable()
+            if self._core.can_queue(len(data)):
+                break
+            await self._wait_change()
         self._core.queue_message(data)
         if self.connection_type == "direct":
             self.direct_bytes_sent += len(data)
@@ -295,11 +300,6 @@ class PeerLink(trio.abc.Channel[bytes]):
         now = self.last_activity = trio.current_time()
         self._paths.write_now(self._core, now, self._wake_writers)
         self._kick(now, sent=True)
-        # A wait was its schedule point; else one every few sends (as the session writer's)
-        self._quick_sends = self._quick_sends + 1 if quick else 0
-        if self._quick_sends >= _QUICK_SENDS_PER_YIELD:
-            self._quick_sends = 0
-            await trio.lowlevel.cancel_shielded_checkpoint()
 
     def _check_sendable(self) -> None:
         if self._closed:
