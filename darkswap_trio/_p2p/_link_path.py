@@ -10,7 +10,7 @@ from typing import Protocol
 import trio
 
 from .._relay_client._circuit import CircuitClosedError, RelayCircuit
-from ..proto.link import LinkCore, LinkFrameError, LinkStatistics, parse_hello_untrusted
+from ..proto.link import DATA, LinkCore, LinkFrameError, LinkStatistics, parse_hello_untrusted
 from ._direct import DirectConnection
 
 _DIRECT_FRAME_CAP = 256 * 1024  # larger DATA frames only add SCTP reassembly latency
@@ -130,12 +130,17 @@ class LinkPath:
 
         A frame the core hands out counts as sent, so one the circuit does not take (or
         fails on) is handed to the writer, which is woken to send it first (and to meet
-        the failure, which ends the path as usual).
+        the failure, which ends the path as usual). Only the first DATA frame may be
+        short: the short tail of a long message is left to the writer, which sends it
+        with what the sender queued meanwhile (a stream of 64 KiB messages then goes in
+        full frames, not in two frames per message).
         """
         channel = self.channel
         if not self.writer_idle or not isinstance(channel, RelayCircuit):
             return
-        while (frame := core.poll_transmit(self.name, now)) is not None:
+        short = True
+        while (frame := core.poll_transmit(self.name, now, short=short)) is not None:
+            short = short and frame[0] != DATA
             try:
                 taken = channel.try_send_nowait(frame)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -147,7 +152,8 @@ class LinkPath:
                 self.flush_due = True
                 break
         else:
-            return
+            if not core.wants_transmit(self.name, now):
+                return
         self.writer_idle = False
         wake_writer()
 

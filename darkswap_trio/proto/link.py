@@ -424,17 +424,21 @@ class LinkCore:
 
     # -- output -----------------------------------------------------------------------
 
-    def poll_transmit(self, name: str, now: float) -> bytes | None:
-        """The next frame to send on path ``name``, or None."""
+    def poll_transmit(self, name: str, now: float, *, short: bool = True) -> bytes | None:
+        """The next frame to send on path ``name``, or None.
+
+        ``short=False``: no DATA frame shorter than the path's limit (what remains is
+        left for a later poll, which may then fill the frame with what came since).
+        """
         path = self._paths.get(name)
         if path is None:
             return None
-        frame = self._next_frame(name, path, now)
+        frame = self._next_frame(name, path, now, short)
         if frame is not None:
             path.last_sent = now
         return frame
 
-    def _next_frame(self, name: str, path: _Path, now: float) -> bytes | None:
+    def _next_frame(self, name: str, path: _Path, now: float, short: bool) -> bytes | None:
         if path.lost_direct_due:
             path.lost_direct_due = False
             return bytes([DIRECT_LOST])
@@ -457,6 +461,8 @@ class LinkCore:
             return None
         tx = self._tx
         if tx.position < tx.written:
+            if not short and tx.written - tx.position < path.payload_limit:
+                return None
             offset = tx.position
             parts = tx.read(path.payload_limit)
             cursor = tx.position

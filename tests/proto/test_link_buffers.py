@@ -74,3 +74,19 @@ def test_cutter_copies_what_the_caller_may_change():
     chunk[:] = b"z" * 50  # the caller reuses its buffer
     cutter.feed(bytearray(stream[50:]), out.append)
     assert out == [b"a" * 100]
+
+
+def test_poll_transmit_can_leave_a_short_tail_for_later():
+    from darkswap_trio.proto.link import DATA, LinkCore
+
+    core = LinkCore()
+    core.add_path("r", 1009, 0.0)  # 1000 bytes of payload per DATA frame
+    core.use_path("r")
+    assert core.poll_transmit("r", 0.0)[0] != DATA  # the path's first ACK
+    core.queue_message(b"a" * 1500)  # 1504 stream bytes: a full frame and a short tail
+    assert len(core.poll_transmit("r", 0.0, short=False)) == 1009
+    assert core.poll_transmit("r", 0.0, short=False) is None
+    assert core.wants_transmit("r", 0.0)
+    core.queue_message(b"b" * 600)  # the tail and the next message fill a frame
+    assert len(core.poll_transmit("r", 0.0, short=False)) == 1009
+    assert len(core.poll_transmit("r", 0.0)) == 9 + 504 + 604 - 1000
