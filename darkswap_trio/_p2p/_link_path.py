@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import trio
 
 from .._relay_client._circuit import CircuitClosedError, RelayCircuit
-from ..proto.link import LinkFrameError
+from ..proto.link import DATA, LinkCore, LinkFrameError, LinkStatistics, parse_hello_untrusted
 from ._direct import DirectConnection
 
 _DIRECT_FRAME_CAP = 256 * 1024  # larger DATA frames only add SCTP reassembly latency
@@ -43,6 +44,30 @@ class PeerLinkStatistics:
     downgrades: int
     interruptions: int  # times the link had no path at all
 
+    @classmethod
+    def of(cls, link: _CountedLink, core: LinkStatistics) -> PeerLinkStatistics:
+        return cls(
+            peer_id=link.peer_id,
+            connection_type=link.connection_type,
+            unacked_bytes=core.unacked_bytes,
+            fragments_sent=core.fragments_sent,
+            fragments_retransmitted=core.fragments_retransmitted,
+            bytes_retransmitted=core.bytes_retransmitted,
+            duplicates_dropped=core.duplicates_dropped,
+            pings_sent=core.pings_sent,
+            upgrades=link.upgrades,
+            downgrades=link.downgrades,
+            interruptions=link.interruptions,
+        )
+
+
+class _CountedLink(Protocol):
+    peer_id: str
+    connection_type: str
+    upgrades: int
+    downgrades: int
+    interruptions: int
+
 
 @dataclass(frozen=True, slots=True)
 class PathHooks:
@@ -74,6 +99,10 @@ class LinkPath:
         self.scope = trio.CancelScope()
         self.heard = False  # the far side sent us something on it
         self.reason = "path closed"
+        # The writer waits for a frame: another task may write for it (write_now).
+        self.writer_idle = False
+        self.unsent: bytes | None = None  # handed back by write_now: the writer sends it first
+        self.flush_due = False  # write_now left part of a frame in the session: finish it
 
     async def send(self, frame: bytes) -> None:
         if isinstance(self.channel, RelayCircuit):
@@ -94,6 +123,39 @@ class LinkPath:
             return self.channel.limits.max_data_frame or _RELAY_FRAME_FALLBACK
         remote = self.channel.peer_connection.remote_max_message_size or 65536
         return min(remote, _DIRECT_FRAME_CAP)
+
+    def write_now(self, core: LinkCore, now: float, wake_writer: Callable[[], None]) -> None:
+        """Write the path's frames from the calling task while its writer is idle, when
+        the circuit takes them at once (credit, a free session): no task switch.
+
+        A frame the core hands out counts as sent, so one the circuit does not take (or
+        fails on) is handed to the writer, which is woken to send it first (and to meet
+        the failure, which ends the path as usual). Only the first DATA frame may be
+        short: the short tail of a long message is left to the writer, which sends it
+        with what the sender queued meanwhile (a stream of 64 KiB messages then goes in
+        full frames, not in two frames per message).
+        """
+        channel = self.channel
+        if not self.writer_idle or not isinstance(channel, RelayCircuit):
+            return
+        short = True
+        while (frame := core.poll_transmit(self.name, now, short=short)) is not None:
+            short = short and frame[0] != DATA
+            try:
+                taken = channel.try_send_nowait(frame)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                taken = False
+            if not taken:
+                self.unsent = frame
+                break
+            if channel.flush_needed:
+                self.flush_due = True
+                break
+        else:
+            if not core.wants_transmit(self.name, now):
+                return
+        self.writer_idle = False
+        wake_writer()
 
     async def aclose(self) -> None:
         with trio.CancelScope(shield=True), trio.move_on_after(2):
@@ -132,6 +194,17 @@ class LinkPath:
 
     async def _read(self, hooks: PathHooks) -> None:
         frame_received, hello_received = hooks.frame_received, hooks.hello_received
+        if isinstance(self.channel, RelayCircuit):
+            # Frames are handled in the session's reader task as they arrive (no switch
+            # to this task); this task only returns credit and meets the circuit's end.
+            def deliver(frame: bytes | memoryview) -> None:
+                if frame[:1] == b"\x00":
+                    hello_received(bytes(frame))
+                else:
+                    frame_received(self, frame)
+
+            await self.channel.deliver_to(deliver)
+            return
         while True:
             frame = await self.receive()
             if frame[:1] == b"\x00":
@@ -144,9 +217,21 @@ class LinkPath:
             await self.send(hooks.hello())
         poll_frame, name = hooks.poll_frame, self.name
         while True:
-            frame = poll_frame(name)
+            if self.flush_due:
+                self.flush_due = False
+                assert isinstance(self.channel, RelayCircuit)
+                await self.channel.flush()
+            frame: bytes | trio.Event
+            if self.unsent is not None:
+                frame, self.unsent = self.unsent, None
+            else:
+                frame = poll_frame(name)
             if isinstance(frame, trio.Event):
-                await frame.wait()
+                self.writer_idle = True
+                try:
+                    await frame.wait()
+                finally:
+                    self.writer_idle = False
             else:
                 await self.send(frame)
 
@@ -159,6 +244,17 @@ class LinkPath:
         if why == "session_closed":
             return "relay connection lost"
         return f"relay circuit closed: {why}"
+
+
+def check_hello(frame: bytes, link_id: bytes, remote_link_id: bytes | None) -> bytes:
+    """The far side's link id from its HELLO; LinkFrameError if it is not one of ours."""
+    hello = parse_hello_untrusted(frame)
+    if hello is None:
+        raise LinkFrameError("malformed HELLO")
+    sender, receiver = hello
+    if receiver not in (None, link_id) or remote_link_id not in (None, sender):
+        raise LinkFrameError("HELLO of another link")
+    return sender
 
 
 class LinkPaths:
@@ -195,6 +291,12 @@ class LinkPaths:
         else:
             return False
         return True
+
+    def write_now(self, core: LinkCore, now: float, wake_writer: Callable[[], None]) -> None:
+        """Write the active path's frames from the calling task if its writer is idle."""
+        run = self.named(core.active) if core.active is not None else None
+        if run is not None and run.writer_idle:
+            run.write_now(core, now, wake_writer)
 
     def named(self, name: str) -> LinkPath | None:
         for run in (self.relay, self.direct):

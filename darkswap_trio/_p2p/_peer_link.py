@@ -2,10 +2,11 @@
 
 The trio driver around :class:`darkswap_trio.proto.link.LinkCore` (the wire protocol
 and the resumption rule live there and in docs/PROTOCOL.md, "PeerLink protocol").
-A link has at most one relay circuit and one direct data channel at a time, each
-run by a reader and a writer task in the link's own nursery. Our DATA goes on the
-preferred path (direct when there is one); whenever that choice changes, the core
-resends everything the far side has not acknowledged on the new path, so a path can
+A link has at most one relay circuit and one direct data channel at a time, each with
+a reader and a writer task in the link's own nursery (a circuit's frames are handled in
+the relay session's reader and written by the sender while the writer is idle: see
+_link_path.py). Our DATA goes on the preferred path (direct when there is one); when that
+choice changes, the core resends everything unacknowledged on the new path, so a path can
 die at any moment without losing, duplicating or reordering a message.
 
 What the network (the link's owner) does for it, through :class:`LinkOwner`: open a
@@ -36,10 +37,16 @@ from ..proto.link import (
     RemoteLostDirect,
     RemoteReset,
     encode_hello,
-    parse_hello_untrusted,
 )
 from ._direct import DirectConnection
-from ._link_path import LinkPath, LinkPaths, LinkSettings, PathHooks, PeerLinkStatistics
+from ._link_path import (
+    LinkPath,
+    LinkPaths,
+    LinkSettings,
+    PathHooks,
+    PeerLinkStatistics,
+    check_hello,
+)
 from ._metrics import ConnectionMetrics, link_metrics
 
 __all__ = [
@@ -56,6 +63,7 @@ log = logging.getLogger("darkswap_trio.peer_link")
 # Messages starting with this belong to the link's internal channels (topics: see
 # _topics.py), never to the application: ``send`` refuses them.
 RESERVED_PREFIX = b"\x00darkswap-"
+_QUICK_SENDS_PER_YIELD = 8
 _CLOSE_LINGER = 2.0  # seconds aclose() waits for the far side to acknowledge our last bytes
 
 
@@ -114,7 +122,8 @@ class PeerLink(trio.abc.Channel[bytes]):
         self._paths = LinkPaths()
         self._pending: list[LinkPath] = []  # attached before the link's nursery ran
         self._nursery: trio.Nursery | None = None
-        self._wake = trio.Event()  # state changed: for send/receive/close waiters
+        # state changed: for send/receive/close waiters (a lot, not an Event per change)
+        self._waiters = trio.lowlevel.ParkingLot()
         self._tx_wake = trio.Event()  # a path has a frame to send: for the writers
         # The timer task sleeps until _timer_at and is woken early only when a deadline
         # moves before it (not on every message): a later deadline is found on waking.
@@ -130,6 +139,7 @@ class PeerLink(trio.abc.Channel[bytes]):
         self._path_ready = trio.Event()
         self._run_scope = trio.CancelScope()
         self._sending = self._receiving = False
+        self._quick_sends = 0  # sends since the last schedule point
         self._channel: tuple[bytes, Callable[[PeerLink, bytes], None]] | None = None
         self._closed = False  # aclose() was called
         self._ended = False  # the link is over (either side)
@@ -252,22 +262,29 @@ class PeerLink(trio.abc.Channel[bytes]):
         ``deliver(link, rest)`` as it arrives, instead of to ``receive``."""
         assert prefix.startswith(RESERVED_PREFIX)
         self._channel = (prefix, deliver)
-        self._take_channel()
+        self._take_channel(trio.current_time())
 
-    def _take_channel(self) -> None:
+    def _take_channel(self, now: float) -> None:
         if self._channel is None:
             return
         prefix, deliver = self._channel
-        messages = self._core.take_prefixed(prefix, trio.current_time())
+        messages = self._core.take_prefixed(prefix, now)
         if messages:
-            self._kick()  # the ACK timer starts
+            self._kick(now)  # the ACK timer starts
             self.bytes_received += sum(map(len, messages))
-            self.last_activity = trio.current_time()
+            self.last_activity = now
             for message in messages:
                 deliver(self, message[len(prefix) :])
 
     async def _send(self, data: bytes) -> None:
         self._core.check_size(len(data))
+        self._check_sendable()
+        # A schedule point every few sends (as the session writer's), before queueing
+        self._quick_sends = (self._quick_sends + 1) % _QUICK_SENDS_PER_YIELD
+        if self._quick_sends == 0:
+            await trio.lowlevel.checkpoint()
+        else:
+            await trio.lowlevel.checkpoint_if_cancelled()  # yields only when cancelled
         while True:
             self._check_sendable()
             if self._core.can_queue(len(data)):
@@ -280,9 +297,9 @@ class PeerLink(trio.abc.Channel[bytes]):
             self.relay_bytes_sent += len(data)
         self.bytes_sent += len(data)
         self.messages_sent += 1
-        self.last_activity = trio.current_time()
-        self._kick()
-        await trio.lowlevel.checkpoint()
+        now = self.last_activity = trio.current_time()
+        self._paths.write_now(self._core, now, self._wake_writers)
+        self._kick(now, sent=True)
 
     def _check_sendable(self) -> None:
         if self._closed:
@@ -294,17 +311,20 @@ class PeerLink(trio.abc.Channel[bytes]):
         if self._receiving:
             raise trio.BusyResourceError("another task is already receiving on this link")
         self._receiving = True
+        waited = False
         try:
             while True:
                 if self._closed:
                     raise trio.ClosedResourceError("link was closed locally")
-                message = self._core.next_message(trio.current_time())
+                now = trio.current_time()
+                message = self._core.next_message(now)
                 if message is not None:
-                    self._kick()  # the ACK timer starts
+                    self._kick(now)  # the ACK timer starts
                     self.bytes_received += len(message)
                     self.messages_received += 1
-                    self.last_activity = trio.current_time()
-                    await trio.lowlevel.checkpoint()
+                    self.last_activity = now
+                    if not waited:  # (a wait was its schedule point)
+                        await trio.lowlevel.checkpoint()
                     return message
                 if self._core.remote_finished:
                     raise trio.EndOfChannel
@@ -313,6 +333,7 @@ class PeerLink(trio.abc.Channel[bytes]):
                         f"link to {self.peer_id} is over: {self._end_reason}"
                     )
                 await self._wait_change()
+                waited = True
         finally:
             self._receiving = False
 
@@ -348,39 +369,32 @@ class PeerLink(trio.abc.Channel[bytes]):
 
     def statistics(self) -> PeerLinkStatistics:
         """Protocol counters: resent fragments, dropped duplicates, path changes."""
-        core = self._core.statistics()
-        return PeerLinkStatistics(
-            peer_id=self.peer_id,
-            connection_type=self.connection_type,
-            unacked_bytes=core.unacked_bytes,
-            fragments_sent=core.fragments_sent,
-            fragments_retransmitted=core.fragments_retransmitted,
-            bytes_retransmitted=core.bytes_retransmitted,
-            duplicates_dropped=core.duplicates_dropped,
-            pings_sent=core.pings_sent,
-            upgrades=self.upgrades,
-            downgrades=self.downgrades,
-            interruptions=self.interruptions,
-        )
+        return PeerLinkStatistics.of(self, self._core.statistics())
 
     def __repr__(self) -> str:
         return f"<PeerLink to {self.peer_id} {self.connection_type} closed={self.closed}>"
 
     # -- internals ---------------------------------------------------------------------
 
-    def _kick(self) -> None:
-        self._wake.set()
-        self._wake = trio.Event()
-        # Writers wake only when one of them has a frame (not on every received message)
-        now = trio.current_time()
+    def _kick(self, now: float | None = None, *, sent: bool = False) -> None:
+        # sent: only a message was queued (that wakes no waiter and moves no deadline)
+        if self._waiters and not sent:
+            self._waiters.unpark_all()
+        # Only an idle writer with a frame is woken (a busy one polls again anyway)
+        now = trio.current_time() if now is None else now
         for run in (self._paths.relay, self._paths.direct):
-            if run is not None and self._core.wants_transmit(run.name, now):
-                self._tx_wake.set()
-                self._tx_wake = trio.Event()
+            if run is not None and run.writer_idle and self._core.wants_transmit(run.name, now):
+                self._wake_writers()
                 break
+        if sent:
+            return
         if self._timer_at > -math.inf and self._next_deadline() < self._timer_at:
             self._timer_at = -math.inf
             self._timer_wake.set()
+
+    def _wake_writers(self) -> None:
+        self._tx_wake.set()
+        self._tx_wake = trio.Event()
 
     def _next_deadline(self) -> float:
         deadline = self._core.poll_timeout()
@@ -390,7 +404,7 @@ class PeerLink(trio.abc.Channel[bytes]):
         return math.inf if deadline is None else deadline
 
     async def _wait_change(self) -> None:
-        await self._wake.wait()
+        await self._waiters.park()
 
     def _opener(self, circuit: RelayCircuit) -> str:
         return self.local_peer_id if circuit.initiator else self.peer_id
@@ -537,22 +551,17 @@ class PeerLink(trio.abc.Channel[bytes]):
         return wake if frame is None else frame
 
     def _frame_received(self, run: LinkPath, frame: bytes) -> None:
-        self._core.receive_frame(run.name, frame, trio.current_time())
-        self._take_channel()
+        now = trio.current_time()
+        self._core.receive_frame(run.name, frame, now)
+        self._take_channel(now)
         if not run.heard:
             run.heard = True
             self._maybe_retire_relay()
         self._handle_events()
-        self._kick()
+        self._kick(now)
 
     def _receive_hello(self, frame: bytes) -> None:
-        hello = parse_hello_untrusted(frame)
-        if hello is None:
-            raise LinkFrameError("malformed HELLO")
-        sender, receiver = hello
-        if receiver not in (None, self.link_id) or self.remote_link_id not in (None, sender):
-            raise LinkFrameError("HELLO of another link")
-        self.remote_link_id = sender
+        self.remote_link_id = check_hello(frame, self.link_id, self.remote_link_id)
 
     def _path_violated(self, run: LinkPath, exc: LinkFrameError) -> None:
         log.warning(
@@ -567,11 +576,8 @@ class PeerLink(trio.abc.Channel[bytes]):
         self._run_scope.cancel()
 
     def _maybe_retire_relay(self) -> None:
-        """Close the relay circuit once both sides send direct (it only costs the relay).
-
-        Safe at any time: whatever was in flight on it is unacknowledged and is resent
-        on the direct path by its sender.
-        """
+        """Close the relay circuit once both sides send direct (it only costs the relay);
+        safe at any time: what was in flight on it is unacknowledged, so resent direct."""
         relay, direct = self._paths.relay, self._paths.direct
         if relay is None or direct is None or not direct.heard or self._core.active != direct.name:
             return

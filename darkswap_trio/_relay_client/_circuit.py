@@ -60,6 +60,9 @@ class RelayCircuit(trio.abc.Channel[bytes]):
         *,
         initiator: bool,
         send_data: Callable[[bytes, bytes], Awaitable[None]],
+        try_send_data: Callable[[bytes, bytes], bool],
+        flush: Callable[[], Awaitable[None]],
+        flush_needed: Callable[[], bool],
         send_credit: Callable[[bytes, int], Awaitable[None]],
         send_close: Callable[[str], Awaitable[None]],
         on_closed: Callable[[RelayCircuit], None],
@@ -70,6 +73,9 @@ class RelayCircuit(trio.abc.Channel[bytes]):
         self.limits = limits
         self.initiator = initiator
         self._send_data = send_data
+        self._try_send_data = try_send_data
+        self._flush = flush
+        self._flush_needed = flush_needed
         self._send_credit = send_credit
         self._send_close = send_close
         self._on_closed = on_closed
@@ -78,6 +84,9 @@ class RelayCircuit(trio.abc.Channel[bytes]):
         self._buffer: deque[bytes] = deque()
         self._buffered = 0
         self._data_arrived = trio.Event()
+        # deliver_to(): each payload goes to this callable as it arrives, not to _buffer
+        self._sink: Callable[[bytes | memoryview], None] | None = None
+        self._sink_error: Exception | None = None
         self._unreturned = 0
         self._credit_batch = max(1, min(limits.window // 2, limits.window))
         self._local_closed = False
@@ -92,18 +101,43 @@ class RelayCircuit(trio.abc.Channel[bytes]):
 
     # -- called by the session's reader (never block) ------------------------------
 
-    def _deliver(self, payload: bytes) -> bool:
-        """Queue received payload; False means the far end broke flow control."""
+    def _deliver(self, payload: bytes | memoryview) -> bool:
+        """Queue received payload (a view is copied, unless it goes to a sink); False
+        means the far end broke flow control."""
         if self._remote_reason is not None or self._local_closed:
             return True  # late data after close is dropped, as the protocol says
+        sink = self._sink
+        if sink is not None:
+            return self._deliver_to_sink(sink, payload)
         if self._buffered + len(payload) > self.limits.window:
             return False
-        self._buffer.append(payload)
+        self._buffer.append(bytes(payload))
         self._buffered += len(payload)
         self.last_activity = trio.current_time()
         self.bytes_received += len(payload)
         self.messages_received += 1
         self._data_arrived.set()
+        return True
+
+    def _deliver_to_sink(
+        self, sink: Callable[[bytes | memoryview], None], payload: bytes | memoryview
+    ) -> bool:
+        # Unreturned bytes are what the far end may still have in flight: never above
+        # the window it was granted (it is credit we owe, not a buffer).
+        if self._unreturned + len(payload) > self.limits.window:
+            return False
+        self._unreturned += len(payload)
+        self.last_activity = trio.current_time()
+        self.bytes_received += len(payload)
+        self.messages_received += 1
+        if self._sink_error is None:
+            try:
+                sink(payload)
+            except Exception as exc:  # raised in deliver_to's task, not the session's reader
+                self._sink_error = exc
+                self._data_arrived.set()
+        if self._unreturned >= self._credit_batch:
+            self._data_arrived.set()  # deliver_to() returns the credit
         return True
 
     def _add_credit(self, increment: int) -> None:
@@ -158,6 +192,41 @@ class RelayCircuit(trio.abc.Channel[bytes]):
         finally:
             self._sending = False
 
+    def try_send_nowait(self, value: bytes) -> bool:
+        """Send ``value`` now if that needs no waiting: no other sender, enough credit,
+        the session can write at once. False: nothing was sent (use :meth:`send`).
+
+        Never blocks and is not a checkpoint; raises like :meth:`send` when the circuit
+        is closed or the message too large. After True, :attr:`flush_needed` says the
+        socket took only part of the frame: call :meth:`flush` (its rest also goes out
+        before the session's next frame).
+        """
+        if self._sending:
+            return False
+        data = bytes(value)
+        if len(data) > self.limits.max_data_frame:
+            raise ValueError(
+                f"message of {len(data)} bytes exceeds the circuit's max_data_frame "
+                f"({self.limits.max_data_frame})"
+            )
+        self._check_sendable()
+        if self._credit < len(data) or not self._try_send_data(self.relay_key, data):
+            return False
+        self._credit -= len(data)
+        self.bytes_sent += len(data)
+        self.messages_sent += 1
+        self.last_activity = trio.current_time()
+        return True
+
+    @property
+    def flush_needed(self) -> bool:
+        """A frame written by :meth:`try_send_nowait` is not wholly in the socket yet."""
+        return self._flush_needed()
+
+    async def flush(self) -> None:
+        """Finish writing what :meth:`try_send_nowait` started (shielded)."""
+        await self._flush()
+
     def _check_sendable(self) -> None:
         if self._local_closed:
             raise trio.ClosedResourceError("circuit was closed locally")
@@ -180,18 +249,59 @@ class RelayCircuit(trio.abc.Channel[bytes]):
             self._buffered -= len(payload)
             self._unreturned += len(payload)
             if self._unreturned >= self._credit_batch and self._remote_reason is None:
-                increment, self._unreturned = self._unreturned, 0
-                # Shielded: the payload is already taken, so a cancelled receive() must
-                # not lose it. Bounded: credit is a control frame (no wait behind data)
-                # and every write is bounded by the session's SEND_TIMEOUT.
-                with trio.CancelScope(shield=True):
-                    try:
-                        await self._send_credit(self.relay_key, increment)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        pass  # the session is gone; the next receive() reports the close
+                await self._return_credit()
             return payload
         finally:
             self._receiving = False
+
+    async def deliver_to(self, sink: Callable[[bytes | memoryview], None]) -> None:
+        """Hand every received message to ``sink`` as it arrives, instead of to
+        :meth:`receive`: called by the session's reader task, so a message costs no task
+        switch and is never buffered here (``sink`` copies what it keeps: a message may
+        be a memoryview of the relay's frame; the far end's
+        window then bounds only what is in flight). Messages already buffered go first.
+
+        Runs until the circuit ends, returning credit meanwhile, and raises what
+        :meth:`receive` would then (EndOfChannel, ClosedResourceError) or what ``sink``
+        raised (what arrives after that is buffered for :meth:`receive`). A receive while
+        this runs raises BusyResourceError.
+        """
+        if self._receiving:
+            raise trio.BusyResourceError("another task is already receiving on this circuit")
+        self._receiving = True
+        try:
+            while self._buffer:
+                payload = self._buffer.popleft()
+                self._buffered -= len(payload)
+                self._unreturned += len(payload)
+                sink(payload)
+            self._sink, self._sink_error = sink, None
+            while True:
+                if self._sink_error is not None:
+                    raise self._sink_error
+                if self._unreturned >= self._credit_batch and self._remote_reason is None:
+                    await self._return_credit()
+                    continue
+                if self._local_closed:
+                    raise trio.ClosedResourceError("circuit was closed locally")
+                if self._remote_reason is not None:
+                    raise trio.EndOfChannel
+                self._data_arrived = trio.Event()
+                await self._data_arrived.wait()
+        finally:
+            self._sink = None
+            self._receiving = False
+
+    async def _return_credit(self) -> None:
+        increment, self._unreturned = self._unreturned, 0
+        # Shielded: the payload is already taken, so a cancelled receive() must not lose
+        # it. Bounded: credit is a control frame (no wait behind data) and every write is
+        # bounded by the session's SEND_TIMEOUT.
+        with trio.CancelScope(shield=True):
+            try:
+                await self._send_credit(self.relay_key, increment)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # the session is gone; the next receive() reports the close
 
     async def aclose(self, *, reason: str = "closed") -> None:
         """Close the circuit; the far end is told ``closed_by_peer``. Idempotent.

@@ -87,7 +87,8 @@ class RelaySession:
         self._pending_pings: dict[str, trio.Event] = {}
         self._ping_numbers = itertools.count(1)
         self._turn_waiters = TurnCredentialWaiters()
-        self._send_frame = SessionWriter(ws, address).send
+        self._writer = SessionWriter(ws, address)
+        self._send_frame = self._writer.send
         self._refresh_waiters: deque[trio.MemorySendChannel[sig.TokenRefreshed | sig.Error]] = (
             deque()
         )
@@ -261,6 +262,9 @@ class RelaySession:
             limits or sig.CircuitLimits(window=256 * 1024, max_data_frame=64 * 1024),
             initiator=initiator,
             send_data=self._send_circuit_data,
+            try_send_data=self._try_send_circuit_data,
+            flush=self._writer.flush,
+            flush_needed=lambda: self._writer.unsent_bytes > 0,
             send_credit=self._send_circuit_credit,
             send_close=self._send_close,
             on_closed=self._forget_circuit,
@@ -270,6 +274,9 @@ class RelaySession:
 
     async def _send_circuit_data(self, key: bytes, payload: bytes) -> None:
         await self._send_frame(_DATA_KIND + key, control=False, payload=payload)
+
+    def _try_send_circuit_data(self, key: bytes, payload: bytes) -> bool:
+        return self._writer.try_send_nowait(_DATA_KIND + key, control=False, payload=payload)
 
     async def _send_circuit_credit(self, key: bytes, increment: int) -> None:
         await self._send_frame(sig.encode_circuit_credit(key, increment), control=True)
@@ -302,17 +309,24 @@ class RelaySession:
             self._shut_down("session_closed")
 
     async def _on_binary(self, frame: bytes) -> None:
-        try:
-            item = sig.decode_binary_untrusted(frame)
-        except ParseError as exc:
-            log.warning("relay %s sent a bad binary frame: %s", self.address, exc)
-            return
-        circuit = self._circuits.get(item.relay_id)
+        if frame[:1] == _DATA_KIND and len(frame) >= sig.DATA_HEADER_LENGTH:
+            # DATA, parsed here: the payload stays a view of the frame (no copy)
+            circuit = self._circuits.get(frame[1 : sig.DATA_HEADER_LENGTH])
+            payload: bytes | memoryview = memoryview(frame)[sig.DATA_HEADER_LENGTH :]
+        else:
+            try:
+                item = sig.decode_binary_untrusted(frame)
+            except ParseError as exc:
+                log.warning("relay %s sent a bad binary frame: %s", self.address, exc)
+                return
+            circuit = self._circuits.get(item.relay_id)
+            if circuit is not None and isinstance(item, sig.CircuitCredit):
+                circuit._add_credit(item.increment)
+                return
+            payload = getattr(item, "payload", b"")
         if circuit is None:
             return  # data racing a close; the protocol says it is dropped
-        if isinstance(item, sig.CircuitCredit):
-            circuit._add_credit(item.increment)
-        elif not circuit._deliver(item.payload):
+        if not circuit._deliver(payload):
             log.warning("relay %s overran circuit %s's window", self.address, circuit.relay_id)
             circuit._remote_close("protocol_error")
             await self._send_close(circuit.relay_id)

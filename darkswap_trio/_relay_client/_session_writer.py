@@ -53,16 +53,9 @@ class SessionWriter:
         ws = self._ws
         if self._turn.is_free(control=control):
             await trio.lowlevel.checkpoint_if_cancelled()  # yields only when cancelled
-            try:
-                if payload is None:
-                    sent = ws.try_send_nowait(frame)
-                else:
-                    sent = ws.try_send_binary_nowait(frame, payload)  # type: ignore[arg-type]
-            except trio.ClosedResourceError as exc:
-                raise self._closed_by_us() from exc
-            if sent:
+            if self.try_send_nowait(frame, control=control, payload=payload):
                 if ws.unsent_bytes:  # the kernel took part of it: finish it now
-                    await self._write_shielded(ws.flush)
+                    await self.flush()
                 elif self._quick_writes >= QUICK_WRITES_PER_YIELD:
                     # A schedule point every few frames, not after each: a sender that
                     # then waits for an answer (or credit) yields anyway.
@@ -76,6 +69,34 @@ class SessionWriter:
                 await self._write_shielded(lambda: ws.send(frame))
             else:
                 await self._write_shielded(lambda: ws.send_binary(frame, payload))  # type: ignore[arg-type]
+
+    def try_send_nowait(
+        self, frame: str | bytes, *, control: bool, payload: bytes | None = None
+    ) -> bool:
+        """Write one frame now if that needs no waiting (the write turn is free, the
+        socket takes it); False: nothing was written. Never blocks, not a checkpoint.
+
+        True with :attr:`unsent_bytes` left: the socket took part of the frame; the
+        rest goes out first on the session's next write, and :meth:`flush` writes it.
+        """
+        if not self._turn.is_free(control=control):
+            return False
+        ws = self._ws
+        try:
+            if payload is None:
+                return ws.try_send_nowait(frame)
+            return ws.try_send_binary_nowait(frame, payload)  # type: ignore[arg-type]
+        except trio.ClosedResourceError as exc:
+            raise self._closed_by_us() from exc
+
+    @property
+    def unsent_bytes(self) -> int:
+        """Bytes of a frame written by :meth:`try_send_nowait` still to be written."""
+        return self._ws.unsent_bytes
+
+    async def flush(self) -> None:
+        """Write what :meth:`try_send_nowait` left (shielded, like every write)."""
+        await self._write_shielded(self._ws.flush)
 
     async def _write_shielded(self, write: Callable[[], Awaitable[None]]) -> None:
         with trio.CancelScope(shield=True):

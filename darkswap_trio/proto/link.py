@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 from .datachannel import MessageTooLarge
 from .errors import ParseError
+from .link_buffers import MessageCutter, SendBuffer
 
 __all__ = [
     "ACK",
@@ -61,7 +62,7 @@ LINK_ID_SIZE = 16
 DATA, ACK, PING, CLOSE, DIRECT_LOST, CLOSE_ACK, RESET = 1, 2, 3, 4, 5, 6, 7
 DATA_HEADER = 9  # type byte + u64 offset
 _U64 = struct.Struct(">Q")
-_U32 = struct.Struct(">I")
+_DATA_KIND = bytes([DATA])
 _LENGTH_PREFIX = 4
 
 
@@ -73,7 +74,7 @@ class LinkFrameError(ParseError):
 class Frame:
     kind: int
     offset: int = 0  # DATA: first byte; ACK: consumed; CLOSE: final stream length
-    payload: bytes = b""
+    payload: bytes | memoryview = b""  # DATA: a view into the frame (no copy)
 
 
 def parse_frame_untrusted(data: bytes) -> Frame:
@@ -84,7 +85,7 @@ def parse_frame_untrusted(data: bytes) -> Frame:
     if kind == DATA:
         if len(data) <= DATA_HEADER:
             raise LinkFrameError("DATA frame without payload")
-        return Frame(DATA, _U64.unpack_from(data, 1)[0], bytes(data[DATA_HEADER:]))
+        return Frame(DATA, _U64.unpack_from(data, 1)[0], memoryview(data)[DATA_HEADER:])
     if kind in (ACK, CLOSE):
         if len(data) != 9:
             raise LinkFrameError(f"frame type {kind} must be 9 bytes, got {len(data)}")
@@ -216,19 +217,20 @@ class LinkCore:
         self._paths: dict[str, _Path] = {}
         self.active: str | None = None  # the path our DATA goes on
         self._ack_path: str | None = None  # the path we last heard DATA/PING on
-        # sender
-        self._acked = 0  # far side consumed everything below
-        self._unacked = bytearray()  # stream bytes from _acked to _written
-        self._written = 0
-        self._cursor = 0  # next offset to send on the active path
+        # sender: the stream from the lowest unacknowledged offset on; its read position
+        # is the next offset to send on the active path
+        self._tx = SendBuffer()
         self._high = 0  # highest offset ever sent (above it nothing is a retransmission)
         self._close_at: int | None = None  # our final offset once close() was called
         self._close_sent = False
         self.close_confirmed = False  # the far side has our whole stream (CLOSE_ACK)
         # receiver
         self._received = 0
-        self._rx = bytearray()  # received, not yet cut into messages
+        self._cutter = MessageCutter(max_message_size)
         self._ready: deque[bytes] = deque()
+        # Messages of the internal channel (take_prefixed), routed as they are cut
+        self._channel_prefix: bytes | None = None
+        self._channel_ready: list[bytes] = []
         self._consumed = 0
         self._ack_sent = 0
         self._ack_deadline: float | None = None
@@ -261,7 +263,7 @@ class LinkCore:
         if name not in self._paths:
             raise KeyError(name)
         self.active = name
-        self._cursor = self._acked
+        self._tx.seek(self._tx.acked)
         self._close_sent = False
         self._paths[name].ack_due = True
 
@@ -279,8 +281,10 @@ class LinkCore:
             )
 
     def can_queue(self, size: int) -> bool:
-        needed = self._written + _LENGTH_PREFIX + size - self._acked
-        return needed <= self.window or self._written == self._acked
+        tx = self._tx
+        return tx.written + _LENGTH_PREFIX + size - tx.acked <= self.window or (
+            tx.written == tx.acked
+        )
 
     def queue_message(self, data: bytes) -> bool:
         """Append one message to the stream; False (nothing queued) if the window is full."""
@@ -289,19 +293,17 @@ class LinkCore:
             raise RuntimeError("link core is closed")
         if not self.can_queue(len(data)):
             return False
-        self._unacked += _U32.pack(len(data))
-        self._unacked += data
-        self._written += _LENGTH_PREFIX + len(data)
+        self._tx.append_message(data)
         return True
 
     def close(self) -> None:
         """No more messages: tell the far side where our stream ends (reliably)."""
         if self._close_at is None:
-            self._close_at = self._written
+            self._close_at = self._tx.written
 
     @property
     def all_acked(self) -> bool:
-        return self._acked == self._written
+        return self._tx.acked == self._tx.written
 
     # -- receiving --------------------------------------------------------------------
 
@@ -338,7 +340,7 @@ class LinkCore:
         elif frame.kind == RESET:
             self._events.append(RemoteReset())
 
-    def _receive_data(self, offset: int, payload: bytes, now: float) -> None:
+    def _receive_data(self, offset: int, payload: bytes | memoryview, now: float) -> None:
         end = offset + len(payload)
         if end <= self._received:
             self._duplicates += 1
@@ -351,31 +353,26 @@ class LinkCore:
             raise LinkFrameError("data beyond the far side's close")
         if end - self._consumed > self.window + self.max_message_size:
             raise LinkFrameError("far side exceeded the link window")
-        self._rx += payload[self._received - offset :]
+        fresh = payload[self._received - offset :] if offset < self._received else payload
         self._received = end
-        rx = self._rx
-        start = 0
-        while len(rx) - start >= _LENGTH_PREFIX:
-            size = _U32.unpack_from(rx, start)[0]
-            if size > self.max_message_size:
-                raise LinkFrameError(
-                    f"far side sent a {size}-byte message (max {self.max_message_size})"
-                )
-            if len(rx) - start - _LENGTH_PREFIX < size:
-                break
-            begin = start + _LENGTH_PREFIX
-            self._ready.append(bytes(rx[begin : begin + size]))
-            start = begin + size
-        if start:
-            del rx[:start]
+        try:
+            self._cutter.feed(fresh, self._cut)
+        except ValueError as exc:
+            raise LinkFrameError(f"{exc} (max {self.max_message_size})") from None
+
+    def _cut(self, message: bytes) -> None:
+        prefix = self._channel_prefix
+        if prefix is not None and message.startswith(prefix):
+            self._channel_ready.append(message)
+        else:
+            self._ready.append(message)
 
     def _receive_ack(self, consumed: int) -> None:
-        if consumed > self._written:
-            raise LinkFrameError(f"ACK for offset {consumed} beyond what we sent ({self._written})")
-        if consumed > self._acked:
-            del self._unacked[: consumed - self._acked]
-            self._acked = consumed
-            self._cursor = max(self._cursor, consumed)
+        if consumed > self._tx.written:
+            raise LinkFrameError(
+                f"ACK for offset {consumed} beyond what we sent ({self._tx.written})"
+            )
+        self._tx.release(consumed)
 
     def next_message(self, now: float) -> bytes | None:
         """The next complete message for the application, or None."""
@@ -394,10 +391,14 @@ class LinkCore:
         application messages nobody reads; the ACK counts its bytes as consumed, which
         keeps the receive window bounded exactly as ``next_message`` does.
         """
-        if not any(message.startswith(prefix) for message in self._ready):
+        if prefix != self._channel_prefix:  # from now on such messages are routed as cut
+            self._channel_prefix = prefix
+            if any(message.startswith(prefix) for message in self._ready):
+                self._channel_ready += [m for m in self._ready if m.startswith(prefix)]
+                self._ready = deque(m for m in self._ready if not m.startswith(prefix))
+        if not self._channel_ready:
             return []
-        taken = [m for m in self._ready if m.startswith(prefix)]
-        self._ready = deque(m for m in self._ready if not m.startswith(prefix))
+        taken, self._channel_ready = self._channel_ready, []
         self._consumed += sum(_LENGTH_PREFIX + len(m) for m in taken)
         if self._ack_deadline is None:
             self._ack_deadline = now + self.ack_delay
@@ -405,7 +406,7 @@ class LinkCore:
 
     @property
     def has_message(self) -> bool:
-        return bool(self._ready)
+        return bool(self._ready or self._channel_ready)
 
     @property
     def remote_closed(self) -> bool:
@@ -417,22 +418,27 @@ class LinkCore:
         return (
             self._remote_close is not None
             and not self._ready
+            and not self._channel_ready
             and self._consumed >= self._remote_close
         )
 
     # -- output -----------------------------------------------------------------------
 
-    def poll_transmit(self, name: str, now: float) -> bytes | None:
-        """The next frame to send on path ``name``, or None."""
+    def poll_transmit(self, name: str, now: float, *, short: bool = True) -> bytes | None:
+        """The next frame to send on path ``name``, or None.
+
+        ``short=False``: no DATA frame shorter than the path's limit (what remains is
+        left for a later poll, which may then fill the frame with what came since).
+        """
         path = self._paths.get(name)
         if path is None:
             return None
-        frame = self._next_frame(name, path, now)
+        frame = self._next_frame(name, path, now, short)
         if frame is not None:
             path.last_sent = now
         return frame
 
-    def _next_frame(self, name: str, path: _Path, now: float) -> bytes | None:
+    def _next_frame(self, name: str, path: _Path, now: float, short: bool) -> bytes | None:
         if path.lost_direct_due:
             path.lost_direct_due = False
             return bytes([DIRECT_LOST])
@@ -453,17 +459,19 @@ class LinkCore:
             return bytes([PING])
         if name != self.active:
             return None
-        if self._cursor < self._written:
-            offset = self._cursor
-            begin = offset - self._acked
-            payload = bytes(memoryview(self._unacked)[begin : begin + path.payload_limit])
-            self._cursor = offset + len(payload)
+        tx = self._tx
+        if tx.position < tx.written:
+            if not short and tx.written - tx.position < path.payload_limit:
+                return None
+            offset = tx.position
+            parts = tx.read(path.payload_limit)
+            cursor = tx.position
             self._fragments += 1
             if offset < self._high:
                 self._retransmitted += 1
-                self._retransmitted_bytes += min(self._high, self._cursor) - offset
-            self._high = max(self._high, self._cursor)
-            return encode_data(offset, payload)
+                self._retransmitted_bytes += min(self._high, cursor) - offset
+            self._high = max(self._high, cursor)
+            return b"".join([_DATA_KIND, _U64.pack(offset), *parts])
         if self._close_at is not None and not self._close_sent:
             self._close_sent = True
             return encode_offset_frame(CLOSE, self._close_at)
@@ -490,22 +498,22 @@ class LinkCore:
             return True
         if name != self.active:
             return False
-        return self._cursor < self._written or (self._close_at is not None and not self._close_sent)
+        tx = self._tx
+        return tx.position < tx.written or (self._close_at is not None and not self._close_sent)
 
     def poll_event(self) -> LinkEvent | None:
         return self._events.popleft() if self._events else None
 
     def poll_timeout(self) -> float | None:
-        deadlines = []
-        if self._ack_deadline is not None and self._consumed > self._ack_sent:
-            deadlines.append(self._ack_deadline)
+        deadline = self._ack_deadline if self._consumed > self._ack_sent else None
         for path in self._paths.values():
             if path.watched:
                 heard = path.last_heard
-                deadlines.append(heard + self.path_timeout)
+                due = heard + self.path_timeout
                 if not path.ping_due:
-                    deadlines.append(max(heard, path.last_ping) + self.ping_interval)
-        return min(deadlines) if deadlines else None
+                    due = min(due, max(heard, path.last_ping) + self.ping_interval)
+                deadline = due if deadline is None else min(deadline, due)
+        return deadline
 
     def handle_timeout(self, now: float) -> None:
         if self._ack_deadline is not None and now >= self._ack_deadline:
@@ -523,10 +531,10 @@ class LinkCore:
 
     def statistics(self) -> LinkStatistics:
         return LinkStatistics(
-            bytes_queued=self._written,
-            bytes_acked=self._acked,
+            bytes_queued=self._tx.written,
+            bytes_acked=self._tx.acked,
             bytes_consumed=self._consumed,
-            unacked_bytes=self._written - self._acked,
+            unacked_bytes=self._tx.written - self._tx.acked,
             fragments_sent=self._fragments,
             fragments_retransmitted=self._retransmitted,
             bytes_retransmitted=self._retransmitted_bytes,
