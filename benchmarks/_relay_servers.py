@@ -81,7 +81,7 @@ def benchmark_relay_config(
 ):  # -> RelayConfig
     """The relay's defaults with every abuse limit raised out of the benchmark's way.
 
-    Flow control (adaptive windows up to 4 MiB, data frame 64 KiB) and frame size stay at their
+    Flow control (adaptive windows up to 16 MiB, data frame 64 KiB) and frame size stay at their
     defaults: they are part of what is measured, not a limit on abuse.
     """
     from relay import RelayConfig
