@@ -24,6 +24,7 @@ Commands (one JSON object) and the JSON line each prints on stdout:
   register    {target, local_ip, concurrency}    -> then reads "open N" lines on stdin,
               answers {"opened", "seconds"} each time, "quit" ends
   circuits    {target, count, size, seconds}     -> per-circuit payload bytes in the window
+                                                    (benchmarks/_relay_circuits_load.py)
 """
 
 from __future__ import annotations
@@ -483,59 +484,10 @@ async def cmd_register(cmd: dict) -> None:
         ws.transport.abort()
 
 
-# -- many circuits -----------------------------------------------------------------------
-
-
 async def cmd_circuits(cmd: dict) -> dict:
-    target, count, size, seconds = cmd["target"], cmd["count"], cmd["size"], cmd["seconds"]
-    relay = PeerId.from_string(target["peer_id"])
-    keys = [(Keypair.generate(), Keypair.generate()) for _ in range(count)]
-    gate = asyncio.Semaphore(cmd.get("concurrency", 64))
+    from _relay_circuits_load import cmd_circuits as run  # it imports this module's helpers
 
-    async def setup(ka: Keypair, kb: Keypair):
-        async with gate:
-            a = await register(target["url"], relay, ka)
-            b = await register(target["url"], relay, kb)
-            return await open_circuit(a, b, str(kb.peer_id), str(ka.peer_id))
-
-    setup_start = time.perf_counter()
-    circuits = await asyncio.gather(*(setup(ka, kb) for ka, kb in keys))
-    setup_seconds = time.perf_counter() - setup_start
-    counters = [CountingReceiver(b.ws, size, b) for _, b in circuits]
-
-    async def send(end: CircuitEnd) -> None:
-        wire = premasked_binary_frame(sig.encode_circuit_data(end.key, os.urandom(size)))
-        while True:
-            await end.send_prebuilt(wire, size)
-
-    tasks = [asyncio.ensure_future(send(a)) for a, _ in circuits]
-    # Warm-up: every circuit is flowing, and the first windows' bursts are spent (a circuit
-    # starts with its whole announced window; the relay's fair share applies from then on).
-    await asyncio.sleep(min(1.0, seconds / 4))
-    deadline = time.perf_counter() + 10.0
-    while time.perf_counter() < deadline and min(c.payload_received for c in counters) < 4 * size:
-        await asyncio.sleep(0.1)
-    server0, client0 = cpu_seconds(target["pid"]), time.process_time()
-    before = [c.payload_received for c in counters]
-    start = time.perf_counter()
-    await asyncio.sleep(seconds)
-    received = [c.payload_received - b for c, b in zip(counters, before, strict=True)]
-    elapsed = time.perf_counter() - start
-    server_cpu = (cpu_seconds(target["pid"]) - server0) / elapsed
-    client_cpu = (time.process_time() - client0) / elapsed
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    for a, b in circuits:
-        a.ws.transport.abort()
-        b.ws.transport.abort()
-    return {
-        "bytes": received,
-        "seconds": elapsed,
-        "setup_seconds": setup_seconds,
-        "server_cpu": server_cpu,
-        "client_cpu": client_cpu,
-    }
+    return await run(cmd)
 
 
 COMMANDS = {

@@ -76,10 +76,12 @@ def announce(**info: object) -> None:
 # -- ours ------------------------------------------------------------------------------
 
 
-def benchmark_relay_config(window: int | None = None):  # -> RelayConfig
+def benchmark_relay_config(
+    window: int | None = None, receive_buffer: int | None = None
+):  # -> RelayConfig
     """The relay's defaults with every abuse limit raised out of the benchmark's way.
 
-    Flow control (adaptive windows up to 4 MiB, data frame 64 KiB) and frame size stay at their
+    Flow control (adaptive windows up to 16 MiB, data frame 64 KiB) and frame size stay at their
     defaults: they are part of what is measured, not a limit on abuse.
     """
     from relay import RelayConfig
@@ -111,16 +113,20 @@ def benchmark_relay_config(window: int | None = None):  # -> RelayConfig
     lim.limiter_table_size = 1_000_000
     if window:  # an experiment with another flow-control window (default: the relay's)
         lim.circuit_window = window
+    if receive_buffer is not None:  # an experiment with another SO_RCVBUF (0: autotuning)
+        lim.socket_receive_buffer = receive_buffer
     return config.validate()
 
 
-async def run_ours(window: int | None = None, lifetime: float | None = None) -> None:
+async def run_ours(
+    window: int | None = None, lifetime: float | None = None, receive_buffer: int | None = None
+) -> None:
     import trio
 
     from relay import serve_relay
 
     async with trio.open_nursery() as nursery:
-        server = await nursery.start(serve_relay, benchmark_relay_config(window))
+        server = await nursery.start(serve_relay, benchmark_relay_config(window, receive_buffer))
         announce(port=server.signaling_port, peer_id=server.peer_id, url=server.url)
         await trio.sleep(math.inf if lifetime is None else lifetime)
         nursery.cancel_scope.cancel()
@@ -254,6 +260,9 @@ def main() -> None:
     parser.add_argument("--cpu", type=int, default=None, help="pin to this CPU")
     parser.add_argument("--window", type=int, default=None, help="ours: circuit window, bytes")
     parser.add_argument(
+        "--receive-buffer", type=int, default=None, help="ours: SO_RCVBUF, bytes (0: autotuning)"
+    )
+    parser.add_argument(
         "--profile",
         metavar="FILE",
         help="ours: run under cProfile for --lifetime s, write pstats to FILE",
@@ -278,13 +287,13 @@ def main() -> None:
             import cProfile
 
             cProfile.runctx(
-                "trio.run(run_ours, args.window, args.lifetime)",
+                "trio.run(run_ours, args.window, args.lifetime, args.receive_buffer)",
                 globals(),
                 {"trio": trio, "args": args},
                 args.profile,
             )
         else:
-            trio.run(run_ours, args.window, args.lifetime)
+            trio.run(run_ours, args.window, args.lifetime, args.receive_buffer)
     else:
         import trio
 

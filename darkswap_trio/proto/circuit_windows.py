@@ -51,6 +51,12 @@ class WindowBudget:
         share = self.budget // (2 * max(1, open_circuits)) & ~4095
         return min(limits.window, max(share, self.floor(limits)))
 
+    def refill_below(self, limits: CircuitLimits, open_circuits: int) -> int:
+        """A sender whose balance falls below this gets withheld credit at once (up to its
+        effective window): half the effective window, at least one full frame."""
+        effective = self.effective(limits, open_circuits)
+        return min(effective, max(effective // 2, limits.max_data_frame))
+
     @staticmethod
     def grant(available: int, balance: int, window: int, effective: int) -> tuple[int, int]:
         """(credit to pass on now, credit to keep withheld) out of ``available`` (returned

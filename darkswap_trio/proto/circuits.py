@@ -16,21 +16,17 @@ holds at most ``window`` bytes per direction); the data limit is never exceeded;
 circuit caps are never exceeded; every close tells every still-connected end exactly once.
 
 Stall rule: a direction is *blocked* when its sender's balance is below one full data
-frame, i.e. the receiver holds (or the relay still queues) almost a whole window it has
-not consumed. A blocked direction that gets no credit back for ``stall_timeout`` seconds
-closes the circuit with reason ``stalled``. Defining "no progress" by returned credit
-(not by socket writes) makes the rule independent of kernel buffer sizes.
+frame (its receiver holds, or the relay still queues, almost a whole window); one that
+gets no credit back for ``stall_timeout`` seconds closes with reason ``stalled``. Progress
+is returned credit, not socket writes: the rule does not depend on kernel buffer sizes.
 
-Abuse rules (issue #10 item 5): one source may hold at most ``max_circuits_per_pair``
-circuits to one target (refused ``too_many_circuits_to_peer``), so a single identity
-cannot take all of a target's ``max_circuits_per_peer`` slots; and a circuit that
-carries no data in either direction for ``idle_timeout`` seconds closes with reason
-``idle``, both ends told, so unsolicited circuits do not hold slots for the whole
-``duration``.
+Abuse rules (issue #10 item 5): one source holds at most ``max_circuits_per_pair``
+circuits to one target (refused ``too_many_circuits_to_peer``), so one identity cannot take
+all of a target's slots; a circuit that carries no data either way for ``idle_timeout``
+seconds closes with reason ``idle``, both ends told.
 
-Adaptive windows under a memory budget: :mod:`darkswap_trio.proto.circuit_windows`.
-
-Time is passed in (``now``); the table never reads a clock.
+Adaptive windows under a memory budget: :mod:`darkswap_trio.proto.circuit_windows`. Time
+is passed in (``now``); the table never reads a clock.
 """
 
 from __future__ import annotations
@@ -425,11 +421,7 @@ class CircuitTable:
         c = self._circuits.get(relay_id)
         if c is None:
             return Outcome.UNKNOWN_CIRCUIT
-        if (
-            limits.window <= 0
-            or limits.max_data_frame <= 0
-            or limits.window < limits.max_data_frame
-        ):
+        if not 0 < limits.max_data_frame <= limits.window:
             raise ValueError("window and max_data_frame must be positive, window >= frame")
         window = c.limits.window
         if c.carried or c.forward.balance != window or c.backward.balance != window:
@@ -498,11 +490,15 @@ class CircuitTable:
             if c.limits.bandwidth:
                 d.refill(c.limits.bandwidth, self._rate_burst(c), now)
                 d.rate_tokens -= n
+            self._events.append(DeliverData(relay_id, sender, d.receiver, payload, frame))
+            # Credit the relay withheld goes back as the sender spends: it must never wait
+            # for more while the relay holds some (its receiver may batch by the window).
+            if d.withheld and d.balance < self.windows.refill_below(c.limits, len(self._circuits)):
+                self._pass_on(c, d, d.withheld, now)
             if d.balance < c.limits.max_data_frame and d.blocked_since is None:
                 d.blocked_since = now
                 if self.stall_timeout > 0:
                     self._note_deadline(now + self.stall_timeout)
-            self._events.append(DeliverData(relay_id, sender, d.receiver, payload, frame))
         return Outcome.OK
 
     def credit(self, relay_id: bytes, receiver: str, increment: int, now: float) -> Outcome:
@@ -518,18 +514,21 @@ class CircuitTable:
             return Outcome.UNKNOWN_CIRCUIT
         d = c.direction_from(c.other(receiver))
         assert d is not None
+        self._pass_on(c, d, increment + d.withheld, now)
+        return Outcome.OK
+
+    def _pass_on(self, c: _Circuit, d: _Direction, available: int, now: float) -> None:
+        """Give ``d``'s sender what of ``available`` its effective window allows; withhold
+        the rest (circuit_windows)."""
         effective = self.windows.effective(c.limits, len(self._circuits))
-        granted, d.withheld = self.windows.grant(
-            increment + d.withheld, d.balance, c.limits.window, effective
-        )
+        granted, d.withheld = self.windows.grant(available, d.balance, c.limits.window, effective)
         if granted > 0:
             d.balance += granted
             # Progress: the receiver consumed data; restart (or stop) the stall timer.
             d.blocked_since = now if d.balance < c.limits.max_data_frame else None
             if d.blocked_since is not None and self.stall_timeout > 0:
                 self._note_deadline(now + self.stall_timeout)
-            self._events.append(DeliverCredit(relay_id, d.sender, granted))
-        return Outcome.OK
+            self._events.append(DeliverCredit(c.relay_id, d.sender, granted))
 
     def close(self, relay_id: bytes, peer: str) -> Outcome:
         """``peer`` closes the circuit: it is told ``closed``, the other end ``closed_by_peer``."""

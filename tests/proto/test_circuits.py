@@ -386,3 +386,35 @@ def test_effective_window_is_a_fair_share_and_withheld_credit_returns():
     t.credit(rid(0), "b", 1, 3.0)  # the next credit carries what was withheld
     assert drain(t) == [DeliverCredit(rid(0), "a", (128 << 10) - share)]
     assert t.balance(rid(0), "a") == 128 << 10  # never above the announced window
+
+
+def test_withheld_credit_flows_back_as_the_sender_spends():
+    # The 2,000-circuit benchmark's deadlock: the first circuit announced a 4 MiB window
+    # (the budget was empty), then 99 more opened and its share fell to the floor. Its
+    # receiver returns credit once half the announced window is consumed, so the relay
+    # must pass withheld credit on as the sender spends it, not wait for more CREDIT.
+    limits = CircuitLimits(window=4 << 20, max_data_frame=16 << 10)
+    t = CircuitTable(limits=limits, max_circuits=0, max_circuits_per_peer=0, stall_timeout=30,
+                     window_budget=32 << 20, min_window=64 << 10)  # fmt: skip
+    t.request("a", "b", rid(0), 0.0)
+    assert drain(t)[0].limits.window == 4 << 20
+    for n in range(1, 100):
+        t.request(f"x{n}", f"y{n}", rid(n), 0.0)
+    drain(t)
+    share = t.effective_window(rid(0))
+    assert share == 160 << 10  # 32 MiB / 200 directions, in 4 KiB steps
+    frame, balance, unreturned, moved = b"d" * (16 << 10), 4 << 20, 0, 0
+    for step in range(2000):  # the sender sends what it may, the receiver batches
+        if balance < len(frame):
+            break
+        assert t.data(rid(0), "a", frame, float(step)) is Outcome.OK
+        balance -= len(frame)
+        unreturned += len(frame)
+        moved += len(frame)
+        if unreturned >= 2 << 20:
+            t.credit(rid(0), "b", unreturned, float(step))
+            unreturned = 0
+        balance += sum(e.increment for e in drain(t) if isinstance(e, DeliverCredit))
+        assert t.balance(rid(0), "a") == balance
+    assert moved == 2000 * len(frame)  # never blocked: 31 MiB through a 4 MiB window
+    assert balance <= share  # once the first window is spent, the sender holds its share

@@ -42,7 +42,7 @@ async def test_circuit_between_two_nodes(tmp_path):
             a = await registered(st, servers[0], locator, "node0")
             b = await registered(st, servers[1], locator, "node1")
             rid, resp = await open_cross(a, b)
-            assert resp.limits.window == 4 << 20  # the shipped circuit_window
+            assert resp.limits.window == 16 << 20  # the shipped circuit_window
             await a.send_data(rid, b"hello from a")
             assert await b.expect(CircuitData) == CircuitData(rid, b"hello from a")
             await b.send_data(rid, b"hello from b")

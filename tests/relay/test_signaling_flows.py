@@ -79,7 +79,7 @@ async def test_legacy_clients_original_flows(nursery):
             resp = await a.expect(RelayResponse)
             assert resp.accepted and resp.error is None and resp.to == b_id
             assert str(uuid.UUID(resp.relay_id)) == resp.relay_id
-            assert resp.limits is not None and resp.limits.window == 4 * 1024 * 1024
+            assert resp.limits is not None and resp.limits.window == 16 * 1024 * 1024
             assert await b.expect_circuit_announcement(a_id) == resp.relay_id
 
             # RelayData both ways (base64 JSON), `from` is the sender.
