@@ -63,10 +63,12 @@ class PeerLinkStatistics:
 
 class _CountedLink(Protocol):
     peer_id: str
-    connection_type: str
     upgrades: int
     downgrades: int
     interruptions: int
+
+    @property
+    def connection_type(self) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +78,7 @@ class PathHooks:
     hello: Callable[[], bytes]  # our HELLO, sent first on a path the far side opened
     # the next frame to send on the named path, or the event to wait for first
     poll_frame: Callable[[str], bytes | trio.Event]
-    frame_received: Callable[[LinkPath, bytes], None]
+    frame_received: Callable[[LinkPath, bytes | memoryview], None]
     hello_received: Callable[[bytes], None]  # raises LinkFrameError for a foreign one
     violated: Callable[[LinkPath, LinkFrameError], None]  # the far side broke the protocol
 

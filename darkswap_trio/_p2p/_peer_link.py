@@ -550,7 +550,7 @@ class PeerLink(trio.abc.Channel[bytes]):
         frame = self._core.poll_transmit(path, trio.current_time())
         return wake if frame is None else frame
 
-    def _frame_received(self, run: LinkPath, frame: bytes) -> None:
+    def _frame_received(self, run: LinkPath, frame: bytes | memoryview) -> None:
         now = trio.current_time()
         self._core.receive_frame(run.name, frame, now)
         self._take_channel(now)

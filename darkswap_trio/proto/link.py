@@ -77,7 +77,7 @@ class Frame:
     payload: bytes | memoryview = b""  # DATA: a view into the frame (no copy)
 
 
-def parse_frame_untrusted(data: bytes) -> Frame:
+def parse_frame_untrusted(data: bytes | memoryview) -> Frame:
     """Decode one link frame; raises only :class:`LinkFrameError`."""
     if not isinstance(data, (bytes, bytearray, memoryview)) or not data:
         raise LinkFrameError("empty or non-binary link frame")
@@ -307,7 +307,7 @@ class LinkCore:
 
     # -- receiving --------------------------------------------------------------------
 
-    def receive_frame(self, name: str, data: bytes, now: float) -> None:
+    def receive_frame(self, name: str, data: bytes | memoryview, now: float) -> None:
         """Process one frame that arrived on path ``name``; LinkFrameError breaks the link."""
         frame = parse_frame_untrusted(data)
         path = self._paths.get(name)
