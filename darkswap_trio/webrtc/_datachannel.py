@@ -41,6 +41,11 @@ class ChannelOwner(Protocol):
 
     def channel_drained(self, stream_id: int, size: int) -> None: ...
 
+    async def wait_message(self, channel: DataChannel) -> None:
+        """Return once ``channel`` may have news (a message, its end, a failure):
+        the caller checks again. May return with none (a spurious wake-up)."""
+        ...
+
 
 @dataclass(frozen=True)
 class DataChannelStatistics:
@@ -173,7 +178,7 @@ class DataChannel(trio.abc.Channel["bytes | str"]):
                     raise trio.EndOfChannel
                 if self._broken is not None:
                     raise trio.BrokenResourceError("the peer connection is gone") from self._broken
-                await self._receivers.park()
+                await self._owner.wait_message(self)
                 parked = True
         finally:
             self._receiving = False
@@ -209,6 +214,15 @@ class DataChannel(trio.abc.Channel["bytes | str"]):
         return f"<DataChannel id={self.id} label={self.label!r} {self.state}>"
 
     # ------------------------------------------------------------------ owner side
+
+    def has_news(self) -> bool:
+        """Whether :meth:`receive` would return or raise now (the owner asks)."""
+        return bool(self._messages or self._locally_closed or self._remote_closed or self._broken)
+
+    async def park(self) -> None:
+        """Wait for :meth:`on_message` and the like (the owner's :meth:`wait_message`
+        when it has nothing better to do)."""
+        await self._receivers.park()
 
     def _check_sendable(self) -> None:
         if self._locally_closed:
