@@ -13,6 +13,7 @@ sender blocks: backpressure all the way to the remote application.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -41,9 +42,10 @@ class ChannelOwner(Protocol):
 
     def channel_drained(self, stream_id: int, size: int) -> None: ...
 
-    async def wait_message(self, channel: DataChannel) -> None:
-        """Return once ``channel`` may have news (a message, its end, a failure):
-        the caller checks again. May return with none (a spurious wake-up)."""
+    @property
+    def wait_message(self) -> Callable[[DataChannel], Awaitable[None]]:
+        """``await wait_message(channel)`` returns once ``channel`` may have news (a
+        message, its end, a failure): the caller checks again (it may have none)."""
         ...
 
 

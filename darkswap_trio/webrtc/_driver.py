@@ -139,10 +139,16 @@ class PeerDriver:
                 finally:
                     self._reader_waiting = False
                 self.receiver_reads += 1
-                self._read()
+                # One datagram first (or one coalesced run): a round trip's reply is
+                # all there is, and trying for more costs a failed recvmsg.
+                self._read(1)
                 self.app.dispatch()
                 if channel.has_news():
                     return  # the core task sends what this made (woken below)
+                self._read()
+                self.app.dispatch()
+                if channel.has_news():
+                    return
                 self.flush()  # a STUN check to answer, a SACK due: as the core task would
                 self._set_deadline()
         finally:
@@ -190,19 +196,19 @@ class PeerDriver:
             self._timers = None
             self._core_reading = False
 
-    def _read(self) -> None:
-        """What the socket holds (up to a few batches), fed to the core."""
+    def _read(self, limit: int = _BATCH) -> None:
+        """What the socket holds (up to a few batches of ``limit``), fed to the core."""
         core, sock = self.core, self.sock
         for _ in range(_MAX_READS):
             batch: list[tuple[bytes, Address]] = []
             try:
-                sock.receive_into(batch, _BATCH)
+                sock.receive_into(batch, limit)
             except OSError:
                 self.send_errors += 1  # an ICMP error reported on the socket
             if batch:
                 core.receive_batch(batch, trio.current_time())
-            if len(batch) < _BATCH:
-                break  # the kernel has no more
+            if len(batch) < limit or limit < _BATCH:
+                break  # the kernel has no more (or the caller wanted a taste)
 
     def flush(self) -> None:
         """Events to the application, then the core's datagrams (unless the socket is

@@ -57,8 +57,8 @@ class TurnStreamSocket:
     @property
     def interrupt_readers(self) -> Callable[[], None] | None:
         """The UDP socket's (see ``PeerDriver.wait_message``), if it has one."""
-        interrupt = getattr(self._sock, "interrupt_readers", None)
-        return interrupt if callable(interrupt) else None
+        interrupt: Callable[[], None] | None = getattr(self._sock, "interrupt_readers", None)
+        return interrupt
 
     def receive_into(self, batch: list[tuple[bytes, Address]], limit: int) -> None:
         self._sock.receive_into(batch, limit)
