@@ -52,6 +52,7 @@ class VirtualSocket:
         self._nat = nat
         self._queue: DelayLine[tuple[bytes, Address]] = DelayLine(net.queue_size)
         self._wakeup = trio.Event()
+        self._interrupted = False
         self._closed = False
         self.send_errors = 0  # the batch interface's counter (nothing is refused here)
 
@@ -118,9 +119,17 @@ class VirtualSocket:
                 await self._wakeup.wait()
             if self._wakeup.is_set() and not self._closed:
                 self._wakeup = trio.Event()
+            if self._interrupted:
+                self._interrupted = False
+                return
 
     async def wait_writable(self) -> None:
         await trio.lowlevel.checkpoint()  # never full
+
+    def interrupt_readers(self) -> None:
+        """A task in :meth:`wait_readable` returns now (and finds nothing, perhaps)."""
+        self._interrupted = True
+        self._wakeup.set()
 
     def receive_into(self, batch: list[tuple[bytes, Address]], limit: int) -> None:
         """Append the datagrams that have arrived, up to ``limit`` in ``batch``."""

@@ -13,6 +13,7 @@ sender blocks: backpressure all the way to the remote application.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -40,6 +41,12 @@ class ChannelOwner(Protocol):
     def close_channel(self, stream_id: int) -> None: ...
 
     def channel_drained(self, stream_id: int, size: int) -> None: ...
+
+    @property
+    def wait_message(self) -> Callable[[DataChannel], Awaitable[None]]:
+        """``await wait_message(channel)`` returns once ``channel`` may have news (a
+        message, its end, a failure): the caller checks again (it may have none)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -173,7 +180,7 @@ class DataChannel(trio.abc.Channel["bytes | str"]):
                     raise trio.EndOfChannel
                 if self._broken is not None:
                     raise trio.BrokenResourceError("the peer connection is gone") from self._broken
-                await self._receivers.park()
+                await self._owner.wait_message(self)
                 parked = True
         finally:
             self._receiving = False
@@ -209,6 +216,15 @@ class DataChannel(trio.abc.Channel["bytes | str"]):
         return f"<DataChannel id={self.id} label={self.label!r} {self.state}>"
 
     # ------------------------------------------------------------------ owner side
+
+    def has_news(self) -> bool:
+        """Whether :meth:`receive` would return or raise now (the owner asks)."""
+        return bool(self._messages or self._locally_closed or self._remote_closed or self._broken)
+
+    async def park(self) -> None:
+        """Wait for :meth:`on_message` and the like (the owner's :meth:`wait_message`
+        when it has nothing better to do)."""
+        await self._receivers.park()
 
     def _check_sendable(self) -> None:
         if self._locally_closed:

@@ -14,17 +14,28 @@
   leave from the caller's task, with no hop to the core task (that hop and the one
   from a separate reader task were most of a small message's round trip). Only when
   the socket is full does the caller leave the flush to the core task.
+* A data channel's ``receive()`` that finds nothing queued reads the socket itself
+  (:meth:`PeerDriver.wait_message`) when the socket can interrupt its readers and no
+  other receiver does: the core task hands the socket over (and keeps its timers), so
+  a message is returned in the pass that read it, without waking the core task first
+  and then the receiver (one scheduler pass, and the core task's bookkeeping, off
+  every round trip). The receiver hands the socket back to the core task when it has
+  its message; whatever else gives it news (a message through TURN over TCP, a close,
+  a failure) interrupts its wait.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 
 from ..proto import peer
 from ._peer_channels import PeerChannels
+
+if TYPE_CHECKING:
+    from ._datachannel import DataChannel
 
 __all__ = ["DatagramSocket", "PeerDriver"]
 
@@ -51,18 +62,35 @@ class DatagramSocket(Protocol):
     def send(self, datagrams: list[bytes], addr: Address) -> int: ...
 
 
+class InterruptibleSocket(DatagramSocket, Protocol):
+    """A socket that can end a ``wait_readable`` early (with ClosedResourceError, or by
+    returning): what lets a receiver read it itself (``PeerDriver.wait_message``)."""
+
+    def interrupt_readers(self) -> None: ...
+
+
 class PeerDriver:
     """See the module docstring. :attr:`app` is where the core's events go."""
 
     def __init__(self, core: peer.PeerCore, sock: DatagramSocket):
         self.core = core
         self.sock = sock
-        self.app = PeerChannels(core, self.wake)
+        interrupt = getattr(sock, "interrupt_readers", None)
+        self._interrupt = interrupt if callable(interrupt) else None
+        self.app = PeerChannels(core, self.wake, self.wait_message if self._interrupt else None)
         self.datagrams_sent = 0
         self.send_errors = 0
+        self.receiver_reads = 0  # socket reads done by a receiving application task
         self._timers: trio.CancelScope | None = None  # the core task's, while it waits
         self._flushing = False
         self._unsent: deque[tuple[bytes, Address]] = deque()  # the socket was full
+        # The socket's reader: the core task (in wait_readable when _core_reading), or
+        # a receiving channel (_reader; _reader_waiting while in wait_readable), while
+        # the core task waits in _core_parked (its timers still run).
+        self._core_reading = False
+        self._reader: DataChannel | None = None
+        self._reader_waiting = False
+        self._core_parked = trio.lowlevel.ParkingLot()
 
     def wake(self) -> None:
         """After any application call into the core: its output goes out now (events
@@ -86,6 +114,47 @@ class PeerDriver:
             if deadline is not None and deadline < timers.deadline:
                 timers.deadline = deadline
 
+    async def wait_message(self, channel: DataChannel) -> None:
+        """``channel``'s receive() found nothing: read the socket in this task, unless
+        another receiver does or the socket is full (then park: see module docstring).
+        Returns when the channel has news, or was interrupted (the caller re-checks)."""
+        if self._reader is not None or self._unsent:
+            await channel.park()
+            return
+        if self._core_reading:
+            # trio aborts the core task's wait_readable inside cancel(): the socket is
+            # free now; the core task notices later and parks with its timers.
+            assert self._timers is not None
+            self._core_reading = False
+            self._timers.cancel()
+        self._reader = channel
+        sock = self.sock
+        try:
+            while True:
+                self._reader_waiting = True
+                try:
+                    await sock.wait_readable()
+                except trio.ClosedResourceError:
+                    return  # interrupt_readers(): news from elsewhere
+                finally:
+                    self._reader_waiting = False
+                self.receiver_reads += 1
+                # One datagram first (or one coalesced run): a round trip's reply is
+                # all there is, and trying for more costs a failed recvmsg.
+                self._read(1)
+                self.app.dispatch()
+                if channel.has_news():
+                    return  # the core task sends what this made (woken below)
+                self._read()
+                self.app.dispatch()
+                if channel.has_news():
+                    return
+                self.flush()  # a STUN check to answer, a SACK due: as the core task would
+                self._set_deadline()
+        finally:
+            self._reader = None
+            self._core_parked.unpark_all()
+
     def deliver(self, batch: list[tuple[bytes, Address]]) -> None:
         """Datagrams read elsewhere (a TURN server's TCP connection): fed to the core
         from the caller's task and flushed, as after an application call."""
@@ -107,21 +176,39 @@ class PeerDriver:
                     self.flush()
                     self._set_deadline()
                     if self._unsent:
-                        await sock.wait_writable()
+                        try:
+                            await sock.wait_writable()
+                        except trio.ClosedResourceError:
+                            continue  # interrupt_readers() wakes every waiter
                         self._send_unsent()
                         continue
+                    if self._reader is not None:
+                        await self._core_parked.park()  # a receiver reads the socket
+                        # It has its message; its next receive() usually comes within a
+                        # scheduling pass (a round trip's echo): look again after one,
+                        # rather than take the socket only to have it taken back.
+                        await trio.lowlevel.cancel_shielded_checkpoint()
+                        continue
+                    self._core_reading = True
                     await sock.wait_readable()
-                    for _ in range(_MAX_READS):
-                        batch: list[tuple[bytes, Address]] = []
-                        try:
-                            sock.receive_into(batch, _BATCH)
-                        except OSError:
-                            self.send_errors += 1  # an ICMP error reported on the socket
-                        if batch:
-                            core.receive_batch(batch, trio.current_time())
-                        if len(batch) < _BATCH:
-                            break  # the kernel has no more
+                    self._core_reading = False
+                    self._read()
             self._timers = None
+            self._core_reading = False
+
+    def _read(self, limit: int = _BATCH) -> None:
+        """What the socket holds (up to a few batches of ``limit``), fed to the core."""
+        core, sock = self.core, self.sock
+        for _ in range(_MAX_READS):
+            batch: list[tuple[bytes, Address]] = []
+            try:
+                sock.receive_into(batch, limit)
+            except OSError:
+                self.send_errors += 1  # an ICMP error reported on the socket
+            if batch:
+                core.receive_batch(batch, trio.current_time())
+            if len(batch) < limit or limit < _BATCH:
+                break  # the kernel has no more (or the caller wanted a taste)
 
     def flush(self) -> None:
         """Events to the application, then the core's datagrams (unless the socket is
@@ -134,6 +221,14 @@ class PeerDriver:
                 self.app.dispatch()
         finally:
             self._flushing = False
+        reader = self._reader
+        if reader is not None and self._reader_waiting and reader.has_news():
+            self._interrupt_reader()
+
+    def _interrupt_reader(self) -> None:
+        assert self._interrupt is not None
+        self._reader_waiting = False  # once is enough
+        self._interrupt()
 
     def _transmit(self) -> None:
         sock, poll = self.sock, self.core.poll_datagrams
@@ -167,3 +262,5 @@ class PeerDriver:
         self._unsent.clear()
         self.flush()
         self._unsent.clear()
+        if self._reader_waiting:
+            self._interrupt_reader()  # its channel is broken now, or soon the socket closed

@@ -10,7 +10,7 @@ gathered candidates. The driver hands it the core's events (:meth:`PeerChannels.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import trio
 from aioice import Candidate
@@ -29,9 +29,17 @@ class ConnectionFailed(Exception):
 class PeerChannels:
     """See the module docstring. ``wake`` makes the driver flush the core."""
 
-    def __init__(self, core: peer.PeerCore, wake: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        core: peer.PeerCore,
+        wake: Callable[[], None],
+        wait_message: Callable[[DataChannel], Awaitable[None]] | None = None,
+    ) -> None:
         self.core = core
         self.wake = wake
+        #: ChannelOwner.wait_message: the driver's (a receiver may read the socket
+        #: itself), or parking until the driver hands the channel something.
+        self.wait_message = wait_message or DataChannel.park
         self.failure: ConnectionFailed | None = None
         self.channels: dict[int, DataChannel] = {}
         self.accept_queue: deque[DataChannel] = deque()

@@ -54,6 +54,12 @@ class TurnStreamSocket:
     async def wait_writable(self) -> None:
         await self._sock.wait_writable()
 
+    @property
+    def interrupt_readers(self) -> Callable[[], None] | None:
+        """The UDP socket's (see ``PeerDriver.wait_message``), if it has one."""
+        interrupt: Callable[[], None] | None = getattr(self._sock, "interrupt_readers", None)
+        return interrupt
+
     def receive_into(self, batch: list[tuple[bytes, Address]], limit: int) -> None:
         self._sock.receive_into(batch, limit)
 

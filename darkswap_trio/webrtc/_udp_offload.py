@@ -86,6 +86,11 @@ class UdpBatchSocket:
     async def wait_writable(self) -> None:
         await trio.lowlevel.wait_writable(self.sock)
 
+    def interrupt_readers(self) -> None:
+        """End every wait on the socket at once with ClosedResourceError (the socket
+        stays open; a writer woken this way waits again)."""
+        trio.lowlevel.notify_closing(self.sock)
+
     def receive_into(self, batch: list[tuple[bytes, tuple[str, int]]], limit: int) -> None:
         """Append (datagram, address) pairs the kernel holds until it has none or
         ``batch`` reaches ``limit``. Raises OSError (other than blocking) from the socket."""

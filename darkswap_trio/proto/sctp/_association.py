@@ -1,10 +1,7 @@
 """Sans-IO SCTP association for WebRTC data channels (RFC 8261 / RFC 9260 subset).
 
-Surface: :meth:`SctpAssociation.connect`, :meth:`~SctpAssociation.receive`,
-:meth:`~SctpAssociation.send`, :meth:`~SctpAssociation.reset_streams`,
-:meth:`~SctpAssociation.shutdown`, :meth:`~SctpAssociation.abort`, then drain
-:meth:`~SctpAssociation.poll_transmit` (one bundled packet per call),
-:meth:`~SctpAssociation.poll_event` and :meth:`~SctpAssociation.poll_timeout`.
+Surface: ``connect``, ``receive``, ``send``, ``reset_streams``, ``shutdown``, ``abort``,
+then drain ``poll_transmit`` (one bundled packet per call), ``poll_event`` and ``poll_timeout``.
 
 Both ends may send INIT (WebRTC does); the collision is resolved by the state cookie
 (RFC 9260 5.2). This end keeps a single verification tag and initial TSN for its whole
@@ -64,6 +61,7 @@ from ._packets import (
     parse_lone_data_untrusted,
     parse_packet_untrusted,
     parse_plain_sack_untrusted,
+    parse_sack_data_untrusted,
     seal_packet,
 )
 from ._reconfig import StreamResetter
@@ -133,8 +131,6 @@ class SctpAssociation:
         self._send_zero_checksum = False  # the peer announced it too
         self._window = receive_window or max(1 << 20, 2 * max_message_size)
         self._max_retransmissions = max_retransmissions
-        # The parts, each owning its state; the association composes them, applies the
-        # state transitions (._state) and bundles what they want sent.
         self._control: list[bytes] = []  # encoded chunks for the next packet
         self._solo: deque[tuple[int, bytes]] = deque()  # (vtag, chunk) sent alone
         self._setup = setup = AssociationSetup(
@@ -335,8 +331,13 @@ class SctpAssociation:
         """Handle one packet from the transport; malformed or foreign packets are dropped."""
         self._now = now
         if self._state is SctpState.ESTABLISHED:
-            # The bulk of a transfer, decoded cheaply: what the loop below does for them.
-            lone = parse_lone_data_untrusted(packet, self._inbound_header, self._zero_checksum)
+            # The bulk of a transfer, and a conversation's SACK+DATA, decoded cheaply:
+            # what the loop below does for them (ESTABLISHED: no shutdown to check).
+            inbound, zero = self._inbound_header, self._zero_checksum
+            lone = parse_lone_data_untrusted(packet, inbound, zero)
+            if lone is None and (both := parse_sack_data_untrusted(packet, inbound, zero)):
+                self._sender.handle_sack(both[0], both[1], [], now)
+                lone = both[2]
             if lone is not None:
                 self._packets_received += 1
                 self._bytes_received += len(packet)
@@ -352,12 +353,12 @@ class SctpAssociation:
                 elif acks.deadline is None:
                     acks.deadline = now + acks.delayed_ack
                 return
-            sack = parse_plain_sack_untrusted(packet, self._inbound_header, self._zero_checksum)
+            sack = parse_plain_sack_untrusted(packet, inbound, zero)
             if sack is not None:
                 self._packets_received += 1
                 self._bytes_received += 28
                 self._sender.handle_sack(sack[0], sack[1], [], now)
-                return  # ESTABLISHED: no shutdown to check
+                return
         try:
             header, chunks = parse_packet_untrusted(
                 packet, accept_zero_checksum=self._zero_checksum
@@ -526,9 +527,8 @@ class SctpAssociation:
             return
         self._state = next_state(self._state, trigger)
         self._setup.t1_deadline = self._teardown.deadline = self._acks.deadline = None
-        self._heartbeat.deadline = None
+        self._heartbeat.deadline = self._resetter.deadline = None
         self._sender.stop_timers()
-        self._resetter.deadline = None
         self._events.append(Closed(reason, graceful))
 
     def _on_t2(self, now: float) -> None:

@@ -62,6 +62,7 @@ __all__ = [
     "parse_lone_data_untrusted",
     "parse_packet_untrusted",
     "parse_plain_sack_untrusted",
+    "parse_sack_data_untrusted",
     "seal_packet",
 ]
 
@@ -289,6 +290,35 @@ def parse_plain_sack_untrusted(
     ):
         return None
     return _PAIR32.unpack_from(packet, 16)
+
+
+def parse_sack_data_untrusted(
+    packet: bytes, header: bytes, accept_zero_checksum: bool = False
+) -> tuple[int, int, DataChunk] | None:
+    """A conversation's packet, decoded cheaply: exactly a SACK with neither gap blocks
+    nor duplicates, then one DATA chunk, behind ``header``, with a correct CRC32c (or
+    zero, if accepted). Returns (cumulative TSN, a_rwnd, the DATA chunk), or None for
+    any other packet; raises nothing.
+    """
+    n = len(packet)
+    if (
+        n < 45
+        or type(packet) is not bytes
+        or packet[12] != 3
+        or packet[28] != 0
+        or packet[14:16] != b"\x00\x10"
+        or packet[24:28] != b"\x00\x00\x00\x00"
+        or not packet.startswith(header)
+    ):
+        return None
+    end = 28 + ((packet[30] << 8) | packet[31])
+    if end < 45 or (end != n and (end + 3) & ~3 != n):
+        return None
+    if not _checksum_ok(packet, accept_zero_checksum):
+        return None
+    cum_tsn, a_rwnd = _PAIR32.unpack_from(packet, 16)
+    tsn, sid, ssn, ppid = _DATA_FIELDS.unpack_from(packet, 32)
+    return cum_tsn, a_rwnd, DataChunk(tsn, sid, ssn, ppid, packet[44:end], packet[29])
 
 
 def seal_packet(

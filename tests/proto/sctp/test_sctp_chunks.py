@@ -46,6 +46,7 @@ from darkswap_trio.proto.sctp._packets import (
     parse_lone_data_untrusted,
     parse_packet_untrusted,
     parse_plain_sack_untrusted,
+    parse_sack_data_untrusted,
     seal_packet,
 )
 
@@ -305,6 +306,22 @@ def _check_shortcuts(packet: bytes, header: CommonHeader = HEADER) -> None:
         assert only == SackChunk(*sack)
     else:
         assert not (type(only) is SackChunk and not only.gaps and not only.dups), "missed SACK"
+    pair = (
+        general[1]
+        if general is not None and general[0] == header and len(general[1]) == 2
+        else None
+    )
+    both = parse_sack_data_untrusted(packet, fast_header)
+    if both is not None:
+        assert pair == [SackChunk(both[0], both[1]), both[2]]
+    else:
+        assert not (
+            pair is not None
+            and type(pair[0]) is SackChunk
+            and not pair[0].gaps
+            and not pair[0].dups
+            and type(pair[1]) is DataChunk
+        ), "a SACK+DATA packet missed the shortcut"
 
 
 @given(st.one_of(chunks, st.builds(SackChunk, u32, u32)), st.binary(max_size=6))
@@ -314,6 +331,16 @@ def test_shortcuts_agree_with_the_general_parser(chunk, trailer):
     _check_shortcuts(packet + trailer)  # a second chunk or stray bytes: general path
     _check_shortcuts(packet[:-1])  # truncated
     _check_shortcuts(encode_packet(CommonHeader(1, 2, 3), [chunk]))  # someone else's
+
+
+@given(st.builds(SackChunk, u32, u32), chunks, st.binary(max_size=6))
+def test_the_sack_data_shortcut_agrees_with_the_general_parser(sack, chunk, trailer):
+    packet = encode_packet(HEADER, [sack, chunk])
+    _check_shortcuts(packet)
+    _check_shortcuts(packet + trailer)
+    _check_shortcuts(packet[:-1])
+    _check_shortcuts(encode_packet(HEADER, [chunk, sack]))  # the other order: general path
+    _check_shortcuts(encode_packet(CommonHeader(1, 2, 3), [sack, chunk]))
 
 
 @given(st.binary(max_size=300))
@@ -338,6 +365,14 @@ def test_zero_checksum_is_accepted_only_when_announced_and_never_on_init():
     sack_zeroed = sack[:8] + b"\x00\x00\x00\x00" + sack[12:]
     assert parse_plain_sack_untrusted(sack_zeroed, fast_header) is None
     assert parse_plain_sack_untrusted(sack_zeroed, fast_header, True) == (9, 1000)
+    both = encode_packet(HEADER, [SackChunk(9, 1000), DataChunk(5, 1, 0, 51, b"payload")])
+    both_zeroed = both[:8] + b"\x00\x00\x00\x00" + both[12:]
+    assert parse_sack_data_untrusted(both_zeroed, fast_header) is None
+    assert parse_sack_data_untrusted(both_zeroed, fast_header, True) == (
+        9,
+        1000,
+        DataChunk(5, 1, 0, 51, b"payload"),
+    )
     # An INIT goes out before the peer knows what we accept: always a real CRC32c.
     init = encode_packet(CommonHeader(5000, 5000, 0), [InitChunk(1, 2, 3, 4, 5, EXTENSIONS)])
     with pytest.raises(SctpParseError, match="CRC"):
