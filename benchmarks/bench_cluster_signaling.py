@@ -7,6 +7,10 @@ two cluster nodes (signature auth, SDK peers). Interleaved in ``--rounds`` round
 
   round trip   an Offer from A and the Answer B sends back on receipt, A and B on the
                single relay / on one cluster node / on two cluster nodes (through Redis)
+  burst        an Offer and 8 IceCandidates sent back to back by A: time until B has
+               the last one (in order), same three placements. Across nodes this is
+               where a session waiting for Redis before its next frame would show
+               (one Redis round trip per message).
   register     ``--registrations`` sequential SDK registrations (connect, prove the
                PeerId, Registered) on the single relay / on a cluster node (+ the claim)
 
@@ -33,7 +37,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from darkswap_trio import Keypair, open_relay_session  # noqa: E402
-from darkswap_trio.proto.signaling import Answer, Offer  # noqa: E402
+from darkswap_trio.proto.signaling import Answer, IceCandidate, Offer  # noqa: E402
 from relay import RelayConfig, serve_relay  # noqa: E402
 
 
@@ -72,6 +76,27 @@ async def round_trips(a_relay, b_relay, exchanges: int) -> list[float]:
     return times
 
 
+async def bursts(a_relay, b_relay, count: int, candidates: int = 8) -> list[float]:
+    alice, bob = Keypair.generate(), Keypair.generate()
+    a_id, b_id = str(alice.peer_id), str(bob.peer_id)
+    times: list[float] = []
+    async with (
+        open_relay_session(a_relay.multiaddr, alice) as a,
+        open_relay_session(b_relay.multiaddr, bob) as b,
+    ):
+        for i in range(count):
+            burst = [Offer(from_=a_id, to=b_id, sdp=f"v=0 {i}")] + [
+                IceCandidate(a_id, b_id, f"candidate:{i} {k}", "0", 0) for k in range(candidates)
+            ]
+            start = time.perf_counter()
+            for msg in burst:
+                await a.send_signal(msg)
+            for msg in burst:
+                assert await b.signals.receive() == msg  # whole and in order
+            times.append(time.perf_counter() - start)
+    return times
+
+
 async def registrations(relay, count: int) -> float:
     start = time.perf_counter()
     for _ in range(count):
@@ -99,10 +124,14 @@ async def main(args: argparse.Namespace) -> None:
             n2 = await nursery.start(serve_relay, relay_config(url, "n2"))
             rtt: dict[str, list[float]] = {"single relay": [], "one node": [], "two nodes": []}
             regs: dict[str, list[float]] = {"single relay": [], "cluster node": []}
+            burst: dict[str, list[float]] = {"single relay": [], "one node": [], "two nodes": []}
             for _ in range(args.rounds):
                 rtt["single relay"] += await round_trips(single, single, args.exchanges)
                 rtt["one node"] += await round_trips(n1, n1, args.exchanges)
                 rtt["two nodes"] += await round_trips(n1, n2, args.exchanges)
+                burst["single relay"] += await bursts(single, single, args.exchanges // 4)
+                burst["one node"] += await bursts(n1, n1, args.exchanges // 4)
+                burst["two nodes"] += await bursts(n1, n2, args.exchanges // 4)
                 regs["single relay"].append(await registrations(single, args.registrations))
                 regs["cluster node"].append(await registrations(n1, args.registrations))
             nursery.cancel_scope.cancel()
@@ -115,6 +144,13 @@ async def main(args: argparse.Namespace) -> None:
     for name, values in rtt.items():
         values.sort()
         p99 = values[int(len(values) * 0.99) - 1]
+        median = statistics.median(values)
+        print(f"{name:28} {median * 1000:10.3f} {p99 * 1000:8.3f} {median / base:6.2f}")
+    base = statistics.median(burst["single relay"])
+    print(f"\n{'Offer + 8 candidates, burst':28} {'median ms':>10} {'p99 ms':>8} {'ratio':>6}")
+    for name, values in burst.items():
+        values.sort()
+        p99 = values[min(len(values) - 1, len(values) * 99 // 100)]
         median = statistics.median(values)
         print(f"{name:28} {median * 1000:10.3f} {p99 * 1000:8.3f} {median / base:6.2f}")
     base = statistics.median(regs["single relay"])

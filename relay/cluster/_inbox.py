@@ -104,6 +104,7 @@ class NodeInbox:
         self.subscribed = False
         self.ready = trio.Event()  # set once first subscribed
         self._replying = 0  # undeliverable notices being published
+        self._counters: dict[tuple[str, str], Any] = {}  # metric children by result
         self._outgoing: deque[_Outgoing] = deque()
         self._wake_sender = trio.Event()
 
@@ -188,17 +189,17 @@ class NodeInbox:
     def _routed(self, entry: _Outgoing, result: Any) -> None:
         receivers, node = int(result[0]), str(result[1])
         if receivers < 0:
-            self._metrics.messages_sent.labels(result="unknown_peer").inc()
+            self._sent("unknown_peer")
             self._error(
                 entry.session, "unknown_peer", f"peer {entry.to} is not connected", entry.to
             )
         elif receivers == 0:
             self._unavailable(entry.session, entry.to, f"relay node {node} is not listening")
         else:
-            self._metrics.messages_sent.labels(result="delivered").inc()
+            self._sent("delivered")
 
     def _unavailable(self, session: ClusterSession, to: str, why: str) -> None:
-        self._metrics.messages_sent.labels(result="unavailable").inc()
+        self._sent("unavailable")
         self._error(
             session,
             "cluster_unavailable",
@@ -356,4 +357,17 @@ class NodeInbox:
             replies.start_soon(self._reply, envelope.reply_to, notice)
 
     def _received(self, result: str) -> None:
-        self._metrics.messages_received.labels(result=result).inc()
+        counter = self._counters.get(("received", result))
+        if counter is None:  # labels() is a lookup under a lock: once per result
+            counter = self._counters[("received", result)] = self._metrics.messages_received.labels(
+                result=result
+            )
+        counter.inc()
+
+    def _sent(self, result: str) -> None:
+        counter = self._counters.get(("sent", result))
+        if counter is None:
+            counter = self._counters[("sent", result)] = self._metrics.messages_sent.labels(
+                result=result
+            )
+        counter.inc()
