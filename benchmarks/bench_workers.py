@@ -266,13 +266,14 @@ def main() -> None:
     ):
         one = statistics.median(r[key] for r in results[1])
         two = statistics.median(r[key] for r in results[2])
-        print(f"{label:34}{fmt.format(one):>12}{fmt.format(two):>12}{two / one:>8.2f}")
+        ratio = f"{two / one:.2f}" if one else "-"  # CPU in 10 ms ticks: 0 on tiny runs
+        print(f"{label:34}{fmt.format(one):>12}{fmt.format(two):>12}{ratio:>8}")
     one = statistics.median(r["per_second"] for r in results[1])
     spent = statistics.median(
         r["cpu_ms"] + r["load_cpu_ms"] + r["redis_cpu_ms"] for r in results[2]
     )
-    ceiling = 2 * 1e3 / spent / one
-    print(f"{'ratio ceiling (2 cores)':34}{'':>24}{ceiling:>8.2f}")
+    ceiling = f"{2 * 1e3 / spent / one:.2f}" if spent else "-"
+    print(f"{'ratio ceiling (2 cores)':34}{'':>24}{ceiling:>8}")
     paired = [
         f"{two['per_second'] / one['per_second']:.2f} (load {one['load']}/{two['load']})"
         for one, two in zip(results[1], results[2], strict=True)
