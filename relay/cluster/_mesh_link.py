@@ -198,7 +198,7 @@ class MeshLink:
                         return
                     last_frame = clock()
                     if type(frame) is bytes:
-                        self._on_binary(frame, router)
+                        self._on_binary(frame, router, last_frame)
                     else:
                         assert isinstance(frame, str)
                         self._on_text(frame)
@@ -212,7 +212,7 @@ class MeshLink:
                 return
             last_chance = True
 
-    def _on_binary(self, frame: bytes, router: RelayRouter) -> None:
+    def _on_binary(self, frame: bytes, router: RelayRouter, now: float) -> None:
         ends = router.remote_ends
         if len(frame) >= DATA_HEADER_LENGTH and frame[0] == FRAME_DATA:
             relay_id = frame[1:DATA_HEADER_LENGTH]
@@ -220,7 +220,7 @@ class MeshLink:
             # Data for a circuit closed here meanwhile (a close is on its way): dropped.
             if end is not None and end.link is self:
                 payload = memoryview(frame)[DATA_HEADER_LENGTH:]
-                router.deliver(end.peer_id, relay_id, payload, trio.current_time(), frame)
+                router.deliver(end.peer_id, relay_id, payload, now, frame)
             return
         try:
             parsed = decode_binary_untrusted(frame)
@@ -230,7 +230,7 @@ class MeshLink:
         assert isinstance(parsed, CircuitCredit)
         end = ends.get(parsed.relay_id)
         if end is not None and end.link is self:
-            router.credit(parsed.relay_id, end.peer_id, parsed.increment, trio.current_time())
+            router.credit(parsed.relay_id, end.peer_id, parsed.increment, now)
 
     def _on_text(self, frame: str) -> None:
         try:
