@@ -170,6 +170,7 @@ class NodeInbox:
                     failed.append(entry)  # the connection failed: so did every later one
                 elif isinstance(reply, ReplyError) and reply.code == "NOSCRIPT":
                     unknown_script = True  # Redis restarted: every later one too
+                    why = "Redis lost the routing script"
                     failed.append(entry)
                 elif isinstance(reply, ReplyError):
                     self._unavailable(entry.session, entry.to, f"Redis failed: {reply}")
