@@ -11,6 +11,9 @@ two cluster nodes (signature auth, SDK peers). Interleaved in ``--rounds`` round
                the last one (in order), same three placements. Across nodes this is
                where a session waiting for Redis before its next frame would show
                (one Redis round trip per message).
+  floor        a PUBLISH from this process to its own subscription (this process's Redis
+               client): what each direction across nodes must add at least, so the
+               two-node round trip's floor is one node + 2 x this
   register     ``--registrations`` sequential SDK registrations (connect, prove the
                PeerId, Registered) on the single relay / on a cluster node (+ the claim)
 
@@ -39,6 +42,7 @@ if ROOT not in sys.path:
 from darkswap_trio import Keypair, open_relay_session  # noqa: E402
 from darkswap_trio.proto.signaling import Answer, IceCandidate, Offer  # noqa: E402
 from relay import RelayConfig, serve_relay  # noqa: E402
+from relay.cluster._redis import open_redis_link  # noqa: E402
 
 
 def relay_config(redis_url: str | None, node_id: str | None) -> RelayConfig:
@@ -97,6 +101,19 @@ async def bursts(a_relay, b_relay, count: int, candidates: int = 8) -> list[floa
     return times
 
 
+async def publish_to_subscriber(url: str, count: int) -> list[float]:
+    times: list[float] = []
+    async with open_redis_link(url, 5.0) as link, link.subscription("bench-floor") as payloads:
+        received = payloads.__aiter__()
+        for i in range(count):
+            start = time.perf_counter()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(link.publish, "bench-floor", f"{i:0300d}")
+                assert await received.__anext__() == f"{i:0300d}"
+                times.append(time.perf_counter() - start)
+    return times
+
+
 async def registrations(relay, count: int) -> float:
     start = time.perf_counter()
     for _ in range(count):
@@ -125,10 +142,12 @@ async def main(args: argparse.Namespace) -> None:
             rtt: dict[str, list[float]] = {"single relay": [], "one node": [], "two nodes": []}
             regs: dict[str, list[float]] = {"single relay": [], "cluster node": []}
             burst: dict[str, list[float]] = {"single relay": [], "one node": [], "two nodes": []}
+            floor: list[float] = []
             for _ in range(args.rounds):
                 rtt["single relay"] += await round_trips(single, single, args.exchanges)
                 rtt["one node"] += await round_trips(n1, n1, args.exchanges)
                 rtt["two nodes"] += await round_trips(n1, n2, args.exchanges)
+                floor += await publish_to_subscriber(url, args.exchanges)
                 burst["single relay"] += await bursts(single, single, args.exchanges // 4)
                 burst["one node"] += await bursts(n1, n1, args.exchanges // 4)
                 burst["two nodes"] += await bursts(n1, n2, args.exchanges // 4)
@@ -146,6 +165,10 @@ async def main(args: argparse.Namespace) -> None:
         p99 = values[int(len(values) * 0.99) - 1]
         median = statistics.median(values)
         print(f"{name:28} {median * 1000:10.3f} {p99 * 1000:8.3f} {median / base:6.2f}")
+    hop = statistics.median(floor)
+    print(f"{'floor: PUBLISH -> subscriber':28} {hop * 1000:10.3f}")
+    two_floor = statistics.median(rtt["one node"]) + 2 * hop
+    print(f"{'floor two nodes: one + 2x':28} {two_floor * 1000:10.3f}")
     base = statistics.median(burst["single relay"])
     print(f"\n{'Offer + 8 candidates, burst':28} {'median ms':>10} {'p99 ms':>8} {'ratio':>6}")
     for name, values in burst.items():
