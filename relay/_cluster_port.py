@@ -7,7 +7,6 @@ the cluster package knows the router, the router knows only this protocol.
 
 from __future__ import annotations
 
-from collections.abc import Coroutine
 from typing import Any, Protocol
 
 from darkswap_trio.proto.signaling import Answer, IceCandidate, Offer
@@ -50,10 +49,9 @@ class ClusterPort(Protocol):
     def peer_released(self, peer_id: str) -> None:
         """``peer_id`` left this node (never blocks)."""
 
-    def forward(
-        self, session: ClusterSession, msg: Offer | Answer | IceCandidate
-    ) -> Coroutine[Any, Any, None]:
-        """Send a signaling message to a peer not registered here (awaited by the session)."""
+    def forward(self, session: ClusterSession, msg: Offer | Answer | IceCandidate) -> None:
+        """Send a signaling message to a peer not registered here (never blocks; each
+        sender's order is kept)."""
         ...
 
     def health(self) -> dict[str, Any]:

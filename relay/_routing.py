@@ -79,7 +79,8 @@ def route_message(
     if isinstance(msg, _FORWARDED):
         target = router.lookup(msg.to)
         if target is None and router.cluster is not None:
-            return router.cluster.forward(session, msg)  # a peer of another node, or nobody's
+            router.cluster.forward(session, msg)  # a peer of another node, or nobody's
+            return None
         if target is None:
             session.send_error("unknown_peer", f"peer {msg.to} is not connected", msg.to)
         elif _legacy.incompatible(session, target):

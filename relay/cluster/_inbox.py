@@ -1,11 +1,15 @@
 """Signaling between nodes: each node's inbox is a Redis pub/sub channel (PROTOCOL.md 16.2).
 
-Sending (:meth:`NodeInbox.forward`): one Lua script finds the live node holding the
-addressee and publishes the envelope to its inbox, in one round trip. The sending
-session awaits it before reading its next frame, so one sender's messages reach Redis,
-hence the addressee, in order (an Offer is never overtaken by its candidates). A failed
-attempt is repeated once with the same id (the receiver drops repeats) within
-``message_timeout``; then the sender gets ``cluster_unavailable``.
+Sending (:meth:`NodeInbox.forward`, never blocking): the message joins this node's one
+outgoing queue; one task (:meth:`NodeInbox.run_sender`) writes everything queued as one
+pipelined batch of Lua scripts (each finds the live node holding the addressee and
+publishes the envelope to its inbox) and waits for the batch's replies before the next.
+One queue, one writer, one batch in flight: every sender's messages reach Redis, hence
+the addressee, in the order they left the session (an Offer is never overtaken by its
+candidates), and a session never waits for Redis before its next frame (a burst of
+candidates costs one round trip, not one each). The unanswered tail of a failed batch
+is written again once, first, with the same ids (the receiver drops repeats), within
+``message_timeout``; then those senders get ``cluster_unavailable``.
 
 Receiving (:meth:`NodeInbox.run`): one task reads the inbox and hands each frame to the
 local session (never blocking: the session's bounded control queue), in arrival order.
@@ -18,7 +22,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -37,15 +41,33 @@ from darkswap_trio.proto.signaling import (
 from . import _wire
 from ._metrics import ClusterMetrics
 from ._redis import ClusterUnavailable, RedisLink
+from ._resp import ReplyError
 from ._types import ClusterSession
 
 logger = logging.getLogger("relay.cluster")
 
+MAX_OUTGOING = 8192  # messages queued for Redis; beyond, senders get cluster_unavailable
+MAX_BATCH = 256  # messages written in one piece
 SEEN_IDS = 8192  # ids of recent inbox messages remembered to drop repeats
 RECONNECT_DELAYS = (0.05, 0.1, 0.25, 0.5, 1.0)  # seconds between subscription attempts
 MAX_REPLYING = 256  # undeliverable notices in flight; beyond, senders time out instead
 INCOMPATIBLE_PEER = "incompatible_peer"
 _FORWARDED = (Offer, Answer, IceCandidate)
+
+
+class _Outgoing:
+    """A signaling message waiting for (or in) a batch to Redis."""
+
+    __slots__ = ("session", "to", "key", "payload", "expires")
+
+    def __init__(
+        self, session: ClusterSession, to: str, key: str, payload: str, expires: float
+    ) -> None:
+        self.session = session
+        self.to = to
+        self.key = key
+        self.payload = payload
+        self.expires = expires
 
 
 class NodeInbox:
@@ -82,16 +104,23 @@ class NodeInbox:
         self.subscribed = False
         self.ready = trio.Event()  # set once first subscribed
         self._replying = 0  # undeliverable notices being published
+        self._counters: dict[tuple[str, str], Any] = {}  # metric children by result
+        self._outgoing: deque[_Outgoing] = deque()
+        self._wake_sender = trio.Event()
 
     # -- sending ----------------------------------------------------------------------
 
-    async def forward(self, session: ClusterSession, msg: Offer | Answer | IceCandidate) -> None:
-        """Send ``msg`` from local ``session`` to its addressee on another node; the
-        session is told (an Error frame) when that fails."""
+    def forward(self, session: ClusterSession, msg: Offer | Answer | IceCandidate) -> None:
+        """Queue ``msg`` from local ``session`` for its addressee on another node (never
+        blocks); the session is told (an Error frame) when that fails."""
+        if len(self._outgoing) >= MAX_OUTGOING:
+            self._unavailable(session, msg.to, "too many messages waiting for Redis")
+            return
+        expires = time.time() + self._timeout
         envelope = _wire.SignalEnvelope(
             id=f"{self._id_prefix}{next(self._sequence)}",
             reply_to=self.node_id,
-            expires=time.time() + self._timeout,
+            expires=expires,
             sender=msg.from_,
             extended=session.extended,
             libp2p=session.has_libp2p_id,
@@ -100,30 +129,78 @@ class NodeInbox:
         )
         payload = _wire.encode_inbox(envelope)
         key = _wire.peer_key(self._prefix, msg.to)
-        result: Any = None
-        with trio.move_on_after(self._timeout):
-            for attempt in range(2):
+        self._outgoing.append(_Outgoing(session, msg.to, key, payload, expires))
+        self._wake_sender.set()
+
+    async def run_sender(self) -> None:
+        """Write queued messages to Redis, one batch at a time, until cancelled."""
+        outgoing = self._outgoing
+        while True:
+            if not outgoing:
+                self._wake_sender = trio.Event()
+                await self._wake_sender.wait()
+                continue
+            batch = [outgoing.popleft() for _ in range(min(MAX_BATCH, len(outgoing)))]
+            await self._send(batch)
+
+    async def _send(self, batch: list[_Outgoing]) -> None:
+        link, prefix = self._link, self._prefix
+        why = ""
+        for _attempt in range(2):
+            now = time.time()
+            if batch[0].expires <= now:  # the oldest first: expired ones lead the batch
+                for entry in [e for e in batch if e.expires <= now]:
+                    self._unavailable(entry.session, entry.to, "Redis did not answer in time")
+                batch = [e for e in batch if e.expires > now]
+                if not batch:
+                    return
+            commands = [
+                link.script_command(_wire.ROUTE, [e.key], [prefix, e.payload]) for e in batch
+            ]
+            try:
+                replies = await link.pipeline(*commands)
+            except ClusterUnavailable as exc:
+                why = str(exc)
+                continue  # nothing written, or no answer in time: the whole batch again
+            failed: list[_Outgoing] = []
+            unknown_script = False
+            for entry, reply in zip(batch, replies, strict=True):
+                if isinstance(reply, ClusterUnavailable):
+                    why = str(reply)
+                    failed.append(entry)  # the connection failed: so did every later one
+                elif isinstance(reply, ReplyError) and reply.code == "NOSCRIPT":
+                    unknown_script = True  # Redis restarted: every later one too
+                    why = "Redis lost the routing script"
+                    failed.append(entry)
+                elif isinstance(reply, ReplyError):
+                    self._unavailable(entry.session, entry.to, f"Redis failed: {reply}")
+                else:
+                    self._routed(entry, reply)
+            if not failed:
+                return
+            batch = failed
+            if unknown_script:
                 try:
-                    result = await self._link.script(_wire.ROUTE, [key], [self._prefix, payload])
-                    break
+                    await link.command("SCRIPT", "LOAD", _wire.ROUTE)
                 except ClusterUnavailable as exc:
-                    if attempt:
-                        self._unavailable(session, msg.to, str(exc))
-                        return
-        if result is None:
-            self._unavailable(session, msg.to, "Redis did not answer in time")
-            return
+                    why = str(exc)
+        for entry in batch:
+            self._unavailable(entry.session, entry.to, why)
+
+    def _routed(self, entry: _Outgoing, result: Any) -> None:
         receivers, node = int(result[0]), str(result[1])
         if receivers < 0:
-            self._metrics.messages_sent.labels(result="unknown_peer").inc()
-            self._error(session, "unknown_peer", f"peer {msg.to} is not connected", msg.to)
+            self._sent("unknown_peer")
+            self._error(
+                entry.session, "unknown_peer", f"peer {entry.to} is not connected", entry.to
+            )
         elif receivers == 0:
-            self._unavailable(session, msg.to, f"relay node {node} is not listening")
+            self._unavailable(entry.session, entry.to, f"relay node {node} is not listening")
         else:
-            self._metrics.messages_sent.labels(result="delivered").inc()
+            self._sent("delivered")
 
     def _unavailable(self, session: ClusterSession, to: str, why: str) -> None:
-        self._metrics.messages_sent.labels(result="unavailable").inc()
+        self._sent("unavailable")
         self._error(
             session,
             "cluster_unavailable",
@@ -281,4 +358,17 @@ class NodeInbox:
             replies.start_soon(self._reply, envelope.reply_to, notice)
 
     def _received(self, result: str) -> None:
-        self._metrics.messages_received.labels(result=result).inc()
+        counter = self._counters.get(("received", result))
+        if counter is None:  # labels() is a lookup under a lock: once per result
+            counter = self._counters[("received", result)] = self._metrics.messages_received.labels(
+                result=result
+            )
+        counter.inc()
+
+    def _sent(self, result: str) -> None:
+        counter = self._counters.get(("sent", result))
+        if counter is None:
+            counter = self._counters[("sent", result)] = self._metrics.messages_sent.labels(
+                result=result
+            )
+        counter.inc()

@@ -175,13 +175,20 @@ class MeshLink:
     async def _read_loop(self) -> None:
         ws = self.ws
         router = self._router
+        clock = trio.current_time
+        last_frame = clock()
         last_chance = False
         while not self.broken:
-            # One scope per idle period (its deadline moves with each frame). When it
-            # passes, one more third of the timeout: if this loop itself was stalled,
-            # the other node's frames are waiting in the socket and arrive at once.
-            wait = self._timeout / 3 if last_chance else self._timeout
-            self._scope = scope = trio.CancelScope(deadline=trio.current_time() + wait)
+            # One scope per idle period, its deadline fixed: moving it on every frame
+            # costs a deadline-heap update per frame. When it passes after frames came,
+            # it is set again from the last one. Silent past it: one more third of the
+            # timeout (if this loop itself was stalled, the other node's frames are
+            # waiting in the socket and arrive at once).
+            if last_chance:
+                deadline = clock() + self._timeout / 3
+            else:
+                deadline = last_frame + self._timeout
+            self._scope = scope = trio.CancelScope(deadline=deadline)
             with scope:
                 while True:
                     try:
@@ -189,21 +196,23 @@ class MeshLink:
                     except _GONE:
                         self._why = "connection lost"
                         return
-                    last_chance = False
-                    scope.deadline = trio.current_time() + self._timeout
+                    last_frame = clock()
                     if type(frame) is bytes:
-                        self._on_binary(frame, router)
+                        self._on_binary(frame, router, last_frame)
                     else:
                         assert isinstance(frame, str)
                         self._on_text(frame)
             if self.broken:
                 return
+            if clock() < last_frame + self._timeout:
+                last_chance = False  # frames came meanwhile: not silent
+                continue
             if last_chance:
                 self._why = f"silent for {self._timeout * 4 / 3:.1f} s"
                 return
             last_chance = True
 
-    def _on_binary(self, frame: bytes, router: RelayRouter) -> None:
+    def _on_binary(self, frame: bytes, router: RelayRouter, now: float) -> None:
         ends = router.remote_ends
         if len(frame) >= DATA_HEADER_LENGTH and frame[0] == FRAME_DATA:
             relay_id = frame[1:DATA_HEADER_LENGTH]
@@ -211,7 +220,7 @@ class MeshLink:
             # Data for a circuit closed here meanwhile (a close is on its way): dropped.
             if end is not None and end.link is self:
                 payload = memoryview(frame)[DATA_HEADER_LENGTH:]
-                router.deliver(end.peer_id, relay_id, payload, trio.current_time(), frame)
+                router.deliver(end.peer_id, relay_id, payload, now, frame)
             return
         try:
             parsed = decode_binary_untrusted(frame)
@@ -221,7 +230,7 @@ class MeshLink:
         assert isinstance(parsed, CircuitCredit)
         end = ends.get(parsed.relay_id)
         if end is not None and end.link is self:
-            router.credit(parsed.relay_id, end.peer_id, parsed.increment, trio.current_time())
+            router.credit(parsed.relay_id, end.peer_id, parsed.increment, now)
 
     def _on_text(self, frame: str) -> None:
         try:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -121,12 +120,10 @@ class ClusterNode:
         self.presence.released(peer_id)
         self.topics.dropped(peer_id)
 
-    def forward(
-        self, session: ClusterSession, msg: Offer | Answer | IceCandidate
-    ) -> Coroutine[Any, Any, None]:
-        """Send a signaling message to a peer not registered here (the session awaits it
-        before its next frame: order per sender)."""
-        return self.inbox.forward(session, msg)
+    def forward(self, session: ClusterSession, msg: Offer | Answer | IceCandidate) -> None:
+        """Send a signaling message to a peer not registered here (never blocks; the
+        inbox keeps each sender's order)."""
+        self.inbox.forward(session, msg)
 
     async def _release_if_silent(self, peer_id: str, holder: str) -> bool:
         """Another node's newcomer proved it owns ``peer_id``, which we hold as
@@ -220,6 +217,7 @@ async def run_cluster_node(
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(node.inbox.run)
+                nursery.start_soon(node.inbox.run_sender)
                 nursery.start_soon(node.presence.run_releases)
                 nursery.start_soon(node.topics.run_drops)
                 nursery.start_soon(node.topics.run_restore, router.topic_registrations)

@@ -80,24 +80,37 @@ class RedisConnection:
     async def command(self, *args: Arg) -> Any:
         """Send a command, return its reply (a ReplyError is returned, not raised).
         Raises ClusterUnavailable if the connection fails."""
-        slot = _Slot()
+        (slot,) = await self.write(encode_command(*args))
+        return await self.reply(slot)
+
+    async def write(self, *commands: bytes) -> list[_Slot]:
+        """Write encoded commands in one piece, in order; a slot per reply to come
+        (:meth:`reply`). Raises ClusterUnavailable if the connection fails."""
+        slots = [_Slot() for _ in commands]
         async with self._send_lock:
             if self.broken is not None:
                 raise ClusterUnavailable(self.broken)
-            self._slots.append(slot)
+            self._slots.extend(slots)
             # Never half a command on the wire: the write is shielded from the caller's
             # cancellation, and bounded on its own (a Redis that stops reading).
             with trio.CancelScope(shield=True):
                 failure: str | None = f"Redis did not read a command for {self._send_timeout} s"
                 with trio.move_on_after(self._send_timeout):
                     try:
-                        await self._stream.send_all(encode_command(*args))
+                        await self._stream.send_all(b"".join(commands))
                         failure = None
                     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                         failure = f"Redis connection lost: {exc}"
                 if failure is not None:
                     self._fail(failure)
                     await self._stream.aclose()  # ends the reader too
+        return slots
+
+    @staticmethod
+    async def reply(slot: _Slot) -> Any:
+        """The reply of a written command (a ReplyError is returned, not raised). Raises
+        ClusterUnavailable if the connection failed first. Cancelled, the reply is
+        dropped when it comes."""
         try:
             await slot.done.wait()
         except BaseException:
@@ -238,6 +251,43 @@ class RedisLink:
             if not isinstance(exc.__cause__, ReplyError) or exc.__cause__.code != "NOSCRIPT":
                 raise
         return await self.command("EVAL", source, len(keys), *keys, *args)
+
+    def script_command(self, source: str, keys: Sequence[str], args: Sequence[Arg]) -> bytes:
+        """EVALSHA of ``source``, encoded, for :meth:`pipeline`."""
+        sha = self._shas.get(source)
+        if sha is None:
+            sha = self._shas[source] = hashlib.sha1(source.encode()).hexdigest()
+        return encode_command("EVALSHA", sha, len(keys), *keys, *args)
+
+    async def pipeline(self, *commands: bytes) -> list[Any]:
+        """Write encoded commands in one piece and wait for all their replies, within
+        ``timeout``: a list in order, each a reply (ReplyError included, returned) or a
+        ClusterUnavailable (the connection failed before that reply). Raises
+        ClusterUnavailable when nothing could be written, or on the timeout.
+
+        One writer keeps order across calls only if it waits for each call's replies
+        before the next (a failed connection is replaced by a new one in between)."""
+        start = trio.current_time()
+        replies: list[Any] = []
+        try:
+            with trio.fail_after(self.timeout):
+                connection = await self._current()
+                slots = await connection.write(*commands)
+                for slot in slots:
+                    try:
+                        replies.append(await connection.reply(slot))
+                    except ClusterUnavailable as exc:
+                        replies.append(exc)
+        except trio.TooSlowError:
+            self._result(False, start)
+            raise ClusterUnavailable(f"Redis did not answer within {self.timeout} s") from None
+        except (ClusterUnavailable, OSError, RespParseError) as exc:
+            self._result(False, start)
+            if isinstance(exc, ClusterUnavailable):
+                raise
+            raise ClusterUnavailable(f"Redis failed: {exc}") from exc
+        self._result(not isinstance(replies[-1], ClusterUnavailable), start)
+        return replies
 
     async def publish(self, channel: str, message: str) -> int:
         """PUBLISH; the number of subscribers that got ``message``."""

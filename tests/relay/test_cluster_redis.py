@@ -112,6 +112,24 @@ async def test_pipelined_commands_cancellation_and_reconnect() -> None:
             assert link.up
 
 
+async def test_a_pipeline_answers_each_command_in_order() -> None:
+    with trio.fail_after(20):
+        async with running_redis() as redis, open_redis_link(redis.url, 2.0) as link:
+            script = link.script_command("return ARGV[1] .. KEYS[1]", ["k"], ["a"])
+            replies = await link.pipeline(
+                encode_command("SET", "p", "1"), script, encode_command("LPUSH", "p", "x")
+            )
+            assert replies[0] == "OK"
+            assert isinstance(replies[1], ReplyError) and replies[1].code == "NOSCRIPT"
+            assert isinstance(replies[2], ReplyError)  # WRONGTYPE: returned, not raised
+            await link.command("SCRIPT", "LOAD", "return ARGV[1] .. KEYS[1]")
+            assert await link.pipeline(script, encode_command("GET", "p")) == ["ak", "1"]
+            assert link.up
+            await redis.kill()
+            with pytest.raises(ClusterUnavailable):
+                await link.pipeline(script)
+
+
 async def test_scripts_survive_a_redis_restart_and_slow_redis_times_out() -> None:
     with trio.fail_after(20):
         async with running_redis() as redis, open_redis_link(redis.url, 0.5) as link:

@@ -1,0 +1,254 @@
+"""A cheap registration load generator for bench_workers.py: non-blocking sockets, epoll.
+
+Run: python benchmarks/_register_loadgen.py JSON-COMMAND
+  {"url_host", "port", "relay_peer_id", "local_ip", "concurrency", "max_peers"}
+then reads "open N" lines on stdin and prints one JSON line per line, {"opened", "held",
+"seconds", "cpu"}; "quit" ends (the kernel closes the sessions). It prints {"ready": true}
+once its keys exist.
+
+Why a generator of its own: on a 2-core machine the generator shares the cores with the
+relay workers it measures, so its CPU per registration caps the ratio 2 workers can show
+(the asyncio + ``websockets`` generator of _relay_loadgen.py spent 0.74-0.90 ms per
+registration, the relay ~1.1 ms: a ceiling of ~1.3x). This one does per registration only
+what the wire needs (docs/PROTOCOL.md 2.1.1, the one round trip registration):
+
+  connect; write the prebuilt upgrade request; read the 101 response and its
+  ``Darkswap-Relay-Challenge: <server_nonce> <relay_peer_id>`` header; sign the peer-auth
+  message over that nonce (the one Ed25519 operation per registration); write the signed
+  ``Register`` as one text frame masked with the zero key; read one frame, which must be
+  ``Registered``.
+
+Keys, peer ids, client nonces and every byte that does not depend on the server nonce are
+made before the clock starts. The relay's signature in ``Registered`` (over our nonce) is
+verified for the first session of each process only: verifying is the client's work, not
+the server's, and one check shows the relay under test is the right one. Loopback only.
+"""
+
+from __future__ import annotations
+
+import base64
+import errno
+import json
+import os
+import selectors
+import socket
+import struct
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from darkswap_trio.proto import signaling as sig  # noqa: E402
+from darkswap_trio.proto.identity import Keypair, PeerId  # noqa: E402
+
+HEADER = b"darkswap-relay-challenge: "
+RECEIVE = 65536
+
+
+class Failure(Exception):
+    pass
+
+
+class Peer:
+    """One prospective session: everything that does not depend on the server nonce."""
+
+    __slots__ = ("sign", "signed_prefix", "json_prefix", "nonce", "peer_id")
+
+    def __init__(self, relay_id: str) -> None:
+        keypair = Keypair.generate()
+        self.peer_id = str(keypair.peer_id)
+        self.sign = keypair._private_key.sign  # the bound method: no wrapper per call
+        self.nonce = os.urandom(sig.NONCE_LENGTH)
+        self.signed_prefix = sig.peer_auth_message(b"", relay_id, self.peer_id)
+        fields = {"peer_id": self.peer_id, "protocol": sig.PROTOCOL_VERSION}
+        fields["nonce"] = _b64(self.nonce)
+        # The frame up to the signature's first character: json.dumps gives the escaping.
+        opened = json.dumps({"type": "Register", "payload": {**fields, "signature": ""}})
+        self.json_prefix = opened[: -len('"}}')].encode()
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def masked_text_frame(payload: bytes) -> bytes:
+    n = len(payload)
+    if n < 126:
+        header = struct.pack("!BB", 0x81, 0x80 | n)
+    else:
+        header = struct.pack("!BBH", 0x81, 0x80 | 126, n)
+    return header + b"\0\0\0\0" + payload  # the zero masking key: payload as is
+
+
+def server_frame(buffer: bytes) -> bytes | None:
+    """The payload of the first whole unmasked frame in ``buffer``, or None."""
+    if len(buffer) < 2:
+        return None
+    n, start = buffer[1] & 0x7F, 2
+    if n == 126:
+        if len(buffer) < 4:
+            return None
+        n, start = struct.unpack_from("!H", buffer, 2)[0], 4
+    elif n == 127:
+        if len(buffer) < 10:
+            return None
+        n, start = struct.unpack_from("!Q", buffer, 2)[0], 10
+    if len(buffer) < start + n:
+        return None
+    return buffer[start : start + n]
+
+
+CONNECTING, UPGRADING, REGISTERING = range(3)
+
+
+class Session:
+    __slots__ = ("sock", "peer", "buffer", "state")
+
+    def __init__(self, sock: socket.socket, peer: Peer, state: int) -> None:
+        self.sock = sock
+        self.peer = peer
+        self.buffer = b""
+        self.state = state
+
+
+class Generator:
+    def __init__(self, cmd: dict) -> None:
+        self.address = (cmd["host"], cmd["port"])
+        self.local = (cmd["local_ip"], 0)
+        self.relay = PeerId.from_string(cmd["relay_peer_id"])
+        relay_id = str(self.relay)
+        self.relay_id = relay_id.encode()
+        self.concurrency = cmd["concurrency"]
+        self.peers = [Peer(relay_id) for _ in range(cmd["max_peers"])]
+        self.upgrade = (
+            f"GET {cmd['path']} HTTP/1.1\r\nHost: {cmd['host']}:{cmd['port']}\r\n"
+            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+        self.selector = selectors.EpollSelector()
+        self.held: list[socket.socket] = []
+        self.verified = False
+
+    def open(self, n: int) -> None:
+        start, stop = len(self.held), len(self.held) + n
+        following = iter(range(start, stop))
+        in_flight = 0
+        for i in following:
+            self._connect(self.peers[i])
+            in_flight += 1
+            if in_flight == self.concurrency:
+                break
+        select, done = self.selector.select, self._step
+        while in_flight:
+            for key, _ in select():
+                if done(key.data):
+                    in_flight -= 1
+                    i = next(following, None)
+                    if i is not None:
+                        self._connect(self.peers[i])
+                        in_flight += 1
+
+    def _connect(self, peer: Peer) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind(self.local)
+        sock.setblocking(False)
+        code = sock.connect_ex(self.address)
+        if code not in (0, errno.EINPROGRESS):
+            raise Failure(f"connect: {os.strerror(code)}")
+        try:
+            # On loopback the handshake has usually completed by now: no wait for writable.
+            sock.send(self.upgrade)  # a few hundred bytes into an empty send buffer
+        except (BlockingIOError, OSError) as exc:
+            if exc.errno not in (errno.EAGAIN, errno.ENOTCONN):
+                raise
+            self.selector.register(sock, selectors.EVENT_WRITE, Session(sock, peer, CONNECTING))
+        else:
+            self.selector.register(sock, selectors.EVENT_READ, Session(sock, peer, UPGRADING))
+
+    def _step(self, s: Session) -> bool:
+        """Advance ``s`` on readiness; True once it is registered (and held)."""
+        sock = s.sock
+        if s.state == CONNECTING:
+            code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if code:
+                raise Failure(f"connect: {os.strerror(code)}")
+            sock.send(self.upgrade)
+            s.state = UPGRADING
+            self.selector.modify(sock, selectors.EVENT_READ, s)
+            return False
+        data = sock.recv(RECEIVE)
+        if not data:
+            raise Failure("the relay closed a session during the handshake")
+        s.buffer += data
+        if s.state == UPGRADING:
+            end = s.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return False
+            head, s.buffer = s.buffer[: end + 2], s.buffer[end + 4 :]
+            at = head.lower().find(HEADER)  # header names are case-insensitive
+            if not head.startswith(b"HTTP/1.1 101") or at < 0:
+                raise Failure(f"no challenge in the upgrade response: {head[:200]!r}")
+            at += len(HEADER)
+            space = head.index(b" ", at)
+            if head[space + 1 : head.index(b"\r\n", space)] != self.relay_id:
+                raise Failure("the challenge names another relay")  # PROTOCOL.md 2.1.1
+            nonce = base64.b64decode(head[at:space])
+            peer = s.peer
+            signature = peer.sign(peer.signed_prefix + nonce)
+            sock.send(masked_text_frame(peer.json_prefix + base64.b64encode(signature) + b'"}}'))
+            s.state = REGISTERING
+            return False
+        payload = server_frame(s.buffer)
+        if payload is None:
+            return False
+        if not payload.startswith(b'{"type":"Registered"'):
+            raise Failure(f"expected Registered, got {payload[:300]!r}")
+        if not self.verified:
+            self._verify(s.peer, payload)
+        self.selector.unregister(sock)
+        self.held.append(sock)
+        return True
+
+    def _verify(self, peer: Peer, payload: bytes) -> None:
+        msg = sig.decode_message_untrusted(payload.decode())
+        assert isinstance(msg, sig.Registered), msg
+        message = sig.relay_auth_message(peer.nonce, str(self.relay), peer.peer_id)
+        if msg.signature is None or not self.relay.verify(message, msg.signature):
+            raise Failure("the relay's signature in Registered did not verify")
+        self.verified = True
+
+
+def emit(obj: object) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def main() -> None:
+    generator = Generator(json.loads(sys.argv[1]))
+    emit({"ready": True})
+    for line in sys.stdin:
+        words = line.split()
+        if not words or words[0] == "quit":
+            break
+        n = int(words[1])
+        start, times = time.perf_counter(), os.times()
+        generator.open(n)
+        seconds, after = time.perf_counter() - start, os.times()
+        user, system = after.user - times.user, after.system - times.system
+        emit(
+            {
+                "opened": n,
+                "held": len(generator.held),
+                "seconds": seconds,
+                "cpu": user + system,
+                "user": user,  # the kernel's share (system) is mostly loopback TCP
+                "system": system,
+            }
+        )
+
+
+if __name__ == "__main__":
+    main()
