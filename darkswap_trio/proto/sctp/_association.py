@@ -77,6 +77,7 @@ from ._state import (
 )
 from ._streams import IN_ORDER, SctpReceiver
 from ._teardown import AssociationTeardown, abort_reason, unknown_chunk_action
+from ._timers import AssociationTimers
 
 __all__ = ["SctpAssociation"]
 
@@ -84,7 +85,7 @@ _SETUP_STATES = (SctpState.CLOSED, SctpState.COOKIE_WAIT, SctpState.COOKIE_ECHOE
 _SEND_STATES = (*_SETUP_STATES, SctpState.ESTABLISHED)
 
 
-class SctpAssociation:
+class SctpAssociation(AssociationTimers):
     """One SCTP association over an already secured datagram transport (DTLS).
 
     ``is_client`` is the DTLS role; SCTP itself is symmetric in WebRTC (both ends may
@@ -247,9 +248,14 @@ class SctpAssociation:
         if self._solo:
             vtag, chunk = self._solo.popleft()
             return self._seal(vtag, chunk)
-        if self._state is SctpState.TERMINATED:
+        state = self._state
+        if state is SctpState.ESTABLISHED:
+            if not self._control and not self._acks.due and self._sender.quiet():
+                if not self._resetter.queued:
+                    return None  # what the code below would find, for less
+        elif state is SctpState.TERMINATED:
             return None
-        if self._resetter.queued and self._state is SctpState.ESTABLISHED:
+        if self._resetter.queued and state is SctpState.ESTABLISHED:
             self._resetter.poll(self._now)
         parts: list[bytes] = []
         # Every chunk is padded to 4 bytes: a budget that is not a multiple of 4 could
@@ -314,16 +320,6 @@ class SctpAssociation:
             receiver.release(len(event.data))
             self._acks.window_opened(receiver.a_rwnd)
         return event
-
-    def poll_timeout(self) -> float | None:
-        """The earliest deadline at which :meth:`handle_timeout` must be called."""
-        if self._state is SctpState.TERMINATED:
-            return None
-        sender, setup, acks = self._sender, self._setup, self._acks
-        deadlines = (sender.t3_deadline, sender.reorder_deadline, sender.probe_deadline)
-        others = (setup.t1_deadline, self._teardown.deadline, acks.deadline)
-        parts = (self._heartbeat.deadline, self._resetter.deadline)
-        return min((d for d in (*deadlines, *others, *parts) if d is not None), default=None)
 
     # --- input -----------------------------------------------------------------------
 
@@ -478,10 +474,6 @@ class SctpAssociation:
         self._heartbeat.start(self._now)
         self._events.append(Connected())
 
-    def _on_t1(self, now: float) -> None:
-        if not self._setup.on_t1(now, self._sender.rtt.rto_max, self._state):
-            self._terminate("association setup timed out")
-
     # --- teardown (T2 is ShutdownTimer's) ----------------------------------------------
 
     def _check_shutdown(self) -> None:
@@ -530,42 +522,6 @@ class SctpAssociation:
         self._heartbeat.deadline = self._resetter.deadline = None
         self._sender.stop_timers()
         self._events.append(Closed(reason, graceful))
-
-    def _on_t2(self, now: float) -> None:
-        rtt, receiver = self._sender.rtt, self._receiver
-        cum_tsn = receiver.cum_tsn if receiver is not None else 0
-        if not self._teardown.on_t2(now, self._state, cum_tsn, rtt.rto, rtt.rto_max):
-            self._terminate("shutdown timed out")
-
-    # --- timers ----------------------------------------------------------------------
-
-    def handle_timeout(self, now: float) -> None:
-        """Fire every timer whose deadline is at or before ``now``."""
-        self._now = now
-        if self._setup.t1_deadline is not None and now >= self._setup.t1_deadline:
-            self._on_t1(now)
-        if self._teardown.deadline is not None and now >= self._teardown.deadline:
-            self._on_t2(now)
-        sender = self._sender
-        if sender.t3_deadline is not None and now >= sender.t3_deadline:
-            sender.handle_t3_timeout(now)
-            if sender.consecutive_timeouts > self._max_retransmissions:
-                self._terminate("peer unreachable: too many retransmissions")
-                return
-        if sender.reorder_deadline is not None and now >= sender.reorder_deadline:
-            sender.handle_reorder_timeout(now)
-        if sender.probe_deadline is not None and now >= sender.probe_deadline:
-            sender.handle_probe_timeout(now)
-        if self._acks.deadline is not None and now >= self._acks.deadline:
-            self._acks.handle_timeout()
-        if self._heartbeat.deadline is not None and now >= self._heartbeat.deadline:
-            chunk = self._heartbeat.on_timer(now, sender.rtt.rto)
-            if chunk is None:
-                self._terminate("peer unreachable: heartbeats unanswered")
-                return
-            self._control.append(chunk)
-        if self._resetter.deadline is not None and now >= self._resetter.deadline:
-            self._resetter.handle_timeout(now)
 
     def statistics(self) -> SctpStatistics:
         """A frozen snapshot of counters, windows and RTT estimates."""

@@ -169,6 +169,18 @@ class SctpSender:
             return True
         return bool(self._rotation) and self.flight < self.cwnd
 
+    def quiet(self) -> bool:
+        """True if :meth:`fill` would add nothing and change nothing (no retransmission,
+        nothing queued, T3 running if anything is in flight): most polls of a
+        conversation, after the one packet it had to send."""
+        return (
+            not self._rtx_heap
+            and not self._rotation
+            and not self._fast_rtx_budget
+            and not self.forward_tsn_due
+            and (self.t3_deadline is not None or not self.sent)
+        )
+
     def fill(self, parts: list[bytes], room: int, now: float) -> int:
         """Append DATA chunks (retransmissions first) that fit ``room``; returns room left."""
         heap = self._rtx_heap
