@@ -9,7 +9,6 @@ so it compares the deadlines one by one rather than through a generator and ``mi
 
 from __future__ import annotations
 
-from collections import deque
 from typing import TYPE_CHECKING
 
 from ._events import SctpState
@@ -36,7 +35,7 @@ class AssociationTimers:
     _acks: SackScheduler
     _heartbeat: PathHeartbeat
     _resetter: StreamResetter
-    _control: list[bytes] | deque[bytes]
+    _control: list[bytes]
     _max_retransmissions: int
 
     def _terminate(self, reason: str) -> None:
