@@ -2,6 +2,7 @@
 
 ```
 run_cluster_node(router, advertise)     the cluster nursery (a task of the server's root)
+ ├─ NodePresence.run_claims             registrations' presence claims, pipelined batches
  ├─ NodeInbox.run                       this node's inbox channel -> local sessions
  ├─ NodePresence.run_liveness           liveness heartbeat, presence refresh, rejoin
  ├─ NodePresence.run_releases           presences of peers that left, deleted in batches
@@ -216,6 +217,7 @@ async def run_cluster_node(
         router.cluster = node  # registrations from now on are claimed (the listener is up)
         try:
             async with trio.open_nursery() as nursery:
+                nursery.start_soon(node.presence.run_claims)
                 await nursery.start(node.inbox.run)
                 nursery.start_soon(node.inbox.run_sender)
                 nursery.start_soon(node.presence.run_releases)

@@ -20,6 +20,7 @@ from collections.abc import Callable, Collection
 import trio
 
 from . import _wire
+from ._claims import ClaimBatches
 from ._left_peers import LeftPeers
 from ._redis import ClusterUnavailable, RedisLink
 
@@ -68,6 +69,7 @@ class NodePresence:
             "presences", batch=BATCH, retry=RELEASE_RETRY, local_peers=local_peers
         )
         self._in_flight: dict[str, trio.Event] = {}  # being released in Redis now
+        self._claims = ClaimBatches(link, [prefix, self.value, self._presence_ms])
         self._refresh_now = trio.Event()
         self.joined = False  # our liveness key is in Redis (last heartbeat succeeded)
         # Called once the presences are claimed again after the node (re)created its
@@ -84,10 +86,12 @@ class NodePresence:
         releasing = self._in_flight.get(peer_id)
         if releasing is not None:  # a delete in flight must not land after our claim
             await releasing.wait()
-        holder = await self._link.script(
-            _wire.CLAIM, [self._peer_key(peer_id)], [self._prefix, self.value, self._presence_ms]
-        )
-        return holder or None
+        return await self._claims.claim(self._peer_key(peer_id))
+
+    async def run_claims(self) -> None:
+        """Write claims in pipelined batches (a task of the cluster nursery; claims fail
+        with ClusterUnavailable while it does not run)."""
+        await self._claims.run()
 
     async def release_now(self, peer_id: str) -> None:
         """Delete our presence of ``peer_id`` now. Raises ClusterUnavailable."""

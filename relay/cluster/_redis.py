@@ -267,17 +267,21 @@ class RedisLink:
 
         One writer keeps order across calls only if it waits for each call's replies
         before the next (a failed connection is replaced by a new one in between)."""
+        if not commands:
+            return []
         start = trio.current_time()
         replies: list[Any] = []
         try:
             with trio.fail_after(self.timeout):
                 connection = await self._current()
                 slots = await connection.write(*commands)
-                for slot in slots:
-                    try:
-                        replies.append(await connection.reply(slot))
-                    except ClusterUnavailable as exc:
-                        replies.append(exc)
+                # Replies come in order (a failure ends every slot at once): once the
+                # last is in, all are; one wait per write, not one per command.
+                try:
+                    await connection.reply(slots[-1])
+                except ClusterUnavailable:
+                    pass
+                replies = [slot.reply for slot in slots]
         except trio.TooSlowError:
             self._result(False, start)
             raise ClusterUnavailable(f"Redis did not answer within {self.timeout} s") from None
