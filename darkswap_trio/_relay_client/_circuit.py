@@ -233,21 +233,29 @@ class RelayCircuit(trio.abc.Channel[bytes]):
         if self._remote_reason is not None:
             raise CircuitClosedError(self.relay_id, self._remote_reason)
 
+    def _take(self) -> bytes:
+        payload = self._buffer.popleft()
+        self._buffered -= len(payload)
+        self._unreturned += len(payload)
+        return payload
+
+    async def _wait_data_unless_ended(self) -> None:
+        """Wait for the next arrival; raise what a receive raises once the circuit ended."""
+        if self._local_closed:
+            raise trio.ClosedResourceError("circuit was closed locally")
+        if self._remote_reason is not None:
+            raise trio.EndOfChannel
+        self._data_arrived = trio.Event()
+        await self._data_arrived.wait()
+
     async def receive(self) -> bytes:
         if self._receiving:
             raise trio.BusyResourceError("another task is already receiving on this circuit")
         self._receiving = True
         try:
             while not self._buffer:
-                if self._local_closed:
-                    raise trio.ClosedResourceError("circuit was closed locally")
-                if self._remote_reason is not None:
-                    raise trio.EndOfChannel
-                self._data_arrived = trio.Event()
-                await self._data_arrived.wait()
-            payload = self._buffer.popleft()
-            self._buffered -= len(payload)
-            self._unreturned += len(payload)
+                await self._wait_data_unless_ended()
+            payload = self._take()
             if self._unreturned >= self._credit_batch and self._remote_reason is None:
                 await self._return_credit()
             return payload
@@ -271,10 +279,7 @@ class RelayCircuit(trio.abc.Channel[bytes]):
         self._receiving = True
         try:
             while self._buffer:
-                payload = self._buffer.popleft()
-                self._buffered -= len(payload)
-                self._unreturned += len(payload)
-                sink(payload)
+                sink(self._take())
             self._sink, self._sink_error = sink, None
             while True:
                 if self._sink_error is not None:
@@ -282,12 +287,7 @@ class RelayCircuit(trio.abc.Channel[bytes]):
                 if self._unreturned >= self._credit_batch and self._remote_reason is None:
                     await self._return_credit()
                     continue
-                if self._local_closed:
-                    raise trio.ClosedResourceError("circuit was closed locally")
-                if self._remote_reason is not None:
-                    raise trio.EndOfChannel
-                self._data_arrived = trio.Event()
-                await self._data_arrived.wait()
+                await self._wait_data_unless_ended()
         finally:
             self._sink = None
             self._receiving = False
