@@ -107,7 +107,7 @@ class RelayCircuit(trio.abc.Channel[bytes]):
         if self._remote_reason is not None or self._local_closed:
             return True  # late data after close is dropped, as the protocol says
         sink = self._sink
-        if sink is not None:
+        if sink is not None and self._sink_error is None:
             return self._deliver_to_sink(sink, payload)
         if self._buffered + len(payload) > self.limits.window:
             return False
@@ -130,12 +130,11 @@ class RelayCircuit(trio.abc.Channel[bytes]):
         self.last_activity = trio.current_time()
         self.bytes_received += len(payload)
         self.messages_received += 1
-        if self._sink_error is None:
-            try:
-                sink(payload)
-            except Exception as exc:  # raised in deliver_to's task, not the session's reader
-                self._sink_error = exc
-                self._data_arrived.set()
+        try:
+            sink(payload)
+        except Exception as exc:  # raised in deliver_to's task, not the session's reader
+            self._sink_error = exc  # what follows is buffered for receive()
+            self._data_arrived.set()
         if self._unreturned >= self._credit_batch:
             self._data_arrived.set()  # deliver_to() returns the credit
         return True
