@@ -22,7 +22,10 @@ The load processes share the machine's cores with the workers, so the 2-worker f
 bounded by the ceiling row, not by 2x; a cheap generator (~0.2 ms per registration, most
 of it the one Ed25519 signature and the kernel's TCP work) keeps that ceiling high. Other
 jobs on the machine lower it further: the load average is printed next to every figure.
-Loopback only; everything is bounded and dies with this process.
+Per round, Redis's reads (client round trips) and commands per registration, each
+worker's sessions held (its open sockets: how SO_REUSEPORT spread the
+peers) and CPU seconds are printed. ``--pin-load CPU`` pins the load processes to one
+core (the workers stay free to use both). Loopback only; everything is bounded and dies with this process.
 """
 
 from __future__ import annotations
@@ -125,8 +128,45 @@ def ready_line(proc: subprocess.Popen, timeout: float) -> dict[str, str]:
     return dict(item.split("=", 1) for item in line.split()[1:])
 
 
+def redis_counts(url: str) -> tuple[int, int, dict[str, int]]:
+    """Redis's reads processed (a read is one round trip of one client: a pipelined batch
+    is one read, or a few when large), commands processed, calls per command, so far."""
+    info = subprocess.run(
+        ["redis-cli", "-s", url.removeprefix("unix://"), "info", "all"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=True,
+    ).stdout
+    fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+    calls = {
+        name.removeprefix("cmdstat_"): int(value.split(",")[0].removeprefix("calls="))
+        for name, value in fields.items()
+        if name.startswith("cmdstat_")
+    }
+    calls.pop("info", None)
+    return int(fields["total_reads_processed"]), int(fields["total_commands_processed"]), calls
+
+
+def socket_fds(pid: int) -> int:
+    """Open sockets of ``pid``: with idle peers held, its share of the sessions."""
+    count = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            count += os.readlink(fd).startswith("socket:")
+        except OSError:
+            continue
+    return count
+
+
 def run(
-    workers: int, config: Path, redis: tuple[int, str], peers: int, loaders: int, ip: int
+    workers: int,
+    config: Path,
+    redis: tuple[int, str],
+    peers: int,
+    loaders: int,
+    ip: int,
+    pin_load: int | None = None,
 ) -> dict:
     redis_pid, redis_url = redis
     relay = subprocess.Popen(
@@ -178,13 +218,19 @@ def run(
                     stdout=subprocess.PIPE,
                 )
             )
+        if pin_load is not None:
+            for proc in loads:
+                os.sched_setaffinity(proc.pid, {pin_load})
         readers = [JsonLines(p) for p in loads]
         for reader in readers:
             reader.read(120)  # keys generated
         time.sleep(0.5)
         rss0 = sum(rss_kib(pid) for pid in pids)
         redis0 = cpu_seconds(redis_pid)
-        cpu0, start = sum(cpu_seconds(pid) for pid in pids), time.perf_counter()
+        fds0 = [socket_fds(pid) for pid in pids]
+        each0 = [cpu_seconds(pid) for pid in pids]
+        redis_stats0 = redis_counts(redis_url)
+        start = time.perf_counter()
         shares = [peers // loaders + (1 if i < peers % loaders else 0) for i in range(loaders)]
         for proc, share in zip(loads, shares, strict=True):
             proc.stdin.write(f"open {share}\n".encode())
@@ -192,8 +238,11 @@ def run(
         replies = [reader.read(120 + peers / 20) for reader in readers]
         seconds = time.perf_counter() - start
         load = loadavg()
-        cpu = sum(cpu_seconds(pid) for pid in pids) - cpu0
+        each = [cpu_seconds(pid) - c for pid, c in zip(pids, each0, strict=True)]
+        cpu = sum(each)
+        held = [socket_fds(pid) - f for pid, f in zip(pids, fds0, strict=True)]
         redis_cpu = cpu_seconds(redis_pid) - redis0
+        redis_stats = redis_counts(redis_url)
         time.sleep(0.5)
         rss = [rss_kib(pid) for pid in pids]
         for proc in loads:
@@ -209,6 +258,15 @@ def run(
             redis_cpu_ms=redis_cpu / peers * 1e3,
             kib_per_peer=(sum(rss) - rss0) / peers,
             load=load,
+            worker_cpu_s=[round(c, 2) for c in each],
+            redis_reads=(redis_stats[0] - redis_stats0[0]) / peers,
+            redis_commands=(redis_stats[1] - redis_stats0[1]) / peers,
+            redis_calls={
+                k: round((v - redis_stats0[2].get(k, 0)) / peers, 3)
+                for k, v in redis_stats[2].items()
+                if v != redis_stats0[2].get(k, 0)
+            },
+            worker_sessions=held,
         )
     finally:
         for proc in loads:
@@ -229,6 +287,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--peers", type=int, default=2000)
     parser.add_argument("--loaders", type=int, default=2)
+    parser.add_argument(
+        "--pin-load",
+        type=int,
+        metavar="CPU",
+        help="pin the load processes to this CPU (the workers stay unpinned)",
+    )
     args = parser.parse_args()
     directory = Path(tempfile.mkdtemp(prefix="bw-", dir="/tmp"))
     redis, url = start_redis(directory)
@@ -239,7 +303,9 @@ def main() -> None:
         ip = 2
         for r in range(args.rounds):
             for workers in (1, 2):  # interleaved: the machine's load hits both alike
-                result = run(workers, config, (redis.pid, url), args.peers, args.loaders, ip)
+                result = run(
+                    workers, config, (redis.pid, url), args.peers, args.loaders, ip, args.pin_load
+                )
                 ip += 1
                 results[workers].append(result)
                 print(
@@ -247,7 +313,9 @@ def main() -> None:
                     f"relay {result['cpu_ms']:.2f} + generator {result['load_cpu_ms']:.2f} "
                     f"({result['load_sys_ms']:.2f} kernel) + redis {result['redis_cpu_ms']:.2f} "
                     f"ms CPU/reg, {result['kib_per_peer']:.1f} KiB/peer, "
-                    f"load {result['load']}",
+                    f"load {result['load']}; per worker: sessions {result['worker_sessions']}, "
+                    f"CPU s {result['worker_cpu_s']}; Redis per registration: "
+                    f"{result['redis_reads']:.3f} reads, {result['redis_commands']:.3f} commands {result['redis_calls']}",
                     flush=True,
                 )
     finally:
