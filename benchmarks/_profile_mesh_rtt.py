@@ -17,10 +17,12 @@ per round trip, from /proc (nanosecond schedstat, not 10 ms ticks):
 ``--strace``: afterwards, one extra cross and one same phase with ``strace -c -f`` on
 both nodes (syscall counts per round trip; strace's own slowdown makes its times
 meaningless). ``--spy``: py-spy (``--native``, 2 kHz) on node1 during a cross phase,
-the top self-time functions. ``--perf``: ``perf record`` of node1 during a cross phase. ``--cprofile``: calls and time per round trip in node1 (cProfile,
-inflated times). ``--pin``: node0 and node1 on CPU 1, the load on CPU 0
+the top self-time functions. ``--perf``: ``perf record`` of node1 during a cross phase. ``--cprofile``: node0's Python calls and their time per round trip, same vs
+cross (cProfile: the times are inflated, the counts exact). ``--pin``: node0 and node1 on CPU 1, the load on CPU 0
 (what a same-node round trip has: one core for the relay, one for the client).
-``--split``: the B ends in a second load process (``echo``) that echoes every frame, so
+``--sched``: ``perf sched`` of a same and a cross phase: run time per wakeup, scheduling
+delay, other tasks' CPU. ``--trace``: ``perf trace`` of the nodes: per traversal, the head (wakeup -> forwarding
+write) and the tail (write -> asleep again). ``--split``: the B ends in a second load process (``echo``) that echoes every frame, so
 ``direct`` is two processes, ``same`` three, ``cross`` four: each step adds one process
 to the ring, as a real deployment's separate clients would.
 """
@@ -224,6 +226,124 @@ def strace_phase(load, pids, name: str, samples: int) -> dict[str, dict[str, flo
     return out
 
 
+def sched_phase(load, pids, name: str, samples: int) -> str:
+    """``perf sched`` over one phase, every CPU: per process of ours, the run time per
+    slice (a wakeup's work, head and tail) and the scheduling delay after a wakeup; and
+    the CPU time of every other task (other jobs on the machine) per round trip."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "sched.data")
+        perf = subprocess.Popen(
+            ["perf", "sched", "record", "-a", "-o", path],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(1.0)
+        start = time.monotonic()
+        phase(load, pids, name, samples)
+        elapsed = time.monotonic() - start
+        perf.send_signal(signal.SIGINT)
+        perf.wait(30)
+        out = subprocess.run(
+            ["perf", "sched", "timehist", "-i", path],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout
+    by_pid = {pid: who for who, pid in pids.items()}
+    runs: dict[str, list[float]] = collections.defaultdict(list)
+    delays: dict[str, list[float]] = collections.defaultdict(list)
+    others = 0.0
+    first = last = None
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) < 6 or not parts[0][0].isdigit() or "[" not in parts[2]:
+            continue
+        at = float(parts[0])
+        first = at if first is None else first
+        last = at
+        task = parts[2]
+        pid = int(task.rsplit("[", 1)[1].split("/")[-1].rstrip("]"))
+        delay, run = float(parts[-2]) * 1e3, float(parts[-1]) * 1e3
+        who = by_pid.get(pid)
+        if who is not None:
+            runs[who].append(run)
+            delays[who].append(delay)
+        elif not task.startswith(("<idle>", "perf[", "swapper")):
+            others += run
+    window = (last - first) if first is not None and last is not None else elapsed
+    # The recording also covers the second before and after the phase: others' CPU is
+    # counted per round trip over the whole window, scaled to the phase.
+    rows = [
+        f"perf sched, {name}: other tasks {others / window / 1e6 * elapsed * 1e6 / samples:.1f} "
+        f"us CPU per round trip ({others / window / 1e4:.0f}% of one CPU)"
+    ]
+    for who in pids:
+        if runs[who]:
+            rows.append(
+                f"  {who:6} slices {len(runs[who]) / samples:4.2f}/rt, run per slice "
+                f"{statistics.median(runs[who]):5.1f} us (median), sched delay "
+                f"{statistics.mean(delays[who]):5.1f} us (mean) "
+                f"{statistics.median(delays[who]):5.1f} (median)"
+            )
+    return "\n".join(rows)
+
+
+def trace_phase(load, pids, name: str, samples: int) -> str:
+    """``perf trace`` of the nodes' syscalls over one phase: per traversal, the head (the
+    wakeup's epoll_wait returned -> the forwarding write entered) and the tail (the write
+    returned -> the next epoll_wait entered: what runs before the node sleeps again)."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tracers = {}
+        for who in ("node0", "node1"):
+            path = os.path.join(tmp, who)
+            tracers[who] = (
+                subprocess.Popen(
+                    ["perf", "trace", "-o", path, "-p", str(pids[who]), "-e",
+                     "read,write,epoll_wait,epoll_ctl"],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                ),
+                path,
+            )  # fmt: skip
+        time.sleep(1.0)
+        phase(load, pids, name, samples)
+        for who, (tracer, path) in tracers.items():
+            tracer.send_signal(signal.SIGINT)
+            tracer.wait(30)
+            calls = []
+            with open(path) as f:
+                for line in f:
+                    parts = line.split()
+                    if len(parts) < 5 or "(" not in line or "ms):" not in line:
+                        continue
+                    try:
+                        at = float(parts[0])
+                        duration = float(line.split("(", 1)[1].split("ms)", 1)[0])
+                    except ValueError:
+                        continue
+                    call = line.split("):", 1)[1].split()[1].split("(", 1)[0]
+                    calls.append((call, at * 1e3, (at + duration) * 1e3))
+            heads, tails = [], []
+            for i, (call, at, end) in enumerate(calls):
+                if call != "write":
+                    continue
+                before = next((c for c in reversed(calls[:i]) if c[0] == "epoll_wait"), None)
+                after = next((c for c in calls[i + 1 :] if c[0] == "epoll_wait"), None)
+                if before is not None:
+                    heads.append(at - before[2])
+                if after is not None:
+                    tails.append(after[1] - end)
+            if heads and tails:
+                rows.append(
+                    f"perf trace, {name}, {who}: {len(heads) / samples:.2f} writes/rt, head "
+                    f"{statistics.median(heads):.1f} us, write "
+                    f"{statistics.median(c[2] - c[1] for c in calls if c[0] == 'write'):.1f} us, "
+                    f"tail {statistics.median(tails):.1f} us (medians; traced, so slower)"
+                )
+    return "\n".join(rows)
+
+
 def spy_phase(load, pids, samples: int, who: str = "node1") -> list[tuple[str, float]]:
     py_spy = os.path.join(os.path.dirname(sys.executable), "py-spy")
     with tempfile.TemporaryDirectory() as tmp:
@@ -285,35 +405,51 @@ def perf_phase(load, pids, samples: int, who: str = "node1") -> str:
 PROFILED_NODE = """
 import cProfile, signal, sys
 import relay.__main__ as entry
-profile = cProfile.Profile()
+profile = None
 def dump(*_):
     profile.disable()
     profile.dump_stats(sys.argv[1])
 signal.signal(signal.SIGUSR1, dump)
 def start(*_):
+    global profile
+    profile = cProfile.Profile()
     profile.enable()
 signal.signal(signal.SIGUSR2, start)
 entry.main(sys.argv[2:])
 """
 
 
-def cprofile_phase(load, pids, samples: int, out: str) -> None:
-    """Calls per round trip in node1 (the target's node) over a cross phase."""
+def cprofile_phase(load, pids, name: str, samples: int, out: str) -> dict[str, tuple[float, float]]:
+    """node0's Python calls and their time per round trip over one phase: name -> (calls,
+    us); cProfile inflates the times, not the counts."""
     import pstats
 
-    os.kill(pids["node1"], signal.SIGUSR2)
-    phase(load, pids, "cross", samples)
-    os.kill(pids["node1"], signal.SIGUSR1)
+    os.kill(pids["node0"], signal.SIGUSR2)
+    time.sleep(0.2)
+    phase(load, pids, name, samples)
+    os.kill(pids["node0"], signal.SIGUSR1)
     time.sleep(1.0)
     stats = pstats.Stats(out)
-    rows = []
+    rows = {}
     for (file, line, fn), (_cc, nc, tt, _ct, _callers) in stats.stats.items():  # type: ignore[attr-defined]
-        rows.append((tt, nc, f"{os.path.basename(file)}:{line} {fn}"))
-    rows.sort(reverse=True)
-    total_calls = sum(nc for _tt, nc, _ in rows)
-    print(f"node1: {total_calls / samples:.0f} Python calls per round trip (2 traversals)")
-    for tt, nc, name in rows[:40]:
-        print(f"  {nc / samples:6.2f} calls  {tt / samples * 1e6:6.1f} us  {name}")
+        rows[f"{os.path.basename(file)}:{line} {fn}"] = (nc / samples, tt / samples * 1e6)
+    return rows
+
+
+def cprofile_compare(load, pids, samples: int, out: str) -> None:
+    same = cprofile_phase(load, pids, "same", samples, out)
+    cross = cprofile_phase(load, pids, "cross", samples, out)
+    for name, rows in (("same", same), ("cross", cross)):
+        print(
+            f"node0 {name}: {sum(c for c, _ in rows.values()):.0f} Python calls, "
+            f"{sum(t for _, t in rows.values()):.0f} us (cProfile) per round trip"
+        )
+    print("  calls/rt same -> cross, us same -> cross: the functions that differ")
+    for key in sorted(
+        set(same) | set(cross), key=lambda k: -abs(cross.get(k, (0, 0))[1] - same.get(k, (0, 0))[1])
+    )[:25]:
+        (c0, t0), (c1, t1) = same.get(key, (0, 0)), cross.get(key, (0, 0))
+        print(f"  {c0:5.2f} -> {c1:5.2f}   {t0:6.1f} -> {t1:6.1f}  {key}")
 
 
 def main() -> None:
@@ -328,13 +464,15 @@ def main() -> None:
     parser.add_argument("--perf", action="store_true")
     parser.add_argument("--cprofile", action="store_true")
     parser.add_argument("--split", action="store_true")
+    parser.add_argument("--sched", action="store_true")
+    parser.add_argument("--trace", action="store_true")
     args = parser.parse_args()
     peers = [Keypair.generate() for _ in range(4)]
     homes = ["node0", "node0", "node0", "node1"]
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    prof_out = os.path.join(tempfile.gettempdir(), f"mesh-rtt-node1-{os.getpid()}.prof")
-    node1 = ("-c", PROFILED_NODE, prof_out) if args.cprofile else ("-m", "relay")
-    with running_nodes(peers, homes, entries=(("-m", "relay"), node1)) as (targets, _echo):
+    prof_out = os.path.join(tempfile.gettempdir(), f"mesh-rtt-node0-{os.getpid()}.prof")
+    node0 = ("-c", PROFILED_NODE, prof_out) if args.cprofile else ("-m", "relay")
+    with running_nodes(peers, homes, entries=(node0, ("-m", "relay"))) as (targets, _echo):
         cmd = {
             "nodes": targets,
             "keys": [k.to_protobuf().hex() for k in peers],
@@ -399,8 +537,14 @@ def main() -> None:
                     for who, c in counts.items():
                         top = ", ".join(f"{k} {v:.2f}" for k, v in sorted(c.items()) if v >= 0.01)
                         print(f"strace {name:6} {who}: {top}")
+            if args.sched:
+                for name in ("same", "cross"):
+                    print(sched_phase(load, pids, name, 2000))
+            if args.trace:
+                for name in ("same", "cross"):
+                    print(trace_phase(load, pids, name, 1000))
             if args.cprofile:
-                cprofile_phase(load, pids, 2000, prof_out)
+                cprofile_compare(load, pids, 2000, prof_out)
             if args.perf:
                 print(perf_phase(load, pids, args.samples * 2))
             if args.spy:

@@ -17,15 +17,20 @@ non-blocking sockets and epoll, the one round trip registration of PROTOCOL.md 2
   KiB per idle peer RSS growth of all relay processes / peers held
   ratio ceiling     what 2 cores allow: (2 cores / relay + generator + redis CPU per
                     registration with 2 workers) / the 1-worker rate
+  ceiling, cores left by others
+                    the same with the cores other jobs on the machine did not use
+                    during the 2-worker runs (/proc/stat busy + steal minus ours)
 
 The load processes share the machine's cores with the workers, so the 2-worker figure is
 bounded by the ceiling row, not by 2x; a cheap generator (~0.2 ms per registration, most
 of it the one Ed25519 signature and the kernel's TCP work) keeps that ceiling high. Other
 jobs on the machine lower it further: the load average is printed next to every figure.
-Per round, Redis's reads (client round trips) and commands per registration, each
-worker's sessions held (its open sockets: how SO_REUSEPORT spread the
-peers) and CPU seconds are printed. ``--pin-load CPU`` pins the load processes to one
-core (the workers stay free to use both). Loopback only; everything is bounded and dies with this process.
+Per round: each worker's sessions held (its open sockets: how SO_REUSEPORT spread the
+peers) and CPU seconds; other jobs' CPU and idle CPU (cores); the relay's sleeps
+(voluntary context switches: event-loop passes that waited) and preemptions per
+registration; Redis's reads (client round trips) and commands per registration.
+``--pin-load CPU`` pins the load processes to one core (the workers stay free to use
+both). Loopback only; everything is bounded and dies with this process.
 """
 
 from __future__ import annotations
@@ -148,6 +153,30 @@ def redis_counts(url: str) -> tuple[int, int, dict[str, int]]:
     return int(fields["total_reads_processed"]), int(fields["total_commands_processed"]), calls
 
 
+def machine_cpu() -> tuple[float, float, float]:
+    """Seconds of (busy, idle, steal) summed over every CPU, from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    ticks = os.sysconf("SC_CLK_TCK")
+    user, nice, system, idle, iowait, irq, softirq, steal = fields[:8]
+    busy = user + nice + system + irq + softirq
+    return busy / ticks, (idle + iowait) / ticks, steal / ticks
+
+
+def switches(pid: int) -> tuple[int, int]:
+    """(voluntary, involuntary) context switches of ``pid``'s threads: a voluntary one is
+    a wait for input (one event-loop pass that found nothing to do), an involuntary one
+    a preemption (the core was wanted by another process)."""
+    voluntary = involuntary = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for line in (task / "status").read_text().splitlines():
+            if line.startswith("voluntary_ctxt_switches"):
+                voluntary += int(line.split()[1])
+            elif line.startswith("nonvoluntary_ctxt_switches"):
+                involuntary += int(line.split()[1])
+    return voluntary, involuntary
+
+
 def socket_fds(pid: int) -> int:
     """Open sockets of ``pid``: with idle peers held, its share of the sessions."""
     count = 0
@@ -229,7 +258,9 @@ def run(
         redis0 = cpu_seconds(redis_pid)
         fds0 = [socket_fds(pid) for pid in pids]
         each0 = [cpu_seconds(pid) for pid in pids]
+        switches0 = [switches(pid) for pid in pids]
         redis_stats0 = redis_counts(redis_url)
+        machine0 = machine_cpu()
         start = time.perf_counter()
         shares = [peers // loaders + (1 if i < peers % loaders else 0) for i in range(loaders)]
         for proc, share in zip(loads, shares, strict=True):
@@ -237,10 +268,15 @@ def run(
             proc.stdin.flush()
         replies = [reader.read(120 + peers / 20) for reader in readers]
         seconds = time.perf_counter() - start
+        machine = [b - a for a, b in zip(machine0, machine_cpu(), strict=True)]
         load = loadavg()
         each = [cpu_seconds(pid) - c for pid, c in zip(pids, each0, strict=True)]
         cpu = sum(each)
         held = [socket_fds(pid) - f for pid, f in zip(pids, fds0, strict=True)]
+        switched = [
+            (v - v0, i - i0)
+            for (v, i), (v0, i0) in zip(map(switches, pids), switches0, strict=True)
+        ]
         redis_cpu = cpu_seconds(redis_pid) - redis0
         redis_stats = redis_counts(redis_url)
         time.sleep(0.5)
@@ -254,6 +290,16 @@ def run(
             per_second=peers / seconds,
             cpu_ms=cpu / peers * 1e3,
             load_cpu_ms=sum(reply["cpu"] for reply in replies) / peers * 1e3,
+            # CPU of everything else on the machine (other jobs), and idle, in cores.
+            others_cores=(
+                machine[0]
+                - cpu
+                - redis_cpu
+                - sum(reply["cpu"] for reply in replies)
+                + machine[2]  # stolen by the hypervisor: not ours either
+            )
+            / seconds,
+            idle_cores=machine[1] / seconds,
             load_sys_ms=sum(reply["system"] for reply in replies) / peers * 1e3,
             redis_cpu_ms=redis_cpu / peers * 1e3,
             kib_per_peer=(sum(rss) - rss0) / peers,
@@ -267,6 +313,8 @@ def run(
                 if v != redis_stats0[2].get(k, 0)
             },
             worker_sessions=held,
+            sleeps_per_reg=sum(v for v, _ in switched) / peers,
+            preempted_per_reg=sum(i for _, i in switched) / peers,
         )
     finally:
         for proc in loads:
@@ -314,7 +362,10 @@ def main() -> None:
                     f"({result['load_sys_ms']:.2f} kernel) + redis {result['redis_cpu_ms']:.2f} "
                     f"ms CPU/reg, {result['kib_per_peer']:.1f} KiB/peer, "
                     f"load {result['load']}; per worker: sessions {result['worker_sessions']}, "
-                    f"CPU s {result['worker_cpu_s']}; Redis per registration: "
+                    f"CPU s {result['worker_cpu_s']}; other jobs {result['others_cores']:.2f} "
+                    f"cores, idle {result['idle_cores']:.2f}; relay sleeps "
+                    f"{result['sleeps_per_reg']:.2f} and preemptions "
+                    f"{result['preempted_per_reg']:.3f} per registration; Redis per registration: "
                     f"{result['redis_reads']:.3f} reads, {result['redis_commands']:.3f} commands {result['redis_calls']}",
                     flush=True,
                 )
@@ -342,6 +393,12 @@ def main() -> None:
     )
     ceiling = f"{2 * 1e3 / spent / one:.2f}" if spent else "-"
     print(f"{'ratio ceiling (2 cores)':34}{'':>24}{ceiling:>8}")
+    # What the cores left by other jobs during the 2-worker runs allow (same formula).
+    left = 2 - statistics.median(r["others_cores"] for r in results[2])
+    print(
+        f"{'ceiling, cores left by others':34}{'':>24}"
+        f"{left * 1e3 / spent / one if spent else 0:>8.2f}  ({left:.2f} cores left)"
+    )
     paired = [
         f"{two['per_second'] / one['per_second']:.2f} (load {one['load']}/{two['load']})"
         for one, two in zip(results[1], results[2], strict=True)
