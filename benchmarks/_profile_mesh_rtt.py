@@ -322,7 +322,10 @@ def trace_phase(load, pids, name: str, samples: int) -> str:
                         duration = float(line.split("(", 1)[1].split("ms)", 1)[0])
                     except ValueError:
                         continue
-                    call = line.split("):", 1)[1].split()[1].split("(", 1)[0]
+                    tokens = line.split("ms):", 1)[1].split()
+                    # "comm/pid call(...)" when several threads are traced, else "call(...)"
+                    token = tokens[1] if "/" in tokens[0] and "(" not in tokens[0] else tokens[0]
+                    call = token.split("(", 1)[0]
                     calls.append((call, at * 1e3, (at + duration) * 1e3))
             heads, tails = [], []
             for i, (call, at, end) in enumerate(calls):

@@ -27,6 +27,9 @@ is given. The report's last line names the limits in force.
 
 No process is pinned (two cores shared with other work; the load average is printed);
 ratios from one run matter, absolute figures do not. Everything is bounded in time.
+Where a cross-node round trip's time goes (per process: CPU, run-queue wait, wakeups,
+migrations; syscalls and Python calls per traversal; both client ends in one process or
+in two): benchmarks/_profile_mesh_rtt.py.
 """
 
 from __future__ import annotations

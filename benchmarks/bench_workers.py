@@ -41,6 +41,7 @@ import os
 import select
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -136,13 +137,18 @@ def ready_line(proc: subprocess.Popen, timeout: float) -> dict[str, str]:
 def redis_counts(url: str) -> tuple[int, int, dict[str, int]]:
     """Redis's reads processed (a read is one round trip of one client: a pipelined batch
     is one read, or a few when large), commands processed, calls per command, so far."""
-    info = subprocess.run(
-        ["redis-cli", "-s", url.removeprefix("unix://"), "info", "all"],
-        capture_output=True,
-        text=True,
-        timeout=10,
-        check=True,
-    ).stdout
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(10)
+        sock.connect(url.removeprefix("unix://"))
+        sock.sendall(b"INFO all\r\n")
+        data = b""
+        while b"\r\n" not in data:
+            data += sock.recv(65536)
+        head, data = data.split(b"\r\n", 1)
+        size = int(head[1:])  # a bulk string: $<size>
+        while len(data) < size:
+            data += sock.recv(65536)
+    info = data[:size].decode()
     fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
     calls = {
         name.removeprefix("cmdstat_"): int(value.split(",")[0].removeprefix("calls="))
