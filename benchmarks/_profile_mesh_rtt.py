@@ -1,7 +1,7 @@
 """Where bench_cluster.py's cross-node round trip goes: per process, per round trip.
 
-Run: python benchmarks/_profile_mesh_rtt.py [--samples N] [--rounds R] [--strace] [--spy]
-                                           [--pin]
+Run: python benchmarks/_profile_mesh_rtt.py [--samples N] [--rounds R] [--split] [--pin]
+         [--strace] [--sched] [--trace] [--cprofile] [--perf] [--spy]
 
 The nodes of bench_cluster.py (node0, node1, static directory) and its asyncio load
 (both circuit ends in one process). Interleaved phases of N 100-byte round trips:
@@ -14,17 +14,21 @@ per round trip, from /proc (nanosecond schedstat, not 10 ms ticks):
   slices   times scheduled onto a CPU (wakeups)
   migr     migrations between CPUs
 
-``--strace``: afterwards, one extra cross and one same phase with ``strace -c -f`` on
-both nodes (syscall counts per round trip; strace's own slowdown makes its times
-meaningless). ``--spy``: py-spy (``--native``, 2 kHz) on node1 during a cross phase,
-the top self-time functions. ``--perf``: ``perf record`` of node1 during a cross phase. ``--cprofile``: node0's Python calls and their time per round trip, same vs
-cross (cProfile: the times are inflated, the counts exact). ``--pin``: node0 and node1 on CPU 1, the load on CPU 0
-(what a same-node round trip has: one core for the relay, one for the client).
-``--sched``: ``perf sched`` of a same and a cross phase: run time per wakeup, scheduling
-delay, other tasks' CPU. ``--trace``: ``perf trace`` of the nodes: per traversal, the head (wakeup -> forwarding
-write) and the tail (write -> asleep again). ``--split``: the B ends in a second load process (``echo``) that echoes every frame, so
-``direct`` is two processes, ``same`` three, ``cross`` four: each step adds one process
-to the ring, as a real deployment's separate clients would.
+Options:
+  --split     the B ends in a second load process (``echo``) that echoes every frame,
+              so ``direct`` is two processes, ``same`` three, ``cross`` four: each step
+              adds one process to the ring, as a deployment's separate clients would
+  --pin       node0 and node1 on CPU 1, the load on CPU 0
+  --strace    one more same and cross phase under ``strace -c -f`` on both nodes:
+              syscalls per round trip (strace's slowdown makes its times meaningless)
+  --sched     ``perf sched`` of a same and a cross phase: run time per wakeup,
+              scheduling delay, other tasks' CPU
+  --trace     ``perf trace`` of the nodes: per traversal, the head (wakeup ->
+              forwarding write) and the tail (write -> asleep again), traced so slower
+  --cprofile  node0's Python calls and their time per round trip, same vs cross
+              (cProfile: the times are inflated, the counts exact)
+  --perf      ``perf record`` of node1 during a cross phase
+  --spy       py-spy (2 kHz) on node1 during a cross phase: top self-time functions
 """
 
 from __future__ import annotations
