@@ -27,11 +27,15 @@ is given. The report's last line names the limits in force.
 
 No process is pinned (two cores shared with other work; the load average is printed);
 ratios from one run matter, absolute figures do not. Everything is bounded in time.
+Where a cross-node round trip's time goes (per process: CPU, run-queue wait, wakeups,
+migrations; syscalls and Python calls per traversal; both client ends in one process or
+in two): benchmarks/_profile_mesh_rtt.py.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -40,6 +44,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -162,10 +168,10 @@ def free_port() -> int:
 
 
 def start_node(
-    argv: list[str], env: dict[str, str]
+    argv: list[str], env: dict[str, str], entry: tuple[str, ...] = ("-m", "relay")
 ) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "relay", *argv],
+        [sys.executable, *entry, *argv],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         env=env,
@@ -187,14 +193,21 @@ def spread(values: list[float], fmt: str = "{:.1f}") -> str:
     return f"{fmt.format(med(values))} [{fmt.format(min(values))}-{fmt.format(max(values))}]"
 
 
-def run(mode: str, mesh_tls: bool = False, relay_config: str | None = None) -> dict:
-    from darkswap_trio import Keypair, load_or_create_keypair
+@contextlib.contextmanager
+def running_nodes(
+    peers: list[Any],
+    homes: list[str],
+    mesh_tls: bool = False,
+    relay_config: str | None = None,
+    entries: tuple[tuple[str, ...], ...] = (("-m", "relay"),) * 2,
+) -> Iterator[tuple[list[dict[str, Any]], dict[str, str]]]:
+    """Two meshed relay nodes (node0, node1; ``homes[i]`` is peer i's) and a TCP echo
+    server: yields (the nodes' url/peer_id/pid, the echo target); everything is killed
+    on exit. ``entries``: how each node is started (python's arguments before the
+    relay's: a profiler's wrapper)."""
+    from darkswap_trio import load_or_create_keypair
 
-    settings = MODES[mode]
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    peers = [Keypair.generate() for _ in range(8)]
-    # Peers 0,1 and 4,5: same-node pairs on node0; 2,6 on node0 and 3,7 on node1.
-    homes = ["node0", "node0", "node0", "node1", "node0", "node0", "node0", "node1"]
     processes: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory() as tmp:
         secret = os.path.join(tmp, "mesh.secret")
@@ -225,7 +238,7 @@ def run(mode: str, mesh_tls: bool = False, relay_config: str | None = None) -> d
             )
         try:
             targets = []
-            for _, port, key_file, peer_id, mesh_port in nodes:
+            for (_, port, key_file, peer_id, mesh_port), entry in zip(nodes, entries, strict=True):
                 extra = ["--mesh-tls", f"--advertise=127.0.0.1:{mesh_port}"] if mesh_port else []
                 extra.append(f"--config={relay_config}")
                 process, ready = start_node(
@@ -236,6 +249,7 @@ def run(mode: str, mesh_tls: bool = False, relay_config: str | None = None) -> d
                         "--mesh-static-directory", directory, *extra,
                     ],
                     env,
+                    entry,
                 )  # fmt: skip
                 processes.append(process)
                 targets.append(
@@ -252,29 +266,40 @@ def run(mode: str, mesh_tls: bool = False, relay_config: str | None = None) -> d
             )
             processes.append(echo)
             assert echo.stdout is not None
-            echo_target = json.loads(echo.stdout.readline())
-            cmd = dict(
-                echo=echo_target,
-                nodes=targets,
-                keys=[k.to_protobuf().hex() for k in peers],
-                bytes=settings["tp_bytes"],
-                runs=settings["runs"],
-                rtt_samples=settings["rtt_samples"],
-            )
-            load = subprocess.run(
-                [sys.executable, "-c", LOAD, json.dumps(cmd), HERE, ROOT],
-                capture_output=True,
-                env=env,
-                timeout=600,
-                check=False,
-            )
-            if load.returncode != 0:
-                raise RuntimeError(f"load failed: {load.stderr.decode()[-2000:]}")
-            return json.loads(load.stdout.decode().splitlines()[-1])
+            yield targets, json.loads(echo.stdout.readline())
         finally:
             for process in processes:
                 process.kill()
                 process.wait()
+
+
+def run(mode: str, mesh_tls: bool = False, relay_config: str | None = None) -> dict:
+    from darkswap_trio import Keypair
+
+    settings = MODES[mode]
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    peers = [Keypair.generate() for _ in range(8)]
+    # Peers 0,1 and 4,5: same-node pairs on node0; 2,6 on node0 and 3,7 on node1.
+    homes = ["node0", "node0", "node0", "node1", "node0", "node0", "node0", "node1"]
+    with running_nodes(peers, homes, mesh_tls, relay_config) as (targets, echo_target):
+        cmd = dict(
+            echo=echo_target,
+            nodes=targets,
+            keys=[k.to_protobuf().hex() for k in peers],
+            bytes=settings["tp_bytes"],
+            runs=settings["runs"],
+            rtt_samples=settings["rtt_samples"],
+        )
+        load = subprocess.run(
+            [sys.executable, "-c", LOAD, json.dumps(cmd), HERE, ROOT],
+            capture_output=True,
+            env=env,
+            timeout=600,
+            check=False,
+        )
+        if load.returncode != 0:
+            raise RuntimeError(f"load failed: {load.stderr.decode()[-2000:]}")
+        return json.loads(load.stdout.decode().splitlines()[-1])
 
 
 def report(out: dict, mode: str) -> None:

@@ -17,12 +17,20 @@ non-blocking sockets and epoll, the one round trip registration of PROTOCOL.md 2
   KiB per idle peer RSS growth of all relay processes / peers held
   ratio ceiling     what 2 cores allow: (2 cores / relay + generator + redis CPU per
                     registration with 2 workers) / the 1-worker rate
+  ceiling, cores left by others
+                    the same with the cores other jobs on the machine did not use
+                    during the 2-worker runs (/proc/stat busy + steal minus ours)
 
 The load processes share the machine's cores with the workers, so the 2-worker figure is
 bounded by the ceiling row, not by 2x; a cheap generator (~0.2 ms per registration, most
 of it the one Ed25519 signature and the kernel's TCP work) keeps that ceiling high. Other
 jobs on the machine lower it further: the load average is printed next to every figure.
-Loopback only; everything is bounded and dies with this process.
+Per round: each worker's sessions held (its open sockets: how SO_REUSEPORT spread the
+peers) and CPU seconds; other jobs' CPU and idle CPU (cores); the relay's sleeps
+(voluntary context switches: event-loop passes that waited) and preemptions per
+registration; Redis's reads (client round trips) and commands per registration.
+``--pin-load CPU`` pins the load processes to one core (the workers stay free to use
+both). Loopback only; everything is bounded and dies with this process.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ import os
 import select
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -125,8 +134,74 @@ def ready_line(proc: subprocess.Popen, timeout: float) -> dict[str, str]:
     return dict(item.split("=", 1) for item in line.split()[1:])
 
 
+def redis_counts(url: str) -> tuple[int, int, dict[str, int]]:
+    """Redis's reads processed (a read is one round trip of one client: a pipelined batch
+    is one read, or a few when large), commands processed, calls per command, so far."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(10)
+        sock.connect(url.removeprefix("unix://"))
+        sock.sendall(b"INFO all\r\n")
+        data = b""
+        while b"\r\n" not in data:
+            data += sock.recv(65536)
+        head, data = data.split(b"\r\n", 1)
+        size = int(head[1:])  # a bulk string: $<size>
+        while len(data) < size:
+            data += sock.recv(65536)
+    info = data[:size].decode()
+    fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+    calls = {
+        name.removeprefix("cmdstat_"): int(value.split(",")[0].removeprefix("calls="))
+        for name, value in fields.items()
+        if name.startswith("cmdstat_")
+    }
+    calls.pop("info", None)
+    return int(fields["total_reads_processed"]), int(fields["total_commands_processed"]), calls
+
+
+def machine_cpu() -> tuple[float, float, float]:
+    """Seconds of (busy, idle, steal) summed over every CPU, from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    ticks = os.sysconf("SC_CLK_TCK")
+    user, nice, system, idle, iowait, irq, softirq, steal = fields[:8]
+    busy = user + nice + system + irq + softirq
+    return busy / ticks, (idle + iowait) / ticks, steal / ticks
+
+
+def switches(pid: int) -> tuple[int, int]:
+    """(voluntary, involuntary) context switches of ``pid``'s threads: a voluntary one is
+    a wait for input (one event-loop pass that found nothing to do), an involuntary one
+    a preemption (the core was wanted by another process)."""
+    voluntary = involuntary = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for line in (task / "status").read_text().splitlines():
+            if line.startswith("voluntary_ctxt_switches"):
+                voluntary += int(line.split()[1])
+            elif line.startswith("nonvoluntary_ctxt_switches"):
+                involuntary += int(line.split()[1])
+    return voluntary, involuntary
+
+
+def socket_fds(pid: int) -> int:
+    """Open sockets of ``pid``: with idle peers held, its share of the sessions."""
+    count = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            count += os.readlink(fd).startswith("socket:")
+        except OSError:
+            continue
+    return count
+
+
 def run(
-    workers: int, config: Path, redis: tuple[int, str], peers: int, loaders: int, ip: int
+    workers: int,
+    config: Path,
+    redis: tuple[int, str],
+    peers: int,
+    loaders: int,
+    ip: int,
+    pin_load: int | None = None,
 ) -> dict:
     redis_pid, redis_url = redis
     relay = subprocess.Popen(
@@ -178,22 +253,38 @@ def run(
                     stdout=subprocess.PIPE,
                 )
             )
+        if pin_load is not None:
+            for proc in loads:
+                os.sched_setaffinity(proc.pid, {pin_load})
         readers = [JsonLines(p) for p in loads]
         for reader in readers:
             reader.read(120)  # keys generated
         time.sleep(0.5)
         rss0 = sum(rss_kib(pid) for pid in pids)
         redis0 = cpu_seconds(redis_pid)
-        cpu0, start = sum(cpu_seconds(pid) for pid in pids), time.perf_counter()
+        fds0 = [socket_fds(pid) for pid in pids]
+        each0 = [cpu_seconds(pid) for pid in pids]
+        switches0 = [switches(pid) for pid in pids]
+        redis_stats0 = redis_counts(redis_url)
+        machine0 = machine_cpu()
+        start = time.perf_counter()
         shares = [peers // loaders + (1 if i < peers % loaders else 0) for i in range(loaders)]
         for proc, share in zip(loads, shares, strict=True):
             proc.stdin.write(f"open {share}\n".encode())
             proc.stdin.flush()
         replies = [reader.read(120 + peers / 20) for reader in readers]
         seconds = time.perf_counter() - start
+        machine = [b - a for a, b in zip(machine0, machine_cpu(), strict=True)]
         load = loadavg()
-        cpu = sum(cpu_seconds(pid) for pid in pids) - cpu0
+        each = [cpu_seconds(pid) - c for pid, c in zip(pids, each0, strict=True)]
+        cpu = sum(each)
+        held = [socket_fds(pid) - f for pid, f in zip(pids, fds0, strict=True)]
+        switched = [
+            (v - v0, i - i0)
+            for (v, i), (v0, i0) in zip(map(switches, pids), switches0, strict=True)
+        ]
         redis_cpu = cpu_seconds(redis_pid) - redis0
+        redis_stats = redis_counts(redis_url)
         time.sleep(0.5)
         rss = [rss_kib(pid) for pid in pids]
         for proc in loads:
@@ -205,10 +296,31 @@ def run(
             per_second=peers / seconds,
             cpu_ms=cpu / peers * 1e3,
             load_cpu_ms=sum(reply["cpu"] for reply in replies) / peers * 1e3,
+            # CPU of everything else on the machine (other jobs), and idle, in cores.
+            others_cores=(
+                machine[0]
+                - cpu
+                - redis_cpu
+                - sum(reply["cpu"] for reply in replies)
+                + machine[2]  # stolen by the hypervisor: not ours either
+            )
+            / seconds,
+            idle_cores=machine[1] / seconds,
             load_sys_ms=sum(reply["system"] for reply in replies) / peers * 1e3,
             redis_cpu_ms=redis_cpu / peers * 1e3,
             kib_per_peer=(sum(rss) - rss0) / peers,
             load=load,
+            worker_cpu_s=[round(c, 2) for c in each],
+            redis_reads=(redis_stats[0] - redis_stats0[0]) / peers,
+            redis_commands=(redis_stats[1] - redis_stats0[1]) / peers,
+            redis_calls={
+                k: round((v - redis_stats0[2].get(k, 0)) / peers, 3)
+                for k, v in redis_stats[2].items()
+                if v != redis_stats0[2].get(k, 0)
+            },
+            worker_sessions=held,
+            sleeps_per_reg=sum(v for v, _ in switched) / peers,
+            preempted_per_reg=sum(i for _, i in switched) / peers,
         )
     finally:
         for proc in loads:
@@ -229,6 +341,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--peers", type=int, default=2000)
     parser.add_argument("--loaders", type=int, default=2)
+    parser.add_argument(
+        "--pin-load",
+        type=int,
+        metavar="CPU",
+        help="pin the load processes to this CPU (the workers stay unpinned)",
+    )
     args = parser.parse_args()
     directory = Path(tempfile.mkdtemp(prefix="bw-", dir="/tmp"))
     redis, url = start_redis(directory)
@@ -239,7 +357,9 @@ def main() -> None:
         ip = 2
         for r in range(args.rounds):
             for workers in (1, 2):  # interleaved: the machine's load hits both alike
-                result = run(workers, config, (redis.pid, url), args.peers, args.loaders, ip)
+                result = run(
+                    workers, config, (redis.pid, url), args.peers, args.loaders, ip, args.pin_load
+                )
                 ip += 1
                 results[workers].append(result)
                 print(
@@ -247,7 +367,12 @@ def main() -> None:
                     f"relay {result['cpu_ms']:.2f} + generator {result['load_cpu_ms']:.2f} "
                     f"({result['load_sys_ms']:.2f} kernel) + redis {result['redis_cpu_ms']:.2f} "
                     f"ms CPU/reg, {result['kib_per_peer']:.1f} KiB/peer, "
-                    f"load {result['load']}",
+                    f"load {result['load']}; per worker: sessions {result['worker_sessions']}, "
+                    f"CPU s {result['worker_cpu_s']}; other jobs {result['others_cores']:.2f} "
+                    f"cores, idle {result['idle_cores']:.2f}; relay sleeps "
+                    f"{result['sleeps_per_reg']:.2f} and preemptions "
+                    f"{result['preempted_per_reg']:.3f} per registration; Redis per registration: "
+                    f"{result['redis_reads']:.3f} reads, {result['redis_commands']:.3f} commands {result['redis_calls']}",
                     flush=True,
                 )
     finally:
@@ -274,6 +399,12 @@ def main() -> None:
     )
     ceiling = f"{2 * 1e3 / spent / one:.2f}" if spent else "-"
     print(f"{'ratio ceiling (2 cores)':34}{'':>24}{ceiling:>8}")
+    # What the cores left by other jobs during the 2-worker runs allow (same formula).
+    left = 2 - statistics.median(r["others_cores"] for r in results[2])
+    print(
+        f"{'ceiling, cores left by others':34}{'':>24}"
+        f"{left * 1e3 / spent / one if spent else 0:>8.2f}  ({left:.2f} cores left)"
+    )
     paired = [
         f"{two['per_second'] / one['per_second']:.2f} (load {one['load']}/{two['load']})"
         for one, two in zip(results[1], results[2], strict=True)

@@ -275,3 +275,29 @@ async def test_nodes_with_different_windows_agree_on_the_smaller(tmp_path):
                     got += len((await b.expect(CircuitData)).payload)
                 await b.send_credit(rid, small)
                 assert await a.expect(CircuitCredit) == CircuitCredit(rid, small)
+
+
+async def test_cross_node_ping_pong_is_written_directly_both_ways(tmp_path):
+    """A 100-byte ping-pong across two nodes (bench_cluster's round trip): on both nodes
+    every mesh frame is written by the task that received it (the link's writer task
+    never starts, nothing is queued), and both ends of the link set TCP_NODELAY."""
+    import socket
+    from contextlib import AsyncExitStack
+
+    with trio.fail_after(20):
+        async with running_cluster(tmp_path, 2) as (servers, locator), AsyncExitStack() as st:
+            a = await registered(st, servers[0], locator, "node0")
+            b = await registered(st, servers[1], locator, "node1")
+            rid, _ = await open_cross(a, b)
+            for i in range(100):
+                payload = i.to_bytes(4, "big") * 25
+                await a.send_data(rid, payload)
+                assert await b.expect(CircuitData) == CircuitData(rid, payload)
+                await b.send_data(rid, payload[::-1])
+                assert await a.expect(CircuitData) == CircuitData(rid, payload[::-1])
+            for server in servers:
+                (link,) = server.mesh.links.links()
+                assert link._writer._done is None, "a mesh frame waited for the writer task"
+                assert len(link._writer.out) == 0
+                sock = link.ws._stream.socket
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
