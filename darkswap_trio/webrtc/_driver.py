@@ -91,6 +91,10 @@ class PeerDriver:
         self._reader: DataChannel | None = None
         self._reader_waiting = False
         self._core_parked = trio.lowlevel.ParkingLot()
+        # A receiver returned with its message and what that read made (a SACK due, a
+        # STUN answer) was not flushed yet: the reply's send usually flushes it, else
+        # the next waiter on the socket (wait_message or the core task) does.
+        self._unflushed = False
 
     def wake(self) -> None:
         """After any application call into the core: its output goes out now (events
@@ -98,6 +102,10 @@ class PeerDriver:
         task's."""
         if self._flushing or self._unsent:
             return  # the flush under way takes it, or the core task once writable
+        self._flush_output()
+
+    def _flush_output(self) -> None:
+        self._unflushed = False
         self.flush()
         if self._unsent and self._timers is not None:
             self._timers.cancel()  # the socket is full: the core task waits until writable
@@ -131,6 +139,8 @@ class PeerDriver:
         sock = self.sock
         try:
             while True:
+                if self._unflushed:
+                    self._flush_output()  # what an earlier read made (see _unflushed)
                 self._reader_waiting = True
                 try:
                     await sock.wait_readable()
@@ -144,13 +154,14 @@ class PeerDriver:
                 self._read(1)
                 self.app.dispatch()
                 if channel.has_news():
-                    return  # the core task sends what this made (woken below)
+                    self._unflushed = True  # usually the reply's send flushes it
+                    return
                 self._read()
                 self.app.dispatch()
                 if channel.has_news():
+                    self._unflushed = True
                     return
-                self.flush()  # a STUN check to answer, a SACK due: as the core task would
-                self._set_deadline()
+                self._flush_output()  # a STUN check to answer, a SACK due
         finally:
             self._reader = None
             self._core_parked.unpark_all()
@@ -172,9 +183,13 @@ class PeerDriver:
                 # Timers only here: a due one has already cancelled the scope (its
                 # deadline is only ever moved earlier), so the batches below need none.
                 core.handle_timeout(trio.current_time())
+                flush = True
                 while True:
-                    self.flush()
-                    self._set_deadline()
+                    if flush:
+                        self._unflushed = False
+                        self.flush()
+                        self._set_deadline()
+                    flush = True
                     if self._unsent:
                         try:
                             await sock.wait_writable()
@@ -184,10 +199,15 @@ class PeerDriver:
                         continue
                     if self._reader is not None:
                         await self._core_parked.park()  # a receiver reads the socket
-                        # It has its message; its next receive() usually comes within a
-                        # scheduling pass (a round trip's echo): look again after one,
-                        # rather than take the socket only to have it taken back.
-                        await trio.lowlevel.cancel_shielded_checkpoint()
+                        if self._reader is None:
+                            # It has its message; its next receive() usually comes within
+                            # a scheduling pass (a round trip's echo): look again after
+                            # one, rather than take the socket only to have it taken back.
+                            await trio.lowlevel.cancel_shielded_checkpoint()
+                        # Whoever waits on the socket next flushes first (wait_message
+                        # does), and an application call flushes itself: only output
+                        # that a receiver left behind is the core task's to send.
+                        flush = self._unflushed
                         continue
                     self._core_reading = True
                     await sock.wait_readable()
