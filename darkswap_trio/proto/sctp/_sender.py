@@ -318,22 +318,32 @@ class SctpSender:
         chunk: SentChunk | None
         advanced = cum > self.cum_acked
         if advanced:
-            # One SACK may acknowledge a whole window: per-stream sums, released once.
-            released: dict[int, int] = {}
-            flight = self.flight
-            for tsn in range(self.cum_acked + 1, cum + 1):
-                chunk = sent.pop(tsn)
+            if cum == self.cum_acked + 1:
+                # One chunk: a conversation's SACK, most of the time.
+                chunk = sent.pop(cum)
                 if not chunk.acked and not chunk.abandoned:
                     chunk.acked = True
-                    size = chunk.size
-                    newly += size
+                    newly = chunk.size
                     if chunk.in_flight:
-                        flight -= size
-                    sid = chunk.message.stream_id
-                    released[sid] = released.get(sid, 0) + size
-            self.flight = flight
-            for sid, size in released.items():
-                self._release(sid, size)
+                        self.flight -= newly
+                    self._release(chunk.message.stream_id, newly)
+            else:
+                # A whole window, maybe: per-stream sums, released once.
+                released: dict[int, int] = {}
+                flight = self.flight
+                for tsn in range(self.cum_acked + 1, cum + 1):
+                    chunk = sent.pop(tsn)
+                    if not chunk.acked and not chunk.abandoned:
+                        chunk.acked = True
+                        size = chunk.size
+                        newly += size
+                        if chunk.in_flight:
+                            flight -= size
+                        sid = chunk.message.stream_id
+                        released[sid] = released.get(sid, 0) + size
+                self.flight = flight
+                for sid, size in released.items():
+                    self._release(sid, size)
             self.cum_acked = cum
             if self._rtt_probe_tsn is not None and self._rtt_probe_tsn <= cum:
                 self.rtt.update(now - self._rtt_probe_time)
@@ -402,7 +412,8 @@ class SctpSender:
             if newly and pto is not None:
                 self.probe_deadline = now + self._probe_timeout(pto, self.flight)
                 self._probes_unanswered = 0
-        self._advance_ack_point()
+        if self.abandoned_messages:  # else no chunk is abandoned: the point is cum_acked
+            self._advance_ack_point()
         return newly > 0
 
     def _mark_for_retransmit(self, chunk: SentChunk, now: float) -> bool:
