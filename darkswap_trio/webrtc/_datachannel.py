@@ -242,7 +242,8 @@ class DataChannel(trio.abc.Channel["bytes | str"]):
         self._messages.append((message, size))
         self._counts[2] += 1
         self._counts[3] += size
-        self._receivers.unpark_all()
+        if self._receivers:  # usually nobody: the receiver reads the socket itself
+            self._receivers.unpark_all()
 
     def on_buffered_amount_low(self) -> None:
         """Called by the owner: a waiting :meth:`send` may go on."""

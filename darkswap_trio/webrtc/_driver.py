@@ -27,6 +27,7 @@
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Protocol
 
 import trio
@@ -53,7 +54,7 @@ class DatagramSocket(Protocol):
 
     def getsockname(self) -> Address: ...
 
-    async def wait_readable(self) -> None: ...
+    def wait_readable(self) -> Awaitable[None]: ...
 
     async def wait_writable(self) -> None: ...
 
@@ -86,11 +87,11 @@ class PeerDriver:
         self._unsent: deque[tuple[bytes, Address]] = deque()  # the socket was full
         # The socket's reader: the core task (in wait_readable when _core_reading), or
         # a receiving channel (_reader; _reader_waiting while in wait_readable), while
-        # the core task waits in _core_parked (its timers still run).
+        # the core task waits parked (_core_parked; its timers still run).
         self._core_reading = False
         self._reader: DataChannel | None = None
         self._reader_waiting = False
-        self._core_parked = trio.lowlevel.ParkingLot()
+        self._core_parked: trio.lowlevel.Task | None = None  # see _park_core
         # A receiver returned with its message and what that read made (a SACK due, a
         # STUN answer) was not flushed yet: the reply's send usually flushes it, else
         # the next waiter on the socket (wait_message or the core task) does.
@@ -164,7 +165,10 @@ class PeerDriver:
                 self._flush_output()  # a STUN check to answer, a SACK due
         finally:
             self._reader = None
-            self._core_parked.unpark_all()
+            core_task = self._core_parked
+            if core_task is not None:
+                self._core_parked = None
+                trio.lowlevel.reschedule(core_task)
 
     def deliver(self, batch: list[tuple[bytes, Address]]) -> None:
         """Datagrams read elsewhere (a TURN server's TCP connection): fed to the core
@@ -198,7 +202,7 @@ class PeerDriver:
                         self._send_unsent()
                         continue
                     if self._reader is not None:
-                        await self._core_parked.park()  # a receiver reads the socket
+                        await self._park_core()  # a receiver reads the socket
                         if self._reader is None:
                             # It has its message; its next receive() usually comes within
                             # a scheduling pass (a round trip's echo): look again after
@@ -215,6 +219,16 @@ class PeerDriver:
                     self._read()
             self._timers = None
             self._core_reading = False
+
+    async def _park_core(self) -> None:
+        """The core task waits for the receiver to hand the socket back (a ParkingLot
+        of one, without the lot: this is once per round trip). Its timers cancel it."""
+        self._core_parked = trio.lowlevel.current_task()
+        await trio.lowlevel.wait_task_rescheduled(self._unpark_cancelled)
+
+    def _unpark_cancelled(self, _: object) -> trio.lowlevel.Abort:
+        self._core_parked = None
+        return trio.lowlevel.Abort.SUCCEEDED
 
     def _read(self, limit: int = _BATCH) -> None:
         """What the socket holds (up to a few batches of ``limit``), fed to the core."""

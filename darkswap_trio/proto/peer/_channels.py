@@ -127,8 +127,8 @@ class ChannelMux:
                 self._drain_registry()
             elif type(event) is sctp_mod.OutgoingStreamsReset:
                 for stream_id in event.stream_ids:
-                    for message in self._resetting.pop(stream_id, ()):
-                        self._send(message, now)
+                    for held in self._resetting.pop(stream_id, ()):
+                        self._send(held, now)
             elif type(event) is sctp_mod.Connected:
                 registry.limit_streams(sctp.outbound_streams)
                 self._set_state("connected", "")
