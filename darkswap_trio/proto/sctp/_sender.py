@@ -350,33 +350,34 @@ class SctpSender:
                 self._rtt_probe_tsn = None
             if self.advanced_ack_point < cum:
                 self.advanced_ack_point = cum
-        gap_acked: list[SentChunk] = []  # newly acked by gap blocks, ascending
-        last = self.next_tsn - 1
-        for start, end in gaps:
-            for tsn in range(cum + start, min(cum + end, last) + 1):
-                chunk = sent.get(tsn)
-                if chunk is not None and not chunk.acked:
-                    chunk.acked = True
-                    gap_acked.append(chunk)
-                    if not chunk.abandoned:
-                        newly += chunk.size
-                        if chunk.in_flight:
-                            chunk.in_flight = False
-                            self.flight -= chunk.size
-                        chunk.retransmit = False
-                        self._release(chunk.message.stream_id, chunk.size)
-        if gap_acked:
-            probe = self._rtt_probe_tsn
-            if probe is not None and gap_acked[0].tsn <= probe <= gap_acked[-1].tsn:
-                # A gap-acked probe is a sample now: waiting for the cumulative ack
-                # would add the whole loss recovery to the RTT and inflate the RTO.
-                if sent[probe].acked:
-                    self.rtt.update(now - self._rtt_probe_time)
-                    self._rtt_probe_tsn = None
-            if count_missing(sent, cum, gap_acked, self.mtu, self._mark_for_retransmit, now):
-                self._on_loss_detected()
-            if gap_acked[-1].tsn > self.highest_acked:
-                self.highest_acked = gap_acked[-1].tsn
+        if gaps:
+            gap_acked: list[SentChunk] = []  # newly acked by gap blocks, ascending
+            last = self.next_tsn - 1
+            for start, end in gaps:
+                for tsn in range(cum + start, min(cum + end, last) + 1):
+                    chunk = sent.get(tsn)
+                    if chunk is not None and not chunk.acked:
+                        chunk.acked = True
+                        gap_acked.append(chunk)
+                        if not chunk.abandoned:
+                            newly += chunk.size
+                            if chunk.in_flight:
+                                chunk.in_flight = False
+                                self.flight -= chunk.size
+                            chunk.retransmit = False
+                            self._release(chunk.message.stream_id, chunk.size)
+            if gap_acked:
+                probe = self._rtt_probe_tsn
+                if probe is not None and gap_acked[0].tsn <= probe <= gap_acked[-1].tsn:
+                    # A gap-acked probe is a sample now: waiting for the cumulative ack
+                    # would add the whole loss recovery to the RTT and inflate the RTO.
+                    if sent[probe].acked:
+                        self.rtt.update(now - self._rtt_probe_time)
+                        self._rtt_probe_tsn = None
+                if count_missing(sent, cum, gap_acked, self.mtu, self._mark_for_retransmit, now):
+                    self._on_loss_detected()
+                if gap_acked[-1].tsn > self.highest_acked:
+                    self.highest_acked = gap_acked[-1].tsn
         if cum > self.highest_acked:
             self.highest_acked = cum
         if self.highest_acked > cum:
