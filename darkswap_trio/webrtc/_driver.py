@@ -21,7 +21,11 @@
   and then the receiver (one scheduler pass, and the core task's bookkeeping, off
   every round trip). The receiver hands the socket back to the core task when it has
   its message; whatever else gives it news (a message through TURN over TCP, a close,
-  a failure) interrupts its wait.
+  a failure) interrupts its wait. What its read made (a SACK due, a STUN answer) is
+  left unflushed: the reply's send usually carries it, else the next task to wait on
+  the socket (the receiver again, or the core task one scheduling pass later) sends
+  it first. So in a conversation the core task only looks, once per round trip, and
+  goes back to sleep: no flush, no timer update, usually no pass of its own.
 """
 
 from __future__ import annotations
