@@ -386,6 +386,15 @@ class DataChannelRegistry:
         Raises :class:`MessageTooLarge` above the peer's max-message-size and
         :class:`ChannelStateError` unless the channel is OPENING or OPEN.
         """
+        self._sends.append(SctpMessage(stream_id, *self.outgoing(stream_id, message)))
+
+    def outgoing(
+        self, stream_id: int, message: str | bytes
+    ) -> tuple[int, bytes, bool, int | None, int | None]:
+        """:meth:`send` without the queue, for a caller that hands the message to SCTP
+        itself (the data path; only while :meth:`sends_pending` is False, or it would
+        overtake what is queued): the fields of the :class:`SctpMessage` that
+        :meth:`send` would queue, after the same checks."""
         channel = self._channels.get(stream_id)
         if channel is None or channel.state not in (ChannelState.OPENING, ChannelState.OPEN):
             state = channel.state.value if channel else "closed"
@@ -400,11 +409,11 @@ class DataChannelRegistry:
         info = channel.info
         # RFC 8832 section 6: until the ACK arrives, send ordered so OPEN arrives first.
         ordered = info.ordered or channel.state is ChannelState.OPENING
-        self._sends.append(
-            SctpMessage(
-                stream_id, ppid, payload, ordered, info.max_retransmits, info.max_packet_lifetime_ms
-            )
-        )
+        return ppid, payload, ordered, info.max_retransmits, info.max_packet_lifetime_ms
+
+    def sends_pending(self) -> bool:
+        """Whether :meth:`poll_send` has an instruction waiting."""
+        return bool(self._sends)
 
     def close_channel(self, stream_id: int) -> None:
         """Start closing: reset our outgoing stream; CLOSED when the peer resets its own."""
@@ -415,6 +424,28 @@ class DataChannelRegistry:
         self._sends.append(StreamReset(stream_id))
 
     # ---- input from the SCTP layer (untrusted: never raises for peer input)
+
+    def receive_user_message(self, stream_id: int, ppid: int, payload: bytes) -> str | bytes | None:
+        """:meth:`receive_message` for the data path: a whole string or binary message
+        on an open channel is returned rather than queued as a :class:`MessageReceived`;
+        for anything else (None) :meth:`receive_message` has queued what it made."""
+        channel = self._channels.get(stream_id)
+        if (
+            channel is not None
+            and channel.state is ChannelState.OPEN
+            and not channel.partial
+            and not channel.discarding_partial
+            and (not self.local_max_message_size or len(payload) <= self.local_max_message_size)
+        ):
+            if ppid == Ppid.BINARY:
+                return bytes(payload)
+            if ppid == Ppid.STRING:
+                try:
+                    return bytes(payload).decode("utf-8")
+                except UnicodeDecodeError:
+                    pass  # reported below
+        self.receive_message(stream_id, ppid, payload)
+        return None
 
     def receive_message(self, stream_id: int, ppid: int, payload: bytes) -> None:
         """A complete SCTP user message arrived on ``stream_id``."""

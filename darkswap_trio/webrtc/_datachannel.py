@@ -148,12 +148,12 @@ class DataChannel(trio.abc.Channel["bytes | str"]):
         self._sending = True
         try:
             self._check_sendable()
-            owner = self._owner
-            while owner.buffered_amount(self.id) > owner.high_water_mark:
+            owner, stream_id = self._owner, self._info.stream_id
+            while owner.buffered_amount(stream_id) > owner.high_water_mark:
                 self._low_water = trio.Event()
                 await self._low_water.wait()
                 self._check_sendable()
-            owner.send_message(self.id, value)
+            owner.send_message(stream_id, value)
             self._counts[0] += 1
             self._counts[1] += len(value) if not isinstance(value, str) else len(value.encode())
             await trio.lowlevel.checkpoint()
@@ -172,7 +172,7 @@ class DataChannel(trio.abc.Channel["bytes | str"]):
                     raise trio.ClosedResourceError("data channel was closed")
                 if self._messages:
                     message, size = self._messages.popleft()
-                    self._owner.channel_drained(self.id, size)
+                    self._owner.channel_drained(self._info.stream_id, size)
                     if not parked:  # parking was this call's checkpoint (as trio's channels)
                         await trio.lowlevel.checkpoint()
                     return message
@@ -242,7 +242,8 @@ class DataChannel(trio.abc.Channel["bytes | str"]):
         self._messages.append((message, size))
         self._counts[2] += 1
         self._counts[3] += size
-        self._receivers.unpark_all()
+        if self._receivers:  # usually nobody: the receiver reads the socket itself
+            self._receivers.unpark_all()
 
     def on_buffered_amount_low(self) -> None:
         """Called by the owner: a waiting :meth:`send` may go on."""

@@ -21,12 +21,17 @@
   and then the receiver (one scheduler pass, and the core task's bookkeeping, off
   every round trip). The receiver hands the socket back to the core task when it has
   its message; whatever else gives it news (a message through TURN over TCP, a close,
-  a failure) interrupts its wait.
+  a failure) interrupts its wait. What its read made (a SACK due, a STUN answer) is
+  left unflushed: the reply's send usually carries it, else the next task to wait on
+  the socket (the receiver again, or the core task one scheduling pass later) sends
+  it first. So in a conversation the core task only looks, once per round trip, and
+  goes back to sleep: no flush, no timer update, usually no pass of its own.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Protocol
 
 import trio
@@ -53,7 +58,7 @@ class DatagramSocket(Protocol):
 
     def getsockname(self) -> Address: ...
 
-    async def wait_readable(self) -> None: ...
+    def wait_readable(self) -> Awaitable[None]: ...
 
     async def wait_writable(self) -> None: ...
 
@@ -86,11 +91,15 @@ class PeerDriver:
         self._unsent: deque[tuple[bytes, Address]] = deque()  # the socket was full
         # The socket's reader: the core task (in wait_readable when _core_reading), or
         # a receiving channel (_reader; _reader_waiting while in wait_readable), while
-        # the core task waits in _core_parked (its timers still run).
+        # the core task waits parked (_core_parked; its timers still run).
         self._core_reading = False
         self._reader: DataChannel | None = None
         self._reader_waiting = False
-        self._core_parked = trio.lowlevel.ParkingLot()
+        self._core_parked: trio.lowlevel.Task | None = None  # see _park_core
+        # A receiver returned with its message and what that read made (a SACK due, a
+        # STUN answer) was not flushed yet: the reply's send usually flushes it, else
+        # the next waiter on the socket (wait_message or the core task) does.
+        self._unflushed = False
 
     def wake(self) -> None:
         """After any application call into the core: its output goes out now (events
@@ -98,6 +107,10 @@ class PeerDriver:
         task's."""
         if self._flushing or self._unsent:
             return  # the flush under way takes it, or the core task once writable
+        self._flush_output()
+
+    def _flush_output(self) -> None:
+        self._unflushed = False
         self.flush()
         if self._unsent and self._timers is not None:
             self._timers.cancel()  # the socket is full: the core task waits until writable
@@ -131,6 +144,8 @@ class PeerDriver:
         sock = self.sock
         try:
             while True:
+                if self._unflushed:
+                    self._flush_output()  # what an earlier read made (see _unflushed)
                 self._reader_waiting = True
                 try:
                     await sock.wait_readable()
@@ -144,16 +159,20 @@ class PeerDriver:
                 self._read(1)
                 self.app.dispatch()
                 if channel.has_news():
-                    return  # the core task sends what this made (woken below)
+                    self._unflushed = True  # usually the reply's send flushes it
+                    return
                 self._read()
                 self.app.dispatch()
                 if channel.has_news():
+                    self._unflushed = True
                     return
-                self.flush()  # a STUN check to answer, a SACK due: as the core task would
-                self._set_deadline()
+                self._flush_output()  # a STUN check to answer, a SACK due
         finally:
             self._reader = None
-            self._core_parked.unpark_all()
+            core_task = self._core_parked
+            if core_task is not None:
+                self._core_parked = None
+                trio.lowlevel.reschedule(core_task)
 
     def deliver(self, batch: list[tuple[bytes, Address]]) -> None:
         """Datagrams read elsewhere (a TURN server's TCP connection): fed to the core
@@ -172,9 +191,13 @@ class PeerDriver:
                 # Timers only here: a due one has already cancelled the scope (its
                 # deadline is only ever moved earlier), so the batches below need none.
                 core.handle_timeout(trio.current_time())
+                flush = True
                 while True:
-                    self.flush()
-                    self._set_deadline()
+                    if flush:
+                        self._unflushed = False
+                        self.flush()
+                        self._set_deadline()
+                    flush = True
                     if self._unsent:
                         try:
                             await sock.wait_writable()
@@ -183,11 +206,16 @@ class PeerDriver:
                         self._send_unsent()
                         continue
                     if self._reader is not None:
-                        await self._core_parked.park()  # a receiver reads the socket
-                        # It has its message; its next receive() usually comes within a
-                        # scheduling pass (a round trip's echo): look again after one,
-                        # rather than take the socket only to have it taken back.
-                        await trio.lowlevel.cancel_shielded_checkpoint()
+                        await self._park_core()  # a receiver reads the socket
+                        if self._reader is None:
+                            # It has its message; its next receive() usually comes within
+                            # a scheduling pass (a round trip's echo): look again after
+                            # one, rather than take the socket only to have it taken back.
+                            await trio.lowlevel.cancel_shielded_checkpoint()
+                        # Whoever waits on the socket next flushes first (wait_message
+                        # does), and an application call flushes itself: only output
+                        # that a receiver left behind is the core task's to send.
+                        flush = self._unflushed
                         continue
                     self._core_reading = True
                     await sock.wait_readable()
@@ -195,6 +223,16 @@ class PeerDriver:
                     self._read()
             self._timers = None
             self._core_reading = False
+
+    async def _park_core(self) -> None:
+        """The core task waits for the receiver to hand the socket back (a ParkingLot
+        of one, without the lot: this is once per round trip). Its timers cancel it."""
+        self._core_parked = trio.lowlevel.current_task()
+        await trio.lowlevel.wait_task_rescheduled(self._unpark_cancelled)
+
+    def _unpark_cancelled(self, _: object) -> trio.lowlevel.Abort:
+        self._core_parked = None
+        return trio.lowlevel.Abort.SUCCEEDED
 
     def _read(self, limit: int = _BATCH) -> None:
         """What the socket holds (up to a few batches of ``limit``), fed to the core."""

@@ -347,6 +347,83 @@ def test_registry_never_raises_on_peer_input(
         assert len(registry.channels()) <= 4
 
 
+_PEER_INPUTS = st.lists(
+    st.tuples(
+        st.integers(0, 20),
+        st.sampled_from([0, 50, 51, 52, 53, 54, 56, 57, 99]),
+        st.one_of(
+            st.binary(max_size=80),
+            st.text(max_size=20).map(str.encode),
+            st.builds(lambda label: DcepOpen(label).encode(), st.text(max_size=5)),
+            st.just(b"\x02"),
+        ),
+        st.booleans(),
+    ),
+    max_size=40,
+)
+
+
+@given(_PEER_INPUTS)
+def test_receive_user_message_is_receive_message_without_the_queue(
+    inputs: list[tuple[int, int, bytes, bool]],
+) -> None:
+    """The data path's receive_user_message never raises, and returns exactly the
+    messages receive_message would have queued (the rest it queues the same way)."""
+    general, fast = (
+        DataChannelRegistry(dtls_client=True, max_channels=4, local_max_message_size=64)
+        for _ in range(2)
+    )
+    for registry in (general, fast):
+        registry.open_channel("local")
+    for stream_id, ppid, payload, reset in inputs:
+        if reset:
+            general.receive_stream_reset(stream_id)
+            fast.receive_stream_reset(stream_id)
+            expected, got = drain_events(general), drain_events(fast)
+        else:
+            general.receive_message(stream_id, ppid, payload)
+            message = fast.receive_user_message(stream_id, ppid, payload)
+            expected, got = drain_events(general), drain_events(fast)
+            if message is not None:
+                assert got == []
+                got = [MessageReceived(stream_id, message)]
+        assert got == expected
+        assert drain_sends(general) == drain_sends(fast)
+
+
+@given(
+    st.integers(0, 6),
+    st.one_of(st.binary(max_size=80), st.text(max_size=40)),
+    st.sampled_from(["open", "opening", "closing", "none"]),
+)
+def test_outgoing_is_what_send_queues(stream_id: int, message: str | bytes, state: str) -> None:
+    """outgoing() (the data path's send) checks as send() does and returns the fields
+    of the SctpMessage send() queues."""
+    queued, direct = (
+        DataChannelRegistry(dtls_client=True, remote_max_message_size=60) for _ in range(2)
+    )
+    for registry in (queued, direct):
+        if state != "none":
+            registry.open_channel("x", negotiated_id=2 if state != "opening" else None)
+            drain_sends(registry)
+        if state == "opening":
+            registry.open_channel("y", ordered=False)
+            drain_sends(registry)
+        if state == "closing":
+            registry.close_channel(2)
+            drain_sends(registry)
+    try:
+        queued.send(stream_id, message)
+    except (ChannelStateError, MessageTooLarge) as exc:
+        with pytest.raises(type(exc)):
+            direct.outgoing(stream_id, message)
+        return
+    (sent,) = drain_sends(queued)
+    assert isinstance(sent, SctpMessage)
+    assert SctpMessage(stream_id, *direct.outgoing(stream_id, message)) == sent
+    assert not direct.sends_pending()
+
+
 class PairOverSctp(RuleBasedStateMachine):
     """Two registries over a modelled SCTP association that reorders what SCTP may.
 

@@ -73,8 +73,13 @@ class ChannelMux:
         return info
 
     def send(self, stream_id: int, message: bytes | str, now: float) -> None:
-        self.registry.send(stream_id, message)
-        self.pump(now)
+        registry = self.registry
+        if registry.sends_pending() or self._resetting:
+            registry.send(stream_id, message)  # behind what waits, or held back
+            self.pump(now)
+            return
+        ppid, payload, ordered, max_retransmits, lifetime_ms = registry.outgoing(stream_id, message)
+        self._sctp_send(stream_id, ppid, payload, ordered, max_retransmits, lifetime_ms, now)
 
     def close_channel(self, stream_id: int, now: float) -> None:
         self._closed_locally.add(stream_id)
@@ -108,8 +113,12 @@ class ChannelMux:
                 if not self._room_for(event.stream_id):
                     self._stalled = event  # backpressure: SCTP keeps the rest in its window
                     break
-                registry.receive_message(event.stream_id, event.ppid, event.data)
-                self._drain_registry()
+                data = event.data
+                message = registry.receive_user_message(event.stream_id, event.ppid, data)
+                if message is None:
+                    self._drain_registry()
+                elif event.stream_id not in self._closed_locally:
+                    self._deliver(event.stream_id, message, len(data))
             elif type(event) is sctp_mod.BufferedAmountLow:
                 self._events.append(BufferedAmountLow(event.stream_id))
             elif type(event) is sctp_mod.StreamsReset:
@@ -118,8 +127,8 @@ class ChannelMux:
                 self._drain_registry()
             elif type(event) is sctp_mod.OutgoingStreamsReset:
                 for stream_id in event.stream_ids:
-                    for message in self._resetting.pop(stream_id, ()):
-                        self._send(message, now)
+                    for held in self._resetting.pop(stream_id, ()):
+                        self._send(held, now)
             elif type(event) is sctp_mod.Connected:
                 registry.limit_streams(sctp.outbound_streams)
                 self._set_state("connected", "")
@@ -159,11 +168,7 @@ class ChannelMux:
                     continue  # we closed: nobody reads any more
                 message = event.message
                 size = len(message) if not isinstance(message, str) else len(message.encode())
-                unread = self._unread.get(stream_id)
-                if unread is not None:
-                    unread[0] += 1
-                    unread[1] += size
-                events.append(ChannelMessage(stream_id, message, size))
+                self._deliver(stream_id, message, size)
             elif type(event) is dc.ChannelOpenedByPeer:
                 self._track(event.channel)
                 events.append(ChannelOpened(event.channel))
@@ -174,22 +179,48 @@ class ChannelMux:
             elif type(event) is dc.ProtocolViolation:
                 self._counts.protocol_violations += 1
 
+    def _deliver(self, stream_id: int, message: bytes | str, size: int) -> None:
+        unread = self._unread.get(stream_id)
+        if unread is not None:
+            unread[0] += 1
+            unread[1] += size
+        self._events.append(ChannelMessage(stream_id, message, size))
+
     def _track(self, info: dc.ChannelInfo) -> None:
         self._unread[info.stream_id] = [0, 0]
         self._closed_locally.discard(info.stream_id)
         self.sctp.set_buffered_amount_low_threshold(info.stream_id, self._low_threshold)
 
     def _send(self, message: dc.SctpMessage, now: float) -> None:
-        lifetime = message.lifetime_ms
+        self._sctp_send(
+            message.stream_id,
+            message.ppid,
+            message.payload,
+            message.ordered,
+            message.max_retransmits,
+            message.lifetime_ms,
+            now,
+        )
+
+    def _sctp_send(
+        self,
+        stream_id: int,
+        ppid: int,
+        payload: bytes,
+        ordered: bool,
+        max_retransmits: int | None,
+        lifetime_ms: int | None,
+        now: float,
+    ) -> None:
         try:
             self.sctp.send(
-                message.stream_id,
-                message.ppid,
-                message.payload,
+                stream_id,
+                ppid,
+                payload,
                 now,
-                ordered=message.ordered,
-                max_retransmits=message.max_retransmits,
-                lifetime=None if lifetime is None else lifetime / 1000,
+                ordered=ordered,
+                max_retransmits=max_retransmits,
+                lifetime=None if lifetime_ms is None else lifetime_ms / 1000,
             )
         except ValueError:
             self._counts.send_errors += 1  # the association is closing

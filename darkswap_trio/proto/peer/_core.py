@@ -84,6 +84,7 @@ class PeerCore:
         self._early = EarlyDtls()
         self._now = 0.0
         self._dirty = False  # events may wait in the parts
+        self._channels_dirty = False  # ... in SCTP only (the data path took input)
 
     # ------------------------------------------------------------------ setup
 
@@ -171,7 +172,6 @@ class PeerCore:
     def receive_batch(self, batch: list[tuple[bytes, Address]], now: float) -> None:
         """Datagrams in arrival order; take events and transmits after the batch."""
         self._now = now
-        self._dirty = True
         ice = self.ice
         if ice is None:
             self.counts.datagrams_dropped += len(batch)
@@ -189,13 +189,17 @@ class PeerCore:
                     plaintext = dtls.receive_application_data(data, now)
                 except DtlsParseError:
                     self.counts.datagrams_dropped += 1
+                    self._dirty = True
                     continue
                 if plaintext is not None and sctp is not None:
                     sctp.receive(plaintext, now)  # the bulk: one record, no events
+                    self._channels_dirty = True
                 else:
+                    self._dirty = True
                     self._drain_dtls(now)
                     sctp = self.sctp
             else:
+                self._dirty = True
                 ice.receive(data, addr, now, local)
                 self._drain_ice(now)
                 data_addr, dtls, sctp = self._data_addr, self.dtls, self.sctp
@@ -216,6 +220,8 @@ class PeerCore:
         """The next event (ICE's candidate events are passed on as they are)."""
         if self._dirty:
             self._settle()
+        elif self._channels_dirty:
+            self._settle_channels()
         events = self._events
         return events.popleft() if events else None  # type: ignore[return-value]
 
@@ -241,6 +247,8 @@ class PeerCore:
         equal sizes, which the driver can send with one syscall), or None."""
         if self._dirty:
             self._settle()
+        elif self._channels_dirty:
+            self._settle_channels()
         out = self._out
         if not out:
             run = self._poll_data_path(limit)
@@ -307,8 +315,8 @@ class PeerCore:
 
     def _settle(self) -> None:
         """Move events up the stack: ICE -> DTLS -> SCTP -> channels."""
-        self._dirty = False
         now = self._now
+        self._dirty = self._channels_dirty = False
         if self.ice is None:
             return
         self._drain_ice(now)
@@ -320,6 +328,13 @@ class PeerCore:
             channels.drain(now)
         if dtls is not None:
             self._drain_dtls(now)
+
+    def _settle_channels(self) -> None:
+        """:meth:`_settle` after the data path alone took input (DTLS records for
+        SCTP): ICE and DTLS have nothing new, SCTP's events go up to the channels."""
+        self._channels_dirty = False
+        if self.channels is not None:
+            self.channels.drain(self._now)
 
     def _drain_ice(self, now: float) -> None:
         ice = self.ice

@@ -330,8 +330,9 @@ class SctpAssociation(AssociationTimers):
             # The bulk of a transfer, and a conversation's SACK+DATA, decoded cheaply:
             # what the loop below does for them (ESTABLISHED: no shutdown to check).
             inbound, zero = self._inbound_header, self._zero_checksum
-            lone = parse_lone_data_untrusted(packet, inbound, zero)
-            if lone is None and (both := parse_sack_data_untrusted(packet, inbound, zero)):
+            first = packet[12] if len(packet) > 12 else -1  # the first chunk's type
+            lone = parse_lone_data_untrusted(packet, inbound, zero) if first == 0 else None
+            if first == 3 and (both := parse_sack_data_untrusted(packet, inbound, zero)):
                 self._sender.handle_sack(both[0], both[1], [], now)
                 lone = both[2]
             if lone is not None:
@@ -349,7 +350,7 @@ class SctpAssociation(AssociationTimers):
                 elif acks.deadline is None:
                     acks.deadline = now + acks.delayed_ack
                 return
-            sack = parse_plain_sack_untrusted(packet, inbound, zero)
+            sack = parse_plain_sack_untrusted(packet, inbound, zero) if first == 3 else None
             if sack is not None:
                 self._packets_received += 1
                 self._bytes_received += 28

@@ -61,9 +61,18 @@ class RttEstimator:
         else:
             self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt)
             self.srtt = 0.875 * self.srtt + 0.125 * rtt
-        self.rto = min(max(self.srtt + 4 * self.rttvar, self.rto_min), self.rto_max)
+        # min(max(...)) as comparisons: this runs once per round trip of a conversation.
+        rto = self.srtt + 4 * self.rttvar
+        if rto < self.rto_min:
+            rto = self.rto_min
+        if rto > self.rto_max:
+            rto = self.rto_max
+        self.rto = rto
         # The tail loss probe timeout, computed here once rather than per packet.
-        self.pto = min(max(2 * self.srtt, _MIN_PROBE_TIMEOUT), self.rto)
+        pto = 2 * self.srtt
+        if pto < _MIN_PROBE_TIMEOUT:
+            pto = _MIN_PROBE_TIMEOUT
+        self.pto = pto if pto < rto else rto
 
     def back_off(self) -> None:
         """RFC 9260 6.3.3 E2: a T3 expiry doubles the RTO."""

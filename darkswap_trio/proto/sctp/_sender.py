@@ -318,55 +318,66 @@ class SctpSender:
         chunk: SentChunk | None
         advanced = cum > self.cum_acked
         if advanced:
-            # One SACK may acknowledge a whole window: per-stream sums, released once.
-            released: dict[int, int] = {}
-            flight = self.flight
-            for tsn in range(self.cum_acked + 1, cum + 1):
-                chunk = sent.pop(tsn)
+            if cum == self.cum_acked + 1:
+                # One chunk: a conversation's SACK, most of the time.
+                chunk = sent.pop(cum)
                 if not chunk.acked and not chunk.abandoned:
                     chunk.acked = True
-                    size = chunk.size
-                    newly += size
+                    newly = chunk.size
                     if chunk.in_flight:
-                        flight -= size
-                    sid = chunk.message.stream_id
-                    released[sid] = released.get(sid, 0) + size
-            self.flight = flight
-            for sid, size in released.items():
-                self._release(sid, size)
+                        self.flight -= newly
+                    self._release(chunk.message.stream_id, newly)
+            else:
+                # A whole window, maybe: per-stream sums, released once.
+                released: dict[int, int] = {}
+                flight = self.flight
+                for tsn in range(self.cum_acked + 1, cum + 1):
+                    chunk = sent.pop(tsn)
+                    if not chunk.acked and not chunk.abandoned:
+                        chunk.acked = True
+                        size = chunk.size
+                        newly += size
+                        if chunk.in_flight:
+                            flight -= size
+                        sid = chunk.message.stream_id
+                        released[sid] = released.get(sid, 0) + size
+                self.flight = flight
+                for sid, size in released.items():
+                    self._release(sid, size)
             self.cum_acked = cum
             if self._rtt_probe_tsn is not None and self._rtt_probe_tsn <= cum:
                 self.rtt.update(now - self._rtt_probe_time)
                 self._rtt_probe_tsn = None
             if self.advanced_ack_point < cum:
                 self.advanced_ack_point = cum
-        gap_acked: list[SentChunk] = []  # newly acked by gap blocks, ascending
-        last = self.next_tsn - 1
-        for start, end in gaps:
-            for tsn in range(cum + start, min(cum + end, last) + 1):
-                chunk = sent.get(tsn)
-                if chunk is not None and not chunk.acked:
-                    chunk.acked = True
-                    gap_acked.append(chunk)
-                    if not chunk.abandoned:
-                        newly += chunk.size
-                        if chunk.in_flight:
-                            chunk.in_flight = False
-                            self.flight -= chunk.size
-                        chunk.retransmit = False
-                        self._release(chunk.message.stream_id, chunk.size)
-        if gap_acked:
-            probe = self._rtt_probe_tsn
-            if probe is not None and gap_acked[0].tsn <= probe <= gap_acked[-1].tsn:
-                # A gap-acked probe is a sample now: waiting for the cumulative ack
-                # would add the whole loss recovery to the RTT and inflate the RTO.
-                if sent[probe].acked:
-                    self.rtt.update(now - self._rtt_probe_time)
-                    self._rtt_probe_tsn = None
-            if count_missing(sent, cum, gap_acked, self.mtu, self._mark_for_retransmit, now):
-                self._on_loss_detected()
-            if gap_acked[-1].tsn > self.highest_acked:
-                self.highest_acked = gap_acked[-1].tsn
+        if gaps:
+            gap_acked: list[SentChunk] = []  # newly acked by gap blocks, ascending
+            last = self.next_tsn - 1
+            for start, end in gaps:
+                for tsn in range(cum + start, min(cum + end, last) + 1):
+                    chunk = sent.get(tsn)
+                    if chunk is not None and not chunk.acked:
+                        chunk.acked = True
+                        gap_acked.append(chunk)
+                        if not chunk.abandoned:
+                            newly += chunk.size
+                            if chunk.in_flight:
+                                chunk.in_flight = False
+                                self.flight -= chunk.size
+                            chunk.retransmit = False
+                            self._release(chunk.message.stream_id, chunk.size)
+            if gap_acked:
+                probe = self._rtt_probe_tsn
+                if probe is not None and gap_acked[0].tsn <= probe <= gap_acked[-1].tsn:
+                    # A gap-acked probe is a sample now: waiting for the cumulative ack
+                    # would add the whole loss recovery to the RTT and inflate the RTO.
+                    if sent[probe].acked:
+                        self.rtt.update(now - self._rtt_probe_time)
+                        self._rtt_probe_tsn = None
+                if count_missing(sent, cum, gap_acked, self.mtu, self._mark_for_retransmit, now):
+                    self._on_loss_detected()
+                if gap_acked[-1].tsn > self.highest_acked:
+                    self.highest_acked = gap_acked[-1].tsn
         if cum > self.highest_acked:
             self.highest_acked = cum
         if self.highest_acked > cum:
@@ -402,7 +413,8 @@ class SctpSender:
             if newly and pto is not None:
                 self.probe_deadline = now + self._probe_timeout(pto, self.flight)
                 self._probes_unanswered = 0
-        self._advance_ack_point()
+        if self.abandoned_messages:  # else no chunk is abandoned: the point is cum_acked
+            self._advance_ack_point()
         return newly > 0
 
     def _mark_for_retransmit(self, chunk: SentChunk, now: float) -> bool:

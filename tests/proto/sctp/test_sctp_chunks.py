@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from collections import deque
 
 import google_crc32c
 import pytest
@@ -11,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from darkswap_trio.proto.errors import ParseError, SctpParseError
+from darkswap_trio.proto.sctp._acks import SackScheduler
 from darkswap_trio.proto.sctp._chunks import (
     DATA_BEGINNING,
     DATA_END,
@@ -49,6 +51,7 @@ from darkswap_trio.proto.sctp._packets import (
     parse_sack_data_untrusted,
     seal_packet,
 )
+from darkswap_trio.proto.sctp._streams import MASK32, SctpReceiver
 
 HEADER = CommonHeader(5000, 5000, 0x12345678)
 EXTENSIONS = [(PARAM_FORWARD_TSN_SUPPORTED, b""), (PARAM_SUPPORTED_EXTENSIONS, bytes([192, 130]))]
@@ -392,3 +395,22 @@ def test_zero_checksum_acceptable_parameter():
     assert not InitChunk(1, 2, 3, 4, 5, EXTENSIONS).zero_checksum_dtls
     other_method = InitChunk(1, 2, 3, 4, 5, [(PARAM_ZERO_CHECKSUM_ACCEPTABLE, b"\0\0\0\x02")])
     assert not other_method.zero_checksum_dtls  # only DTLS (EDMID 1) is ours
+
+
+@given(
+    st.lists(st.integers(0, 40), max_size=30),
+    st.integers(0, 2**32 - 1),
+    st.integers(60, 1200),
+)
+def test_sack_scheduler_builds_what_sack_chunk_encodes(
+    offsets: list[int], initial_tsn: int, room: int
+) -> None:
+    """SackScheduler.build (with its shortcut for a SACK with no gaps or duplicates)
+    makes the bytes SackChunk.encode makes of the receiver's state."""
+    receiver = SctpReceiver(initial_tsn, 1 << 20, deque())
+    for offset in offsets:
+        receiver.receive_data(DataChunk((initial_tsn + offset) & MASK32, 0, offset, 53, b"x"))
+    dups = receiver.dups[: (room - 16) // 8]
+    gaps = receiver.gap_blocks()[: (room - 16) // 4 - len(dups)]
+    expected = SackChunk(receiver.cum_tsn & MASK32, receiver.a_rwnd, gaps, dups).encode()
+    assert SackScheduler(1 << 20, 1200, 0.2, 2).build(receiver, room) == expected
