@@ -15,7 +15,15 @@ client code; CPU comes from /proc/PID/stat (server) and process_time (load).
   restart   N peers, each a RelayManager (the SDK's reconnect backoff and jitter), in
             two load processes; once all are connected the relay is killed (SIGKILL)
             and started again on the same port with the same key; the row is the time
-            from the kill until every peer is registered again.
+            from the kill until every peer is registered again (and when half and 90%
+            were: the SDK's first retry after a lost session waits 1-5 s, jittered).
+  restart, protocol-level generator
+            the same kill and restart with N peers of benchmarks/_register_loadgen.py
+            (non-blocking sockets; each peer redials as soon as its connection ends and
+            registers with the one round trip handshake, retrying a refused connect after
+            50 ms). It skips what an SDK peer does besides the wire: the backoff timers,
+            the first Ping, the session's tasks and objects; the relay does the same
+            work (TCP accept, upgrade, Ed25519 verify, its own signature, Registered).
 
 ``--baseline TREE`` also runs relay and SDK from another checkout (e.g. /work/main
 before this change) in the same rounds: the "before" columns.
@@ -42,6 +50,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 PEERS = os.path.join(HERE, "_registration_peers.py")
+LOADGEN = os.path.join(HERE, "_register_loadgen.py")
 SERVERS = os.path.join(HERE, "_relay_servers.py")
 
 from _bench_util import JsonLines, loadavg  # noqa: E402
@@ -216,6 +225,8 @@ def restart_run(tree: str, peers: int, procs: int, workdir: str) -> dict:
             "restart_ready_s": ready_seconds,
             "first_back_s": min(b["first_back"] for b in back) - killed,
             "all_back_s": max(b["last_back"] for b in back) - killed,
+            "half_back_s": max(b["half_back"] or killed for b in back) - killed,
+            "p90_back_s": max(b["p90_back"] or killed for b in back) - killed,
             "client_cpu_ms": sum(b["cpu"] for b in back) / max(back_count, 1) * 1000,
             "client_gc_ms": sum(b["gc"] for b in back) / max(back_count, 1) * 1000,
             "relay_cpu_ms": relay_cpu / max(back_count, 1) * 1000,
@@ -223,6 +234,54 @@ def restart_run(tree: str, peers: int, procs: int, workdir: str) -> dict:
     finally:
         for proc, _ in loads:
             finish(proc)
+        relay.kill()
+
+
+def restart_loadgen_run(tree: str, peers: int, procs: int, workdir: str) -> dict:
+    """The restart row with the protocol-level generator (module docstring)."""
+    relay = Relay(tree, free_port(), os.path.join(workdir, "restart.key"), config_path(workdir))
+    relay.start()
+    loads: list[tuple[subprocess.Popen, JsonLines]] = []
+    try:
+        relay_id = relay.multiaddr.rsplit("/", 1)[1]
+        shares = [peers // procs + (1 if i < peers % procs else 0) for i in range(procs)]
+        for share in shares:
+            command = dict(
+                host="127.0.0.1", port=relay.port, path="/signaling", relay_peer_id=relay_id,
+                local_ip="127.0.0.1", concurrency=CONCURRENCY, max_peers=share,
+            )  # fmt: skip
+            proc = popen([LOADGEN, json.dumps(command)], tree)
+            loads.append((proc, JsonLines(proc)))
+        for (proc, reader), share in zip(loads, shares, strict=True):
+            reader.read(120)  # keys made
+            proc.stdin.write(f"open {share}\n".encode())
+            proc.stdin.flush()
+        first = [reader.read(120 + peers / 10) for _, reader in loads]
+        for proc, _ in loads:
+            proc.stdin.write(b"restart 120\n")
+            proc.stdin.flush()
+        time.sleep(0.5)
+        killed = time.time()
+        relay.kill()
+        ready_seconds = relay.start()
+        cpu0 = cpu_seconds(relay.pid)
+        back = [reader.read(180) for _, reader in loads]
+        relay_cpu = cpu_seconds(relay.pid) - cpu0
+        back_count = sum(b["back"] for b in back)
+        return {
+            "back": back_count,
+            "first_registration_s": max(r["seconds"] for r in first),
+            "restart_ready_s": ready_seconds,
+            "first_back_s": min(b["first_back"] or killed for b in back) - killed,
+            "all_back_s": max(b["last_back"] or killed for b in back) - killed,
+            "retries": sum(b["retries"] for b in back),
+            "client_cpu_ms": sum(b["cpu"] for b in back) / max(back_count, 1) * 1000,
+            "relay_cpu_ms": relay_cpu / max(back_count, 1) * 1000,
+        }
+    finally:
+        for proc, _ in loads:
+            proc.kill()
+            proc.wait()
         relay.kill()
 
 
@@ -250,6 +309,11 @@ def main() -> None:
     parser.add_argument("--no-restart", action="store_true", help="skip the restart rows")
     parser.add_argument("--no-cpu", action="store_true", help="skip the CPU rows")
     parser.add_argument("--restart-peers", type=int, help="peers of the restart rows")
+    parser.add_argument(
+        "--restart-kinds",
+        default="sdk,loadgen",
+        help="restart rows to run: sdk (RelayManager peers), loadgen (protocol level)",
+    )
     args = parser.parse_args()
     mode_name = "smoke" if args.smoke else "quick" if args.quick else "full"
     mode = dict(MODES[mode_name])
@@ -261,6 +325,8 @@ def main() -> None:
     load_start = loadavg()
     cpu: dict[str, list[dict]] = {}
     restart: dict[str, dict] = {}
+    restart_lg: dict[str, dict] = {}
+    restart_kinds = set(args.restart_kinds.split(","))
     start: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory() as workdir:
         for _ in range(mode["runs"]):
@@ -275,12 +341,25 @@ def main() -> None:
                 cpu.setdefault(label, []).append(cpu_round(kind, tree, mode["cpu_peers"], workdir))
         if not args.no_restart:
             for name, tree in trees.items():
-                restart[name] = restart_run(tree, mode["restart_peers"], mode["procs"], workdir)
-    print(table(cpu, restart, start, mode, mode_name, load_start))
+                if "loadgen" in restart_kinds:
+                    restart_lg[name] = restart_loadgen_run(
+                        tree, mode["restart_peers"], mode["procs"], workdir
+                    )
+                    restart_lg[name]["load"] = loadavg()
+                if "sdk" in restart_kinds:
+                    restart[name] = restart_run(tree, mode["restart_peers"], mode["procs"], workdir)
+                    restart[name]["load"] = loadavg()
+    print(table(cpu, restart, restart_lg, start, mode, mode_name, load_start))
 
 
 def table(
-    cpu: dict, restart: dict, start: dict, mode: dict, mode_name: str, load_start: str
+    cpu: dict,
+    restart: dict,
+    restart_lg: dict,
+    start: dict,
+    mode: dict,
+    mode_name: str,
+    load_start: str,
 ) -> str:
     rows = [
         "| benchmark | value | baseline (same run) | ratio | target |",
@@ -316,15 +395,31 @@ def table(
         )
         rows.append(
             f"| relay {name}: {peers:,} RelayManager peers, kill -9 + restart: {everyone} "
-            f"registered again, s | {r['all_back_s']:.1f} (first {r['first_back_s']:.1f}; relay "
-            f"READY after {r['restart_ready_s']:.1f}; first registration of all took "
-            f"{r['first_registration_s']:.1f}) | | | <= 10 s |"
+            f"registered again, s | {r['all_back_s']:.1f} (first {r['first_back_s']:.1f}, half "
+            f"{r['half_back_s']:.1f}, 90% {r['p90_back_s']:.1f}; relay READY after "
+            f"{r['restart_ready_s']:.1f}; first registration of all took "
+            f"{r['first_registration_s']:.1f}; load {r['load']}) | | | <= 10 s |"
         )
         rows.append(
             f"| relay {name}: re-registration CPU per peer, ms, relay / SDK (RelayManager, incl. first Ping) | "
             f"{r['relay_cpu_ms']:.2f} / {r['client_cpu_ms']:.2f} (SDK's cyclic GC "
             f"{r['client_gc_ms']:.2f} with the connected peers frozen; first registration SDK "
             f"{r['first_registration_cpu_ms']:.2f}) | | | |"
+        )
+    for name, r in restart_lg.items():
+        peers = mode["restart_peers"]
+        everyone = "all" if r["back"] == peers else f"{r['back']:,} of {peers:,}"
+        rows.append(
+            f"| relay {name}: {peers:,} protocol-level peers (_register_loadgen.py: no backoff, "
+            f"no Ping, no SDK session), kill -9 + restart: {everyone} registered again, s | "
+            f"{r['all_back_s']:.1f} (first {r['first_back_s']:.1f}; relay READY after "
+            f"{r['restart_ready_s']:.1f}; {r['retries']} retried attempts; load {r['load']}) "
+            f"| | | <= 10 s |"
+        )
+        rows.append(
+            f"| relay {name}: re-registration CPU per peer, ms, relay / generator | "
+            f"{r['relay_cpu_ms']:.2f} / {r['client_cpu_ms']:.2f} (first registration of all "
+            f"took {r['first_registration_s']:.1f} s) | | | |"
         )
     rows.append(
         f"\nMode {mode_name}: {mode['cpu_peers']} registrations x {mode['runs']} rounds per kind "
