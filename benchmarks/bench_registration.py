@@ -25,6 +25,10 @@ client code; CPU comes from /proc/PID/stat (server) and process_time (load).
             the first Ping, the session's tasks and objects; the relay does the same
             work (TCP accept, upgrade, Ed25519 verify, its own signature, Registered).
 
+When this checkout has libsodium (the fast-crypto extra, darkswap_trio/proto/_ed25519.py)
+the CPU rows also run it with OpenSSL's Ed25519 (``DARKSWAP_ED25519=openssl``, relay and
+SDK): the figures of an install without the extra.
+
 ``--baseline TREE`` also runs relay and SDK from another checkout (e.g. /work/main
 before this change) in the same rounds: the "before" columns.
 
@@ -84,14 +88,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def child_env(tree: str) -> dict:
-    return {**os.environ, "PYTHONPATH": tree}
+# A row "without fast-crypto": relay and SDK with OpenSSL's Ed25519 (darkswap_trio/proto/
+# _ed25519.py), when this checkout would use libsodium.
+OPENSSL = {"DARKSWAP_ED25519": "openssl"}
 
 
-def popen(args: list[str], tree: str, **kwargs) -> subprocess.Popen:
+def child_env(tree: str, extra: dict | None = None) -> dict:
+    return {**os.environ, "PYTHONPATH": tree, **(extra or {})}
+
+
+def popen(args: list[str], tree: str, env: dict | None = None, **kwargs) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, *args],
-        env=child_env(tree),
+        env=child_env(tree, env),
         cwd=tree,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -103,8 +112,11 @@ def popen(args: list[str], tree: str, **kwargs) -> subprocess.Popen:
 class Relay:
     """``python -m relay`` from ``tree`` on ``port``, identity in ``key_file``."""
 
-    def __init__(self, tree: str, port: int, key_file: str, config_file: str) -> None:
+    def __init__(
+        self, tree: str, port: int, key_file: str, config_file: str, env: dict | None = None
+    ) -> None:
         self.tree, self.port, self.key_file, self.config_file = tree, port, key_file, config_file
+        self.env = env
         self.proc: subprocess.Popen | None = None
         self.multiaddr = ""
 
@@ -116,7 +128,7 @@ class Relay:
         log = os.environ.get("BENCH_RELAY_LOG")  # a file for the relay's INFO log
         args += ["--key-file", self.key_file, "--log-level", "INFO" if log else "WARNING"]
         stderr = open(log, "a") if log else subprocess.DEVNULL  # noqa: SIM115
-        self.proc = popen(args, self.tree, stderr=stderr)
+        self.proc = popen(args, self.tree, self.env, stderr=stderr)
         line = self.proc.stdout.readline().decode()
         if not line.startswith("READY"):
             raise RuntimeError(f"relay did not start: {line!r}")
@@ -135,8 +147,8 @@ class Relay:
             self.proc.wait()
 
 
-def load(command: dict, tree: str) -> tuple[subprocess.Popen, JsonLines]:
-    proc = popen([PEERS, json.dumps(command)], tree)
+def load(command: dict, tree: str, env: dict | None = None) -> tuple[subprocess.Popen, JsonLines]:
+    proc = popen([PEERS, json.dumps(command)], tree, env)
     return proc, JsonLines(proc)
 
 
@@ -153,9 +165,11 @@ def cpu_round(kind: str, tree: str, peers: int, workdir: str) -> dict:
     """One server of ``kind``, ``peers`` registrations: server and load CPU (ms each)."""
     server: subprocess.Popen | None = None
     relay: Relay | None = None
+    env = OPENSSL if kind == "relay-openssl" else None
     try:
-        if kind == "relay":
-            relay = Relay(tree, free_port(), os.path.join(workdir, "cpu.key"), config_path(workdir))
+        if kind.startswith("relay"):
+            key_file = os.path.join(workdir, "cpu.key")
+            relay = Relay(tree, free_port(), key_file, config_path(workdir), env)
             relay.start()
             pid = relay.pid
             command = dict(command="peers", multiaddr=relay.multiaddr, manager=False)
@@ -170,7 +184,7 @@ def cpu_round(kind: str, tree: str, peers: int, workdir: str) -> dict:
         command.update(count=peers, concurrency=CONCURRENCY)
         time.sleep(0.3)
         cpu0 = cpu_seconds(pid)
-        proc, reader = load(command, tree if kind == "relay" else ROOT)
+        proc, reader = load(command, tree if kind.startswith("relay") else ROOT, env)
         reply = reader.read(120 + peers / 20)
         server_cpu = cpu_seconds(pid) - cpu0
         finish(proc)
@@ -186,6 +200,18 @@ def cpu_round(kind: str, tree: str, peers: int, workdir: str) -> dict:
         if server is not None:
             server.kill()
             server.wait()
+
+
+def fast_crypto(tree: str) -> bool:
+    """Whether ``tree`` signs and verifies with libsodium here (the fast-crypto extra)."""
+    code = "from darkswap_trio.proto import _ed25519; print(_ed25519.BACKEND)"
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", code], env=child_env(tree), capture_output=True, timeout=60
+        )
+    except subprocess.TimeoutExpired:
+        return False
+    return out.stdout.strip() == b"libsodium"
 
 
 def config_path(workdir: str) -> str:
@@ -333,6 +359,8 @@ def main() -> None:
             for name, tree in trees.items():
                 start.setdefault(name, []).append(start_round(tree, workdir))
         kinds = [(f"relay {name}", "relay", tree) for name, tree in trees.items()]
+        if fast_crypto(ROOT):
+            kinds.insert(1, ("relay after, OpenSSL Ed25519", "relay-openssl", ROOT))
         kinds += [("bare darkswap_trio.websocket", "bare-own", ROOT)]
         kinds += [("bare trio-websocket", "bare-tws", ROOT)]
         for round_ in range(0 if args.no_cpu else mode["runs"]):
@@ -424,7 +452,8 @@ def table(
     rows.append(
         f"\nMode {mode_name}: {mode['cpu_peers']} registrations x {mode['runs']} rounds per kind "
         f"(32 in flight), medians [min-max]; restart with {mode['restart_peers']:,} peers in "
-        f"{mode['procs']} load processes. Load average (1 min) at start {load_start}, at end "
+        f"{mode['procs']} load processes; Ed25519 of this checkout: "
+        f"{'libsodium' if fast_crypto(ROOT) else 'OpenSSL'}. Load average (1 min) at start {load_start}, at end "
         f"{loadavg()}; {os.cpu_count()} CPUs shared with whatever else runs."
     )
     return "\n".join(rows)

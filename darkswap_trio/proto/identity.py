@@ -15,17 +15,18 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 
 import base58
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
 )
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from . import _ed25519
 from .errors import PeerIdError
 
 
@@ -262,16 +263,18 @@ class PeerId:
         except ValueError:  # pragma: no cover - 32 bytes always load
             return None
 
+    @cached_property
+    def _verifier(self) -> Callable[[bytes, bytes], bool] | None:
+        # Cached like the key: libsodium's when installed (proto._ed25519).
+        inline = self._inline_key
+        if inline is None or inline[0] != KEY_TYPE_ED25519:
+            return None
+        return _ed25519.verifier(inline[1])
+
     def verify(self, message: bytes, signature: bytes) -> bool:
         """True when ``signature`` is this peer's Ed25519 signature of ``message``."""
-        key = self._public_key
-        if key is None:
-            return False
-        try:
-            key.verify(signature, message)
-        except (InvalidSignature, ValueError):
-            return False
-        return True
+        verify = self._verifier
+        return verify is not None and verify(message, signature)
 
 
 def parse_peer_id(text: str) -> PeerId:
@@ -297,6 +300,7 @@ class Keypair:
 
     def __init__(self, private_key: Ed25519PrivateKey) -> None:
         self._private_key = private_key
+        self._sign: Callable[[bytes], bytes] | None = None
         self.public_key: Ed25519PublicKey = private_key.public_key()
         self.peer_id: PeerId = PeerId.from_public_key(self.public_key)
 
@@ -311,7 +315,10 @@ class Keypair:
         return cls(Ed25519PrivateKey.from_private_bytes(seed))
 
     def sign(self, message: bytes) -> bytes:
-        return self._private_key.sign(message)
+        sign = self._sign
+        if sign is None:  # built on first use: libsodium's when installed (proto._ed25519)
+            sign = self._sign = _ed25519.signer(self.seed(), self._private_key.sign)
+        return sign(message)
 
     def seed(self) -> bytes:
         from cryptography.hazmat.primitives.serialization import NoEncryption, PrivateFormat
