@@ -58,8 +58,9 @@ logger = logging.getLogger("relay.main")
 PROG = "darkswap-relay"
 # After shutdown(grace) returns, how long serve_relay may take to return before we cancel.
 SHUTDOWN_MARGIN = 2.0
-# Allocations between young collections in the standalone relay process (Python's
-# default is 700); see _serve_main. Never set by the library (serve_relay).
+# Allocations between young collections here (default 700; never set by serve_relay): a
+# registration storm's survivors were scanned again and again while promoted, GC ~0.05-0.08
+# ms per registration at 2,000-3,000 peers, ~0.015 with 20,000 (~1 ms per collection).
 RELAY_GC_THRESHOLD = 20_000
 _DISABLED = -1  # --stun-port/--metrics-port value meaning "do not run this service"
 
@@ -557,14 +558,6 @@ def _serve_main(args: argparse.Namespace, argv: list[str]) -> int:
         # would change collection for the caller's whole process.
         gc.collect()
         gc.freeze()
-        # A registration leaves ~100 container objects that live as long as its session
-        # (session, connection, task, scopes) and makes as many short-lived ones. With the
-        # default 700 allocations per young collection, the survivors of a registration
-        # storm are scanned again and again while being promoted, and full collections
-        # follow the growing heap: ~0.05-0.08 ms of CPU per registration at 2,000-3,000
-        # peers (benchmarks/bench_registration.py), ~0.015 ms with 20,000. A young
-        # collection then scans at most 20,000 objects (~1 ms); cyclic garbage of closed
-        # sessions is found at the same generational pace, only in larger steps.
         gc.set_threshold(RELAY_GC_THRESHOLD, 10, 10)
         worker = None
         if args.worker_index is not None:
