@@ -201,7 +201,7 @@ def accept_token(key: str) -> str:
     return base64.b64encode(digest).decode("ascii")
 
 
-def _render_headers(headers: list[tuple[str, str]] | tuple[tuple[str, str], ...]) -> bytes:
+def _render_headers(headers: Sequence[tuple[str, str]]) -> bytes:
     out = []
     for name, value in headers:
         raw_name = name.encode("ascii")
