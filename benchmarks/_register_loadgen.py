@@ -6,6 +6,15 @@ then reads "open N" lines on stdin and prints one JSON line per line, {"opened",
 "seconds", "cpu"}; "quit" ends (the kernel closes the sessions). It prints {"ready": true}
 once its keys exist.
 
+"restart SECONDS" (bench_registration.py's restart row): every held session waits for its
+connection to end (the relay was killed), and each peer then registers again with the
+same key, at most ``concurrency`` handshakes in flight; a connect the relay refuses (not
+listening yet), a connection it drops or a 503 is retried after RETRY_DELAY. Prints
+{"back", "first_back", "last_back" (time.time()), "cpu", "retries"} once every peer is
+back or SECONDS have passed. What it skips compared with an SDK peer (RelayManager): the
+backoff timers and their jitter (a dead session is redialled at once), the first Ping,
+and every task, scope and object of an SDK session.
+
 Why a generator of its own: on a 2-core machine the generator shares the cores with the
 relay workers it measures, so its CPU per registration caps the ratio 2 workers can show
 (the asyncio + ``websockets`` generator of _relay_loadgen.py spent 0.74-0.90 ms per
@@ -28,6 +37,7 @@ from __future__ import annotations
 
 import base64
 import errno
+import heapq
 import json
 import os
 import selectors
@@ -47,8 +57,16 @@ HEADER = b"darkswap-relay-challenge: "
 RECEIVE = 65536
 
 
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)  # Linux 4.2
+RETRY_DELAY = 0.05  # seconds before a refused or dropped re-registration is tried again
+
+
 class Failure(Exception):
     pass
+
+
+class Retry(Failure):
+    """The relay refused or dropped the attempt (during a restart: try again)."""
 
 
 class Peer:
@@ -100,17 +118,18 @@ def server_frame(buffer: bytes) -> bytes | None:
     return buffer[start : start + n]
 
 
-CONNECTING, UPGRADING, REGISTERING = range(3)
+CONNECTING, UPGRADING, REGISTERING, HELD = range(4)
 
 
 class Session:
-    __slots__ = ("sock", "peer", "buffer", "state")
+    __slots__ = ("sock", "peer", "buffer", "state", "index")
 
-    def __init__(self, sock: socket.socket, peer: Peer, state: int) -> None:
+    def __init__(self, sock: socket.socket, peer: Peer, state: int, index: int = -1) -> None:
         self.sock = sock
         self.peer = peer
         self.buffer = b""
         self.state = state
+        self.index = index  # the peer's place in Generator.peers
 
 
 class Generator:
@@ -129,6 +148,7 @@ class Generator:
         ).encode()
         self.selector = selectors.EpollSelector()
         self.held: list[socket.socket] = []
+        self.held_peers: list[int] = []  # the peer index of each held socket
         self.verified = False
 
     def open(self, n: int) -> None:
@@ -136,7 +156,7 @@ class Generator:
         following = iter(range(start, stop))
         in_flight = 0
         for i in following:
-            self._connect(self.peers[i])
+            self._connect(i)
             in_flight += 1
             if in_flight == self.concurrency:
                 break
@@ -147,26 +167,97 @@ class Generator:
                     in_flight -= 1
                     i = next(following, None)
                     if i is not None:
-                        self._connect(self.peers[i])
+                        self._connect(i)
                         in_flight += 1
 
-    def _connect(self, peer: Peer) -> None:
+    def restart(self, seconds: float) -> dict:
+        """Wait for every held session to end, register each peer again (module docstring)."""
+        total = len(self.held)
+        for sock, index in zip(self.held, self.held_peers, strict=True):
+            self.selector.register(
+                sock, selectors.EVENT_READ, Session(sock, self.peers[index], HELD, index)
+            )
+        self.held, self.held_peers = [], []
+        waiting: list[tuple[float, int]] = []  # heap of (not before, peer index)
+        in_flight = retries = 0
+        first_back = last_back = None
+        deadline = time.monotonic() + seconds
+        while len(self.held) < total and time.monotonic() < deadline:
+            now = time.monotonic()
+            while waiting and in_flight < self.concurrency and waiting[0][0] <= now:
+                _, index = heapq.heappop(waiting)
+                try:
+                    self._connect(index)
+                    in_flight += 1
+                except Retry:
+                    retries += 1
+                    heapq.heappush(waiting, (now + RETRY_DELAY, index))
+            timeout = RETRY_DELAY if waiting else 1.0
+            for key, _ in self.selector.select(timeout):
+                s = key.data
+                if s.state == HELD:
+                    try:
+                        gone = not s.sock.recv(RECEIVE)
+                    except BlockingIOError:
+                        gone = False
+                    except OSError:
+                        gone = True
+                    if gone:  # the relay went away: this peer redials at once
+                        self.selector.unregister(s.sock)
+                        s.sock.close()
+                        heapq.heappush(waiting, (0.0, s.index))
+                    continue
+                try:
+                    done = self._step(s)
+                except Retry:
+                    retries += 1
+                    in_flight -= 1
+                    self.selector.unregister(s.sock)
+                    s.sock.close()
+                    heapq.heappush(waiting, (time.monotonic() + RETRY_DELAY, s.index))
+                    continue
+                if done:
+                    in_flight -= 1
+                    last_back = time.time()
+                    first_back = first_back or last_back
+        return {
+            "back": len(self.held),
+            "first_back": first_back,
+            "last_back": last_back,
+            "retries": retries,
+        }
+
+    def _connect(self, index: int) -> None:
+        peer = self.peers[index]
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # The port is chosen at connect, per destination: a bind to port 0 alone searches
+        # for a port free of every TIME_WAIT socket, and after a run of 10,000 sessions
+        # that search made the next run's generator ~10x as costly (kernel CPU).
+        sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
         sock.bind(self.local)
         sock.setblocking(False)
         code = sock.connect_ex(self.address)
         if code not in (0, errno.EINPROGRESS):
+            sock.close()
+            if code == errno.ECONNREFUSED:
+                raise Retry("connect refused")
             raise Failure(f"connect: {os.strerror(code)}")
         try:
             # On loopback the handshake has usually completed by now: no wait for writable.
             sock.send(self.upgrade)  # a few hundred bytes into an empty send buffer
         except (BlockingIOError, OSError) as exc:
             if exc.errno not in (errno.EAGAIN, errno.ENOTCONN):
+                sock.close()
+                if exc.errno in (errno.ECONNREFUSED, errno.ECONNRESET, errno.EPIPE):
+                    raise Retry(f"send: {exc}") from None
                 raise
-            self.selector.register(sock, selectors.EVENT_WRITE, Session(sock, peer, CONNECTING))
+            state = Session(sock, peer, CONNECTING, index)
+            self.selector.register(sock, selectors.EVENT_WRITE, state)
         else:
-            self.selector.register(sock, selectors.EVENT_READ, Session(sock, peer, UPGRADING))
+            self.selector.register(
+                sock, selectors.EVENT_READ, Session(sock, peer, UPGRADING, index)
+            )
 
     def _step(self, s: Session) -> bool:
         """Advance ``s`` on readiness; True once it is registered (and held)."""
@@ -174,14 +265,19 @@ class Generator:
         if s.state == CONNECTING:
             code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if code:
+                if code == errno.ECONNREFUSED:
+                    raise Retry("connect refused")
                 raise Failure(f"connect: {os.strerror(code)}")
             sock.send(self.upgrade)
             s.state = UPGRADING
             self.selector.modify(sock, selectors.EVENT_READ, s)
             return False
-        data = sock.recv(RECEIVE)
+        try:
+            data = sock.recv(RECEIVE)
+        except ConnectionResetError:
+            raise Retry("the relay reset a session during the handshake") from None
         if not data:
-            raise Failure("the relay closed a session during the handshake")
+            raise Retry("the relay closed a session during the handshake")
         s.buffer += data
         if s.state == UPGRADING:
             end = s.buffer.find(b"\r\n\r\n")
@@ -189,6 +285,8 @@ class Generator:
                 return False
             head, s.buffer = s.buffer[: end + 2], s.buffer[end + 4 :]
             at = head.lower().find(HEADER)  # header names are case-insensitive
+            if head.startswith(b"HTTP/1.1 503"):
+                raise Retry("the relay is busy (503)")
             if not head.startswith(b"HTTP/1.1 101") or at < 0:
                 raise Failure(f"no challenge in the upgrade response: {head[:200]!r}")
             at += len(HEADER)
@@ -210,6 +308,7 @@ class Generator:
             self._verify(s.peer, payload)
         self.selector.unregister(sock)
         self.held.append(sock)
+        self.held_peers.append(s.index)
         return True
 
     def _verify(self, peer: Peer, payload: bytes) -> None:
@@ -227,12 +326,23 @@ def emit(obj: object) -> None:
 
 
 def main() -> None:
+    import resource
+
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # thousands of sessions
     generator = Generator(json.loads(sys.argv[1]))
     emit({"ready": True})
     for line in sys.stdin:
         words = line.split()
         if not words or words[0] == "quit":
             break
+        if words[0] == "restart":
+            times = os.times()
+            reply = generator.restart(float(words[1]))
+            after = os.times()
+            cpu = after.user - times.user + after.system - times.system
+            emit({**reply, "cpu": cpu})
+            continue
         n = int(words[1])
         start, times = time.perf_counter(), os.times()
         generator.open(n)

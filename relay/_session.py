@@ -489,6 +489,12 @@ class SignalingSession:
         if accepted.expires_at is not None:
             self._set_token_deadline(accepted.expires_at)
         self._last_activity = trio.current_time()
+        scope = self._read_scope
+        if scope.deadline != math.inf:  # the reading scope, not a blocking step's (_read_loop)
+            # It ran to the handshake deadline: move it to the idle one now, else every
+            # registered session wakes once at its handshake deadline only to find that
+            # the deadline moved (10,000 wake-ups 10 s into a restart storm).
+            scope.deadline = self._deadline()[0]
         self.router.metrics.registration(self._mode if self.extended else "legacy", "ok")
         self.send_control(self._handshake.registered(accepted, self.router.announced_limits()))
 

@@ -20,5 +20,7 @@ def test_bench_registration_smoke():
         "bare trio-websocket accept",
         "SDK client CPU per registration",
         "100 RelayManager peers, kill -9 + restart: all registered again",
+        "100 protocol-level peers (_register_loadgen.py: no backoff, no Ping, no SDK session), "
+        "kill -9 + restart: all registered again",
     ):
         assert row in proc.stdout, (row, proc.stdout)

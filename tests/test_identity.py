@@ -83,6 +83,20 @@ def test_base58_roundtrip(data):
     assert b58decode(b58encode(data)) == data
 
 
+@given(st.text(alphabet=BITCOIN_ALPHABET.decode(), max_size=80))
+def test_base58_decode_agrees_with_the_base58_package(text):
+    import base58
+
+    assert b58decode(text) == base58.b58decode(text)
+
+
+@pytest.mark.parametrize("text", [GUIDE_PEER + " ", GUIDE_PEER + "\n", " " + GUIDE_PEER])
+def test_peer_id_with_whitespace_is_refused(text):
+    # base58.b58decode stripped trailing whitespace; one peer has one name on the wire.
+    with pytest.raises(PeerIdError):
+        parse_peer_id(text)
+
+
 @given(st.text(alphabet=BITCOIN_ALPHABET.decode(), max_size=80) | st.text(max_size=80))
 def test_any_string_raises_only_parse_error(text):
     try:

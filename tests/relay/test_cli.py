@@ -214,3 +214,27 @@ def test_valid_tls_pair_passes_the_preflight(tmp_path) -> None:
     args = build_parser().parse_args(["--tls-cert", cert_path, "--tls-key", other])
     with pytest.raises(ConfigError):
         _config_from_args(args)
+
+
+def test_standalone_relay_collects_young_objects_less_often(tmp_path, monkeypatch) -> None:
+    # Set in the relay's own process just before trio.run (registration storms), and
+    # not by serve_relay: the library never changes its caller's collector.
+    import gc
+
+    import relay.__main__ as entry
+
+    seen: list[tuple[int, ...]] = []
+
+    def fake_run(*_args: object) -> int:
+        seen.append(gc.get_threshold())
+        return 0
+
+    before = gc.get_threshold()
+    monkeypatch.setattr(entry.trio, "run", fake_run)
+    try:
+        argv = ["--port", "0", "--stun-port", "none", "--metrics-port", "none"]
+        assert entry.main([*argv, "--key-file", str(tmp_path / "k")]) == 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+    assert seen and seen[0][0] == entry.RELAY_GC_THRESHOLD

@@ -26,6 +26,8 @@ _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # Field values: visible ASCII, obs-text, space and tab; no CR/LF/NUL/controls.
 _FIELD_VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
 _REQUEST_TARGET = re.compile(rb"[\x21-\x7e]+")
+# Header lines, each a _TOKEN, a colon and a _FIELD_VALUE, each ended by CRLF.
+_HEADER_BLOCK = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*\r\n)*")
 _REASON_PHRASE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
 
 REASON_PHRASES = {
@@ -111,6 +113,14 @@ def _parse_head(head: bytes) -> tuple[bytes, tuple[tuple[str, str], ...]]:
     lines = head[:-4].split(b"\r\n")
     if len(lines) - 1 > MAX_HEADER_COUNT:
         raise WebSocketHandshakeError("too many header fields", 431)
+    first_end = head.find(b"\r\n") + 2
+    if _HEADER_BLOCK.fullmatch(head, first_end, len(head) - 2):
+        # Every field checked by one match (what the loop below checks line by line,
+        # two matches per line): the loop only for a head that fails, to say why.
+        return lines[0], tuple(
+            (name.decode("ascii").lower(), value.strip(b" \t").decode("latin-1"))
+            for name, _, value in (line.partition(b":") for line in lines[1:])
+        )
     headers = []
     for line in lines[1:]:
         name, sep, value = line.partition(b":")
@@ -191,7 +201,7 @@ def accept_token(key: str) -> str:
     return base64.b64encode(digest).decode("ascii")
 
 
-def _render_headers(headers: list[tuple[str, str]] | tuple[tuple[str, str], ...]) -> bytes:
+def _render_headers(headers: Sequence[tuple[str, str]]) -> bytes:
     out = []
     for name, value in headers:
         raw_name = name.encode("ascii")
@@ -204,13 +214,12 @@ def _render_headers(headers: list[tuple[str, str]] | tuple[tuple[str, str], ...]
 
 def build_accept_response(key: str, extra_headers: Sequence[tuple[str, str]] = ()) -> bytes:
     """The 101 Switching Protocols response that completes the server handshake."""
-    headers = [
-        ("Upgrade", "websocket"),
-        ("Connection", "Upgrade"),
-        ("Sec-WebSocket-Accept", accept_token(key)),
-        *extra_headers,
-    ]
-    return b"HTTP/1.1 101 Switching Protocols\r\n" + _render_headers(headers) + b"\r\n"
+    # The fixed fields need no validation (the token is base64): only the caller's.
+    return (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Accept: " + accept_token(key).encode("ascii") + b"\r\n"
+        + _render_headers(extra_headers) + b"\r\n"
+    )  # fmt: skip
 
 
 def build_http_response(
