@@ -43,7 +43,16 @@ def test_metadata_license_and_extras():
     assert not any(name in dependencies for name in ("h11", "prometheus", "PyJWT"))
     relay = " ".join(project["optional-dependencies"]["relay"])
     assert all(name in relay for name in ("h11", "prometheus-client", "PyJWT"))
-    # The test extra pulls the relay (and its cluster extra: the cluster tests run too).
-    assert "darkswap-trio[relay,cluster]" in project["optional-dependencies"]["test"]
+    # The test extra pulls the relay, its cluster extra (the cluster tests run too) and
+    # fast-crypto (libsodium's Ed25519; the OpenSSL fallback is tested beside it).
+    assert "darkswap-trio[relay,cluster,fast-crypto]" in project["optional-dependencies"]["test"]
+    assert "pynacl" in " ".join(project["optional-dependencies"]["fast-crypto"])
     assert "hiredis" in " ".join(project["optional-dependencies"]["cluster"])
     assert project["scripts"]["darkswap-peer"] == "darkswap_trio._peer_cli:main"
+
+
+def test_relay_image_installs_the_relay_extra():
+    # A bare `pip install .` gives an image whose entry point fails at import (no h11).
+    dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
+    installs = [line for line in dockerfile.splitlines() if line.startswith("RUN pip install")]
+    assert installs and all("'.[relay,fast-crypto]'" in line for line in installs), installs
