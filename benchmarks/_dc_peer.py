@@ -76,8 +76,10 @@ async def ours(role: str, args: argparse.Namespace) -> None:
         return await trio.to_thread.run_sync(read_item, abandon_on_cancel=True)
 
     if role == "answer":
-        offer = (await read())["sdp"]
+        # Like the aiortc answerer below: the connection (socket, certificate) is made
+        # before the offer comes, so neither answerer's set-up counts in the open time.
         async with open_peer_connection(config) as pc, trio.open_nursery() as nursery:
+            offer = (await read())["sdp"]
             await pc.set_remote_description(offer, "offer")
             emit({"sdp": await pc.create_answer()})
             channel = await pc.accept_data_channel()

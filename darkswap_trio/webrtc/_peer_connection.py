@@ -28,7 +28,7 @@ from typing import Literal
 
 import trio
 
-from ..proto.dtls import DtlsCertificate, DtlsEndpoint, DtlsStatistics
+from ..proto.dtls import DtlsCertificate, DtlsEndpoint, DtlsStatistics, dtls_context
 from ..proto.ice import TA, IceAgent, IceStatistics
 from ..proto.peer import PeerCore
 from ..proto.sctp import SctpStatistics
@@ -185,6 +185,10 @@ class PeerConnection:
             datetime.datetime.now(datetime.UTC)
         )
         self._fingerprint = DtlsFingerprint.of_certificate(self._certificate.der)
+        # Made now, not when the remote description comes: loading the key into
+        # OpenSSL (and, first in a process, OpenSSL itself) costs 1-9 ms that would
+        # otherwise sit between an offer's arrival and our answer and first check.
+        self._dtls_context = dtls_context(self._certificate)
         self._ufrag, self._pwd = generate_ice_credentials()
         self._stun_servers: list[tuple[str, int]] = []
         self._turn_servers: list[TurnClientSettings] = []
@@ -258,6 +262,7 @@ class PeerConnection:
             role.value,
             self._certificate,
             [(f.algorithm, f.value) for f in media.fingerprints],
+            context=self._dtls_context,
         )
         assert media.ice_ufrag and media.ice_pwd
         core.set_remote(

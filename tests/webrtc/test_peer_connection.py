@@ -484,3 +484,23 @@ async def test_reliable_and_partial_channels_over_a_lossy_path():
             while got_partial[-1] != b"after":
                 await trio.testing.wait_all_tasks_blocked(cushion=0.01)
             nursery.cancel_scope.cancel()
+
+
+async def test_the_dtls_context_is_made_with_the_connection_not_with_the_offer(monkeypatch):
+    """Loading our key into OpenSSL (first in a process: OpenSSL itself) happens when the
+    connection is made, so it is not paid between an offer's arrival and the answer."""
+    from darkswap_trio.webrtc import _peer_connection
+
+    made: list[object] = []
+    real = _peer_connection.dtls_context
+    monkeypatch.setattr(
+        _peer_connection, "dtls_context", lambda cert: made.append(cert) or real(cert)
+    )
+    async with open_peer_connection(LOOPBACK) as a, open_peer_connection(LOOPBACK) as b:
+        assert len(made) == 2
+        with trio.fail_after(10):
+            await connect(a, b)
+        assert len(made) == 2  # the remote descriptions made none
+        ours, theirs = await open_channel(a, b, "ctx")
+        await ours.send(b"ping")
+        assert await theirs.receive() == b"ping"
