@@ -126,8 +126,20 @@ def install_hooks(stack: str) -> None:
         core_cls.poll_datagrams = poll_datagrams_noted
         sctp_cls.receive, sctp_cls.poll_transmit = sctp_receive_noted, sctp_poll_noted
     else:
+        import logging
+
         import aioice.ice
         from aiortc import rtcsctptransport
+
+        if os.environ.get("OPEN_TIMELINE_LOG"):  # aioice's and aiortc's own log lines too
+
+            class Noted(logging.Handler):
+                def emit(self, record: logging.LogRecord) -> None:
+                    note("log " + record.getMessage()[:90])
+
+            for name in ("aioice", "aiortc"):
+                logging.getLogger(name).addHandler(Noted())
+                logging.getLogger(name).setLevel(logging.DEBUG)
 
         proto = aioice.ice.StunProtocol
         received, send_stun, send_data = proto.datagram_received, proto.send_stun, proto.send_data
