@@ -3,10 +3,11 @@ bench_datachannel.py, which starts two of them and relays their descriptions.
 
     python _dc_peer.py ours|aiortc offer|answer  [--rtt N] [--bytes B] [--seconds S]
 
-Lines on stdin/stdout are JSON. Both print {"ready": true} once imported; the offerer
-then waits for {"go": true} (so neither stack's start-up counts), prints {"sdp": offer},
-reads {"sdp": answer},
-opens a channel, and then measures, printing one result line per measurement:
+Lines on stdin/stdout are JSON. Both print {"ready": true} once imported (the answerer
+once its peer connection is made, too); the offerer then waits for {"go": true} (so
+neither stack's start-up counts, nor competes for a CPU with the timed open), prints
+{"sdp": offer}, reads {"sdp": answer}, opens a channel, and then measures, printing
+one result line per measurement:
 
 * {"open": s}: from just before the offer was made to the channel open and one 1-byte
   message echoed (so both ends are open);
@@ -70,14 +71,18 @@ async def ours(role: str, args: argparse.Namespace) -> None:
     from darkswap_trio.webrtc import PeerConnectionConfig, open_peer_connection
 
     config = PeerConnectionConfig(host_addresses=[LOOPBACK], high_water_mark=HIGH_WATER)
-    emit({"ready": True})
+    if role == "offer":
+        emit({"ready": True})
 
     async def read() -> dict:
         return await trio.to_thread.run_sync(read_item, abandon_on_cancel=True)
 
     if role == "answer":
-        offer = (await read())["sdp"]
+        # Like the aiortc answerer below: the connection (socket, certificate) is made
+        # before "ready", so neither answerer's set-up counts in the open time.
         async with open_peer_connection(config) as pc, trio.open_nursery() as nursery:
+            emit({"ready": True})
+            offer = (await read())["sdp"]
             await pc.set_remote_description(offer, "offer")
             emit({"sdp": await pc.create_answer()})
             channel = await pc.accept_data_channel()
@@ -155,8 +160,11 @@ async def theirs(role: str, args: argparse.Namespace) -> None:
 
     # aioice skips 127.0.0.1 and would check every interface: loopback only, like ours.
     aioice.ice.get_host_addresses = lambda **_: [LOOPBACK]
-    emit({"ready": True})
     loop = asyncio.get_running_loop()
+    answerer_pc = None
+    if role == "answer":  # made before "ready", as ours is
+        answerer_pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    emit({"ready": True})
 
     async def read() -> dict:
         return await loop.run_in_executor(None, read_item)
@@ -164,7 +172,8 @@ async def theirs(role: str, args: argparse.Namespace) -> None:
     if role == "offer":
         await read()  # {"go": ...}: both peers are ready
     start = time.perf_counter()
-    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))  # never Google's STUN server
+    # iceServers=[]: never Google's STUN server.
+    pc = answerer_pc or RTCPeerConnection(RTCConfiguration(iceServers=[]))
     inbox: asyncio.Queue = asyncio.Queue()
     try:
         if role == "answer":

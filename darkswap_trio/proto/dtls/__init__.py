@@ -5,6 +5,7 @@ Drivers use only the names below; the underscored modules are the endpoint's par
 from ..errors import DtlsParseError as DtlsParseError
 from ._certificate import DtlsCertificate as DtlsCertificate
 from ._endpoint import DtlsEndpoint as DtlsEndpoint
+from ._endpoint import dtls_context as dtls_context
 from ._events import Closed as Closed
 from ._events import DataReceived as DataReceived
 from ._events import DtlsEvent as DtlsEvent
