@@ -27,8 +27,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import trio
-import trio.testing
-from OpenSSL import SSL
 
 from ..proto.dtls import DtlsCertificate, DtlsEndpoint, DtlsStatistics, dtls_context
 from ..proto.ice import TA, IceAgent, IceStatistics
@@ -187,8 +185,10 @@ class PeerConnection:
             datetime.datetime.now(datetime.UTC)
         )
         self._fingerprint = DtlsFingerprint.of_certificate(self._certificate.der)
-        # Made by _prepare_dtls_when_idle, else when the remote description comes.
-        self._dtls_context: SSL.Context | None = None
+        # Made now, not when the remote description comes: loading the key into
+        # OpenSSL (and, first in a process, OpenSSL itself) costs 1-9 ms that would
+        # otherwise sit between an offer's arrival and our answer and first check.
+        self._dtls_context = dtls_context(self._certificate)
         self._ufrag, self._pwd = generate_ice_credentials()
         self._stun_servers: list[tuple[str, int]] = []
         self._turn_servers: list[TurnClientSettings] = []
@@ -262,7 +262,7 @@ class PeerConnection:
             role.value,
             self._certificate,
             [(f.algorithm, f.value) for f in media.fingerprints],
-            context=self._take_dtls_context(),
+            context=self._dtls_context,
         )
         assert media.ice_ufrag and media.ice_pwd
         core.set_remote(
@@ -400,20 +400,6 @@ class PeerConnection:
 
     # ------------------------------------------------------------------ internals
 
-    async def _prepare_dtls_when_idle(self) -> None:
-        """Make the DTLS context once every task waits (before an offer comes, or while
-        our offer's answer travels). Loading our key into OpenSSL (and, first in a
-        process, OpenSSL itself) costs 1-9 ms, which would otherwise sit between an
-        offer's arrival and our answer and first check -- or, made with the connection,
-        before our own offer goes out."""
-        await trio.testing.wait_all_tasks_blocked()
-        self._take_dtls_context()
-
-    def _take_dtls_context(self) -> SSL.Context:
-        if self._dtls_context is None:
-            self._dtls_context = dtls_context(self._certificate)
-        return self._dtls_context
-
     def _start_ice(self, controlling: bool, pacing: float) -> None:
         if self._core.ice is not None:
             return
@@ -540,7 +526,6 @@ async def open_peer_connection(
             pc._turn_servers.extend(await _resolve_turn(turn, family, streams))
         async with trio.open_nursery() as nursery:
             nursery.start_soon(pc._driver.run, name="peer connection core")
-            nursery.start_soon(pc._prepare_dtls_when_idle, name="peer connection DTLS set-up")
             streams.start(nursery, pc._driver.deliver)
             try:
                 yield pc

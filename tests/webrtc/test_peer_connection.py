@@ -486,10 +486,9 @@ async def test_reliable_and_partial_channels_over_a_lossy_path():
             nursery.cancel_scope.cancel()
 
 
-async def test_the_dtls_context_is_made_while_idle_not_when_the_offer_comes(monkeypatch):
-    """Loading our key into OpenSSL (first in a process: OpenSSL itself) happens once
-    every task waits -- for an answerer, before the offer comes -- so it is not paid
-    between an offer's arrival and the answer (nor before our own offer goes out)."""
+async def test_the_dtls_context_is_made_with_the_connection_not_with_the_offer(monkeypatch):
+    """Loading our key into OpenSSL (first in a process: OpenSSL itself) happens when the
+    connection is made, so it is not paid between an offer's arrival and the answer."""
     from darkswap_trio.webrtc import _peer_connection
 
     made: list[object] = []
@@ -498,24 +497,10 @@ async def test_the_dtls_context_is_made_while_idle_not_when_the_offer_comes(monk
         _peer_connection, "dtls_context", lambda cert: made.append(cert) or real(cert)
     )
     async with open_peer_connection(LOOPBACK) as a, open_peer_connection(LOOPBACK) as b:
-        offer = await a.create_offer()
-        assert made == []  # nothing before the offer is out
-        # A cushion: idle waiters wake lowest cushion first (same cushion: any order).
-        await trio.testing.wait_all_tasks_blocked(cushion=0.001)
-        assert len(made) == 2  # both made while waiting (b for an offer, a for the answer)
+        assert len(made) == 2
         with trio.fail_after(10):
-            await b.set_remote_description(offer, "offer")
-            await a.set_remote_description(await b.create_answer(), "answer")
-            await a.wait_connected()
-            await b.wait_connected()
+            await connect(a, b)
         assert len(made) == 2  # the remote descriptions made none
         ours, theirs = await open_channel(a, b, "ctx")
         await ours.send(b"ping")
         assert await theirs.receive() == b"ping"
-
-
-async def test_without_an_idle_moment_the_remote_description_makes_the_dtls_context(pair):
-    a, b = pair  # connected with whatever the idle task did: the fallback must hold
-    for pc in (a, b):
-        assert pc._dtls_context is not None
-        assert pc._take_dtls_context() is pc._dtls_context
