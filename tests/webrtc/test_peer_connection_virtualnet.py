@@ -276,3 +276,31 @@ async def test_agreed_pacing_reaches_the_agents_and_nomination_does_not_wait_for
     slow, fast = await _nomination_time(0.05), await _nomination_time(0.005)
     assert slow[1:] == (0.05, 0.05) and fast[1:] == (0.005, 0.005)
     assert slow[0] == pytest.approx(fast[0], abs=0.002)
+
+
+async def test_new_channel_lost_twice_opens_well_before_three_seconds(autojump_clock):
+    """A direct link's data channel on a fresh association: its DCEP OPEN and the first
+    retransmission lost. SCTP knows the RTT from its handshake, so the OPEN is resent
+    at RTO.Min rather than at RTO.Initial (1 s) and then 2 s later: the channel opens
+    well before a PeerLink's 3 s path timeout (the lossy NAT lab test's flake)."""
+    net = VirtualNet(seed=3, delay=0.005)
+    with trio.fail_after(60):
+        async with pcs(await net.bind(("10.0.0.1", 0)), await net.bind(("10.0.0.2", 0))) as (
+            a,
+            b,
+        ):
+            await connect(a, b)
+            async with trio.open_nursery() as nursery:
+                net.link.loss = 1.0  # the OPEN, and what is resent in the next 1.1 s
+                channel = await a.create_data_channel("direct")
+                opened = trio.current_time()
+
+                async def restore() -> None:
+                    await trio.sleep(1.1)
+                    net.link.loss = 0.0
+
+                nursery.start_soon(restore)
+                incoming = await b.accept_data_channel()
+                assert trio.current_time() - opened < 2.0  # was 3.0 (1 s, then 2 s)
+                await channel.send(b"hello")
+                assert await incoming.receive() == b"hello"

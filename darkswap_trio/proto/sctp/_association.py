@@ -442,8 +442,11 @@ class SctpAssociation(AssociationTimers):
 
     def _on_init_ack(self, chunk: InitAckChunk) -> None:
         if allows(self._state, Trigger.INIT_ACK):
+            rtt = self._setup.answered(self._now)  # before the COOKIE-ECHO's starts
             peer = self._setup.on_init_ack(chunk, self._now)
             if peer is not None:
+                if rtt is not None:
+                    self._sender.update_rtt(rtt)
                 self._set_peer(peer)
                 self._state = next_state(self._state, Trigger.INIT_ACK)
 
@@ -458,6 +461,9 @@ class SctpAssociation(AssociationTimers):
 
     def _on_cookie_ack(self, chunk: CookieAckChunk) -> None:
         if allows(self._state, Trigger.COOKIE_ACK):
+            rtt = self._setup.answered(self._now)
+            if rtt is not None:
+                self._sender.update_rtt(rtt)
             self._establish(Trigger.COOKIE_ACK)
 
     def _set_peer(self, peer: PeerParams) -> None:

@@ -93,6 +93,9 @@ class AssociationSetup:
         self.t1_deadline: float | None = None
         self._t1_count = 0
         self._t1_rto = rto_initial
+        # When the INIT or COOKIE-ECHO now waiting for its answer was sent, None once T1
+        # resent it (Karn: an answer to which copy?) or once answered.
+        self._asked_at: float | None = None
 
     def _extension_params(self) -> list[tuple[int, bytes]]:
         params = [
@@ -107,6 +110,7 @@ class AssociationSetup:
         """Send INIT; T1 runs."""
         self.t1_deadline = now + self._t1_rto
         self._solo.append((0, self.init_chunk))
+        self._asked_at = now
 
     def on_init(self, init: InitChunk, now: float, a_rwnd: int) -> None:
         """Answer ``init`` with an INIT-ACK holding a cookie; keeps no state (5.1.3)."""
@@ -114,6 +118,16 @@ class AssociationSetup:
         params = [(PARAM_STATE_COOKIE, cookie), *self._extension_params()]
         init_ack = InitAckChunk(self.local_tag, a_rwnd, STREAMS, STREAMS, self.local_tsn, params)
         self._solo.append((init.initiate_tag, init_ack.encode()))
+
+    def answered(self, now: float) -> float | None:
+        """The INIT or COOKIE-ECHO we sent once was answered (INIT-ACK, COOKIE-ACK):
+        the round trip, an RTT sample (None if T1 resent it, or for a second answer).
+
+        Without it a new association's first DATA waits out RTO.Initial (1 s), twice
+        that after a second loss, and has no RTT for the tail loss probe or time-based
+        loss detection: its first message could take 3 s to arrive at 10% loss."""
+        asked, self._asked_at = self._asked_at, None
+        return None if asked is None or now < asked else now - asked
 
     def on_init_ack(self, init_ack: InitAckChunk, now: float) -> PeerParams | None:
         """Echo the cookie of ``init_ack`` (T1 restarts); the peer it names, if any."""
@@ -125,6 +139,7 @@ class AssociationSetup:
         self._t1_count = 0
         self._t1_rto = self._rto_initial  # the peer answered: no reason to stay backed off
         self.t1_deadline = now + self._t1_rto
+        self._asked_at = now  # the COOKIE-ECHO's round trip starts
         return PeerParams(
             init_ack.initiate_tag,
             init_ack.initial_tsn,
@@ -189,6 +204,7 @@ class AssociationSetup:
             return False
         self._t1_rto = min(self._t1_rto * 2, rto_max)
         self.t1_deadline = now + self._t1_rto
+        self._asked_at = None  # resent: its answer is no RTT sample
         if state is SctpState.COOKIE_WAIT:
             self._solo.append((0, self.init_chunk))
         elif state is SctpState.COOKIE_ECHOED:

@@ -342,7 +342,9 @@ def test_expired_lifetime_is_abandoned_and_skipped():
     pair.ab.up = False  # everything sent now is lost
     for i in range(5):
         pair.a.send(2, 53, numbered_payload(i, 3000), pair.now, lifetime=0.5)
-    pair.run_for(0.3)
+    # Down past the lifetime: the handshake's RTT sample makes the RTO 0.4 s, so a
+    # retransmission before then would still be in time.
+    pair.run_for(0.6)
     pair.ab.up = True
     pair.run_for(2.0)
     pair.a.send(2, 53, b"after", pair.now)
