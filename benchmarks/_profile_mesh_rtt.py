@@ -351,19 +351,26 @@ def trace_phase(load, pids, name: str, samples: int) -> str:
     return "\n".join(rows)
 
 
+def record_cross_phase(argv: list[str], load, pids, samples: int) -> None:
+    """A sampling profiler (``argv``, attached to one node) through one cross phase;
+    stopped with SIGINT, as py-spy and perf expect, so it writes what it recorded."""
+    recorder = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)  # attaching takes a moment; the phase should be recorded whole
+    phase(load, pids, "cross", samples)
+    recorder.send_signal(signal.SIGINT)
+    recorder.wait(30)
+
+
 def spy_phase(load, pids, samples: int, who: str = "node1") -> list[tuple[str, float]]:
     py_spy = os.path.join(os.path.dirname(sys.executable), "py-spy")
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "raw")
-        spy = subprocess.Popen(
+        record_cross_phase(
             [py_spy, "record", "-p", str(pids[who]), "-r", "2000", "-f", "raw", "-o", path],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            load,
+            pids,
+            samples,
         )
-        time.sleep(1.0)
-        phase(load, pids, "cross", samples)
-        spy.send_signal(signal.SIGINT)
-        spy.wait(30)
         self_time: collections.Counter[str] = collections.Counter()
         total = 0
         with open(path) as f:
@@ -380,15 +387,12 @@ def perf_phase(load, pids, samples: int, who: str = "node1") -> str:
     cross phase; the report by DSO and symbol, self time."""
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "perf.data")
-        perf = subprocess.Popen(
+        record_cross_phase(
             ["perf", "record", "-e", "cpu-clock", "-F", "20000", "-o", path, "-p", str(pids[who])],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            load,
+            pids,
+            samples,
         )
-        time.sleep(1.0)
-        phase(load, pids, "cross", samples)
-        perf.send_signal(signal.SIGINT)
-        perf.wait(30)
         report = subprocess.run(
             [
                 "perf",

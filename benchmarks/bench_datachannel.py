@@ -63,18 +63,7 @@ def run_pair(
     answer_proc = start(answerer, "answer")
     offer_proc = start(offerer, "offer", *extra)
     try:
-        for proc in (answer_proc, offer_proc):
-            assert json.loads(proc.stdout.readline()) == {"ready": True}
-        offer_proc.stdin.write('{"go": true}\n')
-        offer_proc.stdin.flush()
-        offer = offer_proc.stdout.readline()
-        answer_proc.stdin.write(offer)
-        answer_proc.stdin.flush()
-        offer_proc.stdin.write(answer_proc.stdout.readline())
-        offer_proc.stdin.flush()
-        result: dict = {}
-        for line in offer_proc.stdout:
-            result.update(json.loads(line))
+        result = exchange_descriptions(offer_proc, answer_proc)
         if offer_proc.wait(timeout=seconds + 60) != 0 or "open" not in result:
             raise RuntimeError(f"{offerer} -> {answerer} failed: {result}")
         return result
@@ -85,6 +74,23 @@ def run_pair(
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+def exchange_descriptions(offer_proc: subprocess.Popen, answer_proc: subprocess.Popen) -> dict:
+    """Both ``_dc_peer.py`` processes ready, the offerer told to go, the offer and the
+    answer carried across; then the offerer's result lines, merged, until it exits."""
+    for proc in (answer_proc, offer_proc):
+        assert json.loads(proc.stdout.readline()) == {"ready": True}
+    offer_proc.stdin.write('{"go": true}\n')
+    offer_proc.stdin.flush()
+    answer_proc.stdin.write(offer_proc.stdout.readline())
+    answer_proc.stdin.flush()
+    offer_proc.stdin.write(answer_proc.stdout.readline())
+    offer_proc.stdin.flush()
+    result: dict = {}
+    for line in offer_proc.stdout:
+        result.update(json.loads(line))
+    return result
 
 
 def percentile(values: list[float], q: float) -> float:

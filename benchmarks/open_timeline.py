@@ -21,6 +21,8 @@ import subprocess
 import sys
 import time
 
+from bench_datachannel import exchange_descriptions  # this directory is sys.path[0]
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 PEER = os.path.join(HERE, "_dc_peer.py")
 
@@ -190,17 +192,7 @@ def run_open(offerer: str, answerer: str) -> tuple[float, list[tuple[float, str,
         )  # fmt: skip
 
     answer_proc, offer_proc = start(answerer, "answer"), start(offerer, "offer")
-    for proc in (answer_proc, offer_proc):
-        assert json.loads(proc.stdout.readline()) == {"ready": True}
-    offer_proc.stdin.write('{"go": true}\n')
-    offer_proc.stdin.flush()
-    answer_proc.stdin.write(offer_proc.stdout.readline())
-    answer_proc.stdin.flush()
-    offer_proc.stdin.write(answer_proc.stdout.readline())
-    offer_proc.stdin.flush()
-    result: dict = {}
-    for line in offer_proc.stdout:
-        result.update(json.loads(line))
+    result = exchange_descriptions(offer_proc, answer_proc)
     answer_proc.stdin.close()
     events = []
     for side, proc in (("O", offer_proc), ("A", answer_proc)):
