@@ -69,3 +69,24 @@ def test_environment_forces_the_openssl_fallback():
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
     )
     assert out.stdout.strip() == "openssl", out.stderr
+
+
+@pytest.mark.parametrize("value", ["openssl", " OpenSSL ", "auto", "", "libsodium"])
+def test_environment_choices_are_accepted(value):
+    if value == "libsodium":
+        pytest.importorskip("nacl.bindings", reason="the fast-crypto extra (PyNaCl)")
+    sodium, _ = _ed25519._load_sodium(value)
+    assert (sodium is None) == (value.strip().lower() == "openssl")
+
+
+@pytest.mark.parametrize("value", ["opensll", "sodium", "nacl", "1"])
+def test_a_misspelt_backend_fails_loudly(value):
+    with pytest.raises(ValueError, match="DARKSWAP_ED25519"):
+        _ed25519._load_sodium(value)
+
+
+def test_libsodium_asked_for_without_pynacl_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "nacl.bindings", None)  # import fails
+    with pytest.raises(ImportError, match="fast-crypto"):
+        _ed25519._load_sodium("libsodium")
+    assert _ed25519._load_sodium("auto") == (None, None)

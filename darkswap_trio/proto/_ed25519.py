@@ -8,8 +8,9 @@ CPU"). Both produce the same signatures (Ed25519 is deterministic) and accept ev
 signature an honest signer makes; libsodium is, if anything, stricter (it also refuses
 small-order keys and R values, which no honest key or signature has).
 
-``DARKSWAP_ED25519=openssl`` in the environment forces the fallback (benchmarks compare
-both; tests run both).
+``DARKSWAP_ED25519`` chooses: ``auto`` (the default: libsodium if installed),
+``libsodium`` (PyNaCl required) or ``openssl`` (the fallback; benchmarks compare both,
+tests run both). Any other value fails at import.
 """
 
 from __future__ import annotations
@@ -23,17 +24,31 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 SIGNATURE_LENGTH = 64
 
-_sodium: Any = None
-_SodiumBadSignature: Any = None
-if os.environ.get("DARKSWAP_ED25519", "").lower() != "openssl":
+CHOICES = ("auto", "libsodium", "openssl")
+
+
+def _load_sodium(choice: str) -> tuple[Any, Any]:
+    """(nacl.bindings, BadSignatureError) or (None, None), as ``choice`` (the value of
+    ``DARKSWAP_ED25519``) asks; a misspelt choice or a missing PyNaCl that was asked for
+    fails at import rather than silently measuring or running the other backend."""
+    choice = choice.strip().lower() or "auto"
+    if choice not in CHOICES:
+        raise ValueError(f"DARKSWAP_ED25519={choice!r}: expected one of {', '.join(CHOICES)}")
+    if choice == "openssl":
+        return None, None
     try:
         import nacl.bindings
         import nacl.exceptions
     except ImportError:  # the fast-crypto extra is not installed
-        pass
-    else:
-        _sodium = nacl.bindings
-        _SodiumBadSignature = nacl.exceptions.BadSignatureError
+        if choice == "libsodium":
+            raise ImportError(
+                "DARKSWAP_ED25519=libsodium needs PyNaCl: pip install 'darkswap-trio[fast-crypto]'"
+            ) from None
+        return None, None
+    return nacl.bindings, nacl.exceptions.BadSignatureError
+
+
+_sodium, _SodiumBadSignature = _load_sodium(os.environ.get("DARKSWAP_ED25519", ""))
 
 BACKEND = "openssl" if _sodium is None else "libsodium"
 
