@@ -410,7 +410,11 @@ class WebSocketConnection:
                         self._set_close(CloseCode.ABNORMAL, "connection lost without a close")
                         await trio.aclose_forcefully(self._stream)
                         raise self._failed(None, "peer dropped the connection unclosed")
-                    core.receive(data)
+                    message = core.receive_message(data)  # one whole frame: no event
+                    if message is not None:
+                        self._messages_received += 1
+                        if not self._local_closed:
+                            return message
                     continue
                 kind = type(event)
                 if kind is MessageReceived:
@@ -473,10 +477,11 @@ class WebSocketConnection:
         if self._drained:
             # Another task may have closed the socket while this one was not waiting on
             # it (trio's close wakes waiters only): never wait on fd -1.
-            if sock.fileno() < 0:
+            fd = sock.fileno()
+            if fd < 0:
                 await trio.lowlevel.checkpoint()
                 raise trio.ClosedResourceError("socket was closed")
-            await trio.lowlevel.wait_readable(sock)
+            await trio.lowlevel.wait_readable(fd)  # the number: trio asks no fileno()
         else:
             fd = sock.fileno()
             if fd < 0:
