@@ -66,6 +66,7 @@ class RelayCircuit(trio.abc.Channel[bytes]):
         send_credit: Callable[[bytes, int], Awaitable[None]],
         send_close: Callable[[str], Awaitable[None]],
         on_closed: Callable[[RelayCircuit], None],
+        blocking: Callable[[], None] | None = None,
     ) -> None:
         self.relay_id = relay_id
         self.relay_key = relay_key  # the UUID's 16 bytes, used in binary frames
@@ -79,6 +80,7 @@ class RelayCircuit(trio.abc.Channel[bytes]):
         self._send_credit = send_credit
         self._send_close = send_close
         self._on_closed = on_closed
+        self._blocking = blocking  # told when a receiver is about to block (a schedule point)
         self._credit = limits.window
         self._credit_changed = trio.Event()
         self._buffer: deque[bytes] = deque()
@@ -262,6 +264,8 @@ class RelayCircuit(trio.abc.Channel[bytes]):
             raise trio.ClosedResourceError("circuit was closed locally")
         if self._remote_reason is not None:
             raise trio.EndOfChannel
+        if self._blocking is not None:
+            self._blocking()
         self._waiter = trio.lowlevel.current_task()
         await trio.lowlevel.wait_task_rescheduled(self._abort_wait)
 

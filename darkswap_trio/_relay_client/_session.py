@@ -272,6 +272,7 @@ class RelaySession:
             send_credit=self._send_circuit_credit,
             send_close=self._send_close,
             on_closed=self._forget_circuit,
+            blocking=self._writer.sender_blocks,
         )
         self._circuits[key] = circuit
         return circuit

@@ -70,6 +70,12 @@ class SessionWriter:
                 return
         await self._send_in_turn(prefix, False, payload)
 
+    def sender_blocks(self) -> None:
+        """A task is about to block (a circuit receiver waiting for data): that is the
+        schedule point quick writes owe, so the count starts again. In a round trip the
+        sender waits for the answer after each write and never pays a yield of its own."""
+        self._quick_writes = 0
+
     async def _after_quick_write(self) -> None:
         if self._ws.unsent_bytes:  # the kernel took part of it: finish it now
             await self.flush()
