@@ -182,17 +182,18 @@ class RelayCircuit(trio.abc.Channel[bytes]):
     async def send(self, value: bytes) -> None:
         if self._sending:
             raise trio.BusyResourceError("another task is already sending on this circuit")
-        data = bytes(value)
-        if len(data) > self.limits.max_data_frame:
+        data = value if type(value) is bytes else bytes(value)
+        size = len(data)
+        if size > self.limits.max_data_frame:
             raise ValueError(
-                f"message of {len(data)} bytes exceeds the circuit's max_data_frame "
+                f"message of {size} bytes exceeds the circuit's max_data_frame "
                 f"({self.limits.max_data_frame})"
             )
-        size = len(data)
         self._sending = True
         try:
             while True:
-                self._check_sendable()
+                if self._local_closed or self._remote_reason is not None:
+                    self._check_sendable()  # raises
                 if self._credit >= size:
                     break
                 self._credit_changed = trio.Event()
@@ -280,7 +281,10 @@ class RelayCircuit(trio.abc.Channel[bytes]):
         try:
             while not self._buffer:
                 await self._wait_data_unless_ended()
-            payload = self._take()
+            payload = self._buffer.popleft()  # _take(), inline: once per message
+            size = len(payload)
+            self._buffered -= size
+            self._unreturned += size
             if self._unreturned >= self._credit_batch and self._remote_reason is None:
                 await self._return_credit()
             return payload

@@ -62,7 +62,11 @@ class SessionWriter:
         one call less on the path every circuit message takes."""
         if self._turn.is_free(control=False):
             await trio.lowlevel.checkpoint_if_cancelled()
-            if self._write_now(prefix, payload):
+            try:
+                written = self._ws.try_send_binary_nowait(prefix, payload)
+            except trio.ClosedResourceError as exc:
+                raise self._closed_by_us() from exc
+            if written:
                 if self._ws.unsent_bytes or self._quick_writes >= QUICK_WRITES_PER_YIELD:
                     await self._after_quick_write()
                 else:

@@ -459,13 +459,19 @@ class WebSocketCore:
         message under 126 bytes comes whole in ``header`` (``rest`` is empty)."""
         if self.close_sent or self.state is ConnectionState.CLOSED:
             raise RuntimeError("cannot send a message after the close handshake started")
-        mask_key = self._mask_key()
         size = len(prefix) + len(payload)
-        if mask_key is not None and size < 126:
+        if size < 126 and self.is_client:
+            pos = self._mask_pos  # _mask_key(), inline
+            if pos >= len(self._masks):
+                self._masks = os.urandom(4 * _MASK_BATCH)
+                pos = 0
+            self._mask_pos = pos + 4
+            mask_key = self._masks[pos : pos + 4]
             # A short client message (a round trip's): the whole frame as ``header``,
             # built and masked in one go (one mask call instead of two, no header call).
             masked = apply_mask(prefix + payload, mask_key)
             return bytes((0x82, 0x80 | size)) + mask_key + masked, b""
+        mask_key = self._mask_key()
         header = encode_frame_header(Opcode.BINARY, size, mask_key=mask_key)
         if mask_key is None:
             return header + prefix, payload
