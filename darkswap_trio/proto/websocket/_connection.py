@@ -440,6 +440,8 @@ class WebSocketCore:
         sends both without the joined copy (64 KiB per relayed frame)."""
         if self.close_sent or self.state is ConnectionState.CLOSED:
             raise RuntimeError("cannot send a message after the close handshake started")
+        if not self.is_client and type(message) is bytes and len(message) < 126:
+            return bytes((0x82, len(message))), message  # a relay's round-trip forward
         payload: bytes | bytearray | memoryview
         if isinstance(message, str):
             opcode, payload = Opcode.TEXT, message.encode("utf-8")

@@ -186,3 +186,10 @@ def test_reads_of_whole_frames_take_the_fast_path(sizes, is_client, cuts):
     pieces = [encode_frame(Opcode.BINARY, bytes([n % 251]) * n, mask_key=mask_key) for n in sizes]
     whole = run_both(split(pieces, [True] * len(pieces), cuts), is_client=is_client)
     assert whole >= len(sizes) - len(cuts)  # a cut inside a frame costs that frame
+
+
+@given(st.binary(max_size=300), st.booleans())
+def test_message_parts_are_one_frame(payload, is_client):
+    # Short server frames are built without the general header encoder.
+    header, rest = WebSocketCore(is_client=is_client).send_message_parts(payload)
+    assert WebSocketCore(is_client=not is_client).receive_message(header + bytes(rest)) == payload
