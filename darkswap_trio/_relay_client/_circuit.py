@@ -59,13 +59,14 @@ class RelayCircuit(trio.abc.Channel[bytes]):
         limits: CircuitLimits,
         *,
         initiator: bool,
-        send_data: Callable[[bytes, bytes], Awaitable[None]],
-        try_send_data: Callable[[bytes, bytes], bool],
+        send_data: Callable[[bytes], Awaitable[None]],
+        try_send_data: Callable[[bytes], bool],
         flush: Callable[[], Awaitable[None]],
         flush_needed: Callable[[], bool],
         send_credit: Callable[[bytes, int], Awaitable[None]],
         send_close: Callable[[str], Awaitable[None]],
         on_closed: Callable[[RelayCircuit], None],
+        blocking: Callable[[], None] | None = None,
     ) -> None:
         self.relay_id = relay_id
         self.relay_key = relay_key  # the UUID's 16 bytes, used in binary frames
@@ -79,11 +80,14 @@ class RelayCircuit(trio.abc.Channel[bytes]):
         self._send_credit = send_credit
         self._send_close = send_close
         self._on_closed = on_closed
+        self._blocking = blocking  # told when a receiver is about to block (a schedule point)
         self._credit = limits.window
         self._credit_changed = trio.Event()
         self._buffer: deque[bytes] = deque()
         self._buffered = 0
-        self._data_arrived = trio.Event()
+        # The one task waiting in receive()/deliver_to() for news (data, credit to
+        # return, a close), parked without an Event: an arrival reschedules it directly.
+        self._waiter: trio.lowlevel.Task | None = None
         # deliver_to(): each payload goes to this callable as it arrives, not to _buffer
         self._sink: Callable[[bytes | memoryview], None] | None = None
         self._sink_error: Exception | None = None
@@ -92,8 +96,10 @@ class RelayCircuit(trio.abc.Channel[bytes]):
         self._local_closed = False
         self._local_reason = "closed"
         self._remote_reason: str | None = None
+        # trio's clock, read directly: trio.current_time() costs two more calls per message
+        self._now = trio.lowlevel.current_clock().current_time
         # trio time of the last message either way (an owner's idle policy reads it)
-        self.last_activity = trio.current_time()
+        self.last_activity = self._now()
         self._sending = False
         self._receiving = False
         self.bytes_sent = self.bytes_received = 0
@@ -109,15 +115,24 @@ class RelayCircuit(trio.abc.Channel[bytes]):
         sink = self._sink
         if sink is not None and self._sink_error is None:
             return self._deliver_to_sink(sink, payload)
-        if self._buffered + len(payload) > self.limits.window:
+        size = len(payload)
+        if self._buffered + size > self.limits.window:
             return False
-        self._buffer.append(bytes(payload))
-        self._buffered += len(payload)
-        self.last_activity = trio.current_time()
-        self.bytes_received += len(payload)
+        self._buffer.append(payload if type(payload) is bytes else bytes(payload))
+        self._buffered += size
+        self.last_activity = self._now()
+        self.bytes_received += size
         self.messages_received += 1
-        self._data_arrived.set()
+        if self._waiter is not None:
+            self._wake()
         return True
+
+    def _wake(self) -> None:
+        """Reschedule the task waiting for news, if any (it re-checks what it waits for)."""
+        task = self._waiter
+        if task is not None:
+            self._waiter = None
+            trio.lowlevel.reschedule(task)
 
     def _deliver_to_sink(
         self, sink: Callable[[bytes | memoryview], None], payload: bytes | memoryview
@@ -127,16 +142,16 @@ class RelayCircuit(trio.abc.Channel[bytes]):
         if self._unreturned + len(payload) > self.limits.window:
             return False
         self._unreturned += len(payload)
-        self.last_activity = trio.current_time()
+        self.last_activity = self._now()
         self.bytes_received += len(payload)
         self.messages_received += 1
         try:
             sink(payload)
         except Exception as exc:  # raised in deliver_to's task, not the session's reader
             self._sink_error = exc  # what follows is buffered for receive()
-            self._data_arrived.set()
+            self._wake()
         if self._unreturned >= self._credit_batch:
-            self._data_arrived.set()  # deliver_to() returns the credit
+            self._wake()  # deliver_to() returns the credit
         return True
 
     def _add_credit(self, increment: int) -> None:
@@ -146,7 +161,7 @@ class RelayCircuit(trio.abc.Channel[bytes]):
     def _remote_close(self, reason: str) -> None:
         if self._remote_reason is None:
             self._remote_reason = reason
-            self._data_arrived.set()
+            self._wake()
             self._credit_changed.set()
             self._on_closed(self)
 
@@ -167,27 +182,29 @@ class RelayCircuit(trio.abc.Channel[bytes]):
     async def send(self, value: bytes) -> None:
         if self._sending:
             raise trio.BusyResourceError("another task is already sending on this circuit")
-        data = bytes(value)
-        if len(data) > self.limits.max_data_frame:
+        data = value if type(value) is bytes else bytes(value)
+        size = len(data)
+        if size > self.limits.max_data_frame:
             raise ValueError(
-                f"message of {len(data)} bytes exceeds the circuit's max_data_frame "
+                f"message of {size} bytes exceeds the circuit's max_data_frame "
                 f"({self.limits.max_data_frame})"
             )
         self._sending = True
         try:
             while True:
-                self._check_sendable()
-                if self._credit >= len(data):
+                if self._local_closed or self._remote_reason is not None:
+                    self._check_sendable()  # raises
+                if self._credit >= size:
                     break
                 self._credit_changed = trio.Event()
                 await self._credit_changed.wait()
             # Counted once written: a send cancelled while waiting for the session's
             # write turn sent nothing, and must not cost credit.
-            await self._send_data(self.relay_key, data)
-            self._credit -= len(data)
-            self.bytes_sent += len(data)
+            await self._send_data(data)
+            self._credit -= size
+            self.bytes_sent += size
             self.messages_sent += 1
-            self.last_activity = trio.current_time()
+            self.last_activity = self._now()
         finally:
             self._sending = False
 
@@ -209,12 +226,12 @@ class RelayCircuit(trio.abc.Channel[bytes]):
                 f"({self.limits.max_data_frame})"
             )
         self._check_sendable()
-        if self._credit < len(data) or not self._try_send_data(self.relay_key, data):
+        if self._credit < len(data) or not self._try_send_data(data):
             return False
         self._credit -= len(data)
         self.bytes_sent += len(data)
         self.messages_sent += 1
-        self.last_activity = trio.current_time()
+        self.last_activity = self._now()
         return True
 
     @property
@@ -239,13 +256,23 @@ class RelayCircuit(trio.abc.Channel[bytes]):
         return payload
 
     async def _wait_data_unless_ended(self) -> None:
-        """Wait for the next arrival; raise what a receive raises once the circuit ended."""
+        """Wait for the next arrival; raise what a receive raises once the circuit ended.
+
+        Parks the task itself (no Event per wait): the reader's ``_wake`` reschedules it.
+        Cancelled, it simply leaves: nothing was taken from the buffer.
+        """
         if self._local_closed:
             raise trio.ClosedResourceError("circuit was closed locally")
         if self._remote_reason is not None:
             raise trio.EndOfChannel
-        self._data_arrived = trio.Event()
-        await self._data_arrived.wait()
+        if self._blocking is not None:
+            self._blocking()
+        self._waiter = trio.lowlevel.current_task()
+        await trio.lowlevel.wait_task_rescheduled(self._abort_wait)
+
+    def _abort_wait(self, _: object) -> trio.lowlevel.Abort:
+        self._waiter = None
+        return trio.lowlevel.Abort.SUCCEEDED
 
     async def receive(self) -> bytes:
         if self._receiving:
@@ -254,7 +281,10 @@ class RelayCircuit(trio.abc.Channel[bytes]):
         try:
             while not self._buffer:
                 await self._wait_data_unless_ended()
-            payload = self._take()
+            payload = self._buffer.popleft()  # _take(), inline: once per message
+            size = len(payload)
+            self._buffered -= size
+            self._unreturned += size
             if self._unreturned >= self._credit_batch and self._remote_reason is None:
                 await self._return_credit()
             return payload
@@ -313,7 +343,7 @@ class RelayCircuit(trio.abc.Channel[bytes]):
             return
         self._local_closed = True
         self._local_reason = reason
-        self._data_arrived.set()
+        self._wake()
         self._credit_changed.set()
         already_gone = self._remote_reason is not None
         self._on_closed(self)

@@ -41,6 +41,9 @@ log = logging.getLogger("darkswap_trio.relay")
 
 Signal = sig.Offer | sig.Answer | sig.IceCandidate
 _DATA_KIND = bytes((sig.FRAME_DATA,))  # a DATA frame is this, the relay_id, the payload
+# Up to this frame size a payload is sliced out (one small copy); above, it is a view
+# (a sink then reads it without a copy; the buffer copies it once).
+_SLICE_LIMIT = 4096
 
 
 @dataclass(frozen=True)
@@ -255,28 +258,24 @@ class RelaySession:
         except ValueError:
             log.warning("relay sent a malformed relay_id %r", relay_id)
             return None
+        prefix = _DATA_KIND + key  # made once: every DATA frame starts with it
         circuit = RelayCircuit(
             relay_id,
             key,
             peer_id,
             limits or sig.CircuitLimits(window=256 * 1024, max_data_frame=64 * 1024),
             initiator=initiator,
-            send_data=self._send_circuit_data,
-            try_send_data=self._try_send_circuit_data,
+            send_data=functools.partial(self._writer.send_data, prefix),
+            try_send_data=functools.partial(self._writer.try_send_data_nowait, prefix),
             flush=self._writer.flush,
             flush_needed=lambda: self._writer.unsent_bytes > 0,
             send_credit=self._send_circuit_credit,
             send_close=self._send_close,
             on_closed=self._forget_circuit,
+            blocking=self._writer.sender_blocks,
         )
         self._circuits[key] = circuit
         return circuit
-
-    async def _send_circuit_data(self, key: bytes, payload: bytes) -> None:
-        await self._send_frame(_DATA_KIND + key, control=False, payload=payload)
-
-    def _try_send_circuit_data(self, key: bytes, payload: bytes) -> bool:
-        return self._writer.try_send_nowait(_DATA_KIND + key, control=False, payload=payload)
 
     async def _send_circuit_credit(self, key: bytes, increment: int) -> None:
         await self._send_frame(sig.encode_circuit_credit(key, increment), control=True)
@@ -290,11 +289,24 @@ class RelaySession:
     # -- inbound -----------------------------------------------------------------------
 
     async def _reader(self) -> None:
+        receive = self._ws.receive
+        circuits = self._circuits
+        header_length = sig.DATA_HEADER_LENGTH
         try:
             while True:
-                frame = await self._ws.receive()
+                frame = await receive()
                 self.frames_received += 1
-                if isinstance(frame, bytes):
+                if type(frame) is bytes:
+                    # DATA for a known circuit, taken in its window: handled here, with
+                    # no coroutine call (the path of every circuit message)
+                    if frame[:1] == _DATA_KIND and len(frame) >= header_length:
+                        circuit = circuits.get(frame[1:header_length])
+                        if circuit is not None and circuit._deliver(
+                            memoryview(frame)[header_length:]
+                            if len(frame) > _SLICE_LIMIT
+                            else frame[header_length:]
+                        ):
+                            continue
                     await self._on_binary(frame)
                 else:
                     try:

@@ -13,12 +13,12 @@ from test_websocket_nowait import connection_pair
 
 
 def count_waits(monkeypatch, sock) -> list[int]:
-    """Count wait_readable() calls on ``sock`` from now on."""
+    """Count wait_readable() calls on ``sock`` (or its number) from now on."""
     calls = [0]
     real = trio.lowlevel.wait_readable
 
     async def counting(fd) -> None:
-        if fd is sock:
+        if fd is sock or fd == sock.fileno():
             calls[0] += 1
         await real(fd)
 

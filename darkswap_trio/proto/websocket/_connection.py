@@ -239,8 +239,52 @@ class WebSocketCore:
         """Payload bytes of a discarded message still to arrive (they will be dropped)."""
         return self._skip
 
+    def receive_message(self, data: bytes | bytearray | memoryview) -> bytes | None:
+        """:meth:`receive`, returning the message itself when ``data`` is exactly one
+        whole unfragmented binary frame of under 64 KiB and nothing else is pending
+        (the shape of nearly every read in a round trip): no event is queued for it.
+
+        Otherwise (None) ``data`` was taken as by :meth:`receive`: drain
+        :meth:`poll_event`. Either way the same messages come out in the same order.
+        """
+        n = len(data)
+        if (
+            n >= 2
+            and data[0] == 0x82  # FIN, no reserved bits, binary
+            and not self._buffer
+            and self.state is ConnectionState.OPEN
+            and not self._skip
+            and self._fragments is None
+            and type(data) is bytes
+        ):
+            b1 = data[1]
+            length = b1 & 0x7F
+            header_length = 2
+            if length == 126 and n >= 4:
+                length = (data[2] << 8) | data[3]
+                header_length = 4
+            masked = b1 & 0x80
+            if masked:
+                header_length += 4
+            discard_above = self.discard_above
+            if (
+                header_length + length == n
+                and b1 & 0x7F != 127  # a 64-bit length: left to the general parser
+                and (masked == 0) == self.is_client  # masked exactly when we are the server
+                and length <= self.max_message_size
+                and (discard_above is None or length <= discard_above)
+            ):
+                if not masked:
+                    return data[header_length:]
+                key = data[header_length - 4 : header_length]
+                return apply_mask(memoryview(data)[header_length:], key)
+        self.receive(data)
+        return None
+
     def poll_event(self) -> WebSocketEvent | None:
         """The next event parsed from received bytes, or None when more input is needed."""
+        if not self._buffer and self.state is not ConnectionState.CLOSED:
+            return None  # nothing received (_missing is already 2: a header)
         while True:
             if self.state is ConnectionState.CLOSED:
                 self._release_buffer()
@@ -396,6 +440,8 @@ class WebSocketCore:
         sends both without the joined copy (64 KiB per relayed frame)."""
         if self.close_sent or self.state is ConnectionState.CLOSED:
             raise RuntimeError("cannot send a message after the close handshake started")
+        if not self.is_client and type(message) is bytes and len(message) < 126:
+            return bytes((0x82, len(message))), message  # a relay's round-trip forward
         payload: bytes | bytearray | memoryview
         if isinstance(message, str):
             opcode, payload = Opcode.TEXT, message.encode("utf-8")
@@ -411,11 +457,24 @@ class WebSocketCore:
         """A binary message ``prefix + payload`` as ``(header, rest)``, never joining the
         two: ``header`` is the frame header with the (masked) ``prefix``, ``rest`` the
         (masked) ``payload``. A vectored write sends a small protocol header in front of a
-        large payload with one copy (the mask) on a client and none on a server."""
+        large payload with one copy (the mask) on a client and none on a server. A client
+        message under 126 bytes comes whole in ``header`` (``rest`` is empty)."""
         if self.close_sent or self.state is ConnectionState.CLOSED:
             raise RuntimeError("cannot send a message after the close handshake started")
+        size = len(prefix) + len(payload)
+        if size < 126 and self.is_client:
+            pos = self._mask_pos  # _mask_key(), inline
+            if pos >= len(self._masks):
+                self._masks = os.urandom(4 * _MASK_BATCH)
+                pos = 0
+            self._mask_pos = pos + 4
+            mask_key = self._masks[pos : pos + 4]
+            # A short client message (a round trip's): the whole frame as ``header``,
+            # built and masked in one go (one mask call instead of two, no header call).
+            masked = apply_mask(prefix + payload, mask_key)
+            return bytes((0x82, 0x80 | size)) + mask_key + masked, b""
         mask_key = self._mask_key()
-        header = encode_frame_header(Opcode.BINARY, len(prefix) + len(payload), mask_key=mask_key)
+        header = encode_frame_header(Opcode.BINARY, size, mask_key=mask_key)
         if mask_key is None:
             return header + prefix, payload
         # The payload continues the prefix's masking phase: rotate the key to match.
