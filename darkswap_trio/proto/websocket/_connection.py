@@ -468,11 +468,11 @@ class WebSocketCore:
                 self._masks = os.urandom(4 * _MASK_BATCH)
                 pos = 0
             self._mask_pos = pos + 4
-            mask_key = self._masks[pos : pos + 4]
+            key = self._masks[pos : pos + 4]
             # A short client message (a round trip's): the whole frame as ``header``,
             # built and masked in one go (one mask call instead of two, no header call).
-            masked = apply_mask(prefix + payload, mask_key)
-            return bytes((0x82, 0x80 | size)) + mask_key + masked, b""
+            masked = apply_mask(prefix + payload, key)
+            return bytes((0x82, 0x80 | size)) + key + masked, b""
         mask_key = self._mask_key()
         header = encode_frame_header(Opcode.BINARY, size, mask_key=mask_key)
         if mask_key is None:
