@@ -62,7 +62,7 @@ class RelayServerState:
     url: str
     address: RelayAddress
     status: RelayServerStatus = RelayServerStatus.UNKNOWN
-    last_ping: float | None = None  # trio time of the last Pong
+    last_ping: float | None = None  # trio time of the last Pong (None before the first)
     latency_ms: float | None = None
     failures: int = 0
     last_error: str | None = None  # what went wrong last, for people
@@ -399,12 +399,12 @@ class RelayManager(TaskOwner):
         server.failures = 0
         server.last_error = None
         server.last_exception = None
-        try:
-            await session.ping()  # a first latency figure for relay selection
-            server.latency_ms = session.latency_ms
-            server.last_ping = session.last_pong
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            return
+        # The first latency figure for relay selection is the registration's round trip
+        # (relay_client._handshake.register), not a Ping: after a relay restart every
+        # peer's first Ping was one more message for the relay to answer and one more
+        # round trip before the peer counted as connected.
+        server.latency_ms = session.latency_ms
+        server.last_ping = session.last_pong
         self._set_status(server, RelayServerStatus.CONNECTED)
         self._emit_status(ServerConnected(server.id))
         async with trio.open_nursery() as nursery:
