@@ -17,7 +17,6 @@ peer closed cleanly, BusyResourceError when two tasks receive at once.
 from __future__ import annotations
 
 import base64
-import errno
 import ipaddress
 import logging
 import os
@@ -493,29 +492,19 @@ async def _open_tcp(host: str, port: int) -> trio.SocketStream:
 
     trio.open_tcp_stream races resolved addresses in a nursery (happy eyeballs): for
     the one address of a literal that costs ~250 us of CPU per connection, a large
-    part of what a peer spends registering with a relay. trio's ``socket.connect``
-    still resolves the literal (getaddrinfo, ~30 us), so the connect is done here.
+    part of what a peer spends registering with a relay.
     """
     try:
         family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
     except ValueError:
         return await trio.open_tcp_stream(host, port)
-    await trio.lowlevel.checkpoint_if_cancelled()
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = trio.socket.socket(family, socket.SOCK_STREAM)
     try:
-        sock.setblocking(False)
-        err = sock.connect_ex((host, port))
-        if err == errno.EINPROGRESS:
-            await trio.lowlevel.wait_writable(sock)
-            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        else:
-            await trio.lowlevel.cancel_shielded_checkpoint()
-        if err:
-            raise OSError(err, f"Error connecting to {(host, port)!r}: {os.strerror(err)}")
+        await sock.connect((host, port))
     except BaseException:
-        sock.close()  # a connect cannot be cancelled halfway: the socket goes, as in trio
+        sock.close()
         raise
-    return trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+    return trio.SocketStream(sock)
 
 
 @asynccontextmanager
