@@ -117,3 +117,16 @@ async def test_manager_counts_as_connected_without_a_first_ping():
                 assert server.latency_ms is not None and server.latency_ms > 0
                 assert frames(relay, "Register") == 1
                 assert frames(relay, "Ping") == 0
+
+
+async def test_manager_copies_the_pingers_latency_every_ping_interval():
+    from darkswap_trio import RelayManager, RelayManagerConfig
+
+    config = RelayManagerConfig(ping_interval=0.1)
+    with trio.fail_after(10):
+        async with running_relay() as relay:
+            async with RelayManager(Keypair.generate(), [relay.multiaddr], config) as manager:
+                (server,) = manager.servers
+                while server.last_ping is None:  # set from the first periodic Pong
+                    await trio.sleep(0.05)
+                assert server.latency_ms is not None and frames(relay, "Ping") >= 1
