@@ -18,6 +18,8 @@ import ssl
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 
+import trio
+
 from .._config import RelayAddress
 from .._identity import Keypair, PeerId
 from ..proto import signaling as sig
@@ -47,8 +49,10 @@ async def register(
     address: RelayAddress,
     keypair: Keypair,
     token_provider: TokenProvider | None,
-) -> sig.Registered:
-    """Register on ``ws``; raises RelayAuthenticationError (or RelayError) when refused."""
+) -> tuple[sig.Registered, float]:
+    """Register on ``ws``: the relay's ``Registered`` and the seconds from our last
+    handshake frame to it (a round trip: the session's first latency figure, so that no
+    Ping is needed for one). Raises RelayAuthenticationError (or RelayError) when refused."""
     peer_id = str(keypair.peer_id)
     expected = str(address.peer_id)
 
@@ -79,6 +83,7 @@ async def register(
     )
     # Nothing else writes yet: straight to the socket when it has room (no lock, no
     # task switch), which on a fresh connection it has; the receive below is the checkpoint.
+    sent = trio.current_time()
     if not ws.try_send_nowait(register_frame):
         await ws.send(register_frame)
     elif ws.unsent_bytes:
@@ -98,13 +103,15 @@ async def register(
         if token is None and token_provider is not None:
             token = await token_provider(keypair.peer_id)
         proof = keypair.sign(sig.peer_auth_message(msg.nonce, msg.relay_peer_id, peer_id))
+        sent = trio.current_time()
         await ws.send(sig.encode_message(sig.Authenticate(signature=proof, token=token)))
         msg = await _receive_message(ws)
         if isinstance(msg, sig.Registered):
-            return msg
+            return msg, trio.current_time() - sent
     elif isinstance(msg, sig.Registered):  # 1-RTT or open mode: the relay's proof rides here
+        round_trip = trio.current_time() - sent
         check_relay_proof(msg.relay_peer_id, msg.signature)
-        return msg
+        return msg, round_trip
     if isinstance(msg, sig.Error):
         raise RelayAuthenticationError(f"relay refused registration: {msg.message}", msg.code)
     raise RelayAuthenticationError(

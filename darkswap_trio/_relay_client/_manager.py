@@ -62,7 +62,7 @@ class RelayServerState:
     url: str
     address: RelayAddress
     status: RelayServerStatus = RelayServerStatus.UNKNOWN
-    last_ping: float | None = None  # trio time of the last Pong
+    last_ping: float | None = None  # trio time of the last Pong (None before the first)
     latency_ms: float | None = None
     failures: int = 0
     last_error: str | None = None  # what went wrong last, for people
@@ -399,25 +399,27 @@ class RelayManager(TaskOwner):
         server.failures = 0
         server.last_error = None
         server.last_exception = None
-        try:
-            await session.ping()  # a first latency figure for relay selection
-            server.latency_ms = session.latency_ms
-            server.last_ping = session.last_pong
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            return
+        # The first latency figure for relay selection is the registration's round trip
+        # (relay_client._handshake.register), not a Ping: after a relay restart every
+        # peer's first Ping was one more message for the relay to answer and one more
+        # round trip before the peer counted as connected.
+        server.latency_ms = session.latency_ms
+        server.last_ping = session.last_pong
         self._set_status(server, RelayServerStatus.CONNECTED)
         self._emit_status(ServerConnected(server.id))
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._accept_incoming, server, session)
-            nursery.start_soon(self._track_latency, server, session)
-            await session.wait_closed()
+            # The latency is copied here every ping_interval, not by a task of its own:
+            # one task less to start and to cancel per session (a relay restart ends and
+            # starts thousands of sessions at once).
+            while True:
+                with trio.move_on_after(self.config.ping_interval) as waited:
+                    await session.wait_closed()
+                if not waited.cancelled_caught:
+                    break
+                server.latency_ms = session.latency_ms
+                server.last_ping = session.last_pong
             nursery.cancel_scope.cancel()
-
-    async def _track_latency(self, server: RelayServerState, session: RelaySession) -> None:
-        while True:
-            await trio.sleep(self.config.ping_interval)
-            server.latency_ms = session.latency_ms
-            server.last_ping = session.last_pong
 
     async def _accept_incoming(self, server: RelayServerState, session: RelaySession) -> None:
         while True:

@@ -487,9 +487,10 @@ async def open_relay_session(
     async with AsyncExitStack() as stack:
         with trio.fail_after(connect_timeout):  # one deadline: connect and handshake
             ws = await open_connection(stack, address, ssl_context)
-            registered = await register(ws, address, keypair, token_provider)
+            registered, round_trip = await register(ws, address, keypair, token_provider)
         bound_unsent_bytes(ws)
         session = RelaySession(ws, address, keypair, registered, signal_buffer=signal_buffer)
+        session.latency_ms = round_trip * 1000  # the first figure, no Ping needed for it
         async with trio.open_nursery() as nursery:
             nursery.start_soon(session._reader)
             nursery.start_soon(

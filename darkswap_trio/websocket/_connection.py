@@ -27,6 +27,7 @@ from ..proto.websocket import (
     parse_response_untrusted,
 )
 from ._statistics import WebSocketStatistics as WebSocketStatistics
+from ._transport import close_now, close_transport
 
 MIN_RECEIVE_SIZE = 4 * 1024
 MAX_RECEIVE_SIZE = 256 * 1024
@@ -41,6 +42,12 @@ Headers = Sequence[tuple[str, str]]
 # every connection: a read and its consumption happen with no checkpoint in between, so
 # no two connections use it at once, and skipping allocates nothing.
 _SKIP_BUFFER = bytearray(64 * 1024)
+
+
+async def _close_before_raise(stream: trio.abc.Stream) -> None:
+    # The caller raises next: a plain TCP stream needs no checkpoint (see _transport).
+    if not close_now(stream):
+        await trio.aclose_forcefully(stream)
 
 
 def stream_remote_address(stream: trio.abc.Stream) -> tuple[str, int]:
@@ -406,7 +413,7 @@ class WebSocketConnection:
                     if not data:
                         self._check_receivable()
                         self._set_close(CloseCode.ABNORMAL, "connection lost without a close")
-                        await trio.aclose_forcefully(self._stream)
+                        await _close_before_raise(self._stream)
                         raise self._failed(None, "peer dropped the connection unclosed")
                     message = core.receive_message(data)  # one whole frame: no event
                     if message is not None:
@@ -433,7 +440,7 @@ class WebSocketConnection:
                 elif kind is ProtocolFailed:
                     self._set_close(event.code, event.reason)  # type: ignore[union-attr]
                     await self._flush_replies()
-                    await trio.aclose_forcefully(self._stream)
+                    await _close_before_raise(self._stream)
                     raise self._failed(None, f"protocol error: {event.reason}")  # type: ignore[union-attr]
         finally:
             self._receiving = False
@@ -458,7 +465,7 @@ class WebSocketConnection:
         if n == 0:
             self._check_receivable()
             self._set_close(CloseCode.ABNORMAL, "connection lost without a close")
-            await trio.aclose_forcefully(self._stream)
+            await _close_before_raise(self._stream)
             raise self._failed(None, "peer dropped the connection unclosed")
         self._bytes_received += n
         # Consumed before any checkpoint: no other connection touches the buffer meanwhile.
@@ -511,7 +518,7 @@ class WebSocketConnection:
             return
         self._peer_closed = True
         await self._flush_replies()
-        await trio.aclose_forcefully(self._stream)
+        await close_transport(self._stream)
 
     def _set_close(self, code: int, reason: str) -> None:
         if self.close_code is None:
@@ -553,7 +560,7 @@ class WebSocketConnection:
         finally:
             if self._close_done is not None:
                 self._close_done.set()
-            await trio.aclose_forcefully(self._stream)
+            await close_transport(self._stream)
 
     async def _closing_handshake(self, code: int, reason: str) -> None:
         core = self._core

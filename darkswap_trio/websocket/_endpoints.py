@@ -54,6 +54,7 @@ from ._connection import (
     WebSocketStatistics,
     stream_remote_address,
 )
+from ._transport import accept_loop, close_now, close_transport
 
 logger = logging.getLogger("darkswap_trio.websocket")
 
@@ -183,7 +184,7 @@ class WebSocketRequest:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:
-            await trio.aclose_forcefully(self._stream)
+            await close_transport(self._stream)
 
 
 MAX_REJECTION_BODY = 64 * 1024
@@ -295,6 +296,7 @@ async def _read_head(
 
 async def _serve_one(
     stream: trio.abc.Stream,
+    remote_address: tuple[str, int],
     handler: Callable[[WebSocketRequest], Awaitable[object]],
     ssl_context: ssl.SSLContext | None,
     max_message_size: int,
@@ -303,14 +305,13 @@ async def _serve_one(
     admit: Callable[[trio.abc.Stream, tuple[str, int]], Awaitable[object]] | None = None,
     release: Callable[[object], object] | None = None,
 ) -> None:
-    remote_address = stream_remote_address(stream)
     ticket = None
     if admit is not None:
         try:
             ticket = await admit(stream, remote_address)
         finally:
             if ticket is None:  # refused (or admit failed): nothing else happens here
-                await trio.aclose_forcefully(stream)
+                await close_transport(stream)
         if ticket is None:
             return
     if ssl_context is not None:
@@ -367,7 +368,7 @@ async def _serve_one(
     finally:
         if ticket is not None and release is not None:
             release(ticket)
-        await trio.aclose_forcefully(stream)
+        await close_transport(stream)
 
 
 async def _dual_stack_listener(port: int, reuse_port: bool = False) -> trio.SocketListener:
@@ -472,15 +473,18 @@ async def serve_websocket(
             )
 
     # A partial, not a wrapper coroutine: one frame less held by every idle connection.
-    serve_stream: Callable[[trio.abc.Stream], Awaitable[None]] = partial(
+    serve_stream: Callable[[trio.SocketStream, tuple[str, int]], Awaitable[None]] = partial(
         _serve_one, handler=handler, ssl_context=ssl_context,
         max_message_size=max_message_size, handshake_timeout=handshake_timeout,
         discard_above=discard_above, admit=admit, release=release,
     )  # fmt: skip
-    await trio.serve_listeners(
-        serve_stream, listeners, handler_nursery=handler_nursery, task_status=task_status
-    )
-    raise AssertionError("serve_listeners returned")  # pragma: no cover
+    # Not trio.serve_listeners: it closes each stream again after _serve_one did
+    # (see _transport.py) and its accept drops the peer address (a getpeername each).
+    async with trio.open_nursery() as nursery:
+        for listener in listeners:
+            nursery.start_soon(accept_loop, listener, handler_nursery or nursery, serve_stream)
+        task_status.started(listeners)
+    raise AssertionError("the accept loops returned")  # pragma: no cover
 
 
 async def _open_tcp(host: str, port: int) -> trio.SocketStream:
@@ -552,7 +556,8 @@ async def open_websocket(
                 raise WebSocketRejected(response.status, response.reason, body, response.headers)
             validate_upgrade_response(response, key)
         except BaseException:
-            await trio.aclose_forcefully(stream)
+            if not close_now(stream):  # plain TCP: closed without a checkpoint
+                await trio.aclose_forcefully(stream)
             raise
     core = WebSocketCore(is_client=True, max_message_size=max_message_size)
     connection = WebSocketConnection(

@@ -91,3 +91,42 @@ async def test_relay_claiming_another_id_in_the_header_is_refused_before_signing
             except RelayAuthenticationError as exc:
                 assert exc.code == "relay_id_mismatch"
             assert frames(relay, "Register") == 0  # nothing was sent, nothing signed
+
+
+async def test_session_latency_comes_from_the_registration_round_trip():
+    with trio.fail_after(10):
+        async with running_relay() as relay:
+            async with open_relay_session(relay.multiaddr, Keypair.generate()) as session:
+                assert session.latency_ms is not None and session.latency_ms > 0
+            assert frames(relay, "Ping") == 0
+
+
+async def test_manager_counts_as_connected_without_a_first_ping():
+    """A relay restart is met by every peer at once: no Ping per peer before Connected
+    (the registration's round trip is the first latency figure)."""
+    from darkswap_trio import RelayManager, RelayManagerConfig, ServerConnected
+
+    config = RelayManagerConfig(ping_interval=3600)
+    with trio.fail_after(10):
+        async with running_relay() as relay:
+            async with RelayManager(Keypair.generate(), [relay.multiaddr], config) as manager:
+                async for event in manager.events:
+                    if isinstance(event, ServerConnected):
+                        break
+                (server,) = manager.servers
+                assert server.latency_ms is not None and server.latency_ms > 0
+                assert frames(relay, "Register") == 1
+                assert frames(relay, "Ping") == 0
+
+
+async def test_manager_copies_the_pingers_latency_every_ping_interval():
+    from darkswap_trio import RelayManager, RelayManagerConfig
+
+    config = RelayManagerConfig(ping_interval=0.1)
+    with trio.fail_after(10):
+        async with running_relay() as relay:
+            async with RelayManager(Keypair.generate(), [relay.multiaddr], config) as manager:
+                (server,) = manager.servers
+                while server.last_ping is None:  # set from the first periodic Pong
+                    await trio.sleep(0.05)
+                assert server.latency_ms is not None and frames(relay, "Ping") >= 1
