@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 
@@ -13,8 +13,24 @@ from .._relay_client._circuit import CircuitClosedError, RelayCircuit
 from ..proto.link import DATA, LinkCore, LinkFrameError, LinkStatistics, parse_hello_untrusted
 from ._direct import DirectConnection
 
+if TYPE_CHECKING:
+    from ._peer_link import PeerLink
+
 _DIRECT_FRAME_CAP = 256 * 1024  # larger DATA frames only add SCTP reassembly latency
 _RELAY_FRAME_FALLBACK = 16 * 1024  # a relay that announces no max_data_frame
+
+
+class LinkOwner(Protocol):
+    """What a link needs from its owner (the network): path restoration and events."""
+
+    def link_upgraded(self, link: PeerLink) -> None: ...
+    def link_downgraded(self, link: PeerLink, reason: str) -> None: ...
+    def link_interrupted(self, link: PeerLink, reason: str) -> None: ...
+    def link_restored(self, link: PeerLink) -> None: ...
+    def link_circuit_closed(self, link: PeerLink, circuit: RelayCircuit) -> None: ...
+    def link_closed(self, link: PeerLink, reason: str) -> None: ...
+    def link_needs_relay(self, link: PeerLink) -> None: ...
+    def link_wants_direct(self, link: PeerLink) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -126,7 +142,7 @@ class LinkPath:
         remote = self.channel.peer_connection.remote_max_message_size or 65536
         return min(remote, _DIRECT_FRAME_CAP)
 
-    def write_now(self, core: LinkCore, now: float, wake_writer: Callable[[], None]) -> None:
+    def write_now(self, core: LinkCore, now: float, wake_writer: Callable[[], None]) -> bool:
         """Write the path's frames from the calling task while its writer is idle, when
         the circuit takes them at once (credit, a free session): no task switch.
 
@@ -136,10 +152,12 @@ class LinkPath:
         short: the short tail of a long message is left to the writer, which sends it
         with what the sender queued meanwhile (a stream of 64 KiB messages then goes in
         full frames, not in two frames per message).
+
+        False: nothing was done (the writer is busy, or the path is not a circuit).
         """
         channel = self.channel
         if not self.writer_idle or not isinstance(channel, RelayCircuit):
-            return
+            return False
         short = True
         while (frame := core.poll_transmit(self.name, now, short=short)) is not None:
             short = short and frame[0] != DATA
@@ -154,10 +172,12 @@ class LinkPath:
                 self.flush_due = True
                 break
         else:
-            if not core.wants_transmit(self.name, now):
-                return
+            # (a short poll that found nothing leaves nothing: only a held-back tail)
+            if short or not core.wants_transmit(self.name, now):
+                return True
         self.writer_idle = False
         wake_writer()
+        return True
 
     async def aclose(self) -> None:
         with trio.CancelScope(shield=True), trio.move_on_after(2):
@@ -294,11 +314,11 @@ class LinkPaths:
             return False
         return True
 
-    def write_now(self, core: LinkCore, now: float, wake_writer: Callable[[], None]) -> None:
-        """Write the active path's frames from the calling task if its writer is idle."""
+    def write_now(self, core: LinkCore, now: float, wake_writer: Callable[[], None]) -> bool:
+        """Write the active path's frames from the calling task if its writer is idle;
+        False: nothing was done (the caller wakes the writers that have frames)."""
         run = self.named(core.active) if core.active is not None else None
-        if run is not None and run.writer_idle:
-            run.write_now(core, now, wake_writer)
+        return run is not None and run.writer_idle and run.write_now(core, now, wake_writer)
 
     def named(self, name: str) -> LinkPath | None:
         for run in (self.relay, self.direct):
