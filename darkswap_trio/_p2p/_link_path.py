@@ -170,6 +170,8 @@ class LinkPath:
             if channel.flush_needed:
                 self.flush_due = True
                 break
+            if not core.wants_transmit(self.name, now):
+                return True  # (the usual end: one poll less than polling to None)
         else:
             # (a short poll that found nothing leaves nothing: only a held-back tail)
             if short or not core.wants_transmit(self.name, now):
