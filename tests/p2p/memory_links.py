@@ -30,15 +30,15 @@ class Wire:
         self.kinds: list[int] = []  # first byte of every frame written (link frame type)
         self._arrived = trio.Event()
 
-    def try_send(self, key: bytes, payload: bytes) -> bool:
+    def try_send(self, payload: bytes) -> bool:
         self.frames.append(bytes(payload))
         self.kinds.append(payload[0] if payload else -1)
         self._arrived.set()
         return True
 
-    async def send(self, key: bytes, payload: bytes) -> None:
+    async def send(self, payload: bytes) -> None:
         await trio.lowlevel.checkpoint()
-        self.try_send(key, payload)
+        self.try_send(payload)
 
     async def run(self) -> None:
         while True:
