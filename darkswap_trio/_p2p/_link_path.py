@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import trio
 
@@ -13,8 +13,23 @@ from .._relay_client._circuit import CircuitClosedError, RelayCircuit
 from ..proto.link import DATA, LinkCore, LinkFrameError, LinkStatistics, parse_hello_untrusted
 from ._direct import DirectConnection
 
+AnyPeerLink = Any  # a _peer_link.PeerLink, named without an import cycle
+
 _DIRECT_FRAME_CAP = 256 * 1024  # larger DATA frames only add SCTP reassembly latency
 _RELAY_FRAME_FALLBACK = 16 * 1024  # a relay that announces no max_data_frame
+
+
+class LinkOwner(Protocol):
+    """What a link needs from its owner (the network): path restoration and events."""
+
+    def link_upgraded(self, link: AnyPeerLink) -> None: ...
+    def link_downgraded(self, link: AnyPeerLink, reason: str) -> None: ...
+    def link_interrupted(self, link: AnyPeerLink, reason: str) -> None: ...
+    def link_restored(self, link: AnyPeerLink) -> None: ...
+    def link_circuit_closed(self, link: AnyPeerLink, circuit: RelayCircuit) -> None: ...
+    def link_closed(self, link: AnyPeerLink, reason: str) -> None: ...
+    def link_needs_relay(self, link: AnyPeerLink) -> None: ...
+    def link_wants_direct(self, link: AnyPeerLink) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -126,7 +141,7 @@ class LinkPath:
         remote = self.channel.peer_connection.remote_max_message_size or 65536
         return min(remote, _DIRECT_FRAME_CAP)
 
-    def write_now(self, core: LinkCore, now: float, wake_writer: Callable[[], None]) -> None:
+    def write_now(self, core: LinkCore, now: float, wake_writer: Callable[[], None]) -> bool:
         """Write the path's frames from the calling task while its writer is idle, when
         the circuit takes them at once (credit, a free session): no task switch.
 
@@ -136,10 +151,12 @@ class LinkPath:
         short: the short tail of a long message is left to the writer, which sends it
         with what the sender queued meanwhile (a stream of 64 KiB messages then goes in
         full frames, not in two frames per message).
+
+        False: nothing was done (the writer is busy, or the path is not a circuit).
         """
         channel = self.channel
         if not self.writer_idle or not isinstance(channel, RelayCircuit):
-            return
+            return False
         short = True
         while (frame := core.poll_transmit(self.name, now, short=short)) is not None:
             short = short and frame[0] != DATA
@@ -153,11 +170,15 @@ class LinkPath:
             if channel.flush_needed:
                 self.flush_due = True
                 break
-        else:
             if not core.wants_transmit(self.name, now):
-                return
+                return True  # (the usual end: one poll less than polling to None)
+        else:
+            # (a short poll that found nothing leaves nothing: only a held-back tail)
+            if short or not core.wants_transmit(self.name, now):
+                return True
         self.writer_idle = False
         wake_writer()
+        return True
 
     async def aclose(self) -> None:
         with trio.CancelScope(shield=True), trio.move_on_after(2):
@@ -294,11 +315,11 @@ class LinkPaths:
             return False
         return True
 
-    def write_now(self, core: LinkCore, now: float, wake_writer: Callable[[], None]) -> None:
-        """Write the active path's frames from the calling task if its writer is idle."""
+    def write_now(self, core: LinkCore, now: float, wake_writer: Callable[[], None]) -> bool:
+        """Write the active path's frames from the calling task if its writer is idle;
+        False: nothing was done (the caller wakes the writers that have frames)."""
         run = self.named(core.active) if core.active is not None else None
-        if run is not None and run.writer_idle:
-            run.write_now(core, now, wake_writer)
+        return run is not None and run.writer_idle and run.write_now(core, now, wake_writer)
 
     def named(self, name: str) -> LinkPath | None:
         for run in (self.relay, self.direct):

@@ -309,18 +309,19 @@ class LinkCore:
 
     def receive_frame(self, name: str, data: bytes | memoryview, now: float) -> None:
         """Process one frame that arrived on path ``name``; LinkFrameError breaks the link."""
-        frame = parse_frame_untrusted(data)
         path = self._paths.get(name)
         if path is not None:
             path.last_heard = now
-        if frame.kind == DATA:
+        if len(data) > DATA_HEADER and data[0] == DATA:  # (no Frame for the common case)
             self._ack_path = name
-            self._receive_data(frame.offset, frame.payload, now)
+            self._receive_data(_U64.unpack_from(data, 1)[0], memoryview(data)[DATA_HEADER:])
             if path is not None and now - path.last_sent >= self.ping_interval / 2:
                 # Liveness for the sender: it hears from us while its data arrives, even
                 # if our application is not consuming (a PING would queue behind its data).
                 path.ack_due = True
-        elif frame.kind == ACK:
+            return
+        frame = parse_frame_untrusted(data)
+        if frame.kind == ACK:
             self._receive_ack(frame.offset)
         elif frame.kind == PING:
             self._ack_path = name
@@ -340,7 +341,7 @@ class LinkCore:
         elif frame.kind == RESET:
             self._events.append(RemoteReset())
 
-    def _receive_data(self, offset: int, payload: bytes | memoryview, now: float) -> None:
+    def _receive_data(self, offset: int, payload: bytes | memoryview) -> None:
         end = offset + len(payload)
         if end <= self._received:
             self._duplicates += 1
@@ -409,6 +410,28 @@ class LinkCore:
         return bool(self._ready or self._channel_ready)
 
     @property
+    def message_ready(self) -> bool:
+        """``next_message`` would return a message."""
+        return bool(self._ready)
+
+    @property
+    def channel_message_ready(self) -> bool:
+        """A message of the internal channel was cut since ``take_prefixed`` last ran."""
+        return bool(self._channel_ready)
+
+    @property
+    def ack_deadline(self) -> float | None:
+        """When a consumption not acknowledged yet must be (the delayed-ACK timer)."""
+        return self._ack_deadline if self._consumed > self._ack_sent else None
+
+    @property
+    def ack_urgent(self) -> bool:
+        """An ACK is due without waiting for its deadline (a quarter of the window was
+        consumed, or the far side closed): a driver wakes a writer for it."""
+        unsent = self._consumed - self._ack_sent
+        return unsent >= self._ack_threshold or (unsent > 0 and self._remote_close is not None)
+
+    @property
     def remote_closed(self) -> bool:
         return self._remote_close is not None
 
@@ -445,8 +468,7 @@ class LinkCore:
         if path.close_ack_due:
             path.close_ack_due = False
             return bytes([CLOSE_ACK])
-        ack_here = self._ack_path == name or (self._ack_path is None and self.active == name)
-        if path.ack_due or (ack_here and self._ack_wanted(now)):
+        if path.ack_due or (self._consumed != self._ack_sent and self._ack_here(name, now)):
             path.ack_due = False
             self._ack_sent = self._consumed
             self._ack_deadline = None
@@ -477,6 +499,14 @@ class LinkCore:
             return encode_offset_frame(CLOSE, self._close_at)
         return None
 
+    def _ack_here(self, name: str, now: float) -> bool:
+        """An ACK is wanted (the caller saw unacknowledged consumption) on path ``name``:
+        the one we last heard DATA or PING on, else the active one."""
+        ack_path = self._ack_path
+        if ack_path != name and (ack_path is not None or self.active != name):
+            return False
+        return self._ack_wanted(now)
+
     def _ack_wanted(self, now: float) -> bool:
         if self._consumed == self._ack_sent:
             return False
@@ -493,8 +523,7 @@ class LinkCore:
             return False
         if path.lost_direct_due or path.ack_due or path.ping_due or path.close_ack_due:
             return True
-        ack_here = self._ack_path == name or (self._ack_path is None and self.active == name)
-        if ack_here and self._ack_wanted(now):
+        if self._consumed != self._ack_sent and self._ack_here(name, now):
             return True
         if name != self.active:
             return False
