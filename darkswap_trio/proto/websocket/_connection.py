@@ -71,6 +71,9 @@ __all__ = [
 
 # Mask keys fetched from the OS CSPRNG at once (4 bytes each).
 _MASK_BATCH = 256
+# Client messages below this size are framed and masked whole (prefix and payload joined:
+# a small copy, one mask call and no header call), larger ones in two parts.
+_WHOLE_CLIENT_FRAME = 1024
 
 # --- events ------------------------------------------------------------------------------
 
@@ -440,8 +443,13 @@ class WebSocketCore:
         sends both without the joined copy (64 KiB per relayed frame)."""
         if self.close_sent or self.state is ConnectionState.CLOSED:
             raise RuntimeError("cannot send a message after the close handshake started")
-        if not self.is_client and type(message) is bytes and len(message) < 126:
-            return bytes((0x82, len(message))), message  # a relay's round-trip forward
+        if not self.is_client and type(message) is bytes:
+            # A relay's forward of a short message (a round trip's): the header directly
+            size = len(message)
+            if size < 126:
+                return bytes((0x82, size)), message
+            if size < 0x10000:
+                return bytes((0x82, 126, size >> 8, size & 0xFF)), message
         payload: bytes | bytearray | memoryview
         if isinstance(message, str):
             opcode, payload = Opcode.TEXT, message.encode("utf-8")
@@ -458,11 +466,11 @@ class WebSocketCore:
         two: ``header`` is the frame header with the (masked) ``prefix``, ``rest`` the
         (masked) ``payload``. A vectored write sends a small protocol header in front of a
         large payload with one copy (the mask) on a client and none on a server. A client
-        message under 126 bytes comes whole in ``header`` (``rest`` is empty)."""
+        message under 1 KiB comes whole in ``header`` (``rest`` is empty)."""
         if self.close_sent or self.state is ConnectionState.CLOSED:
             raise RuntimeError("cannot send a message after the close handshake started")
         size = len(prefix) + len(payload)
-        if size < 126 and self.is_client:
+        if size < _WHOLE_CLIENT_FRAME and self.is_client:
             pos = self._mask_pos  # _mask_key(), inline
             if pos >= len(self._masks):
                 self._masks = os.urandom(4 * _MASK_BATCH)
@@ -472,7 +480,9 @@ class WebSocketCore:
             # A short client message (a round trip's): the whole frame as ``header``,
             # built and masked in one go (one mask call instead of two, no header call).
             masked = apply_mask(prefix + payload, key)
-            return bytes((0x82, 0x80 | size)) + key + masked, b""
+            if size < 126:
+                return bytes((0x82, 0x80 | size)) + key + masked, b""
+            return bytes((0x82, 0xFE, size >> 8, size & 0xFF)) + key + masked, b""
         mask_key = self._mask_key()
         header = encode_frame_header(Opcode.BINARY, size, mask_key=mask_key)
         if mask_key is None:

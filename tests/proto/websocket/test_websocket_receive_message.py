@@ -193,3 +193,33 @@ def test_message_parts_are_one_frame(payload, is_client):
     # Short server frames are built without the general header encoder.
     header, rest = WebSocketCore(is_client=is_client).send_message_parts(payload)
     assert WebSocketCore(is_client=not is_client).receive_message(header + bytes(rest)) == payload
+
+
+@given(
+    prefix=st.binary(max_size=40),
+    size=st.sampled_from([0, 1, 125, 126, 127, 1000, 1023, 1024, 1025, 5000]),
+    is_client=st.booleans(),
+    memoryview_payload=st.booleans(),
+)
+def test_binary_parts_of_any_size_are_one_frame(prefix, size, is_client, memoryview_payload):
+    # Whole-frame client messages below 1 KiB, 7- and 16-bit lengths either side of 126.
+    payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    part = memoryview(payload) if memoryview_payload else payload
+    header, rest = WebSocketCore(is_client=is_client).send_binary_parts(prefix, part)
+    if is_client and len(prefix) + size < 1024:
+        assert rest == b""
+    peer = WebSocketCore(is_client=not is_client)
+    assert peer.receive_message(header + bytes(rest)) == prefix + payload
+
+
+@settings(max_examples=20)
+@given(size=st.sampled_from([125, 126, 300, 65535, 65536, 70000]))
+def test_a_server_message_of_any_length_is_one_frame(size):
+    # The relay's forward gets its 2- or 4-byte header directly below 64 KiB.
+    payload = b"\x07" * size
+    header, rest = WebSocketCore(is_client=False).send_message_parts(payload)
+    assert len(header) == (2 if size < 126 else 4 if size < 65536 else 10)
+    client = WebSocketCore(is_client=True, max_message_size=1 << 20)
+    client.receive(header + bytes(rest))
+    events = drain(client)
+    assert len(events) == 1 and events[0].data == payload  # type: ignore[attr-defined]
