@@ -2,6 +2,9 @@
 Event and woken by the session's reader, so its guarantees are checked here: a
 cancelled wait loses nothing, a close wakes it, two receivers are refused."""
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 import pytest
 import trio
 import trio.testing
@@ -10,21 +13,23 @@ from darkswap_trio import Keypair, open_relay_session
 from darkswap_trio.testing import running_relay
 
 
-async def circuit_pair(relay, stack_a, stack_b):
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(stack_a.request_circuit, stack_b.local_peer_id)
-        incoming = await stack_b.accept_circuit()
-    return stack_a.circuits[0], incoming
+@asynccontextmanager
+async def relayed_circuit() -> AsyncIterator[tuple]:
+    """(outgoing, incoming): the two ends of a circuit between two sessions on a relay."""
+    async with (
+        running_relay() as relay,
+        open_relay_session(relay.multiaddr, Keypair.generate()) as a,
+        open_relay_session(relay.multiaddr, Keypair.generate()) as b,
+    ):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(a.request_circuit, b.local_peer_id)
+            incoming = await b.accept_circuit()
+        yield a.circuits[0], incoming
 
 
 async def test_a_cancelled_receive_loses_no_message_and_a_close_wakes_the_receiver():
     with trio.fail_after(10):
-        async with (
-            running_relay() as relay,
-            open_relay_session(relay.multiaddr, Keypair.generate()) as a,
-            open_relay_session(relay.multiaddr, Keypair.generate()) as b,
-        ):
-            outgoing, incoming = await circuit_pair(relay, a, b)
+        async with relayed_circuit() as (outgoing, incoming):
             for _ in range(3):  # cancelled while parked, several times over
                 with trio.CancelScope() as scope:
                     async with trio.open_nursery() as nursery:
@@ -52,12 +57,7 @@ async def test_a_cancelled_receive_loses_no_message_and_a_close_wakes_the_receiv
 
 async def test_closing_a_circuit_wakes_its_own_waiting_receiver():
     with trio.fail_after(10):
-        async with (
-            running_relay() as relay,
-            open_relay_session(relay.multiaddr, Keypair.generate()) as a,
-            open_relay_session(relay.multiaddr, Keypair.generate()) as b,
-        ):
-            _, incoming = await circuit_pair(relay, a, b)
+        async with relayed_circuit() as (_, incoming):
             async with trio.open_nursery() as nursery:
 
                 async def expect_closed() -> None:
@@ -83,12 +83,7 @@ async def test_a_round_trip_costs_the_sender_one_task_step():
     # The write that follows a received message goes out at once, and the wait for the
     # answer is the schedule point: no extra yield every few quick writes.
     with trio.fail_after(10):
-        async with (
-            running_relay() as relay,
-            open_relay_session(relay.multiaddr, Keypair.generate()) as a,
-            open_relay_session(relay.multiaddr, Keypair.generate()) as b,
-        ):
-            outgoing, incoming = await circuit_pair(relay, a, b)
+        async with relayed_circuit() as (outgoing, incoming):
 
             async def echo() -> None:
                 while True:
