@@ -2,7 +2,17 @@
 
 from contextlib import asynccontextmanager
 
-from darkswap_trio import Config, P2PConfig, P2PNetwork, RelayManagerConfig
+import trio
+
+from darkswap_trio import (
+    Config,
+    Keypair,
+    P2PConfig,
+    P2PNetwork,
+    RelayManagerConfig,
+    open_relay_session,
+)
+from darkswap_trio.testing import running_relay
 from darkswap_trio.webrtc import PeerConnectionConfig
 
 LOOPBACK = PeerConnectionConfig(host_addresses=["127.0.0.1"], include_loopback=True)
@@ -29,3 +39,18 @@ async def peer(relay, *, relay_manager=FAST, **p2p):
     async with network([relay.multiaddr], relay_manager=relay_manager, **p2p) as net:
         await net.wait_relay_connected()
         yield net
+
+
+@asynccontextmanager
+async def relayed_circuit():
+    """``(outgoing, incoming)``: a RelayCircuit between two relay sessions on a fresh
+    relay (``open_relay_session``, no P2PNetwork)."""
+    async with (
+        running_relay() as relay,
+        open_relay_session(relay.multiaddr, Keypair.generate()) as a,
+        open_relay_session(relay.multiaddr, Keypair.generate()) as b,
+    ):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(a.request_circuit, b.local_peer_id)
+            incoming = await b.accept_circuit()
+        yield a.circuits[0], incoming

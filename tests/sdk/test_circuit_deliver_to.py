@@ -4,22 +4,12 @@ after the sink fails, deliver_to raises its error and what follows waits for rec
 import pytest
 import trio
 import trio.testing
-
-from darkswap_trio import Keypair, open_relay_session
-from darkswap_trio.testing import running_relay
+from sdk_peers import relayed_circuit
 
 
 async def test_deliver_to_hands_messages_over_and_buffers_after_the_sink_fails():
     with trio.fail_after(10):
-        async with (
-            running_relay() as relay,
-            open_relay_session(relay.multiaddr, Keypair.generate()) as receiver,
-            open_relay_session(relay.multiaddr, Keypair.generate()) as sender,
-        ):
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(sender.request_circuit, receiver.local_peer_id)
-                incoming = await receiver.accept_circuit()
-            outgoing = sender.circuits[0]
+        async with relayed_circuit() as (outgoing, incoming):
             seen: list[bytes] = []
 
             def sink(message: bytes | memoryview) -> None:

@@ -2,29 +2,10 @@
 Event and woken by the session's reader, so its guarantees are checked here: a
 cancelled wait loses nothing, a close wakes it, two receivers are refused."""
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-
 import pytest
 import trio
 import trio.testing
-
-from darkswap_trio import Keypair, open_relay_session
-from darkswap_trio.testing import running_relay
-
-
-@asynccontextmanager
-async def relayed_circuit() -> AsyncIterator[tuple]:
-    """(outgoing, incoming): the two ends of a circuit between two sessions on a relay."""
-    async with (
-        running_relay() as relay,
-        open_relay_session(relay.multiaddr, Keypair.generate()) as a,
-        open_relay_session(relay.multiaddr, Keypair.generate()) as b,
-    ):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(a.request_circuit, b.local_peer_id)
-            incoming = await b.accept_circuit()
-        yield a.circuits[0], incoming
+from sdk_peers import relayed_circuit
 
 
 async def test_a_cancelled_receive_loses_no_message_and_a_close_wakes_the_receiver():

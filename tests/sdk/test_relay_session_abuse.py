@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 
 import pytest
 import trio
+from sdk_peers import relayed_circuit
 
 from darkswap_trio import (
     CircuitEnded,
@@ -188,15 +189,7 @@ async def test_the_write_turn_goes_to_control_frames_first_then_data_in_arrival_
 
 async def test_a_circuit_send_cancelled_before_its_write_costs_no_credit():
     with trio.fail_after(10):
-        async with (
-            running_relay() as relay,
-            open_relay_session(relay.multiaddr, Keypair.generate()) as a,
-            open_relay_session(relay.multiaddr, Keypair.generate()) as b,
-        ):
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(a.request_circuit, b.local_peer_id)
-                incoming = await b.accept_circuit()
-            circuit = a.circuits[0]
+        async with relayed_circuit() as (circuit, incoming):
             credit = circuit.statistics().send_credit
             with trio.move_on_after(0):
                 await circuit.send(b"never sent")
