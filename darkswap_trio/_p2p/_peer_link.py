@@ -172,8 +172,7 @@ class PeerLink(trio.abc.Channel[bytes]):
         old = self._paths.relay
         # (a relay path's channel is always a RelayCircuit)
         if old is not None and isinstance(old.channel, RelayCircuit) and not old.channel.closed:
-            ids = (self.local_peer_id, self.peer_id)
-            if ids[not circuit.initiator] > ids[not old.channel.initiator]:  # openers' ids
+            if self._opener(circuit) > self._opener(old.channel):
                 return False
             self._drop_path(old)
         self._add_path(self._paths.add_relay(circuit))
@@ -401,6 +400,9 @@ class PeerLink(trio.abc.Channel[bytes]):
             recovery = self._pathless_since + self.settings.recovery_timeout
             deadline = recovery if deadline is None else min(deadline, recovery)
         return math.inf if deadline is None else deadline
+
+    def _opener(self, circuit: RelayCircuit) -> str:
+        return self.local_peer_id if circuit.initiator else self.peer_id
 
     def _add_path(self, run: LinkPath) -> None:
         self._core.add_path(

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from contextlib import asynccontextmanager
+
 import trio
 from relayclient import connect, make_config, new_peer
 
@@ -10,17 +12,24 @@ from darkswap_trio.proto.signaling import Ping, Pong
 from relay import serve_relay
 
 
+@asynccontextmanager
+async def registered(nursery, *, idle_timeout: float):
+    """(server, peer, its session on the server): one registered peer, handshake 10 s."""
+    server = await nursery.start(
+        serve_relay, make_config(handshake_timeout=10.0, idle_timeout=idle_timeout)
+    )
+    async with connect(server) as peer:
+        peer_id = str(new_peer().peer_id)
+        await peer.register_legacy(peer_id)
+        session = server.router.lookup(peer_id)
+        assert session is not None
+        yield server, peer, session
+
+
 async def test_registration_moves_the_read_deadline_to_idle(nursery, autojump_clock):
     with trio.fail_after(1000):
-        server = await nursery.start(
-            serve_relay, make_config(handshake_timeout=10.0, idle_timeout=120.0)
-        )
-        async with connect(server) as peer:
-            peer_id = str(new_peer().peer_id)
-            await peer.register_legacy(peer_id)
+        async with registered(nursery, idle_timeout=120.0) as (server, peer, session):
             registered_at = trio.current_time()
-            session = server.router.lookup(peer_id)
-            assert session is not None
             scope = session._read_scope
             assert registered_at + 119 < scope.deadline <= registered_at + 120
             # Past the handshake deadline the reader is still in the same scope: no wake-up.
@@ -33,14 +42,7 @@ async def test_registration_moves_the_read_deadline_to_idle(nursery, autojump_cl
 
 async def test_idle_deadline_without_idle_timeout_is_none(nursery, autojump_clock):
     with trio.fail_after(1000):
-        server = await nursery.start(
-            serve_relay, make_config(handshake_timeout=10.0, idle_timeout=0.0)
-        )
-        async with connect(server) as peer:
-            peer_id = str(new_peer().peer_id)
-            await peer.register_legacy(peer_id)
-            session = server.router.lookup(peer_id)
-            assert session is not None
+        async with registered(nursery, idle_timeout=0.0) as (server, peer, session):
             assert session._read_scope.deadline == float("inf")
             await trio.sleep(30)  # past the handshake deadline: still open
             await peer.send(Ping())
